@@ -1,0 +1,79 @@
+package protocol
+
+import (
+	"math"
+	"time"
+)
+
+// The protocol's limits, named and valued as in section 6 of the WireGuard
+// whitepaper so the code can be read next to it.
+const (
+	RekeyAfterMessages  = uint64(1) << 60
+	RejectAfterMessages = math.MaxUint64 - (1 << 13) - 1
+	RekeyAfterTime      = 120 * time.Second
+	RejectAfterTime     = 180 * time.Second
+	RekeyAttemptTime    = 90 * time.Second
+	RekeyTimeout        = 5 * time.Second
+	KeepaliveTimeout    = 10 * time.Second
+	CookieRefreshTime   = 120 * time.Second
+
+	// RekeyTimeoutJitterMax spreads retransmissions so that two peers that
+	// lost the path together do not retry in lockstep.
+	RekeyTimeoutJitterMax = 334 * time.Millisecond
+
+	// HandshakeInitiationRate is the fastest a peer may initiate; faster
+	// initiations, even authentic ones, only cost the responder CPU.
+	HandshakeInitiationRate = time.Second / 50
+
+	// UnderLoadAfterTime keeps demanding cookies for a while after the
+	// handshake queue drains, so an attacker cannot toggle the mode.
+	UnderLoadAfterTime = time.Second
+)
+
+// Params are the protocol's timing and message limits. Production uses
+// DefaultParams; tests shorten them to provoke rekeys and rejections
+// without sending 2^60 messages. Changing them breaks interoperability
+// expectations, so only tests should.
+type Params struct {
+	RekeyAfterMessages  uint64
+	RejectAfterMessages uint64
+	RekeyAfterTime      time.Duration
+	RejectAfterTime     time.Duration
+	RekeyAttemptTime    time.Duration
+	RekeyTimeout        time.Duration
+	KeepaliveTimeout    time.Duration
+}
+
+// DefaultParams are the whitepaper's values.
+func DefaultParams() Params {
+	return Params{
+		RekeyAfterMessages:  RekeyAfterMessages,
+		RejectAfterMessages: RejectAfterMessages,
+		RekeyAfterTime:      RekeyAfterTime,
+		RejectAfterTime:     RejectAfterTime,
+		RekeyAttemptTime:    RekeyAttemptTime,
+		RekeyTimeout:        RekeyTimeout,
+		KeepaliveTimeout:    KeepaliveTimeout,
+	}
+}
+
+// maxHandshakeAttempts is how many retransmissions fit in RekeyAttemptTime.
+func (p *Params) maxHandshakeAttempts() int {
+	return int(p.RekeyAttemptTime / p.RekeyTimeout)
+}
+
+// Queue sizes. They bound memory under any load: past them packets are
+// dropped and counted, never buffered without limit.
+const (
+	// maxStagedPackets waiting per peer for a handshake to finish.
+	maxStagedPackets = 1024
+	// handshakeQueueSize is shared by all peers; a quarter of it full
+	// means we are under load and start demanding cookies.
+	handshakeQueueSize  = 4096
+	underLoadQueueDepth = handshakeQueueSize / 8
+	// peerQueueBatches is how many batches one peer may have between the
+	// crypto workers and its in-order goroutine.
+	peerQueueBatches = 256
+	// cryptoQueueBatches is the shared queue into the crypto workers.
+	cryptoQueueBatches = 1024
+)

@@ -1,0 +1,240 @@
+package protocol
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"runtime"
+	"sync"
+	"sync/atomic"
+
+	"golang.org/x/crypto/blake2s"
+
+	"github.com/wgbore/wgbore/protocol/clock"
+)
+
+// PacketSide receives the plaintext IP packets the engine decrypted. The
+// netstack implements it. Outbound packets go the other way, through
+// Engine.WritePackets.
+type PacketSide interface {
+	// DeliverPackets hands over a batch of IP packets from one peer. The
+	// slices are only valid during the call; the engine reuses them.
+	DeliverPackets(pkts [][]byte)
+}
+
+// Resolver looks up endpoint hostnames; *net.Resolver satisfies it.
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+// Config is everything the engine needs from outside. Nothing is global:
+// the clock, the logger and the sockets all come in here, so tests can
+// replace each.
+type Config struct {
+	PrivateKey PrivateKey
+	Bind       Bind
+	Packets    PacketSide
+	// MTU is the largest IP packet the engine carries; 0 means 1420.
+	MTU      int
+	Clock    clock.Clock  // nil means clock.System
+	Logger   *slog.Logger // nil discards
+	Resolver Resolver     // nil means net.DefaultResolver
+	// Workers is the number of crypto goroutines; 0 means GOMAXPROCS.
+	Workers int
+	// Params overrides the whitepaper's limits; tests only.
+	Params *Params
+}
+
+// DefaultMTU leaves room for the outer IPv6 and UDP headers and WireGuard's
+// 32 bytes inside a 1500-byte path, as wg-quick does.
+const DefaultMTU = 1420
+
+// identity is our static key pair and what follows from it. It is
+// replaced whole, so readers never see half of a key change.
+type identity struct {
+	private       PrivateKey
+	public        PublicKey
+	responderHash [blake2s.Size]byte
+}
+
+// Engine is one WireGuard interface: our identity, our peers, and the
+// goroutines that move packets between the Bind and the PacketSide.
+type Engine struct {
+	clock    clock.Clock
+	log      *slog.Logger
+	bind     Bind
+	packets  PacketSide
+	resolver Resolver
+	params   Params
+	mtu      int
+	bufSize  int
+
+	id atomic.Pointer[identity]
+
+	peersMu sync.RWMutex
+	peers   map[PublicKey]*Peer
+	allowed atomic.Pointer[allowedIPs]
+
+	indices       indexTable
+	cookieChecker cookieChecker
+	rateLimiter   *rateLimiter
+
+	handshakes chan *handshakeElement
+	// lastUnderLoad is when the handshake queue was last found deep, in
+	// clock nanoseconds.
+	lastUnderLoad atomic.Int64
+
+	encryptQueue chan *batch
+	decryptQueue chan *batch
+
+	elements sync.Pool
+	batches  sync.Pool
+
+	stats Stats
+
+	done      chan struct{}
+	closeOnce sync.Once
+	wg        sync.WaitGroup
+}
+
+// New starts an engine on cfg.Bind. It takes ownership of the Bind and
+// closes it in Close.
+func New(cfg Config) (*Engine, error) {
+	if cfg.Bind == nil {
+		return nil, errors.New("protocol: Config.Bind is nil")
+	}
+	if cfg.Packets == nil {
+		return nil, errors.New("protocol: Config.Packets is nil")
+	}
+	e := &Engine{
+		clock:    cfg.Clock,
+		log:      cfg.Logger,
+		bind:     cfg.Bind,
+		packets:  cfg.Packets,
+		resolver: cfg.Resolver,
+		mtu:      cfg.MTU,
+		peers:    make(map[PublicKey]*Peer),
+		done:     make(chan struct{}),
+	}
+	if e.clock == nil {
+		e.clock = clock.System{}
+	}
+	if e.log == nil {
+		e.log = slog.New(slog.DiscardHandler)
+	}
+	if e.resolver == nil {
+		e.resolver = net.DefaultResolver
+	}
+	if e.mtu == 0 {
+		e.mtu = DefaultMTU
+	}
+	if e.mtu < 576 || e.mtu > 65535-MessageTransportOverhead-48 {
+		return nil, fmt.Errorf("protocol: MTU %d out of range 576..65455", e.mtu)
+	}
+	e.params = DefaultParams()
+	if cfg.Params != nil {
+		e.params = *cfg.Params
+	}
+	// Room for the header in front, the padded packet and the tag
+	// behind: the whole transport message is built in one buffer.
+	e.bufSize = MessageTransportHeaderSize + paddedLen(e.mtu, e.mtu) + tagSize
+	if e.bufSize < MessageInitiationSize {
+		e.bufSize = MessageInitiationSize
+	}
+	e.elements.New = func() any { return &element{buf: make([]byte, e.bufSize)} }
+	e.batches.New = func() any { return &batch{} }
+	e.indices.init()
+	e.rateLimiter = newRateLimiter(e.clock)
+	e.allowed.Store(buildAllowedIPs(map[netip.Prefix]*Peer{}))
+	e.setIdentity(cfg.PrivateKey)
+
+	workers := cfg.Workers
+	if workers <= 0 {
+		workers = runtime.GOMAXPROCS(0)
+	}
+	e.handshakes = make(chan *handshakeElement, handshakeQueueSize)
+	e.encryptQueue = make(chan *batch, cryptoQueueBatches)
+	e.decryptQueue = make(chan *batch, cryptoQueueBatches)
+	for range workers {
+		e.goroutine(e.encryptWorker)
+		e.goroutine(e.decryptWorker)
+		e.goroutine(e.handshakeWorker)
+	}
+	for _, recv := range e.bind.Receivers() {
+		e.goroutine(func() { e.receiveLoop(recv) })
+	}
+	return e, nil
+}
+
+func (e *Engine) goroutine(f func()) {
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		f()
+	}()
+}
+
+func (e *Engine) identity() *identity { return e.id.Load() }
+
+func (e *Engine) setIdentity(k PrivateKey) {
+	id := &identity{private: k}
+	if !k.IsZero() {
+		id.public = k.PublicKey()
+	}
+	id.responderHash = mixHash(initialHash, id.public[:])
+	e.id.Store(id)
+	e.cookieChecker.init(e.clock, id.public)
+}
+
+// PublicKey is our identity as peers know it.
+func (e *Engine) PublicKey() PublicKey { return e.identity().public }
+
+// SetPrivateKey changes our identity. Every session was made with the old
+// key, so all are dropped and renegotiated; a peer whose public key is our
+// new one is removed, since talking to ourselves is meaningless.
+func (e *Engine) SetPrivateKey(k PrivateKey) {
+	e.peersMu.Lock()
+	defer e.peersMu.Unlock()
+	e.setIdentity(k)
+	pub := e.identity().public
+	for pk, p := range e.peers {
+		if pk.Equal(pub) {
+			e.removePeerLocked(p)
+			continue
+		}
+		p.handshake.mu.Lock()
+		p.precomputeLocked(k)
+		p.handshake.mu.Unlock()
+		p.expireKeypairs()
+	}
+}
+
+// MTU is the largest plaintext packet the engine carries.
+func (e *Engine) MTU() int { return e.mtu }
+
+func (e *Engine) lookupPeer(k PublicKey) *Peer {
+	e.peersMu.RLock()
+	defer e.peersMu.RUnlock()
+	return e.peers[k]
+}
+
+// Close stops every goroutine, closes the Bind and forgets all keys. It
+// is safe to call more than once.
+func (e *Engine) Close() error {
+	var err error
+	e.closeOnce.Do(func() {
+		close(e.done)
+		err = e.bind.Close()
+		e.peersMu.Lock()
+		for _, p := range e.peers {
+			e.removePeerLocked(p)
+		}
+		e.peersMu.Unlock()
+		e.wg.Wait()
+		e.setIdentity(PrivateKey{})
+	})
+	return err
+}

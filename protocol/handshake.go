@@ -1,0 +1,157 @@
+package protocol
+
+import (
+	"encoding/binary"
+	"net/netip"
+)
+
+// handshakeWorker processes handshake messages off the data path.
+func (e *Engine) handshakeWorker() {
+	for {
+		select {
+		case <-e.done:
+			return
+		case he := <-e.handshakes:
+			e.handleHandshake(he.buf[:he.n], he.src)
+		}
+	}
+}
+
+// underLoad reports whether to demand cookies: the handshake queue is
+// deep now, or was within UnderLoadAfterTime.
+func (e *Engine) underLoad() bool {
+	now := e.clock.Now().UnixNano()
+	if len(e.handshakes) >= underLoadQueueDepth {
+		e.lastUnderLoad.Store(now)
+		return true
+	}
+	last := e.lastUnderLoad.Load()
+	return last != 0 && now-last < int64(UnderLoadAfterTime)
+}
+
+func (e *Engine) handleHandshake(msg []byte, src netip.AddrPort) {
+	if msg[0] == MessageCookieReplyType {
+		e.handleCookieReply(msg)
+		return
+	}
+	// MAC1 first: it is cheap and proves the sender knows our public key,
+	// which an Internet-wide scanner does not.
+	if !e.cookieChecker.checkMAC1(msg) {
+		e.stats.drop(DropBadMAC1)
+		return
+	}
+	if e.underLoad() {
+		if !e.cookieChecker.checkMAC2(msg, src) {
+			e.sendCookieReply(msg, src)
+			return
+		}
+		if !e.rateLimiter.allow(src.Addr()) {
+			e.stats.drop(DropRateLimited)
+			return
+		}
+	}
+	switch msg[0] {
+	case MessageInitiationType:
+		e.handleInitiation(msg, src)
+	case MessageResponseType:
+		e.handleResponse(msg, src)
+	}
+}
+
+func (e *Engine) sendCookieReply(msg []byte, src netip.AddrPort) {
+	e.stats.drop(DropCookieRequired)
+	sender := binary.LittleEndian.Uint32(msg[4:8])
+	reply, err := e.cookieChecker.createReply(msg, sender, src)
+	if err != nil {
+		e.log.Warn("cannot create cookie reply", "err", err)
+		return
+	}
+	var buf [MessageCookieReplySize]byte
+	reply.marshal(buf[:])
+	e.stats.cookieRepliesSent.Add(1)
+	if err := e.bind.Send([][]byte{buf[:]}, src); err != nil {
+		e.log.Debug("cookie reply send failed", "to", src, "err", err)
+	}
+}
+
+func (e *Engine) handleCookieReply(msg []byte) {
+	var reply messageCookieReply
+	if err := reply.unmarshal(msg); err != nil {
+		e.stats.drop(DropMalformedMessage)
+		return
+	}
+	entry := e.indices.lookup(reply.receiver)
+	if entry.peer == nil {
+		e.stats.drop(DropUnknownIndex)
+		return
+	}
+	if !entry.peer.cookies.consumeReply(&reply) {
+		e.stats.drop(DropBadCookieReply)
+		return
+	}
+	e.log.Debug("received cookie reply; next handshake carries MAC2", "peer", entry.peer.public)
+}
+
+func (e *Engine) handleInitiation(msg []byte, src netip.AddrPort) {
+	var m messageInitiation
+	if err := m.unmarshal(msg); err != nil {
+		e.stats.drop(DropMalformedMessage)
+		return
+	}
+	p, err := e.consumeInitiation(&m)
+	if err != nil {
+		e.stats.drop(DropHandshakeFailed)
+		e.log.Debug("rejected handshake initiation", "from", src, "err", err)
+		return
+	}
+	p.roam(src)
+	p.timersAnyAuthenticatedPacketTraversal()
+	p.timersAnyAuthenticatedPacketReceived()
+
+	resp, err := e.createResponse(p)
+	if err != nil {
+		e.log.Warn("cannot create handshake response", "peer", p.public, "err", err)
+		return
+	}
+	var buf [MessageResponseSize]byte
+	resp.marshal(buf[:])
+	p.cookies.addMACs(buf[:])
+	if _, err := e.deriveKeypair(p); err != nil {
+		e.log.Warn("cannot derive session", "peer", p.public, "err", err)
+		return
+	}
+	p.timersSessionDerived()
+	p.timersAnyAuthenticatedPacketTraversal()
+	p.timersAnyAuthenticatedPacketSent()
+	e.log.Debug("answered handshake initiation", "peer", p.public, "endpoint", src)
+	if err := e.bind.Send([][]byte{buf[:]}, src); err != nil {
+		e.log.Debug("handshake response send failed", "peer", p.public, "err", err)
+	}
+}
+
+func (e *Engine) handleResponse(msg []byte, src netip.AddrPort) {
+	var m messageResponse
+	if err := m.unmarshal(msg); err != nil {
+		e.stats.drop(DropMalformedMessage)
+		return
+	}
+	p, err := e.consumeResponse(&m)
+	if err != nil {
+		e.stats.drop(DropHandshakeFailed)
+		e.log.Debug("rejected handshake response", "from", src, "err", err)
+		return
+	}
+	p.roam(src)
+	if _, err := e.deriveKeypair(p); err != nil {
+		e.log.Warn("cannot derive session", "peer", p.public, "err", err)
+		return
+	}
+	p.timersSessionDerived()
+	p.timersHandshakeComplete()
+	p.timersAnyAuthenticatedPacketTraversal()
+	p.timersAnyAuthenticatedPacketReceived()
+	e.log.Debug("handshake complete", "peer", p.public, "endpoint", src)
+	// Confirm the session to the responder right away: a keepalive if
+	// nothing is waiting, otherwise the waiting packets themselves.
+	p.sendKeepalive()
+}

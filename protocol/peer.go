@@ -1,0 +1,390 @@
+package protocol
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// PeerConfig describes one peer, as a [Peer] section of wg0.conf does.
+type PeerConfig struct {
+	PublicKey    PublicKey
+	PresharedKey PresharedKey
+	// Endpoint is "ip:port", "[v6]:port" or "host:port". A hostname is
+	// resolved when the peer is set and again while handshakes keep
+	// failing, so a peer behind dynamic DNS is followed. Empty means we
+	// only learn the endpoint from the peer's own authenticated packets.
+	Endpoint            string
+	AllowedIPs          []netip.Prefix
+	PersistentKeepalive time.Duration
+}
+
+// Peer is one remote WireGuard peer and its sessions.
+type Peer struct {
+	engine *Engine
+	public PublicKey
+
+	handshake handshake
+	keypairs  keypairs
+	cookies   cookieGenerator
+
+	endpointMu   sync.RWMutex
+	endpoint     netip.AddrPort
+	endpointHost string // host:port to re-resolve, "" for a literal
+	resolving    atomic.Bool
+
+	persistentKeepalive atomic.Int64 // nanoseconds
+
+	timers peerTimers
+
+	stagedMu sync.Mutex
+	staged   []*element
+	// sendMu orders nonce assignment with the hand-off to the outbound
+	// queue, so that the wire order of one peer's packets is their nonce
+	// order and the peer's replay window sees them in sequence.
+	sendMu sync.Mutex
+
+	outbound chan *batch
+	inbound  chan *batch
+
+	stats peerStats
+
+	removed atomic.Bool
+	done    chan struct{}
+	wg      sync.WaitGroup
+}
+
+type peerStats struct {
+	rxBytes, txBytes    atomic.Uint64
+	lastHandshake       atomic.Int64 // unix nanoseconds of the clock
+	handshakeAttempts   atomic.Uint64
+	handshakesCompleted atomic.Uint64
+	handshakeTimeouts   atomic.Uint64
+	endpointChanges     atomic.Uint64
+}
+
+// PeerStatus is a snapshot of one peer, for `wg show`-style reporting.
+type PeerStatus struct {
+	PublicKey           PublicKey
+	HasPresharedKey     bool
+	Endpoint            netip.AddrPort
+	EndpointHost        string
+	AllowedIPs          []netip.Prefix
+	PersistentKeepalive time.Duration
+	LastHandshake       time.Time
+	RxBytes, TxBytes    uint64
+	HandshakeAttempts   uint64
+	HandshakesCompleted uint64
+	HandshakeTimeouts   uint64
+	EndpointChanges     uint64
+}
+
+// SetPeer adds a peer or updates the one with the same public key. An
+// update keeps the peer's sessions: changing AllowedIPs, the endpoint or
+// keepalive must not cost a handshake or a dropped packet.
+func (e *Engine) SetPeer(cfg PeerConfig) error {
+	if cfg.PublicKey.IsZero() {
+		return errors.New("peer: public key is empty")
+	}
+	if cfg.PublicKey.Equal(e.identity().public) {
+		return errors.New("peer: public key is our own")
+	}
+	if cfg.PersistentKeepalive < 0 || cfg.PersistentKeepalive > 65535*time.Second {
+		return fmt.Errorf("peer %s: persistent keepalive %v out of range 0..65535s", cfg.PublicKey, cfg.PersistentKeepalive)
+	}
+	var literal netip.AddrPort
+	var host string
+	if cfg.Endpoint != "" {
+		ap, err := netip.ParseAddrPort(cfg.Endpoint)
+		if err == nil {
+			literal = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		} else {
+			h, port, err := net.SplitHostPort(cfg.Endpoint)
+			if err != nil || h == "" {
+				return fmt.Errorf("peer %s: endpoint %q: want host:port", cfg.PublicKey, cfg.Endpoint)
+			}
+			if _, err := strconv.ParseUint(port, 10, 16); err != nil {
+				return fmt.Errorf("peer %s: endpoint %q: bad port", cfg.PublicKey, cfg.Endpoint)
+			}
+			host = cfg.Endpoint
+		}
+	}
+	for _, p := range cfg.AllowedIPs {
+		if !p.IsValid() {
+			return fmt.Errorf("peer %s: invalid allowed IP prefix", cfg.PublicKey)
+		}
+	}
+
+	e.peersMu.Lock()
+	select {
+	case <-e.done:
+		e.peersMu.Unlock()
+		return net.ErrClosed
+	default:
+	}
+	p, exists := e.peers[cfg.PublicKey]
+	if !exists {
+		p = e.newPeer(cfg.PublicKey)
+		e.peers[cfg.PublicKey] = p
+	}
+	p.handshake.mu.Lock()
+	p.handshake.presharedKey = cfg.PresharedKey
+	p.handshake.mu.Unlock()
+	e.allowed.Store(e.allowed.Load().with(p, cfg.AllowedIPs))
+	e.peersMu.Unlock()
+
+	if cfg.Endpoint != "" {
+		p.endpointMu.Lock()
+		p.endpointHost = host
+		if literal.IsValid() {
+			p.endpoint = literal
+		}
+		p.endpointMu.Unlock()
+		if host != "" {
+			p.resolveEndpoint()
+		}
+	}
+	p.setPersistentKeepalive(cfg.PersistentKeepalive)
+	if !exists {
+		e.log.Info("peer added", "peer", p.public)
+	}
+	return nil
+}
+
+// RemovePeer forgets a peer and its sessions. It reports whether the peer
+// existed.
+func (e *Engine) RemovePeer(k PublicKey) bool {
+	e.peersMu.Lock()
+	defer e.peersMu.Unlock()
+	p := e.peers[k]
+	if p == nil {
+		return false
+	}
+	e.removePeerLocked(p)
+	e.log.Info("peer removed", "peer", k)
+	return true
+}
+
+func (e *Engine) removePeerLocked(p *Peer) {
+	delete(e.peers, p.public)
+	e.allowed.Store(e.allowed.Load().without(p))
+	p.stop()
+}
+
+// Peers lists every peer's status.
+func (e *Engine) Peers() []PeerStatus {
+	e.peersMu.RLock()
+	peers := make([]*Peer, 0, len(e.peers))
+	for _, p := range e.peers {
+		peers = append(peers, p)
+	}
+	e.peersMu.RUnlock()
+	out := make([]PeerStatus, 0, len(peers))
+	for _, p := range peers {
+		out = append(out, p.status())
+	}
+	return out
+}
+
+// Peer returns one peer's status.
+func (e *Engine) Peer(k PublicKey) (PeerStatus, bool) {
+	p := e.lookupPeer(k)
+	if p == nil {
+		return PeerStatus{}, false
+	}
+	return p.status(), true
+}
+
+func (p *Peer) status() PeerStatus {
+	p.handshake.mu.Lock()
+	hasPSK := !p.handshake.presharedKey.IsZero()
+	p.handshake.mu.Unlock()
+	ep, host := p.endpointAndHost()
+	s := PeerStatus{
+		PublicKey:           p.public,
+		HasPresharedKey:     hasPSK,
+		Endpoint:            ep,
+		EndpointHost:        host,
+		AllowedIPs:          p.engine.allowed.Load().prefixesOf(p),
+		PersistentKeepalive: time.Duration(p.persistentKeepalive.Load()),
+		RxBytes:             p.stats.rxBytes.Load(),
+		TxBytes:             p.stats.txBytes.Load(),
+		HandshakeAttempts:   p.stats.handshakeAttempts.Load(),
+		HandshakesCompleted: p.stats.handshakesCompleted.Load(),
+		HandshakeTimeouts:   p.stats.handshakeTimeouts.Load(),
+		EndpointChanges:     p.stats.endpointChanges.Load(),
+	}
+	if ns := p.stats.lastHandshake.Load(); ns != 0 {
+		s.LastHandshake = time.Unix(0, ns)
+	}
+	return s
+}
+
+func (e *Engine) newPeer(k PublicKey) *Peer {
+	p := &Peer{
+		engine:   e,
+		public:   k,
+		outbound: make(chan *batch, peerQueueBatches),
+		inbound:  make(chan *batch, peerQueueBatches),
+		done:     make(chan struct{}),
+	}
+	p.handshake.remoteStatic = k
+	p.handshake.initiatorHash = mixHash(initialHash, k[:])
+	p.precomputeLocked(e.identity().private)
+	p.cookies.init(e.clock, k)
+	p.timers.init(p)
+	p.wg.Add(2)
+	go func() { defer p.wg.Done(); p.sendLoop() }()
+	go func() { defer p.wg.Done(); p.receiveLoop() }()
+	return p
+}
+
+// precomputeLocked computes the static-static DH, which every handshake
+// with this peer needs and which only changes with a key.
+func (p *Peer) precomputeLocked(priv PrivateKey) {
+	h := &p.handshake
+	if priv.IsZero() {
+		h.staticStaticOK = false
+		wipe(h.staticStatic[:])
+		return
+	}
+	h.staticStatic, h.staticStaticOK = sharedSecret((*[32]byte)(&priv), (*[32]byte)(&h.remoteStatic))
+}
+
+func (p *Peer) endpointAndHost() (netip.AddrPort, string) {
+	p.endpointMu.RLock()
+	defer p.endpointMu.RUnlock()
+	return p.endpoint, p.endpointHost
+}
+
+func (p *Peer) currentEndpoint() netip.AddrPort {
+	p.endpointMu.RLock()
+	defer p.endpointMu.RUnlock()
+	return p.endpoint
+}
+
+// roam moves the endpoint to where an authenticated packet came from: the
+// peer's NAT rebinding or network change is followed without config.
+func (p *Peer) roam(src netip.AddrPort) {
+	p.endpointMu.RLock()
+	same := p.endpoint == src
+	p.endpointMu.RUnlock()
+	if same || !src.IsValid() {
+		return
+	}
+	p.endpointMu.Lock()
+	if p.endpoint != src {
+		p.endpoint = src
+		p.stats.endpointChanges.Add(1)
+	}
+	p.endpointMu.Unlock()
+}
+
+// resolveEndpoint looks up the endpoint hostname in the background; the
+// handshake path must never wait on DNS.
+func (p *Peer) resolveEndpoint() {
+	p.endpointMu.RLock()
+	hostport := p.endpointHost
+	p.endpointMu.RUnlock()
+	if hostport == "" || !p.resolving.CompareAndSwap(false, true) {
+		return
+	}
+	e := p.engine
+	e.wg.Add(1)
+	go func() {
+		defer e.wg.Done()
+		defer p.resolving.Store(false)
+		host, portStr, _ := net.SplitHostPort(hostport)
+		port, _ := strconv.ParseUint(portStr, 10, 16)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		go func() {
+			select {
+			case <-e.done:
+			case <-p.done:
+			case <-ctx.Done():
+			}
+			cancel()
+		}()
+		addrs, err := e.resolver.LookupNetIP(ctx, "ip", host)
+		if err != nil || len(addrs) == 0 {
+			e.log.Warn("cannot resolve peer endpoint", "peer", p.public, "endpoint", hostport, "err", err)
+			return
+		}
+		ap := netip.AddrPortFrom(addrs[0].Unmap(), uint16(port))
+		p.endpointMu.Lock()
+		changed := p.endpointHost == hostport && p.endpoint != ap
+		if changed {
+			p.endpoint = ap
+			p.stats.endpointChanges.Add(1)
+		}
+		p.endpointMu.Unlock()
+		if changed {
+			e.log.Info("peer endpoint resolved", "peer", p.public, "endpoint", hostport, "addr", ap)
+		}
+	}()
+}
+
+func (p *Peer) setPersistentKeepalive(d time.Duration) {
+	old := time.Duration(p.persistentKeepalive.Swap(int64(d)))
+	if d > 0 && old != d {
+		// Open the NAT mapping now rather than after the first traffic.
+		p.sendKeepalive()
+	}
+	if d == 0 {
+		p.timers.persistentKeepalive.del()
+	}
+}
+
+// stop ends the peer's goroutines and timers and forgets its keys.
+func (p *Peer) stop() {
+	if !p.removed.CompareAndSwap(false, true) {
+		return
+	}
+	close(p.done)
+	p.timers.stopAll()
+	p.wg.Wait()
+	p.expireKeypairs()
+	p.handshake.mu.Lock()
+	p.engine.indices.remove(p.handshake.localIndex)
+	p.handshake.localIndex = 0
+	p.handshake.clearLocked()
+	wipe(p.handshake.staticStatic[:])
+	wipe(p.handshake.presharedKey[:])
+	p.handshake.mu.Unlock()
+	p.flushStaged()
+}
+
+// expireKeypairs drops every session. The AEAD states themselves cannot
+// be wiped (x/crypto keeps its own copy of the key), so the references and
+// the indices that reach them go.
+func (p *Peer) expireKeypairs() {
+	k := &p.keypairs
+	k.mu.Lock()
+	olds := []*keypair{k.previous, k.current, k.next}
+	k.previous, k.current, k.next = nil, nil, nil
+	k.mu.Unlock()
+	for _, kp := range olds {
+		if kp != nil {
+			p.engine.indices.remove(kp.localIndex)
+		}
+	}
+}
+
+// zeroKeyMaterial runs 3×RejectAfterTime after the last session was made:
+// nothing the peer and we agreed on is useful any more, so nothing of it
+// should stay in memory.
+func (p *Peer) zeroKeyMaterial() {
+	p.expireKeypairs()
+	p.handshake.mu.Lock()
+	p.engine.indices.remove(p.handshake.localIndex)
+	p.handshake.localIndex = 0
+	p.handshake.clearLocked()
+	p.handshake.mu.Unlock()
+}

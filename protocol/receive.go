@@ -1,0 +1,313 @@
+package protocol
+
+import (
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/netip"
+	"time"
+
+	"golang.org/x/crypto/chacha20poly1305"
+)
+
+// handshakeElement is a handshake message copied off the receive path, so
+// that the Curve25519 work happens in the handshake workers and a flood of
+// initiations never delays transport packets.
+type handshakeElement struct {
+	buf [MessageInitiationSize]byte
+	n   int
+	src netip.AddrPort
+}
+
+// receiveLoop reads datagrams from one socket and sorts them: transport
+// messages go to the crypto workers in per-keypair batches, handshake
+// messages to the handshake queue.
+func (e *Engine) receiveLoop(recv ReceiveFunc) {
+	size := e.bind.BatchSize()
+	els := make([]*element, size)
+	bufs := make([][]byte, size)
+	sizes := make([]int, size)
+	eps := make([]netip.AddrPort, size)
+	for i := range els {
+		els[i] = e.getElement()
+		bufs[i] = els[i].buf
+	}
+	defer func() {
+		for _, el := range els {
+			e.putElement(el)
+		}
+	}()
+	var (
+		cur      *batch
+		curIndex uint32
+	)
+	flush := func() {
+		if cur == nil {
+			return
+		}
+		e.dispatchInbound(cur)
+		cur = nil
+	}
+	for {
+		n, err := recv(bufs, sizes, eps)
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			select {
+			case <-e.done:
+				return
+			default:
+			}
+			e.log.Debug("receive failed", "err", err)
+			// A transient socket error (ICMP-induced ECONNREFUSED and
+			// the like) must not spin the CPU.
+			time.Sleep(time.Millisecond)
+			continue
+		}
+		for i := 0; i < n; i++ {
+			msg := els[i].buf[:sizes[i]]
+			src := netip.AddrPortFrom(eps[i].Addr().Unmap(), eps[i].Port())
+			if len(msg) < 4 || msg[1]|msg[2]|msg[3] != 0 {
+				e.stats.drop(DropMalformedMessage)
+				continue
+			}
+			switch msg[0] {
+			case MessageTransportType:
+				if len(msg) < MessageKeepaliveSize {
+					e.stats.drop(DropMalformedMessage)
+					continue
+				}
+				idx := binary.LittleEndian.Uint32(msg[transportOffsetReceiver:])
+				if cur == nil || idx != curIndex {
+					flush()
+					entry := e.indices.lookup(idx)
+					if entry.keypair == nil {
+						e.stats.drop(DropUnknownIndex)
+						continue
+					}
+					cur = e.getBatch()
+					cur.kp, cur.peer = entry.keypair, entry.peer
+					curIndex = idx
+				}
+				el := els[i]
+				el.msg = msg
+				el.src = src
+				el.counter = binary.LittleEndian.Uint64(msg[transportOffsetCounter:])
+				cur.elems = append(cur.elems, el)
+				// The batch owns that buffer now; take a fresh one.
+				els[i] = e.getElement()
+				bufs[i] = els[i].buf
+			case MessageInitiationType, MessageResponseType, MessageCookieReplyType:
+				if !validHandshakeSize(msg) {
+					e.stats.drop(DropMalformedMessage)
+					continue
+				}
+				he := &handshakeElement{n: len(msg), src: src}
+				copy(he.buf[:], msg)
+				select {
+				case e.handshakes <- he:
+				default:
+					e.stats.drop(DropHandshakeQueueFull)
+				}
+			default:
+				e.stats.drop(DropMalformedMessage)
+			}
+		}
+		flush()
+	}
+}
+
+func validHandshakeSize(msg []byte) bool {
+	switch msg[0] {
+	case MessageInitiationType:
+		return len(msg) == MessageInitiationSize
+	case MessageResponseType:
+		return len(msg) == MessageResponseSize
+	case MessageCookieReplyType:
+		return len(msg) == MessageCookieReplySize
+	}
+	return false
+}
+
+// dispatchInbound hands a batch to its peer's in-order queue and to the
+// decryption workers. A peer whose queue is full loses the batch rather
+// than stalling the socket for everyone else.
+func (e *Engine) dispatchInbound(b *batch) {
+	p := b.peer
+	now := e.clock.Now()
+	if p.removed.Load() || now.Sub(b.kp.created) >= e.params.RejectAfterTime {
+		e.stats.dropN(DropExpiredKeypair, len(b.elems))
+		e.putBatch(b)
+		return
+	}
+	b.mu.Lock()
+	select {
+	case p.inbound <- b:
+	default:
+		b.mu.Unlock()
+		e.stats.dropN(DropPeerQueueFull, len(b.elems))
+		e.putBatch(b)
+		return
+	}
+	select {
+	case e.decryptQueue <- b:
+	case <-e.done:
+		b.mu.Unlock()
+	}
+}
+
+func (e *Engine) decryptWorker() {
+	var nonce [chacha20poly1305.NonceSize]byte
+	for {
+		select {
+		case <-e.done:
+			return
+		case b := <-e.decryptQueue:
+			for _, el := range b.elems {
+				openTransport(b.kp, el, &nonce)
+			}
+			b.mu.Unlock()
+		}
+	}
+}
+
+// openTransport decrypts in place; el.plain is the padded plaintext.
+func openTransport(kp *keypair, el *element, nonce *[chacha20poly1305.NonceSize]byte) {
+	binary.LittleEndian.PutUint64(nonce[4:], el.counter)
+	ct := el.msg[MessageTransportHeaderSize:]
+	plain, err := kp.receive.Open(ct[:0], nonce[:], ct, nil)
+	el.ok = err == nil
+	el.plain = plain
+}
+
+// receiveLoop is the peer's in-order half of the receive path: replay
+// check, session confirmation, roaming, timers, cryptokey routing's source
+// check, and delivery to the packet side.
+func (p *Peer) receiveLoop() {
+	e := p.engine
+	deliver := make([][]byte, 0, 128)
+	for {
+		var b *batch
+		select {
+		case <-p.done:
+			return
+		case b = <-p.inbound:
+		}
+		b.mu.Lock()
+		kp := b.kp
+		pr := &e.params
+		var (
+			authenticated bool
+			dataReceived  bool
+			lastSrc       netip.AddrPort
+			bytes         uint64
+		)
+		table := e.allowed.Load()
+		for _, el := range b.elems {
+			if !el.ok {
+				e.stats.drop(DropAuthFailed)
+				continue
+			}
+			if !kp.replay.accept(el.counter, pr.RejectAfterMessages) {
+				e.stats.drop(DropReplay)
+				continue
+			}
+			authenticated = true
+			lastSrc = el.src
+			bytes += uint64(len(el.msg))
+			if len(el.plain) == 0 {
+				continue // keepalive
+			}
+			pkt, ok := innerPacket(el.plain)
+			if !ok {
+				e.stats.drop(DropMalformedPacket)
+				continue
+			}
+			if src, _ := source(pkt); table.lookup(src) != p {
+				e.stats.drop(DropNotAllowedIP)
+				continue
+			}
+			dataReceived = true
+			deliver = append(deliver, pkt)
+		}
+		if authenticated {
+			p.roam(lastSrc)
+			p.stats.rxBytes.Add(bytes)
+			if p.confirmNext(kp) {
+				p.timersHandshakeComplete()
+				p.sendStaged()
+			}
+			p.timersAnyAuthenticatedPacketReceived()
+			p.timersAnyAuthenticatedPacketTraversal()
+			if dataReceived {
+				p.timersDataReceived()
+			}
+			p.maybeRekeyOnReceive(kp)
+		}
+		if len(deliver) > 0 {
+			e.packets.DeliverPackets(deliver)
+			clear(deliver)
+			deliver = deliver[:0]
+		}
+		b.mu.Unlock()
+		e.putBatch(b)
+	}
+}
+
+// maybeRekeyOnReceive covers the initiator that only receives: without
+// sending it would never notice its session ageing, so it rekeys shortly
+// before the responder would stop accepting the session.
+func (p *Peer) maybeRekeyOnReceive(kp *keypair) {
+	pr := &p.engine.params
+	if !kp.isInitiator || p.keypairs.currentKeypair() != kp {
+		return
+	}
+	if p.engine.clock.Now().Sub(kp.created) < pr.RejectAfterTime-pr.KeepaliveTimeout-pr.RekeyTimeout {
+		return
+	}
+	p.timers.mu.Lock()
+	already := p.timers.sentLastMinuteRekey
+	p.timers.sentLastMinuteRekey = true
+	p.timers.mu.Unlock()
+	if !already {
+		p.sendInitiation(false)
+	}
+}
+
+// innerPacket trims a decrypted payload to the IP packet's own length,
+// dropping the padding. It rejects anything whose header claims more than
+// arrived.
+func innerPacket(plain []byte) ([]byte, bool) {
+	switch plain[0] >> 4 {
+	case 4:
+		if len(plain) < 20 {
+			return nil, false
+		}
+		n := int(binary.BigEndian.Uint16(plain[2:4]))
+		if n < 20 || n > len(plain) {
+			return nil, false
+		}
+		return plain[:n], true
+	case 6:
+		if len(plain) < 40 {
+			return nil, false
+		}
+		n := 40 + int(binary.BigEndian.Uint16(plain[4:6]))
+		if n > len(plain) {
+			return nil, false
+		}
+		return plain[:n], true
+	}
+	return nil, false
+}
+
+func source(pkt []byte) (netip.Addr, bool) {
+	switch pkt[0] >> 4 {
+	case 4:
+		return netip.AddrFrom4([4]byte(pkt[12:16])), true
+	case 6:
+		return netip.AddrFrom16([16]byte(pkt[8:24])), true
+	}
+	return netip.Addr{}, false
+}
