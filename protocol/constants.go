@@ -67,7 +67,7 @@ func (p *Params) maxHandshakeAttempts() int {
 const (
 	// maxStagedPackets waiting per peer for a handshake to finish.
 	maxStagedPackets = 1024
-	// handshakeQueueSize is shared by all peers; a quarter of it full
+	// handshakeQueueSize is shared by all peers; an eighth of it full
 	// means we are under load and start demanding cookies.
 	handshakeQueueSize  = 4096
 	underLoadQueueDepth = handshakeQueueSize / 8

@@ -41,6 +41,9 @@ func (c *cookieChecker) init(clk clock.Clock, pub PublicKey) {
 // initiation or response.
 func (c *cookieChecker) checkMAC1(msg []byte) bool {
 	off := len(msg) - 2*macSize
+	if off < 0 {
+		return false
+	}
 	c.mu.RLock()
 	mac := keyedMAC(c.mac1Key[:], msg[:off])
 	c.mu.RUnlock()
@@ -56,8 +59,11 @@ func (c *cookieChecker) checkMAC2(msg []byte, src netip.AddrPort) bool {
 	if c.secretMinted.IsZero() || now.Sub(c.secretMinted) >= CookieRefreshTime {
 		return false
 	}
-	cookie := keyedMAC(c.secret[:], sourceBytes(src))
 	off := len(msg) - macSize
+	if off < macSize {
+		return false
+	}
+	cookie := keyedMAC(c.secret[:], sourceBytes(src))
 	mac := keyedMAC(cookie[:], msg[:off])
 	return macEqual(mac[:], msg[off:])
 }

@@ -39,10 +39,16 @@ func decodeKey(s string) ([KeySize]byte, error) {
 	if len(s) != base64.StdEncoding.EncodedLen(KeySize) {
 		return k, fmt.Errorf("%w (got %d characters, want 44)", ErrBadKey, len(s))
 	}
-	n, err := base64.StdEncoding.Strict().Decode(k[:], []byte(s))
+	// 44 characters without padding decode to 33 bytes, so decode into
+	// room for that and insist on exactly 32.
+	var buf [KeySize + 1]byte
+	n, err := base64.StdEncoding.Strict().Decode(buf[:], []byte(s))
 	if err != nil || n != KeySize {
-		return [KeySize]byte{}, ErrBadKey
+		clear(buf[:])
+		return k, ErrBadKey
 	}
+	copy(k[:], buf[:KeySize])
+	clear(buf[:])
 	return k, nil
 }
 
