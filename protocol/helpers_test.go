@@ -2,7 +2,9 @@ package protocol
 
 import (
 	"encoding/binary"
+	"log/slog"
 	"net/netip"
+	"os"
 	"testing"
 	"time"
 
@@ -118,4 +120,20 @@ func connect(t testing.TB, a, b *testNode, psk PresharedKey) {
 		AllowedIPs: []netip.Prefix{netip.PrefixFrom(a.addr, bits)}}); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// testLogger logs through t at debug level when WGBORE_TEST_DEBUG is set,
+// and discards otherwise, so failures can be replayed with full detail.
+func testLogger(t testing.TB) *slog.Logger {
+	if os.Getenv("WGBORE_TEST_DEBUG") == "" {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(b []byte) (int, error) {
+	w.t.Log(string(b))
+	return len(b), nil
 }
