@@ -108,18 +108,16 @@ func (e *Engine) handleInitiation(msg []byte, src netip.AddrPort) {
 	p.timersAnyAuthenticatedPacketTraversal()
 	p.timersAnyAuthenticatedPacketReceived()
 
-	resp, err := e.createResponse(p)
+	resp, kp, err := e.createResponse(p)
 	if err != nil {
-		e.log.Warn("cannot create handshake response", "peer", p.public, "err", err)
+		// Our own initiation to this peer raced theirs; ours goes on.
+		e.log.Debug("cannot create handshake response", "peer", p.public, "err", err)
 		return
 	}
 	var buf [MessageResponseSize]byte
 	resp.marshal(buf[:])
 	p.cookies.addMACs(buf[:])
-	if _, err := e.deriveKeypair(p); err != nil {
-		e.log.Warn("cannot derive session", "peer", p.public, "err", err)
-		return
-	}
+	e.installKeypair(p, kp)
 	p.timersSessionDerived()
 	p.timersAnyAuthenticatedPacketTraversal()
 	p.timersAnyAuthenticatedPacketSent()
@@ -135,17 +133,14 @@ func (e *Engine) handleResponse(msg []byte, src netip.AddrPort) {
 		e.stats.drop(DropMalformedMessage)
 		return
 	}
-	p, err := e.consumeResponse(&m)
+	p, kp, err := e.consumeResponse(&m)
 	if err != nil {
 		e.stats.drop(DropHandshakeFailed)
 		e.log.Debug("rejected handshake response", "from", src, "err", err)
 		return
 	}
 	p.roam(src)
-	if _, err := e.deriveKeypair(p); err != nil {
-		e.log.Warn("cannot derive session", "peer", p.public, "err", err)
-		return
-	}
+	e.installKeypair(p, kp)
 	p.timersSessionDerived()
 	p.timersHandshakeComplete()
 	p.timersAnyAuthenticatedPacketTraversal()

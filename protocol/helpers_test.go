@@ -62,6 +62,16 @@ func (s *sink) expect(t testing.TB, want []byte) {
 	}
 }
 
+// wait reports whether want is the next delivery within limit.
+func (s *sink) wait(want []byte, limit time.Duration) bool {
+	select {
+	case got := <-s.ch:
+		return string(got) == string(want)
+	case <-time.After(limit):
+		return false
+	}
+}
+
 func (s *sink) expectNone(t testing.TB, wait time.Duration) {
 	t.Helper()
 	select {
@@ -97,7 +107,7 @@ func newMemNode(t testing.TB, net *memnet.Network, clk clock.Clock, ep string, t
 		t.Fatal(err)
 	}
 	n.bind = b
-	n.e, err = New(Config{PrivateKey: n.key, Bind: b, Packets: n.sink, Clock: clk, Params: params, Workers: 2})
+	n.e, err = New(Config{PrivateKey: n.key, Bind: b, Packets: n.sink, Clock: clk, Params: params, Workers: 2, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,4 +146,49 @@ type testWriter struct{ t testing.TB }
 func (w testWriter) Write(b []byte) (int, error) {
 	w.t.Log(string(b))
 	return len(b), nil
+}
+
+// awaitingResponse reports whether any of n's peers has an initiation out.
+func (n *testNode) awaitingResponse() bool {
+	n.e.peersMu.RLock()
+	defer n.e.peersMu.RUnlock()
+	for _, p := range n.e.peers {
+		p.handshake.mu.Lock()
+		lastSent := p.handshake.lastSentHandshake
+		p.handshake.mu.Unlock()
+		if lastSent.IsZero() {
+			continue
+		}
+		// Done once a session at least as new as the last initiation is
+		// installed: consuming the response and installing its keypair
+		// are two steps.
+		if kp := p.keypairs.currentKeypair(); kp == nil || kp.created.Before(lastSent) {
+			return true
+		}
+	}
+	return false
+}
+
+// settle gives in-flight handshakes up to limit of real time to finish.
+// On the Manual clock a handshake takes no protocol time at all, as it
+// takes a negligible part of RekeyTimeout on a real path; without
+// settling, a test stepping the clock faster than goroutines run would
+// see every handshake time out.
+func settle(limit time.Duration, nodes ...*testNode) bool {
+	deadline := time.Now().Add(limit)
+	for {
+		busy := false
+		for _, n := range nodes {
+			if n.awaitingResponse() {
+				busy = true
+			}
+		}
+		if !busy {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
 }

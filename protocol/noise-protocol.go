@@ -192,16 +192,16 @@ func (e *Engine) consumeInitiation(msg *messageInitiation) (*Peer, error) {
 }
 
 // createResponse answers the initiation consumed last.
-func (e *Engine) createResponse(p *Peer) (*messageResponse, error) {
+func (e *Engine) createResponse(p *Peer) (*messageResponse, *keypair, error) {
 	h := &p.handshake
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.state != handshakeInitiationConsumed {
-		return nil, errUnexpectedMessage
+		return nil, nil, errUnexpectedMessage
 	}
 	eph, err := GeneratePrivateKey()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	h.localEphemeral = eph
 	e.indices.remove(h.localIndex)
@@ -214,12 +214,12 @@ func (e *Engine) createResponse(p *Peer) (*messageResponse, error) {
 
 	ss, ok := sharedSecret((*[32]byte)(&h.localEphemeral), (*[32]byte)(&h.remoteEphemeral))
 	if !ok {
-		return nil, errLowOrderPoint
+		return nil, nil, errLowOrderPoint
 	}
 	h.chainKey = kdf1(h.chainKey, ss[:])
 	ss, ok = sharedSecret((*[32]byte)(&h.localEphemeral), (*[32]byte)(&h.remoteStatic))
 	if !ok {
-		return nil, errLowOrderPoint
+		return nil, nil, errLowOrderPoint
 	}
 	h.chainKey = kdf1(h.chainKey, ss[:])
 	wipe(ss[:])
@@ -232,34 +232,34 @@ func (e *Engine) createResponse(p *Peer) (*messageResponse, error) {
 	wipe(tau[:])
 	wipe(key[:])
 	h.state = handshakeResponseCreated
-	return msg, nil
+	return msg, e.sessionLocked(p), nil
 }
 
 // consumeResponse authenticates a response to our initiation.
-func (e *Engine) consumeResponse(msg *messageResponse) (*Peer, error) {
+func (e *Engine) consumeResponse(msg *messageResponse) (*Peer, *keypair, error) {
 	entry := e.indices.lookup(msg.receiver)
 	p := entry.peer
 	if p == nil || entry.keypair != nil {
-		return nil, fmt.Errorf("response: %w", errUnexpectedMessage)
+		return nil, nil, fmt.Errorf("response: %w", errUnexpectedMessage)
 	}
 	id := e.identity()
 	h := &p.handshake
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	if h.state != handshakeInitiationCreated || h.localIndex != msg.receiver {
-		return nil, fmt.Errorf("response: %w", errUnexpectedMessage)
+		return nil, nil, fmt.Errorf("response: %w", errUnexpectedMessage)
 	}
 	chainKey := kdf1(h.chainKey, msg.ephemeral[:])
 	hash := mixHash(h.hash, msg.ephemeral[:])
 
 	ss, ok := sharedSecret((*[32]byte)(&h.localEphemeral), &msg.ephemeral)
 	if !ok {
-		return nil, errLowOrderPoint
+		return nil, nil, errLowOrderPoint
 	}
 	chainKey = kdf1(chainKey, ss[:])
 	ss, ok = sharedSecret((*[32]byte)(&id.private), &msg.ephemeral)
 	if !ok {
-		return nil, errLowOrderPoint
+		return nil, nil, errLowOrderPoint
 	}
 	chainKey = kdf1(chainKey, ss[:])
 	wipe(ss[:])
@@ -268,7 +268,7 @@ func (e *Engine) consumeResponse(msg *messageResponse) (*Peer, error) {
 	chainKey, tau, key = kdf3(chainKey, h.presharedKey[:])
 	hash = mixHash(hash, tau[:])
 	if err := aeadOpen(nil, key, msg.empty[:], hash[:]); err != nil {
-		return nil, errDecryptEmpty
+		return nil, nil, errDecryptEmpty
 	}
 	hash = mixHash(hash, msg.empty[:])
 	wipe(tau[:])
@@ -278,27 +278,23 @@ func (e *Engine) consumeResponse(msg *messageResponse) (*Peer, error) {
 	h.chainKey = chainKey
 	h.remoteIndex = msg.sender
 	h.state = handshakeResponseConsumed
-	return p, nil
+	// Derive under the same lock: an initiation created in between would
+	// otherwise overwrite the chaining key this response just finished.
+	return p, e.sessionLocked(p), nil
 }
 
-// deriveKeypair turns a finished handshake into transport keys and files
-// the keypair as the responder's unconfirmed next or the initiator's
-// current. The handshake's secrets are wiped: a handshake yields one
-// session, never two.
-func (e *Engine) deriveKeypair(p *Peer) (*keypair, error) {
+// sessionLocked turns a finished handshake into transport keys. The
+// handshake's secrets are wiped: a handshake yields one session, never
+// two. The caller holds p.handshake.mu and installs the keypair after
+// releasing it.
+func (e *Engine) sessionLocked(p *Peer) *keypair {
 	h := &p.handshake
-	h.mu.Lock()
 	var send, recv [32]byte
-	var isInitiator bool
-	switch h.state {
-	case handshakeResponseConsumed:
+	isInitiator := h.state == handshakeResponseConsumed
+	if isInitiator {
 		send, recv = kdf2(h.chainKey, nil)
-		isInitiator = true
-	case handshakeResponseCreated:
+	} else {
 		recv, send = kdf2(h.chainKey, nil)
-	default:
-		h.mu.Unlock()
-		return nil, errUnexpectedMessage
 	}
 	kp := &keypair{
 		created:     e.clock.Now(),
@@ -312,15 +308,18 @@ func (e *Engine) deriveKeypair(p *Peer) (*keypair, error) {
 	wipe(send[:])
 	wipe(recv[:])
 	h.clearLocked()
-	h.localIndex = 0
-	h.mu.Unlock()
+	h.localIndex = 0 // the index now belongs to the keypair
+	return kp
+}
 
+// installKeypair files a new session as the initiator's current or the
+// responder's unconfirmed next, and retires what it replaces.
+func (e *Engine) installKeypair(p *Peer, kp *keypair) {
 	e.indices.promote(kp.localIndex, kp)
-
 	k := &p.keypairs
 	k.mu.Lock()
 	var retired []*keypair
-	if isInitiator {
+	if kp.isInitiator {
 		if k.next != nil {
 			// The responder session we never confirmed becomes previous,
 			// since the peer may already be sending on it.
@@ -343,7 +342,6 @@ func (e *Engine) deriveKeypair(p *Peer) (*keypair, error) {
 			e.indices.remove(old.localIndex)
 		}
 	}
-	return kp, nil
 }
 
 // confirmNext promotes the responder's next keypair on the first packet

@@ -326,15 +326,20 @@ func (p *Peer) sendLoop() {
 		}
 		if !ep.IsValid() {
 			e.stats.dropN(DropNoEndpoint, len(b.elems))
-		} else if err := e.bind.Send(bufs, ep); err != nil {
-			e.stats.dropN(DropSendFailed, len(b.elems))
-			e.log.Debug("send failed", "peer", p.public, "endpoint", ep, "err", err)
 		} else {
-			p.stats.txBytes.Add(bytes)
+			// Arm the timers before the packets leave: a reply can arrive
+			// before Send returns, and its "packet received" event must
+			// find the "data sent" timer already running to cancel it.
 			p.timersAnyAuthenticatedPacketTraversal()
 			p.timersAnyAuthenticatedPacketSent()
 			if dataSent {
 				p.timersDataSent()
+			}
+			if err := e.bind.Send(bufs, ep); err != nil {
+				e.stats.dropN(DropSendFailed, len(b.elems))
+				e.log.Debug("send failed", "peer", p.public, "endpoint", ep, "err", err)
+			} else {
+				p.stats.txBytes.Add(bytes)
 			}
 		}
 		clear(bufs)
@@ -382,7 +387,7 @@ func (p *Peer) sendInitiation(isRetry bool) {
 		e.log.Debug("no endpoint for handshake initiation", "peer", p.public)
 		return
 	}
-	e.log.Debug("sending handshake initiation", "peer", p.public, "endpoint", ep, "retry", isRetry)
+	e.log.Debug("sending handshake initiation", "peer", p.public, "endpoint", ep, "retry", isRetry, "now", now)
 	if err := e.bind.Send([][]byte{buf[:]}, ep); err != nil {
 		e.log.Debug("handshake initiation send failed", "peer", p.public, "endpoint", ep, "err", err)
 	}
