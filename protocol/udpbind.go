@@ -3,14 +3,10 @@ package protocol
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"sync"
 	"syscall"
-
-	"golang.org/x/net/ipv4"
-	"golang.org/x/net/ipv6"
 )
 
 const (
@@ -29,12 +25,6 @@ const (
 	// picked turns out to be taken for IPv6; another program winning that
 	// race several times in a row means something is wrong.
 	udpPortAttempts = 10
-
-	// udpMsgTrunc is Linux's MSG_TRUNC. It is spelled out because the syscall
-	// package has no such constant on Windows and this package must still
-	// build there; batching, where the flag comes from, is Linux-only in
-	// golang.org/x/net anyway.
-	udpMsgTrunc = 0x20
 )
 
 // UDPConfig says where the host sockets listen.
@@ -68,30 +58,20 @@ type UDPBind struct {
 	closeErr  error
 }
 
-// udpSocket owns the message slices for one socket, so that the hot paths
-// hand the kernel memory that was allocated once, at listen time.
+// udpSocket owns the per-direction state for one socket, so that the hot
+// paths hand the kernel memory that was allocated once, at listen time. What
+// that state is depends on the system: udpbind_linux.go calls recvmmsg and
+// sendmmsg itself, udpbind_other.go goes through golang.org/x/net. Each
+// defines udpReceiver, udpSender and the init, receive and send methods.
 type udpSocket struct {
 	conn  *net.UDPConn
-	pc    udpBatchConn
 	local netip.AddrPort
 
-	recvMu   sync.Mutex
-	recvMsgs []ipv4.Message
+	recvMu sync.Mutex
+	rx     udpReceiver // guarded by recvMu
 
-	sendMu   sync.Mutex
-	sendMsgs []ipv4.Message
-	// sendAddr is the one destination every message of a Send shares;
-	// sendIP backs its IP so that filling it in does not allocate.
-	sendAddr net.UDPAddr
-	sendIP   [16]byte
-}
-
-// udpBatchConn is what ipv4.PacketConn and ipv6.PacketConn have in common:
-// their Message types are aliases of one type, so one code path serves both
-// families.
-type udpBatchConn interface {
-	ReadBatch(ms []ipv4.Message, flags int) (int, error)
-	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+	sendMu sync.Mutex
+	tx     udpSender // guarded by sendMu
 }
 
 // udpListenFunc is net.ListenUDP; tests replace it to make a family disappear
@@ -133,7 +113,12 @@ func listenUDP(cfg UDPConfig, listen udpListenFunc) (*UDPBind, error) {
 	for attempt := 1; ; attempt++ {
 		conns, retry, err := listenUDPAll(addrs, cfg.Port, wildcard, listen)
 		if err == nil {
-			return newUDPBind(conns, batchSize), nil
+			b, err := newUDPBind(conns, batchSize)
+			if err != nil {
+				closeUDPConns(conns)
+				return nil, fmt.Errorf("udp bind: %w", err)
+			}
+			return b, nil
 		}
 		if !retry || attempt == udpPortAttempts {
 			return nil, err
@@ -181,7 +166,7 @@ func closeUDPConns(conns []*net.UDPConn) {
 	}
 }
 
-func newUDPBind(conns []*net.UDPConn, batchSize int) *UDPBind {
+func newUDPBind(conns []*net.UDPConn, batchSize int) (*UDPBind, error) {
 	b := &UDPBind{batchSize: batchSize}
 	for _, c := range conns {
 		_ = c.SetReadBuffer(udpSocketBuffer)
@@ -189,32 +174,16 @@ func newUDPBind(conns []*net.UDPConn, batchSize int) *UDPBind {
 
 		ap := c.LocalAddr().(*net.UDPAddr).AddrPort()
 		s := &udpSocket{
-			conn:     c,
-			local:    netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()),
-			recvMsgs: newUDPMessages(batchSize),
-			sendMsgs: newUDPMessages(batchSize),
+			conn:  c,
+			local: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()),
 		}
-		if s.local.Addr().Is4() {
-			s.pc = ipv4.NewPacketConn(c)
-		} else {
-			s.pc = ipv6.NewPacketConn(c)
+		if err := s.init(batchSize); err != nil {
+			return nil, err
 		}
 		b.port = s.local.Port()
 		b.socks = append(b.socks, s)
 	}
-	return b
-}
-
-// newUDPMessages carves every message's one-element Buffers out of a single
-// backing slice, so a batch costs two allocations at listen time and none
-// afterwards.
-func newUDPMessages(n int) []ipv4.Message {
-	msgs := make([]ipv4.Message, n)
-	bufs := make([][]byte, n)
-	for i := range msgs {
-		msgs[i].Buffers = bufs[i : i+1 : i+1]
-	}
-	return msgs
+	return b, nil
 }
 
 // Port is the one port all sockets share; with UDPConfig.Port 0 it is the
@@ -306,109 +275,18 @@ func (b *UDPBind) socketFor(addr netip.Addr) *udpSocket {
 	return first
 }
 
-func (s *udpSocket) send(bufs [][]byte, ep netip.AddrPort) error {
-	s.sendMu.Lock()
-	defer s.sendMu.Unlock()
-
-	dst := &s.sendAddr
-	if a := ep.Addr(); a.Is4() {
-		ip := a.As4()
-		dst.IP = s.sendIP[:4]
-		copy(dst.IP, ip[:])
-		dst.Zone = ""
-	} else {
-		ip := a.As16()
-		dst.IP = s.sendIP[:16]
-		copy(dst.IP, ip[:])
-		dst.Zone = a.Zone()
+// udpCompact moves datagram i, n bytes long, down to slot kept once earlier
+// datagrams of the batch were dropped, because the slots a receive returns
+// must be contiguous. Buffers of unequal length could leave it without room
+// in the lower slot; it is then dropped as if it had been truncated, which
+// the false result says.
+func udpCompact(bufs [][]byte, kept, i, n int) bool {
+	if kept == i {
+		return true
 	}
-	dst.Port = int(ep.Port())
-
-	// Send must not keep bufs, and the messages outlive this call.
-	defer clearUDPMessages(s.sendMsgs[:min(len(bufs), len(s.sendMsgs))])
-
-	for len(bufs) > 0 {
-		msgs := s.sendMsgs[:min(len(bufs), len(s.sendMsgs))]
-		for i := range msgs {
-			msgs[i].Buffers[0] = bufs[i]
-			msgs[i].Addr = dst
-		}
-		bufs = bufs[len(msgs):]
-		// sendmmsg stops early when the socket buffer fills or when one
-		// datagram fails; the rest are sent (or the error surfaces) on the
-		// next call.
-		for len(msgs) > 0 {
-			n, err := s.pc.WriteBatch(msgs, 0)
-			if err != nil {
-				return err
-			}
-			if n == 0 {
-				return io.ErrShortWrite
-			}
-			msgs = msgs[n:]
-		}
+	if len(bufs[kept]) < n {
+		return false
 	}
-	return nil
-}
-
-func (s *udpSocket) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (int, error) {
-	n := min(len(bufs), len(sizes), len(eps), len(s.recvMsgs))
-	if n == 0 {
-		return 0, nil
-	}
-
-	s.recvMu.Lock()
-	defer s.recvMu.Unlock()
-
-	msgs := s.recvMsgs[:n]
-	// The messages would otherwise pin the caller's buffers and the last
-	// batch's source addresses until the next call.
-	defer clearUDPMessages(msgs)
-	for i := range msgs {
-		msgs[i].Buffers[0] = bufs[i]
-	}
-
-	for {
-		got, err := s.pc.ReadBatch(msgs, 0)
-		if err != nil {
-			return 0, err
-		}
-		kept := 0
-		for i := range msgs[:got] {
-			m := &msgs[i]
-			ua, ok := m.Addr.(*net.UDPAddr)
-			// A truncated datagram is useless to WireGuard, and passing it
-			// on would make it look like a malformed packet from a peer.
-			if m.Flags&udpMsgTrunc != 0 || !ok {
-				continue
-			}
-			if kept != i {
-				// Slots must be contiguous. Buffers of unequal length could
-				// leave this datagram without room in the lower slot; it is
-				// then dropped as if it had been truncated.
-				if len(bufs[kept]) < m.N {
-					continue
-				}
-				copy(bufs[kept], bufs[i][:m.N])
-			}
-			ap := ua.AddrPort()
-			sizes[kept] = m.N
-			eps[kept] = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-			kept++
-		}
-		if kept > 0 {
-			return kept, nil
-		}
-		// Every datagram was dropped; the contract is to block until there
-		// is one to return.
-	}
-}
-
-func clearUDPMessages(msgs []ipv4.Message) {
-	for i := range msgs {
-		msgs[i].Buffers[0] = nil
-		msgs[i].Addr = nil
-		msgs[i].N = 0
-		msgs[i].Flags = 0
-	}
+	copy(bufs[kept], bufs[i][:n])
+	return true
 }

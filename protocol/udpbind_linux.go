@@ -1,0 +1,377 @@
+//go:build linux
+
+package protocol
+
+import (
+	"encoding/binary"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"syscall"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// On Linux the bind calls recvmmsg and sendmmsg itself, through the socket's
+// syscall.RawConn so that waiting for the socket stays with Go's netpoller
+// (and with it deadlines and Close). golang.org/x/net would do the batching
+// too, but it hands every received datagram's source back as a fresh
+// *net.UDPAddr, two allocations per packet; here the kernel writes each
+// source into a sockaddr preallocated per slot, which becomes a
+// netip.AddrPort without allocating.
+//
+// Memory safety: the mmsghdrs, iovecs and sockaddrs live in Go memory owned
+// by the socket, and the iovecs point into the caller's buffers, all of it
+// ordinary Go pointers the garbage collector sees (and heap memory never
+// moves). The kernel reads and writes that memory only during the system
+// call and keeps no reference once it returns. The iovecs are cleared
+// afterwards so that the socket does not pin the caller's buffers.
+
+// udpZoneTTL is how long an interface index↔name mapping is trusted before it
+// is looked up again, as in golang.org/x/net's zone cache: interfaces can be
+// renamed, and a stale entry must not last forever.
+const udpZoneTTL = time.Minute
+
+// udpZoneCacheMax bounds the zone caches; a socket sees a handful of
+// interfaces at most, so overflowing means churn and the cache just restarts.
+const udpZoneCacheMax = 64
+
+type udpReceiver struct {
+	raw syscall.RawConn
+	// recvmmsg is s.recvmmsg bound once, at init: a method value or closure
+	// made per call would escape into RawConn.Read and allocate.
+	recvmmsg func(fd uintptr) bool
+
+	msgs  []unix.Mmsghdr
+	iovs  []unix.Iovec
+	names []unix.RawSockaddrInet6 // large enough for sockaddr_in too
+
+	// Arguments and results of one recvmmsg call.
+	n     int
+	got   int
+	errno syscall.Errno
+
+	// zones maps the scope IDs of link-local sources to zone names.
+	zones map[uint32]udpZone
+}
+
+type udpSender struct {
+	raw      syscall.RawConn
+	sendmmsg func(fd uintptr) bool // s.sendmmsg, bound once as recvmmsg is
+
+	msgs []unix.Mmsghdr
+	iovs []unix.Iovec
+	// name is the one destination every message of a Send shares.
+	name unix.RawSockaddrInet6
+
+	// Arguments and results of one sendmmsg call: msgs[off:n].
+	off, n int
+	sent   int
+	errno  syscall.Errno
+
+	// zones maps the zone names of link-local destinations to scope IDs.
+	zones map[string]udpZone
+}
+
+type udpZone struct {
+	name  string
+	index uint32
+	at    time.Time
+}
+
+func (s *udpSocket) init(batchSize int) error {
+	raw, err := s.conn.SyscallConn()
+	if err != nil {
+		return err
+	}
+
+	r := &s.rx
+	r.raw = raw
+	r.recvmmsg = s.recvmmsg
+	r.msgs = make([]unix.Mmsghdr, batchSize)
+	r.iovs = make([]unix.Iovec, batchSize)
+	r.names = make([]unix.RawSockaddrInet6, batchSize)
+	for i := range r.msgs {
+		h := &r.msgs[i].Hdr
+		h.Name = (*byte)(unsafe.Pointer(&r.names[i]))
+		h.Iov = &r.iovs[i]
+		h.SetIovlen(1)
+	}
+
+	t := &s.tx
+	t.raw = raw
+	t.sendmmsg = s.sendmmsg
+	t.msgs = make([]unix.Mmsghdr, batchSize)
+	t.iovs = make([]unix.Iovec, batchSize)
+	for i := range t.msgs {
+		h := &t.msgs[i].Hdr
+		h.Name = (*byte)(unsafe.Pointer(&t.name))
+		h.Iov = &t.iovs[i]
+		h.SetIovlen(1)
+	}
+	return nil
+}
+
+func (s *udpSocket) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (int, error) {
+	n := min(len(bufs), len(sizes), len(eps), len(s.rx.msgs))
+	if n == 0 {
+		return 0, nil
+	}
+
+	s.recvMu.Lock()
+	defer s.recvMu.Unlock()
+	r := &s.rx
+
+	for i := range n {
+		setUDPIovec(&r.iovs[i], bufs[i])
+	}
+	// The iovecs would otherwise pin the caller's buffers until the next
+	// call.
+	defer clearUDPIovecs(r.iovs[:n])
+
+	for {
+		for i := range n {
+			// The kernel overwrites these with the source's length and
+			// the datagram's flags.
+			r.msgs[i].Hdr.Namelen = unix.SizeofSockaddrInet6
+			r.msgs[i].Hdr.Flags = 0
+			r.msgs[i].Len = 0
+		}
+		r.n, r.got, r.errno = n, 0, 0
+		err := r.raw.Read(r.recvmmsg)
+		// The buffers were reachable through the iovecs all along; this
+		// says so to the reader as much as to the compiler.
+		runtime.KeepAlive(bufs)
+		if err != nil {
+			return 0, err
+		}
+		if r.errno != 0 {
+			return 0, &net.OpError{Op: "read", Net: "udp", Source: net.UDPAddrFromAddrPort(s.local), Err: os.NewSyscallError("recvmmsg", r.errno)}
+		}
+
+		kept := 0
+		for i := range r.got {
+			m := &r.msgs[i]
+			size := int(m.Len)
+			// A truncated datagram is useless to WireGuard, and passing it
+			// on would make it look like a malformed packet from a peer.
+			if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
+				continue
+			}
+			from, ok := r.source(i)
+			if !ok || !udpCompact(bufs, kept, i, size) {
+				continue
+			}
+			sizes[kept] = size
+			eps[kept] = from
+			kept++
+		}
+		if kept > 0 {
+			return kept, nil
+		}
+		// Every datagram was dropped; the contract is to block until there
+		// is one to return.
+	}
+}
+
+// recvmmsg is the RawConn.Read callback; returning false waits for the
+// socket to become readable and calls it again.
+func (s *udpSocket) recvmmsg(fd uintptr) bool {
+	r := &s.rx
+	for {
+		got, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd,
+			uintptr(unsafe.Pointer(&r.msgs[0])), uintptr(r.n), 0, 0, 0)
+		switch errno {
+		case 0:
+			r.got = int(got)
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			r.errno = errno
+			return true
+		}
+	}
+}
+
+// source converts slot i's sockaddr to the address the datagram came from.
+// It reports false for anything but a complete IPv4 or IPv6 address, which a
+// UDP socket should never produce.
+func (r *udpReceiver) source(i int) (netip.AddrPort, bool) {
+	sa := &r.names[i]
+	namelen := r.msgs[i].Hdr.Namelen
+	switch sa.Family {
+	case unix.AF_INET:
+		if namelen < unix.SizeofSockaddrInet4 {
+			return netip.AddrPort{}, false
+		}
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
+		return netip.AddrPortFrom(netip.AddrFrom4(sa4.Addr), udpNtohs(sa4.Port)), true
+	case unix.AF_INET6:
+		if namelen < unix.SizeofSockaddrInet6 {
+			return netip.AddrPort{}, false
+		}
+		// The IPv6 socket is v6-only, but an IPv4 peer must never show up
+		// as ::ffff:a.b.c.d should that change.
+		a := netip.AddrFrom16(sa.Addr).Unmap()
+		if a.Is6() && sa.Scope_id != 0 {
+			a = a.WithZone(r.zoneName(sa.Scope_id))
+		}
+		return netip.AddrPortFrom(a, udpNtohs(sa.Port)), true
+	}
+	return netip.AddrPort{}, false
+}
+
+// zoneName names the interface with index id as the zone of a link-local
+// source, falling back to the number as net does. It allocates only when an
+// interface is first seen or its entry has expired.
+func (r *udpReceiver) zoneName(id uint32) string {
+	now := time.Now()
+	if z, ok := r.zones[id]; ok && now.Sub(z.at) < udpZoneTTL {
+		return z.name
+	}
+	name := strconv.FormatUint(uint64(id), 10)
+	if ifi, err := net.InterfaceByIndex(int(id)); err == nil {
+		name = ifi.Name
+	}
+	if r.zones == nil || len(r.zones) >= udpZoneCacheMax {
+		r.zones = make(map[uint32]udpZone)
+	}
+	r.zones[id] = udpZone{name: name, index: id, at: now}
+	return name
+}
+
+func (s *udpSocket) send(bufs [][]byte, ep netip.AddrPort) error {
+	s.sendMu.Lock()
+	defer s.sendMu.Unlock()
+	t := &s.tx
+
+	namelen := t.setName(ep)
+	defer clearUDPIovecs(t.iovs[:min(len(bufs), len(t.iovs))])
+
+	for len(bufs) > 0 {
+		n := min(len(bufs), len(t.msgs))
+		for i := range n {
+			setUDPIovec(&t.iovs[i], bufs[i])
+			t.msgs[i].Hdr.Namelen = namelen
+			t.msgs[i].Len = 0
+		}
+		// sendmmsg stops early when the socket buffer fills or when one
+		// datagram fails; the rest are sent (or the error surfaces) on the
+		// next call.
+		for off := 0; off < n; {
+			t.off, t.n, t.sent, t.errno = off, n, 0, 0
+			err := t.raw.Write(t.sendmmsg)
+			runtime.KeepAlive(bufs)
+			if err != nil {
+				return err
+			}
+			if t.errno != 0 {
+				return &net.OpError{Op: "write", Net: "udp", Source: net.UDPAddrFromAddrPort(s.local), Addr: net.UDPAddrFromAddrPort(ep), Err: os.NewSyscallError("sendmmsg", t.errno)}
+			}
+			if t.sent == 0 {
+				return io.ErrShortWrite
+			}
+			off += t.sent
+		}
+		bufs = bufs[n:]
+	}
+	return nil
+}
+
+// sendmmsg is the RawConn.Write callback; returning false waits for the
+// socket to become writable and calls it again.
+func (s *udpSocket) sendmmsg(fd uintptr) bool {
+	t := &s.tx
+	for {
+		sent, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd,
+			uintptr(unsafe.Pointer(&t.msgs[t.off])), uintptr(t.n-t.off), 0, 0, 0)
+		switch errno {
+		case 0:
+			t.sent = int(sent)
+			return true
+		case unix.EINTR:
+			continue
+		case unix.EAGAIN:
+			return false
+		default:
+			t.errno = errno
+			return true
+		}
+	}
+}
+
+// setName writes ep, whose family is the socket's, into the shared
+// destination sockaddr and returns its length.
+func (t *udpSender) setName(ep netip.AddrPort) uint32 {
+	t.name = unix.RawSockaddrInet6{}
+	a := ep.Addr()
+	if a.Is4() {
+		sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(&t.name))
+		sa4.Family = unix.AF_INET
+		sa4.Port = udpHtons(ep.Port())
+		sa4.Addr = a.As4()
+		return unix.SizeofSockaddrInet4
+	}
+	t.name.Family = unix.AF_INET6
+	t.name.Port = udpHtons(ep.Port())
+	t.name.Addr = a.As16()
+	if zone := a.Zone(); zone != "" {
+		t.name.Scope_id = t.zoneIndex(zone)
+	}
+	return unix.SizeofSockaddrInet6
+}
+
+// zoneIndex is the scope ID for a link-local destination's zone: the index of
+// the interface of that name or, failing that, the zone read as a number, as
+// net does. Zero leaves the choice to the kernel, which refuses a link-local
+// destination without one.
+func (t *udpSender) zoneIndex(zone string) uint32 {
+	now := time.Now()
+	if z, ok := t.zones[zone]; ok && now.Sub(z.at) < udpZoneTTL {
+		return z.index
+	}
+	var index uint32
+	if ifi, err := net.InterfaceByName(zone); err == nil {
+		index = uint32(ifi.Index)
+	} else if n, err := strconv.ParseUint(zone, 10, 32); err == nil {
+		index = uint32(n)
+	}
+	if t.zones == nil || len(t.zones) >= udpZoneCacheMax {
+		t.zones = make(map[string]udpZone)
+	}
+	t.zones[zone] = udpZone{name: zone, index: index, at: now}
+	return index
+}
+
+func setUDPIovec(iov *unix.Iovec, b []byte) {
+	iov.Base = unsafe.SliceData(b)
+	iov.SetLen(len(b))
+}
+
+func clearUDPIovecs(iovs []unix.Iovec) {
+	for i := range iovs {
+		iovs[i] = unix.Iovec{}
+	}
+}
+
+// udpNtohs and udpHtons convert a port between host order and the network
+// order of a sockaddr field, which the kernel stores byte by byte.
+func udpNtohs(port uint16) uint16 {
+	var b [2]byte
+	binary.NativeEndian.PutUint16(b[:], port)
+	return binary.BigEndian.Uint16(b[:])
+}
+
+func udpHtons(port uint16) uint16 {
+	var b [2]byte
+	binary.BigEndian.PutUint16(b[:], port)
+	return binary.NativeEndian.Uint16(b[:])
+}
