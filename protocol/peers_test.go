@@ -1,0 +1,365 @@
+package protocol
+
+import (
+	"bytes"
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/wgbore/wgbore/protocol/clock"
+	"github.com/wgbore/wgbore/protocol/memnet"
+)
+
+// TestInboundSourceNotAllowed: a peer may only send from its AllowedIPs.
+// A packet it authenticates but whose source belongs elsewhere is dropped
+// and counted, which is what stops one peer impersonating another.
+func TestInboundSourceNotAllowed(t *testing.T) {
+	clk := clock.NewManual(testEpoch)
+	net := memnet.NewNetwork(clk, 1)
+	a := newMemNode(t, net, clk, "127.0.0.1:8001", "10.0.0.1", nil)
+	b := newMemNode(t, net, clk, "127.0.0.1:8002", "10.0.0.2", nil)
+	connect(t, a, b, PresharedKey{})
+	ok := ipPacket(a.addr, b.addr, []byte("fine"))
+	a.e.WritePackets([][]byte{ok})
+	b.sink.expect(t, ok)
+
+	spoofed := ipPacket(netip.MustParseAddr("10.0.0.99"), b.addr, []byte("not mine"))
+	a.e.WritePackets([][]byte{spoofed})
+	b.sink.expectNone(t, 100*time.Millisecond)
+	if n := b.e.Stats().Dropped(DropNotAllowedIP); n != 1 {
+		t.Fatalf("not-allowed drops = %d, want 1", n)
+	}
+	// The session itself is fine: the next honest packet arrives.
+	a.e.WritePackets([][]byte{ok})
+	b.sink.expect(t, ok)
+
+	// Outbound, a destination no peer owns is dropped and counted.
+	a.e.WritePackets([][]byte{ipPacket(a.addr, netip.MustParseAddr("192.168.77.1"), nil)})
+	if n := a.e.Stats().Dropped(DropNoRoute); n != 1 {
+		t.Fatalf("no-route drops = %d, want 1", n)
+	}
+}
+
+// TestPeersChangeUnderTraffic adds, updates and removes other peers and
+// swaps AllowedIPs while packets flow to one peer; that peer's session
+// must not notice. Run with -race.
+func TestPeersChangeUnderTraffic(t *testing.T) {
+	clk := clock.NewManual(testEpoch)
+	net := memnet.NewNetwork(clk, 1)
+	a := newMemNode(t, net, clk, "127.0.0.1:8011", "10.0.0.1", nil)
+	b := newMemNode(t, net, clk, "127.0.0.1:8012", "10.0.0.2", nil)
+	connect(t, a, b, PresharedKey{})
+
+	stop := make(chan struct{})
+	var churns atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		keys := make([]PublicKey, 8)
+		for i := range keys {
+			keys[i] = mustKey(t).PublicKey()
+		}
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			k := keys[i%len(keys)]
+			if i%3 == 2 {
+				a.e.RemovePeer(k)
+			} else {
+				pfx := netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1, byte(i % 8), 0}), 24)
+				if err := a.e.SetPeer(PeerConfig{PublicKey: k, Endpoint: "127.0.0.1:9", AllowedIPs: []netip.Prefix{pfx}}); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+			// Re-set b's own entry with the same values: an update must
+			// keep the session.
+			if err := a.e.SetPeer(PeerConfig{PublicKey: b.key.PublicKey(), Endpoint: b.ep.String(),
+				AllowedIPs: []netip.Prefix{netip.PrefixFrom(b.addr, 32)}}); err != nil {
+				t.Error(err)
+				return
+			}
+			churns.Add(1)
+		}
+	}()
+	for i := range 2000 {
+		p := ipPacket(a.addr, b.addr, fmt.Appendf(nil, "%d", i))
+		a.e.WritePackets([][]byte{p})
+		b.sink.expect(t, p)
+	}
+	close(stop)
+	wg.Wait()
+	st, _ := a.e.Peer(b.key.PublicKey())
+	if st.HandshakesCompleted != 1 {
+		t.Fatalf("%d handshakes: updating peers disturbed the session", st.HandshakesCompleted)
+	}
+	t.Logf("2000 packets delivered across %d peer changes", churns.Load())
+}
+
+// TestRemovedPeerStopsEverything: after RemovePeer, traffic to the peer is
+// unroutable, its sessions are gone from the index table and its
+// goroutines have exited.
+func TestRemovedPeerStopsEverything(t *testing.T) {
+	clk := clock.NewManual(testEpoch)
+	net := memnet.NewNetwork(clk, 1)
+	a := newMemNode(t, net, clk, "127.0.0.1:8021", "10.0.0.1", nil)
+	b := newMemNode(t, net, clk, "127.0.0.1:8022", "10.0.0.2", nil)
+	connect(t, a, b, PresharedKey{})
+	p := ipPacket(a.addr, b.addr, []byte("x"))
+	a.e.WritePackets([][]byte{p})
+	b.sink.expect(t, p)
+	if !a.e.RemovePeer(b.key.PublicKey()) || a.e.RemovePeer(b.key.PublicKey()) {
+		t.Fatal("RemovePeer should report true once, then false")
+	}
+	if n := a.e.indices.len(); n != 0 {
+		t.Fatalf("%d index entries left after removing the only peer", n)
+	}
+	a.e.WritePackets([][]byte{p})
+	if a.e.Stats().Dropped(DropNoRoute) != 1 {
+		t.Fatal("traffic to a removed peer was not dropped as unroutable")
+	}
+	// b's packets to a now fail authentication lookup on a.
+	b.e.WritePackets([][]byte{ipPacket(b.addr, a.addr, []byte("y"))})
+	waitFor(t, 5*time.Second, "unknown-index drop", func() bool { return a.e.Stats().Dropped(DropUnknownIndex) == 1 })
+}
+
+// TestEndpointRoaming: the peer comes back from a new address (a new
+// process with the same key behind a rebinding NAT). The first
+// authenticated packet from there moves the endpoint, and replies follow.
+func TestEndpointRoaming(t *testing.T) {
+	clk := clock.NewManual(testEpoch)
+	net := memnet.NewNetwork(clk, 1)
+	a := newMemNode(t, net, clk, "127.0.0.1:8031", "10.0.0.1", nil)
+	b := newMemNode(t, net, clk, "127.0.0.1:8032", "10.0.0.2", nil)
+	connect(t, a, b, PresharedKey{})
+	p := ipPacket(a.addr, b.addr, []byte("from the old address"))
+	a.e.WritePackets([][]byte{p})
+	b.sink.expect(t, p)
+	if st, _ := b.e.Peer(a.key.PublicKey()); st.Endpoint != a.ep {
+		t.Fatalf("b learned endpoint %v, want %v", st.Endpoint, a.ep)
+	}
+
+	// The same identity, a new source port.
+	moved := netip.MustParseAddrPort("127.0.0.1:8033")
+	var sawOld atomic.Int64
+	net.SetTap(func(from, to netip.AddrPort, _ []byte) {
+		if from == b.ep && to == a.ep {
+			sawOld.Add(1)
+		}
+	})
+	bind2, err := net.Listen(moved)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sink2 := newSink()
+	a2, err := New(Config{PrivateKey: a.key, Bind: bind2, Packets: sink2, Clock: clk})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a2.Close()
+	a.e.Close()
+	sawOld.Store(0)
+	if err := a2.SetPeer(PeerConfig{PublicKey: b.key.PublicKey(), Endpoint: b.ep.String(),
+		AllowedIPs: []netip.Prefix{netip.PrefixFrom(b.addr, 32)}}); err != nil {
+		t.Fatal(err)
+	}
+	clk.Advance(time.Second) // initiations closer than 20 ms apart are refused
+	p2 := ipPacket(a.addr, b.addr, []byte("from the new address"))
+	a2.WritePackets([][]byte{p2})
+	b.sink.expect(t, p2)
+	st, _ := b.e.Peer(a.key.PublicKey())
+	if st.Endpoint != moved || st.EndpointChanges != 2 {
+		t.Fatalf("b's endpoint for a is %v after %d changes, want %v after 2", st.Endpoint, st.EndpointChanges, moved)
+	}
+	q := ipPacket(b.addr, a.addr, []byte("reply"))
+	b.e.WritePackets([][]byte{q})
+	sink2.expect(t, q)
+	if n := sawOld.Load(); n != 0 {
+		t.Fatalf("%d datagrams still went to the old address after the peer roamed", n)
+	}
+}
+
+// fakeResolver answers from a map the test changes.
+type fakeResolver struct {
+	mu      sync.Mutex
+	answers map[string]netip.Addr
+	asked   atomic.Int64
+}
+
+func (r *fakeResolver) set(host string, a netip.Addr) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.answers[host] = a
+}
+
+func (r *fakeResolver) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
+	r.asked.Add(1)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	a, ok := r.answers[host]
+	if !ok {
+		return nil, errors.New("no such host")
+	}
+	return []netip.Addr{a}, nil
+}
+
+// TestHostnameEndpointFollowed: an endpoint given as a name is resolved at
+// start and again while handshakes fail, so a peer whose address changes
+// behind its name is found again without a restart.
+func TestHostnameEndpointFollowed(t *testing.T) {
+	clk := clock.NewManual(testEpoch)
+	net := memnet.NewNetwork(clk, 1)
+	res := &fakeResolver{answers: map[string]netip.Addr{"peer.test": netip.MustParseAddr("127.0.0.2")}}
+	sinkA := newSink()
+	bindA, _ := net.Listen(netip.MustParseAddrPort("127.0.0.1:8041"))
+	keyA := mustKey(t)
+	a, err := New(Config{PrivateKey: keyA, Bind: bindA, Packets: sinkA, Clock: clk, Resolver: res})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	// b really lives at 127.0.0.3; the name first points elsewhere.
+	b := newMemNode(t, net, clk, "127.0.0.3:8042", "10.0.0.2", nil)
+	if err := b.e.SetPeer(PeerConfig{PublicKey: keyA.PublicKey(), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/32")}}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.SetPeer(PeerConfig{PublicKey: b.key.PublicKey(), Endpoint: "peer.test:8042",
+		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.2/32")}}); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "initial resolution", func() bool {
+		st, _ := a.Peer(b.key.PublicKey())
+		return st.Endpoint == netip.MustParseAddrPort("127.0.0.2:8042")
+	})
+	p := ipPacket(netip.MustParseAddr("10.0.0.1"), b.addr, []byte("find me"))
+	a.WritePackets([][]byte{p})
+	b.sink.expectNone(t, 50*time.Millisecond)
+
+	// The name moves; retries look it up again and the handshake lands.
+	res.set("peer.test", netip.MustParseAddr("127.0.0.3"))
+	asked := res.asked.Load()
+	for i := 0; i < 30; i++ {
+		clk.Advance(RekeyTimeout + RekeyTimeoutJitterMax)
+		time.Sleep(2 * time.Millisecond) // the lookup runs in the background
+		select {
+		case got := <-b.sink.ch:
+			if !bytes.Equal(got, p) {
+				t.Fatalf("delivered %x", got)
+			}
+			if res.asked.Load() == asked {
+				t.Fatal("delivered without a new lookup")
+			}
+			return
+		default:
+		}
+	}
+	t.Fatalf("peer not found again after its name moved; %d lookups", res.asked.Load())
+}
+
+// TestStagedQueueBounded: packets for a peer without a session wait, but
+// only up to a bound; the excess is dropped and counted, not buffered.
+func TestStagedQueueBounded(t *testing.T) {
+	clk := clock.NewManual(testEpoch)
+	net := memnet.NewNetwork(clk, 1)
+	a := newMemNode(t, net, clk, "127.0.0.1:8051", "10.0.0.1", nil)
+	peer := mustKey(t).PublicKey()
+	if err := a.e.SetPeer(PeerConfig{PublicKey: peer, Endpoint: "127.0.0.1:9",
+		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.2/32")}}); err != nil {
+		t.Fatal(err)
+	}
+	pkt := ipPacket(a.addr, netip.MustParseAddr("10.0.0.2"), []byte("waiting"))
+	for range maxStagedPackets + 100 {
+		a.e.WritePackets([][]byte{pkt})
+	}
+	p := a.e.lookupPeer(peer)
+	p.stagedMu.Lock()
+	n := len(p.staged)
+	p.stagedMu.Unlock()
+	if n != maxStagedPackets {
+		t.Fatalf("%d packets staged, want the bound %d", n, maxStagedPackets)
+	}
+	if d := a.e.Stats().Dropped(DropStagedOverflow); d != 100 {
+		t.Fatalf("%d staged-overflow drops, want 100", d)
+	}
+}
+
+// TestSecretsStayOutOfLogs runs handshakes, rekeys, failures and errors
+// with debug logging on and searches everything logged for any encoding
+// of the private keys and the preshared key.
+func TestSecretsStayOutOfLogs(t *testing.T) {
+	var buf bytes.Buffer
+	var mu sync.Mutex
+	logger := slog.New(slog.NewJSONHandler(lockedWriter{&mu, &buf}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	clk := clock.NewManual(testEpoch)
+	net := memnet.NewNetwork(clk, 1)
+	psk, _ := GeneratePresharedKey()
+	mk := func(ep string) (*Engine, PrivateKey, *sink) {
+		k := mustKey(t)
+		bd, _ := net.Listen(netip.MustParseAddrPort(ep))
+		s := newSink()
+		e, err := New(Config{PrivateKey: k, Bind: bd, Packets: s, Clock: clk, Logger: logger})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		return e, k, s
+	}
+	a, ka, _ := mk("127.0.0.1:8061")
+	b, kb, sb := mk("127.0.0.1:8062")
+	a.SetPeer(PeerConfig{PublicKey: kb.PublicKey(), PresharedKey: psk, Endpoint: "127.0.0.1:8062", AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.2/32")}})
+	b.SetPeer(PeerConfig{PublicKey: ka.PublicKey(), PresharedKey: psk, AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.1/32")}})
+	for i := range 300 {
+		clk.Advance(time.Second)
+		p := ipPacket(netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"), []byte{byte(i)})
+		a.WritePackets([][]byte{p})
+		sb.expect(t, p)
+	}
+	// A wrong PSK, a bad key string and a peer error, all logged or returned.
+	a.SetPeer(PeerConfig{PublicKey: kb.PublicKey(), PresharedKey: PresharedKey{1}, Endpoint: "127.0.0.1:8062", AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.2/32")}})
+	clk.Advance(RejectAfterTime)
+	a.WritePackets([][]byte{ipPacket(netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"), nil)})
+	time.Sleep(50 * time.Millisecond)
+	_, err1 := ParsePrivateKey(ka.Base64()[:43] + "!")
+	err2 := a.SetPeer(PeerConfig{PublicKey: ka.PublicKey()})
+	logger.Info("errors", "err1", err1, "err2", err2, "key", ka, "psk", psk, "fmt", fmt.Sprintf("%v %x %+v %#v", ka, ka, kb, psk))
+
+	mu.Lock()
+	out := buf.String()
+	mu.Unlock()
+	if !strings.Contains(out, "handshake") {
+		t.Fatal("nothing was logged; the test would prove nothing")
+	}
+	for name, secret := range map[string][32]byte{"a's private key": ka, "b's private key": kb, "psk": psk} {
+		for _, enc := range []string{
+			PrivateKey(secret).Base64(), hex.EncodeToString(secret[:]), strings.ToUpper(hex.EncodeToString(secret[:])),
+			PrivateKey(secret).Base64()[:20], hex.EncodeToString(secret[:12]), fmt.Sprint(secret[:8]),
+		} {
+			if strings.Contains(out, enc) {
+				t.Fatalf("%s leaked into the log as %q", name, enc)
+			}
+		}
+	}
+}
+
+type lockedWriter struct {
+	mu *sync.Mutex
+	w  *bytes.Buffer
+}
+
+func (l lockedWriter) Write(b []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.w.Write(b)
+}
