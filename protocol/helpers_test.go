@@ -148,11 +148,12 @@ func (w testWriter) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-// awaitingResponse reports whether any of n's peers has an initiation out.
-func (n *testNode) awaitingResponse() bool {
-	n.e.peersMu.RLock()
-	defer n.e.peersMu.RUnlock()
-	for _, p := range n.e.peers {
+// awaitingResponse reports whether any of e's peers has an initiation out
+// whose session is not installed yet.
+func awaitingResponse(e *Engine) bool {
+	e.peersMu.RLock()
+	defer e.peersMu.RUnlock()
+	for _, p := range e.peers {
 		p.handshake.mu.Lock()
 		lastSent := p.handshake.lastSentHandshake
 		p.handshake.mu.Unlock()
@@ -175,11 +176,19 @@ func (n *testNode) awaitingResponse() bool {
 // settling, a test stepping the clock faster than goroutines run would
 // see every handshake time out.
 func settle(limit time.Duration, nodes ...*testNode) bool {
+	engines := make([]*Engine, len(nodes))
+	for i, n := range nodes {
+		engines[i] = n.e
+	}
+	return settleEngines(limit, engines...)
+}
+
+func settleEngines(limit time.Duration, engines ...*Engine) bool {
 	deadline := time.Now().Add(limit)
 	for {
 		busy := false
-		for _, n := range nodes {
-			if n.awaitingResponse() {
+		for _, e := range engines {
+			if awaitingResponse(e) {
 				busy = true
 			}
 		}

@@ -225,7 +225,7 @@ func TestHostnameEndpointFollowed(t *testing.T) {
 	sinkA := newSink()
 	bindA, _ := net.Listen(netip.MustParseAddrPort("127.0.0.1:8041"))
 	keyA := mustKey(t)
-	a, err := New(Config{PrivateKey: keyA, Bind: bindA, Packets: sinkA, Clock: clk, Resolver: res})
+	a, err := New(Config{PrivateKey: keyA, Bind: bindA, Packets: sinkA, Clock: clk, Resolver: res, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -252,7 +252,10 @@ func TestHostnameEndpointFollowed(t *testing.T) {
 	asked := res.asked.Load()
 	for i := 0; i < 30; i++ {
 		clk.Advance(RekeyTimeout + RekeyTimeoutJitterMax)
-		time.Sleep(2 * time.Millisecond) // the lookup runs in the background
+		// The lookup runs in the background, and an answered initiation
+		// needs real time to complete; unanswered ones wait for the clock.
+		time.Sleep(2 * time.Millisecond)
+		settleEngines(200*time.Millisecond, a)
 		select {
 		case got := <-b.sink.ch:
 			if !bytes.Equal(got, p) {
@@ -325,6 +328,9 @@ func TestSecretsStayOutOfLogs(t *testing.T) {
 		p := ipPacket(netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("10.0.0.2"), []byte{byte(i)})
 		a.WritePackets([][]byte{p})
 		sb.expect(t, p)
+		if !settleEngines(5*time.Second, a) {
+			t.Fatal("handshake unanswered after 5s of real time")
+		}
 	}
 	// A wrong PSK, a bad key string and a peer error, all logged or returned.
 	a.SetPeer(PeerConfig{PublicKey: kb.PublicKey(), PresharedKey: PresharedKey{1}, Endpoint: "127.0.0.1:8062", AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.2/32")}})
