@@ -226,13 +226,16 @@ func (e *Engine) lookupPeer(k PublicKey) *Peer {
 func (e *Engine) Close() error {
 	var err error
 	e.closeOnce.Do(func() {
-		close(e.done)
+		// Order matters: the peers' in-order goroutines may be waiting
+		// on a batch the crypto workers still have to finish, so the
+		// workers stop only after the peers have.
 		err = e.bind.Close()
 		e.peersMu.Lock()
 		for _, p := range e.peers {
 			e.removePeerLocked(p)
 		}
 		e.peersMu.Unlock()
+		close(e.done)
 		e.wg.Wait()
 		e.setIdentity(PrivateKey{})
 	})

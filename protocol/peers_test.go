@@ -369,3 +369,60 @@ func (l lockedWriter) Write(b []byte) (int, error) {
 	defer l.mu.Unlock()
 	return l.w.Write(b)
 }
+
+// TestCloseUnderTraffic closes an engine while packets pour through it;
+// Close must return, which means every engine goroutine has exited.
+func TestCloseUnderTraffic(t *testing.T) {
+	clk := clock.NewManual(testEpoch)
+	net := memnet.NewNetwork(clk, 1)
+	a := newMemNode(t, net, clk, "127.0.0.1:8071", "10.0.0.1", nil)
+	b := newMemNode(t, net, clk, "127.0.0.1:8072", "10.0.0.2", nil)
+	connect(t, a, b, PresharedKey{})
+	p := ipPacket(a.addr, b.addr, make([]byte, 1000))
+	a.e.WritePackets([][]byte{p})
+	b.sink.expect(t, p)
+	batch := make([][]byte, 64)
+	for i := range batch {
+		batch[i] = p
+	}
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+				a.e.WritePackets(batch)
+			}
+		}
+	}()
+	// Drain b so its queues keep moving, then close both mid-stream.
+	drained := make(chan struct{})
+	go func() {
+		defer close(drained)
+		for {
+			select {
+			case <-b.sink.ch:
+			case <-stop:
+				return
+			}
+		}
+	}()
+	time.Sleep(50 * time.Millisecond)
+	closed := make(chan struct{})
+	go func() {
+		a.e.Close()
+		b.e.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not return under traffic")
+	}
+	close(stop)
+	<-done
+	<-drained
+}
