@@ -72,8 +72,14 @@ const (
 	handshakeQueueSize  = 4096
 	underLoadQueueDepth = handshakeQueueSize / 8
 	// peerQueueBatches is how many batches one peer may have between the
-	// crypto workers and its in-order goroutine.
-	peerQueueBatches = 256
+	// crypto workers and its in-order goroutine: with batches of 64, some
+	// 4096 packets, enough to keep both cores busy without hoarding
+	// memory.
+	peerQueueBatches = 64
 	// cryptoQueueBatches is the shared queue into the crypto workers.
 	cryptoQueueBatches = 1024
+	// maxFreeElements is how many idle packet buffers the engine keeps
+	// for reuse: enough for two peers' full queues, about 12 MB at the
+	// default MTU once reached.
+	maxFreeElements = 8192
 )

@@ -90,8 +90,8 @@ type Engine struct {
 	encryptQueue chan *batch
 	decryptQueue chan *batch
 
-	elements sync.Pool
-	batches  sync.Pool
+	elements *freeList[element]
+	batches  *freeList[batch]
 
 	stats Stats
 
@@ -144,8 +144,8 @@ func New(cfg Config) (*Engine, error) {
 	if e.bufSize < MessageInitiationSize {
 		e.bufSize = MessageInitiationSize
 	}
-	e.elements.New = func() any { return &element{buf: make([]byte, e.bufSize)} }
-	e.batches.New = func() any { return &batch{} }
+	e.elements = newFreeList(maxFreeElements, func() *element { return &element{buf: make([]byte, e.bufSize)} })
+	e.batches = newFreeList(maxFreeElements/8, func() *batch { return &batch{} })
 	e.indices.init()
 	e.rateLimiter = newRateLimiter(e.clock)
 	e.allowed.Store(buildAllowedIPs(map[netip.Prefix]*Peer{}))

@@ -40,6 +40,7 @@ func (e *Engine) receiveLoop(recv ReceiveFunc) {
 	var (
 		cur      *batch
 		curIndex uint32
+		fresh    = make([]*element, 0, size)
 	)
 	flush := func() {
 		if cur == nil {
@@ -65,6 +66,7 @@ func (e *Engine) receiveLoop(recv ReceiveFunc) {
 			time.Sleep(time.Millisecond)
 			continue
 		}
+		taken := 0
 		for i := 0; i < n; i++ {
 			msg := els[i].buf[:sizes[i]]
 			src := netip.AddrPortFrom(eps[i].Addr().Unmap(), eps[i].Port())
@@ -95,9 +97,10 @@ func (e *Engine) receiveLoop(recv ReceiveFunc) {
 				el.src = src
 				el.counter = binary.LittleEndian.Uint64(msg[transportOffsetCounter:])
 				cur.elems = append(cur.elems, el)
-				// The batch owns that buffer now; take a fresh one.
-				els[i] = e.getElement()
-				bufs[i] = els[i].buf
+				// The batch owns that buffer now; a fresh one replaces
+				// it once the whole receive is sorted.
+				els[i] = nil
+				taken++
 			case MessageInitiationType, MessageResponseType, MessageCookieReplyType:
 				if !validHandshakeSize(msg) {
 					e.stats.drop(DropMalformedMessage)
@@ -115,6 +118,16 @@ func (e *Engine) receiveLoop(recv ReceiveFunc) {
 			}
 		}
 		flush()
+		if taken > 0 {
+			fresh = e.elements.getN(fresh[:0], taken)
+			for i := range els[:n] {
+				if els[i] == nil {
+					els[i] = fresh[len(fresh)-1]
+					fresh = fresh[:len(fresh)-1]
+					bufs[i] = els[i].buf
+				}
+			}
+		}
 	}
 }
 

@@ -31,25 +31,27 @@ type batch struct {
 	kp    *keypair
 }
 
-func (e *Engine) getElement() *element { return e.elements.Get().(*element) }
+func (e *Engine) getElement() *element { return e.elements.get() }
+
+func (el *element) reset() { el.msg, el.plain, el.ok, el.src = nil, nil, false, netip.AddrPort{} }
 
 func (e *Engine) putElement(el *element) {
-	el.msg, el.plain, el.ok, el.src = nil, nil, false, netip.AddrPort{}
-	e.elements.Put(el)
+	el.reset()
+	e.elements.put(el)
 }
 
-func (e *Engine) getBatch() *batch { return e.batches.Get().(*batch) }
+func (e *Engine) getBatch() *batch { return e.batches.get() }
 
+// putBatch recycles a batch and all its elements under one lock each.
 func (e *Engine) putBatch(b *batch) {
-	for i, el := range b.elems {
-		if el != nil {
-			e.putElement(el)
-		}
-		b.elems[i] = nil
+	for _, el := range b.elems {
+		el.reset()
 	}
+	e.elements.putN(b.elems)
+	clear(b.elems)
 	b.elems = b.elems[:0]
 	b.peer, b.kp = nil, nil
-	e.batches.Put(b)
+	e.batches.put(b)
 }
 
 // paddedLen rounds a packet up to a multiple of 16, capped at the MTU,
@@ -88,6 +90,7 @@ func destination(pkt []byte) (netip.Addr, bool) {
 type outboundScratch struct {
 	peers  []*Peer
 	groups [][]*element
+	spare  []*element
 }
 
 var scratchPool = sync.Pool{New: func() any { return new(outboundScratch) }}
@@ -100,6 +103,7 @@ var scratchPool = sync.Pool{New: func() any { return new(outboundScratch) }}
 func (e *Engine) WritePackets(pkts [][]byte) {
 	table := e.allowed.Load()
 	s := scratchPool.Get().(*outboundScratch)
+	s.spare = e.elements.getN(s.spare[:0], len(pkts))
 	for _, pkt := range pkts {
 		dst, ok := destination(pkt)
 		if !ok {
@@ -115,7 +119,9 @@ func (e *Engine) WritePackets(pkts [][]byte) {
 			e.stats.drop(DropNoRoute)
 			continue
 		}
-		el := e.getElement()
+		el := s.spare[len(s.spare)-1]
+		s.spare[len(s.spare)-1] = nil
+		s.spare = s.spare[:len(s.spare)-1]
 		el.msg = el.buf[:MessageTransportHeaderSize+len(pkt)]
 		copy(el.msg[MessageTransportHeaderSize:], pkt)
 		i := 0
@@ -141,6 +147,11 @@ func (e *Engine) WritePackets(pkts [][]byte) {
 	}
 	s.peers = s.peers[:0]
 	s.groups = s.groups[:0]
+	if len(s.spare) > 0 { // packets that were dropped left these unused
+		e.elements.putN(s.spare)
+		clear(s.spare)
+		s.spare = s.spare[:0]
+	}
 	scratchPool.Put(s)
 }
 
