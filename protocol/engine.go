@@ -22,6 +22,8 @@ import (
 type PacketSide interface {
 	// DeliverPackets hands over a batch of IP packets from one peer. The
 	// slices are only valid during the call; the engine reuses them.
+	// Each peer delivers from its own goroutine, in order, so calls for
+	// different peers arrive concurrently. It may call WritePackets.
 	DeliverPackets(pkts [][]byte)
 }
 

@@ -426,3 +426,42 @@ func TestCloseUnderTraffic(t *testing.T) {
 	<-done
 	<-drained
 }
+
+// TestPrivateKeyChange: a new private key ends every session made with
+// the old one. A peer that still knows only the old public key cannot
+// handshake; once it learns the new one, traffic flows again.
+func TestPrivateKeyChange(t *testing.T) {
+	clk := clock.NewManual(testEpoch)
+	net := memnet.NewNetwork(clk, 1)
+	a := newMemNode(t, net, clk, "127.0.0.1:8081", "10.0.0.1", nil)
+	b := newMemNode(t, net, clk, "127.0.0.1:8082", "10.0.0.2", nil)
+	connect(t, a, b, PresharedKey{})
+	p := ipPacket(a.addr, b.addr, []byte("old key"))
+	a.e.WritePackets([][]byte{p})
+	b.sink.expect(t, p)
+
+	oldPub := b.key.PublicKey()
+	newKey := mustKey(t)
+	b.e.SetPrivateKey(newKey)
+	if b.e.PublicKey() != newKey.PublicKey() {
+		t.Fatal("public key did not follow the private key")
+	}
+	if n := b.e.indices.len(); n != 0 {
+		t.Fatalf("%d sessions survived the key change", n)
+	}
+	// a's session is gone on b's side: its packets hit unknown indices,
+	// and its new handshakes carry a MAC1 for the old key.
+	clk.Advance(RejectAfterTime) // a's session expires too
+	a.e.WritePackets([][]byte{p})
+	b.sink.expectNone(t, 100*time.Millisecond)
+	if b.e.Stats().Dropped(DropBadMAC1) == 0 {
+		t.Fatalf("initiation for the old key was not refused at MAC1: %v", b.e.Stats().Drops)
+	}
+
+	a.e.RemovePeer(oldPub)
+	b.key = newKey
+	connect(t, a, b, PresharedKey{})
+	clk.Advance(time.Second)
+	a.e.WritePackets([][]byte{p})
+	b.sink.expect(t, p)
+}
