@@ -201,3 +201,5 @@ func settleEngines(limit time.Duration, engines ...*Engine) bool {
 		time.Sleep(50 * time.Microsecond)
 	}
 }
+
+func (n *testNode) awaitingResponse() bool { return awaitingResponse(n.e) }
