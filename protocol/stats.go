@@ -17,7 +17,7 @@ const (
 	DropNoRoute                              // outbound destination in no peer's AllowedIPs
 	DropTooLarge                             // outbound packet larger than the MTU
 	DropExpiredKeypair                       // session older than RejectAfterTime
-	DropPeerQueueFull                        // peer's in-order queue full
+	DropPeerRemoved                          // peer removed while its packets were queued
 	DropHandshakeQueueFull                   // handshake queue full
 	DropStagedOverflow                       // staged queue full while waiting for a handshake
 	DropNoEndpoint                           // peer has no endpoint yet
@@ -32,7 +32,7 @@ const (
 
 var dropReasonNames = [numDropReasons]string{
 	"malformed_message", "malformed_packet", "unknown_index", "auth_failed", "replay",
-	"not_allowed_ip", "no_route", "too_large", "expired_keypair", "peer_queue_full",
+	"not_allowed_ip", "no_route", "too_large", "expired_keypair", "peer_removed",
 	"handshake_queue_full", "staged_overflow", "no_endpoint", "send_failed", "bad_mac1",
 	"cookie_required", "rate_limited", "handshake_failed", "bad_cookie_reply",
 }
