@@ -54,15 +54,31 @@ func TestOrderKeptThroughParallelCrypto(t *testing.T) {
 			time.Sleep(time.Millisecond)
 		}
 	}
-	for want := uint32(1); want <= seq; want++ {
+	// The in-memory network drops like UDP when b's socket queue is full
+	// (the engine waits rather than drop, so the socket fills); what
+	// arrives must be in strictly increasing order with nothing repeated,
+	// and the engine itself must drop nothing.
+	last, got := uint32(0), 0
+	for {
 		select {
-		case got := <-b.sink.ch:
-			if n := binary.BigEndian.Uint32(got[20:]); n != want {
-				t.Fatalf("delivered packet %d where %d was next (drops %v, net %+v)", n, want, b.e.Stats().Drops, net.Stats())
+		case pkt := <-b.sink.ch:
+			n := binary.BigEndian.Uint32(pkt[20:])
+			if n <= last {
+				t.Fatalf("delivered packet %d after %d", n, last)
 			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("packet %d of %d never delivered (drops %v)", want, seq, b.e.Stats().Drops)
+			last = n
+			got++
+			continue
+		case <-time.After(500 * time.Millisecond):
 		}
+		break
+	}
+	t.Logf("%d of %d delivered in order; network %+v", got, seq, net.Stats())
+	if got < int(seq)/2 {
+		t.Fatalf("only %d of %d packets delivered", got, seq)
+	}
+	if d := b.e.Stats().Drops; len(d) != 0 {
+		t.Fatalf("engine dropped packets: %v", d)
 	}
 }
 

@@ -200,9 +200,10 @@ func (p *Peer) sendKeepalive() {
 }
 
 // sendStaged moves staged packets onto the current session, or starts a
-// handshake if there is none usable. It also starts the initiator's
-// rekey when the session is old or has carried enough messages, while
-// still sending on it: the old session stays valid until RejectAfterTime.
+// handshake if there is none usable. It also starts a rekey when the
+// session has carried enough messages or (for its initiator) is old,
+// while still sending on it: the old session stays valid until
+// RejectAfterTime.
 func (p *Peer) sendStaged() {
 	if p.removed.Load() {
 		p.flushStaged()
@@ -217,7 +218,10 @@ func (p *Peer) sendStaged() {
 			p.sendInitiation(false)
 			return
 		}
-		if kp.isInitiator && (now.Sub(kp.created) >= pr.RekeyAfterTime || kp.sendNonce.Load() >= pr.RekeyAfterMessages) {
+		// Either side rekeys after RekeyAfterMessages; only the
+		// initiator rekeys on age, so both ends never race to replace
+		// the same session every two minutes.
+		if kp.sendNonce.Load() >= pr.RekeyAfterMessages || (kp.isInitiator && now.Sub(kp.created) >= pr.RekeyAfterTime) {
 			p.sendInitiation(false)
 		}
 

@@ -196,11 +196,13 @@ func (p *Peer) expiredPersistentKeepalive() {
 
 // The timer events, named after what happened.
 
-// dataSent: expect a reply within KeepaliveTimeout+RekeyTimeout.
+// dataSent: expect a reply within KeepaliveTimeout+RekeyTimeout. The
+// jitter keeps two peers that stopped hearing each other at the same
+// moment from initiating in lockstep.
 func (p *Peer) timersDataSent() {
 	if !p.timers.newHandshake.isPending() {
 		pr := &p.engine.params
-		p.timers.newHandshake.mod(pr.KeepaliveTimeout + pr.RekeyTimeout)
+		p.timers.newHandshake.mod(pr.KeepaliveTimeout + p.rekeyTimeoutWithJitter())
 	}
 }
 
