@@ -8,7 +8,6 @@ package protocol
 import (
 	"bytes"
 	"encoding/hex"
-	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -341,12 +340,8 @@ func TestInteropWireGuardGo(t *testing.T) {
 }
 
 func (ip *interopPair) wgPeer() *device.Peer {
-	var pk device.NoisePublicKey
-	copy(pk[:], ip.ourKey.PublicKey().slice())
-	return ip.wg.dev.LookupPeer(pk)
+	return ip.wg.dev.LookupPeer(device.NoisePublicKey(ip.ourKey.PublicKey()))
 }
-
-func (k PublicKey) slice() []byte { return k[:] }
 
 func TestInteropWireGuardGoWrongKeys(t *testing.T) {
 	lo := netip.MustParseAddr("127.0.0.1")
@@ -412,5 +407,3 @@ func TestInteropWireGuardGoWrongKeys(t *testing.T) {
 		})
 	}
 }
-
-var _ = errors.New
