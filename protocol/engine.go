@@ -94,6 +94,9 @@ type Engine struct {
 
 	elements *freeList[element]
 	batches  *freeList[batch]
+	// scratch holds WritePackets' per-call grouping state; it is only
+	// capacity, so losing it to the garbage collector costs nothing.
+	scratch sync.Pool
 
 	stats Stats
 

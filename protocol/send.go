@@ -93,8 +93,6 @@ type outboundScratch struct {
 	spare  []*element
 }
 
-var scratchPool = sync.Pool{New: func() any { return new(outboundScratch) }}
-
 // WritePackets encrypts IP packets for the peers that AllowedIPs route
 // them to and sends them. Packets without a route, or larger than the MTU,
 // are dropped and counted; packets for a peer without a session wait in
@@ -102,7 +100,10 @@ var scratchPool = sync.Pool{New: func() any { return new(outboundScratch) }}
 // reference to pkts after the call.
 func (e *Engine) WritePackets(pkts [][]byte) {
 	table := e.allowed.Load()
-	s := scratchPool.Get().(*outboundScratch)
+	s, _ := e.scratch.Get().(*outboundScratch)
+	if s == nil {
+		s = new(outboundScratch)
+	}
 	s.spare = e.elements.getN(s.spare[:0], len(pkts))
 	for _, pkt := range pkts {
 		dst, ok := destination(pkt)
@@ -152,7 +153,7 @@ func (e *Engine) WritePackets(pkts [][]byte) {
 		clear(s.spare)
 		s.spare = s.spare[:0]
 	}
-	scratchPool.Put(s)
+	e.scratch.Put(s)
 }
 
 // stage queues packets until a session can carry them. The queue is
