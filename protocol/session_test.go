@@ -91,6 +91,7 @@ func TestDayOfRekeys(t *testing.T) {
 	connect(t, a, b, PresharedKey{})
 
 	var heapAfterHour uint64
+	var heapSamples []uint64 // every 4 hours, to tell a leak from warm-up
 	var maxIndices int
 	payload := make([]byte, 64)
 	for i := range seconds {
@@ -114,8 +115,12 @@ func TestDayOfRekeys(t *testing.T) {
 		if i == 3600 {
 			heapAfterHour = heapInUse()
 		}
+		if i%(4*3600) == 0 {
+			heapSamples = append(heapSamples, heapInUse())
+		}
 	}
 	heapAfterDay := heapInUse()
+	t.Logf("heap every 4 hours: %v", heapSamples)
 
 	sa, _ := a.e.Peer(b.key.PublicKey())
 	sb, _ := b.e.Peer(a.key.PublicKey())
