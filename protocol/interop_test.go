@@ -2,7 +2,7 @@ package protocol
 
 // Interop with wireguard-go, a WireGuard implementation nobody here wrote,
 // over real UDP sockets on loopback. wireguard-go runs with an in-process
-// channel TUN and a loopback-only Bind (below), so nothing listens on a
+// channel TUN and a loopback-only Bind (wgtest), so nothing listens on a
 // wildcard address and nothing leaves the host.
 
 import (
@@ -12,87 +12,14 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"sync"
 	"testing"
 	"time"
 
-	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
+
+	"github.com/wgbore/wgbore/protocol/wgtest"
 )
-
-// wgLoopbackBind is a conn.Bind for wireguard-go on one loopback socket.
-type wgLoopbackBind struct {
-	addr netip.Addr
-	mu   sync.Mutex
-	c    *net.UDPConn
-}
-
-type wgEndpoint struct{ ap netip.AddrPort }
-
-func (e wgEndpoint) ClearSrc()           {}
-func (e wgEndpoint) SrcToString() string { return "" }
-func (e wgEndpoint) DstToString() string { return e.ap.String() }
-func (e wgEndpoint) DstToBytes() []byte  { b, _ := e.ap.MarshalBinary(); return b }
-func (e wgEndpoint) DstIP() netip.Addr   { return e.ap.Addr() }
-func (e wgEndpoint) SrcIP() netip.Addr   { return netip.Addr{} }
-
-func (b *wgLoopbackBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
-	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(b.addr, port)))
-	if err != nil {
-		return nil, 0, err
-	}
-	b.mu.Lock()
-	b.c = c
-	b.mu.Unlock()
-	recv := func(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
-		n, ap, err := c.ReadFromUDPAddrPort(bufs[0])
-		if err != nil {
-			return 0, err
-		}
-		sizes[0] = n
-		eps[0] = wgEndpoint{netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())}
-		return 1, nil
-	}
-	return []conn.ReceiveFunc{recv}, uint16(c.LocalAddr().(*net.UDPAddr).Port), nil
-}
-
-func (b *wgLoopbackBind) Close() error {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if b.c == nil {
-		return nil
-	}
-	err := b.c.Close()
-	b.c = nil
-	return err
-}
-
-func (b *wgLoopbackBind) SetMark(uint32) error { return nil }
-func (b *wgLoopbackBind) BatchSize() int       { return 1 }
-
-func (b *wgLoopbackBind) Send(bufs [][]byte, ep conn.Endpoint) error {
-	b.mu.Lock()
-	c := b.c
-	b.mu.Unlock()
-	if c == nil {
-		return net.ErrClosed
-	}
-	for _, buf := range bufs {
-		if _, err := c.WriteToUDPAddrPort(buf, ep.(wgEndpoint).ap); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (b *wgLoopbackBind) ParseEndpoint(s string) (conn.Endpoint, error) {
-	ap, err := netip.ParseAddrPort(s)
-	if err != nil {
-		return nil, err
-	}
-	return wgEndpoint{ap}, nil
-}
 
 // wgPeerSide is a running wireguard-go device.
 type wgPeerSide struct {
@@ -110,7 +37,7 @@ func hexKey(k [32]byte) string { return hex.EncodeToString(k[:]) }
 func startWireGuardGo(t *testing.T, addr netip.Addr, ours PublicKey, psk PresharedKey, peerEndpoint netip.AddrPort, allowed ...string) *wgPeerSide {
 	t.Helper()
 	w := &wgPeerSide{tun: tuntest.NewChannelTUN(), key: mustKey(t), delivered: make(chan []byte, 4096)}
-	bind := &wgLoopbackBind{addr: addr}
+	bind := &wgtest.LoopbackBind{Addr: addr}
 	w.dev = device.NewDevice(w.tun.TUN(), bind, device.NewLogger(device.LogLevelSilent, ""))
 	cfg := fmt.Sprintf("private_key=%s\nlisten_port=0\nreplace_peers=true\npublic_key=%s\n", hexKey(w.key), hexKey(ours))
 	if !psk.IsZero() {
@@ -128,9 +55,7 @@ func startWireGuardGo(t *testing.T, addr netip.Addr, ours PublicKey, psk Preshar
 	if err := w.dev.Up(); err != nil {
 		t.Fatalf("wireguard-go up: %v", err)
 	}
-	bind.mu.Lock()
-	w.port = uint16(bind.c.LocalAddr().(*net.UDPAddr).Port)
-	bind.mu.Unlock()
+	w.port = bind.Port()
 	done, stop := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
