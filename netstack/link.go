@@ -1,0 +1,136 @@
+package netstack
+
+import (
+	"sync"
+
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+)
+
+// packetWriter is the engine's outbound side: protocol.Engine satisfies
+// it. An interface keeps the link endpoint testable on its own.
+type packetWriter interface {
+	WritePackets(pkts [][]byte)
+}
+
+// linkEndpoint joins gVisor to the WireGuard engine. Both directions move
+// whole batches with no goroutine in between: gVisor's WritePackets calls
+// straight into the engine, and the engine's per-peer goroutine calls
+// DeliverPackets, which hands packets straight to gVisor's dispatcher.
+// That removes the channel endpoint and its notifier goroutine, the
+// per-packet hop that limits the wireguard-go netstack.
+type linkEndpoint struct {
+	mtu    uint32
+	engine packetWriter
+
+	mu         sync.RWMutex
+	dispatcher stack.NetworkDispatcher
+
+	// scratch flattens gVisor's scattered packet buffers into contiguous
+	// packets for the engine, which copies them into its own buffers.
+	scratch sync.Pool
+}
+
+type outboundScratch struct {
+	arena []byte
+	pkts  [][]byte
+}
+
+var _ stack.LinkEndpoint = (*linkEndpoint)(nil)
+
+func newLinkEndpoint(mtu int, engine packetWriter) *linkEndpoint {
+	return &linkEndpoint{mtu: uint32(mtu), engine: engine}
+}
+
+// DeliverPackets is the engine's PacketSide: decrypted packets from one
+// peer, valid only during the call. gVisor gets its own copy of each, since
+// it keeps packets in reassembly and receive queues beyond the call.
+func (l *linkEndpoint) DeliverPackets(pkts [][]byte) {
+	l.mu.RLock()
+	d := l.dispatcher
+	l.mu.RUnlock()
+	if d == nil {
+		return
+	}
+	for _, p := range pkts {
+		var proto tcpip.NetworkProtocolNumber
+		switch header.IPVersion(p) {
+		case header.IPv4Version:
+			proto = ipv4.ProtocolNumber
+		case header.IPv6Version:
+			proto = ipv6.ProtocolNumber
+		default:
+			continue
+		}
+		pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(p)})
+		d.DeliverNetworkPacket(proto, pkb)
+		pkb.DecRef()
+	}
+}
+
+// WritePackets hands a batch of outbound packets to the engine in one call.
+func (l *linkEndpoint) WritePackets(list stack.PacketBufferList) (int, tcpip.Error) {
+	s, _ := l.scratch.Get().(*outboundScratch)
+	if s == nil {
+		s = &outboundScratch{}
+	}
+	total := 0
+	for _, pkb := range list.AsSlice() {
+		total += pkb.Size()
+	}
+	if cap(s.arena) < total {
+		s.arena = make([]byte, 0, total)
+	}
+	arena := s.arena[:0]
+	pkts := s.pkts[:0]
+	n := 0
+	for _, pkb := range list.AsSlice() {
+		start := len(arena)
+		for _, v := range pkb.AsSlices() {
+			arena = append(arena, v...)
+		}
+		pkts = append(pkts, arena[start:])
+		n++
+	}
+	l.engine.WritePackets(pkts)
+	clear(pkts)
+	s.pkts = pkts[:0]
+	s.arena = arena[:0]
+	l.scratch.Put(s)
+	return n, nil
+}
+
+func (l *linkEndpoint) MTU() uint32             { return l.mtu }
+func (l *linkEndpoint) SetMTU(mtu uint32)       { l.mtu = mtu }
+func (l *linkEndpoint) MaxHeaderLength() uint16 { return 0 }
+func (l *linkEndpoint) LinkAddress() tcpip.LinkAddress {
+	return ""
+}
+func (l *linkEndpoint) SetLinkAddress(tcpip.LinkAddress) {}
+
+// Capabilities: none. There is no link layer to resolve, and checksums are
+// computed by gVisor, since packets leave for a real peer's stack.
+func (l *linkEndpoint) Capabilities() stack.LinkEndpointCapabilities { return 0 }
+
+func (l *linkEndpoint) Attach(d stack.NetworkDispatcher) {
+	l.mu.Lock()
+	l.dispatcher = d
+	l.mu.Unlock()
+}
+
+func (l *linkEndpoint) IsAttached() bool {
+	l.mu.RLock()
+	defer l.mu.RUnlock()
+	return l.dispatcher != nil
+}
+
+func (l *linkEndpoint) Wait()                                   {}
+func (l *linkEndpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
+func (l *linkEndpoint) AddHeader(*stack.PacketBuffer)           {}
+func (l *linkEndpoint) ParseHeader(*stack.PacketBuffer) bool    { return true }
+func (l *linkEndpoint) Close()                                  { l.Attach(nil) }
+func (l *linkEndpoint) SetOnCloseAction(func())                 {}
