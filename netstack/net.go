@@ -151,4 +151,3 @@ func (n *Net) Close() error {
 	})
 	return err
 }
-
