@@ -53,7 +53,7 @@ func body(n int) []byte {
 	return b
 }
 
-func startPeerSite(t *testing.T, ours protocol.PublicKey) *peerSite {
+func startPeerSite(t testing.TB, ours protocol.PublicKey) *peerSite {
 	t.Helper()
 	key, err := protocol.GeneratePrivateKey()
 	if err != nil {
@@ -129,7 +129,7 @@ func startPeerSite(t *testing.T, ours protocol.PublicKey) *peerSite {
 	return s
 }
 
-func openOurs(t *testing.T, key protocol.PrivateKey, site *peerSite) *Net {
+func openOurs(t testing.TB, key protocol.PrivateKey, site *peerSite) *Net {
 	t.Helper()
 	n, err := Open(context.Background(), Config{
 		PrivateKey:  key,
