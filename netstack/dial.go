@@ -6,13 +6,30 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
+	"syscall"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/wgbore/wgbore/protocol"
 )
+
+// fallbackDelay is how long the preferred family gets a head start before
+// the other family is tried too (RFC 8305 section 5 recommends 250 ms;
+// package net uses 300 ms, and we feel like package net).
+const fallbackDelay = 300 * time.Millisecond
+
+// minPerAddressTimeout keeps a dial to several addresses from starving
+// each one: the remaining time is shared, but never below this.
+const minPerAddressTimeout = 2 * time.Second
 
 func fullAddress(ap netip.AddrPort) (tcpip.FullAddress, tcpip.NetworkProtocolNumber) {
 	a := ap.Addr().Unmap()
@@ -23,52 +40,437 @@ func fullAddress(ap netip.AddrPort) (tcpip.FullAddress, tcpip.NetworkProtocolNum
 	return tcpip.FullAddress{NIC: nicID, Addr: tcpip.AddrFromSlice(a.AsSlice()), Port: ap.Port()}, proto
 }
 
+func parsePort(port string) (uint16, error) {
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return 0, fmt.Errorf("invalid port %q", port)
+	}
+	return uint16(p), nil
+}
+
 func parseAddrPort(network, address string) (netip.AddrPort, error) {
 	host, port, err := net.SplitHostPort(address)
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
-	p, err := strconv.ParseUint(port, 10, 16)
+	p, err := parsePort(port)
 	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("invalid port %q", port)
+		return netip.AddrPort{}, err
 	}
 	if host == "" {
 		if network == "tcp6" || network == "udp6" {
-			return netip.AddrPortFrom(netip.IPv6Unspecified(), uint16(p)), nil
+			return netip.AddrPortFrom(netip.IPv6Unspecified(), p), nil
 		}
-		return netip.AddrPortFrom(netip.IPv4Unspecified(), uint16(p)), nil
+		return netip.AddrPortFrom(netip.IPv4Unspecified(), p), nil
 	}
 	a, err := netip.ParseAddr(host)
 	if err != nil {
-		return netip.AddrPort{}, errors.New("host names are not resolved yet: give an IP address")
+		return netip.AddrPort{}, fmt.Errorf("%q is not an IP address: listening needs one", host)
 	}
-	return netip.AddrPortFrom(a, uint16(p)), nil
+	return netip.AddrPortFrom(a, p), nil
+}
+
+// lookupFamily is the resolver network ("ip", "ip4", "ip6") that a dial
+// network restricts names to.
+func lookupFamily(network string) (string, bool) {
+	switch network {
+	case "tcp", "udp":
+		return "ip", true
+	case "tcp4", "udp4":
+		return "ip4", true
+	case "tcp6", "udp6":
+		return "ip6", true
+	}
+	return "", false
+}
+
+func inFamily(family string, a netip.Addr) bool {
+	switch family {
+	case "ip4":
+		return a.Is4()
+	case "ip6":
+		return a.Is6()
+	}
+	return true
 }
 
 // DialContext connects inside the tunnel. network is tcp, tcp4, tcp6,
-// udp, udp4 or udp6; address is an IP literal and port.
+// udp, udp4 or udp6; address is "host:port", where host is an IP literal
+// or a name resolved by LookupNetIP through the tunnel's DNS servers.
+//
+// With several addresses it races the families, Happy Eyeballs style
+// (RFC 8305, simplified): IPv6 first when we have an IPv6 address, IPv4
+// once IPv6 has had fallbackDelay or has failed; the first connection
+// wins and the other attempt is cancelled.
+//
+// Errors are *net.OpError. Their cause tells connection refused
+// (syscall.ECONNREFUSED), no route (syscall.EHOSTUNREACH, also before any
+// packet is sent when no peer's AllowedIPs hold the address), a timeout,
+// and a timeout towards a peer we never completed a handshake with.
 func (n *Net) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	ap, err := parseAddrPort(network, address)
+	family, ok := lookupFamily(network)
+	if !ok {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
+	}
+	host, portStr, err := net.SplitHostPort(address)
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
+	port, err := parsePort(portStr)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+	}
+	addrs, err := n.dialTargets(ctx, family, host)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+	}
+	var v6, v4 []netip.AddrPort
+	for _, a := range addrs {
+		ap := netip.AddrPortFrom(a, port)
+		if a.Is6() {
+			v6 = append(v6, ap)
+		} else {
+			v4 = append(v4, ap)
+		}
+	}
+	primaries, fallbacks := v4, v6
+	if n.hasAddress(ipv6.ProtocolNumber) || len(v4) == 0 {
+		primaries, fallbacks = v6, v4
+	}
+	return n.dialParallel(ctx, network, primaries, fallbacks)
+}
+
+// dialTargets turns a dial's host into the addresses to try: an IP
+// literal as is, an empty or unspecified host as our own address (as
+// package net dials the local system), and a name through the tunnel's
+// resolver.
+func (n *Net) dialTargets(ctx context.Context, family, host string) ([]netip.Addr, error) {
+	if host == "" {
+		host = "0.0.0.0"
+		if family == "ip6" {
+			host = "::"
+		}
+	}
+	a, err := netip.ParseAddr(host)
+	if err != nil {
+		return n.LookupNetIP(ctx, family, host)
+	}
+	a = a.Unmap()
+	if a.IsUnspecified() {
+		proto := tcpip.NetworkProtocolNumber(ipv4.ProtocolNumber)
+		if a.Is6() {
+			proto = ipv6.ProtocolNumber
+		}
+		own, terr := n.stack.GetMainNICAddress(nicID, proto)
+		if terr == nil && own.Address.Len() > 0 {
+			a, _ = netip.AddrFromSlice(own.Address.AsSlice())
+		}
+	}
+	if !inFamily(family, a) {
+		return nil, &net.AddrError{Err: "no suitable address found", Addr: host}
+	}
+	return []netip.Addr{a}, nil
+}
+
+func (n *Net) hasAddress(proto tcpip.NetworkProtocolNumber) bool {
+	own, err := n.stack.GetMainNICAddress(nicID, proto)
+	return err == nil && own.Address.Len() > 0
+}
+
+// dialParallel races primaries against fallbacks; see DialContext.
+func (n *Net) dialParallel(ctx context.Context, network string, primaries, fallbacks []netip.AddrPort) (net.Conn, error) {
+	if len(fallbacks) == 0 {
+		return n.dialSerial(ctx, network, primaries)
+	}
+	if len(primaries) == 0 {
+		return n.dialSerial(ctx, network, fallbacks)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	type result struct {
+		conn    net.Conn
+		err     error
+		primary bool
+	}
+	results := make(chan result)
+	returned := make(chan struct{})
+	defer close(returned)
+	race := func(primary bool) {
+		addrs := fallbacks
+		if primary {
+			addrs = primaries
+		}
+		c, err := n.dialSerial(ctx, network, addrs)
+		select {
+		case results <- result{c, err, primary}:
+		case <-returned:
+			// The other family won; this connection is the loser.
+			if c != nil {
+				c.Close()
+			}
+		}
+	}
+	go race(true)
+	fallbackTimer := time.NewTimer(fallbackDelay)
+	defer fallbackTimer.Stop()
+	var primaryErr error
+	fallbackStarted, primaryDone, fallbackDone := false, false, false
+	startFallback := func() {
+		if !fallbackStarted {
+			fallbackStarted = true
+			go race(false)
+		}
+	}
+	for {
+		select {
+		case <-fallbackTimer.C:
+			startFallback()
+		case r := <-results:
+			if r.err == nil {
+				return r.conn, nil
+			}
+			if r.primary {
+				primaryDone, primaryErr = true, r.err
+				// No reason to keep the fallback waiting for a
+				// family that already failed.
+				startFallback()
+			} else {
+				fallbackDone = true
+			}
+			if primaryDone && fallbackDone {
+				// The preferred family's error is the one a caller
+				// expects to hear about, as with package net.
+				return nil, primaryErr
+			}
+		}
+	}
+}
+
+// dialSerial tries addrs one after another, sharing the time left among
+// them.
+func (n *Net) dialSerial(ctx context.Context, network string, addrs []netip.AddrPort) (net.Conn, error) {
+	var firstErr error
+	for i, ap := range addrs {
+		if err := ctx.Err(); err != nil {
+			if firstErr == nil {
+				firstErr = &net.OpError{Op: "dial", Net: network, Addr: netAddr(network, ap), Err: n.contextError(ctx, ap.Addr())}
+			}
+			break
+		}
+		dctx, cancel := ctx, context.CancelFunc(func() {})
+		if d, ok := ctx.Deadline(); ok {
+			share := time.Until(d) / time.Duration(len(addrs)-i)
+			if share < minPerAddressTimeout {
+				share = minPerAddressTimeout
+			}
+			if partial := time.Now().Add(share); partial.Before(d) {
+				dctx, cancel = context.WithDeadline(ctx, partial)
+			}
+		}
+		c, err := n.dialAddr(dctx, network, ap)
+		cancel()
+		if err == nil {
+			return c, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	if firstErr == nil {
+		firstErr = &net.OpError{Op: "dial", Net: network, Err: errors.New("no addresses to dial")}
+	}
+	return nil, firstErr
+}
+
+// dialAddr connects to one address. It does what gonet's dial helpers do,
+// but keeps gVisor's tcpip.Error until goError converts it, so the cause
+// survives instead of becoming a string.
+func (n *Net) dialAddr(ctx context.Context, network string, ap netip.AddrPort) (net.Conn, error) {
+	ap = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	fail := func(err error) error {
+		return &net.OpError{Op: "dial", Net: network, Addr: netAddr(network, ap), Err: err}
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fail(n.contextError(ctx, ap.Addr()))
+	}
 	fa, proto := fullAddress(ap)
+	// Without a peer to carry it, a packet is dropped by the engine and
+	// a TCP dial would wait out its whole timeout to say so.
+	if !n.isOwnAddress(fa.Addr) {
+		if _, ok := n.peerFor(ap.Addr()); !ok {
+			return nil, fail(&noRouteError{addr: ap.Addr()})
+		}
+	}
+	var transport tcpip.TransportProtocolNumber
 	switch network {
 	case "tcp", "tcp4", "tcp6":
-		c, err := gonet.DialContextTCP(ctx, n.stack, fa, proto)
-		if err != nil {
-			return nil, err
-		}
-		return c, nil
+		transport = tcp.ProtocolNumber
 	case "udp", "udp4", "udp6":
-		c, err := gonet.DialUDP(n.stack, nil, &fa, proto)
-		if err != nil {
-			return nil, err
-		}
-		return c, nil
+		transport = udp.ProtocolNumber
+	default:
+		return nil, fail(net.UnknownNetworkError(network))
 	}
-	return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
+	var wq waiter.Queue
+	ep, terr := n.stack.NewEndpoint(transport, proto, &wq)
+	if terr != nil {
+		return nil, fail(goError("socket", terr))
+	}
+	if transport == udp.ProtocolNumber {
+		if terr := ep.Connect(fa); terr != nil {
+			ep.Close()
+			return nil, fail(goError("connect", terr))
+		}
+		return gonet.NewUDPConn(&wq, ep), nil
+	}
+	// Connection refused and reset raise EventErr/EventHUp, not
+	// necessarily EventOut; listen for all of them.
+	entry, ready := waiter.NewChannelEntry(waiter.WritableEvents | waiter.EventErr | waiter.EventHUp)
+	wq.EventRegister(&entry)
+	defer wq.EventUnregister(&entry)
+	terr = ep.Connect(fa)
+	if _, ok := terr.(*tcpip.ErrConnectStarted); ok {
+		select {
+		case <-ctx.Done():
+			ep.Close()
+			return nil, fail(n.contextError(ctx, ap.Addr()))
+		case <-ready:
+		}
+		terr = ep.LastError()
+	}
+	if terr != nil {
+		ep.Close()
+		return nil, fail(goError("connect", terr))
+	}
+	return gonet.NewTCPConn(&wq, ep), nil
 }
+
+// isOwnAddress reports whether a is one of our tunnel addresses, which
+// the stack answers itself. It reads the address list rather than asking
+// gVisor's CheckLocalAddress, which for IPv4 (and on a spoofing NIC) says
+// yes to any address.
+func (n *Net) isOwnAddress(a tcpip.Address) bool {
+	for _, pa := range n.stack.AllAddresses()[nicID] {
+		if pa.AddressWithPrefix.Address == a {
+			return true
+		}
+	}
+	return false
+}
+
+func netAddr(network string, ap netip.AddrPort) net.Addr {
+	switch network {
+	case "udp", "udp4", "udp6":
+		return net.UDPAddrFromAddrPort(ap)
+	}
+	return net.TCPAddrFromAddrPort(ap)
+}
+
+// peerFor is the peer whose AllowedIPs route a to it: the longest
+// matching prefix, as the engine's cryptokey routing picks.
+func (n *Net) peerFor(a netip.Addr) (protocol.PeerStatus, bool) {
+	var best protocol.PeerStatus
+	bits := -1
+	for _, p := range n.engine.Peers() {
+		for _, pfx := range p.AllowedIPs {
+			if pfx.Bits() > bits && pfx.Contains(a) {
+				best, bits = p, pfx.Bits()
+			}
+		}
+	}
+	return best, bits >= 0
+}
+
+// contextError explains why a dial's context ended. A deadline towards a
+// peer we never completed a handshake with is almost never the far host's
+// fault: the peer is unreachable or one side has the wrong key, and
+// saying so saves a user from debugging the application.
+func (n *Net) contextError(ctx context.Context, dst netip.Addr) error {
+	err := ctx.Err()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	if p, ok := n.peerFor(dst); ok && p.LastHandshake.IsZero() {
+		return &timeoutError{msg: fmt.Sprintf("no WireGuard handshake with peer %s (unreachable or wrong key)", p.PublicKey), cause: err}
+	}
+	return &timeoutError{msg: "i/o timeout", cause: err}
+}
+
+// timeoutError satisfies net.Error with Timeout true, so net.OpError's
+// Timeout reports it, and still matches context.DeadlineExceeded.
+type timeoutError struct {
+	msg   string
+	cause error
+}
+
+func (e *timeoutError) Error() string   { return e.msg }
+func (e *timeoutError) Timeout() bool   { return true }
+func (e *timeoutError) Temporary() bool { return true }
+func (e *timeoutError) Unwrap() error   { return e.cause }
+
+// noRouteError is a destination outside every peer's AllowedIPs. It
+// matches syscall.EHOSTUNREACH, what a kernel says for the same.
+type noRouteError struct{ addr netip.Addr }
+
+func (e *noRouteError) Error() string {
+	return fmt.Sprintf("no route to %s: not in any peer's AllowedIPs", e.addr)
+}
+func (e *noRouteError) Unwrap() error { return syscall.EHOSTUNREACH }
+
+// goError converts a gVisor tcpip.Error, which is not a Go error, into
+// the *os.SyscallError package net would give for the same failure, so
+// callers can test it with errors.Is(err, syscall.ECONNREFUSED) and
+// friends. It is the one place tcpip.Error crosses into Go errors.
+func goError(op string, e tcpip.Error) error {
+	var errno syscall.Errno
+	switch e.(type) {
+	case *tcpip.ErrConnectionRefused:
+		errno = syscall.ECONNREFUSED
+	case *tcpip.ErrHostUnreachable, *tcpip.ErrHostDown:
+		errno = syscall.EHOSTUNREACH
+	case *tcpip.ErrNetworkUnreachable, *tcpip.ErrNoNet:
+		errno = syscall.ENETUNREACH
+	case *tcpip.ErrConnectionReset:
+		errno = syscall.ECONNRESET
+	case *tcpip.ErrConnectionAborted, *tcpip.ErrAborted:
+		errno = syscall.ECONNABORTED
+	case *tcpip.ErrTimeout:
+		errno = syscall.ETIMEDOUT
+	case *tcpip.ErrPortInUse, *tcpip.ErrAlreadyBound:
+		errno = syscall.EADDRINUSE
+	case *tcpip.ErrBadLocalAddress, *tcpip.ErrNoPortAvailable:
+		errno = syscall.EADDRNOTAVAIL
+	case *tcpip.ErrAddressFamilyNotSupported:
+		errno = syscall.EAFNOSUPPORT
+	case *tcpip.ErrAlreadyConnecting:
+		errno = syscall.EALREADY
+	case *tcpip.ErrAlreadyConnected:
+		errno = syscall.EISCONN
+	case *tcpip.ErrNotConnected:
+		errno = syscall.ENOTCONN
+	case *tcpip.ErrNoBufferSpace:
+		errno = syscall.ENOBUFS
+	case *tcpip.ErrMessageTooLong:
+		errno = syscall.EMSGSIZE
+	case *tcpip.ErrNotPermitted:
+		errno = syscall.EPERM
+	case *tcpip.ErrInvalidEndpointState, *tcpip.ErrInvalidOptionValue:
+		errno = syscall.EINVAL
+	case *tcpip.ErrWouldBlock:
+		errno = syscall.EWOULDBLOCK
+	default:
+		return &stackError{op: op, err: e}
+	}
+	return os.NewSyscallError(op, errno)
+}
+
+// stackError is a tcpip.Error with no errno counterpart; it keeps the
+// gVisor error rather than flattening it to a string.
+type stackError struct {
+	op  string
+	err tcpip.Error
+}
+
+func (e *stackError) Error() string { return e.op + ": " + e.err.String() }
 
 // Listen accepts TCP connections inside the tunnel.
 func (n *Net) Listen(network, address string) (net.Listener, error) {

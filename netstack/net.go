@@ -40,6 +40,12 @@ type Config struct {
 	Peers       []protocol.PeerConfig
 	Logger      *slog.Logger
 	Clock       clock.Clock
+
+	// DNS are the name servers LookupHost and DialContext ask, through
+	// the tunnel: wg-quick's DNS= IP entries.
+	DNS []netip.Addr
+	// DNSSearch are the search domains: wg-quick's DNS= non-IP entries.
+	DNSSearch []string
 }
 
 const nicID = 1
@@ -50,6 +56,7 @@ type Net struct {
 	engine *protocol.Engine
 	link   *linkEndpoint
 	bind   *protocol.UDPBind
+	dns    *resolver
 
 	closeOnce sync.Once
 }
@@ -66,6 +73,7 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 		return nil, fmt.Errorf("netstack: %w", err)
 	}
 	n := &Net{bind: bind}
+	n.dns = newResolver(cfg.DNS, cfg.DNSSearch, n)
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},

@@ -1,0 +1,263 @@
+package netstack
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/wgbore/wgbore/protocol"
+)
+
+// TestOperations drives Ping, ListenPacket, Stats and HTTPClient against
+// a wireguard-go peer with its own gVisor stack.
+func TestOperations(t *testing.T) {
+	key, _ := protocol.GeneratePrivateKey()
+	site := startPeerSite(t, key.PublicKey())
+	n := openOurs(t, key, site)
+	defer n.Close()
+
+	t.Run("ping", func(t *testing.T) {
+		for _, a := range []netip.Addr{theirV4, theirV6, ourV4, ourV6} {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			rtt, err := n.Ping(ctx, a)
+			cancel()
+			if err != nil {
+				t.Fatalf("ping %v: %v", a, err)
+			}
+			if rtt <= 0 {
+				t.Fatalf("ping %v: rtt %v, want > 0", a, rtt)
+			}
+			t.Logf("ping %v: %v", a, rtt)
+		}
+	})
+
+	t.Run("ping-concurrent", func(t *testing.T) {
+		errs := make(chan error, 20)
+		for i := range cap(errs) {
+			a := theirV4
+			if i%2 == 1 {
+				a = theirV6
+			}
+			go func() {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				_, err := n.Ping(ctx, a)
+				errs <- err
+			}()
+		}
+		for range cap(errs) {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+	})
+
+	t.Run("ping-no-peer", func(t *testing.T) {
+		for _, a := range []netip.Addr{netip.MustParseAddr("10.0.0.3"), netip.MustParseAddr("fd00::3")} {
+			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			start := time.Now()
+			_, err := n.Ping(ctx, a)
+			cancel()
+			var opErr *net.OpError
+			if !errors.As(err, &opErr) || !errors.Is(err, syscall.EHOSTUNREACH) {
+				t.Fatalf("ping %v: %v, want *net.OpError with EHOSTUNREACH", a, err)
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Fatalf("ping %v failed after %v, want at once", a, d)
+			}
+		}
+	})
+
+	t.Run("ping-cancelled", func(t *testing.T) {
+		ctx, cancel := context.WithCancel(context.Background())
+		cancel()
+		start := time.Now()
+		_, err := n.Ping(ctx, theirV4)
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("ping with cancelled context: %v, want context.Canceled", err)
+		}
+		if d := time.Since(start); d > 100*time.Millisecond {
+			t.Fatalf("ping with cancelled context took %v", d)
+		}
+	})
+
+	t.Run("ping-deadline", func(t *testing.T) {
+		// A peer owns the address but nothing answers it: wireguard-go's
+		// stack has no such address. The deadline must end the wait.
+		if err := n.engine.SetPeer(protocol.PeerConfig{
+			PublicKey:  site.key.PublicKey(),
+			AllowedIPs: []netip.Prefix{netip.PrefixFrom(theirV4, 32), netip.PrefixFrom(theirV6, 128), netip.MustParsePrefix("10.9.9.9/32")},
+		}); err != nil {
+			t.Fatal(err)
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+		defer cancel()
+		start := time.Now()
+		_, err := n.Ping(ctx, netip.MustParseAddr("10.9.9.9"))
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("ping of a silent address: %v, want context.DeadlineExceeded", err)
+		}
+		if d := time.Since(start); d > 2*time.Second {
+			t.Fatalf("ping of a silent address returned after %v", d)
+		}
+	})
+
+	t.Run("ping-leaves-nothing", func(t *testing.T) {
+		// Every way out of Ping closes its ICMP endpoint: a long-running
+		// health checker must not accumulate them.
+		before := len(n.stack.RegisteredEndpoints())
+		cancelled, cancel := context.WithCancel(context.Background())
+		cancel()
+		short, cancelShort := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		defer cancelShort()
+		ok, cancelOK := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancelOK()
+		n.Ping(cancelled, theirV4)
+		n.Ping(short, netip.MustParseAddr("10.9.9.9"))
+		n.Ping(ok, theirV6)
+		n.Ping(ok, netip.MustParseAddr("10.0.0.3"))
+		if after := len(n.stack.RegisteredEndpoints()); after != before {
+			t.Fatalf("%d transport endpoints registered after four pings, %d before", after, before)
+		}
+	})
+
+	t.Run("listen-packet", func(t *testing.T) {
+		for _, c := range []struct {
+			network string
+			local   netip.AddrPort
+		}{
+			{"udp", netip.AddrPortFrom(ourV4, 5353)},
+			{"udp6", netip.AddrPortFrom(ourV6, 5353)},
+		} {
+			pc, err := n.ListenPacket(c.network, c.local.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer pc.Close()
+			theirs, err := site.tnet.DialUDPAddrPort(netip.AddrPort{}, c.local)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer theirs.Close()
+			msg := []byte("datagram from the wireguard-go side")
+			theirs.SetDeadline(time.Now().Add(5 * time.Second))
+			if _, err := theirs.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+
+			pc.SetDeadline(time.Now().Add(5 * time.Second))
+			buf := make([]byte, 100)
+			m, from, err := pc.ReadFrom(buf)
+			if err != nil || !bytes.Equal(buf[:m], msg) {
+				t.Fatalf("%s: read %q from %v: %v", c.network, buf[:m], from, err)
+			}
+			if got := from.(*net.UDPAddr).AddrPort(); got != theirs.LocalAddr().(*net.UDPAddr).AddrPort() {
+				t.Fatalf("%s: datagram from %v, want %v", c.network, got, theirs.LocalAddr())
+			}
+			reply := []byte("reply from our side")
+			if _, err := pc.WriteTo(reply, from); err != nil {
+				t.Fatal(err)
+			}
+			m, err = theirs.Read(buf)
+			if err != nil || !bytes.Equal(buf[:m], reply) {
+				t.Fatalf("%s: reply %q: %v", c.network, buf[:m], err)
+			}
+		}
+	})
+
+	t.Run("listen-errors", func(t *testing.T) {
+		for _, c := range []struct{ network, address string }{
+			{"udp4", "[fd00::1]:53"},
+			{"udp6", "10.0.0.1:53"},
+			{"tcp", "10.0.0.1:53"},
+			{"udp", "10.0.0.1"},
+		} {
+			pc, err := n.ListenPacket(c.network, c.address)
+			var opErr *net.OpError
+			if err == nil {
+				pc.Close()
+			}
+			if !errors.As(err, &opErr) {
+				t.Errorf("ListenPacket(%q, %q): %v, want *net.OpError", c.network, c.address, err)
+			}
+		}
+	})
+
+	t.Run("listen-udp-tcp", func(t *testing.T) {
+		uc, err := n.ListenUDP("udp4", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if port := uc.LocalAddr().(*net.UDPAddr).Port; port == 0 {
+			t.Errorf("ListenUDP with nil address: port 0")
+		}
+		uc.Close()
+		l, err := n.ListenTCP("tcp", &net.TCPAddr{IP: ourV4.AsSlice(), Port: 8081})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer l.Close()
+		go func() {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			c.Write([]byte("hi"))
+			c.Close()
+		}()
+		c, err := site.tnet.DialContextTCPAddrPort(context.Background(), netip.AddrPortFrom(ourV4, 8081))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if b, err := io.ReadAll(c); err != nil || string(b) != "hi" {
+			t.Fatalf("through ListenTCP: %q, %v", b, err)
+		}
+	})
+
+	t.Run("http-client", func(t *testing.T) {
+		const size = 1 << 20
+		resp, err := n.HTTPClient().Get("http://10.0.0.2/bytes/1048576")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		h := sha256.New()
+		got, err := io.Copy(h, resp.Body)
+		if err != nil {
+			t.Fatalf("after %d bytes: %v", got, err)
+		}
+		want := sha256.Sum256(body(size))
+		if got != size || !bytes.Equal(h.Sum(nil), want[:]) {
+			t.Fatalf("got %d bytes with sha256 %x, want %d bytes with %x", got, h.Sum(nil), size, want)
+		}
+	})
+
+	t.Run("stats", func(t *testing.T) {
+		st := n.Stats()
+		if len(st) != 1 {
+			t.Fatalf("%d peers in Stats, want 1: %+v", len(st), st)
+		}
+		p := st[0]
+		if p.PublicKey != site.key.PublicKey() {
+			t.Errorf("public key %v, want %v", p.PublicKey, site.key.PublicKey())
+		}
+		if p.LastHandshake.IsZero() || time.Since(p.LastHandshake) > time.Minute {
+			t.Errorf("last handshake %v, want within the last minute", p.LastHandshake)
+		}
+		if p.RxBytes < 1<<20 || p.TxBytes == 0 {
+			t.Errorf("rx %d, tx %d bytes after a 1 MiB download", p.RxBytes, p.TxBytes)
+		}
+		if want := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), site.port); p.Endpoint != want {
+			t.Errorf("endpoint %v, want %v", p.Endpoint, want)
+		}
+	})
+}
