@@ -3,7 +3,6 @@ package netstack
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
 	"fmt"
 	"io"
@@ -36,20 +35,7 @@ func TestDialByName(t *testing.T) {
 	t.Run("http", func(t *testing.T) {
 		const size = 1 << 20
 		client := &http.Client{Transport: &http.Transport{DialContext: n.DialContext}, Timeout: time.Minute}
-		resp, err := client.Get(fmt.Sprintf("http://web.tunnel.test/bytes/%d", size))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		h := sha256.New()
-		got, err := io.Copy(h, resp.Body)
-		if err != nil {
-			t.Fatalf("after %d bytes: %v", got, err)
-		}
-		want := sha256.Sum256(body(size))
-		if got != size || !bytes.Equal(h.Sum(nil), want[:]) {
-			t.Fatalf("got %d bytes with sha256 %x, want %d bytes with %x", got, h.Sum(nil), size, want)
-		}
+		fetchBytes(t, client, fmt.Sprintf("http://web.tunnel.test/bytes/%d", size), size)
 	})
 
 	t.Run("happy-eyeballs", func(t *testing.T) {

@@ -129,6 +129,26 @@ func startPeerSite(t testing.TB, ours protocol.PublicKey) *peerSite {
 	return s
 }
 
+// fetchBytes GETs url, which serves body(size), and checks length and
+// sha256.
+func fetchBytes(t *testing.T, client *http.Client, url string, size int) {
+	t.Helper()
+	resp, err := client.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	h := sha256.New()
+	got, err := io.Copy(h, resp.Body)
+	if err != nil {
+		t.Fatalf("after %d bytes: %v", got, err)
+	}
+	want := sha256.Sum256(body(size))
+	if got != int64(size) || !bytes.Equal(h.Sum(nil), want[:]) {
+		t.Fatalf("got %d bytes with sha256 %x, want %d bytes with %x", got, h.Sum(nil), size, want)
+	}
+}
+
 func openOurs(t testing.TB, key protocol.PrivateKey, site *peerSite) *Net {
 	t.Helper()
 	n, err := Open(context.Background(), Config{
@@ -163,20 +183,7 @@ func TestNetAgainstWireGuardGoNetstack(t *testing.T) {
 	} {
 		t.Run("http/"+c.host, func(t *testing.T) {
 			start := time.Now()
-			resp, err := client.Get(fmt.Sprintf("http://%s/bytes/%d", c.host, c.size))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer resp.Body.Close()
-			h := sha256.New()
-			got, err := io.Copy(h, resp.Body)
-			if err != nil {
-				t.Fatalf("after %d bytes: %v", got, err)
-			}
-			want := sha256.Sum256(body(c.size))
-			if got != int64(c.size) || !bytes.Equal(h.Sum(nil), want[:]) {
-				t.Fatalf("got %d bytes with sha256 %x, want %d bytes with %x", got, h.Sum(nil), c.size, want)
-			}
+			fetchBytes(t, client, fmt.Sprintf("http://%s/bytes/%d", c.host, c.size), c.size)
 			t.Logf("%d MiB in %v (%.1f MB/s)", c.size>>20, time.Since(start).Round(time.Millisecond), float64(c.size)/1e6/time.Since(start).Seconds())
 		})
 	}

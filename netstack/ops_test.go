@@ -3,8 +3,8 @@ package netstack
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -225,20 +225,7 @@ func TestOperations(t *testing.T) {
 
 	t.Run("http-client", func(t *testing.T) {
 		const size = 1 << 20
-		resp, err := n.HTTPClient().Get("http://10.0.0.2/bytes/1048576")
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer resp.Body.Close()
-		h := sha256.New()
-		got, err := io.Copy(h, resp.Body)
-		if err != nil {
-			t.Fatalf("after %d bytes: %v", got, err)
-		}
-		want := sha256.Sum256(body(size))
-		if got != size || !bytes.Equal(h.Sum(nil), want[:]) {
-			t.Fatalf("got %d bytes with sha256 %x, want %d bytes with %x", got, h.Sum(nil), size, want)
-		}
+		fetchBytes(t, n.HTTPClient(), fmt.Sprintf("http://10.0.0.2/bytes/%d", size), size)
 	})
 
 	t.Run("stats", func(t *testing.T) {
