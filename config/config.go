@@ -1,0 +1,255 @@
+// Package config reads wgbore's configuration: a wg-quick file, optionally
+// extended with the proxy and tunnel sections of wireproxy, so that users of
+// either tool can point wgbore at the file they already have.
+//
+// The dialect is the union of what wg-quick and wireproxy accept:
+//
+//   - [Interface] and [Peer] with wg-quick's keys. Keys that only drive
+//     wg-quick's shell side (Table, PreUp, PostUp, PreDown, PostDown,
+//     SaveConfig, FwMark) are accepted with a warning, because a userspace
+//     tunnel has no routing table or firewall to change.
+//   - wireproxy's [Socks5], [http], [TCPClientTunnel], [TCPServerTunnel],
+//     [STDIOTunnel], [UDPProxyTunnel] and [Resolve] sections, its top-level
+//     WGConfig include and its CheckAlive keys in [Interface].
+//   - PrivateKeyFile and PresharedKeyFile, so secrets can live in files that
+//     a secret manager mounts, outside the config.
+//
+// Section and key names are case-insensitive, as both tools treat them.
+// A value starting with "$" names an environment variable and "$$" escapes
+// a literal "$", as in wireproxy. Comments start with "#" anywhere (as
+// wg-quick strips them) or with ";" at the start of a line or after
+// whitespace (as wireproxy's INI library does); a value in double quotes
+// keeps both characters.
+//
+// Parsing is pure: the file system and the environment come in through
+// Options, and problems come back as values (Errors, Config.Warnings).
+package config
+
+import (
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/netip"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/wgbore/wgbore/protocol"
+)
+
+// DefaultMTU is wg-quick's fallback when it cannot derive the MTU from the
+// route to the endpoint: 1500 minus the 80 bytes of WireGuard-over-IPv6
+// overhead, so the tunnel works on any Ethernet path. We have no route to
+// look at, so it is always our default.
+const DefaultMTU = 1420
+
+// DefaultCheckAliveInterval is wireproxy's ping period for CheckAlive.
+const DefaultCheckAliveInterval = 5 * time.Second
+
+// MTU bounds. 576 is the smallest datagram every IPv4 host must accept, so a
+// lower tunnel MTU cannot be relied on; 65535 is the largest IP packet.
+const (
+	MinMTU = 576
+	MaxMTU = 65535
+)
+
+// Options injects everything Parse would otherwise take from the process,
+// so tests and embedders control the environment and the file system.
+type Options struct {
+	// LookupEnv resolves "$NAME" values. Nil means os.LookupEnv.
+	LookupEnv func(name string) (string, bool)
+	// ReadFile reads key files and WGConfig includes. Nil means os.ReadFile.
+	ReadFile func(path string) ([]byte, error)
+	// Stat reports a key file's mode for the permission warning. Nil means
+	// os.Stat. An error from Stat skips the check rather than failing the
+	// parse: the file was readable, which is what matters for running.
+	Stat func(path string) (fs.FileInfo, error)
+}
+
+func (o Options) withDefaults() Options {
+	if o.LookupEnv == nil {
+		o.LookupEnv = os.LookupEnv
+	}
+	if o.ReadFile == nil {
+		o.ReadFile = os.ReadFile
+	}
+	if o.Stat == nil {
+		o.Stat = defaultStat()
+	}
+	return o
+}
+
+// Config is one parsed file. Sections that may repeat are slices in file
+// order; the order between different kinds of section carries no meaning,
+// as in wireproxy.
+type Config struct {
+	// WGConfig is the top-level include of wireproxy, as written. When set,
+	// Interface and Peers came from that file.
+	WGConfig string
+
+	Interface Interface
+	Peers     []Peer
+
+	Socks5           []Socks5
+	HTTP             []HTTP
+	TCPClientTunnels []TCPClientTunnel
+	TCPServerTunnels []TCPServerTunnel
+	STDIOTunnels     []STDIOTunnel
+	UDPProxyTunnels  []UDPProxyTunnel
+	Resolve          Resolve
+
+	// Warnings are the problems that did not stop the parse.
+	Warnings []Warning
+}
+
+// Interface is the [Interface] section: who we are on the tunnel.
+type Interface struct {
+	PrivateKey protocol.PrivateKey
+	// PrivateKeyFile is the path as written; PrivateKey holds what was read
+	// from it. Keeping the path lets Render write the reference back
+	// instead of the secret.
+	PrivateKeyFile string
+	// Addresses keep the prefix length as written (10.0.0.2/24 stays so),
+	// because the length tells netstack which on-link route to add. A bare
+	// address becomes /32 or /128, as wg-quick treats it.
+	Addresses []netip.Prefix
+	// DNS holds the entries of DNS that are IP addresses; DNSSearch holds
+	// the rest, which wg-quick passes to resolvconf as search domains.
+	DNS       []netip.Addr
+	DNSSearch []string
+	MTU       int
+	// ListenPort 0 means a random port, as in wg(8).
+	ListenPort int
+	// CheckAlive and CheckAliveInterval are wireproxy's readiness probe:
+	// addresses pinged through the tunnel every interval.
+	CheckAlive         []netip.Addr
+	CheckAliveInterval time.Duration
+}
+
+// Peer is one [Peer] section.
+type Peer struct {
+	PublicKey        protocol.PublicKey
+	PresharedKey     protocol.PresharedKey
+	PresharedKeyFile string
+	// Endpoint is kept as written so a hostname is resolved by the engine,
+	// and re-resolved while handshakes fail, rather than once here.
+	Endpoint            string
+	AllowedIPs          []netip.Prefix
+	PersistentKeepalive time.Duration
+}
+
+// ProtocolConfig converts the peer to what the engine takes. The slices are
+// copied so the engine and the config never share backing arrays.
+func (p Peer) ProtocolConfig() protocol.PeerConfig {
+	return protocol.PeerConfig{
+		PublicKey:           p.PublicKey,
+		PresharedKey:        p.PresharedKey,
+		Endpoint:            p.Endpoint,
+		AllowedIPs:          slices.Clone(p.AllowedIPs),
+		PersistentKeepalive: p.PersistentKeepalive,
+	}
+}
+
+// Socks5 is wireproxy's [Socks5] section: a SOCKS5 proxy into the tunnel.
+// Authentication is on when Username is set.
+type Socks5 struct {
+	BindAddress string
+	Username    string
+	Password    Secret
+}
+
+// HTTP is wireproxy's [http] section: an HTTP proxy into the tunnel, served
+// over TLS when CertFile and KeyFile are set.
+type HTTP struct {
+	BindAddress string
+	Username    string
+	Password    Secret
+	CertFile    string
+	KeyFile     string
+}
+
+// TCPClientTunnel listens on the host at BindAddress and forwards each
+// connection to Target through the tunnel.
+type TCPClientTunnel struct {
+	BindAddress string
+	Target      string
+}
+
+// TCPServerTunnel listens inside the tunnel on ListenPort and forwards each
+// connection to Target on the host's network.
+type TCPServerTunnel struct {
+	ListenPort int
+	Target     string
+}
+
+// STDIOTunnel connects the process's stdin and stdout to Target through the
+// tunnel, for ssh's ProxyCommand.
+type STDIOTunnel struct {
+	Target string
+}
+
+// UDPProxyTunnel relays datagrams from BindAddress on the host to Target
+// through the tunnel. A zero InactivityTimeout keeps idle flows forever, as
+// in wireproxy.
+type UDPProxyTunnel struct {
+	BindAddress       string
+	Target            string
+	InactivityTimeout time.Duration
+}
+
+// ResolveStrategy says which address family wins when a name resolves to
+// both.
+type ResolveStrategy string
+
+const (
+	// ResolveAuto prefers IPv6 when the interface has an IPv6 address and
+	// IPv4 otherwise, so a v4-only tunnel never picks an unreachable AAAA.
+	ResolveAuto ResolveStrategy = "auto"
+	ResolveIPv4 ResolveStrategy = "ipv4"
+	ResolveIPv6 ResolveStrategy = "ipv6"
+)
+
+// Resolve is wireproxy's [Resolve] section.
+type Resolve struct {
+	Strategy ResolveStrategy
+}
+
+// Secret is a string that never prints itself, for proxy passwords, so a
+// Config can go to a logger or into an error without leaking them. Convert
+// with string(s) where the real value is needed.
+type Secret string
+
+const redacted = "(redacted)"
+
+func (Secret) String() string               { return redacted }
+func (Secret) GoString() string             { return redacted }
+func (Secret) Format(f fmt.State, _ rune)   { f.Write([]byte(redacted)) }
+func (Secret) LogValue() slog.Value         { return slog.StringValue(redacted) }
+func (Secret) MarshalText() ([]byte, error) { return []byte(redacted), nil }
+
+// Load reads and parses the file at path. Relative paths inside it
+// (PrivateKeyFile, PresharedKeyFile, WGConfig) resolve against its
+// directory, so a config and its key files move together.
+func Load(path string, opts Options) (*Config, error) {
+	opts = opts.withDefaults()
+	src, err := opts.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	return Parse(path, src, opts)
+}
+
+// Parse parses src. name is used in messages and its directory anchors
+// relative paths, so pass the path the file was read from. On any error the
+// result is nil and the error is an Errors listing every problem found.
+func Parse(name string, src []byte, opts Options) (*Config, error) {
+	p := newParser(opts.withDefaults())
+	cfg := p.parse(name, src)
+	if len(p.errs) > 0 {
+		p.sortErrors()
+		return nil, p.errs
+	}
+	p.sortWarnings()
+	cfg.Warnings = p.warns
+	return cfg, nil
+}

@@ -1,0 +1,1049 @@
+package config
+
+import (
+	"bytes"
+	"cmp"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/wgbore/wgbore/protocol"
+)
+
+type sectionKind int
+
+const (
+	topLevel sectionKind = iota
+	secInterface
+	secPeer
+	secSocks5
+	secHTTP
+	secTCPClient
+	secTCPServer
+	secSTDIO
+	secUDPProxy
+	secResolve
+	numSections
+
+	// secSkip swallows the keys of a section that was already reported
+	// (unknown, misplaced), so one mistake yields one error, not one per
+	// line below it.
+	secSkip sectionKind = -1
+)
+
+// sectionNames are the spellings Render writes and messages use. "http" is
+// lower case because that is how wireproxy documents it.
+var sectionNames = [numSections]string{
+	topLevel:     "",
+	secInterface: "Interface",
+	secPeer:      "Peer",
+	secSocks5:    "Socks5",
+	secHTTP:      "http",
+	secTCPClient: "TCPClientTunnel",
+	secTCPServer: "TCPServerTunnel",
+	secSTDIO:     "STDIOTunnel",
+	secUDPProxy:  "UDPProxyTunnel",
+	secResolve:   "Resolve",
+}
+
+type keyKind int
+
+const (
+	// scalar keys may appear once per section; a second line is an error
+	// rather than a silent override, because either choice of winner would
+	// surprise half the users.
+	scalar keyKind = iota
+	// list keys append, so long lists can be split over lines as wg-quick
+	// allows.
+	list
+	// wgQuickOnly keys are accepted for compatibility and do nothing.
+	wgQuickOnly
+)
+
+type keySpec struct {
+	name string
+	kind keyKind
+	// optional values may be empty: an empty Password is no password.
+	optional bool
+}
+
+var sectionKeys = [numSections][]keySpec{
+	topLevel: {{name: "WGConfig"}},
+	secInterface: {
+		{name: "PrivateKey"},
+		{name: "PrivateKeyFile"},
+		{name: "Address", kind: list},
+		{name: "DNS", kind: list},
+		{name: "MTU"},
+		{name: "ListenPort"},
+		{name: "CheckAlive", kind: list},
+		{name: "CheckAliveInterval"},
+		{name: "Table", kind: wgQuickOnly},
+		{name: "PreUp", kind: wgQuickOnly},
+		{name: "PostUp", kind: wgQuickOnly},
+		{name: "PreDown", kind: wgQuickOnly},
+		{name: "PostDown", kind: wgQuickOnly},
+		{name: "SaveConfig", kind: wgQuickOnly},
+		{name: "FwMark", kind: wgQuickOnly},
+	},
+	secPeer: {
+		{name: "PublicKey"},
+		{name: "PresharedKey"},
+		{name: "PresharedKeyFile"},
+		{name: "Endpoint"},
+		{name: "AllowedIPs", kind: list},
+		{name: "PersistentKeepalive"},
+	},
+	secSocks5: {
+		{name: "BindAddress"},
+		{name: "Username", optional: true},
+		{name: "Password", optional: true},
+	},
+	secHTTP: {
+		{name: "BindAddress"},
+		{name: "Username", optional: true},
+		{name: "Password", optional: true},
+		{name: "CertFile", optional: true},
+		{name: "KeyFile", optional: true},
+	},
+	secTCPClient: {{name: "BindAddress"}, {name: "Target"}},
+	secTCPServer: {{name: "ListenPort"}, {name: "Target"}},
+	secSTDIO:     {{name: "Target"}},
+	secUDPProxy:  {{name: "BindAddress"}, {name: "Target"}, {name: "InactivityTimeout"}},
+	secResolve:   {{name: "ResolveStrategy", optional: true}},
+}
+
+// requiredKeys are checked when a section closes. [Interface] and [Peer]
+// have their own checks with messages of their own.
+var requiredKeys = [numSections][]string{
+	secSocks5:    {"BindAddress"},
+	secHTTP:      {"BindAddress"},
+	secTCPClient: {"BindAddress", "Target"},
+	secTCPServer: {"ListenPort", "Target"},
+	secSTDIO:     {"Target"},
+	secUDPProxy:  {"BindAddress", "Target"},
+}
+
+func lookupSection(name string) (sectionKind, bool) {
+	for k := secInterface; k < numSections; k++ {
+		if strings.EqualFold(name, sectionNames[k]) {
+			return k, true
+		}
+	}
+	return 0, false
+}
+
+func lookupKey(kind sectionKind, name string) (keySpec, bool) {
+	if kind < topLevel || kind >= numSections {
+		return keySpec{}, false
+	}
+	for _, s := range sectionKeys[kind] {
+		if strings.EqualFold(name, s.name) {
+			return s, true
+		}
+	}
+	return keySpec{}, false
+}
+
+func keyNames(kind sectionKind) []string {
+	var names []string
+	for _, s := range sectionKeys[kind] {
+		names = append(names, s.name)
+	}
+	return names
+}
+
+// homeSection finds the section a misplaced key belongs in, so "Endpoint in
+// [Interface]" can say where it should go.
+func homeSection(name string) (sectionKind, keySpec, bool) {
+	for k := secInterface; k < numSections; k++ {
+		if s, ok := lookupKey(k, name); ok {
+			return k, s, true
+		}
+	}
+	return 0, keySpec{}, false
+}
+
+type fileState struct {
+	name     string // as shown in messages
+	dir      string // anchors relative paths
+	included bool   // read through WGConfig
+}
+
+type section struct {
+	kind sectionKind
+	line int            // header line; 0 for the top level
+	seen map[string]int // canonical key → first line it appeared on
+	// dup marks a repeat of a section that may appear once. Its values are
+	// still checked, but not its completeness: the repeat is the mistake.
+	dup bool
+
+	iface       *Interface
+	peer        Peer
+	peerKeyLine int
+	peerKeyOK   bool
+	socks       Socks5
+	http        HTTP
+	tcpClient   TCPClientTunnel
+	tcpServer   TCPServerTunnel
+	stdio       STDIOTunnel
+	udpProxy    UDPProxyTunnel
+	resolve     *Resolve
+}
+
+type peerPlace struct {
+	file       string
+	headerLine int
+	keyLine    int
+	key        protocol.PublicKey
+}
+
+type parser struct {
+	opts  Options
+	cfg   *Config
+	errs  Errors
+	warns []Warning
+	files []string // in the order first seen, to sort messages by
+
+	ifaceFile   string
+	ifaceLine   int // header of the [Interface] that fills cfg.Interface
+	resolveLine int
+	peers       []peerPlace
+
+	wgConfigLine int
+	included     *fileState // the WGConfig file, once read
+}
+
+func newParser(opts Options) *parser { return &parser{opts: opts} }
+
+func (p *parser) errorf(f *fileState, line int, key, format string, args ...any) {
+	p.errs = append(p.errs, &Error{File: f.name, Line: line, Key: key, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (p *parser) errorWrap(f *fileState, line int, key string, err error, format string, args ...any) {
+	p.errs = append(p.errs, &Error{File: f.name, Line: line, Key: key, Msg: fmt.Sprintf(format, args...), Err: err})
+}
+
+func (p *parser) warnf(f *fileState, line int, key, format string, args ...any) {
+	p.warns = append(p.warns, Warning{File: f.name, Line: line, Key: key, Msg: fmt.Sprintf(format, args...)})
+}
+
+func (p *parser) fileRank(name string) int {
+	if i := slices.Index(p.files, name); i >= 0 {
+		return i
+	}
+	return len(p.files)
+}
+
+// sortErrors orders problems by file and line, because the structural
+// checks run when a section closes and would otherwise be reported after
+// the lines below them. Problems of a whole file come after its lines.
+func (p *parser) sortErrors() {
+	slices.SortStableFunc(p.errs, func(a, b *Error) int {
+		return p.compare(a.File, a.Line, b.File, b.Line)
+	})
+}
+
+func (p *parser) sortWarnings() {
+	slices.SortStableFunc(p.warns, func(a, b Warning) int {
+		return p.compare(a.File, a.Line, b.File, b.Line)
+	})
+}
+
+func (p *parser) compare(fileA string, lineA int, fileB string, lineB int) int {
+	if d := p.fileRank(fileA) - p.fileRank(fileB); d != 0 {
+		return d
+	}
+	if lineA == 0 {
+		lineA = math.MaxInt
+	}
+	if lineB == 0 {
+		lineB = math.MaxInt
+	}
+	return cmp.Compare(lineA, lineB)
+}
+
+func (p *parser) parse(name string, src []byte) *Config {
+	p.cfg = &Config{
+		Interface: Interface{MTU: DefaultMTU, CheckAliveInterval: DefaultCheckAliveInterval},
+		Resolve:   Resolve{Strategy: ResolveAuto},
+	}
+	f := &fileState{name: name, dir: filepath.Dir(name)}
+	p.parseFile(f, src)
+	p.finish(f)
+	return p.cfg
+}
+
+var utf8BOM = []byte{0xEF, 0xBB, 0xBF}
+
+func (p *parser) parseFile(f *fileState, src []byte) {
+	p.files = append(p.files, f.name)
+	// Notepad writes a byte-order mark; wg-quick on Windows accepts it.
+	src = bytes.TrimPrefix(src, utf8BOM)
+	cur := &section{kind: topLevel, seen: map[string]int{}}
+	for i, raw := range strings.Split(string(src), "\n") {
+		n := i + 1
+		line := strings.TrimSpace(raw) // also drops the \r of CRLF files
+		if line == "" || line[0] == '#' || line[0] == ';' {
+			continue
+		}
+		if line[0] == '[' {
+			p.closeSection(f, cur)
+			cur = p.openSection(f, line, n)
+			continue
+		}
+		p.keyLine(f, cur, line, n)
+	}
+	p.closeSection(f, cur)
+}
+
+func (p *parser) openSection(f *fileState, line string, n int) *section {
+	skip := &section{kind: secSkip, line: n, seen: map[string]int{}}
+	header := strings.TrimSpace(stripComment(line))
+	if !strings.HasSuffix(header, "]") {
+		p.errorf(f, n, "", "section header is missing its closing ']'")
+		return skip
+	}
+	name := strings.TrimSpace(header[1 : len(header)-1])
+	kind, ok := lookupSection(name)
+	if !ok {
+		var names []string
+		for k := secInterface; k < numSections; k++ {
+			names = append(names, sectionNames[k])
+		}
+		msg := "unknown section"
+		if safeName(name) {
+			msg += " [" + name + "]"
+		}
+		if s := suggest(name, names); s != "" {
+			msg += " (did you mean [" + s + "]?)"
+		}
+		p.errorf(f, n, "", "%s", msg)
+		return skip
+	}
+	if f.included && kind != secInterface && kind != secPeer {
+		p.warnf(f, n, "", "[%s] has no effect in a file included by WGConfig: only [Interface] and [Peer] are read from it, as in wireproxy", sectionNames[kind])
+		return skip
+	}
+	if !f.included && p.cfg.WGConfig != "" && (kind == secInterface || kind == secPeer) {
+		p.errorf(f, n, "", "[%s] cannot be used together with WGConfig (line %d), which already supplies [Interface] and [Peer]", sectionNames[kind], p.wgConfigLine)
+		return skip
+	}
+
+	s := &section{kind: kind, line: n, seen: map[string]int{}}
+	switch kind {
+	case secInterface:
+		if p.ifaceLine != 0 {
+			p.errorf(f, n, "", "[Interface] appears twice (first on line %d)", p.ifaceLine)
+			s.iface, s.dup = new(Interface), true
+			break
+		}
+		p.ifaceFile, p.ifaceLine = f.name, n
+		s.iface = &p.cfg.Interface
+	case secResolve:
+		if p.resolveLine != 0 {
+			p.errorf(f, n, "", "[Resolve] appears twice (first on line %d)", p.resolveLine)
+			s.resolve, s.dup = new(Resolve), true
+			break
+		}
+		p.resolveLine = n
+		s.resolve = &p.cfg.Resolve
+	}
+	return s
+}
+
+func (p *parser) closeSection(f *fileState, s *section) {
+	switch s.kind {
+	case secInterface:
+		if s.dup {
+			return
+		}
+		_, hasKey := s.seen["PrivateKey"]
+		_, hasFile := s.seen["PrivateKeyFile"]
+		if !hasKey && !hasFile {
+			p.errorf(f, s.line, "", "[Interface] has no PrivateKey")
+		}
+		if line, ok := s.seen["CheckAliveInterval"]; ok {
+			if _, ok := s.seen["CheckAlive"]; !ok {
+				p.errorf(f, line, "CheckAliveInterval", "only valid when CheckAlive is set")
+			}
+		}
+	case secPeer:
+		if _, ok := s.seen["PublicKey"]; !ok {
+			p.errorf(f, s.line, "", "[Peer] has no PublicKey")
+			return
+		}
+		if s.peerKeyOK {
+			for _, other := range p.peers {
+				if other.key.Equal(s.peer.PublicKey) {
+					p.errorf(f, s.peerKeyLine, "PublicKey", "same as the [Peer] on line %d; each peer needs its own key", other.headerLine)
+					return
+				}
+			}
+			p.peers = append(p.peers, peerPlace{file: f.name, headerLine: s.line, keyLine: s.peerKeyLine, key: s.peer.PublicKey})
+		}
+		p.cfg.Peers = append(p.cfg.Peers, s.peer)
+	default:
+		if s.kind <= topLevel || s.kind >= numSections {
+			return
+		}
+		complete := true
+		for _, k := range requiredKeys[s.kind] {
+			if _, ok := s.seen[k]; !ok {
+				p.errorf(f, s.line, "", "[%s] has no %s", sectionNames[s.kind], k)
+				complete = false
+			}
+		}
+		if s.kind == secHTTP {
+			if (s.http.CertFile == "") != (s.http.KeyFile == "") {
+				p.errorf(f, s.line, "", "[http] needs both CertFile and KeyFile to serve HTTPS, or neither")
+				complete = false
+			}
+		}
+		if !complete {
+			return
+		}
+		switch s.kind {
+		case secSocks5:
+			p.cfg.Socks5 = append(p.cfg.Socks5, s.socks)
+		case secHTTP:
+			p.cfg.HTTP = append(p.cfg.HTTP, s.http)
+		case secTCPClient:
+			p.cfg.TCPClientTunnels = append(p.cfg.TCPClientTunnels, s.tcpClient)
+		case secTCPServer:
+			p.cfg.TCPServerTunnels = append(p.cfg.TCPServerTunnels, s.tcpServer)
+		case secSTDIO:
+			p.cfg.STDIOTunnels = append(p.cfg.STDIOTunnels, s.stdio)
+		case secUDPProxy:
+			p.cfg.UDPProxyTunnels = append(p.cfg.UDPProxyTunnels, s.udpProxy)
+		}
+	}
+}
+
+// finish runs the checks that need the whole file.
+func (p *parser) finish(f *fileState) {
+	if p.ifaceLine == 0 {
+		switch {
+		case p.included != nil:
+			p.errorf(p.included, 0, "", "no [Interface] section")
+		case p.cfg.WGConfig == "":
+			p.errorf(f, 0, "", "no [Interface] section")
+		}
+		// An unreadable WGConfig was reported where it is named.
+	}
+	if priv := p.cfg.Interface.PrivateKey; !priv.IsZero() {
+		own := priv.PublicKey()
+		for _, pp := range p.peers {
+			if pp.key.Equal(own) {
+				p.errs = append(p.errs, &Error{File: pp.file, Line: pp.keyLine, Key: "PublicKey",
+					Msg: "is this interface's own public key; a peer must be another machine"})
+			}
+		}
+	}
+}
+
+func (p *parser) keyLine(f *fileState, s *section, line string, n int) {
+	eq := strings.IndexByte(line, '=')
+	if eq < 0 || strings.ContainsRune(line[:eq], '#') || keyThenWords(s.kind, line[:eq]) {
+		if s.kind == secSkip || s.kind == topLevel {
+			if s.kind == topLevel {
+				p.errorf(f, n, "", "expected \"Key = value\" or \"[Section]\"")
+			}
+			return
+		}
+		// Never echo the line: it may well be "PrivateKey <secret>".
+		if fields := strings.Fields(stripComment(line)); len(fields) > 0 {
+			if spec, ok := lookupKey(s.kind, fields[0]); ok {
+				if _, dup := s.seen[spec.name]; !dup {
+					s.seen[spec.name] = n // the key is there, just malformed
+				}
+				p.errorf(f, n, spec.name, "missing '=' between the key and its value")
+				return
+			}
+		}
+		p.errorf(f, n, "", "expected \"Key = value\" or \"[Section]\"")
+		return
+	}
+	if s.kind == secSkip {
+		return
+	}
+	rawKey := strings.TrimSpace(line[:eq])
+	if rawKey == "" {
+		p.errorf(f, n, "", "missing key name before '='")
+		return
+	}
+	spec, ok := lookupKey(s.kind, rawKey)
+	if !ok {
+		p.unknownKey(f, s, rawKey, n)
+		return
+	}
+	if spec.kind == wgQuickOnly {
+		p.warnf(f, n, spec.name, "has no effect: wgbore changes no routes, firewall or interface, so only wg-quick uses it")
+		return
+	}
+	if first, dup := s.seen[spec.name]; dup && spec.kind == scalar {
+		p.errorf(f, n, spec.name, "set twice (first on line %d)", first)
+		return
+	}
+	if _, dup := s.seen[spec.name]; !dup {
+		// Marked before the value is checked, so a bad value does not also
+		// produce a "missing key" error when the section closes.
+		s.seen[spec.name] = n
+	}
+	value, msg := parseValue(line[eq+1:])
+	if msg != "" {
+		p.errorf(f, n, spec.name, "%s", msg)
+		return
+	}
+	value, ok = p.expand(f, n, spec.name, value)
+	if !ok {
+		return
+	}
+	if value == "" && spec.kind == scalar && !spec.optional {
+		p.errorf(f, n, spec.name, "has no value")
+		return
+	}
+	p.set(f, s, spec.name, value, n)
+}
+
+// keyThenWords reports whether the text before the first '=' is a known
+// key followed by more words. That is "PrivateKey <base64>" with its '='
+// forgotten: the key's own base64 padding supplied the '=' we split at.
+func keyThenWords(kind sectionKind, beforeEq string) bool {
+	fields := strings.Fields(beforeEq)
+	if len(fields) < 2 {
+		return false
+	}
+	_, ok := lookupKey(kind, fields[0])
+	return ok
+}
+
+func (p *parser) unknownKey(f *fileState, s *section, rawKey string, n int) {
+	shown := ""
+	if safeName(rawKey) {
+		shown = strconv.Quote(rawKey) + " "
+	}
+	home, spec, known := homeSection(rawKey)
+	if s.kind == topLevel {
+		if known {
+			p.errorf(f, n, spec.name, "outside any section (it belongs in [%s])", sectionNames[home])
+			return
+		}
+		msg := "key " + shown + "outside any section"
+		if sg := suggest(rawKey, keyNames(topLevel)); sg != "" {
+			msg += " (did you mean " + sg + "?)"
+		}
+		p.errorf(f, n, "", "%s", msg)
+		return
+	}
+	msg := "unknown key " + shown + "in [" + sectionNames[s.kind] + "]"
+	if known {
+		msg += " (it belongs in [" + sectionNames[home] + "])"
+	} else if sg := suggest(rawKey, keyNames(s.kind)); sg != "" {
+		msg += " (did you mean " + sg + "?)"
+	}
+	p.errorf(f, n, "", "%s", msg)
+}
+
+// safeName reports whether user text is a plausible key or section name
+// and so fine to repeat in a message. Anything longer could be a key
+// pasted into the wrong place, and messages must never carry secrets.
+func safeName(s string) bool {
+	if s == "" || len(s) > 32 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '-' || c == '.') {
+			return false
+		}
+	}
+	return true
+}
+
+// parseValue takes the text after '=' and returns the value, or a message
+// saying why there is none. A value in double or single quotes is taken
+// verbatim up to the matching quote, so a password may hold '#' or ';';
+// the quotes come off as wireproxy's INI library takes them off. Otherwise
+// comments are cut and surrounding space trimmed.
+func parseValue(raw string) (string, string) {
+	v := strings.TrimSpace(raw)
+	if v != "" && (v[0] == '"' || v[0] == '\'') {
+		q := v[0]
+		end := strings.IndexByte(v[1:], q)
+		if end < 0 {
+			return "", fmt.Sprintf("quoted value has no closing %q", q)
+		}
+		rest := strings.TrimSpace(v[end+2:])
+		if rest != "" && rest[0] != '#' && rest[0] != ';' {
+			return "", fmt.Sprintf("unexpected text after the closing %q", q)
+		}
+		return v[1 : end+1], ""
+	}
+	return strings.TrimSpace(stripComment(v)), ""
+}
+
+// stripComment cuts s at a comment. '#' starts one anywhere, because
+// wg-quick strips everything after it. ';' starts one only at the start or
+// after a blank: wireproxy's INI library treats it as a comment too, but
+// requiring the blank keeps a ';' inside a password or a path intact.
+func stripComment(s string) string {
+	for i := 0; i < len(s); i++ {
+		switch s[i] {
+		case '#':
+			return s[:i]
+		case ';':
+			if i == 0 || s[i-1] == ' ' || s[i-1] == '\t' {
+				return s[:i]
+			}
+		}
+	}
+	return s
+}
+
+// expand applies wireproxy's environment rule: a value that starts with
+// "$" is the variable of that name, and a leading "$$" stands for a literal
+// "$". Only a whole value is substituted, as in wireproxy, so "$" inside a
+// value means itself.
+func (p *parser) expand(f *fileState, n int, key, v string) (string, bool) {
+	if !strings.HasPrefix(v, "$") {
+		return v, true
+	}
+	if strings.HasPrefix(v, "$$") {
+		return v[1:], true
+	}
+	name := v[1:]
+	shown := "named here"
+	if validEnvName(name) {
+		shown = "$" + name
+	}
+	val, ok := p.opts.LookupEnv(name)
+	if !ok {
+		p.errorf(f, n, key, "environment variable %s is not set", shown)
+		return "", false
+	}
+	if strings.ContainsAny(val, "\r\n") {
+		// A config value is one line; a line break could not be written back
+		// by Render and is almost certainly a mistake in the environment.
+		p.errorf(f, n, key, "environment variable %s contains a line break", shown)
+		return "", false
+	}
+	return val, true
+}
+
+// validEnvName accepts the names a shell could export. Other text after
+// "$" is not repeated in messages, as it may be a misplaced secret.
+func validEnvName(s string) bool {
+	if s == "" || len(s) > 64 || s[0] >= '0' && s[0] <= '9' {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_') {
+			return false
+		}
+	}
+	return true
+}
+
+func splitList(v string) []string {
+	var out []string
+	for _, item := range strings.Split(v, ",") {
+		if item = strings.TrimSpace(item); item != "" {
+			out = append(out, item)
+		}
+	}
+	return out
+}
+
+func (p *parser) resolvePath(f *fileState, path string) string {
+	if filepath.IsAbs(path) {
+		return path
+	}
+	return filepath.Join(f.dir, path)
+}
+
+// errNoModes stands in for a mode check on systems whose file modes say
+// nothing about who can read a file.
+var errNoModes = errors.New("file modes not meaningful on this system")
+
+func defaultStat() func(string) (fs.FileInfo, error) {
+	if runtime.GOOS == "windows" {
+		return func(string) (fs.FileInfo, error) { return nil, errNoModes }
+	}
+	return os.Stat
+}
+
+// readKeyFile reads a key file and warns when it is readable by group or
+// others, as wg(8) does: a private key in a world-readable file is as
+// good as published.
+func (p *parser) readKeyFile(f *fileState, n int, key, path string) (string, bool) {
+	full := p.resolvePath(f, path)
+	data, err := p.opts.ReadFile(full)
+	if err != nil {
+		p.errorWrap(f, n, key, err, "cannot read key file: %v", err)
+		return "", false
+	}
+	text := strings.TrimSpace(string(data))
+	clear(data)
+	if fi, err := p.opts.Stat(full); err == nil {
+		if perm := fi.Mode().Perm(); perm&0o044 != 0 {
+			p.warnf(f, n, key, "%s is readable by group or others (mode %04o); chmod 600 it", full, perm)
+		}
+	}
+	return text, true
+}
+
+func keyError(err error) string {
+	if errors.Is(err, protocol.ErrBadKey) {
+		return protocol.ErrBadKey.Error()
+	}
+	return err.Error()
+}
+
+func (p *parser) set(f *fileState, s *section, key, v string, n int) {
+	switch s.kind {
+	case topLevel:
+		p.setWGConfig(f, v, n)
+	case secInterface:
+		p.setInterface(f, s, key, v, n)
+	case secPeer:
+		p.setPeer(f, s, key, v, n)
+	case secSocks5:
+		switch key {
+		case "BindAddress":
+			if p.checkAddr(f, n, key, v, true, 0) {
+				s.socks.BindAddress = v
+			}
+		case "Username":
+			s.socks.Username = v
+		case "Password":
+			s.socks.Password = Secret(v)
+		}
+	case secHTTP:
+		switch key {
+		case "BindAddress":
+			if p.checkAddr(f, n, key, v, true, 0) {
+				s.http.BindAddress = v
+			}
+		case "Username":
+			s.http.Username = v
+		case "Password":
+			s.http.Password = Secret(v)
+		case "CertFile":
+			s.http.CertFile = v
+		case "KeyFile":
+			s.http.KeyFile = v
+		}
+	case secTCPClient:
+		switch key {
+		case "BindAddress":
+			if p.checkAddr(f, n, key, v, true, 0) {
+				s.tcpClient.BindAddress = v
+			}
+		case "Target":
+			if p.checkAddr(f, n, key, v, false, 1) {
+				s.tcpClient.Target = v
+			}
+		}
+	case secTCPServer:
+		switch key {
+		case "ListenPort":
+			if port, ok := p.number(f, n, key, v, 0, 65535); ok {
+				s.tcpServer.ListenPort = int(port)
+			}
+		case "Target":
+			if p.checkAddr(f, n, key, v, false, 1) {
+				s.tcpServer.Target = v
+			}
+		}
+	case secSTDIO:
+		if p.checkAddr(f, n, key, v, false, 1) {
+			s.stdio.Target = v
+		}
+	case secUDPProxy:
+		switch key {
+		case "BindAddress":
+			if p.checkAddr(f, n, key, v, true, 0) {
+				s.udpProxy.BindAddress = v
+			}
+		case "Target":
+			if p.checkAddr(f, n, key, v, false, 1) {
+				s.udpProxy.Target = v
+			}
+		case "InactivityTimeout":
+			if secs, ok := p.number(f, n, key, v, 0, 1<<32-1); ok {
+				s.udpProxy.InactivityTimeout = time.Duration(secs) * time.Second
+			}
+		}
+	case secResolve:
+		switch strings.ToLower(v) {
+		case "", string(ResolveAuto):
+			s.resolve.Strategy = ResolveAuto
+		case string(ResolveIPv4), string(ResolveIPv6):
+			s.resolve.Strategy = ResolveStrategy(strings.ToLower(v))
+		default:
+			p.errorf(f, n, key, "%q is not auto, ipv4 or ipv6", v)
+		}
+	}
+}
+
+// setWGConfig reads wireproxy's include at once, so its [Interface] and
+// [Peer] are in place before the main file's sections are checked against
+// them.
+func (p *parser) setWGConfig(f *fileState, v string, n int) {
+	if f.included {
+		p.errorf(f, n, "WGConfig", "not allowed in a file that is itself included by WGConfig")
+		return
+	}
+	p.cfg.WGConfig = v
+	p.wgConfigLine = n
+	path := p.resolvePath(f, v)
+	data, err := p.opts.ReadFile(path)
+	if err != nil {
+		p.errorWrap(f, n, "WGConfig", err, "cannot read the included file: %v", err)
+		return
+	}
+	inc := &fileState{name: path, dir: filepath.Dir(path), included: true}
+	p.included = inc
+	p.parseFile(inc, data)
+	clear(data)
+}
+
+func (p *parser) setInterface(f *fileState, s *section, key, v string, n int) {
+	iface := s.iface
+	switch key {
+	case "PrivateKey", "PrivateKeyFile":
+		other := "PrivateKeyFile"
+		if key == other {
+			other = "PrivateKey"
+		}
+		if line, ok := s.seen[other]; ok && line != n {
+			p.errorf(f, n, key, "conflicts with %s on line %d; set only one", other, line)
+			return
+		}
+		text := v
+		if key == "PrivateKeyFile" {
+			var ok bool
+			if text, ok = p.readKeyFile(f, n, key, v); !ok {
+				return
+			}
+		}
+		k, err := protocol.ParsePrivateKey(text)
+		if err != nil {
+			if key == "PrivateKeyFile" {
+				p.errorWrap(f, n, key, err, "%s: %s", p.resolvePath(f, v), keyError(err))
+			} else {
+				p.errorWrap(f, n, key, err, "%s", keyError(err))
+			}
+			return
+		}
+		iface.PrivateKey = k
+		if key == "PrivateKeyFile" {
+			iface.PrivateKeyFile = v
+		}
+	case "Address":
+		for _, item := range splitList(v) {
+			if pfx, ok := p.prefix(f, n, key, item); ok {
+				iface.Addresses = append(iface.Addresses, pfx)
+			}
+		}
+	case "DNS":
+		// wg-quick's rule: an entry that parses as an IP is a server and
+		// anything else is a search domain.
+		for _, item := range splitList(v) {
+			if a, err := netip.ParseAddr(item); err == nil && a.Zone() == "" {
+				iface.DNS = append(iface.DNS, a)
+			} else if validHostname(item) {
+				iface.DNSSearch = append(iface.DNSSearch, item)
+			} else {
+				p.errorf(f, n, key, "%q is neither an IP address nor a search domain", item)
+			}
+		}
+	case "MTU":
+		if mtu, ok := p.number(f, n, key, v, MinMTU, MaxMTU); ok {
+			iface.MTU = int(mtu)
+		}
+	case "ListenPort":
+		if port, ok := p.number(f, n, key, v, 0, 65535); ok {
+			iface.ListenPort = int(port)
+		}
+	case "CheckAlive":
+		for _, item := range splitList(v) {
+			a, err := netip.ParseAddr(item)
+			if err != nil || a.Zone() != "" {
+				p.errorf(f, n, key, "%q is not an IP address", item)
+				continue
+			}
+			iface.CheckAlive = append(iface.CheckAlive, a)
+		}
+	case "CheckAliveInterval":
+		if secs, ok := p.number(f, n, key, v, 1, 1<<32-1); ok {
+			iface.CheckAliveInterval = time.Duration(secs) * time.Second
+		}
+	}
+}
+
+func (p *parser) setPeer(f *fileState, s *section, key, v string, n int) {
+	peer := &s.peer
+	switch key {
+	case "PublicKey":
+		s.peerKeyLine = n
+		k, err := protocol.ParsePublicKey(v)
+		if err != nil {
+			p.errorWrap(f, n, key, err, "%s", keyError(err))
+			return
+		}
+		peer.PublicKey = k
+		s.peerKeyOK = true
+	case "PresharedKey", "PresharedKeyFile":
+		other := "PresharedKeyFile"
+		if key == other {
+			other = "PresharedKey"
+		}
+		if line, ok := s.seen[other]; ok && line != n {
+			p.errorf(f, n, key, "conflicts with %s on line %d; set only one", other, line)
+			return
+		}
+		text := v
+		if key == "PresharedKeyFile" {
+			var ok bool
+			if text, ok = p.readKeyFile(f, n, key, v); !ok {
+				return
+			}
+		}
+		k, err := protocol.ParsePresharedKey(text)
+		if err != nil {
+			if key == "PresharedKeyFile" {
+				p.errorWrap(f, n, key, err, "%s: %s", p.resolvePath(f, v), keyError(err))
+			} else {
+				p.errorWrap(f, n, key, err, "%s", keyError(err))
+			}
+			return
+		}
+		peer.PresharedKey = k
+		if key == "PresharedKeyFile" {
+			peer.PresharedKeyFile = v
+		}
+	case "Endpoint":
+		if p.checkAddr(f, n, key, v, false, 1) {
+			peer.Endpoint = v
+		}
+	case "AllowedIPs":
+		for _, item := range splitList(v) {
+			if pfx, ok := p.prefix(f, n, key, item); ok {
+				peer.AllowedIPs = append(peer.AllowedIPs, pfx)
+			}
+		}
+	case "PersistentKeepalive":
+		if strings.EqualFold(v, "off") {
+			peer.PersistentKeepalive = 0
+			return
+		}
+		secs, err := strconv.ParseUint(v, 10, 16)
+		if err != nil {
+			p.errorf(f, n, key, "%q is neither \"off\" nor a number of seconds from 0 to 65535", v)
+			return
+		}
+		peer.PersistentKeepalive = time.Duration(secs) * time.Second
+	}
+}
+
+func (p *parser) number(f *fileState, n int, key, v string, lo, hi uint64) (uint64, bool) {
+	x, err := strconv.ParseUint(v, 10, 64)
+	if err != nil || x < lo || x > hi {
+		p.errorf(f, n, key, "%q is not a number from %d to %d", v, lo, hi)
+		return 0, false
+	}
+	return x, true
+}
+
+// prefix reads an address with or without a prefix length; a bare address
+// is a single host, /32 or /128, as wg-quick and wg(8) read it.
+func (p *parser) prefix(f *fileState, n int, key, item string) (netip.Prefix, bool) {
+	if !strings.Contains(item, "/") {
+		a, err := netip.ParseAddr(item)
+		if err != nil || a.Zone() != "" {
+			p.errorf(f, n, key, "%q is not an IP address or prefix", item)
+			return netip.Prefix{}, false
+		}
+		return netip.PrefixFrom(a, a.BitLen()), true
+	}
+	pfx, err := netip.ParsePrefix(item)
+	if err != nil {
+		p.errorf(f, n, key, "%q is not an IP address or prefix", item)
+		return netip.Prefix{}, false
+	}
+	return pfx, true
+}
+
+// checkAddr validates host:port text that is kept as a string, because a
+// hostname is resolved later (and again) by whoever uses it.
+func (p *parser) checkAddr(f *fileState, n int, key, v string, hostOptional bool, minPort uint64) bool {
+	if msg := checkHostPort(v, hostOptional, minPort); msg != "" {
+		p.errorf(f, n, key, "%q: %s", v, msg)
+		return false
+	}
+	return true
+}
+
+func checkHostPort(s string, hostOptional bool, minPort uint64) string {
+	host, port, err := net.SplitHostPort(s)
+	if err != nil {
+		return "want IPv4:port, [IPv6]:port or hostname:port"
+	}
+	if pn, err := strconv.ParseUint(port, 10, 16); err != nil || pn < minPort {
+		return fmt.Sprintf("port must be a number from %d to 65535", minPort)
+	}
+	if strings.HasPrefix(s, "[") {
+		if a, err := netip.ParseAddr(host); err != nil || !a.Is6() {
+			return "only an IPv6 address goes in brackets"
+		}
+		return ""
+	}
+	if host == "" {
+		if hostOptional {
+			return ""
+		}
+		return "missing the host before the port"
+	}
+	if _, err := netip.ParseAddr(host); err == nil {
+		return ""
+	}
+	if !validHostname(host) {
+		return "host is neither an IP address nor a hostname"
+	}
+	return ""
+}
+
+// validHostname accepts letters, digits, '-' and '_' in dot-separated
+// labels of up to 63 bytes. '_' is not in RFC 1123 but appears in real
+// internal names, and rejecting it would only annoy.
+func validHostname(h string) bool {
+	h = strings.TrimSuffix(h, ".")
+	if h == "" || len(h) > 253 {
+		return false
+	}
+	for _, label := range strings.Split(h, ".") {
+		if label == "" || len(label) > 63 {
+			return false
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '_') {
+				return false
+			}
+		}
+	}
+	return true
+}
