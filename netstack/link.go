@@ -9,12 +9,14 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/wgbore/wgbore/protocol"
 )
 
 // packetWriter is the engine's outbound side: protocol.Engine satisfies
 // it. An interface keeps the link endpoint testable on its own.
 type packetWriter interface {
-	WritePackets(pkts [][]byte)
+	WriteScattered(pkts protocol.ScatteredPackets)
 }
 
 // linkEndpoint joins gVisor to the WireGuard engine. Both directions move
@@ -29,15 +31,6 @@ type linkEndpoint struct {
 
 	mu         sync.RWMutex
 	dispatcher stack.NetworkDispatcher
-
-	// scratch flattens gVisor's scattered packet buffers into contiguous
-	// packets for the engine, which copies them into its own buffers.
-	scratch sync.Pool
-}
-
-type outboundScratch struct {
-	arena []byte
-	pkts  [][]byte
 }
 
 var _ stack.LinkEndpoint = (*linkEndpoint)(nil)
@@ -72,36 +65,35 @@ func (l *linkEndpoint) DeliverPackets(pkts [][]byte) {
 	}
 }
 
-// WritePackets hands a batch of outbound packets to the engine in one call.
+// WritePackets hands a batch of outbound packets to the engine in one
+// call. The engine gathers each packet's pieces straight into its own
+// buffer, so the only copy is the one encryption needs anyway.
 func (l *linkEndpoint) WritePackets(list stack.PacketBufferList) (int, tcpip.Error) {
-	s, _ := l.scratch.Get().(*outboundScratch)
-	if s == nil {
-		s = &outboundScratch{}
-	}
-	total := 0
-	for _, pkb := range list.AsSlice() {
-		total += pkb.Size()
-	}
-	if cap(s.arena) < total {
-		s.arena = make([]byte, 0, total)
-	}
-	arena := s.arena[:0]
-	pkts := s.pkts[:0]
-	n := 0
-	for _, pkb := range list.AsSlice() {
-		start := len(arena)
-		for _, v := range pkb.AsSlices() {
-			arena = append(arena, v...)
+	pkts := packetBuffers(list.AsSlice())
+	l.engine.WriteScattered(pkts)
+	return len(pkts), nil
+}
+
+// packetBuffers lets the engine read gVisor's packets in place.
+type packetBuffers []*stack.PacketBuffer
+
+func (p packetBuffers) Len() int       { return len(p) }
+func (p packetBuffers) Size(i int) int { return p[i].Size() }
+
+// CopyTo walks the packet's views rather than calling AsSlices, which
+// allocates a slice per packet.
+func (p packetBuffers) CopyTo(i int, dst []byte) {
+	views, skip := p[i].AsViewList()
+	for v := views.Front(); v != nil && len(dst) > 0; v = v.Next() {
+		b := v.AsSlice()
+		if skip >= len(b) {
+			skip -= len(b)
+			continue
 		}
-		pkts = append(pkts, arena[start:])
-		n++
+		n := copy(dst, b[skip:])
+		dst = dst[n:]
+		skip = 0
 	}
-	l.engine.WritePackets(pkts)
-	clear(pkts)
-	s.pkts = pkts[:0]
-	s.arena = arena[:0]
-	l.scratch.Put(s)
-	return n, nil
 }
 
 func (l *linkEndpoint) MTU() uint32             { return l.mtu }

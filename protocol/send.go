@@ -93,26 +93,58 @@ type outboundScratch struct {
 	spare  []*element
 }
 
+// ScatteredPackets is a batch of outbound IP packets each held in pieces,
+// as network stacks keep them (headers in one buffer, payload in others).
+// The engine gathers each packet straight into its own buffer, the one
+// copy it makes anyway, instead of the caller flattening it first.
+type ScatteredPackets interface {
+	Len() int
+	// Size is the length of packet i.
+	Size(i int) int
+	// CopyTo gathers packet i into dst, which is Size(i) bytes long.
+	CopyTo(i int, dst []byte)
+}
+
+// flatPackets adapts WritePackets' contiguous packets.
+type flatPackets [][]byte
+
+func (f flatPackets) Len() int                 { return len(f) }
+func (f flatPackets) Size(i int) int           { return len(f[i]) }
+func (f flatPackets) CopyTo(i int, dst []byte) { copy(dst, f[i]) }
+
 // WritePackets encrypts IP packets for the peers that AllowedIPs route
 // them to and sends them. Packets without a route, or larger than the MTU,
 // are dropped and counted; packets for a peer without a session wait in
 // its bounded staging queue while a handshake runs. The engine keeps no
 // reference to pkts after the call.
-func (e *Engine) WritePackets(pkts [][]byte) {
+func (e *Engine) WritePackets(pkts [][]byte) { writeBatch(e, flatPackets(pkts)) }
+
+// WriteScattered is WritePackets for packets held in pieces.
+func (e *Engine) WriteScattered(pkts ScatteredPackets) { writeBatch(e, pkts) }
+
+// writeBatch is generic so that WritePackets' slice is not boxed into an
+// interface, which would allocate on every call.
+func writeBatch[B ScatteredPackets](e *Engine, pkts B) {
 	table := e.allowed.Load()
 	s, _ := e.scratch.Get().(*outboundScratch)
 	if s == nil {
 		s = new(outboundScratch)
 	}
-	s.spare = e.elements.getN(s.spare[:0], len(pkts))
-	for _, pkt := range pkts {
+	n := pkts.Len()
+	s.spare = e.elements.getN(s.spare[:0], n)
+	for i := range n {
+		size := pkts.Size(i)
+		if size > e.mtu {
+			e.stats.drop(DropTooLarge)
+			continue
+		}
+		el := s.spare[len(s.spare)-1]
+		el.msg = el.buf[:MessageTransportHeaderSize+size]
+		pkt := el.msg[MessageTransportHeaderSize:]
+		pkts.CopyTo(i, pkt)
 		dst, ok := destination(pkt)
 		if !ok {
 			e.stats.drop(DropMalformedPacket)
-			continue
-		}
-		if len(pkt) > e.mtu {
-			e.stats.drop(DropTooLarge)
 			continue
 		}
 		p := table.lookup(dst)
@@ -120,24 +152,21 @@ func (e *Engine) WritePackets(pkts [][]byte) {
 			e.stats.drop(DropNoRoute)
 			continue
 		}
-		el := s.spare[len(s.spare)-1]
 		s.spare[len(s.spare)-1] = nil
 		s.spare = s.spare[:len(s.spare)-1]
-		el.msg = el.buf[:MessageTransportHeaderSize+len(pkt)]
-		copy(el.msg[MessageTransportHeaderSize:], pkt)
-		i := 0
-		for i < len(s.peers) && s.peers[i] != p {
-			i++
+		j := 0
+		for j < len(s.peers) && s.peers[j] != p {
+			j++
 		}
-		if i == len(s.peers) {
+		if j == len(s.peers) {
 			s.peers = append(s.peers, p)
-			if i < cap(s.groups) {
-				s.groups = s.groups[:i+1]
+			if j < cap(s.groups) {
+				s.groups = s.groups[:j+1]
 			} else {
 				s.groups = append(s.groups, nil)
 			}
 		}
-		s.groups[i] = append(s.groups[i], el)
+		s.groups[j] = append(s.groups[j], el)
 	}
 	for i, p := range s.peers {
 		p.stage(s.groups[i])
