@@ -820,32 +820,47 @@ func (p *parser) setWGConfig(f *fileState, v string, n int) {
 	clear(data)
 }
 
+// secretKey handles a key that may be given inline (name) or read from a
+// file (name+"File"). The two spellings exclude each other, and an error
+// names the file the key came from but never the key.
+func (p *parser) secretKey(f *fileState, s *section, key, v string, n int, name string, parse func(string) ([32]byte, error)) ([32]byte, bool) {
+	fromFile := key == name+"File"
+	other := name + "File"
+	if fromFile {
+		other = name
+	}
+	if line, ok := s.seen[other]; ok && line != n {
+		p.errorf(f, n, key, "conflicts with %s on line %d; set only one", other, line)
+		return [32]byte{}, false
+	}
+	text := v
+	if fromFile {
+		var ok bool
+		if text, ok = p.readKeyFile(f, n, key, v); !ok {
+			return [32]byte{}, false
+		}
+	}
+	k, err := parse(text)
+	if err != nil {
+		if fromFile {
+			p.errorWrap(f, n, key, err, "%s: %s", p.resolvePath(f, v), keyError(err))
+		} else {
+			p.errorWrap(f, n, key, err, "%s", keyError(err))
+		}
+		return [32]byte{}, false
+	}
+	return k, true
+}
+
 func (p *parser) setInterface(f *fileState, s *section, key, v string, n int) {
 	iface := s.iface
 	switch key {
 	case "PrivateKey", "PrivateKeyFile":
-		other := "PrivateKeyFile"
-		if key == other {
-			other = "PrivateKey"
-		}
-		if line, ok := s.seen[other]; ok && line != n {
-			p.errorf(f, n, key, "conflicts with %s on line %d; set only one", other, line)
-			return
-		}
-		text := v
-		if key == "PrivateKeyFile" {
-			var ok bool
-			if text, ok = p.readKeyFile(f, n, key, v); !ok {
-				return
-			}
-		}
-		k, err := protocol.ParsePrivateKey(text)
-		if err != nil {
-			if key == "PrivateKeyFile" {
-				p.errorWrap(f, n, key, err, "%s: %s", p.resolvePath(f, v), keyError(err))
-			} else {
-				p.errorWrap(f, n, key, err, "%s", keyError(err))
-			}
+		k, ok := p.secretKey(f, s, key, v, n, "PrivateKey", func(t string) ([32]byte, error) {
+			k, err := protocol.ParsePrivateKey(t)
+			return k, err
+		})
+		if !ok {
 			return
 		}
 		iface.PrivateKey = k
@@ -907,28 +922,11 @@ func (p *parser) setPeer(f *fileState, s *section, key, v string, n int) {
 		peer.PublicKey = k
 		s.peerKeyOK = true
 	case "PresharedKey", "PresharedKeyFile":
-		other := "PresharedKeyFile"
-		if key == other {
-			other = "PresharedKey"
-		}
-		if line, ok := s.seen[other]; ok && line != n {
-			p.errorf(f, n, key, "conflicts with %s on line %d; set only one", other, line)
-			return
-		}
-		text := v
-		if key == "PresharedKeyFile" {
-			var ok bool
-			if text, ok = p.readKeyFile(f, n, key, v); !ok {
-				return
-			}
-		}
-		k, err := protocol.ParsePresharedKey(text)
-		if err != nil {
-			if key == "PresharedKeyFile" {
-				p.errorWrap(f, n, key, err, "%s: %s", p.resolvePath(f, v), keyError(err))
-			} else {
-				p.errorWrap(f, n, key, err, "%s", keyError(err))
-			}
+		k, ok := p.secretKey(f, s, key, v, n, "PresharedKey", func(t string) ([32]byte, error) {
+			k, err := protocol.ParsePresharedKey(t)
+			return k, err
+		})
+		if !ok {
 			return
 		}
 		peer.PresharedKey = k
