@@ -56,6 +56,23 @@ func (f *initiationFlooder) loadUntil(t *testing.T, underLoad func() bool) {
 	t.Fatal("the target never came under load")
 }
 
+// loopbackEngine starts an engine on a UDP socket at 127.0.0.1.
+func loopbackEngine(t *testing.T, clk clock.Clock) (*Engine, PrivateKey, *sink, uint16) {
+	t.Helper()
+	ub, err := ListenUDP(UDPConfig{Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := mustKey(t)
+	s := newSink()
+	e, err := New(Config{PrivateKey: key, Bind: ub, Packets: s, Clock: clk, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.Close() })
+	return e, key, s, ub.Port()
+}
+
 // TestInteropCookieReplyFromWireGuardGo: wireguard-go under a flood
 // answers our initiation with a cookie reply; we must decrypt it and
 // retry with a MAC2 that wireguard-go accepts while still under load.
@@ -63,17 +80,7 @@ func TestInteropCookieReplyFromWireGuardGo(t *testing.T) {
 	t.Parallel()
 	lo := netip.MustParseAddr("127.0.0.1")
 	clk := clock.NewManual(time.Now())
-	sink := newSink()
-	ub, err := ListenUDP(UDPConfig{Addrs: []netip.Addr{lo}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ourKey := mustKey(t)
-	our, err := New(Config{PrivateKey: ourKey, Bind: ub, Packets: sink, Clock: clk, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer our.Close()
+	our, ourKey, _, _ := loopbackEngine(t, clk)
 	wg := startWireGuardGo(t, lo, ourKey.PublicKey(), PresharedKey{}, netip.AddrPort{}, "10.0.0.1/32")
 	wgAddr := netip.AddrPortFrom(lo, wg.port)
 	if err := our.SetPeer(PeerConfig{PublicKey: wg.key.PublicKey(), Endpoint: wgAddr.String(),
@@ -128,18 +135,8 @@ func TestInteropCookieReplyToWireGuardGo(t *testing.T) {
 	// Our clock stands still, so once under load we stay under load: the
 	// retry can only get through with a valid MAC2.
 	clk := clock.NewManual(time.Now())
-	sink := newSink()
-	ub, err := ListenUDP(UDPConfig{Addrs: []netip.Addr{lo}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ourKey := mustKey(t)
-	our, err := New(Config{PrivateKey: ourKey, Bind: ub, Packets: sink, Clock: clk, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer our.Close()
-	ourAddr := netip.AddrPortFrom(lo, ub.Port())
+	our, ourKey, sink, port := loopbackEngine(t, clk)
+	ourAddr := netip.AddrPortFrom(lo, port)
 	wg := startWireGuardGo(t, lo, ourKey.PublicKey(), PresharedKey{}, ourAddr, "10.0.0.1/32")
 	if err := our.SetPeer(PeerConfig{PublicKey: wg.key.PublicKey(),
 		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.2/32")}}); err != nil {
