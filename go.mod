@@ -3,6 +3,7 @@ module github.com/wgbore/wgbore
 go 1.26.3
 
 require (
+	github.com/things-go/go-socks5 v0.1.1
 	golang.org/x/crypto v0.59.0
 	golang.org/x/net v0.62.0
 	golang.org/x/sys v0.50.0

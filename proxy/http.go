@@ -1,0 +1,466 @@
+package proxy
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// HTTPConfig configures an HTTP proxy.
+type HTTPConfig struct {
+	// Username and Password, when Username is non-empty, are demanded from
+	// every client as Basic credentials in Proxy-Authorization.
+	Username, Password string
+	// Logger receives one line per failed request; nil discards.
+	Logger *slog.Logger
+}
+
+const (
+	// httpDialTimeout bounds how long a dial into the tunnel may take. A
+	// WireGuard handshake that has to be retried (rekey-timeout 5 s, with
+	// jitter) must fit inside it, so it is generous.
+	httpDialTimeout = 30 * time.Second
+	// httpHeaderTimeout stops a client that opens a connection and never
+	// finishes its request line from holding a goroutine forever.
+	httpHeaderTimeout = 30 * time.Second
+	// proxyRealm is what a client is told to authenticate against.
+	proxyRealm = `Basic realm="wgbore"`
+)
+
+// HTTP is an HTTP proxy whose every outbound connection goes through a
+// Network. It serves CONNECT tunnels and absolute-form requests of any
+// method; requests meant for an origin server (origin-form) are refused.
+type HTTP struct {
+	nw        Network
+	log       *slog.Logger
+	creds     *credentials // nil: no authentication
+	srv       *http.Server
+	transport *http.Transport
+
+	// ctx is the base of every request's context, so Close cancels round
+	// trips and dials that are still in progress.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu       sync.Mutex
+	closed   bool
+	hijacked map[net.Conn]struct{} // CONNECT tunnels' conns, both sides
+	active   sync.WaitGroup        // handlers and the relays they start
+}
+
+// NewHTTP returns an HTTP proxy that dials and resolves through nw.
+func NewHTTP(nw Network, cfg HTTPConfig) *HTTP {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	h := &HTTP{
+		nw:       nw,
+		log:      log,
+		ctx:      ctx,
+		cancel:   cancel,
+		hijacked: make(map[net.Conn]struct{}),
+	}
+	if cfg.Username != "" {
+		// Hashing both sides to a fixed length lets the comparison take
+		// the same time whatever the lengths of the guess and the secret.
+		h.creds = newCredentials(cfg.Username, cfg.Password)
+	}
+	h.transport = &http.Transport{
+		Proxy:       nil, // the tunnel is the only way out
+		DialContext: h.dial,
+		// The body must reach the client exactly as the origin sent it;
+		// with compression on, the Transport would ask for gzip and
+		// silently inflate it.
+		DisableCompression:    true,
+		MaxIdleConnsPerHost:   8,
+		IdleConnTimeout:       90 * time.Second,
+		TLSHandshakeTimeout:   10 * time.Second,
+		ExpectContinueTimeout: 0,
+	}
+	h.srv = &http.Server{
+		Handler:           http.HandlerFunc(h.serveHTTP),
+		ReadHeaderTimeout: httpHeaderTimeout,
+		BaseContext:       func(net.Listener) context.Context { return ctx },
+		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+	}
+	return h
+}
+
+// Serve accepts proxy clients on l until Close, and then returns nil. It
+// closes l when it returns.
+func (h *HTTP) Serve(l net.Listener) error {
+	err := h.srv.Serve(l)
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Close stops every Serve, drops every client connection, including
+// CONNECT tunnels in flight, and waits for every goroutine the proxy
+// started to return.
+func (h *HTTP) Close() error {
+	h.mu.Lock()
+	if h.closed {
+		h.mu.Unlock()
+		return nil
+	}
+	h.closed = true
+	conns := h.hijacked
+	h.hijacked = nil
+	h.mu.Unlock()
+
+	// http.Server.Close knows nothing of hijacked conns, so they are
+	// closed here; closing them unblocks the relays copying them.
+	err := h.srv.Close()
+	h.cancel()
+	for c := range conns {
+		c.Close()
+	}
+	h.active.Wait()
+	h.transport.CloseIdleConnections()
+	return err
+}
+
+// enter registers a handler so Close can wait for it. It reports false
+// once Close has begun: a WaitGroup must not grow while it is awaited.
+func (h *HTTP) enter() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return false
+	}
+	h.active.Add(1)
+	return true
+}
+
+// track hands c to Close. It reports false, having closed c, once Close
+// has begun.
+func (h *HTTP) track(c net.Conn) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		c.Close()
+		return false
+	}
+	h.hijacked[c] = struct{}{}
+	return true
+}
+
+func (h *HTTP) untrack(c net.Conn) {
+	h.mu.Lock()
+	delete(h.hijacked, c)
+	h.mu.Unlock()
+	c.Close()
+}
+
+func (h *HTTP) serveHTTP(w http.ResponseWriter, r *http.Request) {
+	if !h.enter() {
+		http.Error(w, "proxy is shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	defer h.active.Done()
+
+	if !h.authorized(r) {
+		w.Header().Set("Proxy-Authenticate", proxyRealm)
+		http.Error(w, "proxy authentication required", http.StatusProxyAuthRequired)
+		return
+	}
+	switch {
+	case r.Method == http.MethodConnect:
+		h.serveConnect(w, r)
+	case r.URL.IsAbs():
+		h.serveForward(w, r)
+	default:
+		// An origin-form request is meant for a web server, not a proxy:
+		// answering it would make the proxy guess where to send it.
+		http.Error(w, "not a proxy request: use absolute-form or CONNECT", http.StatusBadRequest)
+	}
+}
+
+// authorized reports whether r carries the configured credentials.
+func (h *HTTP) authorized(r *http.Request) bool {
+	if h.creds == nil {
+		return true
+	}
+	scheme, encoded, ok := strings.Cut(strings.TrimSpace(r.Header.Get("Proxy-Authorization")), " ")
+	if !ok || !strings.EqualFold(scheme, "Basic") {
+		return false
+	}
+	decoded, err := base64.StdEncoding.DecodeString(strings.TrimSpace(encoded))
+	if err != nil {
+		return false
+	}
+	user, pass, ok := strings.Cut(string(decoded), ":")
+	if !ok {
+		return false
+	}
+	return h.creds.match(user, pass)
+}
+
+// dial connects to address inside the network. A name is resolved by the
+// network's LookupNetIP, never by the host, and each address it returns
+// is tried in turn.
+func (h *HTTP) dial(ctx context.Context, network, address string) (net.Conn, error) {
+	host, portStr, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, err
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil || port == 0 {
+		return nil, &net.AddrError{Err: "invalid port", Addr: address}
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return h.nw.DialContext(ctx, network, netip.AddrPortFrom(ip.Unmap(), uint16(port)).String())
+	}
+	ips, err := h.nw.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+	}
+	if len(ips) == 0 {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: &net.DNSError{Err: "no addresses", Name: host, IsNotFound: true}}
+	}
+	return dialAddrs(ctx, h.nw, network, ips, uint16(port))
+}
+
+// serveConnect opens a tunnel to r.Host and relays bytes both ways until
+// each side has finished sending.
+func (h *HTTP) serveConnect(w http.ResponseWriter, r *http.Request) {
+	target := r.Host
+	if _, port, err := net.SplitHostPort(target); err != nil || port == "" {
+		http.Error(w, "CONNECT needs host:port", http.StatusBadRequest)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), httpDialTimeout)
+	upstream, err := h.dial(ctx, "tcp", target)
+	cancel()
+	if err != nil {
+		h.failUpstream(w, r, target, err)
+		return
+	}
+	if !h.track(upstream) {
+		http.Error(w, "proxy is shutting down", http.StatusServiceUnavailable)
+		return
+	}
+	defer h.untrack(upstream)
+
+	client, buffered, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		h.log.Warn("http proxy: hijack failed", "target", target, "err", err)
+		http.Error(w, "cannot tunnel on this connection", http.StatusInternalServerError)
+		return
+	}
+	if !h.track(client) {
+		return
+	}
+	defer h.untrack(client)
+	// The server may have set deadlines for reading the request; a tunnel
+	// lives as long as its two ends want it to.
+	client.SetDeadline(time.Time{})
+
+	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
+		return
+	}
+	// A client may send its first bytes (a TLS ClientHello) right behind
+	// the CONNECT request, and the server will have read them already.
+	if n := buffered.Reader.Buffered(); n > 0 {
+		early, _ := buffered.Reader.Peek(n)
+		if _, err := upstream.Write(early); err != nil {
+			return
+		}
+	}
+
+	h.active.Add(1) // the handler holds a count, so the group cannot be at zero
+	done := make(chan struct{})
+	go func() {
+		defer h.active.Done()
+		defer close(done)
+		relayTunnel(client, upstream)
+	}()
+	relayTunnel(upstream, client)
+	<-done
+}
+
+// relayTunnel copies src to dst, then passes the end of src's stream on as a
+// half-close of dst, so a protocol that stops sending in one direction
+// while still reading the other keeps working.
+func relayTunnel(dst, src net.Conn) {
+	_, err := io.Copy(dst, src)
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok && err == nil {
+		cw.CloseWrite()
+		return
+	}
+	// Without a half-close, or after a failure, the whole conn goes: the
+	// other direction cannot usefully continue.
+	dst.Close()
+	src.Close()
+}
+
+// hopByHopHeaders describe one connection, not the message, so a proxy
+// must not pass them on (RFC 9110, section 7.6.1).
+var hopByHopHeaders = []string{
+	"Connection",
+	"Proxy-Connection",
+	"Keep-Alive",
+	"Proxy-Authenticate",
+	"Proxy-Authorization",
+	"Te",
+	"Trailer",
+	"Transfer-Encoding",
+	"Upgrade",
+}
+
+func removeHopByHop(hdr http.Header) {
+	for _, v := range hdr.Values("Connection") {
+		for name := range strings.SplitSeq(v, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				hdr.Del(name)
+			}
+		}
+	}
+	for _, name := range hopByHopHeaders {
+		hdr.Del(name)
+	}
+}
+
+// serveForward sends an absolute-form request on through the network and
+// streams the answer back.
+func (h *HTTP) serveForward(w http.ResponseWriter, r *http.Request) {
+	if r.URL.Scheme != "http" && r.URL.Scheme != "https" {
+		http.Error(w, "unsupported scheme "+strconv.Quote(r.URL.Scheme), http.StatusBadRequest)
+		return
+	}
+	out := r.Clone(r.Context())
+	out.RequestURI = ""
+	out.Close = false // the client's wish to close is about its own hop
+	removeHopByHop(out.Header)
+	if _, ok := out.Header["User-Agent"]; !ok {
+		// Without this the Transport would add its own User-Agent, which
+		// tells the origin what is behind the tunnel.
+		out.Header["User-Agent"] = []string{""}
+	}
+	if r.ContentLength == 0 {
+		out.Body = nil
+	}
+
+	res, err := h.transport.RoundTrip(out)
+	if err != nil {
+		h.failUpstream(w, r, r.URL.Host, err)
+		return
+	}
+	defer res.Body.Close()
+
+	removeHopByHop(res.Header)
+	dst := w.Header()
+	for k, vv := range res.Header {
+		dst[k] = vv
+	}
+	// The server would otherwise add a sniffed Content-Type and a Date the
+	// origin never sent.
+	for _, k := range []string{"Content-Type", "Date"} {
+		if _, ok := dst[k]; !ok {
+			dst[k] = nil
+		}
+	}
+	for k := range res.Trailer {
+		dst.Add("Trailer", k)
+	}
+	w.WriteHeader(res.StatusCode)
+
+	// A body of unknown length may be a stream the client is waiting on
+	// piece by piece, so each piece is flushed as it arrives.
+	flushEach := res.ContentLength < 0
+	if err := copyResponseBody(w, res.Body, flushEach); err != nil {
+		if r.Context().Err() == nil {
+			h.log.Debug("http proxy: response body cut short", "url", r.URL.Redacted(), "err", err)
+		}
+		// The status is already sent; aborting is the only way left to
+		// tell the client the body is incomplete.
+		panic(http.ErrAbortHandler)
+	}
+	for k, vv := range res.Trailer {
+		dst[http.TrailerPrefix+k] = vv
+	}
+}
+
+func copyResponseBody(w http.ResponseWriter, body io.Reader, flushEach bool) error {
+	rc := http.NewResponseController(w)
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := body.Read(buf)
+		if n > 0 {
+			if _, werr := w.Write(buf[:n]); werr != nil {
+				return werr
+			}
+			if flushEach {
+				if ferr := rc.Flush(); ferr != nil {
+					return ferr
+				}
+			}
+		}
+		if err == io.EOF {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// failUpstream answers a request whose target could not be reached: 504
+// when the tunnel timed out, 502 for any other failure.
+func (h *HTTP) failUpstream(w http.ResponseWriter, r *http.Request, target string, err error) {
+	if r.Context().Err() != nil && h.ctx.Err() == nil {
+		return // the client left; nobody is waiting for an answer
+	}
+	status := http.StatusBadGateway
+	if isDialTimeout(err) {
+		status = http.StatusGatewayTimeout
+	}
+	h.log.Info("http proxy: upstream failed", "method", r.Method, "target", target, "status", status, "err", err)
+	http.Error(w, fmt.Sprintf("wgbore: cannot reach %s: %s", target, dialFailureReason(err)), status)
+}
+
+func isDialTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// dialFailureReason names why a target was unreachable in a few words,
+// without the host-side addresses that a raw error would show.
+func dialFailureReason(err error) string {
+	var dnsErr *net.DNSError
+	switch {
+	case isDialTimeout(err):
+		return "timed out"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "connection refused"
+	case errors.Is(err, syscall.EHOSTUNREACH), errors.Is(err, syscall.ENETUNREACH):
+		return "unreachable"
+	case errors.Is(err, syscall.ECONNRESET):
+		return "connection reset"
+	case errors.As(err, &dnsErr) && dnsErr.IsNotFound:
+		return "no such host"
+	}
+	msg := err.Error()
+	if i := strings.IndexByte(msg, '\n'); i >= 0 {
+		msg = msg[:i]
+	}
+	return msg
+}

@@ -1,0 +1,687 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/tls"
+	"encoding/base64"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// httpTunnelName is a name only httpTestNetwork knows: if the host resolver
+// were asked, it would fail.
+const httpTunnelName = "tunnel.test"
+
+// httpTestNetwork stands in for the tunnel. It dials 127.0.0.1 only, and
+// only by address, so a request for a name works only if the proxy asked
+// this network's LookupNetIP.
+type httpTestNetwork struct {
+	names   map[string]netip.Addr
+	lookups atomic.Int64
+	dials   atomic.Int64
+}
+
+func newHTTPTestNetwork() *httpTestNetwork {
+	return &httpTestNetwork{names: map[string]netip.Addr{httpTunnelName: netip.MustParseAddr("127.0.0.1")}}
+}
+
+func (n *httpTestNetwork) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(address)
+	if err != nil {
+		return nil, fmt.Errorf("loopback network: %q is not an address; names must be resolved through LookupNetIP", address)
+	}
+	if ap.Addr() != netip.MustParseAddr("127.0.0.1") {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: syscall.EHOSTUNREACH}
+	}
+	n.dials.Add(1)
+	var d net.Dialer
+	return d.DialContext(ctx, network, address)
+}
+
+func (n *httpTestNetwork) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	n.lookups.Add(1)
+	if a, ok := n.names[host]; ok {
+		return []netip.Addr{a}, nil
+	}
+	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+}
+
+// httpTimeoutNetwork fails every dial the way a tunnel without a handshake
+// does: by timing out.
+type httpTimeoutNetwork struct{ httpTestNetwork }
+
+type httpTimeoutError struct{}
+
+func (httpTimeoutError) Error() string   { return "i/o timeout" }
+func (httpTimeoutError) Timeout() bool   { return true }
+func (httpTimeoutError) Temporary() bool { return true }
+
+func (n *httpTimeoutNetwork) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	return nil, &net.OpError{Op: "dial", Net: network, Err: httpTimeoutError{}}
+}
+
+// startHTTPProxy serves an HTTP proxy on a loopback port and closes it when
+// the test ends, checking that Serve then returns nil.
+func startHTTPProxy(t *testing.T, nw Network, cfg HTTPConfig) (*HTTP, string) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := NewHTTP(nw, cfg)
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(l) }()
+	t.Cleanup(func() {
+		p.Close()
+		select {
+		case err := <-served:
+			if err != nil {
+				t.Errorf("Serve returned %v after Close, want nil", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("Serve did not return after Close")
+		}
+	})
+	return p, l.Addr().String()
+}
+
+// origin is a web server reachable only as tunnel.test:port.
+type httpOrigin struct {
+	srv  *httptest.Server
+	port string
+}
+
+// tunnelURL is the origin's URL as a client of the proxy names it.
+func (o *httpOrigin) tunnelURL(path string) string {
+	scheme := "http"
+	if o.srv.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + net.JoinHostPort(httpTunnelName, o.port) + path
+}
+
+const httpOriginGreeting = "hello from the far side of the tunnel\n"
+
+func httpOriginHandler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/path", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain")
+		w.Header().Set("X-Origin", "yes")
+		io.WriteString(w, httpOriginGreeting)
+	})
+	mux.HandleFunc("/upload", func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		n, err := io.Copy(h, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		w.Header().Set("Content-Type", "text/plain")
+		fmt.Fprintf(w, "%s %s %d", r.Method, hex.EncodeToString(h.Sum(nil)), n)
+	})
+	mux.HandleFunc("/headers", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Connection", "X-Origin-Hop")
+		w.Header().Set("X-Origin-Hop", "must not reach the client")
+		w.Header().Set("Keep-Alive", "timeout=5")
+		w.Header().Set("X-Origin-End", "kept")
+		w.Header().Set("Content-Type", "application/json")
+		json.NewEncoder(w).Encode(r.Header)
+	})
+	mux.HandleFunc("/teapot", func(w http.ResponseWriter, r *http.Request) {
+		w.WriteHeader(http.StatusTeapot)
+	})
+	return mux
+}
+
+func startHTTPOrigin(t *testing.T, tlsOn bool) *httpOrigin {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(httpOriginHandler())
+	if tlsOn {
+		srv.StartTLS()
+	} else {
+		srv.Start()
+	}
+	t.Cleanup(srv.Close)
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	return &httpOrigin{srv: srv, port: port}
+}
+
+// httpProxyClient is an ordinary net/http client configured to use the proxy,
+// trusting o's certificate for the name tunnel.test is not.
+func httpProxyClient(t *testing.T, proxyAddr string, user *url.Userinfo, o *httpOrigin) *http.Client {
+	t.Helper()
+	pu := &url.URL{Scheme: "http", Host: proxyAddr, User: user}
+	tr := &http.Transport{Proxy: http.ProxyURL(pu)}
+	if o != nil && o.srv.TLS != nil {
+		tr.TLSClientConfig = &tls.Config{
+			RootCAs:    o.srv.Client().Transport.(*http.Transport).TLSClientConfig.RootCAs,
+			ServerName: "example.com", // httptest's certificate is for it
+		}
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 30 * time.Second}
+}
+
+func readHTTPBody(t *testing.T, res *http.Response) string {
+	t.Helper()
+	defer res.Body.Close()
+	b, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestHTTPHostResolverIsNotUsed(t *testing.T) {
+	if _, err := net.DefaultResolver.LookupNetIP(context.Background(), "ip", httpTunnelName); err == nil {
+		t.Skipf("the host resolves %s; this test needs a name only the tunnel knows", httpTunnelName)
+	}
+	nw := newHTTPTestNetwork()
+	o := startHTTPOrigin(t, false)
+	_, addr := startHTTPProxy(t, nw, HTTPConfig{})
+	res, err := httpProxyClient(t, addr, nil, o).Get(o.tunnelURL("/path"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readHTTPBody(t, res); body != httpOriginGreeting {
+		t.Fatalf("body %q, want %q", body, httpOriginGreeting)
+	}
+	if nw.lookups.Load() == 0 {
+		t.Error("the network's LookupNetIP was never asked")
+	}
+}
+
+func TestHTTPGoClientForwardAndConnect(t *testing.T) {
+	for _, tlsOn := range []bool{false, true} {
+		name := "absolute-form"
+		if tlsOn {
+			name = "CONNECT"
+		}
+		t.Run(name, func(t *testing.T) {
+			o := startHTTPOrigin(t, tlsOn)
+			_, addr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{Username: "u", Password: "p"})
+			c := httpProxyClient(t, addr, url.UserPassword("u", "p"), o)
+
+			res, err := c.Get(o.tunnelURL("/path"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if body := readHTTPBody(t, res); res.StatusCode != 200 || body != httpOriginGreeting {
+				t.Fatalf("GET: %s %q", res.Status, body)
+			}
+			if got := res.Header.Get("X-Origin"); got != "yes" {
+				t.Errorf("X-Origin = %q, want the origin's header kept", got)
+			}
+
+			payload := make([]byte, 1<<20)
+			rand.Read(payload)
+			sum := sha256.Sum256(payload)
+			res, err = c.Post(o.tunnelURL("/upload"), "application/octet-stream", strings.NewReader(string(payload)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := fmt.Sprintf("POST %x %d", sum, len(payload))
+			if body := readHTTPBody(t, res); body != want {
+				t.Fatalf("POST: %s %q, want %q", res.Status, body, want)
+			}
+
+			res, err = c.Get(o.tunnelURL("/teapot"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			readHTTPBody(t, res)
+			if res.StatusCode != http.StatusTeapot {
+				t.Errorf("status %d, want the origin's %d", res.StatusCode, http.StatusTeapot)
+			}
+		})
+	}
+}
+
+func TestHTTPMethods(t *testing.T) {
+	o := startHTTPOrigin(t, false)
+	_, addr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{})
+	c := httpProxyClient(t, addr, nil, o)
+	for _, method := range []string{"GET", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"} {
+		req, _ := http.NewRequest(method, o.tunnelURL("/upload"), strings.NewReader("body"))
+		res, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("%s: %v", method, err)
+		}
+		want := fmt.Sprintf("%s %x 4", method, sha256.Sum256([]byte("body")))
+		if body := readHTTPBody(t, res); body != want {
+			t.Errorf("%s: %q, want %q", method, body, want)
+		}
+	}
+	req, _ := http.NewRequest("HEAD", o.tunnelURL("/path"), nil)
+	res, err := c.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body := readHTTPBody(t, res); res.StatusCode != 200 || body != "" || res.ContentLength != int64(len(httpOriginGreeting)) {
+		t.Errorf("HEAD: %s, body %q, length %d", res.Status, body, res.ContentLength)
+	}
+}
+
+// rawHTTPProxyRequest writes req to the proxy as is and reads one response.
+func rawHTTPProxyRequest(t *testing.T, proxyAddr, req string) (*http.Response, string) {
+	t.Helper()
+	c, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.WriteString(c, req); err != nil {
+		t.Fatal(err)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(c), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res, readHTTPBody(t, res)
+}
+
+func TestHTTPHopByHopHeadersStripped(t *testing.T) {
+	o := startHTTPOrigin(t, false)
+	_, addr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{Username: "u", Password: "p"})
+	creds := base64.StdEncoding.EncodeToString([]byte("u:p"))
+	res, body := rawHTTPProxyRequest(t, addr, "GET "+o.tunnelURL("/headers")+" HTTP/1.1\r\n"+
+		"Host: "+net.JoinHostPort(httpTunnelName, o.port)+"\r\n"+
+		"Proxy-Authorization: Basic "+creds+"\r\n"+
+		"Proxy-Connection: keep-alive\r\n"+
+		"Connection: keep-alive, X-Client-Hop\r\n"+
+		"X-Client-Hop: must not reach the origin\r\n"+
+		"Keep-Alive: timeout=5\r\n"+
+		"TE: trailers\r\n"+
+		"Upgrade: h2c\r\n"+
+		"X-End-To-End: kept\r\n"+
+		"\r\n")
+	if res.StatusCode != 200 {
+		t.Fatalf("status %s: %s", res.Status, body)
+	}
+	var seen http.Header
+	if err := json.Unmarshal([]byte(body), &seen); err != nil {
+		t.Fatalf("origin's answer %q: %v", body, err)
+	}
+	for _, k := range []string{"Proxy-Authorization", "Proxy-Connection", "Connection", "X-Client-Hop", "Keep-Alive", "Te", "Upgrade", "User-Agent", "Via", "X-Forwarded-For", "Forwarded", "Accept-Encoding"} {
+		if v, ok := seen[k]; ok {
+			t.Errorf("origin saw %s: %q", k, v)
+		}
+	}
+	if got := seen.Get("X-End-To-End"); got != "kept" {
+		t.Errorf("origin saw X-End-To-End %q, want kept", got)
+	}
+	for _, k := range []string{"X-Origin-Hop", "Keep-Alive"} {
+		if v, ok := res.Header[k]; ok {
+			t.Errorf("client saw %s: %q", k, v)
+		}
+	}
+	if got := res.Header.Get("X-Origin-End"); got != "kept" {
+		t.Errorf("client saw X-Origin-End %q, want kept", got)
+	}
+}
+
+func TestHTTPOriginFormRefused(t *testing.T) {
+	_, addr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{})
+	res, body := rawHTTPProxyRequest(t, addr, "GET /path HTTP/1.1\r\nHost: "+httpTunnelName+"\r\n\r\n")
+	if res.StatusCode != http.StatusBadRequest {
+		t.Fatalf("status %s (%q), want 400", res.Status, body)
+	}
+}
+
+func TestHTTPAuth(t *testing.T) {
+	o := startHTTPOrigin(t, false)
+	_, addr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{Username: "user", Password: "secret"})
+	for _, user := range []*url.Userinfo{nil, url.UserPassword("user", "wrong"), url.UserPassword("wrong", "secret"), url.UserPassword("user", "secretX")} {
+		res, err := httpProxyClient(t, addr, user, o).Get(o.tunnelURL("/path"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		readHTTPBody(t, res)
+		if res.StatusCode != http.StatusProxyAuthRequired {
+			t.Errorf("%v: status %s, want 407", user, res.Status)
+		}
+		if got := res.Header.Get("Proxy-Authenticate"); got != `Basic realm="wgbore"` {
+			t.Errorf("%v: Proxy-Authenticate %q", user, got)
+		}
+	}
+	res, body := rawHTTPProxyRequest(t, addr, "CONNECT "+net.JoinHostPort(httpTunnelName, o.port)+" HTTP/1.1\r\nHost: x\r\n\r\n")
+	if res.StatusCode != http.StatusProxyAuthRequired {
+		t.Errorf("CONNECT without credentials: %s %q, want 407", res.Status, body)
+	}
+}
+
+// httpClosedPort returns a loopback port nothing listens on.
+func httpClosedPort(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	l.Close()
+	return port
+}
+
+func TestHTTPDialFailures(t *testing.T) {
+	port := httpClosedPort(t)
+	_, addr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{})
+	_, timeoutAddr := startHTTPProxy(t, &httpTimeoutNetwork{*newHTTPTestNetwork()}, HTTPConfig{})
+	target := net.JoinHostPort(httpTunnelName, port)
+	cases := []struct {
+		name, proxy, req string
+		status           int
+		reason           string
+	}{
+		{"CONNECT refused", addr, "CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n\r\n", 502, "connection refused"},
+		{"GET refused", addr, "GET http://" + target + "/ HTTP/1.1\r\nHost: " + target + "\r\n\r\n", 502, "connection refused"},
+		{"unknown name", addr, "CONNECT nowhere.test:80 HTTP/1.1\r\nHost: nowhere.test:80\r\n\r\n", 502, "no such host"},
+		{"CONNECT timeout", timeoutAddr, "CONNECT " + target + " HTTP/1.1\r\nHost: " + target + "\r\n\r\n", 504, "timed out"},
+		{"GET timeout", timeoutAddr, "GET http://" + target + "/ HTTP/1.1\r\nHost: " + target + "\r\n\r\n", 504, "timed out"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			res, body := rawHTTPProxyRequest(t, tc.proxy, tc.req)
+			if res.StatusCode != tc.status {
+				t.Errorf("status %s, want %d", res.Status, tc.status)
+			}
+			if strings.Count(body, "\n") != 1 || !strings.Contains(body, tc.reason) {
+				t.Errorf("body %q, want one line saying %q", body, tc.reason)
+			}
+		})
+	}
+}
+
+// startHTTPHalfCloseServer accepts one conn at a time, reads it to EOF and
+// only then answers with how many bytes it got: it works only if the
+// client's half-close travels through the tunnel.
+func startHTTPHalfCloseServer(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				n, _ := io.Copy(io.Discard, c)
+				fmt.Fprintf(c, "got %d", n)
+			}()
+		}
+	}()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	return port
+}
+
+// httpConnectTunnel opens a CONNECT tunnel through the proxy to target.
+func httpConnectTunnel(t *testing.T, proxyAddr, target string) (*net.TCPConn, *bufio.Reader) {
+	t.Helper()
+	c, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\n", target, target)
+	br := bufio.NewReader(c)
+	res, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if res.StatusCode != 200 {
+		t.Fatalf("CONNECT: %s", res.Status)
+	}
+	return c.(*net.TCPConn), br
+}
+
+func TestHTTPConnectHalfClose(t *testing.T) {
+	port := startHTTPHalfCloseServer(t)
+	_, addr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{})
+	c, br := httpConnectTunnel(t, addr, net.JoinHostPort(httpTunnelName, port))
+	io.WriteString(c, "twelve bytes")
+	if err := c.CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(br)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if string(got) != "got 12" {
+		t.Fatalf("server answered %q, want %q", got, "got 12")
+	}
+}
+
+func TestHTTPCloseEndsTunnels(t *testing.T) {
+	// An echo server the tunnel can reach; its own goroutines end when the
+	// proxy closes its side.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(c, c); c.Close() }()
+		}
+	}()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+
+	baseline := runtime.NumGoroutine()
+
+	pl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := NewHTTP(newHTTPTestNetwork(), HTTPConfig{})
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(pl) }()
+
+	c, br := httpConnectTunnel(t, pl.Addr().String(), net.JoinHostPort(httpTunnelName, port))
+	io.WriteString(c, "ping")
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(br, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo through the tunnel: %q, %v", buf, err)
+	}
+	// A second client that is idle, between requests.
+	idle, err := net.Dial("tcp", pl.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+
+	closed := make(chan error, 1)
+	go func() { closed <- p.Close() }()
+	select {
+	case err := <-closed:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		stacks := make([]byte, 1<<20)
+		t.Fatalf("Close still waiting after 10s:\n%s", stacks[:runtime.Stack(stacks, true)])
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("Serve: %v", err)
+	}
+	if _, err := br.ReadByte(); err == nil {
+		t.Error("the tunnel still carries data after Close")
+	}
+	c.Close()
+	idle.Close()
+
+	deadline := time.Now().Add(10 * time.Second)
+	for runtime.NumGoroutine() > baseline {
+		if time.Now().After(deadline) {
+			stacks := make([]byte, 1<<20)
+			stacks = stacks[:runtime.Stack(stacks, true)]
+			t.Fatalf("%d goroutines after Close, baseline %d:\n%s", runtime.NumGoroutine(), baseline, stacks)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// curl tests: the real client users point at the proxy.
+
+func httpCurlPath(t *testing.T) string {
+	t.Helper()
+	path, err := exec.LookPath("curl")
+	if err != nil {
+		t.Skip("curl is not installed; the curl tests need it (CI installs it)")
+	}
+	return path
+}
+
+// runHTTPCurl runs curl with no environment proxies and no ~/.curlrc, and
+// returns what it printed and its exit code.
+func runHTTPCurl(t *testing.T, args ...string) (string, int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, httpCurlPath(t), append([]string{"-q", "-sS", "--max-time", "30"}, args...)...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	code := 0
+	if err != nil {
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) {
+			t.Fatalf("curl: %v", err)
+		}
+		code = ee.ExitCode()
+		t.Logf("curl %s: exit %d: %s", strings.Join(args, " "), code, stderr.String())
+	}
+	return string(out), code
+}
+
+func TestHTTPCurl(t *testing.T) {
+	httpCurlPath(t)
+	o := startHTTPOrigin(t, false)
+	tlsOrigin := startHTTPOrigin(t, true)
+	_, addr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{})
+	proxyURL := "http://" + addr
+
+	t.Run("GET", func(t *testing.T) {
+		out, code := runHTTPCurl(t, "-x", proxyURL, o.tunnelURL("/path"))
+		if code != 0 || out != httpOriginGreeting {
+			t.Fatalf("exit %d, body %q", code, out)
+		}
+	})
+	t.Run("POST 4MiB", func(t *testing.T) {
+		payload := make([]byte, 4<<20)
+		rand.Read(payload)
+		file := filepath.Join(t.TempDir(), "payload")
+		if err := os.WriteFile(file, payload, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		out, code := runHTTPCurl(t, "-x", proxyURL, "-X", "POST", "--data-binary", "@"+file, o.tunnelURL("/upload"))
+		want := fmt.Sprintf("POST %x %d", sha256.Sum256(payload), len(payload))
+		if code != 0 || out != want {
+			t.Fatalf("exit %d, origin said %q, want %q", code, out, want)
+		}
+	})
+	t.Run("HEAD", func(t *testing.T) {
+		out, code := runHTTPCurl(t, "-x", proxyURL, "-I", "-o", "/dev/null", "-w", "%{http_code} %header{content-length}", o.tunnelURL("/path"))
+		want := "200 " + strconv.Itoa(len(httpOriginGreeting))
+		if code != 0 || out != want {
+			t.Fatalf("exit %d, %q, want %q", code, out, want)
+		}
+	})
+	t.Run("CONNECT", func(t *testing.T) {
+		out, code := runHTTPCurl(t, "-p", "-x", proxyURL, o.tunnelURL("/path"))
+		if code != 0 || out != httpOriginGreeting {
+			t.Fatalf("exit %d, body %q", code, out)
+		}
+	})
+	t.Run("HTTPS through CONNECT", func(t *testing.T) {
+		out, code := runHTTPCurl(t, "-k", "-x", proxyURL, tlsOrigin.tunnelURL("/path"))
+		if code != 0 || out != httpOriginGreeting {
+			t.Fatalf("exit %d, body %q", code, out)
+		}
+	})
+}
+
+func TestHTTPCurlAuth(t *testing.T) {
+	httpCurlPath(t)
+	o := startHTTPOrigin(t, false)
+	_, addr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{Username: "u", Password: "p"})
+	proxyURL := "http://" + addr
+
+	out, code := runHTTPCurl(t, "-x", proxyURL, "--proxy-user", "u:p", o.tunnelURL("/path"))
+	if code != 0 || out != httpOriginGreeting {
+		t.Fatalf("right password: exit %d, body %q", code, out)
+	}
+	out, code = runHTTPCurl(t, "-p", "-x", proxyURL, "--proxy-user", "u:p", o.tunnelURL("/path"))
+	if code != 0 || out != httpOriginGreeting {
+		t.Fatalf("right password, CONNECT: exit %d, body %q", code, out)
+	}
+	out, code = runHTTPCurl(t, "-x", proxyURL, "--proxy-user", "u:wrong", "-o", "/dev/null", "-w", "%{http_code}", o.tunnelURL("/path"))
+	if code != 0 || out != "407" {
+		t.Fatalf("wrong password: exit %d, status %q, want 407", code, out)
+	}
+	_, code = runHTTPCurl(t, "-p", "-x", proxyURL, "--proxy-user", "u:wrong", o.tunnelURL("/path"))
+	if code != 56 {
+		t.Fatalf("wrong password, CONNECT: exit %d, want 56", code)
+	}
+}
+
+// TestHTTPStreamsResponses shows a response piece reaches the client while
+// the origin is still writing the rest: the proxy does not buffer bodies.
+func TestHTTPStreamsResponses(t *testing.T) {
+	release := make(chan struct{})
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "first\n")
+		w.(http.Flusher).Flush()
+		select {
+		case <-release:
+		case <-r.Context().Done():
+			return
+		}
+		io.WriteString(w, "second\n")
+	}))
+	defer srv.Close()
+	defer close(release)
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	_, addr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{})
+
+	res, err := httpProxyClient(t, addr, nil, nil).Get("http://" + net.JoinHostPort(httpTunnelName, port) + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	line, err := bufio.NewReader(res.Body).ReadString('\n')
+	if err != nil || line != "first\n" {
+		t.Fatalf("first piece: %q, %v", line, err)
+	}
+}

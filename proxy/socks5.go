@@ -1,0 +1,394 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	socks5 "github.com/things-go/go-socks5"
+	"github.com/things-go/go-socks5/statute"
+)
+
+const (
+	// socksHandshakeTimeout bounds the time from accept to a CONNECT
+	// request, so a client that opens a connection and says nothing (or
+	// trickles bytes) cannot hold a goroutine and a descriptor forever.
+	socksHandshakeTimeout = 30 * time.Second
+
+	// socksResolveTimeout bounds a name lookup on the Network's side. The
+	// tunnel's resolver has its own per-query timeouts; this is the backstop
+	// for the whole lookup, fallbacks included.
+	socksResolveTimeout = 15 * time.Second
+
+	// socksConnectTimeout bounds the dial to the target, across all of a
+	// name's addresses.
+	socksConnectTimeout = 30 * time.Second
+)
+
+// SOCKS5Config configures a SOCKS5 server.
+type SOCKS5Config struct {
+	// Username and Password turn on RFC 1929 username/password
+	// authentication when Username is not empty; the server then offers
+	// no other method. With an empty Username any client is served, so the
+	// listener must only be reachable by trusted clients (loopback by
+	// default). Both are limited to 255 bytes by the protocol.
+	Username, Password string
+
+	// Logger receives per-connection events at debug level. Nil discards
+	// them.
+	Logger *slog.Logger
+}
+
+// SOCKS5 is a SOCKS5 server (RFC 1928) whose outbound side is a Network:
+// every target is dialed, and every name resolved, on that network, never
+// on the host's.
+//
+// Only CONNECT is served, to IPv4 and IPv6 addresses and to domain names.
+// BIND is refused with "command not supported". UDP ASSOCIATE is refused
+// the same way for now: relaying datagrams needs a packet side on Network
+// (ListenPacket) that the interface does not have yet.
+type SOCKS5 struct {
+	nw     Network
+	log    *slog.Logger
+	server *socks5.Server
+
+	// ctx is cancelled by Close, which ends lookups and dials in flight.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu        sync.Mutex
+	closed    bool
+	listeners map[net.Listener]struct{}
+	conns     map[net.Conn]struct{}
+
+	// wg counts every goroutine the server starts, go-socks5's relay
+	// halves included (they are started through Submit), so Close can
+	// wait for all of them.
+	wg sync.WaitGroup
+}
+
+// NewSOCKS5 returns a SOCKS5 server that reaches targets through nw. It
+// starts nothing; call Serve.
+func NewSOCKS5(nw Network, cfg SOCKS5Config) *SOCKS5 {
+	logger := cfg.Logger
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	s := &SOCKS5{
+		nw:        nw,
+		log:       logger,
+		ctx:       ctx,
+		cancel:    cancel,
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[net.Conn]struct{}),
+	}
+
+	opts := []socks5.Option{
+		socks5.WithResolver(socksResolver{s}),
+		socks5.WithDialAndRequest(s.dial),
+		socks5.WithLogger(socksLogger{logger}),
+		socks5.WithGPool(socksGoroutines{s}),
+		socks5.WithConnectMiddleware(socksEndHandshake),
+		// go-socks5's own BIND handler already refuses; ASSOCIATE would
+		// open a host UDP socket and dial from the host, so it is
+		// replaced.
+		socks5.WithAssociateHandle(socksRefuseCommand),
+	}
+	if cfg.Username != "" {
+		opts = append(opts, socks5.WithCredential(newSOCKSCredentials(cfg.Username, cfg.Password, logger)))
+	}
+	s.server = socks5.NewServer(opts...)
+	return s
+}
+
+// Serve accepts connections on l and serves each in its own goroutine. It
+// returns when l fails or is closed, and closes l; connections already
+// being served carry on until their clients leave or Close is called.
+// After Close, Serve returns nil.
+func (s *SOCKS5) Serve(l net.Listener) error {
+	if !s.trackListener(l) {
+		l.Close()
+		return nil
+	}
+	defer s.untrackListener(l)
+	defer l.Close()
+
+	var backoff time.Duration
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			if s.isClosed() {
+				return nil
+			}
+			// Running out of descriptors is transient; give the
+			// relays in flight a moment to release some.
+			if te, ok := err.(interface{ Temporary() bool }); ok && te.Temporary() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				s.log.Debug("socks5: accept", "err", err, "retry_in", backoff)
+				select {
+				case <-time.After(backoff):
+					continue
+				case <-s.ctx.Done():
+					return nil
+				}
+			}
+			return err
+		}
+		backoff = 0
+		if !s.trackConn(conn) {
+			conn.Close()
+			return nil
+		}
+		go func() {
+			defer s.wg.Done()
+			defer s.untrackConn(conn)
+			s.serveConn(conn)
+		}()
+	}
+}
+
+// Close stops every listener given to Serve, ends every connection and
+// relay in flight, and returns once all goroutines the server started have
+// exited. It is safe to call more than once.
+func (s *SOCKS5) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	// Closing the client side is enough to end a relay: the half copying
+	// from the client fails at once, go-socks5 then closes the target,
+	// which ends the other half.
+	for c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.cancel()
+	s.wg.Wait()
+	return nil
+}
+
+func (s *SOCKS5) serveConn(conn net.Conn) {
+	// Cleared by socksEndHandshake once a CONNECT request has been read.
+	conn.SetDeadline(time.Now().Add(socksHandshakeTimeout))
+	err := s.server.ServeConn(conn)
+	if err != nil && !s.isClosed() {
+		// go-socks5's errors name the target and the failing step; none
+		// carries credentials.
+		s.log.Debug("socks5: connection ended", "client", conn.RemoteAddr(), "err", err)
+	}
+}
+
+// dial connects to the request's target on the Network. For a domain name,
+// socksResolver has already looked it up on the Network and left every
+// address in ctx, so a name whose first address is unreachable still
+// connects through the next one.
+func (s *SOCKS5) dial(ctx context.Context, network, addr string, req *socks5.Request) (net.Conn, error) {
+	ctx, cancel := s.bound(ctx, socksConnectTimeout)
+	defer cancel()
+
+	dest := req.DestAddr
+	addrs, _ := ctx.Value(socksResolvedKey{}).(socksResolvedAddrs)
+	if dest == nil || dest.FQDN == "" || addrs.name != dest.FQDN || len(addrs.addrs) == 0 {
+		c, err := s.nw.DialContext(ctx, network, addr)
+		if err != nil {
+			return nil, err
+		}
+		return socksTarget(c), nil
+	}
+	return socksDialSerial(ctx, s.nw, network, addrs.addrs, uint16(dest.Port))
+}
+
+// socksDialSerial dials the resolved addresses and makes the connection
+// one go-socks5 can describe in its reply.
+func socksDialSerial(ctx context.Context, nw Network, network string, addrs []netip.Addr, port uint16) (net.Conn, error) {
+	c, err := dialAddrs(ctx, nw, network, addrs, port)
+	if err != nil {
+		return nil, err
+	}
+	return socksTarget(c), nil
+}
+
+// bound derives a context from ctx that also ends when the server closes
+// and after timeout. go-socks5 hands its hooks context.Background(), so
+// without this a lookup or dial would outlive Close.
+func (s *SOCKS5) bound(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	stop := context.AfterFunc(s.ctx, cancel)
+	return ctx, func() {
+		stop()
+		cancel()
+	}
+}
+
+func (s *SOCKS5) isClosed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed
+}
+
+func (s *SOCKS5) trackListener(l net.Listener) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.listeners[l] = struct{}{}
+	return true
+}
+
+func (s *SOCKS5) untrackListener(l net.Listener) {
+	s.mu.Lock()
+	delete(s.listeners, l)
+	s.mu.Unlock()
+}
+
+// trackConn registers c and counts the goroutine about to serve it. Both
+// happen under the lock Close takes to set closed, so Close either sees
+// the connection and waits for its goroutine, or the connection is refused.
+func (s *SOCKS5) trackConn(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return false
+	}
+	s.conns[c] = struct{}{}
+	s.wg.Add(1)
+	return true
+}
+
+func (s *SOCKS5) untrackConn(c net.Conn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// socksGoroutines runs go-socks5's goroutines (the two halves of each
+// relay) under the server's WaitGroup. Submit is only ever called from a
+// goroutine the WaitGroup already counts, so Add never races with Wait
+// reaching zero.
+type socksGoroutines struct{ s *SOCKS5 }
+
+func (g socksGoroutines) Submit(f func()) error {
+	g.s.wg.Add(1)
+	go func() {
+		defer g.s.wg.Done()
+		f()
+	}()
+	return nil
+}
+
+// socksResolvedKey keys the addresses socksResolver found, for dial.
+type socksResolvedKey struct{}
+
+type socksResolvedAddrs struct {
+	name  string
+	addrs []netip.Addr
+}
+
+// socksResolver resolves CONNECT targets given as domain names on the
+// Network. go-socks5 calls it before the dialer for every such request, and
+// its default would ask the host's resolver, which must never see names
+// meant for the tunnel.
+type socksResolver struct{ s *SOCKS5 }
+
+func (r socksResolver) Resolve(ctx context.Context, name string) (context.Context, net.IP, error) {
+	lookupCtx, cancel := r.s.bound(ctx, socksResolveTimeout)
+	defer cancel()
+	addrs, err := r.s.nw.LookupNetIP(lookupCtx, "ip", name)
+	if err != nil {
+		return ctx, nil, err
+	}
+	if len(addrs) == 0 {
+		return ctx, nil, &net.DNSError{Err: "no addresses", Name: name, IsNotFound: true}
+	}
+	ctx = context.WithValue(ctx, socksResolvedKey{}, socksResolvedAddrs{name: name, addrs: addrs})
+	return ctx, addrs[0].Unmap().AsSlice(), nil
+}
+
+// newSOCKSCredentials adapts the shared constant-time credentials to
+// go-socks5's CredentialStore, adding a log line for failures.
+func newSOCKSCredentials(username, password string, log *slog.Logger) *socksCredentials {
+	return &socksCredentials{creds: newCredentials(username, password), log: log}
+}
+
+type socksCredentials struct {
+	creds *credentials
+	log   *slog.Logger
+}
+
+func (c *socksCredentials) Valid(user, password, clientAddr string) bool {
+	if !c.creds.match(user, password) {
+		// Neither name nor password is logged: a password typed into
+		// the username field is still a password.
+		c.log.Debug("socks5: authentication failed", "client", clientAddr)
+		return false
+	}
+	return true
+}
+
+// socksEndHandshake clears the handshake deadline once a CONNECT request has
+// been read: from here on the relay may idle as long as the client likes.
+// go-socks5 passes the client connection itself as the writer.
+func socksEndHandshake(_ context.Context, w io.Writer, _ *socks5.Request) error {
+	if c, ok := w.(net.Conn); ok {
+		return c.SetDeadline(time.Time{})
+	}
+	return nil
+}
+
+// socksRefuseCommand answers a command the server does not serve with "command
+// not supported", as RFC 1928 asks, and ends the connection.
+func socksRefuseCommand(_ context.Context, w io.Writer, req *socks5.Request) error {
+	if err := socks5.SendReply(w, statute.RepCommandNotSupported, nil); err != nil {
+		return err
+	}
+	return fmt.Errorf("command %d refused", req.Command)
+}
+
+// socksTarget makes sure the target's local address is a *net.TCPAddr:
+// go-socks5 puts it in the success reply and, for any other type, replies
+// "address type not supported" instead, failing a connection that worked.
+func socksTarget(c net.Conn) net.Conn {
+	if _, ok := c.LocalAddr().(*net.TCPAddr); ok {
+		return c
+	}
+	var local *net.TCPAddr
+	if ap, err := netip.ParseAddrPort(c.LocalAddr().String()); err == nil {
+		local = net.TCPAddrFromAddrPort(ap)
+	} else {
+		local = &net.TCPAddr{IP: net.IPv4zero}
+	}
+	return &socksTCPAddrConn{Conn: c, local: local}
+}
+
+type socksTCPAddrConn struct {
+	net.Conn
+	local *net.TCPAddr
+}
+
+func (c *socksTCPAddrConn) LocalAddr() net.Addr { return c.local }
+
+// CloseWrite passes a half-close through, so a client that finishes
+// sending still gets the rest of the response.
+func (c *socksTCPAddrConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}
+
+// socksLogger routes go-socks5's own messages to slog at debug level; it
+// logs per-connection failures that are not errors of the server.
+type socksLogger struct{ log *slog.Logger }
+
+func (l socksLogger) Errorf(format string, args ...any) {
+	l.log.Debug("socks5: " + fmt.Sprintf(format, args...))
+}

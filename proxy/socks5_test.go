@@ -1,0 +1,497 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"os"
+	"os/exec"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	xproxy "golang.org/x/net/proxy"
+)
+
+// socksNetwork stands in for the tunnel: it dials loopback addresses
+// only and resolves names from its own table. A name that reaches the
+// host's resolver, or an attempt to dial a name rather than an address,
+// fails, so a test that passes proves the proxy kept both on the Network.
+type socksNetwork struct {
+	hosts map[string][]netip.Addr
+
+	mu      sync.Mutex
+	lookups []string
+}
+
+func (n *socksNetwork) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	host, _, err := net.SplitHostPort(address)
+	if err != nil {
+		return nil, err
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil || !ip.IsLoopback() {
+		return nil, fmt.Errorf("socksNetwork: refusing to dial %q: not a loopback address", address)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, network, address)
+}
+
+func (n *socksNetwork) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
+	n.mu.Lock()
+	n.lookups = append(n.lookups, host)
+	n.mu.Unlock()
+	if addrs, ok := n.hosts[host]; ok {
+		return addrs, nil
+	}
+	return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
+}
+
+func (n *socksNetwork) lookedUp() []string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return append([]string(nil), n.lookups...)
+}
+
+func newSOCKSNetwork() *socksNetwork {
+	return &socksNetwork{hosts: map[string][]netip.Addr{
+		// .test is reserved (RFC 2606): only the table knows it.
+		"tunnel.test":  {netip.MustParseAddr("127.0.0.1")},
+		"tunnel6.test": {netip.MustParseAddr("::1")},
+		// The first address has no listener on the backend's port, so
+		// reaching the backend proves the dial falls through to the next.
+		"multi.test": {netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.1")},
+	}}
+}
+
+// startSOCKS5 serves a SOCKS5 server on a loopback port and closes it when
+// the test ends, checking that Serve then returns nil.
+func startSOCKS5(t *testing.T, nw Network, cfg SOCKS5Config) (*SOCKS5, string, <-chan error) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewSOCKS5(nw, cfg)
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(l) }()
+	t.Cleanup(func() {
+		s.Close()
+		select {
+		case err := <-served:
+			if err != nil {
+				t.Errorf("Serve after Close = %v, want nil", err)
+			}
+		case <-time.After(5 * time.Second):
+			t.Error("Serve did not return after Close")
+		}
+	})
+	return s, l.Addr().String(), served
+}
+
+// startSOCKSBackend serves "hello <path>" over HTTP on the given loopback
+// address ("127.0.0.1:0" or "[::1]:0") and returns its port.
+func startSOCKSBackend(t *testing.T, listenAddr string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", listenAddr)
+	if err != nil {
+		t.Skipf("cannot listen on %s: %v", listenAddr, err)
+	}
+	ts := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		fmt.Fprintf(w, "hello %s", r.URL.Path)
+	}))
+	ts.Listener.Close()
+	ts.Listener = l
+	ts.Start()
+	t.Cleanup(ts.Close)
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	return port
+}
+
+// socksCurl runs the real curl, isolated from the user's .curlrc and proxy
+// environment, and returns its output.
+func socksCurl(t *testing.T, args ...string) (string, error) {
+	t.Helper()
+	path, err := exec.LookPath("curl")
+	if err != nil {
+		t.Skip("curl is not installed; the curl end-to-end tests need it (CI installs it)")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	args = append([]string{"-q", "--silent", "--show-error", "--fail", "--max-time", "10"}, args...)
+	cmd := exec.CommandContext(ctx, path, args...)
+	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
+	out, err := cmd.CombinedOutput()
+	return string(out), err
+}
+
+func mustSOCKSCurl(t *testing.T, want string, args ...string) {
+	t.Helper()
+	out, err := socksCurl(t, args...)
+	if err != nil {
+		t.Fatalf("curl %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+	if out != want {
+		t.Fatalf("curl %s = %q, want %q", strings.Join(args, " "), out, want)
+	}
+}
+
+func TestSOCKS5CurlResolvesNamesOnTheNetwork(t *testing.T) {
+	nw := newSOCKSNetwork()
+	_, proxyAddr, _ := startSOCKS5(t, nw, SOCKS5Config{})
+	port := startSOCKSBackend(t, "127.0.0.1:0")
+
+	mustSOCKSCurl(t, "hello /name", "--socks5-hostname", proxyAddr, "http://tunnel.test:"+port+"/name")
+	mustSOCKSCurl(t, "hello /fallback", "--socks5-hostname", proxyAddr, "http://multi.test:"+port+"/fallback")
+
+	// localhost resolves on any host, but not on this Network: the host's
+	// resolver must not be asked.
+	if out, err := socksCurl(t, "--socks5-hostname", proxyAddr, "http://localhost:"+port+"/"); err == nil {
+		t.Fatalf("curl to a name the Network does not know succeeded: %q", out)
+	}
+
+	got := nw.lookedUp()
+	want := []string{"tunnel.test", "multi.test", "localhost"}
+	if strings.Join(got, ",") != strings.Join(want, ",") {
+		t.Fatalf("Network lookups = %q, want %q", got, want)
+	}
+}
+
+func TestSOCKS5CurlIPLiteral(t *testing.T) {
+	nw := newSOCKSNetwork()
+	_, proxyAddr, _ := startSOCKS5(t, nw, SOCKS5Config{})
+	port := startSOCKSBackend(t, "127.0.0.1:0")
+
+	mustSOCKSCurl(t, "hello /v4", "--socks5", proxyAddr, "http://127.0.0.1:"+port+"/v4")
+	mustSOCKSCurl(t, "hello /v4h", "--socks5-hostname", proxyAddr, "http://127.0.0.1:"+port+"/v4h")
+	if got := nw.lookedUp(); len(got) != 0 {
+		t.Fatalf("an IP literal was looked up: %q", got)
+	}
+}
+
+func TestSOCKS5CurlIPv6(t *testing.T) {
+	nw := newSOCKSNetwork()
+	_, proxyAddr, _ := startSOCKS5(t, nw, SOCKS5Config{})
+	port := startSOCKSBackend(t, "[::1]:0") // skips if ::1 is unavailable
+
+	mustSOCKSCurl(t, "hello /v6", "--socks5", proxyAddr, "http://[::1]:"+port+"/v6")
+	mustSOCKSCurl(t, "hello /v6h", "--socks5-hostname", proxyAddr, "http://[::1]:"+port+"/v6h")
+	mustSOCKSCurl(t, "hello /v6name", "--socks5-hostname", proxyAddr, "http://tunnel6.test:"+port+"/v6name")
+}
+
+func TestSOCKS5CurlAuth(t *testing.T) {
+	_, proxyAddr, _ := startSOCKS5(t, newSOCKSNetwork(), SOCKS5Config{Username: "u", Password: "p"})
+	port := startSOCKSBackend(t, "127.0.0.1:0")
+	target := "http://tunnel.test:" + port + "/auth"
+
+	mustSOCKSCurl(t, "hello /auth", "--socks5-hostname", proxyAddr, "--proxy-user", "u:p", target)
+
+	for _, creds := range []string{"u:wrong", "wrong:p", "u:", "u:pp"} {
+		out, err := socksCurl(t, "--socks5-hostname", proxyAddr, "--proxy-user", creds, target)
+		var exit *exec.ExitError
+		if !errors.As(err, &exit) || exit.ExitCode() == 0 {
+			t.Fatalf("curl with %q: err = %v, want a non-zero exit\n%s", creds, err, out)
+		}
+	}
+	if out, err := socksCurl(t, "--socks5-hostname", proxyAddr, target); err == nil {
+		t.Fatalf("curl without credentials succeeded: %q", out)
+	}
+
+	// The server survived the failures.
+	mustSOCKSCurl(t, "hello /auth", "--socks5-hostname", proxyAddr, "--proxy-user", "u:p", target)
+}
+
+// socksHTTPClient returns an HTTP client that reaches everything through
+// the SOCKS5 server at proxyAddr, handing it names unresolved.
+func socksHTTPClient(t *testing.T, proxyAddr string, auth *xproxy.Auth) *http.Client {
+	t.Helper()
+	d, err := xproxy.SOCKS5("tcp", proxyAddr, auth, xproxy.Direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tr := &http.Transport{DialContext: d.(xproxy.ContextDialer).DialContext}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+func socksGet(c *http.Client, rawURL string) (string, error) {
+	resp, err := c.Get(rawURL)
+	if err != nil {
+		return "", err
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	return string(body), err
+}
+
+// socksLogBuffer collects log output written from the server's goroutines.
+type socksLogBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *socksLogBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *socksLogBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestSOCKS5GoClient(t *testing.T) {
+	var logs socksLogBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	_, proxyAddr, _ := startSOCKS5(t, newSOCKSNetwork(), SOCKS5Config{Username: "user", Password: "secret", Logger: logger})
+	port := startSOCKSBackend(t, "127.0.0.1:0")
+
+	c := socksHTTPClient(t, proxyAddr, &xproxy.Auth{User: "user", Password: "secret"})
+	for _, u := range []string{
+		"http://tunnel.test:" + port + "/go",
+		"http://127.0.0.1:" + port + "/go",
+		"http://multi.test:" + port + "/go",
+	} {
+		body, err := socksGet(c, u)
+		if err != nil {
+			t.Fatalf("GET %s: %v", u, err)
+		}
+		if body != "hello /go" {
+			t.Fatalf("GET %s = %q, want %q", u, body, "hello /go")
+		}
+	}
+
+	for _, u := range []string{
+		"http://nowhere.test:" + port + "/", // unknown to the Network
+		"http://localhost:" + port + "/",    // known only to the host
+	} {
+		if body, err := socksGet(c, u); err == nil {
+			t.Fatalf("GET %s through the proxy succeeded: %q", u, body)
+		}
+	}
+
+	bad := socksHTTPClient(t, proxyAddr, &xproxy.Auth{User: "user", Password: "hunter2-wrong"})
+	if body, err := socksGet(bad, "http://tunnel.test:"+port+"/"); err == nil {
+		t.Fatalf("GET with a wrong password succeeded: %q", body)
+	}
+	if body, err := socksGet(c, "http://tunnel.test:"+port+"/again"); err != nil || body != "hello /again" {
+		t.Fatalf("GET after a failed login = %q, %v", body, err)
+	}
+
+	// The failed login was logged, without either password.
+	out := logs.String()
+	if !strings.Contains(out, "authentication failed") {
+		t.Errorf("no debug log for the failed login:\n%s", out)
+	}
+	for _, secret := range []string{"hunter2", "secret"} {
+		if strings.Contains(out, secret) {
+			t.Errorf("log contains a password %q:\n%s", secret, out)
+		}
+	}
+}
+
+// socksRequest performs a no-auth handshake and sends one request for
+// cmd to 127.0.0.1:port, returning the reply code.
+func socksRequest(t *testing.T, proxyAddr string, cmd byte, port uint16) byte {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", proxyAddr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte{5, 1, 0}); err != nil {
+		t.Fatal(err)
+	}
+	method := make([]byte, 2)
+	if _, err := io.ReadFull(c, method); err != nil || method[0] != 5 || method[1] != 0 {
+		t.Fatalf("method selection = %v, %v", method, err)
+	}
+	if _, err := c.Write([]byte{5, cmd, 0, 1, 127, 0, 0, 1, byte(port >> 8), byte(port)}); err != nil {
+		t.Fatal(err)
+	}
+	reply := make([]byte, 10)
+	if _, err := io.ReadFull(c, reply); err != nil {
+		t.Fatalf("reading reply: %v", err)
+	}
+	return reply[1]
+}
+
+func TestSOCKS5RefusesBindAndAssociate(t *testing.T) {
+	_, proxyAddr, _ := startSOCKS5(t, newSOCKSNetwork(), SOCKS5Config{})
+	const commandNotSupported = 7
+	for _, tc := range []struct {
+		name string
+		cmd  byte
+	}{{"BIND", 2}, {"UDP ASSOCIATE", 3}} {
+		if got := socksRequest(t, proxyAddr, tc.cmd, 9); got != commandNotSupported {
+			t.Errorf("%s reply = %d, want %d (command not supported)", tc.name, got, commandNotSupported)
+		}
+	}
+}
+
+func TestSOCKS5CredentialsCompareBothFields(t *testing.T) {
+	creds := newSOCKSCredentials("user", "secret", slog.New(slog.DiscardHandler))
+	for _, tc := range []struct {
+		user, pass string
+		want       bool
+	}{
+		{"user", "secret", true},
+		{"user", "Secret", false},
+		{"user", "secret!", false},
+		{"user", "", false},
+		{"User", "secret", false},
+		{"", "", false},
+		{"secret", "user", false},
+	} {
+		if got := creds.Valid(tc.user, tc.pass, "127.0.0.1:1"); got != tc.want {
+			t.Errorf("Valid(%q, %q) = %v, want %v", tc.user, tc.pass, got, tc.want)
+		}
+	}
+}
+
+func TestSOCKS5ServeAfterClose(t *testing.T) {
+	s := NewSOCKS5(newSOCKSNetwork(), SOCKS5Config{})
+	s.Close()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Serve(l); err != nil {
+		t.Fatalf("Serve after Close = %v, want nil", err)
+	}
+	if _, err := l.Accept(); err == nil {
+		t.Fatal("Serve after Close left the listener open")
+	}
+}
+
+// socksGoroutineStacks returns the stacks of goroutines running the
+// server's or go-socks5's code.
+func socksGoroutineStacks() []string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var ours []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "things-go/go-socks5") || strings.Contains(g, "wgbore/proxy.(*SOCKS5)") ||
+			strings.Contains(g, "wgbore/proxy.socksGoroutines") {
+			ours = append(ours, g)
+		}
+	}
+	return ours
+}
+
+func TestSOCKS5CloseEndsRelaysInFlight(t *testing.T) {
+	// An echo backend, so the relay stays open as long as the client
+	// keeps its end.
+	backend, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer backend.Close()
+	go func() {
+		for {
+			c, err := backend.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	baseline := runtime.NumGoroutine()
+
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewSOCKS5(newSOCKSNetwork(), SOCKS5Config{})
+	served := make(chan error, 1)
+	go func() { served <- s.Serve(l) }()
+
+	d, err := xproxy.SOCKS5("tcp", l.Addr().String(), nil, xproxy.Direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, port, _ := net.SplitHostPort(backend.Addr().String())
+	var conns []net.Conn
+	for range 3 {
+		c, err := d.Dial("tcp", "tunnel.test:"+port)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		echo := make([]byte, 4)
+		if _, err := io.ReadFull(c, echo); err != nil || string(echo) != "ping" {
+			t.Fatalf("echo through the relay = %q, %v", echo, err)
+		}
+		conns = append(conns, c)
+	}
+	// A client still in the handshake must be ended too.
+	idle, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+
+	if len(socksGoroutineStacks()) == 0 {
+		t.Fatal("no relay goroutines found before Close: the leak check below would prove nothing")
+	}
+
+	closed := make(chan struct{})
+	go func() {
+		s.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-time.After(5 * time.Second):
+		t.Fatalf("Close did not return; still running:\n%s", strings.Join(socksGoroutineStacks(), "\n\n"))
+	}
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatalf("Serve after Close = %v, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Serve did not return after Close")
+	}
+
+	// Close waited for the server's goroutines, so none may be left now.
+	if left := socksGoroutineStacks(); len(left) != 0 {
+		t.Fatalf("goroutines left after Close:\n%s", strings.Join(left, "\n\n"))
+	}
+	for _, c := range append(conns, idle) {
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		if n, err := c.Read(make([]byte, 1)); err == nil {
+			t.Fatalf("client connection still open after Close (read %d bytes)", n)
+		}
+	}
+
+	// The backend's per-connection goroutines end once the relays have
+	// closed their targets; give the runtime a moment to reap them.
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > baseline && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > baseline {
+		buf := make([]byte, 1<<20)
+		t.Fatalf("%d goroutines after Close, baseline %d:\n%s", n, baseline, buf[:runtime.Stack(buf, true)])
+	}
+}
