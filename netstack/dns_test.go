@@ -153,8 +153,9 @@ func (d *siteDNS) askedNames() []string {
 	return slices.Clone(d.asked)
 }
 
-// openOursWith is openOurs with a chance to change the Config first.
-func openOursWith(t *testing.T, key protocol.PrivateKey, site *peerSite, change func(*Config)) *Net {
+// openOursWith opens our Net with the peer site as its one peer and the
+// site's DNS server, giving change a chance to alter the Config first.
+func openOursWith(t testing.TB, key protocol.PrivateKey, site *peerSite, change func(*Config)) *Net {
 	t.Helper()
 	cfg := Config{
 		PrivateKey:  key,

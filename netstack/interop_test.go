@@ -151,20 +151,7 @@ func fetchBytes(t *testing.T, client *http.Client, url string, size int) {
 
 func openOurs(t testing.TB, key protocol.PrivateKey, site *peerSite) *Net {
 	t.Helper()
-	n, err := Open(context.Background(), Config{
-		PrivateKey:  key,
-		Addresses:   []netip.Prefix{netip.PrefixFrom(ourV4, 32), netip.PrefixFrom(ourV6, 128)},
-		ListenAddrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
-		Peers: []protocol.PeerConfig{{
-			PublicKey:  site.key.PublicKey(),
-			Endpoint:   fmt.Sprintf("127.0.0.1:%d", site.port),
-			AllowedIPs: []netip.Prefix{netip.PrefixFrom(theirV4, 32), netip.PrefixFrom(theirV6, 128)},
-		}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return openOursWith(t, key, site, nil)
 }
 
 func TestNetAgainstWireGuardGoNetstack(t *testing.T) {

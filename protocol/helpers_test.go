@@ -101,13 +101,21 @@ func mustKey(t testing.TB) PrivateKey {
 
 func newMemNode(t testing.TB, net *memnet.Network, clk clock.Clock, ep string, tunnel string, params *Params) *testNode {
 	t.Helper()
+	return newMemNodeWith(t, net, clk, ep, tunnel, func(c *Config) { c.Params = params })
+}
+
+// newMemNodeWith is newMemNode with a chance to change the engine's Config.
+func newMemNodeWith(t testing.TB, net *memnet.Network, clk clock.Clock, ep string, tunnel string, change func(*Config)) *testNode {
+	t.Helper()
 	n := &testNode{key: mustKey(t), addr: netip.MustParseAddr(tunnel), ep: netip.MustParseAddrPort(ep), sink: newSink()}
 	b, err := net.Listen(n.ep)
 	if err != nil {
 		t.Fatal(err)
 	}
 	n.bind = b
-	n.e, err = New(Config{PrivateKey: n.key, Bind: b, Packets: n.sink, Clock: clk, Params: params, Workers: 2, Logger: testLogger(t)})
+	cfg := Config{PrivateKey: n.key, Bind: b, Packets: n.sink, Clock: clk, Workers: 2, Logger: testLogger(t)}
+	change(&cfg)
+	n.e, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}

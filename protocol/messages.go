@@ -168,22 +168,33 @@ type transportHeader struct {
 	counter  uint64
 }
 
-// parseTransportHeader checks a transport message's framing. The smallest
-// one is a keepalive: header plus tag around nothing.
-func parseTransportHeader(b []byte) (transportHeader, error) {
-	if len(b) < MessageKeepaliveSize {
-		return transportHeader{}, fmt.Errorf("%w: transport message is %d bytes, want at least %d", ErrMalformed, len(b), MessageKeepaliveSize)
-	}
-	if b[0] != MessageTransportType {
-		return transportHeader{}, fmt.Errorf("%w: type byte %d, want %d", ErrMalformed, b[0], MessageTransportType)
-	}
-	if b[1]|b[2]|b[3] != 0 {
-		return transportHeader{}, fmt.Errorf("%w: reserved bytes not zero", ErrMalformed)
+// readTransportHeader checks a transport message's framing without
+// allocating, for the receive path: the smallest message is a keepalive,
+// header plus tag around nothing.
+func readTransportHeader(b []byte) (transportHeader, bool) {
+	if len(b) < MessageKeepaliveSize || b[0] != MessageTransportType || b[1]|b[2]|b[3] != 0 {
+		return transportHeader{}, false
 	}
 	return transportHeader{
 		receiver: binary.LittleEndian.Uint32(b[transportOffsetReceiver:]),
 		counter:  binary.LittleEndian.Uint64(b[transportOffsetCounter:]),
-	}, nil
+	}, true
+}
+
+// parseTransportHeader is readTransportHeader with an error that says
+// what is wrong.
+func parseTransportHeader(b []byte) (transportHeader, error) {
+	if h, ok := readTransportHeader(b); ok {
+		return h, nil
+	}
+	switch {
+	case len(b) < MessageKeepaliveSize:
+		return transportHeader{}, fmt.Errorf("%w: transport message is %d bytes, want at least %d", ErrMalformed, len(b), MessageKeepaliveSize)
+	case b[0] != MessageTransportType:
+		return transportHeader{}, fmt.Errorf("%w: type byte %d, want %d", ErrMalformed, b[0], MessageTransportType)
+	default:
+		return transportHeader{}, fmt.Errorf("%w: reserved bytes not zero", ErrMalformed)
+	}
 }
 
 // MessageKind names a datagram for logs and drop counters without parsing

@@ -17,21 +17,9 @@ import (
 func TestOrderKeptThroughParallelCrypto(t *testing.T) {
 	clk := clock.NewManual(testEpoch)
 	net := memnet.NewNetwork(clk, 1)
-	mk := func(ep, tunnel string) *testNode {
-		n := &testNode{key: mustKey(t), addr: netip.MustParseAddr(tunnel), ep: netip.MustParseAddrPort(ep), sink: newSink()}
-		b, err := net.Listen(n.ep)
-		if err != nil {
-			t.Fatal(err)
-		}
-		n.e, err = New(Config{PrivateKey: n.key, Bind: b, Packets: n.sink, Clock: clk, Workers: 4})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { n.e.Close() })
-		return n
-	}
-	a := mk("127.0.0.1:9001", "10.0.0.1")
-	b := mk("127.0.0.1:9002", "10.0.0.2")
+	fourWorkers := func(c *Config) { c.Workers = 4 }
+	a := newMemNodeWith(t, net, clk, "127.0.0.1:9001", "10.0.0.1", fourWorkers)
+	b := newMemNodeWith(t, net, clk, "127.0.0.1:9002", "10.0.0.2", fourWorkers)
 	connect(t, a, b, PresharedKey{})
 
 	const batches, perBatch = 300, 32

@@ -76,11 +76,12 @@ func (e *Engine) receiveLoop(recv ReceiveFunc) {
 			}
 			switch msg[0] {
 			case MessageTransportType:
-				if len(msg) < MessageKeepaliveSize {
+				h, ok := readTransportHeader(msg)
+				if !ok {
 					e.stats.drop(DropMalformedMessage)
 					continue
 				}
-				idx := binary.LittleEndian.Uint32(msg[transportOffsetReceiver:])
+				idx := h.receiver
 				if cur == nil || idx != curIndex {
 					flush()
 					entry := e.indices.lookup(idx)
@@ -95,7 +96,7 @@ func (e *Engine) receiveLoop(recv ReceiveFunc) {
 				el := els[i]
 				el.msg = msg
 				el.src = src
-				el.counter = binary.LittleEndian.Uint64(msg[transportOffsetCounter:])
+				el.counter = h.counter
 				cur.elems = append(cur.elems, el)
 				// The batch owns that buffer now; a fresh one replaces
 				// it once the whole receive is sorted.
