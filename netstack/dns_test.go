@@ -63,8 +63,9 @@ func startSiteDNS(t *testing.T, site *peerSite) *siteDNS {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { uc.Close(); tl.Close() })
-	go func() {
+	site.track(uc)
+	site.track(tl)
+	site.serve(func() {
 		buf := make([]byte, 2048)
 		for {
 			n, from, err := uc.ReadFrom(buf)
@@ -76,14 +77,15 @@ func startSiteDNS(t *testing.T, site *peerSite) *siteDNS {
 				uc.WriteTo(resp, from)
 			}
 		}
-	}()
-	go func() {
+	})
+	site.serve(func() {
 		for {
 			c, err := tl.Accept()
 			if err != nil {
 				return
 			}
-			go func() {
+			site.track(c)
+			site.serve(func() {
 				defer c.Close()
 				var l [2]byte
 				if _, err := io.ReadFull(c, l[:]); err != nil {
@@ -99,9 +101,9 @@ func startSiteDNS(t *testing.T, site *peerSite) *siteDNS {
 					return
 				}
 				c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(resp))), resp...))
-			}()
+			})
 		}
-	}()
+	})
 	return d
 }
 

@@ -13,6 +13,7 @@ import (
 	"net/netip"
 	"runtime"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -38,6 +39,41 @@ type peerSite struct {
 	tnet *wgnetstack.Net
 	key  protocol.PrivateKey
 	port uint16
+
+	// Server goroutines and their connections. The device closes only
+	// after every goroutine has returned: wireguard-go's tun/netstack
+	// races (a send on a channel its Close closes) if its stack is still
+	// writing a reply when the device goes away.
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	conns []io.Closer
+}
+
+// serve runs f as one of the site's server goroutines.
+func (s *peerSite) serve(f func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+}
+
+// track registers a connection to be closed before the device is.
+func (s *peerSite) track(c io.Closer) {
+	s.mu.Lock()
+	s.conns = append(s.conns, c)
+	s.mu.Unlock()
+}
+
+// closeAndWait closes every connection and waits for every server
+// goroutine.
+func (s *peerSite) closeAndWait() {
+	s.mu.Lock()
+	for _, c := range s.conns {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
 }
 
 // body returns n deterministic bytes, so both ends can hash them.
@@ -86,29 +122,30 @@ func startPeerSite(t testing.TB, ours protocol.PublicKey) *peerSite {
 			w.Header().Set("Content-Length", fmt.Sprint(n))
 			w.Write(body(n))
 		})}
-		go srv.Serve(l)
+		s.serve(func() { srv.Serve(l) })
 		closers = append(closers, srv)
 
 		el, err := tnet.ListenTCPAddrPort(netip.AddrPortFrom(a, 7))
 		if err != nil {
 			t.Fatal(err)
 		}
-		go func() {
+		s.serve(func() {
 			for {
 				c, err := el.Accept()
 				if err != nil {
 					return
 				}
-				go func() { io.Copy(c, c); c.Close() }()
+				s.track(c)
+				s.serve(func() { io.Copy(c, c); c.Close() })
 			}
-		}()
+		})
 		closers = append(closers, el)
 
 		uc, err := tnet.ListenUDPAddrPort(netip.AddrPortFrom(a, 7))
 		if err != nil {
 			t.Fatal(err)
 		}
-		go func() {
+		s.serve(func() {
 			buf := make([]byte, 2048)
 			for {
 				n, from, err := uc.ReadFrom(buf)
@@ -117,13 +154,14 @@ func startPeerSite(t testing.TB, ours protocol.PublicKey) *peerSite {
 				}
 				uc.WriteTo(buf[:n], from)
 			}
-		}()
+		})
 		closers = append(closers, uc)
 	}
 	t.Cleanup(func() {
 		for _, c := range closers {
-			c.Close()
+			s.track(c)
 		}
+		s.closeAndWait()
 		dev.Close()
 	})
 	return s
