@@ -2,6 +2,8 @@ package proxy
 
 import "github.com/wgbore/wgbore/netstack"
 
-// The tunnel's network is what the proxies serve in production; this keeps
-// the two from drifting apart without the proxy code importing netstack.
-var _ Network = (*netstack.Net)(nil)
+// The tunnel is the Network and Tunnel that wgbore serves in production.
+var (
+	_ Network = (*netstack.Net)(nil)
+	_ Tunnel  = (*netstack.Net)(nil)
+)
