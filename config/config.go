@@ -11,6 +11,9 @@
 //   - wireproxy's [Socks5], [http], [TCPClientTunnel], [TCPServerTunnel],
 //     [STDIOTunnel], [UDPProxyTunnel] and [Resolve] sections, its top-level
 //     WGConfig include and its CheckAlive keys in [Interface].
+//   - Our own additions: [UDPServerTunnel] (the reverse of
+//     UDPProxyTunnel), MaxConnections on every TCP listener and IdleTimeout
+//     on the TCP tunnels.
 //   - PrivateKeyFile and PresharedKeyFile, so secrets can live in files that
 //     a secret manager mounts, outside the config.
 //
@@ -42,6 +45,17 @@ import (
 // overhead, so the tunnel works on any Ethernet path. We have no route to
 // look at, so it is always our default.
 const DefaultMTU = 1420
+
+// DefaultUDPInactivityTimeout ends a UDP forwarding session when a tunnel
+// section does not say: two minutes without a datagram either way, the
+// stream timeout Linux conntrack uses, so a forwarder forgets departed
+// clients about as fast as a NAT would. InactivityTimeout = 0 keeps
+// sessions forever, as in wireproxy.
+const DefaultUDPInactivityTimeout = 2 * time.Minute
+
+// MaxConnectionsLimit is the largest MaxConnections accepted; more would
+// exceed any descriptor limit long before it was reached.
+const MaxConnectionsLimit = 1 << 20
 
 // DefaultCheckAliveInterval is wireproxy's ping period for CheckAlive.
 const DefaultCheckAliveInterval = 5 * time.Second
@@ -96,6 +110,7 @@ type Config struct {
 	TCPServerTunnels []TCPServerTunnel
 	STDIOTunnels     []STDIOTunnel
 	UDPProxyTunnels  []UDPProxyTunnel
+	UDPServerTunnels []UDPServerTunnel
 	Resolve          Resolve
 
 	// Warnings are the problems that did not stop the parse.
@@ -156,6 +171,9 @@ type Socks5 struct {
 	BindAddress string
 	Username    string
 	Password    Secret
+	// MaxConnections caps the clients served at once; 0 means the
+	// proxy's default.
+	MaxConnections int
 }
 
 // HTTP is wireproxy's [http] section: an HTTP proxy into the tunnel, served
@@ -166,6 +184,9 @@ type HTTP struct {
 	Password    Secret
 	CertFile    string
 	KeyFile     string
+	// MaxConnections caps the clients served at once; 0 means the
+	// proxy's default.
+	MaxConnections int
 }
 
 // TCPClientTunnel listens on the host at BindAddress and forwards each
@@ -173,6 +194,11 @@ type HTTP struct {
 type TCPClientTunnel struct {
 	BindAddress string
 	Target      string
+	// MaxConnections caps the connections relayed at once; 0 means the
+	// default. IdleTimeout closes a connection silent both ways for that
+	// long; 0 never does.
+	MaxConnections int
+	IdleTimeout    time.Duration
 }
 
 // TCPServerTunnel listens inside the tunnel on ListenPort and forwards each
@@ -180,6 +206,9 @@ type TCPClientTunnel struct {
 type TCPServerTunnel struct {
 	ListenPort int
 	Target     string
+	// MaxConnections and IdleTimeout are as in TCPClientTunnel.
+	MaxConnections int
+	IdleTimeout    time.Duration
 }
 
 // STDIOTunnel connects the process's stdin and stdout to Target through the
@@ -189,10 +218,20 @@ type STDIOTunnel struct {
 }
 
 // UDPProxyTunnel relays datagrams from BindAddress on the host to Target
-// through the tunnel. A zero InactivityTimeout keeps idle flows forever, as
-// in wireproxy.
+// through the tunnel, one session per client address. A session ends after
+// InactivityTimeout without traffic (DefaultUDPInactivityTimeout when the
+// key is absent); zero keeps sessions forever, as in wireproxy.
 type UDPProxyTunnel struct {
 	BindAddress       string
+	Target            string
+	InactivityTimeout time.Duration
+}
+
+// UDPServerTunnel is UDPProxyTunnel reversed: it listens inside the tunnel
+// on ListenPort and relays each remote client's datagrams to Target on
+// the host's network.
+type UDPServerTunnel struct {
+	ListenPort        int
 	Target            string
 	InactivityTimeout time.Duration
 }

@@ -299,6 +299,9 @@ func TestParseValid(t *testing.T) {
 				"[TCPServerTunnel]\nListenPort = 0\nTarget = 127.0.0.1:80\n" +
 				"[UDPProxyTunnel]\nBindAddress = 127.0.0.1:5353\nTarget = dns.internal:53\n" +
 				"[UDPProxyTunnel]\nBindAddress = 127.0.0.1:5354\nTarget = 10.0.0.53:53\nInactivityTimeout = 0\n" +
+				"[UDPServerTunnel]\nListenPort = 53\nTarget = 127.0.0.1:5300\nInactivityTimeout = 9\n" +
+				"[Socks5]\nBindAddress = 127.0.0.1:1082\nMaxConnections = 16\n" +
+				"[TCPClientTunnel]\nBindAddress = 127.0.0.1:2223\nTarget = 10.0.0.9:22\nMaxConnections = 4\nIdleTimeout = 600\n" +
 				"[resolve]\nresolvestrategy = IPv6\n",
 			want: func() *config.Config {
 				i := iface(priv(t, privA))
@@ -307,14 +310,19 @@ func TestParseValid(t *testing.T) {
 				c.Socks5 = []config.Socks5{
 					{BindAddress: "[::1]:1080", Username: "alice", Password: "  spaced #1 "},
 					{BindAddress: ":1081"},
+					{BindAddress: "127.0.0.1:1082", MaxConnections: 16},
 				}
 				c.HTTP = []config.HTTP{{BindAddress: "localhost:8443", Username: "bob", Password: "s3cret;x", CertFile: "/etc/tls/cert.pem", KeyFile: "/etc/tls/key.pem"}}
-				c.TCPClientTunnels = []config.TCPClientTunnel{{BindAddress: "127.0.0.1:2222", Target: "[fd00::22]:22"}}
+				c.TCPClientTunnels = []config.TCPClientTunnel{
+					{BindAddress: "127.0.0.1:2222", Target: "[fd00::22]:22"},
+					{BindAddress: "127.0.0.1:2223", Target: "10.0.0.9:22", MaxConnections: 4, IdleTimeout: 10 * time.Minute},
+				}
 				c.TCPServerTunnels = []config.TCPServerTunnel{{ListenPort: 0, Target: "127.0.0.1:80"}}
 				c.UDPProxyTunnels = []config.UDPProxyTunnel{
-					{BindAddress: "127.0.0.1:5353", Target: "dns.internal:53"},
+					{BindAddress: "127.0.0.1:5353", Target: "dns.internal:53", InactivityTimeout: config.DefaultUDPInactivityTimeout},
 					{BindAddress: "127.0.0.1:5354", Target: "10.0.0.53:53"},
 				}
+				c.UDPServerTunnels = []config.UDPServerTunnel{{ListenPort: 53, Target: "127.0.0.1:5300", InactivityTimeout: 9 * time.Second}}
 				c.Resolve.Strategy = config.ResolveIPv6
 				return c
 			},

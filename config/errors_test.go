@@ -254,7 +254,10 @@ func TestParseErrors(t *testing.T) {
 				"[STDIOTunnel]\n" + // 8
 				"[http]\nBindAddress = 127.0.0.1:8080\nCertFile = cert.pem\n" + // 9-11
 				"[UDPProxyTunnel]\nBindAddress = 127.0.0.1\n" + // 12-13
-				"[Resolve]\n[resolve]\n", // 14-15
+				"[Resolve]\n[resolve]\n" + // 14-15
+				"[UDPServerTunnel]\nListenPort = 0\n" + // 16-17
+				"[Socks5]\nBindAddress = :1080\nMaxConnections = 0\n" + // 18-20
+				"[TCPServerTunnel]\nListenPort = 22\nTarget = 127.0.0.1:22\nIdleTimeout = 5m\n", // 21-24
 			want: []string{
 				"wg0.conf:3: [Socks5] has no BindAddress",
 				"wg0.conf:5: [TCPClientTunnel] has no BindAddress",
@@ -266,6 +269,10 @@ func TestParseErrors(t *testing.T) {
 				"wg0.conf:12: [UDPProxyTunnel] has no Target",
 				`wg0.conf:13: BindAddress: "127.0.0.1": want IPv4:port, [IPv6]:port or hostname:port`,
 				"wg0.conf:15: [Resolve] appears twice (first on line 14)",
+				"wg0.conf:16: [UDPServerTunnel] has no Target",
+				`wg0.conf:17: ListenPort: "0" is not a number from 1 to 65535`,
+				`wg0.conf:20: MaxConnections: "0" is not a number from 1 to 1048576`,
+				`wg0.conf:24: IdleTimeout: "5m" is not a number from 0 to 4294967295`,
 			},
 		},
 		{

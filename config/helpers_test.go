@@ -154,7 +154,7 @@ func assertSameConfig(t *testing.T, got, want *config.Config) {
 // sprintAll formats c every way a log line might.
 func sprintAll(c *config.Config) string {
 	var b bytes.Buffer
-	fmt.Fprintf(&b, "%v %+v %#v %s\n", c, *c, *c, c.Socks5)
+	fmt.Fprintf(&b, "%v %+v %#v %v\n", c, *c, *c, c.Socks5)
 	slog.New(slog.NewJSONHandler(&b, nil)).Info("config", "cfg", c, "iface", c.Interface, "peer", c.Peers)
 	slog.New(slog.NewTextHandler(&b, nil)).Info("config", "cfg", c, "iface", c.Interface, "peer", c.Peers)
 	return b.String()

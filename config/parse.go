@@ -32,6 +32,7 @@ const (
 	secTCPServer
 	secSTDIO
 	secUDPProxy
+	secUDPServer
 	secResolve
 	numSections
 
@@ -53,6 +54,7 @@ var sectionNames = [numSections]string{
 	secTCPServer: "TCPServerTunnel",
 	secSTDIO:     "STDIOTunnel",
 	secUDPProxy:  "UDPProxyTunnel",
+	secUDPServer: "UDPServerTunnel",
 	secResolve:   "Resolve",
 }
 
@@ -108,6 +110,7 @@ var sectionKeys = [numSections][]keySpec{
 		{name: "BindAddress"},
 		{name: "Username", optional: true},
 		{name: "Password", optional: true},
+		{name: "MaxConnections"},
 	},
 	secHTTP: {
 		{name: "BindAddress"},
@@ -115,11 +118,13 @@ var sectionKeys = [numSections][]keySpec{
 		{name: "Password", optional: true},
 		{name: "CertFile", optional: true},
 		{name: "KeyFile", optional: true},
+		{name: "MaxConnections"},
 	},
-	secTCPClient: {{name: "BindAddress"}, {name: "Target"}},
-	secTCPServer: {{name: "ListenPort"}, {name: "Target"}},
+	secTCPClient: {{name: "BindAddress"}, {name: "Target"}, {name: "MaxConnections"}, {name: "IdleTimeout"}},
+	secTCPServer: {{name: "ListenPort"}, {name: "Target"}, {name: "MaxConnections"}, {name: "IdleTimeout"}},
 	secSTDIO:     {{name: "Target"}},
 	secUDPProxy:  {{name: "BindAddress"}, {name: "Target"}, {name: "InactivityTimeout"}},
+	secUDPServer: {{name: "ListenPort"}, {name: "Target"}, {name: "InactivityTimeout"}},
 	secResolve:   {{name: "ResolveStrategy", optional: true}},
 }
 
@@ -132,6 +137,7 @@ var requiredKeys = [numSections][]string{
 	secTCPServer: {"ListenPort", "Target"},
 	secSTDIO:     {"Target"},
 	secUDPProxy:  {"BindAddress", "Target"},
+	secUDPServer: {"ListenPort", "Target"},
 }
 
 func lookupSection(name string) (sectionKind, bool) {
@@ -198,6 +204,7 @@ type section struct {
 	tcpServer   TCPServerTunnel
 	stdio       STDIOTunnel
 	udpProxy    UDPProxyTunnel
+	udpServer   UDPServerTunnel
 	resolve     *Resolve
 }
 
@@ -341,6 +348,8 @@ func (p *parser) openSection(f *fileState, line string, n int) *section {
 	}
 
 	s := &section{kind: kind, line: n, seen: map[string]int{}}
+	s.udpProxy.InactivityTimeout = DefaultUDPInactivityTimeout
+	s.udpServer.InactivityTimeout = DefaultUDPInactivityTimeout
 	switch kind {
 	case secInterface:
 		if p.ifaceLine != 0 {
@@ -426,6 +435,8 @@ func (p *parser) closeSection(f *fileState, s *section) {
 			p.cfg.STDIOTunnels = append(p.cfg.STDIOTunnels, s.stdio)
 		case secUDPProxy:
 			p.cfg.UDPProxyTunnels = append(p.cfg.UDPProxyTunnels, s.udpProxy)
+		case secUDPServer:
+			p.cfg.UDPServerTunnels = append(p.cfg.UDPServerTunnels, s.udpServer)
 		}
 	}
 }
@@ -729,6 +740,8 @@ func (p *parser) set(f *fileState, s *section, key, v string, n int) {
 			s.socks.Username = v
 		case "Password":
 			s.socks.Password = Secret(v)
+		case "MaxConnections":
+			s.socks.MaxConnections, _ = p.maxConnections(f, n, key, v)
 		}
 	case secHTTP:
 		switch key {
@@ -744,6 +757,8 @@ func (p *parser) set(f *fileState, s *section, key, v string, n int) {
 			s.http.CertFile = v
 		case "KeyFile":
 			s.http.KeyFile = v
+		case "MaxConnections":
+			s.http.MaxConnections, _ = p.maxConnections(f, n, key, v)
 		}
 	case secTCPClient:
 		switch key {
@@ -755,6 +770,10 @@ func (p *parser) set(f *fileState, s *section, key, v string, n int) {
 			if p.checkAddr(f, n, key, v, false, 1) {
 				s.tcpClient.Target = v
 			}
+		case "MaxConnections":
+			s.tcpClient.MaxConnections, _ = p.maxConnections(f, n, key, v)
+		case "IdleTimeout":
+			s.tcpClient.IdleTimeout, _ = p.seconds(f, n, key, v)
 		}
 	case secTCPServer:
 		switch key {
@@ -766,6 +785,10 @@ func (p *parser) set(f *fileState, s *section, key, v string, n int) {
 			if p.checkAddr(f, n, key, v, false, 1) {
 				s.tcpServer.Target = v
 			}
+		case "MaxConnections":
+			s.tcpServer.MaxConnections, _ = p.maxConnections(f, n, key, v)
+		case "IdleTimeout":
+			s.tcpServer.IdleTimeout, _ = p.seconds(f, n, key, v)
 		}
 	case secSTDIO:
 		if p.checkAddr(f, n, key, v, false, 1) {
@@ -782,8 +805,23 @@ func (p *parser) set(f *fileState, s *section, key, v string, n int) {
 				s.udpProxy.Target = v
 			}
 		case "InactivityTimeout":
-			if secs, ok := p.number(f, n, key, v, 0, 1<<32-1); ok {
-				s.udpProxy.InactivityTimeout = time.Duration(secs) * time.Second
+			if d, ok := p.seconds(f, n, key, v); ok {
+				s.udpProxy.InactivityTimeout = d
+			}
+		}
+	case secUDPServer:
+		switch key {
+		case "ListenPort":
+			if port, ok := p.number(f, n, key, v, 1, 65535); ok {
+				s.udpServer.ListenPort = int(port)
+			}
+		case "Target":
+			if p.checkAddr(f, n, key, v, false, 1) {
+				s.udpServer.Target = v
+			}
+		case "InactivityTimeout":
+			if d, ok := p.seconds(f, n, key, v); ok {
+				s.udpServer.InactivityTimeout = d
 			}
 		}
 	case secResolve:
@@ -964,6 +1002,21 @@ func (p *parser) number(f *fileState, n int, key, v string, lo, hi uint64) (uint
 		return 0, false
 	}
 	return x, true
+}
+
+// seconds reads a duration written as whole seconds, as wireproxy's
+// timeouts are.
+func (p *parser) seconds(f *fileState, n int, key, v string) (time.Duration, bool) {
+	secs, ok := p.number(f, n, key, v, 0, 1<<32-1)
+	return time.Duration(secs) * time.Second, ok
+}
+
+// maxConnections reads a per-listener cap. Zero is refused rather than
+// read as "unlimited": a listener that serves nobody is surely a typo, and
+// unlimited is what the cap exists to prevent.
+func (p *parser) maxConnections(f *fileState, n int, key, v string) (int, bool) {
+	x, ok := p.number(f, n, key, v, 1, MaxConnectionsLimit)
+	return int(x), ok
 }
 
 // prefix reads an address with or without a prefix length; a bare address

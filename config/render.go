@@ -74,6 +74,13 @@ func (r *renderer) secret(key, value string, include bool) {
 	r.kv(key, quote(value))
 }
 
+// count writes a number that is absent (0) by default.
+func (r *renderer) count(key string, n int) {
+	if n != 0 {
+		r.kv(key, strconv.Itoa(n))
+	}
+}
+
 func (r *renderer) seconds(key string, d time.Duration) {
 	r.kv(key, strconv.FormatInt(int64(d/time.Second), 10))
 }
@@ -94,6 +101,7 @@ func (c *Config) render(b *strings.Builder, opts RenderOptions) {
 		r.str("BindAddress", s.BindAddress)
 		r.str("Username", s.Username)
 		r.secret("Password", string(s.Password), opts.IncludeSecrets)
+		r.count("MaxConnections", s.MaxConnections)
 	}
 	for _, h := range c.HTTP {
 		r.section("http")
@@ -102,16 +110,25 @@ func (c *Config) render(b *strings.Builder, opts RenderOptions) {
 		r.secret("Password", string(h.Password), opts.IncludeSecrets)
 		r.str("CertFile", h.CertFile)
 		r.str("KeyFile", h.KeyFile)
+		r.count("MaxConnections", h.MaxConnections)
 	}
 	for _, t := range c.TCPClientTunnels {
 		r.section("TCPClientTunnel")
 		r.str("BindAddress", t.BindAddress)
 		r.str("Target", t.Target)
+		r.count("MaxConnections", t.MaxConnections)
+		if t.IdleTimeout != 0 {
+			r.seconds("IdleTimeout", t.IdleTimeout)
+		}
 	}
 	for _, t := range c.TCPServerTunnels {
 		r.section("TCPServerTunnel")
 		r.kv("ListenPort", strconv.Itoa(t.ListenPort))
 		r.str("Target", t.Target)
+		r.count("MaxConnections", t.MaxConnections)
+		if t.IdleTimeout != 0 {
+			r.seconds("IdleTimeout", t.IdleTimeout)
+		}
 	}
 	for _, t := range c.STDIOTunnels {
 		r.section("STDIOTunnel")
@@ -121,7 +138,15 @@ func (c *Config) render(b *strings.Builder, opts RenderOptions) {
 		r.section("UDPProxyTunnel")
 		r.str("BindAddress", t.BindAddress)
 		r.str("Target", t.Target)
-		if t.InactivityTimeout != 0 {
+		if t.InactivityTimeout != DefaultUDPInactivityTimeout {
+			r.seconds("InactivityTimeout", t.InactivityTimeout)
+		}
+	}
+	for _, t := range c.UDPServerTunnels {
+		r.section("UDPServerTunnel")
+		r.kv("ListenPort", strconv.Itoa(t.ListenPort))
+		r.str("Target", t.Target)
+		if t.InactivityTimeout != DefaultUDPInactivityTimeout {
 			r.seconds("InactivityTimeout", t.InactivityTimeout)
 		}
 	}
