@@ -332,3 +332,32 @@ func TestInteropWireGuardGoWrongKeys(t *testing.T) {
 		})
 	}
 }
+
+// TestInteropHandshakeBeforeTraffic: Handshake alone, with no packet
+// queued, completes a session with wireguard-go, and a data packet sent
+// afterwards needs no second handshake.
+func TestInteropHandshakeBeforeTraffic(t *testing.T) {
+	ip := newInteropPair(t, netip.MustParseAddr("127.0.0.1"), true, PresharedKey{}, PresharedKey{})
+	them := ip.wg.key.PublicKey()
+	if ip.our.Handshake(mustKey(t).PublicKey()) {
+		t.Fatal("Handshake with an unknown peer reported true")
+	}
+	if !ip.our.Handshake(them) {
+		t.Fatal("Handshake with a configured peer reported false")
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		st, _ := ip.our.Peer(them)
+		if !st.LastHandshake.IsZero() {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no handshake after 10s: %+v", st)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	ip.exchange(t, rand.New(rand.NewPCG(3, 4)), 4, true)
+	if st, _ := ip.our.Peer(them); st.HandshakesCompleted != 1 || st.HandshakeAttempts != 1 {
+		t.Fatalf("%d initiations, %d handshakes; want exactly 1 of each", st.HandshakeAttempts, st.HandshakesCompleted)
+	}
+}

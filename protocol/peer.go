@@ -192,6 +192,20 @@ func (e *Engine) Peers() []PeerStatus {
 	return out
 }
 
+// Handshake starts a handshake with the peer now instead of at its first
+// packet, so a program learns at start whether the peer answers, and its
+// first connection does not pay for the round trip. Retries then follow
+// the usual timers: every RekeyTimeout until RekeyAttemptTime is spent.
+// It reports false when there is no such peer.
+func (e *Engine) Handshake(k PublicKey) bool {
+	p := e.lookupPeer(k)
+	if p == nil {
+		return false
+	}
+	p.sendInitiation(false)
+	return true
+}
+
 // Peer returns one peer's status.
 func (e *Engine) Peer(k PublicKey) (PeerStatus, bool) {
 	p := e.lookupPeer(k)
