@@ -1,0 +1,349 @@
+// Package peersite runs a WireGuard peer for tests: a wireguard-go device
+// on a loopback UDP socket, with wireguard-go's own gVisor netstack, serving
+// HTTP, echo, discard, chargen-like source and DNS inside its tunnel. It is
+// an implementation independent of ours, so a test that talks to it checks
+// interoperability, not agreement of our code with itself.
+//
+// Inside the tunnel, the site is TheirV4 and TheirV6 and expects us at
+// OurV4 and OurV6. On both of its addresses it serves:
+//
+//   - HTTP on port 80:
+//     GET /bytes/N answers Body(N) with a Content-Length;
+//     /sha256, with any method, reads the request body and answers
+//     "<hex sha256> <length>";
+//     /echo, with any method, answers "<METHOD> <request body>".
+//   - TCP echo and UDP echo on port 7.
+//   - TCP discard on port 9: it reads until EOF, then writes the number of
+//     bytes it read in decimal and closes.
+//   - TCP source on port 19: it reads an 8-byte big-endian length N, then
+//     writes Body(N) and closes.
+//
+// On TheirV4 port 53 it answers DNS over UDP and TCP for Domain: see
+// Records and DNS.
+package peersite
+
+import (
+	"crypto/sha256"
+	"encoding/binary"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"sync"
+	"testing"
+
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/tun/netstack"
+
+	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/protocol/wgtest"
+)
+
+// Addresses inside the tunnel: ours (the side under test) and theirs (the
+// site).
+var (
+	OurV4   = netip.MustParseAddr("10.0.0.1")
+	TheirV4 = netip.MustParseAddr("10.0.0.2")
+	OurV6   = netip.MustParseAddr("fd00::1")
+	TheirV6 = netip.MustParseAddr("fd00::2")
+)
+
+// loopback is where the site's WireGuard UDP socket listens.
+var loopback = netip.MustParseAddr("127.0.0.1")
+
+// Site is a running wireguard-go peer and its servers.
+type Site struct {
+	// Net is the site's end of the tunnel, for a test to dial into ours
+	// from the site or to add servers of its own there.
+	Net    *netstack.Net
+	Device *device.Device
+
+	PrivateKey protocol.PrivateKey
+	PublicKey  protocol.PublicKey
+	// Port is the site's WireGuard UDP port on 127.0.0.1.
+	Port uint16
+
+	DNS *DNS
+
+	// The servers' goroutines and what they block on. The device closes
+	// only after every goroutine has returned: wireguard-go's
+	// tun/netstack races (a send on a channel its Close closes) if its
+	// stack is still writing a reply when the device goes away.
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	open    map[io.Closer]struct{}
+	closing bool
+}
+
+// Options adjust a Site. The zero value is a site that waits for us to
+// start the handshake.
+type Options struct {
+	// MTU of the site's tunnel; 0 means protocol.DefaultMTU.
+	MTU int
+	// Endpoint is our WireGuard UDP address ("127.0.0.1:port"), for a
+	// site that must be able to send first. Empty means the site learns
+	// it from our first handshake, as a server does.
+	Endpoint string
+}
+
+// Start runs a site that accepts the peer ours. It stops when t's
+// cleanups run, so a Net of ours opened after Start (whose cleanup runs
+// first) is closed before the site goes away.
+func Start(t testing.TB, ours protocol.PublicKey, opts Options) *Site {
+	t.Helper()
+	s := &Site{DNS: &DNS{}, open: map[io.Closer]struct{}{}}
+	var err error
+	if s.PrivateKey, err = protocol.GeneratePrivateKey(); err != nil {
+		t.Fatal(err)
+	}
+	s.PublicKey = s.PrivateKey.PublicKey()
+	var bind *wgtest.LoopbackBind
+	s.Device, s.Net, bind = startDevice(t, []netip.Addr{TheirV4, TheirV6}, opts.MTU, s.PrivateKey, ours, opts.Endpoint, OurV4, OurV6)
+	s.Port = bind.Port()
+	t.Cleanup(s.stop)
+
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /bytes/{n}", serveBytes)
+	mux.HandleFunc("/sha256", serveSHA256)
+	mux.HandleFunc("/echo", serveEcho)
+	web := &http.Server{Handler: mux, ConnState: s.trackHTTP}
+	s.track(web)
+	for _, a := range []netip.Addr{TheirV4, TheirV6} {
+		l, err := s.Net.ListenTCPAddrPort(netip.AddrPortFrom(a, 80))
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.serve(func() { web.Serve(l) })
+		s.serveTCP(t, a, 7, func(c net.Conn) { io.Copy(c, c) })
+		s.serveUDP(t, a, 7, func(req []byte) []byte { return req })
+		s.serveTCP(t, a, 9, discard)
+		s.serveTCP(t, a, 19, source)
+	}
+	s.serveUDP(t, TheirV4, 53, s.DNS.answerUDP)
+	s.serveTCP(t, TheirV4, 53, s.DNS.answerTCP)
+	return s
+}
+
+// startDevice brings up a wireguard-go device on a loopback socket, with
+// a netstack at addrs and one peer allowed to send from allowed.
+func startDevice(t testing.TB, addrs []netip.Addr, mtu int, key protocol.PrivateKey, peer protocol.PublicKey, endpoint string, allowed ...netip.Addr) (*device.Device, *netstack.Net, *wgtest.LoopbackBind) {
+	t.Helper()
+	if mtu == 0 {
+		mtu = protocol.DefaultMTU
+	}
+	tun, tnet, err := netstack.CreateNetTUN(addrs, nil, mtu)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bind := &wgtest.LoopbackBind{Addr: loopback}
+	dev := device.NewDevice(tun, bind, device.NewLogger(device.LogLevelSilent, ""))
+	uapi := fmt.Sprintf("private_key=%s\nlisten_port=0\npublic_key=%s\n", hex.EncodeToString(key[:]), hex.EncodeToString(peer[:]))
+	if endpoint != "" {
+		uapi += "endpoint=" + endpoint + "\n"
+	}
+	for _, a := range allowed {
+		uapi += "allowed_ip=" + netip.PrefixFrom(a, a.BitLen()).String() + "\n"
+	}
+	if err := dev.IpcSet(uapi); err != nil {
+		dev.Close()
+		t.Fatal(err)
+	}
+	if err := dev.Up(); err != nil {
+		dev.Close()
+		t.Fatal(err)
+	}
+	return dev, tnet, bind
+}
+
+// WireGuardGoClient runs our side of the tunnel with wireguard-go instead
+// of the code under test: a device at OurV4 and OurV6 whose one peer is
+// the site. It is the yardstick for benchmarks and lets the site be
+// tested on its own. It closes when t's cleanups run, before the site.
+func (s *Site) WireGuardGoClient(t testing.TB, ours protocol.PrivateKey) *netstack.Net {
+	t.Helper()
+	dev, tnet, _ := startDevice(t, []netip.Addr{OurV4, OurV6}, 0, ours, s.PublicKey, s.Endpoint(), TheirV4, TheirV6)
+	t.Cleanup(dev.Close)
+	return tnet
+}
+
+// Endpoint is the site's WireGuard UDP address, "127.0.0.1:port".
+func (s *Site) Endpoint() string {
+	return netip.AddrPortFrom(loopback, s.Port).String()
+}
+
+// WGQuick returns a wg-quick file for our side: our key and addresses,
+// the site's DNS server with Domain as search domain, and the site as the
+// one peer. extra is appended as is, after a blank line, for sections
+// such as wireproxy's [Socks5].
+func (s *Site) WGQuick(ours protocol.PrivateKey, extra string) string {
+	conf := fmt.Sprintf(`[Interface]
+PrivateKey = %s
+Address = %s, %s
+DNS = %s, %s
+
+[Peer]
+PublicKey = %s
+Endpoint = %s
+AllowedIPs = %s, %s
+`, ours.Base64(), netip.PrefixFrom(OurV4, 32), netip.PrefixFrom(OurV6, 128), TheirV4, Domain,
+		s.PublicKey, s.Endpoint(), netip.PrefixFrom(TheirV4, 32), netip.PrefixFrom(TheirV6, 128))
+	if extra != "" {
+		conf += "\n" + extra
+	}
+	return conf
+}
+
+// serve runs f as one of the site's server goroutines.
+func (s *Site) serve(f func()) {
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		f()
+	}()
+}
+
+// track registers a listener or connection to be closed when the site
+// stops, or closes it now if the site is already stopping.
+func (s *Site) track(c io.Closer) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closing {
+		c.Close()
+		return
+	}
+	s.open[c] = struct{}{}
+}
+
+// untrack forgets a connection its server has closed.
+func (s *Site) untrack(c io.Closer) {
+	s.mu.Lock()
+	delete(s.open, c)
+	s.mu.Unlock()
+}
+
+// trackHTTP counts net/http's connection goroutines among the site's
+// own: a connection is new in Serve's goroutine, before its own starts,
+// and closed as the last thing that goroutine does.
+func (s *Site) trackHTTP(c net.Conn, state http.ConnState) {
+	switch state {
+	case http.StateNew:
+		s.wg.Add(1)
+		s.track(c)
+	case http.StateClosed, http.StateHijacked:
+		s.untrack(c)
+		s.wg.Done()
+	}
+}
+
+// stop closes every listener and connection, waits for every server
+// goroutine, and only then closes the device.
+func (s *Site) stop() {
+	s.mu.Lock()
+	s.closing = true
+	for c := range s.open {
+		c.Close()
+	}
+	s.mu.Unlock()
+	s.wg.Wait()
+	s.Device.Close()
+}
+
+// serveTCP accepts connections on a:port and runs handle for each,
+// closing the connection when handle returns.
+func (s *Site) serveTCP(t testing.TB, a netip.Addr, port uint16, handle func(net.Conn)) {
+	t.Helper()
+	l, err := s.Net.ListenTCPAddrPort(netip.AddrPortFrom(a, port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.track(l)
+	s.serve(func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			s.track(c)
+			s.serve(func() {
+				defer s.untrack(c)
+				defer c.Close()
+				handle(c)
+			})
+		}
+	})
+}
+
+// serveUDP answers each datagram to a:port with what answer returns for
+// it, if anything.
+func (s *Site) serveUDP(t testing.TB, a netip.Addr, port uint16, answer func(req []byte) []byte) {
+	t.Helper()
+	uc, err := s.Net.ListenUDPAddrPort(netip.AddrPortFrom(a, port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.track(uc)
+	s.serve(func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := uc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			if resp := answer(buf[:n]); resp != nil {
+				uc.WriteTo(resp, from)
+			}
+		}
+	})
+}
+
+// discard reads to EOF and then reports how much it read, so an upload
+// can be both timed and checked for loss.
+func discard(c net.Conn) {
+	n, err := io.Copy(io.Discard, c)
+	if err != nil {
+		return
+	}
+	io.WriteString(c, strconv.FormatInt(n, 10))
+}
+
+// source sends as many bytes of Body as asked for: a download with
+// neither HTTP nor its framing in the way.
+func source(c net.Conn) {
+	var n [8]byte
+	if _, err := io.ReadFull(c, n[:]); err != nil {
+		return
+	}
+	io.Copy(c, newBodyReader(binary.BigEndian.Uint64(n[:])))
+}
+
+func serveBytes(w http.ResponseWriter, r *http.Request) {
+	n, err := strconv.ParseUint(r.PathValue("n"), 10, 63)
+	if err != nil {
+		http.Error(w, "want /bytes/N with N a byte count", http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Length", strconv.FormatUint(n, 10))
+	io.Copy(w, newBodyReader(n))
+}
+
+func serveSHA256(w http.ResponseWriter, r *http.Request) {
+	h := sha256.New()
+	n, err := io.Copy(h, r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	fmt.Fprintf(w, "%x %d", h.Sum(nil), n)
+}
+
+func serveEcho(w http.ResponseWriter, r *http.Request) {
+	body, err := io.ReadAll(r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	fmt.Fprintf(w, "%s %s", r.Method, body)
+}
