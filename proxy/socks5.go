@@ -49,10 +49,11 @@ type SOCKS5Config struct {
 // every target is dialed, and every name resolved, on that network, never
 // on the host's.
 //
-// Only CONNECT is served, to IPv4 and IPv6 addresses and to domain names.
-// BIND is refused with "command not supported". UDP ASSOCIATE is refused
-// the same way for now: relaying datagrams needs a packet side on Network
-// (ListenPacket) that the interface does not have yet.
+// CONNECT is served to IPv4 and IPv6 addresses and to domain names. UDP
+// ASSOCIATE is served when the Network can also carry datagrams (it has
+// ListenPacket, as a Tunnel does), and refused with "command not
+// supported" otherwise. BIND is always refused: the tunnel's peers would
+// have to reach back to a port of ours, which nothing in wgbore needs.
 type SOCKS5 struct {
 	nw     Network
 	log    *slog.Logger
@@ -96,10 +97,14 @@ func NewSOCKS5(nw Network, cfg SOCKS5Config) *SOCKS5 {
 		socks5.WithLogger(socksLogger{logger}),
 		socks5.WithGPool(socksGoroutines{s}),
 		socks5.WithConnectMiddleware(socksEndHandshake),
-		// go-socks5's own BIND handler already refuses; ASSOCIATE would
-		// open a host UDP socket and dial from the host, so it is
-		// replaced.
-		socks5.WithAssociateHandle(socksRefuseCommand),
+	}
+	// go-socks5's own BIND handler already refuses. Its ASSOCIATE handler
+	// would send the datagrams from the host, so it is always replaced:
+	// by a relay into the Network, or by a refusal.
+	if _, ok := nw.(packetListener); ok {
+		opts = append(opts, socks5.WithAssociateHandle(s.associate))
+	} else {
+		opts = append(opts, socks5.WithAssociateHandle(socksRefuseCommand))
 	}
 	if cfg.Username != "" {
 		opts = append(opts, socks5.WithCredential(newSOCKSCredentials(cfg.Username, cfg.Password, logger)))

@@ -329,14 +329,18 @@ func socksRequest(t *testing.T, proxyAddr string, cmd byte, port uint16) byte {
 }
 
 func TestSOCKS5RefusesBindAndAssociate(t *testing.T) {
-	_, proxyAddr, _ := startSOCKS5(t, newSOCKSNetwork(), SOCKS5Config{})
 	const commandNotSupported = 7
-	for _, tc := range []struct {
-		name string
-		cmd  byte
-	}{{"BIND", 2}, {"UDP ASSOCIATE", 3}} {
-		if got := socksRequest(t, proxyAddr, tc.cmd, 9); got != commandNotSupported {
-			t.Errorf("%s reply = %d, want %d (command not supported)", tc.name, got, commandNotSupported)
+	// BIND is refused even when the Network could carry datagrams.
+	_, udpProxy, _ := startSOCKS5(t, newSOCKSUDPNetwork("127.0.0.1:0"), SOCKS5Config{})
+	if got := socksRequest(t, udpProxy, 2, 9); got != commandNotSupported {
+		t.Errorf("BIND reply = %d, want %d (command not supported)", got, commandNotSupported)
+	}
+	// ASSOCIATE needs the Network's ListenPacket; without it, the host's
+	// own sockets must not stand in.
+	_, tcpProxy, _ := startSOCKS5(t, newSOCKSNetwork(), SOCKS5Config{})
+	for _, cmd := range []byte{2, 3} {
+		if got := socksRequest(t, tcpProxy, cmd, 9); got != commandNotSupported {
+			t.Errorf("command %d on a Network without datagrams: reply = %d, want %d (command not supported)", cmd, got, commandNotSupported)
 		}
 	}
 }
@@ -384,7 +388,7 @@ func socksGoroutineStacks() []string {
 	var ours []string
 	for _, g := range strings.Split(string(buf), "\n\n") {
 		if strings.Contains(g, "things-go/go-socks5") || strings.Contains(g, "wgbore/proxy.(*SOCKS5)") ||
-			strings.Contains(g, "wgbore/proxy.socksGoroutines") {
+			strings.Contains(g, "wgbore/proxy.socksGoroutines") || strings.Contains(g, "wgbore/proxy.(*socksAssociation)") {
 			ours = append(ours, g)
 		}
 	}
