@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"errors"
 	"fmt"
@@ -24,6 +25,13 @@ type HTTPConfig struct {
 	Username, Password string
 	// Logger receives one line per failed request; nil discards.
 	Logger *slog.Logger
+
+	// TLS, when set, makes the proxy speak HTTPS to its clients (curl's
+	// "-x https://..."), so credentials and the names of the sites
+	// visited do not cross the client's network in the clear. Only
+	// HTTP/1.1 is offered: CONNECT takes over the client's connection,
+	// which HTTP/2 does not allow.
+	TLS *tls.Config
 }
 
 const (
@@ -32,7 +40,8 @@ const (
 	// jitter) must fit inside it, so it is generous.
 	httpDialTimeout = 30 * time.Second
 	// httpHeaderTimeout stops a client that opens a connection and never
-	// finishes its request line from holding a goroutine forever.
+	// finishes its request line from holding a goroutine forever. With
+	// TLS, net/http applies it to the handshake too.
 	httpHeaderTimeout = 30 * time.Second
 	// proxyRealm is what a client is told to authenticate against.
 	proxyRealm = `Basic realm="wgbore"`
@@ -45,6 +54,7 @@ type HTTP struct {
 	nw        Network
 	log       *slog.Logger
 	creds     *credentials // nil: no authentication
+	tls       *tls.Config  // nil: plain HTTP
 	srv       *http.Server
 	transport *http.Transport
 
@@ -78,6 +88,10 @@ func NewHTTP(nw Network, cfg HTTPConfig) *HTTP {
 		// the same time whatever the lengths of the guess and the secret.
 		h.creds = newCredentials(cfg.Username, cfg.Password)
 	}
+	if cfg.TLS != nil {
+		h.tls = cfg.TLS.Clone()
+		h.tls.NextProtos = []string{"http/1.1"}
+	}
 	h.transport = &http.Transport{
 		Proxy:       nil, // the tunnel is the only way out
 		DialContext: h.dial,
@@ -95,13 +109,23 @@ func NewHTTP(nw Network, cfg HTTPConfig) *HTTP {
 		ReadHeaderTimeout: httpHeaderTimeout,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
+		// An empty map turns HTTP/2 off even if a client asks for it:
+		// CONNECT tunnels hijack the connection, which HTTP/2 forbids.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 	}
 	return h
 }
 
 // Serve accepts proxy clients on l until Close, and then returns nil. It
-// closes l when it returns.
+// closes l when it returns. With HTTPConfig.TLS set, l carries TLS.
 func (h *HTTP) Serve(l net.Listener) error {
+	if h.tls != nil {
+		// tls.NewListener hands out *tls.Conn, which net/http
+		// recognises: it then bounds the handshake by
+		// ReadHeaderTimeout, so a client that stalls mid-handshake is
+		// dropped like one that stalls mid-request.
+		l = tls.NewListener(l, h.tls)
+	}
 	err := h.srv.Serve(l)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil

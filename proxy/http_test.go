@@ -3,15 +3,21 @@ package proxy
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"io"
+	"math/big"
 	"net"
 	"net/http"
 	"net/http/httptest"
@@ -683,5 +689,144 @@ func TestHTTPStreamsResponses(t *testing.T) {
 	line, err := bufio.NewReader(res.Body).ReadString('\n')
 	if err != nil || line != "first\n" {
 		t.Fatalf("first piece: %q, %v", line, err)
+	}
+}
+
+// httpTestCert makes a self-signed ECDSA certificate for 127.0.0.1 and
+// tunnel.test, so one certificate serves both the proxy and an origin
+// behind it. It returns the certificate, a pool that trusts it, and a PEM
+// file of it for curl.
+func httpTestCert(t *testing.T) (tls.Certificate, *x509.CertPool, string) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "wgbore test proxy"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
+		DNSNames:              []string{httpTunnelName},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(leaf)
+	file := filepath.Join(t.TempDir(), "proxy.pem")
+	if err := os.WriteFile(file, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf}, pool, file
+}
+
+// startHTTPSOrigin serves httpOriginHandler over TLS with cert.
+func startHTTPSOrigin(t *testing.T, cert tls.Certificate) *httpOrigin {
+	t.Helper()
+	srv := httptest.NewUnstartedServer(httpOriginHandler())
+	srv.TLS = &tls.Config{Certificates: []tls.Certificate{cert}}
+	srv.StartTLS()
+	t.Cleanup(srv.Close)
+	_, port, _ := net.SplitHostPort(srv.Listener.Addr().String())
+	return &httpOrigin{srv: srv, port: port}
+}
+
+func TestHTTPOverTLSCurl(t *testing.T) {
+	httpCurlPath(t)
+	cert, _, certFile := httpTestCert(t)
+	o := startHTTPOrigin(t, false)
+	tlsOrigin := startHTTPSOrigin(t, cert)
+	_, addr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{
+		Username: "u", Password: "p",
+		TLS: &tls.Config{Certificates: []tls.Certificate{cert}},
+	})
+	proxy := []string{"-x", "https://" + addr, "--proxy-cacert", certFile, "--proxy-user", "u:p"}
+
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"GET", []string{o.tunnelURL("/path")}},
+		{"CONNECT", []string{"-p", o.tunnelURL("/path")}},
+		{"HTTPS through CONNECT", []string{"--cacert", certFile, tlsOrigin.tunnelURL("/path")}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out, code := runHTTPCurl(t, append(append([]string{}, proxy...), tc.args...)...)
+			if code != 0 || out != httpOriginGreeting {
+				t.Fatalf("exit %d, body %q", code, out)
+			}
+		})
+	}
+	t.Run("untrusted proxy certificate", func(t *testing.T) {
+		// Without --proxy-cacert curl must refuse the proxy: the test
+		// would otherwise pass over plain HTTP just as well.
+		_, code := runHTTPCurl(t, "-x", "https://"+addr, "--proxy-user", "u:p", o.tunnelURL("/path"))
+		if code == 0 {
+			t.Fatal("curl trusted a self-signed proxy certificate")
+		}
+	})
+	t.Run("proxy-insecure", func(t *testing.T) {
+		out, code := runHTTPCurl(t, "-x", "https://"+addr, "--proxy-insecure", "--proxy-user", "u:p", o.tunnelURL("/path"))
+		if code != 0 || out != httpOriginGreeting {
+			t.Fatalf("exit %d, body %q", code, out)
+		}
+	})
+}
+
+func TestHTTPOverTLSGoClient(t *testing.T) {
+	cert, pool, _ := httpTestCert(t)
+	o := startHTTPOrigin(t, false)
+	tlsOrigin := startHTTPSOrigin(t, cert)
+	_, addr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{TLS: &tls.Config{Certificates: []tls.Certificate{cert}}})
+
+	// The Transport uses TLSClientConfig for the proxy and for origins
+	// reached through CONNECT alike; the one certificate covers both.
+	tr := &http.Transport{
+		Proxy:           http.ProxyURL(&url.URL{Scheme: "https", Host: addr}),
+		TLSClientConfig: &tls.Config{RootCAs: pool},
+	}
+	t.Cleanup(tr.CloseIdleConnections)
+	c := &http.Client{Transport: tr, Timeout: 30 * time.Second}
+	for _, u := range []string{o.tunnelURL("/path"), tlsOrigin.tunnelURL("/path")} {
+		res, err := c.Get(u)
+		if err != nil {
+			t.Fatalf("GET %s: %v", u, err)
+		}
+		if body := readHTTPBody(t, res); res.StatusCode != 200 || body != httpOriginGreeting {
+			t.Fatalf("GET %s: %s %q", u, res.Status, body)
+		}
+		if res.ProtoMajor != 1 {
+			t.Errorf("GET %s: %s, want HTTP/1.1 to the proxy", u, res.Proto)
+		}
+	}
+
+	// A client speaking plain HTTP to the TLS port is not served: net/http
+	// ends the failed handshake (with a 400 only for requests it
+	// recognises, which absolute-form ones are not).
+	plain, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	plain.SetDeadline(time.Now().Add(10 * time.Second))
+	io.WriteString(plain, "GET "+o.tunnelURL("/path")+" HTTP/1.1\r\nHost: x\r\n\r\n")
+	answer, err := io.ReadAll(plain) // the server may reset rather than close
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("plain HTTP to the TLS proxy: the connection was left open")
+	}
+	if strings.Contains(string(answer), httpOriginGreeting) {
+		t.Fatalf("plain HTTP to the TLS proxy: %q", answer)
 	}
 }
