@@ -17,13 +17,13 @@ import (
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 
+	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
 
 func TestDialByName(t *testing.T) {
 	key, _ := protocol.GeneratePrivateKey()
-	site := startPeerSite(t, key.PublicKey())
-	startSiteDNS(t, site)
+	site := peersite.Start(t, key.PublicKey(), peersite.Options{})
 	n := openOursWith(t, key, site, func(c *Config) {
 		// fd00::/64 sends slow6's fd00::99 to the peer, where nobody has
 		// it: a black hole, not a fast failure.
@@ -43,14 +43,14 @@ func TestDialByName(t *testing.T) {
 			network, address string
 			want             netip.Addr
 		}{
-			{"tcp", "web.tunnel.test:7", theirV6},     // IPv6 preferred: we have fd00::1
-			{"tcp", "v4only.tunnel.test:7", theirV4},  // no AAAA
-			{"tcp4", "web.tunnel.test:7", theirV4},    // family restricted
-			{"tcp6", "web.tunnel.test:7", theirV6},    //
-			{"tcp", "gone6.tunnel.test:7", theirV4},   // IPv6 has no route: IPv4 at once
-			{"tcp", "slow6.tunnel.test:7", theirV4},   // IPv6 black-holed: IPv4 after the delay
-			{"udp", "web.tunnel.test:7", theirV6},     // UDP resolves too
-			{"udp4", "v4only.tunnel.test:7", theirV4}, //
+			{"tcp", "web.tunnel.test:7", peersite.TheirV6},     // IPv6 preferred: we have fd00::1
+			{"tcp", "v4only.tunnel.test:7", peersite.TheirV4},  // no AAAA
+			{"tcp4", "web.tunnel.test:7", peersite.TheirV4},    // family restricted
+			{"tcp6", "web.tunnel.test:7", peersite.TheirV6},    //
+			{"tcp", "gone6.tunnel.test:7", peersite.TheirV4},   // IPv6 has no route: IPv4 at once
+			{"tcp", "slow6.tunnel.test:7", peersite.TheirV4},   // IPv6 black-holed: IPv4 after the delay
+			{"udp", "web.tunnel.test:7", peersite.TheirV6},     // UDP resolves too
+			{"udp4", "v4only.tunnel.test:7", peersite.TheirV4}, //
 		} {
 			start := time.Now()
 			conn, err := n.DialContext(ctx, c.network, c.address)
@@ -153,7 +153,7 @@ func TestDialByName(t *testing.T) {
 
 func TestDialWithoutHandshake(t *testing.T) {
 	key, _ := protocol.GeneratePrivateKey()
-	site := startPeerSite(t, key.PublicKey())
+	site := peersite.Start(t, key.PublicKey(), peersite.Options{})
 	// The peer's endpoint is right but its key is not ours to trust: our
 	// initiations are never answered.
 	wrong, _ := protocol.GeneratePrivateKey()
@@ -184,7 +184,7 @@ func TestDialWithoutHandshake(t *testing.T) {
 
 func TestDialTimeoutAfterHandshake(t *testing.T) {
 	key, _ := protocol.GeneratePrivateKey()
-	site := startPeerSite(t, key.PublicKey())
+	site := peersite.Start(t, key.PublicKey(), peersite.Options{})
 	n := openOursWith(t, key, site, func(c *Config) {
 		c.Peers[0].AllowedIPs = append(c.Peers[0].AllowedIPs, netip.MustParsePrefix("10.0.0.0/24"))
 	})

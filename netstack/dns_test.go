@@ -2,173 +2,32 @@ package netstack
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
-	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"slices"
 	"strings"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
-	"golang.org/x/net/dns/dnsmessage"
-
+	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
 
-// bigCount A records answer big.tunnel.test: more than fit in 512 bytes.
-const bigCount = 60
-
-// siteDNS is a tiny authoritative DNS server for tunnel.test, running in
-// the wireguard-go peer's netstack on theirV4:53, over UDP and TCP.
-type siteDNS struct {
-	udpQueries, tcpQueries atomic.Int32
-	mu                     sync.Mutex
-	asked                  []string // question names, in arrival order
-}
-
-// records are the zone: name to A and AAAA addresses.
-var records = map[string][]netip.Addr{
-	"web.tunnel.test.":    {theirV4, theirV6},
-	"v4only.tunnel.test.": {theirV4},
-	// slow6 has an IPv6 address that routes to the peer but is not
-	// served there, so an IPv6 dial hangs until Happy Eyeballs falls
-	// back to IPv4.
-	"slow6.tunnel.test.": {netip.MustParseAddr("fd00::99"), theirV4},
-	// gone6 has an IPv6 address no peer routes: the IPv6 dial fails at
-	// once and IPv4 must start without waiting.
-	"gone6.tunnel.test.": {netip.MustParseAddr("fd99::1"), theirV4},
-}
-
-func init() {
-	var big []netip.Addr
-	for i := range bigCount {
-		big = append(big, netip.AddrFrom4([4]byte{10, 0, 1, byte(i + 1)}))
-	}
-	records["big.tunnel.test."] = big
-}
-
-func startSiteDNS(t *testing.T, site *peerSite) *siteDNS {
-	t.Helper()
-	d := &siteDNS{}
-	uc, err := site.tnet.ListenUDPAddrPort(netip.AddrPortFrom(theirV4, 53))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tl, err := site.tnet.ListenTCPAddrPort(netip.AddrPortFrom(theirV4, 53))
-	if err != nil {
-		t.Fatal(err)
-	}
-	site.track(uc)
-	site.track(tl)
-	site.serve(func() {
-		buf := make([]byte, 2048)
-		for {
-			n, from, err := uc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			d.udpQueries.Add(1)
-			if resp := d.answer(buf[:n], false); resp != nil {
-				uc.WriteTo(resp, from)
-			}
-		}
-	})
-	site.serve(func() {
-		for {
-			c, err := tl.Accept()
-			if err != nil {
-				return
-			}
-			site.track(c)
-			site.serve(func() {
-				defer c.Close()
-				var l [2]byte
-				if _, err := io.ReadFull(c, l[:]); err != nil {
-					return
-				}
-				req := make([]byte, binary.BigEndian.Uint16(l[:]))
-				if _, err := io.ReadFull(c, req); err != nil {
-					return
-				}
-				d.tcpQueries.Add(1)
-				resp := d.answer(req, true)
-				if resp == nil {
-					return
-				}
-				c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(resp))), resp...))
-			})
-		}
-	})
-	return d
-}
-
-// answer builds the response to req. Over UDP, big.tunnel.test gets an
-// empty answer with TC set, so only TCP can resolve it.
-func (d *siteDNS) answer(req []byte, overTCP bool) []byte {
-	var m dnsmessage.Message
-	if err := m.Unpack(req); err != nil || len(m.Questions) != 1 {
-		return nil
-	}
-	q := m.Questions[0]
-	name := strings.ToLower(q.Name.String())
-	d.mu.Lock()
-	d.asked = append(d.asked, name)
-	d.mu.Unlock()
-	resp := dnsmessage.Message{
-		Header:    dnsmessage.Header{ID: m.ID, Response: true, Authoritative: true, RecursionDesired: m.RecursionDesired},
-		Questions: m.Questions,
-	}
-	addrs, ok := records[name]
-	switch {
-	case !ok:
-		resp.RCode = dnsmessage.RCodeNameError
-	case name == "big.tunnel.test." && !overTCP:
-		resp.Truncated = true
-	default:
-		for _, a := range addrs {
-			h := dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}
-			switch {
-			case a.Is4() && q.Type == dnsmessage.TypeA:
-				h.Type = dnsmessage.TypeA
-				resp.Answers = append(resp.Answers, dnsmessage.Resource{Header: h, Body: &dnsmessage.AResource{A: a.As4()}})
-			case a.Is6() && q.Type == dnsmessage.TypeAAAA:
-				h.Type = dnsmessage.TypeAAAA
-				resp.Answers = append(resp.Answers, dnsmessage.Resource{Header: h, Body: &dnsmessage.AAAAResource{AAAA: a.As16()}})
-			}
-		}
-	}
-	out, err := resp.Pack()
-	if err != nil {
-		return nil
-	}
-	return out
-}
-
-func (d *siteDNS) askedNames() []string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return slices.Clone(d.asked)
-}
-
 // openOursWith opens our Net with the peer site as its one peer and the
 // site's DNS server, giving change a chance to alter the Config first.
-func openOursWith(t testing.TB, key protocol.PrivateKey, site *peerSite, change func(*Config)) *Net {
+func openOursWith(t testing.TB, key protocol.PrivateKey, site *peersite.Site, change func(*Config)) *Net {
 	t.Helper()
 	cfg := Config{
 		PrivateKey:  key,
-		Addresses:   []netip.Prefix{netip.PrefixFrom(ourV4, 32), netip.PrefixFrom(ourV6, 128)},
+		Addresses:   []netip.Prefix{netip.PrefixFrom(peersite.OurV4, 32), netip.PrefixFrom(peersite.OurV6, 128)},
 		ListenAddrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
 		Peers: []protocol.PeerConfig{{
-			PublicKey:  site.key.PublicKey(),
-			Endpoint:   fmt.Sprintf("127.0.0.1:%d", site.port),
-			AllowedIPs: []netip.Prefix{netip.PrefixFrom(theirV4, 32), netip.PrefixFrom(theirV6, 128)},
+			PublicKey:  site.PublicKey,
+			Endpoint:   site.Endpoint(),
+			AllowedIPs: []netip.Prefix{netip.PrefixFrom(peersite.TheirV4, 32), netip.PrefixFrom(peersite.TheirV6, 128)},
 		}},
-		DNS: []netip.Addr{theirV4},
+		DNS: []netip.Addr{peersite.TheirV4},
 	}
 	if change != nil {
 		change(&cfg)
@@ -183,8 +42,8 @@ func openOursWith(t testing.TB, key protocol.PrivateKey, site *peerSite, change 
 
 func TestLookupThroughTunnel(t *testing.T) {
 	key, _ := protocol.GeneratePrivateKey()
-	site := startPeerSite(t, key.PublicKey())
-	dns := startSiteDNS(t, site)
+	site := peersite.Start(t, key.PublicKey(), peersite.Options{})
+	dns := site.DNS
 	n := openOursWith(t, key, site, func(c *Config) { c.DNSSearch = []string{"tunnel.test"} })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -203,10 +62,10 @@ func TestLookupThroughTunnel(t *testing.T) {
 			network, host string
 			want          []netip.Addr
 		}{
-			{"ip4", "web.tunnel.test", []netip.Addr{theirV4}},
-			{"ip6", "web.tunnel.test", []netip.Addr{theirV6}},
-			{"ip", "v4only.tunnel.test", []netip.Addr{theirV4}},
-			{"ip", "WEB.Tunnel.Test.", []netip.Addr{theirV4, theirV6}},
+			{"ip4", "web.tunnel.test", []netip.Addr{peersite.TheirV4}},
+			{"ip6", "web.tunnel.test", []netip.Addr{peersite.TheirV6}},
+			{"ip", "v4only.tunnel.test", []netip.Addr{peersite.TheirV4}},
+			{"ip", "WEB.Tunnel.Test.", []netip.Addr{peersite.TheirV4, peersite.TheirV6}},
 			{"ip", "10.1.2.3", []netip.Addr{netip.MustParseAddr("10.1.2.3")}},
 			{"ip6", "fd00::7", []netip.Addr{netip.MustParseAddr("fd00::7")}},
 		} {
@@ -217,15 +76,15 @@ func TestLookupThroughTunnel(t *testing.T) {
 		}
 	})
 	t.Run("tcp-fallback", func(t *testing.T) {
-		before := dns.tcpQueries.Load()
+		before := dns.TCPQueries.Load()
 		got, err := n.LookupNetIP(ctx, "ip4", "big.tunnel.test")
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(got) != bigCount || !slices.Equal(got, records["big.tunnel.test."]) {
-			t.Fatalf("got %d addresses %v, want the %d of big.tunnel.test", len(got), got, bigCount)
+		if want := peersite.Records("big.tunnel.test"); !slices.Equal(got, want) {
+			t.Fatalf("got %d addresses %v, want the %d of big.tunnel.test", len(got), got, len(want))
 		}
-		if dns.tcpQueries.Load() == before {
+		if dns.TCPQueries.Load() == before {
 			t.Fatal("the truncated UDP answer did not lead to a TCP query")
 		}
 	})
@@ -234,12 +93,12 @@ func TestLookupThroughTunnel(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := []netip.Addr{theirV4, theirV6}; !slices.Equal(got, want) {
+		if want := []netip.Addr{peersite.TheirV4, peersite.TheirV6}; !slices.Equal(got, want) {
 			t.Fatalf("web = %v, want %v", got, want)
 		}
 		// A name without dots tries the search list before itself, so a
 		// hit there asks for nothing else.
-		asked := dns.askedNames()
+		asked := dns.Asked()
 		if last := asked[len(asked)-1]; last != "web.tunnel.test." || slices.Contains(asked, "web.") {
 			t.Fatalf("asked %v; want web.tunnel.test. and never web.", asked)
 		}
@@ -254,7 +113,7 @@ func TestLookupThroughTunnel(t *testing.T) {
 		}
 		// localhost is nobody's special case: the tunnel's server was
 		// asked, with the search domain first.
-		if asked := dns.askedNames(); !slices.Contains(asked, "localhost.tunnel.test.") || !slices.Contains(asked, "localhost.") {
+		if asked := dns.Asked(); !slices.Contains(asked, "localhost.tunnel.test.") || !slices.Contains(asked, "localhost.") {
 			t.Errorf("asked %v; want localhost.tunnel.test. and localhost.", asked)
 		}
 		_, err := n.LookupNetIP(ctx, "ip6", "v4only.tunnel.test")
@@ -267,8 +126,7 @@ func TestLookupThroughTunnel(t *testing.T) {
 
 func TestLookupErrors(t *testing.T) {
 	key, _ := protocol.GeneratePrivateKey()
-	site := startPeerSite(t, key.PublicKey())
-	startSiteDNS(t, site)
+	site := peersite.Start(t, key.PublicKey(), peersite.Options{})
 
 	t.Run("no-servers", func(t *testing.T) {
 		n := openOursWith(t, key, site, func(c *Config) { c.DNS = nil })
@@ -305,7 +163,7 @@ func TestLookupErrors(t *testing.T) {
 		}
 	})
 	t.Run("second-server-answers", func(t *testing.T) {
-		n := openOursWith(t, key, site, func(c *Config) { c.DNS = []netip.Addr{netip.MustParseAddr("10.9.9.9"), theirV4} })
+		n := openOursWith(t, key, site, func(c *Config) { c.DNS = []netip.Addr{netip.MustParseAddr("10.9.9.9"), peersite.TheirV4} })
 		if _, err := n.LookupHost(context.Background(), "web.tunnel.test"); err != nil {
 			t.Fatal(err)
 		}

@@ -3,7 +3,6 @@ package netstack
 import (
 	"context"
 	"errors"
-	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -11,6 +10,7 @@ import (
 	"testing"
 
 	"github.com/wgbore/wgbore/config"
+	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
 
@@ -18,20 +18,10 @@ import (
 // the wireguard-go peer, by name through the DNS the file names.
 func TestOpenFile(t *testing.T) {
 	key, _ := protocol.GeneratePrivateKey()
-	site := startPeerSite(t, key.PublicKey())
-	startSiteDNS(t, site)
+	site := peersite.Start(t, key.PublicKey(), peersite.Options{})
 	dir := t.TempDir()
-	conf := fmt.Sprintf(`[Interface]
-PrivateKey = %s
-Address = 10.0.0.1/32, fd00::1/128
-DNS = 10.0.0.2, tunnel.test
-PostUp = iptables -A FORWARD -j ACCEPT
-
-[Peer]
-PublicKey = %s
-Endpoint = 127.0.0.1:%d
-AllowedIPs = 10.0.0.2/32, fd00::2/128
-`, key.Base64(), site.key.PublicKey(), site.port)
+	// PostUp is for wg-quick alone; a file that has one still opens.
+	conf := strings.Replace(site.WGQuick(key, ""), "\n[Peer]", "PostUp = iptables -A FORWARD -j ACCEPT\n\n[Peer]", 1)
 	path := filepath.Join(dir, "wg0.conf")
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		t.Fatal(err)

@@ -6,6 +6,7 @@ import (
 	"runtime"
 	"testing"
 
+	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
 
@@ -21,7 +22,7 @@ func TestIdleConnectionsAreCheap(t *testing.T) {
 		t.Skip("-short: opens 1000 connections")
 	}
 	key, _ := protocol.GeneratePrivateKey()
-	site := startPeerSite(t, key.PublicKey())
+	site := peersite.Start(t, key.PublicKey(), peersite.Options{})
 	n := openOurs(t, key, site)
 	defer n.Close()
 	warm, err := n.DialContext(context.Background(), "tcp", "10.0.0.2:7")

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
 
@@ -19,12 +20,12 @@ import (
 // a wireguard-go peer with its own gVisor stack.
 func TestOperations(t *testing.T) {
 	key, _ := protocol.GeneratePrivateKey()
-	site := startPeerSite(t, key.PublicKey())
+	site := peersite.Start(t, key.PublicKey(), peersite.Options{})
 	n := openOurs(t, key, site)
 	defer n.Close()
 
 	t.Run("ping", func(t *testing.T) {
-		for _, a := range []netip.Addr{theirV4, theirV6, ourV4, ourV6} {
+		for _, a := range []netip.Addr{peersite.TheirV4, peersite.TheirV6, peersite.OurV4, peersite.OurV6} {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			rtt, err := n.Ping(ctx, a)
 			cancel()
@@ -41,9 +42,9 @@ func TestOperations(t *testing.T) {
 	t.Run("ping-concurrent", func(t *testing.T) {
 		errs := make(chan error, 20)
 		for i := range cap(errs) {
-			a := theirV4
+			a := peersite.TheirV4
 			if i%2 == 1 {
-				a = theirV6
+				a = peersite.TheirV6
 			}
 			go func() {
 				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -79,7 +80,7 @@ func TestOperations(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
 		cancel()
 		start := time.Now()
-		_, err := n.Ping(ctx, theirV4)
+		_, err := n.Ping(ctx, peersite.TheirV4)
 		if !errors.Is(err, context.Canceled) {
 			t.Fatalf("ping with cancelled context: %v, want context.Canceled", err)
 		}
@@ -92,8 +93,8 @@ func TestOperations(t *testing.T) {
 		// A peer owns the address but nothing answers it: wireguard-go's
 		// stack has no such address. The deadline must end the wait.
 		if err := n.engine.SetPeer(protocol.PeerConfig{
-			PublicKey:  site.key.PublicKey(),
-			AllowedIPs: []netip.Prefix{netip.PrefixFrom(theirV4, 32), netip.PrefixFrom(theirV6, 128), netip.MustParsePrefix("10.9.9.9/32")},
+			PublicKey:  site.PublicKey,
+			AllowedIPs: []netip.Prefix{netip.PrefixFrom(peersite.TheirV4, 32), netip.PrefixFrom(peersite.TheirV6, 128), netip.MustParsePrefix("10.9.9.9/32")},
 		}); err != nil {
 			t.Fatal(err)
 		}
@@ -119,9 +120,9 @@ func TestOperations(t *testing.T) {
 		defer cancelShort()
 		ok, cancelOK := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancelOK()
-		n.Ping(cancelled, theirV4)
+		n.Ping(cancelled, peersite.TheirV4)
 		n.Ping(short, netip.MustParseAddr("10.9.9.9"))
-		n.Ping(ok, theirV6)
+		n.Ping(ok, peersite.TheirV6)
 		n.Ping(ok, netip.MustParseAddr("10.0.0.3"))
 		if after := len(n.stack.RegisteredEndpoints()); after != before {
 			t.Fatalf("%d transport endpoints registered after four pings, %d before", after, before)
@@ -133,15 +134,15 @@ func TestOperations(t *testing.T) {
 			network string
 			local   netip.AddrPort
 		}{
-			{"udp", netip.AddrPortFrom(ourV4, 5353)},
-			{"udp6", netip.AddrPortFrom(ourV6, 5353)},
+			{"udp", netip.AddrPortFrom(peersite.OurV4, 5353)},
+			{"udp6", netip.AddrPortFrom(peersite.OurV6, 5353)},
 		} {
 			pc, err := n.ListenPacket(c.network, c.local.String())
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer pc.Close()
-			theirs, err := site.tnet.DialUDPAddrPort(netip.AddrPort{}, c.local)
+			theirs, err := site.Net.DialUDPAddrPort(netip.AddrPort{}, c.local)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -199,7 +200,7 @@ func TestOperations(t *testing.T) {
 			t.Errorf("ListenUDP with nil address: port 0")
 		}
 		uc.Close()
-		l, err := n.ListenTCP("tcp", &net.TCPAddr{IP: ourV4.AsSlice(), Port: 8081})
+		l, err := n.ListenTCP("tcp", &net.TCPAddr{IP: peersite.OurV4.AsSlice(), Port: 8081})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -212,7 +213,7 @@ func TestOperations(t *testing.T) {
 			c.Write([]byte("hi"))
 			c.Close()
 		}()
-		c, err := site.tnet.DialContextTCPAddrPort(context.Background(), netip.AddrPortFrom(ourV4, 8081))
+		c, err := site.Net.DialContextTCPAddrPort(context.Background(), netip.AddrPortFrom(peersite.OurV4, 8081))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -234,8 +235,8 @@ func TestOperations(t *testing.T) {
 			t.Fatalf("%d peers in Stats, want 1: %+v", len(st), st)
 		}
 		p := st[0]
-		if p.PublicKey != site.key.PublicKey() {
-			t.Errorf("public key %v, want %v", p.PublicKey, site.key.PublicKey())
+		if p.PublicKey != site.PublicKey {
+			t.Errorf("public key %v, want %v", p.PublicKey, site.PublicKey)
 		}
 		if p.LastHandshake.IsZero() || time.Since(p.LastHandshake) > time.Minute {
 			t.Errorf("last handshake %v, want within the last minute", p.LastHandshake)
@@ -243,7 +244,7 @@ func TestOperations(t *testing.T) {
 		if p.RxBytes < 1<<20 || p.TxBytes == 0 {
 			t.Errorf("rx %d, tx %d bytes after a 1 MiB download", p.RxBytes, p.TxBytes)
 		}
-		if want := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), site.port); p.Endpoint != want {
+		if want := netip.MustParseAddrPort(site.Endpoint()); p.Endpoint != want {
 			t.Errorf("endpoint %v, want %v", p.Endpoint, want)
 		}
 	})

@@ -1,7 +1,10 @@
 package peersite
 
 import (
+	"bytes"
+	"crypto/sha256"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"math/rand/v2"
 )
@@ -13,6 +16,21 @@ func Body(n int) []byte {
 	b := make([]byte, n)
 	io.ReadFull(newBodyReader(uint64(n)), b)
 	return b
+}
+
+// CheckBody reads r to EOF and reports whether it held exactly Body(n),
+// without holding either in memory. Its error says how much arrived.
+func CheckBody(r io.Reader, n int) error {
+	got, want := sha256.New(), sha256.New()
+	m, err := io.Copy(got, r)
+	if err != nil {
+		return fmt.Errorf("after %d bytes: %w", m, err)
+	}
+	io.Copy(want, newBodyReader(uint64(n)))
+	if m != int64(n) || !bytes.Equal(got.Sum(nil), want.Sum(nil)) {
+		return fmt.Errorf("got %d bytes with sha256 %x, want Body(%d) with %x", m, got.Sum(nil), n, want.Sum(nil))
+	}
+	return nil
 }
 
 // bodyReader yields Body(n) piece by piece, so the site can serve

@@ -19,3 +19,14 @@ func TestBodyReader(t *testing.T) {
 		}
 	}
 }
+
+func TestCheckBody(t *testing.T) {
+	if err := CheckBody(bytes.NewReader(Body(100)), 100); err != nil {
+		t.Error(err)
+	}
+	for _, wrong := range [][]byte{Body(99), Body(101)[:100], append(Body(100), 0)} {
+		if err := CheckBody(bytes.NewReader(wrong), 100); err == nil {
+			t.Errorf("%d wrong bytes pass as Body(100)", len(wrong))
+		}
+	}
+}

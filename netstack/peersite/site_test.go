@@ -36,7 +36,8 @@ func TestBody(t *testing.T) {
 
 func TestWGQuickParses(t *testing.T) {
 	key, _ := protocol.GeneratePrivateKey()
-	site := peersite.Start(t, key.PublicKey(), peersite.Options{})
+	// Options are accepted by wireguard-go, though nobody listens there.
+	site := peersite.Start(t, key.PublicKey(), peersite.Options{MTU: 1280, Endpoint: "127.0.0.1:9"})
 	src := site.WGQuick(key, "[Socks5]\nBindAddress = 127.0.0.1:1080\n")
 	c, err := config.Parse("wg0.conf", []byte(src), config.Options{})
 	if err != nil {
