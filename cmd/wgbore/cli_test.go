@@ -1,0 +1,176 @@
+package main
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/wgbore/wgbore/protocol"
+)
+
+// runCLI runs the command in-process with the given stdin and returns
+// its exit code, stdout and stderr.
+func runCLI(t *testing.T, stdin string, args ...string) (int, string, string) {
+	t.Helper()
+	var out, errOut strings.Builder
+	e := &env{stdin: strings.NewReader(stdin), stdout: &out, stderr: &errOut, signals: make(chan os.Signal)}
+	code := run(context.Background(), e, args)
+	return code, out.String(), errOut.String()
+}
+
+// needTool finds a system tool the test compares against. CI installs
+// them all (.ci/run), so there a missing tool fails the test instead of
+// skipping it.
+func needTool(t *testing.T, name string) string {
+	t.Helper()
+	path, err := exec.LookPath(name)
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatalf("%s is not installed, and CI must install it (.ci/run)", name)
+		}
+		t.Skipf("%s is not installed; this test compares against it (CI installs it)", name)
+	}
+	return path
+}
+
+func wgTool(t *testing.T, stdin string, args ...string) string {
+	t.Helper()
+	cmd := exec.Command(needTool(t, "wg"), args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("wg %s: %v", strings.Join(args, " "), err)
+	}
+	return string(out)
+}
+
+func TestKeyCommandsMatchWG(t *testing.T) {
+	for _, gen := range []string{"genkey", "genpsk"} {
+		code, ours, _ := runCLI(t, "", gen)
+		if code != exitOK {
+			t.Fatalf("%s: exit %d", gen, code)
+		}
+		theirs := wgTool(t, "", gen)
+		if len(ours) != len(theirs) || len(ours) != 45 || !strings.HasSuffix(ours, "=\n") {
+			t.Fatalf("%s: ours %q, wg's %q: want the same form, 44 base64 characters and a newline", gen, ours, theirs)
+		}
+		if ours == theirs {
+			t.Fatalf("%s gave the same key as wg: not random", gen)
+		}
+	}
+
+	// Our public key of our private key, and of wg's, equals wg's.
+	_, ourPriv, _ := runCLI(t, "", "genkey")
+	wgPriv := wgTool(t, "", "genkey")
+	for _, priv := range []string{ourPriv, wgPriv} {
+		code, ours, errOut := runCLI(t, priv, "pubkey")
+		if code != exitOK {
+			t.Fatalf("pubkey: exit %d: %s", code, errOut)
+		}
+		if theirs := wgTool(t, priv, "pubkey"); ours != theirs {
+			t.Fatalf("pubkey: ours %q, wg's %q", ours, theirs)
+		}
+	}
+}
+
+func TestPubkeyRejectsBadInput(t *testing.T) {
+	secretish := "not-a-key-but-maybe-a-secret-value-0123456789"
+	for _, in := range []string{"", "abc\n", secretish, strings.Repeat("A", 5000)} {
+		code, out, errOut := runCLI(t, in, "pubkey")
+		if code != exitUsage || out != "" {
+			t.Fatalf("pubkey %q: exit %d, stdout %q; want exit 2 and nothing on stdout", in[:min(len(in), 20)], code, out)
+		}
+		if strings.Contains(errOut, secretish) || !strings.Contains(errOut, "private key") {
+			t.Fatalf("pubkey: stderr %q should explain without echoing the input", errOut)
+		}
+	}
+}
+
+func TestUsageAndExitCodes(t *testing.T) {
+	tests := []struct {
+		args     []string
+		code     int
+		inStdout string
+		inStderr string
+	}{
+		{nil, exitUsage, "", "Commands:"},
+		{[]string{"-h"}, exitOK, "Examples:", ""},
+		{[]string{"frobnicate"}, exitUsage, "", `unknown command "frobnicate"`},
+		{[]string{"up", "-h"}, exitOK, "Examples:", ""},
+		{[]string{"up", "-h"}, exitOK, "-log-format", ""},
+		{[]string{"check", "-h"}, exitOK, "Examples:", ""},
+		{[]string{"genkey", "-h"}, exitOK, "Example:", ""},
+		{[]string{"pubkey", "-h"}, exitOK, "Example:", ""},
+		{[]string{"genpsk", "-h"}, exitOK, "Example:", ""},
+		{[]string{"version", "-h"}, exitOK, "Example:", ""},
+		{[]string{"up"}, exitUsage, "", "-c FILE is required"},
+		{[]string{"check"}, exitUsage, "", "-c FILE is required"},
+		{[]string{"up", "-bogus"}, exitUsage, "", "flag provided but not defined"},
+		{[]string{"up", "-c", "x.conf", "-log-level", "loud"}, exitUsage, "", "want debug, info, warn or error"},
+		{[]string{"up", "-c", "x.conf", "-log-format", "xml"}, exitUsage, "", "want text or json"},
+		{[]string{"genkey", "extra"}, exitUsage, "", `unexpected argument "extra"`},
+		{[]string{"version"}, exitOK, "wgbore ", ""},
+		{[]string{"--version"}, exitOK, "wgbore ", ""},
+	}
+	for _, tt := range tests {
+		code, out, errOut := runCLI(t, "", tt.args...)
+		if code != tt.code || !strings.Contains(out, tt.inStdout) || !strings.Contains(errOut, tt.inStderr) {
+			t.Errorf("wgbore %s: exit %d, stdout %q, stderr %q; want exit %d, stdout containing %q, stderr containing %q",
+				strings.Join(tt.args, " "), code, out, errOut, tt.code, tt.inStdout, tt.inStderr)
+		}
+	}
+}
+
+func writeFile(t testing.TB, dir, name, content string) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func TestCheck(t *testing.T) {
+	dir := t.TempDir()
+	priv, _ := protocol.GeneratePrivateKey()
+	peer, _ := protocol.GeneratePrivateKey()
+	good := "[Interface]\nPrivateKey = " + priv.Base64() + "\nAddress = 10.0.0.1/32\n\n" +
+		"[Peer]\nPublicKey = " + peer.PublicKey().String() + "\nEndpoint = 127.0.0.1:51820\nAllowedIPs = 10.0.0.0/24\n\n" +
+		"[Socks5]\nBindAddress = 127.0.0.1:1080\n"
+	code, out, errOut := runCLI(t, "", "check", "-c", writeFile(t, dir, "good.conf", good))
+	if code != exitOK || !strings.Contains(out, "OK: 1 peer(s), 1 listener(s)") {
+		t.Fatalf("check good.conf: exit %d, stdout %q, stderr %q", code, out, errOut)
+	}
+
+	bad := "[Interface]\nPrivateKey = " + priv.Base64() + "\nAddress = 10.0.0.300/32\nMTU = 9\n\n" +
+		"[Peer]\nPublicKey = nope\nAllowedIPs = 10.0.0.0/24\n"
+	badPath := writeFile(t, dir, "bad.conf", bad)
+	code, out, errOut = runCLI(t, "", "check", "-c", badPath)
+	if code != exitUsage || out != "" {
+		t.Fatalf("check bad.conf: exit %d, stdout %q; want 2 and nothing on stdout", code, out)
+	}
+	for _, want := range []string{badPath + ":3: Address:", badPath + ":4: MTU:", badPath + ":7: PublicKey:"} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("check bad.conf: stderr lacks %q:\n%s", want, errOut)
+		}
+	}
+	if strings.Contains(errOut, priv.Base64()) {
+		t.Fatal("check printed the private key")
+	}
+
+	// Problems only a run would meet are found by check too.
+	tlsMissing := good + "[http]\nBindAddress = 127.0.0.1:8080\nCertFile = missing.pem\nKeyFile = missing.key\n" +
+		"[STDIOTunnel]\nTarget = 10.0.0.2:22\n[STDIOTunnel]\nTarget = 10.0.0.2:23\n"
+	code, _, errOut = runCLI(t, "", "check", "-c", writeFile(t, dir, "run.conf", tlsMissing))
+	if code != exitUsage || !strings.Contains(errOut, "missing.pem") || !strings.Contains(errOut, "2 [STDIOTunnel] sections") {
+		t.Fatalf("check run.conf: exit %d, stderr %q", code, errOut)
+	}
+
+	code, _, errOut = runCLI(t, "", "check", "-c", filepath.Join(dir, "absent.conf"))
+	if code != exitUsage || !strings.Contains(errOut, "absent.conf") {
+		t.Fatalf("check absent.conf: exit %d, stderr %q", code, errOut)
+	}
+}

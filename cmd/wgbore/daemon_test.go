@@ -1,0 +1,186 @@
+package main
+
+import (
+	"bufio"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The end-to-end tests run the wgbore binary as users do, built once per
+// test process.
+
+var builtBinary struct {
+	once sync.Once
+	dir  string
+	path string
+	err  error
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if builtBinary.dir != "" {
+		os.RemoveAll(builtBinary.dir)
+	}
+	os.Exit(code)
+}
+
+// wgboreBinary builds cmd/wgbore into a temporary directory.
+func wgboreBinary(t testing.TB) string {
+	t.Helper()
+	builtBinary.once.Do(func() {
+		builtBinary.dir, builtBinary.err = os.MkdirTemp("", "wgbore-e2e-")
+		if builtBinary.err != nil {
+			return
+		}
+		builtBinary.path = filepath.Join(builtBinary.dir, "wgbore")
+		out, err := exec.Command("go", "build", "-o", builtBinary.path, ".").CombinedOutput()
+		if err != nil {
+			builtBinary.err = fmt.Errorf("go build: %v\n%s", err, out)
+		}
+	})
+	if builtBinary.err != nil {
+		t.Fatal(builtBinary.err)
+	}
+	return builtBinary.path
+}
+
+// daemon is a running `wgbore up`.
+type daemon struct {
+	cmd  *exec.Cmd
+	done chan struct{}
+	code int
+
+	mu    sync.Mutex
+	lines []map[string]any // every JSON log line so far
+	// listen maps a listener's description prefix ("socks5", "http",
+	// "tcp", "udp") to the addresses in the start-up summary.
+	listen  []string
+	summary map[string]any
+}
+
+// startDaemon runs `wgbore up -c FILE` with JSON logs and waits for its
+// start-up summary. It is stopped with SIGTERM when the test ends.
+func startDaemon(t testing.TB, confPath string, args ...string) *daemon {
+	t.Helper()
+	cmd := exec.Command(wgboreBinary(t), append([]string{"up", "-c", confPath, "-log-format", "json", "-log-level", "debug"}, args...)...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout = io.Discard
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	d := &daemon{cmd: cmd, done: make(chan struct{})}
+	ready := make(chan struct{})
+	var readyOnce sync.Once
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			var line map[string]any
+			if json.Unmarshal(sc.Bytes(), &line) != nil {
+				line = map[string]any{"msg": "(not JSON) " + sc.Text()}
+			}
+			d.mu.Lock()
+			d.lines = append(d.lines, line)
+			if line["msg"] == "wgbore is up" {
+				d.summary = line
+				if l, ok := line["listen"].([]any); ok {
+					for _, x := range l {
+						d.listen = append(d.listen, fmt.Sprint(x))
+					}
+				}
+				readyOnce.Do(func() { close(ready) })
+			}
+			d.mu.Unlock()
+		}
+		err := cmd.Wait()
+		d.code = cmd.ProcessState.ExitCode()
+		_ = err
+		readyOnce.Do(func() { close(ready) })
+		close(d.done)
+	}()
+	t.Cleanup(func() { d.stop(t) })
+	select {
+	case <-ready:
+	case <-time.After(60 * time.Second):
+		t.Fatalf("no start-up summary after 60s; log:\n%s", d.log())
+	}
+	if d.summary == nil {
+		<-d.done
+		t.Fatalf("wgbore up exited %d before its summary; log:\n%s", d.code, d.log())
+	}
+	return d
+}
+
+// addr returns the listener address whose description starts with
+// prefix, e.g. "socks5 " or "tcp ".
+func (d *daemon) addr(t testing.TB, prefix string, nth int) string {
+	t.Helper()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, l := range d.listen {
+		if strings.HasPrefix(l, prefix) {
+			if nth == 0 {
+				rest := strings.TrimPrefix(l, prefix)
+				return strings.Fields(strings.Split(rest, "→")[0])[0]
+			}
+			nth--
+		}
+	}
+	t.Fatalf("no listener %q in the summary %v", prefix, d.listen)
+	return ""
+}
+
+func (d *daemon) log() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var b strings.Builder
+	for _, l := range d.lines {
+		j, _ := json.Marshal(l)
+		b.Write(j)
+		b.WriteByte('\n')
+	}
+	return b.String()
+}
+
+// logged reports whether a line with this message was logged.
+func (d *daemon) logged(msg string) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, l := range d.lines {
+		if l["msg"] == msg {
+			return true
+		}
+	}
+	return false
+}
+
+// stop sends SIGTERM and waits for the exit; a process that ignores it is
+// killed and the test fails.
+func (d *daemon) stop(t testing.TB) int {
+	select {
+	case <-d.done:
+		return d.code
+	default:
+	}
+	d.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-d.done:
+	case <-time.After(30 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.done
+		t.Errorf("wgbore up ignored SIGTERM for 30s; log:\n%s", d.log())
+	}
+	return d.code
+}

@@ -1,0 +1,148 @@
+// Command wgbore is a WireGuard tunnel that runs entirely in userspace:
+// no TUN device, no root. It serves SOCKS5 and HTTP proxies and port
+// forwarders whose far side is the tunnel's network.
+//
+//	wgbore up -c wg0.conf
+//
+// Exit status: 0 on success, 1 on a runtime failure, 2 on a usage or
+// configuration error.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"syscall"
+)
+
+// Exit codes. Scripts and supervisors tell "fix your file" (2) from "try
+// again later" (1) by them.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
+
+// env is the process as the commands see it, injected so that tests run
+// the commands in-process with their own pipes and signals.
+type env struct {
+	stdin          io.Reader
+	stdout, stderr io.Writer
+	// signals delivers SIGINT and SIGTERM; the first starts a graceful
+	// shutdown, the second cuts it short.
+	signals <-chan os.Signal
+}
+
+func main() {
+	sig := make(chan os.Signal, 2)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	e := &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, signals: sig}
+	os.Exit(run(context.Background(), e, os.Args[1:]))
+}
+
+type command struct {
+	name, summary string
+	run           func(ctx context.Context, e *env, args []string) int
+}
+
+func commands() []command {
+	return []command{
+		{"up", "run the tunnel and its proxies until interrupted", cmdUp},
+		{"check", "validate a configuration file", cmdCheck},
+		{"genkey", "print a new private key", cmdGenkey},
+		{"pubkey", "print the public key of the private key on stdin", cmdPubkey},
+		{"genpsk", "print a new preshared key", cmdGenpsk},
+		{"version", "print the version", cmdVersion},
+	}
+}
+
+const mainUsage = `wgbore is a WireGuard tunnel in userspace: no TUN device, no root.
+It serves SOCKS5 and HTTP proxies and port forwarders into the tunnel.
+
+Usage:
+  wgbore <command> [flags]
+
+Commands:
+%s
+Examples:
+  wgbore genkey | tee private.key | wgbore pubkey > public.key
+  wgbore check -c wg0.conf
+  wgbore up -c wg0.conf
+  curl --socks5-hostname 127.0.0.1:1080 http://internal.example/
+
+Run "wgbore <command> -h" for a command's flags.
+`
+
+func printMainUsage(w io.Writer) {
+	var list string
+	for _, c := range commands() {
+		list += fmt.Sprintf("  %-8s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(w, mainUsage, list)
+}
+
+func run(ctx context.Context, e *env, args []string) int {
+	if len(args) == 0 {
+		printMainUsage(e.stderr)
+		return exitUsage
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		printMainUsage(e.stdout)
+		return exitOK
+	case "-version", "--version":
+		return cmdVersion(ctx, e, nil)
+	}
+	for _, c := range commands() {
+		if c.name == args[0] {
+			return c.run(ctx, e, args[1:])
+		}
+	}
+	fmt.Fprintf(e.stderr, "wgbore: unknown command %q\n\n", args[0])
+	printMainUsage(e.stderr)
+	return exitUsage
+}
+
+// newFlagSet returns a FlagSet whose -h prints usage and examples to
+// stdout, where a user asked for it, and whose mistakes go to stderr.
+func newFlagSet(e *env, name, usage string) *flag.FlagSet {
+	fs := flag.NewFlagSet("wgbore "+name, flag.ContinueOnError)
+	fs.SetOutput(e.stderr)
+	fs.Usage = func() {
+		fmt.Fprint(fs.Output(), usage)
+		if hasFlags(fs) {
+			fmt.Fprintln(fs.Output(), "\nFlags:")
+			fs.PrintDefaults()
+		}
+	}
+	return fs
+}
+
+func hasFlags(fs *flag.FlagSet) bool {
+	any := false
+	fs.VisitAll(func(*flag.Flag) { any = true })
+	return any
+}
+
+// parseFlags parses args, answering -h itself. done reports that the
+// command should return code without running.
+func parseFlags(e *env, fs *flag.FlagSet, args []string) (code int, done bool) {
+	err := fs.Parse(args)
+	if errors.Is(err, flag.ErrHelp) {
+		fs.SetOutput(e.stdout)
+		fs.Usage()
+		return exitOK, true
+	}
+	if err != nil {
+		return exitUsage, true
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(e.stderr, "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		return exitUsage, true
+	}
+	return exitOK, false
+}

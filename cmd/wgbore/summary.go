@@ -1,0 +1,77 @@
+package main
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/wgbore/wgbore/protocol"
+)
+
+// summarize starts a handshake with every peer whose endpoint is known and
+// logs one line saying what listens where and which peers answered. It
+// waits up to wait for the handshakes, not for ever: the engine keeps
+// retrying on the protocol's timers, and the listeners already work.
+func (s *service) summarize(wait time.Duration) {
+	eng := s.tun.Engine()
+	started := time.Now()
+	var pending []protocol.PublicKey
+	for _, p := range eng.Peers() {
+		if p.Endpoint.IsValid() || p.EndpointHost != "" {
+			eng.Handshake(p.PublicKey)
+			pending = append(pending, p.PublicKey)
+		}
+	}
+	deadline := started.Add(wait)
+	for len(pending) > 0 && time.Now().Before(deadline) {
+		still := pending[:0]
+		for _, k := range pending {
+			if st, ok := eng.Peer(k); ok && st.LastHandshake.IsZero() {
+				still = append(still, k)
+			}
+		}
+		pending = still
+		if len(pending) > 0 {
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	var listen []string
+	for _, srv := range s.servers {
+		listen = append(listen, srv.desc)
+	}
+	var addrs []string
+	for _, a := range s.cfg.Interface.Addresses {
+		addrs = append(addrs, a.String())
+	}
+	var peers []string
+	up := 0
+	for _, p := range eng.Peers() {
+		var state string
+		switch {
+		case !p.LastHandshake.IsZero():
+			up++
+			state = fmt.Sprintf("handshake ok in %s", p.LastHandshake.Sub(started).Round(time.Millisecond))
+		case !p.Endpoint.IsValid() && p.EndpointHost == "":
+			state = "no endpoint: waiting for the peer to connect"
+		default:
+			state = fmt.Sprintf("no handshake after %s: retrying", wait)
+		}
+		ep := p.Endpoint.String()
+		if p.EndpointHost != "" {
+			ep = p.EndpointHost
+		} else if !p.Endpoint.IsValid() {
+			ep = "-"
+		}
+		peers = append(peers, fmt.Sprintf("%s endpoint=%s %s", p.PublicKey, ep, state))
+	}
+	level := s.log.Info
+	if up < len(peers) {
+		level = s.log.Warn
+	}
+	level("wgbore is up",
+		"listen", listen,
+		"addresses", addrs,
+		"udp_port", s.tun.LocalPort(),
+		"peers", peers,
+		"handshakes", fmt.Sprintf("%d/%d", up, len(peers)))
+}

@@ -1,0 +1,321 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/wgbore/wgbore/config"
+	"github.com/wgbore/wgbore/netstack"
+	"github.com/wgbore/wgbore/proxy"
+)
+
+const upUsage = `Usage: wgbore up -c FILE [flags]
+
+Brings up the WireGuard tunnel described by FILE (wg-quick or wireproxy
+format) entirely in userspace, and serves its [Socks5], [http] and tunnel
+sections until SIGINT or SIGTERM. On the first signal it stops accepting,
+lets open connections finish for up to -grace, then exits 0; a second
+signal exits at once.
+
+Listeners whose BindAddress has no host (":1080") listen on 127.0.0.1.
+
+Examples:
+  wgbore up -c wg0.conf
+  wgbore up -c wg0.conf -log-level debug -log-format json
+  # wg0.conf with "[Socks5] BindAddress = 127.0.0.1:1080":
+  curl --socks5-hostname 127.0.0.1:1080 http://10.0.0.2/
+`
+
+const (
+	// defaultGrace is how long open connections get after a signal. A
+	// supervisor usually waits 10 s before SIGKILL (Docker, systemd's
+	// default is 90 s), so finishing inside that leaves a clean log.
+	defaultGrace = 8 * time.Second
+	// defaultHandshakeWait is how long `up` waits for the first
+	// handshakes before logging its summary: just over one RekeyTimeout,
+	// so a peer that drops the first initiation gets its retry counted.
+	defaultHandshakeWait = 6 * time.Second
+	// hostDialTimeout bounds dials to a server tunnel's host-side target.
+	hostDialTimeout = 30 * time.Second
+)
+
+func cmdUp(ctx context.Context, e *env, args []string) int {
+	fs := newFlagSet(e, "up", upUsage)
+	path := fs.String("c", "", "configuration `file` (wg-quick or wireproxy format)")
+	grace := fs.Duration("grace", defaultGrace, "how long open connections may finish after SIGINT/SIGTERM")
+	wait := fs.Duration("handshake-wait", defaultHandshakeWait, "how long to wait for the first handshakes before logging the start-up summary")
+	var lf logFlags
+	lf.register(fs)
+	if code, done := parseFlags(e, fs, args); done {
+		return code
+	}
+	log, err := lf.logger(e.stderr)
+	if err != nil {
+		fmt.Fprintf(e.stderr, "wgbore up: %v\n", err)
+		return exitUsage
+	}
+	if *path == "" {
+		fmt.Fprintln(e.stderr, "wgbore up: -c FILE is required")
+		return exitUsage
+	}
+	cfg, ok := loadConfig(e, *path)
+	if !ok {
+		return exitUsage
+	}
+	p, err := plan(cfg, *path)
+	if err != nil {
+		printErrors(e, err)
+		return exitUsage
+	}
+	for _, w := range cfg.Warnings {
+		log.Warn(w.String())
+	}
+	for _, w := range p.warnings {
+		log.Warn(w)
+	}
+
+	svc, err := start(ctx, p, log, e)
+	if err != nil {
+		log.Error("cannot start", "err", err)
+		return exitFailure
+	}
+	svc.summarize(*wait)
+
+	code := exitOK
+	select {
+	case <-e.signals:
+		log.Info("signal received: shutting down", "grace", *grace)
+	case <-ctx.Done():
+		log.Info("shutting down", "reason", context.Cause(ctx))
+	case err := <-svc.failed:
+		log.Error("a listener failed: shutting down", "err", err)
+		code = exitFailure
+	case err := <-svc.stdioDone:
+		if err != nil {
+			log.Error("stdio tunnel failed", "err", err)
+			code = exitFailure
+		}
+	}
+	graceCtx, cancel := context.WithTimeout(context.Background(), *grace)
+	go func() {
+		select {
+		case <-e.signals:
+			log.Warn("second signal: closing open connections now")
+			cancel()
+		case <-graceCtx.Done():
+		}
+	}()
+	svc.shutdown(graceCtx)
+	cancel()
+	log.Info("stopped")
+	return code
+}
+
+// server is one running front end, as start and shutdown see it.
+type server struct {
+	desc     string // "socks5 127.0.0.1:1080", for the summary
+	shutdown func(context.Context) error
+	close    func() error
+}
+
+// service is everything `up` runs: the tunnel and its front ends.
+type service struct {
+	log     *slog.Logger
+	tun     *netstack.Net
+	cfg     *config.Config
+	servers []server
+
+	serving  sync.WaitGroup
+	stopping chan struct{}
+	// failed receives a Serve error that was not caused by shutdown.
+	failed chan error
+	// stdioDone receives the end of the STDIOTunnel, if there is one.
+	stdioDone  chan error
+	stdioClose context.CancelFunc
+}
+
+// start opens the tunnel and every listener. Host listeners open before
+// anything is served, so a port in use fails the start rather than
+// leaving a half-working process.
+func start(ctx context.Context, p *runPlan, log *slog.Logger, e *env) (*service, error) {
+	cfg := p.cfg
+	ncfg := netstack.FromConfig(cfg)
+	ncfg.Logger = log
+	tun, err := netstack.Open(ctx, ncfg)
+	if err != nil {
+		return nil, err
+	}
+	s := &service{
+		log: log, tun: tun, cfg: cfg,
+		stopping:  make(chan struct{}),
+		failed:    make(chan error, 1),
+		stdioDone: make(chan error, 1),
+	}
+	if err := s.startServers(p); err != nil {
+		s.shutdown(context.Background())
+		return nil, err
+	}
+	if len(cfg.STDIOTunnels) == 1 {
+		target := cfg.STDIOTunnels[0].Target
+		sctx, cancel := context.WithCancel(context.Background())
+		s.stdioClose = cancel
+		s.servers = append(s.servers, server{desc: "stdio →" + target})
+		s.serving.Add(1)
+		go func() {
+			defer s.serving.Done()
+			s.stdioDone <- proxy.ServeSTDIO(sctx, tun.DialContext, target, e.stdin, e.stdout)
+		}()
+	}
+	return s, nil
+}
+
+func (s *service) startServers(p *runPlan) error {
+	cfg := p.cfg
+	hostDialer := &net.Dialer{Timeout: hostDialTimeout}
+	for _, c := range cfg.Socks5 {
+		l, err := s.listenHost("socks5", c.BindAddress)
+		if err != nil {
+			return err
+		}
+		s.warnIfOpen(l.Addr(), "socks5", c.Username != "")
+		srv := proxy.NewSOCKS5(s.tun, proxy.SOCKS5Config{
+			Username: c.Username, Password: string(c.Password),
+			MaxConnections: c.MaxConnections, Logger: s.log.With("socks5", l.Addr().String()),
+		})
+		s.serve("socks5 "+l.Addr().String(), func() error { return srv.Serve(l) }, srv.Shutdown, srv.Close)
+	}
+	for i, c := range cfg.HTTP {
+		l, err := s.listenHost("http", c.BindAddress)
+		if err != nil {
+			return err
+		}
+		s.warnIfOpen(l.Addr(), "http", c.Username != "")
+		kind := "http"
+		if p.httpTLS[i] != nil {
+			kind = "https"
+		}
+		srv := proxy.NewHTTP(s.tun, proxy.HTTPConfig{
+			Username: c.Username, Password: string(c.Password), TLS: p.httpTLS[i],
+			MaxConnections: c.MaxConnections, Logger: s.log.With(kind, l.Addr().String()),
+		})
+		s.serve(kind+" "+l.Addr().String(), func() error { return srv.Serve(l) }, srv.Shutdown, srv.Close)
+	}
+	for _, c := range cfg.TCPClientTunnels {
+		l, err := s.listenHost("TCPClientTunnel", c.BindAddress)
+		if err != nil {
+			return err
+		}
+		s.warnIfOpen(l.Addr(), "TCPClientTunnel", false)
+		f := proxy.NewTCPForwarder(s.tun.DialContext, c.Target, proxy.ForwardConfig{
+			MaxConnections: c.MaxConnections, IdleTimeout: c.IdleTimeout, Logger: s.log.With("tcp_client_tunnel", l.Addr().String()),
+		})
+		s.serve(fmt.Sprintf("tcp %s→tunnel %s", l.Addr(), c.Target), func() error { return f.Serve(l) }, f.Shutdown, f.Close)
+	}
+	for _, c := range cfg.TCPServerTunnels {
+		l, err := s.tun.Listen("tcp", net.JoinHostPort("", strconv.Itoa(c.ListenPort)))
+		if err != nil {
+			return fmt.Errorf("TCPServerTunnel: listen in the tunnel: %w", err)
+		}
+		f := proxy.NewTCPForwarder(hostDialer.DialContext, c.Target, proxy.ForwardConfig{
+			MaxConnections: c.MaxConnections, IdleTimeout: c.IdleTimeout, Logger: s.log.With("tcp_server_tunnel", l.Addr().String()),
+		})
+		s.serve(fmt.Sprintf("tunnel tcp %s→%s", l.Addr(), c.Target), func() error { return f.Serve(l) }, f.Shutdown, f.Close)
+	}
+	for _, c := range cfg.UDPProxyTunnels {
+		pc, err := net.ListenPacket("udp", hostBindAddress(c.BindAddress))
+		if err != nil {
+			return fmt.Errorf("UDPProxyTunnel: %w", err)
+		}
+		s.warnIfOpen(pc.LocalAddr(), "UDPProxyTunnel", false)
+		f := proxy.NewUDPForwarder(s.tun.DialContext, c.Target, proxy.UDPForwardConfig{
+			InactivityTimeout: c.InactivityTimeout, Logger: s.log.With("udp_proxy_tunnel", pc.LocalAddr().String()),
+		})
+		s.serve(fmt.Sprintf("udp %s→tunnel %s", pc.LocalAddr(), c.Target), func() error { return f.Serve(pc) }, nil, f.Close)
+	}
+	for _, c := range cfg.UDPServerTunnels {
+		pc, err := s.tun.ListenPacket("udp", net.JoinHostPort("", strconv.Itoa(c.ListenPort)))
+		if err != nil {
+			return fmt.Errorf("UDPServerTunnel: listen in the tunnel: %w", err)
+		}
+		f := proxy.NewUDPForwarder(hostDialer.DialContext, c.Target, proxy.UDPForwardConfig{
+			InactivityTimeout: c.InactivityTimeout, Logger: s.log.With("udp_server_tunnel", pc.LocalAddr().String()),
+		})
+		s.serve(fmt.Sprintf("tunnel udp %s→%s", pc.LocalAddr(), c.Target), func() error { return f.Serve(pc) }, nil, f.Close)
+	}
+	return nil
+}
+
+func (s *service) listenHost(section, bind string) (net.Listener, error) {
+	l, err := net.Listen("tcp", hostBindAddress(bind))
+	if err != nil {
+		return nil, fmt.Errorf("[%s] BindAddress %s: %w", section, bind, err)
+	}
+	return l, nil
+}
+
+// warnIfOpen warns, loudly, about a listener other machines can reach
+// with no password: whoever finds it gets into the tunnel's network.
+func (s *service) warnIfOpen(addr net.Addr, section string, authenticated bool) {
+	if !isLoopback(addr) && !authenticated {
+		s.log.Warn("LISTENING BEYOND LOOPBACK WITHOUT AUTHENTICATION: anyone who can reach this address can use the tunnel",
+			"section", section, "addr", addr.String())
+	}
+}
+
+// serve runs one front end. A Serve that returns while the service is not
+// stopping is a failure of the whole process: a proxy that silently
+// stopped listening would look up but serve nobody.
+func (s *service) serve(desc string, run func() error, shutdown func(context.Context) error, closeFn func() error) {
+	s.servers = append(s.servers, server{desc: desc, shutdown: shutdown, close: closeFn})
+	s.serving.Add(1)
+	go func() {
+		defer s.serving.Done()
+		err := run()
+		select {
+		case <-s.stopping:
+			return
+		default:
+		}
+		if err == nil {
+			err = errors.New("stopped accepting")
+		}
+		select {
+		case s.failed <- fmt.Errorf("%s: %w", desc, err):
+		default:
+		}
+	}()
+}
+
+// shutdown stops every front end, gracefully until ctx is done, then
+// closes the tunnel.
+func (s *service) shutdown(ctx context.Context) {
+	close(s.stopping)
+	var wg sync.WaitGroup
+	for _, srv := range s.servers {
+		if srv.shutdown == nil {
+			continue
+		}
+		wg.Go(func() {
+			if err := srv.shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+				s.log.Debug("shutdown", "server", srv.desc, "err", err)
+			}
+		})
+	}
+	wg.Wait()
+	for _, srv := range s.servers {
+		if srv.close != nil {
+			srv.close()
+		}
+	}
+	if s.stdioClose != nil {
+		s.stdioClose()
+	}
+	s.tun.Close()
+	s.serving.Wait()
+}
