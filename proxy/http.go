@@ -32,17 +32,36 @@ type HTTPConfig struct {
 	// HTTP/1.1 is offered: CONNECT takes over the client's connection,
 	// which HTTP/2 does not allow.
 	TLS *tls.Config
+
+	// MaxConnections caps the client connections served at once, per
+	// listener given to Serve, CONNECT tunnels included; <= 0 means
+	// DefaultMaxConnections. Past the cap, new clients wait in the
+	// kernel's backlog.
+	MaxConnections int
+
+	// HandshakeTimeout bounds the time a client has to send a request's
+	// header (the first from accept, TLS handshake included; a later one
+	// from its first byte, a keep-alive connection idling in between up
+	// to two minutes); 0 means DefaultHTTPHandshakeTimeout.
+	HandshakeTimeout time.Duration
 }
+
+// DefaultHTTPHandshakeTimeout is HTTPConfig.HandshakeTimeout when unset.
+// It stops a client that opens a connection and never finishes its
+// request header from holding a goroutine and a connection slot for
+// longer; a real client sends its header in one go.
+const DefaultHTTPHandshakeTimeout = 30 * time.Second
 
 const (
 	// httpDialTimeout bounds how long a dial into the tunnel may take. A
 	// WireGuard handshake that has to be retried (rekey-timeout 5 s, with
 	// jitter) must fit inside it, so it is generous.
 	httpDialTimeout = 30 * time.Second
-	// httpHeaderTimeout stops a client that opens a connection and never
-	// finishes its request line from holding a goroutine forever. With
-	// TLS, net/http applies it to the handshake too.
-	httpHeaderTimeout = 30 * time.Second
+	// httpIdleTimeout closes a keep-alive client connection that has
+	// sent no new request for this long. Browsers and package managers
+	// reuse a connection within seconds; an idle one only holds a slot
+	// of MaxConnections.
+	httpIdleTimeout = 2 * time.Minute
 	// proxyRealm is what a client is told to authenticate against.
 	proxyRealm = `Basic realm="wgbore"`
 )
@@ -55,6 +74,7 @@ type HTTP struct {
 	log       *slog.Logger
 	creds     *credentials // nil: no authentication
 	tls       *tls.Config  // nil: plain HTTP
+	maxConns  int
 	srv       *http.Server
 	transport *http.Transport
 
@@ -65,6 +85,7 @@ type HTTP struct {
 
 	mu       sync.Mutex
 	closed   bool
+	draining bool                  // Shutdown waits for active; no handler may start
 	hijacked map[net.Conn]struct{} // CONNECT tunnels' conns, both sides
 	active   sync.WaitGroup        // handlers and the relays they start
 }
@@ -76,9 +97,14 @@ func NewHTTP(nw Network, cfg HTTPConfig) *HTTP {
 		log = slog.New(slog.DiscardHandler)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	headerTimeout := cfg.HandshakeTimeout
+	if headerTimeout <= 0 {
+		headerTimeout = DefaultHTTPHandshakeTimeout
+	}
 	h := &HTTP{
 		nw:       nw,
 		log:      log,
+		maxConns: cfg.MaxConnections,
 		ctx:      ctx,
 		cancel:   cancel,
 		hijacked: make(map[net.Conn]struct{}),
@@ -106,7 +132,8 @@ func NewHTTP(nw Network, cfg HTTPConfig) *HTTP {
 	}
 	h.srv = &http.Server{
 		Handler:           http.HandlerFunc(h.serveHTTP),
-		ReadHeaderTimeout: httpHeaderTimeout,
+		ReadHeaderTimeout: headerTimeout,
+		IdleTimeout:       httpIdleTimeout,
 		BaseContext:       func(net.Listener) context.Context { return ctx },
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 		// An empty map turns HTTP/2 off even if a client asks for it:
@@ -116,9 +143,12 @@ func NewHTTP(nw Network, cfg HTTPConfig) *HTTP {
 	return h
 }
 
-// Serve accepts proxy clients on l until Close, and then returns nil. It
-// closes l when it returns. With HTTPConfig.TLS set, l carries TLS.
+// Serve accepts proxy clients on l until Close or Shutdown, and then
+// returns nil. It serves at most HTTPConfig.MaxConnections clients at a
+// time, and closes l when it returns. With HTTPConfig.TLS set, l carries
+// TLS.
 func (h *HTTP) Serve(l net.Listener) error {
+	l = limitConnections(l, h.maxConns)
 	if h.tls != nil {
 		// tls.NewListener hands out *tls.Conn, which net/http
 		// recognises: it then bounds the handshake by
@@ -159,12 +189,51 @@ func (h *HTTP) Close() error {
 	return err
 }
 
-// enter registers a handler so Close can wait for it. It reports false
-// once Close has begun: a WaitGroup must not grow while it is awaited.
+// Shutdown stops the proxy gracefully: it stops accepting, lets requests
+// in progress and CONNECT tunnels finish on their own, and closes idle
+// client connections. When ctx is done first, it ends the rest as Close
+// does and returns ctx's error. Either way, every goroutine the proxy
+// started has exited when it returns.
+func (h *HTTP) Shutdown(ctx context.Context) error {
+	// http.Server.Shutdown waits for the connections it still owns; the
+	// hijacked ones, the tunnels, it has forgotten.
+	err := h.srv.Shutdown(ctx)
+	h.mu.Lock()
+	h.draining = true
+	h.mu.Unlock()
+	if err == nil {
+		err = h.waitActive(ctx)
+	}
+	if cerr := h.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
+// waitActive waits for the handlers and tunnels in flight, or for ctx.
+func (h *HTTP) waitActive(ctx context.Context) error {
+	done := make(chan struct{})
+	go func() {
+		h.active.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		// Close ends what is left, which lets the goroutine above
+		// return too.
+		return ctx.Err()
+	}
+}
+
+// enter registers a handler so Close and Shutdown can wait for it. It
+// reports false once either has begun waiting: a WaitGroup must not grow
+// from zero while it is awaited.
 func (h *HTTP) enter() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	if h.closed {
+	if h.closed || h.draining {
 		return false
 	}
 	h.active.Add(1)

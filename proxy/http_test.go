@@ -830,3 +830,178 @@ func TestHTTPOverTLSGoClient(t *testing.T) {
 		t.Fatalf("plain HTTP to the TLS proxy: %q", answer)
 	}
 }
+
+func TestHTTPHandshakeTimeout(t *testing.T) {
+	const timeout = 200 * time.Millisecond
+	cert, _, _ := httpTestCert(t)
+	_, plainAddr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{HandshakeTimeout: timeout})
+	_, tlsAddr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{
+		HandshakeTimeout: timeout,
+		TLS:              &tls.Config{Certificates: []tls.Certificate{cert}},
+	})
+	for _, tc := range []struct {
+		name, addr, partial string
+	}{
+		{"silent", plainAddr, ""},
+		{"half a request line", plainAddr, "CONNECT tunnel.te"},
+		{"half a header", plainAddr, "GET http://tunnel.test/ HTTP/1.1\r\nHost: tunnel.test\r\nX-Slow: "},
+		{"TLS silent", tlsAddr, ""},
+		{"half a TLS ClientHello", tlsAddr, "\x16\x03\x01\x02\x00\x01"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", tc.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			io.WriteString(c, tc.partial)
+			if took := closedByServerWithin(t, c, 5*time.Second); took < timeout*3/4 {
+				t.Fatalf("closed after %v, before the %v handshake timeout", took, timeout)
+			}
+		})
+	}
+}
+
+func TestHTTPIdleTimeoutIsSet(t *testing.T) {
+	// A keep-alive client that sends nothing more must not hold its slot
+	// forever; net/http would otherwise fall back to ReadTimeout (none).
+	if got := NewHTTP(newHTTPTestNetwork(), HTTPConfig{}).srv.IdleTimeout; got <= 0 {
+		t.Fatalf("IdleTimeout = %v, want a bound", got)
+	}
+}
+
+func TestHTTPMaxConnections(t *testing.T) {
+	o := startHTTPOrigin(t, false)
+	_, addr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{MaxConnections: 1})
+	req := "GET " + o.tunnelURL("/path") + " HTTP/1.1\r\nHost: " + httpTunnelName + "\r\n\r\n"
+
+	first, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	io.WriteString(first, req)
+	first.SetReadDeadline(time.Now().Add(5 * time.Second))
+	res, err := http.ReadResponse(bufio.NewReader(first), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readHTTPBody(t, res)
+
+	// The first client keeps its connection alive, so the second waits
+	// in the backlog.
+	second, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	io.WriteString(second, req)
+	second.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if n, err := second.Read(make([]byte, 1)); err == nil {
+		t.Fatalf("second client answered (%d bytes) past MaxConnections 1", n)
+	}
+	first.Close()
+	second.SetReadDeadline(time.Now().Add(5 * time.Second))
+	res, err = http.ReadResponse(bufio.NewReader(second), nil)
+	if err != nil {
+		t.Fatalf("second client not served once the first left: %v", err)
+	}
+	if body := readHTTPBody(t, res); body != httpOriginGreeting {
+		t.Fatalf("second client got %q", body)
+	}
+}
+
+// httpGoroutineStacks returns the stacks of goroutines running the
+// proxy's code.
+func httpGoroutineStacks() []string {
+	buf := make([]byte, 1<<20)
+	buf = buf[:runtime.Stack(buf, true)]
+	var ours []string
+	for _, g := range strings.Split(string(buf), "\n\n") {
+		if strings.Contains(g, "wgbore/proxy.(*HTTP)") || strings.Contains(g, "wgbore/proxy.relayTunnel") {
+			ours = append(ours, g)
+		}
+	}
+	return ours
+}
+
+func httpTunnelPing(t *testing.T, c net.Conn, br *bufio.Reader) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	io.WriteString(c, "ping")
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(br, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo through the tunnel: %q, %v", buf, err)
+	}
+}
+
+func TestHTTPShutdownWaitsForTunnels(t *testing.T) {
+	o := startHTTPOrigin(t, false)
+	port := startSOCKSEcho(t)
+	p, addr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{})
+	tunnel, br := httpConnectTunnel(t, addr, net.JoinHostPort(httpTunnelName, port))
+	httpTunnelPing(t, tunnel, br)
+
+	// A keep-alive client between requests.
+	idle, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	io.WriteString(idle, "GET "+o.tunnelURL("/path")+" HTTP/1.1\r\nHost: "+httpTunnelName+"\r\n\r\n")
+	idle.SetReadDeadline(time.Now().Add(5 * time.Second))
+	res, err := http.ReadResponse(bufio.NewReader(idle), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	readHTTPBody(t, res)
+
+	shutdown := make(chan error, 1)
+	go func() { shutdown <- p.Shutdown(context.Background()) }()
+
+	// The whole response has been read, so nothing is left buffered.
+	closedByServerWithin(t, idle, 5*time.Second)
+	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
+		c.Close()
+		t.Fatal("the listener still accepts during Shutdown")
+	}
+	httpTunnelPing(t, tunnel, br)
+	select {
+	case err := <-shutdown:
+		t.Fatalf("Shutdown returned %v with a tunnel still open", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+
+	tunnel.Close()
+	select {
+	case err := <-shutdown:
+		if err != nil {
+			t.Fatalf("Shutdown = %v, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return after the last tunnel ended")
+	}
+	if left := httpGoroutineStacks(); len(left) != 0 {
+		t.Fatalf("goroutines left after Shutdown:\n%s", strings.Join(left, "\n\n"))
+	}
+}
+
+func TestHTTPShutdownDeadline(t *testing.T) {
+	port := startSOCKSEcho(t)
+	p, addr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{})
+	tunnel, br := httpConnectTunnel(t, addr, net.JoinHostPort(httpTunnelName, port))
+	httpTunnelPing(t, tunnel, br)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := p.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v, want the context's deadline", err)
+	}
+	tunnel.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := br.ReadByte(); err == nil {
+		t.Fatal("the tunnel still carries data after Shutdown gave up")
+	}
+	if left := httpGoroutineStacks(); len(left) != 0 {
+		t.Fatalf("goroutines left after Shutdown:\n%s", strings.Join(left, "\n\n"))
+	}
+}

@@ -16,10 +16,13 @@ import (
 )
 
 const (
-	// socksHandshakeTimeout bounds the time from accept to a CONNECT
-	// request, so a client that opens a connection and says nothing (or
-	// trickles bytes) cannot hold a goroutine and a descriptor forever.
-	socksHandshakeTimeout = 30 * time.Second
+	// DefaultSOCKSHandshakeTimeout bounds the time from accept to a
+	// CONNECT or UDP ASSOCIATE request when SOCKS5Config does not say, so
+	// a client that opens a connection and says nothing (or trickles
+	// bytes) cannot hold a goroutine, a descriptor and a connection slot
+	// for longer. Real clients send the whole handshake in one round trip
+	// or two.
+	DefaultSOCKSHandshakeTimeout = 30 * time.Second
 
 	// socksResolveTimeout bounds a name lookup on the Network's side. The
 	// tunnel's resolver has its own per-query timeouts; this is the backstop
@@ -43,6 +46,17 @@ type SOCKS5Config struct {
 	// Logger receives per-connection events at debug level. Nil discards
 	// them.
 	Logger *slog.Logger
+
+	// MaxConnections caps the client connections served at once, per
+	// listener given to Serve; <= 0 means DefaultMaxConnections. Past
+	// the cap, new clients wait in the kernel's backlog.
+	MaxConnections int
+
+	// HandshakeTimeout bounds the time from accept to the client's
+	// request, authentication included; 0 means
+	// DefaultSOCKSHandshakeTimeout. A relay, once started, has no
+	// timeout.
+	HandshakeTimeout time.Duration
 }
 
 // SOCKS5 is a SOCKS5 server (RFC 1928) whose outbound side is a Network:
@@ -55,18 +69,22 @@ type SOCKS5Config struct {
 // supported" otherwise. BIND is always refused: the tunnel's peers would
 // have to reach back to a port of ours, which nothing in wgbore needs.
 type SOCKS5 struct {
-	nw     Network
-	log    *slog.Logger
-	server *socks5.Server
+	nw               Network
+	log              *slog.Logger
+	server           *socks5.Server
+	maxConns         int
+	handshakeTimeout time.Duration
 
 	// ctx is cancelled by Close, which ends lookups and dials in flight.
 	ctx    context.Context
 	cancel context.CancelFunc
 
 	mu        sync.Mutex
-	closed    bool
+	closed    bool // by Close or Shutdown: nothing new is accepted
 	listeners map[net.Listener]struct{}
-	conns     map[net.Conn]struct{}
+	// conns maps each client connection to whether its handshake is
+	// over: Shutdown ends those still in it and waits for the others.
+	conns map[net.Conn]bool
 
 	// wg counts every goroutine the server starts, go-socks5's relay
 	// halves included (they are started through Submit), so Close can
@@ -81,14 +99,20 @@ func NewSOCKS5(nw Network, cfg SOCKS5Config) *SOCKS5 {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
+	handshakeTimeout := cfg.HandshakeTimeout
+	if handshakeTimeout <= 0 {
+		handshakeTimeout = DefaultSOCKSHandshakeTimeout
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &SOCKS5{
-		nw:        nw,
-		log:       logger,
-		ctx:       ctx,
-		cancel:    cancel,
-		listeners: make(map[net.Listener]struct{}),
-		conns:     make(map[net.Conn]struct{}),
+		nw:               nw,
+		log:              logger,
+		maxConns:         cfg.MaxConnections,
+		handshakeTimeout: handshakeTimeout,
+		ctx:              ctx,
+		cancel:           cancel,
+		listeners:        make(map[net.Listener]struct{}),
+		conns:            make(map[net.Conn]bool),
 	}
 
 	opts := []socks5.Option{
@@ -96,7 +120,7 @@ func NewSOCKS5(nw Network, cfg SOCKS5Config) *SOCKS5 {
 		socks5.WithDialAndRequest(s.dial),
 		socks5.WithLogger(socksLogger{logger}),
 		socks5.WithGPool(socksGoroutines{s}),
-		socks5.WithConnectMiddleware(socksEndHandshake),
+		socks5.WithConnectMiddleware(s.endHandshake),
 	}
 	// go-socks5's own BIND handler already refuses. Its ASSOCIATE handler
 	// would send the datagrams from the host, so it is always replaced:
@@ -113,11 +137,13 @@ func NewSOCKS5(nw Network, cfg SOCKS5Config) *SOCKS5 {
 	return s
 }
 
-// Serve accepts connections on l and serves each in its own goroutine. It
-// returns when l fails or is closed, and closes l; connections already
-// being served carry on until their clients leave or Close is called.
-// After Close, Serve returns nil.
+// Serve accepts connections on l and serves each in its own goroutine, at
+// most SOCKS5Config.MaxConnections at a time. It returns when l fails or
+// is closed, and closes l; connections already being served carry on
+// until their clients leave or Close is called. After Close or Shutdown,
+// Serve returns nil.
 func (s *SOCKS5) Serve(l net.Listener) error {
+	l = limitConnections(l, s.maxConns)
 	if !s.trackListener(l) {
 		l.Close()
 		return nil
@@ -180,9 +206,80 @@ func (s *SOCKS5) Close() error {
 	return nil
 }
 
+// Shutdown stops the server gracefully: it closes every listener, ends
+// the connections still in their handshake (they have nothing in flight),
+// and waits for the relays and associations already running to finish on
+// their own. When ctx is done first, it ends them as Close does and
+// returns ctx's error. Either way, every goroutine the server started has
+// exited when it returns.
+func (s *SOCKS5) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.closed = true
+	for l := range s.listeners {
+		l.Close()
+	}
+	for c, served := range s.conns {
+		if !served {
+			c.Close()
+		}
+	}
+	s.mu.Unlock()
+
+	err := s.waitForConns(ctx)
+	s.Close()
+	return err
+}
+
+// waitForConns returns once every client connection is gone, or with
+// ctx's error when ctx is done first. Connections leave s.conns as their
+// goroutines finish, with no event to wait on, so it polls: quickly at
+// first, as http.Server.Shutdown does.
+func (s *SOCKS5) waitForConns(ctx context.Context) error {
+	poll := time.Millisecond
+	timer := time.NewTimer(poll)
+	defer timer.Stop()
+	for s.connCount() > 0 {
+		select {
+		case <-timer.C:
+			poll = min(2*poll, 250*time.Millisecond)
+			timer.Reset(poll)
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+func (s *SOCKS5) connCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.conns)
+}
+
+// endHandshake clears the handshake deadline once a request has been read
+// (from here on a relay may idle as long as the client likes) and marks
+// the connection as serving, for Shutdown. Once the server is shutting
+// down it refuses: a new relay would only prolong the wait. go-socks5
+// passes the client connection itself as the writer.
+func (s *SOCKS5) endHandshake(_ context.Context, w io.Writer, _ *socks5.Request) error {
+	c, ok := w.(net.Conn)
+	if !ok {
+		return nil
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return errors.New("server shutting down")
+	}
+	if _, tracked := s.conns[c]; tracked {
+		s.conns[c] = true
+	}
+	return c.SetDeadline(time.Time{})
+}
+
 func (s *SOCKS5) serveConn(conn net.Conn) {
-	// Cleared by socksEndHandshake once a CONNECT request has been read.
-	conn.SetDeadline(time.Now().Add(socksHandshakeTimeout))
+	// Cleared by endHandshake once a request has been read.
+	conn.SetDeadline(time.Now().Add(s.handshakeTimeout))
 	err := s.server.ServeConn(conn)
 	if err != nil && !s.isClosed() {
 		// go-socks5's errors name the target and the failing step; none
@@ -264,7 +361,7 @@ func (s *SOCKS5) trackConn(c net.Conn) bool {
 	if s.closed {
 		return false
 	}
-	s.conns[c] = struct{}{}
+	s.conns[c] = false
 	s.wg.Add(1)
 	return true
 }
@@ -337,16 +434,6 @@ func (c *socksCredentials) Valid(user, password, clientAddr string) bool {
 		return false
 	}
 	return true
-}
-
-// socksEndHandshake clears the handshake deadline once a CONNECT request has
-// been read: from here on the relay may idle as long as the client likes.
-// go-socks5 passes the client connection itself as the writer.
-func socksEndHandshake(_ context.Context, w io.Writer, _ *socks5.Request) error {
-	if c, ok := w.(net.Conn); ok {
-		return c.SetDeadline(time.Time{})
-	}
-	return nil
 }
 
 // socksRefuseCommand answers a command the server does not serve with "command

@@ -499,3 +499,211 @@ func TestSOCKS5CloseEndsRelaysInFlight(t *testing.T) {
 		t.Fatalf("%d goroutines after Close, baseline %d:\n%s", n, baseline, buf[:runtime.Stack(buf, true)])
 	}
 }
+
+// startSOCKSEcho serves a TCP echo on loopback and returns its port.
+func startSOCKSEcho(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	t.Cleanup(func() {
+		l.Close()
+		wg.Wait()
+	})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				io.Copy(c, c)
+			}()
+		}
+	}()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	return port
+}
+
+// closedByServerWithin reads c until the server closes it and returns how
+// long that took, failing the test when it is still open after limit.
+func closedByServerWithin(t *testing.T, c net.Conn, limit time.Duration) time.Duration {
+	t.Helper()
+	start := time.Now()
+	c.SetReadDeadline(start.Add(limit))
+	_, err := io.Copy(io.Discard, c)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("connection still open after %v", limit)
+	}
+	return time.Since(start)
+}
+
+// socksEchoThrough opens a CONNECT relay to the echo at port and checks it
+// carries a round trip.
+func socksEchoThrough(t *testing.T, proxyAddr, port string) net.Conn {
+	t.Helper()
+	d, err := xproxy.SOCKS5("tcp", proxyAddr, nil, xproxy.Direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := d.Dial("tcp", "127.0.0.1:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	socksPing(t, c)
+	return c
+}
+
+func socksPing(t *testing.T, c net.Conn) {
+	t.Helper()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	echo := make([]byte, 4)
+	if _, err := io.ReadFull(c, echo); err != nil || string(echo) != "ping" {
+		t.Fatalf("echo through the relay = %q, %v", echo, err)
+	}
+	c.SetDeadline(time.Time{})
+}
+
+func TestSOCKS5HandshakeTimeout(t *testing.T) {
+	const timeout = 200 * time.Millisecond
+	_, proxyAddr, _ := startSOCKS5(t, newSOCKSNetwork(), SOCKS5Config{HandshakeTimeout: timeout, Username: "u", Password: "p"})
+	for _, tc := range []struct {
+		name    string
+		partial []byte
+	}{
+		{"silent", nil},
+		{"half a greeting", []byte{5, 2}},
+		{"half a login", []byte{5, 1, 2, 1, 1, 'u'}},
+		{"half a request", []byte{5, 1, 2, 1, 1, 'u', 1, 'p', 5, 1, 0, 1, 127}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", proxyAddr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			mustWrite(t, c, tc.partial)
+			if took := closedByServerWithin(t, c, 5*time.Second); took < timeout*3/4 {
+				t.Fatalf("closed after %v, before the %v handshake timeout", took, timeout)
+			}
+		})
+	}
+
+	// A relay, once running, is not bound by the handshake timeout.
+	port := startSOCKSEcho(t)
+	d, _ := xproxy.SOCKS5("tcp", proxyAddr, &xproxy.Auth{User: "u", Password: "p"}, xproxy.Direct)
+	c, err := d.Dial("tcp", "127.0.0.1:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	time.Sleep(2 * timeout)
+	socksPing(t, c)
+}
+
+func TestSOCKS5MaxConnections(t *testing.T) {
+	_, proxyAddr, _ := startSOCKS5(t, newSOCKSNetwork(), SOCKS5Config{MaxConnections: 1})
+	first, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	mustWrite(t, first, []byte{5, 1, 0})
+	if _, err := io.ReadFull(first, make([]byte, 2)); err != nil {
+		t.Fatal(err)
+	}
+
+	// The second client waits in the backlog, unanswered, while the
+	// first holds the only slot.
+	second, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer second.Close()
+	mustWrite(t, second, []byte{5, 1, 0})
+	second.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if n, err := second.Read(make([]byte, 2)); err == nil {
+		t.Fatalf("second client answered (%d bytes) past MaxConnections 1", n)
+	}
+	first.Close()
+	second.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.ReadFull(second, make([]byte, 2)); err != nil {
+		t.Fatalf("second client not served once the first left: %v", err)
+	}
+}
+
+func TestSOCKS5ShutdownWaitsForRelays(t *testing.T) {
+	port := startSOCKSEcho(t)
+	s, proxyAddr, _ := startSOCKS5(t, newSOCKSNetwork(), SOCKS5Config{})
+	relay := socksEchoThrough(t, proxyAddr, port)
+	idle, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer idle.Close()
+	// Let the server accept the idle client before shutting down.
+	for s.connCount() < 2 {
+		time.Sleep(time.Millisecond)
+	}
+
+	shutdown := make(chan error, 1)
+	go func() { shutdown <- s.Shutdown(context.Background()) }()
+
+	// The client still in its handshake is let go at once and the
+	// listener closes (startSOCKS5 checks Serve returned nil), but the
+	// relay carries on.
+	closedByServerWithin(t, idle, 5*time.Second)
+	if c, err := net.DialTimeout("tcp", proxyAddr, time.Second); err == nil {
+		c.Close()
+		t.Fatal("the listener still accepts during Shutdown")
+	}
+	socksPing(t, relay)
+	select {
+	case err := <-shutdown:
+		t.Fatalf("Shutdown returned %v with a relay still open", err)
+	case <-time.After(100 * time.Millisecond):
+	}
+
+	relay.Close()
+	select {
+	case err := <-shutdown:
+		if err != nil {
+			t.Fatalf("Shutdown = %v, want nil", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Shutdown did not return after the last relay ended")
+	}
+	if left := socksGoroutineStacks(); len(left) != 0 {
+		t.Fatalf("goroutines left after Shutdown:\n%s", strings.Join(left, "\n\n"))
+	}
+}
+
+func TestSOCKS5ShutdownDeadline(t *testing.T) {
+	port := startSOCKSEcho(t)
+	s, proxyAddr, _ := startSOCKS5(t, newSOCKSUDPNetwork("127.0.0.1:0"), SOCKS5Config{})
+	relay := socksEchoThrough(t, proxyAddr, port)
+	assoc := mustSOCKSAssociate(t, proxyAddr, "127.0.0.1", socksUDPClientOptions{})
+
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if err := s.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v, want the context's deadline", err)
+	}
+	closedByServerWithin(t, relay, 5*time.Second)
+	closedByServerWithin(t, assoc.control, 5*time.Second)
+	if left := socksGoroutineStacks(); len(left) != 0 {
+		t.Fatalf("goroutines left after Shutdown:\n%s", strings.Join(left, "\n\n"))
+	}
+}

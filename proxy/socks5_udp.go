@@ -204,7 +204,9 @@ func (s *SOCKS5) associate(_ context.Context, w io.Writer, req *socks5.Request) 
 	}
 	// The handshake is over; an association lives as long as its client
 	// keeps the control connection.
-	control.SetDeadline(time.Time{})
+	if err := s.endHandshake(context.Background(), control, req); err != nil {
+		return fmt.Errorf("udp associate: %w", err)
+	}
 
 	local, remote := socksAddrPort(req.LocalAddr), socksAddrPort(req.RemoteAddr)
 	if !local.IsValid() || !remote.IsValid() {
