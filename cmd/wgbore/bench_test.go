@@ -9,12 +9,11 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strconv"
 	"testing"
 	"time"
-
-	xproxy "golang.org/x/net/proxy"
 
 	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/netstack/peersite"
@@ -34,7 +33,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 	ours, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(b, ours.PublicKey(), peersite.Options{})
 	conf := writeFile(b, b.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n\n[http]\nBindAddress = 127.0.0.1:0\nUsername = u\nPassword = p\n"))
-	d := startDaemon(b, conf, "-log-level", "warn")
+	d := startDaemon(b, conf, "-log-level", "info")
 	socks, httpProxy := d.addr(b, "socks5 ", 0), d.addr(b, "http ", 0)
 
 	// A site accepts one peer, so each baseline client gets a site of
@@ -51,11 +50,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 		dial func(ctx context.Context, addr string) (net.Conn, error)
 	}{
 		{"socks5", func(ctx context.Context, addr string) (net.Conn, error) {
-			d, err := xproxy.SOCKS5("tcp", socks, nil, &net.Dialer{})
-			if err != nil {
-				return nil, err
-			}
-			return d.(xproxy.ContextDialer).DialContext(ctx, "tcp", addr)
+			return socksConnect(ctx, socks, netip.MustParseAddrPort(addr))
 		}},
 		{"http-connect", func(ctx context.Context, addr string) (net.Conn, error) {
 			return httpConnect(ctx, httpProxy, "u", "p", addr)
@@ -138,6 +133,38 @@ func openLibrary(b *testing.B, site *peersite.Site, key protocol.PrivateKey) *ne
 	}
 	b.Cleanup(func() { n.Close() })
 	return n
+}
+
+// socksConnect opens a SOCKS5 CONNECT tunnel without authentication and
+// returns the plain TCP conn, so the benchmark can half-close it.
+func socksConnect(ctx context.Context, proxyAddr string, target netip.AddrPort) (net.Conn, error) {
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", proxyAddr)
+	if err != nil {
+		return nil, err
+	}
+	req := []byte{5, 1, 0, 5, 1, 0, 1}
+	req = append(req, target.Addr().AsSlice()...)
+	req = binary.BigEndian.AppendUint16(req, target.Port())
+	if _, err := c.Write(req); err != nil {
+		c.Close()
+		return nil, err
+	}
+	// Method choice (2 bytes), then a reply with an IPv4 or IPv6 BND.ADDR.
+	head := make([]byte, 2+4)
+	if _, err := io.ReadFull(c, head); err != nil || head[1] != 0 || head[3] != 0 {
+		c.Close()
+		return nil, fmt.Errorf("SOCKS5 CONNECT %v refused: % x %v", target, head, err)
+	}
+	rest := 4 + 2
+	if head[5] == 4 {
+		rest = 16 + 2
+	}
+	if _, err := io.ReadFull(c, make([]byte, rest)); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return c, nil
 }
 
 // httpConnect opens a CONNECT tunnel through an HTTP proxy.
