@@ -72,11 +72,18 @@ type daemon struct {
 func startDaemon(t testing.TB, confPath string, args ...string) *daemon {
 	t.Helper()
 	cmd := exec.Command(wgboreBinary(t), append([]string{"up", "-c", confPath, "-log-format", "json", "-log-level", "debug"}, args...)...)
+	cmd.Stdout = io.Discard
+	return runDaemon(t, cmd)
+}
+
+// runDaemon starts cmd, a `wgbore up` logging JSON to stderr, and waits
+// for its start-up summary.
+func runDaemon(t testing.TB, cmd *exec.Cmd) *daemon {
+	t.Helper()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd.Stdout = io.Discard
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -104,9 +111,8 @@ func startDaemon(t testing.TB, confPath string, args ...string) *daemon {
 			}
 			d.mu.Unlock()
 		}
-		err := cmd.Wait()
+		cmd.Wait()
 		d.code = cmd.ProcessState.ExitCode()
-		_ = err
 		readyOnce.Do(func() { close(ready) })
 		close(d.done)
 	}()
