@@ -138,6 +138,8 @@ type service struct {
 	// stdioDone receives the end of the STDIOTunnel, if there is one.
 	stdioDone  chan error
 	stdioClose context.CancelFunc
+	// stopCheckAlive ends the CheckAlive pings, if there are any.
+	stopCheckAlive context.CancelFunc
 }
 
 // start opens the tunnel and every listener. Host listeners open before
@@ -160,6 +162,15 @@ func start(ctx context.Context, p *runPlan, log *slog.Logger, e *env) (*service,
 	if err := s.startServers(p); err != nil {
 		s.shutdown(context.Background())
 		return nil, err
+	}
+	if len(cfg.Interface.CheckAlive) > 0 {
+		actx, cancel := context.WithCancel(context.Background())
+		s.stopCheckAlive = cancel
+		s.serving.Add(1)
+		go func() {
+			defer s.serving.Done()
+			s.checkAlive(actx, cfg.Interface.CheckAlive, cfg.Interface.CheckAliveInterval)
+		}()
 	}
 	if len(cfg.STDIOTunnels) == 1 {
 		target := cfg.STDIOTunnels[0].Target
@@ -315,6 +326,9 @@ func (s *service) shutdown(ctx context.Context) {
 	}
 	if s.stdioClose != nil {
 		s.stdioClose()
+	}
+	if s.stopCheckAlive != nil {
+		s.stopCheckAlive()
 	}
 	s.tun.Close()
 	s.serving.Wait()

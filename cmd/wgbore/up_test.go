@@ -1,0 +1,89 @@
+package main
+
+import (
+	"context"
+	"net"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wgbore/wgbore/netstack/peersite"
+	"github.com/wgbore/wgbore/protocol"
+)
+
+// syncBuffer is a log sink the test reads while the command writes.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  strings.Builder
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+func waitForLog(t *testing.T, log *syncBuffer, want string) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for !strings.Contains(log.String(), want) {
+		if time.Now().After(deadline) {
+			t.Fatalf("no %q in the log after 30s:\n%s", want, log)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestUpInProcess runs `up` inside the test binary, so the race detector
+// watches the wiring of listeners, shutdown and CheckAlive, which the
+// end-to-end tests exercise only from outside.
+func TestUpInProcess(t *testing.T) {
+	ours, _ := protocol.GeneratePrivateKey()
+	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
+	conf := site.WGQuick(ours, "[TCPClientTunnel]\nBindAddress = 127.0.0.1:0\nTarget = 10.0.0.2:7\n")
+	// CheckAlive: the site answers pings; 10.0.0.99 has no peer.
+	conf = strings.Replace(conf, "[Peer]", "CheckAlive = 10.0.0.2, 10.0.0.99\nCheckAliveInterval = 1\n\n[Peer]", 1)
+	path := writeFile(t, t.TempDir(), "wg0.conf", conf)
+
+	var stderr syncBuffer
+	signals := make(chan os.Signal, 1)
+	e := &env{stdin: strings.NewReader(""), stdout: &strings.Builder{}, stderr: &stderr, signals: signals}
+	done := make(chan int)
+	go func() { done <- run(context.Background(), e, []string{"up", "-c", path}) }()
+
+	waitForLog(t, &stderr, `msg="wgbore is up"`)
+	if !strings.Contains(stderr.String(), `handshakes=1/1`) {
+		t.Fatalf("summary without a completed handshake:\n%s", stderr.String())
+	}
+	waitForLog(t, &stderr, `msg="check alive: answering" addr=10.0.0.2`)
+	waitForLog(t, &stderr, `msg="check alive: not answering" addr=10.0.0.99`)
+
+	var fwd string
+	for _, line := range strings.Split(stderr.String(), "\n") {
+		if i := strings.Index(line, "tcp 127.0.0.1:"); i >= 0 {
+			fwd = strings.Fields(strings.Split(line[i+len("tcp "):], "→")[0])[0]
+		}
+	}
+	echoThrough(t, func() (net.Conn, error) { return net.Dial("tcp", fwd) }, 256<<10)
+
+	signals <- os.Interrupt
+	select {
+	case code := <-done:
+		if code != exitOK {
+			t.Fatalf("exit %d:\n%s", code, stderr.String())
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatalf("up did not return after the signal:\n%s", stderr.String())
+	}
+	if strings.Contains(stderr.String(), ours.Base64()) {
+		t.Fatal("the private key reached the log")
+	}
+}
