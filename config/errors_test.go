@@ -81,8 +81,37 @@ func TestParseErrors(t *testing.T) {
 		},
 		{
 			name: "duplicate peer public keys",
-			src:  iface + "[Peer]\nPublicKey = " + pubA + "\n[Peer]\nPublicKey = " + pubB + "\n[Peer]\nPublicKey = " + pubA + "\n",
-			want: []string{"wg0.conf:8: PublicKey: same as the [Peer] on line 3; each peer needs its own key"},
+			src: iface + // 1-2
+				"[Peer]\nPublicKey = " + pubA + "\n" + // 3-4: no AllowedIPs, takes every address
+				"[Peer]\nPublicKey = " + pubB + "\nAllowedIPs = 10.0.0.0/8\n" + // 5-7
+				"[Peer]\nPublicKey = " + pubA + "\n", // 8-9: only the duplicate key is reported
+			want: []string{"wg0.conf:9: PublicKey: same as the [Peer] on line 3; each peer needs its own key"},
+		},
+		{
+			name: "two peers without AllowedIPs",
+			src: iface + // 1-2
+				"\n[Peer]\nPublicKey = " + pubA + "\nEndpoint = a.example:51820\n" + // 3-6
+				"\n[Peer] # Gothenburg\nPublicKey = " + pubB + "\nEndpoint = b.example:51820\n", // 7-10
+			want: []string{"wg0.conf:8: [Peer] has no AllowedIPs, nor has the [Peer] on line 4: only one peer can take every address; list this one's"},
+		},
+		{
+			name: "three peers without AllowedIPs, one with",
+			src: iface + // 1-2
+				"[Peer]\nPublicKey = " + pubA + "\n" + // 3-4
+				"[Peer]\nPublicKey = " + pubB + "\n" + // 5-6
+				"[Peer]\nPublicKey = " + pskB + "\nAllowedIPs = 10.0.0.0/8\n" + // 7-9 (any 32 bytes are a public key)
+				"[Peer]\nPublicKey = " + pubC + "\n", // 10-11
+			want: []string{
+				"wg0.conf:5: [Peer] has no AllowedIPs, nor has the [Peer] on line 3: only one peer can take every address; list this one's",
+				"wg0.conf:10: [Peer] has no AllowedIPs, nor has the [Peer] on line 3: only one peer can take every address; list this one's",
+			},
+		},
+		{
+			name: "two peers without AllowedIPs inside WGConfig",
+			file: "wireproxy.conf",
+			src:  "WGConfig = /etc/wireguard/wg0.conf\n",
+			opts: include(iface + "[Peer]\nPublicKey = " + pubA + "\n[Peer]\nPublicKey = " + pubB + "\n"),
+			want: []string{"/etc/wireguard/wg0.conf:5: [Peer] has no AllowedIPs, nor has the [Peer] on line 3: only one peer can take every address; list this one's"},
 		},
 		{
 			name: "peer is ourselves",
@@ -234,6 +263,7 @@ func TestParseErrors(t *testing.T) {
 				`wg0.conf:13: AllowedIPs: "10.0.0.0/33" is not an IP address or prefix`,
 				`wg0.conf:14: PersistentKeepalive: "sometimes" is neither "off" nor a number of seconds from 0 to 65535`,
 				`wg0.conf:18: Endpoint: "[vpn.example.com]:51820": only an IPv6 address goes in brackets`,
+				`wg0.conf:20: [Peer] has no AllowedIPs, nor has the [Peer] on line 16: only one peer can take every address; list this one's`,
 				`wg0.conf:22: Endpoint: "1.2.3.4:0": port must be a number from 1 to 65535`,
 				`wg0.conf:23: PersistentKeepalive: "65536" is neither "off" nor a number of seconds from 0 to 65535`,
 				`wg0.conf:25: ResolveStrategy: "ipv5" is not auto, ipv4 or ipv6`,

@@ -222,10 +222,13 @@ type parser struct {
 	warns []Warning
 	files []string // in the order first seen, to sort messages by
 
-	ifaceFile   string
-	ifaceLine   int // header of the [Interface] that fills cfg.Interface
-	resolveLine int
-	peers       []peerPlace
+	ifaceFile string
+	ifaceLine int // header of the [Interface] that fills cfg.Interface
+	// catchAllLine is the header of the [Peer] that, lacking AllowedIPs,
+	// took every address.
+	catchAllLine int
+	resolveLine  int
+	peers        []peerPlace
 
 	wgConfigLine int
 	included     *fileState // the WGConfig file, once read
@@ -400,6 +403,18 @@ func (p *parser) closeSection(f *fileState, s *section) {
 				}
 			}
 			p.peers = append(p.peers, peerPlace{file: f.name, headerLine: s.line, keyLine: s.peerKeyLine, key: s.peer.PublicKey})
+		}
+		if _, ok := s.seen["AllowedIPs"]; !ok {
+			// wireproxy routes everything to a peer without AllowedIPs,
+			// and its README's sample has none; wg-quick would route
+			// nothing, which no one writes on purpose.
+			if p.catchAllLine != 0 {
+				p.errorf(f, s.line, "", "[Peer] has no AllowedIPs, nor has the [Peer] on line %d: only one peer can take every address; list this one's", p.catchAllLine)
+				return
+			}
+			p.catchAllLine = s.line
+			s.peer.AllowedIPs = []netip.Prefix{netip.PrefixFrom(netip.IPv4Unspecified(), 0), netip.PrefixFrom(netip.IPv6Unspecified(), 0)}
+			p.warnf(f, s.line, "", "[Peer] has no AllowedIPs: routing every address (0.0.0.0/0, ::/0) to it, as wireproxy does")
 		}
 		p.cfg.Peers = append(p.cfg.Peers, s.peer)
 	default:
