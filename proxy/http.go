@@ -333,7 +333,11 @@ func (h *HTTP) dial(ctx context.Context, network, address string) (net.Conn, err
 // each side has finished sending.
 func (h *HTTP) serveConnect(w http.ResponseWriter, r *http.Request) {
 	target := r.Host
-	if _, port, err := net.SplitHostPort(target); err != nil || port == "" {
+	// An empty host or port 0 is the client's mistake, not the
+	// network's: answering 400 keeps an empty name from reaching the
+	// Network's resolver, which could take it for its own.
+	host, portStr, err := net.SplitHostPort(target)
+	if port, perr := strconv.ParseUint(portStr, 10, 16); err != nil || host == "" || perr != nil || port == 0 {
 		http.Error(w, "CONNECT needs host:port", http.StatusBadRequest)
 		return
 	}
@@ -434,6 +438,10 @@ func removeHopByHop(hdr http.Header) {
 func (h *HTTP) serveForward(w http.ResponseWriter, r *http.Request) {
 	if r.URL.Scheme != "http" && r.URL.Scheme != "https" {
 		http.Error(w, "unsupported scheme "+strconv.Quote(r.URL.Scheme), http.StatusBadRequest)
+		return
+	}
+	if r.URL.Hostname() == "" {
+		http.Error(w, "absolute-form request without a host", http.StatusBadRequest)
 		return
 	}
 	out := r.Clone(r.Context())

@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/big"
 	"net"
 	"net/http"
@@ -925,6 +926,23 @@ func httpGoroutineStacks() []string {
 	return ours
 }
 
+// waitNoHTTPGoroutines waits for the proxy's goroutines to be gone after
+// Close or Shutdown, which wait for all but Serve's own.
+func waitNoHTTPGoroutines(t *testing.T, after string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		left := httpGoroutineStacks()
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("goroutines left after %s:\n%s", after, strings.Join(left, "\n\n"))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 func httpTunnelPing(t *testing.T, c net.Conn, br *bufio.Reader) {
 	t.Helper()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
@@ -981,9 +999,7 @@ func TestHTTPShutdownWaitsForTunnels(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Shutdown did not return after the last tunnel ended")
 	}
-	if left := httpGoroutineStacks(); len(left) != 0 {
-		t.Fatalf("goroutines left after Shutdown:\n%s", strings.Join(left, "\n\n"))
-	}
+	waitNoHTTPGoroutines(t, "Shutdown")
 }
 
 func TestHTTPShutdownDeadline(t *testing.T) {
@@ -1001,7 +1017,87 @@ func TestHTTPShutdownDeadline(t *testing.T) {
 	if _, err := br.ReadByte(); err == nil {
 		t.Fatal("the tunnel still carries data after Shutdown gave up")
 	}
-	if left := httpGoroutineStacks(); len(left) != 0 {
-		t.Fatalf("goroutines left after Shutdown:\n%s", strings.Join(left, "\n\n"))
+	waitNoHTTPGoroutines(t, "Shutdown")
+}
+
+// httpExchangeRaw sends raw to the proxy, half-closes, and returns the
+// first response, failing unless the proxy answers and closes within a
+// few seconds.
+func httpExchangeRaw(t *testing.T, proxyAddr, raw string) *http.Response {
+	t.Helper()
+	c, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	// The proxy may answer and close before reading all of a huge
+	// request, so writing must not hold up reading.
+	go func() {
+		io.WriteString(c, raw)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	answer, err := io.ReadAll(c)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("connection still open (answered %q)", answer)
+	}
+	res, err := http.ReadResponse(bufio.NewReader(strings.NewReader(string(answer))), nil)
+	if err != nil {
+		t.Fatalf("no response (%v): %q", err, answer)
+	}
+	return res
+}
+
+func TestHTTPMalformedRequests(t *testing.T) {
+	var logs socksLogBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	nw := newHTTPTestNetwork()
+	p, addr := startHTTPProxy(t, nw, HTTPConfig{Logger: logger})
+	pa, authAddr := startHTTPProxy(t, nw, HTTPConfig{Logger: logger, Username: "u", Password: "p"})
+	b64 := base64.StdEncoding.EncodeToString
+	get := func(headers string) string {
+		return "GET http://tunnel.test/ HTTP/1.1\r\nHost: tunnel.test\r\n" + headers + "\r\n"
+	}
+
+	for _, tc := range []struct {
+		name, proxy, req string
+		status           int
+	}{
+		{"garbage request line", addr, "\x00\x01\x02 garbage\r\n\r\n", 400},
+		{"request line without version", addr, "GET http://tunnel.test/\r\n\r\n", 400},
+		{"unknown HTTP version", addr, "GET http://tunnel.test/ HTTP/9.9\r\nHost: tunnel.test\r\n\r\n", 505},
+		{"missing Host", addr, "GET http://tunnel.test/ HTTP/1.1\r\n\r\n", 400},
+		{"huge header", addr, get("X-Big: " + strings.Repeat("a", 2<<20) + "\r\n"), 431},
+		{"Content-Length not a number", addr, get("Content-Length: abc\r\n"), 400},
+		{"Content-Length negative", addr, get("Content-Length: -1\r\n"), 400},
+		{"Content-Length twice, differing", addr, get("Content-Length: 1\r\nContent-Length: 2\r\n"), 400},
+		{"unknown Transfer-Encoding", addr, get("Transfer-Encoding: gzip\r\n"), 501},
+		{"CONNECT without port", addr, "CONNECT tunnel.test HTTP/1.1\r\nHost: tunnel.test\r\n\r\n", 400},
+		{"CONNECT without host", addr, "CONNECT :443 HTTP/1.1\r\nHost: :443\r\n\r\n", 400},
+		{"CONNECT to port 0", addr, "CONNECT tunnel.test:0 HTTP/1.1\r\nHost: tunnel.test:0\r\n\r\n", 400},
+		{"CONNECT to a bad port", addr, "CONNECT tunnel.test:99999 HTTP/1.1\r\nHost: tunnel.test:99999\r\n\r\n", 400},
+		{"ftp scheme", addr, "GET ftp://tunnel.test/file HTTP/1.1\r\nHost: tunnel.test\r\n\r\n", 400},
+		{"absolute-form without host", addr, "GET http:///path HTTP/1.1\r\nHost: tunnel.test\r\n\r\n", 400},
+		{"bad base64 credentials", authAddr, get("Proxy-Authorization: Basic !!!not-base64\r\n"), 407},
+		{"credentials without colon", authAddr, get("Proxy-Authorization: Basic " + b64([]byte("up")) + "\r\n"), 407},
+		{"credentials of another scheme", authAddr, get("Proxy-Authorization: Bearer " + b64([]byte("u:p")) + "\r\n"), 407},
+		{"empty credentials", authAddr, get("Proxy-Authorization: Basic\r\n"), 407},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			res := httpExchangeRaw(t, tc.proxy, tc.req)
+			if res.StatusCode != tc.status {
+				t.Fatalf("status %s, want %d", res.Status, tc.status)
+			}
+		})
+	}
+	if n := nw.dials.Load(); n != 0 {
+		t.Errorf("%d dials for malformed requests, want none", n)
+	}
+	p.Close()
+	pa.Close()
+	waitNoHTTPGoroutines(t, "Close")
+	if out := logs.String(); strings.Contains(out, "panic") {
+		t.Fatalf("the proxy panicked:\n%s", out)
 	}
 }

@@ -297,6 +297,12 @@ func (s *SOCKS5) dial(ctx context.Context, network, addr string, req *socks5.Req
 	defer cancel()
 
 	dest := req.DestAddr
+	// go-socks5 accepts a domain name of length 0 and would have the
+	// Network dial an address with no host, which some networks take
+	// as their own.
+	if dest != nil && dest.AddrType == statute.ATYPDomain && dest.FQDN == "" {
+		return nil, errors.New("empty domain name")
+	}
 	addrs, _ := ctx.Value(socksResolvedKey{}).(socksResolvedAddrs)
 	if dest == nil || dest.FQDN == "" || addrs.name != dest.FQDN || len(addrs.addrs) == 0 {
 		c, err := s.nw.DialContext(ctx, network, addr)

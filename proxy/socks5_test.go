@@ -685,9 +685,7 @@ func TestSOCKS5ShutdownWaitsForRelays(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Shutdown did not return after the last relay ended")
 	}
-	if left := socksGoroutineStacks(); len(left) != 0 {
-		t.Fatalf("goroutines left after Shutdown:\n%s", strings.Join(left, "\n\n"))
-	}
+	waitNoSOCKSGoroutines(t, "Shutdown")
 }
 
 func TestSOCKS5ShutdownDeadline(t *testing.T) {
@@ -703,7 +701,95 @@ func TestSOCKS5ShutdownDeadline(t *testing.T) {
 	}
 	closedByServerWithin(t, relay, 5*time.Second)
 	closedByServerWithin(t, assoc.control, 5*time.Second)
-	if left := socksGoroutineStacks(); len(left) != 0 {
-		t.Fatalf("goroutines left after Shutdown:\n%s", strings.Join(left, "\n\n"))
+	waitNoSOCKSGoroutines(t, "Shutdown")
+}
+
+// socksExchangeRaw sends b to the proxy, half-closes, and returns all the
+// proxy answered before closing, failing if it keeps the connection open.
+func socksExchangeRaw(t *testing.T, proxyAddr string, b []byte) []byte {
+	t.Helper()
+	c, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	mustWrite(t, c, b)
+	c.(*net.TCPConn).CloseWrite()
+	answer, err := io.ReadAll(c)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("connection still open after %q (answered %x)", b, answer)
+	}
+	return answer
+}
+
+func TestSOCKS5MalformedRequests(t *testing.T) {
+	var logs socksLogBuffer
+	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	nw := newSOCKSNetwork()
+	s, proxyAddr, _ := startSOCKS5(t, nw, SOCKS5Config{Logger: logger})
+	authServer, authAddr, _ := startSOCKS5(t, nw, SOCKS5Config{Logger: logger, Username: "u", Password: "p"})
+
+	noAuth := []byte{5, 1, 0}
+	chose := []byte{5, 0}
+	reply := func(code byte) []byte { return []byte{5, code, 0, 1, 0, 0, 0, 0, 0, 0} }
+	cat := func(parts ...[]byte) []byte { return bytes.Join(parts, nil) }
+	for _, tc := range []struct {
+		name       string
+		proxy      string
+		send, want []byte
+	}{
+		{"SOCKS4 request", proxyAddr, []byte{4, 1, 0, 80, 127, 0, 0, 1, 0}, nil},
+		{"HTTP request", proxyAddr, []byte("GET / HTTP/1.1\r\n\r\n"), nil},
+		{"zero methods", proxyAddr, []byte{5, 0}, []byte{5, 0xff}},
+		{"no acceptable method", proxyAddr, []byte{5, 1, 2}, []byte{5, 0xff}},
+		{"truncated greeting", proxyAddr, []byte{5, 3, 0}, nil},
+		{"greeting only", proxyAddr, noAuth, chose},
+		{"truncated request", proxyAddr, cat(noAuth, []byte{5, 1, 0, 1, 127, 0}), chose},
+		{"request with wrong version", proxyAddr, cat(noAuth, []byte{4, 1, 0, 1, 127, 0, 0, 1, 0, 80}), chose},
+		{"bad ATYP", proxyAddr, cat(noAuth, []byte{5, 1, 0, 9, 127, 0, 0, 1, 0, 80}), cat(chose, reply(8))},
+		{"domain length 0", proxyAddr, cat(noAuth, []byte{5, 1, 0, 3, 0, 0, 80}), cat(chose, reply(4))},
+		{"domain cut short", proxyAddr, cat(noAuth, []byte{5, 1, 0, 3, 50, 'a', 'b'}), chose},
+		{"unknown command", proxyAddr, cat(noAuth, []byte{5, 9, 0, 1, 127, 0, 0, 1, 0, 80}), cat(chose, reply(7))},
+		{"login with wrong version", authAddr, []byte{5, 1, 2, 2, 1, 'u', 1, 'p'}, []byte{5, 2}},
+		{"login cut short", authAddr, []byte{5, 1, 2, 1, 5, 'u'}, []byte{5, 2}},
+		{"empty login", authAddr, []byte{5, 1, 2, 1, 0, 0}, []byte{5, 2, 1, 1}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if got := socksExchangeRaw(t, tc.proxy, tc.send); !bytes.Equal(got, tc.want) {
+				t.Fatalf("answer %x, want %x", got, tc.want)
+			}
+		})
+	}
+
+	// The empty name went nowhere: neither resolved nor dialed as the
+	// Network's own address.
+	if got := nw.lookedUp(); len(got) != 0 {
+		t.Errorf("Network lookups = %q, want none", got)
+	}
+	s.Close()
+	authServer.Close()
+	waitNoSOCKSGoroutines(t, "Close")
+	if out := logs.String(); strings.Contains(out, "panic") {
+		t.Fatalf("the server panicked:\n%s", out)
+	}
+}
+
+// waitNoSOCKSGoroutines waits for the server's goroutines to be gone after
+// Close or Shutdown. Those wait for every connection's goroutines, but
+// not for Serve's, which may still be returning.
+func waitNoSOCKSGoroutines(t *testing.T, after string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		left := socksGoroutineStacks()
+		if len(left) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("goroutines left after %s:\n%s", after, strings.Join(left, "\n\n"))
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
