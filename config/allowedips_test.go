@@ -154,3 +154,25 @@ func TestPeerWithoutAllowedIPsInWGConfig(t *testing.T) {
 		t.Errorf("warnings:\n got  %q\n want %q", got, want)
 	}
 }
+
+// TestRenderPeerRoutingNothing: a peer whose AllowedIPs is empty on
+// purpose renders as "AllowedIPs =", so it does not read back as the
+// catch-all that a missing key means.
+func TestRenderPeerRoutingNothing(t *testing.T) {
+	src := "[Interface]\nPrivateKey = " + privA + "\n\n[Peer]\nPublicKey = " + pubA + "\nAllowedIPs =\n"
+	c, err := config.Parse("wg0.conf", []byte(src), config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(c.Peers[0].AllowedIPs) != 0 || len(c.Warnings) != 0 {
+		t.Fatalf("AllowedIPs = %v, warnings %v; want none of either", c.Peers[0].AllowedIPs, c.Warnings)
+	}
+	out := c.Render(config.RenderOptions{IncludeSecrets: true})
+	again, err := config.Parse("wg0.conf", []byte(out), config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(again.Peers[0].AllowedIPs) != 0 || len(again.Warnings) != 0 {
+		t.Fatalf("render %q read back as AllowedIPs %v with warnings %v", out, again.Peers[0].AllowedIPs, again.Warnings)
+	}
+}

@@ -54,6 +54,10 @@ func (r *renderer) section(name string) {
 }
 
 func (r *renderer) kv(key, value string) {
+	if value == "" {
+		fmt.Fprintf(r.b, "%s =\n", key)
+		return
+	}
 	fmt.Fprintf(r.b, "%s = %s\n", key, value)
 }
 
@@ -208,7 +212,11 @@ func (p *Peer) render(r *renderer, opts RenderOptions) {
 		}
 	}
 	r.str("Endpoint", p.Endpoint)
-	if len(p.AllowedIPs) > 0 {
+	// An empty list is written out: leaving the key off would read back
+	// as wireproxy's catch-all, the opposite of routing nothing.
+	if len(p.AllowedIPs) == 0 {
+		r.kv("AllowedIPs", "")
+	} else {
 		r.kv("AllowedIPs", join(p.AllowedIPs))
 	}
 	if p.PersistentKeepalive != 0 {
