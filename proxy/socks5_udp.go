@@ -170,12 +170,16 @@ type socksAssociation struct {
 	tunnel  net.PacketConn
 	now     func() time.Time
 
-	// clientIP is the control connection's remote address: only it may
-	// send datagrams. clientPort is the port it sends from: named in the
-	// ASSOCIATE request, or else taken from the first valid datagram; 0
-	// until then. Only the goroutine reading the relay stores it.
-	clientIP   netip.Addr
-	clientPort atomic.Uint32
+	// clientIP is the control connection's remote address, without a
+	// zone so that it compares equal however the kernel reports it: only
+	// it may send datagrams. clientReplyIP is the same with its zone, to
+	// answer a link-local client. clientPort is the port it sends from:
+	// named in the ASSOCIATE request, or else taken from the first valid
+	// datagram; 0 until then. Only the goroutine reading the relay
+	// stores it.
+	clientIP      netip.Addr
+	clientReplyIP netip.Addr
+	clientPort    atomic.Uint32
 
 	dropped atomic.Uint64
 
@@ -248,13 +252,14 @@ func (s *SOCKS5) associate(_ context.Context, w io.Writer, req *socks5.Request) 
 		return fail(statute.RepServerFailure, fmt.Errorf("network socket: %w", err))
 	}
 	a := &socksAssociation{
-		s:        s,
-		control:  control,
-		relay:    relay,
-		tunnel:   tunnel,
-		now:      time.Now,
-		clientIP: clientIP,
-		names:    make(map[string]socksUDPName),
+		s:             s,
+		control:       control,
+		relay:         relay,
+		tunnel:        tunnel,
+		now:           time.Now,
+		clientIP:      clientIP,
+		clientReplyIP: clientIP.WithZone(remote.Addr().Zone()),
+		names:         make(map[string]socksUDPName),
 	}
 	a.clientPort.Store(uint32(clientPort))
 	defer a.close()
@@ -380,7 +385,7 @@ func (a *socksAssociation) fromNetwork() {
 			continue
 		}
 		start := putSOCKSUDPHeader(buf, socksUDPMaxHeader, src)
-		client := netip.AddrPortFrom(a.clientIP, uint16(port))
+		client := netip.AddrPortFrom(a.clientReplyIP, uint16(port))
 		if _, err := a.relay.WriteToUDPAddrPort(buf[start:socksUDPMaxHeader+n], client); err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				a.close()
