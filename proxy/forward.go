@@ -1,0 +1,361 @@
+package proxy
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+const (
+	// forwardDialTimeout bounds one dial to a forwarder's target. A dial
+	// into the tunnel may have to wait for a WireGuard handshake that is
+	// retried (rekey-timeout 5 s, with jitter), so it is generous.
+	forwardDialTimeout = 30 * time.Second
+
+	// idleChecks is how many times per timeout a relay's or a session's
+	// activity is looked at. Expiry therefore comes between the timeout
+	// and a quarter of it later, and the hot path only ever sets a flag.
+	idleChecks = 4
+)
+
+// ForwardConfig configures a TCPForwarder.
+type ForwardConfig struct {
+	// MaxConnections caps the relays one listener serves at once; past it
+	// clients wait in the kernel's backlog. <= 0 means
+	// DefaultMaxConnections.
+	MaxConnections int
+
+	// IdleTimeout closes a relay after no byte has moved either way for
+	// this long, so peers that vanished without a FIN (a laptop put to
+	// sleep, a NAT that forgot the flow) do not hold a slot forever.
+	// 0 keeps relays open as long as their two ends do.
+	IdleTimeout time.Duration
+
+	// Logger receives dial failures at warn level and per-relay events at
+	// debug level; nil discards them.
+	Logger *slog.Logger
+}
+
+// TCPForwarder accepts connections on listeners and relays each, bytes
+// and half-closes both ways, to one fixed target reached through dial.
+//
+// It serves both directions of a tunnel: a host net.Listener with the
+// tunnel's DialContext forwards a local port into the tunnel
+// (TCPClientTunnel), and the tunnel's Listen("tcp", ":port") with a host
+// (&net.Dialer{}).DialContext exposes a host service to the tunnel's peers
+// (TCPServerTunnel).
+type TCPForwarder struct {
+	dial     func(ctx context.Context, network, address string) (net.Conn, error)
+	target   string
+	maxConns int
+	idle     time.Duration
+	log      *slog.Logger
+
+	// ctx is cancelled by Close, which ends dials in flight.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	mu sync.Mutex
+	// draining is set by Shutdown and Close: no new connection is
+	// accepted. closed is set by Close alone: relays are torn down.
+	draining, closed bool
+	listeners        map[net.Listener]struct{}
+	conns            map[net.Conn]struct{} // both ends of every relay
+
+	// wg counts every goroutine the forwarder starts, so Close and
+	// Shutdown can wait for all of them.
+	wg sync.WaitGroup
+}
+
+// NewTCPForwarder returns a forwarder that relays every accepted
+// connection to target ("host:port") dialed with dial. It starts nothing;
+// call Serve.
+func NewTCPForwarder(dial func(ctx context.Context, network, address string) (net.Conn, error), target string, cfg ForwardConfig) *TCPForwarder {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &TCPForwarder{
+		dial:      dial,
+		target:    target,
+		maxConns:  cfg.MaxConnections,
+		idle:      cfg.IdleTimeout,
+		log:       log,
+		ctx:       ctx,
+		cancel:    cancel,
+		listeners: make(map[net.Listener]struct{}),
+		conns:     make(map[net.Conn]struct{}),
+	}
+}
+
+// Serve accepts connections on l, at most MaxConnections at once, and
+// relays each in its own goroutines. It closes l when it returns, and
+// returns nil once Close or Shutdown has been called; relays already
+// running carry on until their ends finish or Close is called.
+func (f *TCPForwarder) Serve(l net.Listener) error {
+	l = limitConnections(l, f.maxConns)
+	if !f.trackListener(l) {
+		l.Close()
+		return nil
+	}
+	defer f.untrackListener(l)
+	defer l.Close()
+
+	var backoff time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if f.isDraining() {
+				return nil
+			}
+			// Running out of descriptors is transient; give the relays
+			// in flight a moment to release some.
+			if te, ok := err.(interface{ Temporary() bool }); ok && te.Temporary() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				f.log.Debug("forward: accept", "target", f.target, "err", err, "retry_in", backoff)
+				select {
+				case <-time.After(backoff):
+					continue
+				case <-f.ctx.Done():
+					return nil
+				}
+			}
+			return fmt.Errorf("forward to %s: %w", f.target, err)
+		}
+		backoff = 0
+		if !f.startRelay(c) {
+			c.Close()
+			return nil
+		}
+	}
+}
+
+// Close stops every Serve, ends every relay and dial in flight, and
+// returns once all goroutines the forwarder started have exited. It is
+// safe to call more than once, and after Shutdown.
+func (f *TCPForwarder) Close() error {
+	f.mu.Lock()
+	f.draining = true
+	f.closed = true
+	for l := range f.listeners {
+		l.Close()
+	}
+	// Closing both ends fails both halves of each relay at once.
+	for c := range f.conns {
+		c.Close()
+	}
+	f.mu.Unlock()
+	f.cancel()
+	f.wg.Wait()
+	return nil
+}
+
+// Shutdown stops accepting and lets the relays in flight finish on their
+// own. If ctx ends first, it closes them as Close does and returns ctx's
+// error. Either way every goroutine of the forwarder has exited when it
+// returns.
+func (f *TCPForwarder) Shutdown(ctx context.Context) error {
+	f.mu.Lock()
+	f.draining = true
+	for l := range f.listeners {
+		l.Close()
+	}
+	f.mu.Unlock()
+
+	// No goroutine is added once draining is set, except by a relay that
+	// is itself counted, so the group can be waited on now.
+	drained := make(chan struct{})
+	go func() {
+		f.wg.Wait()
+		close(drained)
+	}()
+	select {
+	case <-drained:
+		f.cancel()
+		return nil
+	case <-ctx.Done():
+		f.Close()
+		<-drained
+		return fmt.Errorf("forward to %s: shutdown: %w", f.target, ctx.Err())
+	}
+}
+
+// startRelay hands c to a new relay goroutine. It reports false once
+// Shutdown or Close has begun; the WaitGroup grows only under the lock
+// that sets draining, so it never grows while being waited on at zero.
+func (f *TCPForwarder) startRelay(c net.Conn) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.draining {
+		return false
+	}
+	f.conns[c] = struct{}{}
+	f.wg.Add(1)
+	go f.relay(c)
+	return true
+}
+
+// relay dials the target for client and copies both ways until each side
+// has finished sending.
+func (f *TCPForwarder) relay(client net.Conn) {
+	defer f.wg.Done()
+	defer f.untrack(client)
+
+	ctx, cancel := context.WithTimeout(f.ctx, forwardDialTimeout)
+	upstream, err := f.dial(ctx, "tcp", f.target)
+	cancel()
+	if err != nil {
+		if f.ctx.Err() == nil {
+			f.log.Warn("forward: cannot reach target", "target", f.target, "client", client.RemoteAddr(), "err", err)
+		}
+		return // closing client tells it there is nothing behind the port
+	}
+	if !f.track(upstream) {
+		return
+	}
+	defer f.untrack(upstream)
+	f.log.Debug("forward: relay open", "target", f.target, "client", client.RemoteAddr())
+
+	src, dst := client, upstream
+	if f.idle > 0 {
+		w := newIdleWatch(f.idle, func() {
+			f.log.Debug("forward: idle relay closed", "target", f.target, "client", client.RemoteAddr(), "idle_timeout", f.idle)
+			client.Close()
+			upstream.Close()
+		})
+		defer w.stop()
+		src, dst = &activityConn{Conn: client, w: w}, &activityConn{Conn: upstream, w: w}
+	}
+
+	f.wg.Add(1) // this goroutine holds a count, so the group is not at zero
+	done := make(chan struct{})
+	go func() {
+		defer f.wg.Done()
+		defer close(done)
+		relayTunnel(dst, src)
+	}()
+	relayTunnel(src, dst)
+	<-done
+}
+
+func (f *TCPForwarder) isDraining() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.draining
+}
+
+func (f *TCPForwarder) trackListener(l net.Listener) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.draining {
+		return false
+	}
+	f.listeners[l] = struct{}{}
+	return true
+}
+
+func (f *TCPForwarder) untrackListener(l net.Listener) {
+	f.mu.Lock()
+	delete(f.listeners, l)
+	f.mu.Unlock()
+}
+
+// track hands c to Close. It reports false, having closed c, once Close
+// has begun; Shutdown alone still lets a relay that was dialing connect.
+func (f *TCPForwarder) track(c net.Conn) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		c.Close()
+		return false
+	}
+	f.conns[c] = struct{}{}
+	return true
+}
+
+func (f *TCPForwarder) untrack(c net.Conn) {
+	f.mu.Lock()
+	delete(f.conns, c)
+	f.mu.Unlock()
+	c.Close()
+}
+
+// idleWatch ends a relay that has been quiet for a timeout. Reads only
+// set a flag; one timer per relay, firing idleChecks times per timeout,
+// clears it and counts the checks that found it clear. A timer per read,
+// or a deadline pushed back on every read, would cost far more on a busy
+// relay.
+type idleWatch struct {
+	active  atomic.Bool  // a byte moved since the last check
+	quiet   atomic.Int32 // checks in a row that found no activity
+	stopped atomic.Bool
+	timer   *time.Timer
+	period  time.Duration
+	expire  func()
+}
+
+func newIdleWatch(timeout time.Duration, expire func()) *idleWatch {
+	w := &idleWatch{period: max(timeout/idleChecks, time.Millisecond), expire: expire}
+	// Armed only once w.timer is set, which check reads.
+	w.timer = time.AfterFunc(math.MaxInt64, w.check)
+	w.timer.Reset(w.period)
+	return w
+}
+
+func (w *idleWatch) touch() {
+	// Loading first keeps a busy relay from writing the shared flag on
+	// every read.
+	if !w.active.Load() {
+		w.active.Store(true)
+	}
+}
+
+func (w *idleWatch) check() {
+	if w.stopped.Load() {
+		return
+	}
+	if w.active.Swap(false) {
+		w.quiet.Store(0)
+	} else if w.quiet.Add(1) >= idleChecks {
+		w.expire()
+		return
+	}
+	// A stop that lands between the load above and this Reset costs one
+	// more firing, which then returns at once.
+	w.timer.Reset(w.period)
+}
+
+func (w *idleWatch) stop() {
+	w.stopped.Store(true)
+	w.timer.Stop()
+}
+
+// activityConn tells its idleWatch about every read that returned bytes:
+// each byte a relay moves is read from one of its two conns first.
+type activityConn struct {
+	net.Conn
+	w *idleWatch
+}
+
+func (c *activityConn) Read(b []byte) (int, error) {
+	n, err := c.Conn.Read(b)
+	if n > 0 {
+		c.w.touch()
+	}
+	return n, err
+}
+
+// CloseWrite passes a half-close through, as relayTunnel needs; a conn
+// that cannot half-close is closed, as limitedConn does.
+func (c *activityConn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return c.Conn.Close()
+}

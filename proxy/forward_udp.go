@@ -1,0 +1,456 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+)
+
+// udpBufferSize holds the largest UDP payload (65,507 bytes over IPv4),
+// so no datagram is ever truncated.
+const udpBufferSize = 64 << 10
+
+// UDPForwardConfig configures a UDPForwarder.
+type UDPForwardConfig struct {
+	// InactivityTimeout ends a client's session after no datagram has
+	// moved either way for this long. UDP has no close, so this is the
+	// only thing that frees a session; 0 keeps sessions until Close.
+	InactivityTimeout time.Duration
+
+	// MaxSessions caps the clients one PacketConn serves at once; a new
+	// client past it is dropped until a session expires. Each session
+	// holds a 64 KiB buffer, an upstream socket and a goroutine. <= 0
+	// means DefaultMaxConnections.
+	MaxSessions int
+
+	// Logger receives dial failures at warn level and per-session events
+	// at debug level; nil discards them.
+	Logger *slog.Logger
+}
+
+// UDPForwarder relays datagrams between the clients of a local
+// PacketConn and one fixed target. Each client address gets a session:
+// its own connected upstream conn, dialed with dial("udp", target), so
+// the target's replies can be told apart and sent back to that client
+// from the same local PacketConn.
+//
+// It serves both directions of a tunnel: a host net.ListenPacket with the
+// tunnel's DialContext forwards a local port into the tunnel
+// (UDPProxyTunnel), and the tunnel's ListenPacket("udp", ":port") with a
+// host dialer exposes a host service to the tunnel's peers
+// (UDPServerTunnel).
+type UDPForwarder struct {
+	dial        func(ctx context.Context, network, address string) (net.Conn, error)
+	target      string
+	timeout     time.Duration
+	maxSessions int
+	log         *slog.Logger
+
+	// ctx is cancelled by Close, which ends dials in flight.
+	ctx    context.Context
+	cancel context.CancelFunc
+
+	// buffers recycles the sessions' 64 KiB buffers, so clients that come
+	// and go do not each cost a fresh allocation.
+	buffers sync.Pool
+
+	mu     sync.Mutex
+	closed bool
+	ports  map[*udpPort]struct{}
+}
+
+// NewUDPForwarder returns a forwarder that relays the datagrams of every
+// client to target ("host:port") through conns made by dial. It starts
+// nothing; call Serve.
+func NewUDPForwarder(dial func(ctx context.Context, network, address string) (net.Conn, error), target string, cfg UDPForwardConfig) *UDPForwarder {
+	log := cfg.Logger
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	maxSessions := cfg.MaxSessions
+	if maxSessions <= 0 {
+		maxSessions = DefaultMaxConnections
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &UDPForwarder{
+		dial:        dial,
+		target:      target,
+		timeout:     cfg.InactivityTimeout,
+		maxSessions: maxSessions,
+		log:         log,
+		ctx:         ctx,
+		cancel:      cancel,
+		buffers:     sync.Pool{New: func() any { return new([udpBufferSize]byte) }},
+		ports:       make(map[*udpPort]struct{}),
+	}
+}
+
+// Serve relays the datagrams arriving on pc until pc fails or Close is
+// called. It closes pc and ends its sessions when it returns, and returns
+// nil after Close.
+func (f *UDPForwarder) Serve(pc net.PacketConn) error {
+	p := &udpPort{
+		f:        f,
+		pc:       pc,
+		sessions: make(map[netip.AddrPort]*udpSession),
+		done:     make(chan struct{}),
+	}
+	p.fast, _ = pc.(udpAddrPortConn)
+	if !f.trackPort(p) {
+		pc.Close()
+		return nil
+	}
+	defer f.untrackPort(p)
+	defer p.wg.Wait()
+	defer p.close()
+	if f.timeout > 0 {
+		p.wg.Add(1)
+		go p.expireIdle()
+	}
+	return p.serve()
+}
+
+// Close stops every Serve, ends every session and dial in flight, and
+// returns once all goroutines the forwarder started have exited. It is
+// safe to call more than once.
+func (f *UDPForwarder) Close() error {
+	f.mu.Lock()
+	f.closed = true
+	ports := make([]*udpPort, 0, len(f.ports))
+	for p := range f.ports {
+		ports = append(ports, p)
+	}
+	f.mu.Unlock()
+	f.cancel()
+	for _, p := range ports {
+		p.close()
+	}
+	for _, p := range ports {
+		p.wg.Wait()
+	}
+	return nil
+}
+
+func (f *UDPForwarder) trackPort(p *udpPort) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return false
+	}
+	f.ports[p] = struct{}{}
+	return true
+}
+
+func (f *UDPForwarder) untrackPort(p *udpPort) {
+	f.mu.Lock()
+	delete(f.ports, p)
+	f.mu.Unlock()
+}
+
+// udpAddrPortConn is what *net.UDPConn offers beyond net.PacketConn:
+// addresses as values, so a datagram costs no allocation.
+type udpAddrPortConn interface {
+	ReadFromUDPAddrPort(b []byte) (int, netip.AddrPort, error)
+	WriteToUDPAddrPort(b []byte, addr netip.AddrPort) (int, error)
+}
+
+// udpPort is one PacketConn being served, with its clients' sessions.
+type udpPort struct {
+	f    *UDPForwarder
+	pc   net.PacketConn
+	fast udpAddrPortConn // pc, when it has the allocation-free methods
+
+	mu       sync.Mutex
+	closed   bool
+	sessions map[netip.AddrPort]*udpSession
+
+	done chan struct{}  // closed by close, ends expireIdle
+	wg   sync.WaitGroup // expireIdle and the sessions' goroutines
+}
+
+// udpSession is one client's flow: the upstream conn dialed for it and
+// the goroutine that carries the target's replies back.
+type udpSession struct {
+	client netip.AddrPort
+	addr   net.Addr // client as pc gave it, for replies on a slow-path pc
+	buf    *[udpBufferSize]byte
+
+	// ready is closed once up is set; the datagrams that arrive before
+	// are dropped, as the network might have.
+	ready chan struct{}
+	up    net.Conn
+
+	active atomic.Bool // a datagram moved since the last check
+	quiet  int         // checks in a row without activity; under udpPort.mu
+
+	mu     sync.Mutex
+	ended  bool
+	cancel context.CancelFunc // ends the dial
+}
+
+func (p *udpPort) serve() error {
+	bufp := p.f.buffers.Get().(*[udpBufferSize]byte)
+	defer p.f.buffers.Put(bufp)
+	for {
+		n, from, addr, err := p.readFrom(bufp[:])
+		if err != nil {
+			if p.isClosed() {
+				return nil
+			}
+			// An ICMP error for an earlier reply can surface on the
+			// listening socket on some systems; it concerns one client,
+			// not the port.
+			if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) {
+				continue
+			}
+			return fmt.Errorf("udp forward to %s: %w", p.f.target, err)
+		}
+		if !from.IsValid() {
+			p.f.log.Debug("udp forward: datagram from an unusable address dropped", "target", p.f.target, "client", addr)
+			continue
+		}
+		p.forward(bufp[:n], from, addr)
+	}
+}
+
+func (p *udpPort) readFrom(b []byte) (int, netip.AddrPort, net.Addr, error) {
+	if p.fast != nil {
+		n, from, err := p.fast.ReadFromUDPAddrPort(b)
+		return n, from, nil, err
+	}
+	n, addr, err := p.pc.ReadFrom(b)
+	if err != nil {
+		return n, netip.AddrPort{}, nil, err
+	}
+	switch a := addr.(type) {
+	case *net.UDPAddr:
+		return n, a.AddrPort(), addr, nil
+	case nil:
+		return n, netip.AddrPort{}, nil, nil // dropped by the caller
+	}
+	from, _ := netip.ParseAddrPort(addr.String())
+	return n, from, addr, nil
+}
+
+func (p *udpPort) writeTo(b []byte, s *udpSession) (int, error) {
+	if p.fast != nil {
+		return p.fast.WriteToUDPAddrPort(b, s.client)
+	}
+	return p.pc.WriteTo(b, s.addr)
+}
+
+// forward sends a client's datagram upstream, opening a session for a
+// new client.
+func (p *udpPort) forward(b []byte, from netip.AddrPort, addr net.Addr) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	s := p.sessions[from]
+	if s == nil {
+		if len(p.sessions) >= p.f.maxSessions {
+			p.mu.Unlock()
+			p.f.log.Debug("udp forward: session cap reached, datagram dropped", "target", p.f.target, "client", from, "max_sessions", p.f.maxSessions)
+			return
+		}
+		p.startSession(from, addr, b)
+		p.mu.Unlock()
+		return
+	}
+	p.mu.Unlock()
+
+	if !s.active.Load() {
+		s.active.Store(true)
+	}
+	select {
+	case <-s.ready:
+		if _, err := s.up.Write(b); err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
+			p.f.log.Debug("udp forward: send upstream", "target", p.f.target, "client", from, "err", err)
+		}
+	default:
+	}
+}
+
+// startSession opens a session for a new client, whose first datagram is
+// b. It runs under p.mu, after p.closed was checked, so the WaitGroup
+// never grows once close has begun.
+func (p *udpPort) startSession(from netip.AddrPort, addr net.Addr, b []byte) {
+	ctx, cancel := context.WithTimeout(p.f.ctx, forwardDialTimeout)
+	s := &udpSession{
+		client: from,
+		addr:   addr,
+		buf:    p.f.buffers.Get().(*[udpBufferSize]byte),
+		ready:  make(chan struct{}),
+		cancel: cancel,
+	}
+	s.active.Store(true)
+	// The caller's buffer is reused for the next datagram, so the first
+	// one waits for the dial in the session's own.
+	first := copy(s.buf[:], b)
+	p.sessions[from] = s
+	p.wg.Add(1)
+	go p.runSession(ctx, s, first)
+}
+
+// runSession dials the target for a session, sends its first datagram
+// and then carries the target's replies back to the client until the
+// session ends.
+func (p *udpPort) runSession(ctx context.Context, s *udpSession, first int) {
+	defer p.wg.Done()
+	defer p.f.buffers.Put(s.buf)
+	defer p.endSession(s)
+
+	up, err := p.f.dial(ctx, "udp", p.f.target)
+	if err != nil {
+		if p.f.ctx.Err() == nil && !s.isEnded() {
+			p.f.log.Warn("udp forward: cannot reach target", "target", p.f.target, "client", s.client, "err", err)
+		}
+		return
+	}
+	if !s.attach(up) {
+		up.Close()
+		return
+	}
+	p.f.log.Debug("udp forward: session open", "target", p.f.target, "client", s.client)
+	if _, err := up.Write(s.buf[:first]); err != nil {
+		p.f.log.Debug("udp forward: send upstream", "target", p.f.target, "client", s.client, "err", err)
+	}
+	for {
+		n, err := up.Read(s.buf[:])
+		if err != nil {
+			// A connected UDP socket reports the ICMP port unreachable
+			// an earlier datagram drew; the target may come up later.
+			if errors.Is(err, syscall.ECONNREFUSED) {
+				continue
+			}
+			if !s.isEnded() {
+				p.f.log.Debug("udp forward: session ended", "target", p.f.target, "client", s.client, "err", err)
+			}
+			return
+		}
+		if !s.active.Load() {
+			s.active.Store(true)
+		}
+		if _, err := p.writeTo(s.buf[:n], s); err != nil {
+			if p.isClosed() {
+				return
+			}
+			p.f.log.Debug("udp forward: reply to client", "target", p.f.target, "client", s.client, "err", err)
+		}
+	}
+}
+
+// expireIdle ends the sessions that have been quiet for the inactivity
+// timeout. One ticker per port looks at every session's flag, so the
+// datagram path never touches a timer.
+func (p *udpPort) expireIdle() {
+	defer p.wg.Done()
+	t := time.NewTicker(max(p.f.timeout/idleChecks, time.Millisecond))
+	defer t.Stop()
+	var expired []*udpSession
+	for {
+		select {
+		case <-p.done:
+			return
+		case <-t.C:
+		}
+		p.mu.Lock()
+		for client, s := range p.sessions {
+			if s.active.Swap(false) {
+				s.quiet = 0
+				continue
+			}
+			if s.quiet++; s.quiet >= idleChecks {
+				delete(p.sessions, client)
+				expired = append(expired, s)
+			}
+		}
+		p.mu.Unlock()
+		for i, s := range expired {
+			p.f.log.Debug("udp forward: session expired", "target", p.f.target, "client", s.client, "inactivity_timeout", p.f.timeout)
+			s.end()
+			expired[i] = nil
+		}
+		expired = expired[:0]
+	}
+}
+
+// endSession removes s from the port, unless a newer session has taken
+// its client's place, and ends it.
+func (p *udpPort) endSession(s *udpSession) {
+	p.mu.Lock()
+	if p.sessions[s.client] == s {
+		delete(p.sessions, s.client)
+	}
+	p.mu.Unlock()
+	s.end()
+}
+
+// close stops serve and ends every session; p.wg then drains.
+func (p *udpPort) close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	sessions := p.sessions
+	p.sessions = nil
+	p.mu.Unlock()
+
+	close(p.done)
+	p.pc.Close()
+	for _, s := range sessions {
+		s.end()
+	}
+}
+
+func (p *udpPort) isClosed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed
+}
+
+// attach makes up the session's upstream conn. It reports false once the
+// session has ended, so a dial that finished late cannot outlive it.
+func (s *udpSession) attach(up net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ended {
+		return false
+	}
+	s.up = up
+	close(s.ready)
+	return true
+}
+
+// end stops the session's dial or closes its upstream conn, which ends
+// its goroutine. It is safe to call more than once.
+func (s *udpSession) end() {
+	s.mu.Lock()
+	if s.ended {
+		s.mu.Unlock()
+		return
+	}
+	s.ended = true
+	up := s.up
+	s.mu.Unlock()
+	s.cancel()
+	if up != nil {
+		up.Close()
+	}
+}
+
+func (s *udpSession) isEnded() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.ended
+}
