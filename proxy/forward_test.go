@@ -47,37 +47,6 @@ func forwardListen(t testing.TB, network, addr string) net.Listener {
 	return l
 }
 
-// forwardServe runs a backend on a loopback listener: handle gets each
-// accepted conn in its own goroutine and the conn is closed after it.
-func forwardServe(t testing.TB, addr string, handle func(net.Conn)) string {
-	t.Helper()
-	l := forwardListen(t, "tcp", addr)
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		l.Close()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				handle(c)
-			}()
-		}
-	}()
-	return l.Addr().String()
-}
-
-func forwardEcho(c net.Conn) { io.Copy(c, c) }
-
 // forwardCountBytes reads its conn to EOF, which only comes through a
 // relay if half-closes pass, then answers with the count.
 func forwardCountBytes(c net.Conn) {
@@ -95,30 +64,8 @@ func startTCPForwarder(t testing.TB, listenAddr, target string, cfg ForwardConfi
 		t.Fatal(err)
 	}
 	f := NewTCPForwarder(forwardDial, target, cfg)
-	served := make(chan error, 1)
-	go func() {
-		served <- f.Serve(l)
-		close(served)
-	}()
-	t.Cleanup(func() {
-		f.Close()
-		forwardWaitServe(t, served)
-	})
+	served := serveInBackground(t, func() error { return f.Serve(l) }, f.Close)
 	return f, l.Addr().String(), served
-}
-
-// forwardWaitServe checks that a Serve has returned nil; a closed
-// channel means an earlier call already did.
-func forwardWaitServe(t testing.TB, served <-chan error) {
-	t.Helper()
-	select {
-	case err, ok := <-served:
-		if ok && err != nil {
-			t.Errorf("Serve after Close = %v, want nil", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Error("Serve did not return after Close")
-	}
 }
 
 func forwardDialClient(t testing.TB, addr string) *net.TCPConn {
@@ -144,64 +91,19 @@ func forwardExchange(t testing.TB, c net.Conn, msg string) {
 	}
 }
 
-// forwardGoroutineStacks returns the stacks of goroutines running the
-// forwarders' code: the same check as socksGoroutineStacks, for the names
-// of this file's types.
-func forwardGoroutineStacks() []string {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	var ours []string
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		for _, name := range []string{
-			"wgbore/proxy.(*TCPForwarder)", "wgbore/proxy.(*UDPForwarder)", "wgbore/proxy.(*udpPort)",
-			"wgbore/proxy.(*idleWatch)", "wgbore/proxy.ServeSTDIO", "wgbore/proxy.sendSTDIO",
-		} {
-			if strings.Contains(g, name) {
-				ours = append(ours, g)
-				break
-			}
-		}
-	}
-	return ours
-}
-
 // forwardNoGoroutinesLeft fails the test unless the forwarders' goroutines
-// are gone. A goroutine that has told its WaitGroup it is done may still
-// be returning, so a running one gets a moment; one that is blocked was
-// not waited for, and fails the test at once.
+// are gone. Close and ServeSTDIO wait for every goroutine they start,
+// and each one's Done is its last deferred call, so one still present
+// must be running its return; one that is blocked was not waited for,
+// and fails the test at once.
 func forwardNoGoroutinesLeft(t testing.TB, after string) {
 	t.Helper()
-	for _, g := range forwardGoroutineStacks() {
+	for _, g := range proxyGoroutines(forwardCode...) {
 		if !strings.Contains(g, " [runnable") && !strings.Contains(g, " [running") {
 			t.Fatalf("goroutine blocked after %s:\n%s", after, g)
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		left := forwardGoroutineStacks()
-		if len(left) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("goroutines left after %s:\n%s", after, strings.Join(left, "\n\n"))
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
-// forwardWaitGoroutines waits for the goroutine count to fall back to
-// baseline: the backends' goroutines end shortly after the forwarder
-// closes their conns.
-func forwardWaitGoroutines(t testing.TB, baseline int) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > baseline && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := runtime.NumGoroutine(); n > baseline {
-		buf := make([]byte, 1<<20)
-		t.Fatalf("%d goroutines, baseline %d:\n%s", n, baseline, buf[:runtime.Stack(buf, true)])
-	}
+	waitNoGoroutines(t, after, forwardCode...)
 }
 
 // forwardLog collects log output written from the forwarders' goroutines.
@@ -237,7 +139,7 @@ func TestTCPForwarderRelaysBothWays(t *testing.T) {
 			// The backend sends its payload while it reads the client's,
 			// so both directions are full at once.
 			received := make(chan [sha256.Size]byte, 1)
-			target := forwardServe(t, net.JoinHostPort(host, "0"), func(c net.Conn) {
+			target := serveTCP(t, net.JoinHostPort(host, "0"), func(c net.Conn) {
 				sent := make(chan struct{})
 				go func() {
 					defer close(sent)
@@ -276,7 +178,7 @@ func TestTCPForwarderRelaysBothWays(t *testing.T) {
 }
 
 func TestTCPForwarderHalfClose(t *testing.T) {
-	target := forwardServe(t, "127.0.0.1:0", forwardCountBytes)
+	target := serveTCP(t, "127.0.0.1:0", forwardCountBytes)
 	_, addr, _ := startTCPForwarder(t, "127.0.0.1:0", target, ForwardConfig{})
 	c := forwardDialClient(t, addr)
 	io.WriteString(c, "twelve bytes")
@@ -296,20 +198,17 @@ func TestTCPForwarderHalfClose(t *testing.T) {
 // this is the TCPServerTunnel shape: the listener is the "tunnel's" and
 // the dial the host's.
 func TestTCPForwarderServerTunnelShape(t *testing.T) {
-	target := forwardServe(t, "127.0.0.1:0", forwardEcho)
+	target := serveTCP(t, "127.0.0.1:0", echoConn)
 	tunnelSide := forwardListen(t, "tcp", "127.0.0.1:0")
 	f := NewTCPForwarder((&net.Dialer{}).DialContext, target, ForwardConfig{})
-	served := make(chan error, 1)
-	go func() { served <- f.Serve(tunnelSide) }()
-	defer forwardWaitServe(t, served)
-	defer f.Close()
+	serveInBackground(t, func() error { return f.Serve(tunnelSide) }, f.Close)
 	forwardExchange(t, forwardDialClient(t, tunnelSide.Addr().String()), "through the server side")
 }
 
 func TestTCPForwarderIdleTimeout(t *testing.T) {
 	const idle = 150 * time.Millisecond
 	backendEOF := make(chan struct{}, 2)
-	target := forwardServe(t, "127.0.0.1:0", func(c net.Conn) {
+	target := serveTCP(t, "127.0.0.1:0", func(c net.Conn) {
 		io.Copy(c, c)
 		backendEOF <- struct{}{}
 	})
@@ -343,7 +242,7 @@ func TestTCPForwarderIdleTimeout(t *testing.T) {
 
 func TestTCPForwarderMaxConnections(t *testing.T) {
 	var accepted atomic.Int32
-	target := forwardServe(t, "127.0.0.1:0", func(c net.Conn) {
+	target := serveTCP(t, "127.0.0.1:0", func(c net.Conn) {
 		accepted.Add(1)
 		io.Copy(c, c)
 	})
@@ -395,13 +294,12 @@ func TestTCPForwarderDialFailure(t *testing.T) {
 }
 
 func TestTCPForwarderCloseEndsRelaysInFlight(t *testing.T) {
-	target := forwardServe(t, "127.0.0.1:0", forwardEcho)
+	target := serveTCP(t, "127.0.0.1:0", echoConn)
 	baseline := runtime.NumGoroutine()
 
 	l := forwardListen(t, "tcp", "127.0.0.1:0")
 	f := NewTCPForwarder(forwardDial, target, ForwardConfig{IdleTimeout: time.Minute})
-	served := make(chan error, 1)
-	go func() { served <- f.Serve(l) }()
+	served := serveInBackground(t, func() error { return f.Serve(l) }, f.Close)
 
 	var conns []net.Conn
 	for i := range 3 {
@@ -409,21 +307,9 @@ func TestTCPForwarderCloseEndsRelaysInFlight(t *testing.T) {
 		forwardExchange(t, c, fmt.Sprint("relay ", i))
 		conns = append(conns, c)
 	}
-	if len(forwardGoroutineStacks()) == 0 {
-		t.Fatal("no relay goroutines found before Close: the leak check below would prove nothing")
-	}
-
-	closed := make(chan struct{})
-	go func() {
-		f.Close()
-		close(closed)
-	}()
-	select {
-	case <-closed:
-	case <-time.After(5 * time.Second):
-		t.Fatalf("Close did not return; still running:\n%s", strings.Join(forwardGoroutineStacks(), "\n\n"))
-	}
-	forwardWaitServe(t, served)
+	mustHaveGoroutines(t, forwardCode...)
+	closeWithin(t, f.Close, forwardCode...)
+	waitServed(t, served)
 	forwardNoGoroutinesLeft(t, "Close")
 	for _, c := range conns {
 		c.SetDeadline(time.Now().Add(5 * time.Second))
@@ -431,11 +317,11 @@ func TestTCPForwarderCloseEndsRelaysInFlight(t *testing.T) {
 			t.Fatalf("client connection still open after Close (read %d bytes)", n)
 		}
 	}
-	forwardWaitGoroutines(t, baseline)
+	waitGoroutineCount(t, baseline)
 }
 
 func TestTCPForwarderShutdownWaitsForRelay(t *testing.T) {
-	target := forwardServe(t, "127.0.0.1:0", forwardCountBytes)
+	target := serveTCP(t, "127.0.0.1:0", forwardCountBytes)
 	f, addr, served := startTCPForwarder(t, "127.0.0.1:0", target, ForwardConfig{})
 	c := forwardDialClient(t, addr)
 	io.WriteString(c, "before")
@@ -454,7 +340,7 @@ func TestTCPForwarderShutdownWaitsForRelay(t *testing.T) {
 		defer cancel()
 		shut <- f.Shutdown(ctx)
 	}()
-	forwardWaitServe(t, served)
+	waitServed(t, served)
 	select {
 	case err := <-shut:
 		t.Fatalf("Shutdown returned %v with a relay still open", err)
@@ -483,7 +369,7 @@ func TestTCPForwarderShutdownWaitsForRelay(t *testing.T) {
 }
 
 func TestTCPForwarderShutdownDeadlineCloses(t *testing.T) {
-	target := forwardServe(t, "127.0.0.1:0", forwardEcho)
+	target := serveTCP(t, "127.0.0.1:0", echoConn)
 	f, addr, _ := startTCPForwarder(t, "127.0.0.1:0", target, ForwardConfig{})
 	c := forwardDialClient(t, addr)
 	forwardExchange(t, c, "open")
@@ -521,7 +407,7 @@ func (f *TCPForwarder) relayCount() int {
 }
 
 func BenchmarkTCPForwarder(b *testing.B) {
-	target := forwardServe(b, "127.0.0.1:0", func(c net.Conn) {
+	target := serveTCP(b, "127.0.0.1:0", func(c net.Conn) {
 		n, _ := io.Copy(io.Discard, c)
 		fmt.Fprintf(c, "%d", n)
 	})

@@ -80,15 +80,7 @@ func startUDPForwarder(t testing.TB, listenAddr, target string, cfg UDPForwardCo
 		t.Fatal(err)
 	}
 	f := NewUDPForwarder(forwardDial, target, cfg)
-	served := make(chan error, 1)
-	go func() {
-		served <- f.Serve(pc)
-		close(served)
-	}()
-	t.Cleanup(func() {
-		f.Close()
-		forwardWaitServe(t, served)
-	})
+	served := serveInBackground(t, func() error { return f.Serve(pc) }, f.Close)
 	return f, pc.LocalAddr().String(), served
 }
 
@@ -261,10 +253,7 @@ func TestUDPForwarderDialFailure(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := NewUDPForwarder(refuse, "192.0.2.1:53", UDPForwardConfig{Logger: logs.logger()})
-	served := make(chan error, 1)
-	go func() { served <- f.Serve(pc) }()
-	defer forwardWaitServe(t, served)
-	defer f.Close()
+	serveInBackground(t, func() error { return f.Serve(pc) }, f.Close)
 
 	c := forwardUDPClient(t, pc.LocalAddr().String())
 	for want := int32(1); want <= 2; want++ {
@@ -289,26 +278,13 @@ func TestUDPForwarderCloseLeaksNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := NewUDPForwarder(forwardDial, echo.addr(), UDPForwardConfig{InactivityTimeout: time.Minute})
-	served := make(chan error, 1)
-	go func() { served <- f.Serve(pc) }()
+	served := serveInBackground(t, func() error { return f.Serve(pc) }, f.Close)
 	for i := range 3 {
 		forwardUDPExchange(t, forwardUDPClient(t, pc.LocalAddr().String()), fmt.Sprint("client ", i))
 	}
-	if len(forwardGoroutineStacks()) == 0 {
-		t.Fatal("no session goroutines found before Close: the leak check below would prove nothing")
-	}
-
-	closed := make(chan struct{})
-	go func() {
-		f.Close()
-		close(closed)
-	}()
-	select {
-	case <-closed:
-	case <-time.After(5 * time.Second):
-		t.Fatalf("Close did not return; still running:\n%s", strings.Join(forwardGoroutineStacks(), "\n\n"))
-	}
-	forwardWaitServe(t, served)
+	mustHaveGoroutines(t, forwardCode...)
+	closeWithin(t, f.Close, forwardCode...)
+	waitServed(t, served)
 	forwardNoGoroutinesLeft(t, "Close")
 	if err := f.Serve(pc); err != nil {
 		t.Fatalf("Serve after Close = %v, want nil", err)
@@ -348,10 +324,7 @@ func TestUDPForwarderPlainPacketConn(t *testing.T) {
 		t.Fatal(err)
 	}
 	f := NewUDPForwarder(forwardDial, echo.addr(), UDPForwardConfig{})
-	served := make(chan error, 1)
-	go func() { served <- f.Serve(forwardPlainPacketConn{pc}) }()
-	defer forwardWaitServe(t, served)
-	defer f.Close()
+	serveInBackground(t, func() error { return f.Serve(forwardPlainPacketConn{pc}) }, f.Close)
 	for _, name := range []string{"alice", "bob"} {
 		c := forwardUDPClient(t, pc.LocalAddr().String())
 		for i := range 3 {

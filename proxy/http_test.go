@@ -97,19 +97,7 @@ func startHTTPProxy(t *testing.T, nw Network, cfg HTTPConfig) (*HTTP, string) {
 		t.Fatal(err)
 	}
 	p := NewHTTP(nw, cfg)
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(l) }()
-	t.Cleanup(func() {
-		p.Close()
-		select {
-		case err := <-served:
-			if err != nil {
-				t.Errorf("Serve returned %v after Close, want nil", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Error("Serve did not return after Close")
-		}
-	})
+	serveInBackground(t, func() error { return p.Serve(l) }, p.Close)
 	return p, l.Addr().String()
 }
 
@@ -488,22 +476,7 @@ func TestHTTPConnectHalfClose(t *testing.T) {
 func TestHTTPCloseEndsTunnels(t *testing.T) {
 	// An echo server the tunnel can reach; its own goroutines end when the
 	// proxy closes its side.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-
+	port := startTCPEcho(t)
 	baseline := runtime.NumGoroutine()
 
 	pl, err := net.Listen("tcp", "127.0.0.1:0")
@@ -511,8 +484,7 @@ func TestHTTPCloseEndsTunnels(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := NewHTTP(newHTTPTestNetwork(), HTTPConfig{})
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(pl) }()
+	served := serveInBackground(t, func() error { return p.Serve(pl) }, p.Close)
 
 	c, br := httpConnectTunnel(t, pl.Addr().String(), net.JoinHostPort(httpTunnelName, port))
 	io.WriteString(c, "ping")
@@ -527,35 +499,17 @@ func TestHTTPCloseEndsTunnels(t *testing.T) {
 	}
 	defer idle.Close()
 
-	closed := make(chan error, 1)
-	go func() { closed <- p.Close() }()
-	select {
-	case err := <-closed:
-		if err != nil {
-			t.Fatal(err)
-		}
-	case <-time.After(10 * time.Second):
-		stacks := make([]byte, 1<<20)
-		t.Fatalf("Close still waiting after 10s:\n%s", stacks[:runtime.Stack(stacks, true)])
+	if err := closeWithin(t, p.Close, httpCode...); err != nil {
+		t.Fatal(err)
 	}
-	if err := <-served; err != nil {
-		t.Fatalf("Serve: %v", err)
-	}
+	waitServed(t, served)
 	if _, err := br.ReadByte(); err == nil {
 		t.Error("the tunnel still carries data after Close")
 	}
 	c.Close()
 	idle.Close()
 
-	deadline := time.Now().Add(10 * time.Second)
-	for runtime.NumGoroutine() > baseline {
-		if time.Now().After(deadline) {
-			stacks := make([]byte, 1<<20)
-			stacks = stacks[:runtime.Stack(stacks, true)]
-			t.Fatalf("%d goroutines after Close, baseline %d:\n%s", runtime.NumGoroutine(), baseline, stacks)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitGoroutineCount(t, baseline)
 }
 
 // curl tests: the real client users point at the proxy.
@@ -912,37 +866,6 @@ func TestHTTPMaxConnections(t *testing.T) {
 	}
 }
 
-// httpGoroutineStacks returns the stacks of goroutines running the
-// proxy's code.
-func httpGoroutineStacks() []string {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	var ours []string
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "wgbore/proxy.(*HTTP)") || strings.Contains(g, "wgbore/proxy.relayTunnel") {
-			ours = append(ours, g)
-		}
-	}
-	return ours
-}
-
-// waitNoHTTPGoroutines waits for the proxy's goroutines to be gone after
-// Close or Shutdown, which wait for all but Serve's own.
-func waitNoHTTPGoroutines(t *testing.T, after string) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		left := httpGoroutineStacks()
-		if len(left) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("goroutines left after %s:\n%s", after, strings.Join(left, "\n\n"))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func httpTunnelPing(t *testing.T, c net.Conn, br *bufio.Reader) {
 	t.Helper()
 	c.SetDeadline(time.Now().Add(5 * time.Second))
@@ -955,7 +878,7 @@ func httpTunnelPing(t *testing.T, c net.Conn, br *bufio.Reader) {
 
 func TestHTTPShutdownWaitsForTunnels(t *testing.T) {
 	o := startHTTPOrigin(t, false)
-	port := startSOCKSEcho(t)
+	port := startTCPEcho(t)
 	p, addr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{})
 	tunnel, br := httpConnectTunnel(t, addr, net.JoinHostPort(httpTunnelName, port))
 	httpTunnelPing(t, tunnel, br)
@@ -974,36 +897,13 @@ func TestHTTPShutdownWaitsForTunnels(t *testing.T) {
 	}
 	readHTTPBody(t, res)
 
-	shutdown := make(chan error, 1)
-	go func() { shutdown <- p.Shutdown(context.Background()) }()
-
-	// The whole response has been read, so nothing is left buffered.
-	closedByServerWithin(t, idle, 5*time.Second)
-	if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
-		c.Close()
-		t.Fatal("the listener still accepts during Shutdown")
-	}
-	httpTunnelPing(t, tunnel, br)
-	select {
-	case err := <-shutdown:
-		t.Fatalf("Shutdown returned %v with a tunnel still open", err)
-	case <-time.After(100 * time.Millisecond):
-	}
-
-	tunnel.Close()
-	select {
-	case err := <-shutdown:
-		if err != nil {
-			t.Fatalf("Shutdown = %v, want nil", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Shutdown did not return after the last tunnel ended")
-	}
-	waitNoHTTPGoroutines(t, "Shutdown")
+	// The whole response has been read, so nothing is left buffered
+	// and the idle client is let go at once.
+	checkShutdownWaits(t, p.Shutdown, addr, idle, tunnel, func() { httpTunnelPing(t, tunnel, br) }, httpCode...)
 }
 
 func TestHTTPShutdownDeadline(t *testing.T) {
-	port := startSOCKSEcho(t)
+	port := startTCPEcho(t)
 	p, addr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{})
 	tunnel, br := httpConnectTunnel(t, addr, net.JoinHostPort(httpTunnelName, port))
 	httpTunnelPing(t, tunnel, br)
@@ -1017,7 +917,7 @@ func TestHTTPShutdownDeadline(t *testing.T) {
 	if _, err := br.ReadByte(); err == nil {
 		t.Fatal("the tunnel still carries data after Shutdown gave up")
 	}
-	waitNoHTTPGoroutines(t, "Shutdown")
+	waitNoGoroutines(t, "Shutdown", httpCode...)
 }
 
 // httpExchangeRaw sends raw to the proxy, half-closes, and returns the
@@ -1096,7 +996,7 @@ func TestHTTPMalformedRequests(t *testing.T) {
 	}
 	p.Close()
 	pa.Close()
-	waitNoHTTPGoroutines(t, "Close")
+	waitNoGoroutines(t, "Close", httpCode...)
 	if out := logs.String(); strings.Contains(out, "panic") {
 		t.Fatalf("the proxy panicked:\n%s", out)
 	}

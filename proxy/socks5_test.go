@@ -82,19 +82,7 @@ func startSOCKS5(t *testing.T, nw Network, cfg SOCKS5Config) (*SOCKS5, string, <
 		t.Fatal(err)
 	}
 	s := NewSOCKS5(nw, cfg)
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(l) }()
-	t.Cleanup(func() {
-		s.Close()
-		select {
-		case err := <-served:
-			if err != nil {
-				t.Errorf("Serve after Close = %v, want nil", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Error("Serve did not return after Close")
-		}
-	})
+	served := serveInBackground(t, func() error { return s.Serve(l) }, s.Close)
 	return s, l.Addr().String(), served
 }
 
@@ -380,41 +368,10 @@ func TestSOCKS5ServeAfterClose(t *testing.T) {
 	}
 }
 
-// socksGoroutineStacks returns the stacks of goroutines running the
-// server's or go-socks5's code.
-func socksGoroutineStacks() []string {
-	buf := make([]byte, 1<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	var ours []string
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		if strings.Contains(g, "things-go/go-socks5") || strings.Contains(g, "wgbore/proxy.(*SOCKS5)") ||
-			strings.Contains(g, "wgbore/proxy.socksGoroutines") || strings.Contains(g, "wgbore/proxy.(*socksAssociation)") {
-			ours = append(ours, g)
-		}
-	}
-	return ours
-}
-
 func TestSOCKS5CloseEndsRelaysInFlight(t *testing.T) {
 	// An echo backend, so the relay stays open as long as the client
 	// keeps its end.
-	backend, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer backend.Close()
-	go func() {
-		for {
-			c, err := backend.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
+	port := startTCPEcho(t)
 	baseline := runtime.NumGoroutine()
 
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -422,14 +379,12 @@ func TestSOCKS5CloseEndsRelaysInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := NewSOCKS5(newSOCKSNetwork(), SOCKS5Config{})
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(l) }()
+	served := serveInBackground(t, func() error { return s.Serve(l) }, s.Close)
 
 	d, err := xproxy.SOCKS5("tcp", l.Addr().String(), nil, xproxy.Direct)
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, port, _ := net.SplitHostPort(backend.Addr().String())
 	var conns []net.Conn
 	for range 3 {
 		c, err := d.Dial("tcp", "tunnel.test:"+port)
@@ -437,14 +392,7 @@ func TestSOCKS5CloseEndsRelaysInFlight(t *testing.T) {
 			t.Fatal(err)
 		}
 		defer c.Close()
-		c.SetDeadline(time.Now().Add(5 * time.Second))
-		if _, err := c.Write([]byte("ping")); err != nil {
-			t.Fatal(err)
-		}
-		echo := make([]byte, 4)
-		if _, err := io.ReadFull(c, echo); err != nil || string(echo) != "ping" {
-			t.Fatalf("echo through the relay = %q, %v", echo, err)
-		}
+		socksPing(t, c)
 		conns = append(conns, c)
 	}
 	// A client still in the handshake must be ended too.
@@ -454,32 +402,13 @@ func TestSOCKS5CloseEndsRelaysInFlight(t *testing.T) {
 	}
 	defer idle.Close()
 
-	if len(socksGoroutineStacks()) == 0 {
-		t.Fatal("no relay goroutines found before Close: the leak check below would prove nothing")
-	}
-
-	closed := make(chan struct{})
-	go func() {
-		s.Close()
-		close(closed)
-	}()
-	select {
-	case <-closed:
-	case <-time.After(5 * time.Second):
-		t.Fatalf("Close did not return; still running:\n%s", strings.Join(socksGoroutineStacks(), "\n\n"))
-	}
-	select {
-	case err := <-served:
-		if err != nil {
-			t.Fatalf("Serve after Close = %v, want nil", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Serve did not return after Close")
-	}
+	mustHaveGoroutines(t, socksCode...)
+	closeWithin(t, s.Close, socksCode...)
+	waitServed(t, served)
 
 	// Close waited for the server's goroutines; one may still be
 	// returning past its Done.
-	waitNoSOCKSGoroutines(t, "Close")
+	waitNoGoroutines(t, "Close", socksCode...)
 	for _, c := range append(conns, idle) {
 		c.SetDeadline(time.Now().Add(5 * time.Second))
 		if n, err := c.Read(make([]byte, 1)); err == nil {
@@ -489,46 +418,7 @@ func TestSOCKS5CloseEndsRelaysInFlight(t *testing.T) {
 
 	// The backend's per-connection goroutines end once the relays have
 	// closed their targets; give the runtime a moment to reap them.
-	deadline := time.Now().Add(5 * time.Second)
-	for runtime.NumGoroutine() > baseline && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := runtime.NumGoroutine(); n > baseline {
-		buf := make([]byte, 1<<20)
-		t.Fatalf("%d goroutines after Close, baseline %d:\n%s", n, baseline, buf[:runtime.Stack(buf, true)])
-	}
-}
-
-// startSOCKSEcho serves a TCP echo on loopback and returns its port.
-func startSOCKSEcho(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	t.Cleanup(func() {
-		l.Close()
-		wg.Wait()
-	})
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer c.Close()
-				io.Copy(c, c)
-			}()
-		}
-	}()
-	_, port, _ := net.SplitHostPort(l.Addr().String())
-	return port
+	waitGoroutineCount(t, baseline)
 }
 
 // closedByServerWithin reads c until the server closes it and returns how
@@ -601,7 +491,7 @@ func TestSOCKS5HandshakeTimeout(t *testing.T) {
 	}
 
 	// A relay, once running, is not bound by the handshake timeout.
-	port := startSOCKSEcho(t)
+	port := startTCPEcho(t)
 	d, _ := xproxy.SOCKS5("tcp", proxyAddr, &xproxy.Auth{User: "u", Password: "p"}, xproxy.Direct)
 	c, err := d.Dial("tcp", "127.0.0.1:"+port)
 	if err != nil {
@@ -644,7 +534,7 @@ func TestSOCKS5MaxConnections(t *testing.T) {
 }
 
 func TestSOCKS5ShutdownWaitsForRelays(t *testing.T) {
-	port := startSOCKSEcho(t)
+	port := startTCPEcho(t)
 	s, proxyAddr, _ := startSOCKS5(t, newSOCKSNetwork(), SOCKS5Config{})
 	relay := socksEchoThrough(t, proxyAddr, port)
 	idle, err := net.Dial("tcp", proxyAddr)
@@ -657,38 +547,13 @@ func TestSOCKS5ShutdownWaitsForRelays(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 
-	shutdown := make(chan error, 1)
-	go func() { shutdown <- s.Shutdown(context.Background()) }()
-
-	// The client still in its handshake is let go at once and the
-	// listener closes (startSOCKS5 checks Serve returned nil), but the
-	// relay carries on.
-	closedByServerWithin(t, idle, 5*time.Second)
-	if c, err := net.DialTimeout("tcp", proxyAddr, time.Second); err == nil {
-		c.Close()
-		t.Fatal("the listener still accepts during Shutdown")
-	}
-	socksPing(t, relay)
-	select {
-	case err := <-shutdown:
-		t.Fatalf("Shutdown returned %v with a relay still open", err)
-	case <-time.After(100 * time.Millisecond):
-	}
-
-	relay.Close()
-	select {
-	case err := <-shutdown:
-		if err != nil {
-			t.Fatalf("Shutdown = %v, want nil", err)
-		}
-	case <-time.After(5 * time.Second):
-		t.Fatal("Shutdown did not return after the last relay ended")
-	}
-	waitNoSOCKSGoroutines(t, "Shutdown")
+	// The client still in its handshake is let go at once (startSOCKS5
+	// checks Serve returned nil).
+	checkShutdownWaits(t, s.Shutdown, proxyAddr, idle, relay, func() { socksPing(t, relay) }, socksCode...)
 }
 
 func TestSOCKS5ShutdownDeadline(t *testing.T) {
-	port := startSOCKSEcho(t)
+	port := startTCPEcho(t)
 	s, proxyAddr, _ := startSOCKS5(t, newSOCKSUDPNetwork("127.0.0.1:0"), SOCKS5Config{})
 	relay := socksEchoThrough(t, proxyAddr, port)
 	assoc := mustSOCKSAssociate(t, proxyAddr, "127.0.0.1", socksUDPClientOptions{})
@@ -700,7 +565,7 @@ func TestSOCKS5ShutdownDeadline(t *testing.T) {
 	}
 	closedByServerWithin(t, relay, 5*time.Second)
 	closedByServerWithin(t, assoc.control, 5*time.Second)
-	waitNoSOCKSGoroutines(t, "Shutdown")
+	waitNoGoroutines(t, "Shutdown", socksCode...)
 }
 
 // socksExchangeRaw sends b to the proxy, half-closes, and returns all the
@@ -769,26 +634,8 @@ func TestSOCKS5MalformedRequests(t *testing.T) {
 	}
 	s.Close()
 	authServer.Close()
-	waitNoSOCKSGoroutines(t, "Close")
+	waitNoGoroutines(t, "Close", socksCode...)
 	if out := logs.String(); strings.Contains(out, "panic") {
 		t.Fatalf("the server panicked:\n%s", out)
-	}
-}
-
-// waitNoSOCKSGoroutines waits for the server's goroutines to be gone after
-// Close or Shutdown. Those wait for every connection's goroutines, but
-// not for Serve's, which may still be returning.
-func waitNoSOCKSGoroutines(t *testing.T, after string) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		left := socksGoroutineStacks()
-		if len(left) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("goroutines left after %s:\n%s", after, strings.Join(left, "\n\n"))
-		}
-		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -538,41 +538,16 @@ func TestSOCKS5UDPMalformedDatagramsDropped(t *testing.T) {
 	}
 }
 
-// socksAssociationStacks returns the stacks of goroutines relaying an
-// association's datagrams.
-func socksAssociationStacks() []string {
-	var ours []string
-	for _, g := range socksGoroutineStacks() {
-		if strings.Contains(g, "socksAssociation") || strings.Contains(g, "(*SOCKS5).associate") {
-			ours = append(ours, g)
-		}
-	}
-	return ours
-}
-
-func waitNoSOCKSAssociations(t *testing.T) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for len(socksAssociationStacks()) != 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("association goroutines still running:\n%s", strings.Join(socksAssociationStacks(), "\n\n"))
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 func TestSOCKS5UDPControlCloseEndsAssociation(t *testing.T) {
 	echo := startSOCKSUDPEcho(t, "127.0.0.1:0")
 	nw := newSOCKSUDPNetwork("127.0.0.1:0")
 	_, proxyAddr, _ := startSOCKS5(t, nw, SOCKS5Config{})
 	c := mustSOCKSAssociate(t, proxyAddr, "127.0.0.1", socksUDPClientOptions{})
 	c.exchange(t, socksUDPDatagram(echo.addrPort(), []byte("before")))
-	if len(socksAssociationStacks()) == 0 {
-		t.Fatal("no association goroutines found: the check below would prove nothing")
-	}
+	mustHaveGoroutines(t, socksAssociationCode...)
 
 	c.control.Close()
-	waitNoSOCKSAssociations(t)
+	waitNoGoroutines(t, "closing the control connection", socksAssociationCode...)
 
 	c.send(t, socksUDPDatagram(echo.addrPort(), []byte("after")))
 	if _, p, ok := c.receive(t, 300*time.Millisecond); ok {
@@ -618,8 +593,7 @@ func TestSOCKS5UDPCloseEndsAssociations(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := NewSOCKS5(newSOCKSUDPNetwork("127.0.0.1:0"), SOCKS5Config{})
-	served := make(chan error, 1)
-	go func() { served <- s.Serve(l) }()
+	served := serveInBackground(t, func() error { return s.Serve(l) }, s.Close)
 
 	var clients []*socksUDPClient
 	for range 3 {
@@ -627,25 +601,11 @@ func TestSOCKS5UDPCloseEndsAssociations(t *testing.T) {
 		c.exchange(t, socksUDPDatagram(echo.addrPort(), []byte("hi")))
 		clients = append(clients, c)
 	}
-	if len(socksAssociationStacks()) == 0 {
-		t.Fatal("no association goroutines found: the leak check would prove nothing")
-	}
-
-	closed := make(chan struct{})
-	go func() {
-		s.Close()
-		close(closed)
-	}()
-	select {
-	case <-closed:
-	case <-time.After(5 * time.Second):
-		t.Fatalf("Close did not return; still running:\n%s", strings.Join(socksGoroutineStacks(), "\n\n"))
-	}
-	if err := <-served; err != nil {
-		t.Fatalf("Serve after Close = %v", err)
-	}
+	mustHaveGoroutines(t, socksAssociationCode...)
+	closeWithin(t, s.Close, socksCode...)
+	waitServed(t, served)
 	// Close waited for them; one may still be returning past its Done.
-	waitNoSOCKSGoroutines(t, "Close")
+	waitNoGoroutines(t, "Close", socksCode...)
 	for _, c := range clients {
 		c.control.SetDeadline(time.Now().Add(5 * time.Second))
 		if _, err := c.control.Read(make([]byte, 1)); err == nil {

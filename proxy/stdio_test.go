@@ -30,7 +30,7 @@ func waitSTDIO(t *testing.T, done <-chan error) error {
 	case err := <-done:
 		return err
 	case <-time.After(30 * time.Second):
-		t.Fatalf("ServeSTDIO did not return; still running:\n%s", strings.Join(forwardGoroutineStacks(), "\n\n"))
+		t.Fatalf("ServeSTDIO did not return; still running:\n%s", strings.Join(proxyGoroutines(forwardCode...), "\n\n"))
 		return nil
 	}
 }
@@ -38,7 +38,7 @@ func waitSTDIO(t *testing.T, done <-chan error) error {
 func TestSTDIORelaysAndHalfCloses(t *testing.T) {
 	// The target answers only once it has read to EOF, so the answer
 	// arrives only if in's EOF travels on as a half-close.
-	target := forwardServe(t, "127.0.0.1:0", func(c net.Conn) {
+	target := serveTCP(t, "127.0.0.1:0", func(c net.Conn) {
 		h := sha256.New()
 		n, _ := io.Copy(h, c)
 		fmt.Fprintf(c, "got %d bytes, sha256 %x", n, h.Sum(nil))
@@ -65,7 +65,7 @@ func TestSTDIORelaysAndHalfCloses(t *testing.T) {
 func TestSTDIOWaitsForInAfterTargetEnds(t *testing.T) {
 	// A target that speaks first and hangs up, as an SSH server refusing
 	// a client does. The relay still ends only when in does.
-	target := forwardServe(t, "127.0.0.1:0", func(c net.Conn) {
+	target := serveTCP(t, "127.0.0.1:0", func(c net.Conn) {
 		io.WriteString(c, "SSH-2.0-test\r\n")
 	})
 	inR, inW := io.Pipe()
@@ -87,7 +87,7 @@ func TestSTDIOWaitsForInAfterTargetEnds(t *testing.T) {
 }
 
 func TestSTDIOContextEnds(t *testing.T) {
-	target := forwardServe(t, "127.0.0.1:0", forwardEcho)
+	target := serveTCP(t, "127.0.0.1:0", echoConn)
 	// An *os.File pipe has read deadlines, so ServeSTDIO can stop its
 	// reader too and leave no goroutine behind.
 	inR, inW, err := os.Pipe()
