@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"math"
 	"net"
-	"sync"
 	"sync/atomic"
 	"time"
 )
@@ -60,16 +59,9 @@ type TCPForwarder struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu sync.Mutex
-	// draining is set by Shutdown and Close: no new connection is
-	// accepted. closed is set by Close alone: relays are torn down.
-	draining, closed bool
-	listeners        map[net.Listener]struct{}
-	conns            map[net.Conn]struct{} // both ends of every relay
-
-	// wg counts every goroutine the forwarder starts, so Close and
-	// Shutdown can wait for all of them.
-	wg sync.WaitGroup
+	// connTracker holds the listeners, both ends of every relay, and
+	// the WaitGroup counting every goroutine the forwarder starts.
+	*connTracker
 }
 
 // NewTCPForwarder returns a forwarder that relays every accepted
@@ -82,15 +74,14 @@ func NewTCPForwarder(dial func(ctx context.Context, network, address string) (ne
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &TCPForwarder{
-		dial:      dial,
-		target:    target,
-		maxConns:  cfg.MaxConnections,
-		idle:      cfg.IdleTimeout,
-		log:       log,
-		ctx:       ctx,
-		cancel:    cancel,
-		listeners: make(map[net.Listener]struct{}),
-		conns:     make(map[net.Conn]struct{}),
+		dial:        dial,
+		target:      target,
+		maxConns:    cfg.MaxConnections,
+		idle:        cfg.IdleTimeout,
+		log:         log,
+		ctx:         ctx,
+		cancel:      cancel,
+		connTracker: newConnTracker(),
 	}
 }
 
@@ -100,11 +91,11 @@ func NewTCPForwarder(dial func(ctx context.Context, network, address string) (ne
 // running carry on until their ends finish or Close is called.
 func (f *TCPForwarder) Serve(l net.Listener) error {
 	l = limitConnections(l, f.maxConns)
-	if !f.trackListener(l) {
+	if !f.addListener(l) {
 		l.Close()
 		return nil
 	}
-	defer f.untrackListener(l)
+	defer f.removeListener(l)
 	defer l.Close()
 
 	var backoff time.Duration
@@ -140,17 +131,8 @@ func (f *TCPForwarder) Serve(l net.Listener) error {
 // returns once all goroutines the forwarder started have exited. It is
 // safe to call more than once, and after Shutdown.
 func (f *TCPForwarder) Close() error {
-	f.mu.Lock()
-	f.draining = true
-	f.closed = true
-	for l := range f.listeners {
-		l.Close()
-	}
 	// Closing both ends fails both halves of each relay at once.
-	for c := range f.conns {
-		c.Close()
-	}
-	f.mu.Unlock()
+	f.closeAll()
 	f.cancel()
 	f.wg.Wait()
 	return nil
@@ -161,12 +143,7 @@ func (f *TCPForwarder) Close() error {
 // error. Either way every goroutine of the forwarder has exited when it
 // returns.
 func (f *TCPForwarder) Shutdown(ctx context.Context) error {
-	f.mu.Lock()
-	f.draining = true
-	for l := range f.listeners {
-		l.Close()
-	}
-	f.mu.Unlock()
+	f.drain()
 
 	// No goroutine is added once draining is set, except by a relay that
 	// is itself counted, so the group can be waited on now.
@@ -187,16 +164,11 @@ func (f *TCPForwarder) Shutdown(ctx context.Context) error {
 }
 
 // startRelay hands c to a new relay goroutine. It reports false once
-// Shutdown or Close has begun; the WaitGroup grows only under the lock
-// that sets draining, so it never grows while being waited on at zero.
+// Shutdown or Close has begun.
 func (f *TCPForwarder) startRelay(c net.Conn) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.draining {
+	if !f.start(c) {
 		return false
 	}
-	f.conns[c] = struct{}{}
-	f.wg.Add(1)
 	go f.relay(c)
 	return true
 }
@@ -242,48 +214,6 @@ func (f *TCPForwarder) relay(client net.Conn) {
 	}()
 	relayTunnel(src, dst)
 	<-done
-}
-
-func (f *TCPForwarder) isDraining() bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return f.draining
-}
-
-func (f *TCPForwarder) trackListener(l net.Listener) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.draining {
-		return false
-	}
-	f.listeners[l] = struct{}{}
-	return true
-}
-
-func (f *TCPForwarder) untrackListener(l net.Listener) {
-	f.mu.Lock()
-	delete(f.listeners, l)
-	f.mu.Unlock()
-}
-
-// track hands c to Close. It reports false, having closed c, once Close
-// has begun; Shutdown alone still lets a relay that was dialing connect.
-func (f *TCPForwarder) track(c net.Conn) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.closed {
-		c.Close()
-		return false
-	}
-	f.conns[c] = struct{}{}
-	return true
-}
-
-func (f *TCPForwarder) untrack(c net.Conn) {
-	f.mu.Lock()
-	delete(f.conns, c)
-	f.mu.Unlock()
-	c.Close()
 }
 
 // idleWatch ends a relay that has been quiet for a timeout. Reads only

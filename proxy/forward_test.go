@@ -327,7 +327,7 @@ func TestTCPForwarderShutdownWaitsForRelay(t *testing.T) {
 	io.WriteString(c, "before")
 	// The relay must be running before Shutdown, or Shutdown could
 	// rightly close the listener with the connection still unaccepted.
-	for deadline := time.Now().Add(10 * time.Second); f.relayCount() == 0; {
+	for deadline := time.Now().Add(10 * time.Second); f.count() == 0; {
 		if time.Now().After(deadline) {
 			t.Fatal("relay never started")
 		}
@@ -396,14 +396,6 @@ func TestTCPForwarderServeAfterClose(t *testing.T) {
 		c.Close()
 		t.Fatal("Serve after Close left the listener open")
 	}
-}
-
-// relayCount reports how many conns the forwarder holds, both ends of
-// each relay counted.
-func (f *TCPForwarder) relayCount() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	return len(f.conns)
 }
 
 func BenchmarkTCPForwarder(b *testing.B) {

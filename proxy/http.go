@@ -13,7 +13,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"time"
 )
@@ -83,11 +82,10 @@ type HTTP struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu       sync.Mutex
-	closed   bool
-	draining bool                  // Shutdown waits for active; no handler may start
-	hijacked map[net.Conn]struct{} // CONNECT tunnels' conns, both sides
-	active   sync.WaitGroup        // handlers and the relays they start
+	// connTracker holds the CONNECT tunnels' conns, both sides, and the
+	// WaitGroup counting the handlers and the relays they start. Its
+	// listeners stay empty: http.Server closes its own.
+	*connTracker
 }
 
 // NewHTTP returns an HTTP proxy that dials and resolves through nw.
@@ -102,12 +100,12 @@ func NewHTTP(nw Network, cfg HTTPConfig) *HTTP {
 		headerTimeout = DefaultHTTPHandshakeTimeout
 	}
 	h := &HTTP{
-		nw:       nw,
-		log:      log,
-		maxConns: cfg.MaxConnections,
-		ctx:      ctx,
-		cancel:   cancel,
-		hijacked: make(map[net.Conn]struct{}),
+		nw:          nw,
+		log:         log,
+		maxConns:    cfg.MaxConnections,
+		ctx:         ctx,
+		cancel:      cancel,
+		connTracker: newConnTracker(),
 	}
 	if cfg.Username != "" {
 		// Hashing both sides to a fixed length lets the comparison take
@@ -167,24 +165,14 @@ func (h *HTTP) Serve(l net.Listener) error {
 // CONNECT tunnels in flight, and waits for every goroutine the proxy
 // started to return.
 func (h *HTTP) Close() error {
-	h.mu.Lock()
-	if h.closed {
-		h.mu.Unlock()
-		return nil
-	}
-	h.closed = true
-	conns := h.hijacked
-	h.hijacked = nil
-	h.mu.Unlock()
-
 	// http.Server.Close knows nothing of hijacked conns, so they are
 	// closed here; closing them unblocks the relays copying them.
+	if !h.closeAll() {
+		return nil
+	}
 	err := h.srv.Close()
 	h.cancel()
-	for c := range conns {
-		c.Close()
-	}
-	h.active.Wait()
+	h.wg.Wait()
 	h.transport.CloseIdleConnections()
 	return err
 }
@@ -198,9 +186,7 @@ func (h *HTTP) Shutdown(ctx context.Context) error {
 	// http.Server.Shutdown waits for the connections it still owns; the
 	// hijacked ones, the tunnels, it has forgotten.
 	err := h.srv.Shutdown(ctx)
-	h.mu.Lock()
-	h.draining = true
-	h.mu.Unlock()
+	h.drain()
 	if err == nil {
 		err = h.waitActive(ctx)
 	}
@@ -214,7 +200,7 @@ func (h *HTTP) Shutdown(ctx context.Context) error {
 func (h *HTTP) waitActive(ctx context.Context) error {
 	done := make(chan struct{})
 	go func() {
-		h.active.Wait()
+		h.wg.Wait()
 		close(done)
 	}()
 	select {
@@ -227,45 +213,12 @@ func (h *HTTP) waitActive(ctx context.Context) error {
 	}
 }
 
-// enter registers a handler so Close and Shutdown can wait for it. It
-// reports false once either has begun waiting: a WaitGroup must not grow
-// from zero while it is awaited.
-func (h *HTTP) enter() bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.closed || h.draining {
-		return false
-	}
-	h.active.Add(1)
-	return true
-}
-
-// track hands c to Close. It reports false, having closed c, once Close
-// has begun.
-func (h *HTTP) track(c net.Conn) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if h.closed {
-		c.Close()
-		return false
-	}
-	h.hijacked[c] = struct{}{}
-	return true
-}
-
-func (h *HTTP) untrack(c net.Conn) {
-	h.mu.Lock()
-	delete(h.hijacked, c)
-	h.mu.Unlock()
-	c.Close()
-}
-
 func (h *HTTP) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	if !h.enter() {
 		http.Error(w, "proxy is shutting down", http.StatusServiceUnavailable)
 		return
 	}
-	defer h.active.Done()
+	defer h.wg.Done()
 
 	if !h.authorized(r) {
 		w.Header().Set("Proxy-Authenticate", proxyRealm)
@@ -380,10 +333,10 @@ func (h *HTTP) serveConnect(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	h.active.Add(1) // the handler holds a count, so the group cannot be at zero
+	h.wg.Add(1) // the handler holds a count, so the group cannot be at zero
 	done := make(chan struct{})
 	go func() {
-		defer h.active.Done()
+		defer h.wg.Done()
 		defer close(done)
 		relayTunnel(client, upstream)
 	}()

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"sync"
 	"time"
 
 	socks5 "github.com/things-go/go-socks5"
@@ -79,17 +78,12 @@ type SOCKS5 struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
-	mu        sync.Mutex
-	closed    bool // by Close or Shutdown: nothing new is accepted
-	listeners map[net.Listener]struct{}
-	// conns maps each client connection to whether its handshake is
-	// over: Shutdown ends those still in it and waits for the others.
-	conns map[net.Conn]bool
-
-	// wg counts every goroutine the server starts, go-socks5's relay
-	// halves included (they are started through Submit), so Close can
-	// wait for all of them.
-	wg sync.WaitGroup
+	// connTracker holds the listeners and the client connections, each
+	// marked busy once its handshake is over (Shutdown ends those still
+	// in it and waits for the others), and the WaitGroup counting every
+	// goroutine the server starts, go-socks5's relay halves included
+	// (they are started through Submit).
+	*connTracker
 }
 
 // NewSOCKS5 returns a SOCKS5 server that reaches targets through nw. It
@@ -111,8 +105,7 @@ func NewSOCKS5(nw Network, cfg SOCKS5Config) *SOCKS5 {
 		handshakeTimeout: handshakeTimeout,
 		ctx:              ctx,
 		cancel:           cancel,
-		listeners:        make(map[net.Listener]struct{}),
-		conns:            make(map[net.Conn]bool),
+		connTracker:      newConnTracker(),
 	}
 
 	opts := []socks5.Option{
@@ -144,18 +137,18 @@ func NewSOCKS5(nw Network, cfg SOCKS5Config) *SOCKS5 {
 // Serve returns nil.
 func (s *SOCKS5) Serve(l net.Listener) error {
 	l = limitConnections(l, s.maxConns)
-	if !s.trackListener(l) {
+	if !s.addListener(l) {
 		l.Close()
 		return nil
 	}
-	defer s.untrackListener(l)
+	defer s.removeListener(l)
 	defer l.Close()
 
 	var backoff time.Duration
 	for {
 		conn, err := l.Accept()
 		if err != nil {
-			if s.isClosed() {
+			if s.isDraining() {
 				return nil
 			}
 			// Running out of descriptors is transient; give the
@@ -173,13 +166,18 @@ func (s *SOCKS5) Serve(l net.Listener) error {
 			return err
 		}
 		backoff = 0
-		if !s.trackConn(conn) {
+		// start counts the goroutine under the lock Close takes, so
+		// Close either sees the connection and waits for it, or the
+		// connection is refused.
+		if !s.start(conn) {
 			conn.Close()
 			return nil
 		}
 		go func() {
 			defer s.wg.Done()
-			defer s.untrackConn(conn)
+			// ServeConn has closed conn already; closing it again in
+			// untrack is harmless.
+			defer s.untrack(conn)
 			s.serveConn(conn)
 		}()
 	}
@@ -189,18 +187,10 @@ func (s *SOCKS5) Serve(l net.Listener) error {
 // relay in flight, and returns once all goroutines the server started have
 // exited. It is safe to call more than once.
 func (s *SOCKS5) Close() error {
-	s.mu.Lock()
-	s.closed = true
-	for l := range s.listeners {
-		l.Close()
-	}
 	// Closing the client side is enough to end a relay: the half copying
 	// from the client fails at once, go-socks5 then closes the target,
 	// which ends the other half.
-	for c := range s.conns {
-		c.Close()
-	}
-	s.mu.Unlock()
+	s.closeAll()
 	s.cancel()
 	s.wg.Wait()
 	return nil
@@ -213,17 +203,8 @@ func (s *SOCKS5) Close() error {
 // returns ctx's error. Either way, every goroutine the server started has
 // exited when it returns.
 func (s *SOCKS5) Shutdown(ctx context.Context) error {
-	s.mu.Lock()
-	s.closed = true
-	for l := range s.listeners {
-		l.Close()
-	}
-	for c, served := range s.conns {
-		if !served {
-			c.Close()
-		}
-	}
-	s.mu.Unlock()
+	s.drain()
+	s.closeIdle()
 
 	err := s.waitForConns(ctx)
 	s.Close()
@@ -238,7 +219,7 @@ func (s *SOCKS5) waitForConns(ctx context.Context) error {
 	poll := time.Millisecond
 	timer := time.NewTimer(poll)
 	defer timer.Stop()
-	for s.connCount() > 0 {
+	for s.count() > 0 {
 		select {
 		case <-timer.C:
 			poll = min(2*poll, 250*time.Millisecond)
@@ -248,12 +229,6 @@ func (s *SOCKS5) waitForConns(ctx context.Context) error {
 		}
 	}
 	return nil
-}
-
-func (s *SOCKS5) connCount() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.conns)
 }
 
 // endHandshake clears the handshake deadline once a request has been read
@@ -266,13 +241,8 @@ func (s *SOCKS5) endHandshake(_ context.Context, w io.Writer, _ *socks5.Request)
 	if !ok {
 		return nil
 	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
+	if !s.markBusy(c) {
 		return errors.New("server shutting down")
-	}
-	if _, tracked := s.conns[c]; tracked {
-		s.conns[c] = true
 	}
 	return c.SetDeadline(time.Time{})
 }
@@ -281,7 +251,7 @@ func (s *SOCKS5) serveConn(conn net.Conn) {
 	// Cleared by endHandshake once a request has been read.
 	conn.SetDeadline(time.Now().Add(s.handshakeTimeout))
 	err := s.server.ServeConn(conn)
-	if err != nil && !s.isClosed() {
+	if err != nil && !s.isDraining() {
 		// go-socks5's errors name the target and the failing step; none
 		// carries credentials.
 		s.log.Debug("socks5: connection ended", "client", conn.RemoteAddr(), "err", err)
@@ -334,48 +304,6 @@ func (s *SOCKS5) bound(ctx context.Context, timeout time.Duration) (context.Cont
 		stop()
 		cancel()
 	}
-}
-
-func (s *SOCKS5) isClosed() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.closed
-}
-
-func (s *SOCKS5) trackListener(l net.Listener) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.listeners[l] = struct{}{}
-	return true
-}
-
-func (s *SOCKS5) untrackListener(l net.Listener) {
-	s.mu.Lock()
-	delete(s.listeners, l)
-	s.mu.Unlock()
-}
-
-// trackConn registers c and counts the goroutine about to serve it. Both
-// happen under the lock Close takes to set closed, so Close either sees
-// the connection and waits for its goroutine, or the connection is refused.
-func (s *SOCKS5) trackConn(c net.Conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return false
-	}
-	s.conns[c] = false
-	s.wg.Add(1)
-	return true
-}
-
-func (s *SOCKS5) untrackConn(c net.Conn) {
-	s.mu.Lock()
-	delete(s.conns, c)
-	s.mu.Unlock()
 }
 
 // socksGoroutines runs go-socks5's goroutines (the two halves of each

@@ -543,7 +543,7 @@ func TestSOCKS5ShutdownWaitsForRelays(t *testing.T) {
 	}
 	defer idle.Close()
 	// Let the server accept the idle client before shutting down.
-	for s.connCount() < 2 {
+	for s.count() < 2 {
 		time.Sleep(time.Millisecond)
 	}
 
