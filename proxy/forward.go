@@ -90,41 +90,11 @@ func NewTCPForwarder(dial func(ctx context.Context, network, address string) (ne
 // returns nil once Close or Shutdown has been called; relays already
 // running carry on until their ends finish or Close is called.
 func (f *TCPForwarder) Serve(l net.Listener) error {
-	l = limitConnections(l, f.maxConns)
-	if !f.addListener(l) {
-		l.Close()
-		return nil
+	err := f.acceptLoop(f.ctx, limitConnections(l, f.maxConns), f.log.With("target", f.target), "forward: accept", f.startRelay)
+	if err != nil {
+		return fmt.Errorf("forward to %s: %w", f.target, err)
 	}
-	defer f.removeListener(l)
-	defer l.Close()
-
-	var backoff time.Duration
-	for {
-		c, err := l.Accept()
-		if err != nil {
-			if f.isDraining() {
-				return nil
-			}
-			// Running out of descriptors is transient; give the relays
-			// in flight a moment to release some.
-			if te, ok := err.(interface{ Temporary() bool }); ok && te.Temporary() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				f.log.Debug("forward: accept", "target", f.target, "err", err, "retry_in", backoff)
-				select {
-				case <-time.After(backoff):
-					continue
-				case <-f.ctx.Done():
-					return nil
-				}
-			}
-			return fmt.Errorf("forward to %s: %w", f.target, err)
-		}
-		backoff = 0
-		if !f.startRelay(c) {
-			c.Close()
-			return nil
-		}
-	}
+	return nil
 }
 
 // Close stops every Serve, ends every relay and dial in flight, and

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"io"
 	"net"
 	"runtime"
@@ -170,6 +171,30 @@ func waitServed(t testing.TB, served <-chan error) {
 	case <-time.After(5 * time.Second):
 		t.Error("Serve did not return after Close")
 	}
+}
+
+// exchangeRaw sends b to the server at addr, half-closes, and returns
+// all it answers, failing the test unless the server closes within 5 s.
+func exchangeRaw(t testing.TB, addr string, b []byte) []byte {
+	t.Helper()
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	// The server may answer and close before reading all of a long
+	// request, so writing must not hold up reading.
+	go func() {
+		c.Write(b)
+		c.(*net.TCPConn).CloseWrite()
+	}()
+	answer, err := io.ReadAll(c)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatalf("connection still open after %q (answered %q)", b[:min(len(b), 64)], answer)
+	}
+	return answer
 }
 
 // serveTCP runs a backend on a loopback listener: handle gets each

@@ -925,23 +925,7 @@ func TestHTTPShutdownDeadline(t *testing.T) {
 // few seconds.
 func httpExchangeRaw(t *testing.T, proxyAddr, raw string) *http.Response {
 	t.Helper()
-	c, err := net.Dial("tcp", proxyAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	// The proxy may answer and close before reading all of a huge
-	// request, so writing must not hold up reading.
-	go func() {
-		io.WriteString(c, raw)
-		c.(*net.TCPConn).CloseWrite()
-	}()
-	answer, err := io.ReadAll(c)
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		t.Fatalf("connection still open (answered %q)", answer)
-	}
+	answer := exchangeRaw(t, proxyAddr, []byte(raw))
 	res, err := http.ReadResponse(bufio.NewReader(strings.NewReader(string(answer))), nil)
 	if err != nil {
 		t.Fatalf("no response (%v): %q", err, answer)

@@ -136,42 +136,12 @@ func NewSOCKS5(nw Network, cfg SOCKS5Config) *SOCKS5 {
 // until their clients leave or Close is called. After Close or Shutdown,
 // Serve returns nil.
 func (s *SOCKS5) Serve(l net.Listener) error {
-	l = limitConnections(l, s.maxConns)
-	if !s.addListener(l) {
-		l.Close()
-		return nil
-	}
-	defer s.removeListener(l)
-	defer l.Close()
-
-	var backoff time.Duration
-	for {
-		conn, err := l.Accept()
-		if err != nil {
-			if s.isDraining() {
-				return nil
-			}
-			// Running out of descriptors is transient; give the
-			// relays in flight a moment to release some.
-			if te, ok := err.(interface{ Temporary() bool }); ok && te.Temporary() {
-				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-				s.log.Debug("socks5: accept", "err", err, "retry_in", backoff)
-				select {
-				case <-time.After(backoff):
-					continue
-				case <-s.ctx.Done():
-					return nil
-				}
-			}
-			return err
-		}
-		backoff = 0
+	return s.acceptLoop(s.ctx, limitConnections(l, s.maxConns), s.log, "socks5: accept", func(conn net.Conn) bool {
 		// start counts the goroutine under the lock Close takes, so
 		// Close either sees the connection and waits for it, or the
 		// connection is refused.
 		if !s.start(conn) {
-			conn.Close()
-			return nil
+			return false
 		}
 		go func() {
 			defer s.wg.Done()
@@ -180,7 +150,8 @@ func (s *SOCKS5) Serve(l net.Listener) error {
 			defer s.untrack(conn)
 			s.serveConn(conn)
 		}()
-	}
+		return true
+	})
 }
 
 // Close stops every listener given to Serve, ends every connection and

@@ -568,26 +568,6 @@ func TestSOCKS5ShutdownDeadline(t *testing.T) {
 	waitNoGoroutines(t, "Shutdown", socksCode...)
 }
 
-// socksExchangeRaw sends b to the proxy, half-closes, and returns all the
-// proxy answered before closing, failing if it keeps the connection open.
-func socksExchangeRaw(t *testing.T, proxyAddr string, b []byte) []byte {
-	t.Helper()
-	c, err := net.Dial("tcp", proxyAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(5 * time.Second))
-	mustWrite(t, c, b)
-	c.(*net.TCPConn).CloseWrite()
-	answer, err := io.ReadAll(c)
-	var ne net.Error
-	if errors.As(err, &ne) && ne.Timeout() {
-		t.Fatalf("connection still open after %q (answered %x)", b, answer)
-	}
-	return answer
-}
-
 func TestSOCKS5MalformedRequests(t *testing.T) {
 	var logs socksLogBuffer
 	logger := slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
@@ -621,7 +601,7 @@ func TestSOCKS5MalformedRequests(t *testing.T) {
 		{"empty login", authAddr, []byte{5, 1, 2, 1, 0, 0}, []byte{5, 2, 1, 1}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			if got := socksExchangeRaw(t, tc.proxy, tc.send); !bytes.Equal(got, tc.want) {
+			if got := exchangeRaw(t, tc.proxy, tc.send); !bytes.Equal(got, tc.want) {
 				t.Fatalf("answer %x, want %x", got, tc.want)
 			}
 		})

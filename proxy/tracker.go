@@ -1,8 +1,11 @@
 package proxy
 
 import (
+	"context"
+	"log/slog"
 	"net"
 	"sync"
+	"time"
 )
 
 // connTracker is the bookkeeping a TCP server needs to stop: the
@@ -166,4 +169,49 @@ func (t *connTracker) closeAll() bool {
 		c.Close()
 	}
 	return true
+}
+
+// acceptLoop accepts on l until it fails, handing each connection to
+// handle, and closes l when it returns. handle reports false, leaving
+// the connection to be closed here, once Shutdown or Close has begun.
+// acceptLoop returns nil when l was closed by Shutdown or Close (or is
+// given after them), and l's error otherwise.
+//
+// Running out of descriptors is transient: Accept is retried after a
+// pause, doubling from 5 ms up to 1 s, which gives the connections in
+// flight a moment to release some; each retry is logged at debug level
+// as msg. ctx ending the pause ends the loop with nil.
+func (t *connTracker) acceptLoop(ctx context.Context, l net.Listener, log *slog.Logger, msg string, handle func(net.Conn) bool) error {
+	if !t.addListener(l) {
+		l.Close()
+		return nil
+	}
+	defer t.removeListener(l)
+	defer l.Close()
+
+	var backoff time.Duration
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			if t.isDraining() {
+				return nil
+			}
+			if te, ok := err.(interface{ Temporary() bool }); ok && te.Temporary() {
+				backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+				log.Debug(msg, "err", err, "retry_in", backoff)
+				select {
+				case <-time.After(backoff):
+					continue
+				case <-ctx.Done():
+					return nil
+				}
+			}
+			return err
+		}
+		backoff = 0
+		if !handle(c) {
+			c.Close()
+			return nil
+		}
+	}
 }
