@@ -120,6 +120,9 @@ func benchDial(b *testing.B, dial func(context.Context, string) (net.Conn, error
 	if err != nil {
 		b.Fatal(err)
 	}
+	// A stalled transfer fails the benchmark with a timeout instead of
+	// hanging it: one run here once stalled mid-upload under heavy load.
+	c.SetDeadline(time.Now().Add(5 * time.Minute))
 	return c
 }
 
