@@ -101,6 +101,7 @@ type e2eSetup struct {
 	site *peersite.Site
 	d    *daemon
 	dir  string
+	key  protocol.PrivateKey
 }
 
 const e2eSections = `[Socks5]
@@ -148,7 +149,7 @@ func startE2E(t *testing.T) *e2eSetup {
 	if h := fmt.Sprint(d.summary["handshakes"]); h != "1/1" {
 		t.Fatalf("summary says handshakes %s, want 1/1: %v", h, d.summary)
 	}
-	return &e2eSetup{site: site, d: d, dir: dir}
+	return &e2eSetup{site: site, d: d, dir: dir, key: ours}
 }
 
 func TestEndToEnd(t *testing.T) {
@@ -158,6 +159,15 @@ func TestEndToEnd(t *testing.T) {
 	socksAuth := e.d.addr(t, "socks5 ", 1)
 	httpProxy := e.d.addr(t, "http ", 0)
 
+	// Whatever the subtests do, and at debug level, no secret is logged.
+	defer func() {
+		log := e.d.log()
+		for _, secret := range []string{e.key.Base64(), "wonder land", "user:pass", "dXNlcjpwYXNz"} {
+			if strings.Contains(log, secret) {
+				t.Errorf("the log contains a secret (%q)", secret)
+			}
+		}
+	}()
 	t.Run("socks5-hostname by IP", func(t *testing.T) {
 		out := mustCurl(t, "--socks5-hostname", socks, "http://10.0.0.2/bytes/300000")
 		if !bytes.Equal([]byte(out), peersite.Body(300000)) {
