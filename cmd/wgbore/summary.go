@@ -7,10 +7,20 @@ import (
 	"github.com/wgbore/wgbore/protocol"
 )
 
+// startSummary runs summarize in the background; shutdown waits for it.
+func (s *service) startSummary(wait time.Duration) {
+	s.summarized = make(chan struct{})
+	go func() {
+		defer close(s.summarized)
+		s.summarize(wait)
+	}()
+}
+
 // summarize starts a handshake with every peer whose endpoint is known and
 // logs one line saying what listens where and which peers answered. It
 // waits up to wait for the handshakes, not for ever: the engine keeps
-// retrying on the protocol's timers, and the listeners already work.
+// retrying on the protocol's timers, and the listeners already work. A
+// shutdown that begins during the wait ends it, with no summary.
 func (s *service) summarize(wait time.Duration) {
 	eng := s.tun.Engine()
 	started := time.Now()
@@ -21,8 +31,19 @@ func (s *service) summarize(wait time.Duration) {
 			pending = append(pending, p.PublicKey)
 		}
 	}
-	deadline := started.Add(wait)
-	for len(pending) > 0 && time.Now().Before(deadline) {
+	timeout := time.NewTimer(wait)
+	defer timeout.Stop()
+	poll := time.NewTicker(10 * time.Millisecond)
+	defer poll.Stop()
+waiting:
+	for len(pending) > 0 {
+		select {
+		case <-s.stopping:
+			return
+		case <-timeout.C:
+			break waiting
+		case <-poll.C:
+		}
 		still := pending[:0]
 		for _, k := range pending {
 			if st, ok := eng.Peer(k); ok && st.LastHandshake.IsZero() {
@@ -30,9 +51,6 @@ func (s *service) summarize(wait time.Duration) {
 			}
 		}
 		pending = still
-		if len(pending) > 0 {
-			time.Sleep(10 * time.Millisecond)
-		}
 	}
 
 	var listen []string

@@ -85,7 +85,9 @@ func cmdUp(ctx context.Context, e *env, args []string) int {
 		log.Error("cannot start", "err", err)
 		return exitFailure
 	}
-	svc.summarize(*wait)
+	// The summary waits for handshakes beside the select below, so a
+	// signal during that wait is answered at once.
+	svc.startSummary(*wait)
 
 	code := exitOK
 	select {
@@ -140,6 +142,9 @@ type service struct {
 	stdioClose context.CancelFunc
 	// stopCheckAlive ends the CheckAlive pings, if there are any.
 	stopCheckAlive context.CancelFunc
+	// summarized is closed when the start-up summary has been logged or
+	// abandoned; nil when none was started.
+	summarized chan struct{}
 }
 
 // start opens the tunnel and every listener. Host listeners open before
@@ -319,6 +324,10 @@ func (s *service) shutdown(ctx context.Context) {
 		})
 	}
 	wg.Wait()
+	if s.summarized != nil {
+		// It reads the engine: let it go before the tunnel closes.
+		<-s.summarized
+	}
 	for _, srv := range s.servers {
 		if srv.close != nil {
 			srv.close()

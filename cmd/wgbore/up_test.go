@@ -87,3 +87,37 @@ func TestUpInProcess(t *testing.T) {
 		t.Fatal("the private key reached the log")
 	}
 }
+
+// TestSignalDuringHandshakeWait: a user who presses Ctrl-C while `up` is
+// still waiting for a silent peer's first handshake expects it to stop
+// now, not once the start-up summary's wait has run out.
+func TestSignalDuringHandshakeWait(t *testing.T) {
+	ours, _ := protocol.GeneratePrivateKey()
+	theirs, _ := protocol.GeneratePrivateKey()
+	// A loopback port nobody listens on: the peer never answers.
+	dead, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadAddr := dead.LocalAddr().String()
+	dead.Close()
+	conf := "[Interface]\nPrivateKey = " + ours.Base64() + "\nAddress = 10.0.0.1/32\n\n" +
+		"[Peer]\nPublicKey = " + theirs.PublicKey().String() + "\nEndpoint = " + deadAddr + "\nAllowedIPs = 10.0.0.0/24\n\n" +
+		"[TCPClientTunnel]\nBindAddress = 127.0.0.1:0\nTarget = 10.0.0.2:7\n"
+	path := writeFile(t, t.TempDir(), "wg0.conf", conf)
+
+	var stderr syncBuffer
+	signals := make(chan os.Signal, 1)
+	e := &env{stdin: strings.NewReader(""), stdout: &strings.Builder{}, stderr: &stderr, signals: signals}
+	done := make(chan int)
+	go func() { done <- run(context.Background(), e, []string{"up", "-c", path, "-handshake-wait", "2m"}) }()
+	signals <- os.Interrupt
+	select {
+	case code := <-done:
+		if code != exitOK {
+			t.Fatalf("exit %d:\n%s", code, stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("up ignored SIGINT while waiting for the first handshake:\n%s", stderr.String())
+	}
+}
