@@ -17,6 +17,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -479,4 +480,37 @@ func exitCode(err error) int {
 		return -1
 	}
 	return 0
+}
+
+// TestSignalEndsKeyCommands: only `up` catches SIGINT and SIGTERM for a
+// graceful shutdown. Any other command, such as a pubkey waiting on a
+// terminal, must die of them as every other tool does.
+func TestSignalEndsKeyCommands(t *testing.T) {
+	cmd := exec.Command(wgboreBinary(t), "pubkey")
+	stdin, err := cmd.StdinPipe() // held open: pubkey waits for EOF
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stdin.Close()
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	// Give main time to reach its Read, past any signal set-up; a
+	// signal sent earlier would meet the default action and prove
+	// nothing.
+	time.Sleep(500 * time.Millisecond)
+	cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case err := <-done:
+		var ee *exec.ExitError
+		if !errors.As(err, &ee) || ee.ProcessState.Sys().(syscall.WaitStatus).Signal() != syscall.SIGTERM {
+			t.Fatalf("pubkey ended with %v; want death by SIGTERM", err)
+		}
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatal("wgbore pubkey ignored SIGTERM for 10s")
+	}
 }

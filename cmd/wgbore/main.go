@@ -35,12 +35,16 @@ type env struct {
 	// signals delivers SIGINT and SIGTERM; the first starts a graceful
 	// shutdown, the second cuts it short.
 	signals <-chan os.Signal
+	// catchSignals, when set, routes SIGINT and SIGTERM to signals. Only
+	// `up` calls it: every other command keeps the default, so Ctrl-C
+	// still ends a `wgbore pubkey` waiting on a terminal.
+	catchSignals func()
 }
 
 func main() {
 	sig := make(chan os.Signal, 2)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	e := &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, signals: sig}
+	e := &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, signals: sig,
+		catchSignals: func() { signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM) }}
 	os.Exit(run(context.Background(), e, os.Args[1:]))
 }
 

@@ -55,6 +55,9 @@ func cmdUp(ctx context.Context, e *env, args []string) int {
 	if code, done := parseFlags(e, fs, args); done {
 		return code
 	}
+	if e.catchSignals != nil {
+		e.catchSignals()
+	}
 	log, err := lf.logger(e.stderr)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "wgbore up: %v\n", err)
