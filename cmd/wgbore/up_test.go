@@ -121,3 +121,53 @@ func TestSignalDuringHandshakeWait(t *testing.T) {
 		t.Fatalf("up ignored SIGINT while waiting for the first handshake:\n%s", stderr.String())
 	}
 }
+
+// TestSecondSignalEndsGrace: the first signal lets open connections
+// finish for up to -grace; a second one, as from an impatient operator,
+// ends them at once.
+func TestSecondSignalEndsGrace(t *testing.T) {
+	ours, _ := protocol.GeneratePrivateKey()
+	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
+	conf := site.WGQuick(ours, "[TCPClientTunnel]\nBindAddress = 127.0.0.1:0\nTarget = 10.0.0.2:7\n")
+	path := writeFile(t, t.TempDir(), "wg0.conf", conf)
+
+	var stderr syncBuffer
+	signals := make(chan os.Signal, 2)
+	e := &env{stdin: strings.NewReader(""), stdout: &strings.Builder{}, stderr: &stderr, signals: signals}
+	done := make(chan int)
+	go func() { done <- run(context.Background(), e, []string{"up", "-c", path, "-grace", "2m"}) }()
+	waitForLog(t, &stderr, `msg="wgbore is up"`)
+	var fwd string
+	for _, line := range strings.Split(stderr.String(), "\n") {
+		if i := strings.Index(line, "tcp 127.0.0.1:"); i >= 0 {
+			fwd = strings.Fields(strings.Split(line[i+len("tcp "):], "→")[0])[0]
+		}
+	}
+	c, err := net.Dial("tcp", fwd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	c.Write([]byte("x"))
+	if _, err := c.Read(make([]byte, 1)); err != nil {
+		t.Fatal(err)
+	}
+
+	signals <- os.Interrupt
+	waitForLog(t, &stderr, `msg="signal received: shutting down"`)
+	select {
+	case code := <-done:
+		t.Fatalf("exit %d with a connection open, before its 2m grace:\n%s", code, stderr.String())
+	case <-time.After(200 * time.Millisecond):
+	}
+	signals <- os.Interrupt
+	select {
+	case code := <-done:
+		if code != exitOK {
+			t.Fatalf("exit %d:\n%s", code, stderr.String())
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatalf("a second signal did not end the 2m grace:\n%s", stderr.String())
+	}
+}
