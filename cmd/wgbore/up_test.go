@@ -171,3 +171,34 @@ func TestSecondSignalEndsGrace(t *testing.T) {
 		t.Fatalf("a second signal did not end the 2m grace:\n%s", stderr.String())
 	}
 }
+
+// TestFailedStartClosesListeners: when one listener cannot open, the
+// ones opened before it are closed, so a supervisor's restart finds
+// their ports free.
+func TestFailedStartClosesListeners(t *testing.T) {
+	ours, _ := protocol.GeneratePrivateKey()
+	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
+	free, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	freeAddr := free.Addr().String()
+	free.Close()
+	busy, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer busy.Close()
+	conf := site.WGQuick(ours, "[Socks5]\nBindAddress = "+freeAddr+"\n\n[http]\nBindAddress = "+busy.Addr().String()+"\n")
+	path := writeFile(t, t.TempDir(), "wg0.conf", conf)
+
+	code, _, errOut := runCLI(t, "", "up", "-c", path)
+	if code != exitFailure || !strings.Contains(errOut, "address already in use") {
+		t.Fatalf("exit %d, stderr:\n%s", code, errOut)
+	}
+	l, err := net.Listen("tcp", freeAddr)
+	if err != nil {
+		t.Fatalf("the [Socks5] port is still held after the failed start: %v", err)
+	}
+	l.Close()
+}
