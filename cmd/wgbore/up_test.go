@@ -202,3 +202,28 @@ func TestFailedStartClosesListeners(t *testing.T) {
 	}
 	l.Close()
 }
+
+// TestSummaryWithoutEndpoint: a peer with no Endpoint (we are the side
+// that waits) is not a failure, so the summary is no warning.
+func TestSummaryWithoutEndpoint(t *testing.T) {
+	ours, _ := protocol.GeneratePrivateKey()
+	theirs, _ := protocol.GeneratePrivateKey()
+	conf := "[Interface]\nPrivateKey = " + ours.Base64() + "\nAddress = 10.0.0.1/32\n\n" +
+		"[Peer]\nPublicKey = " + theirs.PublicKey().String() + "\nAllowedIPs = 10.0.0.2/32\n"
+	path := writeFile(t, t.TempDir(), "wg0.conf", conf)
+
+	var stderr syncBuffer
+	signals := make(chan os.Signal, 1)
+	e := &env{stdin: strings.NewReader(""), stdout: &strings.Builder{}, stderr: &stderr, signals: signals}
+	done := make(chan int)
+	go func() { done <- run(context.Background(), e, []string{"up", "-c", path}) }()
+	waitForLog(t, &stderr, `msg="wgbore is up"`)
+	signals <- os.Interrupt
+	<-done
+	for _, line := range strings.Split(stderr.String(), "\n") {
+		if strings.Contains(line, `msg="wgbore is up"`) &&
+			(!strings.Contains(line, "level=INFO") || !strings.Contains(line, "waiting for the peer to connect")) {
+			t.Fatalf("summary for a peer without an endpoint: %s", line)
+		}
+	}
+}
