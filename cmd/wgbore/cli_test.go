@@ -174,3 +174,28 @@ func TestCheck(t *testing.T) {
 		t.Fatalf("check absent.conf: exit %d, stderr %q", code, errOut)
 	}
 }
+
+// TestCheckSharedListenAddress: two sections on one address is the
+// file's mistake; check reports it, and up refuses it as a config error
+// (2), not as a busy port (1).
+func TestCheckSharedListenAddress(t *testing.T) {
+	dir := t.TempDir()
+	priv, _ := protocol.GeneratePrivateKey()
+	peer, _ := protocol.GeneratePrivateKey()
+	conf := "[Interface]\nPrivateKey = " + priv.Base64() + "\nAddress = 10.0.0.1/32\n\n" +
+		"[Peer]\nPublicKey = " + peer.PublicKey().String() + "\nAllowedIPs = 10.0.0.0/24\n\n" +
+		"[Socks5]\nBindAddress = :1080\n\n[http]\nBindAddress = 127.0.0.1:1080\n\n" +
+		"[TCPServerTunnel]\nListenPort = 22\nTarget = 127.0.0.1:22\n\n[TCPServerTunnel]\nListenPort = 22\nTarget = 127.0.0.1:2222\n\n" +
+		// The same port in another protocol, or port 0 twice, is fine.
+		"[UDPProxyTunnel]\nBindAddress = 127.0.0.1:1080\nTarget = 10.0.0.2:53\n\n" +
+		"[TCPClientTunnel]\nBindAddress = 127.0.0.1:0\nTarget = 10.0.0.2:7\n\n[TCPClientTunnel]\nBindAddress = 127.0.0.1:0\nTarget = 10.0.0.2:8\n"
+	path := writeFile(t, dir, "dup.conf", conf)
+	for _, cmd := range []string{"check", "up"} {
+		code, _, errOut := runCLI(t, "", cmd, "-c", path)
+		if code != exitUsage || strings.Count(errOut, "as [") != 2 ||
+			!strings.Contains(errOut, "[http] #1 listens on tcp 127.0.0.1:1080, as [Socks5] #1 does") ||
+			!strings.Contains(errOut, "[TCPServerTunnel] #2 listens on tunnel tcp :22, as [TCPServerTunnel] #1 does") {
+			t.Fatalf("%s: exit %d, stderr:\n%s", cmd, code, errOut)
+		}
+	}
+}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"strconv"
 
 	"github.com/wgbore/wgbore/config"
 )
@@ -41,6 +42,7 @@ func plan(cfg *config.Config, path string) (*runPlan, error) {
 		}
 		p.httpTLS = append(p.httpTLS, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	}
+	errs = append(errs, sharedListenAddresses(cfg, path)...)
 	if len(cfg.STDIOTunnels) > 1 {
 		errs = append(errs, fmt.Errorf("%s: %d [STDIOTunnel] sections, but a process has one stdin: keep one", path, len(cfg.STDIOTunnels)))
 	}
@@ -54,6 +56,47 @@ func plan(cfg *config.Config, path string) (*runPlan, error) {
 		return nil, errors.Join(errs...)
 	}
 	return p, nil
+}
+
+// sharedListenAddresses finds two sections that would listen on the same
+// address: a mistake in the file, which check should report, rather than
+// a start that fails with "address already in use" as if another process
+// held the port. Port 0 asks for a fresh port each time, so it never
+// clashes.
+func sharedListenAddresses(cfg *config.Config, path string) []error {
+	var errs []error
+	first := make(map[string]string) // "tcp 127.0.0.1:1080" -> "[Socks5] #1"
+	claim := func(network, addr, section string, n int) {
+		if _, port, err := net.SplitHostPort(addr); err != nil || port == "0" {
+			return
+		}
+		key := network + " " + addr
+		this := fmt.Sprintf("[%s] #%d", section, n)
+		if prev, ok := first[key]; ok {
+			errs = append(errs, fmt.Errorf("%s: %s listens on %s %s, as %s does", path, this, network, addr, prev))
+			return
+		}
+		first[key] = this
+	}
+	for i, c := range cfg.Socks5 {
+		claim("tcp", hostBindAddress(c.BindAddress), "Socks5", i+1)
+	}
+	for i, c := range cfg.HTTP {
+		claim("tcp", hostBindAddress(c.BindAddress), "http", i+1)
+	}
+	for i, c := range cfg.TCPClientTunnels {
+		claim("tcp", hostBindAddress(c.BindAddress), "TCPClientTunnel", i+1)
+	}
+	for i, c := range cfg.UDPProxyTunnels {
+		claim("udp", hostBindAddress(c.BindAddress), "UDPProxyTunnel", i+1)
+	}
+	for i, c := range cfg.TCPServerTunnels {
+		claim("tunnel tcp", net.JoinHostPort("", strconv.Itoa(c.ListenPort)), "TCPServerTunnel", i+1)
+	}
+	for i, c := range cfg.UDPServerTunnels {
+		claim("tunnel udp", net.JoinHostPort("", strconv.Itoa(c.ListenPort)), "UDPServerTunnel", i+1)
+	}
+	return errs
 }
 
 // relativeTo resolves a relative path against the config file's
