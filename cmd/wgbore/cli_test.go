@@ -199,3 +199,18 @@ func TestCheckSharedListenAddress(t *testing.T) {
 		}
 	}
 }
+
+// TestCheckPasswordWithoutUsername: authentication needs a Username; a
+// lone Password must not pass silently for protection.
+func TestCheckPasswordWithoutUsername(t *testing.T) {
+	priv, _ := protocol.GeneratePrivateKey()
+	peer, _ := protocol.GeneratePrivateKey()
+	conf := "[Interface]\nPrivateKey = " + priv.Base64() + "\nAddress = 10.0.0.1/32\n\n" +
+		"[Peer]\nPublicKey = " + peer.PublicKey().String() + "\nAllowedIPs = 10.0.0.0/24\n\n" +
+		"[Socks5]\nBindAddress = 127.0.0.1:1080\nPassword = hunter2\n\n[http]\nBindAddress = 127.0.0.1:8080\nPassword = hunter2\n"
+	code, _, errOut := runCLI(t, "", "check", "-c", writeFile(t, t.TempDir(), "pw.conf", conf))
+	if code != exitOK || !strings.Contains(errOut, "[Socks5] #1 has a Password but no Username") ||
+		!strings.Contains(errOut, "[http] #1 has a Password but no Username") || strings.Contains(errOut, "hunter2") {
+		t.Fatalf("exit %d, stderr:\n%s", code, errOut)
+	}
+}

@@ -43,6 +43,18 @@ func plan(cfg *config.Config, path string) (*runPlan, error) {
 		p.httpTLS = append(p.httpTLS, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	}
 	errs = append(errs, sharedListenAddresses(cfg, path)...)
+	// Authentication is on only with a Username: a Password alone looks
+	// protected in the file and is not.
+	for i, c := range cfg.Socks5 {
+		if c.Username == "" && c.Password != "" {
+			p.warnings = append(p.warnings, fmt.Sprintf("%s: [Socks5] #%d has a Password but no Username: authentication is off", path, i+1))
+		}
+	}
+	for i, c := range cfg.HTTP {
+		if c.Username == "" && c.Password != "" {
+			p.warnings = append(p.warnings, fmt.Sprintf("%s: [http] #%d has a Password but no Username: authentication is off", path, i+1))
+		}
+	}
 	if len(cfg.STDIOTunnels) > 1 {
 		errs = append(errs, fmt.Errorf("%s: %d [STDIOTunnel] sections, but a process has one stdin: keep one", path, len(cfg.STDIOTunnels)))
 	}
