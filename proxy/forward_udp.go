@@ -61,6 +61,10 @@ type UDPForwarder struct {
 	// and go do not each cost a fresh allocation.
 	buffers sync.Pool
 
+	// draining is set by Shutdown: sessions carry on, new clients are
+	// turned away.
+	draining atomic.Bool
+
 	mu     sync.Mutex
 	closed bool
 	ports  map[*udpPort]struct{}
@@ -136,6 +140,41 @@ func (f *UDPForwarder) Close() error {
 		p.wg.Wait()
 	}
 	return nil
+}
+
+// Shutdown turns new clients away while the sessions already open carry
+// on, until they have all expired or ctx is done; then it does what Close
+// does. UDP has no end of stream, so a session ends only by its
+// InactivityTimeout: with none, Shutdown lasts until ctx is done. It
+// returns ctx's error if ctx ended first, nil otherwise.
+func (f *UDPForwarder) Shutdown(ctx context.Context) error {
+	f.draining.Store(true)
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+	for f.sessionCount() > 0 {
+		select {
+		case <-ctx.Done():
+			err = ctx.Err()
+		case <-tick.C:
+			continue
+		}
+		break
+	}
+	f.Close()
+	return err
+}
+
+func (f *UDPForwarder) sessionCount() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	n := 0
+	for p := range f.ports {
+		p.mu.Lock()
+		n += len(p.sessions)
+		p.mu.Unlock()
+	}
+	return n
 }
 
 func (f *UDPForwarder) trackPort(p *udpPort) bool {
@@ -256,6 +295,11 @@ func (p *udpPort) forward(b []byte, from netip.AddrPort, addr net.Addr) {
 	}
 	s := p.sessions[from]
 	if s == nil {
+		if p.f.draining.Load() {
+			p.mu.Unlock()
+			p.f.log.Debug("udp forward: shutting down, new client dropped", "target", p.f.target, "client", from)
+			return
+		}
 		if len(p.sessions) >= p.f.maxSessions {
 			p.mu.Unlock()
 			p.f.log.Debug("udp forward: session cap reached, datagram dropped", "target", p.f.target, "client", from, "max_sessions", p.f.maxSessions)

@@ -110,19 +110,6 @@ func forwardUDPExchange(t testing.TB, c net.Conn, msg string) {
 	}
 }
 
-// sessionCount reports how many client sessions the forwarder holds.
-func (f *UDPForwarder) sessionCount() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	n := 0
-	for p := range f.ports {
-		p.mu.Lock()
-		n += len(p.sessions)
-		p.mu.Unlock()
-	}
-	return n
-}
-
 func waitUDPSessions(t testing.TB, f *UDPForwarder, want int) {
 	t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -333,5 +320,48 @@ func TestUDPForwarderPlainPacketConn(t *testing.T) {
 	}
 	if n := echo.distinctSources(); n != 2 {
 		t.Errorf("upstream saw %d source addresses for 2 clients, want 2", n)
+	}
+}
+
+// TestUDPForwarderShutdown: during Shutdown an open session keeps working
+// while a new client gets nothing; Shutdown returns once the session has
+// expired, and a Shutdown whose context ends first closes everything.
+func TestUDPForwarderShutdown(t *testing.T) {
+	echo := startForwardUDPEcho(t, "127.0.0.1:0")
+	f, addr, served := startUDPForwarder(t, "127.0.0.1:0", echo.addr(), UDPForwardConfig{InactivityTimeout: 300 * time.Millisecond})
+	old := forwardUDPClient(t, addr)
+	forwardUDPExchange(t, old, "before")
+
+	done := make(chan error, 1)
+	go func() { done <- f.Shutdown(context.Background()) }()
+	forwardUDPExchange(t, old, "during")
+	newcomer := forwardUDPClient(t, addr)
+	newcomer.Write([]byte("let me in"))
+	newcomer.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if n, err := newcomer.Read(make([]byte, 64)); err == nil {
+		t.Fatalf("a new client was served during Shutdown (%d bytes)", n)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Shutdown = %v after its session expired; want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown did not return after the last session expired")
+	}
+	if err := <-served; err != nil {
+		t.Fatalf("Serve = %v after Shutdown", err)
+	}
+
+	// Without an InactivityTimeout only the context ends Shutdown.
+	f2, addr2, _ := startUDPForwarder(t, "127.0.0.1:0", echo.addr(), UDPForwardConfig{})
+	forwardUDPExchange(t, forwardUDPClient(t, addr2), "held")
+	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	defer cancel()
+	if err := f2.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Shutdown = %v; want the context's deadline", err)
+	}
+	if n := f2.sessionCount(); n != 0 {
+		t.Fatalf("%d sessions left after Shutdown", n)
 	}
 }
