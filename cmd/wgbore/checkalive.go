@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/wgbore/wgbore/config"
@@ -19,22 +20,32 @@ func (s *service) checkAlive(ctx context.Context, addrs []netip.Addr, every time
 	alive := make(map[netip.Addr]bool)
 	tick := time.NewTicker(every)
 	defer tick.Stop()
+	errs := make([]error, len(addrs))
+	rtts := make([]time.Duration, len(addrs))
 	for {
-		for _, a := range addrs {
-			pctx, cancel := context.WithTimeout(ctx, every)
-			rtt, err := s.tun.Ping(pctx, a)
-			cancel()
-			if ctx.Err() != nil {
-				return
-			}
+		// One round pings every address at once, so silent ones do not
+		// stretch the round to an interval each.
+		var wg sync.WaitGroup
+		for i, a := range addrs {
+			wg.Go(func() {
+				pctx, cancel := context.WithTimeout(ctx, every)
+				rtts[i], errs[i] = s.tun.Ping(pctx, a)
+				cancel()
+			})
+		}
+		wg.Wait()
+		if ctx.Err() != nil {
+			return
+		}
+		for i, a := range addrs {
 			was, seen := alive[a]
-			switch {
+			switch err := errs[i]; {
 			case err == nil && (!seen || !was):
-				s.log.Info("check alive: answering", "addr", a, "rtt", rtt)
+				s.log.Info("check alive: answering", "addr", a, "rtt", rtts[i])
 			case err != nil && (!seen || was):
 				s.log.Warn("check alive: not answering", "addr", a, "err", err)
 			}
-			alive[a] = err == nil
+			alive[a] = errs[i] == nil
 		}
 		select {
 		case <-ctx.Done():

@@ -255,7 +255,7 @@ func (s *service) startServers(p *runPlan) error {
 		f := proxy.NewUDPForwarder(s.tun.DialContext, c.Target, proxy.UDPForwardConfig{
 			InactivityTimeout: c.InactivityTimeout, Logger: s.log.With("udp_proxy_tunnel", pc.LocalAddr().String()),
 		})
-		s.serve(fmt.Sprintf("udp %s→tunnel %s", pc.LocalAddr(), c.Target), func() error { return f.Serve(pc) }, nil, f.Close)
+		s.serve(fmt.Sprintf("udp %s→tunnel %s", pc.LocalAddr(), c.Target), func() error { return f.Serve(pc) }, f.Shutdown, f.Close)
 	}
 	for _, c := range cfg.UDPServerTunnels {
 		pc, err := s.tun.ListenPacket("udp", net.JoinHostPort("", strconv.Itoa(c.ListenPort)))
@@ -265,7 +265,7 @@ func (s *service) startServers(p *runPlan) error {
 		f := proxy.NewUDPForwarder(hostDialer.DialContext, c.Target, proxy.UDPForwardConfig{
 			InactivityTimeout: c.InactivityTimeout, Logger: s.log.With("udp_server_tunnel", pc.LocalAddr().String()),
 		})
-		s.serve(fmt.Sprintf("tunnel udp %s→%s", pc.LocalAddr(), c.Target), func() error { return f.Serve(pc) }, nil, f.Close)
+		s.serve(fmt.Sprintf("tunnel udp %s→%s", pc.LocalAddr(), c.Target), func() error { return f.Serve(pc) }, f.Shutdown, f.Close)
 	}
 	return nil
 }
