@@ -35,6 +35,7 @@ import (
 	"net/netip"
 	"os"
 	"slices"
+	"strconv"
 	"time"
 
 	"github.com/wgbore/wgbore/protocol"
@@ -165,9 +166,35 @@ func (p Peer) ProtocolConfig() protocol.PeerConfig {
 	}
 }
 
+// Position is where a section starts: the file it was read from, named as
+// in messages (the name given to Parse), and the 1-based line of its
+// header. Parse checks each line as it reads it, but some problems are
+// only found later, from what a section means rather than how it is
+// written: a certificate that cannot be loaded, two sections on one
+// address. Sections keep their Position so that such messages can still
+// point at the file and line, as Parse's own errors do.
+//
+// A Position is not part of what a section says: Render does not write
+// it, and a Config built by hand has the zero Position.
+type Position struct {
+	File string
+	Line int
+}
+
+// String renders "file:line", the form of Error and Warning, or just the
+// file when the line is unknown.
+func (p Position) String() string {
+	if p.Line <= 0 {
+		return p.File
+	}
+	return p.File + ":" + strconv.Itoa(p.Line)
+}
+
 // Socks5 is wireproxy's [Socks5] section: a SOCKS5 proxy into the tunnel.
 // Authentication is on when Username is set.
 type Socks5 struct {
+	// Pos is the section's header line, for messages; see Position.
+	Pos         Position
 	BindAddress string
 	Username    string
 	Password    Secret
@@ -179,6 +206,8 @@ type Socks5 struct {
 // HTTP is wireproxy's [http] section: an HTTP proxy into the tunnel, served
 // over TLS when CertFile and KeyFile are set.
 type HTTP struct {
+	// Pos is the section's header line, for messages; see Position.
+	Pos         Position
 	BindAddress string
 	Username    string
 	Password    Secret
@@ -192,6 +221,8 @@ type HTTP struct {
 // TCPClientTunnel listens on the host at BindAddress and forwards each
 // connection to Target through the tunnel.
 type TCPClientTunnel struct {
+	// Pos is the section's header line, for messages; see Position.
+	Pos         Position
 	BindAddress string
 	Target      string
 	// MaxConnections caps the connections relayed at once; 0 means the
@@ -204,6 +235,8 @@ type TCPClientTunnel struct {
 // TCPServerTunnel listens inside the tunnel on ListenPort and forwards each
 // connection to Target on the host's network.
 type TCPServerTunnel struct {
+	// Pos is the section's header line, for messages; see Position.
+	Pos        Position
 	ListenPort int
 	Target     string
 	// MaxConnections and IdleTimeout are as in TCPClientTunnel.
@@ -214,6 +247,8 @@ type TCPServerTunnel struct {
 // STDIOTunnel connects the process's stdin and stdout to Target through the
 // tunnel, for ssh's ProxyCommand.
 type STDIOTunnel struct {
+	// Pos is the section's header line, for messages; see Position.
+	Pos    Position
 	Target string
 }
 
@@ -222,6 +257,8 @@ type STDIOTunnel struct {
 // InactivityTimeout without traffic (DefaultUDPInactivityTimeout when the
 // key is absent); zero keeps sessions forever, as in wireproxy.
 type UDPProxyTunnel struct {
+	// Pos is the section's header line, for messages; see Position.
+	Pos               Position
 	BindAddress       string
 	Target            string
 	InactivityTimeout time.Duration
@@ -231,6 +268,8 @@ type UDPProxyTunnel struct {
 // on ListenPort and relays each remote client's datagrams to Target on
 // the host's network.
 type UDPServerTunnel struct {
+	// Pos is the section's header line, for messages; see Position.
+	Pos               Position
 	ListenPort        int
 	Target            string
 	InactivityTimeout time.Duration

@@ -367,7 +367,7 @@ func TestParseValid(t *testing.T) {
 			if err != nil {
 				t.Fatalf("re-parse of flattened render: %v\n%s", err, flat)
 			}
-			want := withoutWarnings(got)
+			want := contentOnly(got)
 			want.WGConfig = ""
 			assertSameConfig(t, again, want)
 		})

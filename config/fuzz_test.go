@@ -1,6 +1,7 @@
 package config_test
 
 import (
+	"bytes"
 	"errors"
 	"io/fs"
 	"reflect"
@@ -11,7 +12,8 @@ import (
 )
 
 // FuzzParse checks that no input panics the parser, that every error is
-// positioned inside the file, and that whatever parses renders back to
+// positioned inside the file, that every section's Pos is a header line
+// of it, and that whatever parses renders back to
 // text that parses to the same config. Seeds come from the tests and from
 // testdata/fuzz/FuzzParse.
 func FuzzParse(f *testing.F) {
@@ -36,6 +38,7 @@ func FuzzParse(f *testing.F) {
 		},
 		Stat: func(name string) (fs.FileInfo, error) { return nil, fs.ErrNotExist },
 	}
+	utf8BOM := []byte{0xEF, 0xBB, 0xBF}
 	f.Fuzz(func(t *testing.T, src []byte) {
 		c, err := config.Parse("fuzz.conf", src, opts)
 		if err != nil {
@@ -54,12 +57,19 @@ func FuzzParse(f *testing.F) {
 			}
 			return
 		}
+		srcLines := strings.Split(string(src), "\n")
+		for _, pos := range sectionPositions(c) {
+			if pos.File != "fuzz.conf" || pos.Line < 1 || pos.Line > len(srcLines) ||
+				!strings.HasPrefix(strings.TrimSpace(string(bytes.TrimPrefix([]byte(srcLines[pos.Line-1]), utf8BOM))), "[") {
+				t.Fatalf("section position %+v is not a header of the input %q", pos, src)
+			}
+		}
 		text := c.Render(config.RenderOptions{IncludeSecrets: true})
 		again, err := config.Parse("fuzz.conf", []byte(text), opts)
 		if err != nil {
 			t.Fatalf("render does not parse: %v\n--- input ---\n%q\n--- render ---\n%s", err, src, text)
 		}
-		if !reflect.DeepEqual(withoutWarnings(again), withoutWarnings(c)) {
+		if !reflect.DeepEqual(contentOnly(again), contentOnly(c)) {
 			t.Fatalf("round trip changed the config\n--- input ---\n%q\n--- render ---\n%s\n--- again ---\n%s",
 				src, text, again.Render(config.RenderOptions{IncludeSecrets: true}))
 		}

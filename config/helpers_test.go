@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"reflect"
+	"slices"
 	"testing"
 	"time"
 
@@ -134,20 +135,41 @@ func hermetic(files fakeFS, vars map[string]string) config.Options {
 	return config.Options{LookupEnv: env(vars), ReadFile: files.readFile, Stat: files.stat}
 }
 
-// withoutWarnings copies c minus its warnings, which name lines of the
-// source text and so legitimately differ between a file and its render.
-func withoutWarnings(c *config.Config) *config.Config {
+// contentOnly copies c minus what refers to lines of the source text, its
+// warnings and the sections' positions, which legitimately differ between
+// a file and its render. TestSectionPositions checks the positions.
+func contentOnly(c *config.Config) *config.Config {
 	cp := *c
 	cp.Warnings = nil
+	cp.Socks5 = withoutPos(cp.Socks5, func(s *config.Socks5) { s.Pos = config.Position{} })
+	cp.HTTP = withoutPos(cp.HTTP, func(s *config.HTTP) { s.Pos = config.Position{} })
+	cp.TCPClientTunnels = withoutPos(cp.TCPClientTunnels, func(s *config.TCPClientTunnel) { s.Pos = config.Position{} })
+	cp.TCPServerTunnels = withoutPos(cp.TCPServerTunnels, func(s *config.TCPServerTunnel) { s.Pos = config.Position{} })
+	cp.STDIOTunnels = withoutPos(cp.STDIOTunnels, func(s *config.STDIOTunnel) { s.Pos = config.Position{} })
+	cp.UDPProxyTunnels = withoutPos(cp.UDPProxyTunnels, func(s *config.UDPProxyTunnel) { s.Pos = config.Position{} })
+	cp.UDPServerTunnels = withoutPos(cp.UDPServerTunnels, func(s *config.UDPServerTunnel) { s.Pos = config.Position{} })
 	return &cp
+}
+
+// withoutPos returns a copy of ss with clear applied to each element, so
+// the caller's Config keeps its positions.
+func withoutPos[S any](ss []S, clear func(*S)) []S {
+	if ss == nil {
+		return nil
+	}
+	out := slices.Clone(ss)
+	for i := range out {
+		clear(&out[i])
+	}
+	return out
 }
 
 func assertSameConfig(t *testing.T, got, want *config.Config) {
 	t.Helper()
-	if !reflect.DeepEqual(withoutWarnings(got), withoutWarnings(want)) {
+	if !reflect.DeepEqual(contentOnly(got), contentOnly(want)) {
 		all := config.RenderOptions{IncludeSecrets: true}
 		t.Errorf("config differs\n--- got ---\n%s\n--- want ---\n%s\ngot:  %#v\nwant: %#v",
-			got.Render(all), want.Render(all), withoutWarnings(got), withoutWarnings(want))
+			got.Render(all), want.Render(all), contentOnly(got), contentOnly(want))
 	}
 }
 
@@ -164,6 +186,33 @@ func warningStrings(ws []config.Warning) []string {
 	var out []string
 	for _, w := range ws {
 		out = append(out, w.String())
+	}
+	return out
+}
+
+// sectionPositions lists the Pos of every proxy and tunnel section.
+func sectionPositions(c *config.Config) []config.Position {
+	var out []config.Position
+	for _, s := range c.Socks5 {
+		out = append(out, s.Pos)
+	}
+	for _, s := range c.HTTP {
+		out = append(out, s.Pos)
+	}
+	for _, s := range c.TCPClientTunnels {
+		out = append(out, s.Pos)
+	}
+	for _, s := range c.TCPServerTunnels {
+		out = append(out, s.Pos)
+	}
+	for _, s := range c.STDIOTunnels {
+		out = append(out, s.Pos)
+	}
+	for _, s := range c.UDPProxyTunnels {
+		out = append(out, s.Pos)
+	}
+	for _, s := range c.UDPServerTunnels {
+		out = append(out, s.Pos)
 	}
 	return out
 }

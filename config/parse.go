@@ -351,6 +351,16 @@ func (p *parser) openSection(f *fileState, line string, n int) *section {
 	}
 
 	s := &section{kind: kind, line: n, seen: map[string]int{}}
+	// Only the kind's own struct is kept; setting all is simpler than
+	// switching on the kind and costs nothing.
+	pos := Position{File: f.name, Line: n}
+	s.socks.Pos = pos
+	s.http.Pos = pos
+	s.tcpClient.Pos = pos
+	s.tcpServer.Pos = pos
+	s.stdio.Pos = pos
+	s.udpProxy.Pos = pos
+	s.udpServer.Pos = pos
 	s.udpProxy.InactivityTimeout = DefaultUDPInactivityTimeout
 	s.udpServer.InactivityTimeout = DefaultUDPInactivityTimeout
 	switch kind {

@@ -25,7 +25,8 @@ type RenderOptions struct {
 
 // Render writes the config back in the syntax Parse reads, with canonical
 // key names. Parse(Render(IncludeSecrets: true)) yields an equal Config
-// (apart from Warnings, which refer to lines of the original text).
+// (apart from Warnings and the sections' Pos, which refer to lines of the
+// original text).
 // Comments, key order and ignored wg-quick keys are not preserved.
 func (c *Config) Render(opts RenderOptions) string {
 	var b strings.Builder

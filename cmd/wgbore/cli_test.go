@@ -2,9 +2,11 @@ package main
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -164,10 +166,21 @@ func TestCheck(t *testing.T) {
 	// Problems only a run would meet are found by check too.
 	tlsMissing := good + "[http]\nBindAddress = 127.0.0.1:8080\nCertFile = missing.pem\nKeyFile = missing.key\n" +
 		"[STDIOTunnel]\nTarget = 10.0.0.2:22\n[STDIOTunnel]\nTarget = 10.0.0.2:23\n"
-	code, _, errOut = runCLI(t, "", "check", "-c", writeFile(t, dir, "run.conf", tlsMissing))
-	if code != exitUsage || !strings.Contains(errOut, "missing.pem") || !strings.Contains(errOut, "2 [STDIOTunnel] sections") {
+	runPath := writeFile(t, dir, "run.conf", tlsMissing)
+	code, _, errOut = runCLI(t, "", "check", "-c", runPath)
+	if code != exitUsage {
 		t.Fatalf("check run.conf: exit %d, stderr %q", code, errOut)
 	}
+	for _, want := range []string{
+		fmt.Sprintf("%s:%d: [http]: CertFile/KeyFile: open %s", runPath, headerLine(t, tlsMissing, "[http]", 1), filepath.Join(dir, "missing.pem")),
+		fmt.Sprintf("%s:%d: [STDIOTunnel]: a process has one stdin, and the [STDIOTunnel] on line %d has it: keep one",
+			runPath, headerLine(t, tlsMissing, "[STDIOTunnel]", 2), headerLine(t, tlsMissing, "[STDIOTunnel]", 1)),
+	} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("check run.conf: stderr lacks %q:\n%s", want, errOut)
+		}
+	}
+	assertEveryLinePlaced(t, errOut, runPath)
 
 	code, _, errOut = runCLI(t, "", "check", "-c", filepath.Join(dir, "absent.conf"))
 	if code != exitUsage || !strings.Contains(errOut, "absent.conf") {
@@ -189,13 +202,22 @@ func TestCheckSharedListenAddress(t *testing.T) {
 		// The same port in another protocol, or port 0 twice, is fine.
 		"[UDPProxyTunnel]\nBindAddress = 127.0.0.1:1080\nTarget = 10.0.0.2:53\n\n" +
 		"[TCPClientTunnel]\nBindAddress = 127.0.0.1:0\nTarget = 10.0.0.2:7\n\n[TCPClientTunnel]\nBindAddress = 127.0.0.1:0\nTarget = 10.0.0.2:8\n"
+	// "Second" is in the file, whatever order the kinds are checked in.
+	conf += "\n[TCPClientTunnel]\nBindAddress = 127.0.0.1:2000\nTarget = 10.0.0.2:9\n\n[Socks5]\nBindAddress = 127.0.0.1:2000\n"
 	path := writeFile(t, dir, "dup.conf", conf)
+	want := []string{
+		fmt.Sprintf("%s:%d: [http]: listens on tcp 127.0.0.1:1080, as the [Socks5] on line %d does",
+			path, headerLine(t, conf, "[http]", 1), headerLine(t, conf, "[Socks5]", 1)),
+		fmt.Sprintf("%s:%d: [TCPServerTunnel]: listens on tunnel tcp :22, as the [TCPServerTunnel] on line %d does",
+			path, headerLine(t, conf, "[TCPServerTunnel]", 2), headerLine(t, conf, "[TCPServerTunnel]", 1)),
+		fmt.Sprintf("%s:%d: [Socks5]: listens on tcp 127.0.0.1:2000, as the [TCPClientTunnel] on line %d does",
+			path, headerLine(t, conf, "[Socks5]", 2), headerLine(t, conf, "[TCPClientTunnel]", 3)),
+	}
 	for _, cmd := range []string{"check", "up"} {
 		code, _, errOut := runCLI(t, "", cmd, "-c", path)
-		if code != exitUsage || strings.Count(errOut, "as [") != 2 ||
-			!strings.Contains(errOut, "[http] #1 listens on tcp 127.0.0.1:1080, as [Socks5] #1 does") ||
-			!strings.Contains(errOut, "[TCPServerTunnel] #2 listens on tunnel tcp :22, as [TCPServerTunnel] #1 does") {
-			t.Fatalf("%s: exit %d, stderr:\n%s", cmd, code, errOut)
+		// In file order, one line each.
+		if code != exitUsage || errOut != strings.Join(want, "\n")+"\n" {
+			t.Fatalf("%s: exit %d, stderr:\n%s\nwant:\n%s", cmd, code, errOut, strings.Join(want, "\n"))
 		}
 	}
 }
@@ -208,9 +230,46 @@ func TestCheckPasswordWithoutUsername(t *testing.T) {
 	conf := "[Interface]\nPrivateKey = " + priv.Base64() + "\nAddress = 10.0.0.1/32\n\n" +
 		"[Peer]\nPublicKey = " + peer.PublicKey().String() + "\nAllowedIPs = 10.0.0.0/24\n\n" +
 		"[Socks5]\nBindAddress = 127.0.0.1:1080\nPassword = hunter2\n\n[http]\nBindAddress = 127.0.0.1:8080\nPassword = hunter2\n"
-	code, _, errOut := runCLI(t, "", "check", "-c", writeFile(t, t.TempDir(), "pw.conf", conf))
-	if code != exitOK || !strings.Contains(errOut, "[Socks5] #1 has a Password but no Username") ||
-		!strings.Contains(errOut, "[http] #1 has a Password but no Username") || strings.Contains(errOut, "hunter2") {
+	path := writeFile(t, t.TempDir(), "pw.conf", conf)
+	code, _, errOut := runCLI(t, "", "check", "-c", path)
+	if code != exitOK || strings.Contains(errOut, "hunter2") {
 		t.Fatalf("exit %d, stderr:\n%s", code, errOut)
+	}
+	for _, want := range []string{
+		fmt.Sprintf("warning: %s:%d: [Socks5]: Password is set but Username is not: authentication is off", path, headerLine(t, conf, "[Socks5]", 1)),
+		fmt.Sprintf("warning: %s:%d: [http]: Password is set but Username is not: authentication is off", path, headerLine(t, conf, "[http]", 1)),
+	} {
+		if !strings.Contains(errOut, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, errOut)
+		}
+	}
+}
+
+// headerLine returns the 1-based line of the nth line of text that is
+// exactly header, so expected messages follow edits to a test's config.
+func headerLine(t *testing.T, text, header string, nth int) int {
+	t.Helper()
+	seen := 0
+	for i, line := range strings.Split(text, "\n") {
+		if line == header {
+			if seen++; seen == nth {
+				return i + 1
+			}
+		}
+	}
+	t.Fatalf("no %s #%d in\n%s", header, nth, text)
+	return 0
+}
+
+// assertEveryLinePlaced checks that each line of stderr starts with
+// "path:N: ", the form editors turn into a link.
+func assertEveryLinePlaced(t *testing.T, stderr, path string) {
+	t.Helper()
+	for _, line := range strings.Split(strings.TrimSuffix(stderr, "\n"), "\n") {
+		rest, ok := strings.CutPrefix(line, path+":")
+		n, _, colon := strings.Cut(rest, ": ")
+		if _, err := strconv.Atoi(n); !ok || !colon || err != nil {
+			t.Errorf("stderr line not at a file:line: %q", line)
+		}
 	}
 }

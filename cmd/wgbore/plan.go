@@ -1,11 +1,14 @@
 package main
 
 import (
+	"cmp"
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"path/filepath"
+	"slices"
 	"strconv"
 
 	"github.com/wgbore/wgbore/config"
@@ -24,39 +27,54 @@ type runPlan struct {
 }
 
 // plan checks what config.Parse cannot: files the sections name and
-// combinations that make no sense for one process.
+// combinations that make no sense for one process. Every problem points
+// at the header of the section at fault, "wg0.conf:12: [http]: ...", the
+// form of the parser's own errors, so check prints each one as a place
+// an editor can jump to.
 func plan(cfg *config.Config, path string) (*runPlan, error) {
 	p := &runPlan{cfg: cfg}
-	var errs []error
+	var errs problems
 	dir := filepath.Dir(path)
-	for i, h := range cfg.HTTP {
+	for _, h := range cfg.HTTP {
 		if h.CertFile == "" {
 			p.httpTLS = append(p.httpTLS, nil)
 			continue
 		}
 		cert, err := tls.LoadX509KeyPair(relativeTo(dir, h.CertFile), relativeTo(dir, h.KeyFile))
 		if err != nil {
-			errs = append(errs, fmt.Errorf("%s: [http] #%d: CertFile/KeyFile: %w", path, i+1, err))
+			errs.add(h.Pos, fmt.Errorf("%s: [http]: CertFile/KeyFile: %w", at(path, h.Pos), err))
 			p.httpTLS = append(p.httpTLS, nil)
 			continue
 		}
 		p.httpTLS = append(p.httpTLS, &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12})
 	}
-	errs = append(errs, sharedListenAddresses(cfg, path)...)
+	sharedListenAddresses(cfg, path, &errs)
+	if len(cfg.STDIOTunnels) > 1 {
+		first := cfg.STDIOTunnels[0].Pos
+		for _, c := range cfg.STDIOTunnels[1:] {
+			errs.add(c.Pos, fmt.Errorf("%s: [STDIOTunnel]: a process has one stdin, and the [STDIOTunnel] %s has it: keep one",
+				at(path, c.Pos), onLine(first, c.Pos)))
+		}
+	}
+
 	// Authentication is on only with a Username: a Password alone looks
 	// protected in the file and is not.
-	for i, c := range cfg.Socks5 {
+	var warns problems
+	noUser := func(pos config.Position, section string) {
+		warns.add(pos, fmt.Errorf("%s: [%s]: Password is set but Username is not: authentication is off", at(path, pos), section))
+	}
+	for _, c := range cfg.Socks5 {
 		if c.Username == "" && c.Password != "" {
-			p.warnings = append(p.warnings, fmt.Sprintf("%s: [Socks5] #%d has a Password but no Username: authentication is off", path, i+1))
+			noUser(c.Pos, "Socks5")
 		}
 	}
-	for i, c := range cfg.HTTP {
+	for _, c := range cfg.HTTP {
 		if c.Username == "" && c.Password != "" {
-			p.warnings = append(p.warnings, fmt.Sprintf("%s: [http] #%d has a Password but no Username: authentication is off", path, i+1))
+			noUser(c.Pos, "http")
 		}
 	}
-	if len(cfg.STDIOTunnels) > 1 {
-		errs = append(errs, fmt.Errorf("%s: %d [STDIOTunnel] sections, but a process has one stdin: keep one", path, len(cfg.STDIOTunnels)))
+	for _, w := range warns.sorted() {
+		p.warnings = append(p.warnings, w.Error())
 	}
 	if len(cfg.Peers) == 0 {
 		p.warnings = append(p.warnings, path+": no [Peer] section: nothing can be reached until a peer is added")
@@ -65,50 +83,120 @@ func plan(cfg *config.Config, path string) (*runPlan, error) {
 		p.warnings = append(p.warnings, path+": [Interface] has no Address: the tunnel has no address to send from")
 	}
 	if len(errs) > 0 {
-		return nil, errors.Join(errs...)
+		return nil, errors.Join(errs.sorted()...)
 	}
 	return p, nil
+}
+
+// problem is one of plan's findings with the section it belongs to, so
+// that they can be reported in file order, as the parser reports its own.
+type problem struct {
+	pos config.Position
+	err error
+}
+
+type problems []problem
+
+func (ps *problems) add(pos config.Position, err error) {
+	*ps = append(*ps, problem{pos, err})
+}
+
+// sorted returns the errors by line; a problem with no line (a Config
+// built by hand rather than parsed) keeps its place after the rest.
+func (ps problems) sorted() []error {
+	s := slices.Clone(ps)
+	slices.SortStableFunc(s, func(a, b problem) int { return byLine(a.pos, b.pos) })
+	out := make([]error, len(s))
+	for i, p := range s {
+		out[i] = p.err
+	}
+	return out
+}
+
+// byLine orders positions by line, unknown lines last. Proxy sections
+// come only from the main file, so the file needs no comparing.
+func byLine(a, b config.Position) int {
+	la, lb := a.Line, b.Line
+	if la <= 0 {
+		la = math.MaxInt
+	}
+	if lb <= 0 {
+		lb = math.MaxInt
+	}
+	return cmp.Compare(la, lb)
+}
+
+// at is where a message about the section at pos starts: "file:line",
+// or the config's path for a section that was not parsed from a file.
+func at(path string, pos config.Position) string {
+	if pos.File == "" {
+		return path
+	}
+	return pos.String()
+}
+
+// onLine names where another section starts, for a message already
+// placed at from: "on line 12", or with the file when they differ.
+func onLine(other, from config.Position) string {
+	switch {
+	case other.Line <= 0:
+		return "before it"
+	case other.File == from.File:
+		return "on line " + strconv.Itoa(other.Line)
+	default:
+		return "at " + other.String()
+	}
 }
 
 // sharedListenAddresses finds two sections that would listen on the same
 // address: a mistake in the file, which check should report, rather than
 // a start that fails with "address already in use" as if another process
 // held the port. Port 0 asks for a fresh port each time, so it never
-// clashes.
-func sharedListenAddresses(cfg *config.Config, path string) []error {
-	var errs []error
-	first := make(map[string]string) // "tcp 127.0.0.1:1080" -> "[Socks5] #1"
-	claim := func(network, addr, section string, n int) {
+// clashes. The error is at the later section in the file and names the
+// line of the earlier one.
+func sharedListenAddresses(cfg *config.Config, path string, errs *problems) {
+	type listener struct {
+		key     string // "tcp 127.0.0.1:1080"
+		section string
+		pos     config.Position
+	}
+	var all []listener
+	add := func(network, addr, section string, pos config.Position) {
 		if _, port, err := net.SplitHostPort(addr); err != nil || port == "0" {
 			return
 		}
-		key := network + " " + addr
-		this := fmt.Sprintf("[%s] #%d", section, n)
-		if prev, ok := first[key]; ok {
-			errs = append(errs, fmt.Errorf("%s: %s listens on %s %s, as %s does", path, this, network, addr, prev))
-			return
+		all = append(all, listener{network + " " + addr, section, pos})
+	}
+	for _, c := range cfg.Socks5 {
+		add("tcp", hostBindAddress(c.BindAddress), "Socks5", c.Pos)
+	}
+	for _, c := range cfg.HTTP {
+		add("tcp", hostBindAddress(c.BindAddress), "http", c.Pos)
+	}
+	for _, c := range cfg.TCPClientTunnels {
+		add("tcp", hostBindAddress(c.BindAddress), "TCPClientTunnel", c.Pos)
+	}
+	for _, c := range cfg.UDPProxyTunnels {
+		add("udp", hostBindAddress(c.BindAddress), "UDPProxyTunnel", c.Pos)
+	}
+	for _, c := range cfg.TCPServerTunnels {
+		add("tunnel tcp", net.JoinHostPort("", strconv.Itoa(c.ListenPort)), "TCPServerTunnel", c.Pos)
+	}
+	for _, c := range cfg.UDPServerTunnels {
+		add("tunnel udp", net.JoinHostPort("", strconv.Itoa(c.ListenPort)), "UDPServerTunnel", c.Pos)
+	}
+	// In file order, so "first" means first in the file, whatever the kinds.
+	slices.SortStableFunc(all, func(a, b listener) int { return byLine(a.pos, b.pos) })
+	first := make(map[string]listener)
+	for _, l := range all {
+		prev, ok := first[l.key]
+		if !ok {
+			first[l.key] = l
+			continue
 		}
-		first[key] = this
+		errs.add(l.pos, fmt.Errorf("%s: [%s]: listens on %s, as the [%s] %s does",
+			at(path, l.pos), l.section, l.key, prev.section, onLine(prev.pos, l.pos)))
 	}
-	for i, c := range cfg.Socks5 {
-		claim("tcp", hostBindAddress(c.BindAddress), "Socks5", i+1)
-	}
-	for i, c := range cfg.HTTP {
-		claim("tcp", hostBindAddress(c.BindAddress), "http", i+1)
-	}
-	for i, c := range cfg.TCPClientTunnels {
-		claim("tcp", hostBindAddress(c.BindAddress), "TCPClientTunnel", i+1)
-	}
-	for i, c := range cfg.UDPProxyTunnels {
-		claim("udp", hostBindAddress(c.BindAddress), "UDPProxyTunnel", i+1)
-	}
-	for i, c := range cfg.TCPServerTunnels {
-		claim("tunnel tcp", net.JoinHostPort("", strconv.Itoa(c.ListenPort)), "TCPServerTunnel", i+1)
-	}
-	for i, c := range cfg.UDPServerTunnels {
-		claim("tunnel udp", net.JoinHostPort("", strconv.Itoa(c.ListenPort)), "UDPServerTunnel", i+1)
-	}
-	return errs
 }
 
 // relativeTo resolves a relative path against the config file's
