@@ -114,6 +114,11 @@ type Config struct {
 	UDPServerTunnels []UDPServerTunnel
 	Resolve          Resolve
 
+	// Egress and DNSServer configure server mode (wgbore serve); nil when
+	// the file has no such section.
+	Egress    *Egress
+	DNSServer *DNSServer
+
 	// Warnings are the problems that did not stop the parse.
 	Warnings []Warning
 }
@@ -273,6 +278,33 @@ type UDPServerTunnel struct {
 	ListenPort        int
 	Target            string
 	InactivityTimeout time.Duration
+}
+
+// Egress is the [Egress] section: where server mode lets peers' flows go
+// on the host's network. A destination matching the most specific prefix
+// of Allow or Deny (Deny on a tie) is decided by it; the rest follow the
+// built-in policy, which lets public unicast through and keeps peers away
+// from the host's loopback, link-local, private and CGNAT ranges.
+type Egress struct {
+	Allow, Deny []netip.Prefix
+	// MaxFlowsPerPeer caps one peer's TCP and UDP flows at once; 0 means
+	// the server's default.
+	MaxFlowsPerPeer int
+	// UDPTimeout ends a UDP flow silent for that long; 0 means the
+	// server's default.
+	UDPTimeout time.Duration
+	Pos        Position
+}
+
+// DNSServer is the [DNSServer] section: a DNS server for peers on our
+// tunnel addresses. Names in Records are answered locally; the rest go to
+// Upstream, or to the host's resolvers when it is empty.
+type DNSServer struct {
+	Upstream []netip.AddrPort
+	// Records maps lower-case, fully qualified names ("demo.wg.") to
+	// their addresses.
+	Records map[string][]netip.Addr
+	Pos     Position
 }
 
 // ResolveStrategy says which address family wins when a name resolves to

@@ -148,6 +148,16 @@ func contentOnly(c *config.Config) *config.Config {
 	cp.STDIOTunnels = withoutPos(cp.STDIOTunnels, func(s *config.STDIOTunnel) { s.Pos = config.Position{} })
 	cp.UDPProxyTunnels = withoutPos(cp.UDPProxyTunnels, func(s *config.UDPProxyTunnel) { s.Pos = config.Position{} })
 	cp.UDPServerTunnels = withoutPos(cp.UDPServerTunnels, func(s *config.UDPServerTunnel) { s.Pos = config.Position{} })
+	if cp.Egress != nil {
+		e := *cp.Egress
+		e.Pos = config.Position{}
+		cp.Egress = &e
+	}
+	if cp.DNSServer != nil {
+		d := *cp.DNSServer
+		d.Pos = config.Position{}
+		cp.DNSServer = &d
+	}
 	return &cp
 }
 

@@ -34,6 +34,8 @@ const (
 	secUDPProxy
 	secUDPServer
 	secResolve
+	secEgress
+	secDNSServer
 	numSections
 
 	// secSkip swallows the keys of a section that was already reported
@@ -56,6 +58,8 @@ var sectionNames = [numSections]string{
 	secUDPProxy:  "UDPProxyTunnel",
 	secUDPServer: "UDPServerTunnel",
 	secResolve:   "Resolve",
+	secEgress:    "Egress",
+	secDNSServer: "DNSServer",
 }
 
 type keyKind int
@@ -126,6 +130,8 @@ var sectionKeys = [numSections][]keySpec{
 	secUDPProxy:  {{name: "BindAddress"}, {name: "Target"}, {name: "InactivityTimeout"}},
 	secUDPServer: {{name: "ListenPort"}, {name: "Target"}, {name: "InactivityTimeout"}},
 	secResolve:   {{name: "ResolveStrategy", optional: true}},
+	secEgress:    {{name: "Allow", kind: list}, {name: "Deny", kind: list}, {name: "MaxFlowsPerPeer"}, {name: "UDPTimeout"}},
+	secDNSServer: {{name: "Upstream", kind: list}, {name: "Record", kind: list}},
 }
 
 // requiredKeys are checked when a section closes. [Interface] and [Peer]
@@ -206,6 +212,8 @@ type section struct {
 	udpProxy    UDPProxyTunnel
 	udpServer   UDPServerTunnel
 	resolve     *Resolve
+	egress      *Egress
+	dnsServer   *DNSServer
 }
 
 type peerPlace struct {
@@ -228,6 +236,8 @@ type parser struct {
 	// took every address.
 	catchAllLine int
 	resolveLine  int
+	egressLine   int
+	dnsLine      int
 	peers        []peerPlace
 
 	wgConfigLine int
@@ -380,6 +390,24 @@ func (p *parser) openSection(f *fileState, line string, n int) *section {
 		}
 		p.resolveLine = n
 		s.resolve = &p.cfg.Resolve
+	case secEgress:
+		s.egress = &Egress{Pos: pos}
+		if p.egressLine != 0 {
+			p.errorf(f, n, "", "[Egress] appears twice (first on line %d)", p.egressLine)
+			s.dup = true
+			break
+		}
+		p.egressLine = n
+		p.cfg.Egress = s.egress
+	case secDNSServer:
+		s.dnsServer = &DNSServer{Pos: pos}
+		if p.dnsLine != 0 {
+			p.errorf(f, n, "", "[DNSServer] appears twice (first on line %d)", p.dnsLine)
+			s.dup = true
+			break
+		}
+		p.dnsLine = n
+		p.cfg.DNSServer = s.dnsServer
 	}
 	return s
 }
@@ -849,6 +877,10 @@ func (p *parser) set(f *fileState, s *section, key, v string, n int) {
 				s.udpServer.InactivityTimeout = d
 			}
 		}
+	case secEgress:
+		p.setEgress(f, s.egress, key, v, n)
+	case secDNSServer:
+		p.setDNSServer(f, s.dnsServer, key, v, n)
 	case secResolve:
 		switch strings.ToLower(v) {
 		case "", string(ResolveAuto):
@@ -1027,6 +1059,74 @@ func (p *parser) number(f *fileState, n int, key, v string, lo, hi uint64) (uint
 		return 0, false
 	}
 	return x, true
+}
+
+func (p *parser) setEgress(f *fileState, e *Egress, key, v string, n int) {
+	switch key {
+	case "Allow", "Deny":
+		for item := range strings.SplitSeq(v, ",") {
+			item = strings.TrimSpace(item)
+			if item == "" {
+				continue
+			}
+			pfx, ok := p.prefix(f, n, key, item)
+			if !ok {
+				continue
+			}
+			if key == "Allow" {
+				e.Allow = append(e.Allow, pfx)
+			} else {
+				e.Deny = append(e.Deny, pfx)
+			}
+		}
+	case "MaxFlowsPerPeer":
+		e.MaxFlowsPerPeer, _ = p.maxConnections(f, n, key, v)
+	case "UDPTimeout":
+		e.UDPTimeout, _ = p.seconds(f, n, key, v)
+	}
+}
+
+func (p *parser) setDNSServer(f *fileState, d *DNSServer, key, v string, n int) {
+	switch key {
+	case "Upstream":
+		for item := range strings.SplitSeq(v, ",") {
+			item = strings.TrimSpace(item)
+			if item == "" {
+				continue
+			}
+			if a, err := netip.ParseAddr(item); err == nil && a.Zone() == "" {
+				d.Upstream = append(d.Upstream, netip.AddrPortFrom(a, 53))
+			} else if ap, err := netip.ParseAddrPort(item); err == nil && ap.Port() != 0 {
+				d.Upstream = append(d.Upstream, ap)
+			} else {
+				p.errorf(f, n, key, "%q is not an IP address or IP:port", item)
+			}
+		}
+	case "Record":
+		// One name and its addresses per item: "demo.wg 10.0.0.1 fd00::1".
+		for item := range strings.SplitSeq(v, ",") {
+			fields := strings.Fields(item)
+			if len(fields) == 0 {
+				continue
+			}
+			if len(fields) < 2 || !validHostname(fields[0]) {
+				p.errorf(f, n, key, "%q: want a name and one or more IP addresses", strings.TrimSpace(item))
+				continue
+			}
+			name := strings.ToLower(strings.TrimSuffix(fields[0], ".")) + "."
+			for _, field := range fields[1:] {
+				a, err := netip.ParseAddr(field)
+				if err != nil || a.Zone() != "" {
+					p.errorf(f, n, key, "%q is not an IP address", field)
+					continue
+				}
+				if d.Records == nil {
+					d.Records = make(map[string][]netip.Addr)
+				}
+				d.Records[name] = append(d.Records[name], a.Unmap())
+			}
+		}
+	}
 }
 
 // seconds reads a duration written as whole seconds, as wireproxy's

@@ -3,7 +3,9 @@ package config
 import (
 	"fmt"
 	"io"
+	"maps"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -155,6 +157,28 @@ func (c *Config) render(b *strings.Builder, opts RenderOptions) {
 			r.seconds("InactivityTimeout", t.InactivityTimeout)
 		}
 	}
+	if e := c.Egress; e != nil {
+		r.section("Egress")
+		if len(e.Allow) > 0 {
+			r.kv("Allow", join(e.Allow))
+		}
+		if len(e.Deny) > 0 {
+			r.kv("Deny", join(e.Deny))
+		}
+		r.count("MaxFlowsPerPeer", e.MaxFlowsPerPeer)
+		if e.UDPTimeout != 0 {
+			r.seconds("UDPTimeout", e.UDPTimeout)
+		}
+	}
+	if d := c.DNSServer; d != nil {
+		r.section("DNSServer")
+		if len(d.Upstream) > 0 {
+			r.kv("Upstream", join(d.Upstream))
+		}
+		for _, name := range slices.Sorted(maps.Keys(d.Records)) {
+			r.kv("Record", strings.TrimSuffix(name, ".")+" "+joinWith(d.Records[name], " "))
+		}
+	}
 	if c.Resolve.Strategy != "" && c.Resolve.Strategy != ResolveAuto {
 		r.section("Resolve")
 		r.kv("ResolveStrategy", string(c.Resolve.Strategy))
@@ -225,12 +249,16 @@ func (p *Peer) render(r *renderer, opts RenderOptions) {
 	}
 }
 
-func join[T netip.Addr | netip.Prefix](items []T) string {
+func join[T netip.Addr | netip.Prefix | netip.AddrPort](items []T) string {
+	return joinWith(items, ", ")
+}
+
+func joinWith[T netip.Addr | netip.Prefix | netip.AddrPort](items []T, sep string) string {
 	s := make([]string, len(items))
 	for i, it := range items {
 		s[i] = any(it).(fmt.Stringer).String()
 	}
-	return strings.Join(s, ", ")
+	return strings.Join(s, sep)
 }
 
 // quote escapes a value so parseValue and expand give it back: a leading
