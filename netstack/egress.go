@@ -1,0 +1,88 @@
+package netstack
+
+import (
+	"net/netip"
+)
+
+// Egress is server mode's policy for where peers' flows may go on the
+// host's network.
+//
+// The default is the one a shared exit node needs: public unicast
+// destinations are allowed, and everything that reaches the host itself or
+// the networks behind it (loopback, link-local, private, CGNAT) is denied,
+// so a peer cannot use the server to reach services the operator never
+// meant to publish. Allow opens such ranges one by one; Deny closes public
+// ones.
+type Egress struct {
+	Allow, Deny []netip.Prefix
+}
+
+// defaultDeny is built once; DefaultDeny hands out copies.
+var defaultDeny = []netip.Prefix{
+	netip.MustParsePrefix("0.0.0.0/8"),          // "this network", including 0.0.0.0
+	netip.MustParsePrefix("10.0.0.0/8"),         // private (RFC 1918)
+	netip.MustParsePrefix("100.64.0.0/10"),      // carrier-grade NAT (RFC 6598)
+	netip.MustParsePrefix("127.0.0.0/8"),        // loopback
+	netip.MustParsePrefix("169.254.0.0/16"),     // link-local, cloud metadata services
+	netip.MustParsePrefix("172.16.0.0/12"),      // private
+	netip.MustParsePrefix("192.168.0.0/16"),     // private
+	netip.MustParsePrefix("224.0.0.0/4"),        // multicast
+	netip.MustParsePrefix("255.255.255.255/32"), // limited broadcast
+	netip.MustParsePrefix("::/128"),             // unspecified
+	netip.MustParsePrefix("::1/128"),            // loopback
+	netip.MustParsePrefix("fc00::/7"),           // unique local
+	netip.MustParsePrefix("fe80::/10"),          // link-local
+	netip.MustParsePrefix("ff00::/8"),           // multicast
+}
+
+// DefaultDeny returns the ranges Permits denies unless Allow opens them.
+// IPv4-mapped IPv6 addresses (::ffff:0:0/96) are not listed: Permits
+// judges them as the IPv4 address they carry.
+func DefaultDeny() []netip.Prefix {
+	return append([]netip.Prefix(nil), defaultDeny...)
+}
+
+// Permits reports whether a flow to a may leave through the host. The
+// most specific prefix that contains a, among Allow, Deny and the default
+// denies, decides. On a tie between Allow and Deny, Deny wins, so an
+// operator's contradiction errs on the closed side; on a tie between Allow
+// and a default deny, Allow wins, because the operator said so explicitly
+// and ::1/128 or 10.0.0.0/8 could not be opened otherwise. Allow
+// 127.0.0.1/32 thus opens exactly the host's 127.0.0.1 and nothing else
+// of 127.0.0.0/8.
+//
+// An IPv4-mapped IPv6 address is judged as its IPv4 address: a host
+// socket dialled to ::ffff:127.0.0.1 reaches 127.0.0.1, and the policy
+// must not be dodged by spelling the address differently. A zone is
+// ignored for the same reason.
+func (e Egress) Permits(a netip.Addr) bool {
+	if !a.IsValid() {
+		return false
+	}
+	a = a.Unmap().WithZone("")
+	// Later lists win ties: defaults, then Allow, then Deny.
+	bestBits, allowed := -1, true
+	consider := func(prefixes []netip.Prefix, allow bool) {
+		for _, p := range prefixes {
+			p = unmapPrefix(p)
+			if p.IsValid() && p.Contains(a) && p.Bits() >= bestBits {
+				bestBits, allowed = p.Bits(), allow
+			}
+		}
+	}
+	consider(defaultDeny, false)
+	consider(e.Allow, true)
+	consider(e.Deny, false)
+	return allowed
+}
+
+// unmapPrefix turns an IPv4-mapped IPv6 prefix (::ffff:10.0.0.0/104) into
+// the IPv4 prefix it means (10.0.0.0/8), so it matches the unmapped
+// addresses Permits compares with. A mapped prefix shorter than /96 also
+// covers non-mapped IPv6 and is left as it is.
+func unmapPrefix(p netip.Prefix) netip.Prefix {
+	if a := p.Addr(); a.Is4In6() && p.Bits() >= 96 {
+		return netip.PrefixFrom(a.Unmap(), p.Bits()-96).Masked()
+	}
+	return p
+}

@@ -1,0 +1,83 @@
+package netstack
+
+import (
+	"net/netip"
+	"testing"
+)
+
+func TestEgressPermits(t *testing.T) {
+	pfx := func(ss ...string) []netip.Prefix {
+		var out []netip.Prefix
+		for _, s := range ss {
+			out = append(out, netip.MustParsePrefix(s))
+		}
+		return out
+	}
+	cases := []struct {
+		name   string
+		egress Egress
+		addr   string
+		want   bool
+	}{
+		{"public v4", Egress{}, "198.51.100.7", true},
+		{"public v6", Egress{}, "2001:db8::1", true},
+		{"loopback", Egress{}, "127.0.0.1", false},
+		{"loopback other", Egress{}, "127.3.4.5", false},
+		{"loopback v6", Egress{}, "::1", false},
+		{"unspecified v4", Egress{}, "0.0.0.0", false},
+		{"this network", Egress{}, "0.1.2.3", false},
+		{"unspecified v6", Egress{}, "::", false},
+		{"link-local v4", Egress{}, "169.254.169.254", false},
+		{"link-local v6", Egress{}, "fe80::1", false},
+		{"private 10", Egress{}, "10.9.9.9", false},
+		{"private 172.16", Egress{}, "172.31.255.255", false},
+		{"172.32 is public", Egress{}, "172.32.0.1", true},
+		{"private 192.168", Egress{}, "192.168.1.1", false},
+		{"unique local", Egress{}, "fd00::2", false},
+		{"CGNAT", Egress{}, "100.64.0.1", false},
+		{"CGNAT end", Egress{}, "100.127.255.255", false},
+		{"100.128 is public", Egress{}, "100.128.0.1", true},
+		{"multicast v4", Egress{}, "224.0.0.251", false},
+		{"multicast v6", Egress{}, "ff02::fb", false},
+		{"broadcast", Egress{}, "255.255.255.255", false},
+		{"mapped loopback", Egress{}, "::ffff:127.0.0.1", false},
+		{"mapped private", Egress{}, "::ffff:10.0.0.1", false},
+		{"mapped public", Egress{}, "::ffff:198.51.100.7", true},
+		{"zoned link-local", Egress{}, "fe80::1%eth0", false},
+
+		{"allow one loopback address", Egress{Allow: pfx("127.0.0.1/32")}, "127.0.0.1", true},
+		{"allow one: not its neighbour", Egress{Allow: pfx("127.0.0.1/32")}, "127.0.0.2", false},
+		{"allow one: mapped too", Egress{Allow: pfx("127.0.0.1/32")}, "::ffff:127.0.0.1", true},
+		{"allow mapped prefix", Egress{Allow: pfx("::ffff:127.0.0.1/128")}, "127.0.0.1", true},
+		{"allow v6 loopback", Egress{Allow: pfx("::1/128")}, "::1", true},
+		{"allow LAN", Egress{Allow: pfx("192.168.1.0/24")}, "192.168.1.20", true},
+		{"allow LAN, not the next one", Egress{Allow: pfx("192.168.1.0/24")}, "192.168.2.20", false},
+		{"deny public", Egress{Deny: pfx("198.51.100.0/24")}, "198.51.100.7", false},
+		{"deny public, rest stays", Egress{Deny: pfx("198.51.100.0/24")}, "198.51.101.7", true},
+		{"tie: deny wins", Egress{Allow: pfx("198.51.100.0/24"), Deny: pfx("198.51.100.0/24")}, "198.51.100.7", false},
+		{"tie with a default: allow wins", Egress{Allow: pfx("10.0.0.0/8")}, "10.1.1.1", true},
+		{"tie with a default and a deny: deny wins", Egress{Allow: pfx("10.0.0.0/8"), Deny: pfx("10.0.0.0/8")}, "10.1.1.1", false},
+		{"allow broadcast explicitly", Egress{Allow: pfx("255.255.255.255/32")}, "255.255.255.255", true},
+		{"more specific allow inside deny", Egress{Allow: pfx("198.51.100.7/32"), Deny: pfx("198.51.100.0/24")}, "198.51.100.7", true},
+		{"more specific deny inside allow", Egress{Allow: pfx("10.0.0.0/16"), Deny: pfx("10.0.9.0/24")}, "10.0.9.9", false},
+		{"allow everything still loses to defaults", Egress{Allow: pfx("0.0.0.0/0")}, "127.0.0.1", false},
+		{"invalid address", Egress{Allow: pfx("0.0.0.0/0")}, "", false},
+	}
+	for _, c := range cases {
+		var a netip.Addr
+		if c.addr != "" {
+			a = netip.MustParseAddr(c.addr)
+		}
+		if got := c.egress.Permits(a); got != c.want {
+			t.Errorf("%s: Permits(%s) = %v, want %v", c.name, c.addr, got, c.want)
+		}
+	}
+}
+
+func TestDefaultDenyIsACopy(t *testing.T) {
+	d := DefaultDeny()
+	d[0] = netip.MustParsePrefix("1.2.3.4/32")
+	if !(Egress{}).Permits(netip.MustParseAddr("1.2.3.4")) || (Egress{}).Permits(netip.MustParseAddr("0.0.0.1")) {
+		t.Fatal("changing DefaultDeny's result changed the policy")
+	}
+}
