@@ -1,0 +1,388 @@
+package netstack
+
+import (
+	"bufio"
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/net/dns/dnsmessage"
+)
+
+// dnsUpstreamTimeout bounds one forwarded query: a resolver that has not
+// answered by then will not, and the peer's own resolver retries.
+const dnsUpstreamTimeout = 5 * time.Second
+
+// DNSServerConfig configures the DNS server that ServeDNS runs for peers.
+type DNSServerConfig struct {
+	// Records are answered here, authoritatively: lower-case, fully
+	// qualified names ("demo.wg.") to their A and AAAA addresses. A
+	// name may also be given without the final dot.
+	Records map[string][]netip.Addr
+	// Upstream are the host-side resolvers every other query goes to.
+	// Empty means the nameservers of /etc/resolv.conf.
+	Upstream []netip.AddrPort
+	// Dial opens the host-side sockets to Upstream; nil means net.Dialer.
+	Dial   func(ctx context.Context, network, address string) (net.Conn, error)
+	Logger *slog.Logger
+}
+
+// DNSServer answers DNS on our tunnel addresses, port 53, over UDP and
+// TCP. Peers of a server can then say DNS = <its tunnel address>: the
+// server's own names are answered from Records, and the rest are asked of
+// the host's resolvers, which a peer could not reach itself.
+type DNSServer struct {
+	records  map[string][]netip.Addr
+	upstream []netip.AddrPort
+	dial     func(ctx context.Context, network, address string) (net.Conn, error)
+	log      *slog.Logger
+
+	ctx    context.Context // ends on Close, and with it upstream queries
+	cancel context.CancelFunc
+	mu     sync.Mutex
+	open   map[io.Closer]struct{} // listeners and TCP connections
+	wg     sync.WaitGroup
+	// inFlight bounds the UDP queries answered at once: each may wait
+	// dnsUpstreamTimeout for an upstream, and a peer sending faster than
+	// that must not grow goroutines without end. Past it, queries are
+	// dropped, and the peer's resolver retries.
+	inFlight chan struct{}
+}
+
+// maxDNSInFlight is how many UDP queries are answered at once.
+const maxDNSInFlight = 256
+
+// ServeDNS starts a DNS server on every tunnel address of ours, port 53,
+// over UDP and TCP. It runs until its Close or the Net's, which also
+// waits for its goroutines.
+func (n *Net) ServeDNS(cfg DNSServerConfig) (*DNSServer, error) {
+	d := newDNSServer(cfg)
+	if err := n.addService(d); err != nil {
+		return nil, err
+	}
+	for _, pa := range n.stack.AllAddresses()[nicID] {
+		a, ok := netip.AddrFromSlice(pa.AddressWithPrefix.Address.AsSlice())
+		if !ok {
+			continue
+		}
+		ap := netip.AddrPortFrom(a.Unmap(), 53).String()
+		pc, err := n.ListenPacket("udp", ap)
+		if err != nil {
+			d.Close()
+			return nil, fmt.Errorf("dns server: %w", err)
+		}
+		if !d.track(pc) {
+			return nil, net.ErrClosed
+		}
+		l, err := n.Listen("tcp", ap)
+		if err != nil {
+			d.Close()
+			return nil, fmt.Errorf("dns server: %w", err)
+		}
+		if !d.track(l) {
+			return nil, net.ErrClosed
+		}
+		d.wg.Add(2)
+		go d.serveUDP(pc)
+		go d.serveTCP(l)
+	}
+	return d, nil
+}
+
+// newDNSServer is a server with nothing to serve on yet: ServeDNS adds the
+// sockets, and tests and the fuzz target call Answer directly.
+func newDNSServer(cfg DNSServerConfig) *DNSServer {
+	d := &DNSServer{
+		records:  make(map[string][]netip.Addr, len(cfg.Records)),
+		upstream: cfg.Upstream,
+		dial:     cfg.Dial,
+		log:      cfg.Logger,
+		open:     map[io.Closer]struct{}{},
+		inFlight: make(chan struct{}, maxDNSInFlight),
+	}
+	for name, addrs := range cfg.Records {
+		name = strings.ToLower(name)
+		if !strings.HasSuffix(name, ".") {
+			name += "."
+		}
+		d.records[name] = append(d.records[name], addrs...)
+	}
+	if d.dial == nil {
+		d.dial = (&net.Dialer{}).DialContext
+	}
+	if d.log == nil {
+		d.log = slog.New(slog.DiscardHandler)
+	}
+	if len(d.upstream) == 0 {
+		d.upstream = hostResolvers("/etc/resolv.conf")
+	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	return d
+}
+
+// Close stops the server and waits for its goroutines. It may be called
+// more than once, and before or after the Net's Close.
+func (d *DNSServer) Close() error {
+	d.stop()
+	d.wait()
+	return nil
+}
+
+// stop and wait make DNSServer a service of the Net: its Close stops the
+// server before the stack goes and waits for it after.
+func (d *DNSServer) stop() {
+	d.cancel()
+	d.mu.Lock()
+	open := d.open
+	d.open = map[io.Closer]struct{}{}
+	d.mu.Unlock()
+	for c := range open {
+		c.Close()
+	}
+}
+
+func (d *DNSServer) wait() { d.wg.Wait() }
+
+// track registers a socket for stop to close, or closes it at once when
+// the server is stopping.
+func (d *DNSServer) track(c io.Closer) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.ctx.Err() != nil {
+		c.Close()
+		return false
+	}
+	d.open[c] = struct{}{}
+	return true
+}
+
+func (d *DNSServer) untrack(c io.Closer) {
+	d.mu.Lock()
+	delete(d.open, c)
+	d.mu.Unlock()
+	c.Close()
+}
+
+func (d *DNSServer) serveUDP(pc net.PacketConn) {
+	defer d.wg.Done()
+	buf := make([]byte, 65535)
+	for {
+		n, from, err := pc.ReadFrom(buf)
+		if err != nil {
+			return
+		}
+		select {
+		case d.inFlight <- struct{}{}:
+		default:
+			continue
+		}
+		query := append([]byte(nil), buf[:n]...)
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			defer func() { <-d.inFlight }()
+			if resp := d.Answer(d.ctx, query, false); resp != nil {
+				pc.WriteTo(resp, from)
+			}
+		}()
+	}
+}
+
+func (d *DNSServer) serveTCP(l net.Listener) {
+	defer d.wg.Done()
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		if !d.track(c) {
+			return
+		}
+		d.wg.Add(1)
+		go func() {
+			defer d.wg.Done()
+			defer d.untrack(c)
+			// RFC 7766: several queries may follow one another on a
+			// connection; an idle one is closed.
+			r := bufio.NewReader(c)
+			for {
+				c.SetReadDeadline(time.Now().Add(10 * time.Second))
+				var l [2]byte
+				if _, err := io.ReadFull(r, l[:]); err != nil {
+					return
+				}
+				query := make([]byte, binary.BigEndian.Uint16(l[:]))
+				if _, err := io.ReadFull(r, query); err != nil {
+					return
+				}
+				resp := d.Answer(d.ctx, query, true)
+				if resp == nil {
+					return
+				}
+				c.SetWriteDeadline(time.Now().Add(10 * time.Second))
+				if _, err := c.Write(binary.BigEndian.AppendUint16(nil, uint16(len(resp)))); err != nil {
+					return
+				}
+				if _, err := c.Write(resp); err != nil {
+					return
+				}
+			}
+		}()
+	}
+}
+
+// Answer returns the response to one DNS message, or nil when the message
+// is not a query worth answering (a response, or too short to have an
+// ID). A name in Records is answered here; any other is forwarded.
+func (d *DNSServer) Answer(ctx context.Context, query []byte, overTCP bool) []byte {
+	var p dnsmessage.Parser
+	h, err := p.Start(query)
+	if err != nil {
+		return nil
+	}
+	if h.Response {
+		return nil
+	}
+	q, err := p.Question()
+	if err != nil || h.OpCode != 0 {
+		return d.reply(h, nil, dnsmessage.RCodeFormatError, nil)
+	}
+	// One question per query is all resolvers send; a second one would
+	// make the local answer ambiguous.
+	if _, err := p.Question(); !errors.Is(err, dnsmessage.ErrSectionDone) {
+		return d.reply(h, &q, dnsmessage.RCodeFormatError, nil)
+	}
+	name := strings.ToLower(q.Name.String())
+	if addrs, ok := d.records[name]; ok && q.Class == dnsmessage.ClassINET {
+		return d.reply(h, &q, dnsmessage.RCodeSuccess, addrs)
+	}
+	resp, err := d.forward(ctx, query, overTCP)
+	if err != nil {
+		d.log.Debug("dns server: upstream failed", "name", name, "err", err)
+		return d.reply(h, &q, dnsmessage.RCodeServerFailure, nil)
+	}
+	return resp
+}
+
+// reply builds a response to h; with q and addrs, an authoritative answer
+// with the addresses of q's type.
+func (d *DNSServer) reply(h dnsmessage.Header, q *dnsmessage.Question, rcode dnsmessage.RCode, addrs []netip.Addr) []byte {
+	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{
+		ID: h.ID, Response: true, OpCode: h.OpCode, RecursionDesired: h.RecursionDesired,
+		RecursionAvailable: true, Authoritative: rcode == dnsmessage.RCodeSuccess, RCode: rcode,
+	})
+	b.EnableCompression()
+	if q == nil {
+		out, _ := b.Finish()
+		return out
+	}
+	b.StartQuestions()
+	b.Question(*q)
+	b.StartAnswers()
+	hdr := dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60}
+	for _, a := range addrs {
+		switch {
+		case a.Is4() && (q.Type == dnsmessage.TypeA || q.Type == dnsmessage.TypeALL):
+			b.AResource(hdr, dnsmessage.AResource{A: a.As4()})
+		case a.Is6() && (q.Type == dnsmessage.TypeAAAA || q.Type == dnsmessage.TypeALL):
+			b.AAAAResource(hdr, dnsmessage.AAAAResource{AAAA: a.As16()})
+		}
+	}
+	out, err := b.Finish()
+	if err != nil {
+		return nil
+	}
+	return out
+}
+
+// forward asks the upstream resolvers in turn, over the transport the
+// query came by, so a truncated UDP answer sends the peer to TCP as it
+// would from the upstream itself.
+func (d *DNSServer) forward(ctx context.Context, query []byte, overTCP bool) ([]byte, error) {
+	if len(d.upstream) == 0 {
+		return nil, errors.New("no upstream resolver")
+	}
+	var firstErr error
+	for _, up := range d.upstream {
+		resp, err := d.ask(ctx, up, query, overTCP)
+		if err == nil {
+			return resp, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	return nil, firstErr
+}
+
+func (d *DNSServer) ask(ctx context.Context, up netip.AddrPort, query []byte, overTCP bool) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(ctx, dnsUpstreamTimeout)
+	defer cancel()
+	network := "udp"
+	if overTCP {
+		network = "tcp"
+	}
+	c, err := d.dial(ctx, network, up.String())
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	deadline, _ := ctx.Deadline()
+	c.SetDeadline(deadline)
+	if overTCP {
+		if _, err := c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(query))), query...)); err != nil {
+			return nil, err
+		}
+		var l [2]byte
+		if _, err := io.ReadFull(c, l[:]); err != nil {
+			return nil, err
+		}
+		resp := make([]byte, binary.BigEndian.Uint16(l[:]))
+		_, err := io.ReadFull(c, resp)
+		return resp, err
+	}
+	if _, err := c.Write(query); err != nil {
+		return nil, err
+	}
+	buf := make([]byte, 65535)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			return nil, err
+		}
+		// Only the answer to this query's ID counts; anything else on
+		// the socket is stale or spoofed.
+		if n >= 2 && len(query) >= 2 && buf[0] == query[0] && buf[1] == query[1] {
+			return buf[:n], nil
+		}
+	}
+}
+
+// hostResolvers reads the nameserver lines of a resolv.conf.
+func hostResolvers(path string) []netip.AddrPort {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil
+	}
+	defer f.Close()
+	var out []netip.AddrPort
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fields := strings.Fields(sc.Text())
+		if len(fields) >= 2 && fields[0] == "nameserver" {
+			if a, err := netip.ParseAddr(fields[1]); err == nil {
+				out = append(out, netip.AddrPortFrom(a.Unmap(), 53))
+			}
+		}
+	}
+	return out
+}
