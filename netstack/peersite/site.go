@@ -25,7 +25,6 @@ package peersite
 import (
 	"crypto/sha256"
 	"encoding/binary"
-	"encoding/hex"
 	"fmt"
 	"io"
 	"net"
@@ -87,6 +86,17 @@ type Options struct {
 	// site that must be able to send first. Empty means the site learns
 	// it from our first handshake, as a server does.
 	Endpoint string
+	// AllowedIPs are what the site routes to us, and what it accepts from
+	// us; empty means OurV4/32 and OurV6/128. With 0.0.0.0/0 and ::/0 a
+	// site is a client of our server mode: its Net dials any address
+	// through us. (Not the host's loopback: wireguard-go's netstack drops
+	// replies from a loopback source. StartClient can.) For StartClient,
+	// empty means 0.0.0.0/0 and ::/0.
+	AllowedIPs []netip.Prefix
+	// PrivateKey is the site's or client's key; zero means a fresh one.
+	// A test that must configure us before the peer starts (a client
+	// sends its handshake at once) picks the key first.
+	PrivateKey protocol.PrivateKey
 }
 
 // Start runs a site that accepts the peer ours. It stops when t's
@@ -96,12 +106,19 @@ func Start(t testing.TB, ours protocol.PublicKey, opts Options) *Site {
 	t.Helper()
 	s := &Site{DNS: &DNS{}, open: map[io.Closer]struct{}{}}
 	var err error
-	if s.PrivateKey, err = protocol.GeneratePrivateKey(); err != nil {
-		t.Fatal(err)
+	s.PrivateKey = opts.PrivateKey
+	if s.PrivateKey.IsZero() {
+		if s.PrivateKey, err = protocol.GeneratePrivateKey(); err != nil {
+			t.Fatal(err)
+		}
 	}
 	s.PublicKey = s.PrivateKey.PublicKey()
 	var bind *wgtest.LoopbackBind
-	s.Device, s.Net, bind = startDevice(t, []netip.Addr{TheirV4, TheirV6}, opts.MTU, s.PrivateKey, ours, opts.Endpoint, OurV4, OurV6)
+	allowed := opts.AllowedIPs
+	if len(allowed) == 0 {
+		allowed = hostPrefixes(OurV4, OurV6)
+	}
+	s.Device, s.Net, bind = startDevice(t, []netip.Addr{TheirV4, TheirV6}, opts.MTU, s.PrivateKey, ours, opts.Endpoint, allowed)
 	s.Port = bind.Port()
 	t.Cleanup(s.stop)
 
@@ -129,7 +146,7 @@ func Start(t testing.TB, ours protocol.PublicKey, opts Options) *Site {
 
 // startDevice brings up a wireguard-go device on a loopback socket, with
 // a netstack at addrs and one peer allowed to send from allowed.
-func startDevice(t testing.TB, addrs []netip.Addr, mtu int, key protocol.PrivateKey, peer protocol.PublicKey, endpoint string, allowed ...netip.Addr) (*device.Device, *netstack.Net, *wgtest.LoopbackBind) {
+func startDevice(t testing.TB, addrs []netip.Addr, mtu int, key protocol.PrivateKey, peer protocol.PublicKey, endpoint string, allowed []netip.Prefix) (*device.Device, *netstack.Net, *wgtest.LoopbackBind) {
 	t.Helper()
 	if mtu == 0 {
 		mtu = protocol.DefaultMTU
@@ -138,24 +155,17 @@ func startDevice(t testing.TB, addrs []netip.Addr, mtu int, key protocol.Private
 	if err != nil {
 		t.Fatal(err)
 	}
-	bind := &wgtest.LoopbackBind{Addr: loopback}
-	dev := device.NewDevice(tun, bind, device.NewLogger(device.LogLevelSilent, ""))
-	uapi := fmt.Sprintf("private_key=%s\nlisten_port=0\npublic_key=%s\n", hex.EncodeToString(key[:]), hex.EncodeToString(peer[:]))
-	if endpoint != "" {
-		uapi += "endpoint=" + endpoint + "\n"
-	}
-	for _, a := range allowed {
-		uapi += "allowed_ip=" + netip.PrefixFrom(a, a.BitLen()).String() + "\n"
-	}
-	if err := dev.IpcSet(uapi); err != nil {
-		dev.Close()
-		t.Fatal(err)
-	}
-	if err := dev.Up(); err != nil {
-		dev.Close()
-		t.Fatal(err)
-	}
+	dev, bind := upDevice(t, tun, key, peer, endpoint, allowed)
 	return dev, tnet, bind
+}
+
+// hostPrefixes turns addresses into single-address prefixes.
+func hostPrefixes(addrs ...netip.Addr) []netip.Prefix {
+	var out []netip.Prefix
+	for _, a := range addrs {
+		out = append(out, netip.PrefixFrom(a, a.BitLen()))
+	}
+	return out
 }
 
 // WireGuardGoClient runs our side of the tunnel with wireguard-go instead
@@ -164,7 +174,7 @@ func startDevice(t testing.TB, addrs []netip.Addr, mtu int, key protocol.Private
 // tested on its own. It closes when t's cleanups run, before the site.
 func (s *Site) WireGuardGoClient(t testing.TB, ours protocol.PrivateKey) *netstack.Net {
 	t.Helper()
-	dev, tnet, _ := startDevice(t, []netip.Addr{OurV4, OurV6}, 0, ours, s.PublicKey, s.Endpoint(), TheirV4, TheirV6)
+	dev, tnet, _ := startDevice(t, []netip.Addr{OurV4, OurV6}, 0, ours, s.PublicKey, s.Endpoint(), hostPrefixes(TheirV4, TheirV6))
 	t.Cleanup(dev.Close)
 	return tnet
 }
