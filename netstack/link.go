@@ -37,6 +37,13 @@ type packetWriter interface {
 type linkEndpoint struct {
 	mtu    uint32
 	engine packetWriter
+	// local are our own tunnel addresses, set before the NIC exists and
+	// never changed: packets to them loop back instead of leaving. The
+	// stack runs without HandleLocal, which gVisor's promiscuous mode
+	// (server mode) cannot be combined with: with both, the IP layer
+	// takes every inbound source address for one of ours and drops the
+	// packet as a martian.
+	local []tcpip.Address
 
 	mu         sync.RWMutex
 	dispatcher stack.NetworkDispatcher
@@ -78,9 +85,53 @@ func (l *linkEndpoint) DeliverPackets(pkts [][]byte) {
 // call. The engine gathers each packet's pieces straight into its own
 // buffer, so the only copy is the one encryption needs anyway.
 func (l *linkEndpoint) WritePackets(list stack.PacketBufferList) (int, tcpip.Error) {
-	pkts := packetBuffers(list.AsSlice())
-	l.engine.WriteScattered(pkts)
-	return len(pkts), nil
+	all := list.AsSlice()
+	for _, p := range all {
+		if l.isLocal(p) {
+			return l.writeLooping(all)
+		}
+	}
+	l.engine.WriteScattered(packetBuffers(all))
+	return len(all), nil
+}
+
+func (l *linkEndpoint) isLocal(p *stack.PacketBuffer) bool {
+	nh := p.Network()
+	if nh == nil {
+		return false
+	}
+	dst := nh.DestinationAddress()
+	for _, a := range l.local {
+		if a == dst {
+			return true
+		}
+	}
+	return false
+}
+
+// writeLooping is WritePackets for a batch with packets to ourselves:
+// those go back to the stack as fresh inbound packets, as gVisor's
+// loopback link endpoint does, and the rest to the engine.
+func (l *linkEndpoint) writeLooping(all []*stack.PacketBuffer) (int, tcpip.Error) {
+	l.mu.RLock()
+	d := l.dispatcher
+	l.mu.RUnlock()
+	out := make([]*stack.PacketBuffer, 0, len(all))
+	for _, p := range all {
+		if !l.isLocal(p) {
+			out = append(out, p)
+			continue
+		}
+		in := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: p.ToBuffer()})
+		if d != nil {
+			d.DeliverNetworkPacket(p.NetworkProtocolNumber, in)
+		}
+		in.DecRef()
+	}
+	if len(out) > 0 {
+		l.engine.WriteScattered(packetBuffers(out))
+	}
+	return len(all), nil
 }
 
 // packetBuffers lets the engine read gVisor's packets in place.

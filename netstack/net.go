@@ -6,10 +6,13 @@ package netstack
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -58,7 +61,39 @@ type Net struct {
 	bind   *protocol.UDPBind
 	dns    *resolver
 
+	// forward is server mode, once Forward turned it on; the stack's
+	// TCP and UDP handlers read it for every packet no endpoint claims.
+	forward atomic.Pointer[forwarder]
+
+	// services are server mode's parts (Forward, ServeDNS): Close stops
+	// them before the stack and waits for their goroutines after it.
+	mu       sync.Mutex
+	services []service
+	closing  bool
+
 	closeOnce sync.Once
+}
+
+// service is a part of Net with goroutines of its own.
+type service interface {
+	// stop ends the service's work and refuses more.
+	stop()
+	// wait returns once every goroutine of the service has returned.
+	wait()
+}
+
+// addService registers s for Close, or fails when Close has begun.
+func (n *Net) addService(s service) error {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closing {
+		return net.ErrClosed
+	}
+	if f, ok := s.(*forwarder); ok && !n.forward.CompareAndSwap(nil, f) {
+		return errors.New("netstack: Forward was already called")
+	}
+	n.services = append(n.services, s)
+	return nil
 }
 
 // Open brings up the engine on a host UDP socket and a gVisor stack on top
@@ -74,12 +109,26 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 	}
 	n := &Net{bind: bind}
 	n.dns = newResolver(cfg.DNS, cfg.DNSSearch, n)
+	// Loopback addresses are accepted from the tunnel: a peer's packets
+	// are authenticated by cryptokey routing, and in server mode the
+	// egress policy, not the IP layer, decides whether the host's
+	// loopback may be reached (it may not, unless allowed). Without
+	// server mode a packet to a loopback address finds no endpoint of
+	// ours and is dropped all the same.
 	s := stack.New(stack.Options{
-		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
+		NetworkProtocols: []stack.NetworkProtocolFactory{
+			ipv4.NewProtocolWithOptions(ipv4.Options{AllowExternalLoopbackTraffic: true}),
+			ipv6.NewProtocolWithOptions(ipv6.Options{AllowExternalLoopbackTraffic: true}),
+		},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
-		HandleLocal:        true,
+		// No HandleLocal: see linkEndpoint.local.
 	})
 	n.stack = s
+	// Server mode's entry points, installed now because the stack reads
+	// them without a lock; until Forward they decline every packet, which
+	// is what the stack does without a handler.
+	s.SetTransportProtocolHandler(tcp.ProtocolNumber, n.tcpPacket)
+	s.SetTransportProtocolHandler(udp.ProtocolNumber, n.udpPacket)
 	if err := tuneTCP(s); err != nil {
 		s.Close()
 		bind.Close()
@@ -87,6 +136,9 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 	}
 
 	n.link = newLinkEndpoint(mtu, nil)
+	for _, p := range cfg.Addresses {
+		n.link.local = append(n.link.local, tcpip.AddrFromSlice(p.Addr().Unmap().AsSlice()))
+	}
 	eng, err := protocol.New(protocol.Config{
 		PrivateKey: cfg.PrivateKey, Bind: bind, Packets: n.link, MTU: mtu,
 		Logger: cfg.Logger, Clock: cfg.Clock,
@@ -142,12 +194,23 @@ func (n *Net) Engine() *protocol.Engine { return n.engine }
 // LocalPort is the host UDP port the engine listens on.
 func (n *Net) LocalPort() uint16 { return n.bind.Port() }
 
-// Close stops the stack and the engine.
+// Close stops the stack and the engine, and with them server mode's flows
+// and DNS server, and waits for their goroutines.
 func (n *Net) Close() error {
 	var err error
 	n.closeOnce.Do(func() {
+		n.mu.Lock()
+		n.closing = true
+		services := n.services
+		n.mu.Unlock()
+		for _, s := range services {
+			s.stop()
+		}
 		n.stack.Close()
 		n.stack.Wait()
+		for _, s := range services {
+			s.wait()
+		}
 		if n.engine != nil {
 			err = n.engine.Close()
 		} else {

@@ -1,0 +1,466 @@
+package netstack
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/wgbore/wgbore/protocol"
+)
+
+// Defaults for ForwardConfig's zero values.
+const (
+	defaultForwardDialTimeout = 30 * time.Second
+	defaultMaxFlowsPerPeer    = 1024
+	defaultUDPIdleTimeout     = 2 * time.Minute
+)
+
+// relayBufferSize is one direction's copy buffer. 64 KiB lets one read
+// take what gVisor has queued after a burst of full-sized segments
+// instead of a few segments at a time.
+const relayBufferSize = 64 << 10
+
+// ForwardConfig is server mode's configuration: see Net.Forward.
+type ForwardConfig struct {
+	Egress Egress
+	// Dial opens the host side of a flow; nil means a net.Dialer with a
+	// 30 s timeout. Tests inject one to watch or redirect host dials.
+	Dial func(ctx context.Context, network, address string) (net.Conn, error)
+	// MaxFlowsPerPeer bounds the TCP and UDP flows one peer has open at
+	// once (counted together), so one peer cannot exhaust the host's
+	// sockets for the others; <= 0 means 1024.
+	MaxFlowsPerPeer int
+	// UDPIdleTimeout ends a UDP flow that has moved no datagram in either
+	// direction for this long: UDP has no close, so idleness is the only
+	// end a flow has. 0 means 2 minutes.
+	UDPIdleTimeout time.Duration
+	Logger         *slog.Logger
+}
+
+// Forward turns on server mode: flows from peers to any destination are
+// accepted and relayed to sockets on the host, under cfg.Egress.
+//
+// The design is gVisor's own: the NIC is put in promiscuous mode, so it
+// accepts packets for addresses that are not ours, and spoofing, so it
+// may answer from them; TCP and UDP packets that no endpoint of ours
+// claims then reach the per-protocol handlers Open installed, which pass
+// them here. Each flow becomes one gVisor endpoint and one host socket,
+// joined by two copy loops. The alternative, rewriting packets and
+// forwarding them to a host raw or TUN socket, needs privileges server
+// mode exists to avoid; terminating TCP here also means the host's kernel,
+// not ours, does congestion control towards the destination.
+//
+// A refused flow is refused at once, in the packet path: the handler
+// declines the packet, and gVisor answers as for a port nobody listens
+// on, with a TCP RST (tcp's HandleUnknownDestinationPacket) or an ICMP
+// port unreachable (udp's, through the IP layer's DeliverTransportPacket
+// result). That is how a destination the egress policy denies, one of
+// our own addresses on a port without a listener, and an address inside
+// some peer's AllowedIPs (the tunnel, not the host's network, is where
+// that address lives; relaying between peers is not server mode's job)
+// are answered. A peer over MaxFlowsPerPeer is refused the same way, so
+// its application hears at once rather than after a SYN timeout.
+//
+// TCP is dialed on the host first and only then is the peer's handshake
+// completed (ForwarderRequest.CreateEndpoint). A closed or unreachable
+// host port thus reaches the peer as an RST on its SYN, as if it had
+// connected directly, rather than as a connection accepted and then
+// closed; the price is that the peer's SYN waits for the host dial.
+//
+// ICMP echo is not forwarded. An echo request to one of our tunnel
+// addresses is answered by gVisor, so a peer can ping the server; one to
+// any other address is dropped unanswered: the gVisor we pin skips its
+// built-in echo reply for a promiscuous mode (temporary) address and
+// leaves it to an ICMP handler, and we install none. Answering ourselves
+// would claim a destination is up that nobody asked; forwarding needs a
+// host ping socket (net.ipv4.ping_group_range), left for later.
+//
+// A listener of ours on the unspecified address also catches flows to
+// its port on every other destination, since gVisor matches it before
+// these handlers: bind listeners to a tunnel address in server mode.
+//
+// Forward may be called once. Close ends every flow and waits for every
+// goroutine Forward started.
+func (n *Net) Forward(cfg ForwardConfig) error {
+	if cfg.Dial == nil {
+		d := &net.Dialer{Timeout: defaultForwardDialTimeout}
+		cfg.Dial = d.DialContext
+	}
+	if cfg.MaxFlowsPerPeer <= 0 {
+		cfg.MaxFlowsPerPeer = defaultMaxFlowsPerPeer
+	}
+	if cfg.UDPIdleTimeout <= 0 {
+		cfg.UDPIdleTimeout = defaultUDPIdleTimeout
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	f := &forwarder{n: n, cfg: cfg, log: cfg.Logger, perPeer: map[protocol.PublicKey]int{}, open: map[*flow]struct{}{}}
+	f.ctx, f.cancel = context.WithCancel(context.Background())
+	// maxInFlight is unbounded here: MaxFlowsPerPeer already bounds the
+	// handshakes each peer can have pending, and gVisor's own bound would
+	// drop SYNs silently, which is what refusing at once avoids.
+	f.tcp = tcp.NewForwarder(n.stack, 0, 1<<30, f.handleTCP)
+	// addService also makes f the one forwarder the handlers consult.
+	if err := n.addService(f); err != nil {
+		f.cancel()
+		return err
+	}
+	if err := n.stack.SetSpoofing(nicID, true); err != nil {
+		return fmt.Errorf("netstack: spoofing: %s", err)
+	}
+	if err := n.stack.SetPromiscuousMode(nicID, true); err != nil {
+		return fmt.Errorf("netstack: promiscuous mode: %s", err)
+	}
+	return nil
+}
+
+// forwarder is server mode's state: the flows it relays and their owners.
+type forwarder struct {
+	n   *Net
+	cfg ForwardConfig
+	log *slog.Logger
+	tcp *tcp.Forwarder
+
+	ctx    context.Context // ends on Close, and with it host dials
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	closed  bool
+	perPeer map[protocol.PublicKey]int
+	open    map[*flow]struct{}
+	wg      sync.WaitGroup
+}
+
+// flow is one relayed connection or UDP session: the gVisor side, facing
+// the peer, and the host socket.
+type flow struct {
+	tunnel, host net.Conn
+}
+
+// tcpPacket is the stack's TCP handler for segments no endpoint claims.
+// Returning false makes gVisor answer with an RST.
+func (n *Net) tcpPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+	f := n.forward.Load()
+	if f == nil || !f.mayLeave(id, "tcp") {
+		return false
+	}
+	return f.tcp.HandlePacket(id, pkt)
+}
+
+// udpPacket is the stack's UDP handler for datagrams no endpoint claims.
+// Returning false makes gVisor answer with ICMP port unreachable.
+//
+// It decides before building a udp.ForwarderRequest rather than going
+// through udp.Forwarder, whose HandlePacket clones the packet before
+// asking and never releases the clone of a flow its handler declines.
+// The request can borrow pkt: CreateEndpoint uses it synchronously and
+// the new endpoint queues a clone of its own.
+func (n *Net) udpPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+	f := n.forward.Load()
+	if f == nil || !f.mayLeave(id, "udp") {
+		return false
+	}
+	return f.startUDP(udp.NewForwarderRequest(n.stack, id, pkt))
+}
+
+// mayLeave is the policy every new flow passes, in the packet path.
+func (f *forwarder) mayLeave(id stack.TransportEndpointID, network string) bool {
+	if f.n.isOwnAddress(id.LocalAddress) {
+		// For our listeners; a port without one gets the refusal.
+		return false
+	}
+	dst := addrFrom(id.LocalAddress)
+	if !f.cfg.Egress.Permits(dst) {
+		f.log.Debug("flow refused by egress policy", "network", network,
+			"src", netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort),
+			"dst", netip.AddrPortFrom(dst, id.LocalPort))
+		return false
+	}
+	if _, inTunnel := f.n.peerFor(dst); inTunnel {
+		f.log.Debug("flow refused: destination is inside the tunnel", "network", network,
+			"dst", netip.AddrPortFrom(dst, id.LocalPort))
+		return false
+	}
+	return true
+}
+
+func addrFrom(a tcpip.Address) netip.Addr {
+	ip, _ := netip.AddrFromSlice(a.AsSlice())
+	return ip
+}
+
+// acquire counts a new flow against the peer that sent it (found by its
+// source address, which cryptokey routing guarantees is in that peer's
+// AllowedIPs) and registers it with the goroutines Close waits for. It
+// fails when the peer is at its limit or the Net is closing.
+func (f *forwarder) acquire(id stack.TransportEndpointID, network string) (protocol.PublicKey, bool) {
+	src := addrFrom(id.RemoteAddress)
+	peer, ok := f.n.peerFor(src)
+	if !ok {
+		return protocol.PublicKey{}, false
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		return protocol.PublicKey{}, false
+	}
+	if f.perPeer[peer.PublicKey] >= f.cfg.MaxFlowsPerPeer {
+		f.log.Debug("flow refused: peer at its flow limit", "network", network, "peer", peer.PublicKey,
+			"limit", f.cfg.MaxFlowsPerPeer, "dst", netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort))
+		return protocol.PublicKey{}, false
+	}
+	f.perPeer[peer.PublicKey]++
+	f.wg.Add(1)
+	return peer.PublicKey, true
+}
+
+// release undoes acquire once the flow's goroutines are done with it.
+func (f *forwarder) release(peer protocol.PublicKey) {
+	f.mu.Lock()
+	if f.perPeer[peer]--; f.perPeer[peer] <= 0 {
+		delete(f.perPeer, peer)
+	}
+	f.mu.Unlock()
+	f.wg.Done()
+}
+
+// flows is how many flows peer has open, for tests.
+func (f *forwarder) flows(peer protocol.PublicKey) int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.perPeer[peer]
+}
+
+// track registers a flow's sockets for Close to shut. It fails, closing
+// them itself, when Close has begun.
+func (f *forwarder) track(fl *flow) bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.closed {
+		fl.close()
+		return false
+	}
+	f.open[fl] = struct{}{}
+	return true
+}
+
+func (f *forwarder) untrack(fl *flow) {
+	f.mu.Lock()
+	delete(f.open, fl)
+	f.mu.Unlock()
+	fl.close()
+}
+
+// close shuts both sockets. The deadline first: it wakes a goroutine
+// blocked reading the gVisor side, which closing alone might not.
+func (fl *flow) close() {
+	fl.tunnel.SetDeadline(time.Now())
+	fl.tunnel.Close()
+	fl.host.Close()
+}
+
+// stop ends every flow and refuses new ones; wait then waits for their
+// goroutines. Net.Close calls stop before it closes the stack and wait
+// after.
+func (f *forwarder) stop() {
+	f.mu.Lock()
+	f.closed = true
+	open := f.open
+	f.open = map[*flow]struct{}{}
+	f.mu.Unlock()
+	f.cancel()
+	for fl := range open {
+		fl.close()
+	}
+}
+
+func (f *forwarder) wait() { f.wg.Wait() }
+
+// handleTCP runs in a goroutine gVisor's forwarder starts for each new
+// connection request. Every path ends the request with Complete: with an
+// RST when the flow is refused or the host dial fails.
+func (f *forwarder) handleTCP(req *tcp.ForwarderRequest) {
+	id := req.ID()
+	peer, ok := f.acquire(id, "tcp")
+	if !ok {
+		req.Complete(true)
+		return
+	}
+	defer f.release(peer)
+	dst := netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort)
+	host, err := f.cfg.Dial(f.ctx, "tcp", dst.String())
+	if err != nil {
+		f.log.Debug("host dial failed", "network", "tcp", "peer", peer, "dst", dst, "err", err)
+		req.Complete(true)
+		return
+	}
+	var wq waiter.Queue
+	ep, terr := req.CreateEndpoint(&wq)
+	if terr != nil {
+		// The peer gave up, or the handshake failed; it has its answer.
+		req.Complete(true)
+		host.Close()
+		return
+	}
+	req.Complete(false)
+	fl := &flow{tunnel: gonet.NewTCPConn(&wq, ep), host: host}
+	if !f.track(fl) {
+		return
+	}
+	defer f.untrack(fl)
+	f.relayTCP(fl)
+}
+
+// relayTCP copies both ways until both directions are done. A direction
+// that ends with EOF is passed on as a half-close (CloseWrite), so a
+// client that shuts its sending side still gets the whole answer; one that
+// ends with an error aborts the flow, since the other side can no longer
+// be answered faithfully.
+func (f *forwarder) relayTCP(fl *flow) {
+	done := make(chan struct{})
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		defer close(done)
+		halfCopy(fl, fl.host, fl.tunnel)
+	}()
+	halfCopy(fl, fl.tunnel, fl.host)
+	<-done
+}
+
+// closeWriter is a connection that can shut its sending side alone.
+type closeWriter interface{ CloseWrite() error }
+
+func halfCopy(fl *flow, dst, src net.Conn) {
+	bufp := relayBuffers.Get().(*[]byte)
+	defer relayBuffers.Put(bufp)
+	// The wrappers hide ReadFrom and WriteTo, which would bypass the
+	// pooled buffer and allocate their own.
+	_, err := io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bufp)
+	if cw, ok := dst.(closeWriter); ok && err == nil {
+		cw.CloseWrite()
+		return
+	}
+	fl.close()
+}
+
+var relayBuffers = sync.Pool{New: func() any { b := make([]byte, relayBufferSize); return &b }}
+
+type readerOnly struct{ io.Reader }
+type writerOnly struct{ io.Writer }
+
+// startUDP runs in the packet path for the first datagram of a flow: it
+// creates the gVisor endpoint, which takes that datagram and the flow's
+// later ones, and starts the session's goroutine.
+func (f *forwarder) startUDP(req *udp.ForwarderRequest) bool {
+	id := req.ID()
+	peer, ok := f.acquire(id, "udp")
+	if !ok {
+		return false
+	}
+	var wq waiter.Queue
+	ep, terr := req.CreateEndpoint(&wq)
+	if terr != nil {
+		f.release(peer)
+		return false
+	}
+	tunnel := gonet.NewUDPConn(&wq, ep)
+	go func() {
+		defer f.release(peer)
+		f.relayUDP(peer, netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort), tunnel)
+	}()
+	return true
+}
+
+// relayUDP dials the host side of a UDP flow and copies datagrams both
+// ways until the flow has been idle for UDPIdleTimeout. Idleness is
+// watched by one timer per flow that rereads the last activity, so a
+// datagram costs an atomic store and no timer or deadline change.
+func (f *forwarder) relayUDP(peer protocol.PublicKey, dst netip.AddrPort, tunnel *gonet.UDPConn) {
+	host, err := f.cfg.Dial(f.ctx, "udp", dst.String())
+	if err != nil {
+		f.log.Debug("host dial failed", "network", "udp", "peer", peer, "dst", dst, "err", err)
+		tunnel.Close()
+		return
+	}
+	fl := &flow{tunnel: tunnel, host: host}
+	if !f.track(fl) {
+		return
+	}
+	defer f.untrack(fl)
+
+	start := time.Now()
+	var lastActive atomic.Int64 // since start
+	idle := f.cfg.UDPIdleTimeout
+	var expiry *time.Timer
+	expiry = time.AfterFunc(idle, func() {
+		if left := idle - (time.Since(start) - time.Duration(lastActive.Load())); left > 0 {
+			expiry.Reset(left)
+			return
+		}
+		fl.close()
+	})
+	defer expiry.Stop()
+
+	done := make(chan struct{})
+	f.wg.Add(1)
+	go func() {
+		defer f.wg.Done()
+		defer close(done)
+		copyDatagrams(fl, host, tunnel, start, &lastActive)
+	}()
+	copyDatagrams(fl, tunnel, host, start, &lastActive)
+	<-done
+}
+
+// copyDatagrams moves datagrams from src to dst one at a time, keeping
+// their boundaries, until either side is closed. A connected host UDP
+// socket reports an ICMP error from the destination as a read or write
+// error once; that ends nothing, since the next datagram may be answered.
+func copyDatagrams(fl *flow, dst, src net.Conn, start time.Time, lastActive *atomic.Int64) {
+	defer fl.close()
+	bufp := relayBuffers.Get().(*[]byte)
+	defer relayBuffers.Put(bufp)
+	buf := *bufp
+	for {
+		n, err := src.Read(buf)
+		if err != nil {
+			if transientUDPError(err) {
+				continue
+			}
+			return
+		}
+		lastActive.Store(int64(time.Since(start)))
+		if _, err := dst.Write(buf[:n]); err != nil && !transientUDPError(err) {
+			return
+		}
+	}
+}
+
+// transientUDPError is an error a UDP socket reports for one datagram
+// (an ICMP error from the far end, a full buffer) rather than for the
+// socket.
+func transientUDPError(err error) bool {
+	for _, errno := range []syscall.Errno{syscall.ECONNREFUSED, syscall.EHOSTUNREACH, syscall.ENETUNREACH, syscall.ENOBUFS, syscall.EMSGSIZE} {
+		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	return false
+}

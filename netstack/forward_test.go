@@ -1,0 +1,590 @@
+package netstack
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/wgbore/wgbore/netstack/peersite"
+	"github.com/wgbore/wgbore/protocol"
+)
+
+// refusalGuard bounds how long a refusal may take: generous, since it
+// only has to tell an RST from a dial that hangs until its timeout.
+const refusalGuard = 10 * time.Second
+
+var hostLoopback = netip.MustParseAddr("127.0.0.1")
+
+// serverSetup is our Net in server mode and a wireguard-go client of it.
+type serverSetup struct {
+	n      *Net
+	client *peersite.Client
+	dials  *dialLog
+}
+
+// dialLog records the host dials the forwarder makes.
+type dialLog struct {
+	mu    sync.Mutex
+	addrs []string
+}
+
+func (d *dialLog) dial(ctx context.Context, network, address string) (net.Conn, error) {
+	d.mu.Lock()
+	d.addrs = append(d.addrs, network+" "+address)
+	d.mu.Unlock()
+	var nd net.Dialer
+	return nd.DialContext(ctx, network, address)
+}
+
+func (d *dialLog) list() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return append([]string(nil), d.addrs...)
+}
+
+// startServer opens our Net as a server on 127.0.0.1 with the client as
+// its one peer, turns on Forward with fc (its Dial recorded unless set),
+// and starts the client, which routes everything to us.
+func startServer(t testing.TB, fc ForwardConfig) *serverSetup {
+	t.Helper()
+	ourKey, _ := protocol.GeneratePrivateKey()
+	clientKey, _ := protocol.GeneratePrivateKey()
+	n, err := Open(context.Background(), Config{
+		PrivateKey:  ourKey,
+		Addresses:   []netip.Prefix{netip.PrefixFrom(peersite.OurV4, 32), netip.PrefixFrom(peersite.OurV6, 128)},
+		ListenAddrs: []netip.Addr{hostLoopback},
+		Peers: []protocol.PeerConfig{{
+			PublicKey:  clientKey.PublicKey(),
+			AllowedIPs: []netip.Prefix{netip.PrefixFrom(peersite.TheirV4, 32), netip.PrefixFrom(peersite.TheirV6, 128)},
+		}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	s := &serverSetup{n: n, dials: &dialLog{}}
+	if fc.Dial == nil {
+		fc.Dial = s.dials.dial
+	}
+	if err := n.Forward(fc); err != nil {
+		t.Fatal(err)
+	}
+	s.client = peersite.StartClient(t, ourKey.PublicKey(), peersite.Options{
+		PrivateKey: clientKey,
+		Endpoint:   netip.AddrPortFrom(hostLoopback, n.LocalPort()).String(),
+	})
+	return s
+}
+
+func (s *serverSetup) dial(t testing.TB, network, address string) (net.Conn, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	return s.client.DialContext(ctx, network, address)
+}
+
+// hostListen listens on the host's a:0 and closes the listener when the
+// test ends.
+func hostListen(t testing.TB, a netip.Addr) net.Listener {
+	t.Helper()
+	l, err := net.Listen("tcp", netip.AddrPortFrom(a, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	return l
+}
+
+// serveHostHTTP runs an HTTP server on the host's 127.0.0.1: GET
+// /bytes/N answers Body(N), and /sha256 answers the hash and length of
+// the request body.
+func serveHostHTTP(t testing.TB) netip.AddrPort {
+	t.Helper()
+	l := hostListen(t, hostLoopback)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /bytes/{n}", func(w http.ResponseWriter, r *http.Request) {
+		size, _ := strconv.Atoi(r.PathValue("n"))
+		w.Header().Set("Content-Length", strconv.Itoa(size))
+		w.Write(peersite.Body(size))
+	})
+	mux.HandleFunc("/sha256", func(w http.ResponseWriter, r *http.Request) {
+		h := sha256.New()
+		size, err := io.Copy(h, r.Body)
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusBadRequest)
+			return
+		}
+		fmt.Fprintf(w, "%x %d", h.Sum(nil), size)
+	})
+	srv := &http.Server{Handler: mux}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return netip.MustParseAddrPort(l.Addr().String())
+}
+
+// serveHostTCP accepts on l and runs handle for each connection.
+func serveHostTCP(l net.Listener, handle func(net.Conn)) {
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				handle(c)
+			}()
+		}
+	}()
+}
+
+// serveHostUDPEcho echoes datagrams on the host's a:0.
+func serveHostUDPEcho(t testing.TB, a netip.Addr) netip.AddrPort {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", netip.AddrPortFrom(a, 0).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
+	return netip.MustParseAddrPort(pc.LocalAddr().String())
+}
+
+func allowHostLoopback() Egress {
+	return Egress{Allow: []netip.Prefix{netip.PrefixFrom(hostLoopback, 32)}}
+}
+
+// TestForwardTCPToHostLoopback fetches 64 MiB from an HTTP server on the
+// host's 127.0.0.1 through our server, and uploads 8 MiB to it.
+func TestForwardTCPToHostLoopback(t *testing.T) {
+	s := startServer(t, ForwardConfig{Egress: allowHostLoopback()})
+	web := serveHostHTTP(t)
+	tr := &http.Transport{DialContext: s.client.DialContext}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr, Timeout: 2 * time.Minute}
+
+	const size = 64 << 20
+	start := time.Now()
+	resp, err := client.Get(fmt.Sprintf("http://%s/bytes/%d", web, size))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := sha256.New()
+	got, err := io.Copy(h, resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := sha256.Sum256(peersite.Body(size))
+	if got != size || !bytes.Equal(h.Sum(nil), want[:]) {
+		t.Fatalf("download: %d bytes, sha256 %x; want %d bytes, %x", got, h.Sum(nil), size, want)
+	}
+	t.Logf("download: %d MiB in %v (%.1f MB/s)", size>>20, time.Since(start).Round(time.Millisecond), size/1e6/time.Since(start).Seconds())
+
+	const upSize = 8 << 20
+	resp, err = client.Post(fmt.Sprintf("http://%s/sha256", web), "application/octet-stream", bytes.NewReader(peersite.Body(upSize)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	answer, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	upWant := sha256.Sum256(peersite.Body(upSize))
+	if string(answer) != fmt.Sprintf("%x %d", upWant, upSize) {
+		t.Fatalf("upload: host saw %q", answer)
+	}
+	if dials := s.dials.list(); len(dials) == 0 || dials[0] != "tcp "+web.String() {
+		t.Errorf("host dials %v, want tcp %v", dials, web)
+	}
+}
+
+// TestForwardHalfClose checks that a FIN travels both ways on its own:
+// the client shuts its sending side, the host reads to EOF and only then
+// answers, and the client reads the answer and then EOF.
+func TestForwardHalfClose(t *testing.T) {
+	s := startServer(t, ForwardConfig{Egress: allowHostLoopback()})
+	l := hostListen(t, hostLoopback)
+	serveHostTCP(l, func(c net.Conn) {
+		n, err := io.Copy(io.Discard, c)
+		if err != nil {
+			return
+		}
+		fmt.Fprintf(c, "read %d", n)
+	})
+	c, err := s.dial(t, "tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := c.Write(peersite.Body(100000)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+		t.Fatal(err)
+	}
+	answer, err := io.ReadAll(c)
+	if err != nil || string(answer) != "read 100000" {
+		t.Fatalf("answer %q, %v", answer, err)
+	}
+}
+
+func TestForwardUDPEcho(t *testing.T) {
+	s := startServer(t, ForwardConfig{Egress: allowHostLoopback()})
+	echo := serveHostUDPEcho(t, hostLoopback)
+	c, err := s.dial(t, "udp", echo.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 2000)
+	for i, size := range []int{1, 100, 1200} {
+		msg := peersite.Body(size)
+		// A datagram may be lost before the handshake; retry a few times.
+		var got []byte
+		for try := 0; try < 10 && got == nil; try++ {
+			if _, err := c.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			c.SetReadDeadline(time.Now().Add(time.Second))
+			if n, err := c.Read(buf); err == nil {
+				got = buf[:n]
+			}
+		}
+		if !bytes.Equal(got, msg) {
+			t.Fatalf("datagram %d: echo of %d bytes came back as %d bytes", i, size, len(got))
+		}
+	}
+}
+
+// TestForwardRefusals checks that every refused flow is refused at once,
+// with an RST or an ICMP port unreachable, and that no host dial happens
+// for a flow the policy denies.
+func TestForwardRefusals(t *testing.T) {
+	s := startServer(t, ForwardConfig{Egress: allowHostLoopback()})
+	// Warm up: the first packet waits for the handshake.
+	echo := serveHostUDPEcho(t, hostLoopback)
+	if c, err := s.dial(t, "udp", echo.String()); err == nil {
+		c.Write([]byte("x"))
+		c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		c.Read(make([]byte, 10))
+		c.Close()
+	}
+
+	// A listener on 127.0.0.2, denied because only 127.0.0.1/32 is
+	// allowed: it must never see a connection.
+	denied := hostListen(t, netip.MustParseAddr("127.0.0.2"))
+	accepted := make(chan struct{}, 1)
+	serveHostTCP(denied, func(net.Conn) { accepted <- struct{}{} })
+	closed := hostListen(t, hostLoopback)
+	closedAddr := closed.Addr().String()
+	closed.Close()
+
+	for _, c := range []struct{ name, addr string }{
+		{"denied loopback address", denied.Addr().String()},
+		{"denied private range", "10.9.9.9:80"},
+		{"denied v6 loopback", "[::1]:80"},
+		{"allowed but closed host port", closedAddr},
+		{"our own address, no listener", netip.AddrPortFrom(peersite.OurV4, 81).String()},
+	} {
+		t.Run("tcp/"+c.name, func(t *testing.T) {
+			start := time.Now()
+			conn, err := s.dial(t, "tcp", c.addr)
+			if err == nil {
+				conn.Close()
+				t.Fatal("connected")
+			}
+			if !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Fatalf("%v, want connection refused", err)
+			}
+			if d := time.Since(start); d > refusalGuard {
+				t.Fatalf("refusal took %v", d)
+			}
+		})
+	}
+	select {
+	case <-accepted:
+		t.Error("the denied host listener accepted a connection")
+	default:
+	}
+
+	deniedUDP := serveHostUDPEcho(t, netip.MustParseAddr("127.0.0.2"))
+	for _, c := range []struct{ name, addr string }{
+		{"denied loopback address", deniedUDP.String()},
+		{"denied private range", "10.9.9.9:53"},
+		{"our own address, no listener", netip.AddrPortFrom(peersite.OurV4, 5353).String()},
+	} {
+		t.Run("udp/"+c.name, func(t *testing.T) {
+			conn, err := s.dial(t, "udp", c.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			if _, err := conn.Write([]byte("ping")); err != nil {
+				t.Fatal(err)
+			}
+			if err := readRefused(conn); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+	for _, d := range s.dials.list() {
+		if strings.Contains(d, "127.0.0.2") || strings.Contains(d, "10.9.9.9") || strings.Contains(d, "::1") {
+			t.Errorf("host dial for a denied flow: %s", d)
+		}
+	}
+}
+
+// TestForwardFlowLimit: a peer at MaxFlowsPerPeer gets its next flow
+// refused at once (RST, or ICMP unreachable for UDP) rather than held;
+// once a flow ends, a new one is accepted.
+func TestForwardFlowLimit(t *testing.T) {
+	s := startServer(t, ForwardConfig{Egress: allowHostLoopback(), MaxFlowsPerPeer: 2})
+	l := hostListen(t, hostLoopback)
+	serveHostTCP(l, func(c net.Conn) { io.Copy(c, c) })
+	echo := serveHostUDPEcho(t, hostLoopback)
+
+	var open []net.Conn
+	defer func() {
+		for _, c := range open {
+			c.Close()
+		}
+	}()
+	for range 2 {
+		c, err := s.dial(t, "tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, c)
+	}
+	if c, err := s.dial(t, "tcp", l.Addr().String()); !errors.Is(err, syscall.ECONNREFUSED) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("third TCP flow: %v, want connection refused", err)
+	}
+	u, err := s.dial(t, "udp", echo.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Write([]byte("x"))
+	if err := readRefused(u); err != nil {
+		t.Fatalf("UDP flow over the limit: %v", err)
+	}
+	u.Close()
+
+	open[0].Close()
+	f := s.n.forward.Load()
+	waitFor(t, func() bool { return f.flows(s.client.PublicKey) < 2 })
+	c, err := s.dial(t, "tcp", l.Addr().String())
+	if err != nil {
+		t.Fatalf("after a flow ended: %v", err)
+	}
+	open = append(open, c)
+}
+
+// TestForwardUDPIdle: a UDP flow ends after UDPIdleTimeout without
+// traffic, and its count with it.
+func TestForwardUDPIdle(t *testing.T) {
+	s := startServer(t, ForwardConfig{Egress: allowHostLoopback(), UDPIdleTimeout: 300 * time.Millisecond})
+	echo := serveHostUDPEcho(t, hostLoopback)
+	c, err := s.dial(t, "udp", echo.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	buf := make([]byte, 10)
+	var ok bool
+	for try := 0; try < 10 && !ok; try++ {
+		c.Write([]byte("x"))
+		c.SetReadDeadline(time.Now().Add(time.Second))
+		_, err = c.Read(buf)
+		ok = err == nil
+	}
+	if !ok {
+		t.Fatal("no echo")
+	}
+	f := s.n.forward.Load()
+	if got := f.flows(s.client.PublicKey); got != 1 {
+		t.Fatalf("%d flows open, want 1", got)
+	}
+	waitFor(t, func() bool { return f.flows(s.client.PublicKey) == 0 })
+}
+
+// TestForwardPing documents ICMP echo in server mode: a ping to our
+// tunnel address is answered, one to any other address, allowed or not,
+// is dropped unanswered (see Forward).
+func TestForwardPing(t *testing.T) {
+	key, _ := protocol.GeneratePrivateKey()
+	site := peersite.Start(t, key.PublicKey(), peersite.Options{
+		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
+	})
+	n := openOursWith(t, key, site, nil)
+	if err := n.Forward(ForwardConfig{}); err != nil {
+		t.Fatal(err)
+	}
+	// Our first packet starts the handshake: the site knows no endpoint.
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := n.Ping(ctx, peersite.TheirV4); err != nil {
+		t.Fatal(err)
+	}
+	ping := func(dst string, wait time.Duration) error {
+		pc, err := site.Net.DialPingAddr(netip.Addr{}, netip.MustParseAddr(dst))
+		if err != nil {
+			return err
+		}
+		defer pc.Close()
+		pc.SetDeadline(time.Now().Add(wait))
+		if _, err := pc.Write([]byte{8, 0, 0, 0, 0, 1, 0, 1, 'h', 'i'}); err != nil {
+			return err
+		}
+		buf := make([]byte, 100)
+		m, err := pc.Read(buf)
+		if err != nil {
+			return err
+		}
+		if m < 8 || buf[0] != 0 {
+			return fmt.Errorf("answer % x is not an echo reply", buf[:m])
+		}
+		return nil
+	}
+	if err := ping(peersite.OurV4.String(), 10*time.Second); err != nil {
+		t.Fatalf("ping our tunnel address: %v", err)
+	}
+	for _, dst := range []string{"198.51.100.1", "10.9.9.9"} {
+		if err := ping(dst, 500*time.Millisecond); err == nil || !isTimeout(err) {
+			t.Errorf("ping %s: %v, want no answer", dst, err)
+		}
+	}
+}
+
+func TestForwardTwice(t *testing.T) {
+	s := startServer(t, ForwardConfig{})
+	if err := s.n.Forward(ForwardConfig{}); err == nil {
+		t.Fatal("a second Forward succeeded")
+	}
+}
+
+// TestForwardCloseWaits closes a server with flows in the middle of
+// their relays (TCP both ways blocked, a UDP session waiting) and expects
+// every goroutine of ours gone when Close returns, and nothing left after
+// the client and host servers are gone too.
+func TestForwardCloseWaits(t *testing.T) {
+	before := goroutines()
+	s := startServer(t, ForwardConfig{Egress: allowHostLoopback()})
+	l := hostListen(t, hostLoopback)
+	hostConns := make(chan net.Conn, 10)
+	serveHostTCP(l, func(c net.Conn) {
+		hostConns <- c
+		io.Copy(io.Discard, c)
+	})
+	echo := serveHostUDPEcho(t, hostLoopback)
+	tc, err := s.dial(t, "tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tc.Close()
+	tc.Write([]byte("held open"))
+	<-hostConns
+	uc, err := s.dial(t, "udp", echo.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+	for try := 0; try < 10; try++ {
+		uc.Write([]byte("x"))
+		uc.SetReadDeadline(time.Now().Add(time.Second))
+		if _, err := uc.Read(make([]byte, 10)); err == nil {
+			break
+		}
+	}
+	if err := s.n.Close(); err != nil {
+		t.Fatal(err)
+	}
+	for id, g := range goroutines() {
+		if _, old := before[id]; !old && (strings.Contains(g, "netstack.(*forwarder)") || strings.Contains(g, "netstack.copyDatagrams") || strings.Contains(g, "netstack.halfCopy")) {
+			t.Errorf("forwarder goroutine alive after Close:\n%s", g)
+		}
+	}
+	s.client.Device.Close()
+	l.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		var leaked []string
+		for id, g := range goroutines() {
+			if _, old := before[id]; old || strings.Contains(g, "TestForwardCloseWaits") || strings.Contains(g, "testing.tRunner") ||
+				strings.Contains(g, "forward_test.go") {
+				continue
+			}
+			leaked = append(leaked, g)
+		}
+		if len(leaked) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines left after Close:\n%s", len(leaked), strings.Join(leaked, "\n\n"))
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// readRefused waits for a connected UDP socket of the client to report an
+// ICMP port unreachable. gonet's UDPConn.Read sleeps until the socket is
+// readable and an ICMP error does not make it so; the error is returned by
+// the next Read instead. So this reads with short deadlines until the
+// refusal shows (gonet flattens it to its text) or refusalGuard passes.
+func readRefused(c net.Conn) error {
+	buf := make([]byte, 2000)
+	deadline := time.Now().Add(refusalGuard)
+	for time.Now().Before(deadline) {
+		c.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
+		n, err := c.Read(buf)
+		switch {
+		case err == nil:
+			return fmt.Errorf("got a %d-byte answer, want connection refused", n)
+		case strings.Contains(err.Error(), "connection was refused"):
+			return nil
+		case !errors.Is(err, os.ErrDeadlineExceeded) && !isTimeout(err):
+			return fmt.Errorf("read: %v, want connection refused", err)
+		}
+	}
+	return fmt.Errorf("no ICMP port unreachable within %v", refusalGuard)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func waitFor(t testing.TB, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal("condition not met within 10 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
