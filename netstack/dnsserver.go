@@ -252,8 +252,13 @@ func (d *DNSServer) Answer(ctx context.Context, query []byte, overTCP bool) []by
 	if h.Response {
 		return nil
 	}
+	if h.OpCode != 0 {
+		// Only standard queries: NOTIFY, UPDATE and the rest are not
+		// a forwarder's to pass on.
+		return d.reply(h, nil, dnsmessage.RCodeNotImplemented, nil)
+	}
 	q, err := p.Question()
-	if err != nil || h.OpCode != 0 {
+	if err != nil {
 		return d.reply(h, nil, dnsmessage.RCodeFormatError, nil)
 	}
 	// One question per query is all resolvers send; a second one would
