@@ -30,6 +30,14 @@ const (
 	defaultUDPIdleTimeout     = 2 * time.Minute
 )
 
+// Keepalive timing for forwarded TCP flows on the peer's side: after a
+// minute of silence, probes every 15 s, and gVisor's default 9 unanswered
+// probes end the flow, about 3 minutes after the peer went away.
+const (
+	forwardKeepaliveIdle     = time.Minute
+	forwardKeepaliveInterval = 15 * time.Second
+)
+
 // relayBufferSize is one direction's copy buffer. 64 KiB lets one read
 // take what gVisor has queued after a burst of full-sized segments
 // instead of a few segments at a time.
@@ -319,6 +327,14 @@ func (f *forwarder) handleTCP(req *tcp.ForwarderRequest) {
 		return
 	}
 	req.Complete(false)
+	// Keepalives on the peer's side: a peer that vanishes (roams away,
+	// is removed) sends no FIN, and without them its flows would hold
+	// host sockets and its flow count until the host side closed. The
+	// host side gets Go's default keepalives from net.Dialer.
+	ep.SocketOptions().SetKeepAlive(true)
+	idle, interval := tcpip.KeepaliveIdleOption(forwardKeepaliveIdle), tcpip.KeepaliveIntervalOption(forwardKeepaliveInterval)
+	ep.SetSockOpt(&idle)
+	ep.SetSockOpt(&interval)
 	fl := &flow{tunnel: gonet.NewTCPConn(&wq, ep), host: host}
 	if !f.track(fl) {
 		return
