@@ -82,7 +82,9 @@ type ForwardConfig struct {
 // some peer's AllowedIPs (the tunnel, not the host's network, is where
 // that address lives; relaying between peers is not server mode's job)
 // are answered. A peer over MaxFlowsPerPeer is refused the same way, so
-// its application hears at once rather than after a SYN timeout.
+// its application hears at once rather than after a SYN timeout. ICMP
+// errors go through gVisor's stack-wide rate limiter (1000/s, bursts of
+// 50), so a flood of refused datagrams is partly answered with silence.
 //
 // TCP is dialed on the host first and only then is the peer's handshake
 // completed (ForwarderRequest.CreateEndpoint). A closed or unreachable
