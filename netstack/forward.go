@@ -191,7 +191,7 @@ func (n *Net) udpPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) b
 
 // mayLeave is the policy every new flow passes, in the packet path.
 func (f *forwarder) mayLeave(id stack.TransportEndpointID, network string) bool {
-	if f.n.isOwnAddress(id.LocalAddress) {
+	if f.n.link.owns(id.LocalAddress) {
 		// For our listeners; a port without one gets the refusal.
 		return false
 	}

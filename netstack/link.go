@@ -100,9 +100,14 @@ func (l *linkEndpoint) isLocal(p *stack.PacketBuffer) bool {
 	if nh == nil {
 		return false
 	}
-	dst := nh.DestinationAddress()
-	for _, a := range l.local {
-		if a == dst {
+	return l.owns(nh.DestinationAddress())
+}
+
+// owns reports whether a is one of our tunnel addresses, without the
+// allocation of asking the stack.
+func (l *linkEndpoint) owns(a tcpip.Address) bool {
+	for _, own := range l.local {
+		if own == a {
 			return true
 		}
 	}
