@@ -97,7 +97,10 @@ func (c *Client) Endpoint() string {
 // optional 4 or 6), address an IP literal and port. A TCP connection the
 // far end refuses fails with an error that matches syscall.ECONNREFUSED.
 // A UDP connection's reads report an ICMP port unreachable as an error
-// whose text says "connection was refused": gonet flattens it to a string.
+// whose text says "connection was refused" (gonet flattens it to a
+// string), but only on a Read that starts after the ICMP arrived: gonet's
+// Read sleeps until the socket is readable, which an error does not make
+// it, so poll with short read deadlines.
 func (c *Client) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	ap, err := netip.ParseAddrPort(address)
 	if err != nil {
