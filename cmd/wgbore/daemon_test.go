@@ -76,6 +76,14 @@ func startDaemon(t testing.TB, confPath string, args ...string) *daemon {
 	return runDaemon(t, cmd)
 }
 
+// startServeDaemon runs `wgbore serve -c FILE` as startDaemon runs up.
+func startServeDaemon(t testing.TB, confPath string, args ...string) *daemon {
+	t.Helper()
+	cmd := exec.Command(wgboreBinary(t), append([]string{"serve", "-c", confPath, "-log-format", "json", "-log-level", "debug"}, args...)...)
+	cmd.Stdout = io.Discard
+	return runDaemon(t, cmd)
+}
+
 // runDaemon starts cmd, a `wgbore up` logging JSON to stderr, and waits
 // for its start-up summary.
 func runDaemon(t testing.TB, cmd *exec.Cmd) *daemon {

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	"net"
+	"net/netip"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -22,6 +23,11 @@ type runPlan struct {
 	// httpTLS holds each [http] section's certificate, in order; nil
 	// for plain HTTP.
 	httpTLS []*tls.Config
+	// serve forwards peers' flows to the host (wgbore serve).
+	serve bool
+	// listenAddrs restricts the WireGuard UDP socket to these host
+	// addresses (the demo keeps to loopback); empty means all.
+	listenAddrs []netip.Addr
 	// warnings are legal but probably unintended setups.
 	warnings []string
 }

@@ -45,8 +45,50 @@ const (
 	hostDialTimeout = 30 * time.Second
 )
 
+const serveUsage = `Usage: wgbore serve -c FILE [flags]
+
+Runs the other end of the tunnel, without root: a WireGuard endpoint that
+the peers in FILE connect to (give [Interface] a ListenPort), whose
+netstack accepts their flows to any destination and opens real host
+sockets for them, as far as the [Egress] policy allows. By default peers
+may reach public unicast addresses only: never this host's loopback,
+link-local, private or CGNAT ranges unless [Egress] Allow lists them.
+Refused flows get a TCP reset or an ICMP unreachable at once.
+
+An optional [DNSServer] section answers peers' DNS on our tunnel
+addresses (its Record names locally, the rest through the host's
+resolvers), so peers can use DNS = <our tunnel address>. The other
+sections ([TCPServerTunnel], [Socks5], ...) work as in up. Signals,
+-grace and exit codes are as in up.
+
+Examples:
+  wgbore serve -c server.conf
+  # server.conf:
+  #   [Interface]
+  #   PrivateKey = ...
+  #   Address = 10.0.0.1/24
+  #   ListenPort = 51820
+  #   [Peer]
+  #   PublicKey = ...
+  #   AllowedIPs = 10.0.0.2/32
+  #   [Egress]
+  #   Allow = 127.0.0.1/32      # let peers reach this host's loopback too
+  #   [DNSServer]
+  #   Record = files.wg 10.0.0.1
+`
+
 func cmdUp(ctx context.Context, e *env, args []string) int {
-	fs := newFlagSet(e, "up", upUsage)
+	return runTunnel(ctx, e, args, "up", upUsage, false)
+}
+
+func cmdServe(ctx context.Context, e *env, args []string) int {
+	return runTunnel(ctx, e, args, "serve", serveUsage, true)
+}
+
+// runTunnel is up and serve: they differ only in whether peers' flows
+// are forwarded to the host.
+func runTunnel(ctx context.Context, e *env, args []string, name, usage string, serveMode bool) int {
+	fs := newFlagSet(e, name, usage)
 	path := fs.String("c", "", "configuration `file` (wg-quick or wireproxy format)")
 	grace := fs.Duration("grace", defaultGrace, "how long open connections may finish after SIGINT/SIGTERM")
 	wait := fs.Duration("handshake-wait", defaultHandshakeWait, "how long to wait for the first handshakes before logging the start-up summary")
@@ -60,11 +102,11 @@ func cmdUp(ctx context.Context, e *env, args []string) int {
 	}
 	log, err := lf.logger(e.stderr)
 	if err != nil {
-		fmt.Fprintf(e.stderr, "wgbore up: %v\n", err)
+		fmt.Fprintf(e.stderr, "wgbore %s: %v\n", name, err)
 		return exitUsage
 	}
 	if *path == "" {
-		fmt.Fprintln(e.stderr, "wgbore up: -c FILE is required")
+		fmt.Fprintf(e.stderr, "wgbore %s: -c FILE is required\n", name)
 		return exitUsage
 	}
 	cfg, ok := loadConfig(e, *path)
@@ -75,6 +117,10 @@ func cmdUp(ctx context.Context, e *env, args []string) int {
 	if err != nil {
 		printErrors(e, err)
 		return exitUsage
+	}
+	p.serve = serveMode
+	if !serveMode && cfg.Egress != nil {
+		log.Warn(cfg.Egress.Pos.String() + ": [Egress] has no effect in up: only serve forwards peers' flows")
 	}
 	for _, w := range cfg.Warnings {
 		log.Warn(w.String())
@@ -157,6 +203,7 @@ func start(ctx context.Context, p *runPlan, log *slog.Logger, e *env) (*service,
 	cfg := p.cfg
 	ncfg := netstack.FromConfig(cfg)
 	ncfg.Logger = log
+	ncfg.ListenAddrs = p.listenAddrs
 	tun, err := netstack.Open(ctx, ncfg)
 	if err != nil {
 		return nil, err
@@ -168,6 +215,10 @@ func start(ctx context.Context, p *runPlan, log *slog.Logger, e *env) (*service,
 		stdioDone: make(chan error, 1),
 	}
 	if err := s.startServers(p); err != nil {
+		s.shutdown(context.Background())
+		return nil, err
+	}
+	if err := s.startServeMode(p); err != nil {
 		s.shutdown(context.Background())
 		return nil, err
 	}

@@ -1,0 +1,174 @@
+package main
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/wgbore/wgbore/netstack/peersite"
+	"github.com/wgbore/wgbore/protocol"
+)
+
+// hostWeb serves Body(N) at /bytes/N on 127.0.0.1, standing for a
+// service on the host that the egress policy lets peers reach.
+func hostWeb(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		n, err := strconv.Atoi(strings.TrimPrefix(r.URL.Path, "/bytes/"))
+		if err != nil || n < 0 {
+			fmt.Fprint(w, "host service")
+			return
+		}
+		w.Header().Set("Content-Length", strconv.Itoa(n))
+		w.Write(peersite.Body(n))
+	})}
+	go srv.Serve(l)
+	t.Cleanup(func() { srv.Close() })
+	return l.Addr().String()
+}
+
+// freeLoopbackUDPPort picks a UDP port for a server's ListenPort.
+func freeLoopbackUDPPort(t testing.TB) int {
+	t.Helper()
+	p, err := freeUDPPort()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// TestServeWithWireGuardGoClient: a wireguard-go client, with its own
+// netstack and no TUN, connects to the wgbore serve binary over UDP on
+// 127.0.0.1 and reaches through it a host service that [Egress] allows,
+// a host UDP echo, and is refused at once where the policy says no.
+func TestServeWithWireGuardGoClient(t *testing.T) {
+	serverKey, _ := protocol.GeneratePrivateKey()
+	port := freeLoopbackUDPPort(t)
+	web := hostWeb(t)
+	_, udpEcho := hostEcho(t)
+	// A listener on 127.0.0.2, which the policy does not allow: the test
+	// proves refusal by policy, not by a closed port.
+	denied, err := net.Listen("tcp", "127.0.0.2:0")
+	if err != nil {
+		t.Skipf("no 127.0.0.2 on this host's loopback: %v", err)
+	}
+	defer denied.Close()
+
+	// The client is a wireguard-go device with its own netstack, routing
+	// everything to the server. Its key is chosen first: the server must
+	// know it before the client's first handshake.
+	clientKey, _ := protocol.GeneratePrivateKey()
+	conf := fmt.Sprintf(`[Interface]
+PrivateKey = %s
+Address = 10.0.0.1/24
+ListenPort = %d
+
+[Peer]
+PublicKey = %s
+AllowedIPs = 10.0.0.2/32, fd00::2/128
+
+[Egress]
+Allow = 127.0.0.1/32
+`, serverKey.Base64(), port, clientKey.PublicKey())
+	d := startServeDaemon(t, writeFile(t, t.TempDir(), "server.conf", conf))
+	client := peersite.StartClient(t, serverKey.PublicKey(), peersite.Options{
+		PrivateKey: clientKey,
+		Endpoint:   fmt.Sprintf("127.0.0.1:%d", port),
+	})
+
+	t.Run("64 MiB from a host service allowed by Egress", func(t *testing.T) {
+		const size = 64 << 20
+		hc := &http.Client{Transport: &http.Transport{DialContext: client.DialContext}, Timeout: 5 * time.Minute}
+		defer hc.CloseIdleConnections()
+		res, err := hc.Get("http://" + web + "/bytes/" + strconv.Itoa(size))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer res.Body.Close()
+		h := sha256.New()
+		n, err := io.Copy(h, res.Body)
+		want := sha256.Sum256(peersite.Body(size))
+		if err != nil || n != size || string(h.Sum(nil)) != string(want[:]) {
+			t.Fatalf("got %d bytes (%v), sha256 match %v", n, err, string(h.Sum(nil)) == string(want[:]))
+		}
+	})
+	t.Run("UDP echo on the host", func(t *testing.T) {
+		udpEchoThrough(t, func() (net.Conn, error) {
+			return client.DialContext(context.Background(), "udp", udpEcho)
+		})
+	})
+	t.Run("denied destination refused at once", func(t *testing.T) {
+		for _, target := range []string{denied.Addr().String(), "10.9.9.9:80", "169.254.169.254:80"} {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			start := time.Now()
+			c, err := client.DialContext(ctx, "tcp", target)
+			timedOut := ctx.Err() != nil
+			cancel()
+			if err == nil {
+				c.Close()
+				t.Fatalf("%s: connected; the egress policy should refuse it", target)
+			}
+			if timedOut || !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Fatalf("%s: %v after %v; want connection refused (a reset), not a timeout", target, err, time.Since(start))
+			}
+		}
+	})
+	if !d.logged("wgbore is up") {
+		t.Fatal("no start-up summary")
+	}
+}
+
+// TestDemoCheck runs `wgbore demo -check` in-process: a request through
+// each of the client's proxies to the page inside the server's tunnel.
+func TestDemoCheck(t *testing.T) {
+	code, out, errOut := runCLI(t, "", "demo", "-check")
+	if code != exitOK || strings.Count(out, "ok ") != 2 || !strings.Contains(out, "Hello from inside the WireGuard tunnel") {
+		t.Fatalf("demo -check: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+}
+
+// TestDemoConfigsAsTwoProcesses: the files demo -write-configs writes run
+// as separate serve and up processes, and curl through the client's
+// SOCKS5 reaches a host service the server's [Egress] allows.
+func TestDemoConfigsAsTwoProcesses(t *testing.T) {
+	needTool(t, "curl")
+	dir := t.TempDir()
+	if code, out, errOut := runCLI(t, "", "demo", "-write-configs", dir, "-socks", "127.0.0.1:0", "-http", "127.0.0.1:0"); code != exitOK {
+		t.Fatalf("demo -write-configs: exit %d: %s %s", code, out, errOut)
+	}
+	serverConf := filepath.Join(dir, "server.conf")
+	f, err := os.OpenFile(serverConf, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fmt.Fprint(f, "\n[Egress]\nAllow = 127.0.0.1/32\n")
+	f.Close()
+	web := hostWeb(t)
+
+	startServeDaemon(t, serverConf)
+	client := startDaemon(t, filepath.Join(dir, "client.conf"))
+	if h := fmt.Sprint(client.summary["handshakes"]); h != "1/1" {
+		t.Fatalf("the client's summary says handshakes %s, want 1/1", h)
+	}
+	if out := mustCurl(t, "--socks5-hostname", client.addr(t, "socks5 ", 0), "http://"+web+"/"); out != "host service" {
+		t.Fatalf("through the tunnel to the host service: %q", out)
+	}
+	if out := mustCurl(t, "-x", "http://"+client.addr(t, "http ", 0), "http://"+web+"/bytes/100000"); out != string(peersite.Body(100000)) {
+		t.Fatalf("through the HTTP proxy: %d bytes that differ", len(out))
+	}
+}
