@@ -64,6 +64,9 @@ type UDPForwarder struct {
 	// draining is set by Shutdown: sessions carry on, new clients are
 	// turned away.
 	draining atomic.Bool
+	// drainActive is set, while draining, by every datagram moved, so
+	// Shutdown can tell a session still talking from one merely open.
+	drainActive atomic.Bool
 
 	mu     sync.Mutex
 	closed bool
@@ -142,27 +145,43 @@ func (f *UDPForwarder) Close() error {
 	return nil
 }
 
+// udpDrainQuiet is how long Shutdown waits for silence: UDP has no end of
+// stream, so a session that has moved nothing for this long is taken to
+// be done (an answer to a query comes back well within it), rather than
+// holding the process until its InactivityTimeout.
+const udpDrainQuiet = 500 * time.Millisecond
+
 // Shutdown turns new clients away while the sessions already open carry
-// on, until they have all expired or ctx is done; then it does what Close
-// does. UDP has no end of stream, so a session ends only by its
-// InactivityTimeout: with none, Shutdown lasts until ctx is done. It
-// returns ctx's error if ctx ended first, nil otherwise.
+// on, until none has moved a datagram for udpDrainQuiet or ctx is done;
+// then it does what Close does. It returns ctx's error if ctx ended
+// first, nil otherwise.
 func (f *UDPForwarder) Shutdown(ctx context.Context) error {
 	f.draining.Store(true)
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
+	quiet := time.NewTicker(udpDrainQuiet)
+	defer quiet.Stop()
 	var err error
 	for f.sessionCount() > 0 {
+		f.drainActive.Store(false)
 		select {
 		case <-ctx.Done():
 			err = ctx.Err()
-		case <-tick.C:
-			continue
+		case <-quiet.C:
+			if f.drainActive.Load() {
+				continue
+			}
 		}
 		break
 	}
 	f.Close()
 	return err
+}
+
+// noteDrainActivity marks traffic for Shutdown; outside a shutdown it is
+// one atomic load.
+func (f *UDPForwarder) noteDrainActivity() {
+	if f.draining.Load() && !f.drainActive.Load() {
+		f.drainActive.Store(true)
+	}
 }
 
 func (f *UDPForwarder) sessionCount() int {
@@ -314,6 +333,7 @@ func (p *udpPort) forward(b []byte, from netip.AddrPort, addr net.Addr) {
 	if !s.active.Load() {
 		s.active.Store(true)
 	}
+	p.f.noteDrainActivity()
 	select {
 	case <-s.ready:
 		if _, err := s.up.Write(b); err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
@@ -383,6 +403,7 @@ func (p *udpPort) runSession(ctx context.Context, s *udpSession, first int) {
 		if !s.active.Load() {
 			s.active.Store(true)
 		}
+		p.f.noteDrainActivity()
 		if _, err := p.writeTo(s.buf[:n], s); err != nil {
 			if p.isClosed() {
 				return

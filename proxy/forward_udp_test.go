@@ -323,42 +323,69 @@ func TestUDPForwarderPlainPacketConn(t *testing.T) {
 	}
 }
 
-// TestUDPForwarderShutdown: during Shutdown an open session keeps working
-// while a new client gets nothing; Shutdown returns once the session has
-// expired, and a Shutdown whose context ends first closes everything.
+// TestUDPForwarderShutdown: during Shutdown a session that keeps talking
+// is served while a new client gets nothing; Shutdown returns once the
+// sessions fall quiet, even with no InactivityTimeout, and a Shutdown
+// whose context ends first closes everything.
 func TestUDPForwarderShutdown(t *testing.T) {
 	echo := startForwardUDPEcho(t, "127.0.0.1:0")
-	f, addr, served := startUDPForwarder(t, "127.0.0.1:0", echo.addr(), UDPForwardConfig{InactivityTimeout: 300 * time.Millisecond})
+	f, addr, served := startUDPForwarder(t, "127.0.0.1:0", echo.addr(), UDPForwardConfig{})
 	old := forwardUDPClient(t, addr)
 	forwardUDPExchange(t, old, "before")
 
 	done := make(chan error, 1)
 	go func() { done <- f.Shutdown(context.Background()) }()
-	forwardUDPExchange(t, old, "during")
 	newcomer := forwardUDPClient(t, addr)
 	newcomer.Write([]byte("let me in"))
 	newcomer.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 	if n, err := newcomer.Read(make([]byte, 64)); err == nil {
 		t.Fatalf("a new client was served during Shutdown (%d bytes)", n)
 	}
+	// Talking for several quiet periods keeps the session, and Shutdown
+	// waiting.
+	for end := time.Now().Add(4 * udpDrainQuiet); time.Now().Before(end); {
+		forwardUDPExchange(t, old, "during")
+		select {
+		case err := <-done:
+			t.Fatalf("Shutdown returned (%v) while its session was talking", err)
+		case <-time.After(udpDrainQuiet / 5):
+		}
+	}
 	select {
 	case err := <-done:
 		if err != nil {
-			t.Fatalf("Shutdown = %v after its session expired; want nil", err)
+			t.Fatalf("Shutdown = %v after its session fell quiet; want nil", err)
 		}
 	case <-time.After(10 * time.Second):
-		t.Fatal("Shutdown did not return after the last session expired")
+		t.Fatal("Shutdown did not return after the session fell quiet")
 	}
 	if err := <-served; err != nil {
 		t.Fatalf("Serve = %v after Shutdown", err)
 	}
 
-	// Without an InactivityTimeout only the context ends Shutdown.
+	// A session that never falls quiet is ended by the context.
 	f2, addr2, _ := startUDPForwarder(t, "127.0.0.1:0", echo.addr(), UDPForwardConfig{})
-	forwardUDPExchange(t, forwardUDPClient(t, addr2), "held")
-	ctx, cancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
+	chatty := forwardUDPClient(t, addr2)
+	forwardUDPExchange(t, chatty, "held")
+	stop := make(chan struct{})
+	talking := make(chan struct{})
+	go func() {
+		defer close(talking)
+		for {
+			select {
+			case <-stop:
+				return
+			case <-time.After(20 * time.Millisecond):
+				chatty.Write([]byte("still here"))
+			}
+		}
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*udpDrainQuiet)
 	defer cancel()
-	if err := f2.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+	err := f2.Shutdown(ctx)
+	close(stop)
+	<-talking
+	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("Shutdown = %v; want the context's deadline", err)
 	}
 	if n := f2.sessionCount(); n != 0 {
