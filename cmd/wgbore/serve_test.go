@@ -60,7 +60,7 @@ func TestServeWithWireGuardGoClient(t *testing.T) {
 	serverKey, _ := protocol.GeneratePrivateKey()
 	port := freeLoopbackUDPPort(t)
 	web := hostWeb(t)
-	_, udpEcho := hostEcho(t)
+	tcpEcho, udpEcho := hostEcho(t)
 	// A listener on 127.0.0.2, which the policy does not allow: the test
 	// proves refusal by policy, not by a closed port.
 	denied, err := net.Listen("tcp", "127.0.0.2:0")
@@ -84,7 +84,11 @@ AllowedIPs = 10.0.0.2/32, fd00::2/128
 
 [Egress]
 Allow = 127.0.0.1/32
-`, serverKey.Base64(), port, clientKey.PublicKey())
+
+[TCPServerTunnel]
+ListenPort = 8080
+Target = %s
+`, serverKey.Base64(), port, clientKey.PublicKey(), tcpEcho)
 	d := startServeDaemon(t, writeFile(t, t.TempDir(), "server.conf", conf))
 	client := peersite.StartClient(t, serverKey.PublicKey(), peersite.Options{
 		PrivateKey: clientKey,
@@ -112,8 +116,13 @@ Allow = 127.0.0.1/32
 			return client.DialContext(context.Background(), "udp", udpEcho)
 		})
 	})
+	t.Run("TCPServerTunnel in serve mode", func(t *testing.T) {
+		echoThrough(t, func() (net.Conn, error) { return client.DialContext(context.Background(), "tcp", "10.0.0.1:8080") }, 256<<10)
+	})
 	t.Run("denied destination refused at once", func(t *testing.T) {
-		for _, target := range []string{denied.Addr().String(), "10.9.9.9:80", "169.254.169.254:80"} {
+		// 10.9.9.9:8080 shares its port with the server tunnel: the
+		// tunnel's listener must not catch flows to other hosts.
+		for _, target := range []string{denied.Addr().String(), "10.9.9.9:80", "10.9.9.9:8080", "169.254.169.254:80"} {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			start := time.Now()
 			c, err := client.DialContext(ctx, "tcp", target)

@@ -6,7 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"strconv"
+	"net/netip"
 	"sync"
 	"time"
 
@@ -288,14 +288,31 @@ func (s *service) startServers(p *runPlan) error {
 		s.serve(fmt.Sprintf("tcp %s→tunnel %s", l.Addr(), c.Target), func() error { return f.Serve(l) }, f.Shutdown, f.Close)
 	}
 	for _, c := range cfg.TCPServerTunnels {
-		l, err := s.tun.Listen("tcp", net.JoinHostPort("", strconv.Itoa(c.ListenPort)))
+		var ls []net.Listener
+		err := s.tunnelPorts(c.ListenPort, func(ap netip.AddrPort) (netip.AddrPort, error) {
+			l, err := s.tun.Listen("tcp", ap.String())
+			if err != nil {
+				return netip.AddrPort{}, err
+			}
+			ls = append(ls, l)
+			return l.Addr().(*net.TCPAddr).AddrPort(), nil
+		})
 		if err != nil {
-			return fmt.Errorf("TCPServerTunnel: listen in the tunnel: %w", err)
+			for _, l := range ls {
+				l.Close()
+			}
+			return fmt.Errorf("%s: [TCPServerTunnel]: listen in the tunnel: %w", c.Pos, err)
 		}
 		f := proxy.NewTCPForwarder(hostDialer.DialContext, c.Target, proxy.ForwardConfig{
-			MaxConnections: c.MaxConnections, IdleTimeout: c.IdleTimeout, Logger: s.log.With("tcp_server_tunnel", l.Addr().String()),
+			MaxConnections: c.MaxConnections, IdleTimeout: c.IdleTimeout, Logger: s.log.With("tcp_server_tunnel", ls[0].Addr().String()),
 		})
-		s.serve(fmt.Sprintf("tunnel tcp %s→%s", l.Addr(), c.Target), func() error { return f.Serve(l) }, f.Shutdown, f.Close)
+		for i, l := range ls {
+			shutdown, closeFn := f.Shutdown, f.Close
+			if i > 0 { // one forwarder, stopped once
+				shutdown, closeFn = nil, nil
+			}
+			s.serve(fmt.Sprintf("tunnel tcp %s→%s", l.Addr(), c.Target), func() error { return f.Serve(l) }, shutdown, closeFn)
+		}
 	}
 	for _, c := range cfg.UDPProxyTunnels {
 		pc, err := net.ListenPacket("udp", hostBindAddress(c.BindAddress))
@@ -309,14 +326,51 @@ func (s *service) startServers(p *runPlan) error {
 		s.serve(fmt.Sprintf("udp %s→tunnel %s", pc.LocalAddr(), c.Target), func() error { return f.Serve(pc) }, f.Shutdown, f.Close)
 	}
 	for _, c := range cfg.UDPServerTunnels {
-		pc, err := s.tun.ListenPacket("udp", net.JoinHostPort("", strconv.Itoa(c.ListenPort)))
+		var pcs []net.PacketConn
+		err := s.tunnelPorts(c.ListenPort, func(ap netip.AddrPort) (netip.AddrPort, error) {
+			pc, err := s.tun.ListenPacket("udp", ap.String())
+			if err != nil {
+				return netip.AddrPort{}, err
+			}
+			pcs = append(pcs, pc)
+			return pc.LocalAddr().(*net.UDPAddr).AddrPort(), nil
+		})
 		if err != nil {
-			return fmt.Errorf("UDPServerTunnel: listen in the tunnel: %w", err)
+			for _, pc := range pcs {
+				pc.Close()
+			}
+			return fmt.Errorf("%s: [UDPServerTunnel]: listen in the tunnel: %w", c.Pos, err)
 		}
 		f := proxy.NewUDPForwarder(hostDialer.DialContext, c.Target, proxy.UDPForwardConfig{
-			InactivityTimeout: c.InactivityTimeout, Logger: s.log.With("udp_server_tunnel", pc.LocalAddr().String()),
+			InactivityTimeout: c.InactivityTimeout, Logger: s.log.With("udp_server_tunnel", pcs[0].LocalAddr().String()),
 		})
-		s.serve(fmt.Sprintf("tunnel udp %s→%s", pc.LocalAddr(), c.Target), func() error { return f.Serve(pc) }, f.Shutdown, f.Close)
+		for i, pc := range pcs {
+			shutdown, closeFn := f.Shutdown, f.Close
+			if i > 0 {
+				shutdown, closeFn = nil, nil
+			}
+			s.serve(fmt.Sprintf("tunnel udp %s→%s", pc.LocalAddr(), c.Target), func() error { return f.Serve(pc) }, shutdown, closeFn)
+		}
+	}
+	return nil
+}
+
+// tunnelPorts opens a server tunnel's port on each of our tunnel
+// addresses, not on the unspecified address: in serve mode the netstack
+// accepts flows to any destination, and a wildcard listener would catch
+// a peer's flow to some other host's port of the same number. Port 0
+// takes the port the first listener got for the rest.
+func (s *service) tunnelPorts(port int, listen func(netip.AddrPort) (netip.AddrPort, error)) error {
+	if len(s.cfg.Interface.Addresses) == 0 {
+		return errors.New("[Interface] has no Address to listen on")
+	}
+	p := uint16(port)
+	for _, a := range s.cfg.Interface.Addresses {
+		got, err := listen(netip.AddrPortFrom(a.Addr(), p))
+		if err != nil {
+			return err
+		}
+		p = got.Port()
 	}
 	return nil
 }
