@@ -352,8 +352,13 @@ func (d *DNSServer) ask(ctx context.Context, up netip.AddrPort, query []byte, ov
 			return nil, err
 		}
 		resp := make([]byte, binary.BigEndian.Uint16(l[:]))
-		_, err := io.ReadFull(c, resp)
-		return resp, err
+		if _, err := io.ReadFull(c, resp); err != nil {
+			return nil, err
+		}
+		if !isResponseTo(resp, query) {
+			return nil, errors.New("upstream answered with something other than a response to the query")
+		}
+		return resp, nil
 	}
 	if _, err := c.Write(query); err != nil {
 		return nil, err
@@ -364,12 +369,21 @@ func (d *DNSServer) ask(ctx context.Context, up netip.AddrPort, query []byte, ov
 		if err != nil {
 			return nil, err
 		}
-		// Only the answer to this query's ID counts; anything else on
-		// the socket is stale or spoofed.
-		if n >= 2 && len(query) >= 2 && buf[0] == query[0] && buf[1] == query[1] {
+		// Only a response with this query's ID counts; anything else on
+		// the socket is stale, spoofed or an echo.
+		if isResponseTo(buf[:n], query) {
 			return buf[:n], nil
 		}
 	}
+}
+
+// isResponseTo reports whether resp parses as a DNS response carrying
+// query's ID: what a peer is sent must be an answer, whatever the
+// upstream said.
+func isResponseTo(resp, query []byte) bool {
+	var p dnsmessage.Parser
+	h, err := p.Start(resp)
+	return err == nil && h.Response && len(query) >= 2 && h.ID == binary.BigEndian.Uint16(query)
 }
 
 // hostResolvers reads the nameserver lines of a resolv.conf.
