@@ -12,8 +12,8 @@
 //     [STDIOTunnel], [UDPProxyTunnel] and [Resolve] sections, its top-level
 //     WGConfig include and its CheckAlive keys in [Interface].
 //   - Our own additions: [UDPServerTunnel] (the reverse of
-//     UDPProxyTunnel), MaxConnections on every TCP listener and IdleTimeout
-//     on the TCP tunnels.
+//     UDPProxyTunnel), MaxConnections on every TCP listener, IdleTimeout
+//     on the TCP tunnels, and server mode's [Egress] and [DNSServer].
 //   - PrivateKeyFile and PresharedKeyFile, so secrets can live in files that
 //     a secret manager mounts, outside the config.
 //
