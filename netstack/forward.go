@@ -92,13 +92,29 @@ type ForwardConfig struct {
 // connected directly, rather than as a connection accepted and then
 // closed; the price is that the peer's SYN waits for the host dial.
 //
-// ICMP echo is not forwarded. An echo request to one of our tunnel
-// addresses is answered by gVisor, so a peer can ping the server; one to
-// any other address is dropped unanswered: the gVisor we pin skips its
-// built-in echo reply for a promiscuous mode (temporary) address and
-// leaves it to an ICMP handler, and we install none. Answering ourselves
-// would claim a destination is up that nobody asked; forwarding needs a
-// host ping socket (net.ipv4.ping_group_range), left for later.
+// ICMPv4 echo is forwarded as a real ping from the host. An echo request
+// to one of our tunnel addresses is answered by gVisor, so a peer can
+// ping the server. One to any other address reaches the ICMP handler Open
+// installed (the gVisor we pin skips its built-in echo reply for a
+// promiscuous mode, temporary, address and leaves it to that handler) and,
+// when the egress policy permits the destination and it is not inside
+// some peer's AllowedIPs, leaves from a host ICMP socket: an unprivileged
+// ping socket if net.ipv4.ping_group_range includes our group, otherwise a
+// raw socket if we may open one (root, CAP_NET_RAW). The host's echo
+// reply is answered to the peer as an echo reply from the pinged address
+// with the peer's own identifier, sequence number and payload (see
+// pingForwarder). A reply later than 5 s is dropped, and a peer may have
+// 64 pings awaiting a reply, further ones being dropped. Without either
+// socket kind, Forward logs so once at info, and echo requests to other
+// hosts are dropped.
+//
+// A ping the egress policy denies is dropped with a debug log, not
+// answered with an ICMP administratively prohibited: a dropped ping is
+// what a peer sees from any filtered host on the Internet, and answering
+// would spend ICMP on a prober's sweep of the denied ranges for no
+// benefit to a real application, which, unlike a TCP or UDP client, does
+// not wait on the answer. ICMPv6 echo to other addresses is not forwarded
+// (left for later).
 //
 // A listener of ours on the unspecified address also catches flows to
 // its port on every other destination, since gVisor matches it before
@@ -137,6 +153,7 @@ func (n *Net) Forward(cfg ForwardConfig) error {
 	if err := n.stack.SetPromiscuousMode(nicID, true); err != nil {
 		return fmt.Errorf("netstack: promiscuous mode: %s", err)
 	}
+	f.startPing()
 	return nil
 }
 
@@ -146,6 +163,9 @@ type forwarder struct {
 	cfg ForwardConfig
 	log *slog.Logger
 	tcp *tcp.Forwarder
+	// ping forwards echo requests; nil when no host ICMP socket could
+	// be opened.
+	ping atomic.Pointer[pingForwarder]
 
 	ctx    context.Context // ends on Close, and with it host dials
 	cancel context.CancelFunc
@@ -297,6 +317,9 @@ func (f *forwarder) stop() {
 	f.cancel()
 	for fl := range open {
 		fl.close()
+	}
+	if p := f.ping.Load(); p != nil {
+		p.stop()
 	}
 }
 

@@ -473,16 +473,19 @@ func TestForwardUDPIdle(t *testing.T) {
 	waitFor(t, func() bool { return f.flows(s.client.PublicKey) == 0 })
 }
 
-// TestForwardPing documents ICMP echo in server mode: a ping to our
-// tunnel address is answered, one to any other address, allowed or not,
-// is dropped unanswered (see Forward).
+// TestForwardPing documents ICMP echo in server mode that never reaches
+// the host: a ping to our tunnel address is answered by gVisor, and one
+// to a destination the egress policy denies is dropped unanswered (see
+// Forward). TestForwardPingHost covers the pings that are forwarded.
 func TestForwardPing(t *testing.T) {
 	key, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(t, key.PublicKey(), peersite.Options{
 		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
 	})
 	n := openOursWith(t, key, site, nil)
-	if err := n.Forward(ForwardConfig{}); err != nil {
+	// 198.51.100.0/24 is public, so allowed by default: deny it, so that
+	// no ping of this test leaves the host.
+	if err := n.Forward(ForwardConfig{Egress: Egress{Deny: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}}}); err != nil {
 		t.Fatal(err)
 	}
 	// Our first packet starts the handshake: the site knows no endpoint.
@@ -518,6 +521,86 @@ func TestForwardPing(t *testing.T) {
 		if err := ping(dst, 500*time.Millisecond); err == nil || !isTimeout(err) {
 			t.Errorf("ping %s: %v, want no answer", dst, err)
 		}
+	}
+}
+
+// TestForwardPingHost pings the host's 127.0.0.1 through our server,
+// which the egress policy allows: the host's echo reply comes back as an
+// echo reply from 127.0.0.1 with the client's identifier, sequence number
+// and payload. A ping to a denied destination gets no reply.
+func TestForwardPingHost(t *testing.T) {
+	s := startServer(t, ForwardConfig{Egress: allowHostLoopback()})
+	f := s.n.forward.Load()
+	p := f.ping.Load()
+	if p == nil {
+		t.Skip("the host allows neither a ping socket (net.ipv4.ping_group_range) nor a raw ICMP socket (CAP_NET_RAW)")
+	}
+	t.Logf("raw socket: %v", p.raw)
+	ping := func(dst netip.Addr, seq uint16, payload []byte, wait time.Duration) ([]byte, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		return s.client.Ping(ctx, dst, seq, payload)
+	}
+	// The first ping also waits for the client's handshake with us.
+	var got []byte
+	var err error
+	for try := 0; try < 10; try++ {
+		if got, err = ping(hostLoopback, uint16(try+1), []byte("through the tunnel"), 2*time.Second); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("ping %v: %v", hostLoopback, err)
+	}
+	if string(got) != "through the tunnel" {
+		t.Fatalf("echo payload %q, want %q", got, "through the tunnel")
+	}
+	// Several at once, each answered with its own payload.
+	var wg sync.WaitGroup
+	for i := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			want := bytes.Repeat([]byte{byte(i)}, 100+i)
+			got, err := ping(hostLoopback, uint16(100+i), want, 10*time.Second)
+			if err != nil {
+				t.Errorf("ping %d: %v", i, err)
+			} else if !bytes.Equal(got, want) {
+				t.Errorf("ping %d: payload % x, want % x", i, got, want)
+			}
+		}()
+	}
+	wg.Wait()
+	if _, err := ping(netip.MustParseAddr("10.9.9.9"), 7, []byte("denied"), 500*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("ping 10.9.9.9: %v, want no answer", err)
+	}
+	waitFor(t, func() bool { return p.outstanding(s.client.PublicKey) == 0 })
+}
+
+// TestForwardPingLimit fills one peer's outstanding pings: the next one is
+// dropped, and expired ones are swept.
+func TestForwardPingLimit(t *testing.T) {
+	s := startServer(t, ForwardConfig{Egress: allowHostLoopback()})
+	p := s.n.forward.Load().ping.Load()
+	if p == nil {
+		t.Skip("the host allows neither a ping socket (net.ipv4.ping_group_range) nor a raw ICMP socket (CAP_NET_RAW)")
+	}
+	peer := s.client.PublicKey
+	src := peersite.TheirV4
+	// Registered directly, as the packet path does, without sending: the
+	// host would answer at once and free the slots.
+	p.mu.Lock()
+	for i := range maxPingsPerPeer {
+		p.pending[pingKey{host: netip.MustParseAddr("192.0.2.1"), seq: uint16(i)}] = pendingPing{peer: peer, src: src, expires: time.Now().Add(-time.Second)}
+		p.perPeer[peer]++
+	}
+	p.mu.Unlock()
+	if p.send(peer, src, hostLoopback, 1, 1, []byte("x")) {
+		t.Fatal("a ping over the per-peer limit was sent")
+	}
+	p.sweep()
+	if got := p.outstanding(peer); got != 0 {
+		t.Fatalf("%d outstanding after the sweep, want 0", got)
 	}
 }
 

@@ -129,6 +129,7 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 	// is what the stack does without a handler.
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, n.tcpPacket)
 	s.SetTransportProtocolHandler(udp.ProtocolNumber, n.udpPacket)
+	s.SetTransportProtocolHandler(icmp.ProtocolNumber4, n.icmpPacket)
 	if err := tuneTCP(s); err != nil {
 		s.Close()
 		bind.Close()

@@ -1,6 +1,7 @@
 package peersite
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -274,4 +275,52 @@ func (d *clientTUN) Close() error {
 	d.stack.Wait()
 	close(d.events)
 	return nil
+}
+
+// Ping sends one ICMPv4 echo request with payload to dst through the
+// tunnel and returns the payload of the echo reply, or ctx's error if
+// none comes. The request's identifier is the ICMP endpoint's (gVisor
+// writes it), its sequence number seq; a reply with another sequence
+// number is skipped.
+func (c *Client) Ping(ctx context.Context, dst netip.Addr, seq uint16, payload []byte) ([]byte, error) {
+	var wq waiter.Queue
+	ep, terr := c.stack.NewEndpoint(icmp.ProtocolNumber4, ipv4.ProtocolNumber, &wq)
+	if terr != nil {
+		return nil, errors.New(terr.String())
+	}
+	defer ep.Close()
+	if terr := ep.Connect(tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFromSlice(dst.Unmap().AsSlice())}); terr != nil {
+		return nil, errors.New(terr.String())
+	}
+	entry, readable := waiter.NewChannelEntry(waiter.ReadableEvents)
+	wq.EventRegister(&entry)
+	defer wq.EventUnregister(&entry)
+	req := make([]byte, header.ICMPv4MinimumSize+len(payload))
+	h := header.ICMPv4(req)
+	h.SetType(header.ICMPv4Echo)
+	h.SetSequence(seq)
+	copy(req[header.ICMPv4MinimumSize:], payload)
+	if _, terr := ep.Write(bytes.NewReader(req), tcpip.WriteOptions{}); terr != nil {
+		return nil, errors.New(terr.String())
+	}
+	buf := make([]byte, 1<<16)
+	for {
+		w := tcpip.SliceWriter(buf)
+		res, terr := ep.Read(&w, tcpip.ReadOptions{})
+		if _, wouldBlock := terr.(*tcpip.ErrWouldBlock); wouldBlock {
+			select {
+			case <-readable:
+				continue
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
+		}
+		if terr != nil {
+			return nil, errors.New(terr.String())
+		}
+		r := header.ICMPv4(buf[:res.Count])
+		if len(r) >= header.ICMPv4MinimumSize && r.Type() == header.ICMPv4EchoReply && r.Sequence() == seq {
+			return append([]byte(nil), r[header.ICMPv4MinimumSize:]...), nil
+		}
+	}
 }

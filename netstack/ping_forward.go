@@ -1,0 +1,389 @@
+package netstack
+
+import (
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/wgbore/wgbore/protocol"
+)
+
+// Bounds on forwarded pings.
+const (
+	// pingReplyTimeout is how long a forwarded echo request waits for the
+	// host's reply; a later reply is dropped.
+	pingReplyTimeout = 5 * time.Second
+	// maxPingsPerPeer bounds one peer's echo requests awaiting a reply,
+	// so a flood from one peer cannot crowd out the others.
+	maxPingsPerPeer = 64
+	// maxPingsOutstanding bounds them for all peers together, well below
+	// the 65536 sequence numbers a pending request is keyed by.
+	maxPingsOutstanding = 4096
+	// pingSendQueue is how many echo requests may wait for the host
+	// socket; the packet path drops rather than waits when it is full.
+	pingSendQueue = 256
+	// pingSweepInterval is how often expired requests are forgotten.
+	pingSweepInterval = time.Second
+)
+
+// pingForwarder sends peers' ICMPv4 echo requests from a host ICMP socket
+// and answers them with the host's replies.
+//
+// Every request leaves with a sequence number of ours, unique among the
+// outstanding ones, and the identifier of our socket: the kernel's for a
+// ping socket (it rewrites whatever we write), a random one chosen at
+// start for a raw socket. A reply is matched by its source address and
+// that sequence number (and, on a raw socket, which sees every echo reply
+// on the host, our identifier), and is answered to the peer with the
+// peer's own identifier and sequence number, from the address it pinged.
+// Renumbering is what lets one socket carry every peer's pings without a
+// collision between two peers pinging the same host with the same
+// identifier, and makes both socket kinds work the same way.
+type pingForwarder struct {
+	f    *forwarder
+	log  *slog.Logger
+	conn *icmp.PacketConn
+	raw  bool
+	id   uint16 // raw socket only: the identifier our requests carry
+	out  chan pingOut
+	done chan struct{}
+
+	mu      sync.Mutex
+	closed  bool
+	nextSeq uint16
+	pending map[pingKey]pendingPing
+	perPeer map[protocol.PublicKey]int
+}
+
+// pingKey identifies an outstanding request by what its reply carries.
+type pingKey struct {
+	host netip.Addr
+	seq  uint16
+}
+
+// pendingPing is a peer's request awaiting the host's reply.
+type pendingPing struct {
+	peer    protocol.PublicKey
+	src     netip.Addr // the peer's address, where the reply goes
+	id, seq uint16     // the peer's
+	expires time.Time
+}
+
+type pingOut struct {
+	key pingKey
+	msg []byte
+}
+
+// openPingConn opens a host socket for echo requests: an unprivileged
+// ping socket if net.ipv4.ping_group_range includes our group, otherwise
+// a raw socket if we may open one (root, or CAP_NET_RAW).
+func openPingConn() (conn *icmp.PacketConn, raw bool, err error) {
+	conn, err = icmp.ListenPacket("udp4", "0.0.0.0")
+	if err == nil {
+		return conn, false, nil
+	}
+	conn, rawErr := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+	if rawErr == nil {
+		return conn, true, nil
+	}
+	return nil, false, errors.Join(err, rawErr)
+}
+
+// startPing turns on ping forwarding for f, or logs once why it cannot.
+// It starts nothing once Close has begun.
+func (f *forwarder) startPing() {
+	conn, raw, err := openPingConn()
+	if err != nil {
+		f.log.Info("ping forwarding unavailable: no ICMP socket (needs net.ipv4.ping_group_range to include our group, or CAP_NET_RAW); echo requests to other hosts are dropped", "err", err)
+		return
+	}
+	p := &pingForwarder{
+		f: f, log: f.log, conn: conn, raw: raw,
+		out:     make(chan pingOut, pingSendQueue),
+		done:    make(chan struct{}),
+		pending: map[pingKey]pendingPing{},
+		perPeer: map[protocol.PublicKey]int{},
+	}
+	var b [4]byte
+	rand.Read(b[:])
+	p.id = binary.BigEndian.Uint16(b[:2])
+	p.nextSeq = binary.BigEndian.Uint16(b[2:])
+
+	f.mu.Lock()
+	if f.closed {
+		f.mu.Unlock()
+		conn.Close()
+		return
+	}
+	f.ping.Store(p)
+	f.wg.Add(2)
+	f.mu.Unlock()
+	kind := "ping socket"
+	if raw {
+		kind = "raw socket"
+	}
+	f.log.Debug("ping forwarding on", "socket", kind)
+	go func() {
+		defer f.wg.Done()
+		p.sendLoop()
+	}()
+	go func() {
+		defer f.wg.Done()
+		p.readLoop()
+	}()
+}
+
+// stop ends both goroutines and forgets every outstanding request.
+func (p *pingForwarder) stop() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	p.pending = map[pingKey]pendingPing{}
+	p.perPeer = map[protocol.PublicKey]int{}
+	p.mu.Unlock()
+	close(p.done)
+	p.conn.Close()
+}
+
+// icmpPacket is the stack's ICMPv4 handler for packets no endpoint of
+// ours claims; gVisor passes it echo requests (and replies) to any
+// address. Returning false leaves the packet to gVisor, which answers an
+// echo request to one of our addresses itself and drops one to an
+// address of promiscuous mode.
+func (n *Net) icmpPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+	f := n.forward.Load()
+	if f == nil {
+		return false
+	}
+	return f.pingPacket(id, pkt)
+}
+
+// pingPacket decides, in the packet path, whether an echo request leaves
+// as a host ping, and queues it if so.
+func (f *forwarder) pingPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+	if pkt.NetworkProtocolNumber != header.IPv4ProtocolNumber {
+		return false
+	}
+	h := header.ICMPv4(pkt.TransportHeader().Slice())
+	if len(h) < header.ICMPv4MinimumSize || h.Type() != header.ICMPv4Echo || h.Code() != 0 {
+		return false
+	}
+	if f.n.link.owns(id.LocalAddress) {
+		return false // gVisor answers
+	}
+	src, dst := addrFrom(id.RemoteAddress), addrFrom(id.LocalAddress)
+	if !f.cfg.Egress.Permits(dst) {
+		f.log.Debug("ping dropped by egress policy", "src", src, "dst", dst)
+		return false
+	}
+	if _, inTunnel := f.n.peerFor(dst); inTunnel {
+		f.log.Debug("ping dropped: destination is inside the tunnel", "src", src, "dst", dst)
+		return false
+	}
+	p := f.ping.Load()
+	if p == nil {
+		f.log.Debug("ping dropped: ping forwarding unavailable", "src", src, "dst", dst)
+		return false
+	}
+	// gVisor hands echo requests with a bad checksum on too, for raw
+	// sockets; we answer only those it would answer.
+	if checksum.Checksum(h, pkt.Data().Checksum()) != 0xffff {
+		return false
+	}
+	// The reply has the request's size without IP options; one that would
+	// not fit the tunnel (a reassembled fragmented request) is dropped.
+	if header.IPv4MinimumSize+len(h)+pkt.Data().Size() > int(f.n.link.MTU()) {
+		f.log.Debug("ping dropped: larger than the tunnel MTU", "src", src, "dst", dst)
+		return false
+	}
+	peer, ok := f.n.peerFor(src)
+	if !ok {
+		return false
+	}
+	return p.send(peer.PublicKey, src, dst, h.Ident(), h.Sequence(), pkt.Data().AsRange().ToSlice())
+}
+
+// send registers a request and queues it for the host socket.
+func (p *pingForwarder) send(peer protocol.PublicKey, src, dst netip.Addr, id, seq uint16, data []byte) bool {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return false
+	}
+	if p.perPeer[peer] >= maxPingsPerPeer || len(p.pending) >= maxPingsOutstanding {
+		p.mu.Unlock()
+		p.log.Debug("ping dropped: too many outstanding", "peer", peer, "dst", dst)
+		return false
+	}
+	p.nextSeq++
+	key := pingKey{host: dst, seq: p.nextSeq}
+	if _, busy := p.pending[key]; busy {
+		// Only after 65536 requests within the reply timeout.
+		p.mu.Unlock()
+		return false
+	}
+	p.pending[key] = pendingPing{peer: peer, src: src, id: id, seq: seq, expires: time.Now().Add(pingReplyTimeout)}
+	p.perPeer[peer]++
+	p.mu.Unlock()
+
+	msg, err := (&icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: int(p.id), Seq: int(key.seq), Data: data}}).Marshal(nil)
+	if err == nil {
+		select {
+		case p.out <- pingOut{key: key, msg: msg}:
+			return true
+		default:
+		}
+	}
+	p.forget(key)
+	p.log.Debug("ping dropped: send queue full", "peer", peer, "dst", dst)
+	return false
+}
+
+// take removes and returns a pending request, if it has not expired.
+func (p *pingForwarder) take(key pingKey) (pendingPing, bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pp, ok := p.pending[key]
+	if !ok {
+		return pendingPing{}, false
+	}
+	p.remove(key, pp)
+	return pp, time.Now().Before(pp.expires)
+}
+
+func (p *pingForwarder) forget(key pingKey) { p.take(key) }
+
+// remove drops a pending request; p.mu is held.
+func (p *pingForwarder) remove(key pingKey, pp pendingPing) {
+	delete(p.pending, key)
+	if p.perPeer[pp.peer]--; p.perPeer[pp.peer] <= 0 {
+		delete(p.perPeer, pp.peer)
+	}
+}
+
+// sweep forgets the requests whose reply is overdue.
+func (p *pingForwarder) sweep() {
+	now := time.Now()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for key, pp := range p.pending {
+		if !now.Before(pp.expires) {
+			p.remove(key, pp)
+		}
+	}
+}
+
+// outstanding is how many of peer's requests await a reply, for tests.
+func (p *pingForwarder) outstanding(peer protocol.PublicKey) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.perPeer[peer]
+}
+
+// sendLoop writes queued requests to the host socket, so the packet path
+// never waits for it.
+func (p *pingForwarder) sendLoop() {
+	for {
+		select {
+		case <-p.done:
+			return
+		case o := <-p.out:
+			var to net.Addr = &net.UDPAddr{IP: o.key.host.AsSlice()}
+			if p.raw {
+				to = &net.IPAddr{IP: o.key.host.AsSlice()}
+			}
+			p.conn.SetWriteDeadline(time.Now().Add(time.Second))
+			if _, err := p.conn.WriteTo(o.msg, to); err != nil {
+				p.forget(o.key)
+				p.log.Debug("host ping failed", "dst", o.key.host, "err", err)
+			}
+		}
+	}
+}
+
+// readLoop answers the host's echo replies to the peers that asked, until
+// the socket is closed.
+func (p *pingForwarder) readLoop() {
+	buf := make([]byte, 1<<16)
+	for {
+		p.conn.SetReadDeadline(time.Now().Add(pingSweepInterval))
+		n, from, err := p.conn.ReadFrom(buf)
+		if err != nil {
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				p.sweep()
+				continue
+			}
+			p.mu.Lock()
+			closed := p.closed
+			p.mu.Unlock()
+			if !closed {
+				p.log.Info("ping forwarding stopped: host socket failed", "err", err)
+			}
+			return
+		}
+		p.reply(buf[:n], from)
+	}
+}
+
+// reply answers one message from the host socket, if it is the reply to
+// an outstanding request.
+func (p *pingForwarder) reply(b []byte, from net.Addr) {
+	if len(b) < header.ICMPv4MinimumSize || b[0] != byte(header.ICMPv4EchoReply) {
+		return // on a raw socket, every ICMP message the host receives
+	}
+	var host netip.Addr
+	switch a := from.(type) {
+	case *net.IPAddr:
+		host, _ = netip.AddrFromSlice(a.IP)
+	case *net.UDPAddr:
+		host, _ = netip.AddrFromSlice(a.IP)
+	}
+	h := header.ICMPv4(b)
+	if p.raw && h.Ident() != p.id {
+		return // some other program's ping
+	}
+	pp, ok := p.take(pingKey{host: host.Unmap(), seq: h.Sequence()})
+	if !ok {
+		return
+	}
+	p.f.n.engine.WritePackets([][]byte{echoReply4(host.Unmap(), pp.src, pp.id, pp.seq, h.Payload())})
+}
+
+// echoReply4 builds an IPv4 echo reply from src to dst.
+func echoReply4(src, dst netip.Addr, id, seq uint16, data []byte) []byte {
+	total := header.IPv4MinimumSize + header.ICMPv4MinimumSize + len(data)
+	b := make([]byte, total)
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{
+		TotalLength: uint16(total),
+		Flags:       header.IPv4FlagDontFragment,
+		TTL:         64,
+		Protocol:    uint8(header.ICMPv4ProtocolNumber),
+		SrcAddr:     tcpip.AddrFrom4(src.As4()),
+		DstAddr:     tcpip.AddrFrom4(dst.As4()),
+	})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	ic := header.ICMPv4(b[header.IPv4MinimumSize:])
+	ic.SetType(header.ICMPv4EchoReply)
+	ic.SetIdent(id)
+	ic.SetSequence(seq)
+	copy(ic[header.ICMPv4MinimumSize:], data)
+	ic.SetChecksum(^checksum.Checksum(ic, 0))
+	return b
+}
