@@ -92,29 +92,31 @@ type ForwardConfig struct {
 // connected directly, rather than as a connection accepted and then
 // closed; the price is that the peer's SYN waits for the host dial.
 //
-// ICMPv4 echo is forwarded as a real ping from the host. An echo request
-// to one of our tunnel addresses is answered by gVisor, so a peer can
-// ping the server. One to any other address reaches the ICMP handler Open
-// installed (the gVisor we pin skips its built-in echo reply for a
-// promiscuous mode, temporary, address and leaves it to that handler) and,
-// when the egress policy permits the destination and it is not inside
-// some peer's AllowedIPs, leaves from a host ICMP socket: an unprivileged
-// ping socket if net.ipv4.ping_group_range includes our group, otherwise a
-// raw socket if we may open one (root, CAP_NET_RAW). The host's echo
-// reply is answered to the peer as an echo reply from the pinged address
-// with the peer's own identifier, sequence number and payload (see
-// pingForwarder). A reply later than 5 s is dropped, and a peer may have
-// 64 pings awaiting a reply, further ones being dropped. Without either
-// socket kind, Forward logs so once at info, and echo requests to other
-// hosts are dropped.
+// ICMP echo, IPv4 and IPv6, is forwarded as a real ping from the host. An
+// echo request to one of our tunnel addresses is answered by gVisor, so a
+// peer can ping the server. One to any other address reaches the ICMP
+// handlers Open installed and, when the egress policy permits the
+// destination and it is not inside some peer's AllowedIPs, leaves from a
+// host ICMP socket: an unprivileged ping socket if
+// net.ipv4.ping_group_range includes our group, otherwise a raw socket if
+// we may open one (root, CAP_NET_RAW). The host's echo reply is answered
+// to the peer as an echo reply from the pinged address with the peer's
+// own identifier, sequence number and payload (see pingForwarder). A
+// reply later than 5 s is dropped, and a peer may have 64 pings per IP
+// version awaiting a reply, further ones being dropped. Without either
+// socket kind for an IP version, Forward logs so once at info, and echo
+// requests of that version to other hosts are dropped.
 //
-// A ping the egress policy denies is dropped with a debug log, not
-// answered with an ICMP administratively prohibited: a dropped ping is
-// what a peer sees from any filtered host on the Internet, and answering
-// would spend ICMP on a prober's sweep of the denied ranges for no
-// benefit to a real application, which, unlike a TCP or UDP client, does
-// not wait on the answer. ICMPv6 echo to other addresses is not forwarded
-// (left for later).
+// A ping that is not forwarded (denied by the egress policy, inside the
+// tunnel, over the limit) is dropped with a debug log, not answered with
+// an ICMP administratively prohibited: a dropped ping is what a peer sees
+// from any filtered host on the Internet, and answering would spend ICMP
+// on a prober's sweep of the denied ranges for no benefit to a real
+// application, which, unlike a TCP or UDP client, does not wait on the
+// answer. For IPv6 the handler claims such a request so that it is
+// dropped: the gVisor we pin answers ICMPv6 echo to any address of
+// promiscuous mode as if it were ours unless a handler claims it (for
+// IPv4 it leaves a temporary address's echo to the handler).
 //
 // A listener of ours on the unspecified address also catches flows to
 // its port on every other destination, since gVisor matches it before
@@ -165,7 +167,7 @@ type forwarder struct {
 	tcp *tcp.Forwarder
 	// ping forwards echo requests; nil when no host ICMP socket could
 	// be opened.
-	ping atomic.Pointer[pingForwarder]
+	ping, ping6 atomic.Pointer[pingForwarder]
 
 	ctx    context.Context // ends on Close, and with it host dials
 	cancel context.CancelFunc
@@ -318,8 +320,10 @@ func (f *forwarder) stop() {
 	for fl := range open {
 		fl.close()
 	}
-	if p := f.ping.Load(); p != nil {
-		p.stop()
+	for _, p := range []*pingForwarder{f.ping.Load(), f.ping6.Load()} {
+		if p != nil {
+			p.stop()
+		}
 	}
 }
 

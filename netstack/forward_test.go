@@ -577,6 +577,59 @@ func TestForwardPingHost(t *testing.T) {
 	waitFor(t, func() bool { return p.outstanding(s.client.PublicKey) == 0 })
 }
 
+// TestForwardPingHost6 is TestForwardPingHost for ICMPv6 to the host's
+// ::1. It also checks that a ping to a denied IPv6 destination is not
+// answered: gVisor answers ICMPv6 echo to any address of promiscuous mode
+// itself unless our handler claims it.
+func TestForwardPingHost6(t *testing.T) {
+	loop6 := netip.MustParseAddr("::1")
+	// 2001:db8::/32 is public, so allowed by default: deny it, so that no
+	// ping of this test leaves the host.
+	s := startServer(t, ForwardConfig{Egress: Egress{
+		Allow: []netip.Prefix{netip.PrefixFrom(loop6, 128)},
+		Deny:  []netip.Prefix{netip.MustParsePrefix("2001:db8::/32")},
+	}})
+	ping := func(dst netip.Addr, seq uint16, payload []byte, wait time.Duration) ([]byte, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), wait)
+		defer cancel()
+		return s.client.Ping(ctx, dst, seq, payload)
+	}
+	// Our own address is answered by gVisor; this also waits for the
+	// client's handshake with us.
+	var err error
+	for try := 0; try < 10; try++ {
+		if _, err = ping(peersite.OurV6, uint16(try+1), []byte("own"), 2*time.Second); err == nil {
+			break
+		}
+	}
+	if err != nil {
+		t.Fatalf("ping %v: %v", peersite.OurV6, err)
+	}
+	for _, dst := range []string{"fd00::9", "2001:db8::1"} {
+		if _, err := ping(netip.MustParseAddr(dst), 7, []byte("denied"), 500*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("ping %s: %v, want no answer", dst, err)
+		}
+	}
+	p := s.n.forward.Load().ping6.Load()
+	if p == nil {
+		t.Skip("the host allows neither an ICMPv6 ping socket (net.ipv4.ping_group_range) nor a raw ICMPv6 socket (CAP_NET_RAW)")
+	}
+	if l, err := net.ListenPacket("udp6", "[::1]:0"); err != nil {
+		t.Skipf("the host has no ::1: %v", err)
+	} else {
+		l.Close()
+	}
+	t.Logf("raw socket: %v", p.raw)
+	got, err := ping(loop6, 100, []byte("through the tunnel"), 10*time.Second)
+	if err != nil {
+		t.Fatalf("ping %v: %v", loop6, err)
+	}
+	if string(got) != "through the tunnel" {
+		t.Fatalf("echo payload %q, want %q", got, "through the tunnel")
+	}
+	waitFor(t, func() bool { return p.outstanding(s.client.PublicKey) == 0 })
+}
+
 // TestForwardPingLimit fills one peer's outstanding pings: the next one is
 // dropped, and expired ones are swept.
 func TestForwardPingLimit(t *testing.T) {

@@ -130,6 +130,7 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, n.tcpPacket)
 	s.SetTransportProtocolHandler(udp.ProtocolNumber, n.udpPacket)
 	s.SetTransportProtocolHandler(icmp.ProtocolNumber4, n.icmpPacket)
+	s.SetTransportProtocolHandler(icmp.ProtocolNumber6, n.icmpPacket)
 	if err := tuneTCP(s); err != nil {
 		s.Close()
 		bind.Close()

@@ -13,6 +13,7 @@ import (
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
@@ -39,8 +40,8 @@ const (
 	pingSweepInterval = time.Second
 )
 
-// pingForwarder sends peers' ICMPv4 echo requests from a host ICMP socket
-// and answers them with the host's replies.
+// pingForwarder sends peers' ICMP echo requests of one IP version from a
+// host ICMP socket and answers them with the host's replies.
 //
 // Every request leaves with a sequence number of ours, unique among the
 // outstanding ones, and the identifier of our socket: the kernel's for a
@@ -57,6 +58,7 @@ type pingForwarder struct {
 	log  *slog.Logger
 	conn *icmp.PacketConn
 	raw  bool
+	v6   bool
 	id   uint16 // raw socket only: the identifier our requests carry
 	out  chan pingOut
 	done chan struct{}
@@ -88,30 +90,44 @@ type pingOut struct {
 }
 
 // openPingConn opens a host socket for echo requests: an unprivileged
-// ping socket if net.ipv4.ping_group_range includes our group, otherwise
-// a raw socket if we may open one (root, or CAP_NET_RAW).
-func openPingConn() (conn *icmp.PacketConn, raw bool, err error) {
-	conn, err = icmp.ListenPacket("udp4", "0.0.0.0")
+// ping socket if net.ipv4.ping_group_range includes our group (it governs
+// ICMPv6 ping sockets too), otherwise a raw socket if we may open one
+// (root, or CAP_NET_RAW).
+func openPingConn(v6 bool) (conn *icmp.PacketConn, raw bool, err error) {
+	dgram, rawNet, addr := "udp4", "ip4:icmp", "0.0.0.0"
+	if v6 {
+		dgram, rawNet, addr = "udp6", "ip6:ipv6-icmp", "::"
+	}
+	conn, err = icmp.ListenPacket(dgram, addr)
 	if err == nil {
 		return conn, false, nil
 	}
-	conn, rawErr := icmp.ListenPacket("ip4:icmp", "0.0.0.0")
+	conn, rawErr := icmp.ListenPacket(rawNet, addr)
 	if rawErr == nil {
 		return conn, true, nil
 	}
 	return nil, false, errors.Join(err, rawErr)
 }
 
-// startPing turns on ping forwarding for f, or logs once why it cannot.
-// It starts nothing once Close has begun.
+// startPing turns on ping forwarding for f, for IPv4 and IPv6 each, or
+// logs once why it cannot. It starts nothing once Close has begun.
 func (f *forwarder) startPing() {
-	conn, raw, err := openPingConn()
+	f.startPingFamily(false)
+	f.startPingFamily(true)
+}
+
+func (f *forwarder) startPingFamily(v6 bool) {
+	family := "IPv4"
+	if v6 {
+		family = "IPv6"
+	}
+	conn, raw, err := openPingConn(v6)
 	if err != nil {
-		f.log.Info("ping forwarding unavailable: no ICMP socket (needs net.ipv4.ping_group_range to include our group, or CAP_NET_RAW); echo requests to other hosts are dropped", "err", err)
+		f.log.Info("ping forwarding unavailable: no ICMP socket (needs net.ipv4.ping_group_range to include our group, or CAP_NET_RAW); echo requests to other hosts are dropped", "family", family, "err", err)
 		return
 	}
 	p := &pingForwarder{
-		f: f, log: f.log, conn: conn, raw: raw,
+		f: f, log: f.log.With("family", family), conn: conn, raw: raw, v6: v6,
 		out:     make(chan pingOut, pingSendQueue),
 		done:    make(chan struct{}),
 		pending: map[pingKey]pendingPing{},
@@ -128,14 +144,18 @@ func (f *forwarder) startPing() {
 		conn.Close()
 		return
 	}
-	f.ping.Store(p)
+	if v6 {
+		f.ping6.Store(p)
+	} else {
+		f.ping.Store(p)
+	}
 	f.wg.Add(2)
 	f.mu.Unlock()
 	kind := "ping socket"
 	if raw {
 		kind = "raw socket"
 	}
-	f.log.Debug("ping forwarding on", "socket", kind)
+	p.log.Debug("ping forwarding on", "socket", kind)
 	go func() {
 		defer f.wg.Done()
 		p.sendLoop()
@@ -161,11 +181,13 @@ func (p *pingForwarder) stop() {
 	p.conn.Close()
 }
 
-// icmpPacket is the stack's ICMPv4 handler for packets no endpoint of
-// ours claims; gVisor passes it echo requests (and replies) to any
-// address. Returning false leaves the packet to gVisor, which answers an
-// echo request to one of our addresses itself and drops one to an
-// address of promiscuous mode.
+// icmpPacket is the stack's ICMPv4 and ICMPv6 handler for packets no
+// endpoint of ours claims; gVisor passes it echo requests (and replies)
+// to any address. Returning false leaves the packet to gVisor, which
+// answers an echo request to one of our addresses itself. For one to an
+// address of promiscuous mode, IPv4 sends nothing, but IPv6 answers it as
+// if the address were ours, so every such ICMPv6 echo request is claimed
+// here, forwarded or not.
 func (n *Net) icmpPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
 	f := n.forward.Load()
 	if f == nil {
@@ -176,47 +198,65 @@ func (n *Net) icmpPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) 
 
 // pingPacket decides, in the packet path, whether an echo request leaves
 // as a host ping, and queues it if so.
+//
+// The echo header (type, code, checksum, identifier, sequence number) is
+// laid out alike in ICMPv4 and ICMPv6.
 func (f *forwarder) pingPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
-	if pkt.NetworkProtocolNumber != header.IPv4ProtocolNumber {
+	v6 := pkt.NetworkProtocolNumber == header.IPv6ProtocolNumber
+	echo, ipHeader := byte(header.ICMPv4Echo), header.IPv4MinimumSize
+	if v6 {
+		echo, ipHeader = byte(header.ICMPv6EchoRequest), header.IPv6MinimumSize
+	} else if pkt.NetworkProtocolNumber != header.IPv4ProtocolNumber {
 		return false
 	}
-	h := header.ICMPv4(pkt.TransportHeader().Slice())
-	if len(h) < header.ICMPv4MinimumSize || h.Type() != header.ICMPv4Echo || h.Code() != 0 {
+	h := pkt.TransportHeader().Slice()
+	if len(h) < header.ICMPv4MinimumSize || h[0] != echo || h[1] != 0 {
 		return false
 	}
 	if f.n.link.owns(id.LocalAddress) {
 		return false // gVisor answers
 	}
+	// What a refused ping returns: see icmpPacket.
+	refused := v6
 	src, dst := addrFrom(id.RemoteAddress), addrFrom(id.LocalAddress)
 	if !f.cfg.Egress.Permits(dst) {
 		f.log.Debug("ping dropped by egress policy", "src", src, "dst", dst)
-		return false
+		return refused
 	}
 	if _, inTunnel := f.n.peerFor(dst); inTunnel {
 		f.log.Debug("ping dropped: destination is inside the tunnel", "src", src, "dst", dst)
-		return false
+		return refused
 	}
 	p := f.ping.Load()
+	if v6 {
+		p = f.ping6.Load()
+	}
 	if p == nil {
 		f.log.Debug("ping dropped: ping forwarding unavailable", "src", src, "dst", dst)
-		return false
+		return refused
 	}
-	// gVisor hands echo requests with a bad checksum on too, for raw
-	// sockets; we answer only those it would answer.
-	if checksum.Checksum(h, pkt.Data().Checksum()) != 0xffff {
-		return false
+	// gVisor hands ICMPv4 echo requests with a bad checksum on too, for
+	// raw sockets; we answer only those it would answer. (It drops ICMPv6
+	// ones itself.)
+	if !v6 && checksum.Checksum(h, pkt.Data().Checksum()) != 0xffff {
+		return refused
 	}
-	// The reply has the request's size without IP options; one that would
-	// not fit the tunnel (a reassembled fragmented request) is dropped.
-	if header.IPv4MinimumSize+len(h)+pkt.Data().Size() > int(f.n.link.MTU()) {
+	// The reply has the request's size without IP options or extension
+	// headers; one that would not fit the tunnel (a reassembled fragmented
+	// request) is dropped.
+	if ipHeader+len(h)+pkt.Data().Size() > int(f.n.link.MTU()) {
 		f.log.Debug("ping dropped: larger than the tunnel MTU", "src", src, "dst", dst)
-		return false
+		return refused
 	}
 	peer, ok := f.n.peerFor(src)
 	if !ok {
-		return false
+		return refused
 	}
-	return p.send(peer.PublicKey, src, dst, h.Ident(), h.Sequence(), pkt.Data().AsRange().ToSlice())
+	ident, seq := binary.BigEndian.Uint16(h[4:6]), binary.BigEndian.Uint16(h[6:8])
+	if !p.send(peer.PublicKey, src, dst, ident, seq, pkt.Data().AsRange().ToSlice()) {
+		return refused
+	}
+	return true
 }
 
 // send registers a request and queues it for the host socket.
@@ -242,7 +282,13 @@ func (p *pingForwarder) send(peer protocol.PublicKey, src, dst netip.Addr, id, s
 	p.perPeer[peer]++
 	p.mu.Unlock()
 
-	msg, err := (&icmp.Message{Type: ipv4.ICMPTypeEcho, Body: &icmp.Echo{ID: int(p.id), Seq: int(key.seq), Data: data}}).Marshal(nil)
+	// For ICMPv6, Marshal leaves the checksum to the kernel, which
+	// computes it for ping and raw ICMPv6 sockets alike.
+	var typ icmp.Type = ipv4.ICMPTypeEcho
+	if p.v6 {
+		typ = ipv6.ICMPTypeEchoRequest
+	}
+	msg, err := (&icmp.Message{Type: typ, Body: &icmp.Echo{ID: int(p.id), Seq: int(key.seq), Data: data}}).Marshal(nil)
 	if err == nil {
 		select {
 		case p.out <- pingOut{key: key, msg: msg}:
@@ -344,7 +390,11 @@ func (p *pingForwarder) readLoop() {
 // reply answers one message from the host socket, if it is the reply to
 // an outstanding request.
 func (p *pingForwarder) reply(b []byte, from net.Addr) {
-	if len(b) < header.ICMPv4MinimumSize || b[0] != byte(header.ICMPv4EchoReply) {
+	echoReply := byte(header.ICMPv4EchoReply)
+	if p.v6 {
+		echoReply = byte(header.ICMPv6EchoReply)
+	}
+	if len(b) < header.ICMPv4MinimumSize || b[0] != echoReply {
 		return // on a raw socket, every ICMP message the host receives
 	}
 	var host netip.Addr
@@ -354,15 +404,22 @@ func (p *pingForwarder) reply(b []byte, from net.Addr) {
 	case *net.UDPAddr:
 		host, _ = netip.AddrFromSlice(a.IP)
 	}
-	h := header.ICMPv4(b)
-	if p.raw && h.Ident() != p.id {
+	if p.raw && binary.BigEndian.Uint16(b[4:6]) != p.id {
 		return // some other program's ping
 	}
-	pp, ok := p.take(pingKey{host: host.Unmap(), seq: h.Sequence()})
+	if !p.v6 {
+		host = host.Unmap()
+	}
+	pp, ok := p.take(pingKey{host: host, seq: binary.BigEndian.Uint16(b[6:8])})
 	if !ok {
 		return
 	}
-	p.f.n.engine.WritePackets([][]byte{echoReply4(host.Unmap(), pp.src, pp.id, pp.seq, h.Payload())})
+	data := b[header.ICMPv4MinimumSize:]
+	if p.v6 {
+		p.f.n.engine.WritePackets([][]byte{echoReply6(host, pp.src, pp.id, pp.seq, data)})
+	} else {
+		p.f.n.engine.WritePackets([][]byte{echoReply4(host, pp.src, pp.id, pp.seq, data)})
+	}
 }
 
 // echoReply4 builds an IPv4 echo reply from src to dst.
@@ -385,5 +442,29 @@ func echoReply4(src, dst netip.Addr, id, seq uint16, data []byte) []byte {
 	ic.SetSequence(seq)
 	copy(ic[header.ICMPv4MinimumSize:], data)
 	ic.SetChecksum(^checksum.Checksum(ic, 0))
+	return b
+}
+
+// echoReply6 builds an IPv6 echo reply from src to dst.
+func echoReply6(src, dst netip.Addr, id, seq uint16, data []byte) []byte {
+	icmpLen := header.ICMPv6EchoMinimumSize + len(data)
+	b := make([]byte, header.IPv6MinimumSize+icmpLen)
+	srcA, dstA := tcpip.AddrFrom16(src.As16()), tcpip.AddrFrom16(dst.As16())
+	header.IPv6(b).Encode(&header.IPv6Fields{
+		PayloadLength:     uint16(icmpLen),
+		TransportProtocol: header.ICMPv6ProtocolNumber,
+		HopLimit:          64,
+		SrcAddr:           srcA,
+		DstAddr:           dstA,
+	})
+	ic := header.ICMPv6(b[header.IPv6MinimumSize:])
+	ic.SetType(header.ICMPv6EchoReply)
+	ic.SetIdent(id)
+	ic.SetSequence(seq)
+	copy(ic[header.ICMPv6EchoMinimumSize:], data)
+	ic.SetChecksum(header.ICMPv6Checksum(header.ICMPv6ChecksumParams{
+		Header: ic[:header.ICMPv6EchoMinimumSize], Src: srcA, Dst: dstA,
+		PayloadCsum: checksum.Checksum(data, 0), PayloadLen: len(data),
+	}))
 	return b
 }

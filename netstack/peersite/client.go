@@ -3,6 +3,7 @@ package peersite
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"net"
@@ -277,28 +278,36 @@ func (d *clientTUN) Close() error {
 	return nil
 }
 
-// Ping sends one ICMPv4 echo request with payload to dst through the
-// tunnel and returns the payload of the echo reply, or ctx's error if
+// Ping sends one ICMP echo request (ICMPv6 for an IPv6 dst) with payload
+// to dst through the tunnel and returns the payload of the echo reply, or ctx's error if
 // none comes. The request's identifier is the ICMP endpoint's (gVisor
 // writes it), its sequence number seq; a reply with another sequence
 // number is skipped.
 func (c *Client) Ping(ctx context.Context, dst netip.Addr, seq uint16, payload []byte) ([]byte, error) {
+	dst = dst.Unmap()
+	transport, network := icmp.ProtocolNumber4, tcpip.NetworkProtocolNumber(ipv4.ProtocolNumber)
+	echo, echoReply := byte(header.ICMPv4Echo), byte(header.ICMPv4EchoReply)
+	if dst.Is6() {
+		transport, network = icmp.ProtocolNumber6, ipv6.ProtocolNumber
+		echo, echoReply = byte(header.ICMPv6EchoRequest), byte(header.ICMPv6EchoReply)
+	}
 	var wq waiter.Queue
-	ep, terr := c.stack.NewEndpoint(icmp.ProtocolNumber4, ipv4.ProtocolNumber, &wq)
+	ep, terr := c.stack.NewEndpoint(transport, network, &wq)
 	if terr != nil {
 		return nil, errors.New(terr.String())
 	}
 	defer ep.Close()
-	if terr := ep.Connect(tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFromSlice(dst.Unmap().AsSlice())}); terr != nil {
+	if terr := ep.Connect(tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFromSlice(dst.AsSlice())}); terr != nil {
 		return nil, errors.New(terr.String())
 	}
 	entry, readable := waiter.NewChannelEntry(waiter.ReadableEvents)
 	wq.EventRegister(&entry)
 	defer wq.EventUnregister(&entry)
+	// The echo header is laid out alike in ICMPv4 and ICMPv6; gVisor
+	// fills in the identifier and checksum.
 	req := make([]byte, header.ICMPv4MinimumSize+len(payload))
-	h := header.ICMPv4(req)
-	h.SetType(header.ICMPv4Echo)
-	h.SetSequence(seq)
+	req[0] = echo
+	binary.BigEndian.PutUint16(req[6:8], seq)
 	copy(req[header.ICMPv4MinimumSize:], payload)
 	if _, terr := ep.Write(bytes.NewReader(req), tcpip.WriteOptions{}); terr != nil {
 		return nil, errors.New(terr.String())
@@ -318,8 +327,8 @@ func (c *Client) Ping(ctx context.Context, dst netip.Addr, seq uint16, payload [
 		if terr != nil {
 			return nil, errors.New(terr.String())
 		}
-		r := header.ICMPv4(buf[:res.Count])
-		if len(r) >= header.ICMPv4MinimumSize && r.Type() == header.ICMPv4EchoReply && r.Sequence() == seq {
+		r := buf[:res.Count]
+		if len(r) >= header.ICMPv4MinimumSize && r[0] == echoReply && binary.BigEndian.Uint16(r[6:8]) == seq {
 			return append([]byte(nil), r[header.ICMPv4MinimumSize:]...), nil
 		}
 	}
