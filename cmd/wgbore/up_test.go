@@ -42,6 +42,46 @@ func waitForLog(t *testing.T, log *syncBuffer, want string) {
 	}
 }
 
+// inProcess is a command run inside the test binary, with its stderr
+// readable while it runs and signals the test sends.
+type inProcess struct {
+	stderr  syncBuffer
+	signals chan os.Signal
+	done    chan int
+}
+
+func runInProcess(args ...string) *inProcess {
+	p := &inProcess{signals: make(chan os.Signal, 2), done: make(chan int, 1)}
+	e := &env{stdin: strings.NewReader(""), stdout: &strings.Builder{}, stderr: &p.stderr, signals: p.signals}
+	go func() { p.done <- run(context.Background(), e, args) }()
+	return p
+}
+
+// exit waits for the command to return and checks its exit code; what
+// says what was being waited for, for the failure message.
+func (p *inProcess) exit(t *testing.T, want int, within time.Duration, what string) {
+	t.Helper()
+	select {
+	case code := <-p.done:
+		if code != want {
+			t.Fatalf("exit %d, want %d:\n%s", code, want, p.stderr.String())
+		}
+	case <-time.After(within):
+		t.Fatalf("%s:\n%s", what, p.stderr.String())
+	}
+}
+
+// forwarderAddr is the host address of the first TCPClientTunnel in the
+// start-up summary.
+func (p *inProcess) forwarderAddr() string {
+	for _, line := range strings.Split(p.stderr.String(), "\n") {
+		if i := strings.Index(line, "tcp 127.0.0.1:"); i >= 0 {
+			return strings.Fields(strings.Split(line[i+len("tcp "):], "→")[0])[0]
+		}
+	}
+	return ""
+}
+
 // TestUpInProcess runs `up` inside the test binary, so the race detector
 // watches the wiring of listeners, shutdown and CheckAlive, which the
 // end-to-end tests exercise only from outside.
@@ -53,37 +93,18 @@ func TestUpInProcess(t *testing.T) {
 	conf = strings.Replace(conf, "[Peer]", "CheckAlive = 10.0.0.2, 10.0.0.99\nCheckAliveInterval = 1\n\n[Peer]", 1)
 	path := writeFile(t, t.TempDir(), "wg0.conf", conf)
 
-	var stderr syncBuffer
-	signals := make(chan os.Signal, 1)
-	e := &env{stdin: strings.NewReader(""), stdout: &strings.Builder{}, stderr: &stderr, signals: signals}
-	done := make(chan int)
-	go func() { done <- run(context.Background(), e, []string{"up", "-c", path}) }()
-
-	waitForLog(t, &stderr, `msg="wgbore is up"`)
-	if !strings.Contains(stderr.String(), `handshakes=1/1`) {
-		t.Fatalf("summary without a completed handshake:\n%s", stderr.String())
+	p := runInProcess("up", "-c", path)
+	waitForLog(t, &p.stderr, `msg="wgbore is up"`)
+	if !strings.Contains(p.stderr.String(), `handshakes=1/1`) {
+		t.Fatalf("summary without a completed handshake:\n%s", p.stderr.String())
 	}
-	waitForLog(t, &stderr, `msg="check alive: answering" addr=10.0.0.2`)
-	waitForLog(t, &stderr, `msg="check alive: not answering" addr=10.0.0.99`)
+	waitForLog(t, &p.stderr, `msg="check alive: answering" addr=10.0.0.2`)
+	waitForLog(t, &p.stderr, `msg="check alive: not answering" addr=10.0.0.99`)
+	echoThrough(t, func() (net.Conn, error) { return net.Dial("tcp", p.forwarderAddr()) }, 256<<10)
 
-	var fwd string
-	for _, line := range strings.Split(stderr.String(), "\n") {
-		if i := strings.Index(line, "tcp 127.0.0.1:"); i >= 0 {
-			fwd = strings.Fields(strings.Split(line[i+len("tcp "):], "→")[0])[0]
-		}
-	}
-	echoThrough(t, func() (net.Conn, error) { return net.Dial("tcp", fwd) }, 256<<10)
-
-	signals <- os.Interrupt
-	select {
-	case code := <-done:
-		if code != exitOK {
-			t.Fatalf("exit %d:\n%s", code, stderr.String())
-		}
-	case <-time.After(30 * time.Second):
-		t.Fatalf("up did not return after the signal:\n%s", stderr.String())
-	}
-	if strings.Contains(stderr.String(), ours.Base64()) {
+	p.signals <- os.Interrupt
+	p.exit(t, exitOK, 30*time.Second, "up did not return after the signal")
+	if strings.Contains(p.stderr.String(), ours.Base64()) {
 		t.Fatal("the private key reached the log")
 	}
 }
@@ -106,20 +127,9 @@ func TestSignalDuringHandshakeWait(t *testing.T) {
 		"[TCPClientTunnel]\nBindAddress = 127.0.0.1:0\nTarget = 10.0.0.2:7\n"
 	path := writeFile(t, t.TempDir(), "wg0.conf", conf)
 
-	var stderr syncBuffer
-	signals := make(chan os.Signal, 1)
-	e := &env{stdin: strings.NewReader(""), stdout: &strings.Builder{}, stderr: &stderr, signals: signals}
-	done := make(chan int)
-	go func() { done <- run(context.Background(), e, []string{"up", "-c", path, "-handshake-wait", "2m"}) }()
-	signals <- os.Interrupt
-	select {
-	case code := <-done:
-		if code != exitOK {
-			t.Fatalf("exit %d:\n%s", code, stderr.String())
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("up ignored SIGINT while waiting for the first handshake:\n%s", stderr.String())
-	}
+	p := runInProcess("up", "-c", path, "-handshake-wait", "2m")
+	p.signals <- os.Interrupt
+	p.exit(t, exitOK, 20*time.Second, "up ignored SIGINT while waiting for the first handshake")
 }
 
 // TestSecondSignalEndsGrace: the first signal lets open connections
@@ -131,19 +141,9 @@ func TestSecondSignalEndsGrace(t *testing.T) {
 	conf := site.WGQuick(ours, "[TCPClientTunnel]\nBindAddress = 127.0.0.1:0\nTarget = 10.0.0.2:7\n")
 	path := writeFile(t, t.TempDir(), "wg0.conf", conf)
 
-	var stderr syncBuffer
-	signals := make(chan os.Signal, 2)
-	e := &env{stdin: strings.NewReader(""), stdout: &strings.Builder{}, stderr: &stderr, signals: signals}
-	done := make(chan int)
-	go func() { done <- run(context.Background(), e, []string{"up", "-c", path, "-grace", "2m"}) }()
-	waitForLog(t, &stderr, `msg="wgbore is up"`)
-	var fwd string
-	for _, line := range strings.Split(stderr.String(), "\n") {
-		if i := strings.Index(line, "tcp 127.0.0.1:"); i >= 0 {
-			fwd = strings.Fields(strings.Split(line[i+len("tcp "):], "→")[0])[0]
-		}
-	}
-	c, err := net.Dial("tcp", fwd)
+	p := runInProcess("up", "-c", path, "-grace", "2m")
+	waitForLog(t, &p.stderr, `msg="wgbore is up"`)
+	c, err := net.Dial("tcp", p.forwarderAddr())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,22 +154,15 @@ func TestSecondSignalEndsGrace(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	signals <- os.Interrupt
-	waitForLog(t, &stderr, `msg="signal received: shutting down"`)
+	p.signals <- os.Interrupt
+	waitForLog(t, &p.stderr, `msg="signal received: shutting down"`)
 	select {
-	case code := <-done:
-		t.Fatalf("exit %d with a connection open, before its 2m grace:\n%s", code, stderr.String())
+	case code := <-p.done:
+		t.Fatalf("exit %d with a connection open, before its 2m grace:\n%s", code, p.stderr.String())
 	case <-time.After(200 * time.Millisecond):
 	}
-	signals <- os.Interrupt
-	select {
-	case code := <-done:
-		if code != exitOK {
-			t.Fatalf("exit %d:\n%s", code, stderr.String())
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("a second signal did not end the 2m grace:\n%s", stderr.String())
-	}
+	p.signals <- os.Interrupt
+	p.exit(t, exitOK, 20*time.Second, "a second signal did not end the 2m grace")
 }
 
 // TestFailedStartClosesListeners: when one listener cannot open, the
@@ -212,15 +205,11 @@ func TestSummaryWithoutEndpoint(t *testing.T) {
 		"[Peer]\nPublicKey = " + theirs.PublicKey().String() + "\nAllowedIPs = 10.0.0.2/32\n"
 	path := writeFile(t, t.TempDir(), "wg0.conf", conf)
 
-	var stderr syncBuffer
-	signals := make(chan os.Signal, 1)
-	e := &env{stdin: strings.NewReader(""), stdout: &strings.Builder{}, stderr: &stderr, signals: signals}
-	done := make(chan int)
-	go func() { done <- run(context.Background(), e, []string{"up", "-c", path}) }()
-	waitForLog(t, &stderr, `msg="wgbore is up"`)
-	signals <- os.Interrupt
-	<-done
-	for _, line := range strings.Split(stderr.String(), "\n") {
+	p := runInProcess("up", "-c", path)
+	waitForLog(t, &p.stderr, `msg="wgbore is up"`)
+	p.signals <- os.Interrupt
+	p.exit(t, exitOK, 30*time.Second, "up did not return after the signal")
+	for _, line := range strings.Split(p.stderr.String(), "\n") {
 		if strings.Contains(line, `msg="wgbore is up"`) &&
 			(!strings.Contains(line, "level=INFO") || !strings.Contains(line, "waiting for the peer to connect")) {
 			t.Fatalf("summary for a peer without an endpoint: %s", line)
