@@ -217,19 +217,34 @@ func (f *forwarder) mayLeave(id stack.TransportEndpointID, network string) bool 
 		// For our listeners; a port without one gets the refusal.
 		return false
 	}
-	dst := addrFrom(id.LocalAddress)
+	// Unmapped, as the host would reach it: see inTunnel.
+	dst := addrFrom(id.LocalAddress).Unmap()
 	if !f.cfg.Egress.Permits(dst) {
 		f.log.Debug("flow refused by egress policy", "network", network,
 			"src", netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort),
 			"dst", netip.AddrPortFrom(dst, id.LocalPort))
 		return false
 	}
-	if _, inTunnel := f.n.peerFor(dst); inTunnel {
+	if f.inTunnel(dst) {
 		f.log.Debug("flow refused: destination is inside the tunnel", "network", network,
 			"dst", netip.AddrPortFrom(dst, id.LocalPort))
 		return false
 	}
 	return true
+}
+
+// inTunnel reports whether dst, unmapped, lives in the tunnel rather than
+// on the host's network: one of our addresses or inside some peer's
+// AllowedIPs. It is given dst unmapped because a peer may spell an IPv4
+// destination as IPv4-mapped IPv6 (::ffff:10.7.0.1) in an IPv6 packet,
+// which neither our addresses nor an IPv4 AllowedIPs prefix contain, but
+// which a host socket reaches as the IPv4 address.
+func (f *forwarder) inTunnel(dst netip.Addr) bool {
+	if dst.Is4() && f.n.link.owns(tcpip.AddrFrom4(dst.As4())) {
+		return true
+	}
+	_, ok := f.n.peerFor(dst)
+	return ok
 }
 
 func addrFrom(a tcpip.Address) netip.Addr {

@@ -19,6 +19,9 @@ import (
 	"testing"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
@@ -822,5 +825,32 @@ func BenchmarkForwardTCP(b *testing.B) {
 			gb := float64(b.N) * float64(len(buf)) / 1e9
 			b.ReportMetric((cpuTime()-cpu0).Seconds()/gb, "cpu-s/GB")
 		})
+	}
+}
+
+// TestForwardRefusesMappedTunnelDestinations: an address inside some
+// peer's AllowedIPs, or one of our own, spelled as IPv4-mapped IPv6 in an
+// IPv6 packet, is judged as the IPv4 address it carries: in the tunnel,
+// not on the host's network, even where the egress policy allows it.
+func TestForwardRefusesMappedTunnelDestinations(t *testing.T) {
+	s := startServer(t, ForwardConfig{
+		Egress: Egress{Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.PrefixFrom(peersite.OurV4, 32)}},
+		Dial: func(context.Context, string, string) (net.Conn, error) {
+			return nil, syscall.ECONNREFUSED
+		},
+	})
+	other, _ := protocol.GeneratePrivateKey()
+	if err := s.n.Engine().SetPeer(protocol.PeerConfig{PublicKey: other.PublicKey(), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.7.0.0/16")}}); err != nil {
+		t.Fatal(err)
+	}
+	f := s.n.forward.Load()
+	for _, dst := range []netip.Addr{netip.MustParseAddr("::ffff:10.7.0.1"), netip.AddrFrom16(peersite.OurV4.As16())} {
+		id := stack.TransportEndpointID{
+			LocalAddress: tcpip.AddrFrom16(dst.As16()), LocalPort: 53,
+			RemoteAddress: tcpip.AddrFrom16(peersite.TheirV6.As16()), RemotePort: 1000,
+		}
+		if f.mayLeave(id, "udp") {
+			t.Errorf("a flow to %v may leave", dst)
+		}
 	}
 }

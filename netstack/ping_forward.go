@@ -218,12 +218,12 @@ func (f *forwarder) pingPacket(id stack.TransportEndpointID, pkt *stack.PacketBu
 	}
 	// What a refused ping returns: see icmpPacket.
 	refused := v6
-	src, dst := addrFrom(id.RemoteAddress), addrFrom(id.LocalAddress)
+	src, dst := addrFrom(id.RemoteAddress), addrFrom(id.LocalAddress).Unmap()
 	if !f.cfg.Egress.Permits(dst) {
 		f.log.Debug("ping dropped by egress policy", "src", src, "dst", dst)
 		return refused
 	}
-	if _, inTunnel := f.n.peerFor(dst); inTunnel {
+	if f.inTunnel(dst) {
 		f.log.Debug("ping dropped: destination is inside the tunnel", "src", src, "dst", dst)
 		return refused
 	}
