@@ -56,10 +56,19 @@ type DNSServer struct {
 	// that must not grow goroutines without end. Past it, queries are
 	// dropped, and the peer's resolver retries.
 	inFlight chan struct{}
+	// tcpConns bounds the TCP connections served at once: each holds a
+	// goroutine, a gVisor endpoint and, while a query is forwarded, a
+	// host socket, and a peer's connections to port 53 are ours, not
+	// flows that MaxFlowsPerPeer counts. Past it, a new connection is
+	// closed at once.
+	tcpConns chan struct{}
 }
 
 // maxDNSInFlight is how many UDP queries are answered at once.
 const maxDNSInFlight = 256
+
+// maxDNSTCPConns is how many TCP connections are served at once.
+const maxDNSTCPConns = 256
 
 // ServeDNS starts a DNS server on every tunnel address of ours, port 53,
 // over UDP and TCP. It runs until its Close or the Net's, which also
@@ -108,6 +117,7 @@ func newDNSServer(cfg DNSServerConfig) *DNSServer {
 		log:      cfg.Logger,
 		open:     map[io.Closer]struct{}{},
 		inFlight: make(chan struct{}, maxDNSInFlight),
+		tcpConns: make(chan struct{}, maxDNSTCPConns),
 	}
 	for name, addrs := range cfg.Records {
 		name = strings.ToLower(name)
@@ -204,12 +214,20 @@ func (d *DNSServer) serveTCP(l net.Listener) {
 		if err != nil {
 			return
 		}
+		select {
+		case d.tcpConns <- struct{}{}:
+		default:
+			c.Close()
+			continue
+		}
 		if !d.track(c) {
+			<-d.tcpConns
 			return
 		}
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()
+			defer func() { <-d.tcpConns }()
 			defer d.untrack(c)
 			// RFC 7766: several queries may follow one another on a
 			// connection; an idle one is closed.

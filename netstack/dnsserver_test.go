@@ -8,7 +8,9 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"syscall"
 	"testing"
+	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
 )
@@ -211,4 +213,52 @@ func FuzzDNSServer(f *testing.F) {
 			t.Fatalf("bad response %x to %x: %v", resp, query, err)
 		}
 	})
+}
+
+// TestDNSServerTCPConnLimit: past maxDNSTCPConns open connections, a new
+// one is closed at once instead of costing another goroutine.
+func TestDNSServerTCPConnLimit(t *testing.T) {
+	d := newDNSServer(DNSServerConfig{Upstream: []netip.AddrPort{closedLoopbackPort(t)}})
+	defer d.Close()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d.track(l) {
+		t.Fatal("track failed")
+	}
+	d.wg.Add(1)
+	go d.serveTCP(l)
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range maxDNSTCPConns {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+	}
+	// The held connections are being served: one answers a query.
+	q := dnsQuestion(t, 7, "example.com.", dnsmessage.TypeA)
+	conns[0].SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conns[0].Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(q))), q...)); err != nil {
+		t.Fatal(err)
+	}
+	var lb [2]byte
+	if _, err := io.ReadFull(conns[0], lb[:]); err != nil {
+		t.Fatal(err)
+	}
+	extra, err := net.Dial("tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer extra.Close()
+	extra.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := extra.Read(make([]byte, 1)); err != io.EOF && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("connection over the limit: read %v, want it closed", err)
+	}
 }
