@@ -365,19 +365,11 @@ func netAddr(network string, ap netip.AddrPort) net.Addr {
 	return net.TCPAddrFromAddrPort(ap)
 }
 
-// peerFor is the peer whose AllowedIPs route a to it: the longest
-// matching prefix, as the engine's cryptokey routing picks.
-func (n *Net) peerFor(a netip.Addr) (protocol.PeerStatus, bool) {
-	var best protocol.PeerStatus
-	bits := -1
-	for _, p := range n.engine.Peers() {
-		for _, pfx := range p.AllowedIPs {
-			if pfx.Bits() > bits && pfx.Contains(a) {
-				best, bits = p, pfx.Bits()
-			}
-		}
-	}
-	return best, bits >= 0
+// peerFor is the peer whose AllowedIPs route a to it: the engine's own
+// cryptokey-routing lookup, cheap enough for server mode to make per
+// packet.
+func (n *Net) peerFor(a netip.Addr) (protocol.PublicKey, bool) {
+	return n.engine.PeerFor(a.Unmap())
 }
 
 // contextError explains why a dial's context ended. A deadline towards a
@@ -389,8 +381,10 @@ func (n *Net) contextError(ctx context.Context, dst netip.Addr) error {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
-	if p, ok := n.peerFor(dst); ok && p.LastHandshake.IsZero() {
-		return &timeoutError{msg: fmt.Sprintf("no WireGuard handshake with peer %s (unreachable or wrong key)", p.PublicKey), cause: err}
+	if k, ok := n.peerFor(dst); ok {
+		if p, ok := n.engine.Peer(k); ok && p.LastHandshake.IsZero() {
+			return &timeoutError{msg: fmt.Sprintf("no WireGuard handshake with peer %s (unreachable or wrong key)", p.PublicKey), cause: err}
+		}
 	}
 	return &timeoutError{msg: "i/o timeout", cause: err}
 }

@@ -267,14 +267,14 @@ func (f *forwarder) acquire(id stack.TransportEndpointID, network string) (proto
 	if f.closed {
 		return protocol.PublicKey{}, false
 	}
-	if f.perPeer[peer.PublicKey] >= f.cfg.MaxFlowsPerPeer {
-		f.log.Debug("flow refused: peer at its flow limit", "network", network, "peer", peer.PublicKey,
+	if f.perPeer[peer] >= f.cfg.MaxFlowsPerPeer {
+		f.log.Debug("flow refused: peer at its flow limit", "network", network, "peer", peer,
 			"limit", f.cfg.MaxFlowsPerPeer, "dst", netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort))
 		return protocol.PublicKey{}, false
 	}
-	f.perPeer[peer.PublicKey]++
+	f.perPeer[peer]++
 	f.wg.Add(1)
-	return peer.PublicKey, true
+	return peer, true
 }
 
 // release undoes acquire once the flow's goroutines are done with it.

@@ -253,7 +253,7 @@ func (f *forwarder) pingPacket(id stack.TransportEndpointID, pkt *stack.PacketBu
 		return refused
 	}
 	ident, seq := binary.BigEndian.Uint16(h[4:6]), binary.BigEndian.Uint16(h[6:8])
-	if !p.send(peer.PublicKey, src, dst, ident, seq, pkt.Data().AsRange().ToSlice()) {
+	if !p.send(peer, src, dst, ident, seq, pkt.Data().AsRange().ToSlice()) {
 		return refused
 	}
 	return true

@@ -192,6 +192,18 @@ func (e *Engine) Peers() []PeerStatus {
 	return out
 }
 
+// PeerFor returns the peer whose AllowedIPs route a, by the longest
+// matching prefix: the lookup the send path makes, lock-free and
+// allocation-free, so a caller may make it per packet. An IPv4-mapped
+// IPv6 address is looked up as IPv6; unmap it first to mean the IPv4.
+func (e *Engine) PeerFor(a netip.Addr) (PublicKey, bool) {
+	p := e.allowed.Load().lookup(a)
+	if p == nil {
+		return PublicKey{}, false
+	}
+	return p.public, true
+}
+
 // Handshake starts a handshake with the peer now instead of at its first
 // packet, so a program learns at start whether the peer answers, and its
 // first connection does not pay for the round trip. Retries then follow

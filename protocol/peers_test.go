@@ -465,3 +465,45 @@ func TestPrivateKeyChange(t *testing.T) {
 	a.e.WritePackets([][]byte{p})
 	b.sink.expect(t, p)
 }
+
+// TestPeerFor: the lookup netstack's server mode makes per packet picks
+// the longest matching prefix, follows peer changes, and does not
+// allocate.
+func TestPeerFor(t *testing.T) {
+	clk := clock.NewManual(testEpoch)
+	net := memnet.NewNetwork(clk, 1)
+	n := newMemNode(t, net, clk, "192.168.7.1:51820", "10.0.0.1", nil)
+	wide, narrow := mustKey(t).PublicKey(), mustKey(t).PublicKey()
+	for _, pc := range []PeerConfig{
+		{PublicKey: wide, AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("fd00::/64")}},
+		{PublicKey: narrow, AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.1.2.0/24")}},
+	} {
+		if err := n.e.SetPeer(pc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		addr string
+		want PublicKey
+		ok   bool
+	}{
+		{"10.9.9.9", wide, true},
+		{"10.1.2.3", narrow, true},
+		{"fd00::7", wide, true},
+		{"198.51.100.1", PublicKey{}, false},
+		{"::ffff:10.1.2.3", PublicKey{}, false}, // mapped: looked up as IPv6
+	} {
+		got, ok := n.e.PeerFor(netip.MustParseAddr(tc.addr))
+		if ok != tc.ok || !got.Equal(tc.want) {
+			t.Errorf("PeerFor(%s) = %v, %v; want %v, %v", tc.addr, got, ok, tc.want, tc.ok)
+		}
+	}
+	n.e.RemovePeer(narrow)
+	if got, _ := n.e.PeerFor(netip.MustParseAddr("10.1.2.3")); !got.Equal(wide) {
+		t.Errorf("after removing the narrow peer, 10.1.2.3 goes to %v; want the wide one", got)
+	}
+	a := netip.MustParseAddr("10.1.2.3")
+	if allocs := testing.AllocsPerRun(100, func() { n.e.PeerFor(a) }); allocs != 0 {
+		t.Errorf("PeerFor allocates %v times per call", allocs)
+	}
+}
