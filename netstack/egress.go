@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"net"
 	"net/netip"
 )
 
@@ -74,6 +75,42 @@ func (e Egress) Permits(a netip.Addr) bool {
 	consider(e.Allow, true)
 	consider(e.Deny, false)
 	return allowed
+}
+
+// AllowsExplicitly reports whether one of the operator's Allow prefixes
+// contains a. Server mode uses it for flows that turn out to reach the
+// host itself through one of its own addresses, which no prefix list can
+// know in advance: those go through only where the operator opened them.
+func (e Egress) AllowsExplicitly(a netip.Addr) bool {
+	a = a.Unmap().WithZone("")
+	for _, p := range e.Allow {
+		if p = unmapPrefix(p); p.IsValid() && p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// reachesHostItself reports whether a connected socket's far end is this
+// host: Linux (and the BSDs) take the destination itself as the source
+// address of a socket to a local address, so equal ends mean a local
+// service, whichever of the host's addresses was dialled.
+func reachesHostItself(c net.Conn) bool {
+	local, lok := addrOf(c.LocalAddr())
+	remote, rok := addrOf(c.RemoteAddr())
+	return lok && rok && local == remote
+}
+
+func addrOf(a net.Addr) (netip.Addr, bool) {
+	switch a := a.(type) {
+	case *net.TCPAddr:
+		ip, ok := netip.AddrFromSlice(a.IP)
+		return ip.Unmap(), ok
+	case *net.UDPAddr:
+		ip, ok := netip.AddrFromSlice(a.IP)
+		return ip.Unmap(), ok
+	}
+	return netip.Addr{}, false
 }
 
 // unmapPrefix turns an IPv4-mapped IPv6 prefix (::ffff:10.0.0.0/104) into

@@ -356,7 +356,7 @@ func (f *forwarder) handleTCP(req *tcp.ForwarderRequest) {
 	}
 	defer f.release(peer)
 	dst := netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort)
-	host, err := f.cfg.Dial(f.ctx, "tcp", dst.String())
+	host, err := f.dialHost("tcp", dst)
 	if err != nil {
 		f.log.Debug("host dial failed", "network", "tcp", "peer", peer, "dst", dst, "err", err)
 		req.Complete(true)
@@ -448,12 +448,35 @@ func (f *forwarder) startUDP(req *udp.ForwarderRequest) bool {
 	return true
 }
 
+// errHostItself refuses a flow that reached one of the host's own
+// addresses without the operator's Allow.
+var errHostItself = errors.New("destination is this host itself, which [Egress] Allow does not name")
+
+// dialHost opens the host side of a flow. The egress policy has judged
+// dst by its prefixes, but cannot know every address the host itself
+// answers on (its public IP, a Docker bridge): a socket whose two ends
+// are the same address reached a local service, and that is refused
+// unless an Allow prefix names the destination. For TCP the host service
+// has then seen a connection open and close; no data crosses.
+func (f *forwarder) dialHost(network string, dst netip.AddrPort) (net.Conn, error) {
+	host, err := f.cfg.Dial(f.ctx, network, dst.String())
+	if err != nil {
+		return nil, err
+	}
+	if reachesHostItself(host) && !f.cfg.Egress.AllowsExplicitly(dst.Addr()) {
+		host.Close()
+		f.log.Debug("flow refused by egress policy: the destination is this host", "network", network, "dst", dst)
+		return nil, errHostItself
+	}
+	return host, nil
+}
+
 // relayUDP dials the host side of a UDP flow and copies datagrams both
 // ways until the flow has been idle for UDPIdleTimeout. Idleness is
 // watched by one timer per flow that rereads the last activity, so a
 // datagram costs an atomic store and no timer or deadline change.
 func (f *forwarder) relayUDP(peer protocol.PublicKey, dst netip.AddrPort, tunnel *gonet.UDPConn) {
-	host, err := f.cfg.Dial(f.ctx, "udp", dst.String())
+	host, err := f.dialHost("udp", dst)
 	if err != nil {
 		f.log.Debug("host dial failed", "network", "udp", "peer", peer, "dst", dst, "err", err)
 		tunnel.Close()

@@ -854,3 +854,38 @@ func TestForwardRefusesMappedTunnelDestinations(t *testing.T) {
 		}
 	}
 }
+
+// TestForwardRefusesHostItself: a destination the prefix policy permits
+// (public unicast) can still be one of the host's own addresses, which no
+// prefix list knows. The test stands a host address in with a Dial that
+// lands every flow on a 127.0.0.1 service, as a dial to the host's public
+// address would land on a local one: that flow is refused, unless Allow
+// names the destination.
+func TestForwardRefusesHostItself(t *testing.T) {
+	l := hostListen(t, hostLoopback)
+	serveHostTCP(l, func(c net.Conn) { io.WriteString(c, "local service") })
+	local := l.Addr().String()
+	toLocal := func(ctx context.Context, network, _ string) (net.Conn, error) {
+		return (&net.Dialer{}).DialContext(ctx, network, local)
+	}
+	public := "198.51.100.7:80" // documentation range, never dialled
+
+	s := startServer(t, ForwardConfig{Dial: toLocal})
+	if c, err := s.dial(t, "tcp", public); err == nil {
+		c.Close()
+		t.Fatal("a flow that reached the host itself was let through")
+	} else if !errors.Is(err, syscall.ECONNREFUSED) {
+		t.Fatalf("dial: %v; want connection refused", err)
+	}
+
+	open := startServer(t, ForwardConfig{Dial: toLocal, Egress: Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.51.100.7/32")}}})
+	c, err := open.dial(t, "tcp", public)
+	if err != nil {
+		t.Fatalf("with Allow naming the destination: %v", err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Second))
+	if got, _ := io.ReadAll(c); string(got) != "local service" {
+		t.Fatalf("got %q", got)
+	}
+}
