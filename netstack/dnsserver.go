@@ -89,7 +89,7 @@ func (n *Net) ServeDNS(cfg DNSServerConfig) (*DNSServer, error) {
 			d.Close()
 			return nil, fmt.Errorf("dns server: %w", err)
 		}
-		if !d.track(pc) {
+		if !d.track(pc, 1) {
 			return nil, net.ErrClosed
 		}
 		l, err := n.Listen("tcp", ap)
@@ -97,10 +97,10 @@ func (n *Net) ServeDNS(cfg DNSServerConfig) (*DNSServer, error) {
 			d.Close()
 			return nil, fmt.Errorf("dns server: %w", err)
 		}
-		if !d.track(l) {
+		if !d.track(l, 1) {
+			d.wg.Done() // serveUDP, counted but never started
 			return nil, net.ErrClosed
 		}
-		d.wg.Add(2)
 		go d.serveUDP(pc)
 		go d.serveTCP(l)
 	}
@@ -164,7 +164,10 @@ func (d *DNSServer) wait() { d.wg.Wait() }
 
 // track registers a socket for stop to close, or closes it at once when
 // the server is stopping.
-func (d *DNSServer) track(c io.Closer) bool {
+// track registers c to be closed by Close and counts the goroutines
+// about to serve it, both under the lock Close takes first, so Close never
+// waits on a count that is still growing.
+func (d *DNSServer) track(c io.Closer, goroutines int) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.ctx.Err() != nil {
@@ -172,6 +175,7 @@ func (d *DNSServer) track(c io.Closer) bool {
 		return false
 	}
 	d.open[c] = struct{}{}
+	d.wg.Add(goroutines)
 	return true
 }
 
@@ -220,11 +224,10 @@ func (d *DNSServer) serveTCP(l net.Listener) {
 			c.Close()
 			continue
 		}
-		if !d.track(c) {
+		if !d.track(c, 1) {
 			<-d.tcpConns
 			return
 		}
-		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()
 			defer func() { <-d.tcpConns }()

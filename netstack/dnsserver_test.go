@@ -224,10 +224,9 @@ func TestDNSServerTCPConnLimit(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !d.track(l) {
+	if !d.track(l, 1) {
 		t.Fatal("track failed")
 	}
-	d.wg.Add(1)
 	go d.serveTCP(l)
 	var conns []net.Conn
 	defer func() {
