@@ -801,29 +801,7 @@ func BenchmarkForwardTCP(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer c.Close()
-			buf := make([]byte, 1<<20)
-			move := func() {
-				if dir == "download" {
-					if _, err := io.ReadFull(c, buf); err != nil {
-						b.Fatal(err)
-					}
-				} else if _, err := c.Write(buf); err != nil {
-					b.Fatal(err)
-				}
-			}
-			// Warm up: let the windows open before measuring.
-			for range 8 {
-				move()
-			}
-			cpu0 := cpuTime()
-			b.SetBytes(int64(len(buf)))
-			b.ResetTimer()
-			for range b.N {
-				move()
-			}
-			b.StopTimer()
-			gb := float64(b.N) * float64(len(buf)) / 1e9
-			b.ReportMetric((cpuTime()-cpu0).Seconds()/gb, "cpu-s/GB")
+			measureStream(b, c, dir == "download")
 		})
 	}
 }
