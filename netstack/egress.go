@@ -20,25 +20,31 @@ type Egress struct {
 
 // defaultDeny is built once; DefaultDeny hands out copies.
 var defaultDeny = []netip.Prefix{
-	netip.MustParsePrefix("0.0.0.0/8"),          // "this network", including 0.0.0.0
-	netip.MustParsePrefix("10.0.0.0/8"),         // private (RFC 1918)
-	netip.MustParsePrefix("100.64.0.0/10"),      // carrier-grade NAT (RFC 6598)
-	netip.MustParsePrefix("127.0.0.0/8"),        // loopback
-	netip.MustParsePrefix("169.254.0.0/16"),     // link-local, cloud metadata services
-	netip.MustParsePrefix("172.16.0.0/12"),      // private
-	netip.MustParsePrefix("192.168.0.0/16"),     // private
-	netip.MustParsePrefix("224.0.0.0/4"),        // multicast
-	netip.MustParsePrefix("255.255.255.255/32"), // limited broadcast
-	netip.MustParsePrefix("::/128"),             // unspecified
-	netip.MustParsePrefix("::1/128"),            // loopback
-	netip.MustParsePrefix("fc00::/7"),           // unique local
-	netip.MustParsePrefix("fe80::/10"),          // link-local
-	netip.MustParsePrefix("ff00::/8"),           // multicast
+	netip.MustParsePrefix("0.0.0.0/8"),      // "this network", including 0.0.0.0
+	netip.MustParsePrefix("10.0.0.0/8"),     // private (RFC 1918)
+	netip.MustParsePrefix("100.64.0.0/10"),  // carrier-grade NAT (RFC 6598)
+	netip.MustParsePrefix("127.0.0.0/8"),    // loopback
+	netip.MustParsePrefix("169.254.0.0/16"), // link-local, cloud metadata services
+	netip.MustParsePrefix("172.16.0.0/12"),  // private
+	netip.MustParsePrefix("192.0.0.0/24"),   // IETF protocol assignments (RFC 6890)
+	netip.MustParsePrefix("192.168.0.0/16"), // private
+	netip.MustParsePrefix("198.18.0.0/15"),  // benchmarking, often lab networks (RFC 2544)
+	netip.MustParsePrefix("224.0.0.0/4"),    // multicast
+	netip.MustParsePrefix("240.0.0.0/4"),    // reserved, with limited broadcast
+	netip.MustParsePrefix("::/128"),         // unspecified
+	netip.MustParsePrefix("::1/128"),        // loopback
+	netip.MustParsePrefix("64:ff9b:1::/48"), // local-use NAT64 (RFC 8215)
+	netip.MustParsePrefix("fc00::/7"),       // unique local
+	netip.MustParsePrefix("fec0::/10"),      // site-local, deprecated but still routed in places
+	netip.MustParsePrefix("fe80::/10"),      // link-local
+	netip.MustParsePrefix("ff00::/8"),       // multicast
 }
 
 // DefaultDeny returns the ranges Permits denies unless Allow opens them.
 // IPv4-mapped IPv6 addresses (::ffff:0:0/96) are not listed: Permits
-// judges them as the IPv4 address they carry.
+// judges them as the IPv4 address they carry. NAT64 (64:ff9b::/96) and
+// 6to4 (2002::/16) addresses are not listed either: they pass only where
+// the IPv4 address they carry would.
 func DefaultDeny() []netip.Prefix {
 	return append([]netip.Prefix(nil), defaultDeny...)
 }
@@ -61,6 +67,11 @@ func (e Egress) Permits(a netip.Addr) bool {
 		return false
 	}
 	a = a.Unmap().WithZone("")
+	// A NAT64 or 6to4 address is a way to an IPv4 address; it may lead
+	// only where that IPv4 address may.
+	if v4, ok := embeddedIPv4(a); ok && !e.Permits(v4) {
+		return false
+	}
 	// Later lists win ties: defaults, then Allow, then Deny.
 	bestBits, allowed := -1, true
 	consider := func(prefixes []netip.Prefix, allow bool) {
@@ -75,6 +86,25 @@ func (e Egress) Permits(a netip.Addr) bool {
 	consider(e.Allow, true)
 	consider(e.Deny, false)
 	return allowed
+}
+
+var (
+	nat64Prefix = netip.MustParsePrefix("64:ff9b::/96") // well-known NAT64 (RFC 6052)
+	sixToFour   = netip.MustParsePrefix("2002::/16")    // 6to4 (RFC 3056)
+)
+
+// embeddedIPv4 returns the IPv4 address a NAT64 or 6to4 address carries.
+func embeddedIPv4(a netip.Addr) (netip.Addr, bool) {
+	b := a.As16()
+	switch {
+	case !a.Is6():
+		return netip.Addr{}, false
+	case nat64Prefix.Contains(a):
+		return netip.AddrFrom4([4]byte{b[12], b[13], b[14], b[15]}), true
+	case sixToFour.Contains(a):
+		return netip.AddrFrom4([4]byte{b[2], b[3], b[4], b[5]}), true
+	}
+	return netip.Addr{}, false
 }
 
 // AllowsExplicitly reports whether one of the operator's Allow prefixes

@@ -20,6 +20,16 @@ func TestEgressPermits(t *testing.T) {
 		want   bool
 	}{
 		{"public v4", Egress{}, "198.51.100.7", true},
+		{"reserved 240/4", Egress{}, "240.1.2.3", false},
+		{"benchmarking 198.18/15", Egress{}, "198.19.0.1", false},
+		{"IETF 192.0.0/24", Egress{}, "192.0.0.8", false},
+		{"site-local v6", Egress{}, "fec0::1", false},
+		{"NAT64 to a private v4", Egress{}, "64:ff9b::a00:5", false},
+		{"NAT64 to a public v4", Egress{}, "64:ff9b::c633:6407", true},
+		{"NAT64 to loopback, v4 allowed", Egress{Allow: pfx("127.0.0.1/32")}, "64:ff9b::7f00:1", true},
+		{"local-use NAT64", Egress{}, "64:ff9b:1::a00:5", false},
+		{"6to4 to a private v4", Egress{}, "2002:a00:5::1", false},
+		{"6to4 to a public v4", Egress{}, "2002:c633:6407::1", true},
 		{"public v6", Egress{}, "2001:db8::1", true},
 		{"loopback", Egress{}, "127.0.0.1", false},
 		{"loopback other", Egress{}, "127.3.4.5", false},
