@@ -246,3 +246,20 @@ func (e *Engine) Close() error {
 	})
 	return err
 }
+
+// PrivateKey returns our static private key. It exists only for the UAPI
+// socket (package uapi), whose `get` must hand the key to `wg showconf`
+// exactly as wireguard-go does; that socket is mode 0600, so only the
+// owner, who could read the config file anyway, can ask. Nothing else
+// should call it: every other path treats the key as write-only.
+func (e *Engine) PrivateKey() PrivateKey { return e.identity().private }
+
+// ListenPort is the UDP port the engine's Bind listens on, or 0 when the
+// Bind does not say (an in-memory Bind in tests). A Bind reports its port
+// by having a Port() uint16 method, as UDPBind does.
+func (e *Engine) ListenPort() uint16 {
+	if b, ok := e.bind.(interface{ Port() uint16 }); ok {
+		return b.Port()
+	}
+	return 0
+}

@@ -414,3 +414,17 @@ func (p *Peer) zeroKeyMaterial() {
 	p.handshake.clearLocked()
 	p.handshake.mu.Unlock()
 }
+
+// PeerPresharedKey returns one peer's preshared key. Like
+// Engine.PrivateKey it exists only for the UAPI socket: a UAPI `set` that
+// changes a peer's endpoint or AllowedIPs must carry the unchanged key
+// into SetPeer, and `get` must report it for `wg showconf`.
+func (e *Engine) PeerPresharedKey(k PublicKey) (PresharedKey, bool) {
+	p := e.lookupPeer(k)
+	if p == nil {
+		return PresharedKey{}, false
+	}
+	p.handshake.mu.Lock()
+	defer p.handshake.mu.Unlock()
+	return p.handshake.presharedKey, true
+}
