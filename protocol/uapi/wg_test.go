@@ -65,15 +65,39 @@ func TestWgTool(t *testing.T) {
 		return string(out)
 	}
 
-	peer := newPublic(t)
+	// A second engine on loopback is the peer, so `wg show` has a real
+	// handshake and transfer figures to print.
+	other := newEngine(t)
+	peer := other.PublicKey()
 	psk, _ := protocol.GeneratePresharedKey()
-	if err := e.SetPeer(protocol.PeerConfig{
-		PublicKey:           peer,
-		PresharedKey:        psk,
-		Endpoint:            "127.0.0.1:51999",
-		AllowedIPs:          prefixes("10.8.0.0/24"),
-		PersistentKeepalive: 30 * time.Second,
+	endpoint := "127.0.0.1:" + strconv.Itoa(int(other.ListenPort()))
+	// Keepalive comes after the handshake: set at once, it would start
+	// a second initiation racing the one Handshake sends.
+	cfg := protocol.PeerConfig{
+		PublicKey:    peer,
+		PresharedKey: psk,
+		Endpoint:     endpoint,
+		AllowedIPs:   prefixes("10.8.0.0/24"),
+	}
+	if err := e.SetPeer(cfg); err != nil {
+		t.Fatal(err)
+	}
+	if err := other.SetPeer(protocol.PeerConfig{
+		PublicKey:    e.PublicKey(),
+		PresharedKey: psk,
+		Endpoint:     "127.0.0.1:" + strconv.Itoa(int(e.ListenPort())),
 	}); err != nil {
+		t.Fatal(err)
+	}
+	e.Handshake(peer)
+	for deadline := time.Now().Add(10 * time.Second); mustPeer(t, e, peer).LastHandshake.IsZero(); {
+		if time.Now().After(deadline) {
+			t.Fatal("no handshake with the loopback peer")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	cfg.PersistentKeepalive = 30 * time.Second
+	if err := e.SetPeer(cfg); err != nil {
 		t.Fatal(err)
 	}
 
@@ -82,8 +106,10 @@ func TestWgTool(t *testing.T) {
 		"interface: " + name,
 		"public key: " + e.PublicKey().String(),
 		"peer: " + peer.String(),
-		"endpoint: 127.0.0.1:51999",
+		"endpoint: " + endpoint,
 		"allowed ips: 10.8.0.0/24",
+		"latest handshake: ",
+		"transfer: ",
 		"persistent keepalive: every 30 seconds",
 	} {
 		if !strings.Contains(show, want) {
@@ -107,7 +133,7 @@ func TestWgTool(t *testing.T) {
 		"Peer.PublicKey":           peer.String(),
 		"Peer.PresharedKey":        psk.Base64(),
 		"Peer.AllowedIPs":          "10.9.0.0/24",
-		"Peer.Endpoint":            "127.0.0.1:51999",
+		"Peer.Endpoint":            endpoint,
 		"Peer.PersistentKeepalive": "30",
 	}
 	for k, v := range want {
