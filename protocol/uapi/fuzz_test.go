@@ -73,7 +73,7 @@ func FuzzUAPISet(f *testing.F) {
 		dev := &fakeDevice{port: 51820, peers: map[protocol.PublicKey]protocol.PeerConfig{}}
 		in := append([]byte("set=1\n"), body...)
 		c := &fuzzConn{in: bytes.NewReader(in)}
-		if err := Handle(c, dev); err != nil && !strings.Contains(err.Error(), "too long") {
+		if err := NewHandler(dev).Handle(c); err != nil && !strings.Contains(err.Error(), "too long") {
 			t.Fatalf("Handle: %v", err)
 		}
 		// Each complete request gets one reply ending in "errno=N\n\n".

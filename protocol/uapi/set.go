@@ -203,10 +203,8 @@ type peerState struct {
 // listen_port can only be confirmed: the engine's sockets are opened
 // once, before the engine starts, so asking for the port it already has
 // succeeds and any other port is refused with EOPNOTSUPP.
+// The caller serialises applies on one device (Handler.setMu).
 func (req *setRequest) apply(dev Device) *Error {
-	setMu.Lock()
-	defer setMu.Unlock()
-
 	if req.hasListenPort && req.listenPort != dev.ListenPort() {
 		return errorf(errnoNotSupported, "listen_port: wgbore cannot change its port while running")
 	}

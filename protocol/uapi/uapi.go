@@ -70,15 +70,24 @@ func errorf(errno int, format string, args ...any) *Error {
 // keeps a misbehaving client from growing our buffer without end.
 const maxLine = 4096
 
-// setMu serialises every `set`: a set reads the peers' current state and
-// writes the merged result, and two interleaved sets from two
-// connections would each lose the other's change.
-var setMu sync.Mutex
+// Handler answers UAPI requests for one device, on any number of
+// connections.
+type Handler struct {
+	dev Device
+	// setMu serialises the device's `set`s: a set reads the peers'
+	// current state and writes the merged result, and two interleaved
+	// sets from two connections would each lose the other's change.
+	setMu sync.Mutex
+}
+
+// NewHandler returns a Handler for dev.
+func NewHandler(dev Device) *Handler { return &Handler{dev: dev} }
 
 // Handle answers one connection's requests until it reaches EOF. A
 // refused request is answered with its errno and the connection goes on;
 // only an I/O error, or a line longer than maxLine, ends it with an error.
-func Handle(rw io.ReadWriter, dev Device) error {
+func (h *Handler) Handle(rw io.ReadWriter) error {
+	dev := h.dev
 	r := bufio.NewReaderSize(rw, maxLine)
 	w := bufio.NewWriter(rw)
 	for {
@@ -111,7 +120,9 @@ func Handle(rw io.ReadWriter, dev Device) error {
 				reqErr = perr
 				break
 			}
+			h.setMu.Lock()
 			reqErr = req.apply(dev)
+			h.setMu.Unlock()
 		case "":
 			// A stray empty line: nothing was asked, so nothing is
 			// answered, as wireguard-go does.
@@ -211,6 +222,7 @@ func Serve(ctx context.Context, l net.Listener, dev Device, log *slog.Logger) er
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
+	h := NewHandler(dev)
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex
@@ -249,7 +261,7 @@ func Serve(ctx context.Context, l net.Listener, dev Device, log *slog.Logger) er
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := Handle(c, dev); err != nil && ctx.Err() == nil {
+			if err := h.Handle(c); err != nil && ctx.Err() == nil {
 				log.Debug("uapi connection ended", "err", err)
 			}
 			mu.Lock()
