@@ -12,6 +12,7 @@ import (
 
 	"github.com/wgbore/wgbore/config"
 	"github.com/wgbore/wgbore/netstack"
+	"github.com/wgbore/wgbore/protocol/uapi"
 	"github.com/wgbore/wgbore/proxy"
 )
 
@@ -92,6 +93,8 @@ func runTunnel(ctx context.Context, e *env, args []string, name, usage string, s
 	path := fs.String("c", "", "configuration `file` (wg-quick or wireproxy format)")
 	grace := fs.Duration("grace", defaultGrace, "how long open connections may finish after SIGINT/SIGTERM")
 	wait := fs.Duration("handshake-wait", defaultHandshakeWait, "how long to wait for the first handshakes before logging the start-up summary")
+	ifname := fs.String("interface-name", "", "`name` of the UAPI socket, for wg show NAME (default: the config file's base name)")
+	uapiDir := fs.String("uapi-dir", uapi.SocketDir, "`directory` of the UAPI socket; wg looks only in "+uapi.SocketDir)
 	var lf logFlags
 	lf.register(fs)
 	if code, done := parseFlags(e, fs, args); done {
@@ -134,6 +137,7 @@ func runTunnel(ctx context.Context, e *env, args []string, name, usage string, s
 		log.Error("cannot start", "err", err)
 		return exitFailure
 	}
+	svc.startUAPI(*uapiDir, interfaceName(*ifname, *path))
 	// The summary waits for handshakes beside the select below, so a
 	// signal during that wait is answered at once.
 	svc.startSummary(*wait)

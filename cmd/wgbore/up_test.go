@@ -50,7 +50,10 @@ type inProcess struct {
 	done    chan int
 }
 
-func runInProcess(args ...string) *inProcess {
+func runInProcess(t *testing.T, args ...string) *inProcess {
+	if len(args) > 0 && (args[0] == "up" || args[0] == "serve") {
+		args = append(args, "-uapi-dir", shortTempDir(t))
+	}
 	p := &inProcess{signals: make(chan os.Signal, 2), done: make(chan int, 1)}
 	e := &env{stdin: strings.NewReader(""), stdout: &strings.Builder{}, stderr: &p.stderr, signals: p.signals}
 	go func() { p.done <- run(context.Background(), e, args) }()
@@ -93,7 +96,7 @@ func TestUpInProcess(t *testing.T) {
 	conf = strings.Replace(conf, "[Peer]", "CheckAlive = 10.0.0.2, 10.0.0.99\nCheckAliveInterval = 1\n\n[Peer]", 1)
 	path := writeFile(t, t.TempDir(), "wg0.conf", conf)
 
-	p := runInProcess("up", "-c", path)
+	p := runInProcess(t, "up", "-c", path)
 	waitForLog(t, &p.stderr, `msg="wgbore is up"`)
 	if !strings.Contains(p.stderr.String(), `handshakes=1/1`) {
 		t.Fatalf("summary without a completed handshake:\n%s", p.stderr.String())
@@ -127,7 +130,7 @@ func TestSignalDuringHandshakeWait(t *testing.T) {
 		"[TCPClientTunnel]\nBindAddress = 127.0.0.1:0\nTarget = 10.0.0.2:7\n"
 	path := writeFile(t, t.TempDir(), "wg0.conf", conf)
 
-	p := runInProcess("up", "-c", path, "-handshake-wait", "2m")
+	p := runInProcess(t, "up", "-c", path, "-handshake-wait", "2m")
 	p.signals <- os.Interrupt
 	p.exit(t, exitOK, 20*time.Second, "up ignored SIGINT while waiting for the first handshake")
 }
@@ -141,7 +144,7 @@ func TestSecondSignalEndsGrace(t *testing.T) {
 	conf := site.WGQuick(ours, "[TCPClientTunnel]\nBindAddress = 127.0.0.1:0\nTarget = 10.0.0.2:7\n")
 	path := writeFile(t, t.TempDir(), "wg0.conf", conf)
 
-	p := runInProcess("up", "-c", path, "-grace", "2m")
+	p := runInProcess(t, "up", "-c", path, "-grace", "2m")
 	waitForLog(t, &p.stderr, `msg="wgbore is up"`)
 	c, err := net.Dial("tcp", p.forwarderAddr())
 	if err != nil {
@@ -205,7 +208,7 @@ func TestSummaryWithoutEndpoint(t *testing.T) {
 		"[Peer]\nPublicKey = " + theirs.PublicKey().String() + "\nAllowedIPs = 10.0.0.2/32\n"
 	path := writeFile(t, t.TempDir(), "wg0.conf", conf)
 
-	p := runInProcess("up", "-c", path)
+	p := runInProcess(t, "up", "-c", path)
 	waitForLog(t, &p.stderr, `msg="wgbore is up"`)
 	p.signals <- os.Interrupt
 	p.exit(t, exitOK, 30*time.Second, "up did not return after the signal")

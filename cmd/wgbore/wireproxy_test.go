@@ -71,7 +71,7 @@ func TestWireproxyConfig(t *testing.T) {
 	dir := t.TempDir()
 	conf := writeFile(t, dir, "wireproxy.conf", fmt.Sprintf(wireproxyStyle, ours.Base64(), site.PublicKey, site.Endpoint(), tcpEcho))
 
-	cmd := exec.Command(wgboreBinary(t), "up", "-c", conf, "-log-format", "json")
+	cmd := exec.Command(wgboreBinary(t), "up", "-c", conf, "-log-format", "json", "-uapi-dir", shortTempDir(t))
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	d := runDaemon(t, cmd)
