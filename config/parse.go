@@ -423,10 +423,10 @@ func (p *parser) closeSection(f *fileState, s *section) {
 		if !hasKey && !hasFile {
 			p.errorf(f, s.line, "", "[Interface] has no PrivateKey")
 		}
-		if line, ok := s.seen["CheckAliveInterval"]; ok {
-			if _, ok := s.seen["CheckAlive"]; !ok {
-				p.errorf(f, line, "CheckAliveInterval", "only valid when CheckAlive is set")
-			}
+		// An empty "CheckAlive =" sets nothing, so it does not make an
+		// interval valid either (wireproxy counts addresses too).
+		if line, ok := s.seen["CheckAliveInterval"]; ok && len(s.iface.CheckAlive) == 0 {
+			p.errorf(f, line, "CheckAliveInterval", "only valid when CheckAlive is set")
 		}
 	case secPeer:
 		if _, ok := s.seen["PublicKey"]; !ok {

@@ -92,3 +92,14 @@ func TestServeSectionErrors(t *testing.T) {
 		t.Fatalf("errors:\n%v\nwant:\n%s", err, strings.Join(want, "\n"))
 	}
 }
+
+// TestEmptyCheckAliveWithInterval: "CheckAlive =" sets no address, so an
+// interval beside it is as meaningless as one without it (a fuzzer found
+// that the render, which drops both, read back differently).
+func TestEmptyCheckAliveWithInterval(t *testing.T) {
+	src := "[Interface]\nPrivateKey = " + privA + "\nCheckAlive =\nCheckAliveInterval = 3\n"
+	_, err := config.Parse("wg0.conf", []byte(src), config.Options{})
+	if err == nil || err.Error() != "wg0.conf:4: CheckAliveInterval: only valid when CheckAlive is set" {
+		t.Fatalf("err = %v", err)
+	}
+}
