@@ -1064,11 +1064,7 @@ func (p *parser) number(f *fileState, n int, key, v string, lo, hi uint64) (uint
 func (p *parser) setEgress(f *fileState, e *Egress, key, v string, n int) {
 	switch key {
 	case "Allow", "Deny":
-		for item := range strings.SplitSeq(v, ",") {
-			item = strings.TrimSpace(item)
-			if item == "" {
-				continue
-			}
+		for _, item := range splitList(v) {
 			pfx, ok := p.prefix(f, n, key, item)
 			if !ok {
 				continue
@@ -1089,11 +1085,7 @@ func (p *parser) setEgress(f *fileState, e *Egress, key, v string, n int) {
 func (p *parser) setDNSServer(f *fileState, d *DNSServer, key, v string, n int) {
 	switch key {
 	case "Upstream":
-		for item := range strings.SplitSeq(v, ",") {
-			item = strings.TrimSpace(item)
-			if item == "" {
-				continue
-			}
+		for _, item := range splitList(v) {
 			if a, err := netip.ParseAddr(item); err == nil && a.Zone() == "" {
 				d.Upstream = append(d.Upstream, netip.AddrPortFrom(a, 53))
 			} else if ap, err := netip.ParseAddrPort(item); err == nil && ap.Port() != 0 {
@@ -1104,13 +1096,10 @@ func (p *parser) setDNSServer(f *fileState, d *DNSServer, key, v string, n int) 
 		}
 	case "Record":
 		// One name and its addresses per item: "demo.wg 10.0.0.1 fd00::1".
-		for item := range strings.SplitSeq(v, ",") {
+		for _, item := range splitList(v) {
 			fields := strings.Fields(item)
-			if len(fields) == 0 {
-				continue
-			}
 			if len(fields) < 2 || !validHostname(fields[0]) {
-				p.errorf(f, n, key, "%q: want a name and one or more IP addresses", strings.TrimSpace(item))
+				p.errorf(f, n, key, "%q: want a name and one or more IP addresses", item)
 				continue
 			}
 			name := strings.ToLower(strings.TrimSuffix(fields[0], ".")) + "."
