@@ -134,14 +134,7 @@ Target = %s
 
 func benchConn(b *testing.B, dial func(context.Context) (net.Conn, error)) net.Conn {
 	b.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	c, err := dial(ctx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	c.SetDeadline(time.Now().Add(5 * time.Minute))
-	return c
+	return benchDial(b, func(ctx context.Context, _ string) (net.Conn, error) { return dial(ctx) }, "")
 }
 
 // sinkAndSource runs a discard and a source service on listeners from
@@ -155,18 +148,7 @@ func sinkAndSource(b *testing.B, listen func() (net.Listener, error)) (sink, sou
 		if err != nil {
 			b.Fatal(err)
 		}
-		done := make(chan struct{})
-		go func() {
-			defer close(done)
-			for {
-				c, err := l.Accept()
-				if err != nil {
-					return
-				}
-				go func() { defer c.Close(); handle(c) }()
-			}
-		}()
-		b.Cleanup(func() { l.Close(); <-done })
+		serveConns(b, l, handle)
 		return l.Addr().String()
 	}
 	sink = serve(func(c net.Conn) {

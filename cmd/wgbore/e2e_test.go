@@ -33,17 +33,7 @@ func hostEcho(t *testing.T) (tcpAddr, udpAddr string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	done := make(chan struct{})
-	go func() {
-		defer close(done)
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(c, c); c.Close() }()
-		}
-	}()
+	serveConns(t, l, func(c net.Conn) { io.Copy(c, c) })
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -60,8 +50,25 @@ func hostEcho(t *testing.T) (tcpAddr, udpAddr string) {
 			pc.WriteTo(buf[:n], from)
 		}
 	}()
-	t.Cleanup(func() { l.Close(); pc.Close(); <-done; <-udpDone })
+	t.Cleanup(func() { pc.Close(); <-udpDone })
 	return l.Addr().String(), pc.LocalAddr().String()
+}
+
+// serveConns runs handle on each connection l accepts, closing the
+// connection after it, until the test ends and closes l.
+func serveConns(tb testing.TB, l net.Listener, handle func(net.Conn)) {
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); handle(c) }()
+		}
+	}()
+	tb.Cleanup(func() { l.Close(); <-done })
 }
 
 // curlRun runs curl with no proxy environment and no ~/.curlrc and
