@@ -13,7 +13,8 @@
 //     WGConfig include and its CheckAlive keys in [Interface].
 //   - Our own additions: [UDPServerTunnel] (the reverse of
 //     UDPProxyTunnel), MaxConnections on every TCP listener, IdleTimeout
-//     on the TCP tunnels, and server mode's [Egress] and [DNSServer].
+//     on the TCP tunnels, server mode's [Egress] and [DNSServer], and
+//     [Metrics] for the health and metrics endpoints.
 //   - PrivateKeyFile and PresharedKeyFile, so secrets can live in files that
 //     a secret manager mounts, outside the config.
 //
@@ -118,6 +119,10 @@ type Config struct {
 	// the file has no such section.
 	Egress    *Egress
 	DNSServer *DNSServer
+
+	// Metrics serves /metrics, /healthz and /readyz; nil when the file
+	// has no [Metrics] section.
+	Metrics *Metrics
 
 	// Warnings are the problems that did not stop the parse.
 	Warnings []Warning
@@ -305,6 +310,17 @@ type DNSServer struct {
 	// their addresses.
 	Records map[string][]netip.Addr
 	Pos     Position
+}
+
+// Metrics is the [Metrics] section: where the HTTP endpoints for
+// Prometheus and for liveness and readiness probes listen. It is a
+// section rather than only a flag so that a config mounted into a
+// container carries everything the probes need.
+type Metrics struct {
+	// BindAddress is host:port as written; an empty host is filled in by
+	// whoever listens, so the parser stays free of that policy.
+	BindAddress string
+	Pos         Position
 }
 
 // ResolveStrategy says which address family wins when a name resolves to

@@ -158,6 +158,11 @@ func contentOnly(c *config.Config) *config.Config {
 		d.Pos = config.Position{}
 		cp.DNSServer = &d
 	}
+	if cp.Metrics != nil {
+		m := *cp.Metrics
+		m.Pos = config.Position{}
+		cp.Metrics = &m
+	}
 	return &cp
 }
 

@@ -36,6 +36,7 @@ const (
 	secResolve
 	secEgress
 	secDNSServer
+	secMetrics
 	numSections
 
 	// secSkip swallows the keys of a section that was already reported
@@ -60,6 +61,7 @@ var sectionNames = [numSections]string{
 	secResolve:   "Resolve",
 	secEgress:    "Egress",
 	secDNSServer: "DNSServer",
+	secMetrics:   "Metrics",
 }
 
 type keyKind int
@@ -132,6 +134,7 @@ var sectionKeys = [numSections][]keySpec{
 	secResolve:   {{name: "ResolveStrategy", optional: true}},
 	secEgress:    {{name: "Allow", kind: list}, {name: "Deny", kind: list}, {name: "MaxFlowsPerPeer"}, {name: "UDPTimeout"}},
 	secDNSServer: {{name: "Upstream", kind: list}, {name: "Record", kind: list}},
+	secMetrics:   {{name: "BindAddress"}},
 }
 
 // requiredKeys are checked when a section closes. [Interface] and [Peer]
@@ -144,6 +147,7 @@ var requiredKeys = [numSections][]string{
 	secSTDIO:     {"Target"},
 	secUDPProxy:  {"BindAddress", "Target"},
 	secUDPServer: {"ListenPort", "Target"},
+	secMetrics:   {"BindAddress"},
 }
 
 func lookupSection(name string) (sectionKind, bool) {
@@ -214,6 +218,7 @@ type section struct {
 	resolve     *Resolve
 	egress      *Egress
 	dnsServer   *DNSServer
+	metrics     *Metrics
 }
 
 type peerPlace struct {
@@ -238,6 +243,7 @@ type parser struct {
 	resolveLine  int
 	egressLine   int
 	dnsLine      int
+	metricsLine  int
 	peers        []peerPlace
 
 	wgConfigLine int
@@ -408,6 +414,15 @@ func (p *parser) openSection(f *fileState, line string, n int) *section {
 		}
 		p.dnsLine = n
 		p.cfg.DNSServer = s.dnsServer
+	case secMetrics:
+		s.metrics = &Metrics{Pos: pos}
+		if p.metricsLine != 0 {
+			p.errorf(f, n, "", "[Metrics] appears twice (first on line %d)", p.metricsLine)
+			s.dup = true
+			break
+		}
+		p.metricsLine = n
+		p.cfg.Metrics = s.metrics
 	}
 	return s
 }
@@ -456,7 +471,7 @@ func (p *parser) closeSection(f *fileState, s *section) {
 		}
 		p.cfg.Peers = append(p.cfg.Peers, s.peer)
 	default:
-		if s.kind <= topLevel || s.kind >= numSections {
+		if s.kind <= topLevel || s.kind >= numSections || s.dup {
 			return
 		}
 		complete := true
@@ -881,6 +896,10 @@ func (p *parser) set(f *fileState, s *section, key, v string, n int) {
 		p.setEgress(f, s.egress, key, v, n)
 	case secDNSServer:
 		p.setDNSServer(f, s.dnsServer, key, v, n)
+	case secMetrics:
+		if p.checkAddr(f, n, key, v, true, 0) {
+			s.metrics.BindAddress = v
+		}
 	case secResolve:
 		switch strings.ToLower(v) {
 		case "", string(ResolveAuto):

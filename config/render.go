@@ -179,6 +179,10 @@ func (c *Config) render(b *strings.Builder, opts RenderOptions) {
 			r.kv("Record", strings.TrimSuffix(name, ".")+" "+joinWith(d.Records[name], " "))
 		}
 	}
+	if m := c.Metrics; m != nil {
+		r.section("Metrics")
+		r.str("BindAddress", m.BindAddress)
+	}
 	if c.Resolve.Strategy != "" && c.Resolve.Strategy != ResolveAuto {
 		r.section("Resolve")
 		r.kv("ResolveStrategy", string(c.Resolve.Strategy))
