@@ -31,6 +31,28 @@ const SocketDir = "/var/run/wireguard"
 // reachable with the umask's looser mode. Closing the listener removes
 // the socket.
 func Listen(dir, name string, mode os.FileMode) (net.Listener, error) {
+	return listen(dir, name, mode, -1)
+}
+
+// ListenGroup is Listen for a socket that the members of group gid may
+// use too, so that an operator's group can run wg show without root.
+// The group is set in the private directory, with the mode, so the
+// socket never becomes reachable by the group's members before it is
+// theirs. mode 0 means 0660. Only root, or a member of the group, may
+// give the socket to it.
+func ListenGroup(dir, name string, mode os.FileMode, gid int) (net.Listener, error) {
+	if gid < 0 {
+		return nil, fmt.Errorf("uapi: invalid group ID %d", gid)
+	}
+	if mode == 0 {
+		mode = 0o660
+	}
+	return listen(dir, name, mode, gid)
+}
+
+// listen is Listen and ListenGroup; gid -1 leaves the socket's group as
+// the process's.
+func listen(dir, name string, mode os.FileMode, gid int) (net.Listener, error) {
 	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, `/\`) {
 		return nil, fmt.Errorf("uapi: invalid interface name %q", name)
 	}
@@ -57,6 +79,12 @@ func Listen(dir, name string, mode os.FileMode) (net.Listener, error) {
 	// The path changes under the listener, so removing it on Close is
 	// ours to do, not the net package's.
 	l.SetUnlinkOnClose(false)
+	if gid >= 0 {
+		if err := os.Chown(tmpPath, -1, gid); err != nil {
+			l.Close()
+			return nil, fmt.Errorf("uapi: giving the socket to group %d: %w", gid, err)
+		}
+	}
 	if err := os.Chmod(tmpPath, mode); err != nil {
 		l.Close()
 		return nil, fmt.Errorf("uapi: %w", err)
