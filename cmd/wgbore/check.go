@@ -15,9 +15,14 @@ one per line as FILE:LINE: KEY: message, then warnings. It opens no socket
 and contacts no peer. The exit status is 0 when the file would run, 2 when
 it would not.
 
+Without -c, the configuration's text comes from the WGBORE_CONFIG
+environment variable, as for up and serve, and messages name it
+$WGBORE_CONFIG:LINE.
+
 Examples:
   wgbore check -c /etc/wireguard/wg0.conf
   wgbore check -c wireproxy.conf && wgbore up -c wireproxy.conf
+  WGBORE_CONFIG="$(cat wg0.conf)" wgbore check
 `
 
 func cmdCheck(_ context.Context, e *env, args []string) int {
@@ -26,8 +31,7 @@ func cmdCheck(_ context.Context, e *env, args []string) int {
 	if code, done := parseFlags(e, fs, args); done {
 		return code
 	}
-	if *path == "" {
-		fmt.Fprintln(e.stderr, "wgbore check: -c FILE is required")
+	if !configGiven(e, "check", path) {
 		return exitUsage
 	}
 	cfg, ok := loadConfig(e, *path)
@@ -47,16 +51,6 @@ func cmdCheck(_ context.Context, e *env, args []string) int {
 	}
 	fmt.Fprintf(e.stdout, "%s: OK: %d peer(s), %d listener(s)\n", *path, len(cfg.Peers), countListeners(cfg))
 	return exitOK
-}
-
-// loadConfig reads the file and prints each problem on its own line.
-func loadConfig(e *env, path string) (*config.Config, bool) {
-	cfg, err := config.Load(path, config.Options{})
-	if err != nil {
-		printErrors(e, err)
-		return nil, false
-	}
-	return cfg, true
 }
 
 // printErrors prints one problem per line, each prefixed with its

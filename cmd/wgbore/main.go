@@ -39,12 +39,17 @@ type env struct {
 	// `up` calls it: every other command keeps the default, so Ctrl-C
 	// still ends a `wgbore pubkey` waiting on a terminal.
 	catchSignals func()
+	// lookupEnv reads the environment: WGBORE_CONFIG and the "$NAME"
+	// values in a config. Nil is an empty environment, so a test sees
+	// only the variables it sets.
+	lookupEnv func(name string) (string, bool)
 }
 
 func main() {
 	sig := make(chan os.Signal, 2)
 	e := &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, signals: sig,
-		catchSignals: func() { signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM) }}
+		catchSignals: func() { signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM) },
+		lookupEnv:    os.LookupEnv}
 	os.Exit(run(context.Background(), e, os.Args[1:]))
 }
 

@@ -108,8 +108,7 @@ func runTunnel(ctx context.Context, e *env, args []string, name, usage string, s
 		fmt.Fprintf(e.stderr, "wgbore %s: %v\n", name, err)
 		return exitUsage
 	}
-	if *path == "" {
-		fmt.Fprintf(e.stderr, "wgbore %s: -c FILE is required\n", name)
+	if !configGiven(e, name, path) {
 		return exitUsage
 	}
 	cfg, ok := loadConfig(e, *path)

@@ -1,0 +1,72 @@
+package main
+
+import (
+	"fmt"
+
+	"github.com/wgbore/wgbore/config"
+)
+
+// configEnv holds a whole configuration, for deployments that pass
+// everything through the environment (twelve-factor apps, a `docker run
+// -e`, a Kubernetes Secret exposed as a variable) and have no file to
+// mount.
+const configEnv = "WGBORE_CONFIG"
+
+// configEnvName stands in for the file name when the configuration comes
+// from configEnv: messages read "$WGBORE_CONFIG:3: PrivateKey: ...", which
+// says where to look as a path would, and its directory is ".", so
+// relative key files resolve against the working directory.
+const configEnvName = "$" + configEnv
+
+// lookup reads the injected environment; a nil lookupEnv is an empty one.
+func (e *env) lookup(name string) (string, bool) {
+	if e.lookupEnv == nil {
+		return "", false
+	}
+	return e.lookupEnv(name)
+}
+
+// configGiven settles where a command's configuration comes from: -c
+// FILE when given, else WGBORE_CONFIG, in which case *path becomes
+// configEnvName, which loadConfig understands and every later use of the
+// path (messages, a reload) carries along. It prints the usage error
+// itself when neither is there.
+func configGiven(e *env, cmd string, path *string) bool {
+	if *path != "" {
+		return true
+	}
+	if _, ok := e.lookup(configEnv); ok {
+		*path = configEnvName
+		return true
+	}
+	fmt.Fprintf(e.stderr, "wgbore %s: -c FILE is required, or the configuration's text in %s\n", cmd, configEnv)
+	return false
+}
+
+// loadConfig reads the file, or WGBORE_CONFIG when path is configEnvName,
+// and prints each problem on its own line. When -c names a file while
+// WGBORE_CONFIG is set as well, the file wins, as a flag beats the
+// environment everywhere else, and a warning says so: an operator who
+// set the variable expected it to count.
+func loadConfig(e *env, path string) (*config.Config, bool) {
+	opts := config.Options{LookupEnv: e.lookup}
+	var (
+		cfg *config.Config
+		err error
+	)
+	text, fromEnv := e.lookup(configEnv)
+	if path == configEnvName && fromEnv {
+		cfg, err = config.Parse(configEnvName, []byte(text), opts)
+	} else {
+		cfg, err = config.Load(path, opts)
+	}
+	if err != nil {
+		printErrors(e, err)
+		return nil, false
+	}
+	if fromEnv && path != configEnvName {
+		cfg.Warnings = append(cfg.Warnings, config.Warning{File: path,
+			Msg: fmt.Sprintf("%s is set too and ignored: -c wins", configEnv)})
+	}
+	return cfg, true
+}
