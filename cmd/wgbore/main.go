@@ -63,6 +63,7 @@ func commands() []command {
 		{"up", "run the tunnel and its proxies until interrupted", cmdUp},
 		{"serve", "run a WireGuard server whose peers reach the host's network", cmdServe},
 		{"check", "validate a configuration file", cmdCheck},
+		{"show", "print a running tunnel's peers and transfer, as wg show does", cmdShow},
 		{"demo", "run a server and a client on loopback, with proxies to try", cmdDemo},
 		{"genkey", "print a new private key", cmdGenkey},
 		{"pubkey", "print the public key of the private key on stdin", cmdPubkey},

@@ -95,6 +95,7 @@ func runTunnel(ctx context.Context, e *env, args []string, name, usage string, s
 	wait := fs.Duration("handshake-wait", defaultHandshakeWait, "how long to wait for the first handshakes before logging the start-up summary")
 	ifname := fs.String("interface-name", "", "`name` of the UAPI socket, for wg show NAME (default: the config file's base name)")
 	uapiDir := fs.String("uapi-dir", uapi.SocketDir, "`directory` of the UAPI socket; wg looks only in "+uapi.SocketDir)
+	uapiGroup := groupFlag(fs, "uapi-group", "`group` (name or GID) whose members may use the UAPI socket too: it is then 0660, not 0600")
 	var lf logFlags
 	lf.register(fs)
 	if code, done := parseFlags(e, fs, args); done {
@@ -136,7 +137,7 @@ func runTunnel(ctx context.Context, e *env, args []string, name, usage string, s
 		log.Error("cannot start", "err", err)
 		return exitFailure
 	}
-	svc.startUAPI(*uapiDir, interfaceName(*ifname, *path))
+	svc.startUAPI(*uapiDir, interfaceName(*ifname, *path), uapiGroup)
 	// The summary waits for handshakes beside the select below, so a
 	// signal during that wait is answered at once.
 	svc.startSummary(*wait)
