@@ -60,11 +60,17 @@ func loadConfig(e *env, path string) (*config.Config, bool) {
 	} else {
 		cfg, err = config.Load(path, opts)
 	}
+	ignored := fromEnv && path != configEnvName
 	if err != nil {
 		printErrors(e, err)
+		if ignored {
+			// Most likely an image's default -c naming a file that was
+			// never mounted, by someone who meant the variable.
+			fmt.Fprintf(e.stderr, "note: %s is set too but ignored, as -c wins; drop -c to use it\n", configEnv)
+		}
 		return nil, false
 	}
-	if fromEnv && path != configEnvName {
+	if ignored {
 		cfg.Warnings = append(cfg.Warnings, config.Warning{File: path,
 			Msg: fmt.Sprintf("%s is set too and ignored: -c wins", configEnv)})
 	}

@@ -155,3 +155,14 @@ func TestUpFromEnv(t *testing.T) {
 		t.Fatalf("broken: stderr %q", errOut.String())
 	}
 }
+
+// TestConfigFlagMissingWithEnv: an image's default -c naming a file that
+// was not mounted, run with WGBORE_CONFIG, says why the variable did not
+// count.
+func TestConfigFlagMissingWithEnv(t *testing.T) {
+	missing := t.TempDir() + "/wg0.conf"
+	code, _, errOut := runCLIWithEnv(t, map[string]string{configEnv: "[Interface]\n"}, "check", "-c", missing)
+	if code != exitUsage || !strings.HasSuffix(errOut, "note: WGBORE_CONFIG is set too but ignored, as -c wins; drop -c to use it\n") {
+		t.Fatalf("exit %d, stderr %q", code, errOut)
+	}
+}

@@ -200,3 +200,29 @@ func procStatus(s string) map[string]string {
 	}
 	return m
 }
+
+// TestDockerfileUsesBuildScript keeps TestStaticBuildRunsUnprivileged
+// meaningful: it checks the image only as long as the Dockerfile builds
+// with the same script and runs as the same user.
+func TestDockerfileUsesBuildScript(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("..", "..", "Dockerfile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var run, user bool
+	for _, line := range strings.Split(string(data), "\n") {
+		line = strings.TrimSpace(line)
+		if strings.HasSuffix(line, "sh .ci/build-static /out/wgbore") && !strings.HasPrefix(line, "#") {
+			run = true
+		}
+		if line == "USER "+nonrootUID+":"+nonrootUID {
+			user = true
+		}
+	}
+	if !run {
+		t.Error("the Dockerfile does not build with sh .ci/build-static, which CI checks in its place")
+	}
+	if !user {
+		t.Errorf("the Dockerfile does not run as USER %s:%s, the user CI runs the binary as", nonrootUID, nonrootUID)
+	}
+}
