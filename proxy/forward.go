@@ -52,6 +52,7 @@ type TCPForwarder struct {
 	dial     func(ctx context.Context, network, address string) (net.Conn, error)
 	target   string
 	maxConns int
+	conns    connCounter // summed over every Serve
 	idle     time.Duration
 	log      *slog.Logger
 
@@ -90,12 +91,16 @@ func NewTCPForwarder(dial func(ctx context.Context, network, address string) (ne
 // returns nil once Close or Shutdown has been called; relays already
 // running carry on until their ends finish or Close is called.
 func (f *TCPForwarder) Serve(l net.Listener) error {
-	err := f.acceptLoop(f.ctx, limitConnections(l, f.maxConns), f.log.With("target", f.target), "forward: accept", f.startRelay)
+	err := f.acceptLoop(f.ctx, limitConnections(l, f.maxConns, &f.conns), f.log.With("target", f.target), "forward: accept", f.startRelay)
 	if err != nil {
 		return fmt.Errorf("forward to %s: %w", f.target, err)
 	}
 	return nil
 }
+
+// Stats counts the accepted connections of every Serve together, for
+// metrics.
+func (f *TCPForwarder) Stats() ConnStats { return f.conns.stats() }
 
 // Close stops every Serve, ends every relay and dial in flight, and
 // returns once all goroutines the forwarder started have exited. It is

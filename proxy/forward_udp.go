@@ -52,6 +52,7 @@ type UDPForwarder struct {
 	timeout     time.Duration
 	maxSessions int
 	log         *slog.Logger
+	sessions    connCounter // summed over every Serve
 
 	// ctx is cancelled by Close, which ends dials in flight.
 	ctx    context.Context
@@ -123,6 +124,10 @@ func (f *UDPForwarder) Serve(pc net.PacketConn) error {
 	}
 	return p.serve()
 }
+
+// Stats counts client sessions, of every Serve together, for metrics:
+// UDP has no connections, and a session is what holds a socket.
+func (f *UDPForwarder) Stats() ConnStats { return f.sessions.stats() }
 
 // Close stops every Serve, ends every session and dial in flight, and
 // returns once all goroutines the forwarder started have exited. It is
@@ -360,6 +365,7 @@ func (p *udpPort) startSession(from netip.AddrPort, addr net.Addr, b []byte) {
 	// one waits for the dial in the session's own.
 	first := copy(s.buf[:], b)
 	p.sessions[from] = s
+	p.f.sessions.opened()
 	p.wg.Add(1)
 	go p.runSession(ctx, s, first)
 }
@@ -369,6 +375,7 @@ func (p *udpPort) startSession(from netip.AddrPort, addr net.Addr, b []byte) {
 // session ends.
 func (p *udpPort) runSession(ctx context.Context, s *udpSession, first int) {
 	defer p.wg.Done()
+	defer p.f.sessions.closed()
 	defer p.f.buffers.Put(s.buf)
 	defer p.endSession(s)
 

@@ -74,6 +74,7 @@ type HTTP struct {
 	creds     *credentials // nil: no authentication
 	tls       *tls.Config  // nil: plain HTTP
 	maxConns  int
+	conns     connCounter // summed over every Serve
 	srv       *http.Server
 	transport *http.Transport
 
@@ -146,7 +147,7 @@ func NewHTTP(nw Network, cfg HTTPConfig) *HTTP {
 // time, and closes l when it returns. With HTTPConfig.TLS set, l carries
 // TLS.
 func (h *HTTP) Serve(l net.Listener) error {
-	l = limitConnections(l, h.maxConns)
+	l = limitConnections(l, h.maxConns, &h.conns)
 	if h.tls != nil {
 		// tls.NewListener hands out *tls.Conn, which net/http
 		// recognises: it then bounds the handshake by
@@ -160,6 +161,10 @@ func (h *HTTP) Serve(l net.Listener) error {
 	}
 	return err
 }
+
+// Stats counts the client connections of every Serve together, TLS
+// ones from before their handshake, for metrics.
+func (h *HTTP) Stats() ConnStats { return h.conns.stats() }
 
 // Close stops every Serve, drops every client connection, including
 // CONNECT tunnels in flight, and waits for every goroutine the proxy

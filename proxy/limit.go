@@ -3,6 +3,7 @@ package proxy
 import (
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // DefaultMaxConnections caps the connections one listener serves at once
@@ -21,15 +22,18 @@ type limitListener struct {
 	slots chan struct{}
 	done  chan struct{}
 	once  sync.Once
+	// stats is the server's, shared by all its listeners.
+	stats *connCounter
 }
 
 // limitConnections wraps l so that at most max of its connections are
-// open at once; max <= 0 means DefaultMaxConnections.
-func limitConnections(l net.Listener, max int) net.Listener {
+// open at once; max <= 0 means DefaultMaxConnections. It counts them in
+// stats, where a server that serves several listeners sums them.
+func limitConnections(l net.Listener, max int, stats *connCounter) net.Listener {
 	if max <= 0 {
 		max = DefaultMaxConnections
 	}
-	return &limitListener{Listener: l, slots: make(chan struct{}, max), done: make(chan struct{})}
+	return &limitListener{Listener: l, slots: make(chan struct{}, max), done: make(chan struct{}), stats: stats}
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
@@ -43,7 +47,8 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		<-l.slots
 		return nil, err
 	}
-	return &limitedConn{Conn: c, release: func() { <-l.slots }}, nil
+	l.stats.opened()
+	return &limitedConn{Conn: c, l: l}, nil
 }
 
 func (l *limitListener) Close() error {
@@ -51,17 +56,23 @@ func (l *limitListener) Close() error {
 	return l.Listener.Close()
 }
 
-// limitedConn gives its slot back on the first Close. It keeps
-// CloseWrite reachable, because relays pass half-closes on through it.
+// limitedConn gives its slot back, and leaves the count of active
+// connections, on the first Close. It keeps CloseWrite reachable,
+// because relays pass half-closes on through it.
 type limitedConn struct {
 	net.Conn
-	once    sync.Once
-	release func()
+	l *limitListener
+	// released is a flag rather than a sync.Once with a closure, so a
+	// connection costs one allocation, not two.
+	released atomic.Bool
 }
 
 func (c *limitedConn) Close() error {
 	err := c.Conn.Close()
-	c.once.Do(c.release)
+	if c.released.CompareAndSwap(false, true) {
+		<-c.l.slots
+		c.l.stats.closed()
+	}
 	return err
 }
 

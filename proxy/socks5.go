@@ -73,6 +73,7 @@ type SOCKS5 struct {
 	server           *socks5.Server
 	maxConns         int
 	handshakeTimeout time.Duration
+	conns            connCounter // summed over every Serve
 
 	// ctx is cancelled by Close, which ends lookups and dials in flight.
 	ctx    context.Context
@@ -136,7 +137,7 @@ func NewSOCKS5(nw Network, cfg SOCKS5Config) *SOCKS5 {
 // until their clients leave or Close is called. After Close or Shutdown,
 // Serve returns nil.
 func (s *SOCKS5) Serve(l net.Listener) error {
-	return s.acceptLoop(s.ctx, limitConnections(l, s.maxConns), s.log, "socks5: accept", func(conn net.Conn) bool {
+	return s.acceptLoop(s.ctx, limitConnections(l, s.maxConns, &s.conns), s.log, "socks5: accept", func(conn net.Conn) bool {
 		// start counts the goroutine under the lock Close takes, so
 		// Close either sees the connection and waits for it, or the
 		// connection is refused.
@@ -153,6 +154,10 @@ func (s *SOCKS5) Serve(l net.Listener) error {
 		return true
 	})
 }
+
+// Stats counts the client connections of every Serve together, for
+// metrics.
+func (s *SOCKS5) Stats() ConnStats { return s.conns.stats() }
 
 // Close stops every listener given to Serve, ends every connection and
 // relay in flight, and returns once all goroutines the server started have

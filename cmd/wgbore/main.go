@@ -64,6 +64,7 @@ func commands() []command {
 		{"serve", "run a WireGuard server whose peers reach the host's network", cmdServe},
 		{"check", "validate a configuration file", cmdCheck},
 		{"show", "print a running tunnel's peers and transfer, as wg show does", cmdShow},
+		{"healthcheck", "exit 0 if a running tunnel's /healthz (or -url) answers 200", cmdHealthcheck},
 		{"demo", "run a server and a client on loopback, with proxies to try", cmdDemo},
 		{"genkey", "print a new private key", cmdGenkey},
 		{"pubkey", "print the public key of the private key on stdin", cmdPubkey},
