@@ -462,27 +462,11 @@ func TestReadyzCheckAliveFollowsPeer(t *testing.T) {
 		<-done
 	})
 
-	waitReady := func(want bool, what string) {
-		t.Helper()
-		deadline := time.Now().Add(30 * time.Second)
-		for {
-			// Until checkAlive has registered its target, the
-			// handshakes decide.
-			r := readyz(t, h)
-			if r.Ready == want && r.Basis == "check_alive" {
-				return
-			}
-			if time.Now().After(deadline) {
-				t.Fatalf("%s: /readyz still %+v after 30 s", what, r)
-			}
-			time.Sleep(50 * time.Millisecond)
-		}
-	}
-	waitReady(true, "peer up")
+	waitReadyzState(t, h, true, 30*time.Second, "peer up")
 
 	peer, _ := eng.Peer(site.PublicKey)
 	eng.RemovePeer(site.PublicKey)
-	waitReady(false, "peer removed")
+	waitReadyzState(t, h, false, 30*time.Second, "peer removed")
 	fams, _ := parseMetrics(t, h)
 	if got := sampleValue(t, fams, "wgbore_check_alive_up", "addr", peersite.TheirV4.String()); got != 0 {
 		t.Errorf("check_alive_up with the peer gone = %v", got)
@@ -491,7 +475,7 @@ func TestReadyzCheckAliveFollowsPeer(t *testing.T) {
 	if err := eng.SetPeer(protocol.PeerConfig{PublicKey: peer.PublicKey, Endpoint: site.Endpoint(), AllowedIPs: peer.AllowedIPs}); err != nil {
 		t.Fatal(err)
 	}
-	waitReady(true, "peer back")
+	waitReadyzState(t, h, true, 30*time.Second, "peer back")
 }
 
 func TestHealthcheckCommand(t *testing.T) {
@@ -530,4 +514,87 @@ func TestHealthcheckCommand(t *testing.T) {
 				tc.args, code, stdout.String(), stderr.String(), tc.code, tc.out, tc.err)
 		}
 	}
+}
+
+// TestReadyzFollowsPeerGoingAway stops the wireguard-go peer itself, not
+// our configuration of it, and starts it again: CheckAlive and /readyz
+// must notice both.
+func TestReadyzFollowsPeerGoingAway(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for the engine to give up on a session: about 15 s")
+	}
+	t.Parallel()
+	tun, site, _ := tunnelToSite(t)
+	eng := tun.Engine()
+	tracker := newAliveTracker(time.Now)
+	h := newObserver(observerConfig{Peers: eng.Peers, Stats: eng.Stats, Alive: tracker}).Handler()
+	s := &service{log: slog.New(slog.DiscardHandler), tun: tun}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		s.checkAlive(ctx, []netip.Addr{peersite.TheirV4}, 250*time.Millisecond, tracker)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+
+	start := time.Now()
+	waitReadyzState(t, h, true, 30*time.Second, "peer up")
+	if err := site.Device.Down(); err != nil {
+		t.Fatal(err)
+	}
+	waitReadyzState(t, h, false, 30*time.Second, "peer down")
+	if err := site.Device.Up(); err != nil {
+		t.Fatal(err)
+	}
+	waitReadyzState(t, h, true, 60*time.Second, "peer back")
+	t.Logf("down and back in %v", time.Since(start))
+}
+
+// waitReadyzState polls /readyz until the CheckAlive rule says want.
+func waitReadyzState(t *testing.T, h http.Handler, want bool, within time.Duration, what string) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		r := readyz(t, h)
+		if r.Ready == want && r.Basis == "check_alive" {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: /readyz still %+v after %v", what, r, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// remoteEndpoints is the [Metrics] endpoints of a running up or serve
+// ("http://127.0.0.1:port") as a Handler, so parseMetrics, readyz and
+// waitReadyzState check a live process as they check an observer.
+type remoteEndpoints string
+
+func (base remoteEndpoints) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	client := &http.Client{Transport: &http.Transport{Proxy: nil}, Timeout: 10 * time.Second}
+	res, err := client.Get(string(base) + r.URL.Path)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadGateway)
+		return
+	}
+	defer res.Body.Close()
+	w.Header().Set("Content-Type", res.Header.Get("Content-Type"))
+	w.WriteHeader(res.StatusCode)
+	io.Copy(w, res.Body)
+}
+
+func TestMetricsRemoteEndpoints(t *testing.T) {
+	o := newObserver(observerConfig{Peers: func() []protocol.PeerStatus { return nil }, Stats: func() protocol.StatsSnapshot { return protocol.StatsSnapshot{} }})
+	srv := httptest.NewServer(o.Handler())
+	t.Cleanup(srv.Close)
+	h := remoteEndpoints(srv.URL)
+	if r := readyz(t, h); !r.Ready {
+		t.Errorf("remote /readyz: %+v", r)
+	}
+	fams, _ := parseMetrics(t, h)
+	sampleValue(t, fams, "wgbore_peers")
 }
