@@ -78,10 +78,30 @@ type Handler struct {
 	// current state and writes the merged result, and two interleaved
 	// sets from two connections would each lose the other's change.
 	setMu sync.Mutex
+	// ops are the program's own operations; see Operation.
+	ops map[string]Operation
 }
 
 // NewHandler returns a Handler for dev.
 func NewHandler(dev Device) *Handler { return &Handler{dev: dev} }
+
+// An Operation answers a request other than get and set, so a program
+// can offer its own commands on the socket that already has the right
+// owner and mode, instead of opening a second one. `wg` never sends
+// them. The request is "name=1", then an empty line; the reply is the
+// key=value lines the Operation writes (no newline in a value), then
+// errno=N with the errno it returns. Names are the program's own, e.g.
+// "wgbore_reload", so they cannot clash with a future UAPI operation.
+type Operation func(w io.Writer) (errno int)
+
+// AddOperation adds an Operation; the request for it is "name=1". It
+// must be called before the Handler serves.
+func (h *Handler) AddOperation(name string, op Operation) {
+	if h.ops == nil {
+		h.ops = make(map[string]Operation)
+	}
+	h.ops[name+"=1"] = op
+}
 
 // Handle answers one connection's requests until it reaches EOF. A
 // refused request is answered with its errno and the connection goes on;
@@ -128,10 +148,21 @@ func (h *Handler) Handle(rw io.ReadWriter) error {
 			// answered, as wireguard-go does.
 			continue
 		default:
-			if _, err := readBlock(r); err != nil {
+			lines, err := readBlock(r)
+			if err != nil {
 				return eofIsNil(err)
 			}
-			reqErr = errorf(errnoInvalid, "unknown operation")
+			op := h.ops[op]
+			switch {
+			case op == nil:
+				reqErr = errorf(errnoInvalid, "unknown operation")
+			case len(lines) != 0:
+				reqErr = errorf(errnoInvalid, "the operation takes no arguments")
+			default:
+				if errno := op(w); errno != 0 {
+					reqErr = &Error{Errno: errno}
+				}
+			}
 		}
 		errno := 0
 		if reqErr != nil {
@@ -219,10 +250,15 @@ func writeGet(w *bufio.Writer, dev Device) {
 // after the same clean-up.
 // Requests are never logged with their values, since they carry keys.
 func Serve(ctx context.Context, l net.Listener, dev Device, log *slog.Logger) error {
+	return ServeHandler(ctx, l, NewHandler(dev), log)
+}
+
+// ServeHandler is Serve with a Handler of the caller's, which may have
+// Operations of its own.
+func ServeHandler(ctx context.Context, l net.Listener, h *Handler, log *slog.Logger) error {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	h := NewHandler(dev)
 	var (
 		wg    sync.WaitGroup
 		mu    sync.Mutex
