@@ -241,7 +241,7 @@ func startDemoSide(ctx context.Context, e *env, log *slog.Logger, name, text str
 // listenAddr returns the address of the listener whose description
 // starts with prefix.
 func (s *service) listenAddr(prefix string) string {
-	for _, srv := range s.servers {
+	for _, srv := range s.allServers() {
 		if rest, ok := strings.CutPrefix(srv.desc, prefix); ok {
 			return strings.Fields(rest)[0]
 		}
@@ -271,7 +271,7 @@ func startDemoPage(s *service) error {
 		}
 		fmt.Fprintf(w, "The server has been up for %s.\n", time.Since(started).Round(time.Second))
 	})}
-	s.serve("demo page http://"+demoName+"/", func() error { return srv.Serve(l) }, srv.Shutdown, srv.Close)
+	s.serve(nil, server{desc: "demo page http://" + demoName + "/", shutdown: srv.Shutdown, close: srv.Close}, func() error { return srv.Serve(l) })
 	return nil
 }
 

@@ -39,6 +39,9 @@ type env struct {
 	// `up` calls it: every other command keeps the default, so Ctrl-C
 	// still ends a `wgbore pubkey` waiting on a terminal.
 	catchSignals func()
+	// hangups delivers SIGHUP, once catchSignals has run: up and serve
+	// reload their configuration on it.
+	hangups <-chan os.Signal
 	// lookupEnv reads the environment: WGBORE_CONFIG and the "$NAME"
 	// values in a config. Nil is an empty environment, so a test sees
 	// only the variables it sets.
@@ -47,9 +50,13 @@ type env struct {
 
 func main() {
 	sig := make(chan os.Signal, 2)
-	e := &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, signals: sig,
-		catchSignals: func() { signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM) },
-		lookupEnv:    os.LookupEnv}
+	hup := make(chan os.Signal, 1)
+	e := &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, signals: sig, hangups: hup,
+		catchSignals: func() {
+			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+			signal.Notify(hup, syscall.SIGHUP)
+		},
+		lookupEnv: os.LookupEnv}
 	os.Exit(run(context.Background(), e, os.Args[1:]))
 }
 
@@ -62,6 +69,7 @@ func commands() []command {
 	return []command{
 		{"up", "run the tunnel and its proxies until interrupted", cmdUp},
 		{"serve", "run a WireGuard server whose peers reach the host's network", cmdServe},
+		{"reload", "re-read a running tunnel's configuration and apply the difference", cmdReload},
 		{"check", "validate a configuration file", cmdCheck},
 		{"show", "print a running tunnel's peers and transfer, as wg show does", cmdShow},
 		{"healthcheck", "exit 0 if a running tunnel's /healthz (or -url) answers 200", cmdHealthcheck},
@@ -93,7 +101,7 @@ Run "wgbore <command> -h" for a command's flags.
 func printMainUsage(w io.Writer) {
 	var list string
 	for _, c := range commands() {
-		list += fmt.Sprintf("  %-8s %s\n", c.name, c.summary)
+		list += fmt.Sprintf("  %-12s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintf(w, mainUsage, list)
 }

@@ -28,6 +28,9 @@ type runPlan struct {
 	// listenAddrs restricts the WireGuard UDP socket to these host
 	// addresses (the demo keeps to loopback); empty means all.
 	listenAddrs []netip.Addr
+	// metrics is -metrics, where /metrics, /healthz and /readyz listen
+	// instead of [Metrics] BindAddress; "" leaves it to the file.
+	metrics string
 	// warnings are legal but probably unintended setups.
 	warnings []string
 }
@@ -184,6 +187,9 @@ func sharedListenAddresses(cfg *config.Config, path string, errs *problems) {
 	}
 	for _, c := range cfg.UDPProxyTunnels {
 		add("udp", hostBindAddress(c.BindAddress), "UDPProxyTunnel", c.Pos)
+	}
+	if m := cfg.Metrics; m != nil {
+		add("tcp", hostBindAddress(m.BindAddress), "Metrics", m.Pos)
 	}
 	for _, c := range cfg.TCPServerTunnels {
 		add("tunnel tcp", net.JoinHostPort("", strconv.Itoa(c.ListenPort)), "TCPServerTunnel", c.Pos)

@@ -153,13 +153,28 @@ func socketNames(dir string) ([]string, error) {
 	return names, nil
 }
 
-// getDevice asks the tunnel named name for its state. A socket that does
-// not answer is reported with its path and a hint, since the usual cause
-// is a tunnel started with another -uapi-dir.
+// getDevice asks the tunnel named name for its state.
 func getDevice(ctx context.Context, dir, name string) (*uapi.DeviceState, error) {
-	path := filepath.Join(dir, name+".sock")
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
+	c, path, err := dialUAPI(ctx, dir, name)
+	if err != nil {
+		return nil, err
+	}
+	defer c.Close()
+	st, err := uapi.Get(c)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return st, nil
+}
+
+// dialUAPI connects to the tunnel's socket, with ctx's deadline on the
+// connection too. A socket that does not answer is reported with its
+// path and a hint, since the usual cause is a tunnel started with another
+// -uapi-dir.
+func dialUAPI(ctx context.Context, dir, name string) (net.Conn, string, error) {
+	path := filepath.Join(dir, name+".sock")
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "unix", path)
 	if err != nil {
@@ -167,17 +182,12 @@ func getDevice(ctx context.Context, dir, name string) (*uapi.DeviceState, error)
 		if errors.Is(err, fs.ErrPermission) {
 			hint = "run as the tunnel's user, or start it with -uapi-group"
 		}
-		return nil, fmt.Errorf("cannot reach %s: %w; %s", path, unwrapOp(err), hint)
+		return nil, path, fmt.Errorf("cannot reach %s: %w; %s", path, unwrapOp(err), hint)
 	}
-	defer c.Close()
 	if dl, ok := ctx.Deadline(); ok {
 		c.SetDeadline(dl)
 	}
-	st, err := uapi.Get(c)
-	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
-	}
-	return st, nil
+	return c, path, nil
 }
 
 // unwrapOp drops net.OpError's "dial unix PATH:" prefix, since the

@@ -54,7 +54,7 @@ waiting:
 	}
 
 	var listen []string
-	for _, srv := range s.servers {
+	for _, srv := range s.allServers() {
 		listen = append(listen, srv.desc)
 	}
 	var addrs []string

@@ -21,6 +21,9 @@ func interfaceName(flagValue, configPath string) string {
 	if flagValue != "" {
 		return flagValue
 	}
+	if configPath == configEnvName {
+		return "wgbore"
+	}
 	base := filepath.Base(configPath)
 	return strings.TrimSuffix(base, filepath.Ext(base))
 }
@@ -106,7 +109,7 @@ func (s *service) startUAPI(dir, name string, group *gidFlag) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		uapi.Serve(ctx, l, s.tun.Engine(), s.log)
+		uapi.ServeHandler(ctx, l, s.uapiHandler(), s.log)
 	}()
 	s.servers = append(s.servers, server{desc: "uapi " + l.Addr().String(), close: func() error {
 		cancel()

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
@@ -23,6 +24,10 @@ format) entirely in userspace, and serves its [Socks5], [http] and tunnel
 sections until SIGINT or SIGTERM. On the first signal it stops accepting,
 lets open connections finish for up to -grace, then exits 0; a second
 signal exits at once.
+
+SIGHUP, or wgbore reload, re-reads FILE and applies the difference:
+peers and sections that did not change keep their connections; a file
+with errors is refused and the running configuration stays.
 
 Listeners whose BindAddress has no host (":1080") listen on 127.0.0.1.
 
@@ -90,10 +95,11 @@ func cmdServe(ctx context.Context, e *env, args []string) int {
 // are forwarded to the host.
 func runTunnel(ctx context.Context, e *env, args []string, name, usage string, serveMode bool) int {
 	fs := newFlagSet(e, name, usage)
-	path := fs.String("c", "", "configuration `file` (wg-quick or wireproxy format)")
+	path := fs.String("c", "", "configuration `file` (wg-quick or wireproxy format); without it, the text of $WGBORE_CONFIG")
 	grace := fs.Duration("grace", defaultGrace, "how long open connections may finish after SIGINT/SIGTERM")
 	wait := fs.Duration("handshake-wait", defaultHandshakeWait, "how long to wait for the first handshakes before logging the start-up summary")
-	ifname := fs.String("interface-name", "", "`name` of the UAPI socket, for wg show NAME (default: the config file's base name)")
+	ifname := fs.String("interface-name", "", "`name` of the UAPI socket, for wg show NAME (default: the config file's base name, or wgbore for $WGBORE_CONFIG)")
+	metrics := fs.String("metrics", "", "`host:port` for /metrics, /healthz and /readyz, instead of [Metrics] BindAddress (no host means 127.0.0.1)")
 	uapiDir := fs.String("uapi-dir", uapi.SocketDir, "`directory` of the UAPI socket; wg looks only in "+uapi.SocketDir)
 	uapiGroup := groupFlag(fs, "uapi-group", "`group` (name or GID) whose members may use the UAPI socket too: it is then 0660, not 0600")
 	var lf logFlags
@@ -122,6 +128,13 @@ func runTunnel(ctx context.Context, e *env, args []string, name, usage string, s
 		return exitUsage
 	}
 	p.serve = serveMode
+	if *metrics != "" {
+		if _, _, err := net.SplitHostPort(*metrics); err != nil {
+			fmt.Fprintf(e.stderr, "wgbore %s: -metrics %s: want host:port\n", name, *metrics)
+			return exitUsage
+		}
+		p.metrics = *metrics
+	}
 	if !serveMode && cfg.Egress != nil {
 		log.Warn(cfg.Egress.Pos.String() + ": [Egress] has no effect in up: only serve forwards peers' flows")
 	}
@@ -137,24 +150,36 @@ func runTunnel(ctx context.Context, e *env, args []string, name, usage string, s
 		log.Error("cannot start", "err", err)
 		return exitFailure
 	}
+	svc.grace = *grace
+	svc.reread = func() (*config.Config, string, error) { return rereadConfig(e, *path) }
 	svc.startUAPI(*uapiDir, interfaceName(*ifname, *path), uapiGroup)
 	// The summary waits for handshakes beside the select below, so a
 	// signal during that wait is answered at once.
 	svc.startSummary(*wait)
 
 	code := exitOK
-	select {
-	case <-e.signals:
-		log.Info("signal received: shutting down", "grace", *grace)
-	case <-ctx.Done():
-		log.Info("shutting down", "reason", context.Cause(ctx))
-	case err := <-svc.failed:
-		log.Error("a listener failed: shutting down", "err", err)
-		code = exitFailure
-	case err := <-svc.stdioDone:
-		if err != nil {
-			log.Error("stdio tunnel failed", "err", err)
+running:
+	for {
+		select {
+		case <-e.hangups:
+			log.Info("SIGHUP: reloading the configuration")
+			svc.reloadAndLog()
+		case <-e.signals:
+			log.Info("signal received: shutting down", "grace", *grace)
+			break running
+		case <-ctx.Done():
+			log.Info("shutting down", "reason", context.Cause(ctx))
+			break running
+		case err := <-svc.failed:
+			log.Error("a listener failed: shutting down", "err", err)
 			code = exitFailure
+			break running
+		case err := <-svc.stdioDone:
+			if err != nil {
+				log.Error("stdio tunnel failed", "err", err)
+				code = exitFailure
+			}
+			break running
 		}
 	}
 	graceCtx, cancel := context.WithTimeout(context.Background(), *grace)
@@ -177,14 +202,38 @@ type server struct {
 	desc     string // "socks5 127.0.0.1:1080", for the summary
 	shutdown func(context.Context) error
 	close    func() error
+	// kind, addr and stats label and count its connections in
+	// /metrics; stats is nil for a server that counts none.
+	kind, addr string
+	stats      func() proxy.ConnStats
 }
 
 // service is everything `up` runs: the tunnel and its front ends.
 type service struct {
-	log     *slog.Logger
-	tun     *netstack.Net
-	cfg     *config.Config
-	servers []server
+	log        *slog.Logger
+	tun        *netstack.Net
+	hostDialer *net.Dialer
+	// grace is how long connections of a front end that a reload removes
+	// may finish, as at shutdown.
+	grace time.Duration
+
+	// mu guards cfg, servers and frontEnds, which a reload changes while
+	// the summary, the metrics and the UAPI read them.
+	mu  sync.Mutex
+	cfg *config.Config
+	// servers live as long as the process (UAPI, stdio, DNS);
+	// frontEnds are the config's proxy and tunnel sections, which a
+	// reload may stop and start.
+	servers   []server
+	frontEnds []*frontEnd
+	// reloadMu serialises reloads with each other and with shutdown.
+	reloadMu sync.Mutex
+	// serveMode is wgbore serve, which a reload keeps.
+	serveMode bool
+	// reread loads the configuration again for a reload, returning it
+	// and the path its messages name; nil when there is no file to
+	// re-read.
+	reread func() (*config.Config, string, error)
 
 	serving  sync.WaitGroup
 	stopping chan struct{}
@@ -193,8 +242,16 @@ type service struct {
 	// stdioDone receives the end of the STDIOTunnel, if there is one.
 	stdioDone  chan error
 	stdioClose context.CancelFunc
-	// stopCheckAlive ends the CheckAlive pings, if there are any.
-	stopCheckAlive context.CancelFunc
+	// alive holds the CheckAlive results for /readyz and /metrics;
+	// aliveStop and aliveDone end the pings, if there are any.
+	alive *aliveTracker
+	// observer answers /metrics, /healthz and /readyz; metricsFlag is
+	// -metrics, which beats [Metrics] across reloads.
+	observer    *observer
+	metricsFlag string
+	aliveMu     sync.Mutex
+	aliveStop   context.CancelFunc
+	aliveDone   chan struct{}
 	// summarized is closed when the start-up summary has been logged or
 	// abandoned; nil when none was started.
 	summarized chan struct{}
@@ -214,11 +271,22 @@ func start(ctx context.Context, p *runPlan, log *slog.Logger, e *env) (*service,
 	}
 	s := &service{
 		log: log, tun: tun, cfg: cfg,
-		stopping:  make(chan struct{}),
-		failed:    make(chan error, 1),
-		stdioDone: make(chan error, 1),
+		hostDialer:  &net.Dialer{Timeout: hostDialTimeout},
+		grace:       defaultGrace,
+		serveMode:   p.serve,
+		alive:       newAliveTracker(time.Now),
+		metricsFlag: p.metrics,
+		stopping:    make(chan struct{}),
+		failed:      make(chan error, 1),
+		stdioDone:   make(chan error, 1),
 	}
-	if err := s.startServers(p); err != nil {
+	s.observer = newObserver(observerConfig{
+		Peers:     tun.Engine().Peers,
+		Stats:     tun.Engine().Stats,
+		Listeners: s.listenerStats,
+		Alive:     s.alive,
+	})
+	if err := s.startFrontEnds(p); err != nil {
 		s.shutdown(context.Background())
 		return nil, err
 	}
@@ -226,15 +294,7 @@ func start(ctx context.Context, p *runPlan, log *slog.Logger, e *env) (*service,
 		s.shutdown(context.Background())
 		return nil, err
 	}
-	if len(cfg.Interface.CheckAlive) > 0 {
-		actx, cancel := context.WithCancel(context.Background())
-		s.stopCheckAlive = cancel
-		s.serving.Add(1)
-		go func() {
-			defer s.serving.Done()
-			s.checkAlive(actx, cfg.Interface.CheckAlive, cfg.Interface.CheckAliveInterval)
-		}()
-	}
+	s.startAlive(cfg)
 	if len(cfg.STDIOTunnels) == 1 {
 		target := cfg.STDIOTunnels[0].Target
 		sctx, cancel := context.WithCancel(context.Background())
@@ -249,112 +309,44 @@ func start(ctx context.Context, p *runPlan, log *slog.Logger, e *env) (*service,
 	return s, nil
 }
 
-func (s *service) startServers(p *runPlan) error {
-	cfg := p.cfg
-	hostDialer := &net.Dialer{Timeout: hostDialTimeout}
-	for _, c := range cfg.Socks5 {
-		l, err := s.listenHost("socks5", c.BindAddress)
+// startAlive starts the CheckAlive pings of cfg, if it asks for any.
+func (s *service) startAlive(cfg *config.Config) {
+	if len(cfg.Interface.CheckAlive) == 0 {
+		return
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	s.aliveMu.Lock()
+	s.aliveStop, s.aliveDone = cancel, done
+	s.aliveMu.Unlock()
+	s.serving.Go(func() {
+		defer close(done)
+		s.checkAlive(ctx, cfg.Interface.CheckAlive, cfg.Interface.CheckAliveInterval, s.alive)
+	})
+}
+
+// stopAlive ends the CheckAlive pings and waits for them.
+func (s *service) stopAlive() {
+	s.aliveMu.Lock()
+	stop, done := s.aliveStop, s.aliveDone
+	s.aliveStop, s.aliveDone = nil, nil
+	s.aliveMu.Unlock()
+	if stop != nil {
+		stop()
+		<-done
+	}
+}
+
+// startFrontEnds starts every proxy and tunnel section of the plan.
+func (s *service) startFrontEnds(p *runPlan) error {
+	for _, spec := range s.sections(p) {
+		fe, err := s.startFrontEnd(spec)
 		if err != nil {
 			return err
 		}
-		s.warnIfOpen(l.Addr(), "socks5", c.Username != "")
-		srv := proxy.NewSOCKS5(s.tun, proxy.SOCKS5Config{
-			Username: c.Username, Password: string(c.Password),
-			MaxConnections: c.MaxConnections, Logger: s.log.With("socks5", l.Addr().String()),
-		})
-		s.serve("socks5 "+l.Addr().String(), func() error { return srv.Serve(l) }, srv.Shutdown, srv.Close)
-	}
-	for i, c := range cfg.HTTP {
-		l, err := s.listenHost("http", c.BindAddress)
-		if err != nil {
-			return err
-		}
-		s.warnIfOpen(l.Addr(), "http", c.Username != "")
-		kind := "http"
-		if p.httpTLS[i] != nil {
-			kind = "https"
-		}
-		srv := proxy.NewHTTP(s.tun, proxy.HTTPConfig{
-			Username: c.Username, Password: string(c.Password), TLS: p.httpTLS[i],
-			MaxConnections: c.MaxConnections, Logger: s.log.With(kind, l.Addr().String()),
-		})
-		s.serve(kind+" "+l.Addr().String(), func() error { return srv.Serve(l) }, srv.Shutdown, srv.Close)
-	}
-	for _, c := range cfg.TCPClientTunnels {
-		l, err := s.listenHost("TCPClientTunnel", c.BindAddress)
-		if err != nil {
-			return err
-		}
-		s.warnIfOpen(l.Addr(), "TCPClientTunnel", false)
-		f := proxy.NewTCPForwarder(s.tun.DialContext, c.Target, proxy.ForwardConfig{
-			MaxConnections: c.MaxConnections, IdleTimeout: c.IdleTimeout, Logger: s.log.With("tcp_client_tunnel", l.Addr().String()),
-		})
-		s.serve(fmt.Sprintf("tcp %s→tunnel %s", l.Addr(), c.Target), func() error { return f.Serve(l) }, f.Shutdown, f.Close)
-	}
-	for _, c := range cfg.TCPServerTunnels {
-		var ls []net.Listener
-		err := s.tunnelPorts(c.ListenPort, func(ap netip.AddrPort) (netip.AddrPort, error) {
-			l, err := s.tun.Listen("tcp", ap.String())
-			if err != nil {
-				return netip.AddrPort{}, err
-			}
-			ls = append(ls, l)
-			return l.Addr().(*net.TCPAddr).AddrPort(), nil
-		})
-		if err != nil {
-			for _, l := range ls {
-				l.Close()
-			}
-			return fmt.Errorf("%s: [TCPServerTunnel]: listen in the tunnel: %w", c.Pos, err)
-		}
-		f := proxy.NewTCPForwarder(hostDialer.DialContext, c.Target, proxy.ForwardConfig{
-			MaxConnections: c.MaxConnections, IdleTimeout: c.IdleTimeout, Logger: s.log.With("tcp_server_tunnel", ls[0].Addr().String()),
-		})
-		for i, l := range ls {
-			shutdown, closeFn := f.Shutdown, f.Close
-			if i > 0 { // one forwarder, stopped once
-				shutdown, closeFn = nil, nil
-			}
-			s.serve(fmt.Sprintf("tunnel tcp %s→%s", l.Addr(), c.Target), func() error { return f.Serve(l) }, shutdown, closeFn)
-		}
-	}
-	for _, c := range cfg.UDPProxyTunnels {
-		pc, err := net.ListenPacket("udp", hostBindAddress(c.BindAddress))
-		if err != nil {
-			return fmt.Errorf("UDPProxyTunnel: %w", err)
-		}
-		s.warnIfOpen(pc.LocalAddr(), "UDPProxyTunnel", false)
-		f := proxy.NewUDPForwarder(s.tun.DialContext, c.Target, proxy.UDPForwardConfig{
-			InactivityTimeout: c.InactivityTimeout, Logger: s.log.With("udp_proxy_tunnel", pc.LocalAddr().String()),
-		})
-		s.serve(fmt.Sprintf("udp %s→tunnel %s", pc.LocalAddr(), c.Target), func() error { return f.Serve(pc) }, f.Shutdown, f.Close)
-	}
-	for _, c := range cfg.UDPServerTunnels {
-		var pcs []net.PacketConn
-		err := s.tunnelPorts(c.ListenPort, func(ap netip.AddrPort) (netip.AddrPort, error) {
-			pc, err := s.tun.ListenPacket("udp", ap.String())
-			if err != nil {
-				return netip.AddrPort{}, err
-			}
-			pcs = append(pcs, pc)
-			return pc.LocalAddr().(*net.UDPAddr).AddrPort(), nil
-		})
-		if err != nil {
-			for _, pc := range pcs {
-				pc.Close()
-			}
-			return fmt.Errorf("%s: [UDPServerTunnel]: listen in the tunnel: %w", c.Pos, err)
-		}
-		f := proxy.NewUDPForwarder(hostDialer.DialContext, c.Target, proxy.UDPForwardConfig{
-			InactivityTimeout: c.InactivityTimeout, Logger: s.log.With("udp_server_tunnel", pcs[0].LocalAddr().String()),
-		})
-		for i, pc := range pcs {
-			shutdown, closeFn := f.Shutdown, f.Close
-			if i > 0 {
-				shutdown, closeFn = nil, nil
-			}
-			s.serve(fmt.Sprintf("tunnel udp %s→%s", pc.LocalAddr(), c.Target), func() error { return f.Serve(pc) }, shutdown, closeFn)
-		}
+		s.mu.Lock()
+		s.frontEnds = append(s.frontEnds, fe)
+		s.mu.Unlock()
 	}
 	return nil
 }
@@ -379,11 +371,13 @@ func (s *service) tunnelPorts(port int, listen func(netip.AddrPort) (netip.AddrP
 	return nil
 }
 
-func (s *service) listenHost(section, bind string) (net.Listener, error) {
+// listenHost opens a front end's TCP listener on the host.
+func (s *service) listenHost(fe *frontEnd, section, bind string) (net.Listener, error) {
 	l, err := net.Listen("tcp", hostBindAddress(bind))
 	if err != nil {
 		return nil, fmt.Errorf("[%s] BindAddress %s: %w", section, bind, err)
 	}
+	fe.sockets = append(fe.sockets, l)
 	return l, nil
 }
 
@@ -396,17 +390,30 @@ func (s *service) warnIfOpen(addr net.Addr, section string, authenticated bool) 
 	}
 }
 
-// serve runs one front end. A Serve that returns while the service is not
-// stopping is a failure of the whole process: a proxy that silently
-// stopped listening would look up but serve nobody.
-func (s *service) serve(desc string, run func() error, shutdown func(context.Context) error, closeFn func() error) {
-	s.servers = append(s.servers, server{desc: desc, shutdown: shutdown, close: closeFn})
+// serve runs one server of a front end; fe is nil for the servers that
+// live as long as the process. A Serve that returns while neither the
+// service nor its front end is stopping is a failure of the whole
+// process: a proxy that silently stopped listening would look up but
+// serve nobody.
+func (s *service) serve(fe *frontEnd, srv server, run func() error) {
+	desc := srv.desc
+	var feStopping chan struct{}
+	if fe != nil {
+		fe.servers = append(fe.servers, srv)
+		feStopping = fe.stopping
+	} else {
+		s.mu.Lock()
+		s.servers = append(s.servers, srv)
+		s.mu.Unlock()
+	}
 	s.serving.Add(1)
 	go func() {
 		defer s.serving.Done()
 		err := run()
 		select {
 		case <-s.stopping:
+			return
+		case <-feStopping:
 			return
 		default:
 		}
@@ -420,27 +427,44 @@ func (s *service) serve(desc string, run func() error, shutdown func(context.Con
 	}()
 }
 
+// listenerStats counts the connections of every front end, for
+// /metrics.
+func (s *service) listenerStats() []listenerStat {
+	var out []listenerStat
+	for _, srv := range s.allServers() {
+		if srv.stats != nil {
+			out = append(out, listenerStat{Kind: srv.kind, Addr: srv.addr, ConnStats: srv.stats()})
+		}
+	}
+	return out
+}
+
+// allServers lists the servers of the process and of every front end.
+func (s *service) allServers() []server {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := slices.Clone(s.servers)
+	for _, fe := range s.frontEnds {
+		out = append(out, fe.servers...)
+	}
+	return out
+}
+
 // shutdown stops every front end, gracefully until ctx is done, then
 // closes the tunnel.
 func (s *service) shutdown(ctx context.Context) {
 	close(s.stopping)
-	var wg sync.WaitGroup
-	for _, srv := range s.servers {
-		if srv.shutdown == nil {
-			continue
-		}
-		wg.Go(func() {
-			if err := srv.shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
-				s.log.Debug("shutdown", "server", srv.desc, "err", err)
-			}
-		})
-	}
-	wg.Wait()
+	// A reload in progress finishes first, so no front end starts
+	// behind the shutdown's back.
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	servers := s.allServers()
+	shutdownServers(ctx, s.log, servers)
 	if s.summarized != nil {
 		// It reads the engine: let it go before the tunnel closes.
 		<-s.summarized
 	}
-	for _, srv := range s.servers {
+	for _, srv := range servers {
 		if srv.close != nil {
 			srv.close()
 		}
@@ -448,9 +472,7 @@ func (s *service) shutdown(ctx context.Context) {
 	if s.stdioClose != nil {
 		s.stdioClose()
 	}
-	if s.stopCheckAlive != nil {
-		s.stopCheckAlive()
-	}
+	s.stopAlive()
 	s.tun.Close()
 	s.serving.Wait()
 }

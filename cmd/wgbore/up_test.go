@@ -47,6 +47,7 @@ func waitForLog(t *testing.T, log *syncBuffer, want string) {
 type inProcess struct {
 	stderr  syncBuffer
 	signals chan os.Signal
+	hangups chan os.Signal
 	done    chan int
 }
 
@@ -54,8 +55,8 @@ func runInProcess(t *testing.T, args ...string) *inProcess {
 	if len(args) > 0 && (args[0] == "up" || args[0] == "serve") {
 		args = append(args, "-uapi-dir", shortTempDir(t))
 	}
-	p := &inProcess{signals: make(chan os.Signal, 2), done: make(chan int, 1)}
-	e := &env{stdin: strings.NewReader(""), stdout: &strings.Builder{}, stderr: &p.stderr, signals: p.signals}
+	p := &inProcess{signals: make(chan os.Signal, 2), hangups: make(chan os.Signal, 1), done: make(chan int, 1)}
+	e := &env{stdin: strings.NewReader(""), stdout: &strings.Builder{}, stderr: &p.stderr, signals: p.signals, hangups: p.hangups}
 	go func() { p.done <- run(context.Background(), e, args) }()
 	return p
 }

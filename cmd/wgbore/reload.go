@@ -1,0 +1,327 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"github.com/wgbore/wgbore/protocol/uapi"
+	"io"
+	"net/netip"
+	"reflect"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/wgbore/wgbore/config"
+)
+
+// errCannotReload is a reload of a process that has no file to re-read.
+var errCannotReload = errors.New("the configuration came from " + configEnvName + ", not a file: restart wgbore to change it")
+
+// reloadReport is what one reload did, a line per change, for the log
+// and for `wgbore reload`.
+type reloadReport struct {
+	// changes are what was applied: "peer … added", "socks5 … started".
+	changes []string
+	// kept are changes the file asks for that a running process cannot
+	// make; the old value stays until a restart.
+	kept []string
+	// failed are changes that were tried and failed; the rest of the
+	// reload still took effect.
+	failed []error
+}
+
+// reload re-reads the configuration and applies the difference to the
+// running process. A file that does not parse, or that plan refuses, is
+// rejected whole with its file:line errors and nothing changes. A valid
+// file is applied piece by piece, so that whatever did not change keeps
+// running untouched:
+//
+//   - peers are compared with the engine's, as `wg syncconf` does: a
+//     peer the file no longer names is removed (also one added through
+//     the UAPI), a new one is added, and a changed one is updated in
+//     place, keeping its sessions. A peer whose section did not change
+//     is not touched, so a change made to it with `wg set` survives;
+//   - proxy and tunnel sections are compared whole; one that changed is
+//     stopped and started again (its open connections get the grace
+//     period), and the others keep their listeners and connections;
+//   - the private key and CheckAlive are applied; what the netstack was
+//     built from (Address, MTU, ListenPort, DNS, server mode) is kept
+//     and reported, since changing it takes a restart.
+func (s *service) reload() (reloadReport, error) {
+	var rep reloadReport
+	if s.reread == nil {
+		return rep, errCannotReload
+	}
+	cfg, path, err := s.reread()
+	if err != nil {
+		return rep, err
+	}
+	p, err := plan(cfg, path)
+	if err != nil {
+		return rep, err
+	}
+	p.serve = s.serveMode
+
+	s.reloadMu.Lock()
+	defer s.reloadMu.Unlock()
+	select {
+	case <-s.stopping:
+		return rep, errors.New("shutting down")
+	default:
+	}
+	s.mu.Lock()
+	old := s.cfg
+	s.mu.Unlock()
+
+	s.reloadInterface(old, cfg, &rep)
+	s.reloadPeers(old, cfg, &rep)
+	s.reloadFrontEnds(p, &rep)
+	s.mu.Lock()
+	s.cfg = cfg
+	s.mu.Unlock()
+	return rep, nil
+}
+
+// reloadInterface applies the [Interface] changes that a running engine
+// can take. What it cannot take is copied from old into cfg, so that
+// cfg describes what runs and the next reload reports it again.
+func (s *service) reloadInterface(old, cfg *config.Config, rep *reloadReport) {
+	o, n := &old.Interface, &cfg.Interface
+	if !o.PrivateKey.Equal(n.PrivateKey) {
+		s.tun.Engine().SetPrivateKey(n.PrivateKey)
+		rep.changes = append(rep.changes, "private key changed: public key is now "+n.PrivateKey.PublicKey().String()+"; every session will renegotiate")
+	}
+	if !slices.Equal(o.CheckAlive, n.CheckAlive) || o.CheckAliveInterval != n.CheckAliveInterval {
+		s.stopAlive()
+		s.startAlive(cfg)
+		rep.changes = append(rep.changes, fmt.Sprintf("CheckAlive is now %s", describeAlive(n.CheckAlive, n.CheckAliveInterval)))
+	}
+	keep := func(what string, changed bool, restore func()) {
+		if changed {
+			rep.kept = append(rep.kept, what+" changed: that takes a restart; still running with the old value")
+			restore()
+		}
+	}
+	keep("[Interface] Address", !slices.Equal(o.Addresses, n.Addresses), func() { n.Addresses = o.Addresses })
+	keep("[Interface] ListenPort", o.ListenPort != n.ListenPort, func() { n.ListenPort = o.ListenPort })
+	keep("[Interface] MTU", o.MTU != n.MTU, func() { n.MTU = o.MTU })
+	keep("[Interface] DNS", !slices.Equal(o.DNS, n.DNS) || !slices.Equal(o.DNSSearch, n.DNSSearch), func() { n.DNS, n.DNSSearch = o.DNS, o.DNSSearch })
+	keep("[Resolve]", !reflect.DeepEqual(withoutPos(old.Resolve), withoutPos(cfg.Resolve)), func() {})
+	keep("[Egress]", !reflect.DeepEqual(optionalWithoutPos(old.Egress), optionalWithoutPos(cfg.Egress)), func() { cfg.Egress = old.Egress })
+	keep("[DNSServer]", !reflect.DeepEqual(optionalWithoutPos(old.DNSServer), optionalWithoutPos(cfg.DNSServer)), func() { cfg.DNSServer = old.DNSServer })
+	keep("[STDIOTunnel]", !reflect.DeepEqual(stdioTargets(old), stdioTargets(cfg)), func() {})
+}
+
+func describeAlive(addrs []netip.Addr, every time.Duration) string {
+	if len(addrs) == 0 {
+		return "off"
+	}
+	if every <= 0 {
+		every = config.DefaultCheckAliveInterval
+	}
+	var s []string
+	for _, a := range addrs {
+		s = append(s, a.String())
+	}
+	return strings.Join(s, ", ") + " every " + every.String()
+}
+
+// optionalWithoutPos is withoutPos for a section that may be absent.
+func optionalWithoutPos[T any](v *T) any {
+	if v == nil {
+		return nil
+	}
+	return withoutPos(*v)
+}
+
+func stdioTargets(c *config.Config) []string {
+	var out []string
+	for _, t := range c.STDIOTunnels {
+		out = append(out, t.Target)
+	}
+	return out
+}
+
+// reloadPeers makes the engine's peers those of cfg.
+func (s *service) reloadPeers(old, cfg *config.Config, rep *reloadReport) {
+	eng := s.tun.Engine()
+	before := make(map[string]config.Peer, len(old.Peers))
+	for _, p := range old.Peers {
+		before[p.PublicKey.String()] = p
+	}
+	peers := eng.Peers()
+	live := make(map[string]bool, len(peers))
+	for _, st := range peers {
+		live[st.PublicKey.String()] = true
+	}
+	wanted := make(map[string]bool, len(cfg.Peers))
+	for _, p := range cfg.Peers {
+		key := p.PublicKey.String()
+		wanted[key] = true
+		prev, inOld := before[key]
+		var what string
+		switch {
+		case !live[key]:
+			what = "added"
+		case !inOld || !samePeer(prev, p):
+			what = "updated"
+		default:
+			continue
+		}
+		if err := eng.SetPeer(p.ProtocolConfig()); err != nil {
+			rep.failed = append(rep.failed, fmt.Errorf("peer %s: %w", key, err))
+			continue
+		}
+		rep.changes = append(rep.changes, "peer "+key+" "+what)
+	}
+	for _, st := range peers {
+		if key := st.PublicKey.String(); !wanted[key] && eng.RemovePeer(st.PublicKey) {
+			rep.changes = append(rep.changes, "peer "+key+" removed")
+		}
+	}
+}
+
+// samePeer reports whether two [Peer] sections say the same; the
+// preshared keys are compared in constant time.
+func samePeer(a, b config.Peer) bool {
+	return a.PublicKey.Equal(b.PublicKey) &&
+		a.PresharedKey.Equal(b.PresharedKey) &&
+		a.Endpoint == b.Endpoint &&
+		slices.Equal(a.AllowedIPs, b.AllowedIPs) &&
+		a.PersistentKeepalive == b.PersistentKeepalive
+}
+
+// reloadFrontEnds keeps every running front end whose section is still
+// in the plan, stops the others, then starts the new ones. Stopping
+// comes first, so a section that changed in place can bind its address
+// again.
+func (s *service) reloadFrontEnds(p *runPlan, rep *reloadReport) {
+	s.mu.Lock()
+	running := slices.Clone(s.frontEnds)
+	s.mu.Unlock()
+	specs := s.sections(p)
+	matched := make([]*frontEnd, len(specs))
+	used := make([]bool, len(running))
+	for i, spec := range specs {
+		for j, fe := range running {
+			if !used[j] && fe.sameSection(spec) {
+				matched[i], used[j] = fe, true
+				break
+			}
+		}
+	}
+	graceCtx, cancel := context.WithTimeout(context.Background(), s.grace)
+	for j, fe := range running {
+		if !used[j] {
+			s.stopFrontEnd(graceCtx, fe)
+			for _, srv := range fe.servers {
+				rep.changes = append(rep.changes, srv.desc+" stopped")
+			}
+		}
+	}
+	// The grace period ends by itself; cancel only frees its timer.
+	context.AfterFunc(graceCtx, cancel)
+	now := make([]*frontEnd, 0, len(specs))
+	for i, spec := range specs {
+		if matched[i] != nil {
+			now = append(now, matched[i])
+			continue
+		}
+		fe, err := s.startFrontEnd(spec)
+		if err != nil {
+			rep.failed = append(rep.failed, err)
+			continue
+		}
+		now = append(now, fe)
+		for _, srv := range fe.servers {
+			rep.changes = append(rep.changes, srv.desc+" started")
+		}
+	}
+	s.mu.Lock()
+	s.frontEnds = now
+	s.mu.Unlock()
+}
+
+// reloadAndLog reloads and logs the outcome; SIGHUP's handler.
+func (s *service) reloadAndLog() reloadReport {
+	rep, err := s.reload()
+	if err != nil {
+		s.log.Error("reload rejected: still running the previous configuration", "err", oneLine(err))
+		return rep
+	}
+	s.logReport(rep)
+	return rep
+}
+
+func (s *service) logReport(rep reloadReport) {
+	for _, c := range rep.changes {
+		s.log.Info("reload: " + c)
+	}
+	for _, k := range rep.kept {
+		s.log.Warn("reload: " + k)
+	}
+	for _, f := range rep.failed {
+		s.log.Error("reload: failed", "err", f)
+	}
+	s.log.Info("reloaded", "changes", len(rep.changes), "kept", len(rep.kept), "failed", len(rep.failed))
+}
+
+// oneLine joins a multi-error's lines with "; " for a log attribute.
+func oneLine(err error) string {
+	return strings.ReplaceAll(err.Error(), "\n", "; ")
+}
+
+// rereadConfig loads the file at path again for a reload. A configuration
+// that came from WGBORE_CONFIG cannot change under a running process, so
+// there is nothing to re-read.
+func rereadConfig(e *env, path string) (*config.Config, string, error) {
+	if path == "" || path == configEnvName {
+		return nil, "", errCannotReload
+	}
+	cfg, err := config.Load(path, config.Options{LookupEnv: e.lookup})
+	return cfg, path, err
+}
+
+// reloadOperation is the UAPI request `wgbore reload` sends. It rides
+// on the UAPI socket, whose owner and mode already say who may change
+// this tunnel, and it answers with the outcome, which a SIGHUP cannot.
+const reloadOperation = "wgbore_reload"
+
+// Errnos of a reload's reply: the file was refused (EINVAL), or some
+// change failed while the rest took effect (EIO).
+const (
+	reloadRejected = 22
+	reloadPartial  = 5
+)
+
+// uapiHandler is the UAPI for the engine, plus the reload operation.
+func (s *service) uapiHandler() *uapi.Handler {
+	h := uapi.NewHandler(s.tun.Engine())
+	h.AddOperation(reloadOperation, func(w io.Writer) int {
+		s.log.Info("reload requested on the UAPI socket")
+		rep, err := s.reload()
+		if err != nil {
+			s.log.Error("reload rejected: still running the previous configuration", "err", oneLine(err))
+			for _, line := range strings.Split(err.Error(), "\n") {
+				fmt.Fprintf(w, "error=%s\n", line)
+			}
+			return reloadRejected
+		}
+		s.logReport(rep)
+		for _, c := range rep.changes {
+			fmt.Fprintf(w, "change=%s\n", c)
+		}
+		for _, k := range rep.kept {
+			fmt.Fprintf(w, "kept=%s\n", k)
+		}
+		for _, f := range rep.failed {
+			fmt.Fprintf(w, "error=%s\n", oneLine(f))
+		}
+		if len(rep.failed) > 0 {
+			return reloadPartial
+		}
+		return 0
+	})
+	return h
+}
