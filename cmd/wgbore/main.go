@@ -16,6 +16,7 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"strings"
 	"syscall"
 )
 
@@ -152,6 +153,12 @@ func hasFlags(fs *flag.FlagSet) bool {
 // parseFlags parses args, answering -h itself. done reports that the
 // command should return code without running.
 func parseFlags(e *env, fs *flag.FlagSet, args []string) (code int, done bool) {
+	return parseFlagsAndArgs(e, fs, args, 0)
+}
+
+// parseFlagsAndArgs is parseFlags for a command that takes up to maxArgs
+// arguments after its flags, left in fs.Args().
+func parseFlagsAndArgs(e *env, fs *flag.FlagSet, args []string, maxArgs int) (code int, done bool) {
 	err := fs.Parse(args)
 	if errors.Is(err, flag.ErrHelp) {
 		fs.SetOutput(e.stdout)
@@ -161,8 +168,16 @@ func parseFlags(e *env, fs *flag.FlagSet, args []string) (code int, done bool) {
 	if err != nil {
 		return exitUsage, true
 	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(e.stderr, "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+	// The flag package stops at the first argument, so a flag after it
+	// would be taken for an argument and silently not apply.
+	for _, arg := range fs.Args() {
+		if strings.HasPrefix(arg, "-") {
+			fmt.Fprintf(e.stderr, "%s: flags go before the arguments: %q\n", fs.Name(), arg)
+			return exitUsage, true
+		}
+	}
+	if fs.NArg() > maxArgs {
+		fmt.Fprintf(e.stderr, "%s: unexpected argument %q\n", fs.Name(), fs.Arg(maxArgs))
 		return exitUsage, true
 	}
 	return exitOK, false

@@ -3,8 +3,6 @@ package main
 import (
 	"bufio"
 	"context"
-	"errors"
-	"flag"
 	"fmt"
 	"strconv"
 	"strings"
@@ -41,13 +39,8 @@ const reloadTimeout = 30 * time.Second
 func cmdReload(ctx context.Context, e *env, args []string) int {
 	fset := newFlagSet(e, "reload", reloadUsage)
 	dir := fset.String("uapi-dir", uapi.SocketDir, "`directory` of the UAPI sockets, as given to up or serve")
-	if err := fset.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fset.SetOutput(e.stdout)
-			fset.Usage()
-			return exitOK
-		}
-		return exitUsage
+	if code, done := parseFlagsAndArgs(e, fset, args, 1); done {
+		return code
 	}
 	var name string
 	switch rest := fset.Args(); len(rest) {
@@ -62,11 +55,8 @@ func cmdReload(ctx context.Context, e *env, args []string) int {
 			return exitUsage
 		}
 		name = names[0]
-	case 1:
-		name = rest[0]
 	default:
-		fmt.Fprintf(e.stderr, "wgbore reload: unexpected argument %q\n", rest[1])
-		return exitUsage
+		name = rest[0]
 	}
 
 	ctx, cancel := context.WithTimeout(ctx, reloadTimeout)

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"io/fs"
@@ -43,25 +42,10 @@ var showFields = []string{"public-key", "listen-port", "fwmark", "peers", "endpo
 func cmdShow(ctx context.Context, e *env, args []string) int {
 	fset := newFlagSet(e, "show", showUsage)
 	dir := fset.String("uapi-dir", uapi.SocketDir, "`directory` of the UAPI sockets, as given to up or serve")
-	if err := fset.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			fset.SetOutput(e.stdout)
-			fset.Usage()
-			return exitOK
-		}
-		return exitUsage
+	if code, done := parseFlagsAndArgs(e, fset, args, 2); done {
+		return code
 	}
 	rest := fset.Args()
-	for _, arg := range rest {
-		if strings.HasPrefix(arg, "-") {
-			fmt.Fprintf(e.stderr, "wgbore show: flags go before NAME: %q\n", arg)
-			return exitUsage
-		}
-	}
-	if len(rest) > 2 {
-		fmt.Fprintf(e.stderr, "wgbore show: unexpected argument %q\n", rest[2])
-		return exitUsage
-	}
 	target, field := "all", ""
 	if len(rest) > 0 {
 		target = rest[0]

@@ -1,11 +1,8 @@
 package uapi
 
 import (
-	"bufio"
-	"context"
 	"fmt"
 	"io"
-	"net"
 	"slices"
 	"testing"
 )
@@ -25,25 +22,7 @@ func TestOperation(t *testing.T) {
 		}
 		return 0
 	})
-	l, err := Listen(t.TempDir(), "wgt", 0)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- ServeHandler(ctx, l, h, nil) }()
-	conn, err := net.Dial("unix", l.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		cancel()
-		if err := <-done; err != nil {
-			t.Errorf("ServeHandler: %v", err)
-		}
-		conn.Close()
-	})
-	c := &client{t: t, c: conn, r: bufio.NewReader(conn)}
+	c := serveHandler(t, h)
 
 	if lines, errno := c.do("test_op=1\n\n"); errno != 0 || !slices.Equal(lines, []string{"message=call 1"}) {
 		t.Fatalf("first call: %q errno=%d", lines, errno)

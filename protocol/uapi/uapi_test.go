@@ -41,9 +41,15 @@ func newEngine(t *testing.T) *protocol.Engine {
 	return e
 }
 
-// serve runs Serve on a fresh socket under t.TempDir and returns a
+// serve runs a Handler for dev on a fresh socket under t.TempDir and returns a
 // connected client.
 func serve(t *testing.T, dev Device) *client {
+	t.Helper()
+	return serveHandler(t, NewHandler(dev))
+}
+
+// serveHandler is serve for a Handler of the test's own.
+func serveHandler(t *testing.T, h *Handler) *client {
 	t.Helper()
 	l, err := Listen(t.TempDir(), "wgt", 0)
 	if err != nil {
@@ -51,7 +57,7 @@ func serve(t *testing.T, dev Device) *client {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- Serve(ctx, l, dev, nil) }()
+	go func() { done <- ServeHandler(ctx, l, h, nil) }()
 	c, err := net.Dial("unix", l.Addr().String())
 	if err != nil {
 		t.Fatal(err)
