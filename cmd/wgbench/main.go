@@ -1,0 +1,123 @@
+// Command wgbench is wgbore's performance suite: throughput and CPU per
+// gigabyte, latency, connection rate, memory and handshake rate, each
+// next to wireguard-go measured in the same run on the same machine.
+//
+//	go run ./cmd/wgbench            # the whole suite
+//	go run ./cmd/wgbench -quick     # tiny sizes: checks that it still runs
+//
+// Every party runs in a process of its own (this program, re-executed
+// with -role), so the CPU time each one spends is read from /proc
+// without the others' mixed in. The README's Performance section says
+// how to read the output.
+package main
+
+import (
+	"flag"
+	"fmt"
+	"os"
+	"strings"
+	"syscall"
+	"time"
+)
+
+type options struct {
+	size     int64
+	repeat   int
+	quick    bool
+	only     map[string]bool
+	wgbore   string
+	quietMax time.Duration
+
+	echoCount int
+	connCount int
+	connPar   int
+	idleConns []int
+	benchtime string
+}
+
+func main() {
+	role := flag.String("role", "", "internal: run as one party of a measurement")
+	endpoint := flag.String("endpoint", "", "internal: the peer's WireGuard UDP address, for a client role")
+	via := flag.String("via", "", "internal: socks5://HOST:PORT or http://HOST:PORT, for the proxy-client role")
+	size := flag.String("size", "256MiB", "bytes per throughput run (suffixes KiB, MiB, GiB)")
+	repeat := flag.Int("repeat", 3, "runs of each measurement; the median is reported")
+	quick := flag.Bool("quick", false, "tiny sizes and one run of each, to check that the suite still runs (what CI does)")
+	only := flag.String("only", "", "comma-separated parts to run: A,B,C,D,E (pairs), M (memory), H (handshakes and allocations); empty means all")
+	wgbore := flag.String("wgbore", "", "a built wgbore binary for E and M; empty means go build ./cmd/wgbore into a temporary directory")
+	quiet := flag.Duration("quiet-wait", 10*time.Second, "how long to wait for a quiet CPU before each measurement before measuring anyway")
+	flag.Parse()
+
+	if *role != "" {
+		if err := runRole(*role, *endpoint, *via); err != nil {
+			fmt.Fprintf(os.Stderr, "wgbench -role %s: %v\n", *role, err)
+			os.Exit(1)
+		}
+		return
+	}
+
+	o := options{repeat: *repeat, quick: *quick, wgbore: *wgbore, quietMax: *quiet,
+		echoCount: 2000, connCount: 2000, connPar: 50, idleConns: []int{1000, 10000}, benchtime: "1s"}
+	var err error
+	if o.size, err = parseSize(*size); err != nil {
+		fmt.Fprintf(os.Stderr, "wgbench: -size: %v\n", err)
+		os.Exit(2)
+	}
+	if o.quick {
+		o.repeat = 1
+		o.echoCount, o.connCount, o.idleConns = 200, 100, []int{100, 200}
+		o.benchtime = "100x"
+		o.quietMax = 0
+		if !flagGiven("size") {
+			o.size = 4 << 20
+		}
+	}
+	o.repeat = max(o.repeat, 1)
+	o.only = map[string]bool{}
+	for _, p := range strings.Split(*only, ",") {
+		if p = strings.TrimSpace(strings.ToUpper(p)); p != "" {
+			o.only[p] = true
+		}
+	}
+	raiseFileLimit()
+	if err := run(o); err != nil {
+		fmt.Fprintf(os.Stderr, "wgbench: %v\n", err)
+		os.Exit(1)
+	}
+}
+
+func flagGiven(name string) bool {
+	given := false
+	flag.Visit(func(f *flag.Flag) { given = given || f.Name == name })
+	return given
+}
+
+// parseSize reads a byte count such as 256MiB, 64M or 1000000.
+func parseSize(s string) (int64, error) {
+	units := []struct {
+		suffix string
+		mult   int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}, {"G", 1 << 30}, {"M", 1 << 20}, {"K", 1 << 10}, {"B", 1}}
+	mult := int64(1)
+	for _, u := range units {
+		if rest, ok := strings.CutSuffix(s, u.suffix); ok {
+			s, mult = rest, u.mult
+			break
+		}
+	}
+	var n int64
+	if _, err := fmt.Sscan(s, &n); err != nil || n <= 0 {
+		return 0, fmt.Errorf("%q is not a positive byte count", s)
+	}
+	return n * mult, nil
+}
+
+// raiseFileLimit lifts the soft limit on open files to the hard one: the
+// memory measurement holds ten thousand connections, and the children
+// inherit the limit.
+func raiseFileLimit() {
+	var l syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil && l.Cur < l.Max {
+		l.Cur = l.Max
+		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+	}
+}

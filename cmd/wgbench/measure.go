@@ -1,0 +1,174 @@
+package main
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// procCPU is a process's user plus system time from /proc/PID/stat. The
+// parties run as separate processes so that each one's share can be read
+// here without the others' mixed in.
+func procCPU(pid int) (time.Duration, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, err
+	}
+	return parseStatCPU(string(raw))
+}
+
+// parseStatCPU reads utime and stime, in USER_HZ ticks of 1/100 s, from a
+// /proc/PID/stat line. The command name is in parentheses and may hold
+// spaces, so fields are counted from its closing parenthesis.
+func parseStatCPU(s string) (time.Duration, error) {
+	i := strings.LastIndexByte(s, ')')
+	if i < 0 {
+		return 0, fmt.Errorf("stat line without a command name: %q", s)
+	}
+	fields := strings.Fields(s[i+1:])
+	if len(fields) < 13 {
+		return 0, fmt.Errorf("stat line too short: %q", s)
+	}
+	utime, err1 := strconv.ParseInt(fields[11], 10, 64)
+	stime, err2 := strconv.ParseInt(fields[12], 10, 64)
+	if err1 != nil || err2 != nil {
+		return 0, fmt.Errorf("stat utime/stime %q %q", fields[11], fields[12])
+	}
+	return time.Duration(utime+stime) * 10 * time.Millisecond, nil
+}
+
+// procRSS is a process's resident set in bytes, from VmRSS in
+// /proc/PID/status.
+func procRSS(pid int) (int64, error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, err
+	}
+	return parseVmRSS(string(raw))
+}
+
+func parseVmRSS(status string) (int64, error) {
+	for line := range strings.Lines(status) {
+		rest, ok := strings.CutPrefix(line, "VmRSS:")
+		if !ok {
+			continue
+		}
+		f := strings.Fields(rest)
+		if len(f) != 2 || f[1] != "kB" {
+			return 0, fmt.Errorf("unexpected VmRSS line %q", line)
+		}
+		kb, err := strconv.ParseInt(f[0], 10, 64)
+		return kb * 1024, err
+	}
+	return 0, fmt.Errorf("no VmRSS in status")
+}
+
+// cpuTotals reads the aggregate "cpu" line of /proc/stat: idle (idle plus
+// iowait) and total ticks.
+func cpuTotals() (idle, total uint64, err error) {
+	raw, err := os.ReadFile("/proc/stat")
+	if err != nil {
+		return 0, 0, err
+	}
+	return parseCPULine(string(raw))
+}
+
+func parseCPULine(stat string) (idle, total uint64, err error) {
+	for line := range strings.Lines(stat) {
+		f := strings.Fields(line)
+		if len(f) < 5 || f[0] != "cpu" {
+			continue
+		}
+		for i, s := range f[1:] {
+			v, err := strconv.ParseUint(s, 10, 64)
+			if err != nil {
+				return 0, 0, err
+			}
+			// guest and guest_nice (9 and 10) are already in user.
+			if i >= 8 {
+				break
+			}
+			total += v
+			if i == 3 || i == 4 {
+				idle += v
+			}
+		}
+		return idle, total, nil
+	}
+	return 0, 0, fmt.Errorf("no cpu line in /proc/stat")
+}
+
+// waitQuiet waits until the machine is at least 90% idle over half a
+// second, so that one measurement does not pay for another program's
+// work. It gives up after limit and returns the last idle share seen, for
+// the report to say the figure was taken on a busy machine.
+func waitQuiet(limit time.Duration) (idle float64, quiet bool) {
+	deadline := time.Now().Add(limit)
+	for {
+		i0, t0, err := cpuTotals()
+		if err != nil {
+			return 0, false
+		}
+		time.Sleep(500 * time.Millisecond)
+		i1, t1, err := cpuTotals()
+		if err != nil || t1 == t0 {
+			return 0, false
+		}
+		idle = float64(i1-i0) / float64(t1-t0)
+		if idle >= 0.9 {
+			return idle, true
+		}
+		if time.Now().After(deadline) {
+			return idle, false
+		}
+	}
+}
+
+// median of xs; the figure each measurement reports over its repeats,
+// since one disturbed run moves it least.
+func median(xs []float64) float64 {
+	if len(xs) == 0 {
+		return 0
+	}
+	s := slices.Clone(xs)
+	slices.Sort(s)
+	n := len(s)
+	if n%2 == 1 {
+		return s[n/2]
+	}
+	return (s[n/2-1] + s[n/2]) / 2
+}
+
+// percentile is the nearest-rank p-th percentile (0 < p <= 100) of
+// sorted durations.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	rank := int(p/100*float64(len(sorted))+0.999999) - 1
+	rank = max(0, min(rank, len(sorted)-1))
+	return sorted[rank]
+}
+
+// machine describes where the figures come from: ratios travel between
+// machines, raw figures do not.
+func machine() string {
+	cpu := "unknown CPU"
+	if raw, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.Lines(string(raw)) {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				cpu = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	kernel := "unknown kernel"
+	if raw, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		kernel = strings.TrimSpace(string(raw))
+	}
+	return fmt.Sprintf("%s, %d cores, Linux %s, %s %s/%s", cpu, runtime.NumCPU(), kernel, runtime.Version(), runtime.GOOS, runtime.GOARCH)
+}

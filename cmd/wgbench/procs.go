@@ -1,0 +1,228 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/wgbore/wgbore/protocol"
+)
+
+// child is one party of a measurement in a process of its own.
+type child struct {
+	name  string
+	cmd   *exec.Cmd
+	stdin io.WriteCloser
+	out   *json.Decoder
+	log   *tailBuffer
+}
+
+// tailBuffer keeps the end of a child's stderr for an error message.
+type tailBuffer struct {
+	mu  sync.Mutex
+	buf []byte
+}
+
+func (t *tailBuffer) Write(p []byte) (int, error) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.buf = append(t.buf, p...)
+	if len(t.buf) > 8<<10 {
+		t.buf = append([]byte(nil), t.buf[len(t.buf)-4<<10:]...)
+	}
+	return len(p), nil
+}
+
+func (t *tailBuffer) String() string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return strings.TrimSpace(string(t.buf))
+}
+
+// startRole re-executes this program as role and waits for its first
+// line: a peer's UDP port or a client's "ready".
+func startRole(name, role string, key protocol.PrivateKey, peer protocol.PublicKey, args ...string) (*child, reply, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, reply{}, err
+	}
+	cmd := exec.Command(self, append([]string{"-role", role}, args...)...)
+	cmd.Env = append(os.Environ(), envKey+"="+key.Base64(), envPeer+"="+peer.String())
+	c := &child{name: name, cmd: cmd, log: &tailBuffer{}}
+	cmd.Stderr = c.log
+	if c.stdin, err = cmd.StdinPipe(); err != nil {
+		return nil, reply{}, err
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		return nil, reply{}, err
+	}
+	c.out = json.NewDecoder(bufio.NewReader(stdout))
+	if err := cmd.Start(); err != nil {
+		return nil, reply{}, err
+	}
+	var first reply
+	if err := c.out.Decode(&first); err != nil {
+		c.stop()
+		return nil, reply{}, fmt.Errorf("%s did not start: %v: %s", name, err, c.log)
+	}
+	return c, first, nil
+}
+
+func (c *child) pid() int { return c.cmd.Process.Pid }
+
+// do sends a command to a client process and waits for its answer.
+func (c *child) do(cmd command) (reply, error) {
+	line, _ := json.Marshal(cmd)
+	if _, err := c.stdin.Write(append(line, '\n')); err != nil {
+		return reply{}, fmt.Errorf("%s: %v: %s", c.name, err, c.log)
+	}
+	var r reply
+	if err := c.out.Decode(&r); err != nil {
+		return reply{}, fmt.Errorf("%s: %v: %s", c.name, err, c.log)
+	}
+	if r.Err != "" {
+		return r, fmt.Errorf("%s %s %s: %s", c.name, cmd.Op, cmd.Addr, r.Err)
+	}
+	return r, nil
+}
+
+// stop closes the child's stdin, which ends every role, and kills one
+// that has not exited a few seconds later.
+func (c *child) stop() {
+	c.stdin.Close()
+	done := make(chan struct{})
+	go func() { c.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		c.cmd.Process.Kill()
+		<-done
+	}
+}
+
+// upDaemon is a `wgbore up` process and the addresses it listens on.
+type upDaemon struct {
+	cmd    *exec.Cmd
+	listen []string
+	log    *tailBuffer
+	dir    string
+	done   chan struct{}
+}
+
+// startUp runs `wgbore up -c conf` and waits for its start-up summary,
+// whose "listen" field names the proxies' addresses.
+func startUp(binary, conf string) (*upDaemon, error) {
+	dir, err := os.MkdirTemp("", "wgbench")
+	if err != nil {
+		return nil, err
+	}
+	path := dir + "/wg0.conf"
+	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
+		return nil, err
+	}
+	d := &upDaemon{dir: dir, log: &tailBuffer{}, done: make(chan struct{})}
+	d.cmd = exec.Command(binary, "up", "-c", path, "-log-format", "json", "-log-level", "info", "-uapi-dir", dir)
+	stderr, err := d.cmd.StderrPipe()
+	if err != nil {
+		return nil, err
+	}
+	if err := d.cmd.Start(); err != nil {
+		os.RemoveAll(dir)
+		return nil, err
+	}
+	ready := make(chan []string, 1)
+	go func() {
+		defer close(d.done)
+		sc := bufio.NewScanner(stderr)
+		sc.Buffer(make([]byte, 1<<20), 1<<20)
+		for sc.Scan() {
+			d.log.Write(append(sc.Bytes(), '\n'))
+			var line struct {
+				Msg    string   `json:"msg"`
+				Listen []string `json:"listen"`
+			}
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "wgbore is up" {
+				ready <- line.Listen
+			}
+		}
+		d.cmd.Wait()
+	}()
+	select {
+	case d.listen = <-ready:
+		return d, nil
+	case <-d.done:
+		os.RemoveAll(dir)
+		return nil, fmt.Errorf("wgbore up exited before its summary: %s", d.log)
+	case <-time.After(60 * time.Second):
+		d.stop()
+		return nil, fmt.Errorf("wgbore up: no start-up summary after 60s: %s", d.log)
+	}
+}
+
+// addr is the address of the listener whose description starts with
+// prefix ("socks5 ", "http ").
+func (d *upDaemon) addr(prefix string) (string, error) {
+	for _, l := range d.listen {
+		if rest, ok := strings.CutPrefix(l, prefix); ok {
+			return strings.Fields(strings.Split(rest, "→")[0])[0], nil
+		}
+	}
+	return "", fmt.Errorf("no %q listener in %v", strings.TrimSpace(prefix), d.listen)
+}
+
+func (d *upDaemon) pid() int { return d.cmd.Process.Pid }
+
+func (d *upDaemon) stop() {
+	d.cmd.Process.Signal(os.Interrupt)
+	select {
+	case <-d.done:
+	case <-time.After(10 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.done
+	}
+	os.RemoveAll(d.dir)
+}
+
+// buildWgbore builds cmd/wgbore into dir: E and M measure the program
+// people run, not the library.
+func buildWgbore(dir string) (string, error) {
+	out := dir + "/wgbore"
+	cmd := exec.Command("go", "build", "-o", out, "github.com/wgbore/wgbore/cmd/wgbore")
+	var stderr bytes.Buffer
+	cmd.Stderr = &stderr
+	if err := cmd.Run(); err != nil {
+		return "", fmt.Errorf("go build ./cmd/wgbore: %v: %s", err, stderr.String())
+	}
+	return out, nil
+}
+
+// upConfig is the wg-quick file for `wgbore up` as the client of the
+// wireguard-go peer at port, with both proxies on loopback.
+func upConfig(key protocol.PrivateKey, peer protocol.PublicKey, port uint16) string {
+	return fmt.Sprintf(`[Interface]
+PrivateKey = %s
+Address = %s/32
+
+[Peer]
+PublicKey = %s
+Endpoint = 127.0.0.1:%d
+AllowedIPs = %s/32
+
+[Socks5]
+BindAddress = 127.0.0.1:0
+MaxConnections = 20000
+
+[http]
+BindAddress = 127.0.0.1:0
+Username = %s
+Password = %s
+`, key.Base64(), clientAddr, peer, port, peerAddr, proxyUser, proxyPass)
+}

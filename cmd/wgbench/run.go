@@ -1,0 +1,421 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/wgbore/wgbore/protocol"
+)
+
+// pairDef is one tunnel measured end to end: the peer serving echo,
+// discard and source, and the client driving the transfers.
+type pairDef struct {
+	name, desc           string
+	peerRole, clientRole string
+	peerProc, clientProc string
+	latency              bool // also echo latency and connection rate
+	viaUp                bool // E: through `wgbore up`'s proxies
+}
+
+var pairs = []pairDef{
+	{name: "A", desc: "wgbore netstack library → wireguard-go peer", peerRole: "wggo-peer", clientRole: "wgbore-client", peerProc: "wggo-peer", clientProc: "wgbore", latency: true},
+	{name: "B", desc: "wireguard-go tun/netstack → wireguard-go peer (reference for A)", peerRole: "wggo-peer", clientRole: "wggo-client", peerProc: "wggo-peer", clientProc: "wggo", latency: true},
+	{name: "C", desc: "wgbore library → wgbore library peer", peerRole: "wgbore-peer", clientRole: "wgbore-client", peerProc: "wgbore-peer", clientProc: "wgbore", latency: false},
+	{name: "D", desc: "wireguard-go → wireguard-go (reference for C)", peerRole: "wggo-peer", clientRole: "wggo-client", peerProc: "wggo-peer", clientProc: "wggo", latency: false},
+	{name: "E", desc: "`wgbore up` SOCKS5 and HTTP CONNECT → wireguard-go peer", peerRole: "wggo-peer", peerProc: "wggo-peer", latency: true, viaUp: true},
+}
+
+// proc is a process whose CPU time a measurement reports.
+type proc struct {
+	name string
+	pid  int
+}
+
+type suite struct {
+	o   options
+	res *results
+	tmp string
+}
+
+func run(o options) error {
+	start := time.Now()
+	tmp, err := os.MkdirTemp("", "wgbench")
+	if err != nil {
+		return err
+	}
+	defer os.RemoveAll(tmp)
+	s := &suite{o: o, res: newResults(), tmp: tmp}
+	fmt.Printf("wgbench: %s\n", machine())
+	fmt.Printf("wgbench: %s per throughput run, median of %d, echo %d round trips, %d connections %d at a time, idle connections %v\n",
+		fmtBytes(o.size), o.repeat, o.echoCount, o.connCount, o.connPar, o.idleConns)
+	want := func(part string) bool { return len(o.only) == 0 || o.only[part] }
+	var failed []string
+	for _, p := range pairs {
+		if !want(p.name) {
+			continue
+		}
+		fmt.Printf("== %s: %s\n", p.name, p.desc)
+		if err := s.runPair(p); err != nil {
+			fmt.Printf("   FAILED: %v\n", err)
+			failed = append(failed, p.name)
+		}
+	}
+	if want("M") {
+		fmt.Printf("== M: memory of `wgbore up` with idle SOCKS5 connections\n")
+		if err := s.runMemory(); err != nil {
+			fmt.Printf("   FAILED: %v\n", err)
+			failed = append(failed, "M")
+		}
+	}
+	if want("H") {
+		fmt.Printf("== H: handshakes per second per core and data-path allocations (go test ./protocol)\n")
+		if err := s.runMicro(); err != nil {
+			fmt.Printf("   FAILED: %v\n", err)
+			failed = append(failed, "H")
+		}
+	}
+	fmt.Println()
+	s.res.printTable(os.Stdout)
+	fmt.Println()
+	s.res.printTargets(os.Stdout)
+	fmt.Println()
+	s.res.printMachine(os.Stdout)
+	fmt.Printf("wgbench measure=run seconds=%.1f busy_measurements=%d failed=%s\n", time.Since(start).Seconds(), s.res.busy, strings.Join(append(failed, ""), ","))
+	if len(failed) > 0 {
+		return fmt.Errorf("parts failed: %s", strings.Join(failed, ", "))
+	}
+	return nil
+}
+
+// quiet waits for an idle CPU and counts the measurements it could not
+// wait for, which the output reports.
+func (s *suite) quiet() {
+	if s.o.quietMax <= 0 {
+		return
+	}
+	idle, ok := waitQuiet(s.o.quietMax)
+	if !ok {
+		s.res.busy++
+		fmt.Printf("   (CPU not quiet: %.0f%% idle; measuring anyway)\n", idle*100)
+	}
+}
+
+func (s *suite) runPair(p pairDef) error {
+	peerKey, err := protocol.GeneratePrivateKey()
+	if err != nil {
+		return err
+	}
+	clientKey, err := protocol.GeneratePrivateKey()
+	if err != nil {
+		return err
+	}
+	peer, first, err := startRole(p.peerProc, p.peerRole, peerKey, clientKey.PublicKey())
+	if err != nil {
+		return err
+	}
+	defer peer.stop()
+	endpoint := netip.AddrPortFrom(loopback, first.Port).String()
+	if !p.viaUp {
+		client, _, err := startRole(p.clientProc, p.clientRole, clientKey, peerKey.PublicKey(), "-endpoint", endpoint)
+		if err != nil {
+			return err
+		}
+		defer client.stop()
+		return s.measure(p.name, client, []proc{{p.clientProc, client.pid()}, {p.peerProc, peer.pid()}}, p.latency)
+	}
+	bin, err := s.wgboreBinary()
+	if err != nil {
+		return err
+	}
+	up, err := startUp(bin, upConfig(clientKey, peerKey.PublicKey(), first.Port))
+	if err != nil {
+		return err
+	}
+	defer up.stop()
+	for _, via := range []struct{ name, prefix, scheme string }{{"E-socks5", "socks5 ", "socks5"}, {"E-http", "http ", "http"}} {
+		addr, err := up.addr(via.prefix)
+		if err != nil {
+			return err
+		}
+		client, _, err := startRole("proxy-client", "proxy-client", clientKey, peerKey.PublicKey(), "-via", via.scheme+"://"+addr)
+		if err != nil {
+			return err
+		}
+		err = s.measure(via.name, client, []proc{{"wgbore-up", up.pid()}, {"proxy-client", client.pid()}, {p.peerProc, peer.pid()}}, p.latency)
+		client.stop()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *suite) wgboreBinary() (string, error) {
+	if s.o.wgbore == "" {
+		bin, err := buildWgbore(s.tmp)
+		if err != nil {
+			return "", err
+		}
+		s.o.wgbore = bin
+	}
+	return s.o.wgbore, nil
+}
+
+// measure runs the transfers, and for latency pairs the echo and
+// connection-rate runs, repeat times each, and records the medians.
+func (s *suite) measure(pair string, client *child, procs []proc, latency bool) error {
+	for _, dir := range []string{"download", "upload"} {
+		port := portSource
+		if dir == "upload" {
+			port = portDiscard
+		}
+		var mbps []float64
+		cpu := make([][]float64, len(procs))
+		for range s.o.repeat {
+			s.quiet()
+			before := make([]time.Duration, len(procs))
+			for i, p := range procs {
+				before[i], _ = procCPU(p.pid)
+			}
+			r, err := client.do(command{Op: dir, Addr: netip.AddrPortFrom(peerAddr, uint16(port)).String(), Bytes: s.o.size})
+			if err != nil {
+				return err
+			}
+			gb := float64(s.o.size) / 1e9
+			for i, p := range procs {
+				after, err := procCPU(p.pid)
+				if err != nil {
+					return err
+				}
+				cpu[i] = append(cpu[i], (after-before[i]).Seconds()/gb)
+			}
+			mbps = append(mbps, float64(s.o.size)/1e6/r.Seconds)
+		}
+		tags := fmt.Sprintf("measure=throughput pair=%s dir=%s", pair, dir)
+		s.res.add(tags, kv{"mbps", median(mbps)})
+		line := fmt.Sprintf("   %-9s %9.1f MB/s  CPU-s/GB:", dir, median(mbps))
+		for i, p := range procs {
+			s.res.add(fmt.Sprintf("measure=cpu pair=%s dir=%s proc=%s", pair, dir, p.name), kv{"cpu_s_per_gb", median(cpu[i])})
+			line += fmt.Sprintf(" %s %.2f", p.name, median(cpu[i]))
+		}
+		fmt.Println(line)
+	}
+	if !latency {
+		return nil
+	}
+	echoAddr := netip.AddrPortFrom(peerAddr, portEcho).String()
+	var p50, p99, rate []float64
+	for range s.o.repeat {
+		s.quiet()
+		r, err := client.do(command{Op: "echo", Addr: echoAddr, Count: s.o.echoCount})
+		if err != nil {
+			return err
+		}
+		p50, p99 = append(p50, r.P50us), append(p99, r.P99us)
+	}
+	s.res.add("measure=echo pair="+pair, kv{"p50_us", median(p50)}, kv{"p99_us", median(p99)})
+	fmt.Printf("   echo-1B   p50 %.0f µs  p99 %.0f µs\n", median(p50), median(p99))
+	for range s.o.repeat {
+		s.quiet()
+		r, err := client.do(command{Op: "connrate", Addr: echoAddr, Count: s.o.connCount, Parallel: s.o.connPar})
+		if err != nil {
+			return err
+		}
+		rate = append(rate, r.ConnsPerS)
+	}
+	s.res.add("measure=connrate pair="+pair, kv{"conns_per_s", median(rate)})
+	fmt.Printf("   connect   %.0f conns/s (%d in parallel, each one 1-byte echo)\n", median(rate), s.o.connPar)
+	return nil
+}
+
+// runMemory measures `wgbore up`'s resident memory idle after its
+// handshake, then holding idle SOCKS5 connections open through it, each
+// one tunnelled to the wireguard-go peer's echo service.
+func (s *suite) runMemory() error {
+	peerKey, err := protocol.GeneratePrivateKey()
+	if err != nil {
+		return err
+	}
+	clientKey, err := protocol.GeneratePrivateKey()
+	if err != nil {
+		return err
+	}
+	peer, first, err := startRole("wggo-peer", "wggo-peer", peerKey, clientKey.PublicKey())
+	if err != nil {
+		return err
+	}
+	defer peer.stop()
+	bin, err := s.wgboreBinary()
+	if err != nil {
+		return err
+	}
+	up, err := startUp(bin, upConfig(clientKey, peerKey.PublicKey(), first.Port))
+	if err != nil {
+		return err
+	}
+	defer up.stop()
+	socks, err := up.addr("socks5 ")
+	if err != nil {
+		return err
+	}
+	echo := netip.AddrPortFrom(peerAddr, portEcho)
+	dial := func() (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		c, err := socksConnect(ctx, socks, echo)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := echoOnce(c, make([]byte, 1)); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
+	}
+	// One connection first, so the handshake is done and counted in the
+	// idle figure, as it would be for a user.
+	c, err := dial()
+	if err != nil {
+		return err
+	}
+	c.Close()
+	time.Sleep(2 * time.Second)
+	idle, err := procRSS(up.pid())
+	if err != nil {
+		return err
+	}
+	s.res.add("measure=memory state=idle", kv{"rss_mb", float64(idle) / 1e6})
+	fmt.Printf("   idle      RSS %.1f MB\n", float64(idle)/1e6)
+
+	var (
+		mu    sync.Mutex
+		conns []net.Conn
+	)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for _, n := range s.o.idleConns {
+		var wg sync.WaitGroup
+		var firstErr error
+		need := n - len(conns)
+		var next sync.Mutex
+		left := need
+		for range 50 {
+			wg.Go(func() {
+				for {
+					next.Lock()
+					if left == 0 || firstErr != nil {
+						next.Unlock()
+						return
+					}
+					left--
+					next.Unlock()
+					c, err := dial()
+					mu.Lock()
+					if err != nil {
+						if firstErr == nil {
+							firstErr = fmt.Errorf("connection %d of %d: %w", len(conns)+1, n, err)
+						}
+					} else {
+						conns = append(conns, c)
+					}
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if firstErr != nil {
+			return firstErr
+		}
+		time.Sleep(2 * time.Second)
+		rss, err := procRSS(up.pid())
+		if err != nil {
+			return err
+		}
+		per := float64(rss-idle) / float64(n) / 1024
+		s.res.add(fmt.Sprintf("measure=memory state=conns conns=%d", n), kv{"rss_mb", float64(rss) / 1e6}, kv{"kib_per_conn", per})
+		fmt.Printf("   %-5d idle conns: RSS %.1f MB, %.1f KiB per connection\n", n, float64(rss)/1e6, per)
+	}
+	return nil
+}
+
+// benchLine matches a `go test -bench` result line.
+var benchLine = regexp.MustCompile(`^(Benchmark\S+?)(-\d+)?\s+(\d+)\s+(.*)$`)
+
+// parseBench reads the metrics of a benchmark result line ("123 ns/op
+// 0 allocs/op 4567 handshakes/s") by unit.
+func parseBench(line string) (name string, metrics map[string]float64, ok bool) {
+	m := benchLine.FindStringSubmatch(strings.TrimSpace(line))
+	if m == nil {
+		return "", nil, false
+	}
+	f := strings.Fields(m[4])
+	metrics = map[string]float64{}
+	for i := 0; i+1 < len(f); i += 2 {
+		v, err := strconv.ParseFloat(f[i], 64)
+		if err != nil {
+			return "", nil, false
+		}
+		metrics[f[i+1]] = v
+	}
+	return m[1], metrics, true
+}
+
+// runMicro runs the protocol package's own benchmarks: complete
+// handshakes on one core, and allocations on the data path. They need
+// the package's internals, so they run as `go test`, which needs a Go
+// toolchain (CI has one).
+func (s *suite) runMicro() error {
+	if _, err := exec.LookPath("go"); err != nil {
+		return fmt.Errorf("no go command: handshake and allocation benchmarks skipped")
+	}
+	s.quiet()
+	cmd := exec.Command("go", "test", "-run", "^$", "-bench", "^(BenchmarkHandshake|BenchmarkSendPath|BenchmarkEncrypt|BenchmarkDecrypt)$",
+		"-benchmem", "-cpu", "1", "-benchtime", s.o.benchtime, "-count", strconv.Itoa(s.o.repeat), "github.com/wgbore/wgbore/protocol")
+	out, err := cmd.CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("go test ./protocol -bench: %v\n%s", err, out)
+	}
+	byName := map[string]map[string][]float64{}
+	var order []string
+	for _, line := range strings.Split(string(out), "\n") {
+		name, metrics, ok := parseBench(line)
+		if !ok {
+			continue
+		}
+		if byName[name] == nil {
+			byName[name] = map[string][]float64{}
+			order = append(order, name)
+		}
+		for unit, v := range metrics {
+			byName[name][unit] = append(byName[name][unit], v)
+		}
+	}
+	if len(order) == 0 {
+		return fmt.Errorf("no benchmark results in:\n%s", out)
+	}
+	for _, name := range order {
+		m := byName[name]
+		short := strings.TrimPrefix(name, "Benchmark")
+		if hs, ok := m["handshakes/s"]; ok {
+			s.res.add("measure=handshake cpu=1", kv{"handshakes_per_s", median(hs)})
+			fmt.Printf("   %-10s %.0f handshakes/s on one core\n", short, median(hs))
+		}
+		if a, ok := m["allocs/op"]; ok {
+			s.res.add("measure=allocs bench="+short, kv{"allocs_per_op", median(a)}, kv{"ns_per_op", median(m["ns/op"])})
+			fmt.Printf("   %-10s %.0f allocs/op, %.0f ns/op\n", short, median(a), median(m["ns/op"]))
+		}
+	}
+	return nil
+}
