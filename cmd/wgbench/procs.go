@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/wgbore/wgbore/protocol"
@@ -24,18 +25,28 @@ type child struct {
 	log   *tailBuffer
 }
 
-// tailBuffer keeps the end of a child's stderr for an error message.
+// tailBuffer keeps the start and the end of a child's stderr for an
+// error message: a crash says why at its start, an error at the end.
 type tailBuffer struct {
-	mu  sync.Mutex
-	buf []byte
+	mu         sync.Mutex
+	head, tail []byte
+	dropped    int
 }
+
+const headMax, tailMax = 3 << 10, 2 << 10
 
 func (t *tailBuffer) Write(p []byte) (int, error) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	t.buf = append(t.buf, p...)
-	if len(t.buf) > 8<<10 {
-		t.buf = append([]byte(nil), t.buf[len(t.buf)-4<<10:]...)
+	q := p
+	if n := min(len(q), headMax-len(t.head)); n > 0 {
+		t.head = append(t.head, q[:n]...)
+		q = q[n:]
+	}
+	t.tail = append(t.tail, q...)
+	if len(t.tail) > 2*tailMax {
+		t.dropped += len(t.tail) - tailMax
+		t.tail = append([]byte(nil), t.tail[len(t.tail)-tailMax:]...)
 	}
 	return len(p), nil
 }
@@ -43,7 +54,10 @@ func (t *tailBuffer) Write(p []byte) (int, error) {
 func (t *tailBuffer) String() string {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return strings.TrimSpace(string(t.buf))
+	if t.dropped == 0 {
+		return strings.TrimSpace(string(t.head) + string(t.tail))
+	}
+	return strings.TrimSpace(fmt.Sprintf("%s\n[... %d bytes ...]\n%s", t.head, t.dropped, t.tail))
 }
 
 // startRole re-executes this program as role and waits for its first
@@ -72,6 +86,9 @@ func startRole(name, role string, key protocol.PrivateKey, peer protocol.PublicK
 	if err := c.out.Decode(&first); err != nil {
 		c.stop()
 		return nil, reply{}, fmt.Errorf("%s did not start: %v: %s", name, err, c.log)
+	}
+	if first.Stalls > 0 {
+		fmt.Printf("   WARNING: %s: %d first connection(s) through the tunnel stalled and were retried: %s\n", name, first.Stalls, first.Stalled)
 	}
 	return c, first, nil
 }
@@ -115,6 +132,9 @@ type upDaemon struct {
 	log    *tailBuffer
 	dir    string
 	done   chan struct{}
+	// logFile has the whole log; it is kept after a failure, with a
+	// goroutine dump, for whoever debugs the failure.
+	logFile *os.File
 }
 
 // startUp runs `wgbore up -c conf` and waits for its start-up summary,
@@ -129,6 +149,9 @@ func startUp(binary, conf string) (*upDaemon, error) {
 		return nil, err
 	}
 	d := &upDaemon{dir: dir, log: &tailBuffer{}, done: make(chan struct{})}
+	if d.logFile, err = os.CreateTemp("", "wgbench-up-*.log"); err != nil {
+		return nil, err
+	}
 	d.cmd = exec.Command(binary, "up", "-c", path, "-log-format", "json", "-log-level", "info", "-uapi-dir", dir)
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
@@ -141,7 +164,7 @@ func startUp(binary, conf string) (*upDaemon, error) {
 	ready := make(chan []string, 1)
 	go func() {
 		defer close(d.done)
-		sc := bufio.NewScanner(stderr)
+		sc := bufio.NewScanner(io.TeeReader(stderr, d.logFile))
 		sc.Buffer(make([]byte, 1<<20), 1<<20)
 		for sc.Scan() {
 			d.log.Write(append(sc.Bytes(), '\n'))
@@ -153,6 +176,7 @@ func startUp(binary, conf string) (*upDaemon, error) {
 				ready <- line.Listen
 			}
 		}
+		io.Copy(d.logFile, stderr)
 		d.cmd.Wait()
 	}()
 	select {
@@ -162,9 +186,23 @@ func startUp(binary, conf string) (*upDaemon, error) {
 		os.RemoveAll(dir)
 		return nil, fmt.Errorf("wgbore up exited before its summary: %s", d.log)
 	case <-time.After(60 * time.Second):
-		d.stop()
-		return nil, fmt.Errorf("wgbore up: no start-up summary after 60s: %s", d.log)
+		return nil, fmt.Errorf("wgbore up: no start-up summary after 60s: log in %s", d.fail())
 	}
+}
+
+// fail stops the daemon with SIGQUIT, whose goroutine dump goes to the
+// log, and keeps the log: the path is for the failure's message.
+func (d *upDaemon) fail() string {
+	d.cmd.Process.Signal(syscall.SIGQUIT)
+	select {
+	case <-d.done:
+	case <-time.After(10 * time.Second):
+		d.cmd.Process.Kill()
+		<-d.done
+	}
+	os.RemoveAll(d.dir)
+	d.logFile.Close()
+	return d.logFile.Name()
 }
 
 // addr is the address of the listener whose description starts with
@@ -189,6 +227,8 @@ func (d *upDaemon) stop() {
 		<-d.done
 	}
 	os.RemoveAll(d.dir)
+	d.logFile.Close()
+	os.Remove(d.logFile.Name())
 }
 
 // buildWgbore builds cmd/wgbore into dir: E and M measure the program

@@ -101,9 +101,20 @@ func parseMachineLine(line string) (map[string]string, bool) {
 	return out, true
 }
 
+func (r *results) has(measure string) bool {
+	for _, rec := range r.records {
+		if tagMap(rec.tags)["measure"] == measure {
+			return true
+		}
+	}
+	return false
+}
+
 func (r *results) printTable(w io.Writer) {
-	fmt.Fprintln(w, "Throughput: MB/s, and CPU-seconds per GB moved for each process")
-	fmt.Fprintf(w, "  %-9s %-9s %9s   %s\n", "pair", "dir", "MB/s", "CPU-s/GB")
+	if r.has("throughput") {
+		fmt.Fprintln(w, "Throughput: MB/s, and CPU-seconds per GB moved for each process")
+		fmt.Fprintf(w, "  %-9s %-9s %9s   %s\n", "pair", "dir", "MB/s", "CPU-s/GB")
+	}
 	for _, rec := range r.records {
 		if !strings.HasPrefix(rec.tags, "measure=throughput ") {
 			continue
@@ -127,8 +138,10 @@ func (r *results) printTable(w io.Writer) {
 			}
 		}
 	}
-	fmt.Fprintln(w, "Latency and connection rate")
-	fmt.Fprintf(w, "  %-9s %10s %10s %10s\n", "pair", "p50 µs", "p99 µs", "conns/s")
+	if r.has("echo") {
+		fmt.Fprintln(w, "Latency and connection rate")
+		fmt.Fprintf(w, "  %-9s %10s %10s %10s\n", "pair", "p50 µs", "p99 µs", "conns/s")
+	}
 	for _, pair := range []string{"A", "B", "E-socks5", "E-http"} {
 		p50, ok := r.get("measure=echo pair="+pair, "p50_us")
 		if !ok {

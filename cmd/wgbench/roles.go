@@ -71,6 +71,10 @@ type reply struct {
 	// Port is a peer's WireGuard UDP port; Ready a client's handshake.
 	Port  uint16 `json:"port,omitempty"`
 	Ready bool   `json:"ready,omitempty"`
+	// Stalls are first echoes that got no answer and were retried: the
+	// tunnel is up, so they are worth reporting as a fault.
+	Stalls  int    `json:"stalls,omitempty"`
+	Stalled string `json:"stalled,omitempty"`
 }
 
 type dialFunc func(ctx context.Context, addr string) (net.Conn, error)
@@ -163,10 +167,15 @@ func runRole(role, endpoint, via string) error {
 				return err
 			}
 		}
-		if err := firstEcho(dial); err != nil {
+		stalls, last, err := firstEcho(dial)
+		if err != nil {
 			return err
 		}
-		out.Encode(reply{Ready: true})
+		r := reply{Ready: true, Stalls: stalls}
+		if last != nil {
+			r.Stalled = last.Error()
+		}
+		out.Encode(r)
 		sc := bufio.NewScanner(os.Stdin)
 		for sc.Scan() {
 			var c command
@@ -284,22 +293,23 @@ func serveServices(listen listenFunc) error {
 
 // firstEcho waits for the tunnel: the first dial carries the handshake,
 // which is not what any measurement is about.
-func firstEcho(dial dialFunc) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+func firstEcho(dial dialFunc) (stalls int, stalled, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	var err error
 	for ctx.Err() == nil {
 		var c net.Conn
 		if c, err = dial(ctx, netip.AddrPortFrom(peerAddr, portEcho).String()); err == nil {
+			c.SetDeadline(time.Now().Add(10 * time.Second))
 			_, err = echoOnce(c, make([]byte, 1))
 			c.Close()
 			if err == nil {
-				return nil
+				return stalls, stalled, nil
 			}
+			stalls, stalled = stalls+1, err
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	return fmt.Errorf("no echo through the tunnel after 30s: %v", err)
+	return stalls, stalled, fmt.Errorf("no echo through the tunnel after 60s: %v", err)
 }
 
 func echoOnce(c net.Conn, one []byte) (time.Duration, error) {
@@ -313,9 +323,44 @@ func echoOnce(c net.Conn, one []byte) (time.Duration, error) {
 	return time.Since(start), nil
 }
 
+// stallTimeout fails a measurement whose connection makes no progress
+// for this long, so that a stalled tunnel is reported instead of hanging
+// the suite.
+const stallTimeout = 30 * time.Second
+
+// progressConn moves its deadline forward on every read and write: a
+// deadline for the whole transfer would have to guess its speed.
+type progressConn struct{ net.Conn }
+
+func (c progressConn) Read(p []byte) (int, error) {
+	c.Conn.SetDeadline(time.Now().Add(stallTimeout))
+	return c.Conn.Read(p)
+}
+
+func (c progressConn) Write(p []byte) (int, error) {
+	c.Conn.SetDeadline(time.Now().Add(stallTimeout))
+	return c.Conn.Write(p)
+}
+
+func (c progressConn) CloseWrite() error {
+	cw, ok := c.Conn.(interface{ CloseWrite() error })
+	if !ok {
+		return fmt.Errorf("%T cannot half-close", c.Conn)
+	}
+	return cw.CloseWrite()
+}
+
 func runCommand(dial dialFunc, c command) (reply, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
+	raw := dial
+	dial = func(ctx context.Context, addr string) (net.Conn, error) {
+		conn, err := raw(ctx, addr)
+		if err != nil {
+			return nil, err
+		}
+		return progressConn{conn}, nil
+	}
 	switch c.Op {
 	case "download", "upload":
 		conn, err := dial(ctx, c.Addr)
@@ -323,7 +368,6 @@ func runCommand(dial dialFunc, c command) (reply, error) {
 			return reply{}, err
 		}
 		defer conn.Close()
-		conn.SetDeadline(time.Now().Add(10 * time.Minute))
 		start := time.Now()
 		if c.Op == "download" {
 			if _, err := conn.Write(binary.BigEndian.AppendUint64(nil, uint64(c.Bytes))); err != nil {
@@ -341,11 +385,9 @@ func runCommand(dial dialFunc, c command) (reply, error) {
 				}
 				left -= k
 			}
-			cw, ok := conn.(interface{ CloseWrite() error })
-			if !ok {
-				return reply{}, fmt.Errorf("%T cannot half-close", conn)
+			if err := conn.(progressConn).CloseWrite(); err != nil {
+				return reply{}, err
 			}
-			cw.CloseWrite()
 			count, err := io.ReadAll(conn)
 			if err != nil || string(count) != strconv.FormatInt(c.Bytes, 10) {
 				return reply{}, fmt.Errorf("the sink counted %q bytes, want %d: %v", count, c.Bytes, err)

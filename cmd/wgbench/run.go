@@ -140,20 +140,25 @@ func (s *suite) runPair(p pairDef) error {
 	if err != nil {
 		return err
 	}
-	defer up.stop()
+	failed := false
+	defer func() {
+		if !failed {
+			up.stop()
+		}
+	}()
 	for _, via := range []struct{ name, prefix, scheme string }{{"E-socks5", "socks5 ", "socks5"}, {"E-http", "http ", "http"}} {
 		addr, err := up.addr(via.prefix)
 		if err != nil {
 			return err
 		}
 		client, _, err := startRole("proxy-client", "proxy-client", clientKey, peerKey.PublicKey(), "-via", via.scheme+"://"+addr)
-		if err != nil {
-			return err
+		if err == nil {
+			err = s.measure(via.name, client, []proc{{"wgbore-up", up.pid()}, {"proxy-client", client.pid()}, {p.peerProc, peer.pid()}}, p.latency)
+			client.stop()
 		}
-		err = s.measure(via.name, client, []proc{{"wgbore-up", up.pid()}, {"proxy-client", client.pid()}, {p.peerProc, peer.pid()}}, p.latency)
-		client.stop()
 		if err != nil {
-			return err
+			failed = true
+			return fmt.Errorf("%s: %w (wgbore up's log and goroutines: %s)", via.name, err, up.fail())
 		}
 	}
 	return nil
