@@ -24,6 +24,8 @@ type results struct {
 	records []record
 	vals    map[string]float64
 	busy    int
+	// quick marks figures too small to hold against the targets.
+	quick bool
 }
 
 func newResults() *results { return &results{vals: map[string]float64{}} }
@@ -134,7 +136,17 @@ func (r *results) printTable(w io.Writer) {
 			x, ok1 := r.get("measure=throughput pair="+ratio[0]+" dir="+dir, "mbps")
 			y, ok2 := r.get("measure=throughput pair="+ratio[1]+" dir="+dir, "mbps")
 			if ok1 && ok2 && y > 0 {
-				fmt.Fprintf(w, "  ratio %s/%s %-9s %.2f×\n", ratio[0], ratio[1], dir, x/y)
+				line := fmt.Sprintf("  ratio %s/%s %-9s %.2f×", ratio[0], ratio[1], dir, x/y)
+				cpu := func(pair, proc string) string {
+					return "measure=cpu pair=" + pair + " dir=" + dir + " proc=" + proc
+				}
+				if c, ok := r.ratio(cpu(ratio[0], "wgbore"), cpu(ratio[1], "wggo"), "cpu_s_per_gb"); ok {
+					line += fmt.Sprintf("   client CPU-s/GB %.2f×", c)
+				}
+				if c, ok := r.ratio(cpu(ratio[0], "wgbore-peer"), cpu(ratio[1], "wggo-peer"), "cpu_s_per_gb"); ok {
+					line += fmt.Sprintf(", peer %.2f×", c)
+				}
+				fmt.Fprintln(w, line)
 			}
 		}
 	}
@@ -150,6 +162,11 @@ func (r *results) printTable(w io.Writer) {
 		p99, _ := r.get("measure=echo pair="+pair, "p99_us")
 		rate, _ := r.get("measure=connrate pair="+pair, "conns_per_s")
 		fmt.Fprintf(w, "  %-9s %10s %10s %10s\n", pair, formatValue(p50), formatValue(p99), formatValue(rate))
+	}
+	if p50, ok := r.ratio("measure=echo pair=A", "measure=echo pair=B", "p50_us"); ok {
+		p99, _ := r.ratio("measure=echo pair=A", "measure=echo pair=B", "p99_us")
+		rate, _ := r.ratio("measure=connrate pair=A", "measure=connrate pair=B", "conns_per_s")
+		fmt.Fprintf(w, "  %-9s %9.2f× %9.2f× %9.2f×\n", "ratio A/B", p50, p99, rate)
 	}
 	for _, rec := range r.records {
 		t := tagMap(rec.tags)
@@ -255,7 +272,11 @@ func (r *results) evalTargets() []target {
 }
 
 func (r *results) printTargets(w io.Writer) {
-	fmt.Fprintln(w, "Targets (issue 7), from this run")
+	if r.quick {
+		fmt.Fprintln(w, "Targets (issue 7): -quick sizes only check that the suite runs; these are not figures to judge")
+	} else {
+		fmt.Fprintln(w, "Targets (issue 7), from this run")
+	}
 	for _, t := range r.evalTargets() {
 		got, status := "not measured", "-"
 		if t.ok {

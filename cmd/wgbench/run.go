@@ -54,6 +54,7 @@ func run(o options) error {
 	}
 	defer os.RemoveAll(tmp)
 	s := &suite{o: o, res: newResults(), tmp: tmp}
+	s.res.quick = o.quick
 	fmt.Printf("wgbench: %s\n", machine())
 	fmt.Printf("wgbench: %s per throughput run, median of %d, echo %d round trips, %d connections %d at a time, idle connections %v\n",
 		fmtBytes(o.size), o.repeat, o.echoCount, o.connCount, o.connPar, o.idleConns)
@@ -246,31 +247,62 @@ func (s *suite) measure(pair string, client *child, procs []proc, latency bool) 
 // handshake, then holding idle SOCKS5 connections open through it, each
 // one tunnelled to the wireguard-go peer's echo service.
 func (s *suite) runMemory() error {
+	var idle []float64
+	rss := make([][]float64, len(s.o.idleConns))
+	for range s.o.repeat {
+		s.quiet()
+		i, r, err := s.memoryOnce()
+		if err != nil {
+			return err
+		}
+		idle = append(idle, float64(i))
+		for k := range r {
+			rss[k] = append(rss[k], float64(r[k]))
+		}
+	}
+	s.res.add("measure=memory state=idle", kv{"rss_mb", median(idle) / 1e6})
+	fmt.Printf("   idle      RSS %.1f MB (median of %d)\n", median(idle)/1e6, len(idle))
+	for k, n := range s.o.idleConns {
+		// Per connection in each run, then the median: runs differ
+		// most in their idle figure.
+		var per []float64
+		for j := range rss[k] {
+			per = append(per, (rss[k][j]-idle[j])/float64(n)/1024)
+		}
+		s.res.add(fmt.Sprintf("measure=memory state=conns conns=%d", n), kv{"rss_mb", median(rss[k]) / 1e6}, kv{"kib_per_conn", median(per)})
+		fmt.Printf("   %-5d idle conns: RSS %.1f MB, %.1f KiB per connection\n", n, median(rss[k])/1e6, median(per))
+	}
+	return nil
+}
+
+// memoryOnce starts a fresh peer and `wgbore up`, and returns up's RSS
+// idle and then with each count of s.o.idleConns held open.
+func (s *suite) memoryOnce() (idleRSS int64, withConns []int64, err error) {
 	peerKey, err := protocol.GeneratePrivateKey()
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
 	clientKey, err := protocol.GeneratePrivateKey()
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
 	peer, first, err := startRole("wggo-peer", "wggo-peer", peerKey, clientKey.PublicKey())
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
 	defer peer.stop()
 	bin, err := s.wgboreBinary()
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
 	up, err := startUp(bin, upConfig(clientKey, peerKey.PublicKey(), first.Port))
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
 	defer up.stop()
 	socks, err := up.addr("socks5 ")
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
 	echo := netip.AddrPortFrom(peerAddr, portEcho)
 	dial := func() (net.Conn, error) {
@@ -290,16 +322,14 @@ func (s *suite) runMemory() error {
 	// idle figure, as it would be for a user.
 	c, err := dial()
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
 	c.Close()
 	time.Sleep(2 * time.Second)
 	idle, err := procRSS(up.pid())
 	if err != nil {
-		return err
+		return 0, nil, err
 	}
-	s.res.add("measure=memory state=idle", kv{"rss_mb", float64(idle) / 1e6})
-	fmt.Printf("   idle      RSS %.1f MB\n", float64(idle)/1e6)
 
 	var (
 		mu    sync.Mutex
@@ -341,18 +371,16 @@ func (s *suite) runMemory() error {
 		}
 		wg.Wait()
 		if firstErr != nil {
-			return firstErr
+			return 0, nil, firstErr
 		}
 		time.Sleep(2 * time.Second)
 		rss, err := procRSS(up.pid())
 		if err != nil {
-			return err
+			return 0, nil, err
 		}
-		per := float64(rss-idle) / float64(n) / 1024
-		s.res.add(fmt.Sprintf("measure=memory state=conns conns=%d", n), kv{"rss_mb", float64(rss) / 1e6}, kv{"kib_per_conn", per})
-		fmt.Printf("   %-5d idle conns: RSS %.1f MB, %.1f KiB per connection\n", n, float64(rss)/1e6, per)
+		withConns = append(withConns, rss)
 	}
-	return nil
+	return idle, withConns, nil
 }
 
 // benchLine matches a `go test -bench` result line.
