@@ -135,6 +135,7 @@ type upDaemon struct {
 	// logFile has the whole log; it is kept after a failure, with a
 	// goroutine dump, for whoever debugs the failure.
 	logFile *os.File
+	failed  bool
 }
 
 // startUp runs `wgbore up -c conf` and waits for its start-up summary,
@@ -153,6 +154,9 @@ func startUp(binary, conf string) (*upDaemon, error) {
 		return nil, err
 	}
 	d.cmd = exec.Command(binary, "up", "-c", path, "-log-format", "json", "-log-level", "info", "-uapi-dir", dir)
+	// up does not read stdin, so a bench process killed by a signal would
+	// leave it running without this.
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
 		return nil, err
@@ -193,6 +197,10 @@ func startUp(binary, conf string) (*upDaemon, error) {
 // fail stops the daemon with SIGQUIT, whose goroutine dump goes to the
 // log, and keeps the log: the path is for the failure's message.
 func (d *upDaemon) fail() string {
+	if d.failed {
+		return d.logFile.Name()
+	}
+	d.failed = true
 	d.cmd.Process.Signal(syscall.SIGQUIT)
 	select {
 	case <-d.done:
@@ -219,6 +227,9 @@ func (d *upDaemon) addr(prefix string) (string, error) {
 func (d *upDaemon) pid() int { return d.cmd.Process.Pid }
 
 func (d *upDaemon) stop() {
+	if d.failed {
+		return
+	}
 	d.cmd.Process.Signal(os.Interrupt)
 	select {
 	case <-d.done:

@@ -25,7 +25,6 @@ import (
 
 	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/protocol"
-	"github.com/wgbore/wgbore/protocol/wgtest"
 )
 
 // Tunnel addresses: the client is always clientAddr, the peer that serves
@@ -194,14 +193,13 @@ func runRole(role, endpoint, via string) error {
 }
 
 // wggoDevice is wireguard-go with its own tun/netstack at addr, with one
-// peer routed at peerIP. Its UDP socket is on 127.0.0.1 only: a
-// wildcard socket would be reachable from outside the machine.
-func wggoDevice(addr netip.Addr, key protocol.PrivateKey, peer protocol.PublicKey, endpoint string, peerIP netip.Addr) (*device.Device, *wgnetstack.Net, *wgtest.LoopbackBind, error) {
+// peer routed at peerIP, on a batchBind.
+func wggoDevice(addr netip.Addr, key protocol.PrivateKey, peer protocol.PublicKey, endpoint string, peerIP netip.Addr) (*device.Device, *wgnetstack.Net, *batchBind, error) {
 	tun, tnet, err := wgnetstack.CreateNetTUN([]netip.Addr{addr}, nil, protocol.DefaultMTU)
 	if err != nil {
 		return nil, nil, nil, err
 	}
-	bind := &wgtest.LoopbackBind{Addr: loopback}
+	bind := &batchBind{}
 	dev := device.NewDevice(tun, bind, device.NewLogger(device.LogLevelSilent, ""))
 	uapi := fmt.Sprintf("private_key=%x\nlisten_port=0\npublic_key=%x\nallowed_ip=%s\n", key[:], peer[:], netip.PrefixFrom(peerIP, 32))
 	if endpoint != "" {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -60,14 +61,28 @@ func run(o options) error {
 		fmtBytes(o.size), o.repeat, o.echoCount, o.connCount, o.connPar, o.idleConns)
 	want := func(part string) bool { return len(o.only) == 0 || o.only[part] }
 	var failed []string
+	var subjects []*subject
 	for _, p := range pairs {
 		if !want(p.name) {
 			continue
 		}
 		fmt.Printf("== %s: %s\n", p.name, p.desc)
-		if err := s.runPair(p); err != nil {
-			fmt.Printf("   FAILED: %v\n", err)
+		subs, cleanup, err := s.setup(p)
+		if err != nil {
+			fmt.Printf("   FAILED to start: %v\n", err)
 			failed = append(failed, p.name)
+			continue
+		}
+		defer cleanup()
+		subjects = append(subjects, subs...)
+	}
+	if len(subjects) > 0 {
+		s.measureAll(subjects)
+		for _, sub := range subjects {
+			if sub.err != nil && !slices.Contains(failed, sub.pair) {
+				fmt.Printf("== %s FAILED: %v\n", sub.pair, sub.err)
+				failed = append(failed, sub.pair)
+			}
 		}
 	}
 	if want("M") {
@@ -110,59 +125,93 @@ func (s *suite) quiet() {
 	}
 }
 
-func (s *suite) runPair(p pairDef) error {
+// subject is one client whose measurements the suite interleaves with
+// the other subjects': a run of A, then of B, then A again, so that
+// whatever else the machine is doing weighs on both sides of a ratio.
+type subject struct {
+	pair    string // A, B, C, D, E-socks5, E-http
+	client  *child
+	procs   []proc
+	latency bool
+	up      *upDaemon // E's, whose log a failure keeps
+	err     error
+}
+
+// setup starts a pair's processes and waits for its tunnel.
+func (s *suite) setup(p pairDef) (subs []*subject, cleanup func(), err error) {
+	var stops []func()
+	cleanup = func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+	}
+	defer func() {
+		if err != nil {
+			cleanup()
+		}
+	}()
 	peerKey, err := protocol.GeneratePrivateKey()
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	clientKey, err := protocol.GeneratePrivateKey()
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	peer, first, err := startRole(p.peerProc, p.peerRole, peerKey, clientKey.PublicKey())
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	defer peer.stop()
+	stops = append(stops, peer.stop)
 	endpoint := netip.AddrPortFrom(loopback, first.Port).String()
 	if !p.viaUp {
 		client, _, err := startRole(p.clientProc, p.clientRole, clientKey, peerKey.PublicKey(), "-endpoint", endpoint)
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
-		defer client.stop()
-		return s.measure(p.name, client, []proc{{p.clientProc, client.pid()}, {p.peerProc, peer.pid()}}, p.latency)
+		stops = append(stops, client.stop)
+		sub := &subject{pair: p.name, client: client, latency: p.latency,
+			procs: []proc{{p.clientProc, client.pid()}, {p.peerProc, peer.pid()}}}
+		return []*subject{sub}, cleanup, nil
 	}
 	bin, err := s.wgboreBinary()
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
 	up, err := startUp(bin, upConfig(clientKey, peerKey.PublicKey(), first.Port))
 	if err != nil {
-		return err
+		return nil, nil, err
 	}
-	failed := false
-	defer func() {
-		if !failed {
-			up.stop()
-		}
-	}()
+	stops = append(stops, up.stop)
 	for _, via := range []struct{ name, prefix, scheme string }{{"E-socks5", "socks5 ", "socks5"}, {"E-http", "http ", "http"}} {
 		addr, err := up.addr(via.prefix)
 		if err != nil {
-			return err
+			return nil, nil, err
 		}
 		client, _, err := startRole("proxy-client", "proxy-client", clientKey, peerKey.PublicKey(), "-via", via.scheme+"://"+addr)
-		if err == nil {
-			err = s.measure(via.name, client, []proc{{"wgbore-up", up.pid()}, {"proxy-client", client.pid()}, {p.peerProc, peer.pid()}}, p.latency)
-			client.stop()
-		}
 		if err != nil {
-			failed = true
-			return fmt.Errorf("%s: %w (wgbore up's log and goroutines: %s)", via.name, err, up.fail())
+			return nil, nil, fmt.Errorf("%s: %w (wgbore up's log and goroutines: %s)", via.name, err, up.fail())
+		}
+		stops = append(stops, client.stop)
+		subs = append(subs, &subject{pair: via.name, client: client, latency: p.latency, up: up,
+			procs: []proc{{"wgbore-up", up.pid()}, {"proxy-client", client.pid()}, {p.peerProc, peer.pid()}}})
+	}
+	return subs, cleanup, nil
+}
+
+// fail records a subject's failure; for E it stops `wgbore up` with a
+// goroutine dump, and so fails the other E subject too.
+func (s *suite) fail(subs []*subject, sub *subject, err error) {
+	if sub.up == nil {
+		sub.err = err
+		return
+	}
+	log := sub.up.fail()
+	for _, o := range subs {
+		if o.up == sub.up && o.err == nil {
+			o.err = fmt.Errorf("%w (wgbore up's log and goroutines: %s)", err, log)
 		}
 	}
-	return nil
 }
 
 func (s *suite) wgboreBinary() (string, error) {
@@ -176,71 +225,97 @@ func (s *suite) wgboreBinary() (string, error) {
 	return s.o.wgbore, nil
 }
 
-// measure runs the transfers, and for latency pairs the echo and
-// connection-rate runs, repeat times each, and records the medians.
-func (s *suite) measure(pair string, client *child, procs []proc, latency bool) error {
+// measureAll runs each measurement repeat times on every subject, in
+// turn, and records the medians.
+func (s *suite) measureAll(subs []*subject) {
+	live := func(latencyOnly bool) []*subject {
+		var out []*subject
+		for _, sub := range subs {
+			if sub.err == nil && (!latencyOnly || sub.latency) {
+				out = append(out, sub)
+			}
+		}
+		return out
+	}
 	for _, dir := range []string{"download", "upload"} {
+		fmt.Printf("== throughput, %s: %s each, %d runs per pair\n", dir, fmtBytes(s.o.size), s.o.repeat)
 		port := portSource
 		if dir == "upload" {
 			port = portDiscard
 		}
-		var mbps []float64
-		cpu := make([][]float64, len(procs))
+		mbps := map[*subject][]float64{}
+		cpu := map[*subject][][]float64{}
 		for range s.o.repeat {
-			s.quiet()
-			before := make([]time.Duration, len(procs))
-			for i, p := range procs {
-				before[i], _ = procCPU(p.pid)
-			}
-			r, err := client.do(command{Op: dir, Addr: netip.AddrPortFrom(peerAddr, uint16(port)).String(), Bytes: s.o.size})
-			if err != nil {
-				return err
-			}
-			gb := float64(s.o.size) / 1e9
-			for i, p := range procs {
-				after, err := procCPU(p.pid)
-				if err != nil {
-					return err
+			for _, sub := range live(false) {
+				s.quiet()
+				before := make([]time.Duration, len(sub.procs))
+				for i, p := range sub.procs {
+					before[i], _ = procCPU(p.pid)
 				}
-				cpu[i] = append(cpu[i], (after-before[i]).Seconds()/gb)
+				r, err := sub.client.do(command{Op: dir, Addr: netip.AddrPortFrom(peerAddr, uint16(port)).String(), Bytes: s.o.size})
+				if err != nil {
+					s.fail(subs, sub, err)
+					continue
+				}
+				gb := float64(s.o.size) / 1e9
+				if cpu[sub] == nil {
+					cpu[sub] = make([][]float64, len(sub.procs))
+				}
+				for i, p := range sub.procs {
+					after, _ := procCPU(p.pid)
+					cpu[sub][i] = append(cpu[sub][i], (after-before[i]).Seconds()/gb)
+				}
+				mbps[sub] = append(mbps[sub], float64(s.o.size)/1e6/r.Seconds)
 			}
-			mbps = append(mbps, float64(s.o.size)/1e6/r.Seconds)
 		}
-		tags := fmt.Sprintf("measure=throughput pair=%s dir=%s", pair, dir)
-		s.res.add(tags, kv{"mbps", median(mbps)})
-		line := fmt.Sprintf("   %-9s %9.1f MB/s  CPU-s/GB:", dir, median(mbps))
-		for i, p := range procs {
-			s.res.add(fmt.Sprintf("measure=cpu pair=%s dir=%s proc=%s", pair, dir, p.name), kv{"cpu_s_per_gb", median(cpu[i])})
-			line += fmt.Sprintf(" %s %.2f", p.name, median(cpu[i]))
+		for _, sub := range live(false) {
+			s.res.add(fmt.Sprintf("measure=throughput pair=%s dir=%s", sub.pair, dir), kv{"mbps", median(mbps[sub])})
+			line := fmt.Sprintf("   %-9s %9.1f MB/s  CPU-s/GB:", sub.pair, median(mbps[sub]))
+			for i, p := range sub.procs {
+				s.res.add(fmt.Sprintf("measure=cpu pair=%s dir=%s proc=%s", sub.pair, dir, p.name), kv{"cpu_s_per_gb", median(cpu[sub][i])})
+				line += fmt.Sprintf(" %s %.2f", p.name, median(cpu[sub][i]))
+			}
+			fmt.Println(line)
 		}
-		fmt.Println(line)
 	}
-	if !latency {
-		return nil
+	if len(live(true)) == 0 {
+		return
 	}
 	echoAddr := netip.AddrPortFrom(peerAddr, portEcho).String()
-	var p50, p99, rate []float64
+	fmt.Printf("== latency: %d 1-byte echoes on one connection, %d runs per pair\n", s.o.echoCount, s.o.repeat)
+	p50, p99 := map[*subject][]float64{}, map[*subject][]float64{}
 	for range s.o.repeat {
-		s.quiet()
-		r, err := client.do(command{Op: "echo", Addr: echoAddr, Count: s.o.echoCount})
-		if err != nil {
-			return err
+		for _, sub := range live(true) {
+			s.quiet()
+			r, err := sub.client.do(command{Op: "echo", Addr: echoAddr, Count: s.o.echoCount})
+			if err != nil {
+				s.fail(subs, sub, err)
+				continue
+			}
+			p50[sub], p99[sub] = append(p50[sub], r.P50us), append(p99[sub], r.P99us)
 		}
-		p50, p99 = append(p50, r.P50us), append(p99, r.P99us)
 	}
-	s.res.add("measure=echo pair="+pair, kv{"p50_us", median(p50)}, kv{"p99_us", median(p99)})
-	fmt.Printf("   echo-1B   p50 %.0f µs  p99 %.0f µs\n", median(p50), median(p99))
+	for _, sub := range live(true) {
+		s.res.add("measure=echo pair="+sub.pair, kv{"p50_us", median(p50[sub])}, kv{"p99_us", median(p99[sub])})
+		fmt.Printf("   %-9s p50 %.0f µs  p99 %.0f µs\n", sub.pair, median(p50[sub]), median(p99[sub]))
+	}
+	fmt.Printf("== connection rate: %d connections, %d at a time, each dial, 1-byte echo, close; %d runs per pair\n", s.o.connCount, s.o.connPar, s.o.repeat)
+	rate := map[*subject][]float64{}
 	for range s.o.repeat {
-		s.quiet()
-		r, err := client.do(command{Op: "connrate", Addr: echoAddr, Count: s.o.connCount, Parallel: s.o.connPar})
-		if err != nil {
-			return err
+		for _, sub := range live(true) {
+			s.quiet()
+			r, err := sub.client.do(command{Op: "connrate", Addr: echoAddr, Count: s.o.connCount, Parallel: s.o.connPar})
+			if err != nil {
+				s.fail(subs, sub, err)
+				continue
+			}
+			rate[sub] = append(rate[sub], r.ConnsPerS)
 		}
-		rate = append(rate, r.ConnsPerS)
 	}
-	s.res.add("measure=connrate pair="+pair, kv{"conns_per_s", median(rate)})
-	fmt.Printf("   connect   %.0f conns/s (%d in parallel, each one 1-byte echo)\n", median(rate), s.o.connPar)
-	return nil
+	for _, sub := range live(true) {
+		s.res.add("measure=connrate pair="+sub.pair, kv{"conns_per_s", median(rate[sub])})
+		fmt.Printf("   %-9s %.0f conns/s\n", sub.pair, median(rate[sub]))
+	}
 }
 
 // runMemory measures `wgbore up`'s resident memory idle after its
