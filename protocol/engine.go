@@ -2,6 +2,7 @@ package protocol
 
 import (
 	"context"
+	"crypto/ecdh"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -60,6 +61,7 @@ type identity struct {
 	private       PrivateKey
 	public        PublicKey
 	responderHash [blake2s.Size]byte
+	dh            *ecdh.PrivateKey // private, ready for DH; see newStaticKey
 }
 
 // Engine is one WireGuard interface: our identity, our peers, and the
@@ -185,7 +187,7 @@ func (e *Engine) goroutine(f func()) {
 func (e *Engine) identity() *identity { return e.id.Load() }
 
 func (e *Engine) setIdentity(k PrivateKey) {
-	id := &identity{private: k}
+	id := &identity{private: k, dh: newStaticKey(k)}
 	if !k.IsZero() {
 		id.public = k.PublicKey()
 	}

@@ -1,6 +1,7 @@
 package protocol
 
 import (
+	"crypto/ecdh"
 	"errors"
 	"fmt"
 	"sync"
@@ -42,7 +43,7 @@ type handshake struct {
 	hash            [blake2s.Size]byte
 	chainKey        [blake2s.Size]byte
 	presharedKey    PresharedKey
-	localEphemeral  PrivateKey
+	localEphemeral  *ecdh.PrivateKey // see newEphemeral
 	localIndex      uint32
 	remoteIndex     uint32
 	remoteStatic    PublicKey
@@ -58,10 +59,11 @@ type handshake struct {
 	lastSentHandshake      time.Time
 }
 
-// clearLocked wipes the ephemeral and chaining secrets. Called when a
-// session is derived and when keys are zeroed after 3×RejectAfterTime.
+// clearLocked wipes the chaining secrets and drops the ephemeral key
+// (which cannot be wiped; see newEphemeral). Called when a session is
+// derived and when keys are zeroed after 3×RejectAfterTime.
 func (h *handshake) clearLocked() {
-	wipe(h.localEphemeral[:])
+	h.localEphemeral = nil
 	wipe(h.chainKey[:])
 	wipe(h.hash[:])
 	h.remoteEphemeral = PublicKey{}
@@ -85,7 +87,7 @@ func aeadOpen(dst []byte, key [32]byte, ciphertext, ad []byte) error {
 // createInitiation starts a handshake with peer as the initiator.
 func (e *Engine) createInitiation(p *Peer) (*messageInitiation, error) {
 	id := e.identity()
-	if id.private.IsZero() {
+	if id.dh == nil {
 		return nil, errors.New("handshake: no private key set")
 	}
 	h := &p.handshake
@@ -94,7 +96,7 @@ func (e *Engine) createInitiation(p *Peer) (*messageInitiation, error) {
 	if !h.staticStaticOK {
 		return nil, errLowOrderPoint
 	}
-	eph, err := GeneratePrivateKey()
+	eph, ephPub, err := newEphemeral()
 	if err != nil {
 		return nil, err
 	}
@@ -103,11 +105,11 @@ func (e *Engine) createInitiation(p *Peer) (*messageInitiation, error) {
 	h.chainKey = initialChainKey
 
 	msg := &messageInitiation{}
-	msg.ephemeral = eph.PublicKey()
+	msg.ephemeral = ephPub
 	h.chainKey = kdf1(h.chainKey, msg.ephemeral[:])
 	h.hash = mixHash(h.hash, msg.ephemeral[:])
 
-	ss, ok := sharedSecret((*[32]byte)(&h.localEphemeral), (*[32]byte)(&h.remoteStatic))
+	ss, ok := dh(h.localEphemeral, (*[32]byte)(&h.remoteStatic))
 	if !ok {
 		return nil, errLowOrderPoint
 	}
@@ -135,14 +137,14 @@ func (e *Engine) createInitiation(p *Peer) (*messageInitiation, error) {
 // that point is indistinguishable from noise and gets no answer.
 func (e *Engine) consumeInitiation(msg *messageInitiation) (*Peer, error) {
 	id := e.identity()
-	if id.private.IsZero() {
+	if id.dh == nil {
 		return nil, errors.New("handshake: no private key set")
 	}
 	hash := id.responderHash
 	chainKey := kdf1(initialChainKey, msg.ephemeral[:])
 	hash = mixHash(hash, msg.ephemeral[:])
 
-	ss, ok := sharedSecret((*[32]byte)(&id.private), &msg.ephemeral)
+	ss, ok := dh(id.dh, &msg.ephemeral)
 	if !ok {
 		return nil, errLowOrderPoint
 	}
@@ -199,25 +201,25 @@ func (e *Engine) createResponse(p *Peer) (*messageResponse, *keypair, error) {
 	if h.state != handshakeInitiationConsumed {
 		return nil, nil, errUnexpectedMessage
 	}
-	eph, err := GeneratePrivateKey()
+	// The responder's ephemeral lives only in this function.
+	eph, ephPub, err := newEphemeral()
 	if err != nil {
 		return nil, nil, err
 	}
-	h.localEphemeral = eph
 	e.indices.remove(h.localIndex)
 	h.localIndex = e.indices.newIndex(p)
 
 	msg := &messageResponse{sender: h.localIndex, receiver: h.remoteIndex}
-	msg.ephemeral = eph.PublicKey()
+	msg.ephemeral = ephPub
 	h.chainKey = kdf1(h.chainKey, msg.ephemeral[:])
 	h.hash = mixHash(h.hash, msg.ephemeral[:])
 
-	ss, ok := sharedSecret((*[32]byte)(&h.localEphemeral), (*[32]byte)(&h.remoteEphemeral))
+	ss, ok := dh(eph, (*[32]byte)(&h.remoteEphemeral))
 	if !ok {
 		return nil, nil, errLowOrderPoint
 	}
 	h.chainKey = kdf1(h.chainKey, ss[:])
-	ss, ok = sharedSecret((*[32]byte)(&h.localEphemeral), (*[32]byte)(&h.remoteStatic))
+	ss, ok = dh(eph, (*[32]byte)(&h.remoteStatic))
 	if !ok {
 		return nil, nil, errLowOrderPoint
 	}
@@ -252,12 +254,12 @@ func (e *Engine) consumeResponse(msg *messageResponse) (*Peer, *keypair, error) 
 	chainKey := kdf1(h.chainKey, msg.ephemeral[:])
 	hash := mixHash(h.hash, msg.ephemeral[:])
 
-	ss, ok := sharedSecret((*[32]byte)(&h.localEphemeral), &msg.ephemeral)
+	ss, ok := dh(h.localEphemeral, &msg.ephemeral)
 	if !ok {
 		return nil, nil, errLowOrderPoint
 	}
 	chainKey = kdf1(chainKey, ss[:])
-	ss, ok = sharedSecret((*[32]byte)(&id.private), &msg.ephemeral)
+	ss, ok = dh(id.dh, &msg.ephemeral)
 	if !ok {
 		return nil, nil, errLowOrderPoint
 	}

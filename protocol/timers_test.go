@@ -295,7 +295,7 @@ func tmHandshakeResidue(p *Peer) string {
 	if h.hash != zero {
 		left = append(left, "hash")
 	}
-	if !h.localEphemeral.IsZero() {
+	if h.localEphemeral != nil {
 		left = append(left, "local ephemeral")
 	}
 	if !h.remoteEphemeral.IsZero() {
