@@ -9,6 +9,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 
 	"github.com/wgbore/wgbore/protocol"
 )
@@ -26,14 +27,14 @@ type packetWriter interface {
 // That removes the channel endpoint and its notifier goroutine, the
 // per-packet hop that limits the wireguard-go netstack.
 //
-// GSO and GRO are not used yet. Tailscale's endpoint lets gVisor hand it
-// TCP super-segments (GSO) and coalesces inbound segments (GRO) because
-// its packets cross a kernel TUN, where each packet is a system call. Here
-// no packet crosses the kernel between the stack and the engine, so the
-// gain is only gVisor's per-segment work: worth measuring in the
-// performance issue, with the engine splitting super-segments into
-// MTU-sized packets. Tailscale also found gVisor's GRO crashing (their PR
-// 13138), so it has to earn its place with a benchmark.
+// It uses three offloads (see offloads), each kept because the same-run
+// BenchmarkOffloads showed it paying: inbound checksums are not verified,
+// inbound TCP segments of a batch are coalesced (GRO), and gVisor's TCP
+// hands over super-segments of up to 64 KB that WritePackets cuts into
+// MTU-sized segments while the engine copies them (GSO, gso.go). GSO pays
+// most: no kernel TUN is crossed here, but every segment gVisor builds
+// costs a trip through its TCP, IP and NIC layers and, in the engine, a
+// batch of its own with two channel hand-offs and a sendmmsg.
 type linkEndpoint struct {
 	mtu    uint32
 	engine packetWriter
@@ -45,25 +46,66 @@ type linkEndpoint struct {
 	// packet as a martian.
 	local []tcpip.Address
 
+	// offloads are the offloads in use, offloadAll but in benchmarks
+	// that measure what each one pays.
+	offloads offloads
+
 	mu         sync.RWMutex
 	dispatcher stack.NetworkDispatcher
 }
 
+// offloads selects the link endpoint's offloads, each of which the
+// same-run TCPThroughput benchmark showed paying (figures in the doc
+// comments where each is used).
+type offloads uint8
+
+const (
+	// offloadRXChecksum: inbound checksums are not verified
+	// (CapabilityRXChecksumOffload).
+	offloadRXChecksum offloads = 1 << iota
+	// offloadGRO: inbound TCP segments of a batch are coalesced.
+	offloadGRO
+	// offloadGSO: gVisor's TCP hands over super-segments that the
+	// endpoint cuts into MTU-sized segments.
+	offloadGSO
+
+	offloadAll = offloadRXChecksum | offloadGRO | offloadGSO
+)
+
+// linkOffloads is what new link endpoints use; only benchmarks change it.
+var linkOffloads = offloadAll
+
 var _ stack.LinkEndpoint = (*linkEndpoint)(nil)
 
 func newLinkEndpoint(mtu int, engine packetWriter) *linkEndpoint {
-	return &linkEndpoint{mtu: uint32(mtu), engine: engine}
+	return &linkEndpoint{mtu: uint32(mtu), engine: engine, offloads: linkOffloads}
 }
 
 // DeliverPackets is the engine's PacketSide: decrypted packets from one
 // peer, valid only during the call. gVisor gets its own copy of each, since
 // it keeps packets in reassembly and receive queues beyond the call.
+//
+// With offloadGRO, consecutive in-order TCP segments of a flow within the
+// batch are coalesced by gVisor's GRO before its TCP sees them, and the
+// batch is flushed before returning, so nothing waits for a later batch
+// and GRO adds no latency. GRO coalesces only what continues a flow
+// exactly: same addresses, ports, ACK, header length and options
+// (timestamps included), contiguous sequence numbers and equal segment
+// sizes; anything else (a loss, a reordering, SYN/FIN/RST/URG/PSH, CWR)
+// flushes. It needs offloadRXChecksum: the merged packet's IPv4 header
+// checksum is not updated, and AEAD-authenticated packets need no
+// checksum check anyway.
 func (l *linkEndpoint) DeliverPackets(pkts [][]byte) {
 	l.mu.RLock()
 	d := l.dispatcher
 	l.mu.RUnlock()
 	if d == nil {
 		return
+	}
+	var g *gro.GRO
+	if l.offloads&(offloadGRO|offloadRXChecksum) == offloadGRO|offloadRXChecksum && len(pkts) > 1 {
+		g = groPool.Get().(*gro.GRO)
+		g.Dispatcher = d
 	}
 	for _, p := range pkts {
 		var proto tcpip.NetworkProtocolNumber
@@ -76,14 +118,35 @@ func (l *linkEndpoint) DeliverPackets(pkts [][]byte) {
 			continue
 		}
 		pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(p)})
-		d.DeliverNetworkPacket(proto, pkb)
+		if g != nil {
+			pkb.NetworkProtocolNumber = proto
+			pkb.RXChecksumValidated = true
+			g.Enqueue(pkb)
+		} else {
+			d.DeliverNetworkPacket(proto, pkb)
+		}
 		pkb.DecRef()
+	}
+	if g != nil {
+		g.Flush()
+		g.Dispatcher = nil
+		groPool.Put(g)
 	}
 }
 
+// groPool holds GRO state, which is per DeliverPackets call: the engine
+// delivers different peers' batches concurrently, and a gro.GRO is not
+// safe for that. Pooled, since one is about 7 KB.
+var groPool = sync.Pool{New: func() any {
+	g := new(gro.GRO)
+	g.Init(true)
+	return g
+}}
+
 // WritePackets hands a batch of outbound packets to the engine in one
 // call. The engine gathers each packet's pieces straight into its own
-// buffer, so the only copy is the one encryption needs anyway.
+// buffer, so the only copy is the one encryption needs anyway; TCP
+// super-segments are cut into MTU-sized segments during that copy.
 func (l *linkEndpoint) WritePackets(list stack.PacketBufferList) (int, tcpip.Error) {
 	all := list.AsSlice()
 	for _, p := range all {
@@ -91,8 +154,17 @@ func (l *linkEndpoint) WritePackets(list stack.PacketBufferList) (int, tcpip.Err
 			return l.writeLooping(all)
 		}
 	}
-	l.engine.WriteScattered(packetBuffers(all))
+	l.write(all)
 	return len(all), nil
+}
+
+// write hands packets to the engine, through a pooled segmentedPackets
+// that does not allocate: boxing a slice type into the engine's interface
+// would allocate on every call.
+func (l *linkEndpoint) write(pkts []*stack.PacketBuffer) {
+	s := segmentPackets(pkts, int(l.mtu))
+	l.engine.WriteScattered(s)
+	s.release()
 }
 
 func (l *linkEndpoint) isLocal(p *stack.PacketBuffer) bool {
@@ -134,31 +206,9 @@ func (l *linkEndpoint) writeLooping(all []*stack.PacketBuffer) (int, tcpip.Error
 		in.DecRef()
 	}
 	if len(out) > 0 {
-		l.engine.WriteScattered(packetBuffers(out))
+		l.write(out)
 	}
 	return len(all), nil
-}
-
-// packetBuffers lets the engine read gVisor's packets in place.
-type packetBuffers []*stack.PacketBuffer
-
-func (p packetBuffers) Len() int       { return len(p) }
-func (p packetBuffers) Size(i int) int { return p[i].Size() }
-
-// CopyTo walks the packet's views rather than calling AsSlices, which
-// allocates a slice per packet.
-func (p packetBuffers) CopyTo(i int, dst []byte) {
-	views, skip := p[i].AsViewList()
-	for v := views.Front(); v != nil && len(dst) > 0; v = v.Next() {
-		b := v.AsSlice()
-		if skip >= len(b) {
-			skip -= len(b)
-			continue
-		}
-		n := copy(dst, b[skip:])
-		dst = dst[n:]
-		skip = 0
-	}
 }
 
 func (l *linkEndpoint) MTU() uint32             { return l.mtu }
@@ -169,9 +219,20 @@ func (l *linkEndpoint) LinkAddress() tcpip.LinkAddress {
 }
 func (l *linkEndpoint) SetLinkAddress(tcpip.LinkAddress) {}
 
-// Capabilities: none. There is no link layer to resolve, and checksums are
-// computed by gVisor, since packets leave for a real peer's stack.
-func (l *linkEndpoint) Capabilities() stack.LinkEndpointCapabilities { return 0 }
+// Capabilities: there is no link layer to resolve. Outbound checksums are
+// computed (by gVisor, or for super-segments in finishSegment), since
+// packets leave for a real peer's stack. Inbound ones are not verified with
+// offloadRXChecksum: every packet the engine delivers was authenticated by
+// WireGuard's AEAD, which catches any corruption a checksum could, and
+// wireguard-go's and Tailscale's netstacks skip them too. gVisor takes this
+// from the capability, not from PacketBuffer.RXChecksumValidated, which
+// its NIC overwrites on every inbound packet.
+func (l *linkEndpoint) Capabilities() stack.LinkEndpointCapabilities {
+	if l.offloads&offloadRXChecksum != 0 {
+		return stack.CapabilityRXChecksumOffload
+	}
+	return 0
+}
 
 func (l *linkEndpoint) Attach(d stack.NetworkDispatcher) {
 	l.mu.Lock()

@@ -1,0 +1,77 @@
+package netstack
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"runtime/pprof"
+	"testing"
+	"time"
+
+	"github.com/wgbore/wgbore/netstack/peersite"
+	"github.com/wgbore/wgbore/protocol"
+)
+
+// BenchmarkOffloads is BenchmarkTCPThroughput for each set of the link
+// endpoint's offloads in turn, and wireguard-go's netstack as the
+// reference, all in one run: on a noisy machine only figures from the same
+// run compare. Each offload stays only if it pays here.
+func BenchmarkOffloads(b *testing.B) {
+	variants := []struct {
+		name string
+		o    offloads
+	}{
+		{"none", 0},
+		{"rxcsum", offloadRXChecksum},
+		{"rxcsum+gro", offloadRXChecksum | offloadGRO},
+		{"rxcsum+gso", offloadRXChecksum | offloadGSO},
+		{"all", offloadAll},
+		{"wireguard-go", 0},
+	}
+	for _, dir := range []string{"download", "upload"} {
+		for _, v := range variants {
+			b.Run(dir+"/"+v.name, func(b *testing.B) {
+				defer func(o offloads) { linkOffloads = o }(linkOffloads)
+				linkOffloads = v.o
+				key, _ := protocol.GeneratePrivateKey()
+				// Goroutines inherit profiler labels from the one that
+				// starts them, so a CPU profile of this benchmark splits
+				// by side (go tool pprof -tags): the peer's, and the
+				// client's stack, engine and application.
+				var site *peersite.Site
+				pprof.Do(context.Background(), pprof.Labels("side", "peer", "dir", dir), func(context.Context) {
+					site = peersite.Start(b, key.PublicKey(), peersite.Options{})
+				})
+				client := pprof.Labels("side", "client", "client", v.name, "dir", dir)
+				defer pprof.SetGoroutineLabels(context.Background())
+				pprof.SetGoroutineLabels(pprof.WithLabels(context.Background(), client))
+				var dial func(ctx context.Context, network, addr string) (net.Conn, error)
+				if v.name == "wireguard-go" {
+					dial = site.WireGuardGoClient(b, key).DialContext
+				} else {
+					n := openOurs(b, key, site)
+					b.Cleanup(func() { n.Close() })
+					dial = n.DialContext
+				}
+				port := 19
+				if dir == "upload" {
+					port = 9
+				}
+				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+				defer cancel()
+				c, err := dial(ctx, "tcp", fmt.Sprintf("10.0.0.2:%d", port))
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer c.Close()
+				if dir == "download" {
+					if _, err := c.Write(binary.BigEndian.AppendUint64(nil, 1<<62)); err != nil {
+						b.Fatal(err)
+					}
+				}
+				measureStream(b, c, dir == "download")
+			})
+		}
+	}
+}
