@@ -188,12 +188,18 @@ func newEphemeral() (*ecdh.PrivateKey, PublicKey, error) {
 // refuses low-order points, whose all-zero result would let an attacker
 // force a known key.
 func dh(priv *ecdh.PrivateKey, pub *[32]byte) ([32]byte, bool) {
-	var out [32]byte
-	if priv == nil {
-		return out, false
-	}
 	p, err := ecdh.X25519().NewPublicKey(pub[:])
 	if err != nil {
+		return [32]byte{}, false
+	}
+	return dhKey(priv, p)
+}
+
+// dhKey is dh with the public key already wrapped, as the peer's static
+// key is (see handshake.remoteStaticKeyLocked).
+func dhKey(priv *ecdh.PrivateKey, p *ecdh.PublicKey) ([32]byte, bool) {
+	var out [32]byte
+	if priv == nil {
 		return out, false
 	}
 	r, err := priv.ECDH(p)

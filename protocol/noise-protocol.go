@@ -47,6 +47,7 @@ type handshake struct {
 	localIndex      uint32
 	remoteIndex     uint32
 	remoteStatic    PublicKey
+	remoteStaticKey *ecdh.PublicKey // remoteStatic for crypto/ecdh, made on first use
 	remoteEphemeral PublicKey
 	staticStatic    [32]byte
 	staticStaticOK  bool
@@ -69,6 +70,20 @@ func (h *handshake) clearLocked() {
 	h.remoteEphemeral = PublicKey{}
 	h.remoteIndex = 0
 	h.state = handshakeZeroed
+}
+
+// remoteStaticKeyLocked wraps the peer's static key for crypto/ecdh once:
+// wrapping copies it into two heap objects, and each handshake uses it
+// twice (our initiation, our response). remoteStatic never changes.
+func (h *handshake) remoteStaticKeyLocked() (*ecdh.PublicKey, error) {
+	if h.remoteStaticKey == nil {
+		k, err := ecdh.X25519().NewPublicKey(h.remoteStatic[:])
+		if err != nil {
+			return nil, err
+		}
+		h.remoteStaticKey = k
+	}
+	return h.remoteStaticKey, nil
 }
 
 var zeroNonce [chacha20poly1305.NonceSize]byte
@@ -109,7 +124,11 @@ func (e *Engine) createInitiation(p *Peer) (*messageInitiation, error) {
 	h.chainKey = kdf1(h.chainKey, msg.ephemeral[:])
 	h.hash = mixHash(h.hash, msg.ephemeral[:])
 
-	ss, ok := dh(h.localEphemeral, (*[32]byte)(&h.remoteStatic))
+	remote, err := h.remoteStaticKeyLocked()
+	if err != nil {
+		return nil, err
+	}
+	ss, ok := dhKey(h.localEphemeral, remote)
 	if !ok {
 		return nil, errLowOrderPoint
 	}
@@ -219,7 +238,11 @@ func (e *Engine) createResponse(p *Peer) (*messageResponse, *keypair, error) {
 		return nil, nil, errLowOrderPoint
 	}
 	h.chainKey = kdf1(h.chainKey, ss[:])
-	ss, ok = dh(eph, (*[32]byte)(&h.remoteStatic))
+	remote, err := h.remoteStaticKeyLocked()
+	if err != nil {
+		return nil, nil, err
+	}
+	ss, ok = dhKey(eph, remote)
 	if !ok {
 		return nil, nil, errLowOrderPoint
 	}
