@@ -251,3 +251,30 @@ func TestCookieMAC2(t *testing.T) {
 		t.Fatalf("MAC2 with the new cookie rejected")
 	}
 }
+
+// checkMAC1 reuses keyed hash states; after our key changes, a state
+// keyed with the old key must not verify anything.
+func TestCookieMAC1AfterKeyChange(t *testing.T) {
+	c := newCookiePair(t)
+	msg := c.message(MessageInitiationSize)
+	c.generator.addMACs(msg)
+	for range 3 { // leave states in the pool
+		if !c.checker.checkMAC1(msg) {
+			t.Fatal("MAC1 rejected")
+		}
+	}
+	k, err := GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.checker.init(c.clk, k.PublicKey())
+	if c.checker.checkMAC1(msg) {
+		t.Fatal("MAC1 for the old key accepted after the key changed")
+	}
+	var g cookieGenerator
+	g.init(c.clk, k.PublicKey())
+	g.addMACs(msg)
+	if !c.checker.checkMAC1(msg) {
+		t.Fatal("MAC1 for the new key rejected")
+	}
+}
