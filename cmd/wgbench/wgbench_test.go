@@ -135,3 +135,24 @@ func TestMachineLines(t *testing.T) {
 		t.Error("a target that was not measured was printed")
 	}
 }
+
+// A crash says why at the start of its output and an error at the end:
+// the buffer keeps both, bounded.
+func TestTailBuffer(t *testing.T) {
+	var b tailBuffer
+	b.Write([]byte("fatal error: stack overflow\n"))
+	for range 1000 {
+		b.Write([]byte(strings.Repeat("x", 63) + "\n"))
+	}
+	b.Write([]byte("the last line"))
+	s := b.String()
+	if !strings.HasPrefix(s, "fatal error: stack overflow") || !strings.HasSuffix(s, "the last line") {
+		t.Fatalf("lost the start or the end: %.80q ... %.80q", s, s[max(0, len(s)-80):])
+	}
+	if len(s) > headMax+2*tailMax+100 {
+		t.Fatalf("kept %d bytes", len(s))
+	}
+	if !strings.Contains(s, "bytes ...]") {
+		t.Fatal("no mark where bytes were dropped")
+	}
+}
