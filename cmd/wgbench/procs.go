@@ -163,6 +163,8 @@ func startUp(binary, conf string) (*upDaemon, error) {
 	}
 	if err := d.cmd.Start(); err != nil {
 		os.RemoveAll(dir)
+		d.logFile.Close()
+		os.Remove(d.logFile.Name())
 		return nil, err
 	}
 	ready := make(chan []string, 1)
@@ -188,6 +190,8 @@ func startUp(binary, conf string) (*upDaemon, error) {
 		return d, nil
 	case <-d.done:
 		os.RemoveAll(dir)
+		d.logFile.Close()
+		os.Remove(d.logFile.Name())
 		return nil, fmt.Errorf("wgbore up exited before its summary: %s", d.log)
 	case <-time.After(60 * time.Second):
 		return nil, fmt.Errorf("wgbore up: no start-up summary after 60s: log in %s", d.fail())

@@ -140,14 +140,15 @@ type subject struct {
 // setup starts a pair's processes and waits for its tunnel.
 func (s *suite) setup(p pairDef) (subs []*subject, cleanup func(), err error) {
 	var stops []func()
-	cleanup = func() {
+	stopAll := func() {
 		for i := len(stops) - 1; i >= 0; i-- {
 			stops[i]()
 		}
 	}
+	// A failure returns a nil cleanup, so stop here what had started.
 	defer func() {
 		if err != nil {
-			cleanup()
+			stopAll()
 		}
 	}()
 	peerKey, err := protocol.GeneratePrivateKey()
@@ -172,7 +173,7 @@ func (s *suite) setup(p pairDef) (subs []*subject, cleanup func(), err error) {
 		stops = append(stops, client.stop)
 		sub := &subject{pair: p.name, client: client, latency: p.latency,
 			procs: []proc{{p.clientProc, client.pid()}, {p.peerProc, peer.pid()}}}
-		return []*subject{sub}, cleanup, nil
+		return []*subject{sub}, stopAll, nil
 	}
 	bin, err := s.wgboreBinary()
 	if err != nil {
@@ -196,7 +197,7 @@ func (s *suite) setup(p pairDef) (subs []*subject, cleanup func(), err error) {
 		subs = append(subs, &subject{pair: via.name, client: client, latency: p.latency, up: up,
 			procs: []proc{{"wgbore-up", up.pid()}, {"proxy-client", client.pid()}, {p.peerProc, peer.pid()}}})
 	}
-	return subs, cleanup, nil
+	return subs, stopAll, nil
 }
 
 // fail records a subject's failure; for E it stops `wgbore up` with a
