@@ -105,7 +105,7 @@ func run(o options) error {
 	s.res.printTargets(os.Stdout)
 	fmt.Println()
 	s.res.printMachine(os.Stdout)
-	fmt.Printf("wgbench measure=run seconds=%.1f busy_measurements=%d failed=%s\n", time.Since(start).Seconds(), s.res.busy, strings.Join(append(failed, ""), ","))
+	fmt.Printf("wgbench measure=run seconds=%.1f busy_measurements=%d failed=%s\n", time.Since(start).Seconds(), s.res.busy, strings.Join(failed, ","))
 	if len(failed) > 0 {
 		return fmt.Errorf("parts failed: %s", strings.Join(failed, ", "))
 	}
