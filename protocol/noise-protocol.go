@@ -343,7 +343,10 @@ func (e *Engine) installKeypair(p *Peer, kp *keypair) {
 	e.indices.promote(kp.localIndex, kp)
 	k := &p.keypairs
 	k.mu.Lock()
-	var retired []*keypair
+	// At most two are retired; a fixed array keeps them off the heap
+	// (two allocations per handshake, one per side, before).
+	var retiredBuf [2]*keypair
+	retired := retiredBuf[:0]
 	if kp.isInitiator {
 		if k.next != nil {
 			// The responder session we never confirmed becomes previous,
