@@ -66,6 +66,14 @@ type udpSender struct {
 
 	msgs []unix.Mmsghdr
 	iovs []unix.Iovec
+	// ctrl holds one UDP_SEGMENT control message per msgs slot.
+	ctrl []byte
+	// gso is whether the kernel takes UDP_SEGMENT on this socket: a run
+	// of equal-sized datagrams (the last may be shorter) then goes down
+	// the stack as one message, which the kernel, or the NIC, cuts into
+	// datagrams only at the bottom. Cleared for good if the kernel
+	// refuses a GSO send.
+	gso bool
 	// name is the one destination every message of a Send shares.
 	name unix.RawSockaddrInet6
 
@@ -108,14 +116,39 @@ func (s *udpSocket) init(batchSize int) error {
 	t.sendmmsg = s.sendmmsg
 	t.msgs = make([]unix.Mmsghdr, batchSize)
 	t.iovs = make([]unix.Iovec, batchSize)
+	t.ctrl = make([]byte, batchSize*udpSegmentCmsgSpace)
 	for i := range t.msgs {
 		h := &t.msgs[i].Hdr
 		h.Name = (*byte)(unsafe.Pointer(&t.name))
 		h.Iov = &t.iovs[i]
 		h.SetIovlen(1)
 	}
+	if udpGSOEnabled {
+		// The option is readable exactly where the kernel knows it
+		// (Linux 4.18 and later).
+		raw.Control(func(fd uintptr) {
+			_, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_SEGMENT)
+			t.gso = err == nil
+		})
+	}
 	return nil
 }
+
+// udpGSOEnabled lets tests send without UDP_SEGMENT.
+var udpGSOEnabled = true
+
+const (
+	// udpSegmentCmsgSpace is the room for one UDP_SEGMENT control
+	// message, whose payload is the segment size as a uint16.
+	udpSegmentCmsgSpace = 24 // unix.CmsgSpace(2) on every 64-bit Linux
+	// udpMaxSegments is the kernel's UDP_MAX_SEGMENTS before Linux 6.9
+	// (128 since).
+	udpMaxSegments = 64
+	// udpMaxGSOBytes bounds one message's payload: an IPv6 payload
+	// length (or IPv4 total length) must hold it with the headers.
+	udpMaxGSOBytes = 65535 - header6Size - 8
+	header6Size    = 40
+)
 
 func (s *udpSocket) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (int, error) {
 	n := min(len(bufs), len(sizes), len(eps), len(s.rx.msgs))
@@ -257,14 +290,9 @@ func (s *udpSocket) send(bufs [][]byte, ep netip.AddrPort) error {
 	defer clearUDPIovecs(t.iovs[:min(len(bufs), len(t.iovs))])
 
 	for len(bufs) > 0 {
-		n := min(len(bufs), len(t.msgs))
-		for i := range n {
-			setUDPIovec(&t.iovs[i], bufs[i])
-			t.msgs[i].Hdr.Namelen = namelen
-			t.msgs[i].Len = 0
-		}
+		n, used := t.plan(bufs, namelen)
 		// sendmmsg stops early when the socket buffer fills or when one
-		// datagram fails; the rest are sent (or the error surfaces) on the
+		// message fails; the rest are sent (or the error surfaces) on the
 		// next call.
 		for off := 0; off < n; {
 			t.off, t.n, t.sent, t.errno = off, n, 0, 0
@@ -272,6 +300,17 @@ func (s *udpSocket) send(bufs [][]byte, ep netip.AddrPort) error {
 			runtime.KeepAlive(bufs)
 			if err != nil {
 				return err
+			}
+			if t.errno != 0 && t.gso && t.segmented(off) && (t.errno == unix.EIO || t.errno == unix.EINVAL) {
+				// EIO: the device cannot checksum for GSO; EINVAL:
+				// an older kernel, or a path whose MTU is below the
+				// datagrams. Send the rest one datagram per message
+				// from now on, as wireguard-go does.
+				t.gso = false
+				bufs = bufs[t.datagrams(off):]
+				n, used = t.plan(bufs, namelen)
+				off = 0
+				continue
 			}
 			if t.errno != 0 {
 				return &net.OpError{Op: "write", Net: "udp", Source: net.UDPAddrFromAddrPort(s.local), Addr: net.UDPAddrFromAddrPort(ep), Err: os.NewSyscallError("sendmmsg", t.errno)}
@@ -281,9 +320,72 @@ func (s *udpSocket) send(bufs [][]byte, ep netip.AddrPort) error {
 			}
 			off += t.sent
 		}
-		bufs = bufs[n:]
+		bufs = bufs[used:]
 	}
 	return nil
+}
+
+// plan lays out as many of bufs as the slots hold as messages, and
+// returns how many messages and datagrams that is. With GSO, each run of
+// equal-sized datagrams (ended by a shorter one, the segment limit or the
+// size limit) is one message with a UDP_SEGMENT control message: a
+// WireGuard batch of full-sized packets is mostly such runs.
+func (t *udpSender) plan(bufs [][]byte, namelen uint32) (msgs, used int) {
+	i := 0
+	for i < len(bufs) && i < len(t.iovs) && msgs < len(t.msgs) {
+		size := len(bufs[i])
+		j := i + 1
+		if t.gso && size > 0 {
+			total := size
+			for j < len(bufs) && j < len(t.iovs) && j-i < udpMaxSegments {
+				n := len(bufs[j])
+				if n == 0 || n > size || total+n > udpMaxGSOBytes {
+					break
+				}
+				total += n
+				j++
+				if n < size {
+					break
+				}
+			}
+		}
+		for k := i; k < j; k++ {
+			setUDPIovec(&t.iovs[k], bufs[k])
+		}
+		m := &t.msgs[msgs]
+		m.Hdr.Iov = &t.iovs[i]
+		m.Hdr.SetIovlen(j - i)
+		m.Hdr.Namelen = namelen
+		m.Len = 0
+		if j-i > 1 {
+			c := t.ctrl[msgs*udpSegmentCmsgSpace:][:udpSegmentCmsgSpace]
+			h := (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
+			h.Level = unix.IPPROTO_UDP
+			h.Type = unix.UDP_SEGMENT
+			h.SetLen(unix.CmsgLen(2))
+			binary.NativeEndian.PutUint16(c[unix.CmsgLen(0):], uint16(size))
+			m.Hdr.Control = &c[0]
+			m.Hdr.SetControllen(unix.CmsgSpace(2))
+		} else {
+			m.Hdr.Control = nil
+			m.Hdr.SetControllen(0)
+		}
+		msgs++
+		i = j
+	}
+	return msgs, i
+}
+
+// segmented reports whether message m carries more than one datagram.
+func (t *udpSender) segmented(m int) bool { return t.msgs[m].Hdr.Iovlen > 1 }
+
+// datagrams counts the datagrams in the first m messages.
+func (t *udpSender) datagrams(m int) int {
+	n := 0
+	for i := range m {
+		n += int(t.msgs[i].Hdr.Iovlen)
+	}
+	return n
 }
 
 // sendmmsg is the RawConn.Write callback; returning false waits for the

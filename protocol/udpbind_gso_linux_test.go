@@ -1,0 +1,93 @@
+//go:build linux
+
+package protocol
+
+import (
+	"bytes"
+	"fmt"
+	"net/netip"
+	"slices"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// udpGSOTestSizes is a batch as the engine sends it: runs of full-sized
+// datagrams, a shorter one ending a run, keepalive-sized ones, and a run
+// longer than one message may carry.
+func udpGSOTestSizes() []int {
+	var sizes []int
+	for range 10 {
+		sizes = append(sizes, 1452)
+	}
+	sizes = append(sizes, 700, 32, 32, 1452, 1452, 1500, 148)
+	for range 70 {
+		sizes = append(sizes, 1000)
+	}
+	return append(sizes, 999, 1000)
+}
+
+// TestUDPBindGSO sends batches with UDP_SEGMENT, and without, and checks
+// that the receiver gets every datagram whole, separately, and in order.
+func TestUDPBindGSO(t *testing.T) {
+	sizes := udpGSOTestSizes()
+	for _, gso := range []bool{true, false} {
+		for _, addr := range []netip.Addr{udpTestLoop4, udpTestLoop6} {
+			t.Run(fmt.Sprintf("gso=%v/%v", gso, addr), func(t *testing.T) {
+				defer func(v bool) { udpGSOEnabled = v }(udpGSOEnabled)
+				udpGSOEnabled = gso
+				cfg := UDPConfig{Addrs: []netip.Addr{addr}, BatchSize: 128}
+				a := udpTestListen(t, cfg)
+				b := udpTestListen(t, cfg)
+				if gso && !a.socks[0].tx.gso {
+					t.Skip("the kernel does not take UDP_SEGMENT")
+				}
+				bufs := make([][]byte, len(sizes))
+				for i, n := range sizes {
+					bufs[i] = udpTestPayload(n)
+					bufs[i][0] = byte(i) // order
+				}
+				if err := a.Send(bufs, netip.AddrPortFrom(addr, b.Port())); err != nil {
+					t.Fatalf("Send: %v", err)
+				}
+				got := udpTestReceive(t, b.Receivers()[0], b.BatchSize(), 9000, len(sizes))
+				if len(got) != len(sizes) {
+					t.Fatalf("received %d datagrams, want %d", len(got), len(sizes))
+				}
+				for i, d := range got {
+					if !bytes.Equal(d.data, bufs[i]) {
+						t.Fatalf("datagram %d: %d bytes starting %d, want %d bytes starting %d", i, len(d.data), d.data[0], sizes[i], byte(i))
+					}
+				}
+			})
+		}
+	}
+}
+
+// TestUDPPlan checks how a batch is laid out in messages: runs of equal
+// sizes, a shorter datagram ending a run, at most udpMaxSegments each.
+func TestUDPPlan(t *testing.T) {
+	var tx udpSender
+	tx.msgs = make([]unix.Mmsghdr, 128)
+	tx.iovs = make([]unix.Iovec, 128)
+	tx.ctrl = make([]byte, 128*udpSegmentCmsgSpace)
+	tx.gso = true
+	sizes := udpGSOTestSizes()
+	bufs := make([][]byte, len(sizes))
+	for i, n := range sizes {
+		bufs[i] = make([]byte, n)
+	}
+	msgs, used := tx.plan(bufs, 16)
+	var runs []int
+	for i := range msgs {
+		runs = append(runs, int(tx.msgs[i].Hdr.Iovlen))
+	}
+	// 10×1452 then the 700 ending that run; 32, 32; 1452, 1452 (the
+	// 1500 is larger); 1500 and the 148; 64×1000; 6×1000 and the 999
+	// ending that run; 1000.
+	want := []int{11, 2, 2, 2, 64, 7, 1}
+	if !slices.Equal(runs, want) || used != len(sizes) {
+		t.Fatalf("messages of %v datagrams (%d used), want %v (%d)", runs, used, want, len(sizes))
+	}
+	clearUDPIovecs(tx.iovs)
+}
