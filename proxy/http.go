@@ -349,21 +349,6 @@ func (h *HTTP) serveConnect(w http.ResponseWriter, r *http.Request) {
 	<-done
 }
 
-// relayTunnel copies src to dst, then passes the end of src's stream on as a
-// half-close of dst, so a protocol that stops sending in one direction
-// while still reading the other keeps working.
-func relayTunnel(dst, src net.Conn) {
-	_, err := io.Copy(dst, src)
-	if cw, ok := dst.(interface{ CloseWrite() error }); ok && err == nil {
-		cw.CloseWrite()
-		return
-	}
-	// Without a half-close, or after a failure, the whole conn goes: the
-	// other direction cannot usefully continue.
-	dst.Close()
-	src.Close()
-}
-
 // hopByHopHeaders describe one connection, not the message, so a proxy
 // must not pass them on (RFC 9110, section 7.6.1).
 var hopByHopHeaders = []string{

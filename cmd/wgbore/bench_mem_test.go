@@ -1,0 +1,190 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"os/exec"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/wgbore/wgbore/netstack/peersite"
+	"github.com/wgbore/wgbore/protocol"
+)
+
+// BenchmarkIdleConnMemory measures the resident memory of a `wgbore up`
+// process (issue 7's targets): idle, after start-up and one handshake,
+// and per idle TCP connection held through its SOCKS5 proxy. Each
+// connection is a CONNECT to the peer's echo service that moves one byte
+// each way and then stays open; once all are open, and after a pause
+// for the process to settle, the growth of VmRSS over the idle figure,
+// divided by their number, is the cost of one.
+//
+// Every sub-benchmark starts a process of its own; b.N is not used, so
+// run it once:
+//
+//	go test ./cmd/wgbore -run '^$' -bench IdleConnMemory -benchtime 1x
+//
+// The binary is `go build`'s unless $WGBORE_BENCH_BINARY names another,
+// such as the release build of .ci/build-static (no cgo, no symbols),
+// whose smaller image is also less resident memory. With
+// $WGBORE_MEM_STATUS naming a directory, the process's memory maps are
+// saved there, idle and with the connections held.
+func BenchmarkIdleConnMemory(b *testing.B) {
+	raiseNoFile(b)
+	for _, n := range []int{1000, 10000} {
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			ours, _ := protocol.GeneratePrivateKey()
+			site := peersite.Start(b, ours.PublicKey(), peersite.Options{})
+			conf := writeFile(b, b.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\nMaxConnections = 20000\n"))
+			d := startMemDaemon(b, conf)
+			pid := d.cmd.Process.Pid
+			socks := d.addr(b, "socks5 ", 0)
+			echo := netip.AddrPortFrom(peersite.TheirV4, 7)
+
+			// The handshake, then a pause so that start-up garbage is
+			// collected and the scavenger has had a go.
+			c, err := memConn(socks, echo)
+			if err != nil {
+				b.Fatal(err)
+			}
+			c.Close()
+			time.Sleep(2 * time.Second)
+			idle := vmRSS(b, pid)
+			saveMemStatus(pid, "idle")
+
+			conns := make([]net.Conn, n)
+			var wg sync.WaitGroup
+			errs := make(chan error, 1)
+			next := make(chan int)
+			for range 32 {
+				wg.Go(func() {
+					for i := range next {
+						c, err := memConn(socks, echo)
+						if err != nil {
+							select {
+							case errs <- fmt.Errorf("connection %d: %w", i, err):
+							default:
+							}
+							continue
+						}
+						conns[i] = c
+					}
+				})
+			}
+			for i := range n {
+				next <- i
+			}
+			close(next)
+			wg.Wait()
+			b.Cleanup(func() {
+				for _, c := range conns {
+					if c != nil {
+						c.Close()
+					}
+				}
+			})
+			select {
+			case err := <-errs:
+				b.Fatal(err)
+			default:
+			}
+			time.Sleep(2 * time.Second)
+			busy := vmRSS(b, pid)
+			b.ReportMetric(float64(idle)/1024, "idle-MiB")
+			b.ReportMetric(float64(busy)/1024, "held-MiB")
+			b.ReportMetric(float64(busy-idle)/float64(n), "KiB/conn")
+			saveMemStatus(pid, strconv.Itoa(n))
+		})
+	}
+}
+
+// startMemDaemon runs `wgbore up -c conf` from the binary
+// $WGBORE_BENCH_BINARY names, or as startDaemon does.
+func startMemDaemon(b *testing.B, conf string) *daemon {
+	bin := os.Getenv("WGBORE_BENCH_BINARY")
+	if bin == "" {
+		return startDaemon(b, conf, "-log-level", "info")
+	}
+	cmd := exec.Command(bin, "up", "-c", conf, "-log-format", "json", "-log-level", "info", "-uapi-dir", shortTempDir(b))
+	cmd.Stdout = io.Discard
+	return runDaemon(b, cmd)
+}
+
+// saveMemStatus copies the process's memory maps, to see where the
+// memory went, into the directory $WGBORE_MEM_STATUS names, if any.
+func saveMemStatus(pid int, name string) {
+	dir := os.Getenv("WGBORE_MEM_STATUS")
+	if dir == "" {
+		return
+	}
+	for _, f := range []string{"smaps_rollup", "smaps", "status"} {
+		raw, _ := os.ReadFile(fmt.Sprintf("/proc/%d/%s", pid, f))
+		os.WriteFile(fmt.Sprintf("%s/%s-%s.txt", dir, f, name), raw, 0o644)
+	}
+}
+
+// memConn opens a SOCKS5 CONNECT to target and moves one byte each way.
+func memConn(socks string, target netip.AddrPort) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c, err := socksConnect(ctx, socks, target)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	one := []byte{'x'}
+	if _, err := c.Write(one); err != nil {
+		c.Close()
+		return nil, err
+	}
+	if _, err := io.ReadFull(c, one); err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.SetDeadline(time.Time{})
+	return c, nil
+}
+
+// vmRSS reads a process's resident set size, in KiB.
+func vmRSS(b *testing.B, pid int) int64 {
+	b.Helper()
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+			kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			if err != nil {
+				b.Fatal(err)
+			}
+			return kib
+		}
+	}
+	b.Fatalf("no VmRSS in /proc/%d/status", pid)
+	return 0
+}
+
+// raiseNoFile lifts this process's descriptor limit to the hard limit:
+// the benchmark holds one client socket per connection.
+func raiseNoFile(b *testing.B) {
+	var lim syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		b.Fatal(err)
+	}
+	lim.Cur = lim.Max
+	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
+		b.Fatal(err)
+	}
+}
