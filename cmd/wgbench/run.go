@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -57,6 +58,7 @@ func run(o options) error {
 	s := &suite{o: o, res: newResults(), tmp: tmp}
 	s.res.quick = o.quick
 	fmt.Printf("wgbench: %s\n", machine())
+	fmt.Printf("wgbench: code %s\n", revision())
 	fmt.Printf("wgbench: %s per throughput run, median of %d, echo %d round trips, %d connections %d at a time, idle connections %v\n",
 		fmtBytes(o.size), o.repeat, o.echoCount, o.connCount, o.connPar, o.idleConns)
 	want := func(part string) bool { return len(o.only) == 0 || o.only[part] }
@@ -105,7 +107,8 @@ func run(o options) error {
 	s.res.printTargets(os.Stdout)
 	fmt.Println()
 	s.res.printMachine(os.Stdout)
-	fmt.Printf("wgbench measure=run seconds=%.1f busy_measurements=%d failed=%s\n", time.Since(start).Seconds(), s.res.busy, strings.Join(failed, ","))
+	fmt.Printf("wgbench measure=run seconds=%.1f busy_measurements=%d failed=%s revision=%s cores=%d go=%s\n",
+		time.Since(start).Seconds(), s.res.busy, strings.Join(failed, ","), revision(), runtime.NumCPU(), runtime.Version())
 	if len(failed) > 0 {
 		return fmt.Errorf("parts failed: %s", strings.Join(failed, ", "))
 	}
