@@ -13,6 +13,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/wgbore/wgbore/protocol"
@@ -326,6 +327,12 @@ func (s *suite) measureAll(subs []*subject) {
 // handshake, then holding idle SOCKS5 connections open through it, each
 // one tunnelled to the wireguard-go peer's echo service.
 func (s *suite) runMemory() error {
+	// This process and `wgbore up` each hold one descriptor per
+	// connection, besides their own; say so rather than fail half way.
+	var l syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil && l.Cur < uint64(slices.Max(s.o.idleConns)+256) {
+		return fmt.Errorf("the open-file limit (%d) is too low for %d connections: raise it (ulimit -n)", l.Cur, slices.Max(s.o.idleConns))
+	}
 	var idle []float64
 	rss := make([][]float64, len(s.o.idleConns))
 	for range s.o.repeat {
