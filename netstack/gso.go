@@ -172,13 +172,15 @@ func copyPacket(p *stack.PacketBuffer, off int, dst []byte) {
 	}
 }
 
-// gsoSupported tells gVisor's TCP that this endpoint cuts super-segments
+// SupportedGSO tells gVisor's TCP that this endpoint cuts super-segments
 // itself (stack.GSOEndpoint). HostGSOSupported, not GVisorGSOSupported:
 // with the latter gVisor splits them again before the link endpoint, and
 // every segment still takes its own trip through IP, the NIC and the
-// engine.
+// engine. GSO comes only with offloadRXChecksum: a super-segment to one of
+// our own addresses loops back whole, with only the pseudo-header sum in
+// its TCP checksum.
 func (l *linkEndpoint) SupportedGSO() stack.SupportedGSO {
-	if l.offloads&offloadGSO == 0 {
+	if l.offloads&(offloadGSO|offloadRXChecksum) != offloadGSO|offloadRXChecksum {
 		return stack.GSONotSupported
 	}
 	return stack.HostGSOSupported
@@ -186,7 +188,7 @@ func (l *linkEndpoint) SupportedGSO() stack.SupportedGSO {
 
 // GSOMaxSize implements stack.GSOEndpoint.
 func (l *linkEndpoint) GSOMaxSize() uint32 {
-	if l.offloads&offloadGSO == 0 {
+	if l.SupportedGSO() == stack.GSONotSupported {
 		return 0
 	}
 	return gsoMaxSize
