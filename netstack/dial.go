@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"os"
@@ -341,7 +342,7 @@ func (n *Net) dialAddr(ctx context.Context, network string, ap netip.AddrPort) (
 		ep.Close()
 		return nil, fail(goError("connect", terr))
 	}
-	return gonet.NewTCPConn(&wq, ep), nil
+	return newTCPConn(&wq, ep), nil
 }
 
 // isOwnAddress reports whether a is one of our tunnel addresses, which
@@ -480,4 +481,62 @@ func (n *Net) Listen(network, address string) (net.Listener, error) {
 		fa.Addr = tcpip.Address{}
 	}
 	return gonet.ListenTCP(n.stack, fa, proto)
+}
+
+// TCPConn is a TCP connection inside the tunnel, as DialContext returns
+// it: gonet's, plus a way to wait for data without a goroutine.
+//
+// A proxy relaying thousands of idle connections otherwise parks one
+// goroutine per connection in Read, with its stack (4 to 8 KiB once the
+// read path has run) and its buffer. With NotifyReadable and TryRead a
+// relay starts a goroutine only when there is something to move: an
+// idle connection through the SOCKS5 proxy cost 26 KiB of resident
+// memory instead of 32 at 1,000 connections, 24 instead of 30 at 10,000
+// (BenchmarkIdleConnMemory in cmd/wgbore).
+type TCPConn struct {
+	*gonet.TCPConn
+	wq *waiter.Queue
+	ep tcpip.Endpoint
+}
+
+func newTCPConn(wq *waiter.Queue, ep tcpip.Endpoint) *TCPConn {
+	return &TCPConn{TCPConn: gonet.NewTCPConn(wq, ep), wq: wq, ep: ep}
+}
+
+// NotifyReadable calls f whenever bytes, the end of the stream or an
+// error may have become ready to read, until stop is called. f runs on
+// the stack's own goroutine, with the connection's wait queue locked: it
+// must return at once, and not call NotifyReadable's stop.
+func (c *TCPConn) NotifyReadable(f func()) (stop func()) {
+	e := waiter.NewFunctionEntry(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr, func(waiter.EventMask) { f() })
+	c.wq.EventRegister(&e)
+	return func() { c.wq.EventUnregister(&e) }
+}
+
+// Readable reports whether a TryRead would return something other than
+// wouldBlock.
+func (c *TCPConn) Readable() bool {
+	return c.ep.Readiness(waiter.ReadableEvents) != 0
+}
+
+// TryRead reads into b what has arrived, without waiting. With nothing
+// to read it returns wouldBlock; at the end of the stream, io.EOF. It
+// ignores the read deadline, and must not run alongside Read.
+func (c *TCPConn) TryRead(b []byte) (n int, wouldBlock bool, err error) {
+	w := tcpip.SliceWriter(b)
+	res, terr := c.ep.Read(&w, tcpip.ReadOptions{})
+	switch terr.(type) {
+	case nil:
+		// As gonet's Read does: receive-buffer moderation grows the
+		// window from what the application reads. Without it the
+		// window stayed at its default, and a download through the
+		// SOCKS5 proxy ran at 100 MB/s instead of 150.
+		c.ep.ModerateRecvBuf(res.Count)
+		return res.Count, false, nil
+	case *tcpip.ErrWouldBlock:
+		return 0, true, nil
+	case *tcpip.ErrClosedForReceive:
+		return 0, false, io.EOF
+	}
+	return 0, false, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: goError("read", terr)}
 }

@@ -180,15 +180,8 @@ func (f *TCPForwarder) relay(client net.Conn) {
 		src, dst = &activityConn{Conn: client, w: w}, &activityConn{Conn: upstream, w: w}
 	}
 
-	f.wg.Add(1) // this goroutine holds a count, so the group is not at zero
-	done := make(chan struct{})
-	go func() {
-		defer f.wg.Done()
-		defer close(done)
-		relayTunnel(dst, src)
-	}()
-	relayTunnel(src, dst)
-	<-done
+	// This goroutine holds a count of f.wg, so the group is not at zero.
+	relayBoth(src, dst, &f.wg)
 }
 
 // idleWatch ends a relay that has been quiet for a timeout. Reads only

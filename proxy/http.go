@@ -338,15 +338,8 @@ func (h *HTTP) serveConnect(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 
-	h.wg.Add(1) // the handler holds a count, so the group cannot be at zero
-	done := make(chan struct{})
-	go func() {
-		defer h.wg.Done()
-		defer close(done)
-		relayTunnel(client, upstream)
-	}()
-	relayTunnel(upstream, client)
-	<-done
+	// The handler holds a count of h.wg, so the group cannot be at zero.
+	relayBoth(client, upstream, &h.wg)
 }
 
 // hopByHopHeaders describe one connection, not the message, so a proxy

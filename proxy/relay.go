@@ -4,6 +4,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 )
 
 // A relay's two copy loops read into a small buffer of their own while
@@ -84,4 +85,126 @@ func relayTunnel(dst, src net.Conn) {
 	// other direction cannot usefully continue.
 	dst.Close()
 	src.Close()
+}
+
+// readNotifier is a connection that can say when it has something to
+// read and be read without waiting, as the tunnel's TCP connections
+// (netstack.TCPConn) can. relayBoth copies from one without a goroutine
+// parked in Read: an idle relay then costs one goroutine, not two.
+type readNotifier interface {
+	net.Conn
+	NotifyReadable(f func()) (stop func())
+	Readable() bool
+	TryRead(b []byte) (n int, wouldBlock bool, err error)
+}
+
+// relayBoth copies both ways between client and upstream, passing
+// half-closes on, and returns once both directions have finished. The
+// calling goroutine, which must hold a count of wg, copies client to
+// upstream. The other direction runs on a goroutine counted in wg, or,
+// when upstream is a readNotifier, on goroutines (counted too) started
+// only while upstream has bytes for the client.
+func relayBoth(client, upstream net.Conn, wg *sync.WaitGroup) {
+	var finished chan struct{}
+	if nr, ok := upstream.(readNotifier); ok {
+		finished = relayFromNotifier(client, nr, wg)
+	} else {
+		finished = make(chan struct{})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(finished)
+			relayTunnel(client, upstream)
+		}()
+	}
+	relayTunnel(upstream, client)
+	<-finished
+}
+
+// notifiedCopy copies src to dst in goroutines started when src has
+// something to read; each drains src, then leaves. armed is true while
+// no goroutine is copying and a notification may start one, so exactly
+// one goroutine at a time copies.
+type notifiedCopy struct {
+	dst      net.Conn
+	src      readNotifier
+	wg       *sync.WaitGroup
+	armed    atomic.Bool
+	stop     func()
+	finished chan struct{}
+}
+
+// relayFromNotifier starts copying src to dst as relayTunnel does; the
+// channel it returns is closed when the copy is over.
+func relayFromNotifier(dst net.Conn, src readNotifier, wg *sync.WaitGroup) chan struct{} {
+	c := &notifiedCopy{dst: dst, src: src, wg: wg, finished: make(chan struct{})}
+	c.armed.Store(true)
+	c.stop = src.NotifyReadable(c.wake)
+	// Bytes that arrived before the notification was set up.
+	if src.Readable() {
+		c.wake()
+	}
+	return c.finished
+}
+
+// wake runs on the tunnel stack's goroutine: it must not block. It can
+// count a goroutine in wg safely: armed is never set again once the
+// copy has finished, so relayBoth's caller still holds its count.
+func (c *notifiedCopy) wake() {
+	if c.armed.CompareAndSwap(true, false) {
+		c.wg.Add(1)
+		go c.drain()
+	}
+}
+
+// drain copies what src has, with a pooled buffer it holds only while
+// copying, then arms the notification again and returns, or finishes
+// the copy at the end of src's stream or on an error.
+func (c *notifiedCopy) drain() {
+	defer c.wg.Done()
+	buf := relayBuffers.Get().(*[relayLargeBuffer]byte)
+	defer relayBuffers.Put(buf)
+	for {
+		n, wouldBlock, err := c.src.TryRead(buf[:])
+		if n > 0 {
+			m, werr := c.dst.Write(buf[:n])
+			if werr == nil && m != n {
+				werr = io.ErrShortWrite
+			}
+			if werr != nil {
+				c.finish(werr)
+				return
+			}
+		}
+		if err != nil {
+			c.finish(err)
+			return
+		}
+		if wouldBlock {
+			c.armed.Store(true)
+			// Bytes that arrived between the read and the arming found
+			// nothing armed to wake: take them now, unless a
+			// notification since then has already started another
+			// drain.
+			if !c.src.Readable() || !c.armed.CompareAndSwap(true, false) {
+				return
+			}
+		}
+	}
+}
+
+// finish ends the copy as relayTunnel does: the end of src's stream is
+// passed on as a half-close, a failure closes both ends.
+func (c *notifiedCopy) finish(err error) {
+	c.stop()
+	if err == io.EOF {
+		if cw, ok := c.dst.(interface{ CloseWrite() error }); ok {
+			cw.CloseWrite()
+			close(c.finished)
+			return
+		}
+	}
+	c.dst.Close()
+	c.src.Close()
+	close(c.finished)
 }
