@@ -72,7 +72,10 @@ type udpSender struct {
 	// of equal-sized datagrams (the last may be shorter) then goes down
 	// the stack as one message, which the kernel, or the NIC, cuts into
 	// datagrams only at the bottom. Cleared for good if the kernel
-	// refuses a GSO send.
+	// refuses a GSO send. It took our upload from 7.5 to 6.0 cpu-s/GB
+	// (both ends of netstack's TCPThroughput together; test binaries
+	// with and without it run alternately, medians of 3), when sendmmsg
+	// had been 66% of our side's CPU.
 	gso bool
 	// name is the one destination every message of a Send shares.
 	name unix.RawSockaddrInet6
