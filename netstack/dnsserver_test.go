@@ -50,14 +50,28 @@ func parseDNSAnswer(t testing.TB, resp []byte) (dnsmessage.Header, []netip.Addr)
 // the host's resolver.
 func fakeUpstream(t *testing.T) netip.AddrPort {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ap := pc.LocalAddr().(*net.UDPAddr).AddrPort()
-	l, err := net.Listen("tcp", ap.String())
-	if err != nil {
-		t.Fatal(err)
+	// The TCP port must equal the UDP one, which the kernel picked
+	// without regard to TCP: when another test holds that TCP port, try
+	// another UDP port.
+	var (
+		pc  net.PacketConn
+		l   net.Listener
+		ap  netip.AddrPort
+		err error
+	)
+	for try := 0; ; try++ {
+		pc, err = net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ap = pc.LocalAddr().(*net.UDPAddr).AddrPort()
+		if l, err = net.Listen("tcp", ap.String()); err == nil {
+			break
+		}
+		pc.Close()
+		if try == 20 {
+			t.Fatal(err)
+		}
 	}
 	answer := func(q []byte) []byte {
 		var p dnsmessage.Parser
