@@ -41,25 +41,7 @@ func BenchmarkTCPThroughput(b *testing.B) {
 				} else {
 					dial = site.WireGuardGoClient(b, key).DialContext
 				}
-				// The site's source (19) is asked for more than any run
-				// reads; its discard (9) reads until we close.
-				port := 19
-				if dir == "upload" {
-					port = 9
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				defer cancel()
-				c, err := dial(ctx, "tcp", fmt.Sprintf("10.0.0.2:%d", port))
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer c.Close()
-				if dir == "download" {
-					if _, err := c.Write(binary.BigEndian.AppendUint64(nil, 1<<62)); err != nil {
-						b.Fatal(err)
-					}
-				}
-				measureStream(b, c, dir == "download")
+				streamThroughSite(b, dial, dir)
 			})
 		}
 	}
@@ -67,6 +49,31 @@ func BenchmarkTCPThroughput(b *testing.B) {
 
 // measureStream moves 1 MiB per op over c, read when download and
 // written otherwise, after a warm-up that lets the TCP windows open, and
+// streamThroughSite measures one TCP stream to the peer site over dial:
+// dir "download" reads from the site's source (19), asked for more than
+// any run reads; "upload" writes to its discard (9), which reads until
+// we close.
+func streamThroughSite(b *testing.B, dial func(ctx context.Context, network, addr string) (net.Conn, error), dir string) {
+	b.Helper()
+	port := 19
+	if dir == "upload" {
+		port = 9
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := dial(ctx, "tcp", fmt.Sprintf("10.0.0.2:%d", port))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	if dir == "download" {
+		if _, err := c.Write(binary.BigEndian.AppendUint64(nil, 1<<62)); err != nil {
+			b.Fatal(err)
+		}
+	}
+	measureStream(b, c, dir == "download")
+}
+
 // reports MB/s and this process's CPU seconds per GB.
 func measureStream(b *testing.B, c net.Conn, download bool) {
 	b.Helper()

@@ -2,12 +2,9 @@ package netstack
 
 import (
 	"context"
-	"encoding/binary"
-	"fmt"
 	"net"
 	"runtime/pprof"
 	"testing"
-	"time"
 
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
@@ -54,23 +51,7 @@ func BenchmarkOffloads(b *testing.B) {
 					b.Cleanup(func() { n.Close() })
 					dial = n.DialContext
 				}
-				port := 19
-				if dir == "upload" {
-					port = 9
-				}
-				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-				defer cancel()
-				c, err := dial(ctx, "tcp", fmt.Sprintf("10.0.0.2:%d", port))
-				if err != nil {
-					b.Fatal(err)
-				}
-				defer c.Close()
-				if dir == "download" {
-					if _, err := c.Write(binary.BigEndian.AppendUint64(nil, 1<<62)); err != nil {
-						b.Fatal(err)
-					}
-				}
-				measureStream(b, c, dir == "download")
+				streamThroughSite(b, dial, dir)
 			})
 		}
 	}

@@ -206,15 +206,7 @@ func (d *upDaemon) fail() string {
 		return d.logFile.Name()
 	}
 	d.failed = true
-	d.cmd.Process.Signal(syscall.SIGQUIT)
-	select {
-	case <-d.done:
-	case <-time.After(10 * time.Second):
-		d.cmd.Process.Kill()
-		<-d.done
-	}
-	os.RemoveAll(d.dir)
-	d.logFile.Close()
+	d.end(syscall.SIGQUIT)
 	return d.logFile.Name()
 }
 
@@ -235,7 +227,14 @@ func (d *upDaemon) stop() {
 	if d.failed {
 		return
 	}
-	d.cmd.Process.Signal(os.Interrupt)
+	d.end(os.Interrupt)
+	os.Remove(d.logFile.Name())
+}
+
+// end sends sig, waits up to 10 s for the exit (then kills), and removes
+// the daemon's directory; the log file stays, closed, for the caller.
+func (d *upDaemon) end(sig os.Signal) {
+	d.cmd.Process.Signal(sig)
 	select {
 	case <-d.done:
 	case <-time.After(10 * time.Second):
@@ -244,7 +243,6 @@ func (d *upDaemon) stop() {
 	}
 	os.RemoveAll(d.dir)
 	d.logFile.Close()
-	os.Remove(d.logFile.Name())
 }
 
 // buildWgbore builds cmd/wgbore into dir: E and M measure the program
