@@ -273,6 +273,20 @@ func (p *parser) fileRank(name string) int {
 
 // sortErrors orders problems by file and line, because the structural
 // checks run when a section closes and would otherwise be reported after
+// firstOf handles a section that may appear once: the first records its
+// line in *seen; a second is an error that names the first's line, and
+// its section is parsed (so its own lines are still checked) but kept
+// out of the Config. It reports whether this is the first.
+func (p *parser) firstOf(f *fileState, s *section, n int, seen *int, name string) bool {
+	if *seen != 0 {
+		p.errorf(f, n, "", "[%s] appears twice (first on line %d)", name, *seen)
+		s.dup = true
+		return false
+	}
+	*seen = n
+	return true
+}
+
 // the lines below them. Problems of a whole file come after its lines.
 func (p *parser) sortErrors() {
 	slices.SortStableFunc(p.errs, func(a, b *Error) int {
@@ -381,48 +395,33 @@ func (p *parser) openSection(f *fileState, line string, n int) *section {
 	s.udpServer.InactivityTimeout = DefaultUDPInactivityTimeout
 	switch kind {
 	case secInterface:
-		if p.ifaceLine != 0 {
-			p.errorf(f, n, "", "[Interface] appears twice (first on line %d)", p.ifaceLine)
-			s.iface, s.dup = new(Interface), true
-			break
+		if p.firstOf(f, s, n, &p.ifaceLine, "Interface") {
+			p.ifaceFile = f.name
+			s.iface = &p.cfg.Interface
+		} else {
+			s.iface = new(Interface)
 		}
-		p.ifaceFile, p.ifaceLine = f.name, n
-		s.iface = &p.cfg.Interface
 	case secResolve:
-		if p.resolveLine != 0 {
-			p.errorf(f, n, "", "[Resolve] appears twice (first on line %d)", p.resolveLine)
-			s.resolve, s.dup = new(Resolve), true
-			break
+		if p.firstOf(f, s, n, &p.resolveLine, "Resolve") {
+			s.resolve = &p.cfg.Resolve
+		} else {
+			s.resolve = new(Resolve)
 		}
-		p.resolveLine = n
-		s.resolve = &p.cfg.Resolve
 	case secEgress:
 		s.egress = &Egress{Pos: pos}
-		if p.egressLine != 0 {
-			p.errorf(f, n, "", "[Egress] appears twice (first on line %d)", p.egressLine)
-			s.dup = true
-			break
+		if p.firstOf(f, s, n, &p.egressLine, "Egress") {
+			p.cfg.Egress = s.egress
 		}
-		p.egressLine = n
-		p.cfg.Egress = s.egress
 	case secDNSServer:
 		s.dnsServer = &DNSServer{Pos: pos}
-		if p.dnsLine != 0 {
-			p.errorf(f, n, "", "[DNSServer] appears twice (first on line %d)", p.dnsLine)
-			s.dup = true
-			break
+		if p.firstOf(f, s, n, &p.dnsLine, "DNSServer") {
+			p.cfg.DNSServer = s.dnsServer
 		}
-		p.dnsLine = n
-		p.cfg.DNSServer = s.dnsServer
 	case secMetrics:
 		s.metrics = &Metrics{Pos: pos}
-		if p.metricsLine != 0 {
-			p.errorf(f, n, "", "[Metrics] appears twice (first on line %d)", p.metricsLine)
-			s.dup = true
-			break
+		if p.firstOf(f, s, n, &p.metricsLine, "Metrics") {
+			p.cfg.Metrics = s.metrics
 		}
-		p.metricsLine = n
-		p.cfg.Metrics = s.metrics
 	}
 	return s
 }
