@@ -247,33 +247,38 @@ func (s *service) startFrontEnd(spec sectionSpec) (*frontEnd, error) {
 
 // closeFrontEnd ends a front end at once, connections and all.
 func (s *service) closeFrontEnd(fe *frontEnd) {
+	fe.closeSockets()
+	closeServers(fe.servers)
+}
+
+// stopFrontEnd stops a front end that a reload removed: its sockets
+// close now, and its open connections get the grace period to finish,
+// in the background, as at shutdown.
+func (s *service) stopFrontEnd(fe *frontEnd) {
+	fe.closeSockets()
+	s.serving.Go(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), s.grace)
+		defer cancel()
+		shutdownServers(ctx, s.log, fe.servers)
+		closeServers(fe.servers)
+	})
+}
+
+// closeSockets marks the front end as stopping on purpose, so its Serve
+// calls return without failing the process, and closes its sockets.
+func (fe *frontEnd) closeSockets() {
 	close(fe.stopping)
 	for _, c := range fe.sockets {
 		c.Close()
 	}
-	for _, srv := range fe.servers {
+}
+
+func closeServers(servers []server) {
+	for _, srv := range servers {
 		if srv.close != nil {
 			srv.close()
 		}
 	}
-}
-
-// stopFrontEnd stops a front end that a reload removed: its sockets
-// close now, and its open connections get until ctx is done to finish,
-// in the background, as at shutdown.
-func (s *service) stopFrontEnd(ctx context.Context, fe *frontEnd) {
-	close(fe.stopping)
-	for _, c := range fe.sockets {
-		c.Close()
-	}
-	s.serving.Go(func() {
-		shutdownServers(ctx, s.log, fe.servers)
-		for _, srv := range fe.servers {
-			if srv.close != nil {
-				srv.close()
-			}
-		}
-	})
 }
 
 // shutdownServers runs every server's graceful shutdown at once and

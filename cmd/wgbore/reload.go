@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"github.com/wgbore/wgbore/protocol/uapi"
@@ -211,17 +210,14 @@ func (s *service) reloadFrontEnds(p *runPlan, rep *reloadReport) {
 			}
 		}
 	}
-	graceCtx, cancel := context.WithTimeout(context.Background(), s.grace)
 	for j, fe := range running {
 		if !used[j] {
-			s.stopFrontEnd(graceCtx, fe)
+			s.stopFrontEnd(fe)
 			for _, srv := range fe.servers {
 				rep.changes = append(rep.changes, srv.desc+" stopped")
 			}
 		}
 	}
-	// The grace period ends by itself; cancel only frees its timer.
-	context.AfterFunc(graceCtx, cancel)
 	now := make([]*frontEnd, 0, len(specs))
 	for i, spec := range specs {
 		if matched[i] != nil {

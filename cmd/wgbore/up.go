@@ -464,11 +464,7 @@ func (s *service) shutdown(ctx context.Context) {
 		// It reads the engine: let it go before the tunnel closes.
 		<-s.summarized
 	}
-	for _, srv := range servers {
-		if srv.close != nil {
-			srv.close()
-		}
-	}
+	closeServers(servers)
 	if s.stdioClose != nil {
 		s.stdioClose()
 	}
