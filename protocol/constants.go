@@ -78,6 +78,15 @@ const (
 	peerQueueBatches = 64
 	// cryptoQueueBatches is the shared queue into the crypto workers.
 	cryptoQueueBatches = 1024
+	// inlineBatchMax is the largest batch that the goroutine holding it
+	// encrypts or decrypts and passes on itself, when none of the peer's
+	// batches is queued ahead of it. Small batches are ACKs, handshakes of
+	// TCP and request/response traffic: for them the two goroutine
+	// wake-ups of the worker path cost more than the crypto, and on a
+	// virtual CPU each wake-up of an idle core is tens of microseconds.
+	// Bulk data arrives and leaves in batches of tens of packets, which
+	// still go to the workers so that crypto runs beside the TCP stack.
+	inlineBatchMax = 8
 	// maxFreeElements is how many idle packet buffers the engine keeps
 	// for reuse: enough for two peers' full queues, about 12 MB at the
 	// default MTU once reached.

@@ -12,8 +12,9 @@ import (
 )
 
 // TestOrderKeptThroughParallelCrypto sends many batches through engines
-// with several crypto workers each. Workers finish batches in any order;
-// delivery must still be in send order, with nothing missing.
+// with several crypto workers each. Workers finish batches in any order,
+// and batches of up to inlineBatchMax packets skip them; delivery must
+// still be in send order, with nothing missing.
 func TestOrderKeptThroughParallelCrypto(t *testing.T) {
 	clk := clock.NewManual(testEpoch)
 	net := memnet.NewNetwork(clk, 1)
@@ -22,14 +23,17 @@ func TestOrderKeptThroughParallelCrypto(t *testing.T) {
 	b := newMemNodeWith(t, net, clk, "127.0.0.1:9002", "10.0.0.2", fourWorkers)
 	connect(t, a, b, PresharedKey{})
 
-	const batches, perBatch = 300, 32
+	const batches = 300
+	// Sizes on both sides of inlineBatchMax, so that inline and worker
+	// batches follow each other on both the sending and receiving side.
+	sizes := []int{32, 1, 5, inlineBatchMax, inlineBatchMax + 1, 2, 40}
 	payload := make([]byte, 1000)
 	seq := uint32(0)
 	first := ipPacket(a.addr, b.addr, payload)
 	a.e.WritePackets([][]byte{first})
 	b.sink.expect(t, first)
-	for range batches {
-		batch := make([][]byte, perBatch)
+	for k := range batches {
+		batch := make([][]byte, sizes[k%len(sizes)])
 		for i := range batch {
 			seq++
 			binary.BigEndian.PutUint32(payload, seq)

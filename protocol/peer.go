@@ -10,6 +10,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/crypto/chacha20poly1305"
 )
 
 // PeerConfig describes one peer, as a [Peer] section of wg0.conf does.
@@ -49,6 +51,21 @@ type Peer struct {
 	// queue, so that the wire order of one peer's packets is their nonce
 	// order and the peer's replay window sees them in sequence.
 	sendMu sync.Mutex
+	// txNonce and txBufs serve batches sent inline, under sendMu.
+	txNonce [chacha20poly1305.NonceSize]byte
+	txBufs  [][]byte
+	// txPending counts batches handed to sendLoop and not yet sent; a
+	// batch goes out inline only when it is zero, so wire order stays
+	// nonce order.
+	txPending atomic.Int32
+
+	// rxMu is held while a batch is checked and delivered, by receiveLoop
+	// or by a receive goroutine consuming a small batch inline.
+	// rxPending counts batches queued for receiveLoop and not yet
+	// delivered; inline delivery waits for it to be zero, so one socket's
+	// packets reach the stack in the order they arrived.
+	rxMu      sync.Mutex
+	rxPending atomic.Int32
 
 	outbound chan *batch
 	inbound  chan *batch

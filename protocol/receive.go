@@ -41,12 +41,16 @@ func (e *Engine) receiveLoop(recv ReceiveFunc) {
 		cur      *batch
 		curIndex uint32
 		fresh    = make([]*element, 0, size)
+		nonce    [chacha20poly1305.NonceSize]byte
+		deliver  = make([][]byte, 0, inlineBatchMax)
 	)
 	flush := func() {
 		if cur == nil {
 			return
 		}
-		e.dispatchInbound(cur)
+		if !e.receiveInline(cur, &nonce, &deliver) {
+			e.dispatchInbound(cur)
+		}
 		cur = nil
 	}
 	for {
@@ -144,6 +148,43 @@ func validHandshakeSize(msg []byte) bool {
 	return false
 }
 
+// usable reports whether a batch may still be decrypted and delivered:
+// its peer is in place and its session not past RejectAfterTime. A batch
+// that is not is dropped, counted and recycled.
+func (e *Engine) usable(b *batch) bool {
+	p := b.peer
+	if p.removed.Load() || e.clock.Now().Sub(b.kp.created) >= e.params.RejectAfterTime {
+		e.stats.dropN(DropExpiredKeypair, len(b.elems))
+		e.putBatch(b)
+		return false
+	}
+	return true
+}
+
+// receiveInline decrypts and delivers a small batch in the receiving
+// goroutine, skipping the hand-offs to a crypto worker and to the peer's
+// in-order goroutine. It does so only when none of the peer's batches is
+// queued ahead, and reports whether it took the batch.
+func (e *Engine) receiveInline(b *batch, nonce *[chacha20poly1305.NonceSize]byte, deliver *[][]byte) bool {
+	p := b.peer
+	if len(b.elems) > inlineBatchMax || p.rxPending.Load() != 0 || !p.rxMu.TryLock() {
+		return false
+	}
+	if p.rxPending.Load() != 0 {
+		p.rxMu.Unlock()
+		return false
+	}
+	if e.usable(b) {
+		for _, el := range b.elems {
+			openTransport(b.kp, el, nonce)
+		}
+		*deliver = p.consume(b, *deliver)
+		e.putBatch(b)
+	}
+	p.rxMu.Unlock()
+	return true
+}
+
 // dispatchInbound hands a batch to its peer's in-order queue and to the
 // decryption workers. When the peer's queue is full it waits: the socket's
 // receive buffer is then the queue, and the kernel drops there, before we
@@ -153,21 +194,21 @@ func validHandshakeSize(msg []byte) bool {
 // stack itself would.
 func (e *Engine) dispatchInbound(b *batch) {
 	p := b.peer
-	now := e.clock.Now()
-	if p.removed.Load() || now.Sub(b.kp.created) >= e.params.RejectAfterTime {
-		e.stats.dropN(DropExpiredKeypair, len(b.elems))
-		e.putBatch(b)
+	if !e.usable(b) {
 		return
 	}
 	b.mu.Lock()
+	p.rxPending.Add(1)
 	select {
 	case p.inbound <- b:
 	case <-p.done:
+		p.rxPending.Add(-1)
 		b.mu.Unlock()
 		e.stats.dropN(DropPeerRemoved, len(b.elems))
 		e.putBatch(b)
 		return
 	case <-e.done:
+		p.rxPending.Add(-1)
 		b.mu.Unlock()
 		e.putBatch(b)
 		return
@@ -203,9 +244,8 @@ func openTransport(kp *keypair, el *element, nonce *[chacha20poly1305.NonceSize]
 	el.plain = plain
 }
 
-// receiveLoop is the peer's in-order half of the receive path: replay
-// check, session confirmation, roaming, timers, cryptokey routing's source
-// check, and delivery to the packet side.
+// receiveLoop is the peer's in-order half of the receive path for
+// batches that went through the decryption workers.
 func (p *Peer) receiveLoop() {
 	e := p.engine
 	deliver := make([][]byte, 0, 128)
@@ -217,64 +257,77 @@ func (p *Peer) receiveLoop() {
 		case b = <-p.inbound:
 		}
 		b.mu.Lock()
-		kp := b.kp
-		pr := &e.params
-		var (
-			authenticated bool
-			dataReceived  bool
-			lastSrc       netip.AddrPort
-			bytes         uint64
-		)
-		table := e.allowed.Load()
-		for _, el := range b.elems {
-			if !el.ok {
-				e.stats.drop(DropAuthFailed)
-				continue
-			}
-			if !kp.replay.accept(el.counter, pr.RejectAfterMessages) {
-				e.stats.drop(DropReplay)
-				continue
-			}
-			authenticated = true
-			lastSrc = el.src
-			bytes += uint64(len(el.msg))
-			if len(el.plain) == 0 {
-				continue // keepalive
-			}
-			pkt, ok := innerPacket(el.plain)
-			if !ok {
-				e.stats.drop(DropMalformedPacket)
-				continue
-			}
-			if src, _ := source(pkt); table.lookup(src) != p {
-				e.stats.drop(DropNotAllowedIP)
-				continue
-			}
-			dataReceived = true
-			deliver = append(deliver, pkt)
-		}
-		if authenticated {
-			p.roam(lastSrc)
-			p.stats.rxBytes.Add(bytes)
-			if p.confirmNext(kp) {
-				p.timersHandshakeComplete()
-				p.sendStaged()
-			}
-			p.timersAnyAuthenticatedPacketReceived()
-			p.timersAnyAuthenticatedPacketTraversal()
-			if dataReceived {
-				p.timersDataReceived()
-			}
-			p.maybeRekeyOnReceive(kp)
-		}
-		if len(deliver) > 0 {
-			e.packets.DeliverPackets(deliver)
-			clear(deliver)
-			deliver = deliver[:0]
-		}
+		p.rxMu.Lock()
+		deliver = p.consume(b, deliver)
+		p.rxMu.Unlock()
+		p.rxPending.Add(-1)
 		b.mu.Unlock()
 		e.putBatch(b)
 	}
+}
+
+// consume is what every decrypted batch goes through, in order: replay
+// check, session confirmation, roaming, timers, cryptokey routing's source
+// check, and delivery to the packet side. deliver is scratch space, given
+// back empty.
+func (p *Peer) consume(b *batch, deliver [][]byte) [][]byte {
+	e := p.engine
+	kp := b.kp
+	pr := &e.params
+	var (
+		authenticated bool
+		dataReceived  bool
+		lastSrc       netip.AddrPort
+		bytes         uint64
+	)
+	table := e.allowed.Load()
+	for _, el := range b.elems {
+		if !el.ok {
+			e.stats.drop(DropAuthFailed)
+			continue
+		}
+		if !kp.replay.accept(el.counter, pr.RejectAfterMessages) {
+			e.stats.drop(DropReplay)
+			continue
+		}
+		authenticated = true
+		lastSrc = el.src
+		bytes += uint64(len(el.msg))
+		if len(el.plain) == 0 {
+			continue // keepalive
+		}
+		pkt, ok := innerPacket(el.plain)
+		if !ok {
+			e.stats.drop(DropMalformedPacket)
+			continue
+		}
+		if src, _ := source(pkt); table.lookup(src) != p {
+			e.stats.drop(DropNotAllowedIP)
+			continue
+		}
+		dataReceived = true
+		deliver = append(deliver, pkt)
+	}
+	if authenticated {
+		p.roam(lastSrc)
+		p.stats.rxBytes.Add(bytes)
+		if p.confirmNext(kp) {
+			p.timersHandshakeComplete()
+			p.sendStaged()
+		}
+		p.timersAnyAuthenticatedPacketReceived()
+		p.timersAnyAuthenticatedPacketTraversal()
+		if dataReceived {
+			p.timersDataReceived()
+		}
+		p.maybeRekeyOnReceive(kp)
+	}
+	if len(deliver) > 0 {
+		e.packets.DeliverPackets(deliver)
+		clear(deliver)
+		deliver = deliver[:0]
+	}
+	return deliver
 }
 
 // maybeRekeyOnReceive covers the initiator that only receives: without

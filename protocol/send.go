@@ -282,14 +282,26 @@ func (p *Peer) sendStaged() {
 		p.staged = p.staged[:rest]
 		p.stagedMu.Unlock()
 
-		if len(b.elems) == 0 {
+		switch {
+		case len(b.elems) == 0:
 			p.sendMu.Unlock()
 			e.putBatch(b)
-		} else {
+		case len(b.elems) <= inlineBatchMax && p.txPending.Load() == 0:
+			// Nothing of this peer's is waiting in sendLoop: seal and
+			// send here, still under sendMu, which keeps nonce order.
+			for _, el := range b.elems {
+				sealTransport(kp, el, &p.txNonce, e.mtu)
+			}
+			p.txBufs = p.transmit(b, p.txBufs)
+			p.sendMu.Unlock()
+			e.putBatch(b)
+		default:
 			b.mu.Lock()
+			p.txPending.Add(1)
 			select {
 			case p.outbound <- b:
 			case <-p.done:
+				p.txPending.Add(-1)
 				p.sendMu.Unlock()
 				b.mu.Unlock()
 				e.putBatch(b)
@@ -349,7 +361,6 @@ func sealTransport(kp *keypair, el *element, nonce *[chacha20poly1305.NonceSize]
 
 // sendLoop writes one peer's batches to the Bind in nonce order.
 func (p *Peer) sendLoop() {
-	e := p.engine
 	bufs := make([][]byte, 0, 64)
 	for {
 		var b *batch
@@ -359,39 +370,47 @@ func (p *Peer) sendLoop() {
 		case b = <-p.outbound:
 		}
 		b.mu.Lock()
-		ep := p.currentEndpoint()
-		var bytes uint64
-		dataSent := false
-		for _, el := range b.elems {
-			bufs = append(bufs, el.msg)
-			bytes += uint64(len(el.msg))
-			if len(el.msg) > MessageKeepaliveSize {
-				dataSent = true
-			}
-		}
-		if !ep.IsValid() {
-			e.stats.dropN(DropNoEndpoint, len(b.elems))
-		} else {
-			// Arm the timers before the packets leave: a reply can arrive
-			// before Send returns, and its "packet received" event must
-			// find the "data sent" timer already running to cancel it.
-			p.timersAnyAuthenticatedPacketTraversal()
-			p.timersAnyAuthenticatedPacketSent()
-			if dataSent {
-				p.timersDataSent()
-			}
-			if err := e.bind.Send(bufs, ep); err != nil {
-				e.stats.dropN(DropSendFailed, len(b.elems))
-				e.log.Debug("send failed", "peer", p.public, "endpoint", ep, "err", err)
-			} else {
-				p.stats.txBytes.Add(bytes)
-			}
-		}
-		clear(bufs)
-		bufs = bufs[:0]
+		bufs = p.transmit(b, bufs)
+		p.txPending.Add(-1)
 		b.mu.Unlock()
-		e.putBatch(b)
+		p.engine.putBatch(b)
 	}
+}
+
+// transmit sends a sealed batch to the peer's endpoint. bufs is scratch
+// space, given back empty.
+func (p *Peer) transmit(b *batch, bufs [][]byte) [][]byte {
+	e := p.engine
+	ep := p.currentEndpoint()
+	var bytes uint64
+	dataSent := false
+	for _, el := range b.elems {
+		bufs = append(bufs, el.msg)
+		bytes += uint64(len(el.msg))
+		if len(el.msg) > MessageKeepaliveSize {
+			dataSent = true
+		}
+	}
+	if !ep.IsValid() {
+		e.stats.dropN(DropNoEndpoint, len(b.elems))
+	} else {
+		// Arm the timers before the packets leave: a reply can arrive
+		// before Send returns, and its "packet received" event must
+		// find the "data sent" timer already running to cancel it.
+		p.timersAnyAuthenticatedPacketTraversal()
+		p.timersAnyAuthenticatedPacketSent()
+		if dataSent {
+			p.timersDataSent()
+		}
+		if err := e.bind.Send(bufs, ep); err != nil {
+			e.stats.dropN(DropSendFailed, len(b.elems))
+			e.log.Debug("send failed", "peer", p.public, "endpoint", ep, "err", err)
+		} else {
+			p.stats.txBytes.Add(bytes)
+		}
+	}
+	clear(bufs)
+	return bufs[:0]
 }
 
 // sendInitiation starts (or, with isRetry, repeats) a handshake, at most
