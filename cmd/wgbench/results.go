@@ -154,19 +154,22 @@ func (r *results) printTable(w io.Writer) {
 		fmt.Fprintln(w, "Latency and connection rate")
 		fmt.Fprintf(w, "  %-9s %10s %10s %10s\n", "pair", "p50 µs", "p99 µs", "conns/s")
 	}
-	for _, pair := range []string{"A", "B", "E-socks5", "E-http"} {
+	for _, pair := range []string{"A", "B", "C", "D", "E-socks5", "E-http"} {
 		p50, ok := r.get("measure=echo pair="+pair, "p50_us")
 		if !ok {
 			continue
 		}
 		p99, _ := r.get("measure=echo pair="+pair, "p99_us")
 		rate, _ := r.get("measure=connrate pair="+pair, "conns_per_s")
-		fmt.Fprintf(w, "  %-9s %10s %10s %10s\n", pair, formatValue(p50), formatValue(p99), formatValue(rate))
+		fmt.Fprintf(w, "  %-9s %10s %10s %10s   %s\n", pair, formatValue(p50), formatValue(p99), formatValue(rate), r.opCPU(pair))
 	}
-	if p50, ok := r.ratio("measure=echo pair=A", "measure=echo pair=B", "p50_us"); ok {
-		p99, _ := r.ratio("measure=echo pair=A", "measure=echo pair=B", "p99_us")
-		rate, _ := r.ratio("measure=connrate pair=A", "measure=connrate pair=B", "conns_per_s")
-		fmt.Fprintf(w, "  %-9s %9.2f× %9.2f× %9.2f×\n", "ratio A/B", p50, p99, rate)
+	for _, ratio := range [][2]string{{"A", "B"}, {"C", "D"}} {
+		x, y := "measure=echo pair="+ratio[0], "measure=echo pair="+ratio[1]
+		if p50, ok := r.ratio(x, y, "p50_us"); ok {
+			p99, _ := r.ratio(x, y, "p99_us")
+			rate, _ := r.ratio("measure=connrate pair="+ratio[0], "measure=connrate pair="+ratio[1], "conns_per_s")
+			fmt.Fprintf(w, "  %-9s %9.2f× %9.2f× %9.2f×\n", "ratio "+ratio[0]+"/"+ratio[1], p50, p99, rate)
+		}
 	}
 	for _, rec := range r.records {
 		t := tagMap(rec.tags)
@@ -183,6 +186,26 @@ func (r *results) printTable(w io.Writer) {
 			fmt.Fprintf(w, "Allocations: %-10s %s allocs/op\n", t["bench"], formatValue(rec.metrics[0].v))
 		}
 	}
+}
+
+// opCPU lists CPU microseconds per echo and per connection of each of a
+// pair's processes.
+func (r *results) opCPU(pair string) string {
+	var parts []string
+	for _, op := range []string{"echo", "connrate"} {
+		var procs []string
+		for _, rec := range r.records {
+			t := tagMap(rec.tags)
+			if t["measure"] == "cpu_per_op" && t["op"] == op && t["pair"] == pair {
+				procs = append(procs, t["proc"]+" "+formatValue(rec.metrics[0].v))
+			}
+		}
+		if len(procs) > 0 {
+			name := map[string]string{"echo": "CPU µs/echo", "connrate": "CPU µs/conn"}[op]
+			parts = append(parts, name+": "+strings.Join(procs, ", "))
+		}
+	}
+	return strings.Join(parts, "; ")
 }
 
 func tagMap(tags string) map[string]string {

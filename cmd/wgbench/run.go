@@ -32,8 +32,8 @@ type pairDef struct {
 var pairs = []pairDef{
 	{name: "A", desc: "wgbore netstack library → wireguard-go peer", peerRole: "wggo-peer", clientRole: "wgbore-client", peerProc: "wggo-peer", clientProc: "wgbore", latency: true},
 	{name: "B", desc: "wireguard-go tun/netstack → wireguard-go peer (reference for A)", peerRole: "wggo-peer", clientRole: "wggo-client", peerProc: "wggo-peer", clientProc: "wggo", latency: true},
-	{name: "C", desc: "wgbore library → wgbore library peer", peerRole: "wgbore-peer", clientRole: "wgbore-client", peerProc: "wgbore-peer", clientProc: "wgbore", latency: false},
-	{name: "D", desc: "wireguard-go → wireguard-go (reference for C)", peerRole: "wggo-peer", clientRole: "wggo-client", peerProc: "wggo-peer", clientProc: "wggo", latency: false},
+	{name: "C", desc: "wgbore library → wgbore library peer", peerRole: "wgbore-peer", clientRole: "wgbore-client", peerProc: "wgbore-peer", clientProc: "wgbore", latency: true},
+	{name: "D", desc: "wireguard-go → wireguard-go (reference for C)", peerRole: "wggo-peer", clientRole: "wggo-client", peerProc: "wggo-peer", clientProc: "wggo", latency: true},
 	{name: "E", desc: "`wgbore up` SOCKS5 and HTTP CONNECT → wireguard-go peer", peerRole: "wggo-peer", peerProc: "wggo-peer", latency: true, viaUp: true},
 }
 
@@ -289,38 +289,83 @@ func (s *suite) measureAll(subs []*subject) {
 	echoAddr := netip.AddrPortFrom(peerAddr, portEcho).String()
 	fmt.Printf("== latency: %d 1-byte echoes on one connection, %d runs per pair\n", s.o.echoCount, s.o.repeat)
 	p50, p99 := map[*subject][]float64{}, map[*subject][]float64{}
+	echoCPU := opCPU{}
 	for range s.o.repeat {
 		for _, sub := range live(true) {
 			s.quiet()
+			before := sub.cpuNow()
 			r, err := sub.client.do(command{Op: "echo", Addr: echoAddr, Count: s.o.echoCount})
 			if err != nil {
 				s.fail(subs, sub, err)
 				continue
 			}
+			echoCPU.add(sub, before, s.o.echoCount)
 			p50[sub], p99[sub] = append(p50[sub], r.P50us), append(p99[sub], r.P99us)
 		}
 	}
 	for _, sub := range live(true) {
 		s.res.add("measure=echo pair="+sub.pair, kv{"p50_us", median(p50[sub])}, kv{"p99_us", median(p99[sub])})
-		fmt.Printf("   %-9s p50 %.0f µs  p99 %.0f µs\n", sub.pair, median(p50[sub]), median(p99[sub]))
+		fmt.Printf("   %-9s p50 %.0f µs  p99 %.0f µs  CPU µs per round trip:%s\n", sub.pair, median(p50[sub]), median(p99[sub]), echoCPU.report(s.res, sub, "echo"))
 	}
 	fmt.Printf("== connection rate: %d connections, %d at a time, each dial, 1-byte echo, close; %d runs per pair\n", s.o.connCount, s.o.connPar, s.o.repeat)
 	rate := map[*subject][]float64{}
+	connCPU := opCPU{}
 	for range s.o.repeat {
 		for _, sub := range live(true) {
 			s.quiet()
+			before := sub.cpuNow()
 			r, err := sub.client.do(command{Op: "connrate", Addr: echoAddr, Count: s.o.connCount, Parallel: s.o.connPar})
 			if err != nil {
 				s.fail(subs, sub, err)
 				continue
 			}
+			connCPU.add(sub, before, s.o.connCount)
 			rate[sub] = append(rate[sub], r.ConnsPerS)
 		}
 	}
 	for _, sub := range live(true) {
 		s.res.add("measure=connrate pair="+sub.pair, kv{"conns_per_s", median(rate[sub])})
-		fmt.Printf("   %-9s %.0f conns/s\n", sub.pair, median(rate[sub]))
+		fmt.Printf("   %-9s %.0f conns/s  CPU µs per connection:%s\n", sub.pair, median(rate[sub]), connCPU.report(s.res, sub, "connrate"))
 	}
+}
+
+// cpuNow reads the CPU time of each of the subject's processes.
+func (sub *subject) cpuNow() []time.Duration {
+	out := make([]time.Duration, len(sub.procs))
+	for i, p := range sub.procs {
+		out[i], _ = procCPU(p.pid)
+	}
+	return out
+}
+
+// opCPU collects CPU microseconds per operation (an echo round trip, a
+// connection) for each process of each subject. They show which process
+// bounds latency and connection rate: at a few thousand operations a
+// second, the process that spends most per operation is the one a core
+// runs out under.
+type opCPU map[*subject][][]float64
+
+func (o opCPU) add(sub *subject, before []time.Duration, ops int) {
+	if o[sub] == nil {
+		o[sub] = make([][]float64, len(sub.procs))
+	}
+	for i, d := range sub.cpuNow() {
+		o[sub][i] = append(o[sub][i], float64((d-before[i]).Microseconds())/float64(ops))
+	}
+}
+
+// report records the medians and returns them for the progress line.
+func (o opCPU) report(res *results, sub *subject, measure string) string {
+	line := ""
+	for i, p := range sub.procs {
+		if i >= len(o[sub]) {
+			break
+		}
+		v := median(o[sub][i])
+		res.add(fmt.Sprintf("measure=cpu_per_op op=%s pair=%s proc=%s", measure, sub.pair, p.name), kv{"cpu_us", v})
+		line += fmt.Sprintf(" %s %.1f", p.name, v)
+	}
+	return line
 }
 
 // runMemory measures `wgbore up`'s resident memory idle after its
