@@ -178,6 +178,9 @@ func newUDPBind(conns []*net.UDPConn, batchSize int) (*UDPBind, error) {
 			local: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()),
 		}
 		if err := s.init(batchSize); err != nil {
+			for _, s := range b.socks {
+				s.release()
+			}
 			return nil, err
 		}
 		b.port = s.local.Port()
@@ -222,6 +225,10 @@ func (b *UDPBind) Close() error {
 			if err := s.conn.Close(); err != nil {
 				errs = append(errs, err)
 			}
+		}
+		// After the close, which ends any receive blocked on a socket.
+		for _, s := range b.socks {
+			s.release()
 		}
 		if len(errs) > 0 {
 			b.closeErr = fmt.Errorf("udp close: %w", errors.Join(errs...))

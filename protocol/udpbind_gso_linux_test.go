@@ -4,7 +4,9 @@ package protocol
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"testing"
@@ -27,40 +29,63 @@ func udpGSOTestSizes() []int {
 	return append(sizes, 999, 1000)
 }
 
-// TestUDPBindGSO sends batches with UDP_SEGMENT, and without, and checks
-// that the receiver gets every datagram whole, separately, and in order.
+// TestUDPBindGSO sends batches with UDP_SEGMENT, and without, to a
+// receiver with UDP_GRO, and without, and checks that the receiver gets
+// every datagram whole, separately, and in order. On loopback a GSO send
+// reaches a GRO socket still coalesced, so the receiver cuts it up.
 func TestUDPBindGSO(t *testing.T) {
-	sizes := udpGSOTestSizes()
-	for _, gso := range []bool{true, false} {
-		for _, addr := range []netip.Addr{udpTestLoop4, udpTestLoop6} {
-			t.Run(fmt.Sprintf("gso=%v/%v", gso, addr), func(t *testing.T) {
-				defer func(v bool) { udpGSOEnabled = v }(udpGSOEnabled)
-				udpGSOEnabled = gso
-				cfg := UDPConfig{Addrs: []netip.Addr{addr}, BatchSize: 128}
-				a := udpTestListen(t, cfg)
-				b := udpTestListen(t, cfg)
-				if gso && !a.socks[0].tx.gso {
-					t.Skip("the kernel does not take UDP_SEGMENT")
+	// The second batch starts with a lone datagram, which the receiver
+	// hands over in place before cutting up what follows it.
+	batches := [][]int{udpGSOTestSizes(), append([]int{500}, udpGSOTestSizes()...)}
+	for k, sizes := range batches {
+		for _, gso := range []bool{true, false} {
+			for _, gro := range []bool{true, false} {
+				for _, addr := range []netip.Addr{udpTestLoop4, udpTestLoop6} {
+					t.Run(fmt.Sprintf("batch%d/gso=%v/gro=%v/%v", k, gso, gro, addr), func(t *testing.T) {
+						testUDPBindGSO(t, sizes, gso, gro, addr)
+					})
 				}
-				bufs := make([][]byte, len(sizes))
-				for i, n := range sizes {
-					bufs[i] = udpTestPayload(n)
-					bufs[i][0] = byte(i) // order
-				}
-				if err := a.Send(bufs, netip.AddrPortFrom(addr, b.Port())); err != nil {
-					t.Fatalf("Send: %v", err)
-				}
-				got := udpTestReceive(t, b.Receivers()[0], b.BatchSize(), 9000, len(sizes))
-				if len(got) != len(sizes) {
-					t.Fatalf("received %d datagrams, want %d", len(got), len(sizes))
-				}
-				for i, d := range got {
-					if !bytes.Equal(d.data, bufs[i]) {
-						t.Fatalf("datagram %d: %d bytes starting %d, want %d bytes starting %d", i, len(d.data), d.data[0], sizes[i], byte(i))
-					}
-				}
-			})
+			}
 		}
+	}
+}
+
+func testUDPBindGSO(t *testing.T, sizes []int, gso, gro bool, addr netip.Addr) {
+	defer func(v, w bool) { udpGSOEnabled, udpGROEnabled = v, w }(udpGSOEnabled, udpGROEnabled)
+	udpGSOEnabled = gso
+	cfg := UDPConfig{Addrs: []netip.Addr{addr}, BatchSize: 128}
+	a := udpTestListen(t, cfg)
+	udpGROEnabled = gro
+	// A small batch on the receiver, so that coalesced
+	// messages are cut across several receives.
+	b := udpTestListen(t, UDPConfig{Addrs: []netip.Addr{addr}, BatchSize: 7})
+	if gso && !a.socks[0].tx.gso {
+		t.Skip("the kernel does not take UDP_SEGMENT")
+	}
+	if gro && !b.socks[0].rx.gro {
+		t.Skip("the kernel does not take UDP_GRO")
+	}
+	bufs := make([][]byte, len(sizes))
+	for i, n := range sizes {
+		bufs[i] = udpTestPayload(n)
+		bufs[i][0] = byte(i) // order
+	}
+	if err := a.Send(bufs, netip.AddrPortFrom(addr, b.Port())); err != nil {
+		t.Fatalf("Send: %v", err)
+	}
+	got := udpTestReceive(t, b.Receivers()[0], b.BatchSize(), 9000, len(sizes))
+	if len(got) != len(sizes) {
+		t.Fatalf("received %d datagrams, want %d", len(got), len(sizes))
+	}
+	for i, d := range got {
+		if !bytes.Equal(d.data, bufs[i]) {
+			t.Fatalf("datagram %d: %d bytes starting %d, want %d bytes starting %d", i, len(d.data), d.data[0], sizes[i], byte(i))
+		}
+	}
+	if c := b.socks[0].rx.coalesced; gso && gro && c == 0 {
+		t.Fatalf("no coalesced message arrived: the GRO path went untested")
+	} else {
+		t.Logf("%d coalesced messages", c)
 	}
 }
 
@@ -90,4 +115,27 @@ func TestUDPPlan(t *testing.T) {
 		t.Fatalf("messages of %v datagrams (%d used), want %v (%d)", runs, used, want, len(sizes))
 	}
 	clearUDPIovecs(tx.iovs)
+}
+
+// TestUDPBindReleasesSpill: Close unmaps the GRO spill buffers, and a
+// receive after it reports the socket closed instead of touching them.
+func TestUDPBindReleasesSpill(t *testing.T) {
+	b := udpTestListen(t, UDPConfig{Addrs: []netip.Addr{udpTestLoop4}})
+	r := &b.socks[0].rx
+	if !r.gro {
+		t.Skip("the kernel does not take UDP_GRO")
+	}
+	if r.mapped == nil {
+		t.Fatal("UDP_GRO is on without spill buffers")
+	}
+	if err := b.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if r.mapped != nil || r.spill[0] != nil {
+		t.Fatal("Close left the spill buffers mapped")
+	}
+	bufs, sizes, eps := [][]byte{make([]byte, 1500)}, make([]int, 1), make([]netip.AddrPort, 1)
+	if _, err := b.Receivers()[0](bufs, sizes, eps); !errors.Is(err, net.ErrClosed) {
+		t.Fatalf("receive after Close: %v, want net.ErrClosed", err)
+	}
 }

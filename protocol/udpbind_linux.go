@@ -58,6 +58,31 @@ type udpReceiver struct {
 
 	// zones maps the scope IDs of link-local sources to zone names.
 	zones map[uint32]udpZone
+
+	// gro is whether the socket has UDP_GRO on: the kernel may then hand
+	// over a run of one sender's datagrams as one message, with their
+	// segment size in a control message, the receive-side twin of
+	// UDP_SEGMENT. Each slot then reads into two iovecs: the caller's
+	// buffer (up to udpGROHead bytes), where a lone datagram lands with
+	// no copy, and spill[i] past its udpGROHead bytes of headroom, where
+	// the rest of a coalesced message goes.
+	gro    bool
+	mapped []byte // the spill buffers' memory, unmapped by release
+	spill  [][]byte
+	ctrl   []byte
+	// A coalesced message, and every message after it in the same
+	// recvmmsg, is moved whole into its spill buffer and cut into the
+	// caller's buffers by this and later receives: parked[next:end].
+	parked    []udpParked
+	next, end int
+	coalesced int // messages cut up, for tests
+}
+
+// udpParked is one received message waiting in spill[slot][start:stop]
+// to be cut into datagrams of seg bytes (0: one datagram).
+type udpParked struct {
+	slot, start, stop, seg int
+	from                   netip.AddrPort
 }
 
 type udpSender struct {
@@ -114,6 +139,40 @@ func (s *udpSocket) init(batchSize int) error {
 		h.SetIovlen(1)
 	}
 
+	if udpGROEnabled {
+		// The spill buffers are mapped outside the Go heap: fresh
+		// pages, which cost address space and no memory until the
+		// kernel writes a coalesced message into them. On the heap,
+		// 4 MiB per socket would be zeroed when reusing freed memory
+		// and would raise the collector's target; either added a
+		// megabyte to wgbore up's idle RSS.
+		all, err := unix.Mmap(-1, 0, batchSize*udpGROSlot, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+		if err == nil {
+			raw.Control(func(fd uintptr) {
+				r.gro = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1) == nil
+			})
+			if r.gro {
+				r.mapped = all
+			} else {
+				unix.Munmap(all)
+			}
+		}
+	}
+	if r.gro {
+		all := r.mapped
+		r.iovs = make([]unix.Iovec, 2*batchSize)
+		r.ctrl = make([]byte, batchSize*udpGROCmsgSpace)
+		r.spill = make([][]byte, batchSize)
+		r.parked = make([]udpParked, batchSize)
+		for i := range r.msgs {
+			r.spill[i] = all[i*udpGROSlot : (i+1)*udpGROSlot : (i+1)*udpGROSlot]
+			h := &r.msgs[i].Hdr
+			h.Iov = &r.iovs[2*i]
+			h.SetIovlen(2)
+			setUDPIovec(&r.iovs[2*i+1], r.spill[i][udpGROHead:])
+		}
+	}
+
 	t := &s.tx
 	t.raw = raw
 	t.sendmmsg = s.sendmmsg
@@ -137,8 +196,29 @@ func (s *udpSocket) init(batchSize int) error {
 	return nil
 }
 
-// udpGSOEnabled lets tests send without UDP_SEGMENT.
-var udpGSOEnabled = true
+// release returns the spill buffers' memory once the socket is closed.
+// recvMu keeps it from happening under a recvmmsg still writing there; a
+// receive after it finds no spill room, and the kernel truncates any
+// coalesced message, which is then dropped.
+func (s *udpSocket) release() {
+	s.recvMu.Lock()
+	defer s.recvMu.Unlock()
+	r := &s.rx
+	if r.mapped == nil {
+		return
+	}
+	for i := range r.spill {
+		r.iovs[2*i+1] = unix.Iovec{}
+		r.spill[i] = nil
+	}
+	r.next, r.end = 0, 0
+	unix.Munmap(r.mapped)
+	r.mapped = nil
+}
+
+// udpGSOEnabled lets tests send without UDP_SEGMENT, and udpGROEnabled
+// receive without UDP_GRO.
+var udpGSOEnabled, udpGROEnabled = true, true
 
 const (
 	// udpSegmentCmsgSpace is the room for one UDP_SEGMENT control
@@ -151,6 +231,19 @@ const (
 	// length (or IPv4 total length) must hold it with the headers.
 	udpMaxGSOBytes = 65535 - header6Size - 8
 	header6Size    = 40
+
+	// udpGROHead is the most of a message that goes to the caller's
+	// buffer, and the headroom in front of each spill buffer, into which
+	// that part is copied back when the message is parked. A WireGuard
+	// message at the default MTU fits; a lone datagram longer than this
+	// (a jumbo MTU) is copied back from the spill buffer.
+	udpGROHead = 4096
+	// udpGROSlot is a spill buffer: headroom, then the most a coalesced
+	// message can hold.
+	udpGROSlot = udpGROHead + 1<<16
+	// udpGROCmsgSpace is the room for the UDP_GRO control message, an
+	// int, with space to spare for one the kernel might add.
+	udpGROCmsgSpace = 64
 )
 
 func (s *udpSocket) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (int, error) {
@@ -162,6 +255,9 @@ func (s *udpSocket) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (i
 	s.recvMu.Lock()
 	defer s.recvMu.Unlock()
 	r := &s.rx
+	if r.gro {
+		return s.receiveGRO(bufs[:n], sizes, eps)
+	}
 
 	for i := range n {
 		setUDPIovec(&r.iovs[i], bufs[i])
@@ -212,6 +308,159 @@ func (s *udpSocket) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (i
 		}
 		// Every datagram was dropped; the contract is to block until there
 		// is one to return.
+	}
+}
+
+// receiveGRO is receive on a socket with UDP_GRO. Lone datagrams arrive
+// in the caller's buffers as without it; a coalesced message is cut into
+// one datagram per buffer, which takes a copy, and what does not fit in
+// this call's buffers waits for the next call, before any new recvmmsg.
+func (s *udpSocket) receiveGRO(bufs [][]byte, sizes []int, eps []netip.AddrPort) (int, error) {
+	r := &s.rx
+	n := len(bufs)
+	for {
+		if r.mapped == nil {
+			return 0, net.ErrClosed // released, so closed
+		}
+		if r.next < r.end {
+			if kept := r.cutParked(bufs, sizes, eps); kept > 0 {
+				return kept, nil
+			}
+			continue
+		}
+		for i := range n {
+			setUDPIovec(&r.iovs[2*i], bufs[i][:min(len(bufs[i]), udpGROHead)])
+			h := &r.msgs[i].Hdr
+			h.Namelen = unix.SizeofSockaddrInet6
+			h.Flags = 0
+			h.Control = &r.ctrl[i*udpGROCmsgSpace]
+			h.SetControllen(udpGROCmsgSpace)
+			r.msgs[i].Len = 0
+		}
+		r.n, r.got, r.errno = n, 0, 0
+		err := r.raw.Read(r.recvmmsg)
+		runtime.KeepAlive(bufs)
+		if err != nil {
+			clearGROIovecs(r.iovs[:2*n])
+			return 0, err
+		}
+		if r.errno != 0 {
+			clearGROIovecs(r.iovs[:2*n])
+			return 0, &net.OpError{Op: "read", Net: "udp", Source: net.UDPAddrFromAddrPort(s.local), Err: os.NewSyscallError("recvmmsg", r.errno)}
+		}
+		kept := 0
+		for i := range r.got {
+			m := &r.msgs[i]
+			size := int(m.Len)
+			if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
+				continue
+			}
+			from, ok := r.source(i)
+			if !ok {
+				continue
+			}
+			head := int(r.iovs[2*i].Len)
+			if seg := r.segmentSize(i); seg > 0 && seg < size {
+				// A coalesced message: it and the rest of this
+				// receive go to the spill buffers, so that cutting it
+				// overwrites none of the caller's buffers still to
+				// be read.
+				r.park(bufs, i)
+				break
+			}
+			if size > len(bufs[i]) {
+				continue // longer than any message we take
+			}
+			if size > head {
+				copy(bufs[i][head:size], r.spill[i][udpGROHead:])
+			}
+			if !udpCompact(bufs, kept, i, size) {
+				continue
+			}
+			sizes[kept] = size
+			eps[kept] = from
+			kept++
+		}
+		clearGROIovecs(r.iovs[:2*n])
+		if kept > 0 {
+			return kept, nil
+		}
+	}
+}
+
+// park moves messages first..got-1 of the last recvmmsg whole into their
+// spill buffers, the part in the caller's buffer copied into the
+// headroom in front of the rest.
+func (r *udpReceiver) park(bufs [][]byte, first int) {
+	r.next, r.end = first, first
+	for i := first; i < r.got; i++ {
+		m := &r.msgs[i]
+		size := int(m.Len)
+		from, ok := r.source(i)
+		if m.Hdr.Flags&unix.MSG_TRUNC != 0 || !ok {
+			continue
+		}
+		head := min(size, int(r.iovs[2*i].Len))
+		start := udpGROHead - head
+		copy(r.spill[i][start:udpGROHead], bufs[i][:head])
+		seg := r.segmentSize(i)
+		if seg > 0 && seg < size {
+			r.coalesced++
+		}
+		r.parked[r.end] = udpParked{slot: i, start: start, stop: start + size, seg: seg, from: from}
+		r.end++
+	}
+}
+
+// cutParked hands out parked datagrams, one per buffer, in order. A
+// datagram longer than its buffer is dropped, as a truncated one is.
+func (r *udpReceiver) cutParked(bufs [][]byte, sizes []int, eps []netip.AddrPort) int {
+	kept := 0
+	for r.next < r.end && kept < len(bufs) {
+		p := &r.parked[r.next]
+		if p.start >= p.stop {
+			r.next++
+			continue
+		}
+		size := p.stop - p.start
+		if p.seg > 0 && p.seg < size {
+			size = p.seg
+		}
+		if size <= len(bufs[kept]) {
+			copy(bufs[kept], r.spill[p.slot][p.start:p.start+size])
+			sizes[kept] = size
+			eps[kept] = p.from
+			kept++
+		}
+		p.start += size
+	}
+	return kept
+}
+
+// segmentSize reads message i's UDP_GRO control message: the size of the
+// datagrams coalesced into it, or 0 if it is a lone datagram.
+func (r *udpReceiver) segmentSize(i int) int {
+	h := &r.msgs[i].Hdr
+	c := r.ctrl[i*udpGROCmsgSpace:][:min(int(h.Controllen), udpGROCmsgSpace)]
+	for len(c) >= unix.SizeofCmsghdr {
+		cm := (*unix.Cmsghdr)(unsafe.Pointer(&c[0]))
+		l := int(cm.Len)
+		if l < unix.SizeofCmsghdr || l > len(c) {
+			return 0
+		}
+		if cm.Level == unix.IPPROTO_UDP && cm.Type == unix.UDP_GRO && l >= unix.CmsgLen(4) {
+			return int(int32(binary.NativeEndian.Uint32(c[unix.CmsgLen(0):])))
+		}
+		c = c[min(unix.CmsgSpace(l-unix.CmsgLen(0)), len(c)):]
+	}
+	return 0
+}
+
+// clearGROIovecs drops the references to the caller's buffers; the spill
+// iovecs stay, pointing into the socket's own memory.
+func clearGROIovecs(iovs []unix.Iovec) {
+	for i := 0; i < len(iovs); i += 2 {
+		iovs[i] = unix.Iovec{}
 	}
 }
 

@@ -62,6 +62,9 @@ func newUDPMessages(n int) []ipv4.Message {
 	return msgs
 }
 
+// release has nothing to return: only Linux has spill buffers.
+func (s *udpSocket) release() {}
+
 func (s *udpSocket) send(bufs [][]byte, ep netip.AddrPort) error {
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
