@@ -15,6 +15,8 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"path/filepath"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -45,10 +47,19 @@ func main() {
 	only := flag.String("only", "", "comma-separated parts to run: A,B,C,D,E (pairs), M (memory), H (handshakes and allocations); empty means all")
 	wgbore := flag.String("wgbore", "", "a built wgbore binary for E and M; empty means go build ./cmd/wgbore into a temporary directory")
 	quiet := flag.Duration("quiet-wait", 10*time.Second, "how long to wait for a quiet CPU before each measurement before measuring anyway")
+	profiles := flag.String("cpuprofile", "", "a directory where each library party (not wgbore up) writes a CPU profile of its whole life, ROLE-PID.pprof, for go tool pprof")
 	flag.Parse()
+	if *profiles != "" {
+		// The parties are this program re-executed; they find the
+		// directory in their environment.
+		os.Setenv(envProfile, *profiles)
+	}
 
 	if *role != "" {
-		if err := runRole(*role, *endpoint, *via); err != nil {
+		stop := startProfile(*role)
+		err := runRole(*role, *endpoint, *via)
+		stop()
+		if err != nil {
 			fmt.Fprintf(os.Stderr, "wgbench -role %s: %v\n", *role, err)
 			os.Exit(1)
 		}
@@ -119,5 +130,29 @@ func raiseFileLimit() {
 	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil && l.Cur < l.Max {
 		l.Cur = l.Max
 		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
+	}
+}
+
+// envProfile names the directory a party writes its CPU profile to.
+const envProfile = "WGBENCH_CPUPROFILE"
+
+// startProfile profiles this party if -cpuprofile asked for it, and
+// returns what stops and writes the profile.
+func startProfile(role string) func() {
+	dir := os.Getenv(envProfile)
+	if dir == "" {
+		return func() {}
+	}
+	f, err := os.Create(filepath.Join(dir, fmt.Sprintf("%s-%d.pprof", role, os.Getpid())))
+	if err == nil {
+		err = pprof.StartCPUProfile(f)
+	}
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "wgbench -role %s: cpu profile: %v\n", role, err)
+		return func() {}
+	}
+	return func() {
+		pprof.StopCPUProfile()
+		f.Close()
 	}
 }
