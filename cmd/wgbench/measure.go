@@ -52,20 +52,38 @@ func procRSS(pid int) (int64, error) {
 	return parseVmRSS(string(raw))
 }
 
-func parseVmRSS(status string) (int64, error) {
+// procRSSParts splits a process's RSS into anonymous memory (heap,
+// stacks) and file-backed pages (mostly its own binary's code and
+// read-only data, mapped as it runs).
+func procRSSParts(pid int) (anon, file int64, err error) {
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		return 0, 0, err
+	}
+	if anon, err = statusBytes(string(raw), "RssAnon:"); err != nil {
+		return 0, 0, err
+	}
+	file, err = statusBytes(string(raw), "RssFile:")
+	return anon, file, err
+}
+
+func parseVmRSS(status string) (int64, error) { return statusBytes(status, "VmRSS:") }
+
+// statusBytes reads a "Key:  123 kB" line of /proc/PID/status.
+func statusBytes(status, key string) (int64, error) {
 	for line := range strings.Lines(status) {
-		rest, ok := strings.CutPrefix(line, "VmRSS:")
+		rest, ok := strings.CutPrefix(line, key)
 		if !ok {
 			continue
 		}
 		f := strings.Fields(rest)
 		if len(f) != 2 || f[1] != "kB" {
-			return 0, fmt.Errorf("unexpected VmRSS line %q", line)
+			return 0, fmt.Errorf("unexpected %s line %q", key, line)
 		}
 		kb, err := strconv.ParseInt(f[0], 10, 64)
 		return kb * 1024, err
 	}
-	return 0, fmt.Errorf("no VmRSS in status")
+	return 0, fmt.Errorf("no %s in status", key)
 }
 
 // cpuTotals reads the aggregate "cpu" line of /proc/stat: idle (idle plus

@@ -176,7 +176,11 @@ func (r *results) printTable(w io.Writer) {
 		switch t["measure"] {
 		case "memory":
 			if t["state"] == "idle" {
-				fmt.Fprintf(w, "Memory of wgbore up: idle RSS %s MB\n", formatValue(rec.metrics[0].v))
+				line := fmt.Sprintf("Memory of wgbore up: idle RSS %s MB", formatValue(rec.metrics[0].v))
+				if len(rec.metrics) == 3 {
+					line += fmt.Sprintf(" (anonymous %s MB, file-backed %s MB)", formatValue(rec.metrics[1].v), formatValue(rec.metrics[2].v))
+				}
+				fmt.Fprintln(w, line)
 			} else {
 				fmt.Fprintf(w, "  %6s idle SOCKS5 conns: RSS %s MB, %s KiB per connection\n", t["conns"], formatValue(rec.metrics[0].v), formatValue(rec.metrics[1].v))
 			}

@@ -378,7 +378,7 @@ func (s *suite) runMemory() error {
 	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil && l.Cur < uint64(slices.Max(s.o.idleConns)+256) {
 		return fmt.Errorf("the open-file limit (%d) is too low for %d connections: raise it (ulimit -n)", l.Cur, slices.Max(s.o.idleConns))
 	}
-	var idle []float64
+	var idle, anon, file []float64
 	rss := make([][]float64, len(s.o.idleConns))
 	for range s.o.repeat {
 		s.quiet()
@@ -386,13 +386,14 @@ func (s *suite) runMemory() error {
 		if err != nil {
 			return err
 		}
-		idle = append(idle, float64(i))
+		idle = append(idle, float64(i.total))
+		anon, file = append(anon, float64(i.anon)), append(file, float64(i.file))
 		for k := range r {
 			rss[k] = append(rss[k], float64(r[k]))
 		}
 	}
-	s.res.add("measure=memory state=idle", kv{"rss_mb", median(idle) / 1e6})
-	fmt.Printf("   idle      RSS %.1f MB (median of %d)\n", median(idle)/1e6, len(idle))
+	s.res.add("measure=memory state=idle", kv{"rss_mb", median(idle) / 1e6}, kv{"anon_mb", median(anon) / 1e6}, kv{"file_mb", median(file) / 1e6})
+	fmt.Printf("   idle      RSS %.1f MB (median of %d): anonymous %.1f MB, file-backed %.1f MB\n", median(idle)/1e6, len(idle), median(anon)/1e6, median(file)/1e6)
 	for k, n := range s.o.idleConns {
 		// Per connection in each run, then the median: runs differ
 		// most in their idle figure.
@@ -406,34 +407,37 @@ func (s *suite) runMemory() error {
 	return nil
 }
 
+// rssReading is a process's RSS, and its anonymous and file-backed parts.
+type rssReading struct{ total, anon, file int64 }
+
 // memoryOnce starts a fresh peer and `wgbore up`, and returns up's RSS
 // idle and then with each count of s.o.idleConns held open.
-func (s *suite) memoryOnce() (idleRSS int64, withConns []int64, err error) {
+func (s *suite) memoryOnce() (idle rssReading, withConns []int64, err error) {
 	peerKey, err := protocol.GeneratePrivateKey()
 	if err != nil {
-		return 0, nil, err
+		return idle, nil, err
 	}
 	clientKey, err := protocol.GeneratePrivateKey()
 	if err != nil {
-		return 0, nil, err
+		return idle, nil, err
 	}
 	peer, first, err := startRole("wggo-peer", "wggo-peer", peerKey, clientKey.PublicKey())
 	if err != nil {
-		return 0, nil, err
+		return idle, nil, err
 	}
 	defer peer.stop()
 	bin, err := s.wgboreBinary()
 	if err != nil {
-		return 0, nil, err
+		return idle, nil, err
 	}
 	up, err := startUp(bin, upConfig(clientKey, peerKey.PublicKey(), first.Port))
 	if err != nil {
-		return 0, nil, err
+		return idle, nil, err
 	}
 	defer up.stop()
 	socks, err := up.addr("socks5 ")
 	if err != nil {
-		return 0, nil, err
+		return idle, nil, err
 	}
 	echo := netip.AddrPortFrom(peerAddr, portEcho)
 	dial := func() (net.Conn, error) {
@@ -453,13 +457,16 @@ func (s *suite) memoryOnce() (idleRSS int64, withConns []int64, err error) {
 	// idle figure, as it would be for a user.
 	c, err := dial()
 	if err != nil {
-		return 0, nil, err
+		return idle, nil, err
 	}
 	c.Close()
 	time.Sleep(2 * time.Second)
-	idle, err := procRSS(up.pid())
+	idle.total, err = procRSS(up.pid())
+	if err == nil {
+		idle.anon, idle.file, err = procRSSParts(up.pid())
+	}
 	if err != nil {
-		return 0, nil, err
+		return idle, nil, err
 	}
 
 	var (
@@ -502,12 +509,12 @@ func (s *suite) memoryOnce() (idleRSS int64, withConns []int64, err error) {
 		}
 		wg.Wait()
 		if firstErr != nil {
-			return 0, nil, firstErr
+			return idle, nil, firstErr
 		}
 		time.Sleep(2 * time.Second)
 		rss, err := procRSS(up.pid())
 		if err != nil {
-			return 0, nil, err
+			return idle, nil, err
 		}
 		withConns = append(withConns, rss)
 	}
