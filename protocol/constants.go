@@ -71,6 +71,14 @@ const (
 	// means we are under load and start demanding cookies.
 	handshakeQueueSize  = 4096
 	underLoadQueueDepth = handshakeQueueSize / 8
+	// More than underLoadWindowMessages handshake messages with a valid
+	// MAC1 within underLoadWindow (500 a second) also put us under load.
+	// A peer initiates at most once per RekeyTimeout, so that is some
+	// 2,500 peers all starting at once; beyond it, full handshakes would
+	// cost more than a sixth of a core, and a cookie round trip (a few
+	// seconds for a real peer's retry) is the better price.
+	underLoadWindow         = 100 * time.Millisecond
+	underLoadWindowMessages = 50
 	// peerQueueBatches is how many batches one peer may have between the
 	// crypto workers and its in-order goroutine: with batches of 64, some
 	// 4096 packets, enough to keep both cores busy without hoarding

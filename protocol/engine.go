@@ -87,9 +87,13 @@ type Engine struct {
 	rateLimiter   *rateLimiter
 
 	handshakes chan *handshakeElement
-	// lastUnderLoad is when the handshake queue was last found deep, in
-	// clock nanoseconds.
+	// lastUnderLoad is when the handshake queue was last found deep, or
+	// handshake messages too frequent, in clock nanoseconds.
 	lastUnderLoad atomic.Int64
+	// handshakeWindow (clock nanoseconds) starts the current count of
+	// handshake messages with a valid MAC1, handshakesInWindow.
+	handshakeWindow    atomic.Int64
+	handshakesInWindow atomic.Int64
 
 	encryptQueue chan *batch
 	decryptQueue chan *batch

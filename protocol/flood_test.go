@@ -121,3 +121,38 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 		time.Sleep(time.Millisecond)
 	}
 }
+
+// TestUnderLoadByRate: spoofed initiations that never queue up (each is
+// handled before the next arrives) still put the responder under load
+// once more than underLoadWindowMessages arrive in underLoadWindow, and
+// it demands cookies instead of spending a Curve25519 operation on each.
+// Once they stop for UnderLoadAfterTime, full handshakes resume.
+func TestUnderLoadByRate(t *testing.T) {
+	clk := clock.NewManual(testEpoch)
+	net := memnet.NewNetwork(clk, 5)
+	b := newMemNode(t, net, clk, "127.0.0.1:4102", "10.0.0.2", nil)
+	spoof := func(i int) {
+		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 2, byte(i >> 8), byte(i)}), uint16(20000+i))
+		before := b.e.Stats()
+		net.Inject(src, b.ep, spoofedInitiation(b.key.PublicKey()))
+		waitFor(t, 5*time.Second, "the spoof to be handled", func() bool {
+			s := b.e.Stats()
+			return s.Dropped(DropCookieRequired)+s.Dropped(DropHandshakeFailed) > before.Dropped(DropCookieRequired)+before.Dropped(DropHandshakeFailed)
+		})
+	}
+	const n = 3 * underLoadWindowMessages
+	for i := range n {
+		spoof(i)
+	}
+	s := b.e.Stats()
+	failed, cookies := s.Dropped(DropHandshakeFailed), s.Dropped(DropCookieRequired)
+	t.Logf("%d spoofs in one window: %d fully processed, %d answered with a cookie", n, failed, cookies)
+	if failed != underLoadWindowMessages || cookies != n-underLoadWindowMessages {
+		t.Fatalf("%d processed and %d cookies, want %d and %d", failed, cookies, underLoadWindowMessages, n-underLoadWindowMessages)
+	}
+	clk.Advance(UnderLoadAfterTime + underLoadWindow)
+	spoof(n)
+	if s := b.e.Stats(); s.Dropped(DropHandshakeFailed) != failed+1 {
+		t.Fatalf("after the flood stopped, a spoof was not processed in full: drops %v", s.Drops)
+	}
+}

@@ -111,6 +111,17 @@ func (e *Engine) receiveLoop(recv ReceiveFunc) {
 					e.stats.drop(DropMalformedMessage)
 					continue
 				}
+				// MAC1 here, before the hand-off: it is cheap, and a
+				// flood of messages without it (anyone who does not
+				// know our public key) then costs one keyed hash each
+				// and no queueing, allocation or wake-up.
+				if msg[0] != MessageCookieReplyType {
+					if !e.cookieChecker.checkMAC1(msg) {
+						e.stats.drop(DropBadMAC1)
+						continue
+					}
+					e.countHandshake()
+				}
 				he := &handshakeElement{n: len(msg), src: src}
 				copy(he.buf[:], msg)
 				select {
