@@ -13,6 +13,7 @@ func (e *Engine) handshakeWorker() {
 			return
 		case he := <-e.handshakes:
 			e.handleHandshake(he.buf[:he.n], he.src)
+			e.handshakeElements.Put(he)
 		}
 	}
 }

@@ -122,12 +122,14 @@ func (e *Engine) receiveLoop(recv ReceiveFunc) {
 					}
 					e.countHandshake()
 				}
-				he := &handshakeElement{n: len(msg), src: src}
+				he := e.handshakeElements.Get().(*handshakeElement)
+				he.n, he.src = len(msg), src
 				copy(he.buf[:], msg)
 				select {
 				case e.handshakes <- he:
 				default:
 					e.stats.drop(DropHandshakeQueueFull)
+					e.handshakeElements.Put(he)
 				}
 			default:
 				e.stats.drop(DropMalformedMessage)
