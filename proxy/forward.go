@@ -91,7 +91,7 @@ func NewTCPForwarder(dial func(ctx context.Context, network, address string) (ne
 // returns nil once Close or Shutdown has been called; relays already
 // running carry on until their ends finish or Close is called.
 func (f *TCPForwarder) Serve(l net.Listener) error {
-	err := f.acceptLoop(f.ctx, limitConnections(l, f.maxConns, &f.conns), f.log.With("target", f.target), "forward: accept", f.startRelay)
+	err := f.acceptLoop(f.ctx, limitConnections(l, f.maxConns, &f.conns, nil), f.log.With("target", f.target), "forward: accept", f.startRelay)
 	if err != nil {
 		return fmt.Errorf("forward to %s: %w", f.target, err)
 	}

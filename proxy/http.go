@@ -1,6 +1,8 @@
 package proxy
 
 import (
+	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/base64"
@@ -147,7 +149,13 @@ func NewHTTP(nw Network, cfg HTTPConfig) *HTTP {
 // time, and closes l when it returns. With HTTPConfig.TLS set, l carries
 // TLS.
 func (h *HTTP) Serve(l net.Listener) error {
-	l = limitConnections(l, h.maxConns, &h.conns)
+	refuse := refuseHTTP
+	if h.tls != nil {
+		// A TLS client cannot read a plain answer, and a handshake
+		// per refusal would cost more than the refusal saves.
+		refuse = nil
+	}
+	l = limitConnections(l, h.maxConns, &h.conns, refuse)
 	if h.tls != nil {
 		// tls.NewListener hands out *tls.Conn, which net/http
 		// recognises: it then bounds the handshake by
@@ -225,6 +233,18 @@ func (h *HTTP) serveHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 	defer h.wg.Done()
 
+	// A request with both Content-Length and Transfer-Encoding may be
+	// framed one way by a client-side hop and the other way by us; what
+	// one side takes for the body's tail the other parses as the next
+	// request, a smuggled one. RFC 9112, section 6.1, therefore has the
+	// server close the connection after answering such a request.
+	// net/http lets Transfer-Encoding win but keeps the connection, and
+	// drops Content-Length before we see the request, so every request
+	// with a Transfer-Encoding ends its connection: a chunked upload
+	// costs its client one reconnect.
+	if len(r.TransferEncoding) > 0 {
+		w.Header().Set("Connection", "close")
+	}
 	if !h.authorized(r) {
 		w.Header().Set("Proxy-Authenticate", proxyRealm)
 		http.Error(w, "proxy authentication required", http.StatusProxyAuthRequired)
@@ -500,4 +520,19 @@ func dialFailureReason(err error) string {
 		msg = msg[:i]
 	}
 	return msg
+}
+
+// refuseHTTP answers a client over the listener's MaxConnections with 503
+// and Retry-After, after reading its request head so that the client is
+// not mid-write when the connection closes.
+func refuseHTTP(c net.Conn) {
+	r := bufio.NewReaderSize(c, 4096)
+	for {
+		line, err := r.ReadSlice('\n')
+		if err != nil || len(bytes.TrimRight(line, "\r\n")) == 0 {
+			break
+		}
+	}
+	const body = "wgbore: this proxy listener is at its MaxConnections; try again\n"
+	fmt.Fprintf(c, "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain; charset=utf-8\r\nRetry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s", len(body), body)
 }

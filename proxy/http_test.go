@@ -843,26 +843,53 @@ func TestHTTPMaxConnections(t *testing.T) {
 	}
 	readHTTPBody(t, res)
 
-	// The first client keeps its connection alive, so the second waits
-	// in the backlog.
+	// The first client keeps its connection alive, so the second is
+	// refused: 503 with Retry-After, and the connection closed.
 	second, err := net.Dial("tcp", addr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer second.Close()
 	io.WriteString(second, req)
-	second.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-	if n, err := second.Read(make([]byte, 1)); err == nil {
-		t.Fatalf("second client answered (%d bytes) past MaxConnections 1", n)
+	second.SetReadDeadline(time.Now().Add(5 * time.Second))
+	br := bufio.NewReader(second)
+	res, err = http.ReadResponse(br, nil)
+	if err != nil {
+		t.Fatalf("second client past MaxConnections 1: %v", err)
+	}
+	readHTTPBody(t, res)
+	if res.StatusCode != http.StatusServiceUnavailable || res.Header.Get("Retry-After") == "" {
+		t.Fatalf("second client past MaxConnections 1: %s, Retry-After %q", res.Status, res.Header.Get("Retry-After"))
+	}
+	if _, err := br.ReadByte(); err != io.EOF {
+		t.Fatalf("the refused connection stayed open: %v", err)
 	}
 	first.Close()
-	second.SetReadDeadline(time.Now().Add(5 * time.Second))
-	res, err = http.ReadResponse(bufio.NewReader(second), nil)
+	third, err := net.Dial("tcp", addr)
 	if err != nil {
-		t.Fatalf("second client not served once the first left: %v", err)
+		t.Fatal(err)
+	}
+	defer third.Close()
+	// The first client's slot frees when the server notices it left.
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		io.WriteString(third, req)
+		third.SetReadDeadline(time.Now().Add(5 * time.Second))
+		res, err = http.ReadResponse(bufio.NewReader(third), nil)
+		if err == nil && res.StatusCode == http.StatusOK {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no client served once the first left: %v", err)
+		}
+		third.Close()
+		time.Sleep(20 * time.Millisecond)
+		if third, err = net.Dial("tcp", addr); err != nil {
+			t.Fatal(err)
+		}
 	}
 	if body := readHTTPBody(t, res); body != httpOriginGreeting {
-		t.Fatalf("second client got %q", body)
+		t.Fatalf("third client got %q", body)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // DefaultMaxConnections caps the connections one listener serves at once
@@ -13,47 +14,95 @@ import (
 // what a person or a build farm behind one proxy opens.
 const DefaultMaxConnections = 1024
 
-// limitListener accepts at most max connections at a time. Past the cap it
-// stops calling Accept, so further clients wait in the kernel's backlog
-// instead of being refused: a burst slows down rather than fails, and the
-// handshake timeouts of the servers free the slots a slowloris holds.
+// limitListener accepts at most max connections at a time. Past the cap
+// it still accepts, and refuses at once: a client told "too many" by the
+// protocol it speaks can report it or retry, where one left in the
+// kernel's backlog just hangs. Refusals run in goroutines of their own,
+// at most maxRefusing at a time and each for at most refuseTimeout, so a
+// flood of them costs a bounded amount; past that, excess connections
+// are closed without a word.
 type limitListener struct {
 	net.Listener
 	slots chan struct{}
-	done  chan struct{}
-	once  sync.Once
 	// stats is the server's, shared by all its listeners.
 	stats *connCounter
+	// refuse tells a client in its own protocol that the listener is
+	// full; nil just closes the connection.
+	refuse func(net.Conn)
+
+	refusing   sync.WaitGroup
+	refusingMu sync.Mutex
+	refusals   map[net.Conn]struct{}
 }
+
+const (
+	maxRefusing   = 64
+	refuseTimeout = 2 * time.Second
+)
 
 // limitConnections wraps l so that at most max of its connections are
 // open at once; max <= 0 means DefaultMaxConnections. It counts them in
-// stats, where a server that serves several listeners sums them.
-func limitConnections(l net.Listener, max int, stats *connCounter) net.Listener {
+// stats, where a server that serves several listeners sums them, and
+// answers the excess with refuse.
+func limitConnections(l net.Listener, max int, stats *connCounter, refuse func(net.Conn)) net.Listener {
 	if max <= 0 {
 		max = DefaultMaxConnections
 	}
-	return &limitListener{Listener: l, slots: make(chan struct{}, max), done: make(chan struct{}), stats: stats}
+	return &limitListener{Listener: l, slots: make(chan struct{}, max), stats: stats,
+		refuse: refuse, refusals: map[net.Conn]struct{}{}}
 }
 
 func (l *limitListener) Accept() (net.Conn, error) {
-	select {
-	case l.slots <- struct{}{}:
-	case <-l.done:
-		return nil, net.ErrClosed
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			return nil, err
+		}
+		select {
+		case l.slots <- struct{}{}:
+			l.stats.opened()
+			return &limitedConn{Conn: c, l: l}, nil
+		default:
+			l.stats.refused()
+			l.refuseConn(c)
+		}
 	}
-	c, err := l.Listener.Accept()
-	if err != nil {
-		<-l.slots
-		return nil, err
-	}
-	l.stats.opened()
-	return &limitedConn{Conn: c, l: l}, nil
 }
 
+// refuseConn answers and closes a connection over the cap.
+func (l *limitListener) refuseConn(c net.Conn) {
+	l.refusingMu.Lock()
+	if l.refuse == nil || len(l.refusals) >= maxRefusing || l.refusals == nil {
+		l.refusingMu.Unlock()
+		c.Close()
+		return
+	}
+	l.refusals[c] = struct{}{}
+	l.refusing.Add(1)
+	l.refusingMu.Unlock()
+	go func() {
+		defer l.refusing.Done()
+		c.SetDeadline(time.Now().Add(refuseTimeout))
+		l.refuse(c)
+		c.Close()
+		l.refusingMu.Lock()
+		delete(l.refusals, c)
+		l.refusingMu.Unlock()
+	}()
+}
+
+// Close stops accepting, cuts refusals short and waits for them, so a
+// server's Close leaves none of their goroutines behind.
 func (l *limitListener) Close() error {
-	l.once.Do(func() { close(l.done) })
-	return l.Listener.Close()
+	err := l.Listener.Close()
+	l.refusingMu.Lock()
+	for c := range l.refusals {
+		c.Close()
+	}
+	l.refusals = nil // no more refusals: anything left is just closed
+	l.refusingMu.Unlock()
+	l.refusing.Wait()
+	return err
 }
 
 // limitedConn gives its slot back, and leaves the count of active

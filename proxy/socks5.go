@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -138,7 +139,7 @@ func NewSOCKS5(nw Network, cfg SOCKS5Config) *SOCKS5 {
 // until their clients leave or Close is called. After Close or Shutdown,
 // Serve returns nil.
 func (s *SOCKS5) Serve(l net.Listener) error {
-	return s.acceptLoop(s.ctx, limitConnections(l, s.maxConns, &s.conns), s.log, "socks5: accept", func(conn net.Conn) bool {
+	return s.acceptLoop(s.ctx, limitConnections(l, s.maxConns, &s.conns, refuseSOCKS), s.log, "socks5: accept", func(conn net.Conn) bool {
 		// start counts the goroutine under the lock Close takes, so
 		// Close either sees the connection and waits for it, or the
 		// connection is refused.
@@ -453,4 +454,46 @@ type socksLogger struct{ log *slog.Logger }
 
 func (l socksLogger) Errorf(format string, args ...any) {
 	l.log.Debug("socks5: " + fmt.Sprintf(format, args...))
+}
+
+// refuseSOCKS answers a client over the listener's MaxConnections with
+// reply 0x01, general SOCKS server failure, which clients report as a
+// failure rather than hang. The request is read only to be answered in
+// turn; nothing is ever dialled. A client that offers no method we
+// could answer without authenticating it gets "no acceptable methods".
+func refuseSOCKS(c net.Conn) {
+	var head [2]byte
+	if _, err := io.ReadFull(c, head[:]); err != nil || head[0] != statute.VersionSocks5 {
+		return
+	}
+	methods := make([]byte, head[1])
+	if _, err := io.ReadFull(c, methods); err != nil {
+		return
+	}
+	if !bytes.Contains(methods, []byte{statute.MethodNoAuth}) {
+		c.Write([]byte{statute.VersionSocks5, statute.MethodNoAcceptable})
+		return
+	}
+	if _, err := c.Write([]byte{statute.VersionSocks5, statute.MethodNoAuth}); err != nil {
+		return
+	}
+	var req [5]byte // VER CMD RSV ATYP, and the first address byte
+	if _, err := io.ReadFull(c, req[:]); err != nil {
+		return
+	}
+	rest := 0
+	switch req[3] {
+	case statute.ATYPIPv4:
+		rest = 4 - 1 + 2
+	case statute.ATYPDomain:
+		rest = int(req[4]) + 2
+	case statute.ATYPIPv6:
+		rest = 16 - 1 + 2
+	default:
+		return
+	}
+	if _, err := io.ReadFull(c, make([]byte, rest)); err != nil {
+		return
+	}
+	c.Write([]byte{statute.VersionSocks5, statute.RepServerFailure, 0, statute.ATYPIPv4, 0, 0, 0, 0, 0, 0})
 }

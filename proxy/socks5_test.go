@@ -514,7 +514,7 @@ func TestSOCKS5HandshakeTimeout(t *testing.T) {
 }
 
 func TestSOCKS5MaxConnections(t *testing.T) {
-	_, proxyAddr, _ := startSOCKS5(t, newSOCKSNetwork(), SOCKS5Config{MaxConnections: 1})
+	s, proxyAddr, _ := startSOCKS5(t, newSOCKSNetwork(), SOCKS5Config{MaxConnections: 1})
 	first, err := net.Dial("tcp", proxyAddr)
 	if err != nil {
 		t.Fatal(err)
@@ -525,22 +525,45 @@ func TestSOCKS5MaxConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// The second client waits in the backlog, unanswered, while the
-	// first holds the only slot.
+	// The second client is refused at once, in SOCKS terms: general
+	// failure to its request, and the connection closed.
 	second, err := net.Dial("tcp", proxyAddr)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer second.Close()
-	mustWrite(t, second, []byte{5, 1, 0})
-	second.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
-	if n, err := second.Read(make([]byte, 2)); err == nil {
-		t.Fatalf("second client answered (%d bytes) past MaxConnections 1", n)
-	}
-	first.Close()
+	mustWrite(t, second, []byte{5, 1, 0, 5, 1, 0, 1, 10, 0, 0, 2, 0, 80})
 	second.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := io.ReadFull(second, make([]byte, 2)); err != nil {
-		t.Fatalf("second client not served once the first left: %v", err)
+	got, err := io.ReadAll(second)
+	if want := []byte{5, 0, 5, 1, 0, 1, 0, 0, 0, 0, 0, 0}; !bytes.Equal(got, want) || err != nil {
+		t.Fatalf("second client past MaxConnections 1 got % x (%v), want % x and the connection closed", got, err, want)
+	}
+	// One that can only authenticate hears that no method is acceptable.
+	third, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer third.Close()
+	mustWrite(t, third, []byte{5, 1, 2})
+	third.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if got, _ := io.ReadAll(third); !bytes.Equal(got, []byte{5, 0xff}) {
+		t.Fatalf("user/password-only client past the cap got % x, want 05 ff", got)
+	}
+	if st := s.Stats(); st.Refused != 2 || st.Active != 1 {
+		t.Fatalf("Stats = %+v, want 2 refused and 1 active", st)
+	}
+
+	first.Close()
+	waitStats(t, "the first client gone", s.Stats, ConnStats{Active: 0, Total: 1, Refused: 2})
+	fourth, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fourth.Close()
+	mustWrite(t, fourth, []byte{5, 1, 0})
+	fourth.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if got := make([]byte, 2); func() error { _, err := io.ReadFull(fourth, got); return err }() != nil || got[1] != 0 {
+		t.Fatalf("a client once a slot freed was not served: % x", got)
 	}
 }
 
@@ -629,4 +652,33 @@ func TestSOCKS5MalformedRequests(t *testing.T) {
 	if out := logs.String(); strings.Contains(out, "panic") {
 		t.Fatalf("the server panicked:\n%s", out)
 	}
+}
+
+// TestSOCKS5CloseEndsRefusals: a client past MaxConnections that never
+// sends its greeting holds a refusal goroutine until refuseTimeout;
+// Close cuts it short and leaves nothing behind.
+func TestSOCKS5CloseEndsRefusals(t *testing.T) {
+	s, proxyAddr, _ := startSOCKS5(t, newSOCKSNetwork(), SOCKS5Config{MaxConnections: 1})
+	first, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	waitStats(t, "the first client accepted", s.Stats, ConnStats{Active: 1, Total: 1})
+	silent, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	waitStats(t, "the silent client refused", s.Stats, ConnStats{Active: 1, Total: 1, Refused: 1})
+	mustHaveGoroutines(t, "proxy.(*limitListener).refuseConn")
+	start := time.Now()
+	if err := closeWithin(t, s.Close, "proxy.(*limitListener)"); err != nil {
+		t.Fatal(err)
+	}
+	if took := time.Since(start); took >= refuseTimeout {
+		t.Fatalf("Close took %v: it waited out the refusal instead of ending it", took)
+	}
+	waitNoGoroutines(t, "Close", "proxy.(*limitListener)")
+	closedByServerWithin(t, silent, time.Second)
 }

@@ -11,14 +11,19 @@ type ConnStats struct {
 	// Total were accepted since the server was made; it never goes down,
 	// so a scraper can compute a rate from it.
 	Total uint64
+	// Refused arrived while the listener was at its MaxConnections and
+	// were turned away; it never goes down either.
+	Refused uint64
 }
 
 // connCounter is shared by every listener of one server, so Stats sums
 // them without a lock; the data path never touches it, only accept and
 // close do.
 type connCounter struct {
-	active, total atomic.Uint64
+	active, total, refusedN atomic.Uint64
 }
+
+func (c *connCounter) refused() { c.refusedN.Add(1) }
 
 func (c *connCounter) opened() {
 	c.total.Add(1)
@@ -33,5 +38,5 @@ func (c *connCounter) stats() ConnStats {
 	// opened bumps Total first and this reads it last, so a snapshot
 	// never shows more Active than Total.
 	a := c.active.Load()
-	return ConnStats{Active: a, Total: c.total.Load()}
+	return ConnStats{Active: a, Total: c.total.Load(), Refused: c.refusedN.Load()}
 }

@@ -107,7 +107,7 @@ func TestUDPForwarderStatsCountsSessions(t *testing.T) {
 // allocation.
 func TestLimitedConnCloseAllocatesNothing(t *testing.T) {
 	var stats connCounter
-	l := &limitListener{slots: make(chan struct{}, 1), done: make(chan struct{}), stats: &stats}
+	l := &limitListener{slots: make(chan struct{}, 1), stats: &stats}
 	c := &limitedConn{Conn: nopConn{}, l: l}
 	allocs := testing.AllocsPerRun(100, func() {
 		l.slots <- struct{}{}

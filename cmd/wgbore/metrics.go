@@ -311,6 +311,10 @@ func (o *observer) writeMetrics(x *exposition) {
 	for _, l := range listeners {
 		x.uint("wgbore_listener_connections_total", l.Total, "kind", l.Kind, "addr", l.Addr)
 	}
+	x.family("wgbore_listener_connections_refused_total", "counter", "Client connections turned away because the front end was at its MaxConnections.")
+	for _, l := range listeners {
+		x.uint("wgbore_listener_connections_refused_total", l.Refused, "kind", l.Kind, "addr", l.Addr)
+	}
 
 	if _, targets := o.c.Alive.snapshot(); len(targets) > 0 {
 		x.family("wgbore_check_alive_up", "gauge", "1 if the CheckAlive target answered its latest ping, else 0.")
