@@ -234,16 +234,16 @@ func (r *resolver) query(ctx context.Context, name string, qtype dnsmessage.Type
 // answers picks the addresses for q out of msg, following CNAME chains
 // within the answer section.
 func answers(msg *dnsmessage.Message, q dnsmessage.Question) []netip.Addr {
-	owners := map[string]bool{strings.ToLower(q.Name.String()): true}
+	owners := map[string]bool{foldDNSName(q.Name.String()): true}
 	for grew := true; grew; {
 		grew = false
 		for _, rr := range msg.Answers {
 			c, ok := rr.Body.(*dnsmessage.CNAMEResource)
 			target := ""
 			if ok {
-				target = strings.ToLower(c.CNAME.String())
+				target = foldDNSName(c.CNAME.String())
 			}
-			if ok && owners[strings.ToLower(rr.Header.Name.String())] && !owners[target] {
+			if ok && owners[foldDNSName(rr.Header.Name.String())] && !owners[target] {
 				owners[target] = true
 				grew = true
 			}
@@ -251,7 +251,7 @@ func answers(msg *dnsmessage.Message, q dnsmessage.Question) []netip.Addr {
 	}
 	var out []netip.Addr
 	for _, rr := range msg.Answers {
-		if rr.Header.Class != dnsmessage.ClassINET || !owners[strings.ToLower(rr.Header.Name.String())] {
+		if rr.Header.Class != dnsmessage.ClassINET || !owners[foldDNSName(rr.Header.Name.String())] {
 			continue
 		}
 		switch b := rr.Body.(type) {
@@ -360,7 +360,7 @@ func matchResponse(resp []byte, id uint16, q dnsmessage.Question) (*dnsmessage.M
 		return nil, false
 	}
 	got, err := p.Question()
-	if err != nil || got.Type != q.Type || got.Class != q.Class || !strings.EqualFold(got.Name.String(), q.Name.String()) {
+	if err != nil || got.Type != q.Type || got.Class != q.Class || foldDNSName(got.Name.String()) != foldDNSName(q.Name.String()) {
 		return nil, false
 	}
 	if h.Truncated {
@@ -371,6 +371,21 @@ func matchResponse(resp []byte, id uint16, q dnsmessage.Question) (*dnsmessage.M
 		return nil, false
 	}
 	return &msg, true
+}
+
+// foldDNSName lowercases the ASCII letters of name and nothing else: DNS
+// names match case-insensitively in ASCII only (RFC 4343). Unicode
+// folding, as strings.ToLower and strings.EqualFold do, would let a
+// record for "\u212a8s.example." (a Kelvin sign) pass for one about
+// "k8s.example.", a name nobody asked about.
+func foldDNSName(name string) string {
+	b := []byte(name)
+	for i, c := range b {
+		if 'A' <= c && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
 
 // contextDNSError reads like package net's lookup errors for a context
