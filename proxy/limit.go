@@ -36,7 +36,9 @@ type limitListener struct {
 }
 
 const (
-	maxRefusing   = 64
+	// maxRefusing covers a burst of a few hundred clients at once; each
+	// refusal is a goroutine with a small stack for up to two seconds.
+	maxRefusing   = 256
 	refuseTimeout = 2 * time.Second
 )
 

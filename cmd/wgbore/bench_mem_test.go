@@ -178,7 +178,7 @@ func vmRSS(b *testing.B, pid int) int64 {
 
 // raiseNoFile lifts this process's descriptor limit to the hard limit:
 // the benchmark holds one client socket per connection.
-func raiseNoFile(b *testing.B) {
+func raiseNoFile(b testing.TB) {
 	var lim syscall.Rlimit
 	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		b.Fatal(err)

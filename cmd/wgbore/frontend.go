@@ -208,7 +208,7 @@ func (s *service) sections(p *runPlan) []sectionSpec {
 			if err != nil {
 				return err
 			}
-			srv := &http.Server{Handler: s.observer.Handler(), ReadHeaderTimeout: metricsHeaderTimeout, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
+			srv := &http.Server{Handler: s.observer.Handler(), ReadHeaderTimeout: metricsHeaderTimeout, IdleTimeout: metricsIdleTimeout, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
 			s.serve(fe, server{desc: "metrics http://" + l.Addr().String() + "/metrics", shutdown: srv.Shutdown, close: srv.Close},
 				func() error { return srv.Serve(l) })
 			return nil
@@ -221,6 +221,13 @@ func (s *service) sections(p *runPlan) []sectionSpec {
 // Prometheus sends them at once, and a client that trickles them must
 // not hold a connection.
 const metricsHeaderTimeout = 10 * time.Second
+
+// metricsIdleTimeout ends a keep-alive connection no scrape has used for
+// this long. Prometheus scrapes every 15 to 60 s over one connection;
+// without a bound, every client that leaves one open keeps a descriptor
+// and a goroutine for the life of the process (a test that made a client
+// per request held 300 of them).
+const metricsIdleTimeout = 2 * time.Minute
 
 // metricsAddr is where /metrics, /healthz and /readyz listen: -metrics,
 // or else [Metrics] BindAddress; "" for nowhere.

@@ -575,7 +575,9 @@ func waitReadyzState(t *testing.T, h http.Handler, want bool, within time.Durati
 type remoteEndpoints string
 
 func (base remoteEndpoints) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	client := &http.Client{Transport: &http.Transport{Proxy: nil}, Timeout: 10 * time.Second}
+	// One connection per request, closed after it: a Transport per call
+	// would otherwise leave each connection open for the server to keep.
+	client := &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}, Timeout: 10 * time.Second}
 	res, err := client.Get(string(base) + r.URL.Path)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadGateway)

@@ -1,0 +1,183 @@
+package main
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/wgbore/wgbore/netstack/peersite"
+	"github.com/wgbore/wgbore/protocol"
+)
+
+// socksAttempt is what one SOCKS5 CONNECT through the binary came to.
+type socksAttempt int
+
+const (
+	socksHeld    socksAttempt = iota // connected and echoing, held open
+	socksRefused                     // reply 01, general failure: over the cap
+	socksFailed                      // anything else: an error, or no answer
+)
+
+// socksHold opens a SOCKS5 CONNECT to target, proves it with a 1-byte
+// echo, and returns the connection open; a refusal or failure returns nil
+// and why. Every step is bounded, so a hang shows up as socksFailed.
+func socksHold(proxyAddr string, target netip.AddrPort) (net.Conn, socksAttempt, error) {
+	c, err := net.DialTimeout("tcp", proxyAddr, 10*time.Second)
+	if err != nil {
+		return nil, socksFailed, err
+	}
+	c.SetDeadline(time.Now().Add(20 * time.Second))
+	req := []byte{5, 1, 0, 5, 1, 0, 1}
+	req = append(req, target.Addr().AsSlice()...)
+	req = binary.BigEndian.AppendUint16(req, target.Port())
+	if _, err := c.Write(req); err != nil {
+		c.Close()
+		return nil, socksFailed, err
+	}
+	reply := make([]byte, 2+10)
+	if _, err := io.ReadFull(c, reply); err != nil {
+		c.Close()
+		return nil, socksFailed, fmt.Errorf("no SOCKS reply: %w", err)
+	}
+	if reply[3] != 0 {
+		c.Close()
+		if reply[3] == 1 {
+			return nil, socksRefused, nil
+		}
+		return nil, socksFailed, fmt.Errorf("SOCKS reply % x", reply)
+	}
+	if _, err := c.Write([]byte{'x'}); err != nil {
+		c.Close()
+		return nil, socksFailed, err
+	}
+	if _, err := io.ReadFull(c, reply[:1]); err != nil || reply[0] != 'x' {
+		c.Close()
+		return nil, socksFailed, fmt.Errorf("echo: %v", err)
+	}
+	c.SetDeadline(time.Time{})
+	return c, socksHeld, nil
+}
+
+// TestTenThousandSOCKSConnections opens 10,000 SOCKS5 connections at
+// once through the binary, whose [Socks5] has MaxConnections 5000, each
+// to the wireguard-go peer's echo service. The first 5,000 are served and
+// held; the rest get SOCKS reply 01 promptly, none hangs. Once all are
+// closed, the binary's goroutines and open descriptors (from its
+// /metrics) are back where they started. It reports RSS per held
+// connection.
+func TestTenThousandSOCKSConnections(t *testing.T) {
+	if testing.Short() {
+		t.Skip("-short: 10,000 connections take some 20 s")
+	}
+	const total, capacity = 10000, 5000
+	raiseNoFile(t)
+	ours, err := protocol.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
+	conf := writeFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, fmt.Sprintf("[Socks5]\nBindAddress = 127.0.0.1:0\nMaxConnections = %d\n", capacity)))
+	d := startDaemon(t, conf, "-metrics", "127.0.0.1:0", "-log-level", "info")
+	socks := d.addr(t, "socks5 ", 0)
+	h := remoteEndpoints("http://" + strings.TrimSuffix(d.addr(t, "metrics http://", 0), "/metrics"))
+	echo := netip.AddrPortFrom(peersite.TheirV4, 7)
+	pid := d.cmd.Process.Pid
+
+	// One connection first, so the handshake and the first tunnel
+	// endpoint are in the baseline, as they are for a user.
+	c, _, err := socksHold(socks, echo)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Close()
+	baseline := func() (goroutines, fds float64) {
+		fams, _ := parseMetrics(t, h)
+		return sampleValue(t, fams, "go_goroutines"), sampleValue(t, fams, "process_open_fds")
+	}
+	// The scrape itself holds a connection, so the figures carry a
+	// little slack; the highest of a few samples is the baseline.
+	var g0, fd0 float64
+	for range 5 {
+		g, fd := baseline()
+		g0, fd0 = max(g0, g), max(fd0, fd)
+		time.Sleep(100 * time.Millisecond)
+	}
+	const slack = 4
+	rss0 := rssKiB(t, pid)
+
+	var (
+		mu       sync.Mutex
+		held     []net.Conn
+		outcomes [3]int
+		errs     []string
+		wg       sync.WaitGroup
+		next     = make(chan struct{}, total)
+	)
+	for range total {
+		next <- struct{}{}
+	}
+	close(next)
+	start := time.Now()
+	for range 200 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for range next {
+				c, how, err := socksHold(socks, echo)
+				mu.Lock()
+				outcomes[how]++
+				if c != nil {
+					held = append(held, c)
+				}
+				if err != nil && len(errs) < 5 {
+					errs = append(errs, err.Error())
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	took := time.Since(start)
+	rssHeld := rssKiB(t, pid)
+	fams, _ := parseMetrics(t, h)
+	refused := sampleValue(t, fams, "wgbore_listener_connections_refused_total", "kind", "socks5", "addr", socks)
+	t.Logf("%d attempts in %v: %d held, %d refused (metrics: %v), %d failed %v", total, took.Round(time.Millisecond), outcomes[socksHeld], outcomes[socksRefused], refused, outcomes[socksFailed], errs)
+	t.Logf("RSS %d KiB idle, %d KiB with %d held: %.1f KiB per connection", rss0, rssHeld, len(held), float64(rssHeld-rss0)/float64(len(held)))
+	if outcomes[socksHeld] != capacity || outcomes[socksRefused] != total-capacity || outcomes[socksFailed] != 0 {
+		t.Errorf("want %d held and %d refused, none failed", capacity, total-capacity)
+	}
+	if int(refused) != outcomes[socksRefused] {
+		t.Errorf("metrics count %v refusals, clients saw %d", refused, outcomes[socksRefused])
+	}
+	// A held connection still works with the listener full.
+	if _, err := held[0].Write([]byte("y")); err != nil {
+		t.Fatal(err)
+	}
+	held[0].SetReadDeadline(time.Now().Add(10 * time.Second))
+	if b := make([]byte, 1); func() error { _, err := io.ReadFull(held[0], b); return err }() != nil || !bytes.Equal(b, []byte("y")) {
+		t.Fatal("a held connection stopped echoing")
+	}
+
+	for _, c := range held {
+		c.Close()
+	}
+	var g, fd float64
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		if g, fd = baseline(); g <= g0+slack && fd <= fd0+slack {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("30 s after closing: %v goroutines (baseline %v), %v open descriptors (baseline %v)", g, g0, fd, fd0)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("goroutines %v before, %v after; open descriptors %v before, %v after", g0, g, fd0, fd)
+}
