@@ -269,7 +269,17 @@ func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) 
 		}
 		return fmt.Errorf("connect to %v failed, %v", req.RawDestAddr, err)
 	}
-	defer target.Close()
+	// Close must end the relay, whichever way it is waiting: tracking
+	// the target too, as the HTTP proxy and the forwarders do, lets it
+	// close this end as well. Tracking the client alone left a relay
+	// whose client had half-closed waiting for ever on a tunnel peer that
+	// had gone away, and Close waiting on the relay.
+	if !s.track(target) {
+		target.Close()
+		socks5.SendReply(w, statute.RepServerFailure, nil)
+		return errors.New("socks5: shutting down")
+	}
+	defer s.untrack(target)
 	if err := socks5.SendReply(w, statute.RepSuccess, target.LocalAddr()); err != nil {
 		return fmt.Errorf("failed to send reply, %v", err)
 	}

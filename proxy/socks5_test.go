@@ -576,8 +576,9 @@ func TestSOCKS5ShutdownWaitsForRelays(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer idle.Close()
-	// Let the server accept the idle client before shutting down.
-	for s.count() < 2 {
+	// Let the server accept the idle client before shutting down: it
+	// tracks the relay's client and target, and then the idle client.
+	for s.count() < 3 {
 		time.Sleep(time.Millisecond)
 	}
 
@@ -681,4 +682,37 @@ func TestSOCKS5CloseEndsRefusals(t *testing.T) {
 	}
 	waitNoGoroutines(t, "Close", "proxy.(*limitListener)")
 	closedByServerWithin(t, silent, time.Second)
+}
+
+// TestSOCKS5CloseEndsHalfClosedRelay: the client has sent all it will
+// (half-close) and the target, like a tunnel peer that went away, never
+// answers or closes. Close must still end the relay and return; it used
+// to close only the client and wait for ever on the target's side.
+func TestSOCKS5CloseEndsHalfClosedRelay(t *testing.T) {
+	hold := make(chan struct{})
+	defer close(hold)
+	target := serveTCP(t, "127.0.0.1:0", func(c net.Conn) {
+		io.Copy(io.Discard, c) // reads the half-close, then says nothing
+		<-hold
+	})
+	_, port, _ := net.SplitHostPort(target)
+	s, proxyAddr, _ := startSOCKS5(t, newSOCKSNetwork(), SOCKS5Config{})
+	c := socksEchoThrough(t, proxyAddr, startTCPEcho(t))
+	c.Close()
+	d, err := xproxy.SOCKS5("tcp", proxyAddr, nil, xproxy.Direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	silent, err := d.Dial("tcp", "127.0.0.1:"+port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	silent.(*net.TCPConn).CloseWrite()
+	time.Sleep(50 * time.Millisecond) // the relay passes the half-close on
+	mustHaveGoroutines(t, socksCode...)
+	if err := closeWithin(t, s.Close, socksCode...); err != nil {
+		t.Fatal(err)
+	}
+	waitNoGoroutines(t, "Close", socksCode...)
 }
