@@ -43,6 +43,11 @@ type Config struct {
 	Peers       []protocol.PeerConfig
 	Logger      *slog.Logger
 	Clock       clock.Clock
+	// EndpointResolver looks up peers' endpoint hostnames, at start and
+	// again while handshakes fail; nil means net.DefaultResolver. A
+	// program that finds its peers its own way (service discovery, a
+	// resolver of its choosing) passes it here.
+	EndpointResolver protocol.Resolver
 
 	// DNS are the name servers LookupHost and DialContext ask, through
 	// the tunnel: wg-quick's DNS= IP entries.
@@ -143,7 +148,7 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 	}
 	eng, err := protocol.New(protocol.Config{
 		PrivateKey: cfg.PrivateKey, Bind: bind, Packets: n.link, MTU: mtu,
-		Logger: cfg.Logger, Clock: cfg.Clock,
+		Logger: cfg.Logger, Clock: cfg.Clock, Resolver: cfg.EndpointResolver,
 	})
 	if err != nil {
 		s.Close()

@@ -433,6 +433,18 @@ func (p *Peer) sendInitiation(isRetry bool) {
 	}
 	p.handshake.lastSentHandshake = now
 	p.handshake.mu.Unlock()
+	// Unanswered initiations mean a silent path, and the usual reason
+	// for that behind a hostname endpoint is that the name moved.
+	p.timers.mu.Lock()
+	p.timers.unanswered++
+	lookup := p.timers.unanswered > resolveAfterUnanswered
+	if lookup {
+		p.timers.unanswered = 0
+	}
+	p.timers.mu.Unlock()
+	if lookup {
+		p.resolveEndpoint()
+	}
 
 	msg, err := e.createInitiation(p)
 	if err != nil {

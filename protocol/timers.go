@@ -83,6 +83,11 @@ func (t *timer) fire() {
 	t.fn()
 }
 
+// resolveAfterUnanswered is how many initiations, at least RekeyTimeout
+// apart, go unanswered before a hostname endpoint is looked up again:
+// the fourth is sent some 15 s after the first.
+const resolveAfterUnanswered = 3
+
 // peerTimers are the five timers of the whitepaper's section 6.
 type peerTimers struct {
 	retransmitHandshake timer
@@ -95,6 +100,12 @@ type peerTimers struct {
 	handshakeAttempts    int
 	needAnotherKeepalive bool
 	sentLastMinuteRekey  bool
+	// unanswered counts initiations sent since the last completed
+	// handshake or endpoint lookup. Neither handshakeAttempts nor the
+	// retransmission timer can say when to look a hostname up again:
+	// new traffic resets the one and re-arms the other before it
+	// expires, so a peer whose user kept retrying was never looked up.
+	unanswered int
 }
 
 func (t *peerTimers) init(p *Peer) {
@@ -120,8 +131,7 @@ func (p *Peer) rekeyTimeoutWithJitter() time.Duration {
 
 // expiredRetransmitHandshake: no response within RekeyTimeout. Retry
 // until RekeyAttemptTime is spent, then give up and drop what was waiting,
-// since the packets are stale by then. While retrying, a hostname endpoint
-// is looked up again: the usual reason for silence is that it moved.
+// since the packets are stale by then.
 func (p *Peer) expiredRetransmitHandshake() {
 	if p.removed.Load() {
 		return
@@ -145,9 +155,6 @@ func (p *Peer) expiredRetransmitHandshake() {
 		return
 	}
 	p.engine.log.Debug("handshake did not complete, retrying", "peer", p.public, "attempt", attempts+2)
-	if attempts%3 == 2 {
-		p.resolveEndpoint()
-	}
 	p.sendInitiation(true)
 }
 
@@ -237,6 +244,7 @@ func (p *Peer) timersHandshakeComplete() {
 	p.timers.retransmitHandshake.del()
 	p.timers.mu.Lock()
 	p.timers.handshakeAttempts = 0
+	p.timers.unanswered = 0
 	p.timers.sentLastMinuteRekey = false
 	p.timers.mu.Unlock()
 	p.stats.lastHandshake.Store(p.engine.clock.Now().UnixNano())
