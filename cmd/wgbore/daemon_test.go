@@ -205,9 +205,16 @@ func (d *daemon) stop(t testing.TB) int {
 	select {
 	case <-d.done:
 	case <-time.After(30 * time.Second):
-		d.cmd.Process.Kill()
-		<-d.done
-		t.Errorf("wgbore up ignored SIGTERM for 30s; log:\n%s", d.log())
+		// SIGQUIT makes the Go runtime print every goroutine's stack
+		// before exiting: where the shutdown hangs.
+		d.cmd.Process.Signal(syscall.SIGQUIT)
+		select {
+		case <-d.done:
+		case <-time.After(5 * time.Second):
+			d.cmd.Process.Kill()
+			<-d.done
+		}
+		t.Errorf("wgbore up ignored SIGTERM for 30s; log, then its goroutines:\n%s", d.log())
 	}
 	return d.code
 }

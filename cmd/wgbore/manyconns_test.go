@@ -29,11 +29,16 @@ const (
 // echo, and returns the connection open; a refusal or failure returns nil
 // and why. Every step is bounded, so a hang shows up as socksFailed.
 func socksHold(proxyAddr string, target netip.AddrPort) (net.Conn, socksAttempt, error) {
-	c, err := net.DialTimeout("tcp", proxyAddr, 10*time.Second)
+	return socksHoldWithin(proxyAddr, target, 20*time.Second)
+}
+
+// socksHoldWithin is socksHold with every step bounded by timeout.
+func socksHoldWithin(proxyAddr string, target netip.AddrPort, timeout time.Duration) (net.Conn, socksAttempt, error) {
+	c, err := net.DialTimeout("tcp", proxyAddr, timeout)
 	if err != nil {
 		return nil, socksFailed, err
 	}
-	c.SetDeadline(time.Now().Add(20 * time.Second))
+	c.SetDeadline(time.Now().Add(timeout))
 	req := []byte{5, 1, 0, 5, 1, 0, 1}
 	req = append(req, target.Addr().AsSlice()...)
 	req = binary.BigEndian.AppendUint16(req, target.Port())

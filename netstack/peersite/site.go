@@ -93,6 +93,10 @@ type Options struct {
 	// replies from a loopback source. StartClient can.) For StartClient,
 	// empty means 0.0.0.0/0 and ::/0.
 	AllowedIPs []netip.Prefix
+	// Port is the site's or client's UDP port on 127.0.0.1; 0 picks a
+	// free one. A test that restarts a peer, as a real one restarts on
+	// its ListenPort, gives the same port twice.
+	Port uint16
 	// PrivateKey is the site's or client's key; zero means a fresh one.
 	// A test that must configure us before the peer starts (a client
 	// sends its handshake at once) picks the key first.
@@ -118,7 +122,7 @@ func Start(t testing.TB, ours protocol.PublicKey, opts Options) *Site {
 	if len(allowed) == 0 {
 		allowed = hostPrefixes(OurV4, OurV6)
 	}
-	s.Device, s.Net, bind = startDevice(t, []netip.Addr{TheirV4, TheirV6}, opts.MTU, s.PrivateKey, ours, opts.Endpoint, allowed)
+	s.Device, s.Net, bind = startDevice(t, []netip.Addr{TheirV4, TheirV6}, opts.MTU, s.PrivateKey, ours, opts.Endpoint, allowed, opts.Port)
 	s.Port = bind.Port()
 	t.Cleanup(s.stop)
 
@@ -146,7 +150,7 @@ func Start(t testing.TB, ours protocol.PublicKey, opts Options) *Site {
 
 // startDevice brings up a wireguard-go device on a loopback socket, with
 // a netstack at addrs and one peer allowed to send from allowed.
-func startDevice(t testing.TB, addrs []netip.Addr, mtu int, key protocol.PrivateKey, peer protocol.PublicKey, endpoint string, allowed []netip.Prefix) (*device.Device, *netstack.Net, *wgtest.LoopbackBind) {
+func startDevice(t testing.TB, addrs []netip.Addr, mtu int, key protocol.PrivateKey, peer protocol.PublicKey, endpoint string, allowed []netip.Prefix, port uint16) (*device.Device, *netstack.Net, *wgtest.LoopbackBind) {
 	t.Helper()
 	if mtu == 0 {
 		mtu = protocol.DefaultMTU
@@ -155,7 +159,7 @@ func startDevice(t testing.TB, addrs []netip.Addr, mtu int, key protocol.Private
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, bind := upDevice(t, tun, key, peer, endpoint, allowed)
+	dev, bind := upDevice(t, tun, key, peer, endpoint, allowed, port)
 	return dev, tnet, bind
 }
 
@@ -174,7 +178,7 @@ func hostPrefixes(addrs ...netip.Addr) []netip.Prefix {
 // tested on its own. It closes when t's cleanups run, before the site.
 func (s *Site) WireGuardGoClient(t testing.TB, ours protocol.PrivateKey) *netstack.Net {
 	t.Helper()
-	dev, tnet, _ := startDevice(t, []netip.Addr{OurV4, OurV6}, 0, ours, s.PublicKey, s.Endpoint(), hostPrefixes(TheirV4, TheirV6))
+	dev, tnet, _ := startDevice(t, []netip.Addr{OurV4, OurV6}, 0, ours, s.PublicKey, s.Endpoint(), hostPrefixes(TheirV4, TheirV6), 0)
 	t.Cleanup(dev.Close)
 	return tnet
 }
@@ -248,8 +252,13 @@ func (s *Site) trackHTTP(c net.Conn, state http.ConnState) {
 	}
 }
 
+// Stop takes the site down now, as a peer that crashes or restarts goes
+// away; the test's cleanup then finds nothing left to do.
+func (s *Site) Stop() { s.stop() }
+
 // stop closes every listener and connection, waits for every server
-// goroutine, and only then closes the device.
+// goroutine, and only then closes the device. A second call does nothing
+// more.
 func (s *Site) stop() {
 	s.mu.Lock()
 	s.closing = true
