@@ -211,6 +211,9 @@ type Socks5 struct {
 	// MaxConnections caps the clients served at once; 0 means the
 	// proxy's default.
 	MaxConnections int
+	// DialTimeout bounds a CONNECT's dial into the tunnel; 0 means the
+	// proxy's default (30 s).
+	DialTimeout time.Duration
 }
 
 // HTTP is wireproxy's [http] section: an HTTP proxy into the tunnel, served
@@ -226,6 +229,9 @@ type HTTP struct {
 	// MaxConnections caps the clients served at once; 0 means the
 	// proxy's default.
 	MaxConnections int
+	// DialTimeout bounds a dial into the tunnel; 0 means the proxy's
+	// default (30 s).
+	DialTimeout time.Duration
 }
 
 // TCPClientTunnel listens on the host at BindAddress and forwards each

@@ -310,7 +310,7 @@ func TestParseValid(t *testing.T) {
 				"[UDPProxyTunnel]\nBindAddress = 127.0.0.1:5353\nTarget = dns.internal:53\n" +
 				"[UDPProxyTunnel]\nBindAddress = 127.0.0.1:5354\nTarget = 10.0.0.53:53\nInactivityTimeout = 0\n" +
 				"[UDPServerTunnel]\nListenPort = 53\nTarget = 127.0.0.1:5300\nInactivityTimeout = 9\n" +
-				"[Socks5]\nBindAddress = 127.0.0.1:1082\nMaxConnections = 16\n" +
+				"[Socks5]\nBindAddress = 127.0.0.1:1082\nMaxConnections = 16\nDialTimeout = 5\n" +
 				"[TCPClientTunnel]\nBindAddress = 127.0.0.1:2223\nTarget = 10.0.0.9:22\nMaxConnections = 4\nIdleTimeout = 600\n" +
 				"[resolve]\nresolvestrategy = IPv6\n",
 			want: func() *config.Config {
@@ -320,7 +320,7 @@ func TestParseValid(t *testing.T) {
 				c.Socks5 = []config.Socks5{
 					{BindAddress: "[::1]:1080", Username: "alice", Password: "  spaced #1 "},
 					{BindAddress: ":1081"},
-					{BindAddress: "127.0.0.1:1082", MaxConnections: 16},
+					{BindAddress: "127.0.0.1:1082", MaxConnections: 16, DialTimeout: 5 * time.Second},
 				}
 				c.HTTP = []config.HTTP{{BindAddress: "localhost:8443", Username: "bob", Password: "s3cret;x", CertFile: "/etc/tls/cert.pem", KeyFile: "/etc/tls/key.pem"}}
 				c.TCPClientTunnels = []config.TCPClientTunnel{

@@ -117,6 +117,7 @@ var sectionKeys = [numSections][]keySpec{
 		{name: "Username", optional: true},
 		{name: "Password", optional: true},
 		{name: "MaxConnections"},
+		{name: "DialTimeout"},
 	},
 	secHTTP: {
 		{name: "BindAddress"},
@@ -125,6 +126,7 @@ var sectionKeys = [numSections][]keySpec{
 		{name: "CertFile", optional: true},
 		{name: "KeyFile", optional: true},
 		{name: "MaxConnections"},
+		{name: "DialTimeout"},
 	},
 	secTCPClient: {{name: "BindAddress"}, {name: "Target"}, {name: "MaxConnections"}, {name: "IdleTimeout"}},
 	secTCPServer: {{name: "ListenPort"}, {name: "Target"}, {name: "MaxConnections"}, {name: "IdleTimeout"}},
@@ -809,6 +811,8 @@ func (p *parser) set(f *fileState, s *section, key, v string, n int) {
 			s.socks.Password = Secret(v)
 		case "MaxConnections":
 			s.socks.MaxConnections, _ = p.maxConnections(f, n, key, v)
+		case "DialTimeout":
+			s.socks.DialTimeout, _ = p.dialTimeout(f, n, key, v)
 		}
 	case secHTTP:
 		switch key {
@@ -826,6 +830,8 @@ func (p *parser) set(f *fileState, s *section, key, v string, n int) {
 			s.http.KeyFile = v
 		case "MaxConnections":
 			s.http.MaxConnections, _ = p.maxConnections(f, n, key, v)
+		case "DialTimeout":
+			s.http.DialTimeout, _ = p.dialTimeout(f, n, key, v)
 		}
 	case secTCPClient:
 		switch key {
@@ -1140,6 +1146,13 @@ func (p *parser) setDNSServer(f *fileState, d *DNSServer, key, v string, n int) 
 // timeouts are.
 func (p *parser) seconds(f *fileState, n int, key, v string) (time.Duration, bool) {
 	secs, ok := p.number(f, n, key, v, 0, 1<<32-1)
+	return time.Duration(secs) * time.Second, ok
+}
+
+// dialTimeout reads a proxy's dial timeout in seconds. Zero is refused:
+// a dial that may not take any time never succeeds.
+func (p *parser) dialTimeout(f *fileState, n int, key, v string) (time.Duration, bool) {
+	secs, ok := p.number(f, n, key, v, 1, 3600)
 	return time.Duration(secs) * time.Second, ok
 }
 

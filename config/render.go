@@ -109,6 +109,9 @@ func (c *Config) render(b *strings.Builder, opts RenderOptions) {
 		r.str("Username", s.Username)
 		r.secret("Password", string(s.Password), opts.IncludeSecrets)
 		r.count("MaxConnections", s.MaxConnections)
+		if s.DialTimeout != 0 {
+			r.seconds("DialTimeout", s.DialTimeout)
+		}
 	}
 	for _, h := range c.HTTP {
 		r.section("http")
@@ -118,6 +121,9 @@ func (c *Config) render(b *strings.Builder, opts RenderOptions) {
 		r.str("CertFile", h.CertFile)
 		r.str("KeyFile", h.KeyFile)
 		r.count("MaxConnections", h.MaxConnections)
+		if h.DialTimeout != 0 {
+			r.seconds("DialTimeout", h.DialTimeout)
+		}
 	}
 	for _, t := range c.TCPClientTunnels {
 		r.section("TCPClientTunnel")

@@ -25,8 +25,7 @@ const (
 // ForwardConfig configures a TCPForwarder.
 type ForwardConfig struct {
 	// MaxConnections caps the relays one listener serves at once; past it
-	// clients wait in the kernel's backlog. <= 0 means
-	// DefaultMaxConnections.
+	// clients are closed at once. <= 0 means DefaultMaxConnections.
 	MaxConnections int
 
 	// IdleTimeout closes a relay after no byte has moved either way for

@@ -36,8 +36,7 @@ type HTTPConfig struct {
 
 	// MaxConnections caps the client connections served at once, per
 	// listener given to Serve, CONNECT tunnels included; <= 0 means
-	// DefaultMaxConnections. Past the cap, new clients wait in the
-	// kernel's backlog.
+	// DefaultMaxConnections. Past the cap, new clients get 503 at once.
 	MaxConnections int
 
 	// HandshakeTimeout bounds the time a client has to send a request's
@@ -45,6 +44,11 @@ type HTTPConfig struct {
 	// from its first byte, a keep-alive connection idling in between up
 	// to two minutes); 0 means DefaultHTTPHandshakeTimeout.
 	HandshakeTimeout time.Duration
+
+	// DialTimeout bounds a dial into the tunnel, for CONNECT and for
+	// forwarded requests; 0 means DefaultDialTimeout. Past it the client
+	// gets 504.
+	DialTimeout time.Duration
 }
 
 // DefaultHTTPHandshakeTimeout is HTTPConfig.HandshakeTimeout when unset.
@@ -54,10 +58,6 @@ type HTTPConfig struct {
 const DefaultHTTPHandshakeTimeout = 30 * time.Second
 
 const (
-	// httpDialTimeout bounds how long a dial into the tunnel may take. A
-	// WireGuard handshake that has to be retried (rekey-timeout 5 s, with
-	// jitter) must fit inside it, so it is generous.
-	httpDialTimeout = 30 * time.Second
 	// httpIdleTimeout closes a keep-alive client connection that has
 	// sent no new request for this long. Browsers and package managers
 	// reuse a connection within seconds; an idle one only holds a slot
@@ -71,14 +71,15 @@ const (
 // Network. It serves CONNECT tunnels and absolute-form requests of any
 // method; requests meant for an origin server (origin-form) are refused.
 type HTTP struct {
-	nw        Network
-	log       *slog.Logger
-	creds     *credentials // nil: no authentication
-	tls       *tls.Config  // nil: plain HTTP
-	maxConns  int
-	conns     connCounter // summed over every Serve
-	srv       *http.Server
-	transport *http.Transport
+	nw          Network
+	log         *slog.Logger
+	creds       *credentials // nil: no authentication
+	tls         *tls.Config  // nil: plain HTTP
+	maxConns    int
+	dialTimeout time.Duration
+	conns       connCounter // summed over every Serve
+	srv         *http.Server
+	transport   *http.Transport
 
 	// ctx is the base of every request's context, so Close cancels round
 	// trips and dials that are still in progress.
@@ -102,10 +103,15 @@ func NewHTTP(nw Network, cfg HTTPConfig) *HTTP {
 	if headerTimeout <= 0 {
 		headerTimeout = DefaultHTTPHandshakeTimeout
 	}
+	dialTimeout := cfg.DialTimeout
+	if dialTimeout <= 0 {
+		dialTimeout = DefaultDialTimeout
+	}
 	h := &HTTP{
 		nw:          nw,
 		log:         log,
 		maxConns:    cfg.MaxConnections,
+		dialTimeout: dialTimeout,
 		ctx:         ctx,
 		cancel:      cancel,
 		connTracker: newConnTracker(),
@@ -286,6 +292,8 @@ func (h *HTTP) authorized(r *http.Request) bool {
 // network's LookupNetIP, never by the host, and each address it returns
 // is tried in turn.
 func (h *HTTP) dial(ctx context.Context, network, address string) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, h.dialTimeout)
+	defer cancel()
 	host, portStr, err := net.SplitHostPort(address)
 	if err != nil {
 		return nil, err
@@ -319,7 +327,7 @@ func (h *HTTP) serveConnect(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "CONNECT needs host:port", http.StatusBadRequest)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), httpDialTimeout)
+	ctx, cancel := context.WithTimeout(r.Context(), h.dialTimeout)
 	upstream, err := h.dial(ctx, "tcp", target)
 	cancel()
 	if err != nil {

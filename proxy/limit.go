@@ -14,6 +14,12 @@ import (
 // what a person or a build farm behind one proxy opens.
 const DefaultMaxConnections = 1024
 
+// DefaultDialTimeout bounds a proxy's dial into the tunnel when its
+// configuration does not say. A WireGuard handshake that has to be
+// retried (RekeyTimeout, 5 s, with jitter) must fit inside it, so it is
+// generous; a client behind a dead path waits this long for its failure.
+const DefaultDialTimeout = 30 * time.Second
+
 // limitListener accepts at most max connections at a time. Past the cap
 // it still accepts, and refuses at once: a client told "too many" by the
 // protocol it speaks can report it or retry, where one left in the

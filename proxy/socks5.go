@@ -30,10 +30,6 @@ const (
 	// tunnel's resolver has its own per-query timeouts; this is the backstop
 	// for the whole lookup, fallbacks included.
 	socksResolveTimeout = 15 * time.Second
-
-	// socksConnectTimeout bounds the dial to the target, across all of a
-	// name's addresses.
-	socksConnectTimeout = 30 * time.Second
 )
 
 // SOCKS5Config configures a SOCKS5 server.
@@ -51,7 +47,7 @@ type SOCKS5Config struct {
 
 	// MaxConnections caps the client connections served at once, per
 	// listener given to Serve; <= 0 means DefaultMaxConnections. Past
-	// the cap, new clients wait in the kernel's backlog.
+	// the cap, new clients are refused at once (reply 01).
 	MaxConnections int
 
 	// HandshakeTimeout bounds the time from accept to the client's
@@ -59,6 +55,12 @@ type SOCKS5Config struct {
 	// DefaultSOCKSHandshakeTimeout. A relay, once started, has no
 	// timeout.
 	HandshakeTimeout time.Duration
+
+	// DialTimeout bounds a CONNECT's dial to its target, across all of
+	// a name's addresses; 0 means DefaultDialTimeout. When the tunnel's
+	// path is down, this is how long a client waits for its failure
+	// reply.
+	DialTimeout time.Duration
 }
 
 // SOCKS5 is a SOCKS5 server (RFC 1928) whose outbound side is a Network:
@@ -82,6 +84,7 @@ type SOCKS5 struct {
 	ctx    context.Context
 	cancel context.CancelFunc
 
+	dialTimeout time.Duration
 	// connTracker holds the listeners and the client connections, each
 	// marked busy once its handshake is over (Shutdown ends those still
 	// in it and waits for the others), and the WaitGroup counting every
@@ -100,12 +103,17 @@ func NewSOCKS5(nw Network, cfg SOCKS5Config) *SOCKS5 {
 	if handshakeTimeout <= 0 {
 		handshakeTimeout = DefaultSOCKSHandshakeTimeout
 	}
+	dialTimeout := cfg.DialTimeout
+	if dialTimeout <= 0 {
+		dialTimeout = DefaultDialTimeout
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &SOCKS5{
 		nw:               nw,
 		log:              logger,
 		maxConns:         cfg.MaxConnections,
 		handshakeTimeout: handshakeTimeout,
+		dialTimeout:      dialTimeout,
 		ctx:              ctx,
 		cancel:           cancel,
 		connTracker:      newConnTracker(),
@@ -310,7 +318,7 @@ func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) 
 // address in ctx, so a name whose first address is unreachable still
 // connects through the next one.
 func (s *SOCKS5) dial(ctx context.Context, network, addr string, req *socks5.Request) (net.Conn, error) {
-	ctx, cancel := s.bound(ctx, socksConnectTimeout)
+	ctx, cancel := s.bound(ctx, s.dialTimeout)
 	defer cancel()
 
 	dest := req.DestAddr

@@ -77,7 +77,7 @@ func (s *service) sections(p *runPlan) []sectionSpec {
 			s.warnIfOpen(l.Addr(), "socks5", c.Username != "")
 			srv := proxy.NewSOCKS5(s.tun, proxy.SOCKS5Config{
 				Username: c.Username, Password: string(c.Password),
-				MaxConnections: c.MaxConnections, Logger: s.log.With("socks5", l.Addr().String()),
+				MaxConnections: c.MaxConnections, DialTimeout: c.DialTimeout, Logger: s.log.With("socks5", l.Addr().String()),
 			})
 			s.serve(fe, server{desc: "socks5 " + l.Addr().String(), shutdown: srv.Shutdown, close: srv.Close,
 				kind: "socks5", addr: l.Addr().String(), stats: srv.Stats}, func() error { return srv.Serve(l) })
@@ -106,7 +106,7 @@ func (s *service) sections(p *runPlan) []sectionSpec {
 			s.warnIfOpen(l.Addr(), "http", c.Username != "")
 			srv := proxy.NewHTTP(s.tun, proxy.HTTPConfig{
 				Username: c.Username, Password: string(c.Password), TLS: tlsConf,
-				MaxConnections: c.MaxConnections, Logger: s.log.With(kind, l.Addr().String()),
+				MaxConnections: c.MaxConnections, DialTimeout: c.DialTimeout, Logger: s.log.With(kind, l.Addr().String()),
 			})
 			s.serve(fe, server{desc: kind + " " + l.Addr().String(), shutdown: srv.Shutdown, close: srv.Close,
 				kind: kind, addr: l.Addr().String(), stats: srv.Stats}, func() error { return srv.Serve(l) })
