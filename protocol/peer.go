@@ -306,12 +306,6 @@ func (p *Peer) endpointAndHost() (netip.AddrPort, string) {
 	return p.endpoint, p.endpointHost
 }
 
-func (p *Peer) currentEndpoint() netip.AddrPort {
-	p.endpointMu.RLock()
-	defer p.endpointMu.RUnlock()
-	return p.endpoint
-}
-
 // roam moves the endpoint to where an authenticated packet came from: the
 // peer's NAT rebinding or network change is followed without config.
 func (p *Peer) roam(src netip.AddrPort) {

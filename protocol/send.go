@@ -381,7 +381,11 @@ func (p *Peer) sendLoop() {
 // space, given back empty.
 func (p *Peer) transmit(b *batch, bufs [][]byte) [][]byte {
 	e := p.engine
-	ep := p.currentEndpoint()
+	// The endpoint is held, shared, until the batch is handed to the
+	// socket: roam waits for it, so once a packet from the peer's new
+	// address has been taken in, nothing more leaves for the old one.
+	p.endpointMu.RLock()
+	ep := p.endpoint
 	var bytes uint64
 	dataSent := false
 	for _, el := range b.elems {
@@ -409,6 +413,7 @@ func (p *Peer) transmit(b *batch, bufs [][]byte) [][]byte {
 			p.stats.txBytes.Add(bytes)
 		}
 	}
+	p.endpointMu.RUnlock()
 	clear(bufs)
 	return bufs[:0]
 }
@@ -458,7 +463,9 @@ func (p *Peer) sendInitiation(isRetry bool) {
 	p.timersAnyAuthenticatedPacketTraversal()
 	p.timersAnyAuthenticatedPacketSent()
 	p.timersHandshakeInitiated()
-	ep := p.currentEndpoint()
+	p.endpointMu.RLock() // as in transmit
+	defer p.endpointMu.RUnlock()
+	ep := p.endpoint
 	if !ep.IsValid() {
 		e.log.Debug("no endpoint for handshake initiation", "peer", p.public)
 		return
