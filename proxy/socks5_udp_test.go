@@ -408,21 +408,12 @@ func TestSOCKS5UDPAssociateIPv6(t *testing.T) {
 	}
 }
 
-// socksSpoofer sends a datagram to the relay from a socket of its own, as
-// another local process could, and reports whether anything came back.
+// socksSpoof sends a datagram to the relay from a socket of its own on
+// the relay's address, as another local process could, and reports
+// whether anything came back.
 func socksSpoof(t *testing.T, relay, target netip.AddrPort, payload []byte) (answered bool) {
 	t.Helper()
-	spoofer, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(relay.Addr(), 0)))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer spoofer.Close()
-	if _, err := spoofer.WriteToUDPAddrPort(socksUDPDatagram(target, payload), relay); err != nil {
-		t.Fatal(err)
-	}
-	spoofer.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
-	_, _, err = spoofer.ReadFromUDPAddrPort(make([]byte, 1024))
-	return err == nil
+	return spoofFrom(t, relay.Addr(), relay, target, payload)
 }
 
 func TestSOCKS5UDPDropsOtherSenders(t *testing.T) {
