@@ -274,16 +274,12 @@ func (s *udpSocket) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (i
 			r.msgs[i].Hdr.Flags = 0
 			r.msgs[i].Len = 0
 		}
-		r.n, r.got, r.errno = n, 0, 0
-		err := r.raw.Read(r.recvmmsg)
+		err := s.recv(n)
 		// The buffers were reachable through the iovecs all along; this
 		// says so to the reader as much as to the compiler.
 		runtime.KeepAlive(bufs)
 		if err != nil {
 			return 0, err
-		}
-		if r.errno != 0 {
-			return 0, &net.OpError{Op: "read", Net: "udp", Source: net.UDPAddrFromAddrPort(s.local), Err: os.NewSyscallError("recvmmsg", r.errno)}
 		}
 
 		kept := 0
@@ -337,16 +333,11 @@ func (s *udpSocket) receiveGRO(bufs [][]byte, sizes []int, eps []netip.AddrPort)
 			h.SetControllen(udpGROCmsgSpace)
 			r.msgs[i].Len = 0
 		}
-		r.n, r.got, r.errno = n, 0, 0
-		err := r.raw.Read(r.recvmmsg)
+		err := s.recv(n)
 		runtime.KeepAlive(bufs)
 		if err != nil {
 			clearGROIovecs(r.iovs[:2*n])
 			return 0, err
-		}
-		if r.errno != 0 {
-			clearGROIovecs(r.iovs[:2*n])
-			return 0, &net.OpError{Op: "read", Net: "udp", Source: net.UDPAddrFromAddrPort(s.local), Err: os.NewSyscallError("recvmmsg", r.errno)}
 		}
 		kept := 0
 		for i := range r.got {
@@ -462,6 +453,20 @@ func clearGROIovecs(iovs []unix.Iovec) {
 	for i := 0; i < len(iovs); i += 2 {
 		iovs[i] = unix.Iovec{}
 	}
+}
+
+// recv runs one recvmmsg over the first n slots, which the caller has
+// set up, waiting for the socket to become readable.
+func (s *udpSocket) recv(n int) error {
+	r := &s.rx
+	r.n, r.got, r.errno = n, 0, 0
+	if err := r.raw.Read(r.recvmmsg); err != nil {
+		return err
+	}
+	if r.errno != 0 {
+		return &net.OpError{Op: "read", Net: "udp", Source: net.UDPAddrFromAddrPort(s.local), Err: os.NewSyscallError("recvmmsg", r.errno)}
+	}
+	return nil
 }
 
 // recvmmsg is the RawConn.Read callback; returning false waits for the
