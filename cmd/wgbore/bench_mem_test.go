@@ -155,7 +155,7 @@ func memConn(socks string, target netip.AddrPort) (net.Conn, error) {
 }
 
 // vmRSS reads a process's resident set size, in KiB.
-func vmRSS(b *testing.B, pid int) int64 {
+func vmRSS(b testing.TB, pid int) int64 {
 	b.Helper()
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {

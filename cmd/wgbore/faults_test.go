@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"flag"
@@ -70,15 +69,12 @@ func (f *faultSetup) download(t *testing.T, n int, limit time.Duration, progress
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), limit)
 	defer cancel()
-	c, err := socksConnect(ctx, f.socks, netip.AddrPortFrom(peersite.TheirV4, 19))
+	c, err := sourceThrough(ctx, f.socks, uint64(n))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(limit))
-	if _, err := c.Write(binary.BigEndian.AppendUint64(nil, uint64(n))); err != nil {
-		t.Fatal(err)
-	}
 	start := time.Now()
 	var r io.Reader = c
 	if progress != nil {

@@ -10,7 +10,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"os"
 	"os/exec"
 	"strconv"
 	"strings"
@@ -141,21 +140,18 @@ func cpuOver(pid int, f func()) float64 {
 	return (procCPU(pid) - c0).Seconds() / time.Since(start).Seconds()
 }
 
-func rssKiB(t *testing.T, pid int) int64 {
-	t.Helper()
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+// sourceThrough connects through the SOCKS5 proxy at socks to the
+// site's source service and asks it for n bytes of peersite.Body.
+func sourceThrough(ctx context.Context, socks string, n uint64) (net.Conn, error) {
+	c, err := socksConnect(ctx, socks, netip.AddrPortFrom(peersite.TheirV4, 19))
 	if err != nil {
-		t.Fatal(err)
+		return nil, err
 	}
-	f := strings.Fields(procStatus(string(raw))["VmRSS"])
-	if len(f) == 0 {
-		t.Fatal("no VmRSS")
+	if _, err := c.Write(binary.BigEndian.AppendUint64(nil, n)); err != nil {
+		c.Close()
+		return nil, err
 	}
-	n, err := strconv.ParseInt(f[0], 10, 64)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return c, nil
 }
 
 // streamFor reads the site's source service through SOCKS5 for d and
@@ -164,14 +160,11 @@ func streamFor(t *testing.T, socks string, d time.Duration) float64 {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	c, err := socksConnect(ctx, socks, netip.AddrPortFrom(peersite.TheirV4, 19))
+	c, err := sourceThrough(ctx, socks, 1<<40)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if _, err := c.Write(binary.BigEndian.AppendUint64(nil, 1<<40)); err != nil {
-		t.Fatal(err)
-	}
 	buf := make([]byte, 256<<10)
 	start := time.Now()
 	c.SetReadDeadline(start.Add(d))
@@ -191,16 +184,13 @@ func fetchThrough(t *testing.T, socks string, what string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	c, err := socksConnect(ctx, socks, netip.AddrPortFrom(peersite.TheirV4, 19))
+	const size = 1 << 20
+	c, err := sourceThrough(ctx, socks, size)
 	if err != nil {
 		t.Fatalf("%s: %v", what, err)
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(20 * time.Second))
-	const size = 1 << 20
-	if _, err := c.Write(binary.BigEndian.AppendUint64(nil, size)); err != nil {
-		t.Fatalf("%s: %v", what, err)
-	}
 	got, err := io.ReadAll(c)
 	if err != nil || string(got) != string(peersite.Body(size)) {
 		t.Fatalf("%s: %d bytes, err %v", what, len(got), err)
@@ -245,7 +235,7 @@ func TestSpoofedInitiationFlood(t *testing.T) {
 	target := netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(port))
 	fetchThrough(t, socks, "before the flood")
 	sp := newSpoofer(t, target, ours.PublicKey(), 250, 4)
-	rssBefore := rssKiB(t, pid)
+	rssBefore := vmRSS(t, pid)
 
 	idle := cpuOver(pid, func() { time.Sleep(d) })
 
@@ -278,7 +268,7 @@ func TestSpoofedInitiationFlood(t *testing.T) {
 	}
 	fetchThrough(t, socks, "after the floods")
 	// Before the transfers, whose buffers are not the flood's doing.
-	rssAfter := rssKiB(t, pid)
+	rssAfter := vmRSS(t, pid)
 
 	base := streamFor(t, socks, d)
 	var flooded float64

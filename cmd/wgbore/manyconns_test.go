@@ -115,7 +115,7 @@ func TestTenThousandSOCKSConnections(t *testing.T) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	const slack = 4
-	rss0 := rssKiB(t, pid)
+	rss0 := vmRSS(t, pid)
 
 	var (
 		mu       sync.Mutex
@@ -150,7 +150,7 @@ func TestTenThousandSOCKSConnections(t *testing.T) {
 	}
 	wg.Wait()
 	took := time.Since(start)
-	rssHeld := rssKiB(t, pid)
+	rssHeld := vmRSS(t, pid)
 	fams, _ := parseMetrics(t, h)
 	refused := sampleValue(t, fams, "wgbore_listener_connections_refused_total", "kind", "socks5", "addr", socks)
 	t.Logf("%d attempts in %v: %d held, %d refused (metrics: %v), %d failed %v", total, took.Round(time.Millisecond), outcomes[socksHeld], outcomes[socksRefused], refused, outcomes[socksFailed], errs)
