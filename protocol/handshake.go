@@ -22,8 +22,7 @@ func (e *Engine) handshakeWorker() {
 // declares us under load when more than underLoadWindowMessages arrive
 // within underLoadWindow. The queue depth alone is not enough: two
 // workers keep up with thousands of spoofed initiations a second, so the
-// queue never fills, and each costs a Curve25519 operation; with valid
-// MAC1s at 5,000 a second that was a third of a core.
+// queue never fills, and each would cost a Curve25519 operation.
 func (e *Engine) countHandshake() {
 	now := e.clock.Now().UnixNano()
 	if now-e.handshakeWindow.Load() >= int64(underLoadWindow) {
