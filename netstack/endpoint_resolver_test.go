@@ -3,6 +3,7 @@ package netstack
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -43,12 +44,29 @@ func (r *movingResolver) move(a netip.Addr) {
 // tunnel comes up at the new address without reopening anything.
 func TestHostnameEndpointFollowsItsName(t *testing.T) {
 	key, _ := protocol.GeneratePrivateKey()
-	site := peersite.Start(t, key.PublicKey(), peersite.Options{})
+	siteKey, _ := protocol.GeneratePrivateKey()
+	port := freeLoopbackUDPPort(t)
 	res := &movingResolver{addr: netip.MustParseAddr("127.0.0.9")}
-	n := openOursWith(t, key, site, func(c *Config) {
-		c.Peers[0].Endpoint = fmt.Sprintf("peer.wgbore.test:%d", site.Port)
-		c.EndpointResolver = res
+	n, err := Open(context.Background(), Config{
+		PrivateKey:  key,
+		Addresses:   []netip.Prefix{netip.PrefixFrom(peersite.OurV4, 32)},
+		ListenAddrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
+		Peers: []protocol.PeerConfig{{
+			PublicKey:  siteKey.PublicKey(),
+			Endpoint:   fmt.Sprintf("peer.wgbore.test:%d", port),
+			AllowedIPs: []netip.Prefix{netip.PrefixFrom(peersite.TheirV4, 32)},
+		}},
+		EndpointResolver: res,
 	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	// The site starts after our Net, so its cleanup runs first: a
+	// wireguard-go netstack that is still retransmitting (the last
+	// connection's FIN) when its device closes sends on a closed channel
+	// and panics, so it must not outlive us.
+	site := peersite.Start(t, key.PublicKey(), peersite.Options{PrivateKey: siteKey, Port: port})
 	echo := netip.AddrPortFrom(peersite.TheirV4, 7).String()
 	dial := func(timeout time.Duration) error {
 		ctx, cancel := context.WithTimeout(context.Background(), timeout)
@@ -84,4 +102,15 @@ func TestHostnameEndpointFollowsItsName(t *testing.T) {
 	if res.asked.Load() == asked {
 		t.Fatal("connected without looking the name up again")
 	}
+}
+
+// freeLoopbackUDPPort finds a UDP port free on 127.0.0.1 now.
+func freeLoopbackUDPPort(t *testing.T) uint16 {
+	t.Helper()
+	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return uint16(c.LocalAddr().(*net.UDPAddr).Port)
 }
