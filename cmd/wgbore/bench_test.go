@@ -146,6 +146,12 @@ func socksConnect(ctx context.Context, proxyAddr string, target netip.AddrPort) 
 	if err != nil {
 		return nil, err
 	}
+	return socksHandshake(c, target)
+}
+
+// socksHandshake asks the SOCKS5 proxy at the other end of c for a
+// CONNECT to target, without authentication; it closes c on failure.
+func socksHandshake(c net.Conn, target netip.AddrPort) (net.Conn, error) {
 	req := []byte{5, 1, 0, 5, 1, 0, 1}
 	req = append(req, target.Addr().AsSlice()...)
 	req = binary.BigEndian.AppendUint16(req, target.Port())
