@@ -7,6 +7,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"flag"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -27,6 +28,9 @@ import (
 
 	"github.com/wgbore/wgbore/protocol"
 )
+
+var netnsRekey = flag.Bool("netns.rekey", false,
+	"TestKernelTCPBehindWireGuardGo also waits for a real rekey (RekeyAfterTime, 120 s) with traffic flowing")
 
 // netns is a network namespace this test made, deleted when it ends.
 // Nothing is added to the host's own interfaces: all traffic stays on
@@ -400,6 +404,41 @@ Target = %s:7
 			t.Fatal(err)
 		}
 		t.Logf("1,000 connections, 50 at a time, each an echo, in %v", time.Since(start).Round(time.Millisecond))
+	})
+	t.Run("rekey with traffic flowing", func(t *testing.T) {
+		if !*netnsRekey {
+			t.Skip("skipped: a real rekey comes 120 s into the session and the protocol has no shorter test setting; run with -netns.rekey")
+		}
+		handshake := func() string {
+			out := mustRun(t, "ip", "netns", "exec", ns.name, "wg", "show", site.iface, "latest-handshakes")
+			return strings.TrimSpace(out)
+		}
+		first := handshake()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		c, err := dialSOCKS(ctx, netip.AddrPortFrom(site.addr, 7))
+		cancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		start, echoes := time.Now(), 0
+		for handshake() == first {
+			if time.Since(start) > 3*time.Minute {
+				t.Fatalf("no new handshake in 3 minutes; wg show still says %q", first)
+			}
+			c.SetDeadline(time.Now().Add(5 * time.Second))
+			msg := []byte(fmt.Sprintf("echo %d", echoes))
+			got := make([]byte, len(msg))
+			if _, err := c.Write(msg); err != nil {
+				t.Fatalf("echo %d: %v", echoes, err)
+			}
+			if _, err := io.ReadFull(c, got); err != nil || !bytes.Equal(got, msg) {
+				t.Fatalf("echo %d: %q, %v", echoes, got, err)
+			}
+			echoes++
+			time.Sleep(100 * time.Millisecond)
+		}
+		t.Logf("wg show's latest handshake moved from %q to %q after %v; %d echoes on one connection meanwhile, none lost", first, handshake(), time.Since(start).Round(time.Second), echoes)
 	})
 	t.Run("udp echo", func(t *testing.T) {
 		udpAddr := d.addr(t, "udp ", 0)
