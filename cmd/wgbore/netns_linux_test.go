@@ -6,7 +6,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
 	"flag"
 	"fmt"
 	"io"
@@ -26,6 +25,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
 
@@ -111,18 +111,6 @@ func (n *netns) command(name string, args ...string) *exec.Cmd {
 	return exec.Command("ip", append([]string{"netns", "exec", n.name, name}, args...)...)
 }
 
-// pseudoBody is n deterministic bytes, for transfers too large to hold
-// twice in memory: both ends regenerate it from the seed.
-func pseudoBody(seed uint64, n int64) io.Reader {
-	return io.LimitReader(rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), 'w', 'g', 'b'}), n)
-}
-
-func pseudoSum(seed uint64, n int64) string {
-	h := sha256.New()
-	io.Copy(h, pseudoBody(seed, n))
-	return hex.EncodeToString(h.Sum(nil))
-}
-
 // kernelSite is wireguard-go on a real TUN inside a namespace, with
 // servers on its tunnel address that Linux's own TCP and UDP serve.
 type kernelSite struct {
@@ -136,9 +124,8 @@ type kernelSite struct {
 }
 
 // startKernelSite brings wireguard-go up as iface in ns, configured with
-// wg and ip, and serves on its tunnel address: TCP echo (7), HTTP (80:
-// /bytes/N is pseudoBody(1, N), /sha256 answers the body's digest) and
-// UDP echo (7).
+// wg and ip, and serves on its tunnel address: TCP echo (7), peersite's
+// HTTP server (80) and UDP echo (7).
 func startKernelSite(t *testing.T, ns *netns, ours protocol.PublicKey) *kernelSite {
 	t.Helper()
 	s := &kernelSite{ns: ns, iface: ns.name, addr: netip.MustParseAddr("10.77.0.2"), ours: netip.MustParseAddr("10.77.0.1")}
@@ -206,7 +193,7 @@ func startKernelSite(t *testing.T, ns *netns, ours protocol.PublicKey) *kernelSi
 				s.serve(func() { defer c.Close(); io.Copy(c, c) })
 			}
 		})
-		srv := &http.Server{Handler: http.HandlerFunc(serveKernelSite), ReadHeaderTimeout: 10 * time.Second}
+		srv := &http.Server{Handler: peersite.Handler(), ReadHeaderTimeout: 10 * time.Second}
 		s.serve(func() { srv.Serve(web) })
 		t.Cleanup(func() { srv.Close() })
 		s.serve(func() {
@@ -230,29 +217,6 @@ func startKernelSite(t *testing.T, ns *netns, ours protocol.PublicKey) *kernelSi
 func (s *kernelSite) serve(f func()) {
 	s.closed.Add(1)
 	go func() { defer s.closed.Done(); f() }()
-}
-
-func serveKernelSite(w http.ResponseWriter, r *http.Request) {
-	switch {
-	case strings.HasPrefix(r.URL.Path, "/bytes/"):
-		n, err := strconv.ParseInt(strings.TrimPrefix(r.URL.Path, "/bytes/"), 10, 64)
-		if err != nil || n < 0 {
-			http.Error(w, "bad length", http.StatusBadRequest)
-			return
-		}
-		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
-		io.Copy(w, pseudoBody(1, n))
-	case r.URL.Path == "/sha256":
-		h := sha256.New()
-		n, err := io.Copy(h, r.Body)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		fmt.Fprintf(w, "%x %d", h.Sum(nil), n)
-	default:
-		http.NotFound(w, r)
-	}
 }
 
 // freePortIn finds a UDP port free on the namespace's loopback now.
@@ -344,25 +308,22 @@ Target = %s:7
 			t.Fatal(err)
 		}
 		defer res.Body.Close()
-		h := sha256.New()
-		n, err := io.Copy(h, res.Body)
-		if err != nil || n != size {
-			t.Fatalf("download: %d bytes, %v", n, err)
-		}
-		if got := hex.EncodeToString(h.Sum(nil)); got != pseudoSum(1, size) {
-			t.Fatal("download: the bytes differ from what the server sent")
+		if err := peersite.CheckBody(res.Body, size); err != nil {
+			t.Fatalf("download: %v", err)
 		}
 		t.Logf("256 MiB from Linux TCP, intact, %.1f MB/s", size/1e6/time.Since(start).Seconds())
 	})
 	t.Run("upload", func(t *testing.T) {
 		start := time.Now()
-		res, err := client.Post(fmt.Sprintf("http://%s/sha256", site.addr), "application/octet-stream", pseudoBody(2, size))
+		res, err := client.Post(fmt.Sprintf("http://%s/sha256", site.addr), "application/octet-stream", peersite.BodyReader(size))
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer res.Body.Close()
 		got, _ := io.ReadAll(res.Body)
-		if want := fmt.Sprintf("%s %d", pseudoSum(2, size), size); string(got) != want {
+		sum := sha256.New()
+		io.Copy(sum, peersite.BodyReader(size))
+		if want := fmt.Sprintf("%x %d", sum.Sum(nil), size); string(got) != want {
 			t.Fatalf("upload: the server computed %q, want %q", got, want)
 		}
 		t.Logf("256 MiB to Linux TCP, intact, %.1f MB/s", size/1e6/time.Since(start).Seconds())

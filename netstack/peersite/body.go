@@ -33,6 +33,9 @@ func CheckBody(r io.Reader, n int) error {
 	return nil
 }
 
+// BodyReader streams Body(n), for transfers too large to hold.
+func BodyReader(n int64) io.Reader { return newBodyReader(uint64(n)) }
+
 // bodyReader yields Body(n) piece by piece, so the site can serve
 // gigabytes without holding them in memory.
 type bodyReader struct {

@@ -126,11 +126,7 @@ func Start(t testing.TB, ours protocol.PublicKey, opts Options) *Site {
 	s.Port = bind.Port()
 	t.Cleanup(s.stop)
 
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /bytes/{n}", serveBytes)
-	mux.HandleFunc("/sha256", serveSHA256)
-	mux.HandleFunc("/echo", serveEcho)
-	web := &http.Server{Handler: mux, ConnState: s.trackHTTP}
+	web := &http.Server{Handler: Handler(), ConnState: s.trackHTTP}
 	s.track(web)
 	for _, a := range []netip.Addr{TheirV4, TheirV6} {
 		l, err := s.Net.ListenTCPAddrPort(netip.AddrPortFrom(a, 80))
@@ -336,6 +332,17 @@ func source(c net.Conn) {
 		return
 	}
 	io.Copy(c, newBodyReader(binary.BigEndian.Uint64(n[:])))
+}
+
+// Handler is the site's web server, for a test that serves it on a
+// listener of its own: GET /bytes/N answers Body(N), /sha256 answers the
+// request body's digest and length, /echo the method and the body.
+func Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /bytes/{n}", serveBytes)
+	mux.HandleFunc("/sha256", serveSHA256)
+	mux.HandleFunc("/echo", serveEcho)
+	return mux
 }
 
 func serveBytes(w http.ResponseWriter, r *http.Request) {
