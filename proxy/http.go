@@ -327,9 +327,7 @@ func (h *HTTP) serveConnect(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "CONNECT needs host:port", http.StatusBadRequest)
 		return
 	}
-	ctx, cancel := context.WithTimeout(r.Context(), h.dialTimeout)
-	upstream, err := h.dial(ctx, "tcp", target)
-	cancel()
+	upstream, err := h.dial(r.Context(), "tcp", target) // bounded by DialTimeout
 	if err != nil {
 		h.failUpstream(w, r, target, err)
 		return
