@@ -540,3 +540,13 @@ func (c *TCPConn) TryRead(b []byte) (n int, wouldBlock bool, err error) {
 	}
 	return 0, false, &net.OpError{Op: "read", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: goError("read", terr)}
 }
+
+// TCPInfo reports the connection's sender state as gVisor keeps it:
+// RTT, retransmission timeout, congestion window and threshold, recovery
+// state. It is for diagnosing a slow flow; TestTCPRecoveryBench's trace
+// (-recovery.trace) logs it every 100 ms.
+func (c *TCPConn) TCPInfo() tcpip.TCPInfoOption {
+	var info tcpip.TCPInfoOption
+	c.ep.GetSockOpt(&info)
+	return info
+}

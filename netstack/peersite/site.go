@@ -373,3 +373,12 @@ func serveEcho(w http.ResponseWriter, r *http.Request) {
 	}
 	fmt.Fprintf(w, "%s %s", r.Method, body)
 }
+
+// WireGuardGoClientVia is WireGuardGoClient with the site reached at
+// endpoint instead of its own address: through a relay, say.
+func (s *Site) WireGuardGoClientVia(t testing.TB, ours protocol.PrivateKey, endpoint string) *netstack.Net {
+	t.Helper()
+	dev, tnet, _ := startDevice(t, []netip.Addr{OurV4, OurV6}, 0, ours, s.PublicKey, endpoint, hostPrefixes(TheirV4, TheirV6), 0)
+	t.Cleanup(dev.Close)
+	return tnet
+}
