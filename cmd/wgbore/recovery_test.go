@@ -220,20 +220,18 @@ func openRecoveryClient(t *testing.T, which int, site *peersite.Site, ours proto
 				return fmt.Sprintf("rto %v rtt %v cwnd %d ssthresh %d cc %d reorder %v", i.RTO, i.RTT.Round(time.Microsecond), i.SndCwnd, i.SndSsthresh, i.CcState, i.ReorderSeen)
 			}}, relay, func() { n.Close(); relay.Close() }
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	tb := &closingTB{TB: t, ctx: ctx}
+	tb := &closingTB{TB: t}
 	n := site.WireGuardGoClientVia(tb, ours, relay.AddrA().String())
 	return recoveryClient{name: "wireguard-go",
 		dial: func(ctx context.Context, a netip.AddrPort) (net.Conn, error) {
 			return n.DialContextTCPAddrPort(ctx, a)
-		}}, relay, func() { tb.close(); cancel(); relay.Close() }
+		}}, relay, func() { tb.close(); relay.Close() }
 }
 
 // closingTB runs the cleanups registered on it when close is called,
 // not at the end of the test.
 type closingTB struct {
 	testing.TB
-	ctx      context.Context
 	mu       sync.Mutex
 	cleanups []func()
 }
