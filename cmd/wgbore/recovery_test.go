@@ -23,6 +23,7 @@ import (
 var (
 	recoveryTrace = flag.Bool("recovery.trace", false, "log wgbore's TCP sender state every 100 ms during recovery tests")
 	recoveryBench = flag.Bool("recovery.bench", false, "run TestTCPRecoveryBench, issue 10's measurement (several minutes)")
+	recoveryOnly  = flag.String("recovery.only", "", "run only the recovery cases whose name contains this")
 	recoveryMiB   = flag.Int("recovery.mib", 64, "MiB of TestTCPRecoveryBench's lossy uploads")
 )
 
@@ -119,7 +120,7 @@ func sink(t testing.TB, site *peersite.Site, port uint16) chan *progressLog {
 	return logs
 }
 
-type uploadResult struct {
+type recoveryResult struct {
 	rate      float64       // MB/s over the whole transfer
 	recovered time.Duration // from the path's return to the first whole MiB, when blacked out
 }
@@ -127,7 +128,7 @@ type uploadResult struct {
 // uploadThrough sends n bytes of Body over c to the sink, blacking the
 // relay out for out once a quarter has arrived (out 0: never), and checks
 // the sink's digest.
-func uploadThrough(t *testing.T, c net.Conn, logs chan *progressLog, relay *wgtest.Relay, n int, out time.Duration, trace func() string) uploadResult {
+func uploadThrough(t *testing.T, c net.Conn, logs chan *progressLog, relay *wgtest.Relay, n int, out time.Duration, trace func() string) recoveryResult {
 	t.Helper()
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(30 * time.Minute))
@@ -145,27 +146,7 @@ func uploadThrough(t *testing.T, c net.Conn, logs chan *progressLog, relay *wgte
 	case <-time.After(time.Minute):
 		t.Fatal("the sink never accepted the connection")
 	}
-	tick := time.NewTicker(100 * time.Millisecond)
-	defer tick.Stop()
-	var backAt atomic.Int64
-	if out > 0 {
-		p.when(int64(n)/4, func() {
-			relay.Blackout(out)
-			backAt.Store(time.Now().Add(out).UnixNano())
-		})
-	}
-	var err error
-wait:
-	for {
-		select {
-		case err = <-sent:
-			break wait
-		case now := <-tick.C:
-			if trace != nil {
-				t.Logf("%7.1fs %6.1f MiB %s", now.Sub(p.start).Seconds(), float64(p.received())/(1<<20), trace())
-			}
-		}
-	}
+	backAt, err := watchTransfer(t, p, relay, n, out, trace, sent)
 	if err != nil {
 		t.Fatalf("upload: %v", err)
 	}
@@ -176,13 +157,48 @@ wait:
 	if want := fmt.Sprintf("%x", sum.Sum(nil)); string(got) != want {
 		t.Fatalf("upload: the sink read sha256 %s, sent %s", got, want)
 	}
-	res := uploadResult{rate: float64(n) / 1e6 / time.Since(start).Seconds()}
+	return transferResult(t, p, n, start, backAt, out)
+}
+
+// watchTransfer blacks relay out for out once p has a quarter of n (out
+// 0: never) and logs trace every 100 ms, until done delivers the
+// transfer's outcome. It returns when the path came back.
+func watchTransfer(t *testing.T, p *progressLog, relay *wgtest.Relay, n int, out time.Duration, trace func() string, done <-chan error) (time.Time, error) {
+	var backAt atomic.Int64
 	if out > 0 {
-		if backAt.Load() == 0 {
-			t.Fatal("the upload ended before the blackout")
+		p.when(int64(n)/4, func() {
+			relay.Blackout(out)
+			backAt.Store(time.Now().Add(out).UnixNano())
+		})
+	}
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case err := <-done:
+			if backAt.Load() == 0 {
+				return time.Time{}, err
+			}
+			return time.Unix(0, backAt.Load()), err
+		case now := <-tick.C:
+			if trace != nil {
+				t.Logf("%7.1fs %6.1f MiB %s", now.Sub(p.start).Seconds(), float64(p.received())/(1<<20), trace())
+			}
+		}
+	}
+}
+
+// transferResult is the rate of a finished transfer and, when the path
+// blacked out, how long after its return the first whole MiB arrived.
+func transferResult(t *testing.T, p *progressLog, n int, start, backAt time.Time, out time.Duration) recoveryResult {
+	t.Helper()
+	res := recoveryResult{rate: float64(n) / 1e6 / time.Since(start).Seconds()}
+	if out > 0 {
+		if backAt.IsZero() {
+			t.Fatal("the transfer ended before the blackout")
 		}
 		var ok bool
-		if res.recovered, ok = p.firstMiBAfter(time.Unix(0, backAt.Load())); !ok {
+		if res.recovered, ok = p.firstMiBAfter(backAt); !ok {
 			t.Fatalf("no whole MiB arrived after the path came back")
 		}
 	}
@@ -263,7 +279,7 @@ type recoveryCase struct {
 // runRecovery uploads through each case with wgbore's stack and, with
 // reference set, wireguard-go's, each through its own relay to the same
 // wireguard-go peer, and returns the results by case and client.
-func runRecovery(t *testing.T, cases []recoveryCase, reference bool) map[string]uploadResult {
+func runRecovery(t *testing.T, cases []recoveryCase, reference bool) map[string]recoveryResult {
 	ours, err := protocol.GeneratePrivateKey()
 	if err != nil {
 		t.Fatal(err)
@@ -274,8 +290,11 @@ func runRecovery(t *testing.T, cases []recoveryCase, reference bool) map[string]
 	if reference {
 		clients = 2
 	}
-	results := make(map[string]uploadResult)
+	results := make(map[string]recoveryResult)
 	for _, rc := range cases {
+		if !strings.Contains(rc.name, *recoveryOnly) {
+			continue
+		}
 		for which := range clients {
 			cl, relay, closeClient := openRecoveryClient(t, which, site, ours, rc.im)
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)

@@ -84,7 +84,7 @@ func StartClient(t testing.TB, ours protocol.PublicKey, opts Options) *Client {
 	}
 	c.stack = dev.stack
 	var bind *wgtest.LoopbackBind
-	c.Device, bind = upDevice(t, dev, c.PrivateKey, ours, opts.Endpoint, allowed, opts.Port)
+	c.Device, bind = upDevice(t, dev, c.PrivateKey, ours, opts.Endpoint, allowed, opts.Port, nil)
 	c.Port = bind.Port()
 	t.Cleanup(c.Device.Close)
 	return c
@@ -156,9 +156,9 @@ func (c *Client) DialContext(ctx context.Context, network, address string) (net.
 
 // upDevice brings up a wireguard-go device on tdev and a loopback socket,
 // with one peer allowed to send from allowed.
-func upDevice(t testing.TB, tdev tun.Device, key protocol.PrivateKey, peer protocol.PublicKey, endpoint string, allowed []netip.Prefix, port uint16) (*device.Device, *wgtest.LoopbackBind) {
+func upDevice(t testing.TB, tdev tun.Device, key protocol.PrivateKey, peer protocol.PublicKey, endpoint string, allowed []netip.Prefix, port uint16, listen func(netip.AddrPort) (*net.UDPConn, error)) (*device.Device, *wgtest.LoopbackBind) {
 	t.Helper()
-	bind := &wgtest.LoopbackBind{Addr: loopback}
+	bind := &wgtest.LoopbackBind{Addr: loopback, Listen: listen}
 	dev := device.NewDevice(tdev, bind, device.NewLogger(device.LogLevelSilent, ""))
 	uapi := fmt.Sprintf("private_key=%x\nlisten_port=%d\npublic_key=%x\n", key[:], port, peer[:])
 	if endpoint != "" {

@@ -122,7 +122,7 @@ func Start(t testing.TB, ours protocol.PublicKey, opts Options) *Site {
 	if len(allowed) == 0 {
 		allowed = hostPrefixes(OurV4, OurV6)
 	}
-	s.Device, s.Net, bind = startDevice(t, []netip.Addr{TheirV4, TheirV6}, opts.MTU, s.PrivateKey, ours, opts.Endpoint, allowed, opts.Port)
+	s.Device, s.Net, bind = startDevice(t, []netip.Addr{TheirV4, TheirV6}, opts.MTU, s.PrivateKey, ours, opts.Endpoint, allowed, opts.Port, nil)
 	s.Port = bind.Port()
 	t.Cleanup(s.stop)
 
@@ -146,7 +146,7 @@ func Start(t testing.TB, ours protocol.PublicKey, opts Options) *Site {
 
 // startDevice brings up a wireguard-go device on a loopback socket, with
 // a netstack at addrs and one peer allowed to send from allowed.
-func startDevice(t testing.TB, addrs []netip.Addr, mtu int, key protocol.PrivateKey, peer protocol.PublicKey, endpoint string, allowed []netip.Prefix, port uint16) (*device.Device, *netstack.Net, *wgtest.LoopbackBind) {
+func startDevice(t testing.TB, addrs []netip.Addr, mtu int, key protocol.PrivateKey, peer protocol.PublicKey, endpoint string, allowed []netip.Prefix, port uint16, listen func(netip.AddrPort) (*net.UDPConn, error)) (*device.Device, *netstack.Net, *wgtest.LoopbackBind) {
 	t.Helper()
 	if mtu == 0 {
 		mtu = protocol.DefaultMTU
@@ -155,7 +155,7 @@ func startDevice(t testing.TB, addrs []netip.Addr, mtu int, key protocol.Private
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev, bind := upDevice(t, tun, key, peer, endpoint, allowed, port)
+	dev, bind := upDevice(t, tun, key, peer, endpoint, allowed, port, listen)
 	return dev, tnet, bind
 }
 
@@ -174,7 +174,7 @@ func hostPrefixes(addrs ...netip.Addr) []netip.Prefix {
 // tested on its own. It closes when t's cleanups run, before the site.
 func (s *Site) WireGuardGoClient(t testing.TB, ours protocol.PrivateKey) *netstack.Net {
 	t.Helper()
-	dev, tnet, _ := startDevice(t, []netip.Addr{OurV4, OurV6}, 0, ours, s.PublicKey, s.Endpoint(), hostPrefixes(TheirV4, TheirV6), 0)
+	dev, tnet, _ := startDevice(t, []netip.Addr{OurV4, OurV6}, 0, ours, s.PublicKey, s.Endpoint(), hostPrefixes(TheirV4, TheirV6), 0, nil)
 	t.Cleanup(dev.Close)
 	return tnet
 }
@@ -378,7 +378,17 @@ func serveEcho(w http.ResponseWriter, r *http.Request) {
 // endpoint instead of its own address: through a relay, say.
 func (s *Site) WireGuardGoClientVia(t testing.TB, ours protocol.PrivateKey, endpoint string) *netstack.Net {
 	t.Helper()
-	dev, tnet, _ := startDevice(t, []netip.Addr{OurV4, OurV6}, 0, ours, s.PublicKey, endpoint, hostPrefixes(TheirV4, TheirV6), 0)
+	return WireGuardGoStack(t, ours, []netip.Addr{OurV4, OurV6}, s.PublicKey, endpoint, hostPrefixes(TheirV4, TheirV6), nil)
+}
+
+// WireGuardGoStack runs wireguard-go on its own gVisor stack (its
+// tun/netstack) at addrs, with one peer at endpoint allowed to send from
+// allowed: the reference client against any peer, a Site or not. listen,
+// if not nil, opens its UDP socket (see wgtest.LoopbackBind.Listen). It
+// closes when t's cleanups run.
+func WireGuardGoStack(t testing.TB, key protocol.PrivateKey, addrs []netip.Addr, peer protocol.PublicKey, endpoint string, allowed []netip.Prefix, listen func(netip.AddrPort) (*net.UDPConn, error)) *netstack.Net {
+	t.Helper()
+	dev, tnet, _ := startDevice(t, addrs, 0, key, peer, endpoint, allowed, 0, listen)
 	t.Cleanup(dev.Close)
 	return tnet
 }

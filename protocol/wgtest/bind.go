@@ -15,6 +15,11 @@ import (
 // LoopbackBind is a wireguard-go conn.Bind on one UDP socket at Addr.
 type LoopbackBind struct {
 	Addr netip.Addr
+	// Listen opens the socket; nil means net.ListenUDP. wireguard-go may
+	// open the bind from a goroutine of its own (on its TUN's up event),
+	// so a test that needs the socket in a network namespace opens it
+	// there itself through Listen.
+	Listen func(netip.AddrPort) (*net.UDPConn, error)
 
 	mu sync.Mutex
 	c  *net.UDPConn
@@ -31,7 +36,13 @@ func (e endpoint) SrcIP() netip.Addr   { return netip.Addr{} }
 
 // Open binds the socket; wireguard-go calls it when the device comes up.
 func (b *LoopbackBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
-	c, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(b.Addr, port)))
+	listen := b.Listen
+	if listen == nil {
+		listen = func(ap netip.AddrPort) (*net.UDPConn, error) {
+			return net.ListenUDP("udp", net.UDPAddrFromAddrPort(ap))
+		}
+	}
+	c, err := listen(netip.AddrPortFrom(b.Addr, port))
 	if err != nil {
 		return nil, 0, err
 	}

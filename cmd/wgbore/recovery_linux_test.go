@@ -1,0 +1,210 @@
+//go:build linux
+
+package main
+
+import (
+	"bufio"
+	"context"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wgbore/wgbore/netstack"
+	"github.com/wgbore/wgbore/netstack/peersite"
+	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/protocol/wgtest"
+)
+
+var recoveryLinuxCC = flag.String("recovery.linux-cc", "",
+	"congestion control for Linux's TCP in the download tests' namespace (net.ipv4.tcp_congestion_control); empty keeps the host's default")
+
+// openNetnsClient opens, inside ns, a relay with impairment im in front
+// of the kernel site, and behind it wgbore's netstack (which 0) or, as
+// the reference, wireguard-go's (which 1). Every socket is the
+// namespace's. close ends the client and the relay.
+func openNetnsClient(t *testing.T, which int, ns *netns, site *kernelSite, ours protocol.PrivateKey, im wgtest.Impairment) (cl recoveryClient, relay *wgtest.Relay, close func()) {
+	t.Helper()
+	err := ns.do(func() error {
+		var err error
+		relay, err = wgtest.NewRelay(wgtest.RelayConfig{B: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), uint16(site.port)), Seed: 10, AToB: im, BToA: im})
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if which == 0 {
+		conf := fmt.Sprintf(`[Interface]
+PrivateKey = %s
+Address = %s/32
+
+[Peer]
+PublicKey = %s
+Endpoint = %s
+AllowedIPs = %s/32
+`, ours.Base64(), site.ours, site.key.PublicKey(), relay.AddrA(), site.addr)
+		path := writeFile(t, t.TempDir(), "wg0.conf", conf)
+		var n *netstack.Net
+		if err := ns.do(func() error {
+			var err error
+			n, err = netstack.OpenFile(context.Background(), path)
+			return err
+		}); err != nil {
+			relay.Close()
+			t.Fatal(err)
+		}
+		return recoveryClient{name: "wgbore",
+			dial: func(ctx context.Context, a netip.AddrPort) (net.Conn, error) {
+				return n.DialContext(ctx, "tcp", a.String())
+			},
+			info: func(c net.Conn) string {
+				i := c.(*netstack.TCPConn).TCPInfo()
+				return fmt.Sprintf("rto %v rtt %v cwnd %d ssthresh %d cc %d", i.RTO, i.RTT.Round(time.Microsecond), i.SndCwnd, i.SndSsthresh, i.CcState)
+			}}, relay, func() { n.Close(); relay.Close() }
+	}
+	tb := &closingTB{TB: t}
+	// wireguard-go opens its socket when its TUN reports up, from a
+	// goroutine of its own: Listen opens it inside the namespace.
+	listen := func(ap netip.AddrPort) (c *net.UDPConn, err error) {
+		err = ns.do(func() error {
+			c, err = net.ListenUDP("udp", net.UDPAddrFromAddrPort(ap))
+			return err
+		})
+		return c, err
+	}
+	n := peersite.WireGuardGoStack(tb, ours, []netip.Addr{site.ours}, site.key.PublicKey(), relay.AddrA().String(), []netip.Prefix{netip.PrefixFrom(site.addr, 32)}, listen)
+	return recoveryClient{name: "wireguard-go",
+		dial: func(ctx context.Context, a netip.AddrPort) (net.Conn, error) { return n.DialContextTCPAddrPort(ctx, a) },
+	}, relay, func() { tb.close(); relay.Close() }
+}
+
+// downloadThrough GETs n bytes of Body over c from the kernel site's HTTP
+// server, where Linux's TCP sends them, times their arrival at our end,
+// blacks the relay out for out once a quarter has arrived (out 0: never),
+// and checks every byte.
+func downloadThrough(t *testing.T, c net.Conn, relay *wgtest.Relay, n int, out time.Duration, trace func() string) recoveryResult {
+	t.Helper()
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Minute))
+	p := &progressLog{start: time.Now()}
+	start := time.Now()
+	got := make(chan error, 1)
+	go func() {
+		fmt.Fprintf(c, "GET /bytes/%d HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n", n)
+		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			got <- err
+			return
+		}
+		defer res.Body.Close()
+		var last int64
+		got <- peersite.CheckBody(&progressReader{r: res.Body, f: func(total int64) {
+			p.add(int(total - last))
+			last = total
+		}}, n)
+	}()
+	backAt, err := watchTransfer(t, p, relay, n, out, trace, got)
+	if err != nil {
+		t.Fatalf("download: %v", err)
+	}
+	return transferResult(t, p, n, start, backAt, out)
+}
+
+// runNetnsRecovery downloads from Linux's TCP, behind wireguard-go on a
+// real TUN in a namespace of the test's own, through each case, with
+// wgbore's stack and, with reference set, wireguard-go's.
+func runNetnsRecovery(t *testing.T, cases []recoveryCase, reference bool) map[string]recoveryResult {
+	needNetnsTools(t)
+	ns := newNetns(t)
+	ours, err := protocol.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *recoveryLinuxCC != "" {
+		mustRun(t, "ip", "netns", "exec", ns.name, "sysctl", "-w", "net.ipv4.tcp_congestion_control="+*recoveryLinuxCC)
+	}
+	// Linux remembers each destination's RTT and ssthresh from the last
+	// connection and starts the next with them; both clients are the same
+	// destination, so without this the second would inherit the first's.
+	mustRun(t, "ip", "netns", "exec", ns.name, "sysctl", "-w", "net.ipv4.tcp_no_metrics_save=1")
+	cc := strings.TrimSpace(mustRun(t, "ip", "netns", "exec", ns.name, "sysctl", "-n", "net.ipv4.tcp_congestion_control"))
+	t.Logf("Linux's congestion control in the namespace: %s", cc)
+	site := startKernelSite(t, ns, ours.PublicKey())
+	clients := 1
+	if reference {
+		clients = 2
+	}
+	results := make(map[string]recoveryResult)
+	for _, rc := range cases {
+		if !strings.Contains(rc.name, *recoveryOnly) {
+			continue
+		}
+		for which := range clients {
+			cl, relay, closeClient := openNetnsClient(t, which, ns, site, ours, rc.im)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			c, err := cl.dial(ctx, netip.AddrPortFrom(site.addr, 80))
+			cancel()
+			if err != nil {
+				st := relay.Stats()
+				wg, _ := exec.Command("ip", "netns", "exec", ns.name, "wg", "show", site.iface).CombinedOutput()
+				closeClient()
+				t.Fatalf("%s, %s: connecting to the site: %v\nrelay A→B %+v\nB→A %+v\nwg show:\n%s", rc.name, cl.name, err, st.Dir(wgtest.AToB), st.Dir(wgtest.BToA), wg)
+			}
+			var trace func() string
+			if *recoveryTrace && cl.info != nil {
+				trace = func() string { return cl.info(c) }
+			}
+			r := downloadThrough(t, c, relay, rc.mib<<20, rc.out, trace)
+			closeClient()
+			results[rc.name+" "+cl.name] = r
+			msg := fmt.Sprintf("download from Linux TCP, %s, %s: %d MiB intact, %.2f MB/s", rc.name, cl.name, rc.mib, r.rate)
+			if rc.out > 0 {
+				msg += fmt.Sprintf("; the first whole MiB %v after the path came back", r.recovered.Round(time.Millisecond))
+			}
+			t.Log(msg)
+		}
+	}
+	return results
+}
+
+// TestTCPRecoveryFromLinuxSender blacks the path out for 3 s once in a
+// download whose sender is Linux's TCP, and fails if the first whole MiB
+// after the path's return takes more than 10 s: our receiving side must
+// not add a stall of its own.
+func TestTCPRecoveryFromLinuxSender(t *testing.T) {
+	if *recoveryBench {
+		t.Skip("skipped: -recovery.bench runs TestTCPRecoveryBenchFromLinuxSender instead")
+	}
+	for name, r := range runNetnsRecovery(t, []recoveryCase{{name: "3 s blackout", out: 3 * time.Second, mib: 32}}, false) {
+		if r.recovered > 10*time.Second {
+			t.Errorf("%s: the first whole MiB came %v after the path returned, more than 10 s", name, r.recovered.Round(time.Millisecond))
+		}
+	}
+}
+
+// TestTCPRecoveryBenchFromLinuxSender is the download half of issue 10's
+// measurement: Linux's TCP sends, wgbore's stack and wireguard-go's
+// receive through the same impairment, in one run.
+//
+//	go test ./cmd/wgbore -run TestTCPRecoveryBench -recovery.bench -v -timeout 2h
+func TestTCPRecoveryBenchFromLinuxSender(t *testing.T) {
+	if !*recoveryBench {
+		t.Skip("skipped: a measurement of several minutes; run with -recovery.bench")
+	}
+	res := runNetnsRecovery(t, []recoveryCase{
+		{name: "lossy", im: lossyPath, mib: *recoveryMiB},
+		{name: "15 s blackout", out: 15 * time.Second, mib: 128},
+	}, true)
+	var lines []string
+	for _, k := range []string{"lossy", "15 s blackout"} {
+		lines = append(lines, fmt.Sprintf("%s: wgbore %.2f MB/s (%v), wireguard-go %.2f MB/s (%v)", k,
+			res[k+" wgbore"].rate, res[k+" wgbore"].recovered.Round(time.Millisecond),
+			res[k+" wireguard-go"].rate, res[k+" wireguard-go"].recovered.Round(time.Millisecond)))
+	}
+	t.Logf("downloads from Linux's TCP:\n%s", strings.Join(lines, "\n"))
+}
