@@ -156,8 +156,9 @@ func runNetnsRecovery(t *testing.T, cases []recoveryCase, reference bool) map[st
 				t.Fatalf("%s, %s: connecting to the site: %v\nrelay A→B %+v\nB→A %+v\nwg show:\n%s", rc.name, cl.name, err, st.Dir(wgtest.AToB), st.Dir(wgtest.BToA), wg)
 			}
 			var trace func() string
-			if *recoveryTrace && cl.info != nil {
-				trace = func() string { return cl.info(c) }
+			if *recoveryTrace {
+				// The sender is Linux: its own view, from ss.
+				trace = func() string { return linuxSenderState(ns) }
 			}
 			r := downloadThrough(t, c, relay, rc.mib<<20, rc.out, trace)
 			closeClient()
@@ -207,4 +208,19 @@ func TestTCPRecoveryBenchFromLinuxSender(t *testing.T) {
 			res[k+" wireguard-go"].rate, res[k+" wireguard-go"].recovered.Round(time.Millisecond)))
 	}
 	t.Logf("downloads from Linux's TCP:\n%s", strings.Join(lines, "\n"))
+}
+
+// linuxSenderState is ss's view of the HTTP server's connections in ns:
+// RTT, RTO, congestion window, retransmissions.
+func linuxSenderState(ns *netns) string {
+	out, _ := exec.Command("ip", "netns", "exec", ns.name, "ss", "-tinH", "state", "established", "sport", "= :80").CombinedOutput()
+	var keep []string
+	for _, f := range strings.Fields(string(out)) {
+		for _, k := range []string{"rto:", "rtt:", "cwnd:", "retrans:", "ssthresh:", "bbr:"} {
+			if strings.HasPrefix(f, k) {
+				keep = append(keep, f)
+			}
+		}
+	}
+	return strings.Join(keep, " ")
 }
