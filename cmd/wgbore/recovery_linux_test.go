@@ -216,7 +216,7 @@ func linuxSenderState(ns *netns) string {
 	out, _ := exec.Command("ip", "netns", "exec", ns.name, "ss", "-tinH", "state", "established", "sport", "= :80").CombinedOutput()
 	var keep []string
 	for _, f := range strings.Fields(string(out)) {
-		for _, k := range []string{"rto:", "rtt:", "cwnd:", "retrans:", "ssthresh:", "bbr:"} {
+		for _, k := range []string{"rto:", "rtt:", "cwnd:", "retrans:", "ssthresh:", "snd_wnd:", "unacked:", "lost:", "bbr:"} {
 			if strings.HasPrefix(f, k) {
 				keep = append(keep, f)
 			}
