@@ -135,42 +135,15 @@ func runNetnsRecovery(t *testing.T, cases []recoveryCase, reference bool) map[st
 	cc := strings.TrimSpace(mustRun(t, "ip", "netns", "exec", ns.name, "sysctl", "-n", "net.ipv4.tcp_congestion_control"))
 	t.Logf("Linux's congestion control in the namespace: %s", cc)
 	site := startKernelSite(t, ns, ours.PublicKey())
-	clients := 1
-	if reference {
-		clients = 2
+	open := func(which int, im wgtest.Impairment) (recoveryClient, *wgtest.Relay, func()) {
+		return openNetnsClient(t, which, ns, site, ours, im)
 	}
-	results := make(map[string]recoveryResult)
-	for _, rc := range cases {
-		if !strings.Contains(rc.name, *recoveryOnly) {
-			continue
-		}
-		for which := range clients {
-			cl, relay, closeClient := openNetnsClient(t, which, ns, site, ours, rc.im)
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			c, err := cl.dial(ctx, netip.AddrPortFrom(site.addr, 80))
-			cancel()
-			if err != nil {
-				st := relay.Stats()
-				wg, _ := exec.Command("ip", "netns", "exec", ns.name, "wg", "show", site.iface).CombinedOutput()
-				closeClient()
-				t.Fatalf("%s, %s: connecting to the site: %v\nrelay A→B %+v\nB→A %+v\nwg show:\n%s", rc.name, cl.name, err, st.Dir(wgtest.AToB), st.Dir(wgtest.BToA), wg)
-			}
-			var trace func() string
-			if *recoveryTrace {
-				// The sender is Linux: its own view, from ss.
-				trace = func() string { return linuxSenderState(ns) }
-			}
-			r := downloadThrough(t, c, relay, rc.mib<<20, rc.out, trace)
-			closeClient()
-			results[rc.name+" "+cl.name] = r
-			msg := fmt.Sprintf("download from Linux TCP, %s, %s: %d MiB intact, %.2f MB/s", rc.name, cl.name, rc.mib, r.rate)
-			if rc.out > 0 {
-				msg += fmt.Sprintf("; the first whole MiB %v after the path came back", r.recovered.Round(time.Millisecond))
-			}
-			t.Log(msg)
-		}
+	download := func(c net.Conn, relay *wgtest.Relay, rc recoveryCase, trace func() string) recoveryResult {
+		return downloadThrough(t, c, relay, rc.mib<<20, rc.out, trace)
 	}
-	return results
+	// The sender is Linux: its own view, from ss.
+	return runCases(t, "download from Linux TCP", cases, reference, netip.AddrPortFrom(site.addr, 80), open, download,
+		func() string { return linuxSenderState(ns) })
 }
 
 // TestTCPRecoveryFromLinuxSender blacks the path out for 3 s once in a

@@ -286,6 +286,24 @@ func runRecovery(t *testing.T, cases []recoveryCase, reference bool) map[string]
 	}
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
 	logs := sink(t, site, 5001)
+	open := func(which int, im wgtest.Impairment) (recoveryClient, *wgtest.Relay, func()) {
+		return openRecoveryClient(t, which, site, ours, im)
+	}
+	upload := func(c net.Conn, relay *wgtest.Relay, rc recoveryCase, trace func() string) recoveryResult {
+		return uploadThrough(t, c, logs, relay, rc.mib<<20, rc.out, trace)
+	}
+	return runCases(t, "upload", cases, reference, netip.AddrPortFrom(peersite.TheirV4, 5001), open, upload, nil)
+}
+
+// runCases runs a transfer through each case with wgbore's stack and,
+// with reference set, then with wireguard-go's, each client opened for
+// its run alone, and returns the results by case and client. senderTrace,
+// if set, replaces the client's own trace (when the sender is not ours).
+func runCases(t *testing.T, what string, cases []recoveryCase, reference bool, target netip.AddrPort,
+	open func(which int, im wgtest.Impairment) (recoveryClient, *wgtest.Relay, func()),
+	transfer func(c net.Conn, relay *wgtest.Relay, rc recoveryCase, trace func() string) recoveryResult,
+	senderTrace func() string) map[string]recoveryResult {
+	t.Helper()
 	clients := 1
 	if reference {
 		clients = 2
@@ -296,25 +314,31 @@ func runRecovery(t *testing.T, cases []recoveryCase, reference bool) map[string]
 			continue
 		}
 		for which := range clients {
-			cl, relay, closeClient := openRecoveryClient(t, which, site, ours, rc.im)
-			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-			c, err := cl.dial(ctx, netip.AddrPortFrom(peersite.TheirV4, 5001))
+			cl, relay, closeClient := open(which, rc.im)
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			c, err := cl.dial(ctx, target)
 			cancel()
 			if err != nil {
-				t.Fatal(err)
+				st := relay.Stats()
+				closeClient()
+				t.Fatalf("%s, %s: connecting to %v: %v (relay A→B %+v, B→A %+v)", rc.name, cl.name, target, err, st.Dir(wgtest.AToB), st.Dir(wgtest.BToA))
 			}
 			var trace func() string
-			if *recoveryTrace && cl.info != nil {
+			switch {
+			case !*recoveryTrace:
+			case senderTrace != nil:
+				trace = senderTrace
+			case cl.info != nil:
 				trace = func() string { return cl.info(c) }
 			}
-			r := uploadThrough(t, c, logs, relay, rc.mib<<20, rc.out, trace)
+			r := transfer(c, relay, rc, trace)
 			closeClient()
 			results[rc.name+" "+cl.name] = r
+			msg := fmt.Sprintf("%s, %s, %s: %d MiB intact, %.2f MB/s", what, rc.name, cl.name, rc.mib, r.rate)
 			if rc.out > 0 {
-				t.Logf("%s, %s: %d MiB intact, %.2f MB/s; the first whole MiB %v after the path came back", rc.name, cl.name, rc.mib, r.rate, r.recovered.Round(time.Millisecond))
-			} else {
-				t.Logf("%s, %s: %d MiB intact, %.2f MB/s", rc.name, cl.name, rc.mib, r.rate)
+				msg += fmt.Sprintf("; the first whole MiB %v after the path came back", r.recovered.Round(time.Millisecond))
 			}
+			t.Log(msg)
 		}
 	}
 	return results
