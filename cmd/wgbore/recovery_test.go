@@ -211,6 +211,24 @@ type recoveryClient struct {
 	info func(c net.Conn) string
 }
 
+// senderInfo is the trace line of a wgbore stack's connection: its
+// sender's timer, window and recovery state.
+func senderInfo(c net.Conn) string {
+	i := c.(*netstack.TCPConn).TCPInfo()
+	return fmt.Sprintf("rto %v rtt %v cwnd %d ssthresh %d cc %d reorder %v", i.RTO, i.RTT.Round(time.Microsecond), i.SndCwnd, i.SndSsthresh, i.CcState, i.ReorderSeen)
+}
+
+// requireRecoveredWithin fails for each result whose first whole MiB
+// after the path's return took longer than limit.
+func requireRecoveredWithin(t *testing.T, results map[string]recoveryResult, limit time.Duration) {
+	t.Helper()
+	for name, r := range results {
+		if r.recovered > limit {
+			t.Errorf("%s: the first whole MiB came %v after the path returned, more than %v", name, r.recovered.Round(time.Millisecond), limit)
+		}
+	}
+}
+
 // openRecoveryClient opens, through a relay of its own with impairment
 // im to the site, wgbore's netstack (which 0) or, as the reference,
 // wireguard-go's (which 1). close ends it, so the site's peer (both use
@@ -231,10 +249,7 @@ func openRecoveryClient(t *testing.T, which int, site *peersite.Site, ours proto
 			dial: func(ctx context.Context, a netip.AddrPort) (net.Conn, error) {
 				return n.DialContext(ctx, "tcp", a.String())
 			},
-			info: func(c net.Conn) string {
-				i := c.(*netstack.TCPConn).TCPInfo()
-				return fmt.Sprintf("rto %v rtt %v cwnd %d ssthresh %d cc %d reorder %v", i.RTO, i.RTT.Round(time.Microsecond), i.SndCwnd, i.SndSsthresh, i.CcState, i.ReorderSeen)
-			}}, relay, func() { n.Close(); relay.Close() }
+			info: senderInfo}, relay, func() { n.Close(); relay.Close() }
 	}
 	tb := &closingTB{TB: t}
 	n := site.WireGuardGoClientVia(tb, ours, relay.AddrA().String())
@@ -360,11 +375,7 @@ func TestTCPRecoveryAfterBlackouts(t *testing.T) {
 		// into the stream, at a different moment of the timer each time.
 		cases = append(cases, recoveryCase{name: fmt.Sprintf("3 s blackout %d", i+1), out: 3 * time.Second, mib: mib})
 	}
-	for name, r := range runRecovery(t, cases, false) {
-		if r.recovered > 10*time.Second {
-			t.Errorf("%s: the first whole MiB came %v after the path returned, more than 10 s", name, r.recovered.Round(time.Millisecond))
-		}
-	}
+	requireRecoveredWithin(t, runRecovery(t, cases, false), 10*time.Second)
 }
 
 // TestTCPRecoveryBench is issue 10's measurement, wgbore's stack against

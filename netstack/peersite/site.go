@@ -174,9 +174,7 @@ func hostPrefixes(addrs ...netip.Addr) []netip.Prefix {
 // tested on its own. It closes when t's cleanups run, before the site.
 func (s *Site) WireGuardGoClient(t testing.TB, ours protocol.PrivateKey) *netstack.Net {
 	t.Helper()
-	dev, tnet, _ := startDevice(t, []netip.Addr{OurV4, OurV6}, 0, ours, s.PublicKey, s.Endpoint(), hostPrefixes(TheirV4, TheirV6), 0, nil)
-	t.Cleanup(dev.Close)
-	return tnet
+	return s.WireGuardGoClientVia(t, ours, s.Endpoint())
 }
 
 // Endpoint is the site's WireGuard UDP address, "127.0.0.1:port".
