@@ -11,6 +11,7 @@ import (
 	"runtime"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/crypto/blake2s"
 
@@ -27,6 +28,26 @@ type PacketSide interface {
 	// different peers arrive concurrently. It may call WritePackets.
 	DeliverPackets(pkts [][]byte)
 }
+
+// PeerReturner is an optional part of a PacketSide. PeerReturned is
+// called when an authenticated packet (a handshake message, a keepalive
+// or data) arrives from a peer that had been silent for at least
+// ReturnAfterSilence, from the goroutine that received it and after
+// that packet was delivered; it may call WritePackets.
+//
+// The netstack uses it to re-send its latest acknowledgements: an outage
+// swallows the last ones, and a remote TCP sender waiting out a
+// backed-off retransmission timer learns from them at once what got
+// through, instead of when the timer fires.
+type PeerReturner interface {
+	PeerReturned(peer PublicKey)
+}
+
+// ReturnAfterSilence is how long a peer must have been silent for its
+// next packet to count as a return. A TCP sender's retransmission timer
+// is at least 200 ms (Linux), so by then a sender on the far side has
+// timed out and backed off at least once.
+const ReturnAfterSilence = time.Second
 
 // Resolver looks up endpoint hostnames; *net.Resolver satisfies it.
 type Resolver interface {
@@ -71,6 +92,7 @@ type Engine struct {
 	log      *slog.Logger
 	bind     Bind
 	packets  PacketSide
+	returner PeerReturner // packets, if it is one; else nil
 	resolver Resolver
 	params   Params
 	mtu      int
@@ -134,6 +156,7 @@ func New(cfg Config) (*Engine, error) {
 		peers:    make(map[PublicKey]*Peer),
 		done:     make(chan struct{}),
 	}
+	e.returner, _ = cfg.Packets.(PeerReturner)
 	if e.clock == nil {
 		e.clock = clock.System{}
 	}

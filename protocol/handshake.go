@@ -121,9 +121,13 @@ func (e *Engine) handleInitiation(msg []byte, src netip.AddrPort) {
 		e.log.Debug("rejected handshake initiation", "from", src, "err", err)
 		return
 	}
+	back := p.heard()
 	p.roam(src)
 	p.timersAnyAuthenticatedPacketTraversal()
 	p.timersAnyAuthenticatedPacketReceived()
+	if back {
+		defer p.returned()
+	}
 
 	resp, kp, err := e.createResponse(p)
 	if err != nil {
@@ -156,6 +160,7 @@ func (e *Engine) handleResponse(msg []byte, src netip.AddrPort) {
 		e.log.Debug("rejected handshake response", "from", src, "err", err)
 		return
 	}
+	back := p.heard()
 	p.roam(src)
 	e.installKeypair(p, kp)
 	p.timersSessionDerived()
@@ -166,4 +171,7 @@ func (e *Engine) handleResponse(msg []byte, src netip.AddrPort) {
 	// Confirm the session to the responder right away: a keepalive if
 	// nothing is waiting, otherwise the waiting packets themselves.
 	p.sendKeepalive()
+	if back {
+		p.returned()
+	}
 }

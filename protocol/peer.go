@@ -71,6 +71,10 @@ type Peer struct {
 	inbound  chan *batch
 
 	stats peerStats
+	// heardAt is when the last authenticated packet came from the peer
+	// (unix nanoseconds of the engine's clock; 0: never), for
+	// PeerReturner.
+	heardAt atomic.Int64
 
 	removed atomic.Bool
 	done    chan struct{}
@@ -84,6 +88,7 @@ type peerStats struct {
 	handshakesCompleted atomic.Uint64
 	handshakeTimeouts   atomic.Uint64
 	endpointChanges     atomic.Uint64
+	returns             atomic.Uint64
 }
 
 // PeerStatus is a snapshot of one peer, for `wg show`-style reporting.
@@ -100,6 +105,9 @@ type PeerStatus struct {
 	HandshakesCompleted uint64
 	HandshakeTimeouts   uint64
 	EndpointChanges     uint64
+	// Returns counts the times the peer was heard again after a silence
+	// of ReturnAfterSilence or more.
+	Returns uint64
 }
 
 // SetPeer adds a peer or updates the one with the same public key. An
@@ -262,6 +270,7 @@ func (p *Peer) status() PeerStatus {
 		HandshakesCompleted: p.stats.handshakesCompleted.Load(),
 		HandshakeTimeouts:   p.stats.handshakeTimeouts.Load(),
 		EndpointChanges:     p.stats.endpointChanges.Load(),
+		Returns:             p.stats.returns.Load(),
 	}
 	if ns := p.stats.lastHandshake.Load(); ns != 0 {
 		s.LastHandshake = time.Unix(0, ns)
@@ -438,4 +447,24 @@ func (e *Engine) PeerPresharedKey(k PublicKey) (PresharedKey, bool) {
 	p.handshake.mu.Lock()
 	defer p.handshake.mu.Unlock()
 	return p.handshake.presharedKey, true
+}
+
+// heard notes an authenticated packet from the peer and reports whether
+// it ends a silence of ReturnAfterSilence or more. A peer never heard
+// before has not returned: there is nothing of ours to re-send yet.
+func (p *Peer) heard() bool {
+	now := p.engine.clock.Now().UnixNano()
+	last := p.heardAt.Swap(now)
+	back := last != 0 && now-last >= int64(ReturnAfterSilence)
+	if back {
+		p.stats.returns.Add(1)
+	}
+	return back
+}
+
+// returned tells the packet side that the peer is back after a silence.
+func (p *Peer) returned() {
+	if r := p.engine.returner; r != nil {
+		r.PeerReturned(p.public)
+	}
 }

@@ -330,7 +330,9 @@ func (p *Peer) consume(b *batch, deliver [][]byte) [][]byte {
 		dataReceived = true
 		deliver = append(deliver, pkt)
 	}
+	back := false
 	if authenticated {
+		back = p.heard()
 		p.roam(lastSrc)
 		p.stats.rxBytes.Add(bytes)
 		if p.confirmNext(kp) {
@@ -348,6 +350,9 @@ func (p *Peer) consume(b *batch, deliver [][]byte) [][]byte {
 		e.packets.DeliverPackets(deliver)
 		clear(deliver)
 		deliver = deliver[:0]
+	}
+	if back {
+		p.returned()
 	}
 	return deliver
 }
