@@ -106,6 +106,8 @@ func newLinkEndpoint(mtu int, engine packetWriter) *linkEndpoint {
 // flushes. It needs offloadRXChecksum: the merged packet's IPv4 header
 // checksum is not updated, and AEAD-authenticated packets need no
 // checksum check anyway.
+//
+// A peer's SYN loses its timestamp option on the way in (tsopt.go).
 func (l *linkEndpoint) DeliverPackets(pkts [][]byte) {
 	l.mu.RLock()
 	d := l.dispatcher
@@ -127,6 +129,9 @@ func (l *linkEndpoint) DeliverPackets(pkts [][]byte) {
 			proto = ipv6.ProtocolNumber
 		default:
 			continue
+		}
+		if tcp := ipTCPHeader(p); tcp != nil {
+			stripSYNTimestamp(tcp)
 		}
 		pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(p)})
 		if g != nil {
@@ -158,8 +163,14 @@ var groPool = sync.Pool{New: func() any {
 // call. The engine gathers each packet's pieces straight into its own
 // buffer, so the only copy is the one encryption needs anyway; TCP
 // super-segments are cut into MTU-sized segments during that copy.
+// Before that, our SYNs lose their timestamp option (tsopt.go).
 func (l *linkEndpoint) WritePackets(list stack.PacketBufferList) (int, tcpip.Error) {
 	all := list.AsSlice()
+	for _, p := range all {
+		if p.TransportProtocolNumber == header.TCPProtocolNumber {
+			stripSYNTimestamp(p.TransportHeader().Slice())
+		}
+	}
 	for _, p := range all {
 		if l.isLocal(p) {
 			return l.writeLooping(all)
