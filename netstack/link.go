@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -61,6 +62,11 @@ type linkEndpoint struct {
 	// that measure what each one pays.
 	offloads offloads
 
+	// acks keeps each connection's latest pure acknowledgement, for
+	// PeerReturned (ackreplay.go).
+	acks       ackTable
+	resentAcks atomic.Uint64
+
 	mu         sync.RWMutex
 	dispatcher stack.NetworkDispatcher
 }
@@ -86,7 +92,10 @@ const (
 // linkOffloads is what new link endpoints use; only benchmarks change it.
 var linkOffloads = offloadAll
 
-var _ stack.LinkEndpoint = (*linkEndpoint)(nil)
+var (
+	_ stack.LinkEndpoint    = (*linkEndpoint)(nil)
+	_ protocol.PeerReturner = (*linkEndpoint)(nil)
+)
 
 func newLinkEndpoint(mtu int, engine packetWriter) *linkEndpoint {
 	return &linkEndpoint{mtu: uint32(mtu), engine: engine, offloads: linkOffloads}
@@ -163,12 +172,14 @@ var groPool = sync.Pool{New: func() any {
 // call. The engine gathers each packet's pieces straight into its own
 // buffer, so the only copy is the one encryption needs anyway; TCP
 // super-segments are cut into MTU-sized segments during that copy.
-// Before that, our SYNs lose their timestamp option (tsopt.go).
+// Before that, our SYNs lose their timestamp option (tsopt.go) and each
+// connection's latest pure acknowledgement is kept (ackreplay.go).
 func (l *linkEndpoint) WritePackets(list stack.PacketBufferList) (int, tcpip.Error) {
 	all := list.AsSlice()
 	for _, p := range all {
 		if p.TransportProtocolNumber == header.TCPProtocolNumber {
 			stripSYNTimestamp(p.TransportHeader().Slice())
+			l.acks.record(p)
 		}
 	}
 	for _, p := range all {

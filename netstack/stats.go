@@ -42,3 +42,8 @@ func (n *Net) Stats() []PeerStats {
 	slices.SortFunc(out, func(a, b PeerStats) int { return bytes.Compare(a.PublicKey[:], b.PublicKey[:]) })
 	return out
 }
+
+// ResentAcks counts the TCP acknowledgements re-sent to peers that came
+// back after a silence (see protocol.PeerReturner): each is one of our
+// connections' latest, which the outage may have swallowed.
+func (n *Net) ResentAcks() uint64 { return n.link.resentAcks.Load() }

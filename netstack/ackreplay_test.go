@@ -1,0 +1,164 @@
+package netstack
+
+import (
+	"bytes"
+	"net/netip"
+	"testing"
+
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/wgbore/wgbore/protocol"
+)
+
+// replayEngine keeps what the link endpoint sends: wire holds every
+// packet as it left through WriteScattered, resent what PeerReturned
+// wrote. Its peer is reached at every address but none of bad.
+type replayEngine struct {
+	wire, resent [][]byte
+	peer         protocol.PublicKey
+	bad          netip.Addr
+}
+
+func (e *replayEngine) WriteScattered(pkts protocol.ScatteredPackets) {
+	for i := range pkts.Len() {
+		b := make([]byte, pkts.Size(i))
+		pkts.CopyTo(i, b)
+		e.wire = append(e.wire, b)
+	}
+}
+
+func (e *replayEngine) WritePackets(pkts [][]byte) {
+	for _, p := range pkts {
+		e.resent = append(e.resent, bytes.Clone(p))
+	}
+}
+
+func (e *replayEngine) PeerFor(a netip.Addr) (protocol.PublicKey, bool) {
+	return e.peer, a != e.bad
+}
+
+func (e *replayEngine) send(t *testing.T, l *linkEndpoint, ss superSegment) []byte {
+	t.Helper()
+	pkt := ss.packet()
+	defer pkt.DecRef()
+	var list stack.PacketBufferList
+	list.PushBack(pkt)
+	if n, err := l.WritePackets(list); n != 1 || err != nil {
+		t.Fatalf("WritePackets: %d, %v", n, err)
+	}
+	return e.wire[len(e.wire)-1]
+}
+
+// checksumsOK checks a packet's IPv4 header checksum and its TCP checksum.
+func checksumsOK(t *testing.T, b []byte) {
+	t.Helper()
+	var pseudo uint16
+	hl := header.IPv6MinimumSize
+	if header.IPVersion(b) == header.IPv4Version {
+		ip := header.IPv4(b)
+		if !ip.IsChecksumValid() {
+			t.Error("IPv4 header checksum invalid")
+		}
+		hl = int(ip.HeaderLength())
+		pseudo = header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(b)-hl))
+	} else {
+		ip := header.IPv6(b)
+		pseudo = header.PseudoHeaderChecksum(header.TCPProtocolNumber, ip.SourceAddress(), ip.DestinationAddress(), uint16(len(b)-hl))
+	}
+	if checksum.Checksum(b[hl:], pseudo) != 0xffff {
+		t.Error("TCP checksum invalid")
+	}
+}
+
+func TestAckReplay(t *testing.T) {
+	key := protocol.PublicKey{1}
+	e := &replayEngine{peer: key}
+	l := newLinkEndpoint(1420, e)
+	ack := func(v6 bool, seq, ackNum uint32, flags header.TCPFlags, payload int) superSegment {
+		return superSegment{v6: v6, seq: seq, ack: ackNum, flags: flags, wnd: 500, mss: 1380, opts: timestamps(1, 2), payload: testPayload(payload)}
+	}
+
+	// Nothing recorded yet.
+	l.PeerReturned(key)
+	if len(e.resent) != 0 {
+		t.Fatalf("resent %d packets before any was recorded", len(e.resent))
+	}
+
+	e.send(t, l, ack(false, 100, 5000, header.TCPFlagAck, 0))
+	latest := e.send(t, l, ack(false, 100, 9000, header.TCPFlagAck, 0))
+	e.send(t, l, ack(false, 99, 9000, header.TCPFlagAck, 0))     // a keepalive probe
+	e.send(t, l, ack(false, 100, 9000, header.TCPFlagAck, 1000)) // data
+	v6 := e.send(t, l, ack(true, 7, 70, header.TCPFlagAck, 0))
+
+	l.PeerReturned(protocol.PublicKey{2})
+	if len(e.resent) != 0 {
+		t.Fatalf("resent %d packets to connections of another peer", len(e.resent))
+	}
+	l.PeerReturned(key)
+	if len(e.resent) != 2 {
+		t.Fatalf("resent %d packets, want 2", len(e.resent))
+	}
+	for _, want := range [][]byte{latest, v6} {
+		found := false
+		for _, got := range e.resent {
+			found = found || bytes.Equal(got, want)
+		}
+		if !found {
+			t.Errorf("the latest acknowledgement as it left was not resent:\n%x", want)
+		}
+	}
+	for _, got := range e.resent {
+		checksumsOK(t, got)
+	}
+
+	// A connection that ended is forgotten; one whose peer routes
+	// elsewhere now is skipped.
+	e.resent = nil
+	e.send(t, l, ack(false, 100, 9000, header.TCPFlagAck|header.TCPFlagFin, 0))
+	// A new connection on the same ports starts afresh, although its
+	// sequence numbers are below the old one's.
+	e.send(t, l, ack(false, 1, 0, header.TCPFlagSyn, 0))
+	fresh := e.send(t, l, ack(false, 2, 50, header.TCPFlagAck, 0))
+	l.PeerReturned(key)
+	if len(e.resent) != 2 || !bytes.Equal(e.resent[0], fresh) && !bytes.Equal(e.resent[1], fresh) {
+		t.Fatalf("after a new connection on the same ports: resent %d packets, not its acknowledgement", len(e.resent))
+	}
+	e.resent = nil
+	e.send(t, l, ack(false, 2, 50, header.TCPFlagRst, 0))
+	e.bad = netip.AddrFrom16(segDst6.As16())
+	l.PeerReturned(key)
+	if len(e.resent) != 0 {
+		t.Errorf("resent %d packets after the connection ended and the other moved", len(e.resent))
+	}
+}
+
+func TestAckRecordAllocs(t *testing.T) {
+	l := newLinkEndpoint(1420, &discardEngine{buf: make([]byte, 1<<16)})
+	pkt := superSegment{seq: 1, ack: 2, flags: header.TCPFlagAck, wnd: 9, mss: 1380, opts: timestamps(1, 2)}.packet()
+	defer pkt.DecRef()
+	l.acks.record(pkt) // the table itself, once
+	if n := testing.AllocsPerRun(100, func() { l.acks.record(pkt) }); n != 0 {
+		t.Errorf("record allocates %v times per acknowledgement", n)
+	}
+}
+
+// BenchmarkAckRecord is the cost record adds to each pure acknowledgement
+// we send, and to each data segment.
+func BenchmarkAckRecord(b *testing.B) {
+	l := newLinkEndpoint(1420, &discardEngine{buf: make([]byte, 1<<16)})
+	for _, bc := range []struct {
+		name    string
+		payload int
+	}{{"ack", 0}, {"data", 64000}} {
+		pkt := superSegment{seq: 1, ack: 2, flags: header.TCPFlagAck, wnd: 9, mss: 1380, opts: timestamps(1, 2), payload: testPayload(bc.payload)}.packet()
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				l.acks.record(pkt)
+			}
+		})
+		pkt.DecRef()
+	}
+}
