@@ -41,6 +41,9 @@ type observerConfig struct {
 	// .Stats).
 	Peers func() []protocol.PeerStatus
 	Stats func() protocol.StatsSnapshot
+	// ResentAcks is the netstack's count of re-sent acknowledgements
+	// (netstack.Net.ResentAcks); nil leaves the metric out.
+	ResentAcks func() uint64
 	// Listeners lists the front ends running now; nil means none.
 	Listeners func() []listenerStat
 	// Alive holds the CheckAlive results; nil, or one with no targets,
@@ -279,6 +282,8 @@ func (o *observer) writeMetrics(x *exposition) {
 			func(p protocol.PeerStatus) string { return strconv.FormatUint(p.HandshakeTimeouts, 10) }},
 		{"wgbore_peer_endpoint_changes_total", "counter", "Times the peer's endpoint changed (roaming or a new DNS answer).",
 			func(p protocol.PeerStatus) string { return strconv.FormatUint(p.EndpointChanges, 10) }},
+		{"wgbore_peer_returns_total", "counter", "Times the peer was heard again after a silence of a second or more (an outage, in practice).",
+			func(p protocol.PeerStatus) string { return strconv.FormatUint(p.Returns, 10) }},
 	}
 	for _, m := range perPeer {
 		x.family(m.name, m.typ, m.help)
@@ -298,6 +303,10 @@ func (o *observer) writeMetrics(x *exposition) {
 	}
 	x.family("wgbore_cookie_replies_sent_total", "counter", "Cookie replies sent to handshakes while under load.")
 	x.uint("wgbore_cookie_replies_sent_total", st.CookieRepliesSent)
+	if o.c.ResentAcks != nil {
+		x.family("wgbore_tcp_acks_resent_total", "counter", "TCP acknowledgements re-sent when a peer returned after a silence, so that senders waiting out a timeout resume at once.")
+		x.uint("wgbore_tcp_acks_resent_total", o.c.ResentAcks())
+	}
 
 	var listeners []listenerStat
 	if o.c.Listeners != nil {

@@ -181,7 +181,7 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 		return []listenerStat{{Kind: "tcp_client_tunnel", Addr: l.Addr().String(), ConnStats: fwd.Stats()},
 			{Kind: "socks5", Addr: `odd "addr"\` + "\n", ConnStats: proxy.ConnStats{Active: 1, Total: 2}}}
 	}
-	o := newObserver(observerConfig{Peers: eng.Peers, Stats: eng.Stats, Listeners: listeners})
+	o := newObserver(observerConfig{Peers: eng.Peers, Stats: eng.Stats, ResentAcks: tun.ResentAcks, Listeners: listeners})
 	h := o.Handler()
 
 	fams, body := parseMetrics(t, h)
@@ -239,6 +239,13 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 	}
 	if got := sampleValue(t, fams, "wgbore_peer_handshake_attempts_total", "peer", peer); got < 1 {
 		t.Errorf("handshake attempts = %v", got)
+	}
+	// Both are there from the start, at zero: no outage in this test.
+	if got := sampleValue(t, fams, "wgbore_peer_returns_total", "peer", peer); got != 0 {
+		t.Errorf("returns = %v, want 0", got)
+	}
+	if got := sampleValue(t, fams, "wgbore_tcp_acks_resent_total"); got != 0 {
+		t.Errorf("acknowledgements re-sent = %v, want 0", got)
 	}
 	if got := sampleValue(t, fams, "wgbore_peer_last_handshake_seconds", "peer", other.PublicKey().String()); got != 0 {
 		t.Errorf("last handshake of a peer never reached = %v, want 0", got)

@@ -281,10 +281,11 @@ func start(ctx context.Context, p *runPlan, log *slog.Logger, e *env) (*service,
 		stdioDone:   make(chan error, 1),
 	}
 	s.observer = newObserver(observerConfig{
-		Peers:     tun.Engine().Peers,
-		Stats:     tun.Engine().Stats,
-		Listeners: s.listenerStats,
-		Alive:     s.alive,
+		Peers:      tun.Engine().Peers,
+		Stats:      tun.Engine().Stats,
+		ResentAcks: tun.ResentAcks,
+		Listeners:  s.listenerStats,
+		Alive:      s.alive,
 	})
 	if err := s.startFrontEnds(p); err != nil {
 		s.shutdown(context.Background())
