@@ -62,7 +62,7 @@ AllowedIPs = %s/32
 			dial: func(ctx context.Context, a netip.AddrPort) (net.Conn, error) {
 				return n.DialContext(ctx, "tcp", a.String())
 			},
-			info: senderInfo}, relay, func() { n.Close(); relay.Close() }
+			info: senderInfo, resent: n.ResentAcks, stack: n}, relay, func() { n.Close(); relay.Close() }
 	}
 	tb := &closingTB{TB: t}
 	// wireguard-go opens its socket when its TUN reports up, from a
@@ -151,7 +151,16 @@ func TestTCPRecoveryFromLinuxSender(t *testing.T) {
 	if *recoveryBench {
 		t.Skip("skipped: -recovery.bench runs TestTCPRecoveryBenchFromLinuxSender instead")
 	}
-	requireRecoveredWithin(t, runNetnsRecovery(t, []recoveryCase{{name: "3 s blackout", out: 3 * time.Second, mib: 32}}, false), 10*time.Second)
+	res := runNetnsRecovery(t, []recoveryCase{
+		{name: "3 s blackout", out: 3 * time.Second, mib: 32},
+		{name: "3 s blackout, 5 ms each way", im: wgtest.Impairment{Delay: 5 * time.Millisecond}, out: 3 * time.Second, mib: 32},
+	}, false)
+	requireRecoveredWithin(t, res, 10*time.Second)
+	for name, r := range res {
+		if r.resent == 0 {
+			t.Errorf("%s: no acknowledgement was re-sent when the peer came back", name)
+		}
+	}
 }
 
 // TestTCPRecoveryBenchFromLinuxSender is the download half of issue 10's
@@ -166,9 +175,10 @@ func TestTCPRecoveryBenchFromLinuxSender(t *testing.T) {
 	res := runNetnsRecovery(t, []recoveryCase{
 		{name: "lossy", im: lossyPath, mib: *recoveryMiB},
 		{name: "15 s blackout", out: 15 * time.Second, mib: 128},
+		{name: "15 s blackout, 5 ms each way", im: wgtest.Impairment{Delay: 5 * time.Millisecond}, out: 15 * time.Second, mib: 128},
 	}, true)
 	var lines []string
-	for _, k := range []string{"lossy", "15 s blackout"} {
+	for _, k := range []string{"lossy", "15 s blackout", "15 s blackout, 5 ms each way"} {
 		lines = append(lines, fmt.Sprintf("%s: wgbore %.2f MB/s (%v), wireguard-go %.2f MB/s (%v)", k,
 			res[k+" wgbore"].rate, res[k+" wgbore"].recovered.Round(time.Millisecond),
 			res[k+" wireguard-go"].rate, res[k+" wireguard-go"].recovered.Round(time.Millisecond)))
@@ -189,4 +199,99 @@ func linuxSenderState(ns *netns) string {
 		}
 	}
 	return strings.Join(keep, " ")
+}
+
+// TestTCPTimestampsNotNegotiated checks, from Linux's side of real
+// connections, that wgbore's stack negotiates no TCP timestamps (see
+// netstack/tsopt.go), whether it dials Linux or Linux dials it, while
+// SACK and window scaling stay; and that the check would see timestamps
+// where they are negotiated, on wireguard-go's netstack dialing Linux.
+func TestTCPTimestampsNotNegotiated(t *testing.T) {
+	needNetnsTools(t)
+	ns := newNetns(t)
+	ours, err := protocol.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	site := startKernelSite(t, ns, ours.PublicKey())
+	// options is what ss says of the connection on port in ns: the
+	// options it negotiated, and whether it saw one at all.
+	options := func(filter string) (ts, sack, wscale bool) {
+		t.Helper()
+		var out string
+		for range 50 {
+			out = strings.TrimSpace(mustRun(t, "ip", append([]string{"netns", "exec", ns.name, "ss", "-tinoH", "state", "established"}, strings.Fields(filter)...)...))
+			if out != "" {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		if out == "" {
+			t.Fatalf("ss shows no connection matching %q", filter)
+		}
+		t.Logf("ss %s: %s", filter, out)
+		for _, f := range strings.Fields(out) {
+			ts = ts || f == "ts"
+			sack = sack || f == "sack"
+			wscale = wscale || strings.HasPrefix(f, "wscale:")
+		}
+		return
+	}
+	dialSite := func(cl recoveryClient) net.Conn {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		c, err := cl.dial(ctx, netip.AddrPortFrom(site.addr, 80))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+
+	cl, _, closeOurs := openNetnsClient(t, 0, ns, site, ours, wgtest.Impairment{})
+	defer closeOurs()
+	c := dialSite(cl)
+	if ts, sack, wscale := options("sport = :80"); ts || !sack || !wscale {
+		t.Errorf("wgbore dialing Linux: timestamps %v, SACK %v, window scaling %v; want false, true, true", ts, sack, wscale)
+	}
+	c.Close()
+
+	ln, err := cl.stack.Listen("tcp", netip.AddrPortFrom(site.ours, 8080).String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		if c, err := ln.Accept(); err == nil {
+			accepted <- c
+		}
+		close(accepted)
+	}()
+	var in net.Conn
+	if err := ns.do(func() error {
+		var err error
+		in, err = net.DialTimeout("tcp", netip.AddrPortFrom(site.ours, 8080).String(), time.Minute)
+		return err
+	}); err != nil {
+		t.Fatalf("Linux dialing wgbore: %v", err)
+	}
+	defer in.Close()
+	if c, ok := <-accepted; ok {
+		defer c.Close()
+	} else {
+		t.Fatal("wgbore's listener accepted nothing")
+	}
+	if ts, sack, wscale := options("dport = :8080"); ts || !sack || !wscale {
+		t.Errorf("Linux dialing wgbore: timestamps %v, SACK %v, window scaling %v; want false, true, true", ts, sack, wscale)
+	}
+	closeOurs()
+
+	ref, _, closeRef := openNetnsClient(t, 1, ns, site, ours, wgtest.Impairment{})
+	defer closeRef()
+	c = dialSite(ref)
+	defer c.Close()
+	if ts, _, _ := options("sport = :80"); !ts {
+		t.Error("wireguard-go's netstack dialing Linux: no timestamps seen, so the check cannot tell")
+	}
 }

@@ -123,6 +123,7 @@ func sink(t testing.TB, site *peersite.Site, port uint16) chan *progressLog {
 type recoveryResult struct {
 	rate      float64       // MB/s over the whole transfer
 	recovered time.Duration // from the path's return to the first whole MiB, when blacked out
+	resent    uint64        // acknowledgements wgbore's stack re-sent when the peer returned
 }
 
 // uploadThrough sends n bytes of Body over c to the sink, blacking the
@@ -206,9 +207,11 @@ func transferResult(t *testing.T, p *progressLog, n int, start, backAt time.Time
 }
 
 type recoveryClient struct {
-	name string
-	dial func(ctx context.Context, addr netip.AddrPort) (net.Conn, error)
-	info func(c net.Conn) string
+	name   string
+	dial   func(ctx context.Context, addr netip.AddrPort) (net.Conn, error)
+	info   func(c net.Conn) string
+	resent func() uint64 // wgbore's stack only
+	stack  *netstack.Net // wgbore's stack only
 }
 
 // senderInfo is the trace line of a wgbore stack's connection: its
@@ -249,7 +252,7 @@ func openRecoveryClient(t *testing.T, which int, site *peersite.Site, ours proto
 			dial: func(ctx context.Context, a netip.AddrPort) (net.Conn, error) {
 				return n.DialContext(ctx, "tcp", a.String())
 			},
-			info: senderInfo}, relay, func() { n.Close(); relay.Close() }
+			info: senderInfo, resent: n.ResentAcks}, relay, func() { n.Close(); relay.Close() }
 	}
 	tb := &closingTB{TB: t}
 	n := site.WireGuardGoClientVia(tb, ours, relay.AddrA().String())
@@ -347,11 +350,17 @@ func runCases(t *testing.T, what string, cases []recoveryCase, reference bool, t
 				trace = func() string { return cl.info(c) }
 			}
 			r := transfer(c, relay, rc, trace)
+			if cl.resent != nil {
+				r.resent = cl.resent()
+			}
 			closeClient()
 			results[rc.name+" "+cl.name] = r
 			msg := fmt.Sprintf("%s, %s, %s: %d MiB intact, %.2f MB/s", what, rc.name, cl.name, rc.mib, r.rate)
 			if rc.out > 0 {
 				msg += fmt.Sprintf("; the first whole MiB %v after the path came back", r.recovered.Round(time.Millisecond))
+			}
+			if cl.resent != nil {
+				msg += fmt.Sprintf("; %d acknowledgements re-sent", r.resent)
 			}
 			t.Log(msg)
 		}
