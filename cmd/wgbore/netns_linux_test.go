@@ -123,6 +123,20 @@ type kernelSite struct {
 	closed sync.WaitGroup
 }
 
+// kernelSiteInNetns is the usual start of a test against Linux's TCP: a
+// namespace of the test's own, the kernel site in it, and the key the
+// site expects of our end.
+func kernelSiteInNetns(t *testing.T) (*netns, *kernelSite, protocol.PrivateKey) {
+	t.Helper()
+	needNetnsTools(t)
+	ns := newNetns(t)
+	ours, err := protocol.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ns, startKernelSite(t, ns, ours.PublicKey()), ours
+}
+
 // startKernelSite brings wireguard-go up as iface in ns, configured with
 // wg and ip, and serves on its tunnel address: TCP echo (7), peersite's
 // HTTP server (80) and UDP echo (7).
@@ -254,13 +268,7 @@ func (n *netns) dialIn(ctx context.Context, addr string) (net.Conn, error) {
 // way through SOCKS5 with sha256 checked, 1,000 short connections, and
 // a UDP echo through a UDPProxyTunnel.
 func TestKernelTCPBehindWireGuardGo(t *testing.T) {
-	needNetnsTools(t)
-	ns := newNetns(t)
-	ours, err := protocol.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	site := startKernelSite(t, ns, ours.PublicKey())
+	ns, site, ours := kernelSiteInNetns(t)
 	conf := fmt.Sprintf(`[Interface]
 PrivateKey = %s
 Address = %s/32

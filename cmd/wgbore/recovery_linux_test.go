@@ -116,12 +116,7 @@ func downloadThrough(t *testing.T, c net.Conn, relay *wgtest.Relay, n int, out t
 // real TUN in a namespace of the test's own, through each case, with
 // wgbore's stack and, with reference set, wireguard-go's.
 func runNetnsRecovery(t *testing.T, cases []recoveryCase, reference bool) map[string]recoveryResult {
-	needNetnsTools(t)
-	ns := newNetns(t)
-	ours, err := protocol.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
+	ns, site, ours := kernelSiteInNetns(t)
 	if *recoveryLinuxCC != "" {
 		mustRun(t, "ip", "netns", "exec", ns.name, "sysctl", "-w", "net.ipv4.tcp_congestion_control="+*recoveryLinuxCC)
 	}
@@ -131,7 +126,6 @@ func runNetnsRecovery(t *testing.T, cases []recoveryCase, reference bool) map[st
 	mustRun(t, "ip", "netns", "exec", ns.name, "sysctl", "-w", "net.ipv4.tcp_no_metrics_save=1")
 	cc := strings.TrimSpace(mustRun(t, "ip", "netns", "exec", ns.name, "sysctl", "-n", "net.ipv4.tcp_congestion_control"))
 	t.Logf("Linux's congestion control in the namespace: %s", cc)
-	site := startKernelSite(t, ns, ours.PublicKey())
 	open := func(which int, im wgtest.Impairment) (recoveryClient, *wgtest.Relay, func()) {
 		return openNetnsClient(t, which, ns, site, ours, im)
 	}
@@ -207,13 +201,7 @@ func linuxSenderState(ns *netns) string {
 // SACK and window scaling stay; and that the check would see timestamps
 // where they are negotiated, on wireguard-go's netstack dialing Linux.
 func TestTCPTimestampsNotNegotiated(t *testing.T) {
-	needNetnsTools(t)
-	ns := newNetns(t)
-	ours, err := protocol.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	site := startKernelSite(t, ns, ours.PublicKey())
+	ns, site, ours := kernelSiteInNetns(t)
 	// options is what ss says of the connection on port in ns: the
 	// options it negotiated, and whether it saw one at all.
 	options := func(filter string) (ts, sack, wscale bool) {
