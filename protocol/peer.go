@@ -464,6 +464,7 @@ func (p *Peer) heard() bool {
 
 // returned tells the packet side that the peer is back after a silence.
 func (p *Peer) returned() {
+	p.engine.log.Debug("peer heard again after a silence", "peer", p.public)
 	if r := p.engine.returner; r != nil {
 		r.PeerReturned(p.public)
 	}
