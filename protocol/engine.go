@@ -30,15 +30,20 @@ type PacketSide interface {
 }
 
 // PeerReturner is an optional part of a PacketSide. PeerReturned is
-// called when an authenticated packet (a handshake message, a keepalive
-// or data) arrives from a peer that had been silent for at least
-// ReturnAfterSilence, from the goroutine that received it and after
-// that packet was delivered; it may call WritePackets.
+// called when a handshake message or a keepalive arrives from a peer
+// that had been silent for at least ReturnAfterSilence, from the
+// goroutine that received it; it may call WritePackets. When data ends
+// the silence it is not called: the packet side has the data, and
+// answers it itself.
 //
 // The netstack uses it to re-send its latest acknowledgements: an outage
 // swallows the last ones, and a remote TCP sender waiting out a
 // backed-off retransmission timer learns from them at once what got
-// through, instead of when the timer fires.
+// through, instead of when the timer fires. After data, a re-sent
+// acknowledgement would only repeat the stack's own answer, and a
+// duplicate right after an acknowledgement that ends a timeout makes
+// gVisor's sender (RACK) crawl at one segment per timeout
+// (TestFaultsBlackout hung so).
 type PeerReturner interface {
 	PeerReturned(peer PublicKey)
 }

@@ -351,7 +351,9 @@ func (p *Peer) consume(b *batch, deliver [][]byte) [][]byte {
 		clear(deliver)
 		deliver = deliver[:0]
 	}
-	if back {
+	if back && !dataReceived {
+		// With data, the packet side hears from the peer directly: its
+		// stack answers the data with what it would otherwise re-send.
 		p.returned()
 	}
 	return deliver
