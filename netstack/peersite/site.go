@@ -30,12 +30,17 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"reflect"
 	"strconv"
 	"sync"
 	"testing"
+	"unsafe"
 
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/netstack"
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/wgtest"
@@ -123,6 +128,7 @@ func Start(t testing.TB, ours protocol.PublicKey, opts Options) *Site {
 		allowed = hostPrefixes(OurV4, OurV6)
 	}
 	s.Device, s.Net, bind = startDevice(t, []netip.Addr{TheirV4, TheirV6}, opts.MTU, s.PrivateKey, ours, opts.Endpoint, allowed, opts.Port, nil)
+	withoutRACK(t, s.Net)
 	s.Port = bind.Port()
 	t.Cleanup(s.stop)
 
@@ -142,6 +148,28 @@ func Start(t testing.TB, ours protocol.PublicKey, opts Options) *Site {
 	s.serveUDP(t, TheirV4, 53, s.DNS.answerUDP)
 	s.serveTCP(t, TheirV4, 53, s.DNS.answerTCP)
 	return s
+}
+
+// withoutRACK turns RACK loss detection off in the TCP of a wireguard-go
+// netstack, which gives no other way to reach its gVisor stack. A site
+// stands for the far network; gVisor's RACK, on by default, can crawl
+// for minutes after a retransmission timeout (README, "TCP through loss
+// and outages"), and a blackout test whose site sends would then measure
+// that instead of us: TestFaultsBlackout timed out in about half its
+// runs so, before and after the changes it was meant to check. Linux's
+// TCP behind a real TUN (the namespace tests) is the real sender; the
+// recovery benchmarks' reference client keeps gVisor's defaults.
+func withoutRACK(t testing.TB, n *netstack.Net) {
+	t.Helper()
+	f := reflect.ValueOf(n).Elem().FieldByName("stack")
+	if f.Kind() != reflect.Pointer {
+		t.Fatalf("wireguard-go's netstack has no stack field to tune (%v)", f.Kind())
+	}
+	s := (*stack.Stack)(unsafe.Pointer(f.Pointer()))
+	opt := tcpip.TCPRecovery(0)
+	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &opt); err != nil {
+		t.Fatalf("site TCP without RACK: %v", err)
+	}
 }
 
 // startDevice brings up a wireguard-go device on a loopback socket, with
