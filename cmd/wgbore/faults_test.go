@@ -50,7 +50,7 @@ func startFaults(t *testing.T, im wgtest.Impairment, socksExtra string) *faultSe
 	if err != nil {
 		t.Fatal(err)
 	}
-	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
+	site := peersite.Start(t, ours.PublicKey(), peersite.Options{WithoutRACK: true})
 	relay, err := wgtest.NewRelay(wgtest.RelayConfig{B: netip.MustParseAddrPort(site.Endpoint()), Seed: 8, AToB: im, BToA: im})
 	if err != nil {
 		t.Fatal(err)
