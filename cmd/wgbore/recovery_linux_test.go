@@ -169,13 +169,11 @@ func TestTCPRecoveryBenchFromLinuxSender(t *testing.T) {
 	if !*recoveryBench {
 		t.Skip("skipped: a measurement of several minutes; run with -recovery.bench")
 	}
-	res := runNetnsRecovery(t, []recoveryCase{
-		{name: "lossy", im: lossyPath, mib: *recoveryMiB},
-		{name: "15 s blackout", out: 15 * time.Second, mib: 128},
-		{name: "15 s blackout, 5 ms each way", im: wgtest.Impairment{Delay: 5 * time.Millisecond}, out: 15 * time.Second, mib: 128},
-	}, true)
+	cases := benchCases()
+	res := runNetnsRecovery(t, cases, true)
 	var lines []string
-	for _, k := range []string{"lossy", "15 s blackout", "15 s blackout, 5 ms each way"} {
+	for _, rc := range cases {
+		k := rc.name
 		lines = append(lines, fmt.Sprintf("%s: wgbore %.2f MB/s (%v), wireguard-go %.2f MB/s (%v)", k,
 			res[k+" wgbore"].rate, res[k+" wgbore"].recovered.Round(time.Millisecond),
 			res[k+" wireguard-go"].rate, res[k+" wireguard-go"].recovered.Round(time.Millisecond)))

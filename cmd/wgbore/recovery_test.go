@@ -388,21 +388,28 @@ func TestTCPRecoveryAfterBlackouts(t *testing.T) {
 	requireRecoveredWithin(t, runRecovery(t, cases, false), 10*time.Second)
 }
 
+// benchCases are the benchmark's cases, upload and download alike: the
+// lossy path, and a 15 s blackout on a bare path and on one with 5 ms
+// each way.
+func benchCases() []recoveryCase {
+	return []recoveryCase{
+		{name: "lossy", im: lossyPath, mib: *recoveryMiB},
+		{name: "15 s blackout", out: 15 * time.Second, mib: 128},
+		{name: "15 s blackout, 5 ms each way", im: wgtest.Impairment{Delay: 5 * time.Millisecond}, out: 15 * time.Second, mib: 128},
+	}
+}
+
 // TestTCPRecoveryBench is issue 10's measurement, wgbore's stack against
 // wireguard-go's through the same impairment to the same peer, in one
 // run: uploads over 5% loss, 2% reordering and 1% duplication with 2 ms ±
-// 1 ms each way, and through a 15 s blackout. Run it with
+// 1 ms each way, and through 15 s blackouts (benchCases). Run it with
 //
 //	go test ./cmd/wgbore -run TestTCPRecoveryBench -recovery.bench -v -timeout 2h
 func TestTCPRecoveryBench(t *testing.T) {
 	if !*recoveryBench {
 		t.Skip("skipped: a measurement of several minutes; run with -recovery.bench")
 	}
-	res := runRecovery(t, []recoveryCase{
-		{name: "lossy", im: lossyPath, mib: *recoveryMiB},
-		{name: "15 s blackout", out: 15 * time.Second, mib: 128},
-		{name: "15 s blackout, 5 ms each way", im: wgtest.Impairment{Delay: 5 * time.Millisecond}, out: 15 * time.Second, mib: 128},
-	}, true)
+	res := runRecovery(t, benchCases(), true)
 	lossy := res["lossy wgbore"].rate / res["lossy wireguard-go"].rate
 	t.Logf("lossy path: wgbore %.2f MB/s, wireguard-go %.2f MB/s: %.2f×", res["lossy wgbore"].rate, res["lossy wireguard-go"].rate, lossy)
 	for _, k := range []string{"15 s blackout", "15 s blackout, 5 ms each way"} {
