@@ -22,8 +22,10 @@ import (
 // handshake that follows the outage comes within a few milliseconds of
 // the path's return; re-sent then, an acknowledgement that covers new
 // data moves the sender's window at once, and Linux takes the timeout
-// for spurious and sends again. An acknowledgement the sender had
-// already seen is one harmless duplicate.
+// for spurious and sends again. The engine calls only on a handshake
+// message or keepalive, never on data: a duplicate right behind the
+// stack's own answer to a retransmission throws gVisor's RACK sender
+// into a crawl (see protocol.PeerReturner).
 //
 // gVisor has no call that makes a connection send an acknowledgement, so
 // the link endpoint keeps a copy of the last pure one each connection
@@ -52,9 +54,9 @@ type ackTable struct {
 
 // record keeps a copy of p if it is a pure acknowledgement (no payload,
 // no SYN, FIN or RST) and forgets its connection's copy if p ends the
-// connection or starts a new one on the same ports. It is on the send
-// path of every TCP packet and does not allocate.
-// p must be a TCP packet.
+// connection or starts a new one on the same ports. p must be a TCP
+// packet. It is on the send path of every TCP packet and does not
+// allocate.
 func (t *ackTable) record(p *stack.PacketBuffer) {
 	const ends = uint8(header.TCPFlagSyn | header.TCPFlagFin | header.TCPFlagRst)
 	th := p.TransportHeader().Slice()
