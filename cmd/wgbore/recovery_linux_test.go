@@ -3,12 +3,10 @@
 package main
 
 import (
-	"bufio"
 	"context"
 	"flag"
 	"fmt"
 	"net"
-	"net/http"
 	"net/netip"
 	"os/exec"
 	"strings"
@@ -80,38 +78,6 @@ AllowedIPs = %s/32
 	}, relay, func() { tb.close(); relay.Close() }
 }
 
-// downloadThrough GETs n bytes of Body over c from the kernel site's HTTP
-// server, where Linux's TCP sends them, times their arrival at our end,
-// blacks the relay out for out once a quarter has arrived (out 0: never),
-// and checks every byte.
-func downloadThrough(t *testing.T, c net.Conn, relay *wgtest.Relay, n int, out time.Duration, trace func() string) recoveryResult {
-	t.Helper()
-	defer c.Close()
-	c.SetDeadline(time.Now().Add(30 * time.Minute))
-	p := &progressLog{start: time.Now()}
-	start := time.Now()
-	got := make(chan error, 1)
-	go func() {
-		fmt.Fprintf(c, "GET /bytes/%d HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n", n)
-		res, err := http.ReadResponse(bufio.NewReader(c), nil)
-		if err != nil {
-			got <- err
-			return
-		}
-		defer res.Body.Close()
-		var last int64
-		got <- peersite.CheckBody(&progressReader{r: res.Body, f: func(total int64) {
-			p.add(int(total - last))
-			last = total
-		}}, n)
-	}()
-	backAt, err := watchTransfer(t, p, relay, n, out, trace, got)
-	if err != nil {
-		t.Fatalf("download: %v", err)
-	}
-	return transferResult(t, p, n, start, backAt, out)
-}
-
 // runNetnsRecovery downloads from Linux's TCP, behind wireguard-go on a
 // real TUN in a namespace of the test's own, through each case, with
 // wgbore's stack and, with reference set, wireguard-go's.
@@ -130,7 +96,7 @@ func runNetnsRecovery(t *testing.T, cases []recoveryCase, reference bool) map[st
 		return openNetnsClient(t, which, ns, site, ours, im)
 	}
 	download := func(c net.Conn, relay *wgtest.Relay, rc recoveryCase, trace func() string) recoveryResult {
-		return downloadThrough(t, c, relay, rc.mib<<20, rc.out, trace)
+		return downloadThrough(t, c, relay, rc, trace)
 	}
 	// The sender is Linux: its own view, from ss.
 	return runCases(t, "download from Linux TCP", cases, reference, netip.AddrPortFrom(site.addr, 80), open, download,

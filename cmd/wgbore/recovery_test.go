@@ -1,12 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"crypto/sha256"
 	"flag"
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"strings"
 	"sync"
@@ -123,6 +125,7 @@ func sink(t testing.TB, site *peersite.Site, port uint16) chan *progressLog {
 type recoveryResult struct {
 	rate      float64       // MB/s over the whole transfer
 	recovered time.Duration // from the path's return to the first whole MiB, when blacked out
+	gaveUp    bool          // no whole MiB within the case's giveUp: recovered is giveUp, and the transfer was cut short
 	resent    uint64        // acknowledgements wgbore's stack re-sent when the peer returned
 }
 
@@ -147,7 +150,7 @@ func uploadThrough(t *testing.T, c net.Conn, logs chan *progressLog, relay *wgte
 	case <-time.After(time.Minute):
 		t.Fatal("the sink never accepted the connection")
 	}
-	backAt, err := watchTransfer(t, p, relay, n, out, trace, sent)
+	backAt, _, err := watchTransfer(t, p, relay, n, out, 0, trace, sent, nil)
 	if err != nil {
 		t.Fatalf("upload: %v", err)
 	}
@@ -158,13 +161,15 @@ func uploadThrough(t *testing.T, c net.Conn, logs chan *progressLog, relay *wgte
 	if want := fmt.Sprintf("%x", sum.Sum(nil)); string(got) != want {
 		t.Fatalf("upload: the sink read sha256 %s, sent %s", got, want)
 	}
-	return transferResult(t, p, n, start, backAt, out)
+	return transferResult(t, p, n, start, backAt, out, 0)
 }
 
 // watchTransfer blacks relay out for out once p has a quarter of n (out
 // 0: never) and logs trace every 100 ms, until done delivers the
-// transfer's outcome. It returns when the path came back.
-func watchTransfer(t *testing.T, p *progressLog, relay *wgtest.Relay, n int, out time.Duration, trace func() string, done <-chan error) (time.Time, error) {
+// transfer's outcome. It returns when the path came back. With giveUp
+// set, a transfer that has not moved a whole MiB that long after the
+// path's return is ended with stop, and gaveUp is true.
+func watchTransfer(t *testing.T, p *progressLog, relay *wgtest.Relay, n int, out, giveUp time.Duration, trace func() string, done <-chan error, stop func()) (back time.Time, gaveUp bool, err error) {
 	var backAt atomic.Int64
 	if out > 0 {
 		p.when(int64(n)/4, func() {
@@ -178,10 +183,17 @@ func watchTransfer(t *testing.T, p *progressLog, relay *wgtest.Relay, n int, out
 		select {
 		case err := <-done:
 			if backAt.Load() == 0 {
-				return time.Time{}, err
+				return time.Time{}, gaveUp, err
 			}
-			return time.Unix(0, backAt.Load()), err
+			return time.Unix(0, backAt.Load()), gaveUp, err
 		case now := <-tick.C:
+			if b := backAt.Load(); giveUp > 0 && !gaveUp && b != 0 && now.Sub(time.Unix(0, b)) > giveUp {
+				if _, ok := p.firstMiBAfter(time.Unix(0, b)); !ok {
+					t.Logf("no whole MiB %v after the path came back: giving up", giveUp)
+					gaveUp = true
+					stop()
+				}
+			}
 			if trace != nil {
 				t.Logf("%7.1fs %6.1f MiB %s", now.Sub(p.start).Seconds(), float64(p.received())/(1<<20), trace())
 			}
@@ -191,9 +203,13 @@ func watchTransfer(t *testing.T, p *progressLog, relay *wgtest.Relay, n int, out
 
 // transferResult is the rate of a finished transfer and, when the path
 // blacked out, how long after its return the first whole MiB arrived.
-func transferResult(t *testing.T, p *progressLog, n int, start, backAt time.Time, out time.Duration) recoveryResult {
+func transferResult(t *testing.T, p *progressLog, n int, start, backAt time.Time, out, gaveUp time.Duration) recoveryResult {
 	t.Helper()
 	res := recoveryResult{rate: float64(n) / 1e6 / time.Since(start).Seconds()}
+	if gaveUp > 0 {
+		res.recovered, res.gaveUp, res.rate = gaveUp, true, 0
+		return res
+	}
 	if out > 0 {
 		if backAt.IsZero() {
 			t.Fatal("the transfer ended before the blackout")
@@ -204,6 +220,44 @@ func transferResult(t *testing.T, p *progressLog, n int, start, backAt time.Time
 		}
 	}
 	return res
+}
+
+// downloadThrough GETs n bytes of Body over c from a site's HTTP server
+// (/bytes/N, which the kernel site and peersite both serve), times their
+// arrival at our end,
+// blacks the relay out for out once a quarter has arrived (out 0: never),
+// and checks every byte.
+func downloadThrough(t *testing.T, c net.Conn, relay *wgtest.Relay, rc recoveryCase, trace func() string) recoveryResult {
+	t.Helper()
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(30 * time.Minute))
+	n, out := rc.mib<<20, rc.out
+	p := &progressLog{start: time.Now()}
+	start := time.Now()
+	got := make(chan error, 1)
+	go func() {
+		fmt.Fprintf(c, "GET /bytes/%d HTTP/1.1\r\nHost: site\r\nConnection: close\r\n\r\n", n)
+		res, err := http.ReadResponse(bufio.NewReader(c), nil)
+		if err != nil {
+			got <- err
+			return
+		}
+		defer res.Body.Close()
+		var last int64
+		got <- peersite.CheckBody(&progressReader{r: res.Body, f: func(total int64) {
+			p.add(int(total - last))
+			last = total
+		}}, n)
+	}()
+	backAt, gaveUp, err := watchTransfer(t, p, relay, n, out, rc.giveUp, trace, got,
+		func() { c.SetDeadline(time.Now()) })
+	if gaveUp {
+		return transferResult(t, p, n, start, backAt, out, rc.giveUp)
+	}
+	if err != nil {
+		t.Fatalf("download: %v", err)
+	}
+	return transferResult(t, p, n, start, backAt, out, 0)
 }
 
 type recoveryClient struct {
@@ -292,6 +346,9 @@ type recoveryCase struct {
 	im   wgtest.Impairment
 	out  time.Duration // a blackout once a quarter has arrived; 0: none
 	mib  int
+	// giveUp, if set, ends a transfer that has not moved a whole MiB
+	// this long after the path's return (a sender that crawls).
+	giveUp time.Duration
 }
 
 // runRecovery uploads through each case with wgbore's stack and, with

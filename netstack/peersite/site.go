@@ -88,6 +88,10 @@ type Options struct {
 	// WithoutRACK turns RACK off in the site's TCP, for tests in which
 	// the site sends through an outage (see withoutRACK).
 	WithoutRACK bool
+	// TCPProbe, if set, is called with the whole state of a site TCP
+	// endpoint after each segment it receives, for traces of the site's
+	// sender (see probeTCP).
+	TCPProbe tcp.TCPProbeFunc
 	// MTU of the site's tunnel; 0 means protocol.DefaultMTU.
 	MTU int
 	// Endpoint is our WireGuard UDP address ("127.0.0.1:port"), for a
@@ -134,6 +138,9 @@ func Start(t testing.TB, ours protocol.PublicKey, opts Options) *Site {
 	if opts.WithoutRACK {
 		withoutRACK(t, s.Net)
 	}
+	if opts.TCPProbe != nil {
+		probeTCP(t, s.Net, opts.TCPProbe)
+	}
 	s.Port = bind.Port()
 	t.Cleanup(s.stop)
 
@@ -168,15 +175,39 @@ func Start(t testing.TB, ours protocol.PublicKey, opts Options) *Site {
 // finish in 20 minutes (once; not investigated).
 func withoutRACK(t testing.TB, n *netstack.Net) {
 	t.Helper()
-	f := reflect.ValueOf(n).Elem().FieldByName("stack")
-	if f.Kind() != reflect.Pointer {
-		t.Fatalf("wireguard-go's netstack has no stack field to tune (%v)", f.Kind())
-	}
-	s := (*stack.Stack)(unsafe.Pointer(f.Pointer()))
 	opt := tcpip.TCPRecovery(0)
-	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &opt); err != nil {
+	if err := gvisorStack(t, n).SetTransportProtocolOption(tcp.ProtocolNumber, &opt); err != nil {
 		t.Fatalf("site TCP without RACK: %v", err)
 	}
+}
+
+// gvisorStack is the gVisor stack inside a wireguard-go netstack, which
+// keeps it in an unexported field.
+func gvisorStack(t testing.TB, n *netstack.Net) *stack.Stack {
+	t.Helper()
+	f := reflect.ValueOf(n).Elem().FieldByName("stack")
+	if f.Kind() != reflect.Pointer {
+		t.Fatalf("wireguard-go's netstack has no stack field to reach (%v)", f.Kind())
+	}
+	return (*stack.Stack)(unsafe.Pointer(f.Pointer()))
+}
+
+// probeTCP installs probe in the TCP of a wireguard-go netstack: gVisor
+// calls it with a copy of an endpoint's whole state (sender, receiver,
+// RACK) after each segment the endpoint receives. gVisor takes a probe
+// only when the stack is made, so it is set on the protocol by
+// reflection; endpoints made afterwards get it.
+func probeTCP(t testing.TB, n *netstack.Net, probe tcp.TCPProbeFunc) {
+	t.Helper()
+	p := reflect.ValueOf(gvisorStack(t, n).TransportProtocolInstance(tcp.ProtocolNumber))
+	if p.Kind() != reflect.Pointer {
+		t.Fatalf("gVisor's TCP protocol is a %v, not a pointer", p.Kind())
+	}
+	f := p.Elem().FieldByName("probe")
+	if !f.IsValid() || f.Type() != reflect.TypeOf(probe) {
+		t.Fatalf("gVisor's TCP protocol has no probe field of type %T", probe)
+	}
+	reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem().Set(reflect.ValueOf(probe))
 }
 
 // startDevice brings up a wireguard-go device on a loopback socket, with
