@@ -13,6 +13,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack/gro"
 
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/protocol/clock"
 )
 
 // packetWriter is the engine's outbound side: protocol.Engine satisfies
@@ -66,6 +67,10 @@ type linkEndpoint struct {
 	// PeerReturned (ackreplay.go).
 	acks       ackTable
 	resentAcks atomic.Uint64
+	// echoes keeps what the timestamp echo needs after a silence
+	// (tsecho.go), and clock says when segments arrive.
+	echoes echoTable
+	clock  clock.Clock
 
 	mu         sync.RWMutex
 	dispatcher stack.NetworkDispatcher
@@ -98,7 +103,7 @@ var (
 )
 
 func newLinkEndpoint(mtu int, engine packetWriter) *linkEndpoint {
-	return &linkEndpoint{mtu: uint32(mtu), engine: engine, offloads: linkOffloads}
+	return &linkEndpoint{mtu: uint32(mtu), engine: engine, offloads: linkOffloads, clock: clock.System{}}
 }
 
 // DeliverPackets is the engine's PacketSide: decrypted packets from one
@@ -116,7 +121,8 @@ func newLinkEndpoint(mtu int, engine packetWriter) *linkEndpoint {
 // checksum is not updated, and AEAD-authenticated packets need no
 // checksum check anyway.
 //
-// A peer's SYN loses its timestamp option on the way in (tsopt.go).
+// Each TCP segment's timestamp is noted for the echo after a silence
+// (tsecho.go).
 func (l *linkEndpoint) DeliverPackets(pkts [][]byte) {
 	l.mu.RLock()
 	d := l.dispatcher
@@ -124,6 +130,7 @@ func (l *linkEndpoint) DeliverPackets(pkts [][]byte) {
 	if d == nil {
 		return
 	}
+	now := l.clock.Now().UnixNano()
 	var g *gro.GRO
 	if l.offloads&(offloadGRO|offloadRXChecksum) == offloadGRO|offloadRXChecksum && len(pkts) > 1 {
 		g = groPool.Get().(*gro.GRO)
@@ -140,7 +147,7 @@ func (l *linkEndpoint) DeliverPackets(pkts [][]byte) {
 			continue
 		}
 		if tcp := ipTCPHeader(p); tcp != nil {
-			stripSYNTimestamp(tcp)
+			l.echoes.heard(p, tcp, now)
 		}
 		pkb := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(p)})
 		if g != nil {
@@ -172,13 +179,14 @@ var groPool = sync.Pool{New: func() any {
 // call. The engine gathers each packet's pieces straight into its own
 // buffer, so the only copy is the one encryption needs anyway; TCP
 // super-segments are cut into MTU-sized segments during that copy.
-// Before that, our SYNs lose their timestamp option (tsopt.go) and each
-// connection's latest pure acknowledgement is kept (ackreplay.go).
+// Before that, the timestamp echo is set where a connection catches up
+// after a silence (tsecho.go), and each connection's latest pure
+// acknowledgement is kept (ackreplay.go).
 func (l *linkEndpoint) WritePackets(list stack.PacketBufferList) (int, tcpip.Error) {
 	all := list.AsSlice()
 	for _, p := range all {
 		if p.TransportProtocolNumber == header.TCPProtocolNumber {
-			stripSYNTimestamp(p.TransportHeader().Slice())
+			l.echoes.echo(p)
 			l.acks.record(p)
 		}
 	}

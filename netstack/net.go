@@ -144,6 +144,9 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 	}
 
 	n.link = newLinkEndpoint(mtu, nil)
+	if cfg.Clock != nil {
+		n.link.clock = cfg.Clock
+	}
 	for _, p := range cfg.Addresses {
 		n.link.local = append(n.link.local, tcpip.AddrFromSlice(p.Addr().Unmap().AsSlice()))
 	}
