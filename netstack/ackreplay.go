@@ -103,7 +103,17 @@ func (t *ackTable) record(p *stack.PacketBuffer) {
 }
 
 // replay re-sends, through w, each recorded acknowledgement whose
-// destination to reaches, given the peer it belongs to.
+// destination to reaches, given the peer it belongs to, and that carries
+// no timestamp option.
+//
+// An acknowledgement of a connection with timestamps is not re-sent: it
+// would acknowledge the sender's retransmitted head, and no echo suits
+// every sender. An echo from before the outage gave Linux an RTT sample
+// as long as the outage (its timer then stood at 22 s); a fresh one, or
+// none, made gVisor's RACK date its loss detection from the head's last
+// retransmission and crawl (tsecho.go) in four of six runs. Such a
+// sender resumes at its own next timeout instead, which the echo after
+// the silence then serves.
 func (t *ackTable) replay(w func([][]byte), to func(netip.Addr) bool) int {
 	slots := t.slots.Load()
 	if slots == nil {
@@ -115,10 +125,15 @@ func (t *ackTable) replay(w func([][]byte), to func(netip.Addr) bool) int {
 		s.mu.Lock()
 		if s.n > 0 {
 			if dst, ok := destination(s.pkt[:s.n]); ok && to(dst) {
+				hl := ipHeaderLen(s.pkt[:s.n])
+				if _, ts := tsOption(s.pkt[hl:s.n]); ts {
+					s.mu.Unlock()
+					continue
+				}
 				pkt := append([]byte(nil), s.pkt[:s.n]...)
 				// gVisor left the TCP checksum to the link endpoint
 				// (gso.go), as for any segment it sends.
-				finishSegment(pkt, ipHeaderLen(pkt), 0, 0, true)
+				finishSegment(pkt, hl, 0, 0, true)
 				pkts = append(pkts, pkt)
 			}
 		}

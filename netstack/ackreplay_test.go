@@ -76,8 +76,10 @@ func TestAckReplay(t *testing.T) {
 	key := protocol.PublicKey{1}
 	e := &replayEngine{peer: key}
 	l := newLinkEndpoint(1420, e)
+	// Connections without timestamps, such as Windows makes by default:
+	// those with them are not re-sent (below).
 	ack := func(v6 bool, seq, ackNum uint32, flags header.TCPFlags, payload int) superSegment {
-		return superSegment{v6: v6, seq: seq, ack: ackNum, flags: flags, wnd: 500, mss: 1380, opts: timestamps(1, 2), payload: testPayload(payload)}
+		return superSegment{v6: v6, seq: seq, ack: ackNum, flags: flags, wnd: 500, mss: 1380, opts: []byte{1, 1, 1, 1}, payload: testPayload(payload)}
 	}
 
 	// Nothing recorded yet.
@@ -131,6 +133,14 @@ func TestAckReplay(t *testing.T) {
 	l.PeerReturned(key)
 	if len(e.resent) != 0 {
 		t.Errorf("resent %d packets after the connection ended and the other moved", len(e.resent))
+	}
+
+	// A connection with timestamps keeps its acknowledgement to itself.
+	e.bad = netip.Addr{}
+	e.send(t, l, superSegment{v6: true, seq: 8, ack: 80, flags: header.TCPFlagAck, wnd: 500, mss: 1380, opts: timestamps(1, 2)})
+	l.PeerReturned(key)
+	if len(e.resent) != 0 {
+		t.Errorf("resent %d acknowledgements that carry timestamps", len(e.resent))
 	}
 }
 

@@ -36,22 +36,25 @@ import (
 //
 // So when a peer's segment of a connection arrives after a silence of
 // echoSilence or more, each acknowledgement of that connection echoes
-// the timestamp of the newest segment received, less echoBefore ticks,
-// until it acknowledges data beyond what the sender could have had in
-// flight before the silence. The echo is then fresh, so every sender
-// takes a true RTT sample and its timer comes back down; and it is older
-// than the retransmission it answers, so gVisor's RACK does not date
-// its loss detection from it, stays in timeout recovery and resends the
-// flight in slow start. Linux, whose timeout recovery retransmitted more
-// than once during any outage longer than its minimum timeout, sees the
-// echo as newer than its first retransmission and keeps its recovery.
+// that segment's timestamp less echoBefore ticks, until it acknowledges
+// data beyond the right edge of the window we had advertised: beyond
+// anything the sender could have had in flight before the silence. The
+// echo is then older than every retransmission it answers, so gVisor's
+// RACK does not date its loss detection from them, stays in timeout
+// recovery and resends the flight in slow start; and it is fresh, so
+// every sender takes an RTT sample of about the true one (longer by the
+// time the catching up has taken) and its timer comes back down. Linux,
+// whose timeout recovery retransmitted more than once during any outage
+// longer than its minimum timeout, sees the echo as newer than its first
+// retransmission and keeps its recovery.
 //
-// What this costs elsewhere: RTT samples longer by echoBefore ticks, for
-// one window of data after each pause of a connection; and a sender
-// that finds in those echoes an earlier transmission of a segment it
-// resent in that window may take the resend for spurious (Eifel). The
-// table keeps one connection per slot, like the acknowledgement table
-// (ackreplay.go): connections that share a slot take turns.
+// What this costs elsewhere: for one window of data after each pause of
+// a connection, RTT samples longer by the time since the pause ended;
+// and a sender that finds in those echoes an earlier transmission of a
+// segment it resent in that window may take the resend for spurious
+// (Eifel). The table keeps one connection per slot, like the
+// acknowledgement table (ackreplay.go): connections that share a slot
+// take turns.
 
 const (
 	// echoSlots is the table's size, as for ackSlots.
@@ -61,16 +64,12 @@ const (
 	// in Linux and gVisor, so a sender that timed out was silent at
 	// least this long.
 	echoSilence = 200 * time.Millisecond
-	// echoBefore is how many timestamp ticks below the newest segment's
-	// the echo is put. gVisor stamps a segment up to a tick after it
-	// records the send time that RACK compares the echo with; two
-	// ticks are older than both, and a millisecond each for Linux and
-	// gVisor.
+	// echoBefore is how many timestamp ticks below the segment that
+	// ends the silence the echo is put. gVisor stamps a segment up to a
+	// tick after it records the send time that RACK compares the echo
+	// with; two ticks are older than both (a millisecond each for Linux
+	// and gVisor).
 	echoBefore = 2
-	// catchUpSpan bounds what a sender can have had in flight beyond the
-	// last acknowledgement we sent: our receive window, which never
-	// exceeds the largest receive buffer, rounded up by window scaling.
-	catchUpSpan = tcpBufferMax + 1<<20
 )
 
 // flowKeyMax is an IPv6 flow's key: both addresses and both ports.
@@ -121,16 +120,43 @@ type echoSlot struct {
 	// yet), and tsval the newest timestamp it has sent.
 	heard int64
 	tsval uint32
-	// acked is the latest acknowledgement number we sent, once ackSent.
-	acked   uint32
-	ackSent bool
-	// catchUp holds from a silence until we acknowledge edge.
-	catchUp bool
-	edge    uint32
+	// acked is the latest acknowledgement number we sent and right the
+	// furthest right edge of the window we advertised, once ackSent.
+	acked, right uint32
+	ackSent      bool
+	// ourScale and theirScale are the window scales our SYN and the
+	// peer's offered, -1 for none: ours applies only if both did.
+	ourScale, theirScale int8
+	// catchUp holds from a silence until we acknowledge edge, and anchor
+	// is the echo meanwhile. honest, once the sender has fallen silent
+	// again while catching up, makes the echo the newest timestamp
+	// instead, for the rest of the connection.
+	catchUp, honest bool
+	edge, anchor    uint32
+}
+
+// reset makes s the slot of a new connection k.
+func (s *echoSlot) reset(k flowKey) {
+	if s.key != k {
+		s.ourScale, s.theirScale = -1, -1
+	}
+	s.key, s.heard, s.tsval = k, 0, 0
+	s.acked, s.right, s.ackSent = 0, 0, false
+	s.catchUp, s.honest, s.edge, s.anchor = false, false, 0, 0
 }
 
 type echoTable struct {
 	slots atomic.Pointer[[echoSlots]echoSlot]
+}
+
+// table is the slots, allocated on first use.
+func (t *echoTable) table() *[echoSlots]echoSlot {
+	slots := t.slots.Load()
+	if slots == nil {
+		t.slots.CompareAndSwap(nil, new([echoSlots]echoSlot))
+		slots = t.slots.Load()
+	}
+	return slots
 }
 
 // heard notes a TCP segment from a peer, p being the whole IP packet and
@@ -145,22 +171,31 @@ func (t *echoTable) heard(p, tcp []byte, now int64) {
 	if !ok {
 		return
 	}
-	slots := t.slots.Load()
-	if slots == nil {
-		t.slots.CompareAndSwap(nil, new([echoSlots]echoSlot))
-		slots = t.slots.Load()
-	}
 	tsval := binary.BigEndian.Uint32(tcp[ts+2:])
-	s := &slots[k.slot(echoSlots)]
+	s := &t.table()[k.slot(echoSlots)]
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.key != k || tcp[header.TCPFlagsOffset]&uint8(header.TCPFlagSyn|header.TCPFlagRst) != 0 {
-		s.key, s.heard, s.tsval = k, now, tsval
-		s.acked, s.ackSent, s.catchUp, s.edge = 0, false, false, 0
+	flags := tcp[header.TCPFlagsOffset]
+	if s.key != k || flags&uint8(header.TCPFlagSyn|header.TCPFlagRst) != 0 {
+		s.reset(k)
+		if flags&uint8(header.TCPFlagSyn) != 0 {
+			s.theirScale = windowScale(tcp)
+		}
+		s.heard, s.tsval = now, tsval
 		return
 	}
-	if s.ackSent && !s.catchUp && now-s.heard >= int64(echoSilence) {
-		s.catchUp, s.edge = true, s.acked+catchUpSpan
+	if s.ackSent && s.heard != 0 && now-s.heard >= int64(echoSilence) {
+		if s.catchUp {
+			// Silent again while catching up: a sender that took the
+			// old echo for proof that its timeout was spurious (Linux,
+			// Eifel) and now waits for a flight it thinks is still on
+			// its way. It gets true echoes from now on.
+			s.honest = true
+		}
+		// Nothing the sender retransmits from now on was sent before
+		// this segment, so an echo older than it is older than every
+		// retransmission it will acknowledge.
+		s.catchUp, s.edge, s.anchor = true, s.right, tsval-echoBefore
 	}
 	s.heard = now
 	if int32(tsval-s.tsval) > 0 {
@@ -170,31 +205,47 @@ func (t *echoTable) heard(p, tcp []byte, now int64) {
 
 // echo sets the timestamp echo of an outbound TCP packet of a connection
 // that is catching up after a silence (see above), and notes the
-// acknowledgement it carries. It is on the send path of every TCP packet
-// and does not allocate.
+// acknowledgement and window it carries. It is on the send path of every
+// TCP packet and does not allocate.
 func (t *echoTable) echo(p *stack.PacketBuffer) {
-	slots := t.slots.Load()
-	if slots == nil {
-		return // no peer has sent a timestamp yet
-	}
 	th := p.TransportHeader().Slice()
-	if len(th) < header.TCPMinimumSize || th[header.TCPFlagsOffset]&uint8(header.TCPFlagAck) == 0 {
+	if len(th) < header.TCPMinimumSize {
+		return
+	}
+	flags := th[header.TCPFlagsOffset]
+	syn := flags&uint8(header.TCPFlagSyn) != 0
+	slots := t.slots.Load()
+	if slots == nil && !syn || flags&uint8(header.TCPFlagAck|header.TCPFlagSyn) == 0 {
 		return
 	}
 	k, ok := keyOf(p.NetworkHeader().Slice(), th, false)
 	if !ok {
 		return
 	}
-	ack := header.TCP(th).AckNumber()
-	s := &slots[k.slot(echoSlots)]
+	s := &t.table()[k.slot(echoSlots)]
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if syn {
+		// Our SYN or SYN-ACK: the window scale we offer.
+		if s.key != k || flags&uint8(header.TCPFlagAck) == 0 {
+			s.reset(k)
+		}
+		s.ourScale = windowScale(th)
+		return
+	}
 	if s.key != k {
 		return
 	}
+	h := header.TCP(th)
+	ack := h.AckNumber()
+	right := ack + uint32(h.WindowSize())<<s.scale()
 	if !s.ackSent || int32(ack-s.acked) > 0 {
-		s.acked, s.ackSent = ack, true
+		s.acked = ack
 	}
+	if !s.ackSent || int32(right-s.right) > 0 {
+		s.right = right
+	}
+	s.ackSent = true
 	if !s.catchUp {
 		return
 	}
@@ -211,18 +262,44 @@ func (t *echoTable) echo(p *stack.PacketBuffer) {
 	from, to := (ts+6)&^1, (ts+11)&^1
 	var old [6]byte
 	copy(old[:], th[from:to])
-	binary.BigEndian.PutUint32(th[ts+6:], s.tsval-echoBefore)
+	echo := s.anchor
+	if s.honest {
+		echo = s.tsval
+	}
+	binary.BigEndian.PutUint32(th[ts+6:], echo)
 	// A TCP super-segment's checksum is finished when it is cut
 	// (finishSegment); any other packet's is complete already.
 	if p.GSOOptions.Type == stack.GSONone || !p.GSOOptions.NeedsCsum {
-		h := header.TCP(th)
 		h.SetChecksum(^checksum.Combine(checksum.Combine(^h.Checksum(), ^checksum.Checksum(old[:to-from], 0)), checksum.Checksum(th[from:to], 0)))
 	}
+}
+
+// scale is the shift of the windows we advertise.
+func (s *echoSlot) scale() uint8 {
+	if s.ourScale < 0 || s.theirScale < 0 {
+		return 0
+	}
+	return uint8(min(s.ourScale, 14))
 }
 
 // tsOption is the offset in a TCP header of its timestamp option, if it
 // has a well-formed one.
 func tsOption(tcp []byte) (int, bool) {
+	i, ok := findOption(tcp, tcpOptTimestamp)
+	return i, ok && tcp[i+1] == 10
+}
+
+// windowScale is the shift a SYN's window scale option offers, or -1.
+func windowScale(tcp []byte) int8 {
+	if i, ok := findOption(tcp, tcpOptWindowScale); ok && tcp[i+1] == 3 {
+		return int8(min(tcp[i+2], 14))
+	}
+	return -1
+}
+
+// findOption is the offset in a TCP header of its first option of kind,
+// if the options up to it are well formed.
+func findOption(tcp []byte, kind byte) (int, bool) {
 	if len(tcp) < header.TCPMinimumSize {
 		return 0, false
 	}
@@ -241,20 +318,20 @@ func tsOption(tcp []byte) (int, bool) {
 		if i+1 >= end || tcp[i+1] < 2 || i+int(tcp[i+1]) > end {
 			return 0, false
 		}
-		if tcp[i] == tcpOptTimestamp {
-			return i, tcp[i+1] == 10
+		if tcp[i] == kind {
+			return i, true
 		}
 		i += int(tcp[i+1])
 	}
 	return 0, false
 }
 
-// tcpOptEnd, tcpOptNOP and tcpOptTimestamp are option kinds of RFC 9293
-// and 7323.
+// The TCP option kinds used here, of RFC 9293 and 7323.
 const (
-	tcpOptEnd       = 0
-	tcpOptNOP       = 1
-	tcpOptTimestamp = 8
+	tcpOptEnd         = 0
+	tcpOptNOP         = 1
+	tcpOptWindowScale = 3
+	tcpOptTimestamp   = 8
 )
 
 // ipTCPHeader returns the TCP header (and what follows it) of an IPv4 or

@@ -15,11 +15,12 @@ import (
 // peerSegment is what the far end of superSegment's connection sends:
 // from port 9 to 40000, with a timestamp option carrying tsval unless
 // tsval is 0, and flags.
-func peerSegment(v6 bool, flags header.TCPFlags, tsval uint32, payload int) []byte {
+func peerSegment(v6 bool, flags header.TCPFlags, tsval uint32, payload int, more ...byte) []byte {
 	var opts []byte
 	if tsval != 0 {
 		opts = timestamps(tsval, 1)
 	}
+	opts = append(opts, more...)
 	src, dst := segDst4, segSrc4
 	nh := header.IPv4MinimumSize
 	if v6 {
@@ -63,6 +64,9 @@ func completeChecksum(p *stack.PacketBuffer, v6 bool) {
 	p.GSOOptions = stack.GSO{}
 }
 
+// windowScaleOption is NOP and a window scale option offering shift.
+func windowScaleOption(shift byte) []byte { return []byte{1, 3, 3, shift} }
+
 func TestEchoAfterSilence(t *testing.T) {
 	for _, v6 := range []bool{false, true} {
 		for _, full := range []bool{false, true} {
@@ -70,15 +74,15 @@ func TestEchoAfterSilence(t *testing.T) {
 			e := &replayEngine{}
 			l := newLinkEndpoint(1420, e)
 			l.clock = clk
-			hear := func(flags header.TCPFlags, tsval uint32) {
-				p := peerSegment(v6, flags, tsval, 100)
+			hear := func(flags header.TCPFlags, tsval uint32, more ...byte) {
+				p := peerSegment(v6, flags, tsval, 100, more...)
 				l.echoes.heard(p, ipTCPHeader(p), clk.Now().UnixNano())
 			}
-			// send is an acknowledgement of ours that echoes ecr as gVisor
-			// would, and the echo it left with.
-			send := func(ack, ecr uint32) uint32 {
+			// send is a segment of ours that echoes ecr as gVisor would,
+			// and the echo it left with.
+			send := func(flags header.TCPFlags, ack, ecr uint32, more ...byte) uint32 {
 				t.Helper()
-				pkt := superSegment{v6: v6, seq: 1, ack: ack, flags: header.TCPFlagAck, wnd: 9, mss: 1380, opts: timestamps(77, ecr)}.packet()
+				pkt := superSegment{v6: v6, seq: 1, ack: ack, flags: flags, wnd: 1000, mss: 1380, opts: append(timestamps(77, ecr), more...)}.packet()
 				if full {
 					completeChecksum(pkt, v6)
 				}
@@ -90,39 +94,54 @@ func TestEchoAfterSilence(t *testing.T) {
 				checksumsOK(t, w)
 				return echoOf(t, w)
 			}
+			ack := func(ack, ecr uint32) uint32 { t.Helper(); return send(header.TCPFlagAck, ack, ecr) }
 			name := map[bool]string{false: "IPv4", true: "IPv6"}[v6] + map[bool]string{false: ", partial checksum", true: ", full checksum"}[full]
 
-			hear(header.TCPFlagSyn|header.TCPFlagAck, 900)
-			if got := send(5000, 900); got != 900 {
+			// We dial; both offer window scaling, so our windows count
+			// in units of 1<<7.
+			send(header.TCPFlagSyn, 0, 0, windowScaleOption(7)...)
+			hear(header.TCPFlagSyn|header.TCPFlagAck, 900, windowScaleOption(9)...)
+			if got := ack(5000, 900); got != 900 {
 				t.Fatalf("%s: the echo changed without a silence: %d", name, got)
 			}
 			clk.Advance(100 * time.Millisecond)
 			hear(header.TCPFlagAck, 1000)
-			if got := send(6000, 1000); got != 1000 {
+			if got := ack(6000, 1000); got != 1000 {
 				t.Fatalf("%s: a gap shorter than echoSilence changed the echo: %d", name, got)
 			}
+			edge := uint32(6000 + 1000<<7)
 			// The path goes dark; the sender's timeout resends.
 			clk.Advance(3 * time.Second)
 			hear(header.TCPFlagAck, 4000)
-			if got := send(6000, 1000); got != 4000-echoBefore {
+			if got := ack(6000, 1000); got != 4000-echoBefore {
 				t.Fatalf("%s: after a silence an acknowledgement of a duplicate echoes %d, want %d", name, got, 4000-echoBefore)
 			}
-			hear(header.TCPFlagAck, 4001)
-			if got := send(7000, 4001); got != 4001-echoBefore {
-				t.Fatalf("%s: catching up, the echo is %d, want %d", name, got, 4001-echoBefore)
+			hear(header.TCPFlagAck, 4005)
+			if got := ack(edge-1, 4005); got != 4000-echoBefore {
+				t.Fatalf("%s: catching up, the echo is %d, want %d", name, got, 4000-echoBefore)
 			}
-			// Beyond what the sender could have had in flight: caught up.
-			if got := send(6000+catchUpSpan, 4001); got != 4001 {
+			// At the right edge we had advertised: caught up.
+			if got := ack(edge, 4005); got != 4005 {
 				t.Fatalf("%s: caught up, the echo is still set: %d", name, got)
 			}
-			if got := send(6001+catchUpSpan, 4001); got != 4001 {
+			if got := ack(edge-1, 4005); got != 4005 {
 				t.Fatalf("%s: caught up, the echo is set again: %d", name, got)
 			}
-			// A new connection on the same ports starts afresh.
+			// A new connection on the same ports starts afresh, and
+			// without the peer's window scale ours does not apply.
 			clk.Advance(time.Second)
-			hear(header.TCPFlagSyn, 9000)
-			if got := send(1, 9000); got != 9000 {
+			send(header.TCPFlagSyn, 0, 0, windowScaleOption(7)...)
+			hear(header.TCPFlagSyn|header.TCPFlagAck, 9000)
+			if got := ack(1, 9000); got != 9000 {
 				t.Fatalf("%s: a new connection's echo was set: %d", name, got)
+			}
+			clk.Advance(time.Second)
+			hear(header.TCPFlagAck, 9500)
+			if got := ack(1000, 9000); got != 9500-echoBefore {
+				t.Fatalf("%s: new connection, after a silence: echo %d, want %d", name, got, 9500-echoBefore)
+			}
+			if got := ack(1001, 9500); got != 9500 {
+				t.Fatalf("%s: an unscaled window's edge was not the end of catching up: echo %d", name, got)
 			}
 		}
 	}
@@ -241,13 +260,14 @@ func FuzzEcho(f *testing.F) {
 		tcp[header.TCPDataOffset] = uint8((header.TCPMinimumSize+len(theirs))/4) << 4
 
 		l := newLinkEndpoint(1420, &replayEngine{})
-		l.echoes.heard(in, tcp, 1)
-		l.echoes.heard(in, tcp, 1+int64(time.Second))
 		pkt := superSegment{seq: 1, ack: ack, flags: header.TCPFlagAck, wnd: 9, opts: ours}.packet()
 		defer pkt.DecRef()
 		completeChecksum(pkt, false)
 		before := bytes.Clone(pkt.TransportHeader().Slice())
-		l.echoes.echo(pkt) // the first acknowledgement is only noted
+		l.echoes.heard(in, tcp, 1)
+		l.echoes.echo(pkt) // noted: the acknowledgement before the silence
+		copy(pkt.TransportHeader().Slice(), before)
+		l.echoes.heard(in, tcp, 1+int64(time.Second))
 		l.echoes.echo(pkt)
 		after := pkt.TransportHeader().Slice()
 		if bytes.Equal(before, after) {
