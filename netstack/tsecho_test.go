@@ -117,9 +117,17 @@ func TestEchoAfterSilence(t *testing.T) {
 				t.Fatalf("%s: after a silence an acknowledgement of a duplicate echoes %d, want %d", name, got, 4000-echoBefore)
 			}
 			hear(header.TCPFlagAck, 4005)
-			if got := ack(edge-1, 4005); got != 4000-echoBefore {
+			if got := ack(edge-2, 4005); got != 4000-echoBefore {
 				t.Fatalf("%s: catching up, the echo is %d, want %d", name, got, 4000-echoBefore)
 			}
+			// Silent again while catching up: true echoes from now on,
+			// the newest timestamp where gVisor's would be older.
+			clk.Advance(time.Second)
+			hear(header.TCPFlagAck, 5000)
+			if got := ack(edge-1, 4005); got != 5000 {
+				t.Fatalf("%s: silent again while catching up, the echo is %d, want the newest, 5000", name, got)
+			}
+			edge = edge - 1 + 1000<<7 // as far as that acknowledgement's window
 			// At the right edge we had advertised: caught up.
 			if got := ack(edge, 4005); got != 4005 {
 				t.Fatalf("%s: caught up, the echo is still set: %d", name, got)
