@@ -103,18 +103,9 @@ func (t *ackTable) record(p *stack.PacketBuffer) {
 }
 
 // replay re-sends, through w, each recorded acknowledgement whose
-// destination to reaches, given the peer it belongs to, and that carries
-// no timestamp option.
-//
-// An acknowledgement of a connection with timestamps is not re-sent: it
-// would acknowledge the sender's retransmitted head, and no echo suits
-// every sender. An echo from before the outage gave Linux an RTT sample
-// as long as the outage (its timer then stood at 22 s); a fresh one, or
-// none, made gVisor's RACK date its loss detection from the head's last
-// retransmission and crawl (tsecho.go) in four of six runs. Such a
-// sender resumes at its own next timeout instead, which the echo after
-// the silence then serves.
-func (t *ackTable) replay(w func([][]byte), to func(netip.Addr) bool) int {
+// destination to reaches, given the peer it belongs to, unless hold
+// says to keep it.
+func (t *ackTable) replay(w func([][]byte), to func(netip.Addr) bool, hold func(nh, th []byte) bool) int {
 	slots := t.slots.Load()
 	if slots == nil {
 		return 0
@@ -126,7 +117,7 @@ func (t *ackTable) replay(w func([][]byte), to func(netip.Addr) bool) int {
 		if s.n > 0 {
 			if dst, ok := destination(s.pkt[:s.n]); ok && to(dst) {
 				hl := ipHeaderLen(s.pkt[:s.n])
-				if _, ts := tsOption(s.pkt[hl:s.n]); ts {
+				if hold(s.pkt[:hl], s.pkt[hl:s.n]) {
 					s.mu.Unlock()
 					continue
 				}
@@ -231,5 +222,21 @@ func (l *linkEndpoint) PeerReturned(peer protocol.PublicKey) {
 			return ok && k == peer
 		}
 	}
-	l.resentAcks.Add(uint64(l.acks.replay(w.WritePackets, to)))
+	l.resentAcks.Add(uint64(l.acks.replay(w.WritePackets, to, l.holdAck)))
+}
+
+// holdAck reports whether an acknowledgement, with headers nh and th, is
+// kept back when its peer returns: one of a connection with timestamps
+// on which the peer sends data. It would acknowledge that sender's
+// retransmitted head, and no echo suits every sender: one from before
+// the outage gave Linux an RTT sample as long as the outage (its timer
+// then stood at 22 s); a fresh one, or none, made gVisor's RACK date its
+// loss detection from the head's last retransmission and crawl
+// (tsecho.go), in four runs of six. Such a sender resumes at its own
+// next timeout, which the echo after the silence then serves. Where we
+// send the data, the re-sent acknowledgement only draws the peer's
+// answer, which tells our own sender what arrived.
+func (l *linkEndpoint) holdAck(nh, th []byte) bool {
+	_, ts := tsOption(th)
+	return ts && l.echoes.theySend(nh, th)
 }

@@ -135,40 +135,17 @@ func TestAckReplay(t *testing.T) {
 		t.Errorf("resent %d packets after the connection ended and the other moved", len(e.resent))
 	}
 
-	// A connection with timestamps keeps its acknowledgement to itself.
+	// On a connection with timestamps, the acknowledgement is re-sent
+	// while we send the data, and kept once the peer sends some.
 	e.bad = netip.Addr{}
 	e.send(t, l, superSegment{v6: true, seq: 8, ack: 80, flags: header.TCPFlagAck, wnd: 500, mss: 1380, opts: timestamps(1, 2)})
-	l.PeerReturned(key)
-	if len(e.resent) != 0 {
-		t.Errorf("resent %d acknowledgements that carry timestamps", len(e.resent))
-	}
-}
-
-func TestAckRecordAllocs(t *testing.T) {
-	l := newLinkEndpoint(1420, &discardEngine{buf: make([]byte, 1<<16)})
-	pkt := superSegment{seq: 1, ack: 2, flags: header.TCPFlagAck, wnd: 9, mss: 1380, opts: timestamps(1, 2)}.packet()
-	defer pkt.DecRef()
-	l.acks.record(pkt) // the table itself, once
-	if n := testing.AllocsPerRun(100, func() { l.acks.record(pkt) }); n != 0 {
-		t.Errorf("record allocates %v times per acknowledgement", n)
-	}
-}
-
-// BenchmarkAckRecord is the cost record adds to each pure acknowledgement
-// we send, and to each data segment.
-func BenchmarkAckRecord(b *testing.B) {
-	l := newLinkEndpoint(1420, &discardEngine{buf: make([]byte, 1<<16)})
-	for _, bc := range []struct {
-		name    string
-		payload int
-	}{{"ack", 0}, {"data", 64000}} {
-		pkt := superSegment{seq: 1, ack: 2, flags: header.TCPFlagAck, wnd: 9, mss: 1380, opts: timestamps(1, 2), payload: testPayload(bc.payload)}.packet()
-		b.Run(bc.name, func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				l.acks.record(pkt)
-			}
-		})
-		pkt.DecRef()
+	for _, payload := range []int{0, 10} {
+		p := peerSegment(true, header.TCPFlagAck, 500, payload)
+		l.echoes.heard(p, ipTCPHeader(p), 1)
+		e.resent = nil
+		l.PeerReturned(key)
+		if want := map[int]int{0: 1, 10: 0}[payload]; len(e.resent) != want {
+			t.Errorf("the peer sent %d bytes: resent %d acknowledgements with timestamps, want %d", payload, len(e.resent), want)
+		}
 	}
 }

@@ -120,6 +120,9 @@ type echoSlot struct {
 	// yet), and tsval the newest timestamp it has sent.
 	heard int64
 	tsval uint32
+	// theySend is whether the peer has sent data, not only
+	// acknowledgements.
+	theySend bool
 	// acked is the latest acknowledgement number we sent and right the
 	// furthest right edge of the window we advertised, once ackSent.
 	acked, right uint32
@@ -140,7 +143,7 @@ func (s *echoSlot) reset(k flowKey) {
 	if s.key != k {
 		s.ourScale, s.theirScale = -1, -1
 	}
-	s.key, s.heard, s.tsval = k, 0, 0
+	s.key, s.heard, s.tsval, s.theySend = k, 0, 0, false
 	s.acked, s.right, s.ackSent = 0, 0, false
 	s.catchUp, s.honest, s.edge, s.anchor = false, false, 0, 0
 }
@@ -198,6 +201,7 @@ func (t *echoTable) heard(p, tcp []byte, now int64) {
 		s.catchUp, s.edge, s.anchor = true, s.right, tsval-echoBefore
 	}
 	s.heard = now
+	s.theySend = s.theySend || len(tcp) > int(tcp[header.TCPDataOffset]>>4)*4
 	if int32(tsval-s.tsval) > 0 {
 		s.tsval = tsval
 	}
@@ -272,6 +276,23 @@ func (t *echoTable) echo(p *stack.PacketBuffer) {
 	if p.GSOOptions.Type == stack.GSONone || !p.GSOOptions.NeedsCsum {
 		h.SetChecksum(^checksum.Combine(checksum.Combine(^h.Checksum(), ^checksum.Checksum(old[:to-from], 0)), checksum.Checksum(th[from:to], 0)))
 	}
+}
+
+// theySend reports whether the peer of the connection that an outbound
+// packet with headers nh and th belongs to has sent us data on it.
+func (t *echoTable) theySend(nh, th []byte) bool {
+	slots := t.slots.Load()
+	if slots == nil {
+		return false
+	}
+	k, ok := keyOf(nh, th, false)
+	if !ok {
+		return false
+	}
+	s := &slots[k.slot(echoSlots)]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.key == k && s.theySend
 }
 
 // scale is the shift of the windows we advertise.
