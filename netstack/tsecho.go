@@ -46,7 +46,12 @@ import (
 // time the catching up has taken) and its timer comes back down. Linux,
 // whose timeout recovery retransmitted more than once during any outage
 // longer than its minimum timeout, sees the echo as newer than its first
-// retransmission and keeps its recovery.
+// retransmission and keeps its recovery. When the silence ended with
+// Linux's first retransmission (an outage shorter than its timer), it
+// takes the older echo for proof that the timeout was spurious (Eifel),
+// undoes its recovery and waits for a flight it thinks is on its way: a
+// sender that falls silent again while catching up gets true echoes
+// from then on, and recovers at its next timeout.
 //
 // What this costs elsewhere: for one window of data after each pause of
 // a connection, RTT samples longer by the time since the pause ended;
