@@ -18,7 +18,7 @@ import (
 // reached us. The remote sender, meanwhile, has timed out and backed
 // off: Linux doubles its retransmission timer up to 120 s, so after a
 // 15 s blackout its next retransmission is due about 12 s after the path
-// returned (TestTCPRecoveryBenchFromLinuxSender). The WireGuard
+// returned (seen in the download recovery benchmark). The WireGuard
 // handshake that follows the outage comes within a few milliseconds of
 // the path's return; re-sent then, an acknowledgement that covers new
 // data moves the sender's window at once, and Linux takes the timeout

@@ -492,7 +492,7 @@ func (n *Net) Listen(network, address string) (net.Listener, error) {
 // relay starts a goroutine only when there is something to move: an
 // idle connection through the SOCKS5 proxy cost 26 KiB of resident
 // memory instead of 32 at 1,000 connections, 24 instead of 30 at 10,000
-// (BenchmarkIdleConnMemory in cmd/wgbore).
+// (the idle-connection memory benchmark in cmd/wgbore).
 type TCPConn struct {
 	*gonet.TCPConn
 	wq *waiter.Queue
@@ -543,7 +543,7 @@ func (c *TCPConn) TryRead(b []byte) (n int, wouldBlock bool, err error) {
 
 // TCPInfo reports the connection's sender state as gVisor keeps it:
 // RTT, retransmission timeout, congestion window and threshold, recovery
-// state. It is for diagnosing a slow flow; TestTCPRecoveryBench's trace
+// state. It is for diagnosing a slow flow; the recovery tests' trace
 // (-recovery.trace) logs it every 100 ms.
 func (c *TCPConn) TCPInfo() tcpip.TCPInfoOption {
 	var info tcpip.TCPInfoOption

@@ -30,7 +30,7 @@ type packetWriter interface {
 // per-packet hop that limits the wireguard-go netstack.
 //
 // It uses three offloads (see offloads), each kept because the same-run
-// BenchmarkOffloads showed it paying: inbound checksums are not verified,
+// offloads benchmark showed it paying: inbound checksums are not verified,
 // inbound TCP segments of a batch are coalesced (GRO), and gVisor's TCP
 // hands over super-segments of up to 64 KB that WritePackets cuts into
 // MTU-sized segments while the engine copies them (GSO, gso.go). GSO pays

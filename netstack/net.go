@@ -236,7 +236,7 @@ func (n *Net) Close() error {
 // 1,000 idle connections held through the SOCKS5 proxy, a heap profile
 // showed about 7 KiB per endpoint (the endpoint, its sender and SACK
 // scoreboard, its port reservation and demuxer entry) and no buffer
-// (BenchmarkIdleConnMemory in cmd/wgbore measures the whole process).
+// (the idle-connection memory benchmark in cmd/wgbore measures the whole process).
 // Max is the per-connection bound that keeps 10,000 busy connections
 // from costing gigabytes, and is also the largest window receive-buffer
 // moderation may grow to, which caps one flow at Max per round trip.
@@ -247,8 +247,8 @@ const (
 )
 
 // Retransmission timeout bounds. Measured with an impairment relay
-// between wgbore's stack and a wireguard-go peer (TestTCPRecoveryBench
-// and TestTCPRecoveryAfterBlackouts in cmd/wgbore):
+// between wgbore's stack and a wireguard-go peer (the recovery tests and
+// benchmark in cmd/wgbore):
 //   - tcpMaxRTO: the timeout doubles while a path is down, so with
 //     gVisor's 120 s ceiling the first retransmission after a 15 s
 //     blackout came 10.4 s after the path returned (timeouts at 12.6 s and

@@ -43,7 +43,7 @@ type PacketSide interface {
 // acknowledgement would only repeat the stack's own answer, and a
 // duplicate right after an acknowledgement that ends a timeout makes
 // gVisor's sender (RACK) crawl at one segment per timeout
-// (TestFaultsBlackout hung so).
+// (the blackout fault test hung so).
 type PeerReturner interface {
 	PeerReturned(peer PublicKey)
 }

@@ -253,7 +253,7 @@ func (s *SOCKS5) serveConn(conn net.Conn) {
 // buffers while idle, and the bufio.Reader is let go once the bytes it
 // buffered past the request are sent on; and relayBoth copies out of a
 // tunnel connection with no goroutine at all while it idles.
-// BenchmarkIdleConnMemory (cmd/wgbore), idle connections held through
+// The idle-connection memory benchmark (cmd/wgbore), connections held through
 // `wgbore up`, measured 57 KiB of resident memory per connection at
 // 1,000 and 61 KiB at 10,000 with go-socks5's relay; 32 and 30 KiB with
 // small buffers and two goroutines; 26 and 24 KiB with one.

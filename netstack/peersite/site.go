@@ -167,7 +167,7 @@ func Start(t testing.TB, ours protocol.PublicKey, opts Options) *Site {
 // stands for the far network; gVisor's RACK, on by default, can crawl
 // for minutes after a retransmission timeout (README, "TCP through loss
 // and outages"), and a blackout test whose site sends would then measure
-// that instead of us: TestFaultsBlackout timed out in about half its
+// that instead of us: the blackout fault test timed out in about half its
 // runs so, before and after the changes it was meant to check. Linux's
 // TCP behind a real TUN (the namespace tests) is the real sender. Only
 // tests that ask for it get it: with it, the recovery benchmark's

@@ -1,7 +1,7 @@
 //go:build linux
 
 // Command kvmguest is the /init of the tiny Linux guest that
-// TestKernelWireGuard boots under QEMU, so wgbore can be proven against
+// the kernel test boots under QEMU, so wgbore can be proven against
 // the Linux kernel's own WireGuard module. It is a test fixture, built
 // static (CGO off) into an initramfs by the test, never shipped.
 //
