@@ -34,7 +34,7 @@ import (
 // the latest writer's copy.
 
 // ackSlots is the table's size: a few hundred busy connections at a time
-// is plenty for a tunnel, and the table costs about 30 KB, allocated
+// is plenty for a tunnel, and the table costs about 40 KB, allocated
 // when the first acknowledgement is recorded.
 const ackSlots = 256
 
@@ -45,6 +45,7 @@ const ackMaxLen = header.IPv6MinimumSize + header.TCPHeaderMaximumSize
 type ackSlot struct {
 	mu  sync.Mutex
 	n   int // 0: empty
+	key flowKey
 	pkt [ackMaxLen]byte
 }
 
@@ -57,7 +58,7 @@ type ackTable struct {
 // connection or starts a new one on the same ports. p must be a TCP
 // packet. It is on the send path of every TCP packet and does not
 // allocate.
-func (t *ackTable) record(p *stack.PacketBuffer) {
+func (t *ackTable) record(p *stack.PacketBuffer, k flowKey) {
 	const ends = uint8(header.TCPFlagSyn | header.TCPFlagFin | header.TCPFlagRst)
 	th := p.TransportHeader().Slice()
 	if len(th) < header.TCPMinimumSize {
@@ -72,10 +73,7 @@ func (t *ackTable) record(p *stack.PacketBuffer) {
 	if len(nh)+len(th) > ackMaxLen {
 		return
 	}
-	i, ok := flowSlot(nh, th)
-	if !ok {
-		return
-	}
+	i := k.slot(ackSlots)
 	slots := t.slots.Load()
 	if slots == nil {
 		if !pure {
@@ -88,14 +86,15 @@ func (t *ackTable) record(p *stack.PacketBuffer) {
 	s.mu.Lock()
 	switch {
 	case !pure:
-		if s.n > 0 && sameFlow(s.pkt[:s.n], nh, th) {
+		if s.n > 0 && s.key == k {
 			s.n = 0
 		}
-	case s.n > 0 && sameFlow(s.pkt[:s.n], nh, th) && keepaliveProbe(s.pkt[:s.n], th):
+	case s.n > 0 && s.key == k && keepaliveProbe(s.pkt[:s.n], th):
 		// Keep the acknowledgement the probe follows: a probe's sequence
 		// number is one below the window, so the receiver discards it
 		// without reading its acknowledgement number.
 	default:
+		s.key = k
 		s.n = copy(s.pkt[:], nh)
 		s.n += copy(s.pkt[s.n:], th)
 	}
@@ -146,35 +145,6 @@ func addrSpan(v int) (from, to int, ok bool) {
 		return 8, 40, true
 	}
 	return 0, 0, false
-}
-
-// flowSlot hashes a packet's addresses and ports (FNV-1a) to a slot.
-func flowSlot(nh, th []byte) (int, bool) {
-	from, to, ok := addrSpan(header.IPVersion(nh))
-	if !ok || len(nh) < to {
-		return 0, false
-	}
-	h := uint32(2166136261)
-	for _, b := range nh[from:to] {
-		h = (h ^ uint32(b)) * 16777619
-	}
-	for _, b := range th[:4] {
-		h = (h ^ uint32(b)) * 16777619
-	}
-	return int(h % ackSlots), true
-}
-
-// sameFlow reports whether the recorded packet rec is of the connection
-// whose headers are nh and th.
-func sameFlow(rec, nh, th []byte) bool {
-	v := header.IPVersion(nh)
-	from, to, ok := addrSpan(v)
-	if !ok || header.IPVersion(rec) != v || len(rec) < to || len(nh) < to ||
-		string(rec[from:to]) != string(nh[from:to]) {
-		return false
-	}
-	hl := ipHeaderLen(rec)
-	return len(rec) >= hl+4 && string(rec[hl:hl+4]) == string(th[:4])
 }
 
 // keepaliveProbe reports whether th, of the connection recorded in rec,

@@ -185,9 +185,12 @@ var groPool = sync.Pool{New: func() any {
 func (l *linkEndpoint) WritePackets(list stack.PacketBufferList) (int, tcpip.Error) {
 	all := list.AsSlice()
 	for _, p := range all {
-		if p.TransportProtocolNumber == header.TCPProtocolNumber {
-			l.echoes.echo(p)
-			l.acks.record(p)
+		if p.TransportProtocolNumber != header.TCPProtocolNumber {
+			continue
+		}
+		if k, ok := packetKey(p); ok {
+			l.echoes.echo(p, k)
+			l.acks.record(p, k)
 		}
 	}
 	for _, p := range all {

@@ -109,6 +109,11 @@ func keyOf(nh, th []byte, in bool) (flowKey, bool) {
 	return k, true
 }
 
+// packetKey is the key of an outbound TCP packet's connection.
+func packetKey(p *stack.PacketBuffer) (flowKey, bool) {
+	return keyOf(p.NetworkHeader().Slice(), p.TransportHeader().Slice(), false)
+}
+
 // slot hashes the key (FNV-1a) to one of n slots.
 func (k *flowKey) slot(n uint32) int {
 	h := uint32(2166136261)
@@ -214,9 +219,9 @@ func (t *echoTable) heard(p, tcp []byte, now int64) {
 
 // echo sets the timestamp echo of an outbound TCP packet of a connection
 // that is catching up after a silence (see above), and notes the
-// acknowledgement and window it carries. It is on the send path of every
+// acknowledgement and window it carries; k is the packet's packetKey. It is on the send path of every
 // TCP packet and does not allocate.
-func (t *echoTable) echo(p *stack.PacketBuffer) {
+func (t *echoTable) echo(p *stack.PacketBuffer, k flowKey) {
 	th := p.TransportHeader().Slice()
 	if len(th) < header.TCPMinimumSize {
 		return
@@ -225,10 +230,6 @@ func (t *echoTable) echo(p *stack.PacketBuffer) {
 	syn := flags&uint8(header.TCPFlagSyn) != 0
 	slots := t.slots.Load()
 	if slots == nil && !syn || flags&uint8(header.TCPFlagAck|header.TCPFlagSyn) == 0 {
-		return
-	}
-	k, ok := keyOf(p.NetworkHeader().Slice(), th, false)
-	if !ok {
 		return
 	}
 	s := &t.table()[k.slot(echoSlots)]

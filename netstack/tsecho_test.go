@@ -38,6 +38,15 @@ func peerSegment(v6 bool, flags header.TCPFlags, tsval uint32, payload int, more
 	return b
 }
 
+// mustKey is an outbound packet's packetKey; the tests' packets have one.
+func mustKey(p *stack.PacketBuffer) flowKey {
+	k, ok := packetKey(p)
+	if !ok {
+		panic("a test packet without a connection key")
+	}
+	return k
+}
+
 // echoOf is the timestamp echo of a packet as it left.
 func echoOf(t *testing.T, wire []byte) uint32 {
 	t.Helper()
@@ -212,12 +221,12 @@ func TestEchoAllocs(t *testing.T) {
 	pkt := superSegment{seq: 1, ack: 2, flags: header.TCPFlagAck, wnd: 9, mss: 1380, opts: timestamps(1, 2)}.packet()
 	defer pkt.DecRef()
 	l.echoes.heard(in, ipTCPHeader(in), 1) // the table itself, once
-	l.echoes.echo(pkt)
+	l.echoes.echo(pkt, mustKey(pkt))
 	now := int64(1)
 	if n := testing.AllocsPerRun(100, func() {
 		now += int64(time.Second) // every segment ends a silence
 		l.echoes.heard(in, ipTCPHeader(in), now)
-		l.echoes.echo(pkt)
+		l.echoes.echo(pkt, mustKey(pkt))
 	}); n != 0 {
 		t.Errorf("heard and echo allocate %v times per segment", n)
 	}
@@ -240,7 +249,7 @@ func BenchmarkEcho(b *testing.B) {
 	b.Run("echo", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			l.echoes.echo(pkt)
+			l.echoes.echo(pkt, mustKey(pkt))
 		}
 	})
 }
@@ -273,10 +282,10 @@ func FuzzEcho(f *testing.F) {
 		completeChecksum(pkt, false)
 		before := bytes.Clone(pkt.TransportHeader().Slice())
 		l.echoes.heard(in, tcp, 1)
-		l.echoes.echo(pkt) // noted: the acknowledgement before the silence
+		l.echoes.echo(pkt, mustKey(pkt)) // noted: the acknowledgement before the silence
 		copy(pkt.TransportHeader().Slice(), before)
 		l.echoes.heard(in, tcp, 1+int64(time.Second))
-		l.echoes.echo(pkt)
+		l.echoes.echo(pkt, mustKey(pkt))
 		after := pkt.TransportHeader().Slice()
 		if bytes.Equal(before, after) {
 			return
