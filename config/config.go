@@ -150,6 +150,10 @@ type Interface struct {
 	// addresses pinged through the tunnel every interval.
 	CheckAlive         []netip.Addr
 	CheckAliveInterval time.Duration
+	// MemoryLimit is the memory budget of the whole process, in bytes
+	// (a wgbore key: MemoryLimit = 64MiB); 0 means none was given, and
+	// the container's limit, if any, applies.
+	MemoryLimit int64
 }
 
 // Peer is one [Peer] section.

@@ -96,6 +96,7 @@ var sectionKeys = [numSections][]keySpec{
 		{name: "ListenPort"},
 		{name: "CheckAlive", kind: list},
 		{name: "CheckAliveInterval"},
+		{name: "MemoryLimit"},
 		{name: "Table", kind: wgQuickOnly},
 		{name: "PreUp", kind: wgQuickOnly},
 		{name: "PostUp", kind: wgQuickOnly},
@@ -1024,6 +1025,16 @@ func (p *parser) setInterface(f *fileState, s *section, key, v string, n int) {
 	case "CheckAliveInterval":
 		if secs, ok := p.number(f, n, key, v, 1, 1<<32-1); ok {
 			iface.CheckAliveInterval = time.Duration(secs) * time.Second
+		}
+	case "MemoryLimit":
+		b, err := ParseSize(v)
+		switch {
+		case err != nil:
+			p.errorf(f, n, key, "%v", err)
+		case b < MinMemoryLimit:
+			p.errorf(f, n, key, "%s is below the %d MiB that wgbore needs to run", v, MinMemoryLimit>>20)
+		default:
+			iface.MemoryLimit = b
 		}
 	}
 }

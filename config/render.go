@@ -231,6 +231,9 @@ func (c *Config) renderInterface(r *renderer, opts RenderOptions) {
 			r.seconds("CheckAliveInterval", i.CheckAliveInterval)
 		}
 	}
+	if i.MemoryLimit != 0 {
+		r.kv("MemoryLimit", FormatSize(i.MemoryLimit))
+	}
 }
 
 func (p *Peer) render(r *renderer, opts RenderOptions) {
