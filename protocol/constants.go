@@ -99,4 +99,7 @@ const (
 	// for reuse: enough for two peers' full queues, about 12 MB at the
 	// default MTU once reached.
 	maxFreeElements = 8192
+	// trimKeep is how many idle packet buffers Trim leaves: a couple of
+	// full batches, so the next bulk transfer starts without allocating.
+	trimKeep = 256
 )

@@ -213,6 +213,16 @@ func New(cfg Config) (*Engine, error) {
 	return e, nil
 }
 
+// Trim gives back the idle packet buffers a burst left behind, beyond a
+// batch's worth. The engine keeps idle buffers so that steady traffic
+// allocates nothing; after a burst (a mass close, a flood) they would
+// otherwise stay for the life of the process. Traffic after a Trim
+// allocates until the free lists are full again.
+func (e *Engine) Trim() {
+	e.elements.trim(trimKeep)
+	e.batches.trim(trimKeep / 8)
+}
+
 func (e *Engine) goroutine(f func()) {
 	e.wg.Add(1)
 	go func() {

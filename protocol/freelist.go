@@ -61,3 +61,13 @@ func (f *freeList[T]) putN(xs []*T) {
 	f.items = append(f.items, xs[:room]...)
 	f.mu.Unlock()
 }
+
+// trim lets all but keep of the idle items go to the garbage collector.
+func (f *freeList[T]) trim(keep int) {
+	f.mu.Lock()
+	if len(f.items) > keep {
+		clear(f.items[keep:])
+		f.items = f.items[:keep]
+	}
+	f.mu.Unlock()
+}
