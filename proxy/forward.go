@@ -28,6 +28,11 @@ type ForwardConfig struct {
 	// clients are closed at once. <= 0 means DefaultMaxConnections.
 	MaxConnections int
 
+	// Admit, when set, is asked before each new connection is served;
+	// false refuses it as the cap does. A memory budget uses it to turn
+	// clients away before the process runs out.
+	Admit func() bool
+
 	// IdleTimeout closes a relay after no byte has moved either way for
 	// this long, so peers that vanished without a FIN (a laptop put to
 	// sleep, a NAT that forgot the flow) do not hold a slot forever.
@@ -51,6 +56,7 @@ type TCPForwarder struct {
 	dial     func(ctx context.Context, network, address string) (net.Conn, error)
 	target   string
 	maxConns int
+	admit    func() bool
 	conns    connCounter // summed over every Serve
 	idle     time.Duration
 	log      *slog.Logger
@@ -77,6 +83,7 @@ func NewTCPForwarder(dial func(ctx context.Context, network, address string) (ne
 		dial:        dial,
 		target:      target,
 		maxConns:    cfg.MaxConnections,
+		admit:       cfg.Admit,
 		idle:        cfg.IdleTimeout,
 		log:         log,
 		ctx:         ctx,
@@ -90,7 +97,7 @@ func NewTCPForwarder(dial func(ctx context.Context, network, address string) (ne
 // returns nil once Close or Shutdown has been called; relays already
 // running carry on until their ends finish or Close is called.
 func (f *TCPForwarder) Serve(l net.Listener) error {
-	err := f.acceptLoop(f.ctx, limitConnections(l, f.maxConns, &f.conns, nil), f.log.With("target", f.target), "forward: accept", f.startRelay)
+	err := f.acceptLoop(f.ctx, limitConnections(l, f.maxConns, f.admit, &f.conns, nil), f.log.With("target", f.target), "forward: accept", f.startRelay)
 	if err != nil {
 		return fmt.Errorf("forward to %s: %w", f.target, err)
 	}

@@ -39,6 +39,11 @@ type HTTPConfig struct {
 	// DefaultMaxConnections. Past the cap, new clients get 503 at once.
 	MaxConnections int
 
+	// Admit, when set, is asked before each new connection is served;
+	// false refuses it as the cap does. A memory budget uses it to turn
+	// clients away before the process runs out.
+	Admit func() bool
+
 	// HandshakeTimeout bounds the time a client has to send a request's
 	// header (the first from accept, TLS handshake included; a later one
 	// from its first byte, a keep-alive connection idling in between up
@@ -76,6 +81,7 @@ type HTTP struct {
 	creds       *credentials // nil: no authentication
 	tls         *tls.Config  // nil: plain HTTP
 	maxConns    int
+	admit       func() bool
 	dialTimeout time.Duration
 	conns       connCounter // summed over every Serve
 	srv         *http.Server
@@ -111,6 +117,7 @@ func NewHTTP(nw Network, cfg HTTPConfig) *HTTP {
 		nw:          nw,
 		log:         log,
 		maxConns:    cfg.MaxConnections,
+		admit:       cfg.Admit,
 		dialTimeout: dialTimeout,
 		ctx:         ctx,
 		cancel:      cancel,
@@ -161,7 +168,7 @@ func (h *HTTP) Serve(l net.Listener) error {
 		// per refusal would cost more than the refusal saves.
 		refuse = nil
 	}
-	l = limitConnections(l, h.maxConns, &h.conns, refuse)
+	l = limitConnections(l, h.maxConns, h.admit, &h.conns, refuse)
 	if h.tls != nil {
 		// tls.NewListener hands out *tls.Conn, which net/http
 		// recognises: it then bounds the handshake by

@@ -30,6 +30,8 @@ const DefaultDialTimeout = 30 * time.Second
 type limitListener struct {
 	net.Listener
 	slots chan struct{}
+	// admit, when set, may refuse a connection that has a slot.
+	admit func() bool
 	// stats is the server's, shared by all its listeners.
 	stats *connCounter
 	// refuse tells a client in its own protocol that the listener is
@@ -49,14 +51,15 @@ const (
 )
 
 // limitConnections wraps l so that at most max of its connections are
-// open at once; max <= 0 means DefaultMaxConnections. It counts them in
-// stats, where a server that serves several listeners sums them, and
-// answers the excess with refuse.
-func limitConnections(l net.Listener, max int, stats *connCounter, refuse func(net.Conn)) net.Listener {
+// open at once, and only those admit (when set) lets in; max <= 0 means
+// DefaultMaxConnections. It counts them in stats, where a server that
+// serves several listeners sums them, and answers the excess with
+// refuse.
+func limitConnections(l net.Listener, max int, admit func() bool, stats *connCounter, refuse func(net.Conn)) net.Listener {
 	if max <= 0 {
 		max = DefaultMaxConnections
 	}
-	return &limitListener{Listener: l, slots: make(chan struct{}, max), stats: stats,
+	return &limitListener{Listener: l, slots: make(chan struct{}, max), admit: admit, stats: stats,
 		refuse: refuse, refusals: map[net.Conn]struct{}{}}
 }
 
@@ -66,14 +69,16 @@ func (l *limitListener) Accept() (net.Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		select {
-		case l.slots <- struct{}{}:
-			l.stats.opened()
-			return &limitedConn{Conn: c, l: l}, nil
-		default:
-			l.stats.refused()
-			l.refuseConn(c)
+		if l.admit == nil || l.admit() {
+			select {
+			case l.slots <- struct{}{}:
+				l.stats.opened()
+				return &limitedConn{Conn: c, l: l}, nil
+			default:
+			}
 		}
+		l.stats.refused()
+		l.refuseConn(c)
 	}
 }
 

@@ -50,6 +50,11 @@ type SOCKS5Config struct {
 	// the cap, new clients are refused at once (reply 01).
 	MaxConnections int
 
+	// Admit, when set, is asked before each new connection is served;
+	// false refuses it as the cap does. A memory budget uses it to turn
+	// clients away before the process runs out.
+	Admit func() bool
+
 	// HandshakeTimeout bounds the time from accept to the client's
 	// request, authentication included; 0 means
 	// DefaultSOCKSHandshakeTimeout. A relay, once started, has no
@@ -77,6 +82,7 @@ type SOCKS5 struct {
 	log              *slog.Logger
 	server           *socks5.Server
 	maxConns         int
+	admit            func() bool
 	handshakeTimeout time.Duration
 	conns            connCounter // summed over every Serve
 
@@ -112,6 +118,7 @@ func NewSOCKS5(nw Network, cfg SOCKS5Config) *SOCKS5 {
 		nw:               nw,
 		log:              logger,
 		maxConns:         cfg.MaxConnections,
+		admit:            cfg.Admit,
 		handshakeTimeout: handshakeTimeout,
 		dialTimeout:      dialTimeout,
 		ctx:              ctx,
@@ -147,7 +154,7 @@ func NewSOCKS5(nw Network, cfg SOCKS5Config) *SOCKS5 {
 // until their clients leave or Close is called. After Close or Shutdown,
 // Serve returns nil.
 func (s *SOCKS5) Serve(l net.Listener) error {
-	return s.acceptLoop(s.ctx, limitConnections(l, s.maxConns, &s.conns, refuseSOCKS), s.log, "socks5: accept", func(conn net.Conn) bool {
+	return s.acceptLoop(s.ctx, limitConnections(l, s.maxConns, s.admit, &s.conns, refuseSOCKS), s.log, "socks5: accept", func(conn net.Conn) bool {
 		// start counts the goroutine under the lock Close takes, so
 		// Close either sees the connection and waits for it, or the
 		// connection is refused.

@@ -16,6 +16,7 @@ import (
 	"runtime"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -565,6 +566,35 @@ func TestSOCKS5MaxConnections(t *testing.T) {
 	if got := make([]byte, 2); func() error { _, err := io.ReadFull(fourth, got); return err }() != nil || got[1] != 0 {
 		t.Fatalf("a client once a slot freed was not served: % x", got)
 	}
+}
+
+// A connection that Admit turns away is refused as one past the cap is,
+// and the connections already open keep working.
+func TestSOCKS5Admit(t *testing.T) {
+	port := startTCPEcho(t)
+	var full atomic.Bool
+	s, proxyAddr, _ := startSOCKS5(t, newSOCKSNetwork(), SOCKS5Config{Admit: func() bool { return !full.Load() }})
+	open := socksEchoThrough(t, proxyAddr, port)
+
+	full.Store(true)
+	refused, err := net.Dial("tcp", proxyAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer refused.Close()
+	mustWrite(t, refused, []byte{5, 1, 0, 5, 1, 0, 1, 10, 0, 0, 2, 0, 80})
+	refused.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(refused)
+	if want := []byte{5, 0, 5, 1, 0, 1, 0, 0, 0, 0, 0, 0}; !bytes.Equal(got, want) || err != nil {
+		t.Fatalf("client refused by Admit got % x (%v), want % x and the connection closed", got, err, want)
+	}
+	socksPing(t, open)
+	if st := s.Stats(); st.Refused != 1 || st.Active != 1 {
+		t.Fatalf("Stats = %+v, want 1 refused and 1 active", st)
+	}
+
+	full.Store(false)
+	socksPing(t, socksEchoThrough(t, proxyAddr, port))
 }
 
 func TestSOCKS5ShutdownWaitsForRelays(t *testing.T) {

@@ -11,8 +11,8 @@ type ConnStats struct {
 	// Total were accepted since the server was made; it never goes down,
 	// so a scraper can compute a rate from it.
 	Total uint64
-	// Refused arrived while the listener was at its MaxConnections and
-	// were turned away; it never goes down either.
+	// Refused arrived while the listener was at its MaxConnections, or
+	// were turned away by the server's Admit; it never goes down either.
 	Refused uint64
 }
 

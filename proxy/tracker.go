@@ -114,10 +114,16 @@ func (t *connTracker) markBusy(c net.Conn) bool {
 	return true
 }
 
-// untrack forgets c and closes it.
+// untrack forgets c and closes it. When the last connection goes, the
+// map is made anew: a Go map keeps the buckets of its largest size, so
+// after a burst of thousands of connections it would hold them for the
+// life of the server.
 func (t *connTracker) untrack(c net.Conn) {
 	t.mu.Lock()
 	delete(t.conns, c)
+	if len(t.conns) == 0 {
+		t.conns = make(map[net.Conn]bool)
+	}
 	t.mu.Unlock()
 	c.Close()
 }
