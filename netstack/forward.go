@@ -57,7 +57,11 @@ type ForwardConfig struct {
 	// direction for this long: UDP has no close, so idleness is the only
 	// end a flow has. 0 means 2 minutes.
 	UDPIdleTimeout time.Duration
-	Logger         *slog.Logger
+	// Admit, when set, is asked before each new flow; false refuses the
+	// flow as the per-peer limit does. A memory budget uses it to turn
+	// flows away before the process runs out.
+	Admit  func() bool
+	Logger *slog.Logger
 }
 
 // Forward turns on server mode: flows from peers to any destination are
@@ -270,6 +274,11 @@ func (f *forwarder) acquire(id stack.TransportEndpointID, network string) (proto
 	if f.perPeer[peer] >= f.cfg.MaxFlowsPerPeer {
 		f.log.Debug("flow refused: peer at its flow limit", "network", network, "peer", peer,
 			"limit", f.cfg.MaxFlowsPerPeer, "dst", netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort))
+		return protocol.PublicKey{}, false
+	}
+	if f.cfg.Admit != nil && !f.cfg.Admit() {
+		f.log.Debug("flow refused: memory budget spent", "network", network, "peer", peer,
+			"dst", netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort))
 		return protocol.PublicKey{}, false
 	}
 	f.perPeer[peer]++

@@ -55,6 +55,10 @@ type Config struct {
 	DNS []netip.Addr
 	// DNSSearch are the search domains: wg-quick's DNS= non-IP entries.
 	DNSSearch []string
+	// TCPBufferMax is the most a TCP connection's send or receive buffer
+	// may grow to; 0 means DefaultTCPBufferMax. A memory budget lowers
+	// it, so that a few bulk transfers cannot take the whole budget.
+	TCPBufferMax int
 }
 
 const nicID = 1
@@ -137,7 +141,7 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 	s.SetTransportProtocolHandler(udp.ProtocolNumber, n.udpPacket)
 	s.SetTransportProtocolHandler(icmp.ProtocolNumber4, n.icmpPacket)
 	s.SetTransportProtocolHandler(icmp.ProtocolNumber6, n.icmpPacket)
-	if err := tuneTCP(s); err != nil {
+	if err := tuneTCP(s, cfg.TCPBufferMax); err != nil {
 		s.Close()
 		bind.Close()
 		return nil, fmt.Errorf("netstack: %w", err)
@@ -231,7 +235,8 @@ func (n *Net) Close() error {
 	return err
 }
 
-// TCP buffer bounds. gVisor allocates buffer memory as data queues, not
+// TCP buffer bounds (the maximum is DefaultTCPBufferMax unless
+// Config.TCPBufferMax says). gVisor allocates buffer memory as data queues, not
 // up front, so an idle connection costs little whatever these say: with
 // 1,000 idle connections held through the SOCKS5 proxy, a heap profile
 // showed about 7 KiB per endpoint (the endpoint, its sender and SACK
@@ -243,8 +248,18 @@ func (n *Net) Close() error {
 const (
 	tcpBufferMin     = 4 << 10
 	tcpBufferDefault = 128 << 10
-	tcpBufferMax     = 8 << 20
+	// DefaultTCPBufferMax is Config.TCPBufferMax when unset.
+	DefaultTCPBufferMax = 8 << 20
 )
+
+// tcpTimeWait is how long a connection we closed first stays in
+// TIME_WAIT, keeping its endpoint, port and timers (several KiB each).
+// Linux keeps 60 s, which after a burst of thousands of short
+// connections holds tens of MB for a minute. 15 s, macOS's figure is 30,
+// still outlasts any segment a tunnel can delay: the path is one
+// WireGuard hop whose queues drain in milliseconds, and the timestamps
+// both ends now exchange (PAWS) reject an old segment even so.
+const tcpTimeWait = 15 * time.Second
 
 // Retransmission timeout bounds. Measured with an impairment relay
 // between wgbore's stack and a wireguard-go peer (the recovery tests and
@@ -296,7 +311,11 @@ const (
 //   - the RTO bounds above;
 //   - auto-tuned buffers (receive-buffer moderation) within the bounds
 //     above.
-func tuneTCP(s *stack.Stack) error {
+func tuneTCP(s *stack.Stack, bufferMax int) error {
+	if bufferMax <= 0 {
+		bufferMax = DefaultTCPBufferMax
+	}
+	bufferDefault := min(tcpBufferDefault, bufferMax)
 	opts := []struct {
 		name string
 		opt  tcpip.SettableTransportProtocolOption
@@ -307,9 +326,10 @@ func tuneTCP(s *stack.Stack) error {
 		{"minimum RTO", ptr(tcpip.TCPMinRTOOption(tcpMinRTO))},
 		{"maximum RTO", ptr(tcpip.TCPMaxRTOOption(tcpMaxRTO))},
 		{"maximum retries", ptr(tcpip.TCPMaxRetriesOption(tcpMaxRetries))},
+		{"TIME_WAIT", ptr(tcpip.TCPTimeWaitTimeoutOption(tcpTimeWait))},
 		{"receive buffer moderation", ptr(tcpip.TCPModerateReceiveBufferOption(true))},
-		{"receive buffer", &tcpip.TCPReceiveBufferSizeRangeOption{Min: tcpBufferMin, Default: tcpBufferDefault, Max: tcpBufferMax}},
-		{"send buffer", &tcpip.TCPSendBufferSizeRangeOption{Min: tcpBufferMin, Default: tcpBufferDefault, Max: tcpBufferMax}},
+		{"receive buffer", &tcpip.TCPReceiveBufferSizeRangeOption{Min: tcpBufferMin, Default: bufferDefault, Max: bufferMax}},
+		{"send buffer", &tcpip.TCPSendBufferSizeRangeOption{Min: tcpBufferMin, Default: bufferDefault, Max: bufferMax}},
 	}
 	for _, o := range opts {
 		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, o.opt); err != nil {

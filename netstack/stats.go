@@ -47,3 +47,9 @@ func (n *Net) Stats() []PeerStats {
 // back after a silence (see protocol.PeerReturner): each is one of our
 // connections' latest, which the outage may have swallowed.
 func (n *Net) ResentAcks() uint64 { return n.link.resentAcks.Load() }
+
+// TCPEndpoints counts the tunnel's TCP connections that hold state:
+// those open or closing, TIME_WAIT included, which keeps its endpoint
+// after the application has let go. A fall in it is a burst of
+// connections ending.
+func (n *Net) TCPEndpoints() uint64 { return n.stack.Stats().TCP.CurrentConnected.Value() }
