@@ -1,0 +1,20 @@
+// Package membudget keeps a wgbore process inside a memory budget and
+// gives memory back to the operating system once a burst is over.
+//
+// A sidecar is killed when it crosses its container's limit, so what
+// counts is the peak of resident memory and how soon it falls again,
+// not only the cost of one idle connection. Three mechanisms serve that:
+//
+//   - The budget (a [Budget]) sets the Go runtime's soft memory limit a
+//     little under itself, so the collector works harder as the process
+//     nears it, and it answers [Budget.Admit] for every new connection:
+//     past a share of the budget new connections are refused at once,
+//     and the ones already open keep what they have. It also scales the
+//     defaults that decide how much memory connections take.
+//   - [CgroupLimit] finds the container's limit, which is the budget when
+//     the configuration gives none.
+//   - [Reclaim] watches a count of the things that hold memory
+//     (goroutines, TCP endpoints) and, when it falls steeply, collects
+//     and returns the free pages at once, instead of waiting for the
+//     runtime's next forced collection, which may be minutes away.
+package membudget

@@ -1,0 +1,159 @@
+package membudget
+
+import (
+	"context"
+	"testing"
+	"testing/fstest"
+	"time"
+)
+
+func TestCgroupLimit(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		files fstest.MapFS
+		want  int64
+		ok    bool
+	}{
+		{"no cgroup file system", fstest.MapFS{}, 0, false},
+		{"v2 in a namespace", fstest.MapFS{
+			"proc/self/cgroup":         {Data: []byte("0::/\n")},
+			"sys/fs/cgroup/memory.max": {Data: []byte("67108864\n")},
+		}, 64 << 20, true},
+		{"v2 at its path", fstest.MapFS{
+			"proc/self/cgroup": {Data: []byte("0::/system.slice/wgbore.service\n")},
+			"sys/fs/cgroup/system.slice/wgbore.service/memory.max": {Data: []byte("134217728\n")},
+			"sys/fs/cgroup/memory.max":                             {Data: []byte("max\n")},
+		}, 128 << 20, true},
+		{"v2 unlimited", fstest.MapFS{
+			"proc/self/cgroup":         {Data: []byte("0::/\n")},
+			"sys/fs/cgroup/memory.max": {Data: []byte("max\n")},
+		}, 0, false},
+		{"v1", fstest.MapFS{
+			"proc/self/cgroup": {Data: []byte("12:cpu,cpuacct:/docker/abc\n7:memory:/docker/abc\n")},
+			"sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes": {Data: []byte("268435456\n")},
+		}, 256 << 20, true},
+		{"v1 unlimited", fstest.MapFS{
+			"proc/self/cgroup":                           {Data: []byte("7:memory:/\n")},
+			"sys/fs/cgroup/memory/memory.limit_in_bytes": {Data: []byte("9223372036854771712\n")},
+		}, 0, false},
+		{"garbage", fstest.MapFS{
+			"proc/self/cgroup":         {Data: []byte("nonsense")},
+			"sys/fs/cgroup/memory.max": {Data: []byte("lots\n")},
+		}, 0, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, ok := CgroupLimit(tc.files)
+			if got != tc.want || ok != tc.ok {
+				t.Fatalf("CgroupLimit = %d, %v; want %d, %v", got, ok, tc.want, tc.ok)
+			}
+		})
+	}
+}
+
+func TestNoBudget(t *testing.T) {
+	var b *Budget = New(0, 0)
+	if b != nil {
+		t.Fatal("New(0) made a budget")
+	}
+	if !b.Admit() || b.Refused() != 0 || b.Limit() != 0 {
+		t.Fatal("no budget must admit everything and refuse nothing")
+	}
+	if b.Connections(1024) != 1024 || b.BufferMax(8<<20, 4<<10) != 8<<20 {
+		t.Fatal("no budget must leave the defaults alone")
+	}
+}
+
+func TestAdmit(t *testing.T) {
+	// This test process holds a few MiB: a budget of 1 GiB admits, one
+	// of 4 MiB does not.
+	roomy := New(1<<30, Overhead())
+	if !roomy.Admit() {
+		t.Fatalf("1 GiB budget refused with %d bytes in use", roomy.InUse())
+	}
+	tight := New(4<<20, Overhead())
+	for range 3 {
+		if tight.Admit() {
+			t.Fatalf("4 MiB budget admitted with %d bytes in use", tight.InUse())
+		}
+	}
+	if tight.Refused() != 3 {
+		t.Fatalf("Refused = %d, want 3", tight.Refused())
+	}
+	if roomy.Refused() != 0 {
+		t.Fatalf("roomy budget counted %d refusals", roomy.Refused())
+	}
+}
+
+func TestScaling(t *testing.T) {
+	b := New(64<<20, 10<<20)
+	c := b.Connections(20000)
+	if c <= 16 || c >= 20000 {
+		t.Fatalf("64 MiB budget scales 20000 connections to %d", c)
+	}
+	if b.Connections(100) != 100 {
+		t.Fatal("a default below what the budget holds must stay")
+	}
+	if New(16<<20, 16<<20).Connections(1024) != 16 {
+		t.Fatal("a budget that the overhead fills must still allow a few connections")
+	}
+	if got := b.BufferMax(8<<20, 4<<10); got != 4<<20 {
+		t.Fatalf("BufferMax = %d, want a sixteenth of 64 MiB", got)
+	}
+	if got := New(16<<20, 0).BufferMax(8<<20, 2<<20); got != 2<<20 {
+		t.Fatalf("BufferMax = %d, want the floor", got)
+	}
+}
+
+func TestFell(t *testing.T) {
+	for _, tc := range []struct {
+		high, now int64
+		want      bool
+	}{
+		{10000, 5000, true},
+		{10000, 7500, true},
+		{10000, 7600, false},
+		{100, 50, false}, // a handful of connections is not a burst
+		{200, 100, true},
+		{0, 0, false},
+	} {
+		if got := fell(tc.high, tc.now); got != tc.want {
+			t.Errorf("fell(%d, %d) = %v, want %v", tc.high, tc.now, got, tc.want)
+		}
+	}
+}
+
+func TestReclaimer(t *testing.T) {
+	loads := make(chan int64, 1)
+	loads <- 100
+	tick := make(chan time.Time)
+	trimmed := make(chan int64, 10)
+	last := int64(0)
+	r := Reclaimer{
+		Load: func() int64 { last = <-loads; return last },
+		Trim: func() { trimmed <- last },
+		Tick: tick,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	defer func() { cancel(); <-done }()
+
+	step := func(load int64) {
+		tick <- time.Time{}
+		loads <- load
+	}
+	// Up to a burst of 5000, down by a little, then most of the way.
+	for _, l := range []int64{1000, 5000, 4800, 1000, 1000, 300} {
+		step(l)
+	}
+	tick <- time.Time{} // the last load is read once this tick is taken
+	loads <- 300
+	var got []int64
+	for len(trimmed) > 0 {
+		got = append(got, <-trimmed)
+	}
+	// 5000 → 1000 reclaims; from there 1000 → 300 does too.
+	if len(got) != 2 || got[0] != 1000 || got[1] != 300 {
+		t.Fatalf("reclaimed at loads %v, want [1000 300]", got)
+	}
+}

@@ -1,0 +1,61 @@
+package membudget
+
+import (
+	"context"
+	"runtime/debug"
+	"time"
+)
+
+// Reclaimer gives memory back to the operating system when a burst of
+// connections ends.
+//
+// The Go runtime returns free memory only as far as its heap goal
+// allows, and that goal was set by the last collection, taken while the
+// burst's connections were alive; the next forced one may be two
+// minutes away. A steep fall in the count of things that hold memory is
+// a cheap sign that much of the heap has just become garbage: a
+// collection then, and a return of every free page, bring the process
+// back to what is still in use.
+type Reclaimer struct {
+	// Load counts what holds memory: goroutines and open TCP endpoints
+	// (those in TIME_WAIT too, which keep their state after the
+	// connection closes).
+	Load func() int64
+	// Trim, if set, drops caches that would otherwise outlive the burst,
+	// just before the collection.
+	Trim func()
+	// Tick paces the looks at Load; a look is a few loads, so once a
+	// second costs nothing while idle and is soon enough after a burst.
+	Tick <-chan time.Time
+}
+
+// Run looks at Load on every tick until ctx is done, and reclaims when
+// it has fallen steeply from its high since the last reclaim.
+func (r Reclaimer) Run(ctx context.Context) {
+	high := r.Load()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.Tick:
+		}
+		n := r.Load()
+		switch {
+		case n > high:
+			high = n
+		case fell(high, n):
+			if r.Trim != nil {
+				r.Trim()
+			}
+			debug.FreeOSMemory()
+			high = n
+		}
+	}
+}
+
+// fell reports whether the load has fallen far enough from its high to
+// be worth a collection: by a quarter, and by more than what a handful
+// of connections hold.
+func fell(high, now int64) bool {
+	return high-now >= 64 && now <= high*3/4
+}
