@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -21,8 +22,8 @@ import (
 )
 
 // BenchmarkIdleConnMemory measures the resident memory of a `wgbore up`
-// process (issue 7's targets): idle, after start-up and one handshake,
-// and per idle TCP connection held through its SOCKS5 proxy. Each
+// process: idle, after start-up and one handshake, and per idle TCP
+// connection held through its SOCKS5 proxy. Each
 // connection is a CONNECT to the peer's echo service that moves one byte
 // each way and then stays open; once all are open, and after a pause
 // for the process to settle, the growth of VmRSS over the idle figure,
@@ -61,30 +62,7 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 			idle := vmRSS(b, pid)
 			saveMemStatus(pid, "idle")
 
-			conns := make([]net.Conn, n)
-			var wg sync.WaitGroup
-			errs := make(chan error, 1)
-			next := make(chan int)
-			for range 32 {
-				wg.Go(func() {
-					for i := range next {
-						c, err := memConn(socks, echo)
-						if err != nil {
-							select {
-							case errs <- fmt.Errorf("connection %d: %w", i, err):
-							default:
-							}
-							continue
-						}
-						conns[i] = c
-					}
-				})
-			}
-			for i := range n {
-				next <- i
-			}
-			close(next)
-			wg.Wait()
+			conns, err := openMemConns(socks, echo, n)
 			b.Cleanup(func() {
 				for _, c := range conns {
 					if c != nil {
@@ -92,10 +70,8 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 					}
 				}
 			})
-			select {
-			case err := <-errs:
+			if err != nil {
 				b.Fatal(err)
-			default:
 			}
 			time.Sleep(2 * time.Second)
 			busy := vmRSS(b, pid)
@@ -157,23 +133,28 @@ func memConn(socks string, target netip.AddrPort) (net.Conn, error) {
 // vmRSS reads a process's resident set size, in KiB.
 func vmRSS(b testing.TB, pid int) int64 {
 	b.Helper()
+	kib, ok := readVmRSS(pid)
+	if !ok {
+		b.Fatalf("no VmRSS in /proc/%d/status", pid)
+	}
+	return kib
+}
+
+// readVmRSS reads a process's resident set size, in KiB, if it can.
+func readVmRSS(pid int) (int64, bool) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
-		b.Fatal(err)
+		return 0, false
 	}
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
 			kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
-			if err != nil {
-				b.Fatal(err)
-			}
-			return kib
+			return kib, err == nil
 		}
 	}
-	b.Fatalf("no VmRSS in /proc/%d/status", pid)
-	return 0
+	return 0, false
 }
 
 // raiseNoFile lifts this process's descriptor limit to the hard limit:
@@ -186,5 +167,181 @@ func raiseNoFile(b testing.TB) {
 	lim.Cur = lim.Max
 	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
 		b.Fatal(err)
+	}
+}
+
+var burstConns = flag.Int("burst.n", 5000, "connections the burst memory benchmark opens, holds and closes")
+
+// BenchmarkBurstMemory follows a `wgbore up` process's resident memory
+// through a burst: idle, while -burst.n idle connections are held
+// through its SOCKS5 proxy, right after they all close, and 30 s later.
+// peak-MiB is the most it held at any sample, every 100 ms from the
+// first connection on. A sidecar is killed at its peak, and its
+// neighbours want the memory back once the burst is over. With -v it
+// logs when the memory moved.
+//
+//	go test ./cmd/wgbore -run '^$' -bench BurstMemory -benchtime 1x -v
+//
+// $WGBORE_BENCH_BINARY and $WGBORE_MEM_STATUS work as for the idle
+// benchmark beside it.
+func BenchmarkBurstMemory(b *testing.B) {
+	raiseNoFile(b)
+	n := *burstConns
+	ours, _ := protocol.GeneratePrivateKey()
+	site := peersite.Start(b, ours.PublicKey(), peersite.Options{})
+	conf := writeFile(b, b.TempDir(), "wg0.conf", site.WGQuick(ours, fmt.Sprintf("[Socks5]\nBindAddress = 127.0.0.1:0\nMaxConnections = %d\n", 4*n)))
+	d := startMemDaemon(b, conf)
+	pid := d.cmd.Process.Pid
+	socks := d.addr(b, "socks5 ", 0)
+	echo := netip.AddrPortFrom(peersite.TheirV4, 7)
+
+	c, err := memConn(socks, echo)
+	if err != nil {
+		b.Fatal(err)
+	}
+	c.Close()
+	time.Sleep(2 * time.Second)
+	idle := vmRSS(b, pid)
+
+	s := startRSSSampler(pid)
+	defer s.stop()
+	conns, err := openMemConns(socks, echo, n)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	}()
+	if err != nil {
+		b.Fatal(err)
+	}
+	time.Sleep(5 * time.Second)
+	held := vmRSS(b, pid)
+	saveMemStatus(pid, "burst-held")
+	s.mark("closing")
+	for i, c := range conns {
+		c.Close()
+		conns[i] = nil
+	}
+	time.Sleep(time.Second)
+	closed := vmRSS(b, pid)
+	saveMemStatus(pid, "burst-closed")
+	time.Sleep(29 * time.Second)
+	later := vmRSS(b, pid)
+	saveMemStatus(pid, "burst-30s")
+	if dir := os.Getenv("WGBORE_MEM_STATUS"); dir != "" {
+		os.WriteFile(dir+"/burst-log.txt", []byte(d.log()), 0o644)
+	}
+	s.stop()
+	b.Logf("RSS from the first connection on:%s", s.timeline())
+
+	mib := func(kib int64) float64 { return float64(kib) / 1024 }
+	b.ReportMetric(mib(idle), "idle-MiB")
+	b.ReportMetric(mib(held), "held-MiB")
+	b.ReportMetric(mib(s.peak()), "peak-MiB")
+	b.ReportMetric(mib(closed), "closed-MiB")
+	b.ReportMetric(mib(later), "after30s-MiB")
+	b.ReportMetric(float64(later)/float64(idle), "after30s/idle")
+}
+
+// rssSampler reads a process's VmRSS every 100 ms, keeping the peak
+// and a timeline of every move of 4 MiB or more.
+type rssSampler struct {
+	pid     int
+	start   time.Time
+	done    chan struct{}
+	sampled chan struct{}
+	once    sync.Once
+
+	mu    sync.Mutex
+	max   int64
+	marks strings.Builder
+}
+
+func startRSSSampler(pid int) *rssSampler {
+	s := &rssSampler{pid: pid, start: time.Now(), done: make(chan struct{}), sampled: make(chan struct{})}
+	go func() {
+		defer close(s.sampled)
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		last := int64(0)
+		for {
+			if kib, ok := readVmRSS(pid); ok {
+				s.mu.Lock()
+				s.max = max(s.max, kib)
+				s.mu.Unlock()
+				if kib-last >= 4<<10 || last-kib >= 4<<10 {
+					s.mark(fmt.Sprintf("%d MiB", kib>>10))
+					last = kib
+				}
+			}
+			select {
+			case <-s.done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return s
+}
+
+// mark adds an event to the timeline.
+func (s *rssSampler) mark(what string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	fmt.Fprintf(&s.marks, " | %.1fs %s", time.Since(s.start).Seconds(), what)
+}
+
+// stop ends the sampling and waits for it; it may be called again.
+func (s *rssSampler) stop() {
+	s.once.Do(func() { close(s.done) })
+	<-s.sampled
+}
+
+func (s *rssSampler) peak() int64 {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.max
+}
+
+func (s *rssSampler) timeline() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.marks.String()
+}
+
+// openMemConns opens n connections as memConn does, 32 at a time. On
+// an error it returns the first one with the connections it opened.
+func openMemConns(socks string, target netip.AddrPort, n int) ([]net.Conn, error) {
+	conns := make([]net.Conn, n)
+	var wg sync.WaitGroup
+	errs := make(chan error, 1)
+	next := make(chan int)
+	for range 32 {
+		wg.Go(func() {
+			for i := range next {
+				c, err := memConn(socks, target)
+				if err != nil {
+					select {
+					case errs <- fmt.Errorf("connection %d: %w", i, err):
+					default:
+					}
+					continue
+				}
+				conns[i] = c
+			}
+		})
+	}
+	for i := range n {
+		next <- i
+	}
+	close(next)
+	wg.Wait()
+	select {
+	case err := <-errs:
+		return conns, err
+	default:
+		return conns, nil
 	}
 }

@@ -77,7 +77,7 @@ func (s *service) sections(p *runPlan) []sectionSpec {
 			s.warnIfOpen(l.Addr(), "socks5", c.Username != "")
 			srv := proxy.NewSOCKS5(s.tun, proxy.SOCKS5Config{
 				Username: c.Username, Password: string(c.Password),
-				MaxConnections: c.MaxConnections, DialTimeout: c.DialTimeout, Logger: s.log.With("socks5", l.Addr().String()),
+				MaxConnections: s.maxConnections(c.MaxConnections), Admit: s.admit(), DialTimeout: c.DialTimeout, Logger: s.log.With("socks5", l.Addr().String()),
 			})
 			s.serve(fe, server{desc: "socks5 " + l.Addr().String(), shutdown: srv.Shutdown, close: srv.Close,
 				kind: "socks5", addr: l.Addr().String(), stats: srv.Stats}, func() error { return srv.Serve(l) })
@@ -106,7 +106,7 @@ func (s *service) sections(p *runPlan) []sectionSpec {
 			s.warnIfOpen(l.Addr(), "http", c.Username != "")
 			srv := proxy.NewHTTP(s.tun, proxy.HTTPConfig{
 				Username: c.Username, Password: string(c.Password), TLS: tlsConf,
-				MaxConnections: c.MaxConnections, DialTimeout: c.DialTimeout, Logger: s.log.With(kind, l.Addr().String()),
+				MaxConnections: s.maxConnections(c.MaxConnections), Admit: s.admit(), DialTimeout: c.DialTimeout, Logger: s.log.With(kind, l.Addr().String()),
 			})
 			s.serve(fe, server{desc: kind + " " + l.Addr().String(), shutdown: srv.Shutdown, close: srv.Close,
 				kind: kind, addr: l.Addr().String(), stats: srv.Stats}, func() error { return srv.Serve(l) })
@@ -121,7 +121,7 @@ func (s *service) sections(p *runPlan) []sectionSpec {
 			}
 			s.warnIfOpen(l.Addr(), "TCPClientTunnel", false)
 			f := proxy.NewTCPForwarder(s.tun.DialContext, c.Target, proxy.ForwardConfig{
-				MaxConnections: c.MaxConnections, IdleTimeout: c.IdleTimeout, Logger: s.log.With("tcp_client_tunnel", l.Addr().String()),
+				MaxConnections: s.maxConnections(c.MaxConnections), Admit: s.admit(), IdleTimeout: c.IdleTimeout, Logger: s.log.With("tcp_client_tunnel", l.Addr().String()),
 			})
 			s.serve(fe, server{desc: fmt.Sprintf("tcp %s→tunnel %s", l.Addr(), c.Target), shutdown: f.Shutdown, close: f.Close,
 				kind: "tcp_client_tunnel", addr: l.Addr().String(), stats: f.Stats}, func() error { return f.Serve(l) })
@@ -144,7 +144,7 @@ func (s *service) sections(p *runPlan) []sectionSpec {
 				return fmt.Errorf("%s: [TCPServerTunnel]: listen in the tunnel: %w", c.Pos, err)
 			}
 			f := proxy.NewTCPForwarder(s.hostDialer.DialContext, c.Target, proxy.ForwardConfig{
-				MaxConnections: c.MaxConnections, IdleTimeout: c.IdleTimeout, Logger: s.log.With("tcp_server_tunnel", ls[0].Addr().String()),
+				MaxConnections: s.maxConnections(c.MaxConnections), Admit: s.admit(), IdleTimeout: c.IdleTimeout, Logger: s.log.With("tcp_server_tunnel", ls[0].Addr().String()),
 			})
 			for i, l := range ls {
 				srv := server{desc: fmt.Sprintf("tunnel tcp %s→%s", l.Addr(), c.Target)}

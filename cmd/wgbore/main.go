@@ -14,8 +14,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"syscall"
 )
@@ -47,12 +49,19 @@ type env struct {
 	// values in a config. Nil is an empty environment, so a test sees
 	// only the variables it sets.
 	lookupEnv func(name string) (string, bool)
+	// root is the host's file system, where up finds its container's
+	// memory limit; nil means none is found.
+	root fs.FS
 }
 
 func main() {
+	// Nothing in wgbore reads heap profiles, and their records grow with
+	// every allocation site a burst of connections passes through, then
+	// stay: with sampling off that memory comes back after a burst too.
+	runtime.MemProfileRate = 0
 	sig := make(chan os.Signal, 2)
 	hup := make(chan os.Signal, 1)
-	e := &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, signals: sig, hangups: hup,
+	e := &env{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, signals: sig, hangups: hup, root: os.DirFS("/"),
 		catchSignals: func() {
 			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 			signal.Notify(hup, syscall.SIGHUP)

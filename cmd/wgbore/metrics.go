@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/membudget"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/proxy"
 )
@@ -44,6 +45,8 @@ type observerConfig struct {
 	// ResentAcks is the netstack's count of re-sent acknowledgements
 	// (netstack.Net.ResentAcks); nil leaves the metric out.
 	ResentAcks func() uint64
+	// Budget is the memory budget; nil (none) reports a budget of 0.
+	Budget *membudget.Budget
 	// Listeners lists the front ends running now; nil means none.
 	Listeners func() []listenerStat
 	// Alive holds the CheckAlive results; nil, or one with no targets,
@@ -306,6 +309,15 @@ func (o *observer) writeMetrics(x *exposition) {
 	if o.c.ResentAcks != nil {
 		x.family("wgbore_tcp_acks_resent_total", "counter", "TCP acknowledgements re-sent when a peer returned after a silence, so that senders waiting out a timeout resume at once.")
 		x.uint("wgbore_tcp_acks_resent_total", o.c.ResentAcks())
+	}
+
+	x.family("wgbore_memory_budget_bytes", "gauge", "The process's memory budget (-memory-limit, MemoryLimit or the container's limit); 0 when there is none.")
+	x.uint("wgbore_memory_budget_bytes", uint64(o.c.Budget.Limit()))
+	x.family("wgbore_memory_refused_connections_total", "counter", "New connections and flows turned away because the memory budget was nearly spent.")
+	x.uint("wgbore_memory_refused_connections_total", o.c.Budget.Refused())
+	if o.c.Budget != nil {
+		x.family("wgbore_memory_in_use_bytes", "gauge", "Memory the budget counts as in use: the binary's resident pages and what the Go runtime holds and has not freed.")
+		x.uint("wgbore_memory_in_use_bytes", uint64(o.c.Budget.InUse()))
 	}
 
 	var listeners []listenerStat

@@ -31,6 +31,9 @@ type runPlan struct {
 	// metrics is -metrics, where /metrics, /healthz and /readyz listen
 	// instead of [Metrics] BindAddress; "" leaves it to the file.
 	metrics string
+	// memoryLimit is -memory-limit, in bytes, which beats [Interface]
+	// MemoryLimit; 0 leaves it to the file or the container.
+	memoryLimit int64
 	// warnings are legal but probably unintended setups.
 	warnings []string
 }

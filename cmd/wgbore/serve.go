@@ -14,7 +14,7 @@ import (
 func (s *service) startServeMode(p *runPlan) error {
 	cfg := p.cfg
 	if p.serve {
-		fc := netstack.ForwardConfig{Logger: s.log}
+		fc := netstack.ForwardConfig{Logger: s.log, Admit: s.admit()}
 		if e := cfg.Egress; e != nil {
 			fc.Egress = netstack.Egress{Allow: e.Allow, Deny: e.Deny}
 			fc.MaxFlowsPerPeer = e.MaxFlowsPerPeer

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/membudget"
 	"github.com/wgbore/wgbore/config"
 	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/protocol/uapi"
@@ -102,6 +103,7 @@ func runTunnel(ctx context.Context, e *env, args []string, name, usage string, s
 	metrics := fs.String("metrics", "", "`host:port` for /metrics, /healthz and /readyz, instead of [Metrics] BindAddress (no host means 127.0.0.1)")
 	uapiDir := fs.String("uapi-dir", uapi.SocketDir, "`directory` of the UAPI socket; wg looks only in "+uapi.SocketDir)
 	uapiGroup := groupFlag(fs, "uapi-group", "`group` (name or GID) whose members may use the UAPI socket too: it is then 0660, not 0600")
+	memoryLimit := fs.String("memory-limit", "", "memory `budget` of the process, such as 64MiB, instead of [Interface] MemoryLimit (default: the container's limit, if it has one)")
 	var lf logFlags
 	lf.register(fs)
 	if code, done := parseFlags(e, fs, args); done {
@@ -134,6 +136,17 @@ func runTunnel(ctx context.Context, e *env, args []string, name, usage string, s
 			return exitUsage
 		}
 		p.metrics = *metrics
+	}
+	if *memoryLimit != "" {
+		b, err := config.ParseSize(*memoryLimit)
+		if err == nil && b < config.MinMemoryLimit {
+			err = fmt.Errorf("%s is below the %d MiB that wgbore needs to run", *memoryLimit, config.MinMemoryLimit>>20)
+		}
+		if err != nil {
+			fmt.Fprintf(e.stderr, "wgbore %s: -memory-limit: %v\n", name, err)
+			return exitUsage
+		}
+		p.memoryLimit = b
 	}
 	if !serveMode && cfg.Egress != nil {
 		log.Warn(cfg.Egress.Pos.String() + ": [Egress] has no effect in up: only serve forwards peers' flows")
@@ -213,6 +226,11 @@ type service struct {
 	log        *slog.Logger
 	tun        *netstack.Net
 	hostDialer *net.Dialer
+	// budget is the process's memory budget; nil for none.
+	budget *membudget.Budget
+	// reclaimStop ends the reclaimer that gives memory back after
+	// bursts.
+	reclaimStop context.CancelFunc
 	// grace is how long connections of a front end that a reload removes
 	// may finish, as at shutdown.
 	grace time.Duration
@@ -262,15 +280,17 @@ type service struct {
 // leaving a half-working process.
 func start(ctx context.Context, p *runPlan, log *slog.Logger, e *env) (*service, error) {
 	cfg := p.cfg
+	budget := newBudget(p, e.root, log)
 	ncfg := netstack.FromConfig(cfg)
 	ncfg.Logger = log
 	ncfg.ListenAddrs = p.listenAddrs
+	ncfg.TCPBufferMax = budget.BufferMax(netstack.DefaultTCPBufferMax, minTCPBufferMax)
 	tun, err := netstack.Open(ctx, ncfg)
 	if err != nil {
 		return nil, err
 	}
 	s := &service{
-		log: log, tun: tun, cfg: cfg,
+		log: log, tun: tun, cfg: cfg, budget: budget,
 		hostDialer:  &net.Dialer{Timeout: hostDialTimeout},
 		grace:       defaultGrace,
 		serveMode:   p.serve,
@@ -284,6 +304,7 @@ func start(ctx context.Context, p *runPlan, log *slog.Logger, e *env) (*service,
 		Peers:      tun.Engine().Peers,
 		Stats:      tun.Engine().Stats,
 		ResentAcks: tun.ResentAcks,
+		Budget:     budget,
 		Listeners:  s.listenerStats,
 		Alive:      s.alive,
 	})
@@ -296,6 +317,7 @@ func start(ctx context.Context, p *runPlan, log *slog.Logger, e *env) (*service,
 		return nil, err
 	}
 	s.startAlive(cfg)
+	s.startReclaim()
 	if len(cfg.STDIOTunnels) == 1 {
 		target := cfg.STDIOTunnels[0].Target
 		sctx, cancel := context.WithCancel(context.Background())
@@ -470,6 +492,9 @@ func (s *service) shutdown(ctx context.Context) {
 		s.stdioClose()
 	}
 	s.stopAlive()
+	if s.reclaimStop != nil {
+		s.reclaimStop()
+	}
 	s.tun.Close()
 	s.serving.Wait()
 }

@@ -1,0 +1,81 @@
+package main
+
+import (
+	"context"
+	"io/fs"
+	"log/slog"
+	"runtime"
+	"time"
+
+	"github.com/wgbore/wgbore/cmd/internal/membudget"
+	"github.com/wgbore/wgbore/config"
+	"github.com/wgbore/wgbore/proxy"
+)
+
+// minTCPBufferMax is the least a budget may cut a TCP connection's
+// largest buffer to: a few round trips' worth of full segments, so a
+// bulk transfer under a small budget still fills a fast local path.
+const minTCPBufferMax = 256 << 10
+
+// reclaimEvery paces the reclaimer's look at the goroutine and endpoint
+// counts: a second is soon after a burst, and costs nothing while idle.
+const reclaimEvery = time.Second
+
+// newBudget makes the process's memory budget: -memory-limit, else
+// [Interface] MemoryLimit, else the limit of the container (the cgroup
+// found under root); nil when none is set. It applies the Go runtime's
+// soft limit and logs what the budget holds.
+func newBudget(p *runPlan, root fs.FS, log *slog.Logger) *membudget.Budget {
+	limit, source := p.memoryLimit, "-memory-limit"
+	if limit == 0 {
+		limit, source = p.cfg.Interface.MemoryLimit, "MemoryLimit"
+	}
+	if limit == 0 && root != nil {
+		if l, ok := membudget.CgroupLimit(root); ok {
+			limit, source = l, "the container's limit"
+		}
+	}
+	b := membudget.New(limit, membudget.Overhead())
+	if b == nil {
+		return nil
+	}
+	soft := b.Apply()
+	log.Info("memory budget", "limit", config.FormatSize(limit), "from", source,
+		"go_soft_limit", config.FormatSize(soft), "default_max_connections", b.Connections(proxy.DefaultMaxConnections))
+	return b
+}
+
+// admit is what the front ends ask before each new connection: nil, so
+// that they skip the check, when there is no budget.
+func (s *service) admit() func() bool {
+	if s.budget == nil {
+		return nil
+	}
+	return s.budget.Admit
+}
+
+// maxConnections is a section's MaxConnections: as configured, or the
+// default scaled to the budget.
+func (s *service) maxConnections(configured int) int {
+	if configured > 0 {
+		return configured
+	}
+	return s.budget.Connections(proxy.DefaultMaxConnections)
+}
+
+// startReclaim starts the reclaimer, which gives memory back to the
+// OS when a burst of connections ends, budget or not.
+func (s *service) startReclaim() {
+	ctx, cancel := context.WithCancel(context.Background())
+	s.reclaimStop = cancel
+	tick := time.NewTicker(reclaimEvery)
+	r := membudget.Reclaimer{
+		Load: func() int64 { return int64(runtime.NumGoroutine()) + int64(s.tun.TCPEndpoints()) },
+		Trim: s.tun.Engine().Trim,
+		Tick: tick.C,
+	}
+	s.serving.Go(func() {
+		defer tick.Stop()
+		r.Run(ctx)
+	})
+}
