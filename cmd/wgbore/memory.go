@@ -21,6 +21,11 @@ const minTCPBufferMax = 256 << 10
 // counts: a second is soon after a burst, and costs nothing while idle.
 const reclaimEvery = time.Second
 
+// reclaimSettle is how many of those looks pass before the one reclaim
+// that ends start-up: by then the first handshakes are done (up waits
+// about 6 s for its summary) and the pages only start-up needed can go.
+const reclaimSettle = 8
+
 // newBudget makes the process's memory budget: -memory-limit, else
 // [Interface] MemoryLimit, else the limit of the container (the cgroup
 // found under root); nil when none is set. It applies the Go runtime's
@@ -72,7 +77,13 @@ func (s *service) startReclaim() {
 	r := membudget.Reclaimer{
 		Load: func() int64 { return int64(runtime.NumGoroutine()) + int64(s.tun.TCPEndpoints()) },
 		Trim: s.tun.Engine().Trim,
-		Tick: tick.C,
+		Release: func() {
+			if err := membudget.ReleaseBinary(); err != nil {
+				s.log.Debug("cannot release the binary's pages", "err", err)
+			}
+		},
+		Tick:   tick.C,
+		Settle: reclaimSettle,
 	}
 	s.serving.Go(func() {
 		defer tick.Stop()

@@ -157,3 +157,31 @@ func TestReclaimer(t *testing.T) {
 		t.Fatalf("reclaimed at loads %v, want [1000 300]", got)
 	}
 }
+
+func TestReclaimerSettles(t *testing.T) {
+	tick := make(chan time.Time)
+	reclaims := make(chan struct{}, 10)
+	r := Reclaimer{
+		Load:    func() int64 { return 10 }, // never falls
+		Release: func() { reclaims <- struct{}{} },
+		Tick:    tick,
+		Settle:  3,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	for range 6 {
+		tick <- time.Time{}
+	}
+	cancel()
+	<-done
+	if n := len(reclaims); n != 1 {
+		t.Fatalf("%d reclaims in 6 ticks with Settle 3 and a steady load, want 1", n)
+	}
+}
+
+func TestReleaseBinary(t *testing.T) {
+	if err := ReleaseBinary(); err != nil {
+		t.Fatalf("ReleaseBinary: %v", err)
+	}
+}

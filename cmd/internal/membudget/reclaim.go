@@ -24,16 +24,23 @@ type Reclaimer struct {
 	// Trim, if set, drops caches that would otherwise outlive the burst,
 	// just before the collection.
 	Trim func()
+	// Release, if set, runs after the collection, to give back what the
+	// runtime does not own (the binary's pages: ReleaseBinary).
+	Release func()
 	// Tick paces the looks at Load; a look is a few loads, so once a
 	// second costs nothing while idle and is soon enough after a burst.
 	Tick <-chan time.Time
+	// Settle is the number of ticks after which Run reclaims once
+	// whatever the load, when start-up is over and its garbage and pages
+	// are no longer needed; 0 skips it.
+	Settle int
 }
 
 // Run looks at Load on every tick until ctx is done, and reclaims when
 // it has fallen steeply from its high since the last reclaim.
 func (r Reclaimer) Run(ctx context.Context) {
 	high := r.Load()
-	for {
+	for ticks := 1; ; ticks++ {
 		select {
 		case <-ctx.Done():
 			return
@@ -41,15 +48,22 @@ func (r Reclaimer) Run(ctx context.Context) {
 		}
 		n := r.Load()
 		switch {
+		case ticks == r.Settle || fell(high, n):
+			r.reclaim()
+			high = n
 		case n > high:
 			high = n
-		case fell(high, n):
-			if r.Trim != nil {
-				r.Trim()
-			}
-			debug.FreeOSMemory()
-			high = n
 		}
+	}
+}
+
+func (r Reclaimer) reclaim() {
+	if r.Trim != nil {
+		r.Trim()
+	}
+	debug.FreeOSMemory()
+	if r.Release != nil {
+		r.Release()
 	}
 }
 
