@@ -1,11 +1,3 @@
-// Command wgbore is a WireGuard tunnel that runs entirely in userspace:
-// no TUN device, no root. It serves SOCKS5 and HTTP proxies and port
-// forwarders whose far side is the tunnel's network.
-//
-//	wgbore up -c wg0.conf
-//
-// Exit status: 0 on success, 1 on a runtime failure, 2 on a usage or
-// configuration error.
 package main
 
 import (
