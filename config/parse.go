@@ -1027,13 +1027,9 @@ func (p *parser) setInterface(f *fileState, s *section, key, v string, n int) {
 			iface.CheckAliveInterval = time.Duration(secs) * time.Second
 		}
 	case "MemoryLimit":
-		b, err := ParseSize(v)
-		switch {
-		case err != nil:
+		if b, err := ParseMemoryLimit(v); err != nil {
 			p.errorf(f, n, key, "%v", err)
-		case b < MinMemoryLimit:
-			p.errorf(f, n, key, "%s is below the %d MiB that wgbore needs to run", v, MinMemoryLimit>>20)
-		default:
+		} else {
 			iface.MemoryLimit = b
 		}
 	}

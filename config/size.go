@@ -11,6 +11,16 @@ import (
 // connections.
 const MinMemoryLimit = 16 << 20
 
+// ParseMemoryLimit reads a MemoryLimit value, as the key and the
+// -memory-limit flag take it: a size of at least MinMemoryLimit.
+func ParseMemoryLimit(s string) (int64, error) {
+	b, err := ParseSize(s)
+	if err == nil && b < MinMemoryLimit {
+		err = fmt.Errorf("%s is below the %d MiB that wgbore needs to run", s, MinMemoryLimit>>20)
+	}
+	return b, err
+}
+
 // sizeUnits are the suffixes ParseSize knows, longest first so that
 // "MiB" is not read as "B". K, M and G are binary too, as container
 // tools (docker --memory 64m) use them.

@@ -105,6 +105,7 @@ func (s *service) reloadInterface(old, cfg *config.Config, rep *reloadReport) {
 	keep("[Interface] Address", !slices.Equal(o.Addresses, n.Addresses), func() { n.Addresses = o.Addresses })
 	keep("[Interface] ListenPort", o.ListenPort != n.ListenPort, func() { n.ListenPort = o.ListenPort })
 	keep("[Interface] MTU", o.MTU != n.MTU, func() { n.MTU = o.MTU })
+	keep("[Interface] MemoryLimit", o.MemoryLimit != n.MemoryLimit, func() { n.MemoryLimit = o.MemoryLimit })
 	keep("[Interface] DNS", !slices.Equal(o.DNS, n.DNS) || !slices.Equal(o.DNSSearch, n.DNSSearch), func() { n.DNS, n.DNSSearch = o.DNS, o.DNSSearch })
 	keep("[Resolve]", !reflect.DeepEqual(withoutPos(old.Resolve), withoutPos(cfg.Resolve)), func() {})
 	keep("[Egress]", !reflect.DeepEqual(optionalWithoutPos(old.Egress), optionalWithoutPos(cfg.Egress)), func() { cfg.Egress = old.Egress })

@@ -246,15 +246,16 @@ func TestReloadInProcess(t *testing.T) {
 
 	// The forwarder now points at the site's HTTP server, on the same
 	// address; CheckAlive pings an address nobody has; the metrics
-	// endpoint starts; the MTU change cannot be applied live and is
-	// reported.
+	// endpoint starts; the MTU and memory budget changes cannot be
+	// applied live and are reported.
 	conf := body("10.0.0.2:80", "10.0.0.99")
-	conf = strings.Replace(conf, "[Peer]", "MTU = 1380\n\n[Peer]", 1) + "\n[Metrics]\nBindAddress = 127.0.0.1:0\n"
+	conf = strings.Replace(conf, "[Peer]", "MTU = 1380\nMemoryLimit = 64MiB\n\n[Peer]", 1) + "\n[Metrics]\nBindAddress = 127.0.0.1:0\n"
 	writeFile(t, dir, "wg0.conf", conf)
 	p.hangups <- syscall.SIGHUP
-	waitForLog(t, &p.stderr, `msg=reloaded changes=4 kept=1 failed=0`)
+	waitForLog(t, &p.stderr, `msg=reloaded changes=4 kept=2 failed=0`)
 	waitForLog(t, &p.stderr, `msg="reload: metrics http://127.0.0.1:`)
 	waitForLog(t, &p.stderr, `msg="reload: [Interface] MTU changed: that takes a restart; still running with the old value"`)
+	waitForLog(t, &p.stderr, `msg="reload: [Interface] MemoryLimit changed: that takes a restart; still running with the old value"`)
 	waitForLog(t, &p.stderr, `msg="check alive: not answering" addr=10.0.0.99`)
 	c, err := net.Dial("tcp", fwd)
 	if err != nil {
@@ -269,9 +270,10 @@ func TestReloadInProcess(t *testing.T) {
 	resp.Body.Close()
 	c.Close()
 
-	// The same file again changes nothing, and says so.
+	// The same file again changes nothing, and says so: the two changes
+	// that take a restart are still pending.
 	p.hangups <- syscall.SIGHUP
-	waitForLog(t, &p.stderr, `msg=reloaded changes=0 kept=1 failed=0`)
+	waitForLog(t, &p.stderr, `msg=reloaded changes=0 kept=2 failed=0`)
 
 	p.signals <- os.Interrupt
 	p.exit(t, exitOK, 30*time.Second, "up did not return after the signal")

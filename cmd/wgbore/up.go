@@ -138,10 +138,7 @@ func runTunnel(ctx context.Context, e *env, args []string, name, usage string, s
 		p.metrics = *metrics
 	}
 	if *memoryLimit != "" {
-		b, err := config.ParseSize(*memoryLimit)
-		if err == nil && b < config.MinMemoryLimit {
-			err = fmt.Errorf("%s is below the %d MiB that wgbore needs to run", *memoryLimit, config.MinMemoryLimit>>20)
-		}
+		b, err := config.ParseMemoryLimit(*memoryLimit)
 		if err != nil {
 			fmt.Fprintf(e.stderr, "wgbore %s: -memory-limit: %v\n", name, err)
 			return exitUsage
