@@ -217,7 +217,7 @@ func tagMap(tags string) map[string]string {
 	return m
 }
 
-// target is one of issue 7's goals, checked against this run's figures.
+// target is one of the project's goals, checked against this run's figures.
 type target struct {
 	id, desc string
 	op       string // ">=" or "<="
@@ -300,9 +300,9 @@ func (r *results) evalTargets() []target {
 
 func (r *results) printTargets(w io.Writer) {
 	if r.quick {
-		fmt.Fprintln(w, "Targets (issue 7): -quick sizes only check that the suite runs; these are not figures to judge")
+		fmt.Fprintln(w, "Targets: -quick sizes only check that the suite runs; these are not figures to judge")
 	} else {
-		fmt.Fprintln(w, "Targets (issue 7), from this run")
+		fmt.Fprintln(w, "Targets, from this run")
 	}
 	for _, t := range r.evalTargets() {
 		got, status := "not measured", "-"

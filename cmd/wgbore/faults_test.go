@@ -24,12 +24,12 @@ import (
 
 var (
 	faultMiB = flag.Int("faults.mib", 4,
-		"MiB each fault test moves each way; 256 is issue 8's figure for the lossy path")
+		"MiB each fault test moves each way; 256 is the lossy path's usual size")
 	faultBlackout = flag.Duration("faults.blackout", 3*time.Second,
-		"how long TestFaultsBlackout's path is down; 15s is issue 8's figure")
+		"how long TestFaultsBlackout's path is down; 15s is the usual outage")
 )
 
-// lossyPath is issue 8's impaired path, each way: 5% loss, 2% reordering,
+// lossyPath is the impaired path, each way: 5% loss, 2% reordering,
 // 1% duplication, and 2 ms ± 1 ms of delay.
 var lossyPath = wgtest.Impairment{Loss: 0.05, Reorder: 0.02, Duplicate: 0.01, Delay: 2 * time.Millisecond, Jitter: time.Millisecond}
 

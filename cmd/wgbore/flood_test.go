@@ -220,7 +220,7 @@ func fetchThrough(t *testing.T, socks string, what string) {
 //
 // It reports the share of a core wgbore spends on each flood and the
 // throughput a transfer keeps during one; with -flood=20s it also holds
-// them to issue 8's targets.
+// them to the flood targets.
 func TestSpoofedInitiationFlood(t *testing.T) {
 	d := *floodTime
 	checkTargets := d >= 20*time.Second

@@ -126,7 +126,7 @@ func TestTCPRecoveryFromLinuxSender(t *testing.T) {
 	requireRecoveredWithin(t, map[string]recoveryResult{"17 s blackout": res["17 s blackout, 5 ms each way wgbore"]}, 30*time.Second)
 }
 
-// TestTCPRecoveryBenchFromLinuxSender is the download half of issue 10's
+// TestTCPRecoveryBenchFromLinuxSender is the download half of the recovery
 // measurement: Linux's TCP sends, wgbore's stack and wireguard-go's
 // receive through the same impairment, in one run.
 //

@@ -24,7 +24,7 @@ import (
 
 var (
 	recoveryTrace = flag.Bool("recovery.trace", false, "log wgbore's TCP sender state every 100 ms during recovery tests")
-	recoveryBench = flag.Bool("recovery.bench", false, "run TestTCPRecoveryBench, issue 10's measurement (several minutes)")
+	recoveryBench = flag.Bool("recovery.bench", false, "run the recovery measurement against the reference (several minutes)")
 	recoveryOnly  = flag.String("recovery.only", "", "run only the recovery cases whose name contains this")
 	recoveryMiB   = flag.Int("recovery.mib", 64, "MiB of TestTCPRecoveryBench's lossy uploads")
 )
@@ -456,7 +456,7 @@ func benchCases() []recoveryCase {
 	}
 }
 
-// TestTCPRecoveryBench is issue 10's measurement, wgbore's stack against
+// TestTCPRecoveryBench is the recovery measurement, wgbore's stack against
 // wireguard-go's through the same impairment to the same peer, in one
 // run: uploads over 5% loss, 2% reordering and 1% duplication with 2 ms ±
 // 1 ms each way, and through 15 s blackouts (benchCases). Run it with
