@@ -448,6 +448,54 @@ func TestForwardFlowLimit(t *testing.T) {
 	open = append(open, c)
 }
 
+// TestForwardAdmit: while Admit says no (a memory budget nearly spent),
+// new flows are refused at once as over the flow limit; the flows
+// already open keep working, and new ones are taken again once Admit
+// says yes.
+func TestForwardAdmit(t *testing.T) {
+	var full atomic.Bool
+	s := startServer(t, ForwardConfig{Egress: allowHostLoopback(), Admit: func() bool { return !full.Load() }})
+	l := hostListen(t, hostLoopback)
+	serveHostTCP(l, func(c net.Conn) { io.Copy(c, c) })
+	echo := serveHostUDPEcho(t, hostLoopback)
+
+	open, err := s.dial(t, "tcp", l.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	full.Store(true)
+	if c, err := s.dial(t, "tcp", l.Addr().String()); !errors.Is(err, syscall.ECONNREFUSED) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("TCP flow refused by Admit: %v, want connection refused", err)
+	}
+	u, err := s.dial(t, "udp", echo.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	u.Write([]byte("x"))
+	if err := readRefused(u); err != nil {
+		t.Fatalf("UDP flow refused by Admit: %v", err)
+	}
+	u.Close()
+	open.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := open.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(open, make([]byte, 4)); err != nil {
+		t.Fatalf("the flow open before Admit said no: %v", err)
+	}
+
+	full.Store(false)
+	c, err := s.dial(t, "tcp", l.Addr().String())
+	if err != nil {
+		t.Fatalf("once Admit says yes again: %v", err)
+	}
+	c.Close()
+}
+
 // TestForwardUDPIdle: a UDP flow ends after UDPIdleTimeout without
 // traffic, and its count with it.
 func TestForwardUDPIdle(t *testing.T) {
