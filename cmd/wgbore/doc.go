@@ -405,9 +405,9 @@
 //
 // Memory comes back after bursts, budget or not: once a second wgbore
 // counts goroutines plus the tunnel's TCP endpoints, and when the count
-// falls by a quarter (and by at least 64) from its high, it collects and
-// returns free memory to the operating system at once, instead of waiting
-// for the runtime's next forced collection. A connection that we close
+// has fallen by a quarter (and by at least 64) from its high and come to
+// rest, it collects and returns free memory to the operating system at
+// once, instead of waiting for the runtime's next forced collection. A connection that we close
 // first stays in TIME_WAIT for 15 s (Linux: 60 s), and holds its state
 // until then.
 //
@@ -415,9 +415,10 @@
 // wgbore also reclaims once, and on Linux asks the kernel to take back
 // the pages of its own binary that start-up touched (MADV_PAGEOUT): most
 // of a fresh process's resident memory is code that ran once. The same
-// happens after every burst. A page needed again comes back with a minor
-// fault, or a read from disk if the system evicted it meanwhile, so the
-// first packets after a long idle may take a little longer.
+// happens after a burst, once the process is back near idle. A page
+// needed again comes back with a minor fault, or a read from disk if the
+// system evicted it meanwhile, so the first packets after a long idle may
+// take a little longer.
 //
 // The metrics wgbore_memory_budget_bytes (a gauge, 0 without a budget),
 // wgbore_memory_refused_connections_total (a counter) and

@@ -2,6 +2,7 @@ package membudget
 
 import (
 	"context"
+	"slices"
 	"testing"
 	"testing/fstest"
 	"time"
@@ -124,14 +125,17 @@ func TestFell(t *testing.T) {
 
 func TestReclaimer(t *testing.T) {
 	loads := make(chan int64, 1)
-	loads <- 100
+	loads <- 0
 	tick := make(chan time.Time)
 	trimmed := make(chan int64, 10)
 	last := int64(0)
+	released := make(chan int64, 10)
 	r := Reclaimer{
-		Load: func() int64 { last = <-loads; return last },
-		Trim: func() { trimmed <- last },
-		Tick: tick,
+		Load:    func() int64 { last = <-loads; return last },
+		Trim:    func() { trimmed <- last },
+		Release: func() { released <- last },
+		Tick:    tick,
+		Settle:  1,
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
@@ -142,19 +146,28 @@ func TestReclaimer(t *testing.T) {
 		tick <- time.Time{}
 		loads <- load
 	}
-	// Up to a burst of 5000, down by a little, then most of the way.
-	for _, l := range []int64{1000, 5000, 4800, 1000, 1000, 300} {
+	// Settled at 100; a burst up to 5000; down by a little; most of the
+	// way down in two steps, then at rest; down again to idle, at rest.
+	for _, l := range []int64{100, 1000, 5000, 4800, 3000, 1000, 1000, 150, 150} {
 		step(l)
 	}
 	tick <- time.Time{} // the last load is read once this tick is taken
-	loads <- 300
-	var got []int64
+	loads <- 150
+	var got, rel []int64
 	for len(trimmed) > 0 {
 		got = append(got, <-trimmed)
 	}
-	// 5000 → 1000 reclaims; from there 1000 → 300 does too.
-	if len(got) != 2 || got[0] != 1000 || got[1] != 300 {
-		t.Fatalf("reclaimed at loads %v, want [1000 300]", got)
+	for len(released) > 0 {
+		rel = append(rel, <-released)
+	}
+	// The settling reclaim at 100; none while 4800 → 1000 is still
+	// falling; one when it rests at 1000, and one when 150 rests. The
+	// binary's pages go at settling and back near idle only.
+	if want := []int64{100, 1000, 150}; !slices.Equal(got, want) {
+		t.Fatalf("reclaimed at loads %v, want %v", got, want)
+	}
+	if want := []int64{100, 150}; !slices.Equal(rel, want) {
+		t.Fatalf("released the binary at loads %v, want %v", rel, want)
 	}
 }
 

@@ -24,8 +24,9 @@ type Reclaimer struct {
 	// Trim, if set, drops caches that would otherwise outlive the burst,
 	// just before the collection.
 	Trim func()
-	// Release, if set, runs after the collection, to give back what the
-	// runtime does not own (the binary's pages: ReleaseBinary).
+	// Release, if set, runs after a collection that finds the process
+	// idle again, to give back what the runtime does not own (the
+	// binary's pages: ReleaseBinary).
 	Release func()
 	// Tick paces the looks at Load; a look is a few loads, so once a
 	// second costs nothing while idle and is soon enough after a burst.
@@ -36,10 +37,16 @@ type Reclaimer struct {
 	Settle int
 }
 
-// Run looks at Load on every tick until ctx is done, and reclaims when
-// it has fallen steeply from its high since the last reclaim.
+// Run looks at Load on every tick until ctx is done. It reclaims once a
+// steep fall from the high since the last reclaim has come to rest: in
+// the middle of a mass close the collection would run against the very
+// work that frees the memory, and what it freed would be taken again at
+// once. The binary's pages go (Release) only at the settling reclaim and
+// when the load is back near where it settled, since a busy process
+// would fault its running code straight back in.
 func (r Reclaimer) Run(ctx context.Context) {
 	high := r.Load()
+	prev, settled := high, int64(-1)
 	for ticks := 1; ; ticks++ {
 		select {
 		case <-ctx.Done():
@@ -48,21 +55,25 @@ func (r Reclaimer) Run(ctx context.Context) {
 		}
 		n := r.Load()
 		switch {
-		case ticks == r.Settle || fell(high, n):
-			r.reclaim()
+		case ticks == r.Settle:
+			r.reclaim(true)
+			high, settled = n, n
+		case fell(high, n) && !falling(prev, n):
+			r.reclaim(settled >= 0 && n <= 2*settled+16)
 			high = n
 		case n > high:
 			high = n
 		}
+		prev = n
 	}
 }
 
-func (r Reclaimer) reclaim() {
+func (r Reclaimer) reclaim(release bool) {
 	if r.Trim != nil {
 		r.Trim()
 	}
 	debug.FreeOSMemory()
-	if r.Release != nil {
+	if release && r.Release != nil {
 		r.Release()
 	}
 }
@@ -72,4 +83,10 @@ func (r Reclaimer) reclaim() {
 // of connections hold.
 func fell(high, now int64) bool {
 	return high-now >= 64 && now <= high*3/4
+}
+
+// falling reports whether the load is still dropping: by more than a
+// twentieth since the last look.
+func falling(prev, now int64) bool {
+	return now*20 < prev*19
 }
