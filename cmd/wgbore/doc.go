@@ -362,6 +362,7 @@
 //
 // Then the Go runtime's and the process's: go_info, go_goroutines,
 // go_gc_cycles_total, go_memstats_heap_alloc_bytes, go_memstats_sys_bytes,
+// go_memstats_stack_inuse_bytes (each connection parks a goroutine),
 // process_resident_memory_bytes, process_open_fds and
 // process_cpu_seconds_total. No key, PSK or password is ever there; a
 // test looks for them.

@@ -199,7 +199,7 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 	if got := sampleValue(t, fams, "wgbore_listener_connections_active", "kind", "socks5", "addr", `odd "addr"\`+"\n"); got != 1 {
 		t.Errorf("escaped label round trip: active = %v", got)
 	}
-	for _, name := range []string{"go_goroutines", "go_info", "go_memstats_heap_alloc_bytes", "go_memstats_sys_bytes", "go_gc_cycles_total"} {
+	for _, name := range []string{"go_goroutines", "go_info", "go_memstats_heap_alloc_bytes", "go_memstats_sys_bytes", "go_memstats_stack_inuse_bytes", "go_gc_cycles_total"} {
 		sampleValue(t, fams, name)
 	}
 	for _, name := range []string{"process_resident_memory_bytes", "process_open_fds", "process_cpu_seconds_total"} {
