@@ -94,16 +94,13 @@ const (
 	offloadAll = offloadRXChecksum | offloadGRO | offloadGSO
 )
 
-// linkOffloads is what new link endpoints use; only benchmarks change it.
-var linkOffloads = offloadAll
-
 var (
 	_ stack.LinkEndpoint    = (*linkEndpoint)(nil)
 	_ protocol.PeerReturner = (*linkEndpoint)(nil)
 )
 
 func newLinkEndpoint(mtu int, engine packetWriter) *linkEndpoint {
-	return &linkEndpoint{mtu: uint32(mtu), engine: engine, offloads: linkOffloads, clock: clock.System{}}
+	return &linkEndpoint{mtu: uint32(mtu), engine: engine, offloads: offloadAll, clock: clock.System{}}
 }
 
 // DeliverPackets is the engine's PacketSide: decrypted packets from one

@@ -59,6 +59,10 @@ type Config struct {
 	// may grow to; 0 means DefaultTCPBufferMax. A memory budget lowers
 	// it, so that a few bulk transfers cannot take the whole budget.
 	TCPBufferMax int
+
+	// withoutOffloads turns link offloads off, for the benchmark that
+	// weighs each one; the zero value keeps them all.
+	withoutOffloads offloads
 }
 
 const nicID = 1
@@ -148,6 +152,7 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 	}
 
 	n.link = newLinkEndpoint(mtu, nil)
+	n.link.offloads &^= cfg.withoutOffloads
 	if cfg.Clock != nil {
 		n.link.clock = cfg.Clock
 	}
