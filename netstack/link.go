@@ -24,8 +24,9 @@ type packetWriter interface {
 
 // linkEndpoint joins gVisor to the WireGuard engine. Both directions move
 // whole batches with no goroutine in between: gVisor's WritePackets calls
-// straight into the engine, and the engine's per-peer goroutine calls
-// DeliverPackets, which hands packets straight to gVisor's dispatcher.
+// straight into the engine, and the engine (a peer's goroutine, or the
+// socket's for a small batch) calls DeliverPackets, which hands packets
+// straight to gVisor's dispatcher.
 // That removes the channel endpoint and its notifier goroutine, the
 // per-packet hop that limits the wireguard-go netstack.
 //

@@ -24,8 +24,10 @@ import (
 type PacketSide interface {
 	// DeliverPackets hands over a batch of IP packets from one peer. The
 	// slices are only valid during the call; the engine reuses them.
-	// Each peer delivers from its own goroutine, in order, so calls for
-	// different peers arrive concurrently. It may call WritePackets.
+	// Calls for one peer come in order and never overlap (from the
+	// peer's own goroutine, or inline from the socket's for a small
+	// batch with nothing queued ahead); calls for different peers may
+	// arrive concurrently. It may call WritePackets.
 	DeliverPackets(pkts [][]byte)
 }
 
@@ -71,7 +73,8 @@ type Config struct {
 	Clock    clock.Clock  // nil means clock.System
 	Logger   *slog.Logger // nil discards
 	Resolver Resolver     // nil means net.DefaultResolver
-	// Workers is the number of crypto goroutines; 0 means GOMAXPROCS.
+	// Workers is the number of goroutines of each kind: encrypt, decrypt
+	// and handshake; 0 means GOMAXPROCS.
 	Workers int
 	// Params overrides the whitepaper's limits; tests only.
 	Params *Params

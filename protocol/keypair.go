@@ -8,7 +8,8 @@ import (
 )
 
 // keypair is one session's pair of transport keys. The receive side's
-// replay window belongs to the owning peer's in-order receive goroutine;
+// replay window is touched only under the owning peer's receive lock
+// (its in-order goroutine, or the inline path for a small batch);
 // everything else is fixed at creation or atomic.
 type keypair struct {
 	send        cipher.AEAD

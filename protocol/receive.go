@@ -20,8 +20,9 @@ type handshakeElement struct {
 }
 
 // receiveLoop reads datagrams from one socket and sorts them: transport
-// messages go to the crypto workers in per-keypair batches, handshake
-// messages to the handshake queue.
+// messages go to the crypto workers in per-keypair batches (a small
+// batch with nothing queued ahead is decrypted here), handshake messages
+// to the handshake queue.
 func (e *Engine) receiveLoop(recv ReceiveFunc) {
 	size := e.bind.BatchSize()
 	els := make([]*element, size)
@@ -175,8 +176,12 @@ func validHandshakeSize(msg []byte) bool {
 // that is not is dropped, counted and recycled.
 func (e *Engine) usable(b *batch) bool {
 	p := b.peer
-	if p.removed.Load() || e.clock.Now().Sub(b.kp.created) >= e.params.RejectAfterTime {
-		e.stats.dropN(DropExpiredKeypair, len(b.elems))
+	reason := DropExpiredKeypair
+	if p.removed.Load() {
+		reason = DropPeerRemoved
+	}
+	if reason == DropPeerRemoved || e.clock.Now().Sub(b.kp.created) >= e.params.RejectAfterTime {
+		e.stats.dropN(reason, len(b.elems))
 		e.putBatch(b)
 		return false
 	}

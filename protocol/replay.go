@@ -16,8 +16,8 @@ const (
 
 // replayWindow is a ring of bit blocks (RFC 6479): advancing the window
 // clears whole blocks instead of shifting bits. It is not safe for
-// concurrent use; each keypair's window is touched only by its peer's
-// in-order receive goroutine.
+// concurrent use; each keypair's window is touched only under its peer's
+// receive lock.
 type replayWindow struct {
 	newest uint64
 	ring   [replayRingBlocks]uint64

@@ -20,10 +20,11 @@ type element struct {
 	src     netip.AddrPort
 }
 
-// batch is a run of one peer's packets under one keypair. Its mutex is
-// held from creation until the crypto workers are done with it, and the
-// peer's in-order goroutine waits on it: that is how parallel crypto keeps
-// per-peer order.
+// batch is a run of one peer's packets under one keypair. When it is
+// handed to the crypto workers its mutex is held until they are done
+// with it, and the peer's in-order goroutine waits on it: that is how
+// parallel crypto keeps per-peer order. A batch sealed or opened inline
+// never takes it.
 type batch struct {
 	mu    sync.Mutex
 	elems []*element

@@ -545,8 +545,9 @@
 //     and cookie replies (XChaCha20-Poly1305, secret rotated every 120 s)
 //     under load, with a per-source token bucket.
 //   - Sessions: current, previous and next keypairs; the responder
-//     confirms on first data; an 8128-packet replay window; REKEY/REJECT
-//     after messages.
+//     confirms on the first authenticated transport message (the
+//     initiator's keepalive or data); an 8128-packet replay window;
+//     REKEY/REJECT after messages.
 //   - Timers on an injected clock (protocol/clock): rekey after 120 s,
 //     reject after 180 s, retries every 5 s with jitter for 90 s, keepalive
 //     10 s, persistent keepalive, key material zeroed after 540 s.
@@ -557,13 +558,14 @@
 //   - Endpoints roam with authenticated packets; a hostname endpoint is
 //     resolved at start and again while handshakes keep failing.
 //   - Batches end to end: a Bind moves UDP datagrams in batches (the host
-//     one uses recvmmsg/sendmmsg on Linux, dual-stack), a PacketSide
+//     one uses recvmmsg/sendmmsg on Linux, one socket per family), a PacketSide
 //     receives decrypted IP packets in batches, crypto runs on a worker
 //     pool with per-peer order kept, buffers have head- and tailroom so
 //     encryption is in place, and the data path does not allocate. A
 //     PacketSide that is also a PeerReturner hears when a peer is heard
-//     again after a second or more of silence (the netstack re-sends its
-//     latest TCP acknowledgements then). Engine.Trim gives back the idle
+//     again after a second or more of silence, unless data ended the
+//     silence (the netstack re-sends its latest TCP acknowledgements
+//     then). Engine.Trim gives back the idle
 //     packet buffers a burst left behind.
 //
 // Every discarded packet is counted under one reason (Engine.Stats), and
