@@ -549,6 +549,10 @@ func (r *Relay) listen(side Side, gen int) (*relaySocket, error) {
 	// buffer only makes bursts likelier to overflow.
 	_ = c.SetReadBuffer(socketBuffer)
 	_ = c.SetWriteBuffer(socketBuffer)
+	// Arrival times come from the kernel where it can give them, so
+	// that datagrams read by two sockets' goroutines compare by when
+	// they arrived, not by which goroutine ran first.
+	enableArrivalStamps(c)
 	addr := c.LocalAddr().(*net.UDPAddr).AddrPort()
 	return &relaySocket{side: side, gen: gen, conn: c, addr: netip.AddrPortFrom(addr.Addr().Unmap(), addr.Port())}, nil
 }
@@ -561,8 +565,9 @@ func (r *Relay) read(s *relaySocket) {
 		d = &r.dirs[BToA]
 	}
 	buf := make([]byte, maxDatagram)
+	oob := make([]byte, arrivalOOBSize)
 	for {
-		n, src, err := s.conn.ReadFromUDPAddrPort(buf)
+		n, oobn, _, src, err := s.conn.ReadMsgUDPAddrPort(buf, oob)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
 				return
@@ -577,14 +582,17 @@ func (r *Relay) read(s *relaySocket) {
 			continue
 		}
 		s.arrivals.Add(1)
+		arrived := r.stamp()
+		if wall, ok := arrivalStamp(oob[:oobn]); ok {
+			arrived = max(wall-r.start.UnixNano(), 1)
+		}
 		if s.firstArrival.Load() == 0 {
-			s.firstArrival.CompareAndSwap(0, r.stamp())
+			s.firstArrival.CompareAndSwap(0, arrived)
 		}
 		if cur := r.current[s.side].Load(); cur != s {
-			now := r.stamp()
 			s.stale.Add(1)
-			s.lastStale.Store(now)
-			if first := cur.firstArrival.Load(); first != 0 && first <= now {
+			s.lastStale.Store(arrived)
+			if first := cur.firstArrival.Load(); first != 0 && first <= arrived {
 				s.staleAfterNew.Add(1)
 			}
 			continue
