@@ -104,7 +104,7 @@ func (t *ackTable) record(p *stack.PacketBuffer, k flowKey) {
 // replay re-sends, through w, each recorded acknowledgement whose
 // destination to reaches, given the peer it belongs to, unless hold
 // says to keep it.
-func (t *ackTable) replay(w func([][]byte), to func(netip.Addr) bool, hold func(nh, th []byte) bool) int {
+func (t *ackTable) replay(w func([][]byte), to func(netip.Addr) bool, hold func(k flowKey, th []byte) bool) int {
 	slots := t.slots.Load()
 	if slots == nil {
 		return 0
@@ -116,7 +116,7 @@ func (t *ackTable) replay(w func([][]byte), to func(netip.Addr) bool, hold func(
 		if s.n > 0 {
 			if dst, ok := destination(s.pkt[:s.n]); ok && to(dst) {
 				hl := ipHeaderLen(s.pkt[:s.n])
-				if hold(s.pkt[:hl], s.pkt[hl:s.n]) {
+				if hold(s.key, s.pkt[hl:s.n]) {
 					s.mu.Unlock()
 					continue
 				}
@@ -195,8 +195,8 @@ func (l *linkEndpoint) PeerReturned(peer protocol.PublicKey) {
 	l.resentAcks.Add(uint64(l.acks.replay(w.WritePackets, to, l.holdAck)))
 }
 
-// holdAck reports whether an acknowledgement, with headers nh and th, is
-// kept back when its peer returns: one of a connection with timestamps
+// holdAck reports whether an acknowledgement of connection k, with TCP
+// header th, is kept back when its peer returns: one of a connection with timestamps
 // on which the peer sends data. It would acknowledge that sender's
 // retransmitted head, and no echo suits every sender: one from before
 // the outage gave Linux an RTT sample as long as the outage (its timer
@@ -206,7 +206,7 @@ func (l *linkEndpoint) PeerReturned(peer protocol.PublicKey) {
 // next timeout, which the echo after the silence then serves. Where we
 // send the data, the re-sent acknowledgement only draws the peer's
 // answer, which tells our own sender what arrived.
-func (l *linkEndpoint) holdAck(nh, th []byte) bool {
+func (l *linkEndpoint) holdAck(k flowKey, th []byte) bool {
 	_, ts := tsOption(th)
-	return ts && l.echoes.theySend(nh, th)
+	return ts && l.echoes.theySend(k)
 }

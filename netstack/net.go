@@ -241,12 +241,13 @@ func (n *Net) Close() error {
 }
 
 // TCP buffer bounds (the maximum is DefaultTCPBufferMax unless
-// Config.TCPBufferMax says). gVisor allocates buffer memory as data queues, not
-// up front, so an idle connection costs little whatever these say: with
-// 1,000 idle connections held through the SOCKS5 proxy, a heap profile
-// showed about 7 KiB per endpoint (the endpoint, its sender and SACK
-// scoreboard, its port reservation and demuxer entry) and no buffer
-// (the idle-connection memory benchmark in cmd/wgbore measures the whole process).
+// Config.TCPBufferMax says). gVisor allocates buffer memory as data
+// queues, not up front, so an idle connection costs little whatever
+// these say: with 1,000 idle connections held through the SOCKS5 proxy,
+// a heap profile showed about 7 KiB per endpoint (the endpoint, its
+// sender and SACK scoreboard, its port reservation and demuxer entry)
+// and no buffer (the idle-connection memory benchmark in cmd/wgbore
+// measures the whole process).
 // Max is the per-connection bound that keeps 10,000 busy connections
 // from costing gigabytes, and is also the largest window receive-buffer
 // moderation may grow to, which caps one flow at Max per round trip.

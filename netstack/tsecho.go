@@ -219,8 +219,8 @@ func (t *echoTable) heard(p, tcp []byte, now int64) {
 
 // echo sets the timestamp echo of an outbound TCP packet of a connection
 // that is catching up after a silence (see above), and notes the
-// acknowledgement and window it carries; k is the packet's packetKey. It is on the send path of every
-// TCP packet and does not allocate.
+// acknowledgement and window it carries; k is the packet's packetKey.
+// It is on the send path of every TCP packet and does not allocate.
 func (t *echoTable) echo(p *stack.PacketBuffer, k flowKey) {
 	th := p.TransportHeader().Slice()
 	if len(th) < header.TCPMinimumSize {
@@ -284,15 +284,11 @@ func (t *echoTable) echo(p *stack.PacketBuffer, k flowKey) {
 	}
 }
 
-// theySend reports whether the peer of the connection that an outbound
-// packet with headers nh and th belongs to has sent us data on it.
-func (t *echoTable) theySend(nh, th []byte) bool {
+// theySend reports whether the peer of connection k (an outbound
+// packet's key) has sent us data on it.
+func (t *echoTable) theySend(k flowKey) bool {
 	slots := t.slots.Load()
 	if slots == nil {
-		return false
-	}
-	k, ok := keyOf(nh, th, false)
-	if !ok {
 		return false
 	}
 	s := &slots[k.slot(echoSlots)]

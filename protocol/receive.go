@@ -175,17 +175,18 @@ func validHandshakeSize(msg []byte) bool {
 // its peer is in place and its session not past RejectAfterTime. A batch
 // that is not is dropped, counted and recycled.
 func (e *Engine) usable(b *batch) bool {
-	p := b.peer
-	reason := DropExpiredKeypair
-	if p.removed.Load() {
+	var reason DropReason
+	switch {
+	case b.peer.removed.Load():
 		reason = DropPeerRemoved
+	case e.clock.Now().Sub(b.kp.created) >= e.params.RejectAfterTime:
+		reason = DropExpiredKeypair
+	default:
+		return true
 	}
-	if reason == DropPeerRemoved || e.clock.Now().Sub(b.kp.created) >= e.params.RejectAfterTime {
-		e.stats.dropN(reason, len(b.elems))
-		e.putBatch(b)
-		return false
-	}
-	return true
+	e.stats.dropN(reason, len(b.elems))
+	e.putBatch(b)
+	return false
 }
 
 // receiveInline decrypts and delivers a small batch in the receiving

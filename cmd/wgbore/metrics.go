@@ -396,13 +396,9 @@ func writeRuntimeMetrics(x *exposition) {
 		x.uint(s.name, samples[i].Value.Uint64())
 	}
 
-	if b, err := os.ReadFile("/proc/self/statm"); err == nil {
-		if f := strings.Fields(string(b)); len(f) > 1 {
-			if pages, err := strconv.ParseUint(f[1], 10, 64); err == nil {
-				x.family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.")
-				x.uint("process_resident_memory_bytes", pages*uint64(os.Getpagesize()))
-			}
-		}
+	if rss, ok := membudget.Resident(); ok {
+		x.family("process_resident_memory_bytes", "gauge", "Resident memory size in bytes.")
+		x.uint("process_resident_memory_bytes", uint64(rss))
 	}
 	if fds, err := os.ReadDir("/proc/self/fd"); err == nil {
 		x.family("process_open_fds", "gauge", "Number of open file descriptors.")

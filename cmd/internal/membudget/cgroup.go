@@ -44,7 +44,7 @@ func CgroupLimit(fsys fs.FS) (limit int64, ok bool) {
 		path.Join("sys/fs/cgroup/memory", v1, "memory.limit_in_bytes"),
 		"sys/fs/cgroup/memory/memory.limit_in_bytes",
 	} {
-		raw, err := fs.ReadFile(fsys, strings.TrimPrefix(p, "/"))
+		raw, err := fs.ReadFile(fsys, p)
 		if err != nil {
 			continue
 		}

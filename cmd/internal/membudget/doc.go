@@ -13,8 +13,11 @@
 //     defaults that decide how much memory connections take.
 //   - [CgroupLimit] finds the container's limit, which is the budget when
 //     the configuration gives none.
-//   - [Reclaim] watches a count of the things that hold memory
-//     (goroutines, TCP endpoints) and, when it falls steeply, collects
-//     and returns the free pages at once, instead of waiting for the
-//     runtime's next forced collection, which may be minutes away.
+//   - A [Reclaimer] watches a count of the things that hold memory
+//     (goroutines, TCP endpoints) and, once it has fallen steeply and
+//     come to rest, collects and returns the free pages at once, instead
+//     of waiting for the runtime's next forced collection, which may be
+//     minutes away. When the process is idle again, [ReleaseBinary] also
+//     gives back the pages of the executable that start-up or the burst
+//     touched.
 package membudget

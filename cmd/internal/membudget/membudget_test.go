@@ -192,9 +192,3 @@ func TestReclaimerSettles(t *testing.T) {
 		t.Fatalf("%d reclaims in 6 ticks with Settle 3 and a steady load, want 1", n)
 	}
 }
-
-func TestReleaseBinary(t *testing.T) {
-	if err := ReleaseBinary(); err != nil {
-		t.Fatalf("ReleaseBinary: %v", err)
-	}
-}
