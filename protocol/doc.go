@@ -61,9 +61,11 @@
 // destination address picks the peer; packets are grouped by peer and
 // appended to that peer's staging queue. Without a usable session they wait
 // there, bounded (the oldest go first), while a handshake runs, and leave as
-// soon as it completes. With a session, each staged packet is given its
-// nonce under the peer's send lock, padded to a multiple of 16 bytes (capped
-// at the MTU) so lengths leak less, and sealed.
+// soon as it completes. The same bound drops the oldest while the peer's
+// in-order queue is full because sealing or the socket is behind: TCP
+// retransmits them, as after a router's full queue. With a session, each
+// staged packet is given its nonce under the peer's send lock, padded to a
+// multiple of 16 bytes (capped at the MTU) so lengths leak less, and sealed.
 //
 // A batch of at most a few packets, with none of the peer's batches queued
 // ahead of it, is sealed and sent by the calling goroutine: for

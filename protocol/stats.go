@@ -19,7 +19,7 @@ const (
 	DropExpiredKeypair                       // session older than RejectAfterTime
 	DropPeerRemoved                          // peer removed while its packets were queued
 	DropHandshakeQueueFull                   // handshake queue full
-	DropStagedOverflow                       // staged queue full while waiting for a handshake
+	DropStagedOverflow                       // staged queue full: waiting for a handshake, or the socket behind
 	DropNoEndpoint                           // peer has no endpoint yet
 	DropSendFailed                           // the Bind refused the datagram
 	DropBadMAC1                              // handshake message with a wrong MAC1
