@@ -26,6 +26,7 @@ import (
 
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/clock"
+	"github.com/wgbore/wgbore/protocol/udpbind"
 )
 
 // Config is what Open needs: our identity and tunnel addresses, the peers,
@@ -72,7 +73,7 @@ type Net struct {
 	stack  *stack.Stack
 	engine *protocol.Engine
 	link   *linkEndpoint
-	bind   *protocol.UDPBind
+	bind   *udpbind.Bind
 	dns    *resolver
 
 	// forward is server mode, once Forward turned it on; the stack's
@@ -117,9 +118,16 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 	if mtu == 0 {
 		mtu = protocol.DefaultMTU
 	}
-	bind, err := protocol.ListenUDP(protocol.UDPConfig{Port: cfg.ListenPort, Addrs: cfg.ListenAddrs})
+	bind, err := udpbind.Listen(udpbind.Config{Port: cfg.ListenPort, Addrs: cfg.ListenAddrs})
 	if err != nil {
 		return nil, fmt.Errorf("netstack: %w", err)
+	}
+	if cfg.Logger != nil {
+		path := "batched"
+		if bind.Portable() {
+			path = "portable"
+		}
+		cfg.Logger.Debug("host UDP sockets open", "local", bind.LocalAddrs(), "path", path)
 	}
 	n := &Net{bind: bind}
 	n.dns = newResolver(cfg.DNS, cfg.DNSSearch, n)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/wgbore/wgbore/protocol/clock"
 	"github.com/wgbore/wgbore/protocol/memnet"
+	"github.com/wgbore/wgbore/protocol/udpbind"
 )
 
 // benchPacketSize is a full-MTU packet, the size that dominates bulk
@@ -234,11 +235,11 @@ func (c *countingSink) DeliverPackets(pkts [][]byte) {
 // was delivered (delivered-MB/s) and the loss, not what was offered.
 func BenchmarkEngineToEngineUDP(b *testing.B) {
 	lo := []netip.Addr{netip.MustParseAddr("127.0.0.1")}
-	ba, err := ListenUDP(UDPConfig{Addrs: lo})
+	ba, err := udpbind.Listen(udpbind.Config{Addrs: lo})
 	if err != nil {
 		b.Fatal(err)
 	}
-	bb, err := ListenUDP(UDPConfig{Addrs: lo})
+	bb, err := udpbind.Listen(udpbind.Config{Addrs: lo})
 	if err != nil {
 		b.Fatal(err)
 	}

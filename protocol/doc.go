@@ -18,8 +18,8 @@
 //
 //   - Bind, a [Bind]: the engine's only way to the outside world, UDP
 //     datagrams moved in batches. New takes ownership of it and runs one
-//     goroutine per [ReceiveFunc]; [Engine.Close] closes it. [ListenUDP]
-//     opens the host one, a [UDPBind]; tests use an in-memory one.
+//     goroutine per [ReceiveFunc]; [Engine.Close] closes it. udpbind.Listen
+//     opens the host one; tests use an in-memory one.
 //   - Packets, a [PacketSide]: where decrypted IP packets go, a batch at a
 //     time. If it is also a [PeerReturner], it hears when a handshake
 //     message or keepalive ends a silence of [ReturnAfterSilence] or more.
@@ -41,7 +41,7 @@
 // [Engine.Peers], [Engine.Peer] and [Engine.Stats] report what wg show
 // would, and more. [Engine.Close] stops everything.
 //
-//	bind, err := protocol.ListenUDP(protocol.UDPConfig{Port: 51820})
+//	bind, err := udpbind.Listen(udpbind.Config{Port: 51820})
 //	eng, err := protocol.New(protocol.Config{PrivateKey: key, Bind: bind, Packets: stack})
 //	err = eng.SetPeer(protocol.PeerConfig{PublicKey: peer, Endpoint: "vpn.example.net:51820",
 //		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}})
@@ -176,22 +176,15 @@
 // cannot be, so their references are dropped instead. [Engine.PrivateKey]
 // and [Engine.PeerPresharedKey] exist only for the UAPI socket.
 //
-// # The host socket
-//
-// [UDPBind] keeps one socket per address family, so an IPv4 peer never
-// appears as an IPv4-mapped IPv6 address and a host without IPv6 still
-// works. On Linux it calls recvmmsg and sendmmsg itself, without a
-// per-packet allocation, and uses UDP_SEGMENT and UDP_GRO where the kernel
-// has them. Elsewhere it goes through golang.org/x/net, one datagram per
-// system call; on Windows, where x/net implements neither recvmsg nor
-// sendmsg, it moves nothing.
-//
 // # Sub-packages
 //
 //   - [github.com/wgbore/wgbore/protocol/clock]: the engine's only source
 //     of time, real or advanced by hand.
 //   - [github.com/wgbore/wgbore/protocol/memnet]: an in-memory stand-in for
 //     UDP, with seeded, reproducible loss, reordering, duplication and delay.
+//   - [github.com/wgbore/wgbore/protocol/udpbind]: the host's UDP sockets,
+//     a Bind with one socket per address family, batched on Linux and
+//     portable to every other system.
 //   - [github.com/wgbore/wgbore/protocol/uapi]: WireGuard's userspace API
 //     on a unix socket, so the real wg tool can show and change an engine.
 //   - [github.com/wgbore/wgbore/protocol/wgtest]: helpers for tests that

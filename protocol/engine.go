@@ -308,7 +308,7 @@ func (e *Engine) PrivateKey() PrivateKey { return e.identity().private }
 
 // ListenPort is the UDP port the engine's Bind listens on, or 0 when the
 // Bind does not say (an in-memory Bind in tests). A Bind reports its port
-// by having a Port() uint16 method, as UDPBind does.
+// by having a Port() uint16 method, as udpbind.Bind does.
 func (e *Engine) ListenPort() uint16 {
 	if b, ok := e.bind.(interface{ Port() uint16 }); ok {
 		return b.Port()

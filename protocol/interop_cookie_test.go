@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/wgbore/wgbore/protocol/clock"
+	"github.com/wgbore/wgbore/protocol/udpbind"
 )
 
 // initiationFlooder sends initiations with a valid MAC1 for a target's
@@ -59,7 +60,7 @@ func (f *initiationFlooder) loadUntil(t *testing.T, underLoad func() bool) {
 // loopbackEngine starts an engine on a UDP socket at 127.0.0.1.
 func loopbackEngine(t *testing.T, clk clock.Clock) (*Engine, PrivateKey, *sink, uint16) {
 	t.Helper()
-	ub, err := ListenUDP(UDPConfig{Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
+	ub, err := udpbind.Listen(udpbind.Config{Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/tuntest"
 
+	"github.com/wgbore/wgbore/protocol/udpbind"
 	"github.com/wgbore/wgbore/protocol/wgtest"
 )
 
@@ -130,7 +131,7 @@ func newInteropPair(t *testing.T, loopback netip.Addr, weInitiate bool, ourPSK, 
 	// RekeyAfterTime is shortened through the test-only Params knob.
 	params := DefaultParams()
 	params.RekeyAfterTime = interopRekeyAfter
-	ub, err := ListenUDP(UDPConfig{Addrs: []netip.Addr{loopback}})
+	ub, err := udpbind.Listen(udpbind.Config{Addrs: []netip.Addr{loopback}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -16,19 +16,24 @@ import (
 )
 
 // The end-to-end tests run the wgbore binary as users do, built once per
-// test process.
+// test process and set of build tags.
 
-var builtBinary struct {
+var builtBinaries struct {
+	mu    sync.Mutex
+	dir   string
+	byTag map[string]*builtBinary
+}
+
+type builtBinary struct {
 	once sync.Once
-	dir  string
 	path string
 	err  error
 }
 
 func TestMain(m *testing.M) {
 	code := m.Run()
-	if builtBinary.dir != "" {
-		os.RemoveAll(builtBinary.dir)
+	if builtBinaries.dir != "" {
+		os.RemoveAll(builtBinaries.dir)
 	}
 	os.Exit(code)
 }
@@ -36,21 +41,47 @@ func TestMain(m *testing.M) {
 // wgboreBinary builds cmd/wgbore into a temporary directory.
 func wgboreBinary(t testing.TB) string {
 	t.Helper()
-	builtBinary.once.Do(func() {
-		builtBinary.dir, builtBinary.err = os.MkdirTemp("", "wgbore-e2e-")
-		if builtBinary.err != nil {
+	return wgboreBinaryTagged(t, "")
+}
+
+// wgboreBinaryTagged builds cmd/wgbore with the build tags given (go
+// build -tags), once per test process.
+func wgboreBinaryTagged(t testing.TB, tags string) string {
+	t.Helper()
+	builtBinaries.mu.Lock()
+	if builtBinaries.byTag == nil {
+		builtBinaries.byTag = make(map[string]*builtBinary)
+	}
+	b := builtBinaries.byTag[tags]
+	if b == nil {
+		b = new(builtBinary)
+		builtBinaries.byTag[tags] = b
+	}
+	builtBinaries.mu.Unlock()
+	b.once.Do(func() {
+		builtBinaries.mu.Lock()
+		if builtBinaries.dir == "" {
+			builtBinaries.dir, b.err = os.MkdirTemp("", "wgbore-e2e-")
+		}
+		dir := builtBinaries.dir
+		builtBinaries.mu.Unlock()
+		if b.err != nil {
 			return
 		}
-		builtBinary.path = filepath.Join(builtBinary.dir, "wgbore")
-		out, err := exec.Command("go", "build", "-o", builtBinary.path, ".").CombinedOutput()
+		name := "wgbore"
+		if tags != "" {
+			name += "-" + strings.ReplaceAll(tags, ",", "-")
+		}
+		b.path = filepath.Join(dir, name)
+		out, err := exec.Command("go", "build", "-tags", tags, "-o", b.path, ".").CombinedOutput()
 		if err != nil {
-			builtBinary.err = fmt.Errorf("go build: %v\n%s", err, out)
+			b.err = fmt.Errorf("go build -tags %q: %v\n%s", tags, err, out)
 		}
 	})
-	if builtBinary.err != nil {
-		t.Fatal(builtBinary.err)
+	if b.err != nil {
+		t.Fatal(b.err)
 	}
-	return builtBinary.path
+	return b.path
 }
 
 // daemon is a running `wgbore up`.

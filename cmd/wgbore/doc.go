@@ -571,16 +571,16 @@
 // Every discarded packet is counted under one reason (Engine.Stats), and
 // Engine.Peers reports what wg show would.
 //
-//	bind, _ := protocol.ListenUDP(protocol.UDPConfig{Port: 51820})
+//	bind, _ := udpbind.Listen(udpbind.Config{Port: 51820})
 //	eng, _ := protocol.New(protocol.Config{PrivateKey: key, Bind: bind, Packets: stack})
 //	eng.SetPeer(protocol.PeerConfig{PublicKey: peer, Endpoint: "vpn.example.net:51820",
 //		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0")}})
 //	eng.WritePackets(ipPackets) // outbound; inbound arrives at stack.DeliverPackets
 //
-// On Linux the host Bind batches with recvmmsg/sendmmsg. Elsewhere it goes
-// through golang.org/x/net, one datagram per system call; on Windows, where
-// x/net implements neither recvmsg nor sendmsg, it moves nothing. CI, the
-// image and every measurement are Linux.
+// On Linux the host Bind (protocol/udpbind) batches with recvmmsg and
+// sendmmsg. Elsewhere it moves one datagram per system call through the
+// net package; a Linux binary built with -tags portableudp takes that path
+// too, which is how it is tested and measured.
 //
 // # TCP through loss and outages
 //
@@ -1111,8 +1111,8 @@
 //   - golang.org/x/sys: recvmmsg/sendmmsg on Linux, with no allocation per
 //     datagram.
 //   - golang.org/x/net: DNS messages (dns/dnsmessage) for lookups inside
-//     the tunnel, and batched UDP I/O (ipv4/ipv6.PacketConn) on systems
-//     other than Linux.
+//     the tunnel, ICMP echo for server mode's pings, and the demo's SOCKS5
+//     client.
 //   - github.com/things-go/go-socks5 v0.1.x: the SOCKS5 protocol for the
 //     proxy (never v0.0.x, whose UDP relay binds 0.0.0.0).
 //   - golang.zx2c4.com/wireguard (tests only): wireguard-go, the

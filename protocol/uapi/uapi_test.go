@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/protocol/udpbind"
 )
 
 type discardPackets struct{}
@@ -24,7 +25,7 @@ func (discardPackets) DeliverPackets([][]byte) {}
 
 func newEngine(t *testing.T) *protocol.Engine {
 	t.Helper()
-	bind, err := protocol.ListenUDP(protocol.UDPConfig{Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
+	bind, err := udpbind.Listen(udpbind.Config{Addrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")}})
 	if err != nil {
 		t.Fatal(err)
 	}

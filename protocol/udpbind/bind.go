@@ -1,4 +1,22 @@
-package protocol
+// Package udpbind is the host side of a WireGuard engine: the UDP sockets
+// its encrypted datagrams travel on, behind the engine's Bind interface.
+//
+// Each address family gets a socket of its own, on one port. Two paths
+// move the datagrams:
+//
+//   - On Linux, recvmmsg and sendmmsg move a batch per system call, with
+//     UDP GSO and GRO where the kernel has them, into memory allocated
+//     once per socket.
+//   - Everywhere else (Windows, macOS, the BSDs), the net package moves
+//     one datagram per call, which it can do on every system Go runs on,
+//     without allocating. [ListenPortable] opens this path on Linux too,
+//     so that it is tested and measured where CI runs; a binary built
+//     with the portableudp tag uses it for [Listen] as well.
+//
+// Both drop a datagram that did not fit its buffer where the system says
+// so (a flag on Unix, an error on Windows): cut short, it would look like
+// a malformed message from a peer.
+package udpbind
 
 import (
 	"errors"
@@ -27,8 +45,8 @@ const (
 	udpPortAttempts = 10
 )
 
-// UDPConfig says where the host sockets listen.
-type UDPConfig struct {
+// Config says where the host sockets listen.
+type Config struct {
 	// Port is the UDP port for both families; 0 picks a free port (the
 	// IPv6 socket then reuses the port the IPv4 one got, retrying a few
 	// times if it is taken).
@@ -37,20 +55,21 @@ type UDPConfig struct {
 	// (e.g. 127.0.0.1 and ::1 in tests); empty means the wildcard address
 	// of each family.
 	Addrs []netip.Addr
-	// BatchSize is how many datagrams one recvmmsg/sendmmsg moves; 0
-	// means 64.
+	// BatchSize is how many datagrams one receive or send call moves at
+	// most (recvmmsg and sendmmsg on Linux; the portable path moves one
+	// per system call whatever it is); 0 means 64.
 	BatchSize int
 }
 
-// UDPBind is the Bind the engine uses on a real host. It keeps one socket
-// per address family, rather than a single dual-stack socket, so that an
-// IPv4 peer's address never arrives as ::ffff:a.b.c.d and a host without
-// IPv6 still works.
+// Bind is the protocol.Bind the engine uses on a real host. It keeps one
+// socket per address family, rather than a single dual-stack socket, so
+// that an IPv4 peer's address never arrives as ::ffff:a.b.c.d and a host
+// without IPv6 still works.
 //
-// Send may be called from any number of goroutines. Each ReceiveFunc is
-// meant for one goroutine; concurrent calls to the same one take turns.
-type UDPBind struct {
-	socks     []*udpSocket
+// Send may be called from any number of goroutines. Each receive function
+// is meant for one goroutine; concurrent calls to the same one take turns.
+type Bind struct {
+	socks     []*socket
 	port      uint16
 	batchSize int
 
@@ -58,36 +77,50 @@ type UDPBind struct {
 	closeErr  error
 }
 
-// udpSocket owns the per-direction state for one socket, so that the hot
-// paths hand the kernel memory that was allocated once, at listen time. What
-// that state is depends on the system: udpbind_linux.go calls recvmmsg and
-// sendmmsg itself, udpbind_other.go goes through golang.org/x/net. Each
-// defines udpReceiver, udpSender and the init, receive and send methods.
-type udpSocket struct {
+// socket is one host socket and the path its datagrams take.
+type socket struct {
 	conn  *net.UDPConn
 	local netip.AddrPort
-
-	recvMu sync.Mutex
-	rx     udpReceiver // guarded by recvMu
-
-	sendMu sync.Mutex
-	tx     udpSender // guarded by sendMu
+	datagrams
 }
 
-// udpListenFunc is net.ListenUDP; tests replace it to make a family disappear
-// or a port collide on demand.
-type udpListenFunc func(network string, laddr *net.UDPAddr) (*net.UDPConn, error)
+// datagrams moves a socket's datagrams. Its hot paths hand the system
+// memory that was allocated once, when the socket was opened.
+type datagrams interface {
+	// receive fills bufs as a protocol.ReceiveFunc does.
+	receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (int, error)
+	// send writes each of bufs as one datagram to ep.
+	send(bufs [][]byte, ep netip.AddrPort) error
+	// release frees what the path holds outside the socket, once the
+	// socket is closed.
+	release()
+}
 
-// ListenUDP opens the host sockets described by cfg.
+// newDatagrams sets up a path on a freshly opened socket.
+type newDatagrams func(conn *net.UDPConn, local netip.AddrPort, batchSize int) (datagrams, error)
+
+// listenFunc is net.ListenUDP; tests replace it to make a family disappear
+// or a port collide on demand.
+type listenFunc func(network string, laddr *net.UDPAddr) (*net.UDPConn, error)
+
+// Listen opens the host sockets described by cfg, with the fastest path
+// the system has.
 //
 // Without cfg.Addrs it opens an IPv4 and an IPv6 wildcard socket and
 // tolerates one family being absent from the host. Explicit addresses are
-// taken as a requirement: if any of them cannot be bound, ListenUDP fails.
-func ListenUDP(cfg UDPConfig) (*UDPBind, error) {
-	return listenUDP(cfg, net.ListenUDP)
+// taken as a requirement: if any of them cannot be bound, Listen fails.
+func Listen(cfg Config) (*Bind, error) {
+	return listen(cfg, net.ListenUDP, defaultDatagrams)
 }
 
-func listenUDP(cfg UDPConfig, listen udpListenFunc) (*UDPBind, error) {
+// ListenPortable is Listen with the path that works on every system: one
+// datagram per call through the net package. Outside Linux it is what
+// Listen opens anyway.
+func ListenPortable(cfg Config) (*Bind, error) {
+	return listen(cfg, net.ListenUDP, newPortable)
+}
+
+func listen(cfg Config, open listenFunc, path newDatagrams) (*Bind, error) {
 	batchSize := cfg.BatchSize
 	if batchSize < 0 {
 		return nil, fmt.Errorf("udp bind: batch size %d is negative", batchSize)
@@ -111,9 +144,9 @@ func listenUDP(cfg UDPConfig, listen udpListenFunc) (*UDPBind, error) {
 	}
 
 	for attempt := 1; ; attempt++ {
-		conns, retry, err := listenUDPAll(addrs, cfg.Port, wildcard, listen)
+		conns, retry, err := listenAll(addrs, cfg.Port, wildcard, open)
 		if err == nil {
-			b, err := newUDPBind(conns, batchSize)
+			b, err := newBind(conns, batchSize, path)
 			if err != nil {
 				closeUDPConns(conns)
 				return nil, fmt.Errorf("udp bind: %w", err)
@@ -126,9 +159,9 @@ func listenUDP(cfg UDPConfig, listen udpListenFunc) (*UDPBind, error) {
 	}
 }
 
-// listenUDPAll binds every address on one port. retry reports that the failure
+// listenAll binds every address on one port. retry reports that the failure
 // came from a port this call picked itself, so a fresh attempt may succeed.
-func listenUDPAll(addrs []netip.Addr, port uint16, wildcard bool, listen udpListenFunc) (conns []*net.UDPConn, retry bool, err error) {
+func listenAll(addrs []netip.Addr, port uint16, wildcard bool, listen listenFunc) (conns []*net.UDPConn, retry bool, err error) {
 	picked := port == 0
 	var missing []error
 	for _, a := range addrs {
@@ -166,23 +199,25 @@ func closeUDPConns(conns []*net.UDPConn) {
 	}
 }
 
-func newUDPBind(conns []*net.UDPConn, batchSize int) (*UDPBind, error) {
-	b := &UDPBind{batchSize: batchSize}
+func newBind(conns []*net.UDPConn, batchSize int, path newDatagrams) (*Bind, error) {
+	b := &Bind{batchSize: batchSize}
 	for _, c := range conns {
 		_ = c.SetReadBuffer(udpSocketBuffer)
 		_ = c.SetWriteBuffer(udpSocketBuffer)
 
 		ap := c.LocalAddr().(*net.UDPAddr).AddrPort()
-		s := &udpSocket{
+		s := &socket{
 			conn:  c,
 			local: netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port()),
 		}
-		if err := s.init(batchSize); err != nil {
+		d, err := path(c, s.local, batchSize)
+		if err != nil {
 			for _, s := range b.socks {
 				s.release()
 			}
 			return nil, err
 		}
+		s.datagrams = d
 		b.port = s.local.Port()
 		b.socks = append(b.socks, s)
 	}
@@ -191,11 +226,11 @@ func newUDPBind(conns []*net.UDPConn, batchSize int) (*UDPBind, error) {
 
 // Port is the one port all sockets share; with UDPConfig.Port 0 it is the
 // only way to learn which port peers must be told.
-func (b *UDPBind) Port() uint16 { return b.port }
+func (b *Bind) Port() uint16 { return b.port }
 
 // LocalAddrs reports what each socket is bound to, in the order of
 // Receivers, so that logs and tests can tell the sockets apart.
-func (b *UDPBind) LocalAddrs() []netip.AddrPort {
+func (b *Bind) LocalAddrs() []netip.AddrPort {
 	aps := make([]netip.AddrPort, len(b.socks))
 	for i, s := range b.socks {
 		aps[i] = s.local
@@ -203,22 +238,33 @@ func (b *UDPBind) LocalAddrs() []netip.AddrPort {
 	return aps
 }
 
-// BatchSize implements Bind.
-func (b *UDPBind) BatchSize() int { return b.batchSize }
+// Portable reports whether the sockets take the portable path, one
+// datagram per system call, rather than the batched one of Linux.
+func (b *Bind) Portable() bool {
+	for _, s := range b.socks {
+		if _, ok := s.datagrams.(*portableSocket); !ok {
+			return false
+		}
+	}
+	return true
+}
 
-// Receivers implements Bind: one function per socket, because a blocking
-// recvmmsg can only wait on one of them.
-func (b *UDPBind) Receivers() []ReceiveFunc {
-	fns := make([]ReceiveFunc, len(b.socks))
+// BatchSize implements protocol.Bind.
+func (b *Bind) BatchSize() int { return b.batchSize }
+
+// Receivers implements protocol.Bind: one function per socket, because a
+// blocking receive can only wait on one of them.
+func (b *Bind) Receivers() []func(bufs [][]byte, sizes []int, eps []netip.AddrPort) (int, error) {
+	fns := make([]func(bufs [][]byte, sizes []int, eps []netip.AddrPort) (int, error), len(b.socks))
 	for i, s := range b.socks {
 		fns[i] = s.receive
 	}
 	return fns
 }
 
-// Close implements Bind. Only the first call closes the sockets; later
+// Close implements protocol.Bind. Only the first call closes the sockets; later
 // calls return nil so that shutdown paths may call it freely.
-func (b *UDPBind) Close() error {
+func (b *Bind) Close() error {
 	b.closeOnce.Do(func() {
 		var errs []error
 		for _, s := range b.socks {
@@ -237,9 +283,9 @@ func (b *UDPBind) Close() error {
 	return b.closeErr
 }
 
-// Send implements Bind. The socket is chosen by ep's family because a v6-only
+// Send implements protocol.Bind. The socket is chosen by ep's family because a v6-only
 // socket cannot reach an IPv4 peer and the other way round.
-func (b *UDPBind) Send(bufs [][]byte, ep netip.AddrPort) error {
+func (b *Bind) Send(bufs [][]byte, ep netip.AddrPort) error {
 	if len(bufs) == 0 {
 		return nil
 	}
@@ -265,8 +311,8 @@ func (b *UDPBind) Send(bufs [][]byte, ep netip.AddrPort) error {
 // socketFor picks among several sockets of one family (explicit Addrs) by
 // whether they are loopback, since a socket bound to 127.0.0.1 cannot send
 // off the host and one bound to a public address cannot reach 127.0.0.1.
-func (b *UDPBind) socketFor(addr netip.Addr) *udpSocket {
-	var first *udpSocket
+func (b *Bind) socketFor(addr netip.Addr) *socket {
+	var first *socket
 	for _, s := range b.socks {
 		local := s.local.Addr()
 		if local.Is4() != addr.Is4() {
@@ -282,12 +328,12 @@ func (b *UDPBind) socketFor(addr netip.Addr) *udpSocket {
 	return first
 }
 
-// udpCompact moves datagram i, n bytes long, down to slot kept once earlier
+// compact moves datagram i, n bytes long, down to slot kept once earlier
 // datagrams of the batch were dropped, because the slots a receive returns
 // must be contiguous. Buffers of unequal length could leave it without room
 // in the lower slot; it is then dropped as if it had been truncated, which
 // the false result says.
-func udpCompact(bufs [][]byte, kept, i, n int) bool {
+func compact(bufs [][]byte, kept, i, n int) bool {
 	if kept == i {
 		return true
 	}

@@ -1,6 +1,6 @@
 //go:build linux
 
-package protocol
+package udpbind
 
 import (
 	"bytes"
@@ -29,11 +29,11 @@ func udpGSOTestSizes() []int {
 	return append(sizes, 999, 1000)
 }
 
-// TestUDPBindGSO sends batches with UDP_SEGMENT, and without, to a
+// TestGSO sends batches with UDP_SEGMENT, and without, to a
 // receiver with UDP_GRO, and without, and checks that the receiver gets
 // every datagram whole, separately, and in order. On loopback a GSO send
 // reaches a GRO socket still coalesced, so the receiver cuts it up.
-func TestUDPBindGSO(t *testing.T) {
+func TestGSO(t *testing.T) {
 	// The second batch starts with a lone datagram, which the receiver
 	// hands over in place before cutting up what follows it.
 	batches := [][]int{udpGSOTestSizes(), append([]int{500}, udpGSOTestSizes()...)}
@@ -51,18 +51,19 @@ func TestUDPBindGSO(t *testing.T) {
 }
 
 func testUDPBindGSO(t *testing.T, sizes []int, gso, gro bool, addr netip.Addr) {
-	defer func(v, w bool) { udpGSOEnabled, udpGROEnabled = v, w }(udpGSOEnabled, udpGROEnabled)
-	udpGSOEnabled = gso
-	cfg := UDPConfig{Addrs: []netip.Addr{addr}, BatchSize: 128}
-	a := udpTestListen(t, cfg)
-	udpGROEnabled = gro
+	open := func(cfg Config, gso, gro bool) *Bind {
+		return udpTestListenWith(t, func(cfg Config) (*Bind, error) {
+			return listen(cfg, net.ListenUDP, mmsgWith(gso, gro))
+		}, cfg)
+	}
+	a := open(Config{Addrs: []netip.Addr{addr}, BatchSize: 128}, gso, false)
 	// A small batch on the receiver, so that coalesced
 	// messages are cut across several receives.
-	b := udpTestListen(t, UDPConfig{Addrs: []netip.Addr{addr}, BatchSize: 7})
-	if gso && !a.socks[0].tx.gso {
+	b := open(Config{Addrs: []netip.Addr{addr}, BatchSize: 7}, false, gro)
+	if gso && !mmsgOf(a).tx.gso {
 		t.Skip("the kernel does not take UDP_SEGMENT")
 	}
-	if gro && !b.socks[0].rx.gro {
+	if gro && !mmsgOf(b).rx.gro {
 		t.Skip("the kernel does not take UDP_GRO")
 	}
 	bufs := make([][]byte, len(sizes))
@@ -82,16 +83,16 @@ func testUDPBindGSO(t *testing.T, sizes []int, gso, gro bool, addr netip.Addr) {
 			t.Fatalf("datagram %d: %d bytes starting %d, want %d bytes starting %d", i, len(d.data), d.data[0], sizes[i], byte(i))
 		}
 	}
-	if c := b.socks[0].rx.coalesced; gso && gro && c == 0 {
+	if c := mmsgOf(b).rx.coalesced; gso && gro && c == 0 {
 		t.Fatalf("no coalesced message arrived: the GRO path went untested")
 	} else {
 		t.Logf("%d coalesced messages", c)
 	}
 }
 
-// TestUDPPlan checks how a batch is laid out in messages: runs of equal
+// TestPlan checks how a batch is laid out in messages: runs of equal
 // sizes, a shorter datagram ending a run, at most udpMaxSegments each.
-func TestUDPPlan(t *testing.T) {
+func TestPlan(t *testing.T) {
 	var tx udpSender
 	tx.msgs = make([]unix.Mmsghdr, 128)
 	tx.iovs = make([]unix.Iovec, 128)
@@ -117,11 +118,11 @@ func TestUDPPlan(t *testing.T) {
 	clearUDPIovecs(tx.iovs)
 }
 
-// TestUDPBindReleasesSpill: Close unmaps the GRO spill buffers, and a
+// TestReleasesSpill: Close unmaps the GRO spill buffers, and a
 // receive after it reports the socket closed instead of touching them.
-func TestUDPBindReleasesSpill(t *testing.T) {
-	b := udpTestListen(t, UDPConfig{Addrs: []netip.Addr{udpTestLoop4}})
-	r := &b.socks[0].rx
+func TestReleasesSpill(t *testing.T) {
+	b := udpTestListenWith(t, func(cfg Config) (*Bind, error) { return listen(cfg, net.ListenUDP, newMmsg) }, Config{Addrs: []netip.Addr{udpTestLoop4}})
+	r := &mmsgOf(b).rx
 	if !r.gro {
 		t.Skip("the kernel does not take UDP_GRO")
 	}
@@ -138,4 +139,9 @@ func TestUDPBindReleasesSpill(t *testing.T) {
 	if _, err := b.Receivers()[0](bufs, sizes, eps); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("receive after Close: %v, want net.ErrClosed", err)
 	}
+}
+
+// mmsgOf is the batched path of b's first socket.
+func mmsgOf(b *Bind) *mmsgSocket {
+	return b.socks[0].datagrams.(*mmsgSocket)
 }

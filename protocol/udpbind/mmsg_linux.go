@@ -1,6 +1,6 @@
 //go:build linux
 
-package protocol
+package udpbind
 
 import (
 	"encoding/binary"
@@ -10,6 +10,7 @@ import (
 	"os"
 	"runtime"
 	"strconv"
+	"sync"
 	"syscall"
 	"time"
 	"unsafe"
@@ -120,8 +121,37 @@ type udpZone struct {
 	at    time.Time
 }
 
-func (s *udpSocket) init(batchSize int) error {
-	raw, err := s.conn.SyscallConn()
+// mmsgSocket is the Linux path: it calls recvmmsg and sendmmsg itself.
+type mmsgSocket struct {
+	local netip.AddrPort // for errors
+
+	recvMu sync.Mutex
+	rx     udpReceiver // guarded by recvMu
+
+	sendMu sync.Mutex
+	tx     udpSender // guarded by sendMu
+}
+
+// newMmsg sets up the batched path on conn, with UDP GSO and GRO where
+// the kernel has them.
+func newMmsg(conn *net.UDPConn, local netip.AddrPort, batchSize int) (datagrams, error) {
+	return mmsgWith(true, true)(conn, local, batchSize)
+}
+
+// mmsgWith is newMmsg with UDP GSO (sending) and GRO (receiving) each
+// allowed or not, which tests use to cover every pairing.
+func mmsgWith(gso, gro bool) newDatagrams {
+	return func(conn *net.UDPConn, local netip.AddrPort, batchSize int) (datagrams, error) {
+		s := &mmsgSocket{local: local}
+		if err := s.init(conn, batchSize, gso, gro); err != nil {
+			return nil, err
+		}
+		return s, nil
+	}
+}
+
+func (s *mmsgSocket) init(conn *net.UDPConn, batchSize int, gso, gro bool) error {
+	raw, err := conn.SyscallConn()
 	if err != nil {
 		return err
 	}
@@ -139,7 +169,7 @@ func (s *udpSocket) init(batchSize int) error {
 		h.SetIovlen(1)
 	}
 
-	if udpGROEnabled {
+	if gro {
 		// The spill buffers are mapped outside the Go heap: fresh
 		// pages, which cost address space and no memory until the
 		// kernel writes a coalesced message into them. Allocated on
@@ -184,7 +214,7 @@ func (s *udpSocket) init(batchSize int) error {
 		h.Iov = &t.iovs[i]
 		h.SetIovlen(1)
 	}
-	if udpGSOEnabled {
+	if gso {
 		// The option is readable exactly where the kernel knows it
 		// (Linux 4.18 and later).
 		raw.Control(func(fd uintptr) {
@@ -199,7 +229,7 @@ func (s *udpSocket) init(batchSize int) error {
 // recvMu keeps it from happening under a recvmmsg still writing there; a
 // receive after it finds no spill room, and the kernel truncates any
 // coalesced message, which is then dropped.
-func (s *udpSocket) release() {
+func (s *mmsgSocket) release() {
 	s.recvMu.Lock()
 	defer s.recvMu.Unlock()
 	r := &s.rx
@@ -214,10 +244,6 @@ func (s *udpSocket) release() {
 	unix.Munmap(r.mapped)
 	r.mapped = nil
 }
-
-// udpGSOEnabled lets tests send without UDP_SEGMENT, and udpGROEnabled
-// receive without UDP_GRO.
-var udpGSOEnabled, udpGROEnabled = true, true
 
 const (
 	// udpSegmentCmsgSpace is the room for one UDP_SEGMENT control
@@ -245,7 +271,7 @@ const (
 	udpGROCmsgSpace = 64
 )
 
-func (s *udpSocket) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (int, error) {
+func (s *mmsgSocket) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (int, error) {
 	n := min(len(bufs), len(sizes), len(eps), len(s.rx.msgs))
 	if n == 0 {
 		return 0, nil
@@ -291,7 +317,7 @@ func (s *udpSocket) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (i
 				continue
 			}
 			from, ok := r.source(i)
-			if !ok || !udpCompact(bufs, kept, i, size) {
+			if !ok || !compact(bufs, kept, i, size) {
 				continue
 			}
 			sizes[kept] = size
@@ -310,7 +336,7 @@ func (s *udpSocket) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (i
 // in the caller's buffers as without it; a coalesced message is cut into
 // one datagram per buffer, which takes a copy, and what does not fit in
 // this call's buffers waits for the next call, before any new recvmmsg.
-func (s *udpSocket) receiveGRO(bufs [][]byte, sizes []int, eps []netip.AddrPort) (int, error) {
+func (s *mmsgSocket) receiveGRO(bufs [][]byte, sizes []int, eps []netip.AddrPort) (int, error) {
 	r := &s.rx
 	n := len(bufs)
 	for {
@@ -364,7 +390,7 @@ func (s *udpSocket) receiveGRO(bufs [][]byte, sizes []int, eps []netip.AddrPort)
 			if size > head {
 				copy(bufs[i][head:size], r.spill[i][udpGROHead:])
 			}
-			if !udpCompact(bufs, kept, i, size) {
+			if !compact(bufs, kept, i, size) {
 				continue
 			}
 			sizes[kept] = size
@@ -456,7 +482,7 @@ func clearGROIovecs(iovs []unix.Iovec) {
 
 // recv runs one recvmmsg over the first n slots, which the caller has
 // set up, waiting for the socket to become readable.
-func (s *udpSocket) recv(n int) error {
+func (s *mmsgSocket) recv(n int) error {
 	r := &s.rx
 	r.n, r.got, r.errno = n, 0, 0
 	if err := r.raw.Read(r.recvmmsg); err != nil {
@@ -470,7 +496,7 @@ func (s *udpSocket) recv(n int) error {
 
 // recvmmsg is the RawConn.Read callback; returning false waits for the
 // socket to become readable and calls it again.
-func (s *udpSocket) recvmmsg(fd uintptr) bool {
+func (s *mmsgSocket) recvmmsg(fd uintptr) bool {
 	r := &s.rx
 	for {
 		got, _, errno := unix.Syscall6(unix.SYS_RECVMMSG, fd,
@@ -537,7 +563,7 @@ func (r *udpReceiver) zoneName(id uint32) string {
 	return name
 }
 
-func (s *udpSocket) send(bufs [][]byte, ep netip.AddrPort) error {
+func (s *mmsgSocket) send(bufs [][]byte, ep netip.AddrPort) error {
 	s.sendMu.Lock()
 	defer s.sendMu.Unlock()
 	t := &s.tx
@@ -646,7 +672,7 @@ func (t *udpSender) datagrams(m int) int {
 
 // sendmmsg is the RawConn.Write callback; returning false waits for the
 // socket to become writable and calls it again.
-func (s *udpSocket) sendmmsg(fd uintptr) bool {
+func (s *mmsgSocket) sendmmsg(fd uintptr) bool {
 	t := &s.tx
 	for {
 		sent, _, errno := unix.Syscall6(unix.SYS_SENDMMSG, fd,

@@ -1,4 +1,4 @@
-package protocol
+package udpbind
 
 import (
 	"encoding/binary"
@@ -27,7 +27,7 @@ func udpTestPort(port uint16) uint16 {
 	return binary.NativeEndian.Uint16(b[:])
 }
 
-func TestUDPSockaddrSource(t *testing.T) {
+func TestSockaddrSource(t *testing.T) {
 	v4 := func(addr [4]byte, port uint16, namelen uint32) func(*unix.RawSockaddrInet6) uint32 {
 		return func(sa *unix.RawSockaddrInet6) uint32 {
 			sa4 := (*unix.RawSockaddrInet4)(unsafe.Pointer(sa))
@@ -75,7 +75,7 @@ func TestUDPSockaddrSource(t *testing.T) {
 	}
 }
 
-func TestUDPSockaddrDestination(t *testing.T) {
+func TestSockaddrDestination(t *testing.T) {
 	var s udpSender
 	if n := s.setName(netip.MustParseAddrPort("192.0.2.7:51820")); n != unix.SizeofSockaddrInet4 {
 		t.Errorf("IPv4 sockaddr length %d, want %d", n, unix.SizeofSockaddrInet4)
