@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strconv"
 	"strings"
@@ -203,15 +204,27 @@ func procStatus(s string) map[string]string {
 
 // TestDockerfileUsesBuildScript keeps TestStaticBuildRunsUnprivileged
 // meaningful: it checks the image only as long as the Dockerfile builds
-// with the same script and runs as the same user.
+// with the same script, with the Go that script pins, and runs as the
+// same user.
 func TestDockerfileUsesBuildScript(t *testing.T) {
 	data, err := os.ReadFile(filepath.Join("..", "..", "Dockerfile"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var run, user bool
+	script, err := os.ReadFile(filepath.Join("..", "..", ".ci", "build-static"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pinned := regexp.MustCompile(`GOTOOLCHAIN:-go([0-9.]+)\}`).FindSubmatch(script)
+	if pinned == nil {
+		t.Fatal(".ci/build-static pins no Go toolchain (GOTOOLCHAIN:-goX.Y.Z)")
+	}
+	var run, user, image bool
 	for _, line := range strings.Split(string(data), "\n") {
 		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "FROM ") && strings.Contains(line, " golang:") {
+			image = strings.Contains(line, " golang:"+string(pinned[1])+" ")
+		}
 		if strings.HasSuffix(line, "sh .ci/build-static /out/wgbore") && !strings.HasPrefix(line, "#") {
 			run = true
 		}
@@ -224,5 +237,8 @@ func TestDockerfileUsesBuildScript(t *testing.T) {
 	}
 	if !user {
 		t.Errorf("the Dockerfile does not run as USER %s:%s, the user CI runs the binary as", nonrootUID, nonrootUID)
+	}
+	if !image {
+		t.Errorf("the Dockerfile's build stage is not golang:%s, the Go .ci/build-static pins", pinned[1])
 	}
 }
