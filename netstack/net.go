@@ -73,15 +73,21 @@ type Net struct {
 	stack  *stack.Stack
 	engine *protocol.Engine
 	link   *linkEndpoint
-	bind   *udpbind.Bind
 	dns    *resolver
+	log    *slog.Logger
+
+	// bind is the host sockets in use; Rebind replaces them, opening
+	// new ones as listen says.
+	bind   atomic.Pointer[udpbind.Bind]
+	listen udpbind.Config
 
 	// forward is server mode, once Forward turned it on; the stack's
 	// TCP and UDP handlers read it for every packet no endpoint claims.
 	forward atomic.Pointer[forwarder]
 
-	// services are server mode's parts (Forward, ServeDNS): Close stops
-	// them before the stack and waits for their goroutines after it.
+	// services are the parts with goroutines (Forward, ServeDNS, the
+	// rebinder): Close stops them before the stack and waits for their
+	// goroutines after it.
 	mu       sync.Mutex
 	services []service
 	closing  bool
@@ -118,18 +124,25 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 	if mtu == 0 {
 		mtu = protocol.DefaultMTU
 	}
-	bind, err := udpbind.Listen(udpbind.Config{Port: cfg.ListenPort, Addrs: cfg.ListenAddrs})
+	n := &Net{listen: udpbind.Config{Port: cfg.ListenPort, Addrs: cfg.ListenAddrs}, log: cfg.Logger}
+	if n.log == nil {
+		n.log = slog.New(slog.DiscardHandler)
+	}
+	bind, err := udpbind.Listen(n.listen)
 	if err != nil {
 		return nil, fmt.Errorf("netstack: %w", err)
 	}
-	if cfg.Logger != nil {
-		path := "batched"
-		if bind.Portable() {
-			path = "portable"
-		}
-		cfg.Logger.Debug("host UDP sockets open", "local", bind.LocalAddrs(), "path", path)
+	path := "batched"
+	if bind.Portable() {
+		path = "portable"
 	}
-	n := &Net{bind: bind}
+	n.log.Debug("host UDP sockets open", "local", bind.LocalAddrs(), "path", path)
+	n.bind.Store(bind)
+	clk := cfg.Clock
+	if clk == nil {
+		clk = clock.System{}
+	}
+	rebind := &rebinder{n: n, clock: clk, log: n.log}
 	n.dns = newResolver(cfg.DNS, cfg.DNSSearch, n)
 	// Loopback addresses are accepted from the tunnel: a peer's packets
 	// are authenticated by cryptokey routing, and in server mode the
@@ -170,6 +183,7 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 	eng, err := protocol.New(protocol.Config{
 		PrivateKey: cfg.PrivateKey, Bind: bind, Packets: n.link, MTU: mtu,
 		Logger: cfg.Logger, Clock: cfg.Clock, Resolver: cfg.EndpointResolver,
+		BindFailed: rebind.failed,
 	})
 	if err != nil {
 		s.Close()
@@ -178,6 +192,7 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 	}
 	n.engine = eng
 	n.link.engine = eng
+	n.addService(rebind)
 	if err := s.CreateNIC(nicID, n.link); err != nil {
 		n.Close()
 		return nil, fmt.Errorf("netstack: create NIC: %s", err)
@@ -220,7 +235,7 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 func (n *Net) Engine() *protocol.Engine { return n.engine }
 
 // LocalPort is the host UDP port the engine listens on.
-func (n *Net) LocalPort() uint16 { return n.bind.Port() }
+func (n *Net) LocalPort() uint16 { return n.bind.Load().Port() }
 
 // Close stops the stack and the engine, and with them server mode's flows
 // and DNS server, and waits for their goroutines.
@@ -242,7 +257,7 @@ func (n *Net) Close() error {
 		if n.engine != nil {
 			err = n.engine.Close()
 		} else {
-			err = n.bind.Close()
+			err = n.bind.Load().Close()
 		}
 	})
 	return err

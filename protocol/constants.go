@@ -65,6 +65,11 @@ func (p *Params) maxHandshakeAttempts() int {
 // Queue sizes. They bound memory under any load: past them packets are
 // dropped and counted, never buffered without limit.
 const (
+	// bindFailAfter is how long a socket's receives may fail without a
+	// datagram in between before the socket counts as failed: transient
+	// errors come and go within it, a dead socket fails every call.
+	bindFailAfter = time.Second
+
 	// maxStagedPackets waiting per peer for a handshake to finish.
 	maxStagedPackets = 1024
 	// handshakeQueueSize is shared by all peers; an eighth of it full

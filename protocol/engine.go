@@ -78,6 +78,12 @@ type Config struct {
 	Workers int
 	// Params overrides the whitepaper's limits; tests only.
 	Params *Params
+	// BindFailed, when set, hears once that a Bind stopped working: its
+	// receive functions kept failing for a second, or it was closed by
+	// something other than the engine (the system can close a mobile
+	// app's sockets). The engine stops reading it; Rebind gives it a new
+	// one. It is called from a receive goroutine and must not block.
+	BindFailed func(err error)
 }
 
 // DefaultMTU leaves room for the outer IPv6 and UDP headers and WireGuard's
@@ -98,7 +104,6 @@ type identity struct {
 type Engine struct {
 	clock    clock.Clock
 	log      *slog.Logger
-	bind     Bind
 	packets  PacketSide
 	returner PeerReturner // packets, if it is one; else nil
 	resolver Resolver
@@ -107,6 +112,13 @@ type Engine struct {
 	bufSize  int
 
 	id atomic.Pointer[identity]
+
+	// bind is the Bind in use; Rebind replaces it, and bindMu orders
+	// replacements with Close.
+	bind       atomic.Pointer[bindRef]
+	bindMu     sync.Mutex
+	closing    bool // guarded by bindMu
+	bindFailed func(error)
 
 	peersMu sync.RWMutex
 	peers   map[PublicKey]*Peer
@@ -157,7 +169,6 @@ func New(cfg Config) (*Engine, error) {
 	e := &Engine{
 		clock:    cfg.Clock,
 		log:      cfg.Logger,
-		bind:     cfg.Bind,
 		packets:  cfg.Packets,
 		resolver: cfg.Resolver,
 		mtu:      cfg.MTU,
@@ -165,6 +176,7 @@ func New(cfg Config) (*Engine, error) {
 		done:     make(chan struct{}),
 	}
 	e.returner, _ = cfg.Packets.(PeerReturner)
+	e.bindFailed = cfg.BindFailed
 	if e.clock == nil {
 		e.clock = clock.System{}
 	}
@@ -210,10 +222,88 @@ func New(cfg Config) (*Engine, error) {
 		e.goroutine(e.decryptWorker)
 		e.goroutine(e.handshakeWorker)
 	}
-	for _, recv := range e.bind.Receivers() {
-		e.goroutine(func() { e.receiveLoop(recv) })
-	}
+	e.startBind(cfg.Bind)
 	return e, nil
+}
+
+// bindRef is a Bind as the engine holds it.
+type bindRef struct {
+	Bind
+	// retired is set once the engine itself closes the Bind (Close or
+	// Rebind), so that its receive loops ending is no failure.
+	retired atomic.Bool
+	// failed reports a failure once, whichever receive loop sees it.
+	failed sync.Once
+}
+
+// startBind makes b the Bind in use and reads it, one goroutine per
+// receive function.
+func (e *Engine) startBind(b Bind) {
+	ref := &bindRef{Bind: b}
+	e.bind.Store(ref)
+	for _, recv := range b.Receivers() {
+		e.goroutine(func() { e.receiveLoop(ref, recv) })
+	}
+}
+
+// sock is the Bind in use.
+func (e *Engine) sock() Bind { return e.bind.Load().Bind }
+
+// failBind reports that ref stopped working, once, unless the engine
+// closed it on purpose.
+func (e *Engine) failBind(ref *bindRef, err error) {
+	if ref.retired.Load() {
+		return
+	}
+	ref.failed.Do(func() {
+		e.log.Warn("host socket failed", "err", err)
+		if e.bindFailed != nil {
+			e.bindFailed(err)
+		}
+	})
+}
+
+// Rebind moves the engine onto the Bind that open returns, for when the
+// host's network changed (a phone moving from Wi-Fi to cellular, a
+// laptop waking on another network) or the Bind failed. The old Bind is
+// closed first, so that open may listen on the same port. Sessions and
+// the connections they carry survive: each peer gets a handshake at once
+// and, if it has a session, a keepalive on it, so it learns our new
+// address (WireGuard's roaming) without waiting for our next data. If
+// open fails, nothing moves until a later Rebind succeeds.
+func (e *Engine) Rebind(open func() (Bind, error)) error {
+	e.bindMu.Lock()
+	defer e.bindMu.Unlock()
+	if e.closing {
+		return net.ErrClosed
+	}
+	old := e.bind.Load()
+	if !old.retired.Swap(true) {
+		if err := old.Close(); err != nil {
+			e.log.Debug("closing the old host socket", "err", err)
+		}
+	}
+	b, err := open()
+	if err != nil {
+		return fmt.Errorf("protocol: rebind: %w", err)
+	}
+	e.startBind(b)
+	e.peersMu.RLock()
+	peers := make([]*Peer, 0, len(e.peers))
+	for _, p := range e.peers {
+		peers = append(peers, p)
+	}
+	e.peersMu.RUnlock()
+	for _, p := range peers {
+		p.handshake.mu.Lock()
+		p.handshake.lastSentHandshake = time.Time{}
+		p.handshake.mu.Unlock()
+		p.sendInitiation(false)
+		if p.keypairs.currentKeypair() != nil {
+			p.sendKeepalive()
+		}
+	}
+	return nil
 }
 
 // Trim gives back the idle packet buffers a burst left behind, beyond a
@@ -286,7 +376,12 @@ func (e *Engine) Close() error {
 		// Order matters: the peers' in-order goroutines may be waiting
 		// on a batch the crypto workers still have to finish, so the
 		// workers stop only after the peers have.
-		err = e.bind.Close()
+		e.bindMu.Lock()
+		e.closing = true
+		if ref := e.bind.Load(); !ref.retired.Swap(true) {
+			err = ref.Close()
+		}
+		e.bindMu.Unlock()
 		e.peersMu.Lock()
 		for _, p := range e.peers {
 			e.removePeerLocked(p)
@@ -310,7 +405,7 @@ func (e *Engine) PrivateKey() PrivateKey { return e.identity().private }
 // Bind does not say (an in-memory Bind in tests). A Bind reports its port
 // by having a Port() uint16 method, as udpbind.Bind does.
 func (e *Engine) ListenPort() uint16 {
-	if b, ok := e.bind.(interface{ Port() uint16 }); ok {
+	if b, ok := e.sock().(interface{ Port() uint16 }); ok {
 		return b.Port()
 	}
 	return 0

@@ -86,7 +86,7 @@ func (e *Engine) sendCookieReply(msg []byte, src netip.AddrPort) {
 	var buf [MessageCookieReplySize]byte
 	reply.marshal(buf[:])
 	e.stats.cookieRepliesSent.Add(1)
-	if err := e.bind.Send([][]byte{buf[:]}, src); err != nil {
+	if err := e.sock().Send([][]byte{buf[:]}, src); err != nil {
 		e.log.Debug("cookie reply send failed", "to", src, "err", err)
 	}
 }
@@ -143,7 +143,7 @@ func (e *Engine) handleInitiation(msg []byte, src netip.AddrPort) {
 	p.timersAnyAuthenticatedPacketTraversal()
 	p.timersAnyAuthenticatedPacketSent()
 	e.log.Debug("answered handshake initiation", "peer", p.public, "endpoint", src)
-	if err := e.bind.Send([][]byte{buf[:]}, src); err != nil {
+	if err := e.sock().Send([][]byte{buf[:]}, src); err != nil {
 		e.log.Debug("handshake response send failed", "peer", p.public, "err", err)
 	}
 }

@@ -23,8 +23,8 @@ type handshakeElement struct {
 // messages go to the crypto workers in per-keypair batches (a small
 // batch with nothing queued ahead is decrypted here), handshake messages
 // to the handshake queue.
-func (e *Engine) receiveLoop(recv ReceiveFunc) {
-	size := e.bind.BatchSize()
+func (e *Engine) receiveLoop(ref *bindRef, recv ReceiveFunc) {
+	size := ref.BatchSize()
 	els := make([]*element, size)
 	bufs := make([][]byte, size)
 	sizes := make([]int, size)
@@ -54,10 +54,12 @@ func (e *Engine) receiveLoop(recv ReceiveFunc) {
 		}
 		cur = nil
 	}
+	var failingSince time.Time // of the errors since the last datagram
 	for {
 		n, err := recv(bufs, sizes, eps)
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) {
+				e.failBind(ref, err)
 				return
 			}
 			select {
@@ -65,12 +67,20 @@ func (e *Engine) receiveLoop(recv ReceiveFunc) {
 				return
 			default:
 			}
+			now := e.clock.Now()
+			if failingSince.IsZero() {
+				failingSince = now
+			} else if now.Sub(failingSince) >= bindFailAfter {
+				e.failBind(ref, err)
+				return
+			}
 			e.log.Debug("receive failed", "err", err)
 			// A transient socket error (ICMP-induced ECONNREFUSED and
 			// the like) must not spin the CPU.
 			time.Sleep(time.Millisecond)
 			continue
 		}
+		failingSince = time.Time{}
 		taken := 0
 		for i := 0; i < n; i++ {
 			msg := els[i].buf[:sizes[i]]

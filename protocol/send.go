@@ -407,7 +407,7 @@ func (p *Peer) transmit(b *batch, bufs [][]byte) [][]byte {
 		if dataSent {
 			p.timersDataSent()
 		}
-		if err := e.bind.Send(bufs, ep); err != nil {
+		if err := e.sock().Send(bufs, ep); err != nil {
 			e.stats.dropN(DropSendFailed, len(b.elems))
 			e.log.Debug("send failed", "peer", p.public, "endpoint", ep, "err", err)
 		} else {
@@ -472,7 +472,7 @@ func (p *Peer) sendInitiation(isRetry bool) {
 		return
 	}
 	e.log.Debug("sending handshake initiation", "peer", p.public, "endpoint", ep, "retry", isRetry, "now", now)
-	if err := e.bind.Send([][]byte{buf[:]}, ep); err != nil {
+	if err := e.sock().Send([][]byte{buf[:]}, ep); err != nil {
 		e.log.Debug("handshake initiation send failed", "peer", p.public, "endpoint", ep, "err", err)
 	}
 }

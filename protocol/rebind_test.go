@@ -1,0 +1,100 @@
+package protocol
+
+import (
+	"errors"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/wgbore/wgbore/protocol/clock"
+	"github.com/wgbore/wgbore/protocol/memnet"
+)
+
+// TestRebind moves one engine to a new socket at a new address, as after
+// a network change, and checks that its peer follows (roaming) at once
+// and traffic flows both ways on the session it had; that a socket
+// closed under the engine is reported through BindFailed, once, while
+// sockets the engine closes itself (Rebind, Close) are not; and that a
+// failed reopen leaves the engine able to Rebind again.
+func TestRebind(t *testing.T) {
+	clk := clock.NewManual(testEpoch)
+	mem := memnet.NewNetwork(clk, 1)
+	failures := make(chan error, 4)
+	a := newMemNode(t, mem, clk, "127.0.0.1:1001", "10.0.0.1", nil)
+	b := newMemNodeWith(t, mem, clk, "127.0.0.1:1002", "10.0.0.2", func(c *Config) {
+		c.BindFailed = func(err error) { failures <- err }
+	})
+	connect(t, b, a, PresharedKey{})
+	exchange := func(what string) {
+		t.Helper()
+		p := ipPacket(b.addr, a.addr, []byte(what+": b to a"))
+		b.e.WritePackets([][]byte{p})
+		a.sink.expect(t, p)
+		q := ipPacket(a.addr, b.addr, []byte(what+": a to b"))
+		a.e.WritePackets([][]byte{q})
+		b.sink.expect(t, q)
+	}
+	exchange("before")
+
+	// A handshake's timestamp must be newer than the last one's.
+	clk.Advance(time.Second)
+	moved := netip.MustParseAddrPort("127.0.0.9:2002")
+	var next *memnet.Bind
+	if err := b.e.Rebind(func() (Bind, error) {
+		var err error
+		next, err = mem.Listen(moved)
+		return next, err
+	}); err != nil {
+		t.Fatalf("Rebind: %v", err)
+	}
+	// Before any data from b: the keepalive and the handshake that
+	// Rebind sends tell a where b is now.
+	deadline := time.Now().Add(10 * time.Second)
+	for st, _ := a.e.Peer(b.key.PublicKey()); st.Endpoint != moved; st, _ = a.e.Peer(b.key.PublicKey()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("a still sends to %v, want b's new address %v", st.Endpoint, moved)
+		}
+		time.Sleep(time.Millisecond)
+	}
+	exchange("after")
+	if st, _ := b.e.Peer(a.key.PublicKey()); st.HandshakesCompleted < 2 {
+		t.Errorf("%d handshakes completed, want a fresh one after Rebind", st.HandshakesCompleted)
+	}
+	select {
+	case err := <-failures:
+		t.Fatalf("BindFailed after Rebind closed the old socket: %v", err)
+	default:
+	}
+
+	// The socket closed by something other than the engine.
+	next.Close()
+	select {
+	case err := <-failures:
+		if !errors.Is(err, net.ErrClosed) {
+			t.Errorf("BindFailed(%v), want net.ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("BindFailed was not called for a socket closed under the engine")
+	}
+
+	// A reopen that fails, then one that works.
+	refused := errors.New("no network")
+	if err := b.e.Rebind(func() (Bind, error) { return nil, refused }); !errors.Is(err, refused) {
+		t.Fatalf("Rebind with a failing open: %v, want it to wrap %v", err, refused)
+	}
+	if err := b.e.Rebind(func() (Bind, error) { return mem.Listen(netip.MustParseAddrPort("127.0.0.9:2003")) }); err != nil {
+		t.Fatalf("Rebind after a failed one: %v", err)
+	}
+	exchange("recovered")
+
+	b.e.Close()
+	if err := b.e.Rebind(func() (Bind, error) { t.Fatal("Rebind opened a socket after Close"); return nil, nil }); !errors.Is(err, net.ErrClosed) {
+		t.Errorf("Rebind after Close: %v, want net.ErrClosed", err)
+	}
+	select {
+	case err := <-failures:
+		t.Fatalf("BindFailed more than once, or after Close: %v", err)
+	default:
+	}
+}
