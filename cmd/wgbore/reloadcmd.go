@@ -38,7 +38,7 @@ const reloadTimeout = 30 * time.Second
 
 func cmdReload(ctx context.Context, e *env, args []string) int {
 	fset := newFlagSet(e, "reload", reloadUsage)
-	dir := fset.String("uapi-dir", uapi.SocketDir, "`directory` of the UAPI sockets, as given to up or serve")
+	dir := fset.String("uapi-dir", uapi.DefaultDir(), "`directory` of the UAPI sockets, as given to up or serve")
 	if code, done := parseFlagsAndArgs(e, fset, args, 1); done {
 		return code
 	}

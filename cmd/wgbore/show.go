@@ -41,7 +41,7 @@ var showFields = []string{"public-key", "listen-port", "fwmark", "peers", "endpo
 
 func cmdShow(ctx context.Context, e *env, args []string) int {
 	fset := newFlagSet(e, "show", showUsage)
-	dir := fset.String("uapi-dir", uapi.SocketDir, "`directory` of the UAPI sockets, as given to up or serve")
+	dir := fset.String("uapi-dir", uapi.DefaultDir(), "`directory` of the UAPI sockets, as given to up or serve")
 	if code, done := parseFlagsAndArgs(e, fset, args, 2); done {
 		return code
 	}

@@ -8,6 +8,7 @@ import (
 	"net"
 	"os/user"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
 
@@ -101,7 +102,12 @@ func (s *service) startUAPI(dir, name string, group *gidFlag) {
 		s.log.Warn("no UAPI socket: wg show and wg set will not see this tunnel; try -uapi-dir DIR, then wgbore show -uapi-dir DIR", "dir", dir, "name", name, "err", err)
 		return
 	}
-	if dir != uapi.SocketDir {
+	switch {
+	case runtime.GOOS == "windows":
+		// wg.exe talks to named pipes that only an elevated process may
+		// create; an unprivileged tunnel has a socket instead.
+		s.log.Info("wg.exe cannot see this tunnel (its pipes need Administrator); see it with wgbore show -uapi-dir "+dir+" "+name, "socket", l.Addr().String())
+	case dir != uapi.SocketDir:
 		// wg cannot be told where to look, so say what can.
 		s.log.Info("UAPI socket is outside "+uapi.SocketDir+", where wg looks; see it with wgbore show -uapi-dir "+dir+" "+name, "socket", l.Addr().String())
 	}

@@ -9,12 +9,11 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 )
 
-// SocketDir is where `wg` looks for userspace interfaces' sockets; it has
-// no option or environment variable to look anywhere else.
+// SocketDir is where `wg` looks for userspace interfaces' sockets on Unix;
+// it has no option or environment variable to look anywhere else.
 const SocketDir = "/var/run/wireguard"
 
 // Listen opens the UAPI socket dir/name.sock with the given mode (0 means
@@ -66,32 +65,9 @@ func listen(dir, name string, mode os.FileMode, gid int) (net.Listener, error) {
 	if err := removeStale(path); err != nil {
 		return nil, err
 	}
-	tmp, err := os.MkdirTemp(dir, "."+name+"-")
+	l, err := bindSocket(dir, name, path, mode, gid)
 	if err != nil {
-		return nil, fmt.Errorf("uapi: %w", err)
-	}
-	defer os.RemoveAll(tmp)
-	tmpPath := filepath.Join(tmp, "s")
-	l, err := net.ListenUnix("unix", &net.UnixAddr{Name: tmpPath, Net: "unix"})
-	if err != nil {
-		return nil, fmt.Errorf("uapi: %w", err)
-	}
-	// The path changes under the listener, so removing it on Close is
-	// ours to do, not the net package's.
-	l.SetUnlinkOnClose(false)
-	if gid >= 0 {
-		if err := os.Chown(tmpPath, -1, gid); err != nil {
-			l.Close()
-			return nil, fmt.Errorf("uapi: giving the socket to group %d: %w", gid, err)
-		}
-	}
-	if err := os.Chmod(tmpPath, mode); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("uapi: %w", err)
-	}
-	if err := os.Rename(tmpPath, path); err != nil {
-		l.Close()
-		return nil, fmt.Errorf("uapi: %w", err)
+		return nil, err
 	}
 	return &socketListener{UnixListener: l, path: path}, nil
 }
@@ -113,7 +89,7 @@ func removeStale(path string) error {
 		c.Close()
 		return fmt.Errorf("uapi: %s answers: another instance serves this interface", path)
 	}
-	if !errors.Is(err, syscall.ECONNREFUSED) {
+	if !refused(err) {
 		return fmt.Errorf("uapi: checking %s: %w", path, err)
 	}
 	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
