@@ -6,20 +6,12 @@ import (
 	"fmt"
 	"io"
 	"net"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
-
-// cpuTime is this process's user plus system CPU time so far.
-func cpuTime() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
-}
 
 // BenchmarkTCPThroughput moves data through one TCP connection between a
 // client and a wireguard-go peer that runs wireguard-go's own netstack, for
@@ -47,8 +39,6 @@ func BenchmarkTCPThroughput(b *testing.B) {
 	}
 }
 
-// measureStream moves 1 MiB per op over c, read when download and
-// written otherwise, after a warm-up that lets the TCP windows open, and
 // streamThroughSite measures one TCP stream to the peer site over dial:
 // dir "download" reads from the site's source (19), asked for more than
 // any run reads; "upload" writes to its discard (9), which reads until
@@ -74,6 +64,8 @@ func streamThroughSite(b *testing.B, dial func(ctx context.Context, network, add
 	measureStream(b, c, dir == "download")
 }
 
+// measureStream moves 1 MiB per op over c, read when download and
+// written otherwise, after a warm-up that lets the TCP windows open, and
 // reports MB/s and this process's CPU seconds per GB.
 func measureStream(b *testing.B, c net.Conn, download bool) {
 	b.Helper()
@@ -90,7 +82,7 @@ func measureStream(b *testing.B, c net.Conn, download bool) {
 	for range 8 {
 		move()
 	}
-	cpu0 := cpuTime()
+	cpu0 := cpuTime(b)
 	b.SetBytes(int64(len(buf)))
 	b.ResetTimer()
 	for range b.N {
@@ -98,5 +90,5 @@ func measureStream(b *testing.B, c net.Conn, download bool) {
 	}
 	b.StopTimer()
 	gb := float64(b.N) * float64(len(buf)) / 1e9
-	b.ReportMetric((cpuTime()-cpu0).Seconds()/gb, "cpu-s/GB")
+	b.ReportMetric((cpuTime(b)-cpu0).Seconds()/gb, "cpu-s/GB")
 }

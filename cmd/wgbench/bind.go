@@ -6,7 +6,6 @@ import (
 	"sync"
 
 	"golang.org/x/net/ipv4"
-	"golang.org/x/sys/unix"
 	"golang.zx2c4.com/wireguard/conn"
 )
 
@@ -45,13 +44,7 @@ func (b *batchBind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 		return nil, 0, err
 	}
 	if rc, err := c.SyscallConn(); err == nil {
-		// As wireguard-go: up to rmem_max, then beyond it when allowed.
-		rc.Control(func(fd uintptr) {
-			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUF, socketBuffer)
-			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUF, socketBuffer)
-			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, socketBuffer)
-			unix.SetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_SNDBUFFORCE, socketBuffer)
-		})
+		rc.Control(setSocketBuffers)
 	}
 	pc := ipv4.NewPacketConn(c)
 	b.mu.Lock()

@@ -18,7 +18,6 @@ import (
 	"path/filepath"
 	"runtime/pprof"
 	"strings"
-	"syscall"
 	"time"
 )
 
@@ -120,17 +119,6 @@ func parseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("%q is not a positive byte count", s)
 	}
 	return n * mult, nil
-}
-
-// raiseFileLimit lifts the soft limit on open files to the hard one: the
-// memory measurement holds ten thousand connections, and the children
-// inherit the limit.
-func raiseFileLimit() {
-	var l syscall.Rlimit
-	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil && l.Cur < l.Max {
-		l.Cur = l.Max
-		syscall.Setrlimit(syscall.RLIMIT_NOFILE, &l)
-	}
 }
 
 // envProfile names the directory a party writes its CPU profile to.

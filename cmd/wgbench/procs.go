@@ -157,7 +157,7 @@ func startUp(binary, conf string) (*upDaemon, error) {
 	d.cmd = exec.Command(binary, "up", "-c", path, "-log-format", "json", "-log-level", "info", "-uapi-dir", dir)
 	// up does not read stdin, so a bench process killed by a signal would
 	// leave it running without this.
-	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGTERM}
+	d.cmd.SysProcAttr = dieWithParent()
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
 		return nil, err

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
 
 	"github.com/wgbore/wgbore/protocol"
@@ -374,9 +373,8 @@ func (o opCPU) report(res *results, sub *subject, measure string) string {
 func (s *suite) runMemory() error {
 	// This process and `wgbore up` each hold one descriptor per
 	// connection, besides their own; say so rather than fail half way.
-	var l syscall.Rlimit
-	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &l) == nil && l.Cur < uint64(slices.Max(s.o.idleConns)+256) {
-		return fmt.Errorf("the open-file limit (%d) is too low for %d connections: raise it (ulimit -n)", l.Cur, slices.Max(s.o.idleConns))
+	if cur, ok := openFileLimit(); ok && cur < uint64(slices.Max(s.o.idleConns)+256) {
+		return fmt.Errorf("the open-file limit (%d) is too low for %d connections: raise it (ulimit -n)", cur, slices.Max(s.o.idleConns))
 	}
 	var idle, anon, file []float64
 	rss := make([][]float64, len(s.o.idleConns))

@@ -13,7 +13,6 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
@@ -172,19 +171,6 @@ func readVmRSS(pid int) (int64, bool) {
 		}
 	}
 	return 0, false
-}
-
-// raiseNoFile lifts this process's descriptor limit to the hard limit:
-// the benchmark holds one client socket per connection.
-func raiseNoFile(b testing.TB) {
-	var lim syscall.Rlimit
-	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		b.Fatal(err)
-	}
-	lim.Cur = lim.Max
-	if err := syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim); err != nil {
-		b.Fatal(err)
-	}
 }
 
 var burstConns = flag.Int("burst.n", 5000, "connections the burst memory benchmark opens, holds and closes")

@@ -10,7 +10,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -97,7 +96,7 @@ Target = %s
 			c := benchConn(b, p.source)
 			defer c.Close()
 			b.SetBytes(chunk)
-			cpu := startCPU(p.pids)
+			cpu := startCPU(b, p.pids)
 			b.ResetTimer()
 			var n [8]byte
 			binary.BigEndian.PutUint64(n[:], uint64(b.N)*chunk)
@@ -114,7 +113,7 @@ Target = %s
 			defer c.Close()
 			buf := peersite.Body(chunk)
 			b.SetBytes(chunk)
-			cpu := startCPU(p.pids)
+			cpu := startCPU(b, p.pids)
 			b.ResetTimer()
 			for range b.N {
 				if _, err := c.Write(buf); err != nil {
@@ -179,16 +178,14 @@ type cpuMeter struct {
 	start time.Duration
 }
 
-func startCPU(pids []int) *cpuMeter {
+func startCPU(b *testing.B, pids []int) *cpuMeter {
 	m := &cpuMeter{pids: pids}
-	m.start = m.now()
+	m.start = m.now(b)
 	return m
 }
 
-func (m *cpuMeter) now() time.Duration {
-	var ru syscall.Rusage
-	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
-	total := time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+func (m *cpuMeter) now(b *testing.B) time.Duration {
+	total := selfCPU(b)
 	for _, pid := range m.pids {
 		total += procCPU(pid)
 	}
@@ -196,7 +193,7 @@ func (m *cpuMeter) now() time.Duration {
 }
 
 func (m *cpuMeter) report(b *testing.B, bytes int64) {
-	used := m.now() - m.start
+	used := m.now(b) - m.start
 	b.ReportMetric(used.Seconds()/(float64(bytes)/1e9), "cpu-s/GB")
 }
 

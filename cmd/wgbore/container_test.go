@@ -144,11 +144,10 @@ func TestStaticBuildRunsUnprivileged(t *testing.T) {
 	}
 	// The UAPI socket belongs to the unprivileged user, so wg show run as
 	// that user (or root) can reach it.
-	var st syscall.Stat_t
-	if err := syscall.Stat(filepath.Join(uapiDir, "wg0.sock"), &st); err != nil {
+	if fi, err := os.Stat(filepath.Join(uapiDir, "wg0.sock")); err != nil {
 		t.Errorf("UAPI socket: %v", err)
-	} else if strconv.Itoa(int(st.Uid)) != nonrootUID {
-		t.Errorf("UAPI socket owned by UID %d, want %s", st.Uid, nonrootUID)
+	} else if uid, _ := fileOwner(fi); strconv.Itoa(uid) != nonrootUID {
+		t.Errorf("UAPI socket owned by UID %d, want %s", uid, nonrootUID)
 	}
 
 	if err := up.Process.Signal(syscall.SIGTERM); err != nil {

@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
@@ -154,8 +153,8 @@ func TestShowMatchesWG(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if fi.Mode().Perm() != 0o660 || group.Gid != strconv.Itoa(int(fi.Sys().(*syscall.Stat_t).Gid)) {
-		t.Fatalf("socket mode %v gid %d, want 0660 and daemon's %s", fi.Mode().Perm(), fi.Sys().(*syscall.Stat_t).Gid, group.Gid)
+	if _, gid := fileOwner(fi); fi.Mode().Perm() != 0o660 || group.Gid != strconv.Itoa(gid) {
+		t.Fatalf("socket mode %v gid %d, want 0660 and daemon's %s", fi.Mode().Perm(), gid, group.Gid)
 	}
 
 	cmd := exec.Command(wg, "show", name)

@@ -1,3 +1,8 @@
+//go:build unix
+
+// These tests are of groups, file modes and user credentials, which the
+// socket only has on Unix.
+
 package uapi
 
 import (
