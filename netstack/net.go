@@ -132,11 +132,7 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 	if err != nil {
 		return nil, fmt.Errorf("netstack: %w", err)
 	}
-	path := "batched"
-	if bind.Portable() {
-		path = "portable"
-	}
-	n.log.Debug("host UDP sockets open", "local", bind.LocalAddrs(), "path", path)
+	n.log.Debug("host UDP sockets open", "local", bind.LocalAddrs(), "path", bind.Path())
 	n.bind.Store(bind)
 	clk := cfg.Clock
 	if clk == nil {

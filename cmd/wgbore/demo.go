@@ -20,6 +20,7 @@ import (
 
 	"github.com/wgbore/wgbore/config"
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/protocol/udpbind"
 )
 
 const demoUsage = `Usage: wgbore demo [flags]
@@ -194,14 +195,15 @@ func demoConfigs(socksAddr, httpAddr string) (server, client string, err error) 
 
 // freeUDPPort asks the kernel for a free UDP port on loopback. Another
 // process could take it before the server binds it; for a demo, that
-// rare failure is a clear error, not a wrong result.
+// rare failure is a clear error, not a wrong result. It opens the socket
+// as the tunnel does, which works where net.ListenUDP does not (Wine).
 func freeUDPPort() (int, error) {
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	b, err := udpbind.Listen(udpbind.Config{Addrs: []netip.Addr{netip.AddrFrom4([4]byte{127, 0, 0, 1})}})
 	if err != nil {
 		return 0, err
 	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port, nil
+	defer b.Close()
+	return int(b.Port()), nil
 }
 
 func writeDemoConfigs(e *env, dir, server, client string) int {

@@ -283,6 +283,12 @@
 // into place, so it is never reachable with a looser mode; a stale one
 // left by a crashed run is replaced, a live one never.
 //
+// On Windows the socket is an AF_UNIX socket in %LOCALAPPDATA%\wgbore,
+// which only its user (and administrators) can open; wgbore show and
+// wgbore reload use it. wg.exe cannot: wireguard-windows serves UAPI on
+// named pipes under \\.\pipe\ProtectedPrefix\Administrators\, where
+// only an elevated process may create one, and up says so at start.
+//
 // # Reloading
 //
 // SIGHUP, or wgbore reload [-uapi-dir DIR] NAME, makes up and serve read
@@ -718,10 +724,44 @@
 //
 //	n, err := netstack.OpenFile(ctx, "wg0.conf", netstack.WithLogger(slog.Default()))
 //
+// When the host's network changes (a phone moving from Wi-Fi to
+// cellular, a laptop waking elsewhere), a program that hears of it calls
+// n.Rebind(): new host sockets, on the same port when it is free, and a
+// handshake and keepalive to every peer, so connections through the
+// tunnel survive. Net rebinds by itself when its sockets fail (closed by
+// the system, or every receive failing for a second), retrying with a
+// doubling pause up to 30 s; up and serve inherit that.
+//
 // config.Load parses such a file on its own; every problem in it comes back
 // as file:line: Key: message, all of them at once. Package proxy holds the
 // front ends, the SOCKS5 and HTTP proxies and the port forwarders, over a
 // small Network interface that netstack.Net satisfies.
+//
+// # Platforms
+//
+// wgbore is pure Go with cgo off, so one command builds it for every
+// platform: sh .ci/release [DIR] writes wgbore-VERSION-OS-ARCH for
+// linux/amd64, arm64, arm and 386, windows/amd64 and arm64,
+// darwin/amd64 and arm64, freebsd/amd64, openbsd/amd64 and
+// android/arm64, each a static build from .ci/build-static with the Go
+// it pins, and their SHA256SUMS. The version is git describe's (or
+// WGBORE_VERSION), and wgbore version prints it with the commit, the Go
+// release and the platform. The builds are reproducible: the same commit
+// and Go give the same bytes. iOS programs need cgo and Apple's linker,
+// so for ios/arm64 CI builds the library (config, netstack, protocol,
+// proxy) instead.
+//
+// Linux differs in three places. Its host sockets batch with recvmmsg
+// and sendmmsg and use UDP GSO and GRO; elsewhere one datagram moves per
+// system call (protocol/udpbind). process_open_fds,
+// process_cpu_seconds_total and process_resident_memory_bytes come from
+// /proc and are left out elsewhere, where the go_* figures remain. The
+// memory budget reads cgroups, a Linux feature. Windows has no SIGHUP:
+// wgbore reload does the same there. On Windows, Ctrl-C ends up and serve
+// gracefully as SIGINT does elsewhere, and closing the console, logging
+// off or shutting down as SIGTERM does (Go delivers those as SIGTERM);
+// wgbore does not talk to the service manager, so running it as a
+// Windows service needs a service wrapper.
 //
 // # Tests
 //

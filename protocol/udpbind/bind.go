@@ -25,6 +25,7 @@ import (
 	"net/netip"
 	"sync"
 	"syscall"
+	"time"
 )
 
 const (
@@ -79,9 +80,19 @@ type Bind struct {
 
 // socket is one host socket and the path its datagrams take.
 type socket struct {
-	conn  *net.UDPConn
+	conn  hostConn
 	local netip.AddrPort
 	datagrams
+}
+
+// hostConn is a host socket as the Bind holds it: a *net.UDPConn, or on
+// Windows a Winsock socket of the Bind's own.
+type hostConn interface {
+	Close() error
+	LocalAddr() net.Addr
+	SetReadBuffer(bytes int) error
+	SetWriteBuffer(bytes int) error
+	SetReadDeadline(t time.Time) error
 }
 
 // datagrams moves a socket's datagrams. Its hot paths hand the system
@@ -94,14 +105,34 @@ type datagrams interface {
 	// release frees what the path holds outside the socket, once the
 	// socket is closed.
 	release()
+	// path is the path's name, as Bind.Path reports it.
+	path() string
 }
 
 // newDatagrams sets up a path on a freshly opened socket.
-type newDatagrams func(conn *net.UDPConn, local netip.AddrPort, batchSize int) (datagrams, error)
+type newDatagrams func(conn hostConn, local netip.AddrPort, batchSize int) (datagrams, error)
 
-// listenFunc is net.ListenUDP; tests replace it to make a family disappear
-// or a port collide on demand.
-type listenFunc func(network string, laddr *net.UDPAddr) (*net.UDPConn, error)
+// listenFunc opens one host socket, as net.ListenUDP does; tests replace
+// it to make a family disappear or a port collide on demand.
+type listenFunc func(network string, laddr *net.UDPAddr) (hostConn, error)
+
+// listenNet opens a socket through the net package.
+func listenNet(network string, laddr *net.UDPAddr) (hostConn, error) {
+	c, err := net.ListenUDP(network, laddr)
+	if err != nil {
+		return nil, err // not a typed nil in the interface
+	}
+	return c, nil
+}
+
+// udpConn is the *net.UDPConn the paths other than Winsock's need.
+func udpConn(c hostConn) (*net.UDPConn, error) {
+	uc, ok := c.(*net.UDPConn)
+	if !ok {
+		return nil, fmt.Errorf("udp bind: a %T is not a net.UDPConn", c)
+	}
+	return uc, nil
+}
 
 // Listen opens the host sockets described by cfg, with the fastest path
 // the system has.
@@ -110,14 +141,14 @@ type listenFunc func(network string, laddr *net.UDPAddr) (*net.UDPConn, error)
 // tolerates one family being absent from the host. Explicit addresses are
 // taken as a requirement: if any of them cannot be bound, Listen fails.
 func Listen(cfg Config) (*Bind, error) {
-	return listen(cfg, net.ListenUDP, defaultDatagrams)
+	return listen(cfg, defaultListen, defaultDatagrams)
 }
 
 // ListenPortable is Listen with the path that works on every system: one
-// datagram per call through the net package. Outside Linux it is what
-// Listen opens anyway.
+// datagram per call through the net package. On macOS and the BSDs it is
+// what Listen opens anyway.
 func ListenPortable(cfg Config) (*Bind, error) {
-	return listen(cfg, net.ListenUDP, newPortable)
+	return listen(cfg, listenNet, newPortable)
 }
 
 func listen(cfg Config, open listenFunc, path newDatagrams) (*Bind, error) {
@@ -161,7 +192,7 @@ func listen(cfg Config, open listenFunc, path newDatagrams) (*Bind, error) {
 
 // listenAll binds every address on one port. retry reports that the failure
 // came from a port this call picked itself, so a fresh attempt may succeed.
-func listenAll(addrs []netip.Addr, port uint16, wildcard bool, listen listenFunc) (conns []*net.UDPConn, retry bool, err error) {
+func listenAll(addrs []netip.Addr, port uint16, wildcard bool, listen listenFunc) (conns []hostConn, retry bool, err error) {
 	picked := port == 0
 	var missing []error
 	for _, a := range addrs {
@@ -193,13 +224,13 @@ func listenAll(addrs []netip.Addr, port uint16, wildcard bool, listen listenFunc
 	return conns, false, nil
 }
 
-func closeUDPConns(conns []*net.UDPConn) {
+func closeUDPConns(conns []hostConn) {
 	for _, c := range conns {
 		c.Close()
 	}
 }
 
-func newBind(conns []*net.UDPConn, batchSize int, path newDatagrams) (*Bind, error) {
+func newBind(conns []hostConn, batchSize int, path newDatagrams) (*Bind, error) {
 	b := &Bind{batchSize: batchSize}
 	for _, c := range conns {
 		_ = c.SetReadBuffer(udpSocketBuffer)
@@ -238,15 +269,14 @@ func (b *Bind) LocalAddrs() []netip.AddrPort {
 	return aps
 }
 
-// Portable reports whether the sockets take the portable path, one
-// datagram per system call, rather than the batched one of Linux.
-func (b *Bind) Portable() bool {
-	for _, s := range b.socks {
-		if _, ok := s.datagrams.(*portableSocket); !ok {
-			return false
-		}
+// Path names how the sockets move datagrams, for logs: "batched"
+// (recvmmsg and sendmmsg, Linux), "winsock" (Windows) or "portable" (the
+// net package, one datagram per call).
+func (b *Bind) Path() string {
+	if len(b.socks) == 0 {
+		return ""
 	}
-	return true
+	return b.socks[0].datagrams.path()
 }
 
 // BatchSize implements protocol.Bind.

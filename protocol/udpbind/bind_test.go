@@ -84,7 +84,7 @@ func udpTestEachPath(t *testing.T, f func(t *testing.T, open func(testing.TB, Co
 			f(t, func(t testing.TB, cfg Config) *Bind {
 				t.Helper()
 				b := udpTestListenWith(t, c.listen, cfg)
-				if c.name == "portable" && !b.Portable() {
+				if c.name == "portable" && b.Path() != "portable" {
 					t.Fatal("ListenPortable opened the batched path")
 				}
 				return b
@@ -347,7 +347,7 @@ type udpTestFakeListen struct {
 	conns []*net.UDPConn
 }
 
-func (f *udpTestFakeListen) listen(network string, laddr *net.UDPAddr) (*net.UDPConn, error) {
+func (f *udpTestFakeListen) listen(network string, laddr *net.UDPAddr) (hostConn, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.calls++
@@ -363,10 +363,11 @@ func (f *udpTestFakeListen) listen(network string, laddr *net.UDPAddr) (*net.UDP
 		ap = netip.AddrPortFrom(lo, ap.Port())
 	}
 	c, err := net.ListenUDP(network, net.UDPAddrFromAddrPort(ap))
-	if err == nil {
-		f.conns = append(f.conns, c)
+	if err != nil {
+		return nil, err
 	}
-	return c, err
+	f.conns = append(f.conns, c)
+	return c, nil
 }
 
 // closeAll is the test's own cleanup; it also reports how many of the

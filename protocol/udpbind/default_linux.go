@@ -7,7 +7,12 @@ import (
 	"net/netip"
 )
 
+// defaultListen opens Listen's sockets: through the net package.
+func defaultListen(network string, laddr *net.UDPAddr) (hostConn, error) {
+	return listenNet(network, laddr)
+}
+
 // defaultDatagrams is the path Listen opens: the batched one.
-func defaultDatagrams(conn *net.UDPConn, local netip.AddrPort, batchSize int) (datagrams, error) {
+func defaultDatagrams(conn hostConn, local netip.AddrPort, batchSize int) (datagrams, error) {
 	return newMmsg(conn, local, batchSize)
 }

@@ -1,4 +1,4 @@
-//go:build !linux || portableudp
+//go:build (!linux && !windows) || portableudp
 
 package udpbind
 
@@ -7,9 +7,15 @@ import (
 	"net/netip"
 )
 
-// defaultDatagrams is the path Listen opens: the portable one, the only
-// one outside Linux, and on Linux in a binary built with the portableudp
-// tag, which runs a whole program on the path other systems take.
-func defaultDatagrams(conn *net.UDPConn, local netip.AddrPort, batchSize int) (datagrams, error) {
+// defaultListen opens Listen's sockets: through the net package.
+func defaultListen(network string, laddr *net.UDPAddr) (hostConn, error) {
+	return listenNet(network, laddr)
+}
+
+// defaultDatagrams is the path Listen opens: the portable one, on macOS
+// and the BSDs, and on Linux and Windows in a binary built with the
+// portableudp tag, which runs a whole program on the path other systems
+// take.
+func defaultDatagrams(conn hostConn, local netip.AddrPort, batchSize int) (datagrams, error) {
 	return newPortable(conn, local, batchSize)
 }

@@ -53,7 +53,7 @@ func TestGSO(t *testing.T) {
 func testUDPBindGSO(t *testing.T, sizes []int, gso, gro bool, addr netip.Addr) {
 	open := func(cfg Config, gso, gro bool) *Bind {
 		return udpTestListenWith(t, func(cfg Config) (*Bind, error) {
-			return listen(cfg, net.ListenUDP, mmsgWith(gso, gro))
+			return listen(cfg, listenNet, mmsgWith(gso, gro))
 		}, cfg)
 	}
 	a := open(Config{Addrs: []netip.Addr{addr}, BatchSize: 128}, gso, false)
@@ -121,7 +121,7 @@ func TestPlan(t *testing.T) {
 // TestReleasesSpill: Close unmaps the GRO spill buffers, and a
 // receive after it reports the socket closed instead of touching them.
 func TestReleasesSpill(t *testing.T) {
-	b := udpTestListenWith(t, func(cfg Config) (*Bind, error) { return listen(cfg, net.ListenUDP, newMmsg) }, Config{Addrs: []netip.Addr{udpTestLoop4}})
+	b := udpTestListenWith(t, func(cfg Config) (*Bind, error) { return listen(cfg, listenNet, newMmsg) }, Config{Addrs: []netip.Addr{udpTestLoop4}})
 	r := &mmsgOf(b).rx
 	if !r.gro {
 		t.Skip("the kernel does not take UDP_GRO")

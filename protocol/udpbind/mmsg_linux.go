@@ -134,16 +134,20 @@ type mmsgSocket struct {
 
 // newMmsg sets up the batched path on conn, with UDP GSO and GRO where
 // the kernel has them.
-func newMmsg(conn *net.UDPConn, local netip.AddrPort, batchSize int) (datagrams, error) {
+func newMmsg(conn hostConn, local netip.AddrPort, batchSize int) (datagrams, error) {
 	return mmsgWith(true, true)(conn, local, batchSize)
 }
 
 // mmsgWith is newMmsg with UDP GSO (sending) and GRO (receiving) each
 // allowed or not, which tests use to cover every pairing.
 func mmsgWith(gso, gro bool) newDatagrams {
-	return func(conn *net.UDPConn, local netip.AddrPort, batchSize int) (datagrams, error) {
+	return func(conn hostConn, local netip.AddrPort, batchSize int) (datagrams, error) {
+		uc, err := udpConn(conn)
+		if err != nil {
+			return nil, err
+		}
 		s := &mmsgSocket{local: local}
-		if err := s.init(conn, batchSize, gso, gro); err != nil {
+		if err := s.init(uc, batchSize, gso, gro); err != nil {
 			return nil, err
 		}
 		return s, nil
@@ -759,3 +763,5 @@ func udpHtons(port uint16) uint16 {
 	binary.BigEndian.PutUint16(b[:], port)
 	return binary.NativeEndian.Uint16(b[:])
 }
+
+func (s *mmsgSocket) path() string { return "batched" }

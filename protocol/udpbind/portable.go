@@ -15,8 +15,12 @@ type portableSocket struct {
 }
 
 // newPortable sets up the portable path on conn.
-func newPortable(conn *net.UDPConn, _ netip.AddrPort, _ int) (datagrams, error) {
-	return &portableSocket{conn: conn}, nil
+func newPortable(conn hostConn, _ netip.AddrPort, _ int) (datagrams, error) {
+	uc, err := udpConn(conn)
+	if err != nil {
+		return nil, err
+	}
+	return &portableSocket{conn: uc}, nil
 }
 
 // receive returns one datagram per call, the first that fits its buffer.
@@ -55,3 +59,5 @@ func (s *portableSocket) send(bufs [][]byte, ep netip.AddrPort) error {
 // release has nothing to free: the portable path holds nothing outside
 // the socket.
 func (s *portableSocket) release() {}
+
+func (s *portableSocket) path() string { return "portable" }
