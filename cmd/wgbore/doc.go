@@ -584,9 +584,10 @@
 //	eng.WritePackets(ipPackets) // outbound; inbound arrives at stack.DeliverPackets
 //
 // On Linux the host Bind (protocol/udpbind) batches with recvmmsg and
-// sendmmsg. Elsewhere it moves one datagram per system call through the
-// net package; a Linux binary built with -tags portableudp takes that path
-// too, which is how it is tested and measured.
+// sendmmsg. Elsewhere it moves one datagram per system call, through
+// Winsock on Windows and the net package on macOS and the BSDs; a Linux
+// binary built with -tags portableudp takes the net package's path,
+// which is how it is tested and measured.
 //
 // # TCP through loss and outages
 //
@@ -753,7 +754,8 @@
 //
 // Linux differs in three places. Its host sockets batch with recvmmsg
 // and sendmmsg and use UDP GSO and GRO; elsewhere one datagram moves per
-// system call (protocol/udpbind). process_open_fds,
+// system call, through Winsock on Windows and the net package on the
+// others (protocol/udpbind). process_open_fds,
 // process_cpu_seconds_total and process_resident_memory_bytes come from
 // /proc and are left out elsewhere, where the go_* figures remain. The
 // memory budget reads cgroups, a Linux feature. Windows has no SIGHUP:
@@ -766,9 +768,13 @@
 // # Tests
 //
 // bash .ci/test is the whole suite, exactly as CI runs it (.ci/run installs
-// curl, wireguard-tools, wireguard-go, iproute2, QEMU and a Debian kernel
-// first, as root): gofmt, go vet, go test -race ./..., wgbore demo -check,
-// wgbench -quick, every fuzz target for 300,000 runs, and govulncheck. Set
+// curl, wireguard-tools, wireguard-go, iproute2, QEMU, a Debian kernel,
+// Wine and MinGW first, as root): gofmt, go vet, go test -race ./...
+// with .ci/cross beside it (every release binary, the iOS library, go vet
+// and go test -c for Windows, macOS and FreeBSD), the engine's and the
+// stack's tests again over the portable UDP path (-tags portableudp),
+// wgbore demo -check, wgbench -quick, every fuzz target for 300,000 runs,
+// and govulncheck. Set
 // WGBORE_TEST_DEBUG=1 to see the engine's debug log in tests. What they
 // prove:
 //
@@ -817,6 +823,16 @@
 //     Close leaving no goroutine, malformed requests; forwarders both ways
 //     with half-close, idle timeouts and UDP session expiry; FuzzHTTPRequest
 //     and FuzzSOCKSUDPHeader.
+//   - Other platforms and network changes: wgbore.exe up, the Windows
+//     build, runs under Wine against a wireguard-go peer and moves 64 MiB
+//     each way through curl (-run WindowsUnderWine; Wine 8 lacks the
+//     ProcessPrng that Go's runtime calls, so the test builds a stub from
+//     testdata/wine with MinGW); a Linux binary on the portable UDP path
+//     does the same natively (-run PortableUDP), and the udpbind tests run
+//     on both Linux paths. A 64 MiB download through the library survives
+//     a Rebind and then sockets closed under the engine, each time to a
+//     new source address the wireguard-go peer must follow (go test
+//     ./netstack -run RebindMidDownload).
 //   - Operations (cmd/wgbore, protocol/uapi): the real wg (Debian's
 //     wireguard-tools) against a running up: wg show, wg set ...
 //     allowed-ips and ... remove proved by dialing through the tunnel, wg

@@ -1,19 +1,22 @@
 // Package udpbind is the host side of a WireGuard engine: the UDP sockets
 // its encrypted datagrams travel on, behind the engine's Bind interface.
 //
-// Each address family gets a socket of its own, on one port. Two paths
-// move the datagrams:
+// Each address family gets a socket of its own, on one port. Three paths
+// move the datagrams, none allocating per datagram:
 //
 //   - On Linux, recvmmsg and sendmmsg move a batch per system call, with
 //     UDP GSO and GRO where the kernel has them, into memory allocated
 //     once per socket.
-//   - Everywhere else (Windows, macOS, the BSDs), the net package moves
-//     one datagram per call, which it can do on every system Go runs on,
-//     without allocating. [ListenPortable] opens this path on Linux too,
-//     so that it is tested and measured where CI runs; a binary built
-//     with the portableudp tag uses it for [Listen] as well.
+//   - On Windows, Winsock calls of the package's own move one datagram
+//     per call. net.ListenUDP would do, but it treats an ioctl that Wine
+//     lacks as fatal, and CI runs the Windows build under Wine.
+//   - Everywhere else (macOS, the BSDs), the net package moves one
+//     datagram per call, which it can do on every system Go runs on.
+//     [ListenPortable] opens this path on Linux too, so that it is tested
+//     and measured where CI runs; a binary built with the portableudp tag
+//     uses it for [Listen] as well.
 //
-// Both drop a datagram that did not fit its buffer where the system says
+// All drop a datagram that did not fit its buffer where the system says
 // so (a flag on Unix, an error on Windows): cut short, it would look like
 // a malformed message from a peer.
 package udpbind
