@@ -777,7 +777,9 @@ func (p *parser) readKeyFile(f *fileState, n int, key, path string) (string, boo
 	}
 	text := strings.TrimSpace(string(data))
 	clear(data)
-	if fi, err := p.opts.Stat(full); err == nil {
+	// Windows has no such modes (Go reports every writable file as 0666):
+	// there the file's access list decides, which Stat cannot show.
+	if fi, err := p.opts.Stat(full); err == nil && runtime.GOOS != "windows" {
 		if perm := fi.Mode().Perm(); perm&0o044 != 0 {
 			p.warnf(f, n, key, "%s is readable by group or others (mode %04o); chmod 600 it", full, perm)
 		}
