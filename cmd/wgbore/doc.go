@@ -773,7 +773,7 @@
 // with .ci/cross beside it (every release binary, the iOS library, go vet
 // and go test -c for Windows, macOS and FreeBSD), the engine's and the
 // stack's tests again over the portable UDP path (-tags portableudp),
-// wgbore demo -check, wgbench -quick, every fuzz target for 300,000 runs,
+// wgbore demo -check, wgbench -quick, every fuzz target for 150,000 runs,
 // and govulncheck. Set
 // WGBORE_TEST_DEBUG=1 to see the engine's debug log in tests. What they
 // prove:
