@@ -38,12 +38,18 @@ func TestPortableUDP(t *testing.T) {
 		t.Fatalf("the binary built with portableudp did not log the portable path:\n%s", d.log())
 	}
 
-	const size = 64 << 20
+	curlBothWays(t, d, 64<<20)
+}
+
+// curlBothWays moves size bytes each way through d with curl: down from
+// the peer site through d's first SOCKS5 proxy, compared byte for byte,
+// and up through its first HTTP proxy, checked by the site's sha256.
+func curlBothWays(t *testing.T, d *daemon, size int) {
+	t.Helper()
 	out := mustCurl(t, "--socks5-hostname", d.addr(t, "socks5 ", 0), fmt.Sprintf("http://10.0.0.2/bytes/%d", size))
 	if !bytes.Equal([]byte(out), peersite.Body(size)) {
 		t.Fatalf("download: %d bytes that differ from the site's %d", len(out), size)
 	}
-
 	body := make([]byte, size)
 	rand.Read(body)
 	f := writeFile(t, t.TempDir(), "body", string(body))

@@ -1,9 +1,6 @@
 package main
 
 import (
-	"bytes"
-	"crypto/rand"
-	"fmt"
 	"io"
 	"os"
 	"os/exec"
@@ -70,7 +67,9 @@ func winePrefix(t *testing.T, wine, wineserver, cc string) []string {
 // each way through it with Linux's curl: down through the SOCKS5 proxy,
 // up through the HTTP proxy, both checked byte for byte. Wine is not
 // Windows, but the program, its Winsock UDP path and Go's Windows
-// runtime and net package are the ones Windows users run.
+// runtime and net package are the ones Windows users run. Wine 8 has no
+// AF_UNIX sockets, so the UAPI socket goes untested here: up logs that
+// it has none and carries on, which this run also shows.
 func TestWindowsUnderWine(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: builds for Windows, starts Wine and moves 128 MiB")
@@ -102,16 +101,5 @@ func TestWindowsUnderWine(t *testing.T) {
 		t.Fatalf("the Windows build did not open its sockets with Winsock:\n%s", d.log())
 	}
 
-	const size = 64 << 20
-	out := mustCurl(t, "--socks5-hostname", d.addr(t, "socks5 ", 0), fmt.Sprintf("http://10.0.0.2/bytes/%d", size))
-	if !bytes.Equal([]byte(out), peersite.Body(size)) {
-		t.Fatalf("download: %d bytes that differ from the site's %d", len(out), size)
-	}
-	body := make([]byte, size)
-	rand.Read(body)
-	f := writeFile(t, t.TempDir(), "body", string(body))
-	want := fmt.Sprintf("%s %d", sha256Hex(body), len(body))
-	if got := mustCurl(t, "-x", "http://"+d.addr(t, "http ", 0), "--data-binary", "@"+f, "http://10.0.0.2/sha256"); got != want {
-		t.Fatalf("upload: the site saw %q, want %q", got, want)
-	}
+	curlBothWays(t, d, 64<<20)
 }
