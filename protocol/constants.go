@@ -65,10 +65,15 @@ func (p *Params) maxHandshakeAttempts() int {
 // Queue sizes. They bound memory under any load: past them packets are
 // dropped and counted, never buffered without limit.
 const (
-	// bindFailAfter is how long a socket's receives may fail without a
-	// datagram in between before the socket counts as failed: transient
-	// errors come and go within it, a dead socket fails every call.
+	// bindFailAfter is how long a socket's receives may fail back to back
+	// before the socket counts as failed: transient errors come and go
+	// within it, a dead socket fails every call.
 	bindFailAfter = time.Second
+
+	// bindErrorGap is the longest pause between two receive errors that
+	// still counts as back to back; the receive loop retries a failed
+	// receive after a millisecond.
+	bindErrorGap = 100 * time.Millisecond
 
 	// maxStagedPackets waiting per peer for a handshake to finish.
 	maxStagedPackets = 1024

@@ -79,10 +79,11 @@ type Config struct {
 	// Params overrides the whitepaper's limits; tests only.
 	Params *Params
 	// BindFailed, when set, hears once that a Bind stopped working: its
-	// receive functions kept failing for a second, or it was closed by
-	// something other than the engine (the system can close a mobile
-	// app's sockets). The engine stops reading it; Rebind gives it a new
-	// one. It is called from a receive goroutine and must not block.
+	// receive functions failed back to back for a second (as a socket
+	// the system took away does), or it was closed by something other
+	// than the engine. The engine then stops reading it; Rebind gives it
+	// a new one. Without BindFailed the engine keeps retrying the failed
+	// receives. It is called from a receive goroutine and must not block.
 	BindFailed func(err error)
 }
 
@@ -267,14 +268,15 @@ func (e *Engine) failBind(ref *bindRef, err error) {
 // host's network changed (a phone moving from Wi-Fi to cellular, a
 // laptop waking on another network) or the Bind failed. The old Bind is
 // closed first, so that open may listen on the same port. Sessions and
-// the connections they carry survive: each peer gets a handshake at once
-// and, if it has a session, a keepalive on it, so it learns our new
-// address (WireGuard's roaming) without waiting for our next data. If
-// open fails, nothing moves until a later Rebind succeeds.
+// the connections they carry survive: each peer with a session gets a
+// keepalive on it at once, so it learns our new address (WireGuard's
+// roaming) without waiting for our next data, and a fresh handshake,
+// which proves the new path. If open fails, nothing moves until a later
+// Rebind succeeds.
 func (e *Engine) Rebind(open func() (Bind, error)) error {
 	e.bindMu.Lock()
-	defer e.bindMu.Unlock()
 	if e.closing {
+		e.bindMu.Unlock()
 		return net.ErrClosed
 	}
 	old := e.bind.Load()
@@ -284,10 +286,16 @@ func (e *Engine) Rebind(open func() (Bind, error)) error {
 		}
 	}
 	b, err := open()
+	if err == nil && b == nil {
+		err = errors.New("open returned no Bind")
+	}
 	if err != nil {
+		e.bindMu.Unlock()
 		return fmt.Errorf("protocol: rebind: %w", err)
 	}
 	e.startBind(b)
+	e.bindMu.Unlock()
+
 	e.peersMu.RLock()
 	peers := make([]*Peer, 0, len(e.peers))
 	for _, p := range e.peers {
@@ -295,13 +303,16 @@ func (e *Engine) Rebind(open func() (Bind, error)) error {
 	}
 	e.peersMu.RUnlock()
 	for _, p := range peers {
+		if p.keypairs.currentKeypair() == nil {
+			continue // its next packet starts a handshake anyway
+		}
+		p.sendKeepalive()
 		p.handshake.mu.Lock()
 		p.handshake.lastSentHandshake = time.Time{}
 		p.handshake.mu.Unlock()
-		p.sendInitiation(false)
-		if p.keypairs.currentKeypair() != nil {
-			p.sendKeepalive()
-		}
+		// A retry, so that a peer whose handshakes were already failing
+		// keeps its count of attempts and still gives up in time.
+		p.sendInitiation(true)
 	}
 	return nil
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"sync"
 	"testing"
 	"time"
 
@@ -58,8 +59,12 @@ func TestRebind(t *testing.T) {
 		time.Sleep(time.Millisecond)
 	}
 	exchange("after")
-	if st, _ := b.e.Peer(a.key.PublicKey()); st.HandshakesCompleted < 2 {
-		t.Errorf("%d handshakes completed, want a fresh one after Rebind", st.HandshakesCompleted)
+	// The response is handled apart from the data path: wait for it.
+	for st, _ := b.e.Peer(a.key.PublicKey()); st.HandshakesCompleted < 2; st, _ = b.e.Peer(a.key.PublicKey()) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d handshakes completed, want a fresh one after Rebind", st.HandshakesCompleted)
+		}
+		time.Sleep(time.Millisecond)
 	}
 	select {
 	case err := <-failures:
@@ -97,4 +102,89 @@ func TestRebind(t *testing.T) {
 		t.Fatalf("BindFailed more than once, or after Close: %v", err)
 	default:
 	}
+}
+
+// erringBind is a Bind whose one receive function returns the errors fed
+// to it, and net.ErrClosed once closed.
+type erringBind struct {
+	errs   chan error
+	closed chan struct{}
+	once   sync.Once
+}
+
+func newErringBind() *erringBind {
+	return &erringBind{errs: make(chan error), closed: make(chan struct{})}
+}
+
+func (b *erringBind) Receivers() []ReceiveFunc {
+	return []ReceiveFunc{func([][]byte, []int, []netip.AddrPort) (int, error) {
+		select {
+		case err := <-b.errs:
+			return 0, err
+		case <-b.closed:
+			return 0, net.ErrClosed
+		}
+	}}
+}
+func (b *erringBind) Send([][]byte, netip.AddrPort) error { return nil }
+func (b *erringBind) BatchSize() int                      { return 1 }
+func (b *erringBind) Close() error                        { b.once.Do(func() { close(b.closed) }); return nil }
+
+// feed hands the receive function an error every interval for d, and
+// reports whether it still took one at the end.
+func (b *erringBind) feed(every, d time.Duration) (stillReading bool) {
+	for end := time.Now().Add(d); time.Now().Before(end); time.Sleep(every) {
+		select {
+		case b.errs <- errors.New("no network"):
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	select {
+	case b.errs <- errors.New("no network"):
+		return true
+	case <-time.After(time.Second):
+		return false
+	}
+}
+
+// TestBindFailsAfterSteadyErrors: receives that fail back to back for a
+// second make a failed socket, reported once, after which the engine
+// stops reading it; errors now and then never do; and without
+// BindFailed the engine keeps reading through any errors.
+func TestBindFailsAfterSteadyErrors(t *testing.T) {
+	start := func(t *testing.T, failed func(error)) *erringBind {
+		b := newErringBind()
+		e, err := New(Config{PrivateKey: mustKey(t), Bind: b, Packets: newSink(), Workers: 1, Logger: testLogger(t), BindFailed: failed})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { e.Close() })
+		return b
+	}
+	t.Run("steady", func(t *testing.T) {
+		failures := make(chan error, 2)
+		b := start(t, func(err error) { failures <- err })
+		if b.feed(time.Millisecond, 1500*time.Millisecond) {
+			t.Error("the engine still reads a socket that failed every receive for a second")
+		}
+		if len(failures) != 1 {
+			t.Errorf("BindFailed called %d times, want once", len(failures))
+		}
+	})
+	t.Run("now and then", func(t *testing.T) {
+		failures := make(chan error, 2)
+		b := start(t, func(err error) { failures <- err })
+		if !b.feed(300*time.Millisecond, 1500*time.Millisecond) {
+			t.Error("the engine stopped reading after errors spread over more than a second")
+		}
+		if len(failures) != 0 {
+			t.Errorf("BindFailed(%v) for errors now and then", <-failures)
+		}
+	})
+	t.Run("no BindFailed", func(t *testing.T) {
+		b := start(t, nil)
+		if !b.feed(time.Millisecond, 1500*time.Millisecond) {
+			t.Error("without BindFailed the engine stopped reading")
+		}
+	})
 }

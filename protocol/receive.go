@@ -54,7 +54,12 @@ func (e *Engine) receiveLoop(ref *bindRef, recv ReceiveFunc) {
 		}
 		cur = nil
 	}
-	var failingSince time.Time // of the errors since the last datagram
+	// failingSince starts the current run of back-to-back errors;
+	// lastError is the latest error's time. A dead socket fails every
+	// call, and the pause below spaces the calls a millisecond apart; an
+	// error now and then (an ICMP report for an earlier send) ends no
+	// run, so it never counts as a failed socket.
+	var failingSince, lastError time.Time
 	for {
 		n, err := recv(bufs, sizes, eps)
 		if err != nil {
@@ -68,9 +73,14 @@ func (e *Engine) receiveLoop(ref *bindRef, recv ReceiveFunc) {
 			default:
 			}
 			now := e.clock.Now()
-			if failingSince.IsZero() {
+			if failingSince.IsZero() || now.Sub(lastError) > bindErrorGap {
 				failingSince = now
-			} else if now.Sub(failingSince) >= bindFailAfter {
+			}
+			lastError = now
+			if now.Sub(failingSince) >= bindFailAfter && e.bindFailed != nil {
+				// Someone can give the engine new sockets: stop
+				// reading this one and say so. Without BindFailed the
+				// loop keeps trying, as there is nothing better to do.
 				e.failBind(ref, err)
 				return
 			}
