@@ -78,8 +78,9 @@ type Net struct {
 
 	// bind is the host sockets in use; Rebind replaces them, opening
 	// new ones as listen says.
-	bind   atomic.Pointer[udpbind.Bind]
-	listen udpbind.Config
+	bind     atomic.Pointer[udpbind.Bind]
+	listen   udpbind.Config
+	rebinder *rebinder
 
 	// forward is server mode, once Forward turned it on; the stack's
 	// TCP and UDP handlers read it for every packet no endpoint claims.
@@ -138,7 +139,7 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 	if clk == nil {
 		clk = clock.System{}
 	}
-	rebind := &rebinder{n: n, clock: clk, log: n.log}
+	n.rebinder = &rebinder{n: n, clock: clk, log: n.log}
 	n.dns = newResolver(cfg.DNS, cfg.DNSSearch, n)
 	// Loopback addresses are accepted from the tunnel: a peer's packets
 	// are authenticated by cryptokey routing, and in server mode the
@@ -179,7 +180,7 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 	eng, err := protocol.New(protocol.Config{
 		PrivateKey: cfg.PrivateKey, Bind: bind, Packets: n.link, MTU: mtu,
 		Logger: cfg.Logger, Clock: cfg.Clock, Resolver: cfg.EndpointResolver,
-		BindFailed: rebind.failed,
+		BindFailed: n.rebinder.failed,
 	})
 	if err != nil {
 		s.Close()
@@ -188,7 +189,8 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 	}
 	n.engine = eng
 	n.link.engine = eng
-	n.addService(rebind)
+	n.addService(n.rebinder)
+	n.rebinder.arm()
 	if err := s.CreateNIC(nicID, n.link); err != nil {
 		n.Close()
 		return nil, fmt.Errorf("netstack: create NIC: %s", err)

@@ -27,7 +27,19 @@ const rebindRetryMax = 30 * time.Second
 //
 // Net also rebinds by itself, retrying with a growing pause, when its
 // sockets fail (the system closed them, or every receive fails).
+//
+// When the new sockets cannot be opened (the network is gone for now),
+// Rebind returns why, and Net keeps trying by itself as after a failure.
 func (n *Net) Rebind() error {
+	err := n.rebind()
+	if err != nil && !errors.Is(err, net.ErrClosed) {
+		n.rebinder.failed(err)
+	}
+	return err
+}
+
+// rebind is one attempt, as Rebind and the rebinder make it.
+func (n *Net) rebind() error {
 	err := n.engine.Rebind(n.reopen)
 	if err != nil {
 		return err
@@ -55,30 +67,50 @@ func (n *Net) reopen() (protocol.Bind, error) {
 }
 
 // rebinder reopens the host sockets after the engine reports them
-// failed, with a pause that doubles after each failed attempt. It is one
-// of Net's services, so Close stops it and waits for an attempt under way.
+// failed, or a Rebind could not open new ones, with a pause that doubles
+// after each failed attempt, and after each failure that follows a
+// reopen within rebindRetryMax, so sockets that keep failing are not
+// reopened (and every peer greeted) once a second. It is one of Net's
+// services, so Close stops it and waits for an attempt under way.
 type rebinder struct {
 	n     *Net
 	clock clock.Clock
 	log   *slog.Logger
 
-	mu      sync.Mutex
-	pending clock.Timer // an attempt is scheduled
-	pause   time.Duration
-	stopped bool
-	wg      sync.WaitGroup
+	mu       sync.Mutex
+	armed    bool        // n.engine is set; failures before that are Open's to report
+	pending  clock.Timer // an attempt is scheduled
+	pause    time.Duration
+	reopened time.Time // when the last attempt succeeded
+	stopped  bool
+	wg       sync.WaitGroup
 }
 
-// failed is the engine's BindFailed: it schedules an attempt now unless
-// one is already scheduled. It does not block.
+// arm lets failures schedule attempts, once Net is whole.
+func (r *rebinder) arm() {
+	r.mu.Lock()
+	r.armed = true
+	r.mu.Unlock()
+}
+
+// failed is the engine's BindFailed: it schedules an attempt unless one
+// is already scheduled: at once, or after the doubled pause when the
+// sockets it replaces were opened only a while ago. It does not block.
 func (r *rebinder) failed(err error) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if r.stopped || r.pending != nil {
+	if !r.armed || r.stopped || r.pending != nil {
 		return
 	}
-	r.log.Warn("host UDP sockets failed; opening new ones", "err", err)
-	r.scheduleLocked(0)
+	delay := time.Duration(0)
+	if !r.reopened.IsZero() && r.clock.Now().Sub(r.reopened) < rebindRetryMax {
+		r.pause = min(max(2*r.pause, time.Second), rebindRetryMax)
+		delay = r.pause
+	} else {
+		r.pause = 0
+	}
+	r.log.Warn("host UDP sockets failed; opening new ones", "err", err, "in", delay)
+	r.scheduleLocked(delay)
 }
 
 func (r *rebinder) scheduleLocked(d time.Duration) {
@@ -95,11 +127,14 @@ func (r *rebinder) attempt() {
 	if stopped {
 		return
 	}
-	err := r.n.Rebind()
+	err := r.n.rebind()
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if err == nil || errors.Is(err, net.ErrClosed) || r.stopped {
-		r.pause = 0
+	if err == nil {
+		r.reopened = r.clock.Now()
+		return
+	}
+	if errors.Is(err, net.ErrClosed) || r.stopped {
 		return
 	}
 	r.pause = min(max(2*r.pause, time.Second), rebindRetryMax)
