@@ -27,7 +27,6 @@ import (
 	"net"
 	"net/netip"
 	"sync"
-	"syscall"
 	"time"
 )
 
@@ -205,12 +204,12 @@ func listenAll(addrs []netip.Addr, port uint16, wildcard bool, listen listenFunc
 		}
 		c, err := listen(network, net.UDPAddrFromAddrPort(netip.AddrPortFrom(a, port)))
 		if err != nil {
-			if wildcard && errors.Is(err, syscall.EAFNOSUPPORT) {
+			if wildcard && noFamily(err) {
 				missing = append(missing, err)
 				continue
 			}
 			closeUDPConns(conns)
-			retry := picked && len(conns) > 0 && errors.Is(err, syscall.EADDRINUSE)
+			retry := picked && len(conns) > 0 && addrInUse(err)
 			return nil, retry, fmt.Errorf("udp bind: %w", err)
 		}
 		if port == 0 {

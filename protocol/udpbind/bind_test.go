@@ -395,7 +395,7 @@ func TestFamilyMissing(t *testing.T) {
 	t.Run("wildcard keeps IPv4", func(t *testing.T) {
 		f := &udpTestFakeListen{fail: noV6}
 		defer f.closeAll()
-		b, err := listen(Config{}, f.listen, defaultDatagrams)
+		b, err := listen(Config{}, f.listen, newPortable)
 		if err != nil {
 			t.Fatalf("listen without IPv6: %v", err)
 		}
@@ -419,7 +419,7 @@ func TestFamilyMissing(t *testing.T) {
 			return nil
 		}}
 		defer f.closeAll()
-		b, err := listen(Config{}, f.listen, defaultDatagrams)
+		b, err := listen(Config{}, f.listen, newPortable)
 		if err != nil {
 			t.Fatalf("listen without IPv4: %v", err)
 		}
@@ -438,7 +438,7 @@ func TestFamilyMissing(t *testing.T) {
 			return os.NewSyscallError("socket", syscall.EAFNOSUPPORT)
 		}}
 		defer f.closeAll()
-		b, err := listen(Config{}, f.listen, defaultDatagrams)
+		b, err := listen(Config{}, f.listen, newPortable)
 		if err == nil {
 			b.Close()
 			t.Fatal("listen succeeded with no address family")
@@ -450,7 +450,7 @@ func TestFamilyMissing(t *testing.T) {
 
 	t.Run("explicit address is required", func(t *testing.T) {
 		f := &udpTestFakeListen{fail: noV6}
-		b, err := listen(Config{Addrs: []netip.Addr{udpTestLoop4, udpTestLoop6}}, f.listen, defaultDatagrams)
+		b, err := listen(Config{Addrs: []netip.Addr{udpTestLoop4, udpTestLoop6}}, f.listen, newPortable)
 		if err == nil {
 			b.Close()
 			t.Fatal("listen succeeded although an explicit address could not be bound")
@@ -473,7 +473,7 @@ func TestPortRetry(t *testing.T) {
 			return nil
 		}}
 		defer f.closeAll()
-		b, err := listen(Config{}, f.listen, defaultDatagrams)
+		b, err := listen(Config{}, f.listen, newPortable)
 		if err != nil {
 			t.Fatalf("listen with one collision: %v", err)
 		}
@@ -497,7 +497,7 @@ func TestPortRetry(t *testing.T) {
 			}
 			return nil
 		}}
-		b, err := listen(Config{}, f.listen, defaultDatagrams)
+		b, err := listen(Config{}, f.listen, newPortable)
 		if err == nil {
 			b.Close()
 			t.Fatal("listen succeeded although IPv6 never had the port")
@@ -526,7 +526,7 @@ func TestPortRetry(t *testing.T) {
 			}
 			return nil
 		}}
-		b, err := listen(Config{Port: port}, f.listen, defaultDatagrams)
+		b, err := listen(Config{Port: port}, f.listen, newPortable)
 		if err == nil {
 			b.Close()
 			t.Fatal("listen succeeded although IPv6 never had the port")
