@@ -106,7 +106,11 @@ func (s *service) startUAPI(dir, name string, group *gidFlag) {
 	case runtime.GOOS == "windows":
 		// wg.exe talks to named pipes that only an elevated process may
 		// create; an unprivileged tunnel has a socket instead.
-		s.log.Info("wg.exe cannot see this tunnel (its pipes need Administrator); see it with wgbore show -uapi-dir "+dir+" "+name, "socket", l.Addr().String())
+		show := "wgbore show " + name
+		if dir != uapi.DefaultDir() {
+			show = fmt.Sprintf("wgbore show -uapi-dir %q %s", dir, name)
+		}
+		s.log.Info("wg.exe cannot see this tunnel (its pipes need Administrator); see it with "+show, "socket", l.Addr().String())
 	case dir != uapi.SocketDir:
 		// wg cannot be told where to look, so say what can.
 		s.log.Info("UAPI socket is outside "+uapi.SocketDir+", where wg looks; see it with wgbore show -uapi-dir "+dir+" "+name, "socket", l.Addr().String())

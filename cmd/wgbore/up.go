@@ -101,7 +101,7 @@ func runTunnel(ctx context.Context, e *env, args []string, name, usage string, s
 	wait := fs.Duration("handshake-wait", defaultHandshakeWait, "how long to wait for the first handshakes before logging the start-up summary")
 	ifname := fs.String("interface-name", "", "`name` of the UAPI socket, for wg show NAME (default: the config file's base name, or wgbore for $WGBORE_CONFIG)")
 	metrics := fs.String("metrics", "", "`host:port` for /metrics, /healthz and /readyz, instead of [Metrics] BindAddress (no host means 127.0.0.1)")
-	uapiDir := fs.String("uapi-dir", uapi.DefaultDir(), "`directory` of the UAPI socket; wg looks only in "+uapi.SocketDir)
+	uapiDir := fs.String("uapi-dir", uapi.DefaultDir(), "`directory` of the UAPI socket (on Unix, wg looks only in "+uapi.SocketDir+")")
 	uapiGroup := groupFlag(fs, "uapi-group", "`group` (name or GID) whose members may use the UAPI socket too: it is then 0660, not 0600")
 	memoryLimit := fs.String("memory-limit", "", "memory `budget` of the process, such as 64MiB, instead of [Interface] MemoryLimit (default: the container's limit, if it has one)")
 	var lf logFlags

@@ -68,8 +68,8 @@ func winePrefix(t *testing.T, wine, wineserver, cc string) []string {
 // up through the HTTP proxy, both checked byte for byte. Wine is not
 // Windows, but the program, its Winsock UDP path and Go's Windows
 // runtime and net package are the ones Windows users run. Wine 8 has no
-// AF_UNIX sockets, so the UAPI socket goes untested here: up logs that
-// it has none and carries on, which this run also shows.
+// AF_UNIX sockets, so the UAPI socket goes untested here (up logs that it
+// has none and carries on).
 func TestWindowsUnderWine(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: builds for Windows, starts Wine and moves 128 MiB")
