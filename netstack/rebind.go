@@ -21,9 +21,9 @@ const rebindRetryMax = 30 * time.Second
 // network changed: a phone moving from Wi-Fi to cellular, a laptop waking
 // on another network. A program that hears of such a change from its
 // platform calls it. The new sockets keep the UDP port when they can.
-// Connections through the tunnel stay open: every peer gets a handshake
-// and a keepalive from the new sockets at once, and TCP retransmits what
-// the change lost.
+// Connections through the tunnel stay open: every peer with a session
+// gets a keepalive and a handshake from the new sockets at once, and TCP
+// retransmits what the change lost.
 //
 // Net also rebinds by itself, retrying with a growing pause, when its
 // sockets fail (the system closed them, or every receive fails).

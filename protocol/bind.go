@@ -28,6 +28,8 @@ type Bind interface {
 	// call moves.
 	BatchSize() int
 
-	// Close unblocks every receive function and releases the sockets.
+	// Close unblocks every receive function and releases the sockets. A
+	// second call must do no harm: the engine closes a Bind it replaces
+	// even when something else closed it first.
 	Close() error
 }
