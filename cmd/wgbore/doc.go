@@ -728,10 +728,11 @@
 // When the host's network changes (a phone moving from Wi-Fi to
 // cellular, a laptop waking elsewhere), a program that hears of it calls
 // n.Rebind(): new host sockets, on the same port when it is free, and a
-// handshake and keepalive to every peer, so connections through the
-// tunnel survive. Net rebinds by itself when its sockets fail (closed by
-// the system, or every receive failing for a second), retrying with a
-// doubling pause up to 30 s; up and serve inherit that.
+// keepalive and handshake to every peer with a session, so connections
+// through the tunnel survive. Net rebinds by itself when its sockets fail
+// (closed under it, or every receive failing for a second) or a Rebind
+// cannot open new ones, retrying with a doubling pause up to 30 s; up and
+// serve inherit that.
 //
 // config.Load parses such a file on its own; every problem in it comes back
 // as file:line: Key: message, all of them at once. Package proxy holds the
