@@ -24,13 +24,7 @@ func TestPortableUDP(t *testing.T) {
 		t.Skip("-short: builds a second binary and moves 128 MiB")
 	}
 	needTool(t, "curl")
-	ours, err := protocol.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
-	dir := t.TempDir()
-	conf := writeFile(t, dir, "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n\n[http]\nBindAddress = 127.0.0.1:0\n"))
+	conf := proxiedSite(t)
 	cmd := exec.Command(wgboreBinaryTagged(t, "portableudp"), "up", "-c", conf, "-log-format", "json", "-log-level", "debug", "-uapi-dir", shortTempDir(t))
 	cmd.Stdout = io.Discard
 	d := runDaemon(t, cmd)
@@ -39,6 +33,18 @@ func TestPortableUDP(t *testing.T) {
 	}
 
 	curlBothWays(t, d, 64<<20)
+}
+
+// proxiedSite starts a wireguard-go peer site and writes a config for
+// it with a SOCKS5 and an HTTP proxy on loopback; it returns the file.
+func proxiedSite(t *testing.T) string {
+	t.Helper()
+	ours, err := protocol.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
+	return writeFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n\n[http]\nBindAddress = 127.0.0.1:0\n"))
 }
 
 // curlBothWays moves size bytes each way through d with curl: down from

@@ -7,9 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/wgbore/wgbore/netstack/peersite"
-	"github.com/wgbore/wgbore/protocol"
 )
 
 // wineTools finds Wine and the MinGW compiler, or skips the test saying
@@ -85,13 +82,7 @@ func TestWindowsUnderWine(t *testing.T) {
 		t.Fatalf("go build for windows: %v\n%s", err, out)
 	}
 
-	ours, err := protocol.GeneratePrivateKey()
-	if err != nil {
-		t.Fatal(err)
-	}
-	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
-	dir := t.TempDir()
-	conf := writeFile(t, dir, "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n\n[http]\nBindAddress = 127.0.0.1:0\n"))
+	conf := proxiedSite(t)
 	// Wine's drive Z: is the Linux root.
 	cmd := exec.Command(wine, exe, "up", "-c", "Z:"+conf, "-log-format", "json", "-log-level", "debug", "-uapi-dir", "Z:"+shortTempDir(t))
 	cmd.Env = env
