@@ -220,9 +220,21 @@ func TestDNSServerStopsWithNet(t *testing.T) {
 		t.Fatal(err)
 	}
 	s.n.Close()
-	for _, g := range goroutines() {
-		if strings.Contains(g, "netstack.(*DNSServer)") {
-			t.Errorf("DNS server goroutine alive after Net.Close:\n%s", g)
+	// Close waits for the server's goroutines to say they are done; the
+	// last of them may still be returning from its deferred Done, so a
+	// moment is allowed for it to vanish.
+	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+		var alive []string
+		for _, g := range goroutines() {
+			if strings.Contains(g, "netstack.(*DNSServer)") {
+				alive = append(alive, g)
+			}
+		}
+		if len(alive) == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("DNS server goroutines alive 5 s after Net.Close:\n%s", strings.Join(alive, "\n\n"))
 		}
 	}
 	d.Close()
