@@ -177,8 +177,12 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 	for _, p := range cfg.Addresses {
 		n.link.local = append(n.link.local, tcpip.AddrFromSlice(p.Addr().Unmap().AsSlice()))
 	}
+	var local []netip.Addr
+	for _, p := range cfg.Addresses {
+		local = append(local, p.Addr())
+	}
 	eng, err := protocol.New(protocol.Config{
-		PrivateKey: cfg.PrivateKey, Bind: bind, Packets: n.link, MTU: mtu,
+		PrivateKey: cfg.PrivateKey, Bind: bind, Packets: n.link, MTU: mtu, LocalAddresses: local,
 		Logger: cfg.Logger, Clock: cfg.Clock, Resolver: cfg.EndpointResolver,
 		BindFailed: n.rebinder.failed,
 	})

@@ -153,7 +153,10 @@
 // stalls traffic. The longest matching prefix names one peer. Outbound, the
 // destination picks the peer to encrypt for; inbound, a decrypted packet
 // whose source address does not route back to the peer it authenticated as
-// is dropped. [Engine.PeerFor] exposes the outbound lookup.
+// is dropped. So is one whose source no peer may use whatever its
+// AllowedIPs (0.0.0.0/0 covers them all): loopback, unspecified,
+// multicast, broadcast, IPv4-mapped, or one of [Config.LocalAddresses].
+// [Engine.PeerFor] exposes the outbound lookup.
 //
 // # Statistics
 //

@@ -78,6 +78,11 @@ type Config struct {
 	Workers int
 	// Params overrides the whitepaper's limits; tests only.
 	Params *Params
+	// LocalAddresses are our own addresses inside the tunnel. A packet
+	// from a peer with one of them as its source is dropped whatever the
+	// peer's AllowedIPs, as are loopback, unspecified, multicast and
+	// broadcast sources.
+	LocalAddresses []netip.Addr
 	// BindFailed, when set, hears once that a Bind stopped working: its
 	// receive functions failed back to back for a second (as a socket
 	// the system took away does), or it was closed by something other
@@ -113,6 +118,8 @@ type Engine struct {
 	bufSize  int
 
 	id atomic.Pointer[identity]
+
+	local []netip.Addr // our tunnel addresses, unmapped; see martian
 
 	// bind is the Bind in use; Rebind replaces it, and bindMu orders
 	// replacements with Close.
@@ -177,6 +184,9 @@ func New(cfg Config) (*Engine, error) {
 		done:     make(chan struct{}),
 	}
 	e.returner, _ = cfg.Packets.(PeerReturner)
+	for _, a := range cfg.LocalAddresses {
+		e.local = append(e.local, a.Unmap())
+	}
 	e.bindFailed = cfg.BindFailed
 	if e.clock == nil {
 		e.clock = clock.System{}

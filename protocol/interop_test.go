@@ -125,6 +125,13 @@ type interopPair struct {
 // reverse.
 func newInteropPair(t *testing.T, loopback netip.Addr, weInitiate bool, ourPSK, theirPSK PresharedKey) *interopPair {
 	t.Helper()
+	return newInteropPairWith(t, loopback, weInitiate, ourPSK, theirPSK, nil)
+}
+
+// newInteropPairWith is newInteropPair with a chance to change our
+// engine's Config and our PeerConfig for wireguard-go.
+func newInteropPairWith(t *testing.T, loopback netip.Addr, weInitiate bool, ourPSK, theirPSK PresharedKey, change func(*Config, *PeerConfig)) *interopPair {
+	t.Helper()
 	ip := &interopPair{sink: newSink(), ourKey: mustKey(t)}
 	// Both ends run on real time here, since wireguard-go does. To see a
 	// time-driven rekey without waiting two minutes, our engine's
@@ -135,7 +142,13 @@ func newInteropPair(t *testing.T, loopback netip.Addr, weInitiate bool, ourPSK, 
 	if err != nil {
 		t.Fatal(err)
 	}
-	ip.our, err = New(Config{PrivateKey: ip.ourKey, Bind: ub, Packets: ip.sink, Params: &params, Logger: testLogger(t)})
+	cfg := Config{PrivateKey: ip.ourKey, Bind: ub, Packets: ip.sink, Params: &params, Logger: testLogger(t)}
+	pc := PeerConfig{PresharedKey: ourPSK,
+		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.2/32"), netip.MustParsePrefix("fd00::2/128")}}
+	if change != nil {
+		change(&cfg, &pc)
+	}
+	ip.our, err = New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -149,8 +162,7 @@ func newInteropPair(t *testing.T, loopback netip.Addr, weInitiate bool, ourPSK, 
 	if weInitiate {
 		theirEndpoint = netip.AddrPortFrom(loopback, ip.wg.port)
 	}
-	pc := PeerConfig{PublicKey: ip.wg.key.PublicKey(), PresharedKey: ourPSK,
-		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.2/32"), netip.MustParsePrefix("fd00::2/128")}}
+	pc.PublicKey = ip.wg.key.PublicKey()
 	if theirEndpoint.IsValid() {
 		pc.Endpoint = theirEndpoint.String()
 	}
@@ -360,5 +372,37 @@ func TestInteropHandshakeBeforeTraffic(t *testing.T) {
 	ip.exchange(t, rand.New(rand.NewPCG(3, 4)), 4, true)
 	if st, _ := ip.our.Peer(them); st.HandshakesCompleted != 1 || st.HandshakeAttempts != 1 {
 		t.Fatalf("%d initiations, %d handshakes; want exactly 1 of each", st.HandshakeAttempts, st.HandshakesCompleted)
+	}
+}
+
+// TestMartianSourcesFromWireGuardGo: a wireguard-go peer whose AllowedIPs
+// on our side are 0.0.0.0/0 and ::/0, as a client's usually are, sends
+// hand-made packets whose sources would pass for this host itself or for
+// no host at all. Each is dropped and counted as martian_source; a packet
+// from the peer's own address still arrives.
+func TestMartianSourcesFromWireGuardGo(t *testing.T) {
+	ip := newInteropPairWith(t, netip.MustParseAddr("127.0.0.1"), true, PresharedKey{}, PresharedKey{}, func(c *Config, pc *PeerConfig) {
+		c.LocalAddresses = []netip.Addr{ourV4, ourV6}
+		pc.AllowedIPs = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
+	})
+	honest4 := ipPacket(theirV4, ourV4, []byte("from the peer"))
+	ip.our.WritePackets([][]byte{ipPacket(ourV4, theirV4, []byte("hello"))})
+	expectPacket(t, ip.wg.delivered, ipPacket(ourV4, theirV4, []byte("hello")), "wgbore → wireguard-go")
+
+	martians := []string{"127.0.0.1", "127.1.2.3", "0.0.0.0", "224.0.0.1", "255.255.255.255", "10.0.0.1",
+		"::1", "::", "ff02::1", "fd00::1", "::ffff:127.0.0.1"}
+	for _, m := range martians {
+		src := netip.MustParseAddr(m)
+		dst := ourV4
+		if src.Is6() {
+			dst = ourV6
+		}
+		ip.wg.send(ipPacket(src, dst, []byte("spoofed from "+m)))
+	}
+	ip.wg.send(honest4)
+	expectPacket(t, ip.sink.ch, honest4, "wireguard-go → wgbore, after the martians")
+	expectSilence(t, ip.sink.ch, 100*time.Millisecond, "martian sources")
+	if got := ip.our.Stats().Dropped(DropMartianSource); got != uint64(len(martians)) {
+		t.Fatalf("martian_source drops = %d, want %d", got, len(martians))
 	}
 }

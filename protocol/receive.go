@@ -349,7 +349,12 @@ func (p *Peer) consume(b *batch, deliver [][]byte) [][]byte {
 			e.stats.drop(DropMalformedPacket)
 			continue
 		}
-		if src, _ := source(pkt); table.lookup(src) != p {
+		src, _ := source(pkt)
+		if e.martian(src) {
+			e.stats.drop(DropMartianSource)
+			continue
+		}
+		if table.lookup(src) != p {
 			e.stats.drop(DropNotAllowedIP)
 			continue
 		}
@@ -440,4 +445,21 @@ func source(pkt []byte) (netip.Addr, bool) {
 		return netip.AddrFrom16([16]byte(pkt[8:24])), true
 	}
 	return netip.Addr{}, false
+}
+
+// martian reports an inner source address that no peer may send from,
+// whatever its AllowedIPs say (0.0.0.0/0 covers all of these): loopback,
+// unspecified, multicast, the IPv4 broadcast address, an IPv4-mapped
+// IPv6 address, and our own tunnel addresses. Delivered, such a packet
+// would pass for one from this host itself.
+func (e *Engine) martian(src netip.Addr) bool {
+	if src.IsLoopback() || src.IsUnspecified() || src.IsMulticast() || src.Is4In6() || src == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		return true
+	}
+	for _, a := range e.local {
+		if src == a {
+			return true
+		}
+	}
+	return false
 }

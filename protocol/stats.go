@@ -27,6 +27,7 @@ const (
 	DropRateLimited                          // under load and the source exceeded its handshake rate
 	DropHandshakeFailed                      // handshake did not authenticate or was a replay
 	DropBadCookieReply                       // cookie reply that did not decrypt
+	DropMartianSource                        // inner source no peer may use: loopback, unspecified, multicast, broadcast, ours
 	numDropReasons
 )
 
@@ -35,6 +36,7 @@ var dropReasonNames = [numDropReasons]string{
 	"not_allowed_ip", "no_route", "too_large", "expired_keypair", "peer_removed",
 	"handshake_queue_full", "staged_overflow", "no_endpoint", "send_failed", "bad_mac1",
 	"cookie_required", "rate_limited", "handshake_failed", "bad_cookie_reply",
+	"martian_source",
 }
 
 func (r DropReason) String() string {
