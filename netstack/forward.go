@@ -81,11 +81,12 @@ type ForwardConfig struct {
 // declines the packet, and gVisor answers as for a port nobody listens
 // on, with a TCP RST (tcp's HandleUnknownDestinationPacket) or an ICMP
 // port unreachable (udp's, through the IP layer's DeliverTransportPacket
-// result). That is how a destination the egress policy denies, one of
-// our own addresses on a port without a listener, and an address inside
-// some peer's AllowedIPs (the tunnel, not the host's network, is where
-// that address lives; relaying between peers is not server mode's job)
-// are answered. A peer over MaxFlowsPerPeer is refused the same way, so
+// result). That is how a destination the egress policy denies and an
+// address inside some peer's AllowedIPs (the tunnel, not the host's
+// network, is where that address lives; relaying between peers is not
+// server mode's job) are answered. A flow to one of our own addresses on a
+// port without a listener of ours goes to the host's loopback, on the same
+// port, if the policy allows loopback (see forwarder.hostDst). A peer over MaxFlowsPerPeer is refused the same way, so
 // its application hears at once rather than after a SYN timeout. ICMP
 // errors go through gVisor's stack-wide rate limiter (1000/s, bursts of
 // 50), so a flood of refused datagrams is partly answered with silence.
@@ -217,24 +218,43 @@ func (n *Net) udpPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) b
 
 // mayLeave is the policy every new flow passes, in the packet path.
 func (f *forwarder) mayLeave(id stack.TransportEndpointID, network string) bool {
-	if f.n.link.owns(id.LocalAddress) {
-		// For our listeners; a port without one gets the refusal.
-		return false
-	}
-	// Unmapped, as the host would reach it: see inTunnel.
-	dst := addrFrom(id.LocalAddress).Unmap()
-	if !f.cfg.Egress.Permits(dst) {
+	dst, self := f.hostDst(id)
+	if !f.cfg.Egress.Permits(dst.Addr()) {
 		f.log.Debug("flow refused by egress policy", "network", network,
 			"src", netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort),
-			"dst", netip.AddrPortFrom(dst, id.LocalPort))
+			"dst", netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort), "host_dst", dst)
 		return false
 	}
-	if f.inTunnel(dst) {
-		f.log.Debug("flow refused: destination is inside the tunnel", "network", network,
-			"dst", netip.AddrPortFrom(dst, id.LocalPort))
+	if !self && f.inTunnel(dst.Addr()) {
+		f.log.Debug("flow refused: destination is inside the tunnel", "network", network, "dst", dst)
 		return false
 	}
 	return true
+}
+
+// hostDst is where a new flow goes on the host, and whether it was
+// addressed to one of our own tunnel addresses.
+//
+// A flow to our own address on a port no listener of ours holds goes to
+// the host's loopback of the same family, on the same port: that is how a
+// peer reaches a service on the server's host, as it would dial a kernel
+// WireGuard server's tunnel address and find the host's services there.
+// The peer cannot dial the host's loopback by name instead: the replies
+// would come from a loopback source, which a WireGuard peer must drop as
+// spoofed. The loopback destination then passes the egress policy like
+// any other, so it is refused unless Allow names it.
+//
+// Other destinations are unmapped, as the host would reach them: see
+// inTunnel.
+func (f *forwarder) hostDst(id stack.TransportEndpointID) (dst netip.AddrPort, self bool) {
+	if f.n.link.owns(id.LocalAddress) {
+		lo := netip.IPv6Loopback()
+		if id.LocalAddress.Len() == 4 {
+			lo = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+		}
+		return netip.AddrPortFrom(lo, id.LocalPort), true
+	}
+	return netip.AddrPortFrom(addrFrom(id.LocalAddress).Unmap(), id.LocalPort), false
 }
 
 // inTunnel reports whether dst, unmapped, lives in the tunnel rather than
@@ -364,7 +384,7 @@ func (f *forwarder) handleTCP(req *tcp.ForwarderRequest) {
 		return
 	}
 	defer f.release(peer)
-	dst := netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort)
+	dst, _ := f.hostDst(id)
 	host, err := f.dialHost("tcp", dst)
 	if err != nil {
 		f.log.Debug("host dial failed", "network", "tcp", "peer", peer, "dst", dst, "err", err)
@@ -452,7 +472,8 @@ func (f *forwarder) startUDP(req *udp.ForwarderRequest) bool {
 	tunnel := gonet.NewUDPConn(&wq, ep)
 	go func() {
 		defer f.release(peer)
-		f.relayUDP(peer, netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort), tunnel)
+		dst, _ := f.hostDst(id)
+		f.relayUDP(peer, dst, tunnel)
 	}()
 	return true
 }

@@ -282,6 +282,86 @@ func TestForwardUDPEcho(t *testing.T) {
 	}
 }
 
+// TestForwardOwnAddress checks that a flow to the server's own tunnel
+// address on a port without a listener of ours reaches the host's
+// loopback on that port, IPv4 to 127.0.0.1 and IPv6 to ::1, and only
+// where the egress policy allows loopback: the default refuses it at once.
+func TestForwardOwnAddress(t *testing.T) {
+	v6Loopback := netip.IPv6Loopback()
+	tcp4 := hostListen(t, hostLoopback)
+	serveHostTCP(tcp4, func(c net.Conn) { io.WriteString(c, "host 127.0.0.1") })
+	tcp6, err := net.Listen("tcp", netip.AddrPortFrom(v6Loopback, 0).String())
+	if err != nil {
+		t.Skipf("no IPv6 loopback on this host: %v", err)
+	}
+	t.Cleanup(func() { tcp6.Close() })
+	serveHostTCP(tcp6, func(c net.Conn) { io.WriteString(c, "host ::1") })
+	udp4 := serveHostUDPEcho(t, hostLoopback)
+	port := func(l net.Listener) uint16 { return netip.MustParseAddrPort(l.Addr().String()).Port() }
+
+	t.Run("allowed", func(t *testing.T) {
+		s := startServer(t, ForwardConfig{Egress: Egress{Allow: []netip.Prefix{
+			netip.PrefixFrom(hostLoopback, 32), netip.PrefixFrom(v6Loopback, 128)}}})
+		for _, c := range []struct {
+			own  netip.Addr
+			port uint16
+			want string
+		}{{peersite.OurV4, port(tcp4), "host 127.0.0.1"}, {peersite.OurV6, port(tcp6), "host ::1"}} {
+			conn, err := s.dial(t, "tcp", netip.AddrPortFrom(c.own, c.port).String())
+			if err != nil {
+				t.Fatalf("tcp to %v: %v", c.own, err)
+			}
+			conn.SetDeadline(time.Now().Add(30 * time.Second))
+			got, err := io.ReadAll(conn)
+			conn.Close()
+			if err != nil || string(got) != c.want {
+				t.Fatalf("tcp to %v port %d: %q, %v; want %q", c.own, c.port, got, err, c.want)
+			}
+		}
+		conn, err := s.dial(t, "udp", netip.AddrPortFrom(peersite.OurV4, udp4.Port()).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.Write([]byte("echo"))
+		conn.SetReadDeadline(time.Now().Add(30 * time.Second))
+		buf := make([]byte, 100)
+		if n, err := conn.Read(buf); err != nil || string(buf[:n]) != "echo" {
+			t.Fatalf("udp echo through our own address: %q, %v", buf[:n], err)
+		}
+		want := []string{"tcp " + tcp4.Addr().String(), "tcp " + tcp6.Addr().String(), "udp " + udp4.String()}
+		if got := s.dials.list(); fmt.Sprint(got) != fmt.Sprint(want) {
+			t.Errorf("host dials %v, want %v", got, want)
+		}
+	})
+
+	t.Run("default policy", func(t *testing.T) {
+		s := startServer(t, ForwardConfig{})
+		for _, own := range []netip.Addr{peersite.OurV4, peersite.OurV6} {
+			conn, err := s.dial(t, "tcp", netip.AddrPortFrom(own, port(tcp4)).String())
+			if err == nil {
+				conn.Close()
+				t.Fatalf("tcp to %v: connected", own)
+			}
+			if !errors.Is(err, syscall.ECONNREFUSED) {
+				t.Fatalf("tcp to %v: %v, want connection refused", own, err)
+			}
+		}
+		conn, err := s.dial(t, "udp", netip.AddrPortFrom(peersite.OurV4, udp4.Port()).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.Write([]byte("echo"))
+		if err := readRefused(conn); err != nil {
+			t.Fatal(err)
+		}
+		if d := s.dials.list(); len(d) != 0 {
+			t.Errorf("host dials %v under the default policy, want none", d)
+		}
+	})
+}
+
 // TestForwardRefusals checks that every refused flow is refused at once,
 // with an RST or an ICMP port unreachable, and that no host dial happens
 // for a flow the policy denies.
@@ -310,7 +390,6 @@ func TestForwardRefusals(t *testing.T) {
 		{"denied private range", "10.9.9.9:80"},
 		{"denied v6 loopback", "[::1]:80"},
 		{"allowed but closed host port", closedAddr},
-		{"our own address, no listener", netip.AddrPortFrom(peersite.OurV4, 81).String()},
 	} {
 		t.Run("tcp/"+c.name, func(t *testing.T) {
 			start := time.Now()
@@ -337,7 +416,6 @@ func TestForwardRefusals(t *testing.T) {
 	for _, c := range []struct{ name, addr string }{
 		{"denied loopback address", deniedUDP.String()},
 		{"denied private range", "10.9.9.9:53"},
-		{"our own address, no listener", netip.AddrPortFrom(peersite.OurV4, 5353).String()},
 	} {
 		t.Run("udp/"+c.name, func(t *testing.T) {
 			conn, err := s.dial(t, "udp", c.addr)

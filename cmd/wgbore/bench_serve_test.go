@@ -63,7 +63,7 @@ Target = %s
 [TCPClientTunnel]
 BindAddress = 127.0.0.1:0
 Target = %s
-`, clientKey.Base64(), serverKey.PublicKey(), port, sinkAddr, sourceAddr))
+`, clientKey.Base64(), serverKey.PublicKey(), port, atServer(sinkAddr), atServer(sourceAddr)))
 	server := startServeDaemon(b, serverConf, "-log-level", "info")
 	client := startDaemon(b, clientConf, "-log-level", "info")
 	toSink, toSource := client.addr(b, "tcp ", 0), client.addr(b, "tcp ", 1)
@@ -214,4 +214,11 @@ func procCPU(pid int) time.Duration {
 	utime, _ := strconv.ParseInt(fields[11], 10, 64)
 	stime, _ := strconv.ParseInt(fields[12], 10, 64)
 	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// atServer is the host loopback address a spelled as the client reaches
+// it: the server's tunnel address, which serve maps to its loopback.
+func atServer(a string) string {
+	_, port, _ := net.SplitHostPort(a)
+	return net.JoinHostPort("10.0.0.1", port)
 }

@@ -346,7 +346,7 @@
 // malformed_packet, unknown_index, auth_failed, replay, not_allowed_ip,
 // no_route, too_large, expired_keypair, peer_removed, handshake_queue_full,
 // staged_overflow, no_endpoint, send_failed, bad_mac1, cookie_required,
-// rate_limited, handshake_failed, bad_cookie_reply.
+// rate_limited, handshake_failed, bad_cookie_reply, martian_source.
 //
 // Per listener (labels kind, one of socks5, http, https, tcp_client_tunnel,
 // ..., and addr; UDP forwarders count client sessions):
@@ -452,7 +452,7 @@
 //	AllowedIPs = 10.0.0.2/32
 //
 //	[Egress]                 # optional: who may go where
-//	Allow = 127.0.0.1/32     # also this host's loopback (denied by default)
+//	Allow = 127.0.0.1/32     # this host's loopback, at 10.0.0.1 (denied by default)
 //	Deny = 203.0.113.0/24
 //	MaxFlowsPerPeer = 1024   # TCP + UDP flows at once, per peer
 //	UDPTimeout = 120         # seconds
@@ -471,6 +471,14 @@
 // refused unless Allow names that destination. A refused flow gets a TCP
 // reset or an ICMP port unreachable at once, and a debug log line. The
 // policy is the same for every peer.
+//
+// The host's own services. A peer reaches a service on the server host's
+// loopback at the server's tunnel address, as it would on a kernel
+// WireGuard server: a flow to 10.0.0.1 on a port no listener of wgbore's
+// holds goes to 127.0.0.1 on that port (::1 for an IPv6 tunnel address),
+// if Allow names the loopback address. Dialling 127.0.0.1 through the
+// tunnel does not work from a WireGuard client: the replies come from a
+// loopback source, which wgbore, like the kernel, drops as spoofed.
 //
 // Limits. Each peer has at most MaxFlowsPerPeer (default 1024) TCP and UDP
 // flows at once, refused like a denied destination past it; a UDP flow

@@ -111,6 +111,20 @@ Target = %s
 			t.Fatalf("got %d bytes (%v), sha256 match %v", n, err, string(h.Sum(nil)) == string(want[:]))
 		}
 	})
+	t.Run("host service at the server's tunnel address", func(t *testing.T) {
+		_, webPort, _ := net.SplitHostPort(web)
+		hc := &http.Client{Transport: &http.Transport{DialContext: client.DialContext}, Timeout: time.Minute}
+		defer hc.CloseIdleConnections()
+		res, err := hc.Get("http://10.0.0.1:" + webPort + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, err := io.ReadAll(res.Body)
+		res.Body.Close()
+		if err != nil || string(body) != "host service" {
+			t.Fatalf("got %q, %v", body, err)
+		}
+	})
 	t.Run("UDP echo on the host", func(t *testing.T) {
 		udpEchoThrough(t, func() (net.Conn, error) {
 			return client.DialContext(context.Background(), "udp", udpEcho)
@@ -153,7 +167,8 @@ func TestDemoCheck(t *testing.T) {
 
 // TestDemoConfigsAsTwoProcesses: the files demo -write-configs writes run
 // as separate serve and up processes, and curl through the client's
-// SOCKS5 reaches a host service the server's [Egress] allows.
+// SOCKS5 reaches a service on the server host's loopback, which the
+// server's [Egress] allows, at the server's tunnel address.
 func TestDemoConfigsAsTwoProcesses(t *testing.T) {
 	needTool(t, "curl")
 	dir := t.TempDir()
@@ -168,6 +183,8 @@ func TestDemoConfigsAsTwoProcesses(t *testing.T) {
 	fmt.Fprint(f, "\n[Egress]\nAllow = 127.0.0.1/32\n")
 	f.Close()
 	web := hostWeb(t)
+	_, webPort, _ := net.SplitHostPort(web)
+	web = net.JoinHostPort(demoServerIP.String(), webPort)
 
 	startServeDaemon(t, serverConf)
 	client := startDaemon(t, filepath.Join(dir, "client.conf"))

@@ -79,7 +79,7 @@ Examples:
   #   PublicKey = ...
   #   AllowedIPs = 10.0.0.2/32
   #   [Egress]
-  #   Allow = 127.0.0.1/32      # let peers reach this host's loopback too
+  #   Allow = 127.0.0.1/32      # let peers reach this host's loopback, at 10.0.0.1
   #   [DNSServer]
   #   Record = files.wg 10.0.0.1
 `
