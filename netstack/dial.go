@@ -550,3 +550,48 @@ func (c *TCPConn) TCPInfo() tcpip.TCPInfoOption {
 	c.ep.GetSockOpt(&info)
 	return info
 }
+
+// UDPConn is a connected UDP endpoint inside the tunnel, as server mode
+// relays a peer's UDP flow through it: gonet's, plus a way to wait for a
+// datagram without a goroutine, as TCPConn has.
+type UDPConn struct {
+	*gonet.UDPConn
+	wq *waiter.Queue
+	ep tcpip.Endpoint
+}
+
+func newUDPConn(wq *waiter.Queue, ep tcpip.Endpoint) *UDPConn {
+	return &UDPConn{UDPConn: gonet.NewUDPConn(wq, ep), wq: wq, ep: ep}
+}
+
+// NotifyReadable calls f whenever a datagram or an error may have become
+// ready to read, until stop is called; f runs as TCPConn's does.
+func (c *UDPConn) NotifyReadable(f func()) (stop func()) {
+	e := waiter.NewFunctionEntry(waiter.ReadableEvents|waiter.EventHUp|waiter.EventErr, func(waiter.EventMask) { f() })
+	c.wq.EventRegister(&e)
+	return func() { c.wq.EventUnregister(&e) }
+}
+
+// Readable reports whether a TryRead would return something other than
+// wouldBlock.
+func (c *UDPConn) Readable() bool {
+	return c.ep.Readiness(waiter.ReadableEvents) != 0
+}
+
+// TryRead reads one datagram into b, without waiting; a datagram longer
+// than b is cut short. With none queued it returns wouldBlock; once the
+// endpoint is closed, io.EOF. It ignores the read deadline, and must not
+// run alongside Read.
+func (c *UDPConn) TryRead(b []byte) (n int, wouldBlock bool, err error) {
+	w := tcpip.SliceWriter(b)
+	res, terr := c.ep.Read(&w, tcpip.ReadOptions{})
+	switch terr.(type) {
+	case nil:
+		return res.Count, false, nil
+	case *tcpip.ErrWouldBlock:
+		return 0, true, nil
+	case *tcpip.ErrClosedForReceive:
+		return 0, false, io.EOF
+	}
+	return 0, false, &net.OpError{Op: "read", Net: "udp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: goError("read", terr)}
+}

@@ -4,23 +4,21 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/proxy/relay"
 )
 
 // Defaults for ForwardConfig's zero values.
@@ -37,11 +35,6 @@ const (
 	forwardKeepaliveIdle     = time.Minute
 	forwardKeepaliveInterval = 15 * time.Second
 )
-
-// relayBufferSize is one direction's copy buffer. 64 KiB lets one read
-// take what gVisor has queued after a burst of full-sized segments
-// instead of a few segments at a time.
-const relayBufferSize = 64 << 10
 
 // ForwardConfig is server mode's configuration: see Net.Forward.
 type ForwardConfig struct {
@@ -72,7 +65,9 @@ type ForwardConfig struct {
 // may answer from them; TCP and UDP packets that no endpoint of ours
 // claims then reach the per-protocol handlers Open installed, which pass
 // them here. Each flow becomes one gVisor endpoint and one host socket,
-// joined by two copy loops. The alternative, rewriting packets and
+// joined by the relay (proxy/relay): an idle flow holds one goroutine,
+// waiting on the host socket, and no copy buffer; buffers come from a
+// pool while bytes move. The alternative, rewriting packets and
 // forwarding them to a host raw or TUN socket, needs privileges server
 // mode exists to avoid; terminating TCP here also means the host's kernel,
 // not ours, does congestion control towards the destination.
@@ -383,7 +378,12 @@ func (f *forwarder) handleTCP(req *tcp.ForwarderRequest) {
 		req.Complete(true)
 		return
 	}
-	defer f.release(peer)
+	relaying := false
+	defer func() {
+		if !relaying {
+			f.release(peer)
+		}
+	}()
 	dst, _ := f.hostDst(id)
 	host, err := f.dialHost("tcp", dst)
 	if err != nil {
@@ -408,51 +408,22 @@ func (f *forwarder) handleTCP(req *tcp.ForwarderRequest) {
 	idle, interval := tcpip.KeepaliveIdleOption(forwardKeepaliveIdle), tcpip.KeepaliveIntervalOption(forwardKeepaliveInterval)
 	ep.SetSockOpt(&idle)
 	ep.SetSockOpt(&interval)
-	fl := &flow{tunnel: gonet.NewTCPConn(&wq, ep), host: host}
+	fl := &flow{tunnel: newTCPConn(&wq, ep), host: host}
 	if !f.track(fl) {
 		return
 	}
-	defer f.untrack(fl)
-	f.relayTCP(fl)
-}
-
-// relayTCP copies both ways until both directions are done. A direction
-// that ends with EOF is passed on as a half-close (CloseWrite), so a
-// client that shuts its sending side still gets the whole answer; one that
-// ends with an error aborts the flow, since the other side can no longer
-// be answered faithfully.
-func (f *forwarder) relayTCP(fl *flow) {
-	done := make(chan struct{})
-	f.wg.Add(1)
+	// The relay gets a goroutine of its own, which copies host to tunnel
+	// and holds no buffer while the host is silent; the tunnel's bytes
+	// are copied by goroutines started only when it has some (see
+	// relay.Both). This one, whose stack the host dial has grown, ends,
+	// so an idle flow keeps a small stack rather than the dial's.
+	relaying = true
 	go func() {
-		defer f.wg.Done()
-		defer close(done)
-		halfCopy(fl, fl.host, fl.tunnel)
+		defer f.release(peer)
+		defer f.untrack(fl)
+		relay.Both(fl.host, fl.tunnel, &f.wg)
 	}()
-	halfCopy(fl, fl.tunnel, fl.host)
-	<-done
 }
-
-// closeWriter is a connection that can shut its sending side alone.
-type closeWriter interface{ CloseWrite() error }
-
-func halfCopy(fl *flow, dst, src net.Conn) {
-	bufp := relayBuffers.Get().(*[]byte)
-	defer relayBuffers.Put(bufp)
-	// The wrappers hide ReadFrom and WriteTo, which would bypass the
-	// pooled buffer and allocate their own.
-	_, err := io.CopyBuffer(writerOnly{dst}, readerOnly{src}, *bufp)
-	if cw, ok := dst.(closeWriter); ok && err == nil {
-		cw.CloseWrite()
-		return
-	}
-	fl.close()
-}
-
-var relayBuffers = sync.Pool{New: func() any { b := make([]byte, relayBufferSize); return &b }}
-
-type readerOnly struct{ io.Reader }
-type writerOnly struct{ io.Writer }
 
 // startUDP runs in the packet path for the first datagram of a flow: it
 // creates the gVisor endpoint, which takes that datagram and the flow's
@@ -469,7 +440,7 @@ func (f *forwarder) startUDP(req *udp.ForwarderRequest) bool {
 		f.release(peer)
 		return false
 	}
-	tunnel := gonet.NewUDPConn(&wq, ep)
+	tunnel := newUDPConn(&wq, ep)
 	go func() {
 		defer f.release(peer)
 		dst, _ := f.hostDst(id)
@@ -505,7 +476,7 @@ func (f *forwarder) dialHost(network string, dst netip.AddrPort) (net.Conn, erro
 // ways until the flow has been idle for UDPIdleTimeout. Idleness is
 // watched by one timer per flow that rereads the last activity, so a
 // datagram costs an atomic store and no timer or deadline change.
-func (f *forwarder) relayUDP(peer protocol.PublicKey, dst netip.AddrPort, tunnel *gonet.UDPConn) {
+func (f *forwarder) relayUDP(peer protocol.PublicKey, dst netip.AddrPort, tunnel *UDPConn) {
 	host, err := f.dialHost("udp", dst)
 	if err != nil {
 		f.log.Debug("host dial failed", "network", "udp", "peer", peer, "dst", dst, "err", err)
@@ -531,49 +502,8 @@ func (f *forwarder) relayUDP(peer protocol.PublicKey, dst netip.AddrPort, tunnel
 	})
 	defer expiry.Stop()
 
-	done := make(chan struct{})
-	f.wg.Add(1)
-	go func() {
-		defer f.wg.Done()
-		defer close(done)
-		copyDatagrams(fl, host, tunnel, start, &lastActive)
-	}()
-	copyDatagrams(fl, tunnel, host, start, &lastActive)
-	<-done
-}
-
-// copyDatagrams moves datagrams from src to dst one at a time, keeping
-// their boundaries, until either side is closed. A connected host UDP
-// socket reports an ICMP error from the destination as a read or write
-// error once; that ends nothing, since the next datagram may be answered.
-func copyDatagrams(fl *flow, dst, src net.Conn, start time.Time, lastActive *atomic.Int64) {
-	defer fl.close()
-	bufp := relayBuffers.Get().(*[]byte)
-	defer relayBuffers.Put(bufp)
-	buf := *bufp
-	for {
-		n, err := src.Read(buf)
-		if err != nil {
-			if transientUDPError(err) {
-				continue
-			}
-			return
-		}
-		lastActive.Store(int64(time.Since(start)))
-		if _, err := dst.Write(buf[:n]); err != nil && !transientUDPError(err) {
-			return
-		}
-	}
-}
-
-// transientUDPError is an error a UDP socket reports for one datagram
-// (an ICMP error from the far end, a full buffer) rather than for the
-// socket.
-func transientUDPError(err error) bool {
-	for _, errno := range []syscall.Errno{syscall.ECONNREFUSED, syscall.EHOSTUNREACH, syscall.ENETUNREACH, syscall.ENOBUFS, syscall.EMSGSIZE} {
-		if errors.Is(err, errno) {
-			return true
-		}
-	}
-	return false
+	// As for TCP: this goroutine copies host to tunnel without a buffer
+	// while the host is silent, and the tunnel's datagrams are copied by
+	// goroutines started when it has some.
+	relay.Datagrams(host, tunnel, &f.wg, func() { lastActive.Store(int64(time.Since(start))) })
 }

@@ -8,6 +8,8 @@ import (
 	"net"
 	"sync/atomic"
 	"time"
+
+	"github.com/wgbore/wgbore/proxy/relay"
 )
 
 const (
@@ -187,7 +189,7 @@ func (f *TCPForwarder) relay(client net.Conn) {
 	}
 
 	// This goroutine holds a count of f.wg, so the group is not at zero.
-	relayBoth(src, dst, &f.wg)
+	relay.Both(src, dst, &f.wg)
 }
 
 // idleWatch ends a relay that has been quiet for a timeout. Reads only
@@ -255,7 +257,7 @@ func (c *activityConn) Read(b []byte) (int, error) {
 	return n, err
 }
 
-// CloseWrite passes a half-close through, as relayTunnel needs; a conn
+// CloseWrite passes a half-close through, as the relay needs; a conn
 // that cannot half-close is closed, as limitedConn does.
 func (c *activityConn) CloseWrite() error {
 	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {

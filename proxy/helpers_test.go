@@ -28,7 +28,7 @@ var (
 	}
 	// socksAssociationCode narrows socksCode to UDP ASSOCIATE's relays.
 	socksAssociationCode = []string{"wgbore/proxy.(*socksAssociation)", "wgbore/proxy.(*SOCKS5).associate"}
-	httpCode             = []string{"wgbore/proxy.(*HTTP)", "wgbore/proxy.relayTunnel"}
+	httpCode             = []string{"wgbore/proxy.(*HTTP)", "wgbore/proxy/relay.OneWay"}
 )
 
 // proxyGoroutines returns the stacks of the goroutines that have any of

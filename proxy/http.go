@@ -17,6 +17,8 @@ import (
 	"strings"
 	"syscall"
 	"time"
+
+	"github.com/wgbore/wgbore/proxy/relay"
 )
 
 // HTTPConfig configures an HTTP proxy.
@@ -372,7 +374,7 @@ func (h *HTTP) serveConnect(w http.ResponseWriter, r *http.Request) {
 	}
 
 	// The handler holds a count of h.wg, so the group cannot be at zero.
-	relayBoth(client, upstream, &h.wg)
+	relay.Both(client, upstream, &h.wg)
 }
 
 // hopByHopHeaders describe one connection, not the message, so a proxy

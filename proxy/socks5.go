@@ -15,6 +15,8 @@ import (
 
 	socks5 "github.com/things-go/go-socks5"
 	"github.com/things-go/go-socks5/statute"
+
+	"github.com/wgbore/wgbore/proxy/relay"
 )
 
 const (
@@ -256,9 +258,9 @@ func (s *SOCKS5) serveConn(conn net.Conn) {
 // connection (the one serving it waits for the two copying) and two
 // pooled 32 KiB buffers held by the blocked reads, and keeps the 4 KiB
 // bufio.Reader it read the request through. Here the serving goroutine
-// copies one direction itself, both copies use relayCopy's small
+// copies one direction itself, both copies use the relay's small
 // buffers while idle, and the bufio.Reader is let go once the bytes it
-// buffered past the request are sent on; and relayBoth copies out of a
+// buffered past the request are sent on; and relay.Both copies out of a
 // tunnel connection with no goroutine at all while it idles.
 // The idle-connection memory benchmark (cmd/wgbore), connections held through
 // `wgbore up`, measured 57 KiB of resident memory per connection at
@@ -312,11 +314,11 @@ func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) 
 	}
 	req.Reader = nil
 
-	// This goroutine holds a count of s.wg, so relayBoth may add to it.
+	// This goroutine holds a count of s.wg, so relay.Both may add to it.
 	// It copies the client to the target here: writing into the tunnel
 	// runs deep (gVisor's send path down to the engine), and this stack
 	// already grew as deep dialing.
-	relayBoth(client, target, &s.wg)
+	relay.Both(client, target, &s.wg)
 	return nil
 }
 

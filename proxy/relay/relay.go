@@ -1,58 +1,97 @@
-package proxy
+// Package relay copies bytes and datagrams between two connections for
+// the proxies, the port forwarders and server mode's egress, with
+// buffers that a flow holds only while it has something to move.
+//
+// An idle relay is the common case: a browser's keep-alive connections,
+// a sidecar's pooled database connections, a server's thousands of
+// peers' flows. A blocked Read holds its buffer, and buffers sized for
+// bulk transfer (io.Copy's 32 KiB, two per relay) are then mostly held by
+// relays that have nothing to move. So:
+//   - A host TCP or UDP socket (on Unix) is waited on through its
+//     syscall.RawConn, and a pooled buffer is taken only once the socket
+//     is readable: an idle direction holds no buffer at all.
+//   - A tunnel connection that can notify when it is readable (a
+//     [ReadNotifier], as netstack's connections are) is read by a
+//     goroutine started only when it has bytes, so an idle direction
+//     holds neither a buffer nor a goroutine.
+//   - Any other reader is read into a small buffer of the relay's own
+//     until a read fills it, and into a pooled large one only while bytes
+//     stream.
+package relay
 
 import (
+	"errors"
 	"io"
 	"net"
 	"sync"
 	"sync/atomic"
+	"syscall"
 )
 
-// A relay's two copy loops read into a small buffer of their own while
-// a flow trickles or idles, and into a pooled large one only while bytes
-// stream. A blocked Read holds its buffer, so buffers sized for bulk
-// transfer (io.Copy's 32 KiB, two per relay) are mostly held by relays
-// that have nothing to move: with 10,000 idle SOCKS5 connections,
-// go-socks5's pooled 32 KiB buffers were 72 KiB of heap per connection
-// (of which the touched pages, about 8 KiB, were resident).
 const (
-	// relaySmallBuffer is the buffer a copy loop reads into until a read
+	// smallBuffer is the buffer a copy loop reads into until a read
 	// fills it. 2 KiB holds a full-sized tunnel segment (MSS 1380 at
 	// the default MTU), so one packet's worth of interactive traffic
 	// never needs the large buffer.
-	relaySmallBuffer = 2 << 10
+	smallBuffer = 2 << 10
 
-	// relayLargeBuffer is io.Copy's size: a bulk transfer through the
-	// proxy moved as many MB/s with it as io.Copy did.
-	relayLargeBuffer = 32 << 10
+	// largeBuffer is io.Copy's size: a bulk transfer through the proxy
+	// moved as many MB/s with it as io.Copy did.
+	largeBuffer = 32 << 10
+
+	// datagramBuffer holds the largest UDP payload (65,507 bytes over
+	// IPv4), so no datagram is cut short.
+	datagramBuffer = 64 << 10
 )
 
-var relayBuffers = sync.Pool{New: func() any { return new([relayLargeBuffer]byte) }}
+var (
+	largeBuffers    = &bufferPool[[largeBuffer]byte]{}
+	datagramBuffers = &bufferPool[[datagramBuffer]byte]{}
+)
 
-// relayCopy copies src to dst until src ends, as io.Copy does (a clean
-// EOF is a nil error), with buffers that cost little while src idles:
-// reads go to a small buffer until one fills it, then to a pooled large
-// one until a read returns less than the small one holds, which puts
-// the large buffer back. A flow that idles after a burst thus holds the
-// large buffer only if its last read was large.
-func relayCopy(dst io.Writer, src io.Reader) (written int64, err error) {
-	small := make([]byte, relaySmallBuffer)
-	var large *[relayLargeBuffer]byte
+// bufferPool is a sync.Pool of one buffer size that counts the buffers
+// taken and not yet given back, so that a test can see an idle relay
+// hold none.
+type bufferPool[B any] struct {
+	pool sync.Pool
+	out  atomic.Int64
+}
+
+func (p *bufferPool[B]) get() *B {
+	p.out.Add(1)
+	if b, ok := p.pool.Get().(*B); ok {
+		return b
+	}
+	return new(B)
+}
+
+func (p *bufferPool[B]) put(b *B) {
+	p.out.Add(-1)
+	p.pool.Put(b)
+}
+
+// Copy copies src to dst until src ends, as io.Copy does (a clean EOF is
+// a nil error), holding buffers only while src has bytes: see the
+// package doc.
+func Copy(dst io.Writer, src io.Reader) (written int64, err error) {
+	if tc, ok := src.(*net.TCPConn); ok {
+		if handled, written, err := copyRaw(dst, tc); handled {
+			return written, err
+		}
+	}
+	small := make([]byte, smallBuffer)
+	var large *[largeBuffer]byte
 	defer func() {
 		if large != nil {
-			relayBuffers.Put(large)
+			largeBuffers.put(large)
 		}
 	}()
 	buf := small
 	for {
 		n, rerr := src.Read(buf)
 		if n > 0 {
-			m, werr := dst.Write(buf[:n])
-			written += int64(m)
-			if werr != nil {
+			if werr := writeAll(dst, buf[:n], &written); werr != nil {
 				return written, werr
-			}
-			if m != n {
-				return written, io.ErrShortWrite
 			}
 		}
 		if rerr != nil {
@@ -63,20 +102,30 @@ func relayCopy(dst io.Writer, src io.Reader) (written int64, err error) {
 		}
 		switch {
 		case large == nil && n == len(small):
-			large = relayBuffers.Get().(*[relayLargeBuffer]byte)
+			large = largeBuffers.get()
 			buf = large[:]
 		case large != nil && n < len(small):
-			relayBuffers.Put(large)
+			largeBuffers.put(large)
 			large, buf = nil, small
 		}
 	}
 }
 
-// relayTunnel copies src to dst, then passes the end of src's stream on as a
+func writeAll(dst io.Writer, b []byte, written *int64) error {
+	m, err := dst.Write(b)
+	*written += int64(m)
+	if err == nil && m != len(b) {
+		err = io.ErrShortWrite
+	}
+	return err
+}
+
+// OneWay copies src to dst, then passes the end of src's stream on as a
 // half-close of dst, so a protocol that stops sending in one direction
-// while still reading the other keeps working.
-func relayTunnel(dst, src net.Conn) {
-	_, err := relayCopy(dst, src)
+// while still reading the other keeps working. After a failure, or
+// without a half-close, it closes both.
+func OneWay(dst, src net.Conn) {
+	_, err := Copy(dst, src)
 	if cw, ok := dst.(interface{ CloseWrite() error }); ok && err == nil {
 		cw.CloseWrite()
 		return
@@ -87,38 +136,116 @@ func relayTunnel(dst, src net.Conn) {
 	src.Close()
 }
 
-// readNotifier is a connection that can say when it has something to
-// read and be read without waiting, as the tunnel's TCP connections
-// (netstack.TCPConn) can. relayBoth copies from one without a goroutine
-// parked in Read: an idle relay then costs one goroutine, not two.
-type readNotifier interface {
+// ReadNotifier is a connection that can say when it has something to
+// read and be read without waiting, as the tunnel's connections
+// (netstack.TCPConn, netstack.UDPConn) can. The relay copies from one
+// without a goroutine parked in Read.
+type ReadNotifier interface {
 	net.Conn
+	// NotifyReadable calls f whenever data, the end of the stream or an
+	// error may have become ready, until stop is called. f must not
+	// block.
 	NotifyReadable(f func()) (stop func())
+	// Readable reports whether TryRead would return something other
+	// than wouldBlock.
 	Readable() bool
+	// TryRead reads what has arrived (one datagram, for a datagram
+	// connection) without waiting.
 	TryRead(b []byte) (n int, wouldBlock bool, err error)
 }
 
-// relayBoth copies both ways between client and upstream, passing
-// half-closes on, and returns once both directions have finished. The
-// calling goroutine, which must hold a count of wg, copies client to
-// upstream. The other direction runs on a goroutine counted in wg, or,
-// when upstream is a readNotifier, on goroutines (counted too) started
-// only while upstream has bytes for the client.
-func relayBoth(client, upstream net.Conn, wg *sync.WaitGroup) {
+// Both copies both ways between client and upstream, passing half-closes
+// on, and returns once both directions have finished. The calling
+// goroutine, which must hold a count of wg, copies client to upstream.
+// The other direction runs on a goroutine counted in wg, or, when
+// upstream is a ReadNotifier, on goroutines (counted too) started only
+// while upstream has bytes for the client.
+func Both(client, upstream net.Conn, wg *sync.WaitGroup) {
 	var finished chan struct{}
-	if nr, ok := upstream.(readNotifier); ok {
-		finished = relayFromNotifier(client, nr, wg)
+	if nr, ok := upstream.(ReadNotifier); ok {
+		finished = fromNotifier(client, nr, wg, nil)
 	} else {
 		finished = make(chan struct{})
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
 			defer close(finished)
-			relayTunnel(client, upstream)
+			OneWay(client, upstream)
 		}()
 	}
-	relayTunnel(upstream, client)
+	OneWay(upstream, client)
 	<-finished
+}
+
+// Datagrams copies datagrams both ways between a and b, keeping their
+// boundaries, until either side is closed for good, and calls moved
+// after each datagram. UDP has no end of stream: the caller ends the
+// relay by closing a or b, after an idle timeout of its own (moved lets
+// it watch activity). A connected UDP socket reports an ICMP error from
+// the destination as a read or write error once; that ends nothing,
+// since the next datagram may be answered. As with Both, the calling
+// goroutine must hold a count of wg; it copies a to b, and b to a runs
+// as Both runs its second direction.
+func Datagrams(a, b net.Conn, wg *sync.WaitGroup, moved func()) {
+	var finished chan struct{}
+	if nr, ok := b.(ReadNotifier); ok {
+		finished = fromNotifier(a, nr, wg, moved)
+	} else {
+		finished = make(chan struct{})
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer close(finished)
+			copyDatagrams(a, b, moved)
+		}()
+	}
+	copyDatagrams(b, a, moved)
+	<-finished
+}
+
+// copyDatagrams moves datagrams from src to dst until either fails for
+// good, then closes both.
+func copyDatagrams(dst, src net.Conn, moved func()) {
+	defer src.Close()
+	defer dst.Close()
+	if uc, ok := src.(*net.UDPConn); ok && datagramsRaw(dst, uc, moved) {
+		return
+	}
+	buf := datagramBuffers.get()
+	defer datagramBuffers.put(buf)
+	for {
+		n, err := src.Read(buf[:])
+		if err != nil {
+			if TransientUDPError(err) {
+				continue
+			}
+			return
+		}
+		if !sendDatagram(dst, buf[:n], moved) {
+			return
+		}
+	}
+}
+
+// sendDatagram writes one datagram to dst; it reports false once dst is
+// no longer usable.
+func sendDatagram(dst net.Conn, b []byte, moved func()) bool {
+	if moved != nil {
+		moved()
+	}
+	_, err := dst.Write(b)
+	return err == nil || TransientUDPError(err)
+}
+
+// TransientUDPError is an error a UDP socket reports for one datagram (an
+// ICMP error from the far end, a full buffer) rather than for the socket.
+func TransientUDPError(err error) bool {
+	for _, errno := range []syscall.Errno{syscall.ECONNREFUSED, syscall.EHOSTUNREACH, syscall.ENETUNREACH, syscall.ENOBUFS, syscall.EMSGSIZE} {
+		if errors.Is(err, errno) {
+			return true
+		}
+	}
+	return false
 }
 
 // notifiedCopy copies src to dst in goroutines started when src has
@@ -127,17 +254,22 @@ func relayBoth(client, upstream net.Conn, wg *sync.WaitGroup) {
 // one goroutine at a time copies.
 type notifiedCopy struct {
 	dst      net.Conn
-	src      readNotifier
+	src      ReadNotifier
 	wg       *sync.WaitGroup
 	armed    atomic.Bool
 	stop     func()
 	finished chan struct{}
+	// datagrams is set for a datagram copy: moved is called after each
+	// datagram, transient errors are skipped, and the end is a close.
+	datagrams bool
+	moved     func()
 }
 
-// relayFromNotifier starts copying src to dst as relayTunnel does; the
-// channel it returns is closed when the copy is over.
-func relayFromNotifier(dst net.Conn, src readNotifier, wg *sync.WaitGroup) chan struct{} {
-	c := &notifiedCopy{dst: dst, src: src, wg: wg, finished: make(chan struct{})}
+// fromNotifier starts copying src to dst as OneWay does, or as
+// copyDatagrams does when moved is not nil; the channel it returns is
+// closed when the copy is over.
+func fromNotifier(dst net.Conn, src ReadNotifier, wg *sync.WaitGroup, moved func()) chan struct{} {
+	c := &notifiedCopy{dst: dst, src: src, wg: wg, finished: make(chan struct{}), datagrams: moved != nil, moved: moved}
 	c.armed.Store(true)
 	c.stop = src.NotifyReadable(c.wake)
 	// Bytes that arrived before the notification was set up.
@@ -149,7 +281,7 @@ func relayFromNotifier(dst net.Conn, src readNotifier, wg *sync.WaitGroup) chan 
 
 // wake runs on the tunnel stack's goroutine: it must not block. It can
 // count a goroutine in wg safely: armed is never set again once the
-// copy has finished, so relayBoth's caller still holds its count.
+// copy has finished, so Both's caller still holds its count.
 func (c *notifiedCopy) wake() {
 	if c.armed.CompareAndSwap(true, false) {
 		c.wg.Add(1)
@@ -162,18 +294,33 @@ func (c *notifiedCopy) wake() {
 // the copy at the end of src's stream or on an error.
 func (c *notifiedCopy) drain() {
 	defer c.wg.Done()
-	buf := relayBuffers.Get().(*[relayLargeBuffer]byte)
-	defer relayBuffers.Put(buf)
+	var buf []byte
+	if c.datagrams {
+		b := datagramBuffers.get()
+		defer datagramBuffers.put(b)
+		buf = b[:]
+	} else {
+		b := largeBuffers.get()
+		defer largeBuffers.put(b)
+		buf = b[:]
+	}
 	for {
-		n, wouldBlock, err := c.src.TryRead(buf[:])
-		if n > 0 {
-			m, werr := c.dst.Write(buf[:n])
-			if werr == nil && m != n {
-				werr = io.ErrShortWrite
-			}
-			if werr != nil {
-				c.finish(werr)
-				return
+		n, wouldBlock, err := c.src.TryRead(buf)
+		if c.datagrams && err != nil && TransientUDPError(err) {
+			continue
+		}
+		if err == nil && !wouldBlock && (n > 0 || c.datagrams) {
+			if c.datagrams {
+				if !sendDatagram(c.dst, buf[:n], c.moved) {
+					c.finish(net.ErrClosed)
+					return
+				}
+			} else {
+				var written int64
+				if werr := writeAll(c.dst, buf[:n], &written); werr != nil {
+					c.finish(werr)
+					return
+				}
 			}
 		}
 		if err != nil {
@@ -193,11 +340,11 @@ func (c *notifiedCopy) drain() {
 	}
 }
 
-// finish ends the copy as relayTunnel does: the end of src's stream is
-// passed on as a half-close, a failure closes both ends.
+// finish ends the copy as OneWay does: the end of src's stream is passed
+// on as a half-close, a failure closes both ends.
 func (c *notifiedCopy) finish(err error) {
 	c.stop()
-	if err == io.EOF {
+	if err == io.EOF && !c.datagrams {
 		if cw, ok := c.dst.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
 			close(c.finished)

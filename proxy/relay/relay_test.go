@@ -1,14 +1,17 @@
-package proxy
+package relay
 
 import (
 	"bytes"
+	"fmt"
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 )
 
-// fakeNotifier is a readNotifier fed by the test, standing in for a
+// fakeNotifier is a ReadNotifier fed by the test, standing in for a
 // tunnel connection (netstack.TCPConn). It notifies on every feed, as
 // gVisor does on every segment.
 type fakeNotifier struct {
@@ -104,9 +107,9 @@ func TestRelayFromNotifier(t *testing.T) {
 	src := &fakeNotifier{}
 	src.feed([]byte("before the relay started;"), false)
 	var wg sync.WaitGroup
-	wg.Add(1) // as relayBoth's caller holds
+	wg.Add(1) // as Both's caller holds
 	defer wg.Done()
-	finished := relayFromNotifier(dst, src, &wg)
+	finished := fromNotifier(dst, src, &wg, nil)
 
 	var want bytes.Buffer
 	want.WriteString("before the relay started;")
@@ -144,9 +147,9 @@ func TestRelayFromNotifierWriteFails(t *testing.T) {
 	dst, peer := loopbackPair(t)
 	src := &fakeNotifier{}
 	var wg sync.WaitGroup
-	wg.Add(1) // as relayBoth's caller holds
+	wg.Add(1) // as Both's caller holds
 	defer wg.Done()
-	finished := relayFromNotifier(dst, src, &wg)
+	finished := fromNotifier(dst, src, &wg, nil)
 	peer.SetLinger(0)
 	peer.Close()
 	dst.Close()
@@ -160,7 +163,7 @@ func TestRelayFromNotifierWriteFails(t *testing.T) {
 	}
 }
 
-// TestRelayBothNotifier: relayBoth through a readNotifier upstream ends
+// TestRelayBothNotifier: Both through a ReadNotifier upstream ends
 // once both directions have, with only the caller's goroutine counted.
 func TestRelayBothNotifier(t *testing.T) {
 	client, user := loopbackPair(t)
@@ -170,7 +173,7 @@ func TestRelayBothNotifier(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
-		relayBoth(client, up, &wg)
+		Both(client, up, &wg)
 	}()
 	up.feed([]byte("from upstream"), true)
 	if _, err := user.Write([]byte("from user")); err != nil {
@@ -193,8 +196,115 @@ func TestRelayBothNotifier(t *testing.T) {
 // through the fake.
 type notifierConn struct{ *fakeNotifier }
 
-func (c *notifierConn) Read(b []byte) (int, error)  { panic("relay read a readNotifier with Read") }
+func (c *notifierConn) Read(b []byte) (int, error)  { panic("relay read a ReadNotifier with Read") }
 func (c *notifierConn) Write(b []byte) (int, error) { return c.fakeNotifier.Conn.Write(b) }
 func (c *notifierConn) CloseWrite() error {
 	return c.fakeNotifier.Conn.(*net.TCPConn).CloseWrite()
+}
+
+// waitBuffersBack waits until no buffer of p is out, as an idle relay
+// holds none, and fails after 5 s.
+func waitBuffersBack[B any](t *testing.T, p *bufferPool[B], what string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for p.out.Load() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %d buffers still held by an idle relay", what, p.out.Load())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestCopyHostSocketIdleHoldsNoBuffer: Copy from a host TCP socket moves
+// every byte, gives its buffer back whenever the socket runs dry, and
+// ends cleanly at the end of the stream.
+func TestCopyHostSocketIdleHoldsNoBuffer(t *testing.T) {
+	writer, src := loopbackPair(t)
+	dst, reader := loopbackPair(t)
+	type result struct {
+		n   int64
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		n, err := Copy(dst, src)
+		done <- result{n, err}
+	}()
+	var want bytes.Buffer
+	for round := range 3 {
+		p := bytes.Repeat([]byte{byte('a' + round)}, 1<<20)
+		want.Write(p)
+		go writer.Write(p)
+		got := make([]byte, len(p))
+		if _, err := io.ReadFull(reader, got); err != nil || !bytes.Equal(got, p) {
+			t.Fatalf("round %d: %v, or the bytes differ", round, err)
+		}
+		waitBuffersBack(t, largeBuffers, fmt.Sprintf("after round %d", round))
+	}
+	writer.CloseWrite()
+	r := <-done
+	if r.err != nil || r.n != int64(want.Len()) {
+		t.Fatalf("Copy: %d bytes, %v; want %d, nil", r.n, r.err, want.Len())
+	}
+}
+
+// udpPair is two UDP sockets on 127.0.0.1 connected to each other.
+func udpPair(t *testing.T) (a, b *net.UDPConn) {
+	t.Helper()
+	a, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err = net.DialUDP("udp", nil, a.LocalAddr().(*net.UDPAddr))
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.Close()
+	if a, err = net.DialUDP("udp", a.LocalAddr().(*net.UDPAddr), b.LocalAddr().(*net.UDPAddr)); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { a.Close(); b.Close() })
+	return a, b
+}
+
+// TestDatagramsKeepBoundaries: Datagrams between two host UDP sockets
+// moves every datagram whole, up to the largest UDP payload, in both
+// directions, counts each, and holds no buffer while both sides idle.
+func TestDatagramsKeepBoundaries(t *testing.T) {
+	left, hostA := udpPair(t)
+	hostB, right := udpPair(t)
+	var moved atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1) // as the caller holds
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		defer wg.Done()
+		Datagrams(hostA, hostB, &wg, func() { moved.Add(1) })
+	}()
+	sizes := []int{0, 1, 1400, 9000, 65507}
+	buf := make([]byte, 70000)
+	for _, way := range []struct {
+		name     string
+		from, to *net.UDPConn
+	}{{"left to right", left, right}, {"right to left", right, left}} {
+		for _, size := range sizes {
+			msg := bytes.Repeat([]byte{byte(size)}, size)
+			if _, err := way.from.Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			way.to.SetReadDeadline(time.Now().Add(5 * time.Second))
+			n, err := way.to.Read(buf)
+			if err != nil || !bytes.Equal(buf[:n], msg) {
+				t.Fatalf("%s, %d bytes: got %d bytes, %v", way.name, size, n, err)
+			}
+		}
+	}
+	waitBuffersBack(t, datagramBuffers, "idle")
+	if got := moved.Load(); got != int64(2*len(sizes)) {
+		t.Errorf("moved counted %d datagrams, want %d", got, 2*len(sizes))
+	}
+	hostA.Close()
+	<-done
+	wg.Wait()
 }
