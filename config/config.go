@@ -59,6 +59,10 @@ const DefaultUDPInactivityTimeout = 2 * time.Minute
 // exceed any descriptor limit long before it was reached.
 const MaxConnectionsLimit = 1 << 20
 
+// MinFlowMemory is the smallest [Egress] FlowMemory accepted: room for a
+// few hundred flows.
+const MinFlowMemory = 16 << 20
+
 // DefaultCheckAliveInterval is wireproxy's ping period for CheckAlive.
 const DefaultCheckAliveInterval = 5 * time.Second
 
@@ -305,6 +309,12 @@ type Egress struct {
 	// MaxFlowsPerPeer caps one peer's TCP and UDP flows at once; 0 means
 	// the server's default.
 	MaxFlowsPerPeer int
+	// MaxFlows caps all peers' flows together; 0 means a default derived
+	// from FlowMemory, else from the process's memory budget.
+	MaxFlows int
+	// FlowMemory is the memory, in bytes, that flows may take, from
+	// which MaxFlows' default is derived; 0 means none set.
+	FlowMemory int64
 	// UDPTimeout ends a UDP flow silent for that long; 0 means the
 	// server's default.
 	UDPTimeout time.Duration

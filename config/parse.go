@@ -135,7 +135,7 @@ var sectionKeys = [numSections][]keySpec{
 	secUDPProxy:  {{name: "BindAddress"}, {name: "Target"}, {name: "InactivityTimeout"}},
 	secUDPServer: {{name: "ListenPort"}, {name: "Target"}, {name: "InactivityTimeout"}},
 	secResolve:   {{name: "ResolveStrategy", optional: true}},
-	secEgress:    {{name: "Allow", kind: list}, {name: "Deny", kind: list}, {name: "MaxFlowsPerPeer"}, {name: "UDPTimeout"}},
+	secEgress:    {{name: "Allow", kind: list}, {name: "Deny", kind: list}, {name: "MaxFlowsPerPeer"}, {name: "MaxFlows"}, {name: "FlowMemory"}, {name: "UDPTimeout"}},
 	secDNSServer: {{name: "Upstream", kind: list}, {name: "Record", kind: list}},
 	secMetrics:   {{name: "BindAddress"}},
 }
@@ -1110,6 +1110,16 @@ func (p *parser) setEgress(f *fileState, e *Egress, key, v string, n int) {
 		}
 	case "MaxFlowsPerPeer":
 		e.MaxFlowsPerPeer, _ = p.maxConnections(f, n, key, v)
+	case "MaxFlows":
+		e.MaxFlows, _ = p.maxConnections(f, n, key, v)
+	case "FlowMemory":
+		if b, err := ParseSize(v); err != nil {
+			p.errorf(f, n, key, "%v", err)
+		} else if b < MinFlowMemory {
+			p.errorf(f, n, key, "%s is below the %d MiB minimum", v, MinFlowMemory>>20)
+		} else {
+			e.FlowMemory = b
+		}
 	case "UDPTimeout":
 		e.UDPTimeout, _ = p.seconds(f, n, key, v)
 	}

@@ -172,6 +172,10 @@ func (c *Config) render(b *strings.Builder, opts RenderOptions) {
 			r.kv("Deny", join(e.Deny))
 		}
 		r.count("MaxFlowsPerPeer", e.MaxFlowsPerPeer)
+		r.count("MaxFlows", e.MaxFlows)
+		if e.FlowMemory != 0 {
+			r.kv("FlowMemory", FormatSize(e.FlowMemory))
+		}
 		if e.UDPTimeout != 0 {
 			r.seconds("UDPTimeout", e.UDPTimeout)
 		}

@@ -16,6 +16,8 @@ Allow = 127.0.0.1/32, 198.51.100.0/24
 Allow = 2001:db8::1
 Deny = 8.8.8.8/32
 MaxFlowsPerPeer = 64
+MaxFlows = 5000
+FlowMemory = 256MiB
 UDPTimeout = 30
 
 [DNSServer]
@@ -34,6 +36,8 @@ func TestServeSections(t *testing.T) {
 		Allow:           pfx("127.0.0.1/32", "198.51.100.0/24", "2001:db8::1/128"),
 		Deny:            pfx("8.8.8.8/32"),
 		MaxFlowsPerPeer: 64,
+		MaxFlows:        5000,
+		FlowMemory:      256 << 20,
 		UDPTimeout:      30 * time.Second,
 		Pos:             config.Position{File: "server.conf", Line: 5},
 	}
@@ -46,7 +50,7 @@ func TestServeSections(t *testing.T) {
 			"demo.wg.":       addrs("10.0.0.1", "fd00::1"),
 			"files.demo.wg.": addrs("10.0.0.9"),
 		},
-		Pos: config.Position{File: "server.conf", Line: 12},
+		Pos: config.Position{File: "server.conf", Line: 14},
 	}
 	if !reflect.DeepEqual(c.DNSServer, wantDNS) {
 		t.Fatalf("DNSServer = %+v, want %+v", c.DNSServer, wantDNS)
@@ -78,7 +82,10 @@ func TestServeSectionErrors(t *testing.T) {
 		"[DNSServer]\n" + // 7
 		"Upstream = dns.example\n" + // 8
 		"Record = lonely.name\n" + // 9
-		"Record = demo.wg 10.0.0.300\n" // 10
+		"Record = demo.wg 10.0.0.300\n" + // 10
+		"[Peer]\nPublicKey = " + pubB + "\n" + // 11-12
+		"[Egress]\nMaxFlows = many\nFlowMemory = lots\n" + // 13-15
+		"[Egress]\nFlowMemory = 1MiB\n" // 16-17
 	_, err := config.Parse("server.conf", []byte(src), config.Options{})
 	want := []string{
 		`server.conf:4: Allow: "10.0.0.0/33" is not an IP address or prefix`,
@@ -87,6 +94,11 @@ func TestServeSectionErrors(t *testing.T) {
 		`server.conf:8: Upstream: "dns.example" is not an IP address or IP:port`,
 		`server.conf:9: Record: "lonely.name": want a name and one or more IP addresses`,
 		`server.conf:10: Record: "10.0.0.300" is not an IP address`,
+		"server.conf:13: [Egress] appears twice (first on line 3)",
+		`server.conf:14: MaxFlows: "many" is not a number from 1 to 1048576`,
+		`server.conf:15: FlowMemory: "lots" is not a size such as 64MiB, 1GiB or a number of bytes`,
+		"server.conf:16: [Egress] appears twice (first on line 3)",
+		"server.conf:17: FlowMemory: 1MiB is below the 16 MiB minimum",
 	}
 	if err == nil || err.Error() != strings.Join(want, "\n") {
 		t.Fatalf("errors:\n%v\nwant:\n%s", err, strings.Join(want, "\n"))

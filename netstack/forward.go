@@ -25,6 +25,7 @@ import (
 const (
 	defaultForwardDialTimeout = 30 * time.Second
 	defaultMaxFlowsPerPeer    = 1024
+	defaultMaxFlows           = 65536
 	defaultUDPIdleTimeout     = 2 * time.Minute
 )
 
@@ -46,6 +47,10 @@ type ForwardConfig struct {
 	// once (counted together), so one peer cannot exhaust the host's
 	// sockets for the others; <= 0 means 1024.
 	MaxFlowsPerPeer int
+	// MaxFlows bounds the TCP and UDP flows of all peers together, so
+	// that many peers cannot together take more memory and host sockets
+	// than the machine has; <= 0 means DefaultMaxFlows.
+	MaxFlows int
 	// UDPIdleTimeout ends a UDP flow that has moved no datagram in either
 	// direction for this long: UDP has no close, so idleness is the only
 	// end a flow has. 0 means 2 minutes.
@@ -132,13 +137,16 @@ func (n *Net) Forward(cfg ForwardConfig) error {
 	if cfg.MaxFlowsPerPeer <= 0 {
 		cfg.MaxFlowsPerPeer = defaultMaxFlowsPerPeer
 	}
+	if cfg.MaxFlows <= 0 {
+		cfg.MaxFlows = DefaultMaxFlows
+	}
 	if cfg.UDPIdleTimeout <= 0 {
 		cfg.UDPIdleTimeout = defaultUDPIdleTimeout
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	f := &forwarder{n: n, cfg: cfg, log: cfg.Logger, perPeer: map[protocol.PublicKey]int{}, open: map[*flow]struct{}{}}
+	f := &forwarder{n: n, cfg: cfg, log: cfg.Logger, perPeer: map[protocol.PublicKey]*FlowCounts{}, open: map[*flow]struct{}{}}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	// maxInFlight is unbounded here: MaxFlowsPerPeer already bounds the
 	// handshakes each peer can have pending, and gVisor's own bound would
@@ -172,11 +180,29 @@ type forwarder struct {
 	ctx    context.Context // ends on Close, and with it host dials
 	cancel context.CancelFunc
 
-	mu      sync.Mutex
-	closed  bool
-	perPeer map[protocol.PublicKey]int
+	mu     sync.Mutex
+	closed bool
+	// perPeer has an entry for every peer with a flow open or one
+	// refused: a refusal count outlives the peer's last flow, so that it
+	// stays a counter. The entries of removed peers that were refused
+	// some day stay too; they are a few words each.
+	perPeer map[protocol.PublicKey]*FlowCounts
+	total   int // flows open, all peers
 	open    map[*flow]struct{}
 	wg      sync.WaitGroup
+}
+
+// DefaultMaxFlows is ForwardConfig.MaxFlows' default.
+const DefaultMaxFlows = defaultMaxFlows
+
+// FlowCounts is one peer's flows through server mode: open now, and
+// refused since the Net started by each limit.
+type FlowCounts struct {
+	Open int
+	// RefusedPeerCap counts flows refused because the peer had
+	// MaxFlowsPerPeer open; RefusedGlobalCap because all peers together
+	// had MaxFlows; RefusedMemory because Admit said no.
+	RefusedPeerCap, RefusedGlobalCap, RefusedMemory uint64
 }
 
 // flow is one relayed connection or UDP session: the gVisor side, facing
@@ -286,17 +312,31 @@ func (f *forwarder) acquire(id stack.TransportEndpointID, network string) (proto
 	if f.closed {
 		return protocol.PublicKey{}, false
 	}
-	if f.perPeer[peer] >= f.cfg.MaxFlowsPerPeer {
-		f.log.Debug("flow refused: peer at its flow limit", "network", network, "peer", peer,
-			"limit", f.cfg.MaxFlowsPerPeer, "dst", netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort))
-		return protocol.PublicKey{}, false
+	pf := f.perPeer[peer]
+	if pf == nil {
+		pf = &FlowCounts{}
+		f.perPeer[peer] = pf
 	}
-	if f.cfg.Admit != nil && !f.cfg.Admit() {
-		f.log.Debug("flow refused: memory budget spent", "network", network, "peer", peer,
+	refused := ""
+	switch {
+	case pf.Open >= f.cfg.MaxFlowsPerPeer:
+		pf.RefusedPeerCap++
+		refused = "peer at its flow limit"
+	case f.total >= f.cfg.MaxFlows:
+		pf.RefusedGlobalCap++
+		refused = "server at its flow limit"
+	case f.cfg.Admit != nil && !f.cfg.Admit():
+		pf.RefusedMemory++
+		refused = "memory budget spent"
+	}
+	if refused != "" {
+		f.log.Debug("flow refused: "+refused, "network", network, "peer", peer,
+			"peer_limit", f.cfg.MaxFlowsPerPeer, "limit", f.cfg.MaxFlows,
 			"dst", netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort))
 		return protocol.PublicKey{}, false
 	}
-	f.perPeer[peer]++
+	pf.Open++
+	f.total++
 	f.wg.Add(1)
 	return peer, true
 }
@@ -304,7 +344,10 @@ func (f *forwarder) acquire(id stack.TransportEndpointID, network string) (proto
 // release undoes acquire once the flow's goroutines are done with it.
 func (f *forwarder) release(peer protocol.PublicKey) {
 	f.mu.Lock()
-	if f.perPeer[peer]--; f.perPeer[peer] <= 0 {
+	pf := f.perPeer[peer]
+	pf.Open--
+	f.total--
+	if *pf == (FlowCounts{}) {
 		delete(f.perPeer, peer)
 	}
 	f.mu.Unlock()
@@ -315,7 +358,26 @@ func (f *forwarder) release(peer protocol.PublicKey) {
 func (f *forwarder) flows(peer protocol.PublicKey) int {
 	f.mu.Lock()
 	defer f.mu.Unlock()
-	return f.perPeer[peer]
+	if pf := f.perPeer[peer]; pf != nil {
+		return pf.Open
+	}
+	return 0
+}
+
+// FlowCounts reports server mode's flows per peer: the peers with a flow
+// open now or one refused since Forward. It is nil before Forward.
+func (n *Net) FlowCounts() map[protocol.PublicKey]FlowCounts {
+	f := n.forward.Load()
+	if f == nil {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	out := make(map[protocol.PublicKey]FlowCounts, len(f.perPeer))
+	for k, v := range f.perPeer {
+		out[k] = *v
+	}
+	return out
 }
 
 // track registers a flow's sockets for Close to shut. It fails, closing

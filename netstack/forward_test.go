@@ -478,52 +478,78 @@ func TestForwardRefusesTunnelDestinations(t *testing.T) {
 	}
 }
 
-// TestForwardFlowLimit: a peer at MaxFlowsPerPeer gets its next flow
-// refused at once (RST, or ICMP unreachable for UDP) rather than held;
-// once a flow ends, a new one is accepted.
+// TestForwardFlowLimit: at MaxFlowsPerPeer, or at MaxFlows for all
+// peers together, the next flow is refused at once (RST, or ICMP
+// unreachable for UDP) rather than held, and counted by its reason; the
+// open flows carry on, and once one ends a new one is accepted.
 func TestForwardFlowLimit(t *testing.T) {
-	s := startServer(t, ForwardConfig{Egress: allowHostLoopback(), MaxFlowsPerPeer: 2})
-	l := hostListen(t, hostLoopback)
-	serveHostTCP(l, func(c net.Conn) { io.Copy(c, c) })
-	echo := serveHostUDPEcho(t, hostLoopback)
+	for _, c := range []struct {
+		name    string
+		fc      ForwardConfig
+		refused func(FlowCounts) uint64
+	}{
+		{"per peer", ForwardConfig{MaxFlowsPerPeer: 2}, func(c FlowCounts) uint64 { return c.RefusedPeerCap }},
+		{"all peers", ForwardConfig{MaxFlowsPerPeer: 100, MaxFlows: 2}, func(c FlowCounts) uint64 { return c.RefusedGlobalCap }},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			c.fc.Egress = allowHostLoopback()
+			s := startServer(t, c.fc)
+			l := hostListen(t, hostLoopback)
+			serveHostTCP(l, func(c net.Conn) { io.Copy(c, c) })
+			echo := serveHostUDPEcho(t, hostLoopback)
 
-	var open []net.Conn
-	defer func() {
-		for _, c := range open {
-			c.Close()
-		}
-	}()
-	for range 2 {
-		c, err := s.dial(t, "tcp", l.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		open = append(open, c)
-	}
-	if c, err := s.dial(t, "tcp", l.Addr().String()); !errors.Is(err, syscall.ECONNREFUSED) {
-		if c != nil {
-			c.Close()
-		}
-		t.Fatalf("third TCP flow: %v, want connection refused", err)
-	}
-	u, err := s.dial(t, "udp", echo.String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	u.Write([]byte("x"))
-	if err := readRefused(u); err != nil {
-		t.Fatalf("UDP flow over the limit: %v", err)
-	}
-	u.Close()
+			var open []net.Conn
+			defer func() {
+				for _, c := range open {
+					c.Close()
+				}
+			}()
+			for range 2 {
+				c, err := s.dial(t, "tcp", l.Addr().String())
+				if err != nil {
+					t.Fatal(err)
+				}
+				open = append(open, c)
+			}
+			if c, err := s.dial(t, "tcp", l.Addr().String()); !errors.Is(err, syscall.ECONNREFUSED) {
+				if c != nil {
+					c.Close()
+				}
+				t.Fatalf("third TCP flow: %v, want connection refused", err)
+			}
+			u, err := s.dial(t, "udp", echo.String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			u.Write([]byte("x"))
+			if err := readRefused(u); err != nil {
+				t.Fatalf("UDP flow over the limit: %v", err)
+			}
+			u.Close()
+			counts := s.n.FlowCounts()[s.client.PublicKey]
+			if counts.Open != 2 || c.refused(counts) != 2 || counts.RefusedPeerCap+counts.RefusedGlobalCap+counts.RefusedMemory != 2 {
+				t.Errorf("flow counts %+v: want 2 open and the 2 refusals under this limit alone", counts)
+			}
+			for i, c := range open {
+				c.SetDeadline(time.Now().Add(10 * time.Second))
+				if _, err := c.Write([]byte("still here")); err != nil {
+					t.Fatalf("open flow %d after the refusals: %v", i, err)
+				}
+				if got, err := io.ReadAll(io.LimitReader(c, 10)); err != nil || string(got) != "still here" {
+					t.Fatalf("open flow %d after the refusals: %q, %v", i, got, err)
+				}
+			}
 
-	open[0].Close()
-	f := s.n.forward.Load()
-	waitFor(t, func() bool { return f.flows(s.client.PublicKey) < 2 })
-	c, err := s.dial(t, "tcp", l.Addr().String())
-	if err != nil {
-		t.Fatalf("after a flow ended: %v", err)
+			open[0].Close()
+			f := s.n.forward.Load()
+			waitFor(t, func() bool { return f.flows(s.client.PublicKey) < 2 })
+			c, err := s.dial(t, "tcp", l.Addr().String())
+			if err != nil {
+				t.Fatalf("after a flow ended: %v", err)
+			}
+			open = append(open, c)
+		})
 	}
-	open = append(open, c)
 }
 
 // TestForwardAdmit: while Admit says no (a memory budget nearly spent),
@@ -781,7 +807,7 @@ func TestForwardPingLimit(t *testing.T) {
 	// host would answer at once and free the slots.
 	p.mu.Lock()
 	for i := range maxPingsPerPeer {
-		p.pending[pingKey{host: netip.MustParseAddr("192.0.2.1"), seq: uint16(i)}] = pendingPing{peer: peer, src: src, expires: time.Now().Add(-time.Second)}
+		p.pending[pingKey{host: netip.MustParseAddr("198.51.100.1"), seq: uint16(i)}] = pendingPing{peer: peer, src: src, expires: time.Now().Add(-time.Second)}
 		p.perPeer[peer]++
 	}
 	p.mu.Unlock()

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/wgbore/wgbore/cmd/internal/membudget"
+	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/proxy"
 )
@@ -45,6 +46,9 @@ type observerConfig struct {
 	// ResentAcks is the netstack's count of re-sent acknowledgements
 	// (netstack.Net.ResentAcks); nil leaves the metric out.
 	ResentAcks func() uint64
+	// Flows is server mode's flows per peer (netstack.Net.FlowCounts);
+	// nil, or a nil result, leaves the flow metrics out.
+	Flows func() map[protocol.PublicKey]netstack.FlowCounts
 	// Budget is the memory budget; nil (none) reports a budget of 0.
 	Budget *membudget.Budget
 	// Listeners lists the front ends running now; nil means none.
@@ -257,6 +261,30 @@ func (o *observer) serveMetrics(w http.ResponseWriter, _ *http.Request) {
 	w.Write(x.Bytes())
 }
 
+// writeFlows renders server mode's flows per peer, for every configured
+// peer, zeros included, as the other per-peer families are.
+func (o *observer) writeFlows(x *exposition, peers []protocol.PeerStatus) {
+	if o.c.Flows == nil {
+		return
+	}
+	flows := o.c.Flows()
+	if flows == nil {
+		return
+	}
+	x.family("wgbore_peer_flows", "gauge", "TCP and UDP flows the peer has open through serve's egress.")
+	for _, p := range peers {
+		x.uint("wgbore_peer_flows", uint64(flows[p.PublicKey].Open), "peer", p.PublicKey.String())
+	}
+	x.family("wgbore_peer_flows_refused_total", "counter", "New flows from the peer refused by a cap: peer_limit (MaxFlowsPerPeer), server_limit (MaxFlows, all peers together) or memory (the memory budget).")
+	for _, p := range peers {
+		c := flows[p.PublicKey]
+		k := p.PublicKey.String()
+		x.uint("wgbore_peer_flows_refused_total", c.RefusedPeerCap, "peer", k, "reason", "peer_limit")
+		x.uint("wgbore_peer_flows_refused_total", c.RefusedGlobalCap, "peer", k, "reason", "server_limit")
+		x.uint("wgbore_peer_flows_refused_total", c.RefusedMemory, "peer", k, "reason", "memory")
+	}
+}
+
 // writeMetrics renders every family. Peers are labelled by public key,
 // which is public by definition; nothing else about a key is read.
 func (o *observer) writeMetrics(x *exposition) {
@@ -294,6 +322,8 @@ func (o *observer) writeMetrics(x *exposition) {
 			x.sample(m.name, m.value(p), "peer", p.PublicKey.String())
 		}
 	}
+
+	o.writeFlows(x, peers)
 
 	st := o.c.Stats()
 	x.family("wgbore_dropped_packets_total", "counter", "Packets the engine discarded, by reason.")

@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 
+	"github.com/wgbore/wgbore/cmd/internal/membudget"
 	"github.com/wgbore/wgbore/config"
 	"github.com/wgbore/wgbore/netstack"
 )
@@ -14,7 +15,7 @@ import (
 func (s *service) startServeMode(p *runPlan) error {
 	cfg := p.cfg
 	if p.serve {
-		fc := netstack.ForwardConfig{Logger: s.log, Admit: s.admit()}
+		fc := netstack.ForwardConfig{Logger: s.log, Admit: s.admit(), MaxFlows: maxFlows(cfg.Egress, s.budget)}
 		if e := cfg.Egress; e != nil {
 			fc.Egress = netstack.Egress{Allow: e.Allow, Deny: e.Deny}
 			fc.MaxFlowsPerPeer = e.MaxFlowsPerPeer
@@ -33,6 +34,26 @@ func (s *service) startServeMode(p *runPlan) error {
 		s.servers = append(s.servers, server{desc: "dns tunnel :53", close: dns.Close})
 	}
 	return nil
+}
+
+// flowCost is what one relayed flow is reckoned to cost when a memory
+// figure sets the cap on flows: an idle flow's resident memory, with room
+// for a share of the flows to be moving bytes at once. The memory
+// budget's own check (Admit) still refuses flows when busy ones cost
+// more.
+const flowCost = 64 << 10
+
+// maxFlows is the cap on all peers' flows together: [Egress] MaxFlows;
+// else what FlowMemory holds; else netstack's default, scaled to the
+// process's memory budget when there is one.
+func maxFlows(e *config.Egress, b *membudget.Budget) int {
+	switch {
+	case e != nil && e.MaxFlows > 0:
+		return e.MaxFlows
+	case e != nil && e.FlowMemory > 0:
+		return max(16, int(e.FlowMemory/flowCost))
+	}
+	return b.Connections(netstack.DefaultMaxFlows)
 }
 
 // egressSummary says in a few words where peers may go, for the start-up

@@ -16,6 +16,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/membudget"
+	"github.com/wgbore/wgbore/config"
+	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
@@ -196,5 +199,108 @@ func TestDemoConfigsAsTwoProcesses(t *testing.T) {
 	}
 	if out := mustCurl(t, "-x", "http://"+client.addr(t, "http ", 0), "http://"+web+"/bytes/100000"); out != string(peersite.Body(100000)) {
 		t.Fatalf("through the HTTP proxy: %d bytes that differ", len(out))
+	}
+}
+
+// TestServeFlowCaps: serve refuses a peer's flow past MaxFlowsPerPeer at
+// once, keeps the open ones, and counts both per peer in its metrics.
+func TestServeFlowCaps(t *testing.T) {
+	tcpEcho, _ := hostEcho(t)
+	_, echoPort, _ := net.SplitHostPort(tcpEcho)
+	serverKey, _ := protocol.GeneratePrivateKey()
+	clientKey, _ := protocol.GeneratePrivateKey()
+	port := freeLoopbackUDPPort(t)
+	conf := writeFile(t, t.TempDir(), "server.conf", fmt.Sprintf(`[Interface]
+PrivateKey = %s
+Address = 10.0.0.1/24
+ListenPort = %d
+
+[Peer]
+PublicKey = %s
+AllowedIPs = 10.0.0.2/32
+
+[Egress]
+Allow = 127.0.0.1/32
+MaxFlowsPerPeer = 2
+`, serverKey.Base64(), port, clientKey.PublicKey()))
+	d := startServeDaemon(t, conf, "-metrics", "127.0.0.1:0")
+	h := remoteEndpoints("http://" + strings.TrimSuffix(d.addr(t, "metrics http://", 0), "/metrics"))
+	client := peersite.StartClient(t, serverKey.PublicKey(), peersite.Options{
+		PrivateKey: clientKey,
+		Endpoint:   fmt.Sprintf("127.0.0.1:%d", port),
+	})
+	dial := func() (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		return client.DialContext(ctx, "tcp", "10.0.0.1:"+echoPort)
+	}
+	var open []net.Conn
+	defer func() {
+		for _, c := range open {
+			c.Close()
+		}
+	}()
+	for range 2 {
+		c, err := dial()
+		if err != nil {
+			t.Fatal(err)
+		}
+		open = append(open, c)
+	}
+	if c, err := dial(); !errors.Is(err, syscall.ECONNREFUSED) {
+		if c != nil {
+			c.Close()
+		}
+		t.Fatalf("third flow: %v, want connection refused at once", err)
+	}
+	for i, c := range open {
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := c.Write([]byte("ok")); err != nil {
+			t.Fatalf("open flow %d: %v", i, err)
+		}
+		if got, err := io.ReadAll(io.LimitReader(c, 2)); err != nil || string(got) != "ok" {
+			t.Fatalf("open flow %d: %q, %v", i, got, err)
+		}
+	}
+	fams, _ := parseMetrics(t, h)
+	peer := clientKey.PublicKey().String()
+	for _, c := range []struct {
+		name   string
+		labels []string
+		want   float64
+	}{
+		{"wgbore_peer_flows", []string{"peer", peer}, 2},
+		{"wgbore_peer_flows_refused_total", []string{"peer", peer, "reason", "peer_limit"}, 1},
+		{"wgbore_peer_flows_refused_total", []string{"peer", peer, "reason", "server_limit"}, 0},
+		{"wgbore_peer_flows_refused_total", []string{"peer", peer, "reason", "memory"}, 0},
+	} {
+		if got := sampleValue(t, fams, c.name, c.labels...); got != c.want {
+			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
+		}
+	}
+}
+
+// TestMaxFlows: the cap on all peers' flows comes from MaxFlows, else
+// from FlowMemory, else from netstack's default, scaled to a memory
+// budget when there is one.
+func TestMaxFlows(t *testing.T) {
+	small := membudget.New(64<<20, 32<<20)
+	for _, c := range []struct {
+		name   string
+		egress *config.Egress
+		budget *membudget.Budget
+		want   int
+	}{
+		{"no section", nil, nil, netstack.DefaultMaxFlows},
+		{"MaxFlows", &config.Egress{MaxFlows: 300, FlowMemory: 1 << 30}, small, 300},
+		{"FlowMemory", &config.Egress{FlowMemory: 256 << 20}, nil, 256 << 20 / flowCost},
+		{"budget", &config.Egress{}, small, small.Connections(netstack.DefaultMaxFlows)},
+	} {
+		if got := maxFlows(c.egress, c.budget); got != c.want {
+			t.Errorf("%s: %d, want %d", c.name, got, c.want)
+		}
+	}
+	if got := maxFlows(nil, small); got >= netstack.DefaultMaxFlows {
+		t.Errorf("a 64 MiB budget leaves the default %d flows", got)
 	}
 }

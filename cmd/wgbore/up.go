@@ -297,14 +297,18 @@ func start(ctx context.Context, p *runPlan, log *slog.Logger, e *env) (*service,
 		failed:      make(chan error, 1),
 		stdioDone:   make(chan error, 1),
 	}
-	s.observer = newObserver(observerConfig{
+	oc := observerConfig{
 		Peers:      tun.Engine().Peers,
 		Stats:      tun.Engine().Stats,
 		ResentAcks: tun.ResentAcks,
 		Budget:     budget,
 		Listeners:  s.listenerStats,
 		Alive:      s.alive,
-	})
+	}
+	if p.serve {
+		oc.Flows = tun.FlowCounts
+	}
+	s.observer = newObserver(oc)
 	if err := s.startFrontEnds(p); err != nil {
 		s.shutdown(context.Background())
 		return nil, err
