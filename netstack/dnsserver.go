@@ -16,6 +16,8 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/wgbore/wgbore/protocol"
 )
 
 // dnsUpstreamTimeout bounds one forwarded query: a resolver that has not
@@ -51,30 +53,102 @@ type DNSServer struct {
 	mu     sync.Mutex
 	open   map[io.Closer]struct{} // listeners and TCP connections
 	wg     sync.WaitGroup
+	// peerOf names the peer a query came from, by its source address;
+	// nil (tests that call Answer) counts every query as one peer's.
+	peerOf func(netip.Addr) (protocol.PublicKey, bool)
 	// inFlight bounds the UDP queries answered at once: each may wait
 	// dnsUpstreamTimeout for an upstream, and a peer sending faster than
 	// that must not grow goroutines without end. Past it, queries are
 	// dropped, and the peer's resolver retries.
-	inFlight chan struct{}
+	inFlight *shares
 	// tcpConns bounds the TCP connections served at once: each holds a
 	// goroutine, a gVisor endpoint and, while a query is forwarded, a
 	// host socket, and a peer's connections to port 53 are ours, not
 	// flows that MaxFlowsPerPeer counts. Past it, a new connection is
 	// closed at once.
-	tcpConns chan struct{}
+	tcpConns *shares
 }
 
-// maxDNSInFlight is how many UDP queries are answered at once.
-const maxDNSInFlight = 256
+// The DNS server's bounds: in all, and for one peer, so that a peer
+// flooding queries at a slow upstream uses its own share of the slots
+// and leaves the rest to the others.
+const (
+	maxDNSInFlight        = 256 // UDP queries answered at once
+	maxDNSInFlightPerPeer = 16
+	maxDNSTCPConns        = 256 // TCP connections served at once
+	maxDNSTCPConnsPerPeer = 16
+)
 
-// maxDNSTCPConns is how many TCP connections are served at once.
-const maxDNSTCPConns = 256
+// shares bounds work in progress in all and per peer.
+type shares struct {
+	mu            sync.Mutex
+	total         int
+	limit, perKey int
+	held          map[protocol.PublicKey]int
+}
+
+func newShares(limit, perKey int) *shares {
+	return &shares{limit: limit, perKey: perKey, held: map[protocol.PublicKey]int{}}
+}
+
+// take claims a slot for k, unless k holds its share or all are taken.
+func (s *shares) take(k protocol.PublicKey) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.total >= s.limit || s.held[k] >= s.perKey {
+		return false
+	}
+	s.total++
+	s.held[k]++
+	return true
+}
+
+// heldBy is how many slots k holds.
+func (s *shares) heldBy(k protocol.PublicKey) int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.held[k]
+}
+
+// give returns a slot take claimed.
+func (s *shares) give(k protocol.PublicKey) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.total--
+	if s.held[k]--; s.held[k] <= 0 {
+		delete(s.held, k)
+	}
+}
+
+// peerAt names the peer a query from a came from: the zero key when no
+// peer routes a (which cryptokey routing rules out for a real packet) or
+// when the server has no Net to ask.
+func (d *DNSServer) peerAt(a net.Addr) protocol.PublicKey {
+	var ip netip.Addr
+	switch a := a.(type) {
+	case *net.UDPAddr:
+		ip, _ = netip.AddrFromSlice(a.IP)
+	case *net.TCPAddr:
+		ip, _ = netip.AddrFromSlice(a.IP)
+	}
+	if d.peerOf != nil {
+		if k, ok := d.peerOf(ip.Unmap()); ok {
+			return k
+		}
+	}
+	return protocol.PublicKey{}
+}
+
+// udpBuffers hold one upstream UDP answer while it is read; the answer
+// is copied out at its own size.
+var udpBuffers = sync.Pool{New: func() any { return new([65535]byte) }}
 
 // ServeDNS starts a DNS server on every tunnel address of ours, port 53,
 // over UDP and TCP. It runs until its Close or the Net's, which also
 // waits for its goroutines.
 func (n *Net) ServeDNS(cfg DNSServerConfig) (*DNSServer, error) {
 	d := newDNSServer(cfg)
+	d.peerOf = n.peerFor
 	if err := n.addService(d); err != nil {
 		return nil, err
 	}
@@ -116,8 +190,8 @@ func newDNSServer(cfg DNSServerConfig) *DNSServer {
 		dial:     cfg.Dial,
 		log:      cfg.Logger,
 		open:     map[io.Closer]struct{}{},
-		inFlight: make(chan struct{}, maxDNSInFlight),
-		tcpConns: make(chan struct{}, maxDNSTCPConns),
+		inFlight: newShares(maxDNSInFlight, maxDNSInFlightPerPeer),
+		tcpConns: newShares(maxDNSTCPConns, maxDNSTCPConnsPerPeer),
 	}
 	for name, addrs := range cfg.Records {
 		name = strings.ToLower(name)
@@ -194,16 +268,15 @@ func (d *DNSServer) serveUDP(pc net.PacketConn) {
 		if err != nil {
 			return
 		}
-		select {
-		case d.inFlight <- struct{}{}:
-		default:
+		peer := d.peerAt(from)
+		if !d.inFlight.take(peer) {
 			continue
 		}
 		query := append([]byte(nil), buf[:n]...)
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()
-			defer func() { <-d.inFlight }()
+			defer d.inFlight.give(peer)
 			if resp := d.Answer(d.ctx, query, false); resp != nil {
 				pc.WriteTo(resp, from)
 			}
@@ -218,19 +291,18 @@ func (d *DNSServer) serveTCP(l net.Listener) {
 		if err != nil {
 			return
 		}
-		select {
-		case d.tcpConns <- struct{}{}:
-		default:
+		peer := d.peerAt(c.RemoteAddr())
+		if !d.tcpConns.take(peer) {
 			c.Close()
 			continue
 		}
 		if !d.track(c, 1) {
-			<-d.tcpConns
+			d.tcpConns.give(peer)
 			return
 		}
 		go func() {
 			defer d.wg.Done()
-			defer func() { <-d.tcpConns }()
+			defer d.tcpConns.give(peer)
 			defer d.untrack(c)
 			// RFC 7766: several queries may follow one another on a
 			// connection; an idle one is closed.
@@ -364,6 +436,8 @@ func (d *DNSServer) ask(ctx context.Context, up netip.AddrPort, query []byte, ov
 	defer c.Close()
 	deadline, _ := ctx.Deadline()
 	c.SetDeadline(deadline)
+	// Close ends the context: it must end the wait for an answer too.
+	defer context.AfterFunc(ctx, func() { c.SetDeadline(time.Now()) })()
 	if overTCP {
 		if _, err := c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(query))), query...)); err != nil {
 			return nil, err
@@ -384,16 +458,17 @@ func (d *DNSServer) ask(ctx context.Context, up netip.AddrPort, query []byte, ov
 	if _, err := c.Write(query); err != nil {
 		return nil, err
 	}
-	buf := make([]byte, 65535)
+	buf := udpBuffers.Get().(*[65535]byte)
+	defer udpBuffers.Put(buf)
 	for {
-		n, err := c.Read(buf)
+		n, err := c.Read(buf[:])
 		if err != nil {
 			return nil, err
 		}
 		// Only a response with this query's ID counts; anything else on
 		// the socket is stale, spoofed or an echo.
 		if isResponseTo(buf[:n], query) {
-			return buf[:n], nil
+			return append([]byte(nil), buf[:n]...), nil
 		}
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -13,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/wgbore/wgbore/protocol"
 )
 
 func dnsQuestion(t testing.TB, id uint16, name string, typ dnsmessage.Type) []byte {
@@ -229,10 +232,54 @@ func FuzzDNSServer(f *testing.F) {
 	})
 }
 
-// TestDNSServerTCPConnLimit: past maxDNSTCPConns open connections, a new
-// one is closed at once instead of costing another goroutine.
+// peerByIP stands for cryptokey routing in tests of the server alone:
+// each loopback address is another peer.
+func peerByIP(a netip.Addr) (protocol.PublicKey, bool) {
+	var k protocol.PublicKey
+	copy(k[:], a.AsSlice())
+	return k, true
+}
+
+// dialFrom dials a TCP address from the host's loopback address src.
+func dialFrom(t *testing.T, src string, to net.Addr) net.Conn {
+	t.Helper()
+	d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}}
+	c, err := d.Dial("tcp", to.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// tcpQuery asks one query over c and reads the answer's length.
+func tcpQuery(t *testing.T, c net.Conn) error {
+	t.Helper()
+	q := dnsQuestion(t, 7, "example.com.", dnsmessage.TypeA)
+	c.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(q))), q...)); err != nil {
+		return err
+	}
+	var lb [2]byte
+	_, err := io.ReadFull(c, lb[:])
+	return err
+}
+
+// closedAtOnce fails unless the server closed c without serving it.
+func closedAtOnce(t *testing.T, c net.Conn, what string) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(3 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err != io.EOF && !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("%s: read %v, want it closed", what, err)
+	}
+}
+
+// TestDNSServerTCPConnLimit: past maxDNSTCPConnsPerPeer connections from
+// one peer, or maxDNSTCPConns in all, a new one is closed at once instead
+// of costing another goroutine; another peer's still gets served while
+// the first holds its share.
 func TestDNSServerTCPConnLimit(t *testing.T) {
 	d := newDNSServer(DNSServerConfig{Upstream: []netip.AddrPort{closedLoopbackPort(t)}})
+	d.peerOf = peerByIP
 	defer d.Close()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -248,30 +295,119 @@ func TestDNSServerTCPConnLimit(t *testing.T) {
 			c.Close()
 		}
 	}()
-	for range maxDNSTCPConns {
-		c, err := net.Dial("tcp", l.Addr().String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		conns = append(conns, c)
+	for range maxDNSTCPConnsPerPeer {
+		conns = append(conns, dialFrom(t, "127.0.0.2", l.Addr()))
 	}
 	// The held connections are being served: one answers a query.
-	q := dnsQuestion(t, 7, "example.com.", dnsmessage.TypeA)
-	conns[0].SetDeadline(time.Now().Add(10 * time.Second))
-	if _, err := conns[0].Write(append(binary.BigEndian.AppendUint16(nil, uint16(len(q))), q...)); err != nil {
+	if err := tcpQuery(t, conns[0]); err != nil {
 		t.Fatal(err)
 	}
-	var lb [2]byte
-	if _, err := io.ReadFull(conns[0], lb[:]); err != nil {
-		t.Fatal(err)
+	over := dialFrom(t, "127.0.0.2", l.Addr())
+	defer over.Close()
+	closedAtOnce(t, over, "a connection over the peer's share")
+	other := dialFrom(t, "127.0.0.3", l.Addr())
+	conns = append(conns, other)
+	if err := tcpQuery(t, other); err != nil {
+		t.Fatalf("another peer, while the first holds its share: %v", err)
 	}
-	extra, err := net.Dial("tcp", l.Addr().String())
+
+	// Fill the rest from other peers, a share each, up to the server's
+	// limit.
+	for i := 0; len(conns) < maxDNSTCPConns; i++ {
+		src := fmt.Sprintf("127.0.%d.%d", 1+i/maxDNSTCPConnsPerPeer/200, 10+i/maxDNSTCPConnsPerPeer%200)
+		conns = append(conns, dialFrom(t, src, l.Addr()))
+	}
+	if err := tcpQuery(t, conns[len(conns)-1]); err != nil {
+		t.Fatalf("the last connection within the limit: %v", err)
+	}
+	extra := dialFrom(t, "127.0.0.250", l.Addr())
+	defer extra.Close()
+	closedAtOnce(t, extra, "a connection over the server's limit")
+}
+
+// slowUpstream is a resolver on 127.0.0.1 that answers only queries for
+// fast.example. and leaves the rest waiting, as a resolver does for a
+// domain whose servers are down.
+func slowUpstream(t *testing.T) netip.AddrPort {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer extra.Close()
-	extra.SetReadDeadline(time.Now().Add(3 * time.Second))
-	if _, err := extra.Read(make([]byte, 1)); err != io.EOF && !errors.Is(err, syscall.ECONNRESET) {
-		t.Fatalf("connection over the limit: read %v, want it closed", err)
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 65535)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			var m dnsmessage.Message
+			if m.Unpack(buf[:n]) != nil || len(m.Questions) != 1 || m.Questions[0].Name.String() != "fast.example." {
+				continue
+			}
+			m.Response = true
+			out, _ := m.Pack()
+			pc.WriteTo(out, from)
+		}
+	}()
+	return netip.MustParseAddrPort(pc.LocalAddr().String())
+}
+
+// TestDNSServerUDPShares: a peer flooding queries at an upstream that
+// does not answer holds at most its share of the query slots, so another
+// peer's query is still answered.
+func TestDNSServerUDPShares(t *testing.T) {
+	d := newDNSServer(DNSServerConfig{Upstream: []netip.AddrPort{slowUpstream(t)}})
+	d.peerOf = peerByIP
+	defer d.Close()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
 	}
+	if !d.track(pc, 1) {
+		t.Fatal("track failed")
+	}
+	go d.serveUDP(pc)
+	udpFrom := func(src string) net.Conn {
+		c, err := net.DialUDP("udp", &net.UDPAddr{IP: net.ParseIP(src)}, pc.LocalAddr().(*net.UDPAddr))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		return c
+	}
+	flood := udpFrom("127.0.0.2")
+	for i := range 2 * maxDNSInFlight {
+		flood.Write(dnsQuestion(t, uint16(i), "slow.example.", dnsmessage.TypeA))
+	}
+	// Wait until the flood holds its share; the server reads in order.
+	deadline := time.Now().Add(10 * time.Second)
+	for d.inFlight.heldBy(protocolKey(t, "127.0.0.2")) < maxDNSInFlightPerPeer && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	other := udpFrom("127.0.0.3")
+	q := dnsQuestion(t, 4242, "fast.example.", dnsmessage.TypeA)
+	buf := make([]byte, 65535)
+	for try := 0; ; try++ {
+		other.Write(q)
+		other.SetReadDeadline(time.Now().Add(time.Second))
+		n, err := other.Read(buf)
+		if err == nil {
+			if h, _ := parseDNSAnswer(t, buf[:n]); h.ID != 4242 || h.RCode != dnsmessage.RCodeSuccess {
+				t.Fatalf("answer %+v", h)
+			}
+			break
+		}
+		if try == 3 {
+			t.Fatalf("another peer's query went unanswered while one peer flooded: %v", err)
+		}
+	}
+}
+
+// protocolKey is peerByIP's key for a loopback address.
+func protocolKey(t *testing.T, a string) protocol.PublicKey {
+	t.Helper()
+	k, _ := peerByIP(netip.MustParseAddr(a))
+	return k
 }
