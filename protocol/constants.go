@@ -81,14 +81,17 @@ const (
 	// means we are under load and start demanding cookies.
 	handshakeQueueSize  = 4096
 	underLoadQueueDepth = handshakeQueueSize / 8
-	// More than underLoadWindowMessages handshake messages with a valid
-	// MAC1 within underLoadWindow (500 a second) also put us under load.
-	// A peer initiates at most once per RekeyTimeout, so that is some
-	// 2,500 peers all starting at once; beyond it, full handshakes would
-	// cost more than a sixth of a core, and a cookie round trip (a few
-	// seconds for a real peer's retry) is the better price.
-	underLoadWindow         = 100 * time.Millisecond
-	underLoadWindowMessages = 50
+	// Handshake messages with a valid MAC1 also put us under load once
+	// they come faster than a budget allows: underLoadBurst at once,
+	// refilled at underLoadRate a second. A peer initiates at most once
+	// per RekeyTimeout, so the rate is some 2,500 peers handshaking in
+	// turn, and the burst lets a server's peers all come back at once
+	// after a restart, each on its first try. Beyond the budget, full
+	// handshakes would cost more than a sixth of a core for as long as
+	// they last, and a cookie round trip (a few seconds for a real
+	// peer's retry) is the better price.
+	underLoadBurst = 2048
+	underLoadRate  = 500
 	// peerQueueBatches is how many batches one peer may have between the
 	// crypto workers and its in-order goroutine: with batches of 64, some
 	// 4096 packets, enough to keep both cores busy without hoarding

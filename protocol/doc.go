@@ -114,8 +114,9 @@
 //
 // MAC1, keyed by the receiver's public key, is checked on every initiation
 // and response in the receive goroutine, before any queueing or Curve25519
-// work. Under load (the handshake queue an eighth full, or too many
-// handshake messages with a valid MAC1 in a short window, and for
+// work. Under load (the handshake queue an eighth full, or handshake
+// messages with a valid MAC1 faster than a budget that lets a burst of a
+// couple of thousand through and then a few hundred a second, and for
 // [UnderLoadAfterTime] after either) a message without a valid MAC2 is
 // answered with a cookie reply instead: a MAC of the source address and port
 // under a secret rotated every [CookieRefreshTime], sealed with

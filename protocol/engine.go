@@ -144,10 +144,9 @@ type Engine struct {
 	// lastUnderLoad is when the handshake queue was last found deep, or
 	// handshake messages too frequent, in clock nanoseconds.
 	lastUnderLoad atomic.Int64
-	// handshakeWindow (clock nanoseconds) starts the current count of
-	// handshake messages with a valid MAC1, handshakesInWindow.
-	handshakeWindow    atomic.Int64
-	handshakesInWindow atomic.Int64
+	// handshakeBudget is what handshake messages with a valid MAC1 may
+	// still arrive before we are under load; see countHandshake.
+	handshakeBudget handshakeBudget
 
 	encryptQueue chan *batch
 	decryptQueue chan *batch

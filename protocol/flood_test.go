@@ -130,8 +130,8 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 
 // TestUnderLoadByRate: spoofed initiations that never queue up (each is
 // handled before the next arrives) still put the responder under load
-// once more than underLoadWindowMessages arrive in underLoadWindow, and
-// it demands cookies instead of spending a Curve25519 operation on each.
+// once they exceed the handshake budget (underLoadBurst at once), and it
+// demands cookies instead of spending a Curve25519 operation on each.
 // Once they stop for UnderLoadAfterTime, full handshakes resume.
 func TestUnderLoadByRate(t *testing.T) {
 	clk := clock.NewManual(testEpoch)
@@ -146,17 +146,17 @@ func TestUnderLoadByRate(t *testing.T) {
 			return s.Dropped(DropCookieRequired)+s.Dropped(DropHandshakeFailed) > before.Dropped(DropCookieRequired)+before.Dropped(DropHandshakeFailed)
 		})
 	}
-	const n = 3 * underLoadWindowMessages
+	const n = underLoadBurst + 100
 	for i := range n {
 		spoof(i)
 	}
 	s := b.e.Stats()
 	failed, cookies := s.Dropped(DropHandshakeFailed), s.Dropped(DropCookieRequired)
 	t.Logf("%d spoofs in one window: %d fully processed, %d answered with a cookie", n, failed, cookies)
-	if failed != underLoadWindowMessages || cookies != n-underLoadWindowMessages {
-		t.Fatalf("%d processed and %d cookies, want %d and %d", failed, cookies, underLoadWindowMessages, n-underLoadWindowMessages)
+	if failed != underLoadBurst || cookies != n-underLoadBurst {
+		t.Fatalf("%d processed and %d cookies, want %d and %d", failed, cookies, underLoadBurst, n-underLoadBurst)
 	}
-	clk.Advance(UnderLoadAfterTime + underLoadWindow)
+	clk.Advance(UnderLoadAfterTime)
 	spoof(n)
 	if s := b.e.Stats(); s.Dropped(DropHandshakeFailed) != failed+1 {
 		t.Fatalf("after the flood stopped, a spoof was not processed in full: drops %v", s.Drops)

@@ -3,6 +3,8 @@ package protocol
 import (
 	"encoding/binary"
 	"net/netip"
+	"sync"
+	"time"
 )
 
 // handshakeWorker processes handshake messages off the data path.
@@ -18,23 +20,42 @@ func (e *Engine) handshakeWorker() {
 	}
 }
 
-// countHandshake counts a handshake message with a valid MAC1 and
-// declares us under load when more than underLoadWindowMessages arrive
-// within underLoadWindow. The queue depth alone is not enough: two
-// workers keep up with thousands of spoofed initiations a second, so the
-// queue never fills, and each would cost a Curve25519 operation.
+// countHandshake counts a handshake message with a valid MAC1 against
+// the handshake budget and declares us under load when the budget is
+// spent. The queue depth alone is not enough: two workers keep up with
+// thousands of spoofed initiations a second, so the queue never fills,
+// and each would cost a Curve25519 operation.
 func (e *Engine) countHandshake() {
 	now := e.clock.Now().UnixNano()
-	if now-e.handshakeWindow.Load() >= int64(underLoadWindow) {
-		// Two receive goroutines may both start a window; the count
-		// is a guard, not a ledger.
-		e.handshakeWindow.Store(now)
-		e.handshakesInWindow.Store(1)
-		return
-	}
-	if e.handshakesInWindow.Add(1) > underLoadWindowMessages {
+	if !e.handshakeBudget.take(now) {
 		e.lastUnderLoad.Store(now)
 	}
+}
+
+// handshakeBudget is a token bucket: underLoadBurst tokens, refilled at
+// underLoadRate a second. A bucket rather than a count per window lets a
+// burst through (every peer of a restarted server at once) while still
+// capping the sustained rate.
+type handshakeBudget struct {
+	mu     sync.Mutex
+	tokens float64
+	last   int64 // clock nanoseconds of the last refill; 0 before the first
+}
+
+func (b *handshakeBudget) take(now int64) bool {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.last == 0 {
+		b.tokens = underLoadBurst
+	} else if now > b.last {
+		b.tokens = min(underLoadBurst, b.tokens+float64(now-b.last)*underLoadRate/float64(time.Second))
+	}
+	b.last = now
+	if b.tokens < 1 {
+		return false
+	}
+	b.tokens--
+	return true
 }
 
 // underLoad reports whether to demand cookies: the handshake queue is
