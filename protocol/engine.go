@@ -141,6 +141,9 @@ type Engine struct {
 	// valid-MAC1 initiations, one allocation each was most of the
 	// garbage, and RSS grew with the collector's target.
 	handshakeElements sync.Pool
+	// sendScratch and receiveScratch hold the peers' loops' scratch
+	// space (a batch's worth of slices) while a loop runs.
+	sendScratch, receiveScratch sync.Pool
 	// lastUnderLoad is when the handshake queue was last found deep, or
 	// handshake messages too frequent, in clock nanoseconds.
 	lastUnderLoad atomic.Int64
@@ -225,6 +228,8 @@ func New(cfg Config) (*Engine, error) {
 	}
 	e.handshakes = make(chan *handshakeElement, handshakeQueueSize)
 	e.handshakeElements.New = func() any { return new(handshakeElement) }
+	e.sendScratch.New = func() any { s := make([][]byte, 0, 64); return &s }
+	e.receiveScratch.New = func() any { s := make([][]byte, 0, 128); return &s }
 	e.encryptQueue = make(chan *batch, cryptoQueueBatches)
 	e.decryptQueue = make(chan *batch, cryptoQueueBatches)
 	for range workers {

@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"runtime"
 	"testing"
 	"time"
 
@@ -405,4 +406,29 @@ func TestMartianSourcesFromWireGuardGo(t *testing.T) {
 	if got := ip.our.Stats().Dropped(DropMartianSource); got != uint64(len(martians)) {
 		t.Fatalf("martian_source drops = %d, want %d", got, len(martians))
 	}
+}
+
+// TestIdlePeersHoldNoGoroutine: a peer's in-order loops run only while
+// it has batches queued. A thousand configured peers add no goroutine,
+// and after bulk traffic with a wireguard-go peer both loops have ended.
+func TestIdlePeersHoldNoGoroutine(t *testing.T) {
+	ip := newInteropPair(t, netip.MustParseAddr("127.0.0.1"), true, PresharedKey{}, PresharedKey{})
+	before := runtime.NumGoroutine()
+	for i := range 1000 {
+		k, _ := GeneratePrivateKey()
+		a := netip.AddrFrom4([4]byte{10, 200, byte(i >> 8), byte(i)})
+		if err := ip.our.SetPeer(PeerConfig{PublicKey: k.PublicKey(), AllowedIPs: []netip.Prefix{netip.PrefixFrom(a, 32)}}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if after := runtime.NumGoroutine(); after > before+4 {
+		t.Fatalf("1000 idle peers added %d goroutines", after-before)
+	}
+	// Batches large enough to go through the workers and the loops.
+	rng := rand.New(rand.NewPCG(3, 4))
+	ip.exchange(t, rng, 500, true)
+	p := ip.our.lookupPeer(ip.wg.key.PublicKey())
+	waitFor(t, 5*time.Second, "the peer's loops to end once idle", func() bool {
+		return !p.txRunning.Load() && !p.rxRunning.Load()
+	})
 }

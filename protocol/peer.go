@@ -76,6 +76,17 @@ type Peer struct {
 	// PeerReturner.
 	heardAt atomic.Int64
 
+	// txRunning and rxRunning are set while a sendLoop or receiveLoop
+	// goroutine runs. The loops run only while their queue has batches,
+	// so an idle peer costs no goroutine: see startLoop.
+	txRunning, rxRunning atomic.Bool
+	// loopMu orders startLoop's count of a new goroutine with stop's
+	// wait for them all.
+	loopMu sync.Mutex
+	// runSend and runReceive are the loops' goroutine bodies, made once:
+	// a go statement with a ready function value allocates nothing.
+	runSend, runReceive func()
+
 	removed atomic.Bool
 	done    chan struct{}
 	wg      sync.WaitGroup
@@ -202,6 +213,13 @@ func (e *Engine) removePeerLocked(p *Peer) {
 	p.stop()
 }
 
+// NumPeers is how many peers the engine has: cheaper than len(Peers()).
+func (e *Engine) NumPeers() int {
+	e.peersMu.RLock()
+	defer e.peersMu.RUnlock()
+	return len(e.peers)
+}
+
 // Peers lists every peer's status.
 func (e *Engine) Peers() []PeerStatus {
 	e.peersMu.RLock()
@@ -291,10 +309,36 @@ func (e *Engine) newPeer(k PublicKey) *Peer {
 	p.precomputeLocked(e.identity().private)
 	p.cookies.init(e.clock, k)
 	p.timers.init(p)
-	p.wg.Add(2)
-	go func() { defer p.wg.Done(); p.sendLoop() }()
-	go func() { defer p.wg.Done(); p.receiveLoop() }()
+	p.runSend = func() { defer p.wg.Done(); p.sendLoop() }
+	p.runReceive = func() { defer p.wg.Done(); p.receiveLoop() }
 	return p
+}
+
+// startLoop starts run (runSend or runReceive) on a goroutine of its own
+// unless its loop runs already (running). A batch was just queued for it;
+// the loop drains the queue and returns when it is empty. A thousand
+// idle peers thus hold no goroutine, where two parked loops each held a
+// stack and scratch space for a batch.
+func (p *Peer) startLoop(running *atomic.Bool, run func()) {
+	if !running.CompareAndSwap(false, true) {
+		return
+	}
+	p.loopMu.Lock()
+	defer p.loopMu.Unlock()
+	if p.removed.Load() {
+		running.Store(false)
+		return
+	}
+	p.wg.Add(1)
+	go run()
+}
+
+// loopIdle is a loop's way out once its queue looked empty: it clears
+// running and reports true, unless a batch came in meanwhile and the
+// loop takes it up again.
+func loopIdle(running *atomic.Bool, queue chan *batch) bool {
+	running.Store(false)
+	return len(queue) == 0 || !running.CompareAndSwap(false, true)
 }
 
 // precomputeLocked computes the static-static DH, which every handshake
@@ -395,6 +439,9 @@ func (p *Peer) stop() {
 	}
 	close(p.done)
 	p.timers.stopAll()
+	// No loop starts after this: startLoop checks removed under loopMu.
+	p.loopMu.Lock()
+	p.loopMu.Unlock()
 	p.wg.Wait()
 	p.expireKeypairs()
 	p.handshake.mu.Lock()

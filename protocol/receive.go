@@ -249,6 +249,7 @@ func (e *Engine) dispatchInbound(b *batch) {
 	p.rxPending.Add(1)
 	select {
 	case p.inbound <- b:
+		p.startLoop(&p.rxRunning, p.runReceive)
 	case <-p.done:
 		p.rxPending.Add(-1)
 		b.mu.Unlock()
@@ -296,13 +297,23 @@ func openTransport(kp *keypair, el *element, nonce *[chacha20poly1305.NonceSize]
 // batches that went through the decryption workers.
 func (p *Peer) receiveLoop() {
 	e := p.engine
-	deliver := make([][]byte, 0, 128)
+	deliverp := e.receiveScratch.Get().(*[][]byte)
+	deliver := (*deliverp)[:0]
+	defer func() {
+		*deliverp = deliver[:0]
+		e.receiveScratch.Put(deliverp)
+	}()
 	for {
 		var b *batch
 		select {
 		case <-p.done:
 			return
 		case b = <-p.inbound:
+		default:
+			if loopIdle(&p.rxRunning, p.inbound) {
+				return
+			}
+			continue
 		}
 		b.mu.Lock()
 		p.rxMu.Lock()

@@ -301,6 +301,7 @@ func (p *Peer) sendStaged() {
 			p.txPending.Add(1)
 			select {
 			case p.outbound <- b:
+				p.startLoop(&p.txRunning, p.runSend)
 			case <-p.done:
 				p.txPending.Add(-1)
 				p.sendMu.Unlock()
@@ -362,13 +363,24 @@ func sealTransport(kp *keypair, el *element, nonce *[chacha20poly1305.NonceSize]
 
 // sendLoop writes one peer's batches to the Bind in nonce order.
 func (p *Peer) sendLoop() {
-	bufs := make([][]byte, 0, 64)
+	e := p.engine
+	bufsp := e.sendScratch.Get().(*[][]byte)
+	bufs := (*bufsp)[:0]
+	defer func() {
+		*bufsp = bufs[:0]
+		e.sendScratch.Put(bufsp)
+	}()
 	for {
 		var b *batch
 		select {
 		case <-p.done:
 			return
 		case b = <-p.outbound:
+		default:
+			if loopIdle(&p.txRunning, p.outbound) {
+				return
+			}
+			continue
 		}
 		b.mu.Lock()
 		bufs = p.transmit(b, bufs)

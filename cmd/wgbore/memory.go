@@ -75,7 +75,11 @@ func (s *service) startReclaim() {
 	s.reclaimStop = cancel
 	tick := time.NewTicker(reclaimEvery)
 	r := membudget.Reclaimer{
-		Load: func() int64 { return int64(runtime.NumGoroutine()) + int64(s.tun.TCPEndpoints()) },
+		// Peers too: since an idle peer holds no goroutine, a reload that
+		// removes many would otherwise not count as a fall.
+		Load: func() int64 {
+			return int64(runtime.NumGoroutine()) + int64(s.tun.TCPEndpoints()) + int64(s.tun.Engine().NumPeers())
+		},
 		Trim: s.tun.Engine().Trim,
 		Release: func() {
 			if err := membudget.ReleaseBinary(); err != nil {

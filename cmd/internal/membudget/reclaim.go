@@ -17,9 +17,9 @@ import (
 // collection then, and a return of every free page, bring the process
 // back to what is still in use.
 type Reclaimer struct {
-	// Load counts what holds memory: goroutines and open TCP endpoints
+	// Load counts what holds memory: goroutines, open TCP endpoints
 	// (those in TIME_WAIT too, which keep their state after the
-	// connection closes).
+	// connection closes), peers.
 	Load func() int64
 	// Trim, if set, drops caches that would otherwise outlive the burst,
 	// just before the collection.
