@@ -306,6 +306,10 @@ type UDPServerTunnel struct {
 // from the host's loopback, link-local, private and CGNAT ranges.
 type Egress struct {
 	Allow, Deny []netip.Prefix
+	// HostAddresses are the host's own public addresses that it cannot
+	// see on its interfaces, such as a cloud's 1:1 NAT address: flows to
+	// them are flows to the host itself.
+	HostAddresses []netip.Addr
 	// MaxFlowsPerPeer caps one peer's TCP and UDP flows at once; 0 means
 	// the server's default.
 	MaxFlowsPerPeer int

@@ -135,7 +135,7 @@ var sectionKeys = [numSections][]keySpec{
 	secUDPProxy:  {{name: "BindAddress"}, {name: "Target"}, {name: "InactivityTimeout"}},
 	secUDPServer: {{name: "ListenPort"}, {name: "Target"}, {name: "InactivityTimeout"}},
 	secResolve:   {{name: "ResolveStrategy", optional: true}},
-	secEgress:    {{name: "Allow", kind: list}, {name: "Deny", kind: list}, {name: "MaxFlowsPerPeer"}, {name: "MaxFlows"}, {name: "FlowMemory"}, {name: "UDPTimeout"}},
+	secEgress:    {{name: "Allow", kind: list}, {name: "Deny", kind: list}, {name: "HostAddress", kind: list}, {name: "MaxFlowsPerPeer"}, {name: "MaxFlows"}, {name: "FlowMemory"}, {name: "UDPTimeout"}},
 	secDNSServer: {{name: "Upstream", kind: list}, {name: "Record", kind: list}},
 	secMetrics:   {{name: "BindAddress"}},
 }
@@ -1107,6 +1107,15 @@ func (p *parser) setEgress(f *fileState, e *Egress, key, v string, n int) {
 			} else {
 				e.Deny = append(e.Deny, pfx)
 			}
+		}
+	case "HostAddress":
+		for _, item := range splitList(v) {
+			a, err := netip.ParseAddr(item)
+			if err != nil || a.Zone() != "" {
+				p.errorf(f, n, key, "%q is not an IP address", item)
+				continue
+			}
+			e.HostAddresses = append(e.HostAddresses, a.Unmap())
 		}
 	case "MaxFlowsPerPeer":
 		e.MaxFlowsPerPeer, _ = p.maxConnections(f, n, key, v)

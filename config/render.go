@@ -171,6 +171,9 @@ func (c *Config) render(b *strings.Builder, opts RenderOptions) {
 		if len(e.Deny) > 0 {
 			r.kv("Deny", join(e.Deny))
 		}
+		if len(e.HostAddresses) > 0 {
+			r.kv("HostAddress", join(e.HostAddresses))
+		}
 		r.count("MaxFlowsPerPeer", e.MaxFlowsPerPeer)
 		r.count("MaxFlows", e.MaxFlows)
 		if e.FlowMemory != 0 {

@@ -15,6 +15,7 @@ const serveSections = `
 Allow = 127.0.0.1/32, 198.51.100.0/24
 Allow = 2001:db8::1
 Deny = 8.8.8.8/32
+HostAddress = 203.0.113.7, 2001:db8::7
 MaxFlowsPerPeer = 64
 MaxFlows = 5000
 FlowMemory = 256MiB
@@ -35,6 +36,7 @@ func TestServeSections(t *testing.T) {
 	wantEgress := &config.Egress{
 		Allow:           pfx("127.0.0.1/32", "198.51.100.0/24", "2001:db8::1/128"),
 		Deny:            pfx("8.8.8.8/32"),
+		HostAddresses:   addrs("203.0.113.7", "2001:db8::7"),
 		MaxFlowsPerPeer: 64,
 		MaxFlows:        5000,
 		FlowMemory:      256 << 20,
@@ -50,7 +52,7 @@ func TestServeSections(t *testing.T) {
 			"demo.wg.":       addrs("10.0.0.1", "fd00::1"),
 			"files.demo.wg.": addrs("10.0.0.9"),
 		},
-		Pos: config.Position{File: "server.conf", Line: 14},
+		Pos: config.Position{File: "server.conf", Line: 15},
 	}
 	if !reflect.DeepEqual(c.DNSServer, wantDNS) {
 		t.Fatalf("DNSServer = %+v, want %+v", c.DNSServer, wantDNS)
@@ -85,7 +87,7 @@ func TestServeSectionErrors(t *testing.T) {
 		"Record = demo.wg 10.0.0.300\n" + // 10
 		"[Peer]\nPublicKey = " + pubB + "\n" + // 11-12
 		"[Egress]\nMaxFlows = many\nFlowMemory = lots\n" + // 13-15
-		"[Egress]\nFlowMemory = 1MiB\n" // 16-17
+		"[Egress]\nFlowMemory = 1MiB\nHostAddress = 10.0.0.0/8\n" // 16-18
 	_, err := config.Parse("server.conf", []byte(src), config.Options{})
 	want := []string{
 		`server.conf:4: Allow: "10.0.0.0/33" is not an IP address or prefix`,
@@ -99,6 +101,7 @@ func TestServeSectionErrors(t *testing.T) {
 		`server.conf:15: FlowMemory: "lots" is not a size such as 64MiB, 1GiB or a number of bytes`,
 		"server.conf:16: [Egress] appears twice (first on line 3)",
 		"server.conf:17: FlowMemory: 1MiB is below the 16 MiB minimum",
+		`server.conf:18: HostAddress: "10.0.0.0/8" is not an IP address`,
 	}
 	if err == nil || err.Error() != strings.Join(want, "\n") {
 		t.Fatalf("errors:\n%v\nwant:\n%s", err, strings.Join(want, "\n"))

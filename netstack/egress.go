@@ -16,6 +16,11 @@ import (
 // ones.
 type Egress struct {
 	Allow, Deny []netip.Prefix
+	// HostAddresses are addresses of the host itself that it cannot see
+	// on its interfaces, such as a cloud's 1:1 NAT public address. A flow
+	// to one, or to any address on the host's interfaces, is a flow to
+	// the host itself: refused unless an Allow prefix names it.
+	HostAddresses []netip.Addr
 }
 
 // defaultDeny is built once; DefaultDeny hands out copies.

@@ -55,6 +55,10 @@ type ForwardConfig struct {
 	// direction for this long: UDP has no close, so idleness is the only
 	// end a flow has. 0 means 2 minutes.
 	UDPIdleTimeout time.Duration
+	// InterfaceAddrs lists the host's own addresses, to which flows are
+	// refused unless Allow names them (see Egress.HostAddresses); nil
+	// means net.InterfaceAddrs. Tests inject a list.
+	InterfaceAddrs func() ([]net.Addr, error)
 	// Admit, when set, is asked before each new flow; false refuses the
 	// flow as the per-peer limit does. A memory budget uses it to turn
 	// flows away before the process runs out.
@@ -146,7 +150,11 @@ func (n *Net) Forward(cfg ForwardConfig) error {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	f := &forwarder{n: n, cfg: cfg, log: cfg.Logger, perPeer: map[protocol.PublicKey]*FlowCounts{}, open: map[*flow]struct{}{}}
+	if cfg.InterfaceAddrs == nil {
+		cfg.InterfaceAddrs = net.InterfaceAddrs
+	}
+	f := &forwarder{n: n, cfg: cfg, log: cfg.Logger, perPeer: map[protocol.PublicKey]*FlowCounts{}, open: map[*flow]struct{}{},
+		hostAddrs: hostAddresses(cfg, cfg.Logger)}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
 	// maxInFlight is unbounded here: MaxFlowsPerPeer already bounds the
 	// handshakes each peer can have pending, and gVisor's own bound would
@@ -179,6 +187,11 @@ type forwarder struct {
 
 	ctx    context.Context // ends on Close, and with it host dials
 	cancel context.CancelFunc
+
+	// hostAddrs are the host's own addresses, found when Forward
+	// starts: see mayLeave. One added later is still caught when its
+	// flow is dialled (see dialHost).
+	hostAddrs map[netip.Addr]bool
 
 	mu     sync.Mutex
 	closed bool
@@ -246,6 +259,10 @@ func (f *forwarder) mayLeave(id stack.TransportEndpointID, network string) bool 
 			"dst", netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort), "host_dst", dst)
 		return false
 	}
+	if !self && f.hostAddrs[dst.Addr()] && !f.cfg.Egress.AllowsExplicitly(dst.Addr()) {
+		f.log.Debug("flow refused by egress policy: the destination is this host", "network", network, "dst", dst)
+		return false
+	}
 	if !self && f.inTunnel(dst.Addr()) {
 		f.log.Debug("flow refused: destination is inside the tunnel", "network", network, "dst", dst)
 		return false
@@ -290,6 +307,27 @@ func (f *forwarder) inTunnel(dst netip.Addr) bool {
 	}
 	_, ok := f.n.peerFor(dst)
 	return ok
+}
+
+// hostAddresses is the set of the host's own addresses: those on its
+// interfaces and those the egress policy names.
+func hostAddresses(cfg ForwardConfig, log *slog.Logger) map[netip.Addr]bool {
+	out := map[netip.Addr]bool{}
+	for _, a := range cfg.Egress.HostAddresses {
+		out[a.Unmap().WithZone("")] = true
+	}
+	ifaddrs, err := cfg.InterfaceAddrs()
+	if err != nil {
+		log.Warn("cannot list the host's addresses; flows to them are still refused when they connect", "err", err)
+	}
+	for _, ia := range ifaddrs {
+		if p, err := netip.ParsePrefix(ia.String()); err == nil {
+			out[p.Addr().Unmap().WithZone("")] = true
+		} else if a, err := netip.ParseAddr(ia.String()); err == nil {
+			out[a.Unmap().WithZone("")] = true
+		}
+	}
+	return out
 }
 
 func addrFrom(a tcpip.Address) netip.Addr {

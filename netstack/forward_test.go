@@ -1027,3 +1027,49 @@ func TestForwardRefusesHostItself(t *testing.T) {
 		t.Fatalf("got %q", got)
 	}
 }
+
+// TestForwardHostAddresses: a flow to one of the host's own addresses,
+// named in Egress.HostAddresses (a cloud's 1:1 NAT address) or found on
+// its interfaces, is refused at once without a host dial, unless an
+// Allow prefix names it; other public destinations are dialled.
+func TestForwardHostAddresses(t *testing.T) {
+	natAddr, ifAddr, other := netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("203.0.113.9"), netip.MustParseAddr("198.51.100.8")
+	ifaces := func() ([]net.Addr, error) {
+		return []net.Addr{&net.IPNet{IP: ifAddr.AsSlice(), Mask: net.CIDRMask(24, 32)}}, nil
+	}
+	for _, c := range []struct {
+		name       string
+		allow      []netip.Prefix
+		wantDialed []string
+	}{
+		{"default", nil, []string{"tcp " + netip.AddrPortFrom(other, 80).String()}},
+		{"allowed", []netip.Prefix{netip.PrefixFrom(natAddr, 32)}, []string{
+			"tcp " + netip.AddrPortFrom(natAddr, 80).String(), "tcp " + netip.AddrPortFrom(other, 80).String()}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			// No host traffic: every dial is recorded and fails.
+			var dials dialLog
+			noNetwork := func(ctx context.Context, network, address string) (net.Conn, error) {
+				dials.mu.Lock()
+				dials.addrs = append(dials.addrs, network+" "+address)
+				dials.mu.Unlock()
+				return nil, errors.New("no host network in this test")
+			}
+			s := startServer(t, ForwardConfig{Egress: Egress{Allow: c.allow, HostAddresses: []netip.Addr{natAddr}},
+				InterfaceAddrs: ifaces, Dial: noNetwork})
+			for _, dst := range []netip.Addr{natAddr, ifAddr, other} {
+				conn, err := s.dial(t, "tcp", netip.AddrPortFrom(dst, 80).String())
+				if err == nil {
+					conn.Close()
+					t.Fatalf("%v: connected", dst)
+				}
+				if !errors.Is(err, syscall.ECONNREFUSED) {
+					t.Fatalf("%v: %v, want connection refused at once", dst, err)
+				}
+			}
+			if got := dials.list(); fmt.Sprint(got) != fmt.Sprint(c.wantDialed) {
+				t.Errorf("host dials %v, want %v", got, c.wantDialed)
+			}
+		})
+	}
+}

@@ -17,7 +17,7 @@ func (s *service) startServeMode(p *runPlan) error {
 	if p.serve {
 		fc := netstack.ForwardConfig{Logger: s.log, Admit: s.admit(), MaxFlows: maxFlows(cfg.Egress, s.budget)}
 		if e := cfg.Egress; e != nil {
-			fc.Egress = netstack.Egress{Allow: e.Allow, Deny: e.Deny}
+			fc.Egress = netstack.Egress{Allow: e.Allow, Deny: e.Deny, HostAddresses: e.HostAddresses}
 			fc.MaxFlowsPerPeer = e.MaxFlowsPerPeer
 			fc.UDPIdleTimeout = e.UDPTimeout
 		}
