@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"runtime"
+	"runtime/debug"
 	"time"
 
 	"github.com/wgbore/wgbore/cmd/internal/membudget"
@@ -66,6 +67,13 @@ func (s *service) maxConnections(configured int) int {
 		return configured
 	}
 	return s.budget.Connections(proxy.DefaultMaxConnections)
+}
+
+// reclaimNow collects garbage and gives the free memory back to the OS
+// at once, after an event that made much garbage in one go (a reload).
+func (s *service) reclaimNow() {
+	s.tun.Engine().Trim()
+	debug.FreeOSMemory()
 }
 
 // startReclaim starts the reclaimer, which gives memory back to the

@@ -79,6 +79,12 @@ func (s *service) reload() (reloadReport, error) {
 	s.mu.Lock()
 	s.cfg = cfg
 	s.mu.Unlock()
+	if len(rep.changes) > 0 {
+		// The file, its parse and the diff are garbage now, and a
+		// server's file names every peer: give the memory back, as the
+		// reclaimer does after a burst of connections ends.
+		s.reclaimNow()
+	}
 	return rep, nil
 }
 
