@@ -1,9 +1,14 @@
 // Command wgbench is wgbore's performance suite: throughput and CPU per
 // gigabyte, latency, connection rate, memory and handshake rate, each
-// next to wireguard-go measured in the same run on the same machine.
+// next to wireguard-go measured in the same run on the same machine; and
+// `wgbore serve` under many peers (part S): all of them handshaking at
+// once, memory per peer and per idle flow, idle CPU, one peer's echo
+// beside another's download, shares of downloads run at once, and peers
+// added and removed by reload while traffic flows.
 //
 //	go run ./cmd/wgbench            # the whole suite
 //	go run ./cmd/wgbench -quick     # tiny sizes: checks that it still runs
+//	go run ./cmd/wgbench -only S    # serve with 1,000 peers, 20 holding flows
 //
 // Every party runs in a process of its own (this program, re-executed
 // with -role), so the CPU time each one spends is read from /proc
@@ -34,6 +39,7 @@ type options struct {
 	connPar   int
 	idleConns []int
 	benchtime string
+	scale     scaleOptions
 }
 
 func main() {
@@ -43,7 +49,10 @@ func main() {
 	size := flag.String("size", "256MiB", "bytes per throughput run (suffixes KiB, MiB, GiB)")
 	repeat := flag.Int("repeat", 3, "runs of each measurement; the median is reported")
 	quick := flag.Bool("quick", false, "tiny sizes and one run of each, to check that the suite still runs (what CI does)")
-	only := flag.String("only", "", "comma-separated parts to run: A,B,C,D,E (pairs), M (memory), H (handshakes and allocations); empty means all")
+	only := flag.String("only", "", "comma-separated parts to run: A,B,C,D,E (pairs), M (memory), H (handshakes and allocations), S (serve with many peers); empty means all")
+	scalePeers := flag.Int("scale-peers", 1000, "S: peers of the server, all handshaking at once")
+	scaleFlows := flag.Int("scale-flows", 1000, "S: idle TCP flows, and as many UDP ones, per flow peer")
+	scaleFlowPeers := flag.Int("scale-flow-peers", 20, "S: peers that hold flows")
 	wgbore := flag.String("wgbore", "", "a built wgbore binary for E and M; empty means go build ./cmd/wgbore into a temporary directory")
 	quiet := flag.Duration("quiet-wait", 10*time.Second, "how long to wait for a quiet CPU before each measurement before measuring anyway")
 	profiles := flag.String("cpuprofile", "", "a directory where each library party (not wgbore up) writes a CPU profile of its whole life, ROLE-PID.pprof, for go tool pprof")
@@ -66,7 +75,9 @@ func main() {
 	}
 
 	o := options{repeat: *repeat, quick: *quick, wgbore: *wgbore, quietMax: *quiet,
-		echoCount: 2000, connCount: 2000, connPar: 50, idleConns: []int{1000, 10000}, benchtime: "1s"}
+		echoCount: 2000, connCount: 2000, connPar: 50, idleConns: []int{1000, 10000}, benchtime: "1s",
+		scale: scaleOptions{peers: *scalePeers, flowPeers: *scaleFlowPeers, flows: *scaleFlows, sharePeers: 10,
+			shareTime: 5 * time.Second, churn: 1000, idleTime: 10 * time.Second}}
 	var err error
 	if o.size, err = parseSize(*size); err != nil {
 		fmt.Fprintf(os.Stderr, "wgbench: -size: %v\n", err)
@@ -77,6 +88,14 @@ func main() {
 		o.echoCount, o.connCount, o.idleConns = 200, 100, []int{100, 200}
 		o.benchtime = "100x"
 		o.quietMax = 0
+		// The short form of S: 100 peers, 2,000 flows of each kind.
+		o.scale.sharePeers, o.scale.shareTime, o.scale.churn, o.scale.idleTime = 2, time.Second, 100, 2*time.Second
+		if !flagGiven("scale-peers") {
+			o.scale.peers = 100
+		}
+		if !flagGiven("scale-flow-peers") {
+			o.scale.flowPeers = 2
+		}
 		if !flagGiven("size") {
 			o.size = 4 << 20
 		}

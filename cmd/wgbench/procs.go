@@ -142,6 +142,12 @@ type upDaemon struct {
 // startUp runs `wgbore up -c conf` and waits for its start-up summary,
 // whose "listen" field names the proxies' addresses.
 func startUp(binary, conf string) (*upDaemon, error) {
+	return startWgbore(binary, "up", conf)
+}
+
+// startWgbore runs `wgbore COMMAND -c conf` (up or serve) as startUp
+// does; the file stays at d.conf(), for a reload to rewrite.
+func startWgbore(binary, command, conf string, args ...string) (*upDaemon, error) {
 	dir, err := os.MkdirTemp("", "wgbench")
 	if err != nil {
 		return nil, err
@@ -154,7 +160,7 @@ func startUp(binary, conf string) (*upDaemon, error) {
 	if d.logFile, err = os.CreateTemp("", "wgbench-up-*.log"); err != nil {
 		return nil, err
 	}
-	d.cmd = exec.Command(binary, "up", "-c", path, "-log-format", "json", "-log-level", "info", "-uapi-dir", dir)
+	d.cmd = exec.Command(binary, append([]string{command, "-c", path, "-log-format", "json", "-log-level", "info", "-uapi-dir", dir}, args...)...)
 	// up does not read stdin, so a bench process killed by a signal would
 	// leave it running without this.
 	d.cmd.SysProcAttr = dieWithParent()
@@ -193,9 +199,9 @@ func startUp(binary, conf string) (*upDaemon, error) {
 		os.RemoveAll(dir)
 		d.logFile.Close()
 		os.Remove(d.logFile.Name())
-		return nil, fmt.Errorf("wgbore up exited before its summary: %s", d.log)
+		return nil, fmt.Errorf("wgbore %s exited before its summary: %s", command, d.log)
 	case <-time.After(60 * time.Second):
-		return nil, fmt.Errorf("wgbore up: no start-up summary after 60s: log in %s", d.fail())
+		return nil, fmt.Errorf("wgbore %s: no start-up summary after 60s: log in %s", command, d.fail())
 	}
 }
 
@@ -222,6 +228,9 @@ func (d *upDaemon) addr(prefix string) (string, error) {
 }
 
 func (d *upDaemon) pid() int { return d.cmd.Process.Pid }
+
+// conf is the path of the daemon's configuration file.
+func (d *upDaemon) conf() string { return d.dir + "/wg0.conf" }
 
 func (d *upDaemon) stop() {
 	if d.failed {

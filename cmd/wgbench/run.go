@@ -101,6 +101,14 @@ func run(o options) error {
 			failed = append(failed, "H")
 		}
 	}
+	if want("S") {
+		so := s.o.scale
+		fmt.Printf("== S: wgbore serve with %d peers, %d of them holding %d idle TCP and %d UDP flows each\n", so.peers, so.flowPeers, so.flows, so.flows)
+		if err := s.runScale(); err != nil {
+			fmt.Printf("   FAILED: %v\n", err)
+			failed = append(failed, "S")
+		}
+	}
 	fmt.Println()
 	s.res.printTable(os.Stdout)
 	fmt.Println()

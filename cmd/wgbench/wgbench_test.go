@@ -2,9 +2,13 @@ package main
 
 import (
 	"bytes"
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/wgbore/wgbore/config"
+	"github.com/wgbore/wgbore/protocol"
 )
 
 func TestMedian(t *testing.T) {
@@ -154,5 +158,54 @@ func TestTailBuffer(t *testing.T) {
 	}
 	if !strings.Contains(s, "bytes ...]") {
 		t.Fatal("no mark where bytes were dropped")
+	}
+}
+
+// TestScaleServerConf: the file part S gives serve parses, with every
+// client as a peer at its own address.
+func TestScaleServerConf(t *testing.T) {
+	key, _ := protocol.GeneratePrivateKey()
+	var clients []*scaleClient
+	for i := range 300 {
+		k, _ := protocol.GeneratePrivateKey()
+		clients = append(clients, &scaleClient{key: k, addr: scaleClientAddr(i)})
+	}
+	cfg, err := config.Parse("serve.conf", []byte(scaleServerConf(key, 51820, clients, 1000)), config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfg.Peers) != len(clients) {
+		t.Fatalf("%d peers, want %d", len(cfg.Peers), len(clients))
+	}
+	seen := map[netip.Prefix]bool{}
+	for i, p := range cfg.Peers {
+		a := p.AllowedIPs[0]
+		if seen[a] || !scaleNet.Contains(a.Addr()) || a.Addr() == scaleServer {
+			t.Fatalf("peer %d has AllowedIPs %v: repeated, outside %v or the server's", i, a, scaleNet)
+		}
+		seen[a] = true
+	}
+}
+
+// TestSumMetric reads families from an exposition as serve writes it.
+func TestSumMetric(t *testing.T) {
+	m := map[string]float64{
+		`wgbore_dropped_packets_total{reason="replay"}`:         2,
+		`wgbore_dropped_packets_total{reason="martian_source"}`: 3,
+		`wgbore_peers`:       7,
+		`wgbore_peers_extra`: 100,
+	}
+	if got := sumMetric(m, "wgbore_dropped_packets_total"); got != 5 {
+		t.Errorf("all drops: %v, want 5", got)
+	}
+	if got := sumMetric(m, "wgbore_dropped_packets_total", `reason="martian_source"`); got != 3 {
+		t.Errorf("martian drops: %v, want 3", got)
+	}
+	if got := sumMetric(m, "wgbore_peers"); got != 7 {
+		t.Errorf("peers: %v, want 7 (not a family that shares the prefix)", got)
+	}
+	before := map[string]float64{`wgbore_dropped_packets_total{reason="replay"}`: 1}
+	if got := dropDelta(before, m); got != "martian_source +3, replay +1" {
+		t.Errorf("dropDelta: %q", got)
 	}
 }

@@ -27,7 +27,7 @@ import (
 
 // hostEcho runs a TCP and a UDP echo server on 127.0.0.1, standing for a
 // service on the host that a server tunnel exposes to the peer.
-func hostEcho(t *testing.T) (tcpAddr, udpAddr string) {
+func hostEcho(t testing.TB) (tcpAddr, udpAddr string) {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
