@@ -335,6 +335,12 @@
 //	wgbore_peer_endpoint_changes_total
 //	wgbore_peer_returns_total             heard again after a silence of a second or more
 //
+// Per peer, in serve only (labels peer, and reason: peer_limit,
+// server_limit or memory):
+//
+//	wgbore_peer_flows                     TCP and UDP flows open through the egress
+//	wgbore_peer_flows_refused_total{reason}   new flows refused by MaxFlowsPerPeer, MaxFlows or the memory budget
+//
 // Engine-wide:
 //
 //	wgbore_peers
@@ -454,7 +460,10 @@
 //	[Egress]                 # optional: who may go where
 //	Allow = 127.0.0.1/32     # this host's loopback, at 10.0.0.1 (denied by default)
 //	Deny = 203.0.113.0/24
+//	HostAddress = 198.51.100.7   # this host's public address behind the cloud's NAT
 //	MaxFlowsPerPeer = 1024   # TCP + UDP flows at once, per peer
+//	MaxFlows = 65536         # ... and for all peers together
+//	FlowMemory = 1GiB        # or: derive MaxFlows from the memory flows may take
 //	UDPTimeout = 120         # seconds
 //
 //	[DNSServer]              # optional: DNS for peers on 10.0.0.1:53
@@ -466,9 +475,11 @@
 // metadata), private (RFC 1918, fc00::/7), CGNAT, multicast and reserved
 // ranges are denied unless Allow names them; the most specific prefix of
 // Allow or Deny decides (Deny on a tie). NAT64 and 6to4 addresses go only
-// where the IPv4 address inside them may, and a flow that lands on the
-// host itself through one of its own addresses (say, its public IP) is
-// refused unless Allow names that destination. A refused flow gets a TCP
+// where the IPv4 address inside them may, and a flow to the host itself is
+// refused unless Allow names that destination: to an address on its
+// interfaces (read when serve starts), to one HostAddress names (the
+// public address a cloud maps to the host by 1:1 NAT, which the host
+// cannot see), or one that turns out, when dialled, to be the host's. A refused flow gets a TCP
 // reset or an ICMP port unreachable at once, and a debug log line. The
 // policy is the same for every peer.
 //
@@ -481,8 +492,14 @@
 // loopback source, which wgbore, like the kernel, drops as spoofed.
 //
 // Limits. Each peer has at most MaxFlowsPerPeer (default 1024) TCP and UDP
-// flows at once, refused like a denied destination past it; a UDP flow
-// ends after UDPTimeout (default 120 s) of silence.
+// flows at once, and all peers together at most MaxFlows. MaxFlows
+// defaults to FlowMemory divided by 64 KiB (a flow's reckoned cost: an
+// idle one takes far less, a busy one more), else to 65,536 scaled down
+// to the process's memory budget, if there is one. A flow past a cap is
+// refused at once, like a denied destination, and counted per peer and
+// cap; open flows are untouched. A UDP flow ends after UDPTimeout
+// (default 120 s) of silence. An idle flow holds one goroutine and no
+// copy buffer: buffers come from a pool while bytes move.
 //
 // Server tunnels. [TCPServerTunnel] and [UDPServerTunnel] expose host
 // services to peers on the server's tunnel addresses; the other sections
@@ -490,7 +507,9 @@
 //
 // DNS. [DNSServer] answers its Record names (Record = NAME ADDRESS) and
 // forwards the rest to Upstream, or to the host's resolvers, so peers can
-// use DNS = 10.0.0.1.
+// use DNS = 10.0.0.1. It answers 256 UDP queries and serves 256 TCP
+// connections at once, at most 16 of each for one peer, so a peer that
+// floods it at a slow upstream leaves the others their share.
 //
 // # Containers and services
 //
@@ -1023,6 +1042,20 @@
 //   - H: go test -bench of ./protocol on one core: handshakes per second,
 //     and allocs/op of Encrypt, Decrypt and SendPath (the data path). It
 //     needs the go command.
+//   - S: the built wgbore serve with -scale-peers (1,000) peers, each a
+//     client on our engine with its own key and UDP socket on 127.0.0.1,
+//     in wgbench's process. All handshake at once (the time until the
+//     last has a session, cookie replies, drops); serve's RSS with no
+//     peer, with them configured (added by reload), and with their
+//     sessions; -scale-flow-peers (20) of them, with a netstack each,
+//     hold -scale-flows (1,000, fewer if the open-file limit says so)
+//     idle TCP flows and as many UDP ones to host services at the
+//     server's tunnel address (RSS per flow, and serve's idle CPU); a
+//     1-byte echo alone and beside another peer's download (p50, p99);
+//     ten peers downloading at once (the furthest from an equal share);
+//     1,000 peers added, handshaken and removed by reload while a peer
+//     echoes (serve's RSS against before, the longest pause between
+//     echoes). -quick runs it with 100 peers and 2,000 flows.
 //
 // Throughput is one TCP stream of -size bytes (256MiB) each way, in MB/s,
 // with CPU-seconds per GB for every process involved; latency is 1-byte
@@ -1101,8 +1134,9 @@
 //     session indexes are dropped and counted, never answered.
 //   - With the public key (shown by /metrics, show and the logs: not
 //     secret, but not worth publishing), each initiation costs us a
-//     Curve25519 operation. Past 500 a second, or with a deep handshake
-//     queue, we are under load: a handshake without a valid MAC2 gets a
+//     Curve25519 operation. Past a burst of 2,048 and then 500 a second
+//     (so a restarted server's peers all come back at once on their first
+//     try), or with a deep handshake queue, we are under load: a handshake without a valid MAC2 gets a
 //     64-byte cookie reply (smaller than the initiation; the secret
 //     rotates every 120 s), and a source that proved its address gets 20
 //     handshakes a second, burst 5, per IPv4 address or IPv6 /64
@@ -1153,7 +1187,10 @@
 // denied unless Allow names them; NAT64 and 6to4 addresses are judged by
 // the IPv4 address inside; a flow that lands on the host through one of
 // its own addresses needs an explicit Allow. The policy is the same for
-// every peer, with at most MaxFlowsPerPeer (1024) flows each.
+// every peer, with at most MaxFlowsPerPeer (1024) flows each and MaxFlows
+// in all. Whatever a peer's AllowedIPs, a packet from it whose source is
+// loopback, unspecified, multicast, broadcast or one of our own tunnel
+// addresses is dropped (martian_source), in up and serve alike.
 //
 // Secrets. Key and password types print as "(redacted)" through %v, %x,
 // slog and JSON; config errors name file, line and key, never the value;
