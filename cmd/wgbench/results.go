@@ -289,20 +289,21 @@ func (r *results) evalTargets() []target {
 	v, ok = r.get("measure=handshake cpu=1", "handshakes_per_s")
 	add("handshakes_per_s", "handshakes/s on one core", ">=", 1500, v, ok)
 	// Part S: serve with many peers.
-	v, ok = r.get("measure=scale part=storm", "all_s")
-	add("scale_storm_s", "serve: all peers' handshakes at once, s", "<=", 2, v, ok)
-	v, ok = r.get("measure=scale part=peers", "kib_per_peer")
-	add("scale_kib_per_peer", "serve: KiB per peer with a session", "<=", 16, v, ok)
-	v, ok = r.get("measure=scale part=flows", "kib_per_tcp_flow")
-	add("scale_kib_per_tcp_flow", "serve: KiB per idle TCP flow", "<=", 16, v, ok)
-	v, ok = r.get("measure=scale part=flows", "kib_per_udp_flow")
-	add("scale_kib_per_udp_flow", "serve: KiB per idle UDP flow", "<=", 4, v, ok)
-	v, ok = r.get("measure=scale part=neighbour", "p99_us")
-	add("scale_neighbour_p99_us", "serve: echo p99 beside a download, µs", "<=", 5000, v, ok)
-	v, ok = r.get("measure=scale part=shares", "worst_dev_pct")
-	add("scale_share_dev_pct", "serve: downloads' furthest off a share, %", "<=", 25, v, ok)
-	v, ok = r.get("measure=scale part=churn", "rss_growth_pct")
-	add("scale_churn_rss_pct", "serve: RSS growth after churn, %", "<=", 10, v, ok)
+	for _, t := range []struct {
+		id, desc, tags, metric string
+		want                   float64
+	}{
+		{"scale_storm_s", "serve: all peers' handshakes at once, s", "storm", "all_s", 2},
+		{"scale_kib_per_peer", "serve: KiB per peer with a session", "peers", "kib_per_peer", 16},
+		{"scale_kib_per_tcp_flow", "serve: KiB per idle TCP flow", "flows", "kib_per_tcp_flow", 16},
+		{"scale_kib_per_udp_flow", "serve: KiB per idle UDP flow", "flows", "kib_per_udp_flow", 4},
+		{"scale_neighbour_p99_us", "serve: echo p99 beside a download, µs", "neighbour", "p99_us", 5000},
+		{"scale_share_dev_pct", "serve: downloads' furthest off a share, %", "shares", "worst_dev_pct", 25},
+		{"scale_churn_rss_pct", "serve: RSS growth after churn, %", "churn", "rss_growth_pct", 10},
+	} {
+		v, ok := r.get("measure=scale part="+t.tags, t.metric)
+		add(t.id, t.desc, "<=", t.want, v, ok)
+	}
 	for _, rec := range r.records {
 		// The data path is what runs per packet; a handshake allocates
 		// and is reported, but is not held to zero.

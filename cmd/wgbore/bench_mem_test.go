@@ -304,34 +304,5 @@ func (s *rssSampler) timeline() string {
 // openMemConns opens n connections as memConn does, 32 at a time. On
 // an error it returns the first one with the connections it opened.
 func openMemConns(socks string, target netip.AddrPort, n int) ([]net.Conn, error) {
-	conns := make([]net.Conn, n)
-	var wg sync.WaitGroup
-	errs := make(chan error, 1)
-	next := make(chan int)
-	for range 32 {
-		wg.Go(func() {
-			for i := range next {
-				c, err := memConn(socks, target)
-				if err != nil {
-					select {
-					case errs <- fmt.Errorf("connection %d: %w", i, err):
-					default:
-					}
-					continue
-				}
-				conns[i] = c
-			}
-		})
-	}
-	for i := range n {
-		next <- i
-	}
-	close(next)
-	wg.Wait()
-	select {
-	case err := <-errs:
-		return conns, err
-	default:
-		return conns, nil
-	}
+	return openFlows(n, func() (net.Conn, error) { return memConn(socks, target) })
 }

@@ -42,20 +42,8 @@ func BenchmarkServeIdleFlowMemory(b *testing.B) {
 			serverKey, _ := protocol.GeneratePrivateKey()
 			clientKey, _ := protocol.GeneratePrivateKey()
 			port := freeLoopbackUDPPort(b)
-			conf := writeFile(b, b.TempDir(), "server.conf", fmt.Sprintf(`[Interface]
-PrivateKey = %s
-Address = 10.0.0.1/24
-ListenPort = %d
-
-[Peer]
-PublicKey = %s
-AllowedIPs = 10.0.0.2/32
-
-[Egress]
-Allow = 127.0.0.1/32
-MaxFlowsPerPeer = %d
-UDPTimeout = 3600
-`, serverKey.Base64(), port, clientKey.PublicKey(), 2*n+10))
+			conf := writeFile(b, b.TempDir(), "server.conf", serveConf(serverKey, port, clientKey.PublicKey(),
+				fmt.Sprintf("MaxFlowsPerPeer = %d\nUDPTimeout = 3600\n", 2*n+10)))
 			d := startServeDaemon(b, conf, "-log-level", "info", "-metrics", "127.0.0.1:0")
 			pid := d.cmd.Process.Pid
 			h := remoteEndpoints("http://" + strings.TrimSuffix(d.addr(b, "metrics http://", 0), "/metrics"))
@@ -159,7 +147,7 @@ func openFlows(n int, open func() (net.Conn, error)) ([]net.Conn, error) {
 				if err != nil {
 					mu.Lock()
 					if first == nil {
-						first = fmt.Errorf("flow %d: %w", i, err)
+						first = fmt.Errorf("connection %d: %w", i, err)
 					}
 					mu.Unlock()
 					continue

@@ -35,18 +35,7 @@ func BenchmarkServe(b *testing.B) {
 	clientKey, _ := protocol.GeneratePrivateKey()
 	port := freeLoopbackUDPPort(b)
 	dir := b.TempDir()
-	serverConf := writeFile(b, dir, "server.conf", fmt.Sprintf(`[Interface]
-PrivateKey = %s
-Address = 10.0.0.1/24
-ListenPort = %d
-
-[Peer]
-PublicKey = %s
-AllowedIPs = 10.0.0.2/32
-
-[Egress]
-Allow = 127.0.0.1/32
-`, serverKey.Base64(), port, clientKey.PublicKey()))
+	serverConf := writeFile(b, dir, "server.conf", serveConf(serverKey, port, clientKey.PublicKey(), ""))
 	clientConf := writeFile(b, dir, "client.conf", fmt.Sprintf(`[Interface]
 PrivateKey = %s
 Address = 10.0.0.2/32
@@ -214,6 +203,24 @@ func procCPU(pid int) time.Duration {
 	utime, _ := strconv.ParseInt(fields[11], 10, 64)
 	stime, _ := strconv.ParseInt(fields[12], 10, 64)
 	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
+// serveConf is a serve file for one client at 10.0.0.2, the server being
+// 10.0.0.1/24 on port, whose [Egress] allows the host's loopback (at
+// 10.0.0.1) and adds the lines of egress.
+func serveConf(serverKey protocol.PrivateKey, port int, client protocol.PublicKey, egress string) string {
+	return fmt.Sprintf(`[Interface]
+PrivateKey = %s
+Address = 10.0.0.1/24
+ListenPort = %d
+
+[Peer]
+PublicKey = %s
+AllowedIPs = 10.0.0.2/32
+
+[Egress]
+Allow = 127.0.0.1/32
+%s`, serverKey.Base64(), port, client, egress)
 }
 
 // atServer is the host loopback address a spelled as the client reaches

@@ -210,19 +210,7 @@ func TestServeFlowCaps(t *testing.T) {
 	serverKey, _ := protocol.GeneratePrivateKey()
 	clientKey, _ := protocol.GeneratePrivateKey()
 	port := freeLoopbackUDPPort(t)
-	conf := writeFile(t, t.TempDir(), "server.conf", fmt.Sprintf(`[Interface]
-PrivateKey = %s
-Address = 10.0.0.1/24
-ListenPort = %d
-
-[Peer]
-PublicKey = %s
-AllowedIPs = 10.0.0.2/32
-
-[Egress]
-Allow = 127.0.0.1/32
-MaxFlowsPerPeer = 2
-`, serverKey.Base64(), port, clientKey.PublicKey()))
+	conf := writeFile(t, t.TempDir(), "server.conf", serveConf(serverKey, port, clientKey.PublicKey(), "MaxFlowsPerPeer = 2\n"))
 	d := startServeDaemon(t, conf, "-metrics", "127.0.0.1:0")
 	h := remoteEndpoints("http://" + strings.TrimSuffix(d.addr(t, "metrics http://", 0), "/metrics"))
 	client := peersite.StartClient(t, serverKey.PublicKey(), peersite.Options{

@@ -19,36 +19,19 @@ func copyRaw(dst io.Writer, src *net.TCPConn) (handled bool, written int64, err 
 	if err != nil {
 		return false, 0, nil
 	}
-	var buf *[largeBuffer]byte
-	defer func() {
-		if buf != nil {
-			largeBuffers.put(buf)
-		}
-	}()
+	r := rawReader{rc: rc, pool: largeBuffers}
+	defer r.release()
 	for {
-		var n int
-		var rerr error
-		if err := rc.Read(func(fd uintptr) bool {
-			if buf == nil {
-				buf = largeBuffers.get()
-			}
-			n, rerr = readFD(fd, buf[:])
-			if rerr == syscall.EAGAIN {
-				largeBuffers.put(buf)
-				buf = nil
-				return false
-			}
-			return true
-		}); err != nil {
-			return true, written, err
-		}
+		n, rerr, cerr := r.read()
 		switch {
+		case cerr != nil:
+			return true, written, cerr
 		case rerr != nil:
 			return true, written, &net.OpError{Op: "read", Net: "tcp", Source: src.LocalAddr(), Addr: src.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
 		case n == 0:
 			return true, written, nil // the end of the stream
 		}
-		if werr := writeAll(dst, buf[:n], &written); werr != nil {
+		if werr := writeAll(dst, (*r.buf)[:n], &written); werr != nil {
 			return true, written, werr
 		}
 	}
@@ -62,38 +45,54 @@ func datagramsRaw(dst net.Conn, src *net.UDPConn, moved func()) bool {
 	if err != nil {
 		return false
 	}
-	var buf *[datagramBuffer]byte
-	defer func() {
-		if buf != nil {
-			datagramBuffers.put(buf)
-		}
-	}()
+	r := rawReader{rc: rc, pool: datagramBuffers}
+	defer r.release()
 	for {
-		var n int
-		var rerr error
-		if err := rc.Read(func(fd uintptr) bool {
-			if buf == nil {
-				buf = datagramBuffers.get()
-			}
-			n, rerr = readFD(fd, buf[:])
-			if rerr == syscall.EAGAIN {
-				datagramBuffers.put(buf)
-				buf = nil
-				return false
-			}
+		n, rerr, cerr := r.read()
+		switch {
+		case cerr != nil:
 			return true
-		}); err != nil {
+		case rerr != nil && TransientUDPError(rerr):
+			continue
+		case rerr != nil:
 			return true
 		}
-		if rerr != nil {
-			if TransientUDPError(rerr) {
-				continue
-			}
+		if !sendDatagram(dst, (*r.buf)[:n], moved) {
 			return true
 		}
-		if !sendDatagram(dst, buf[:n], moved) {
-			return true
+	}
+}
+
+// rawReader reads a socket through its RawConn into a pooled buffer that
+// it holds only while reads return: see copyRaw.
+type rawReader struct {
+	rc   syscall.RawConn
+	pool *bufferPool
+	buf  *[]byte
+}
+
+// read waits until a read returns something other than EAGAIN and
+// returns its count and error, or cerr when the socket is closed or its
+// deadline passed.
+func (r *rawReader) read() (n int, rerr, cerr error) {
+	cerr = r.rc.Read(func(fd uintptr) bool {
+		if r.buf == nil {
+			r.buf = r.pool.get()
 		}
+		n, rerr = readFD(fd, *r.buf)
+		if rerr == syscall.EAGAIN {
+			r.release()
+			return false
+		}
+		return true
+	})
+	return n, rerr, cerr
+}
+
+func (r *rawReader) release() {
+	if r.buf != nil {
+		r.pool.put(r.buf)
+		r.buf = nil
 	}
 }
 

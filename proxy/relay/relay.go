@@ -45,27 +45,29 @@ const (
 )
 
 var (
-	largeBuffers    = &bufferPool[[largeBuffer]byte]{}
-	datagramBuffers = &bufferPool[[datagramBuffer]byte]{}
+	largeBuffers    = &bufferPool{size: largeBuffer}
+	datagramBuffers = &bufferPool{size: datagramBuffer}
 )
 
-// bufferPool is a sync.Pool of one buffer size that counts the buffers
-// taken and not yet given back, so that a test can see an idle relay
-// hold none.
-type bufferPool[B any] struct {
+// bufferPool is a sync.Pool of buffers of one size that counts the
+// buffers taken and not yet given back, so that a test can see an idle
+// relay hold none.
+type bufferPool struct {
+	size int
 	pool sync.Pool
 	out  atomic.Int64
 }
 
-func (p *bufferPool[B]) get() *B {
+func (p *bufferPool) get() *[]byte {
 	p.out.Add(1)
-	if b, ok := p.pool.Get().(*B); ok {
+	if b, ok := p.pool.Get().(*[]byte); ok {
 		return b
 	}
-	return new(B)
+	b := make([]byte, p.size)
+	return &b
 }
 
-func (p *bufferPool[B]) put(b *B) {
+func (p *bufferPool) put(b *[]byte) {
 	p.out.Add(-1)
 	p.pool.Put(b)
 }
@@ -80,7 +82,7 @@ func Copy(dst io.Writer, src io.Reader) (written int64, err error) {
 		}
 	}
 	small := make([]byte, smallBuffer)
-	var large *[largeBuffer]byte
+	var large *[]byte
 	defer func() {
 		if large != nil {
 			largeBuffers.put(large)
@@ -103,7 +105,7 @@ func Copy(dst io.Writer, src io.Reader) (written int64, err error) {
 		switch {
 		case large == nil && n == len(small):
 			large = largeBuffers.get()
-			buf = large[:]
+			buf = *large
 		case large != nil && n < len(small):
 			largeBuffers.put(large)
 			large, buf = nil, small
@@ -161,20 +163,27 @@ type ReadNotifier interface {
 // upstream is a ReadNotifier, on goroutines (counted too) started only
 // while upstream has bytes for the client.
 func Both(client, upstream net.Conn, wg *sync.WaitGroup) {
-	var finished chan struct{}
-	if nr, ok := upstream.(ReadNotifier); ok {
-		finished = fromNotifier(client, nr, wg, nil)
-	} else {
-		finished = make(chan struct{})
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer close(finished)
-			OneWay(client, upstream)
-		}()
-	}
+	finished := startOther(client, upstream, wg, nil, func() { OneWay(client, upstream) })
 	OneWay(upstream, client)
 	<-finished
+}
+
+// startOther starts a relay's second direction, upstream to client: from
+// notifications when upstream is a ReadNotifier (a datagram copy when
+// moved is set), else on a goroutine counted in wg that runs copy. The
+// channel it returns is closed when that direction has finished.
+func startOther(client, upstream net.Conn, wg *sync.WaitGroup, moved func(), copy func()) chan struct{} {
+	if nr, ok := upstream.(ReadNotifier); ok {
+		return fromNotifier(client, nr, wg, moved)
+	}
+	finished := make(chan struct{})
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		defer close(finished)
+		copy()
+	}()
+	return finished
 }
 
 // Datagrams copies datagrams both ways between a and b, keeping their
@@ -187,18 +196,10 @@ func Both(client, upstream net.Conn, wg *sync.WaitGroup) {
 // goroutine must hold a count of wg; it copies a to b, and b to a runs
 // as Both runs its second direction.
 func Datagrams(a, b net.Conn, wg *sync.WaitGroup, moved func()) {
-	var finished chan struct{}
-	if nr, ok := b.(ReadNotifier); ok {
-		finished = fromNotifier(a, nr, wg, moved)
-	} else {
-		finished = make(chan struct{})
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer close(finished)
-			copyDatagrams(a, b, moved)
-		}()
+	if moved == nil {
+		moved = func() {}
 	}
+	finished := startOther(a, b, wg, moved, func() { copyDatagrams(a, b, moved) })
 	copyDatagrams(b, a, moved)
 	<-finished
 }
@@ -211,10 +212,11 @@ func copyDatagrams(dst, src net.Conn, moved func()) {
 	if uc, ok := src.(*net.UDPConn); ok && datagramsRaw(dst, uc, moved) {
 		return
 	}
-	buf := datagramBuffers.get()
-	defer datagramBuffers.put(buf)
+	bp := datagramBuffers.get()
+	defer datagramBuffers.put(bp)
+	buf := *bp
 	for {
-		n, err := src.Read(buf[:])
+		n, err := src.Read(buf)
 		if err != nil {
 			if TransientUDPError(err) {
 				continue
@@ -294,16 +296,13 @@ func (c *notifiedCopy) wake() {
 // the copy at the end of src's stream or on an error.
 func (c *notifiedCopy) drain() {
 	defer c.wg.Done()
-	var buf []byte
+	pool := largeBuffers
 	if c.datagrams {
-		b := datagramBuffers.get()
-		defer datagramBuffers.put(b)
-		buf = b[:]
-	} else {
-		b := largeBuffers.get()
-		defer largeBuffers.put(b)
-		buf = b[:]
+		pool = datagramBuffers
 	}
+	bp := pool.get()
+	defer pool.put(bp)
+	buf := *bp
 	for {
 		n, wouldBlock, err := c.src.TryRead(buf)
 		if c.datagrams && err != nil && TransientUDPError(err) {

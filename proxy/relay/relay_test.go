@@ -204,7 +204,7 @@ func (c *notifierConn) CloseWrite() error {
 
 // waitBuffersBack waits until no buffer of p is out, as an idle relay
 // holds none, and fails after 5 s.
-func waitBuffersBack[B any](t *testing.T, p *bufferPool[B], what string) {
+func waitBuffersBack(t *testing.T, p *bufferPool, what string) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for p.out.Load() != 0 {
