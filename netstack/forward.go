@@ -74,8 +74,9 @@ type ForwardConfig struct {
 // may answer from them; TCP and UDP packets that no endpoint of ours
 // claims then reach the per-protocol handlers Open installed, which pass
 // them here. Each flow becomes one gVisor endpoint and one host socket,
-// joined by the relay (proxy/relay): an idle flow holds one goroutine,
-// waiting on the host socket, and no copy buffer; buffers come from a
+// joined by the relay (proxy/relay): an idle flow holds no goroutine and
+// no copy buffer (on Linux, where a poller of the relay's watches the host
+// sockets; elsewhere a goroutine waits on each), and buffers come from a
 // pool while bytes move. The alternative, rewriting packets and
 // forwarding them to a host raw or TUN socket, needs privileges server
 // mode exists to avoid; terminating TCP here also means the host's kernel,
@@ -156,6 +157,11 @@ func (n *Net) Forward(cfg ForwardConfig) error {
 	f := &forwarder{n: n, cfg: cfg, log: cfg.Logger, perPeer: map[protocol.PublicKey]*FlowCounts{}, open: map[*flow]struct{}{},
 		hostAddrs: hostAddresses(cfg, cfg.Logger)}
 	f.ctx, f.cancel = context.WithCancel(context.Background())
+	if p, err := relay.NewPoller(); err == nil {
+		f.poller = p
+	} else {
+		f.log.Debug("no poller for host sockets: each idle flow keeps a goroutine", "err", err)
+	}
 	// maxInFlight is unbounded here: MaxFlowsPerPeer already bounds the
 	// handshakes each peer can have pending, and gVisor's own bound would
 	// drop SYNs silently, which is what refusing at once avoids.
@@ -163,6 +169,9 @@ func (n *Net) Forward(cfg ForwardConfig) error {
 	// addService also makes f the one forwarder the handlers consult.
 	if err := n.addService(f); err != nil {
 		f.cancel()
+		if f.poller != nil {
+			f.poller.Close()
+		}
 		return err
 	}
 	if err := n.stack.SetSpoofing(nicID, true); err != nil {
@@ -181,6 +190,9 @@ type forwarder struct {
 	cfg ForwardConfig
 	log *slog.Logger
 	tcp *tcp.Forwarder
+	// poller notifies the relays when a host socket becomes readable;
+	// nil where there is none (see relay.Poller).
+	poller *relay.Poller
 	// ping forwards echo requests; nil when no host ICMP socket could
 	// be opened.
 	ping, ping6 atomic.Pointer[pingForwarder]
@@ -466,7 +478,12 @@ func (f *forwarder) stop() {
 	}
 }
 
-func (f *forwarder) wait() { f.wg.Wait() }
+func (f *forwarder) wait() {
+	f.wg.Wait()
+	if f.poller != nil {
+		f.poller.Close()
+	}
+}
 
 // handleTCP runs in a goroutine gVisor's forwarder starts for each new
 // connection request. Every path ends the request with Complete: with an
@@ -508,21 +525,42 @@ func (f *forwarder) handleTCP(req *tcp.ForwarderRequest) {
 	idle, interval := tcpip.KeepaliveIdleOption(forwardKeepaliveIdle), tcpip.KeepaliveIntervalOption(forwardKeepaliveInterval)
 	ep.SetSockOpt(&idle)
 	ep.SetSockOpt(&interval)
-	fl := &flow{tunnel: newTCPConn(&wq, ep), host: host}
+	tunnel := newTCPConn(&wq, ep)
+	fl := &flow{tunnel: tunnel, host: f.watch(host)}
 	if !f.track(fl) {
 		return
 	}
-	// The relay gets a goroutine of its own, which copies host to tunnel
-	// and holds no buffer while the host is silent; the tunnel's bytes
-	// are copied by goroutines started only when it has some (see
-	// relay.Both). This one, whose stack the host dial has grown, ends,
-	// so an idle flow keeps a small stack rather than the dial's.
 	relaying = true
+	if h, ok := fl.host.(relay.ReadNotifier); ok {
+		// Both sides notify: an idle flow holds no goroutine and no
+		// buffer, and this one, whose stack the host dial has grown,
+		// ends.
+		relay.Start(h, tunnel, &f.wg, nil, func() {
+			f.untrack(fl)
+			f.release(peer)
+		})
+		return
+	}
+	// Without a poller the relay gets a goroutine of its own, which
+	// copies host to tunnel and holds no buffer while the host is
+	// silent; the tunnel's bytes are copied by goroutines started only
+	// when it has some (see relay.Both).
 	go func() {
 		defer f.release(peer)
 		defer f.untrack(fl)
 		relay.Both(fl.host, fl.tunnel, &f.wg)
 	}()
+}
+
+// watch has the poller notify for a host socket, when there is a poller
+// (Linux) and the socket has a descriptor; otherwise it returns host.
+func (f *forwarder) watch(host net.Conn) net.Conn {
+	if f.poller != nil {
+		if w := f.poller.Watch(host); w != nil {
+			return w
+		}
+	}
+	return host
 }
 
 // startUDP runs in the packet path for the first datagram of a flow: it
@@ -542,7 +580,6 @@ func (f *forwarder) startUDP(req *udp.ForwarderRequest) bool {
 	}
 	tunnel := newUDPConn(&wq, ep)
 	go func() {
-		defer f.release(peer)
 		dst, _ := f.hostDst(id)
 		f.relayUDP(peer, dst, tunnel)
 	}()
@@ -573,21 +610,23 @@ func (f *forwarder) dialHost(network string, dst netip.AddrPort) (net.Conn, erro
 }
 
 // relayUDP dials the host side of a UDP flow and copies datagrams both
-// ways until the flow has been idle for UDPIdleTimeout. Idleness is
-// watched by one timer per flow that rereads the last activity, so a
-// datagram costs an atomic store and no timer or deadline change.
+// ways until the flow has been idle for UDPIdleTimeout, then releases
+// the flow. Idleness is watched by one timer per flow that rereads the
+// last activity, so a datagram costs an atomic store and no timer or
+// deadline change.
 func (f *forwarder) relayUDP(peer protocol.PublicKey, dst netip.AddrPort, tunnel *UDPConn) {
 	host, err := f.dialHost("udp", dst)
 	if err != nil {
 		f.log.Debug("host dial failed", "network", "udp", "peer", peer, "dst", dst, "err", err)
 		tunnel.Close()
+		f.release(peer)
 		return
 	}
-	fl := &flow{tunnel: tunnel, host: host}
+	fl := &flow{tunnel: tunnel, host: f.watch(host)}
 	if !f.track(fl) {
+		f.release(peer)
 		return
 	}
-	defer f.untrack(fl)
 
 	start := time.Now()
 	var lastActive atomic.Int64 // since start
@@ -600,10 +639,20 @@ func (f *forwarder) relayUDP(peer protocol.PublicKey, dst netip.AddrPort, tunnel
 		}
 		fl.close()
 	})
-	defer expiry.Stop()
-
-	// As for TCP: this goroutine copies host to tunnel without a buffer
-	// while the host is silent, and the tunnel's datagrams are copied by
-	// goroutines started when it has some.
-	relay.Datagrams(host, tunnel, &f.wg, func() { lastActive.Store(int64(time.Since(start))) })
+	moved := func() { lastActive.Store(int64(time.Since(start))) }
+	end := func() {
+		expiry.Stop()
+		f.untrack(fl)
+		f.release(peer)
+	}
+	if h, ok := fl.host.(relay.ReadNotifier); ok {
+		// As for TCP: no goroutine while the flow idles.
+		relay.Start(h, tunnel, &f.wg, moved, end)
+		return
+	}
+	// Without a poller, this goroutine copies host to tunnel without a
+	// buffer while the host is silent, and the tunnel's datagrams are
+	// copied by goroutines started when it has some.
+	relay.Datagrams(fl.host, tunnel, &f.wg, moved)
+	end()
 }

@@ -498,8 +498,9 @@
 // to the process's memory budget, if there is one. A flow past a cap is
 // refused at once, like a denied destination, and counted per peer and
 // cap; open flows are untouched. A UDP flow ends after UDPTimeout
-// (default 120 s) of silence. An idle flow holds one goroutine and no
-// copy buffer: buffers come from a pool while bytes move.
+// (default 120 s) of silence. An idle flow holds no goroutine (on Linux;
+// one elsewhere) and no copy buffer: buffers come from a pool while bytes
+// move.
 //
 // Server tunnels. [TCPServerTunnel] and [UDPServerTunnel] expose host
 // services to peers on the server's tunnel addresses; the other sections

@@ -204,6 +204,27 @@ func Datagrams(a, b net.Conn, wg *sync.WaitGroup, moved func()) {
 	<-finished
 }
 
+// Start relays both ways between a and b, both ReadNotifiers (a tunnel
+// connection, a host socket a Poller watches), without a goroutine of its
+// own while neither has anything to move: each direction runs on
+// goroutines started when its source has something, as Both's second
+// direction does. With moved set the relay is of datagrams, as
+// Datagrams; without, of a stream, as Both, half-closes included. done
+// runs once both directions have finished, on the goroutine that
+// finished last. The caller must hold a count of wg until then (done
+// may release it): the directions count their goroutines in wg.
+func Start(a, b ReadNotifier, wg *sync.WaitGroup, moved func(), done func()) {
+	var left atomic.Int32
+	left.Store(2)
+	end := func() {
+		if left.Add(-1) == 0 {
+			done()
+		}
+	}
+	startNotified(b, a, wg, moved, end)
+	startNotified(a, b, wg, moved, end)
+}
+
 // copyDatagrams moves datagrams from src to dst until either fails for
 // good, then closes both.
 func copyDatagrams(dst, src net.Conn, moved func()) {
@@ -261,6 +282,8 @@ type notifiedCopy struct {
 	armed    atomic.Bool
 	stop     func()
 	finished chan struct{}
+	// after, if set, runs once the copy has finished.
+	after func()
 	// datagrams is set for a datagram copy: moved is called after each
 	// datagram, transient errors are skipped, and the end is a close.
 	datagrams bool
@@ -271,7 +294,13 @@ type notifiedCopy struct {
 // copyDatagrams does when moved is not nil; the channel it returns is
 // closed when the copy is over.
 func fromNotifier(dst net.Conn, src ReadNotifier, wg *sync.WaitGroup, moved func()) chan struct{} {
-	c := &notifiedCopy{dst: dst, src: src, wg: wg, finished: make(chan struct{}), datagrams: moved != nil, moved: moved}
+	return startNotified(dst, src, wg, moved, nil)
+}
+
+// startNotified is fromNotifier with after run once the copy has
+// finished.
+func startNotified(dst net.Conn, src ReadNotifier, wg *sync.WaitGroup, moved, after func()) chan struct{} {
+	c := &notifiedCopy{dst: dst, src: src, wg: wg, finished: make(chan struct{}), datagrams: moved != nil, moved: moved, after: after}
 	c.armed.Store(true)
 	c.stop = src.NotifyReadable(c.wake)
 	// Bytes that arrived before the notification was set up.
@@ -346,11 +375,18 @@ func (c *notifiedCopy) finish(err error) {
 	if err == io.EOF && !c.datagrams {
 		if cw, ok := c.dst.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()
-			close(c.finished)
+			c.end()
 			return
 		}
 	}
 	c.dst.Close()
 	c.src.Close()
+	c.end()
+}
+
+func (c *notifiedCopy) end() {
 	close(c.finished)
+	if c.after != nil {
+		c.after()
+	}
 }

@@ -1,0 +1,245 @@
+package relay
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// Poller waits on many host sockets with one goroutine and one epoll
+// instance, so that a relay direction reading a host socket needs no
+// goroutine of its own while the socket is silent: with Watch, a host
+// TCP or UDP socket becomes a ReadNotifier, which Start relays from as
+// it does from a tunnel connection.
+//
+// The runtime's own poller has no such hook: it wakes a goroutine parked
+// in Read, and each parked goroutine holds a stack. The epoll instance
+// here is a second one beside the runtime's, edge-triggered, used only to
+// learn that a socket may have become readable; every read still goes
+// through the socket's RawConn, which keeps the descriptor from being
+// closed and reused under the read.
+type Poller struct {
+	epfd   int
+	wakeR  int // the read end of a pipe whose byte ends run
+	wakeW  int
+	mu     sync.Mutex
+	next   uint64
+	fire   map[uint64]func()
+	closed bool
+	done   chan struct{}
+}
+
+// wakeID is the pipe's registration; sockets get ids from 1 on.
+const wakeID = 0
+
+// NewPoller starts a poller.
+func NewPoller() (*Poller, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, os.NewSyscallError("epoll_create1", err)
+	}
+	var pipe [2]int
+	if err := unix.Pipe2(pipe[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
+		unix.Close(epfd)
+		return nil, os.NewSyscallError("pipe2", err)
+	}
+	p := &Poller{epfd: epfd, wakeR: pipe[0], wakeW: pipe[1], next: wakeID + 1, fire: map[uint64]func(){}, done: make(chan struct{})}
+	if err := p.ctl(unix.EPOLL_CTL_ADD, p.wakeR, wakeID); err != nil {
+		p.closeFDs()
+		return nil, err
+	}
+	go p.run()
+	return p, nil
+}
+
+func (p *Poller) ctl(op, fd int, id uint64) error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP | unix.EPOLLET, Fd: int32(id), Pad: int32(id >> 32)}
+	return os.NewSyscallError("epoll_ctl", unix.EpollCtl(p.epfd, op, fd, &ev))
+}
+
+func (p *Poller) run() {
+	defer close(p.done)
+	events := make([]unix.EpollEvent, 128)
+	for {
+		n, err := unix.EpollWait(p.epfd, events, -1)
+		if err == unix.EINTR {
+			continue
+		}
+		if err != nil {
+			return
+		}
+		for _, ev := range events[:n] {
+			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+			if id == wakeID {
+				return
+			}
+			p.mu.Lock()
+			f := p.fire[id]
+			p.mu.Unlock()
+			if f != nil {
+				f()
+			}
+		}
+	}
+}
+
+// Close stops the poller once its goroutine has returned. Sockets still
+// watched are no longer notified; their own Close still wakes their
+// relay.
+func (p *Poller) Close() error {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil
+	}
+	p.closed = true
+	p.mu.Unlock()
+	unix.Write(p.wakeW, []byte{1})
+	<-p.done
+	p.closeFDs()
+	return nil
+}
+
+func (p *Poller) closeFDs() {
+	unix.Close(p.epfd)
+	unix.Close(p.wakeR)
+	unix.Close(p.wakeW)
+}
+
+// Watch makes c, a host *net.TCPConn or *net.UDPConn, a ReadNotifier
+// whose notifications come from p. It returns nil, and c is untouched,
+// when c is of another kind or has no descriptor.
+func (p *Poller) Watch(c net.Conn) ReadNotifier {
+	var stream bool
+	switch c.(type) {
+	case *net.TCPConn:
+		stream = true
+	case *net.UDPConn:
+	default:
+		return nil
+	}
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return nil
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nil
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.closed {
+		return nil
+	}
+	id := p.next
+	p.next++
+	return &watched{Conn: c, rc: rc, p: p, id: id, stream: stream}
+}
+
+// watched is a host socket that a Poller notifies for.
+type watched struct {
+	net.Conn
+	rc     syscall.RawConn
+	p      *Poller
+	id     uint64
+	stream bool
+
+	mu     sync.Mutex
+	notify func()
+	closed atomic.Bool
+}
+
+func (w *watched) NotifyReadable(f func()) (stop func()) {
+	w.mu.Lock()
+	w.notify = f
+	w.mu.Unlock()
+	w.p.mu.Lock()
+	w.p.fire[w.id] = w.wake
+	w.p.mu.Unlock()
+	var regErr error
+	w.rc.Control(func(fd uintptr) { regErr = w.p.ctl(unix.EPOLL_CTL_ADD, int(fd), w.id) })
+	if regErr != nil {
+		// Without a registration only Close would wake the relay:
+		// wake it now and at every later chance it gets.
+		defer f()
+	}
+	return func() {
+		w.rc.Control(func(fd uintptr) { w.p.ctl(unix.EPOLL_CTL_DEL, int(fd), w.id) })
+		w.p.mu.Lock()
+		delete(w.p.fire, w.id)
+		w.p.mu.Unlock()
+		w.mu.Lock()
+		w.notify = nil
+		w.mu.Unlock()
+	}
+}
+
+func (w *watched) wake() {
+	w.mu.Lock()
+	f := w.notify
+	w.mu.Unlock()
+	if f != nil {
+		f()
+	}
+}
+
+// Readable peeks at the socket without waiting: data, a pending error or
+// the end of the stream make it readable, and so does a closed socket,
+// whose TryRead then says so.
+func (w *watched) Readable() bool {
+	if w.closed.Load() {
+		return true
+	}
+	readable := true
+	err := w.rc.Control(func(fd uintptr) {
+		var one [1]byte
+		_, _, err := unix.Recvfrom(int(fd), one[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		readable = err != unix.EAGAIN
+	})
+	return readable || err != nil
+}
+
+func (w *watched) TryRead(b []byte) (n int, wouldBlock bool, err error) {
+	var rerr error
+	if cerr := w.rc.Read(func(fd uintptr) bool {
+		n, rerr = readFD(fd, b)
+		return true
+	}); cerr != nil {
+		return 0, false, cerr
+	}
+	switch {
+	case rerr == unix.EAGAIN:
+		return 0, true, nil
+	case rerr != nil:
+		network := "udp"
+		if w.stream {
+			network = "tcp"
+		}
+		return 0, false, &net.OpError{Op: "read", Net: network, Source: w.LocalAddr(), Addr: w.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+	case n == 0 && w.stream:
+		return 0, false, io.EOF
+	}
+	return n, false, nil
+}
+
+// Close closes the socket and wakes the relay, which the poller cannot:
+// a closed descriptor leaves the epoll instance without an event.
+func (w *watched) Close() error {
+	w.closed.Store(true)
+	err := w.Conn.Close()
+	w.wake()
+	return err
+}
+
+func (w *watched) CloseWrite() error {
+	if cw, ok := w.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return errors.ErrUnsupported
+}

@@ -1,0 +1,156 @@
+package relay
+
+import (
+	"bytes"
+	"io"
+	"runtime"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestStartWatchedTCP: Start between two host TCP sockets that a Poller
+// watches moves every byte both ways, passes each half-close on, and
+// calls done once both directions have ended; while the relay idles it
+// holds no goroutine and no buffer.
+func TestStartWatchedTCP(t *testing.T) {
+	p, err := NewPoller()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	left, a := loopbackPair(t)
+	b, right := loopbackPair(t)
+	wa, wb := p.Watch(a), p.Watch(b)
+	if wa == nil || wb == nil {
+		t.Fatal("Watch refused a TCP socket")
+	}
+	left.SetDeadline(time.Now().Add(30 * time.Second))
+	right.SetDeadline(time.Now().Add(30 * time.Second))
+	base := runtime.NumGoroutine()
+	var wg sync.WaitGroup
+	wg.Add(1) // the caller's count, which done gives back
+	done := make(chan struct{})
+	Start(wa, wb, &wg, nil, func() { close(done); wg.Done() })
+
+	for round := range 3 {
+		p := bytes.Repeat([]byte{byte('a' + round)}, 256<<10)
+		go left.Write(p)
+		got := make([]byte, len(p))
+		if _, err := io.ReadFull(right, got); err != nil || !bytes.Equal(got, p) {
+			t.Fatalf("round %d left to right: %v, or the bytes differ", round, err)
+		}
+		go right.Write(p[:1000])
+		if _, err := io.ReadFull(left, got[:1000]); err != nil || !bytes.Equal(got[:1000], p[:1000]) {
+			t.Fatalf("round %d right to left: %v", round, err)
+		}
+	}
+	waitBuffersBack(t, largeBuffers, "idle")
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > base && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > base {
+		t.Errorf("an idle relay holds %d goroutines", n-base)
+	}
+
+	// Half-close one way: the other still carries bytes.
+	left.CloseWrite()
+	if _, err := io.ReadAll(right); err != nil {
+		t.Fatalf("right after left's half-close: %v", err)
+	}
+	if _, err := right.Write([]byte("still")); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 5)
+	if _, err := io.ReadFull(left, got); err != nil || string(got) != "still" {
+		t.Fatalf("right to left after the half-close: %q, %v", got, err)
+	}
+	select {
+	case <-done:
+		t.Fatal("done before the second direction ended")
+	default:
+	}
+	right.CloseWrite()
+	if _, err := io.ReadAll(left); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("done not called after both directions ended")
+	}
+	wg.Wait()
+}
+
+// TestStartWatchedClose: closing a watched socket, which leaves the
+// epoll instance without an event, still ends the relay.
+func TestStartWatchedClose(t *testing.T) {
+	p, err := NewPoller()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	_, a := loopbackPair(t)
+	b, _ := loopbackPair(t)
+	wa, wb := p.Watch(a), p.Watch(b)
+	var wg sync.WaitGroup
+	wg.Add(1)
+	done := make(chan struct{})
+	Start(wa, wb, &wg, nil, func() { close(done); wg.Done() })
+	wa.Close()
+	wb.Close()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("closing both sockets did not end the relay")
+	}
+	wg.Wait()
+}
+
+// TestStartWatchedDatagrams: Start with moved relays datagrams between
+// watched host UDP sockets whole, counts each, and ends on a close.
+func TestStartWatchedDatagrams(t *testing.T) {
+	p, err := NewPoller()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	left, hostA := udpPair(t)
+	hostB, right := udpPair(t)
+	wa, wb := p.Watch(hostA), p.Watch(hostB)
+	var moved sync.WaitGroup
+	var wg sync.WaitGroup
+	wg.Add(1)
+	done := make(chan struct{})
+	sizes := []int{0, 1, 1400, 65507}
+	moved.Add(2 * len(sizes))
+	Start(wa, wb, &wg, func() { moved.Done() }, func() { close(done); wg.Done() })
+	buf := make([]byte, 70000)
+	for _, size := range sizes {
+		for _, way := range [][2]interface {
+			Write([]byte) (int, error)
+			Read([]byte) (int, error)
+			SetReadDeadline(time.Time) error
+		}{{left, right}, {right, left}} {
+			msg := bytes.Repeat([]byte{byte(size)}, size)
+			if _, err := way[0].Write(msg); err != nil {
+				t.Fatal(err)
+			}
+			way[1].SetReadDeadline(time.Now().Add(5 * time.Second))
+			n, err := way[1].Read(buf)
+			if err != nil || !bytes.Equal(buf[:n], msg) {
+				t.Fatalf("%d bytes: got %d, %v", size, n, err)
+			}
+		}
+	}
+	moved.Wait()
+	waitBuffersBack(t, datagramBuffers, "idle")
+	wa.Close()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("closing a socket did not end the datagram relay")
+	}
+	wg.Wait()
+}
