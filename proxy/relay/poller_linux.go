@@ -8,6 +8,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -139,7 +140,10 @@ func (p *Poller) Watch(c net.Conn) ReadNotifier {
 	}
 	id := p.next
 	p.next++
-	return &watched{Conn: c, rc: rc, p: p, id: id, stream: stream}
+	w := &watched{Conn: c, rc: rc, p: p, id: id, stream: stream}
+	// Until a read has found the socket empty, it may hold data.
+	w.drained.Store(^uint64(0))
+	return w
 }
 
 // watched is a host socket that a Poller notifies for.
@@ -153,6 +157,11 @@ type watched struct {
 	mu     sync.Mutex
 	notify func()
 	closed atomic.Bool
+	// events counts the poller's events for the socket, and drained is
+	// what it was when a read last found the socket empty: an event
+	// since then means there may be something to read. Readable thus
+	// costs no system call.
+	events, drained atomic.Uint64
 }
 
 func (w *watched) NotifyReadable(f func()) (stop func()) {
@@ -181,6 +190,7 @@ func (w *watched) NotifyReadable(f func()) (stop func()) {
 }
 
 func (w *watched) wake() {
+	w.events.Add(1)
 	w.mu.Lock()
 	f := w.notify
 	w.mu.Unlock()
@@ -189,23 +199,17 @@ func (w *watched) wake() {
 	}
 }
 
-// Readable peeks at the socket without waiting: data, a pending error or
-// the end of the stream make it readable, and so does a closed socket,
-// whose TryRead then says so.
+// Readable reports whether the poller has seen the socket become readable
+// since a read last found it empty (a closed socket counts: its TryRead
+// says so). The events are edge-triggered, so one that came in between
+// that read and the relay's arming for the next is caught here.
 func (w *watched) Readable() bool {
-	if w.closed.Load() {
-		return true
-	}
-	readable := true
-	err := w.rc.Control(func(fd uintptr) {
-		var one [1]byte
-		_, _, err := unix.Recvfrom(int(fd), one[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		readable = err != unix.EAGAIN
-	})
-	return readable || err != nil
+	return w.closed.Load() || w.events.Load() != w.drained.Load()
 }
 
 func (w *watched) TryRead(b []byte) (n int, wouldBlock bool, err error) {
+	// The count before the read: an event during it is not lost.
+	seen := w.events.Load()
 	var rerr error
 	if cerr := w.rc.Read(func(fd uintptr) bool {
 		n, rerr = readFD(fd, b)
@@ -215,6 +219,7 @@ func (w *watched) TryRead(b []byte) (n int, wouldBlock bool, err error) {
 	}
 	switch {
 	case rerr == unix.EAGAIN:
+		w.drained.Store(seen)
 		return 0, true, nil
 	case rerr != nil:
 		network := "udp"
@@ -226,6 +231,27 @@ func (w *watched) TryRead(b []byte) (n int, wouldBlock bool, err error) {
 		return 0, false, io.EOF
 	}
 	return n, false, nil
+}
+
+// waitReadable waits up to d, on the runtime's poller as a Read would,
+// for the socket to become readable, and reports whether it did (or
+// failed: the next read says how). It reads nothing.
+func (w *watched) waitReadable(d time.Duration) bool {
+	if w.Conn.SetReadDeadline(time.Now().Add(d)) != nil {
+		return false
+	}
+	readable := false
+	err := w.rc.Read(func(fd uintptr) bool {
+		var one [1]byte
+		_, _, err := unix.Recvfrom(int(fd), one[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
+		if err == unix.EAGAIN {
+			return false
+		}
+		readable = true
+		return true
+	})
+	w.Conn.SetReadDeadline(time.Time{})
+	return readable || (err != nil && !errors.Is(err, os.ErrDeadlineExceeded))
 }
 
 // Close closes the socket and wakes the relay, which the poller cannot:

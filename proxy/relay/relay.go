@@ -26,6 +26,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 const (
@@ -356,6 +357,11 @@ func (c *notifiedCopy) drain() {
 			return
 		}
 		if wouldBlock {
+			if l, ok := c.src.(lingerer); ok && l.waitReadable(lingerTime) {
+				// More came while this goroutine waited: a busy flow
+				// keeps its goroutine, as a parked Read would.
+				continue
+			}
 			c.armed.Store(true)
 			// Bytes that arrived between the read and the arming found
 			// nothing armed to wake: take them now, unless a
@@ -367,6 +373,18 @@ func (c *notifiedCopy) drain() {
 		}
 	}
 }
+
+// lingerer is a source that can wait a moment for more to read, more
+// cheaply than a notification and a new goroutine: a host socket, on
+// the runtime's own poller.
+type lingerer interface {
+	waitReadable(d time.Duration) bool
+}
+
+// lingerTime is how long a copy from a lingerer waits for more before
+// its goroutine leaves: longer than the gaps within a burst, far shorter
+// than a flow's idle spells.
+const lingerTime = 5 * time.Millisecond
 
 // finish ends the copy as OneWay does: the end of src's stream is passed
 // on as a half-close, a failure closes both ends.
