@@ -528,9 +528,9 @@ func (c notifier) Readable() bool {
 
 // tryRead reads into b what has arrived, without waiting: with nothing
 // to read it returns wouldBlock, at the end of the stream io.EOF, and
-// any other error as an *net.OpError of network between local and
-// remote.
-func (c notifier) tryRead(b []byte, network string, local, remote net.Addr) (n int, wouldBlock bool, err error) {
+// any other error as an *net.OpError of network between conn's ends
+// (read only then: each costs an allocation and the endpoint's lock).
+func (c notifier) tryRead(b []byte, network string, conn net.Conn) (n int, wouldBlock bool, err error) {
 	w := tcpip.SliceWriter(b)
 	res, terr := c.ep.Read(&w, tcpip.ReadOptions{})
 	switch terr.(type) {
@@ -541,14 +541,14 @@ func (c notifier) tryRead(b []byte, network string, local, remote net.Addr) (n i
 	case *tcpip.ErrClosedForReceive:
 		return 0, false, io.EOF
 	}
-	return 0, false, &net.OpError{Op: "read", Net: network, Source: local, Addr: remote, Err: goError("read", terr)}
+	return 0, false, &net.OpError{Op: "read", Net: network, Source: conn.LocalAddr(), Addr: conn.RemoteAddr(), Err: goError("read", terr)}
 }
 
 // TryRead reads into b what has arrived, without waiting. With nothing
 // to read it returns wouldBlock; at the end of the stream, io.EOF. It
 // ignores the read deadline, and must not run alongside Read.
 func (c *TCPConn) TryRead(b []byte) (n int, wouldBlock bool, err error) {
-	n, wouldBlock, err = c.tryRead(b, "tcp", c.LocalAddr(), c.RemoteAddr())
+	n, wouldBlock, err = c.tryRead(b, "tcp", c)
 	if n > 0 {
 		// As gonet's Read does: receive-buffer moderation grows the
 		// window from what the application reads. Without it the
@@ -589,7 +589,7 @@ func newUDPConn(wq *waiter.Queue, ep tcpip.Endpoint) *UDPConn {
 // than b is cut short. With none queued it returns wouldBlock; once the
 // endpoint is closed, io.EOF. It must not run alongside Read.
 func (c *UDPConn) TryRead(b []byte) (n int, wouldBlock bool, err error) {
-	return c.tryRead(b, "udp", c.LocalAddr(), c.RemoteAddr())
+	return c.tryRead(b, "udp", c)
 }
 
 // Read waits for one datagram and reads it into b.

@@ -115,7 +115,9 @@ func (p *Poller) closeFDs() {
 
 // Watch makes c, a host *net.TCPConn or *net.UDPConn, a ReadNotifier
 // whose notifications come from p. It returns nil, and c is untouched,
-// when c is of another kind or has no descriptor.
+// when c is of another kind, has no descriptor, or cannot be registered
+// (epoll's watch limit, fs.epoll.max_user_watches): the caller then
+// relays from c as it would without a poller.
 func (p *Poller) Watch(c net.Conn) ReadNotifier {
 	var stream bool
 	switch c.(type) {
@@ -138,11 +140,15 @@ func (p *Poller) Watch(c net.Conn) ReadNotifier {
 	if p.closed {
 		return nil
 	}
-	id := p.next
-	p.next++
-	w := &watched{Conn: c, rc: rc, p: p, id: id, stream: stream}
+	w := &watched{Conn: c, rc: rc, p: p, id: p.next, stream: stream}
 	// Until a read has found the socket empty, it may hold data.
 	w.drained.Store(^uint64(0))
+	var regErr error
+	if err := rc.Control(func(fd uintptr) { regErr = p.ctl(unix.EPOLL_CTL_ADD, int(fd), w.id) }); err != nil || regErr != nil {
+		return nil
+	}
+	p.next++
+	p.fire[w.id] = w.wake
 	return w
 }
 
@@ -157,6 +163,10 @@ type watched struct {
 	mu     sync.Mutex
 	notify func()
 	closed atomic.Bool
+	// pending is an error that waitReadable's peek took from the socket
+	// (the kernel hands a socket error out once, peeked or not); the
+	// next TryRead returns it.
+	pending atomic.Pointer[error]
 	// events counts the poller's events for the socket, and drained is
 	// what it was when a read last found the socket empty: an event
 	// since then means there may be something to read. Readable thus
@@ -164,29 +174,30 @@ type watched struct {
 	events, drained atomic.Uint64
 }
 
+// NotifyReadable has f called on the poller's events for the socket,
+// which Watch registered; stop ends that registration.
 func (w *watched) NotifyReadable(f func()) (stop func()) {
 	w.mu.Lock()
 	w.notify = f
 	w.mu.Unlock()
-	w.p.mu.Lock()
-	w.p.fire[w.id] = w.wake
-	w.p.mu.Unlock()
-	var regErr error
-	w.rc.Control(func(fd uintptr) { regErr = w.p.ctl(unix.EPOLL_CTL_ADD, int(fd), w.id) })
-	if regErr != nil {
-		// Without a registration only Close would wake the relay:
-		// wake it now and at every later chance it gets.
-		defer f()
-	}
 	return func() {
-		w.rc.Control(func(fd uintptr) { w.p.ctl(unix.EPOLL_CTL_DEL, int(fd), w.id) })
-		w.p.mu.Lock()
-		delete(w.p.fire, w.id)
-		w.p.mu.Unlock()
+		w.forget()
 		w.mu.Lock()
 		w.notify = nil
 		w.mu.Unlock()
 	}
+}
+
+// forget takes the socket out of the poller, unless the poller has
+// closed (its epoll descriptor's number may be another file's by now).
+func (w *watched) forget() {
+	w.p.mu.Lock()
+	defer w.p.mu.Unlock()
+	if _, ok := w.p.fire[w.id]; !ok || w.p.closed {
+		return
+	}
+	delete(w.p.fire, w.id)
+	w.rc.Control(func(fd uintptr) { w.p.ctl(unix.EPOLL_CTL_DEL, int(fd), w.id) })
 }
 
 func (w *watched) wake() {
@@ -208,6 +219,9 @@ func (w *watched) Readable() bool {
 }
 
 func (w *watched) TryRead(b []byte) (n int, wouldBlock bool, err error) {
+	if p := w.pending.Swap(nil); p != nil {
+		return 0, false, w.opError(*p)
+	}
 	// The count before the read: an event during it is not lost.
 	seen := w.events.Load()
 	var rerr error
@@ -222,15 +236,19 @@ func (w *watched) TryRead(b []byte) (n int, wouldBlock bool, err error) {
 		w.drained.Store(seen)
 		return 0, true, nil
 	case rerr != nil:
-		network := "udp"
-		if w.stream {
-			network = "tcp"
-		}
-		return 0, false, &net.OpError{Op: "read", Net: network, Source: w.LocalAddr(), Addr: w.RemoteAddr(), Err: os.NewSyscallError("read", rerr)}
+		return 0, false, w.opError(rerr)
 	case n == 0 && w.stream:
 		return 0, false, io.EOF
 	}
 	return n, false, nil
+}
+
+func (w *watched) opError(err error) error {
+	network := "udp"
+	if w.stream {
+		network = "tcp"
+	}
+	return &net.OpError{Op: "read", Net: network, Source: w.LocalAddr(), Addr: w.RemoteAddr(), Err: os.NewSyscallError("read", err)}
 }
 
 // waitReadable waits up to d, on the runtime's poller as a Read would,
@@ -247,6 +265,9 @@ func (w *watched) waitReadable(d time.Duration) bool {
 		if err == unix.EAGAIN {
 			return false
 		}
+		if err != nil {
+			w.pending.Store(&err)
+		}
 		readable = true
 		return true
 	})
@@ -258,6 +279,7 @@ func (w *watched) waitReadable(d time.Duration) bool {
 // a closed descriptor leaves the epoll instance without an event.
 func (w *watched) Close() error {
 	w.closed.Store(true)
+	w.forget()
 	err := w.Conn.Close()
 	w.wake()
 	return err

@@ -154,3 +154,36 @@ func TestStartWatchedDatagrams(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestStartWatchedAlreadyEnded: a host that sent its bytes and closed
+// before the relay started (a banner, then EOF) is relayed whole, and the
+// relay ends cleanly; its notification may come while Start registers.
+func TestStartWatchedAlreadyEnded(t *testing.T) {
+	p, err := NewPoller()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	for range 50 {
+		left, a := loopbackPair(t)
+		b, right := loopbackPair(t)
+		left.Write([]byte("banner"))
+		left.Close()
+		right.CloseWrite()
+		wa, wb := p.Watch(a), p.Watch(b)
+		var wg sync.WaitGroup
+		wg.Add(1)
+		done := make(chan struct{})
+		Start(wa, wb, &wg, nil, func() { close(done); wg.Done() })
+		right.SetReadDeadline(time.Now().Add(10 * time.Second))
+		if got, err := io.ReadAll(right); err != nil || string(got) != "banner" {
+			t.Fatalf("got %q, %v", got, err)
+		}
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the relay did not end")
+		}
+		wg.Wait()
+	}
+}

@@ -302,9 +302,12 @@ func fromNotifier(dst net.Conn, src ReadNotifier, wg *sync.WaitGroup, moved func
 // finished.
 func startNotified(dst net.Conn, src ReadNotifier, wg *sync.WaitGroup, moved, after func()) chan struct{} {
 	c := &notifiedCopy{dst: dst, src: src, wg: wg, finished: make(chan struct{}), datagrams: moved != nil, moved: moved, after: after}
-	c.armed.Store(true)
+	// Armed only once stop is set: a notification that comes while
+	// NotifyReadable registers (a socket already readable) must not
+	// start a drain that could finish, and call stop, before it exists.
 	c.stop = src.NotifyReadable(c.wake)
-	// Bytes that arrived before the notification was set up.
+	c.armed.Store(true)
+	// What arrived before the notification was set up, or while it was.
 	if src.Readable() {
 		c.wake()
 	}
