@@ -575,7 +575,7 @@ func (c *TCPConn) TCPInfo() tcpip.TCPInfoOption {
 //
 // It is not gonet's: server mode holds one per UDP flow for as long as
 // the flow idles, and gonet's deadline machinery (two timers and their
-// channels) was a fifth of an idle flow's memory. Deadlines are not
+// channels) was a large part of an idle flow's memory. Deadlines are not
 // supported: the relay never blocks in Read, and a flow ends by Close.
 type UDPConn struct {
 	notifier

@@ -124,15 +124,8 @@ func (s *shares) give(k protocol.PublicKey) {
 // peer routes a (which cryptokey routing rules out for a real packet) or
 // when the server has no Net to ask.
 func (d *DNSServer) peerAt(a net.Addr) protocol.PublicKey {
-	var ip netip.Addr
-	switch a := a.(type) {
-	case *net.UDPAddr:
-		ip, _ = netip.AddrFromSlice(a.IP)
-	case *net.TCPAddr:
-		ip, _ = netip.AddrFromSlice(a.IP)
-	}
-	if d.peerOf != nil {
-		if k, ok := d.peerOf(ip.Unmap()); ok {
+	if ip, ok := addrOf(a); ok && d.peerOf != nil {
+		if k, ok := d.peerOf(ip); ok {
 			return k
 		}
 	}

@@ -277,13 +277,12 @@ func TransientUDPError(err error) bool {
 // no goroutine is copying and a notification may start one, so exactly
 // one goroutine at a time copies.
 type notifiedCopy struct {
-	dst      net.Conn
-	src      ReadNotifier
-	wg       *sync.WaitGroup
-	armed    atomic.Bool
-	stop     func()
-	finished chan struct{}
-	// after, if set, runs once the copy has finished.
+	dst   net.Conn
+	src   ReadNotifier
+	wg    *sync.WaitGroup
+	armed atomic.Bool
+	stop  func()
+	// after runs once the copy has finished.
 	after func()
 	// datagrams is set for a datagram copy: moved is called after each
 	// datagram, transient errors are skipped, and the end is a close.
@@ -295,13 +294,15 @@ type notifiedCopy struct {
 // copyDatagrams does when moved is not nil; the channel it returns is
 // closed when the copy is over.
 func fromNotifier(dst net.Conn, src ReadNotifier, wg *sync.WaitGroup, moved func()) chan struct{} {
-	return startNotified(dst, src, wg, moved, nil)
+	finished := make(chan struct{})
+	startNotified(dst, src, wg, moved, func() { close(finished) })
+	return finished
 }
 
-// startNotified is fromNotifier with after run once the copy has
-// finished.
-func startNotified(dst net.Conn, src ReadNotifier, wg *sync.WaitGroup, moved, after func()) chan struct{} {
-	c := &notifiedCopy{dst: dst, src: src, wg: wg, finished: make(chan struct{}), datagrams: moved != nil, moved: moved, after: after}
+// startNotified starts copying src to dst as fromNotifier does and runs
+// after once the copy has finished.
+func startNotified(dst net.Conn, src ReadNotifier, wg *sync.WaitGroup, moved, after func()) {
+	c := &notifiedCopy{dst: dst, src: src, wg: wg, datagrams: moved != nil, moved: moved, after: after}
 	// Armed only once stop is set: a notification that comes while
 	// NotifyReadable registers (a socket already readable) must not
 	// start a drain that could finish, and call stop, before it exists.
@@ -311,7 +312,6 @@ func startNotified(dst net.Conn, src ReadNotifier, wg *sync.WaitGroup, moved, af
 	if src.Readable() {
 		c.wake()
 	}
-	return c.finished
 }
 
 // wake runs on the tunnel stack's goroutine: it must not block. It can
@@ -405,9 +405,4 @@ func (c *notifiedCopy) finish(err error) {
 	c.end()
 }
 
-func (c *notifiedCopy) end() {
-	close(c.finished)
-	if c.after != nil {
-		c.after()
-	}
-}
+func (c *notifiedCopy) end() { c.after() }
