@@ -112,6 +112,10 @@ func startRemotePeer(peer protocol.PublicKey, page string) (*remotePeer, error) 
 
 func (r *remotePeer) Close() error {
 	r.srv.Close()
+	// Down first: Close alone closes tun/netstack's TUN while a receiver
+	// may still be delivering into its stack, whose answer then goes to
+	// a closed channel.
+	r.dev.Down()
 	r.dev.Close()
 	return nil
 }

@@ -107,7 +107,7 @@ func runRole(role, endpoint, via string) error {
 			if err != nil {
 				return err
 			}
-			defer dev.Close()
+			defer closeDevice(dev)
 			l = func(p uint16) (net.Listener, error) {
 				return tnet.ListenTCPAddrPort(netip.AddrPortFrom(peerAddr, p))
 			}
@@ -141,7 +141,7 @@ func runRole(role, endpoint, via string) error {
 			if err != nil {
 				return err
 			}
-			defer dev.Close()
+			defer closeDevice(dev)
 			dial = func(ctx context.Context, addr string) (net.Conn, error) {
 				ap, err := netip.ParseAddrPort(addr)
 				if err != nil {
@@ -214,6 +214,14 @@ func wggoDevice(addr netip.Addr, key protocol.PrivateKey, peer protocol.PublicKe
 		return nil, nil, nil, err
 	}
 	return dev, tnet, bind, nil
+}
+
+// closeDevice takes a wireguard-go device down before closing it: Close
+// alone closes tun/netstack's TUN while a receiver may still be
+// delivering into its stack, whose answer then goes to a closed channel.
+func closeDevice(dev *device.Device) {
+	dev.Down()
+	dev.Close()
 }
 
 // wgboreNet is our netstack at addr, with one peer routed at peerIP.

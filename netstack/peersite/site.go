@@ -327,7 +327,18 @@ func (s *Site) stop() {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
-	s.Device.Close()
+	closeDevice(s.Device)
+}
+
+// closeDevice takes a wireguard-go device down before closing it.
+// Close alone closes the TUN first and stops the peers after: a
+// receiver still delivering a packet into tun/netstack's stack then
+// makes it answer (a reset, say) into the TUN's closed channel, and the
+// send on it panics. Down stops the peers and waits for their
+// receivers, so nothing is delivered once the TUN closes.
+func closeDevice(dev *device.Device) {
+	dev.Down()
+	dev.Close()
 }
 
 // serveTCP accepts connections on a:port and runs handle for each,
@@ -453,6 +464,6 @@ func (s *Site) WireGuardGoClientVia(t testing.TB, ours protocol.PrivateKey, endp
 func WireGuardGoStack(t testing.TB, key protocol.PrivateKey, addrs []netip.Addr, peer protocol.PublicKey, endpoint string, allowed []netip.Prefix, listen func(netip.AddrPort) (*net.UDPConn, error)) *netstack.Net {
 	t.Helper()
 	dev, tnet, _ := startDevice(t, addrs, 0, key, peer, endpoint, allowed, 0, listen)
-	t.Cleanup(dev.Close)
+	t.Cleanup(func() { closeDevice(dev) })
 	return tnet
 }

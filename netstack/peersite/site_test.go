@@ -13,6 +13,7 @@ import (
 	"runtime"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -229,5 +230,32 @@ func TestStopLeavesNothing(t *testing.T) {
 			buf := make([]byte, 1<<20)
 			t.Fatalf("%d goroutines before the site, %d after it stopped:\n%s", before, runtime.NumGoroutine(), buf[:runtime.Stack(buf, true)])
 		}
+	}
+}
+
+// TestStopUnderTraffic stops sites while a client keeps dialing a closed
+// port, so that the site's stack is answering with resets as it goes
+// away: closing wireguard-go's TUN under a receiver that is still
+// delivering panics the whole test binary.
+func TestStopUnderTraffic(t *testing.T) {
+	for range 20 {
+		key, _ := protocol.GeneratePrivateKey()
+		site := peersite.Start(t, key.PublicKey(), peersite.Options{})
+		ours := site.WireGuardGoClient(t, key)
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		for range 16 {
+			wg.Go(func() {
+				for ctx.Err() == nil {
+					if c, err := ours.DialContext(ctx, "tcp", netip.AddrPortFrom(peersite.TheirV4, 1).String()); err == nil {
+						c.Close()
+					}
+				}
+			})
+		}
+		time.Sleep(50 * time.Millisecond)
+		site.Stop()
+		cancel()
+		wg.Wait()
 	}
 }
