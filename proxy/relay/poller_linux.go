@@ -163,10 +163,6 @@ type watched struct {
 	mu     sync.Mutex
 	notify func()
 	closed atomic.Bool
-	// pending is an error that waitReadable's peek took from the socket
-	// (the kernel hands a socket error out once, peeked or not); the
-	// next TryRead returns it.
-	pending atomic.Pointer[error]
 	// events counts the poller's events for the socket, and drained is
 	// what it was when a read last found the socket empty: an event
 	// since then means there may be something to read. Readable thus
@@ -197,6 +193,11 @@ func (w *watched) forget() {
 		return
 	}
 	delete(w.p.fire, w.id)
+	if len(w.p.fire) == 0 {
+		// A map keeps the buckets of its largest size: after a burst
+		// of thousands of sockets, they would stay for good.
+		w.p.fire = map[uint64]func(){}
+	}
 	w.rc.Control(func(fd uintptr) { w.p.ctl(unix.EPOLL_CTL_DEL, int(fd), w.id) })
 }
 
@@ -219,9 +220,6 @@ func (w *watched) Readable() bool {
 }
 
 func (w *watched) TryRead(b []byte) (n int, wouldBlock bool, err error) {
-	if p := w.pending.Swap(nil); p != nil {
-		return 0, false, w.opError(*p)
-	}
 	// The count before the read: an event during it is not lost.
 	seen := w.events.Load()
 	var rerr error
@@ -251,28 +249,43 @@ func (w *watched) opError(err error) error {
 	return &net.OpError{Op: "read", Net: network, Source: w.LocalAddr(), Addr: w.RemoteAddr(), Err: os.NewSyscallError("read", err)}
 }
 
-// waitReadable waits up to d, on the runtime's poller as a Read would,
-// for the socket to become readable, and reports whether it did (or
-// failed: the next read says how). It reads nothing.
-func (w *watched) waitReadable(d time.Duration) bool {
+// lingerRead reads straight into b, as TryRead does, so that an error
+// the kernel hands out once (a reset, an ICMP error on UDP) is returned
+// by the read that took it.
+func (w *watched) lingerRead(b []byte, d time.Duration) (n int, wouldBlock bool, err error) {
 	if w.Conn.SetReadDeadline(time.Now().Add(d)) != nil {
-		return false
+		return 0, true, nil
 	}
-	readable := false
-	err := w.rc.Read(func(fd uintptr) bool {
-		var one [1]byte
-		_, _, err := unix.Recvfrom(int(fd), one[:], unix.MSG_PEEK|unix.MSG_DONTWAIT)
-		if err == unix.EAGAIN {
+	var seen uint64
+	tried := false
+	var rerr error
+	cerr := w.rc.Read(func(fd uintptr) bool {
+		// The count before each read, as in TryRead: only a read that
+		// found the socket empty may mark the events before it seen.
+		// The deadline can pass before any read is tried at all.
+		s := w.events.Load()
+		n, rerr = readFD(fd, b)
+		if rerr == unix.EAGAIN {
+			seen, tried = s, true
 			return false
 		}
-		if err != nil {
-			w.pending.Store(&err)
-		}
-		readable = true
 		return true
 	})
 	w.Conn.SetReadDeadline(time.Time{})
-	return readable || (err != nil && !errors.Is(err, os.ErrDeadlineExceeded))
+	switch {
+	case errors.Is(cerr, os.ErrDeadlineExceeded):
+		if tried {
+			w.drained.Store(seen)
+		}
+		return 0, true, nil
+	case cerr != nil:
+		return 0, false, cerr
+	case rerr != nil:
+		return 0, false, w.opError(rerr)
+	case n == 0 && w.stream:
+		return 0, false, io.EOF
+	}
+	return n, false, nil
 }
 
 // Close closes the socket and wakes the relay, which the poller cannot:

@@ -46,6 +46,7 @@ func TestStartWatchedTCP(t *testing.T) {
 		}
 	}
 	waitBuffersBack(t, largeBuffers, "idle")
+	waitBuffersBack(t, smallBuffers, "idle")
 	deadline := time.Now().Add(5 * time.Second)
 	for runtime.NumGoroutine() > base && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
@@ -185,5 +186,137 @@ func TestStartWatchedAlreadyEnded(t *testing.T) {
 			t.Fatal("the relay did not end")
 		}
 		wg.Wait()
+	}
+}
+
+// TestDrainStartsSmall: a drain that finds a few bytes, or only the end
+// of the stream (what a mass close wakes every relay for), takes a small
+// buffer, not a large one; a read that fills the small buffer moves the
+// drain to a large one for the rest of the burst.
+func TestDrainStartsSmall(t *testing.T) {
+	p, err := NewPoller()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	left, a := loopbackPair(t)
+	b, right := loopbackPair(t)
+	wa, wb := p.Watch(a), p.Watch(b)
+	if wa == nil || wb == nil {
+		t.Fatal("Watch refused a TCP socket")
+	}
+	left.SetDeadline(time.Now().Add(30 * time.Second))
+	right.SetDeadline(time.Now().Add(30 * time.Second))
+	var wg sync.WaitGroup
+	wg.Add(1)
+	done := make(chan struct{})
+	Start(wa, wb, &wg, nil, func() { close(done); wg.Done() })
+
+	large := largeBuffers.gets.Load()
+	for i := range 20 {
+		msg := []byte{'a' + byte(i), 'b', 'c'}
+		left.Write(msg)
+		got := make([]byte, len(msg))
+		if _, err := io.ReadFull(right, got); err != nil || !bytes.Equal(got, msg) {
+			t.Fatalf("message %d: %q, %v", i, got, err)
+		}
+		time.Sleep(2 * lingerTime) // the drain leaves: the next one starts anew
+	}
+	if n := largeBuffers.gets.Load() - large; n != 0 {
+		t.Errorf("20 three-byte messages took %d large buffers", n)
+	}
+
+	bulk := bytes.Repeat([]byte{'x'}, 256<<10)
+	go left.Write(bulk)
+	if _, err := io.ReadFull(right, make([]byte, len(bulk))); err != nil {
+		t.Fatal(err)
+	}
+	if largeBuffers.gets.Load() == large {
+		t.Error("a bulk transfer never moved to a large buffer")
+	}
+
+	large = largeBuffers.gets.Load()
+	left.Close()
+	right.Close()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the relay did not end after both sides closed")
+	}
+	wg.Wait()
+	if n := largeBuffers.gets.Load() - large; n != 0 {
+		t.Errorf("reading the ends of the streams took %d large buffers", n)
+	}
+}
+
+// TestLingerRead: a watched socket's lingerRead times out with nothing
+// to read, returns bytes that arrive while it waits, the end of a stream,
+// and an error the kernel hands out once (a connected UDP socket's port
+// unreachable); after a timeout that found the socket empty, an event
+// that came before the next read still says it is readable.
+func TestLingerRead(t *testing.T) {
+	p, err := NewPoller()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	peer, c := loopbackPair(t)
+	w := p.Watch(c).(*watched)
+	buf := make([]byte, 64)
+
+	if n, wouldBlock, err := w.lingerRead(buf, 20*time.Millisecond); !wouldBlock || n != 0 || err != nil {
+		t.Fatalf("nothing to read: %d, %v, %v; want a timeout", n, wouldBlock, err)
+	}
+	if w.Readable() {
+		t.Fatal("readable after a timeout that found the socket empty")
+	}
+	go func() {
+		time.Sleep(10 * time.Millisecond)
+		peer.Write([]byte("late"))
+	}()
+	if n, wouldBlock, err := w.lingerRead(buf, 5*time.Second); wouldBlock || err != nil || string(buf[:n]) != "late" {
+		t.Fatalf("bytes during the wait: %q, %v, %v", buf[:n], wouldBlock, err)
+	}
+	peer.Write([]byte("x"))
+	deadline := time.Now().Add(5 * time.Second)
+	for !w.Readable() {
+		if time.Now().After(deadline) {
+			t.Fatal("the poller never saw the second write")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if n, _, err := w.lingerRead(buf, time.Second); n != 1 || err != nil {
+		t.Fatalf("second write: %d, %v", n, err)
+	}
+	// A wait whose deadline passes before any read is tried must not
+	// mark the socket drained: the edge-triggered event is not repeated.
+	peer.Write([]byte("y"))
+	for !w.Readable() {
+		time.Sleep(time.Millisecond)
+	}
+	if n, wouldBlock, _ := w.lingerRead(buf, -time.Second); wouldBlock {
+		if !w.Readable() {
+			t.Fatal("a wait that read nothing lost the event")
+		}
+		if n, _, err := w.TryRead(buf); n != 1 || err != nil {
+			t.Fatalf("the byte after the lapsed wait: %d, %v", n, err)
+		}
+	} else if n != 1 {
+		t.Fatalf("lapsed wait read %d bytes", n)
+	}
+	peer.Close()
+	if n, wouldBlock, err := w.lingerRead(buf, 5*time.Second); n != 0 || wouldBlock || err != io.EOF {
+		t.Fatalf("end of stream: %d, %v, %v; want io.EOF", n, wouldBlock, err)
+	}
+
+	a, b := udpPair(t)
+	wb := p.Watch(b).(*watched)
+	a.Close() // b's next datagram draws a port unreachable
+	b.Write([]byte("?"))
+	if _, wouldBlock, err := wb.lingerRead(buf, 5*time.Second); wouldBlock || err == nil || !TransientUDPError(err) {
+		t.Fatalf("port unreachable: %v, %v; want the transient error", wouldBlock, err)
+	}
+	if _, wouldBlock, err := wb.lingerRead(buf, 20*time.Millisecond); !wouldBlock || err != nil {
+		t.Fatalf("after the error: %v, %v; want a timeout (the error is handed out once)", wouldBlock, err)
 	}
 }

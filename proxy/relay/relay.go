@@ -9,7 +9,11 @@
 // relays that have nothing to move. So:
 //   - A host TCP or UDP socket (on Unix) is waited on through its
 //     syscall.RawConn, and a pooled buffer is taken only once the socket
-//     is readable: an idle direction holds no buffer at all.
+//     is readable: an idle direction holds no buffer at all. On Linux a
+//     [Poller] makes such a socket a ReadNotifier, as below.
+//   - Copies woken by a notification start with a small pooled buffer
+//     and move to a large one only when a read fills it: most wake-ups
+//     bring a few bytes or the end of the stream.
 //   - A tunnel connection that can notify when it is readable (a
 //     [ReadNotifier], as netstack's connections are) is read by a
 //     goroutine started only when it has bytes, so an idle direction
@@ -46,21 +50,24 @@ const (
 )
 
 var (
+	smallBuffers    = &bufferPool{size: smallBuffer}
 	largeBuffers    = &bufferPool{size: largeBuffer}
 	datagramBuffers = &bufferPool{size: datagramBuffer}
 )
 
 // bufferPool is a sync.Pool of buffers of one size that counts the
 // buffers taken and not yet given back, so that a test can see an idle
-// relay hold none.
+// relay hold none, and those ever taken.
 type bufferPool struct {
 	size int
 	pool sync.Pool
 	out  atomic.Int64
+	gets atomic.Int64 // every buffer ever taken
 }
 
 func (p *bufferPool) get() *[]byte {
 	p.out.Add(1)
+	p.gets.Add(1)
 	if b, ok := p.pool.Get().(*[]byte); ok {
 		return b
 	}
@@ -329,15 +336,30 @@ func (c *notifiedCopy) wake() {
 // the copy at the end of src's stream or on an error.
 func (c *notifiedCopy) drain() {
 	defer c.wg.Done()
-	pool := largeBuffers
+	// A stream's drain starts small, as Copy does: many wake-ups bring
+	// a few bytes or just the end of the stream (a mass close wakes
+	// every relay at once), and only a read that fills the small buffer
+	// is worth the large one.
+	pool := smallBuffers
 	if c.datagrams {
 		pool = datagramBuffers
 	}
 	bp := pool.get()
-	defer pool.put(bp)
+	defer func() { pool.put(bp) }()
 	buf := *bp
+	l, canLinger := c.src.(lingerer)
+	lingerNext := false
 	for {
-		n, wouldBlock, err := c.src.TryRead(buf)
+		var n int
+		var wouldBlock bool
+		var err error
+		lingered := lingerNext
+		if lingerNext {
+			n, wouldBlock, err = l.lingerRead(buf, lingerTime)
+			lingerNext = false
+		} else {
+			n, wouldBlock, err = c.src.TryRead(buf)
+		}
 		if c.datagrams && err != nil && TransientUDPError(err) {
 			continue
 		}
@@ -353,6 +375,12 @@ func (c *notifiedCopy) drain() {
 					c.finish(werr)
 					return
 				}
+				if pool == smallBuffers && n == len(buf) {
+					pool.put(bp)
+					pool = largeBuffers
+					bp = pool.get()
+					buf = *bp
+				}
 			}
 		}
 		if err != nil {
@@ -360,9 +388,10 @@ func (c *notifiedCopy) drain() {
 			return
 		}
 		if wouldBlock {
-			if l, ok := c.src.(lingerer); ok && l.waitReadable(lingerTime) {
-				// More came while this goroutine waited: a busy flow
+			if canLinger && !lingered {
+				// Wait a moment for more before leaving: a busy flow
 				// keeps its goroutine, as a parked Read would.
+				lingerNext = true
 				continue
 			}
 			c.armed.Store(true)
@@ -381,7 +410,10 @@ func (c *notifiedCopy) drain() {
 // cheaply than a notification and a new goroutine: a host socket, on
 // the runtime's own poller.
 type lingerer interface {
-	waitReadable(d time.Duration) bool
+	// lingerRead is TryRead that waits up to d, on the runtime's
+	// poller as a Read would, for something to read; wouldBlock means
+	// nothing came in time.
+	lingerRead(b []byte, d time.Duration) (n int, wouldBlock bool, err error)
 }
 
 // lingerTime is how long a copy from a lingerer waits for more before
