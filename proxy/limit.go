@@ -9,7 +9,8 @@ import (
 
 // DefaultMaxConnections caps the connections one listener serves at once
 // when its configuration does not say. Each costs a host descriptor, a
-// tunnel endpoint with its buffers and two goroutines, so the cap keeps a
+// tunnel endpoint with its buffers and, while it moves data (or always,
+// for a relay that idles on its goroutine), goroutines, so the cap keeps a
 // runaway client from exhausting the process, while staying far above
 // what a person or a build farm behind one proxy opens.
 const DefaultMaxConnections = 1024

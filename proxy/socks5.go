@@ -11,6 +11,8 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	socks5 "github.com/things-go/go-socks5"
@@ -93,10 +95,22 @@ type SOCKS5 struct {
 	cancel context.CancelFunc
 
 	dialTimeout time.Duration
+	// poller watches the client sockets of relays that run without a
+	// goroutine while idle (handOver). It is started by the first hand
+	// over and stopped by Close; nil where there is none (see
+	// relay.Poller).
+	pollerOnce sync.Once
+	poller     *relay.Poller
+	// handOverFrom is the number of open connections from which a new
+	// relay is handed over (handOver): defaultHandOverFrom, unless a
+	// test says otherwise.
+	handOverFrom uint64
+
 	// connTracker holds the listeners and the client connections, each
 	// marked busy once its handshake is over (Shutdown ends those still
 	// in it and waits for the others), and the WaitGroup counting every
-	// goroutine the server starts, relay halves included.
+	// goroutine the server starts, relay halves included, and each relay
+	// handed over until it ends.
 	*connTracker
 }
 
@@ -126,6 +140,7 @@ func NewSOCKS5(nw Network, cfg SOCKS5Config) *SOCKS5 {
 		ctx:              ctx,
 		cancel:           cancel,
 		connTracker:      newConnTracker(),
+		handOverFrom:     defaultHandOverFrom,
 	}
 
 	opts := []socks5.Option{
@@ -150,8 +165,9 @@ func NewSOCKS5(nw Network, cfg SOCKS5Config) *SOCKS5 {
 	return s
 }
 
-// Serve accepts connections on l and serves each in its own goroutine, at
-// most SOCKS5Config.MaxConnections at a time. It returns when l fails or
+// Serve accepts connections on l and serves each in its own goroutine
+// (which a CONNECT's relay may outlive: see handOver), at most
+// SOCKS5Config.MaxConnections at a time. It returns when l fails or
 // is closed, and closes l; connections already being served carry on
 // until their clients leave or Close is called. After Close or Shutdown,
 // Serve returns nil.
@@ -165,10 +181,13 @@ func (s *SOCKS5) Serve(l net.Listener) error {
 		}
 		go func() {
 			defer s.wg.Done()
-			// ServeConn has closed conn already; closing it again in
-			// untrack is harmless.
-			defer s.untrack(conn)
-			s.serveConn(conn)
+			h := &handoff{Conn: conn}
+			s.serveConn(h)
+			if !h.taken.Load() {
+				// ServeConn has closed conn already; closing it again
+				// in untrack is harmless.
+				s.untrack(conn)
+			}
 		}()
 		return true
 	})
@@ -182,12 +201,17 @@ func (s *SOCKS5) Stats() ConnStats { return s.conns.stats() }
 // relay in flight, and returns once all goroutines the server started have
 // exited. It is safe to call more than once.
 func (s *SOCKS5) Close() error {
-	// Closing the client side is enough to end a relay: the half copying
-	// from the client fails at once, go-socks5 then closes the target,
-	// which ends the other half.
+	// Every client socket and target is tracked, so closing them all
+	// ends every relay, handed over or not: a closed side fails its
+	// half's read at once, and a failure closes both sides.
 	s.closeAll()
 	s.cancel()
 	s.wg.Wait()
+	// No relay is left to start the poller, or to use it.
+	s.pollerOnce.Do(func() {})
+	if s.poller != nil {
+		s.poller.Close()
+	}
 	return nil
 }
 
@@ -236,7 +260,11 @@ func (s *SOCKS5) endHandshake(_ context.Context, w io.Writer, _ *socks5.Request)
 	if !ok {
 		return nil
 	}
-	if !s.markBusy(c) {
+	key := c
+	if h, ok := c.(*handoff); ok {
+		key = h.Conn
+	}
+	if !s.markBusy(key) {
 		return errors.New("server shutting down")
 	}
 	return c.SetDeadline(time.Time{})
@@ -257,15 +285,13 @@ func (s *SOCKS5) serveConn(conn net.Conn) {
 // make an idle relay cheap. go-socks5's relay costs three goroutines per
 // connection (the one serving it waits for the two copying) and two
 // pooled 32 KiB buffers held by the blocked reads, and keeps the 4 KiB
-// bufio.Reader it read the request through. Here the serving goroutine
-// copies one direction itself, both copies use the relay's small
-// buffers while idle, and the bufio.Reader is let go once the bytes it
-// buffered past the request are sent on; and relay.Both copies out of a
-// tunnel connection with no goroutine at all while it idles.
-// The idle-connection memory benchmark (cmd/wgbore), connections held through
-// `wgbore up`, measured 57 KiB of resident memory per connection at
-// 1,000 and 61 KiB at 10,000 with go-socks5's relay; 32 and 30 KiB with
-// small buffers and two goroutines; 26 and 24 KiB with one.
+// bufio.Reader it read the request through. Here the bufio.Reader is
+// let go once the bytes it buffered past the request are sent on, and
+// the relay holds no buffer while idle. Where the client's socket can
+// be watched (handOver), the relay holds no goroutine either and the
+// serving goroutine ends; elsewhere it copies one direction itself,
+// and relay.Both copies out of the tunnel connection with no goroutine
+// while it idles.
 //
 // Dial failures are answered as go-socks5 answers them.
 func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) error {
@@ -296,8 +322,8 @@ func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) 
 		socks5.SendReply(w, statute.RepServerFailure, nil)
 		return errors.New("socks5: shutting down")
 	}
-	defer s.untrack(target)
 	if err := socks5.SendReply(w, statute.RepSuccess, target.LocalAddr()); err != nil {
+		s.untrack(target)
 		return fmt.Errorf("failed to send reply, %v", err)
 	}
 	// A client may send its first bytes right behind the request without
@@ -306,20 +332,114 @@ func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) 
 		if n := br.Buffered(); n > 0 {
 			early, _ := br.Peek(n)
 			if _, err := target.Write(early); err != nil {
+				s.untrack(target)
 				return err
 			}
 		}
 	} else if req.Reader != io.Reader(client) {
+		s.untrack(target)
 		return fmt.Errorf("socks5: request read through a %T", req.Reader)
 	}
 	req.Reader = nil
 
+	if s.handOver(client, target) {
+		return nil
+	}
 	// This goroutine holds a count of s.wg, so relay.Both may add to it.
 	// It copies the client to the target here: writing into the tunnel
 	// runs deep (gVisor's send path down to the engine), and this stack
 	// already grew as deep dialing.
 	relay.Both(client, target, &s.wg)
+	s.untrack(target)
 	return nil
+}
+
+// handOver starts a relay between client and target that needs no
+// goroutine while both are idle, once the server holds handOverFrom
+// connections and when both can notify: the tunnel's connections do,
+// and a client's TCP socket does once the poller watches it (Linux).
+// The relay then owns the client connection, its slot under
+// MaxConnections and its place in the tracker, and the serving
+// goroutine, with the stack that dialing grew, ends: a parked goroutine
+// per idle connection was the largest part of the memory connections
+// held. It reports false, changing nothing, where the relay must run on
+// the serving goroutine instead.
+func (s *SOCKS5) handOver(client, target net.Conn) bool {
+	h, ok := client.(*handoff)
+	if !ok || s.conns.active.Load() < s.handOverFrom {
+		return false
+	}
+	s.pollerOnce.Do(s.startPoller)
+	if s.poller == nil {
+		return false
+	}
+	tunnel, ok := target.(relay.ReadNotifier)
+	if !ok {
+		return false
+	}
+	lc, ok := h.Conn.(*limitedConn)
+	if !ok {
+		return false
+	}
+	watched := s.poller.Watch(lc.Conn)
+	if watched == nil {
+		return false
+	}
+	if !s.replace(lc, watched) {
+		// Close has closed both; the relay on this goroutine ends at
+		// once.
+		watched.Close()
+		return false
+	}
+	h.taken.Store(true)
+	s.wg.Add(1)
+	relay.Start(watched, tunnel, &s.wg, nil, func() {
+		s.untrack(target)
+		s.untrack(watched)
+		lc.Close()
+		s.wg.Done()
+	})
+	return true
+}
+
+// startPoller starts the poller of handed-over relays, once.
+func (s *SOCKS5) startPoller() {
+	p, err := relay.NewPoller()
+	if err != nil {
+		s.log.Debug("socks5: no poller for client sockets: each idle connection keeps a goroutine", "err", err)
+		return
+	}
+	s.poller = p
+}
+
+// defaultHandOverFrom is how many connections a SOCKS5 server must hold
+// before it hands new relays over. Below it, the goroutines that idle
+// relays park cost little memory all together, while the poller's hops
+// cost CPU on every connection's setup and traffic.
+const defaultHandOverFrom = 64
+
+// handoff is the client connection as go-socks5 sees it. ServeConn
+// closes its connection once the request's handler returns; a relay
+// that goes on without the serving goroutine (handOver) takes the
+// connection over first, and that Close then leaves it be.
+type handoff struct {
+	net.Conn
+	taken atomic.Bool
+}
+
+func (h *handoff) Close() error {
+	if h.taken.Load() {
+		return nil
+	}
+	return h.Conn.Close()
+}
+
+// CloseWrite passes a relay's half-close on, as limitedConn does.
+func (h *handoff) CloseWrite() error {
+	if cw, ok := h.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return h.Close()
 }
 
 // dial connects to the request's target on the Network. For a domain name,

@@ -21,6 +21,8 @@ import (
 	"time"
 
 	xproxy "golang.org/x/net/proxy"
+
+	"github.com/wgbore/wgbore/proxy/relay"
 )
 
 // socksNetwork stands in for the tunnel: it dials loopback addresses
@@ -29,6 +31,9 @@ import (
 // fails, so a test that passes proves the proxy kept both on the Network.
 type socksNetwork struct {
 	hosts map[string][]netip.Addr
+	// notify, when set, watches each connection dialed, so that it can
+	// notify as the tunnel's connections do.
+	notify *relay.Poller
 
 	mu      sync.Mutex
 	lookups []string
@@ -44,7 +49,15 @@ func (n *socksNetwork) DialContext(ctx context.Context, network, address string)
 		return nil, fmt.Errorf("socksNetwork: refusing to dial %q: not a loopback address", address)
 	}
 	var d net.Dialer
-	return d.DialContext(ctx, network, address)
+	c, err := d.DialContext(ctx, network, address)
+	if err != nil || n.notify == nil {
+		return c, err
+	}
+	if w := n.notify.Watch(c); w != nil {
+		return w, nil
+	}
+	c.Close()
+	return nil, fmt.Errorf("socksNetwork: cannot watch the connection to %s", address)
 }
 
 func (n *socksNetwork) LookupNetIP(_ context.Context, _, host string) ([]netip.Addr, error) {
@@ -745,4 +758,158 @@ func TestSOCKS5CloseEndsHalfClosedRelay(t *testing.T) {
 		t.Fatal(err)
 	}
 	waitNoGoroutines(t, "Close", socksCode...)
+}
+
+// startHandingOverSOCKS5 serves a SOCKS5 server whose Network's
+// connections notify, as the tunnel's do, and which hands relays over
+// from its from-th connection on.
+func startHandingOverSOCKS5(t *testing.T, cfg SOCKS5Config, from uint64) (*SOCKS5, string) {
+	t.Helper()
+	p, err := relay.NewPoller()
+	if err != nil {
+		t.Skipf("no poller on this platform (%v): each relay keeps its serving goroutine", err)
+	}
+	t.Cleanup(func() { p.Close() }) // after the server's Close
+	nw := newSOCKSNetwork()
+	nw.notify = p
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := NewSOCKS5(nw, cfg)
+	s.handOverFrom = from
+	serveInBackground(t, func() error { return s.Serve(l) }, s.Close)
+	return s, l.Addr().String()
+}
+
+// socksRelayCode is what a connection's relay runs on: its serving
+// goroutine, go-socks5's frames, the relay's copies (not the accept loop
+// or the poller).
+var socksRelayCode = []string{"wgbore/proxy.(*SOCKS5).serveConn", "things-go/go-socks5",
+	"wgbore/proxy/relay.(*notifiedCopy)", "wgbore/proxy/relay.OneWay", "wgbore/proxy/relay.Both"}
+
+// TestSOCKS5IdleRelayHoldsNoGoroutine: a relay handed over holds no
+// goroutine while idle. It still carries bytes both ways, passes a
+// half-close on (the target answers after the client's end), gives its
+// slot back when it ends, and ends on Close.
+func TestSOCKS5IdleRelayHoldsNoGoroutine(t *testing.T) {
+	const max = 3
+	s, proxyAddr := startHandingOverSOCKS5(t, SOCKS5Config{MaxConnections: max}, 0)
+	port := startTCPEcho(t)
+	var conns []net.Conn
+	for range max {
+		conns = append(conns, socksEchoThrough(t, proxyAddr, port))
+	}
+	waitNoGoroutines(t, "the relays went idle", socksRelayCode...)
+	for _, c := range conns {
+		socksPing(t, c)
+	}
+
+	// The target answers only once the client has said all it will.
+	_, answerPort, _ := net.SplitHostPort(serveTCP(t, "127.0.0.1:0", func(c net.Conn) {
+		got, _ := io.ReadAll(c)
+		c.Write(append([]byte("got "), got...))
+	}))
+	conns[0].Close()
+	waitForSlot(t, s, max)
+	d, err := xproxy.SOCKS5("tcp", proxyAddr, nil, xproxy.Direct)
+	if err != nil {
+		t.Fatal(err)
+	}
+	half, err := d.Dial("tcp", "127.0.0.1:"+answerPort)
+	if err != nil {
+		t.Fatal(err)
+	}
+	half.SetDeadline(time.Now().Add(10 * time.Second))
+	half.Write([]byte("all"))
+	half.(*net.TCPConn).CloseWrite()
+	if got, err := io.ReadAll(half); err != nil || string(got) != "got all" {
+		t.Fatalf("after the half-close: %q, %v; want the answer and the end", got, err)
+	}
+	half.Close()
+
+	// Its slot comes back once the relay has ended.
+	waitForSlot(t, s, max)
+	conns[0] = socksEchoThrough(t, proxyAddr, port)
+	waitNoGoroutines(t, "the new relay went idle", socksRelayCode...)
+
+	if err := closeWithin(t, s.Close, socksRelayCode...); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range conns {
+		closedByServerWithin(t, c, 5*time.Second)
+	}
+	waitNoGoroutines(t, "Close", append(socksRelayCode, socksCode...)...)
+	if st := s.Stats(); st.Active != 0 {
+		t.Errorf("%d connections still counted active after Close", st.Active)
+	}
+}
+
+// waitForSlot waits until fewer than max connections are active: a
+// relay handed over ends, and gives its slot back, on a goroutine of its
+// own.
+func waitForSlot(t *testing.T, s *SOCKS5, max uint64) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for s.Stats().Active >= max {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections active, at the cap of %d, after one ended", s.Stats().Active, max)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestSOCKS5ShutdownWaitsForHandedOverRelay: Shutdown leaves a relay
+// that was handed over alone while it lives, and returns once it ends.
+func TestSOCKS5ShutdownWaitsForHandedOverRelay(t *testing.T) {
+	s, proxyAddr := startHandingOverSOCKS5(t, SOCKS5Config{}, 0)
+	c := socksEchoThrough(t, proxyAddr, startTCPEcho(t))
+	waitNoGoroutines(t, "the relay went idle", socksRelayCode...)
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		shut <- s.Shutdown(ctx)
+	}()
+	time.Sleep(100 * time.Millisecond)
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned (%v) with a relay still open", err)
+	default:
+	}
+	socksPing(t, c)
+	c.Close()
+	select {
+	case err := <-shut:
+		if err != nil {
+			t.Fatalf("Shutdown = %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown still waiting after the relay's client left")
+	}
+	if n := s.count(); n != 0 {
+		t.Errorf("%d connections still tracked", n)
+	}
+}
+
+// TestSOCKS5HandsOverFromThreshold: below handOverFrom connections a
+// relay stays on its serving goroutine, whose setup and hops cost less
+// CPU than the poller's while its memory hardly counts; from it on,
+// relays are handed over.
+func TestSOCKS5HandsOverFromThreshold(t *testing.T) {
+	_, proxyAddr := startHandingOverSOCKS5(t, SOCKS5Config{}, 2)
+	port := startTCPEcho(t)
+	serving := func() int { return len(proxyGoroutines("wgbore/proxy.(*SOCKS5).serveConn")) }
+	first := socksEchoThrough(t, proxyAddr, port)
+	time.Sleep(20 * time.Millisecond)
+	if n := serving(); n != 1 {
+		t.Fatalf("%d serving goroutines with one relay, below the threshold; want 1", n)
+	}
+	second := socksEchoThrough(t, proxyAddr, port)
+	time.Sleep(20 * time.Millisecond)
+	if n := serving(); n != 1 {
+		t.Fatalf("%d serving goroutines after the second relay, at the threshold; want 1 (the second handed over)", n)
+	}
+	socksPing(t, first)
+	socksPing(t, second)
 }

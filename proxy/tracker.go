@@ -114,6 +114,20 @@ func (t *connTracker) markBusy(c net.Conn) bool {
 	return true
 }
 
+// replace puts with, busy, in c's place, for a relay that has taken c
+// over and closes it through with. It reports false once Close has
+// begun, which has closed c already.
+func (t *connTracker) replace(c, with net.Conn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return false
+	}
+	delete(t.conns, c)
+	t.conns[with] = true
+	return true
+}
+
 // untrack forgets c and closes it. When the last connection goes, the
 // map is made anew: a Go map keeps the buckets of its largest size, so
 // after a burst of thousands of connections it would hold them for the
