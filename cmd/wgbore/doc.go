@@ -374,7 +374,7 @@
 //
 // Then the Go runtime's and the process's: go_info, go_goroutines,
 // go_gc_cycles_total, go_memstats_heap_alloc_bytes, go_memstats_sys_bytes,
-// go_memstats_stack_inuse_bytes (each connection parks a goroutine),
+// go_memstats_stack_inuse_bytes (connections' goroutines),
 // process_resident_memory_bytes, process_open_fds and
 // process_cpu_seconds_total. No key, PSK or password is ever there; a
 // test looks for them.
@@ -414,15 +414,17 @@
 //   - A TCP connection's buffers may grow to at most a sixteenth of the
 //     budget (at least 256 KiB) instead of 8 MiB.
 //
-// 64 MiB holds about 1,400 to 1,500 idle SOCKS5 connections (measured).
+// What 64 MiB holds is measured in the README (Performance, "Under a
+// budget").
 //
 // Memory comes back after bursts, budget or not: once a second wgbore
-// counts goroutines plus the tunnel's TCP endpoints, and when the count
-// has fallen by a quarter (and by at least 64) from its high and come to
-// rest, it collects and returns free memory to the operating system at
-// once, instead of waiting for the runtime's next forced collection. A connection that we close
-// first stays in TIME_WAIT for 15 s (Linux: 60 s), and holds its state
-// until then.
+// counts goroutines, the tunnel's TCP endpoints, peers and open proxy
+// connections, and when the count has fallen by a quarter (and by at
+// least 64) from its high and come to rest, it collects and returns free
+// memory to the operating system at once, instead of waiting for the
+// runtime's next forced collection. A connection that we close first
+// stays in TIME_WAIT for 15 s (Linux: 60 s), and holds its state until
+// then.
 //
 // About eight seconds after start, once the first handshakes are done,
 // wgbore also reclaims once, and on Linux asks the kernel to take back

@@ -83,10 +83,17 @@ func (s *service) startReclaim() {
 	s.reclaimStop = cancel
 	tick := time.NewTicker(reclaimEvery)
 	r := membudget.Reclaimer{
-		// Peers too: since an idle peer holds no goroutine, a reload that
-		// removes many would otherwise not count as a fall.
+		// Peers and proxy connections too: an idle peer holds no
+		// goroutine, nor, on Linux, does an idle SOCKS5 relay once many
+		// are open, so a reload that removes many peers, or a mass
+		// close, would otherwise not count as a fall (the endpoints stay
+		// in TIME_WAIT a while).
 		Load: func() int64 {
-			return int64(runtime.NumGoroutine()) + int64(s.tun.TCPEndpoints()) + int64(s.tun.Engine().NumPeers())
+			n := int64(runtime.NumGoroutine()) + int64(s.tun.TCPEndpoints()) + int64(s.tun.Engine().NumPeers())
+			for _, st := range s.listenerStats() {
+				n += int64(st.Active)
+			}
+			return n
 		},
 		Trim: s.tun.Engine().Trim,
 		Release: func() {

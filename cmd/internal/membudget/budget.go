@@ -19,9 +19,9 @@ const (
 	admitShare = 0.65
 	// connCost is what one connection is assumed to hold when the
 	// budget scales a default connection cap: an idle tunnelled TCP
-	// connection with its relay and goroutine stack (the idle-connection
-	// benchmark measures it), with room for its endpoint lingering in
-	// TIME_WAIT after it closes.
+	// connection with its relay (and its goroutine's stack, where a
+	// relay idles on one; the idle-connection benchmark measures it),
+	// with room for its endpoint lingering in TIME_WAIT after it closes.
 	connCost = 40 << 10
 	// defaultOverhead stands in for the binary's resident pages where
 	// the process cannot read its own resident size.
