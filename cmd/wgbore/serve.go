@@ -24,14 +24,14 @@ func (s *service) startServeMode(p *runPlan) error {
 		if err := s.tun.Forward(fc); err != nil {
 			return fmt.Errorf("serve: %w", err)
 		}
-		s.servers = append(s.servers, server{desc: "egress " + egressSummary(cfg)})
+		s.addServer(server{desc: "egress " + egressSummary(cfg)})
 	}
 	if d := cfg.DNSServer; d != nil {
 		dns, err := s.tun.ServeDNS(netstack.DNSServerConfig{Records: d.Records, Upstream: d.Upstream, Logger: s.log})
 		if err != nil {
 			return fmt.Errorf("%s: [DNSServer]: %w", d.Pos, err)
 		}
-		s.servers = append(s.servers, server{desc: "dns tunnel :53", close: dns.Close})
+		s.addServer(server{desc: "dns tunnel :53", close: dns.Close})
 	}
 	return nil
 }

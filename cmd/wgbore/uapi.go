@@ -121,7 +121,7 @@ func (s *service) startUAPI(dir, name string, group *gidFlag) {
 		defer close(done)
 		uapi.ServeHandler(ctx, l, s.uapiHandler(), s.log)
 	}()
-	s.servers = append(s.servers, server{desc: "uapi " + l.Addr().String(), close: func() error {
+	s.addServer(server{desc: "uapi " + l.Addr().String(), close: func() error {
 		cancel()
 		<-done
 		return nil

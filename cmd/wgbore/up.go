@@ -323,7 +323,7 @@ func start(ctx context.Context, p *runPlan, log *slog.Logger, e *env) (*service,
 		target := cfg.STDIOTunnels[0].Target
 		sctx, cancel := context.WithCancel(context.Background())
 		s.stdioClose = cancel
-		s.servers = append(s.servers, server{desc: "stdio →" + target})
+		s.addServer(server{desc: "stdio →" + target})
 		s.serving.Add(1)
 		go func() {
 			defer s.serving.Done()
@@ -426,9 +426,7 @@ func (s *service) serve(fe *frontEnd, srv server, run func() error) {
 		fe.servers = append(fe.servers, srv)
 		feStopping = fe.stopping
 	} else {
-		s.mu.Lock()
-		s.servers = append(s.servers, srv)
-		s.mu.Unlock()
+		s.addServer(srv)
 	}
 	s.serving.Add(1)
 	go func() {
@@ -461,6 +459,14 @@ func (s *service) listenerStats() []listenerStat {
 		}
 	}
 	return out
+}
+
+// addServer records one of the process's own servers. The reclaimer and
+// /metrics list them while others are still being added.
+func (s *service) addServer(srv server) {
+	s.mu.Lock()
+	s.servers = append(s.servers, srv)
+	s.mu.Unlock()
 }
 
 // allServers lists the servers of the process and of every front end.
