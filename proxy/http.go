@@ -98,6 +98,9 @@ type HTTP struct {
 	// WaitGroup counting the handlers and the relays they start. Its
 	// listeners stay empty: http.Server closes its own.
 	*connTracker
+	// relays hands CONNECT tunnels over once many are open, so that an
+	// idle one holds no goroutine.
+	relays handOver
 }
 
 // NewHTTP returns an HTTP proxy that dials and resolves through nw.
@@ -124,6 +127,7 @@ func NewHTTP(nw Network, cfg HTTPConfig) *HTTP {
 		ctx:         ctx,
 		cancel:      cancel,
 		connTracker: newConnTracker(),
+		relays:      handOver{from: defaultHandOverFrom, log: log},
 	}
 	if cfg.Username != "" {
 		// Hashing both sides to a fixed length lets the comparison take
@@ -201,6 +205,7 @@ func (h *HTTP) Close() error {
 	err := h.srv.Close()
 	h.cancel()
 	h.wg.Wait()
+	h.relays.close()
 	h.transport.CloseIdleConnections()
 	return err
 }
@@ -345,36 +350,49 @@ func (h *HTTP) serveConnect(w http.ResponseWriter, r *http.Request) {
 		http.Error(w, "proxy is shutting down", http.StatusServiceUnavailable)
 		return
 	}
-	defer h.untrack(upstream)
-
 	client, buffered, err := http.NewResponseController(w).Hijack()
 	if err != nil {
+		h.untrack(upstream)
 		h.log.Warn("http proxy: hijack failed", "target", target, "err", err)
 		http.Error(w, "cannot tunnel on this connection", http.StatusInternalServerError)
 		return
 	}
 	if !h.track(client) {
+		h.untrack(upstream)
 		return
 	}
-	defer h.untrack(client)
+	if !h.startTunnel(client, buffered.Reader, upstream) {
+		h.untrack(client)
+		h.untrack(upstream)
+		return
+	}
+	// The handler holds a count of h.wg, so the group cannot be at zero.
+	if lc, ok := client.(*limitedConn); ok && h.relays.try(h.connTracker, h.conns.active.Load(), lc, upstream) {
+		return
+	}
+	relay.Both(client, upstream, &h.wg)
+	h.untrack(client)
+	h.untrack(upstream)
+}
+
+// startTunnel answers a CONNECT on the hijacked client and sends on the
+// bytes it sent behind its request, reporting whether both went through.
+func (h *HTTP) startTunnel(client net.Conn, buffered *bufio.Reader, upstream net.Conn) bool {
 	// The server may have set deadlines for reading the request; a tunnel
 	// lives as long as its two ends want it to.
 	client.SetDeadline(time.Time{})
-
 	if _, err := io.WriteString(client, "HTTP/1.1 200 Connection established\r\n\r\n"); err != nil {
-		return
+		return false
 	}
 	// A client may send its first bytes (a TLS ClientHello) right behind
 	// the CONNECT request, and the server will have read them already.
-	if n := buffered.Reader.Buffered(); n > 0 {
-		early, _ := buffered.Reader.Peek(n)
+	if n := buffered.Buffered(); n > 0 {
+		early, _ := buffered.Peek(n)
 		if _, err := upstream.Write(early); err != nil {
-			return
+			return false
 		}
 	}
-
-	// The handler holds a count of h.wg, so the group cannot be at zero.
-	relay.Both(client, upstream, &h.wg)
+	return true
 }
 
 // hopByHopHeaders describe one connection, not the message, so a proxy

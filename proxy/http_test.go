@@ -34,6 +34,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wgbore/wgbore/proxy/relay"
 )
 
 // httpTunnelName is a name only httpTestNetwork knows: if the host resolver
@@ -47,6 +49,9 @@ type httpTestNetwork struct {
 	names   map[string]netip.Addr
 	lookups atomic.Int64
 	dials   atomic.Int64
+	// notify, when set, watches each connection dialed, so that it can
+	// notify as the tunnel's connections do.
+	notify *relay.Poller
 }
 
 func newHTTPTestNetwork() *httpTestNetwork {
@@ -63,7 +68,15 @@ func (n *httpTestNetwork) DialContext(ctx context.Context, network, address stri
 	}
 	n.dials.Add(1)
 	var d net.Dialer
-	return d.DialContext(ctx, network, address)
+	c, err := d.DialContext(ctx, network, address)
+	if err != nil || n.notify == nil {
+		return c, err
+	}
+	if w := n.notify.Watch(c); w != nil {
+		return w, nil
+	}
+	c.Close()
+	return nil, fmt.Errorf("loopback network: cannot watch the connection to %s", address)
 }
 
 func (n *httpTestNetwork) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
@@ -1010,5 +1023,101 @@ func TestHTTPMalformedRequests(t *testing.T) {
 	waitNoGoroutines(t, "Close", httpCode...)
 	if out := logs.String(); strings.Contains(out, "panic") {
 		t.Fatalf("the proxy panicked:\n%s", out)
+	}
+}
+
+// TestHTTPConnectIdleTunnelHoldsNoGoroutine: once handed over, a CONNECT
+// tunnel holds no goroutine while idle; it still carries bytes both ways,
+// passes a half-close on, and gives its slot back when it ends; Shutdown
+// waits for it, and Close ends the rest.
+func TestHTTPConnectIdleTunnelHoldsNoGoroutine(t *testing.T) {
+	p, err := relay.NewPoller()
+	if err != nil {
+		t.Skipf("no poller on this platform (%v): each tunnel keeps its handler's goroutine", err)
+	}
+	t.Cleanup(func() { p.Close() }) // after the proxy's Close
+	nw := newHTTPTestNetwork()
+	nw.notify = p
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	const max = 3
+	proxy := NewHTTP(nw, HTTPConfig{MaxConnections: max})
+	proxy.relays.from = 0 // from the first tunnel
+	serveInBackground(t, func() error { return proxy.Serve(l) }, proxy.Close)
+	addr := l.Addr().String()
+	tunnelCode := []string{"net/http.(*conn).serve", "wgbore/proxy.(*HTTP).serveConnect",
+		"wgbore/proxy/relay.(*notifiedCopy)", "wgbore/proxy/relay.OneWay", "wgbore/proxy/relay.Both"}
+
+	echo := net.JoinHostPort(httpTunnelName, startTCPEcho(t))
+	ping := func(c net.Conn, br *bufio.Reader) {
+		t.Helper()
+		io.WriteString(c, "ping")
+		got := make([]byte, 4)
+		if _, err := io.ReadFull(br, got); err != nil || string(got) != "ping" {
+			t.Fatalf("echo through the tunnel: %q, %v", got, err)
+		}
+	}
+	type tunnel struct {
+		c  *net.TCPConn
+		br *bufio.Reader
+	}
+	var tunnels []tunnel
+	for range max - 1 {
+		c, br := httpConnectTunnel(t, addr, echo)
+		ping(c, br)
+		tunnels = append(tunnels, tunnel{c, br})
+	}
+	waitNoGoroutines(t, "the tunnels went idle", tunnelCode...)
+	for _, tn := range tunnels {
+		ping(tn.c, tn.br)
+	}
+
+	// A half-close through a tunnel handed over: the server answers only
+	// after the client's end.
+	c, br := httpConnectTunnel(t, addr, net.JoinHostPort(httpTunnelName, startHTTPHalfCloseServer(t)))
+	io.WriteString(c, "twelve bytes")
+	c.CloseWrite()
+	if got, err := io.ReadAll(br); err != nil || string(got) != "got 12" {
+		t.Fatalf("after the half-close: %q, %v", got, err)
+	}
+	c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for proxy.Stats().Active >= max {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections active after a tunnel ended", proxy.Stats().Active)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+
+	// Shutdown waits for the tunnels left, and returns once they end.
+	shut := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		shut <- proxy.Shutdown(ctx)
+	}()
+	time.Sleep(100 * time.Millisecond)
+	select {
+	case err := <-shut:
+		t.Fatalf("Shutdown returned (%v) with tunnels open", err)
+	default:
+	}
+	ping(tunnels[0].c, tunnels[0].br)
+	for _, tn := range tunnels {
+		tn.c.Close()
+	}
+	select {
+	case err := <-shut:
+		if err != nil {
+			t.Fatalf("Shutdown = %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Shutdown still waiting after the tunnels' clients left")
+	}
+	waitNoGoroutines(t, "Shutdown", append(tunnelCode, httpCode...)...)
+	if st := proxy.Stats(); st.Active != 0 {
+		t.Errorf("%d connections still counted active", st.Active)
 	}
 }

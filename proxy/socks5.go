@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -95,16 +94,9 @@ type SOCKS5 struct {
 	cancel context.CancelFunc
 
 	dialTimeout time.Duration
-	// poller watches the client sockets of relays that run without a
-	// goroutine while idle (handOver). It is started by the first hand
-	// over and stopped by Close; nil where there is none (see
-	// relay.Poller).
-	pollerOnce sync.Once
-	poller     *relay.Poller
-	// handOverFrom is the number of open connections from which a new
-	// relay is handed over (handOver): defaultHandOverFrom, unless a
-	// test says otherwise.
-	handOverFrom uint64
+	// relays hands CONNECT relays over once many are open, so that an
+	// idle one holds no goroutine.
+	relays handOver
 
 	// connTracker holds the listeners and the client connections, each
 	// marked busy once its handshake is over (Shutdown ends those still
@@ -140,7 +132,7 @@ func NewSOCKS5(nw Network, cfg SOCKS5Config) *SOCKS5 {
 		ctx:              ctx,
 		cancel:           cancel,
 		connTracker:      newConnTracker(),
-		handOverFrom:     defaultHandOverFrom,
+		relays:           handOver{from: defaultHandOverFrom, log: logger},
 	}
 
 	opts := []socks5.Option{
@@ -166,7 +158,7 @@ func NewSOCKS5(nw Network, cfg SOCKS5Config) *SOCKS5 {
 }
 
 // Serve accepts connections on l and serves each in its own goroutine
-// (which a CONNECT's relay may outlive: see handOver), at most
+// (which a CONNECT's relay may outlive: see handOver.try), at most
 // SOCKS5Config.MaxConnections at a time. It returns when l fails or
 // is closed, and closes l; connections already being served carry on
 // until their clients leave or Close is called. After Close or Shutdown,
@@ -207,11 +199,7 @@ func (s *SOCKS5) Close() error {
 	s.closeAll()
 	s.cancel()
 	s.wg.Wait()
-	// No relay is left to start the poller, or to use it.
-	s.pollerOnce.Do(func() {})
-	if s.poller != nil {
-		s.poller.Close()
-	}
+	s.relays.close()
 	return nil
 }
 
@@ -288,7 +276,7 @@ func (s *SOCKS5) serveConn(conn net.Conn) {
 // bufio.Reader it read the request through. Here the bufio.Reader is
 // let go once the bytes it buffered past the request are sent on, and
 // the relay holds no buffer while idle. Where the client's socket can
-// be watched (handOver), the relay holds no goroutine either and the
+// be watched (handOver.try), the relay holds no goroutine either and the
 // serving goroutine ends; elsewhere it copies one direction itself,
 // and relay.Both copies out of the tunnel connection with no goroutine
 // while it idles.
@@ -342,8 +330,11 @@ func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) 
 	}
 	req.Reader = nil
 
-	if s.handOver(client, target) {
-		return nil
+	if h, ok := client.(*handoff); ok {
+		if lc, ok := h.Conn.(*limitedConn); ok && s.relays.try(s.connTracker, s.conns.active.Load(), lc, target) {
+			h.taken.Store(true)
+			return nil
+		}
 	}
 	// This goroutine holds a count of s.wg, so relay.Both may add to it.
 	// It copies the client to the target here: writing into the tunnel
@@ -354,73 +345,9 @@ func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) 
 	return nil
 }
 
-// handOver starts a relay between client and target that needs no
-// goroutine while both are idle, once the server holds handOverFrom
-// connections and when both can notify: the tunnel's connections do,
-// and a client's TCP socket does once the poller watches it (Linux).
-// The relay then owns the client connection, its slot under
-// MaxConnections and its place in the tracker, and the serving
-// goroutine, with the stack that dialing grew, ends: a parked goroutine
-// per idle connection was the largest part of the memory connections
-// held. It reports false, changing nothing, where the relay must run on
-// the serving goroutine instead.
-func (s *SOCKS5) handOver(client, target net.Conn) bool {
-	h, ok := client.(*handoff)
-	if !ok || s.conns.active.Load() < s.handOverFrom {
-		return false
-	}
-	s.pollerOnce.Do(s.startPoller)
-	if s.poller == nil {
-		return false
-	}
-	tunnel, ok := target.(relay.ReadNotifier)
-	if !ok {
-		return false
-	}
-	lc, ok := h.Conn.(*limitedConn)
-	if !ok {
-		return false
-	}
-	watched := s.poller.Watch(lc.Conn)
-	if watched == nil {
-		return false
-	}
-	if !s.replace(lc, watched) {
-		// Close has closed both; the relay on this goroutine ends at
-		// once.
-		watched.Close()
-		return false
-	}
-	h.taken.Store(true)
-	s.wg.Add(1)
-	relay.Start(watched, tunnel, &s.wg, nil, func() {
-		s.untrack(target)
-		s.untrack(watched)
-		lc.Close()
-		s.wg.Done()
-	})
-	return true
-}
-
-// startPoller starts the poller of handed-over relays, once.
-func (s *SOCKS5) startPoller() {
-	p, err := relay.NewPoller()
-	if err != nil {
-		s.log.Debug("socks5: no poller for client sockets: each idle connection keeps a goroutine", "err", err)
-		return
-	}
-	s.poller = p
-}
-
-// defaultHandOverFrom is how many connections a SOCKS5 server must hold
-// before it hands new relays over. Below it, the goroutines that idle
-// relays park cost little memory all together, while the poller's hops
-// cost CPU on every connection's setup and traffic.
-const defaultHandOverFrom = 64
-
 // handoff is the client connection as go-socks5 sees it. ServeConn
 // closes its connection once the request's handler returns; a relay
-// that goes on without the serving goroutine (handOver) takes the
+// that goes on without the serving goroutine (handOver.try) takes the
 // connection over first, and that Close then leaves it be.
 type handoff struct {
 	net.Conn

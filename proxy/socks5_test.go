@@ -777,7 +777,7 @@ func startHandingOverSOCKS5(t *testing.T, cfg SOCKS5Config, from uint64) (*SOCKS
 		t.Fatal(err)
 	}
 	s := NewSOCKS5(nw, cfg)
-	s.handOverFrom = from
+	s.relays.from = from
 	serveInBackground(t, func() error { return s.Serve(l) }, s.Close)
 	return s, l.Addr().String()
 }
@@ -892,7 +892,7 @@ func TestSOCKS5ShutdownWaitsForHandedOverRelay(t *testing.T) {
 	}
 }
 
-// TestSOCKS5HandsOverFromThreshold: below handOverFrom connections a
+// TestSOCKS5HandsOverFromThreshold: below the hand-over threshold a
 // relay stays on its serving goroutine, whose setup and hops cost less
 // CPU than the poller's while its memory hardly counts; from it on,
 // relays are handed over.

@@ -84,10 +84,10 @@ func (s *service) startReclaim() {
 	tick := time.NewTicker(reclaimEvery)
 	r := membudget.Reclaimer{
 		// Peers and proxy connections too: an idle peer holds no
-		// goroutine, nor, on Linux, does an idle SOCKS5 relay once many
-		// are open, so a reload that removes many peers, or a mass
-		// close, would otherwise not count as a fall (the endpoints stay
-		// in TIME_WAIT a while).
+		// goroutine, nor, on Linux, does an idle SOCKS5 or CONNECT
+		// relay once many are open, so a reload that removes many peers,
+		// or a mass close, would otherwise not count as a fall (the
+		// endpoints stay in TIME_WAIT a while).
 		Load: func() int64 {
 			n := int64(runtime.NumGoroutine()) + int64(s.tun.TCPEndpoints()) + int64(s.tun.Engine().NumPeers())
 			for _, st := range s.listenerStats() {
