@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/wgbore/wgbore/proxy/relay"
 )
 
 // Markers for proxyGoroutines: a substring of some frame in the stack of
@@ -235,4 +237,21 @@ func startTCPEcho(t testing.TB) string {
 	t.Helper()
 	_, port, _ := net.SplitHostPort(serveTCP(t, "127.0.0.1:0", echoConn))
 	return port
+}
+
+// handOverFixture gives a test of handed-over relays a poller for its
+// Network's connections, so that they notify as the tunnel's do, and a
+// loopback listener for the proxy. It skips where there is no poller.
+func handOverFixture(t *testing.T) (*relay.Poller, net.Listener) {
+	t.Helper()
+	p, err := relay.NewPoller()
+	if err != nil {
+		t.Skipf("no poller on this platform (%v): each relay keeps its goroutine", err)
+	}
+	t.Cleanup(func() { p.Close() }) // after the proxy's Close
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p, l
 }

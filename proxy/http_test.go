@@ -916,10 +916,23 @@ func httpTunnelPing(t *testing.T, c net.Conn, br *bufio.Reader) {
 	}
 }
 
+// TestHTTPShutdownWaitsForTunnels, for a tunnel on its handler's
+// goroutine and for one handed over.
 func TestHTTPShutdownWaitsForTunnels(t *testing.T) {
+	t.Run("serving", func(t *testing.T) {
+		p, addr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{})
+		checkHTTPShutdownWaits(t, p, addr)
+	})
+	t.Run("handed over", func(t *testing.T) {
+		p, addr := startHandingOverHTTP(t, HTTPConfig{}, 0)
+		checkHTTPShutdownWaits(t, p, addr)
+	})
+}
+
+func checkHTTPShutdownWaits(t *testing.T, p *HTTP, addr string) {
+	t.Helper()
 	o := startHTTPOrigin(t, false)
 	port := startTCPEcho(t)
-	p, addr := startHTTPProxy(t, newHTTPTestNetwork(), HTTPConfig{})
 	tunnel, br := httpConnectTunnel(t, addr, net.JoinHostPort(httpTunnelName, port))
 	httpTunnelPing(t, tunnel, br)
 
@@ -1026,39 +1039,31 @@ func TestHTTPMalformedRequests(t *testing.T) {
 	}
 }
 
+// startHandingOverHTTP serves an HTTP proxy whose Network's connections
+// notify, as the tunnel's do, and which hands tunnels over from its
+// from-th connection on.
+func startHandingOverHTTP(t *testing.T, cfg HTTPConfig, from uint64) (*HTTP, string) {
+	t.Helper()
+	nw := newHTTPTestNetwork()
+	var l net.Listener
+	nw.notify, l = handOverFixture(t)
+	proxy := NewHTTP(nw, cfg)
+	proxy.relays.from = from
+	serveInBackground(t, func() error { return proxy.Serve(l) }, proxy.Close)
+	return proxy, l.Addr().String()
+}
+
 // TestHTTPConnectIdleTunnelHoldsNoGoroutine: once handed over, a CONNECT
 // tunnel holds no goroutine while idle; it still carries bytes both ways,
-// passes a half-close on, and gives its slot back when it ends; Shutdown
-// waits for it, and Close ends the rest.
+// passes a half-close on, gives its slot back when it ends, and ends on
+// Close.
 func TestHTTPConnectIdleTunnelHoldsNoGoroutine(t *testing.T) {
-	p, err := relay.NewPoller()
-	if err != nil {
-		t.Skipf("no poller on this platform (%v): each tunnel keeps its handler's goroutine", err)
-	}
-	t.Cleanup(func() { p.Close() }) // after the proxy's Close
-	nw := newHTTPTestNetwork()
-	nw.notify = p
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
 	const max = 3
-	proxy := NewHTTP(nw, HTTPConfig{MaxConnections: max})
-	proxy.relays.from = 0 // from the first tunnel
-	serveInBackground(t, func() error { return proxy.Serve(l) }, proxy.Close)
-	addr := l.Addr().String()
+	proxy, addr := startHandingOverHTTP(t, HTTPConfig{MaxConnections: max}, 0)
 	tunnelCode := []string{"net/http.(*conn).serve", "wgbore/proxy.(*HTTP).serveConnect",
 		"wgbore/proxy/relay.(*notifiedCopy)", "wgbore/proxy/relay.OneWay", "wgbore/proxy/relay.Both"}
 
 	echo := net.JoinHostPort(httpTunnelName, startTCPEcho(t))
-	ping := func(c net.Conn, br *bufio.Reader) {
-		t.Helper()
-		io.WriteString(c, "ping")
-		got := make([]byte, 4)
-		if _, err := io.ReadFull(br, got); err != nil || string(got) != "ping" {
-			t.Fatalf("echo through the tunnel: %q, %v", got, err)
-		}
-	}
 	type tunnel struct {
 		c  *net.TCPConn
 		br *bufio.Reader
@@ -1066,12 +1071,12 @@ func TestHTTPConnectIdleTunnelHoldsNoGoroutine(t *testing.T) {
 	var tunnels []tunnel
 	for range max - 1 {
 		c, br := httpConnectTunnel(t, addr, echo)
-		ping(c, br)
+		httpTunnelPing(t, c, br)
 		tunnels = append(tunnels, tunnel{c, br})
 	}
 	waitNoGoroutines(t, "the tunnels went idle", tunnelCode...)
 	for _, tn := range tunnels {
-		ping(tn.c, tn.br)
+		httpTunnelPing(t, tn.c, tn.br)
 	}
 
 	// A half-close through a tunnel handed over: the server answers only
@@ -1090,34 +1095,18 @@ func TestHTTPConnectIdleTunnelHoldsNoGoroutine(t *testing.T) {
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
+	c, br = httpConnectTunnel(t, addr, echo)
+	httpTunnelPing(t, c, br)
+	tunnels = append(tunnels, tunnel{c, br})
 
-	// Shutdown waits for the tunnels left, and returns once they end.
-	shut := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		shut <- proxy.Shutdown(ctx)
-	}()
-	time.Sleep(100 * time.Millisecond)
-	select {
-	case err := <-shut:
-		t.Fatalf("Shutdown returned (%v) with tunnels open", err)
-	default:
+	if err := closeWithin(t, proxy.Close, tunnelCode...); err != nil {
+		t.Fatal(err)
 	}
-	ping(tunnels[0].c, tunnels[0].br)
 	for _, tn := range tunnels {
-		tn.c.Close()
+		closedByServerWithin(t, tn.c, 5*time.Second)
 	}
-	select {
-	case err := <-shut:
-		if err != nil {
-			t.Fatalf("Shutdown = %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Shutdown still waiting after the tunnels' clients left")
-	}
-	waitNoGoroutines(t, "Shutdown", append(tunnelCode, httpCode...)...)
+	waitNoGoroutines(t, "Close", append(tunnelCode, httpCode...)...)
 	if st := proxy.Stats(); st.Active != 0 {
-		t.Errorf("%d connections still counted active", st.Active)
+		t.Errorf("%d connections still counted active after Close", st.Active)
 	}
 }

@@ -610,9 +610,22 @@ func TestSOCKS5Admit(t *testing.T) {
 	socksPing(t, socksEchoThrough(t, proxyAddr, port))
 }
 
+// TestSOCKS5ShutdownWaitsForRelays, for a relay on its serving goroutine
+// and for one handed over.
 func TestSOCKS5ShutdownWaitsForRelays(t *testing.T) {
+	t.Run("serving", func(t *testing.T) {
+		s, proxyAddr, _ := startSOCKS5(t, newSOCKSNetwork(), SOCKS5Config{})
+		checkSOCKS5ShutdownWaits(t, s, proxyAddr)
+	})
+	t.Run("handed over", func(t *testing.T) {
+		s, proxyAddr := startHandingOverSOCKS5(t, SOCKS5Config{}, 0)
+		checkSOCKS5ShutdownWaits(t, s, proxyAddr)
+	})
+}
+
+func checkSOCKS5ShutdownWaits(t *testing.T, s *SOCKS5, proxyAddr string) {
+	t.Helper()
 	port := startTCPEcho(t)
-	s, proxyAddr, _ := startSOCKS5(t, newSOCKSNetwork(), SOCKS5Config{})
 	relay := socksEchoThrough(t, proxyAddr, port)
 	idle, err := net.Dial("tcp", proxyAddr)
 	if err != nil {
@@ -765,17 +778,9 @@ func TestSOCKS5CloseEndsHalfClosedRelay(t *testing.T) {
 // from its from-th connection on.
 func startHandingOverSOCKS5(t *testing.T, cfg SOCKS5Config, from uint64) (*SOCKS5, string) {
 	t.Helper()
-	p, err := relay.NewPoller()
-	if err != nil {
-		t.Skipf("no poller on this platform (%v): each relay keeps its serving goroutine", err)
-	}
-	t.Cleanup(func() { p.Close() }) // after the server's Close
 	nw := newSOCKSNetwork()
-	nw.notify = p
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
+	var l net.Listener
+	nw.notify, l = handOverFixture(t)
 	s := NewSOCKS5(nw, cfg)
 	s.relays.from = from
 	serveInBackground(t, func() error { return s.Serve(l) }, s.Close)
@@ -856,39 +861,6 @@ func waitForSlot(t *testing.T, s *SOCKS5, max uint64) {
 			t.Fatalf("%d connections active, at the cap of %d, after one ended", s.Stats().Active, max)
 		}
 		time.Sleep(5 * time.Millisecond)
-	}
-}
-
-// TestSOCKS5ShutdownWaitsForHandedOverRelay: Shutdown leaves a relay
-// that was handed over alone while it lives, and returns once it ends.
-func TestSOCKS5ShutdownWaitsForHandedOverRelay(t *testing.T) {
-	s, proxyAddr := startHandingOverSOCKS5(t, SOCKS5Config{}, 0)
-	c := socksEchoThrough(t, proxyAddr, startTCPEcho(t))
-	waitNoGoroutines(t, "the relay went idle", socksRelayCode...)
-	shut := make(chan error, 1)
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		shut <- s.Shutdown(ctx)
-	}()
-	time.Sleep(100 * time.Millisecond)
-	select {
-	case err := <-shut:
-		t.Fatalf("Shutdown returned (%v) with a relay still open", err)
-	default:
-	}
-	socksPing(t, c)
-	c.Close()
-	select {
-	case err := <-shut:
-		if err != nil {
-			t.Fatalf("Shutdown = %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Shutdown still waiting after the relay's client left")
-	}
-	if n := s.count(); n != 0 {
-		t.Errorf("%d connections still tracked", n)
 	}
 }
 

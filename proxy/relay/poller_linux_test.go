@@ -3,22 +3,23 @@ package relay
 import (
 	"bytes"
 	"io"
+	"net"
 	"runtime"
 	"sync"
 	"testing"
 	"time"
 )
 
-// TestStartWatchedTCP: Start between two host TCP sockets that a Poller
-// watches moves every byte both ways, passes each half-close on, and
-// calls done once both directions have ended; while the relay idles it
-// holds no goroutine and no buffer.
-func TestStartWatchedTCP(t *testing.T) {
+// startWatchedRelay starts a relay between two host TCP sockets that a
+// Poller watches; the test talks through it at left and right. done is
+// closed once both directions have ended, and wg then holds no count.
+func startWatchedRelay(t *testing.T) (left, right *net.TCPConn, done chan struct{}, wg *sync.WaitGroup) {
+	t.Helper()
 	p, err := NewPoller()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer p.Close()
+	t.Cleanup(func() { p.Close() })
 	left, a := loopbackPair(t)
 	b, right := loopbackPair(t)
 	wa, wb := p.Watch(a), p.Watch(b)
@@ -27,11 +28,20 @@ func TestStartWatchedTCP(t *testing.T) {
 	}
 	left.SetDeadline(time.Now().Add(30 * time.Second))
 	right.SetDeadline(time.Now().Add(30 * time.Second))
-	base := runtime.NumGoroutine()
-	var wg sync.WaitGroup
+	wg = new(sync.WaitGroup)
 	wg.Add(1) // the caller's count, which done gives back
-	done := make(chan struct{})
-	Start(wa, wb, &wg, nil, func() { close(done); wg.Done() })
+	done = make(chan struct{})
+	Start(wa, wb, wg, nil, func() { close(done); wg.Done() })
+	return left, right, done, wg
+}
+
+// TestStartWatchedTCP: Start between two host TCP sockets that a Poller
+// watches moves every byte both ways, passes each half-close on, and
+// calls done once both directions have ended; while the relay idles it
+// holds no goroutine and no buffer.
+func TestStartWatchedTCP(t *testing.T) {
+	base := runtime.NumGoroutine() + 1 // the poller's
+	left, right, done, wg := startWatchedRelay(t)
 
 	for round := range 3 {
 		p := bytes.Repeat([]byte{byte('a' + round)}, 256<<10)
@@ -194,23 +204,7 @@ func TestStartWatchedAlreadyEnded(t *testing.T) {
 // buffer, not a large one; a read that fills the small buffer moves the
 // drain to a large one for the rest of the burst.
 func TestDrainStartsSmall(t *testing.T) {
-	p, err := NewPoller()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	left, a := loopbackPair(t)
-	b, right := loopbackPair(t)
-	wa, wb := p.Watch(a), p.Watch(b)
-	if wa == nil || wb == nil {
-		t.Fatal("Watch refused a TCP socket")
-	}
-	left.SetDeadline(time.Now().Add(30 * time.Second))
-	right.SetDeadline(time.Now().Add(30 * time.Second))
-	var wg sync.WaitGroup
-	wg.Add(1)
-	done := make(chan struct{})
-	Start(wa, wb, &wg, nil, func() { close(done); wg.Done() })
+	left, right, done, wg := startWatchedRelay(t)
 
 	large := largeBuffers.gets.Load()
 	for i := range 20 {
