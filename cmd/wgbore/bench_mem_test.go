@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -43,29 +44,50 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 	raiseNoFile(b)
 	for _, n := range []int{1000, 10000} {
 		b.Run(strconv.Itoa(n), func(b *testing.B) {
-			m := startMemUp(b, 20000)
-			pid, socks, echo, idle := m.pid, m.socks, m.echo, m.idle
-			saveMemStatus(pid, "idle")
-
-			conns, err := openMemConns(socks, echo, n)
-			b.Cleanup(func() {
-				for _, c := range conns {
-					if c != nil {
-						c.Close()
-					}
-				}
-			})
-			if err != nil {
-				b.Fatal(err)
-			}
-			time.Sleep(2 * time.Second)
-			busy := vmRSS(b, pid)
-			b.ReportMetric(float64(idle)/1024, "idle-MiB")
-			b.ReportMetric(float64(busy)/1024, "held-MiB")
-			b.ReportMetric(float64(busy-idle)/float64(n), "KiB/conn")
-			saveMemStatus(pid, strconv.Itoa(n))
+			m := startMemUp(b, 20000, "")
+			measureIdleConns(b, m, n, func() (net.Conn, error) { return memConn(m.socks, m.echo) })
 		})
 	}
+}
+
+// BenchmarkIdleTunnelMemory is the idle-connection benchmark through the
+// HTTP proxy: each connection is a CONNECT tunnel to the echo service
+// that moves one byte each way and then stays open.
+//
+//	go test ./cmd/wgbore -run '^$' -bench IdleTunnelMemory -benchtime 1x
+func BenchmarkIdleTunnelMemory(b *testing.B) {
+	raiseNoFile(b)
+	for _, n := range []int{1000, 10000} {
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			m := startMemUp(b, 20000, "[http]\nBindAddress = 127.0.0.1:0\nMaxConnections = 20000\n")
+			proxy := m.d.addr(b, "http ", 0)
+			measureIdleConns(b, m, n, func() (net.Conn, error) { return memTunnel(proxy, m.echo) })
+		})
+	}
+}
+
+// measureIdleConns opens n connections with open on the process m, holds
+// them, and reports idle and held RSS and the cost of one connection.
+func measureIdleConns(b *testing.B, m memUp, n int, open func() (net.Conn, error)) {
+	pid, idle := m.pid, m.idle
+	saveMemStatus(pid, "idle")
+	conns, err := openFlows(n, open)
+	b.Cleanup(func() {
+		for _, c := range conns {
+			if c != nil {
+				c.Close()
+			}
+		}
+	})
+	if err != nil {
+		b.Fatal(err)
+	}
+	time.Sleep(2 * time.Second)
+	busy := vmRSS(b, pid)
+	b.ReportMetric(float64(idle)/1024, "idle-MiB")
+	b.ReportMetric(float64(busy)/1024, "held-MiB")
+	b.ReportMetric(float64(busy-idle)/float64(n), "KiB/conn")
+	saveMemStatus(pid, strconv.Itoa(n))
 }
 
 // memUp is a `wgbore up` whose SOCKS5 proxy reaches a wireguard-go
@@ -79,13 +101,13 @@ type memUp struct {
 }
 
 // startMemUp starts the peer and `wgbore up` with a [Socks5] of
-// maxConns, makes the first connection (the handshake), and measures
-// idle once start-up has settled: its garbage collected and the reclaim
-// that ends start-up past.
-func startMemUp(b *testing.B, maxConns int) memUp {
+// maxConns and the sections in extra, makes the first connection (the
+// handshake), and measures idle once start-up has settled: its garbage
+// collected and the reclaim that ends start-up past.
+func startMemUp(b *testing.B, maxConns int, extra string) memUp {
 	ours, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(b, ours.PublicKey(), peersite.Options{})
-	conf := writeFile(b, b.TempDir(), "wg0.conf", site.WGQuick(ours, fmt.Sprintf("[Socks5]\nBindAddress = 127.0.0.1:0\nMaxConnections = %d\n", maxConns)))
+	conf := writeFile(b, b.TempDir(), "wg0.conf", site.WGQuick(ours, fmt.Sprintf("[Socks5]\nBindAddress = 127.0.0.1:0\nMaxConnections = %d\n", maxConns)+extra))
 	m := memUp{d: startMemDaemon(b, conf), echo: netip.AddrPortFrom(peersite.TheirV4, 7)}
 	m.pid = m.d.cmd.Process.Pid
 	m.socks = m.d.addr(b, "socks5 ", 0)
@@ -146,6 +168,29 @@ func memConn(socks string, target netip.AddrPort) (net.Conn, error) {
 	return c, nil
 }
 
+// memTunnel opens an HTTP CONNECT tunnel to target and moves one byte
+// each way.
+func memTunnel(proxy string, target netip.AddrPort) (net.Conn, error) {
+	c, err := net.DialTimeout("tcp", proxy, 60*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	c.SetDeadline(time.Now().Add(60 * time.Second))
+	fmt.Fprintf(c, "CONNECT %s HTTP/1.1\r\nHost: %s\r\n\r\nx", target, target)
+	br := bufio.NewReader(c)
+	res, err := http.ReadResponse(br, &http.Request{Method: "CONNECT"})
+	if err != nil || res.StatusCode != http.StatusOK {
+		c.Close()
+		return nil, fmt.Errorf("CONNECT %s: %v %v", target, res, err)
+	}
+	if _, err := br.ReadByte(); err != nil {
+		c.Close()
+		return nil, err
+	}
+	c.SetDeadline(time.Time{})
+	return c, nil
+}
+
 // vmRSS reads a process's resident set size, in KiB.
 func vmRSS(b testing.TB, pid int) int64 {
 	b.Helper()
@@ -190,7 +235,7 @@ var burstConns = flag.Int("burst.n", 5000, "connections the burst memory benchma
 func BenchmarkBurstMemory(b *testing.B) {
 	raiseNoFile(b)
 	n := *burstConns
-	m := startMemUp(b, 4*n)
+	m := startMemUp(b, 4*n, "")
 	d, pid, socks, echo, idle := m.d, m.pid, m.socks, m.echo, m.idle
 
 	s := startRSSSampler(pid)

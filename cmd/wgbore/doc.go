@@ -1115,6 +1115,7 @@
 //   - go test ./cmd/wgbore -run '^$' -bench IdleConnMemory -benchtime 1x:
 //     the resident memory of a wgbore up process idle and per idle TCP
 //     connection held through its SOCKS5 proxy, at 1,000 and 10,000.
+//     IdleTunnelMemory does the same through the HTTP proxy's CONNECT.
 //   - go test ./cmd/wgbore -run '^$' -bench BurstMemory -benchtime 1x -v:
 //     wgbore up's resident memory through a burst of -burst.n (5,000) idle
 //     SOCKS5 connections: idle, held, right after they all close, and 30 s
