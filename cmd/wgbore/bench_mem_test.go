@@ -72,13 +72,7 @@ func measureIdleConns(b *testing.B, m memUp, n int, open func() (net.Conn, error
 	pid, idle := m.pid, m.idle
 	saveMemStatus(pid, "idle")
 	conns, err := openFlows(n, open)
-	b.Cleanup(func() {
-		for _, c := range conns {
-			if c != nil {
-				c.Close()
-			}
-		}
-	})
+	b.Cleanup(func() { closeConns(conns) })
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -241,13 +235,7 @@ func BenchmarkBurstMemory(b *testing.B) {
 	s := startRSSSampler(pid)
 	defer s.stop()
 	conns, err := openMemConns(socks, echo, n)
-	defer func() {
-		for _, c := range conns {
-			if c != nil {
-				c.Close()
-			}
-		}
-	}()
+	defer func() { closeConns(conns) }()
 	if err != nil {
 		b.Fatal(err)
 	}

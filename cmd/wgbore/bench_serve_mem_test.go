@@ -83,13 +83,7 @@ func BenchmarkServeIdleFlowMemory(b *testing.B) {
 					}
 					return c, nil
 				})
-				b.Cleanup(func() {
-					for _, c := range conns {
-						if c != nil {
-							c.Close()
-						}
-					}
-				})
+				b.Cleanup(func() { closeConns(conns) })
 				if err != nil {
 					b.Fatal(err)
 				}
@@ -128,6 +122,15 @@ func oneByteEcho(c net.Conn) error {
 		}
 		if _, udp := c.(net.PacketConn); !udp {
 			return err
+		}
+	}
+}
+
+// closeConns closes what openFlows opened; a failed open left a nil.
+func closeConns(conns []net.Conn) {
+	for _, c := range conns {
+		if c != nil {
+			c.Close()
 		}
 	}
 }
