@@ -154,7 +154,7 @@ func (r *results) printTable(w io.Writer) {
 		fmt.Fprintln(w, "Latency and connection rate")
 		fmt.Fprintf(w, "  %-9s %10s %10s %10s\n", "pair", "p50 µs", "p99 µs", "conns/s")
 	}
-	for _, pair := range []string{"A", "B", "C", "D", "E-socks5", "E-http"} {
+	for _, pair := range []string{"A", "B", "C", "D", "E-socks5", "E-http", "F-socks5", "G"} {
 		p50, ok := r.get("measure=echo pair="+pair, "p50_us")
 		if !ok {
 			continue
@@ -169,6 +169,15 @@ func (r *results) printTable(w io.Writer) {
 			p99, _ := r.ratio(x, y, "p99_us")
 			rate, _ := r.ratio("measure=connrate pair="+ratio[0], "measure=connrate pair="+ratio[1], "conns_per_s")
 			fmt.Fprintf(w, "  %-9s %9.2f× %9.2f× %9.2f×\n", "ratio "+ratio[0]+"/"+ratio[1], p50, p99, rate)
+		}
+	}
+	if r.has("udpecho") {
+		fmt.Fprintln(w, "UDP latency: 1-byte datagrams echoed (SOCKS5 UDP ASSOCIATE for a proxy)")
+		fmt.Fprintf(w, "  %-9s %10s %10s %10s\n", "pair", "p50 µs", "p99 µs", "resent")
+	}
+	for _, rec := range r.records {
+		if t := tagMap(rec.tags); t["measure"] == "udpecho" {
+			fmt.Fprintf(w, "  %-9s %10s %10s %10s   %s\n", t["pair"], formatValue(rec.metrics[0].v), formatValue(rec.metrics[1].v), formatValue(rec.metrics[2].v), r.cpuPerOp(t["pair"], "udpecho"))
 		}
 	}
 	for _, rec := range r.records {
@@ -197,19 +206,24 @@ func (r *results) printTable(w io.Writer) {
 func (r *results) opCPU(pair string) string {
 	var parts []string
 	for _, op := range []string{"echo", "connrate"} {
-		var procs []string
-		for _, rec := range r.records {
-			t := tagMap(rec.tags)
-			if t["measure"] == "cpu_per_op" && t["op"] == op && t["pair"] == pair {
-				procs = append(procs, t["proc"]+" "+formatValue(rec.metrics[0].v))
-			}
-		}
-		if len(procs) > 0 {
+		if procs := r.cpuPerOp(pair, op); procs != "" {
 			name := map[string]string{"echo": "CPU µs/echo", "connrate": "CPU µs/conn"}[op]
-			parts = append(parts, name+": "+strings.Join(procs, ", "))
+			parts = append(parts, name+": "+procs)
 		}
 	}
 	return strings.Join(parts, "; ")
+}
+
+// cpuPerOp lists CPU microseconds per op of each of a pair's processes.
+func (r *results) cpuPerOp(pair, op string) string {
+	var procs []string
+	for _, rec := range r.records {
+		t := tagMap(rec.tags)
+		if t["measure"] == "cpu_per_op" && t["op"] == op && t["pair"] == pair {
+			procs = append(procs, t["proc"]+" "+formatValue(rec.metrics[0].v))
+		}
+	}
+	return strings.Join(procs, ", ")
 }
 
 func tagMap(tags string) map[string]string {
@@ -267,10 +281,20 @@ func (r *results) evalTargets() []target {
 		v, ok := r.get(cpu("E-socks5", dir, "wgbore-up"), "cpu_s_per_gb")
 		add("cpu_E-socks5_"+dir, "wgbore up CPU-s/GB, SOCKS5 "+dir, "<=", 3, v, ok)
 	}
-	v, ok := r.ratio("measure=echo pair=A", "measure=echo pair=B", "p50_us")
+	v, ok := r.get(cpu("F-socks5", "download", "wgbore-up"), "cpu_s_per_gb")
+	add("cpu_F-socks5_download", "up CPU-s/GB, SOCKS5 download, GSO peer", "<=", 3, v, ok)
+	v, ok = r.ratio("measure=echo pair=A", "measure=echo pair=B", "p50_us")
 	add("echo_p50_A/B", "echo p50 A/B", "<=", 0.6, v, ok)
+	v, ok = r.ratio("measure=echo pair=E-socks5", "measure=echo pair=B", "p50_us")
+	add("echo_p50_E-socks5/B", "echo p50 E-socks5/B", "<=", 0.8, v, ok)
 	v, ok = r.ratio("measure=connrate pair=A", "measure=connrate pair=B", "conns_per_s")
 	add("connrate_A/B", "connections/s A/B", ">=", 3, v, ok)
+	v, ok = r.ratio("measure=connrate pair=E-socks5", "measure=connrate pair=B", "conns_per_s")
+	add("connrate_E-socks5/B", "connections/s E-socks5/B", ">=", 1.5, v, ok)
+	v, ok = r.get("measure=udpecho pair=E-socks5", "p50_us")
+	add("udpecho_p50_E-socks5", "UDP ASSOCIATE echo p50, µs", "<=", 150, v, ok)
+	v, ok = r.ratio("measure=udpecho pair=E-socks5", "measure=udpecho pair=B", "p50_us")
+	add("udpecho_p50_E-socks5/B", "UDP ASSOCIATE echo p50 E-socks5/B", "<=", 0.8, v, ok)
 	// The largest count measured is the one the target is about.
 	var perConn float64
 	var conns string

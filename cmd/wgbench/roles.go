@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"encoding/binary"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand/v2"
@@ -20,6 +21,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"golang.zx2c4.com/wireguard/conn"
 	"golang.zx2c4.com/wireguard/device"
 	wgnetstack "golang.zx2c4.com/wireguard/tun/netstack"
 
@@ -36,7 +38,7 @@ var (
 )
 
 // Ports of the peer's services, as in netstack/peersite: echo(7) returns
-// what it reads; discard(9) reads to EOF and answers the count in
+// what it reads, over TCP and, datagram by datagram, over UDP; discard(9) reads to EOF and answers the count in
 // decimal; source(19) reads an 8-byte big-endian N and sends N bytes.
 const (
 	portEcho    = 7
@@ -54,7 +56,7 @@ const (
 // command is what the bench process asks a client process to do; reply
 // is its answer. One JSON object a line each way.
 type command struct {
-	Op       string `json:"op"` // download, upload, echo, connrate
+	Op       string `json:"op"` // download, upload, echo, udpecho, connrate
 	Addr     string `json:"addr"`
 	Bytes    int64  `json:"bytes,omitempty"`
 	Count    int    `json:"count,omitempty"`
@@ -74,6 +76,8 @@ type reply struct {
 	// tunnel is up, so they are worth reporting as a fault.
 	Stalls  int    `json:"stalls,omitempty"`
 	Stalled string `json:"stalled,omitempty"`
+	// Lost counts UDP echoes sent again after a second unanswered.
+	Lost int `json:"lost,omitempty"`
 }
 
 type dialFunc func(ctx context.Context, addr string) (net.Conn, error)
@@ -95,15 +99,16 @@ func keysFromEnv() (protocol.PrivateKey, protocol.PublicKey, error) {
 func runRole(role, endpoint, via string) error {
 	out := json.NewEncoder(os.Stdout)
 	switch role {
-	case "wggo-peer", "wgbore-peer":
+	case "wggo-peer", "wggo-peer-default", "wgbore-peer":
 		key, peer, err := keysFromEnv()
 		if err != nil {
 			return err
 		}
 		var l listenFunc
+		var lp listenPacketFunc
 		var port uint16
-		if role == "wggo-peer" {
-			dev, tnet, bind, err := wggoDevice(peerAddr, key, peer, "", clientAddr)
+		if role != "wgbore-peer" {
+			dev, tnet, p, err := wggoDevice(peerAddr, key, peer, "", clientAddr, role == "wggo-peer-default")
 			if err != nil {
 				return err
 			}
@@ -111,7 +116,10 @@ func runRole(role, endpoint, via string) error {
 			l = func(p uint16) (net.Listener, error) {
 				return tnet.ListenTCPAddrPort(netip.AddrPortFrom(peerAddr, p))
 			}
-			port = bind.Port()
+			lp = func(p uint16) (net.PacketConn, error) {
+				return tnet.ListenUDPAddrPort(netip.AddrPortFrom(peerAddr, p))
+			}
+			port = p
 		} else {
 			n, err := wgboreNet(peerAddr, key, peer, "", clientAddr)
 			if err != nil {
@@ -121,23 +129,26 @@ func runRole(role, endpoint, via string) error {
 			l = func(p uint16) (net.Listener, error) {
 				return n.Listen("tcp", netip.AddrPortFrom(peerAddr, p).String())
 			}
+			lp = func(p uint16) (net.PacketConn, error) {
+				return n.ListenPacket("udp", netip.AddrPortFrom(peerAddr, p).String())
+			}
 			port = n.LocalPort()
 		}
-		if err := serveServices(l); err != nil {
+		if err := serveServices(l, lp); err != nil {
 			return err
 		}
 		out.Encode(reply{Port: port})
 		io.Copy(io.Discard, os.Stdin)
 		return nil
 	case "wggo-client", "wgbore-client", "proxy-client":
-		var dial dialFunc
+		var dial, dialUDP dialFunc
 		switch role {
 		case "wggo-client":
 			key, peer, err := keysFromEnv()
 			if err != nil {
 				return err
 			}
-			dev, tnet, _, err := wggoDevice(clientAddr, key, peer, endpoint, peerAddr)
+			dev, tnet, _, err := wggoDevice(clientAddr, key, peer, endpoint, peerAddr, false)
 			if err != nil {
 				return err
 			}
@@ -148,6 +159,13 @@ func runRole(role, endpoint, via string) error {
 					return nil, err
 				}
 				return tnet.DialContextTCPAddrPort(ctx, ap)
+			}
+			dialUDP = func(_ context.Context, addr string) (net.Conn, error) {
+				ap, err := netip.ParseAddrPort(addr)
+				if err != nil {
+					return nil, err
+				}
+				return tnet.DialUDPAddrPort(netip.AddrPort{}, ap)
 			}
 		case "wgbore-client":
 			key, peer, err := keysFromEnv()
@@ -160,9 +178,10 @@ func runRole(role, endpoint, via string) error {
 			}
 			defer n.Close()
 			dial = func(ctx context.Context, addr string) (net.Conn, error) { return n.DialContext(ctx, "tcp", addr) }
+			dialUDP = func(ctx context.Context, addr string) (net.Conn, error) { return n.DialContext(ctx, "udp", addr) }
 		default:
 			var err error
-			if dial, err = proxyDialer(via); err != nil {
+			if dial, dialUDP, err = proxyDialer(via); err != nil {
 				return err
 			}
 		}
@@ -181,7 +200,7 @@ func runRole(role, endpoint, via string) error {
 			if err := json.Unmarshal(sc.Bytes(), &c); err != nil {
 				return err
 			}
-			r, err := runCommand(dial, c)
+			r, err := runCommand(dial, dialUDP, c)
 			if err != nil {
 				r.Err = err.Error()
 			}
@@ -193,13 +212,20 @@ func runRole(role, endpoint, via string) error {
 }
 
 // wggoDevice is wireguard-go with its own tun/netstack at addr, with one
-// peer routed at peerIP, on a batchBind.
-func wggoDevice(addr netip.Addr, key protocol.PrivateKey, peer protocol.PublicKey, endpoint string, peerIP netip.Addr) (*device.Device, *wgnetstack.Net, *batchBind, error) {
+// peer routed at peerIP. Its UDP socket is a batchBind on 127.0.0.1, or,
+// with defaultBind, wireguard-go's shipped conn.NewDefaultBind: it listens
+// on every address and sends with UDP GSO, as wireguard-go does for its
+// users, while its traffic here stays on 127.0.0.1 all the same. It
+// returns the port the socket has.
+func wggoDevice(addr netip.Addr, key protocol.PrivateKey, peer protocol.PublicKey, endpoint string, peerIP netip.Addr, defaultBind bool) (*device.Device, *wgnetstack.Net, uint16, error) {
 	tun, tnet, err := wgnetstack.CreateNetTUN([]netip.Addr{addr}, nil, protocol.DefaultMTU)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, 0, err
 	}
-	bind := &batchBind{}
+	var bind conn.Bind = &batchBind{}
+	if defaultBind {
+		bind = conn.NewDefaultBind()
+	}
 	dev := device.NewDevice(tun, bind, device.NewLogger(device.LogLevelSilent, ""))
 	uapi := fmt.Sprintf("private_key=%x\nlisten_port=0\npublic_key=%x\nallowed_ip=%s\n", key[:], peer[:], netip.PrefixFrom(peerIP, 32))
 	if endpoint != "" {
@@ -207,13 +233,33 @@ func wggoDevice(addr netip.Addr, key protocol.PrivateKey, peer protocol.PublicKe
 	}
 	if err := dev.IpcSet(uapi); err != nil {
 		dev.Close()
-		return nil, nil, nil, err
+		return nil, nil, 0, err
 	}
 	if err := dev.Up(); err != nil {
 		dev.Close()
-		return nil, nil, nil, err
+		return nil, nil, 0, err
 	}
-	return dev, tnet, bind, nil
+	port, err := listenPort(dev)
+	if err != nil {
+		closeDevice(dev)
+		return nil, nil, 0, err
+	}
+	return dev, tnet, port, nil
+}
+
+// listenPort asks a device, through its UAPI, which port it listens on.
+func listenPort(dev *device.Device) (uint16, error) {
+	state, err := dev.IpcGet()
+	if err != nil {
+		return 0, err
+	}
+	for line := range strings.Lines(state) {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), "listen_port="); ok {
+			p, err := strconv.ParseUint(v, 10, 16)
+			return uint16(p), err
+		}
+	}
+	return 0, errors.New("wireguard-go reports no listen_port")
 }
 
 // closeDevice takes a wireguard-go device down before closing it: Close
@@ -240,6 +286,8 @@ func wgboreNet(addr netip.Addr, key protocol.PrivateKey, peer protocol.PublicKey
 
 type listenFunc func(port uint16) (net.Listener, error)
 
+type listenPacketFunc func(port uint16) (net.PacketConn, error)
+
 // sourceBlock is what the source service repeats: one fixed block, so
 // the peer spends no CPU making data up.
 var sourceBlock = func() []byte {
@@ -251,7 +299,7 @@ var sourceBlock = func() []byte {
 	return b
 }()
 
-func serveServices(listen listenFunc) error {
+func serveServices(listen listenFunc, listenPacket listenPacketFunc) error {
 	handlers := map[uint16]func(net.Conn){
 		// A small buffer: ten thousand idle echo connections are held
 		// open in the memory measurement.
@@ -294,6 +342,21 @@ func serveServices(listen listenFunc) error {
 			}
 		}()
 	}
+	// UDP echo on the echo port: each datagram goes back to its sender.
+	pc, err := listenPacket(portEcho)
+	if err != nil {
+		return err
+	}
+	go func() {
+		buf := make([]byte, 64<<10)
+		for {
+			n, from, err := pc.ReadFrom(buf)
+			if err != nil {
+				return
+			}
+			pc.WriteTo(buf[:n], from)
+		}
+	}()
 	return nil
 }
 
@@ -316,6 +379,37 @@ func firstEcho(dial dialFunc) (stalls int, stalled, err error) {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return stalls, stalled, fmt.Errorf("no echo through the tunnel after 60s: %v", err)
+}
+
+// udpEchoOnce sends the 1-byte datagram seq and waits for it to come
+// back, sending it again after a second without an answer, up to three
+// times; an answer to an earlier datagram is skipped. It returns the
+// round trip of the try that was answered and how many tries it took.
+func udpEchoOnce(c net.Conn, seq byte) (time.Duration, int, error) {
+	b := []byte{seq}
+	got := make([]byte, 16)
+	for try := 1; try <= 3; try++ {
+		start := time.Now()
+		if _, err := c.Write(b); err != nil {
+			return 0, try, err
+		}
+		c.SetReadDeadline(start.Add(time.Second))
+		for {
+			n, err := c.Read(got)
+			// gonet's deadline error is a net.Error of its own, not
+			// os.ErrDeadlineExceeded.
+			if ne := net.Error(nil); errors.As(err, &ne) && ne.Timeout() {
+				break
+			}
+			if err != nil {
+				return 0, try, err
+			}
+			if n == 1 && got[0] == seq {
+				return time.Since(start), try, nil
+			}
+		}
+	}
+	return 0, 3, fmt.Errorf("UDP echo: datagram %d unanswered three times", seq)
 }
 
 func echoOnce(c net.Conn, one []byte) (time.Duration, error) {
@@ -356,7 +450,7 @@ func (c progressConn) CloseWrite() error {
 	return cw.CloseWrite()
 }
 
-func runCommand(dial dialFunc, c command) (reply, error) {
+func runCommand(dial, dialUDP dialFunc, c command) (reply, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	raw := dial
@@ -420,6 +514,31 @@ func runCommand(dial dialFunc, c command) (reply, error) {
 			P50us: float64(percentile(rtts, 50)) / 1e3,
 			P99us: float64(percentile(rtts, 99)) / 1e3,
 		}, nil
+	case "udpecho":
+		if dialUDP == nil {
+			return reply{}, errors.New("no UDP through this client")
+		}
+		conn, err := dialUDP(ctx, c.Addr)
+		if err != nil {
+			return reply{}, err
+		}
+		defer conn.Close()
+		rtts := make([]time.Duration, 0, c.Count)
+		lost := 0
+		for i := range c.Count {
+			d, tries, err := udpEchoOnce(conn, byte(i))
+			if err != nil {
+				return reply{}, err
+			}
+			lost += tries - 1
+			rtts = append(rtts, d)
+		}
+		slices.Sort(rtts)
+		return reply{
+			P50us: float64(percentile(rtts, 50)) / 1e3,
+			P99us: float64(percentile(rtts, 99)) / 1e3,
+			Lost:  lost,
+		}, nil
 	case "connrate":
 		var next atomic.Int64
 		var wg sync.WaitGroup
@@ -460,25 +579,135 @@ func runCommand(dial dialFunc, c command) (reply, error) {
 }
 
 // proxyDialer connects through `wgbore up`'s proxies: via is
-// socks5://HOST:PORT or http://HOST:PORT.
-func proxyDialer(via string) (dialFunc, error) {
+// socks5://HOST:PORT or http://HOST:PORT. Datagrams go through SOCKS5's
+// UDP ASSOCIATE; an HTTP proxy has none, and dialUDP is nil.
+func proxyDialer(via string) (dial, dialUDP dialFunc, err error) {
 	scheme, addr, ok := strings.Cut(via, "://")
 	if !ok {
-		return nil, fmt.Errorf("-via %q: want socks5://HOST:PORT or http://HOST:PORT", via)
+		return nil, nil, fmt.Errorf("-via %q: want socks5://HOST:PORT or http://HOST:PORT", via)
 	}
 	switch scheme {
 	case "socks5":
-		return func(ctx context.Context, target string) (net.Conn, error) {
+		dial = func(ctx context.Context, target string) (net.Conn, error) {
 			ap, err := netip.ParseAddrPort(target)
 			if err != nil {
 				return nil, err
 			}
 			return socksConnect(ctx, addr, ap)
-		}, nil
+		}
+		dialUDP = func(ctx context.Context, target string) (net.Conn, error) {
+			ap, err := netip.ParseAddrPort(target)
+			if err != nil {
+				return nil, err
+			}
+			return socksAssociate(ctx, addr, ap)
+		}
+		return dial, dialUDP, nil
 	case "http":
-		return func(ctx context.Context, target string) (net.Conn, error) { return httpConnect(ctx, addr, target) }, nil
+		return func(ctx context.Context, target string) (net.Conn, error) { return httpConnect(ctx, addr, target) }, nil, nil
 	}
-	return nil, fmt.Errorf("-via %q: unknown scheme", via)
+	return nil, nil, fmt.Errorf("-via %q: unknown scheme", via)
+}
+
+// socksAssociate opens a SOCKS5 UDP association without authentication
+// and returns it as a datagram conn to target: each Write is one
+// datagram, sent with the SOCKS5 UDP header in front (RFC 1928, section
+// 7); each Read is one answer, its header stripped.
+func socksAssociate(ctx context.Context, proxyAddr string, target netip.AddrPort) (net.Conn, error) {
+	if !target.Addr().Is4() {
+		return nil, fmt.Errorf("SOCKS5 UDP to %v: only IPv4 targets here", target)
+	}
+	var d net.Dialer
+	ctl, err := d.DialContext(ctx, "tcp", proxyAddr)
+	if err != nil {
+		return nil, err
+	}
+	// ASSOCIATE, with the client's address left unspecified: the relay
+	// takes it from the first datagram.
+	if _, err := ctl.Write([]byte{5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0}); err != nil {
+		ctl.Close()
+		return nil, err
+	}
+	head := make([]byte, 2+4)
+	if _, err := io.ReadFull(ctl, head); err != nil || head[1] != 0 || head[3] != 0 {
+		ctl.Close()
+		return nil, fmt.Errorf("SOCKS5 UDP ASSOCIATE refused: % x %v", head, err)
+	}
+	n := 4
+	if head[5] == 4 {
+		n = 16
+	}
+	bnd := make([]byte, n+2)
+	if _, err := io.ReadFull(ctl, bnd); err != nil {
+		ctl.Close()
+		return nil, err
+	}
+	relayIP, _ := netip.AddrFromSlice(bnd[:n])
+	relayAddr := netip.AddrPortFrom(relayIP.Unmap(), binary.BigEndian.Uint16(bnd[n:]))
+	if relayAddr.Addr().IsUnspecified() {
+		host, err := netip.ParseAddrPort(proxyAddr)
+		if err != nil {
+			ctl.Close()
+			return nil, err
+		}
+		relayAddr = netip.AddrPortFrom(host.Addr(), relayAddr.Port())
+	}
+	uc, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(relayAddr))
+	if err != nil {
+		ctl.Close()
+		return nil, err
+	}
+	header := append([]byte{0, 0, 0, 1}, target.Addr().AsSlice()...)
+	header = binary.BigEndian.AppendUint16(header, target.Port())
+	return &socksUDPConn{UDPConn: uc, ctl: ctl, header: header, buf: make([]byte, 64<<10)}, nil
+}
+
+// socksUDPConn is a SOCKS5 UDP association to one target. It is used by
+// one goroutine at a time.
+type socksUDPConn struct {
+	*net.UDPConn
+	ctl    net.Conn // the association lasts as long as this connection
+	header []byte
+	buf    []byte
+}
+
+func (c *socksUDPConn) Write(b []byte) (int, error) {
+	d := append(c.buf[:0], c.header...)
+	d = append(d, b...)
+	if _, err := c.UDPConn.Write(d); err != nil {
+		return 0, err
+	}
+	return len(b), nil
+}
+
+func (c *socksUDPConn) Read(b []byte) (int, error) {
+	n, err := c.UDPConn.Read(c.buf)
+	if err != nil {
+		return 0, err
+	}
+	d := c.buf[:n]
+	if len(d) < 4 {
+		return 0, fmt.Errorf("SOCKS5 UDP answer of %d bytes", len(d))
+	}
+	skip := 4 + 4 + 2
+	switch d[3] {
+	case 4:
+		skip = 4 + 16 + 2
+	case 3:
+		if len(d) < 5 {
+			return 0, fmt.Errorf("SOCKS5 UDP answer of %d bytes", len(d))
+		}
+		skip = 4 + 1 + int(d[4]) + 2
+	}
+	if len(d) < skip {
+		return 0, fmt.Errorf("SOCKS5 UDP answer of %d bytes, header %d", len(d), skip)
+	}
+	return copy(b, d[skip:]), nil
+}
+
+func (c *socksUDPConn) Close() error {
+	c.ctl.Close()
+	return c.UDPConn.Close()
 }
 
 // socksConnect opens a SOCKS5 CONNECT tunnel without authentication and

@@ -25,7 +25,10 @@ type pairDef struct {
 	peerRole, clientRole string
 	peerProc, clientProc string
 	latency              bool // also echo latency and connection rate
-	viaUp                bool // E: through `wgbore up`'s proxies
+	viaUp                bool // E, F: through `wgbore up`'s proxies
+	// vias are the proxies of `wgbore up` that a viaUp pair is measured
+	// through: socks5, http.
+	vias []string
 }
 
 var pairs = []pairDef{
@@ -33,7 +36,13 @@ var pairs = []pairDef{
 	{name: "B", desc: "wireguard-go tun/netstack → wireguard-go peer (reference for A)", peerRole: "wggo-peer", clientRole: "wggo-client", peerProc: "wggo-peer", clientProc: "wggo", latency: true},
 	{name: "C", desc: "wgbore library → wgbore library peer", peerRole: "wgbore-peer", clientRole: "wgbore-client", peerProc: "wgbore-peer", clientProc: "wgbore", latency: true},
 	{name: "D", desc: "wireguard-go → wireguard-go (reference for C)", peerRole: "wggo-peer", clientRole: "wggo-client", peerProc: "wggo-peer", clientProc: "wggo", latency: true},
-	{name: "E", desc: "`wgbore up` SOCKS5 and HTTP CONNECT → wireguard-go peer", peerRole: "wggo-peer", peerProc: "wggo-peer", latency: true, viaUp: true},
+	{name: "E", desc: "`wgbore up` SOCKS5 and HTTP CONNECT → wireguard-go peer", peerRole: "wggo-peer", peerProc: "wggo-peer", latency: true, viaUp: true, vias: []string{"socks5", "http"}},
+	// The peers above use batchBind, on 127.0.0.1 only and without UDP
+	// GSO. The peers users meet send with GSO: F and G run wireguard-go's
+	// shipped default bind, which listens on every address while the
+	// traffic stays on 127.0.0.1.
+	{name: "F", desc: "`wgbore up` SOCKS5 → wireguard-go peer on its default bind (UDP GSO)", peerRole: "wggo-peer-default", peerProc: "wggo-peer", latency: true, viaUp: true, vias: []string{"socks5"}},
+	{name: "G", desc: "wireguard-go tun/netstack → wireguard-go peer on its default bind (reference for F)", peerRole: "wggo-peer-default", clientRole: "wggo-client", peerProc: "wggo-peer", clientProc: "wggo", latency: true},
 }
 
 // proc is a process whose CPU time a measurement reports.
@@ -140,11 +149,12 @@ func (s *suite) quiet() {
 // the other subjects': a run of A, then of B, then A again, so that
 // whatever else the machine is doing weighs on both sides of a ratio.
 type subject struct {
-	pair    string // A, B, C, D, E-socks5, E-http
+	pair    string // A, B, C, D, E-socks5, E-http, F-socks5, G
 	client  *child
 	procs   []proc
 	latency bool
-	up      *upDaemon // E's, whose log a failure keeps
+	udp     bool      // also UDP echo latency
+	up      *upDaemon // E's and F's, whose log a failure keeps
 	err     error
 }
 
@@ -182,7 +192,7 @@ func (s *suite) setup(p pairDef) (subs []*subject, cleanup func(), err error) {
 			return nil, nil, err
 		}
 		stops = append(stops, client.stop)
-		sub := &subject{pair: p.name, client: client, latency: p.latency,
+		sub := &subject{pair: p.name, client: client, latency: p.latency, udp: true,
 			procs: []proc{{p.clientProc, client.pid()}, {p.peerProc, peer.pid()}}}
 		return []*subject{sub}, stopAll, nil
 	}
@@ -195,17 +205,19 @@ func (s *suite) setup(p pairDef) (subs []*subject, cleanup func(), err error) {
 		return nil, nil, err
 	}
 	stops = append(stops, up.stop)
-	for _, via := range []struct{ name, prefix, scheme string }{{"E-socks5", "socks5 ", "socks5"}, {"E-http", "http ", "http"}} {
-		addr, err := up.addr(via.prefix)
+	for _, scheme := range p.vias {
+		name := p.name + "-" + scheme
+		addr, err := up.addr(scheme + " ")
 		if err != nil {
 			return nil, nil, err
 		}
-		client, _, err := startRole("proxy-client", "proxy-client", clientKey, peerKey.PublicKey(), "-via", via.scheme+"://"+addr)
+		client, _, err := startRole("proxy-client", "proxy-client", clientKey, peerKey.PublicKey(), "-via", scheme+"://"+addr)
 		if err != nil {
-			return nil, nil, fmt.Errorf("%s: %w (wgbore up's log and goroutines: %s)", via.name, err, up.fail())
+			return nil, nil, fmt.Errorf("%s: %w (wgbore up's log and goroutines: %s)", name, err, up.fail())
 		}
 		stops = append(stops, client.stop)
-		subs = append(subs, &subject{pair: via.name, client: client, latency: p.latency, up: up,
+		// An HTTP proxy carries no datagrams.
+		subs = append(subs, &subject{pair: name, client: client, latency: p.latency, udp: scheme == "socks5", up: up,
 			procs: []proc{{"wgbore-up", up.pid()}, {"proxy-client", client.pid()}, {p.peerProc, peer.pid()}}})
 	}
 	return subs, stopAll, nil
@@ -313,6 +325,40 @@ func (s *suite) measureAll(subs []*subject) {
 	for _, sub := range live(true) {
 		s.res.add("measure=echo pair="+sub.pair, kv{"p50_us", median(p50[sub])}, kv{"p99_us", median(p99[sub])})
 		fmt.Printf("   %-9s p50 %.0f µs  p99 %.0f µs  CPU µs per round trip:%s\n", sub.pair, median(p50[sub]), median(p99[sub]), echoCPU.report(s.res, sub, "echo"))
+	}
+	fmt.Printf("== UDP latency: %d 1-byte datagrams echoed, one at a time (through SOCKS5 UDP ASSOCIATE for a proxy); %d runs per pair\n", s.o.echoCount, s.o.repeat)
+	p50, p99 = map[*subject][]float64{}, map[*subject][]float64{}
+	lost := map[*subject]int{}
+	udpCPU := opCPU{}
+	var udpSubs []*subject
+	for _, sub := range live(true) {
+		if sub.udp {
+			udpSubs = append(udpSubs, sub)
+		}
+	}
+	for range s.o.repeat {
+		for _, sub := range udpSubs {
+			if sub.err != nil {
+				continue
+			}
+			s.quiet()
+			before := sub.cpuNow()
+			r, err := sub.client.do(command{Op: "udpecho", Addr: echoAddr, Count: s.o.echoCount})
+			if err != nil {
+				s.fail(subs, sub, err)
+				continue
+			}
+			udpCPU.add(sub, before, s.o.echoCount)
+			p50[sub], p99[sub] = append(p50[sub], r.P50us), append(p99[sub], r.P99us)
+			lost[sub] += r.Lost
+		}
+	}
+	for _, sub := range udpSubs {
+		if sub.err != nil {
+			continue
+		}
+		s.res.add("measure=udpecho pair="+sub.pair, kv{"p50_us", median(p50[sub])}, kv{"p99_us", median(p99[sub])}, kv{"lost", float64(lost[sub])})
+		fmt.Printf("   %-9s p50 %.0f µs  p99 %.0f µs  resent %d  CPU µs per round trip:%s\n", sub.pair, median(p50[sub]), median(p99[sub]), lost[sub], udpCPU.report(s.res, sub, "udpecho"))
 	}
 	fmt.Printf("== connection rate: %d connections, %d at a time, each dial, 1-byte echo, close; %d runs per pair\n", s.o.connCount, s.o.connPar, s.o.repeat)
 	rate := map[*subject][]float64{}
