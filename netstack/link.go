@@ -1,8 +1,10 @@
 package netstack
 
 import (
+	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -72,6 +74,9 @@ type linkEndpoint struct {
 	// (tsecho.go), and clock says when segments arrive.
 	echoes echoTable
 	clock  clock.Clock
+	// delay holds pure acknowledgements for a segment to carry them
+	// (delack.go).
+	delay ackDelayer
 
 	mu         sync.RWMutex
 	dispatcher stack.NetworkDispatcher
@@ -101,7 +106,11 @@ var (
 )
 
 func newLinkEndpoint(mtu int, engine packetWriter) *linkEndpoint {
-	return &linkEndpoint{mtu: uint32(mtu), engine: engine, offloads: offloadAll, clock: clock.System{}}
+	l := &linkEndpoint{mtu: uint32(mtu), engine: engine, offloads: offloadAll, clock: clock.System{}}
+	l.delay.wait = ackDelay
+	l.delay.after = func(d time.Duration, f func()) clock.Timer { return l.clock.AfterFunc(d, f) }
+	l.delay.flush = l.write
+	return l
 }
 
 // DeliverPackets is the engine's PacketSide: decrypted packets from one
@@ -178,27 +187,51 @@ var groPool = sync.Pool{New: func() any {
 // buffer, so the only copy is the one encryption needs anyway; TCP
 // super-segments are cut into MTU-sized segments during that copy.
 // Before that, the timestamp echo is set where a connection catches up
-// after a silence (tsecho.go), and each connection's latest pure
-// acknowledgement is kept (ackreplay.go).
+// after a silence (tsecho.go), each connection's latest pure
+// acknowledgement is kept (ackreplay.go), and a pure acknowledgement may
+// be held back for the answer to carry it (delack.go).
 func (l *linkEndpoint) WritePackets(list stack.PacketBufferList) (int, tcpip.Error) {
 	all := list.AsSlice()
-	for _, p := range all {
-		if p.TransportProtocolNumber != header.TCPProtocolNumber {
-			continue
+	n := len(all)
+	// out is all less what is held, once something is: gVisor's list
+	// itself must stay as it is, since gVisor drops its references.
+	var out *[]*stack.PacketBuffer
+	for i, p := range all {
+		held := false
+		if p.TransportProtocolNumber == header.TCPProtocolNumber {
+			if k, ok := packetKey(p); ok {
+				l.echoes.echo(p, k)
+				l.acks.record(p, k)
+				held = !l.isLocal(p) && l.delay.hold(p, k)
+				if held && out == nil {
+					out = keptPool.Get().(*[]*stack.PacketBuffer)
+					*out = append((*out)[:0], all[:i]...)
+				}
+			}
 		}
-		if k, ok := packetKey(p); ok {
-			l.echoes.echo(p, k)
-			l.acks.record(p, k)
+		if out != nil && !held {
+			*out = append(*out, p)
 		}
 	}
-	for _, p := range all {
-		if l.isLocal(p) {
-			return l.writeLooping(all)
-		}
+	if out != nil {
+		all = *out
+		defer func() {
+			clear(*out)
+			keptPool.Put(out)
+		}()
 	}
-	l.write(all)
-	return len(all), nil
+	switch {
+	case len(all) == 0:
+	case slices.ContainsFunc(all, l.isLocal):
+		l.writeLooping(all)
+	default:
+		l.write(all)
+	}
+	return n, nil
 }
+
+// keptPool holds the lists of a batch's packets that are not held back.
+var keptPool = sync.Pool{New: func() any { return new([]*stack.PacketBuffer) }}
 
 // write hands packets to the engine, through a pooled segmentedPackets
 // that does not allocate: boxing a slice type into the engine's interface
@@ -306,5 +339,8 @@ func (l *linkEndpoint) Wait()                                   {}
 func (l *linkEndpoint) ARPHardwareType() header.ARPHardwareType { return header.ARPHardwareNone }
 func (l *linkEndpoint) AddHeader(*stack.PacketBuffer)           {}
 func (l *linkEndpoint) ParseHeader(*stack.PacketBuffer) bool    { return true }
-func (l *linkEndpoint) Close()                                  { l.Attach(nil) }
-func (l *linkEndpoint) SetOnCloseAction(func())                 {}
+func (l *linkEndpoint) Close() {
+	l.delay.close()
+	l.Attach(nil)
+}
+func (l *linkEndpoint) SetOnCloseAction(func()) {}

@@ -82,6 +82,7 @@ func TestEchoAfterSilence(t *testing.T) {
 			clk := clock.NewManual(time.Unix(1000, 0))
 			e := &replayEngine{}
 			l := newLinkEndpoint(1420, e)
+			l.delay.wait = 0 // each acknowledgement is read off the wire as it is sent
 			l.clock = clk
 			hear := func(flags header.TCPFlags, tsval uint32, more ...byte) {
 				p := peerSegment(v6, flags, tsval, 100, more...)
@@ -168,6 +169,7 @@ func TestEchoLeavesOthers(t *testing.T) {
 	clk := clock.NewManual(time.Unix(1000, 0))
 	e := &replayEngine{}
 	l := newLinkEndpoint(1420, e)
+	l.delay.wait = 0 // each acknowledgement is read off the wire as it is sent
 	l.clock = clk
 	send := func(ss superSegment) []byte {
 		pkt := ss.packet()
@@ -193,6 +195,7 @@ func TestEchoLeavesOthers(t *testing.T) {
 	// would from a link endpoint that heard nothing.
 	fresh := &replayEngine{}
 	lf := newLinkEndpoint(1420, fresh)
+	lf.delay.wait = 0 // each acknowledgement is read off the wire as it is sent
 	for _, ss := range []superSegment{
 		{seq: 1, ack: 10, flags: header.TCPFlagAck, mss: 1380, opts: []byte{1, 1, 1, 1}},
 		{seq: 1, ack: 10, flags: header.TCPFlagSyn, mss: 1380, opts: timestamps(5, 3)},
@@ -208,6 +211,7 @@ func TestEchoLeavesOthers(t *testing.T) {
 	}
 	// A peer without timestamps keeps no state.
 	l2 := newLinkEndpoint(1420, &replayEngine{})
+	l2.delay.wait = 0 // each acknowledgement is read off the wire as it is sent
 	p = peerSegment(false, header.TCPFlagAck, 0, 10)
 	l2.echoes.heard(p, ipTCPHeader(p), 1)
 	if l2.echoes.slots.Load() != nil {
@@ -277,6 +281,7 @@ func FuzzEcho(f *testing.F) {
 		tcp[header.TCPDataOffset] = uint8((header.TCPMinimumSize+len(theirs))/4) << 4
 
 		l := newLinkEndpoint(1420, &replayEngine{})
+		l.delay.wait = 0 // each acknowledgement is read off the wire as it is sent
 		pkt := superSegment{seq: 1, ack: ack, flags: header.TCPFlagAck, wnd: 9, opts: ours}.packet()
 		defer pkt.DecRef()
 		completeChecksum(pkt, false)

@@ -1,0 +1,180 @@
+package netstack
+
+import (
+	"encoding/binary"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
+	"github.com/wgbore/wgbore/protocol/clock"
+)
+
+// gVisor's TCP acknowledges each batch of segments it has taken in at
+// once: it has no delayed acknowledgement. A request answered at once (an
+// echo, an RPC, an HTTP exchange through the proxies) thus costs a pure
+// acknowledgement and then, a moment later, a data segment that
+// acknowledges the same bytes again: a packet to seal and send here, and
+// one for the peer to open and process. Linux's TCP delays such an
+// acknowledgement so that the answer carries it.
+//
+// The link endpoint does the same: it holds a connection's pure
+// acknowledgement for up to ackDelay, and drops it when a later segment
+// of that connection leaves first, which acknowledges as much or more
+// and advertises a newer window. Of a run of pure acknowledgements (a
+// download), every second one goes out at once and takes the held one's
+// place, as Linux acknowledges every second full-sized segment. Nothing
+// that tells the sender about a loss waits: a duplicate acknowledgement
+// (or a window update, which repeats the acknowledgement number) and
+// one with SACK blocks go at once, as do SYN, FIN and RST segments.
+//
+// Slots are shared by connections whose keys hash alike, as in the
+// acknowledgement table (ackreplay.go): a connection whose slot holds
+// another's acknowledgement sends its own at once.
+
+// ackDelay is how long a pure acknowledgement may wait for a segment to
+// carry it: longer than a proxy or a local service takes to answer, far
+// shorter than any sender's minimum retransmission timeout (200 ms), so
+// the sender never times out waiting for it.
+const ackDelay = time.Millisecond
+
+type heldAck struct {
+	mu  sync.Mutex
+	key flowKey
+	pkt *stack.PacketBuffer // the held acknowledgement; nil: none
+	// sent is the acknowledgement number last sent on key's connection,
+	// once sentOK: one that repeats it is a duplicate and goes at once.
+	sent   uint32
+	sentOK bool
+}
+
+type ackDelayer struct {
+	// wait is how long an acknowledgement may be held: ackDelay, or 0,
+	// which holds none (for tests that read each one as it is sent).
+	wait   time.Duration
+	slots  atomic.Pointer[[ackSlots]heldAck]
+	armed  atomic.Bool
+	closed atomic.Bool
+	// after schedules f once d has passed (the link endpoint's clock),
+	// and flush sends packets on; both are set by the link endpoint.
+	after func(d time.Duration, f func()) clock.Timer
+	flush func([]*stack.PacketBuffer)
+
+	timerMu sync.Mutex
+	timer   clock.Timer // made by the first hold, then reset
+}
+
+// hold decides about one outbound TCP segment p of connection k, not
+// one to ourselves: it reports true when it keeps p back (having taken
+// a reference) to send after ackDelay, unless a later segment of the
+// connection goes first. Any segment of k lets a held one of k go
+// unsent. It is on the send path of every TCP segment and does not
+// allocate, but for the table, once.
+func (d *ackDelayer) hold(p *stack.PacketBuffer, k flowKey) bool {
+	th := p.TransportHeader().Slice()
+	if d.wait == 0 || len(th) < header.TCPMinimumSize {
+		return false
+	}
+	const ends = uint8(header.TCPFlagSyn | header.TCPFlagFin | header.TCPFlagRst)
+	flags := th[header.TCPFlagsOffset]
+	pure := flags&(uint8(header.TCPFlagAck)|ends) == uint8(header.TCPFlagAck) && p.Data().Size() == 0
+	slots := d.slots.Load()
+	if slots == nil {
+		if !pure {
+			return false
+		}
+		d.slots.CompareAndSwap(nil, new([ackSlots]heldAck))
+		slots = d.slots.Load()
+	}
+	ack := binary.BigEndian.Uint32(th[header.TCPAckNumOffset:])
+	s := &slots[k.slot(ackSlots)]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.pkt != nil && s.key != k {
+		return false // another connection's turn
+	}
+	superseded := s.pkt != nil
+	if superseded {
+		// p acknowledges as much or more, with a newer window.
+		s.pkt.DecRef()
+		s.pkt = nil
+	}
+	dup := s.key == k && s.sentOK && s.sent == ack
+	s.key, s.sent, s.sentOK = k, ack, true
+	if !pure || superseded || dup || hasSACK(th) || d.closed.Load() {
+		return false
+	}
+	p.IncRef()
+	s.pkt = p
+	if d.armed.CompareAndSwap(false, true) {
+		d.arm()
+	}
+	return true
+}
+
+// arm has flushHeld run once the delay has passed.
+func (d *ackDelayer) arm() {
+	d.timerMu.Lock()
+	defer d.timerMu.Unlock()
+	if d.timer == nil {
+		d.timer = d.after(d.wait, d.flushHeld)
+	} else {
+		d.timer.Reset(d.wait)
+	}
+}
+
+// flushHeld sends every acknowledgement still held.
+func (d *ackDelayer) flushHeld() {
+	d.armed.Store(false)
+	pkts := d.take()
+	if len(pkts) > 0 && !d.closed.Load() {
+		d.flush(pkts)
+	}
+	for _, p := range pkts {
+		p.DecRef()
+	}
+}
+
+// take empties the table of held acknowledgements and returns them, with
+// their references.
+func (d *ackDelayer) take() []*stack.PacketBuffer {
+	slots := d.slots.Load()
+	if slots == nil {
+		return nil
+	}
+	var pkts []*stack.PacketBuffer
+	for i := range slots {
+		s := &slots[i]
+		s.mu.Lock()
+		if s.pkt != nil {
+			pkts = append(pkts, s.pkt)
+			s.pkt = nil
+		}
+		s.mu.Unlock()
+	}
+	return pkts
+}
+
+// close lets every held acknowledgement go unsent and holds no more.
+func (d *ackDelayer) close() {
+	d.closed.Store(true)
+	d.timerMu.Lock()
+	if d.timer != nil {
+		d.timer.Stop()
+	}
+	d.timerMu.Unlock()
+	for _, p := range d.take() {
+		p.DecRef()
+	}
+}
+
+// tcpOptSACK is the SACK option's kind (RFC 2018).
+const tcpOptSACK = 5
+
+// hasSACK reports whether a TCP header carries SACK blocks.
+func hasSACK(th []byte) bool {
+	_, ok := findOption(th, tcpOptSACK)
+	return ok
+}
