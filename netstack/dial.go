@@ -488,12 +488,10 @@ func (n *Net) Listen(network, address string) (net.Listener, error) {
 // it: gonet's, plus a way to wait for data without a goroutine.
 //
 // A proxy relaying thousands of idle connections otherwise parks one
-// goroutine per connection in Read, with its stack (4 to 8 KiB once the
-// read path has run) and its buffer. With NotifyReadable and TryRead a
-// relay starts a goroutine only when there is something to move: an
-// idle connection through the SOCKS5 proxy cost 26 KiB of resident
-// memory instead of 32 at 1,000 connections, 24 instead of 30 at 10,000
-// (the idle-connection memory benchmark in cmd/wgbore).
+// goroutine per connection in Read, with its stack (grown by the read
+// path) and its buffer. With NotifyReadable and TryRead a relay starts a
+// goroutine only when there is something to move, which the
+// idle-connection memory benchmark in cmd/wgbore measures.
 type TCPConn struct {
 	*gonet.TCPConn
 	notifier
