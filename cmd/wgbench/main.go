@@ -1,5 +1,6 @@
 // Command wgbench is wgbore's performance suite: throughput and CPU per
-// gigabyte, latency, connection rate, memory and handshake rate, each
+// gigabyte, TCP and UDP echo latency (UDP through SOCKS5's UDP ASSOCIATE
+// for `wgbore up`), connection rate, memory and handshake rate, each
 // next to wireguard-go measured in the same run on the same machine; and
 // `wgbore serve` under many peers (part S): all of them handshaking at
 // once, memory per peer and per idle flow, idle CPU, one peer's echo
@@ -49,7 +50,7 @@ func main() {
 	size := flag.String("size", "256MiB", "bytes per throughput run (suffixes KiB, MiB, GiB)")
 	repeat := flag.Int("repeat", 3, "runs of each measurement; the median is reported")
 	quick := flag.Bool("quick", false, "tiny sizes and one run of each, to check that the suite still runs (what CI does)")
-	only := flag.String("only", "", "comma-separated parts to run: A,B,C,D,E (pairs), M (memory), H (handshakes and allocations), S (serve with many peers); empty means all")
+	only := flag.String("only", "", "comma-separated parts to run: A,B,C,D,E,F,G (pairs; F and G against a peer on wireguard-go's default bind, which sends with UDP GSO), M (memory), H (handshakes and allocations), S (serve with many peers); empty means all")
 	scalePeers := flag.Int("scale-peers", 1000, "S: peers of the server, all handshaking at once")
 	scaleFlows := flag.Int("scale-flows", 1000, "S: idle TCP flows, and as many UDP ones, per flow peer")
 	scaleFlowPeers := flag.Int("scale-flow-peers", 20, "S: peers that hold flows")
