@@ -20,19 +20,27 @@ import (
 // one for the peer to open and process. Linux's TCP delays such an
 // acknowledgement so that the answer carries it.
 //
-// The link endpoint does the same: it holds a connection's pure
-// acknowledgement for up to ackDelay, and drops it when a later segment
-// of that connection leaves first, which acknowledges as much or more
-// and advertises a newer window. Of a run of pure acknowledgements (a
-// download), every second one goes out at once and takes the held one's
-// place, as Linux acknowledges every second full-sized segment. Nothing
-// that tells the sender about a loss waits: a duplicate acknowledgement
-// (or a window update, which repeats the acknowledgement number) and
-// one with SACK blocks go at once, as do SYN, FIN and RST segments.
+// The link endpoint does the same, as narrowly as Linux: it holds a pure
+// acknowledgement for up to ackDelay only when it acknowledges no more
+// than one full-sized segment beyond the connection's previous one. A
+// later segment of the connection that the peer reads the
+// acknowledgement of (one at or beyond the held one's sequence number)
+// lets the held one go unsent: it acknowledges as much or more and
+// advertises a newer window. A second such acknowledgement goes at once
+// in the held one's place. Nothing else waits:
+//   - an acknowledgement of more than a segment (a burst, a download:
+//     the sender's window grows with them);
+//   - one that repeats the previous number (a duplicate, which tells of
+//     a loss, or a window update) or follows one with SACK blocks (it
+//     may fill the hole), or carries SACK blocks itself;
+//   - the first of a connection the table knows nothing of, such as the
+//     one that completes our handshake (a server that speaks first
+//     waits for it);
+//   - SYN, FIN and RST segments, and data.
 //
 // Slots are shared by connections whose keys hash alike, as in the
-// acknowledgement table (ackreplay.go): a connection whose slot holds
-// another's acknowledgement sends its own at once.
+// acknowledgement table (ackreplay.go): a connection whose slot another
+// has taken is one the table knows nothing of.
 
 // ackDelay is how long a pure acknowledgement may wait for a segment to
 // carry it: longer than a proxy or a local service takes to answer, far
@@ -44,21 +52,29 @@ type heldAck struct {
 	mu  sync.Mutex
 	key flowKey
 	pkt *stack.PacketBuffer // the held acknowledgement; nil: none
-	// sent is the acknowledgement number last sent on key's connection,
-	// once sentOK: one that repeats it is a duplicate and goes at once.
+	// seq is the held acknowledgement's sequence number.
+	seq uint32
+	// sent is the acknowledgement number that last left on key's
+	// connection, once sentOK, and sack whether that segment carried
+	// SACK blocks.
 	sent   uint32
 	sentOK bool
+	sack   bool
 }
 
 type ackDelayer struct {
 	// wait is how long an acknowledgement may be held: ackDelay, or 0,
 	// which holds none (for tests that read each one as it is sent).
-	wait   time.Duration
-	slots  atomic.Pointer[[ackSlots]heldAck]
-	armed  atomic.Bool
-	closed atomic.Bool
-	// after schedules f once d has passed (the link endpoint's clock),
-	// and flush sends packets on; both are set by the link endpoint.
+	wait time.Duration
+	// segment is a full-sized segment's payload at the link's MTU.
+	segment uint32
+	slots   atomic.Pointer[[ackSlots]heldAck]
+	armed   atomic.Bool
+	closed  atomic.Bool
+	// after schedules f once d has passed, and flush sends packets on;
+	// both are set by the link endpoint. The delay runs on the real
+	// clock whatever clock the engine was given: a test's manual clock
+	// that is never advanced would hold acknowledgements for good.
 	after func(d time.Duration, f func()) clock.Timer
 	flush func([]*stack.PacketBuffer)
 
@@ -68,10 +84,9 @@ type ackDelayer struct {
 
 // hold decides about one outbound TCP segment p of connection k, not
 // one to ourselves: it reports true when it keeps p back (having taken
-// a reference) to send after ackDelay, unless a later segment of the
-// connection goes first. Any segment of k lets a held one of k go
-// unsent. It is on the send path of every TCP segment and does not
-// allocate, but for the table, once.
+// a reference) to send after the delay, unless a later segment of the
+// connection goes first. It is on the send path of every TCP segment
+// and does not allocate, but for the table, once.
 func (d *ackDelayer) hold(p *stack.PacketBuffer, k flowKey) bool {
 	th := p.TransportHeader().Slice()
 	if d.wait == 0 || len(th) < header.TCPMinimumSize {
@@ -88,26 +103,37 @@ func (d *ackDelayer) hold(p *stack.PacketBuffer, k flowKey) bool {
 		d.slots.CompareAndSwap(nil, new([ackSlots]heldAck))
 		slots = d.slots.Load()
 	}
+	seq := binary.BigEndian.Uint32(th[header.TCPSeqNumOffset:])
 	ack := binary.BigEndian.Uint32(th[header.TCPAckNumOffset:])
+	sack := hasSACK(th)
 	s := &slots[k.slot(ackSlots)]
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.pkt != nil && s.key != k {
 		return false // another connection's turn
 	}
-	superseded := s.pkt != nil
-	if superseded {
-		// p acknowledges as much or more, with a newer window.
+	superseded := false
+	if s.pkt != nil && int32(seq-s.seq) >= 0 {
+		// The peer reads p's acknowledgement, which covers as much or
+		// more, with a newer window: the held one goes unsent. A
+		// segment below it (a keepalive or window probe, a
+		// retransmission) is dropped unread, and the held one stays.
 		s.pkt.DecRef()
 		s.pkt = nil
+		superseded = true
 	}
-	dup := s.key == k && s.sentOK && s.sent == ack
-	s.key, s.sent, s.sentOK = k, ack, true
-	if !pure || superseded || dup || hasSACK(th) || d.closed.Load() {
+	known := s.key == k && s.sentOK
+	small := known && !s.sack && ack != s.sent && ack-s.sent <= d.segment
+	if !pure || superseded || !small || sack || s.pkt != nil || d.closed.Load() {
+		if s.pkt == nil {
+			s.key, s.sent, s.sentOK, s.sack = k, ack, true, sack
+		}
 		return false
 	}
 	p.IncRef()
-	s.pkt = p
+	s.pkt, s.seq = p, seq
+	// What leaves in its place, or after the delay, acknowledges ack.
+	s.sent = ack
 	if d.armed.CompareAndSwap(false, true) {
 		d.arm()
 	}

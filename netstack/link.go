@@ -4,7 +4,6 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"gvisor.dev/gvisor/pkg/buffer"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -108,7 +107,8 @@ var (
 func newLinkEndpoint(mtu int, engine packetWriter) *linkEndpoint {
 	l := &linkEndpoint{mtu: uint32(mtu), engine: engine, offloads: offloadAll, clock: clock.System{}}
 	l.delay.wait = ackDelay
-	l.delay.after = func(d time.Duration, f func()) clock.Timer { return l.clock.AfterFunc(d, f) }
+	l.delay.segment = uint32(mtu - header.IPv4MinimumSize - header.TCPMinimumSize)
+	l.delay.after = clock.System{}.AfterFunc
 	l.delay.flush = l.write
 	return l
 }

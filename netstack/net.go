@@ -256,6 +256,9 @@ func (n *Net) Close() error {
 		for _, s := range services {
 			s.wait()
 		}
+		// gVisor leaves the link endpoint open: what it holds back
+		// would go out after the stack has closed.
+		n.link.delay.close()
 		if n.engine != nil {
 			err = n.engine.Close()
 		} else {
