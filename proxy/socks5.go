@@ -97,6 +97,8 @@ type SOCKS5 struct {
 	// relays hands CONNECT relays over once many are open, so that an
 	// idle one holds no goroutine.
 	relays handOver
+	// workers serve the connections (workers.go).
+	workers *workers
 
 	// connTracker holds the listeners and the client connections, each
 	// marked busy once its handshake is over (Shutdown ends those still
@@ -133,6 +135,7 @@ func NewSOCKS5(nw Network, cfg SOCKS5Config) *SOCKS5 {
 		cancel:           cancel,
 		connTracker:      newConnTracker(),
 		relays:           handOver{from: defaultHandOverFrom, log: logger},
+		workers:          newWorkers(),
 	}
 
 	opts := []socks5.Option{
@@ -157,10 +160,10 @@ func NewSOCKS5(nw Network, cfg SOCKS5Config) *SOCKS5 {
 	return s
 }
 
-// Serve accepts connections on l and serves each in its own goroutine
-// (which a CONNECT's relay may outlive: see handOver.try), at most
-// SOCKS5Config.MaxConnections at a time. It returns when l fails or
-// is closed, and closes l; connections already being served carry on
+// Serve accepts connections on l and serves each on a goroutine of its
+// own while it is served (which a CONNECT's relay may outlive: see
+// handOver.try), at most SOCKS5Config.MaxConnections at a time. It
+// returns when l fails or is closed, and closes l; connections already being served carry on
 // until their clients leave or Close is called. After Close or Shutdown,
 // Serve returns nil.
 func (s *SOCKS5) Serve(l net.Listener) error {
@@ -171,7 +174,7 @@ func (s *SOCKS5) Serve(l net.Listener) error {
 		if !s.start(conn) {
 			return false
 		}
-		go func() {
+		s.workers.run(func() {
 			defer s.wg.Done()
 			h := &handoff{Conn: conn}
 			s.serveConn(h)
@@ -180,7 +183,7 @@ func (s *SOCKS5) Serve(l net.Listener) error {
 				// in untrack is harmless.
 				s.untrack(conn)
 			}
-		}()
+		})
 		return true
 	})
 }
@@ -200,6 +203,7 @@ func (s *SOCKS5) Close() error {
 	s.cancel()
 	s.wg.Wait()
 	s.relays.close()
+	s.workers.stop()
 	return nil
 }
 
