@@ -54,6 +54,7 @@ func (w *workers) loop(f func()) {
 	var t *time.Timer
 	for {
 		f()
+		f = nil // what it served can go while the worker waits
 		if w.idle.Add(1) > maxIdleWorkers {
 			w.idle.Add(-1)
 			break
