@@ -20,20 +20,23 @@ import (
 // one for the peer to open and process. Linux's TCP delays such an
 // acknowledgement so that the answer carries it.
 //
-// The link endpoint does the same, as narrowly as Linux: it holds a pure
-// acknowledgement for up to ackDelay only when it acknowledges no more
-// than one full-sized segment beyond the connection's previous one. A
-// later segment of the connection that the peer reads the
-// acknowledgement of (one at or beyond the held one's sequence number)
-// lets the held one go unsent: it acknowledges as much or more and
-// advertises a newer window. A second such acknowledgement goes at once
-// in the held one's place. Nothing else waits:
+// The link endpoint does the same, more narrowly than Linux: it holds a
+// pure acknowledgement for up to ackDelay only when the connection's
+// previous segment from us carried data (the acknowledgement is of an
+// answer to it, and a next request may follow) and it acknowledges no
+// more than one full-sized segment beyond that one. A download, where we
+// send only acknowledgements, is left as gVisor paces it. A later
+// segment of the connection whose acknowledgement the peer reads (one at
+// or beyond the held one's sequence number) lets the held one go unsent:
+// it acknowledges as much or more and advertises a newer window. Nothing
+// else waits:
 //   - an acknowledgement of more than a segment (a burst, a download:
 //     the sender's window grows with them);
 //   - one that repeats the previous number (a duplicate, which tells of
 //     a loss, or a window update) or follows one with SACK blocks (it
 //     may fill the hole), or carries SACK blocks itself;
-//   - the first of a connection the table knows nothing of, such as the
+//   - one that follows another acknowledgement rather than our data, and
+//     the first of a connection the table knows nothing of, such as the
 //     one that completes our handshake (a server that speaks first
 //     waits for it);
 //   - SYN, FIN and RST segments, and data.
@@ -55,11 +58,12 @@ type heldAck struct {
 	// seq is the held acknowledgement's sequence number.
 	seq uint32
 	// sent is the acknowledgement number that last left on key's
-	// connection, once sentOK, and sack whether that segment carried
-	// SACK blocks.
+	// connection, once sentOK; sack and data are whether that segment
+	// carried SACK blocks and data.
 	sent   uint32
 	sentOK bool
 	sack   bool
+	data   bool
 }
 
 type ackDelayer struct {
@@ -97,12 +101,10 @@ func (d *ackDelayer) hold(p *stack.PacketBuffer, k flowKey) bool {
 	pure := flags&(uint8(header.TCPFlagAck)|ends) == uint8(header.TCPFlagAck) && p.Data().Size() == 0
 	slots := d.slots.Load()
 	if slots == nil {
-		if !pure {
-			return false
-		}
 		d.slots.CompareAndSwap(nil, new([ackSlots]heldAck))
 		slots = d.slots.Load()
 	}
+	data := p.Data().Size() > 0
 	seq := binary.BigEndian.Uint32(th[header.TCPSeqNumOffset:])
 	ack := binary.BigEndian.Uint32(th[header.TCPAckNumOffset:])
 	sack := hasSACK(th)
@@ -123,17 +125,17 @@ func (d *ackDelayer) hold(p *stack.PacketBuffer, k flowKey) bool {
 		superseded = true
 	}
 	known := s.key == k && s.sentOK
-	small := known && !s.sack && ack != s.sent && ack-s.sent <= d.segment
+	small := known && s.data && !s.sack && ack != s.sent && ack-s.sent <= d.segment
 	if !pure || superseded || !small || sack || s.pkt != nil || d.closed.Load() {
 		if s.pkt == nil {
-			s.key, s.sent, s.sentOK, s.sack = k, ack, true, sack
+			s.key, s.sent, s.sentOK, s.sack, s.data = k, ack, true, sack, data
 		}
 		return false
 	}
 	p.IncRef()
 	s.pkt, s.seq = p, seq
 	// What leaves in its place, or after the delay, acknowledges ack.
-	s.sent = ack
+	s.sent, s.data = ack, false
 	if d.armed.CompareAndSwap(false, true) {
 		d.arm()
 	}
