@@ -641,8 +641,16 @@
 //     segment one WireGuard hop can delay, and timestamps (PAWS) reject an
 //     old one even so.
 //
-// Two more changes work below TCP, in the link endpoint:
+// Three more changes work below TCP, in the link endpoint:
 //
+//   - A pure acknowledgement of a request's answer waits up to a
+//     millisecond for the next request to carry it (netstack/delack.go),
+//     as Linux delays one: gVisor acknowledges every batch at once, so an
+//     echo, an RPC or a keep-alive HTTP exchange cost two packets each
+//     way where one does. Only the acknowledgement that follows our own
+//     data, of at most one segment, with no SACK before or in it, waits;
+//     a download's, duplicates and anything that opens or ends a
+//     connection go at once.
 //   - After a silence, the timestamp echo is chosen by the link endpoint
 //     (netstack/tsecho.go). gVisor's TCP as it ships (RACK on: wireguard-go's
 //     tun/netstack, wireproxy, onetun-style forwarders) takes the
