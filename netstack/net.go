@@ -257,7 +257,8 @@ func (n *Net) Close() error {
 			s.wait()
 		}
 		// gVisor leaves the link endpoint open: what it holds back
-		// would go out after the stack has closed.
+		// would go out after the stack has closed (but for a flush
+		// already under way, which the closing engine drops).
 		n.link.delay.close()
 		if n.engine != nil {
 			err = n.engine.Close()

@@ -23,10 +23,11 @@ var (
 		"wgbore/proxy.(*idleWatch)", "wgbore/proxy.ServeSTDIO", "wgbore/proxy.sendSTDIO",
 	}
 	// go-socks5's frames cover the relay halves it starts through
-	// socksGoroutines.Submit.
+	// socksGoroutines.Submit; a worker waiting for its next connection
+	// shows only its own loop.
 	socksCode = []string{
 		"things-go/go-socks5", "wgbore/proxy.(*SOCKS5)", "wgbore/proxy.socksGoroutines",
-		"wgbore/proxy.(*socksAssociation)",
+		"wgbore/proxy.(*socksAssociation)", "wgbore/proxy.(*workers)",
 	}
 	// socksAssociationCode narrows socksCode to UDP ASSOCIATE's relays.
 	socksAssociationCode = []string{"wgbore/proxy.(*socksAssociation)", "wgbore/proxy.(*SOCKS5).associate"}

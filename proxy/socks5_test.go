@@ -404,6 +404,8 @@ func TestSOCKS5CloseEndsRelaysInFlight(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := NewSOCKS5(newSOCKSNetwork(), SOCKS5Config{})
+	// Workers that wait longer than the check below: Close must end them.
+	s.workers.idleFor = time.Hour
 	served := serveInBackground(t, func() error { return s.Serve(l) }, s.Close)
 
 	d, err := xproxy.SOCKS5("tcp", l.Addr().String(), nil, xproxy.Direct)

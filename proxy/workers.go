@@ -37,7 +37,8 @@ func newWorkers() *workers {
 	return &workers{next: make(chan func()), quit: make(chan struct{}), idleFor: workerIdle}
 }
 
-// run calls f on a waiting worker, or on a new one.
+// run calls f on a waiting worker, or on a new one. It must not be
+// called once stop has been.
 func (w *workers) run(f func()) {
 	select {
 	case w.next <- f:

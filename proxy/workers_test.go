@@ -6,22 +6,25 @@ import (
 	"time"
 )
 
-// A connection served after another finds the first one's goroutine
-// waiting, and no new goroutine starts.
+// Connections served one after another find the first one's goroutine
+// waiting, and no new goroutine starts. A worker counts itself idle a
+// moment before it waits, and a connection that comes in that moment
+// starts a goroutine of its own; so a few may start, not one each.
 func TestWorkersReuse(t *testing.T) {
 	w := newWorkers()
 	defer w.stop()
-	for range 100 {
+	const served = 100
+	for range served {
 		done := make(chan struct{})
 		w.run(func() { close(done) })
 		<-done
-		// The worker is waiting once it counts itself idle.
 		for w.idle.Load() == 0 {
 			time.Sleep(time.Millisecond)
 		}
+		time.Sleep(100 * time.Microsecond) // into its select, mostly
 	}
-	if n := w.started.Load(); n != 1 {
-		t.Errorf("%d goroutines started for 100 functions one after another, want 1", n)
+	if n := w.started.Load(); n > served/10 {
+		t.Errorf("%d goroutines started for %d functions one after another, want a few", n, served)
 	}
 }
 
@@ -29,25 +32,33 @@ func TestWorkersReuse(t *testing.T) {
 func TestWorkersBoundIdle(t *testing.T) {
 	w := newWorkers()
 	release := make(chan struct{})
-	var running sync.WaitGroup
+	var running, finished sync.WaitGroup
 	const burst = 3 * maxIdleWorkers
 	running.Add(burst)
+	finished.Add(burst)
 	for range burst {
 		w.run(func() {
+			defer finished.Done()
 			running.Done()
 			<-release
 		})
 	}
 	running.Wait()
 	close(release)
-	// Every worker either waits or has left; wait until the count stops
-	// changing from the burst's end.
+	finished.Wait()
+	// Each worker now waits or leaves; those past the bound count
+	// themselves for a moment before they leave. Settled, the count is
+	// the bound.
 	deadline := time.Now().Add(10 * time.Second)
-	for w.idle.Load() < maxIdleWorkers && time.Now().Before(deadline) {
-		time.Sleep(time.Millisecond)
-	}
-	if n := w.idle.Load(); n > maxIdleWorkers {
-		t.Errorf("%d workers wait, want at most %d", n, maxIdleWorkers)
+	for settled := 0; settled < 20; time.Sleep(time.Millisecond) {
+		if w.idle.Load() == maxIdleWorkers {
+			settled++
+		} else {
+			settled = 0
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d workers wait, want %d", w.idle.Load(), maxIdleWorkers)
+		}
 	}
 	w.stop()
 	if n := w.idle.Load(); n != 0 {
@@ -59,16 +70,16 @@ func TestWorkersBoundIdle(t *testing.T) {
 func TestWorkersLeaveWhenIdle(t *testing.T) {
 	w := newWorkers()
 	defer w.stop()
-	w.idleFor = time.Millisecond
-	done := make(chan struct{})
-	w.run(func() { close(done) })
-	<-done
-	deadline := time.Now().Add(10 * time.Second)
-	for w.idle.Load() != 0 || w.started.Load() != 1 {
-		if time.Now().After(deadline) {
-			t.Fatal("a worker still waited long after its idle time")
-		}
-		time.Sleep(time.Millisecond)
+	w.idleFor = 10 * time.Millisecond
+	w.run(func() {})
+	left := make(chan struct{})
+	go func() {
+		w.wg.Wait()
+		close(left)
+	}()
+	select {
+	case <-left:
+	case <-time.After(10 * time.Second):
+		t.Fatal("a worker still waited long after its idle time")
 	}
-	w.wg.Wait() // it has returned, not only stopped counting itself
 }
