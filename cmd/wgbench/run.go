@@ -305,61 +305,22 @@ func (s *suite) measureAll(subs []*subject) {
 	if len(live(true)) == 0 {
 		return
 	}
-	echoAddr := netip.AddrPortFrom(peerAddr, portEcho).String()
 	fmt.Printf("== latency: %d 1-byte echoes on one connection, %d runs per pair\n", s.o.echoCount, s.o.repeat)
-	p50, p99 := map[*subject][]float64{}, map[*subject][]float64{}
-	echoCPU := opCPU{}
-	for range s.o.repeat {
-		for _, sub := range live(true) {
-			s.quiet()
-			before := sub.cpuNow()
-			r, err := sub.client.do(command{Op: "echo", Addr: echoAddr, Count: s.o.echoCount})
-			if err != nil {
-				s.fail(subs, sub, err)
-				continue
-			}
-			echoCPU.add(sub, before, s.o.echoCount)
-			p50[sub], p99[sub] = append(p50[sub], r.P50us), append(p99[sub], r.P99us)
-		}
-	}
+	p50, p99, _, echoCPU := s.echoRuns(subs, "echo", func(*subject) bool { return true })
 	for _, sub := range live(true) {
 		s.res.add("measure=echo pair="+sub.pair, kv{"p50_us", median(p50[sub])}, kv{"p99_us", median(p99[sub])})
 		fmt.Printf("   %-9s p50 %.0f µs  p99 %.0f µs  CPU µs per round trip:%s\n", sub.pair, median(p50[sub]), median(p99[sub]), echoCPU.report(s.res, sub, "echo"))
 	}
 	fmt.Printf("== UDP latency: %d 1-byte datagrams echoed, one at a time (through SOCKS5 UDP ASSOCIATE for a proxy); %d runs per pair\n", s.o.echoCount, s.o.repeat)
-	p50, p99 = map[*subject][]float64{}, map[*subject][]float64{}
-	lost := map[*subject]int{}
-	udpCPU := opCPU{}
-	var udpSubs []*subject
+	p50, p99, lost, udpCPU := s.echoRuns(subs, "udpecho", func(sub *subject) bool { return sub.udp })
 	for _, sub := range live(true) {
-		if sub.udp {
-			udpSubs = append(udpSubs, sub)
-		}
-	}
-	for range s.o.repeat {
-		for _, sub := range udpSubs {
-			if sub.err != nil {
-				continue
-			}
-			s.quiet()
-			before := sub.cpuNow()
-			r, err := sub.client.do(command{Op: "udpecho", Addr: echoAddr, Count: s.o.echoCount})
-			if err != nil {
-				s.fail(subs, sub, err)
-				continue
-			}
-			udpCPU.add(sub, before, s.o.echoCount)
-			p50[sub], p99[sub] = append(p50[sub], r.P50us), append(p99[sub], r.P99us)
-			lost[sub] += r.Lost
-		}
-	}
-	for _, sub := range udpSubs {
-		if sub.err != nil {
+		if !sub.udp {
 			continue
 		}
 		s.res.add("measure=udpecho pair="+sub.pair, kv{"p50_us", median(p50[sub])}, kv{"p99_us", median(p99[sub])}, kv{"lost", float64(lost[sub])})
 		fmt.Printf("   %-9s p50 %.0f µs  p99 %.0f µs  resent %d  CPU µs per round trip:%s\n", sub.pair, median(p50[sub]), median(p99[sub]), lost[sub], udpCPU.report(s.res, sub, "udpecho"))
 	}
+	echoAddr := netip.AddrPortFrom(peerAddr, portEcho).String()
 	fmt.Printf("== connection rate: %d connections, %d at a time, each dial, 1-byte echo, close; %d runs per pair\n", s.o.connCount, s.o.connPar, s.o.repeat)
 	rate := map[*subject][]float64{}
 	connCPU := opCPU{}
@@ -380,6 +341,32 @@ func (s *suite) measureAll(subs []*subject) {
 		s.res.add("measure=connrate pair="+sub.pair, kv{"conns_per_s", median(rate[sub])})
 		fmt.Printf("   %-9s %.0f conns/s  CPU µs per connection:%s\n", sub.pair, median(rate[sub]), connCPU.report(s.res, sub, "connrate"))
 	}
+}
+
+// echoRuns runs op (echo or udpecho) repeat times on each live subject
+// with latency measurements that pick accepts, in turn, and collects
+// each one's round trips, resends and CPU per round trip.
+func (s *suite) echoRuns(subs []*subject, op string, pick func(*subject) bool) (p50, p99 map[*subject][]float64, lost map[*subject]int, cpu opCPU) {
+	p50, p99, lost, cpu = map[*subject][]float64{}, map[*subject][]float64{}, map[*subject]int{}, opCPU{}
+	echoAddr := netip.AddrPortFrom(peerAddr, portEcho).String()
+	for range s.o.repeat {
+		for _, sub := range subs {
+			if sub.err != nil || !sub.latency || !pick(sub) {
+				continue
+			}
+			s.quiet()
+			before := sub.cpuNow()
+			r, err := sub.client.do(command{Op: op, Addr: echoAddr, Count: s.o.echoCount})
+			if err != nil {
+				s.fail(subs, sub, err)
+				continue
+			}
+			cpu.add(sub, before, s.o.echoCount)
+			p50[sub], p99[sub] = append(p50[sub], r.P50us), append(p99[sub], r.P99us)
+			lost[sub] += r.Lost
+		}
+	}
+	return p50, p99, lost, cpu
 }
 
 // cpuNow reads the CPU time of each of the subject's processes.
