@@ -34,11 +34,13 @@ import (
 	"strconv"
 	"sync"
 	"testing"
+	"time"
 	"unsafe"
 
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/netstack"
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/link/channel"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 
@@ -327,18 +329,37 @@ func (s *Site) stop() {
 	}
 	s.mu.Unlock()
 	s.wg.Wait()
-	closeDevice(s.Device)
+	closeDevice(s.Device, s.Net)
 }
 
-// closeDevice takes a wireguard-go device down before closing it.
-// Close alone closes the TUN first and stops the peers after: a
-// receiver still delivering a packet into tun/netstack's stack then
-// makes it answer (a reset, say) into the TUN's closed channel, and the
-// send on it panics. Down stops the peers and waits for their
-// receivers, so nothing is delivered once the TUN closes.
-func closeDevice(dev *device.Device) {
+// closeDevice takes a wireguard-go device and its tun/netstack down
+// without a send on a closed channel. Close alone closes the TUN first
+// and stops the peers after: a receiver still delivering a packet into
+// tun/netstack's stack then makes it answer (a reset, say) into the
+// TUN's closed channel, and the send panics. Down stops the peers and
+// waits for their receivers. The stack can still write by itself, from
+// its own goroutines (a closing endpoint answers the segments queued for
+// it with resets, a timer fires), and tun/netstack's Close closes the
+// channel without waiting for them. So its link endpoint is closed first,
+// which makes every later write fail before it notifies the TUN, and the
+// notifications already under way are given a moment to finish.
+func closeDevice(dev *device.Device, tnet *netstack.Net) {
 	dev.Down()
+	if ep := linkEndpointOf(tnet); ep != nil {
+		ep.Close()
+		time.Sleep(20 * time.Millisecond)
+	}
 	dev.Close()
+}
+
+// linkEndpointOf reaches tun/netstack's link endpoint, which it does not
+// export; nil if its layout has changed.
+func linkEndpointOf(tnet *netstack.Net) *channel.Endpoint {
+	f := reflect.ValueOf(tnet).Elem().FieldByName("ep")
+	if !f.IsValid() || f.Type() != reflect.TypeOf((*channel.Endpoint)(nil)) {
+		return nil
+	}
+	return reflect.NewAt(f.Type(), unsafe.Pointer(f.UnsafeAddr())).Elem().Interface().(*channel.Endpoint)
 }
 
 // serveTCP accepts connections on a:port and runs handle for each,
@@ -464,6 +485,6 @@ func (s *Site) WireGuardGoClientVia(t testing.TB, ours protocol.PrivateKey, endp
 func WireGuardGoStack(t testing.TB, key protocol.PrivateKey, addrs []netip.Addr, peer protocol.PublicKey, endpoint string, allowed []netip.Prefix, listen func(netip.AddrPort) (*net.UDPConn, error)) *netstack.Net {
 	t.Helper()
 	dev, tnet, _ := startDevice(t, addrs, 0, key, peer, endpoint, allowed, 0, listen)
-	t.Cleanup(func() { closeDevice(dev) })
+	t.Cleanup(func() { closeDevice(dev, tnet) })
 	return tnet
 }

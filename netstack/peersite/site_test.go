@@ -259,3 +259,36 @@ func TestStopUnderTraffic(t *testing.T) {
 		wg.Wait()
 	}
 }
+
+// TestStopWhileAnswering stops sites whose own stack is still answering:
+// a client keeps writing on connections that the site closes as it
+// stops, so the site's TCP goroutines send resets of their own accord
+// while its TUN closes. tun/netstack's Close closed the TUN's channel
+// under those sends, which panicked.
+func TestStopWhileAnswering(t *testing.T) {
+	for range 8 {
+		key, _ := protocol.GeneratePrivateKey()
+		site := peersite.Start(t, key.PublicKey(), peersite.Options{})
+		ours := site.WireGuardGoClient(t, key)
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		for range 16 {
+			c, err := ours.DialContext(ctx, "tcp", netip.AddrPortFrom(peersite.TheirV4, 9).String())
+			if err != nil {
+				t.Fatal(err)
+			}
+			wg.Go(func() {
+				defer c.Close()
+				b := make([]byte, 1024)
+				for ctx.Err() == nil {
+					c.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+					c.Write(b)
+				}
+			})
+		}
+		time.Sleep(20 * time.Millisecond)
+		site.Stop()
+		cancel()
+		wg.Wait()
+	}
+}
