@@ -76,8 +76,9 @@ type reply struct {
 	// tunnel is up, so they are worth reporting as a fault.
 	Stalls  int    `json:"stalls,omitempty"`
 	Stalled string `json:"stalled,omitempty"`
-	// Lost counts UDP echoes sent again after a second unanswered.
-	Lost int `json:"lost,omitempty"`
+	// Resent counts UDP echo datagrams sent again after a second
+	// unanswered.
+	Resent int `json:"resent,omitempty"`
 }
 
 type dialFunc func(ctx context.Context, addr string) (net.Conn, error)
@@ -524,20 +525,20 @@ func runCommand(dial, dialUDP dialFunc, c command) (reply, error) {
 		}
 		defer conn.Close()
 		rtts := make([]time.Duration, 0, c.Count)
-		lost := 0
+		resent := 0
 		for i := range c.Count {
 			d, tries, err := udpEchoOnce(conn, byte(i))
 			if err != nil {
 				return reply{}, err
 			}
-			lost += tries - 1
+			resent += tries - 1
 			rtts = append(rtts, d)
 		}
 		slices.Sort(rtts)
 		return reply{
-			P50us: float64(percentile(rtts, 50)) / 1e3,
-			P99us: float64(percentile(rtts, 99)) / 1e3,
-			Lost:  lost,
+			P50us:  float64(percentile(rtts, 50)) / 1e3,
+			P99us:  float64(percentile(rtts, 99)) / 1e3,
+			Resent: resent,
 		}, nil
 	case "connrate":
 		var next atomic.Int64
@@ -622,6 +623,11 @@ func socksAssociate(ctx context.Context, proxyAddr string, target netip.AddrPort
 	if err != nil {
 		return nil, err
 	}
+	// The handshake is bounded as the dial is; the association then
+	// lasts as long as this connection.
+	if deadline, ok := ctx.Deadline(); ok {
+		ctl.SetDeadline(deadline)
+	}
 	// ASSOCIATE, with the client's address left unspecified: the relay
 	// takes it from the first datagram.
 	if _, err := ctl.Write([]byte{5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0}); err != nil {
@@ -652,6 +658,7 @@ func socksAssociate(ctx context.Context, proxyAddr string, target netip.AddrPort
 		}
 		relayAddr = netip.AddrPortFrom(host.Addr(), relayAddr.Port())
 	}
+	ctl.SetDeadline(time.Time{})
 	uc, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(relayAddr))
 	if err != nil {
 		ctl.Close()

@@ -311,15 +311,6 @@ func (s *suite) measureAll(subs []*subject) {
 		s.res.add("measure=echo pair="+sub.pair, kv{"p50_us", median(p50[sub])}, kv{"p99_us", median(p99[sub])})
 		fmt.Printf("   %-9s p50 %.0f µs  p99 %.0f µs  CPU µs per round trip:%s\n", sub.pair, median(p50[sub]), median(p99[sub]), echoCPU.report(s.res, sub, "echo"))
 	}
-	fmt.Printf("== UDP latency: %d 1-byte datagrams echoed, one at a time (through SOCKS5 UDP ASSOCIATE for a proxy); %d runs per pair\n", s.o.echoCount, s.o.repeat)
-	p50, p99, lost, udpCPU := s.echoRuns(subs, "udpecho", func(sub *subject) bool { return sub.udp })
-	for _, sub := range live(true) {
-		if !sub.udp {
-			continue
-		}
-		s.res.add("measure=udpecho pair="+sub.pair, kv{"p50_us", median(p50[sub])}, kv{"p99_us", median(p99[sub])}, kv{"lost", float64(lost[sub])})
-		fmt.Printf("   %-9s p50 %.0f µs  p99 %.0f µs  resent %d  CPU µs per round trip:%s\n", sub.pair, median(p50[sub]), median(p99[sub]), lost[sub], udpCPU.report(s.res, sub, "udpecho"))
-	}
 	echoAddr := netip.AddrPortFrom(peerAddr, portEcho).String()
 	fmt.Printf("== connection rate: %d connections, %d at a time, each dial, 1-byte echo, close; %d runs per pair\n", s.o.connCount, s.o.connPar, s.o.repeat)
 	rate := map[*subject][]float64{}
@@ -341,13 +332,24 @@ func (s *suite) measureAll(subs []*subject) {
 		s.res.add("measure=connrate pair="+sub.pair, kv{"conns_per_s", median(rate[sub])})
 		fmt.Printf("   %-9s %.0f conns/s  CPU µs per connection:%s\n", sub.pair, median(rate[sub]), connCPU.report(s.res, sub, "connrate"))
 	}
+	fmt.Printf("== UDP latency: %d 1-byte datagrams echoed, one at a time (through SOCKS5 UDP ASSOCIATE for a proxy); %d runs per pair\n", s.o.echoCount, s.o.repeat)
+	// Last: a failure here stops `wgbore up` with a goroutine dump, which
+	// fails its other subjects too, HTTP's among them.
+	p50, p99, resent, udpCPU := s.echoRuns(subs, "udpecho", func(sub *subject) bool { return sub.udp })
+	for _, sub := range live(true) {
+		if !sub.udp {
+			continue
+		}
+		s.res.add("measure=udpecho pair="+sub.pair, kv{"p50_us", median(p50[sub])}, kv{"p99_us", median(p99[sub])}, kv{"resent", float64(resent[sub])})
+		fmt.Printf("   %-9s p50 %.0f µs  p99 %.0f µs  resent %d  CPU µs per round trip:%s\n", sub.pair, median(p50[sub]), median(p99[sub]), resent[sub], udpCPU.report(s.res, sub, "udpecho"))
+	}
 }
 
 // echoRuns runs op (echo or udpecho) repeat times on each live subject
 // with latency measurements that pick accepts, in turn, and collects
 // each one's round trips, resends and CPU per round trip.
-func (s *suite) echoRuns(subs []*subject, op string, pick func(*subject) bool) (p50, p99 map[*subject][]float64, lost map[*subject]int, cpu opCPU) {
-	p50, p99, lost, cpu = map[*subject][]float64{}, map[*subject][]float64{}, map[*subject]int{}, opCPU{}
+func (s *suite) echoRuns(subs []*subject, op string, pick func(*subject) bool) (p50, p99 map[*subject][]float64, resent map[*subject]int, cpu opCPU) {
+	p50, p99, resent, cpu = map[*subject][]float64{}, map[*subject][]float64{}, map[*subject]int{}, opCPU{}
 	echoAddr := netip.AddrPortFrom(peerAddr, portEcho).String()
 	for range s.o.repeat {
 		for _, sub := range subs {
@@ -363,10 +365,10 @@ func (s *suite) echoRuns(subs []*subject, op string, pick func(*subject) bool) (
 			}
 			cpu.add(sub, before, s.o.echoCount)
 			p50[sub], p99[sub] = append(p50[sub], r.P50us), append(p99[sub], r.P99us)
-			lost[sub] += r.Lost
+			resent[sub] += r.Resent
 		}
 	}
-	return p50, p99, lost, cpu
+	return p50, p99, resent, cpu
 }
 
 // cpuNow reads the CPU time of each of the subject's processes.
