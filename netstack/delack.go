@@ -98,13 +98,13 @@ func (d *ackDelayer) hold(p *stack.PacketBuffer, k flowKey) bool {
 	}
 	const ends = uint8(header.TCPFlagSyn | header.TCPFlagFin | header.TCPFlagRst)
 	flags := th[header.TCPFlagsOffset]
-	pure := flags&(uint8(header.TCPFlagAck)|ends) == uint8(header.TCPFlagAck) && p.Data().Size() == 0
+	data := p.Data().Size() > 0
+	pure := flags&(uint8(header.TCPFlagAck)|ends) == uint8(header.TCPFlagAck) && !data
 	slots := d.slots.Load()
 	if slots == nil {
 		d.slots.CompareAndSwap(nil, new([ackSlots]heldAck))
 		slots = d.slots.Load()
 	}
-	data := p.Data().Size() > 0
 	seq := binary.BigEndian.Uint32(th[header.TCPSeqNumOffset:])
 	ack := binary.BigEndian.Uint32(th[header.TCPAckNumOffset:])
 	sack := hasSACK(th)

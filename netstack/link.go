@@ -1,7 +1,6 @@
 package netstack
 
 import (
-	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -196,13 +195,16 @@ func (l *linkEndpoint) WritePackets(list stack.PacketBufferList) (int, tcpip.Err
 	// out is all less what is held, once something is: gVisor's list
 	// itself must stay as it is, since gVisor drops its references.
 	var out *[]*stack.PacketBuffer
+	anyLocal := false
 	for i, p := range all {
+		local := l.isLocal(p)
+		anyLocal = anyLocal || local
 		held := false
 		if p.TransportProtocolNumber == header.TCPProtocolNumber {
 			if k, ok := packetKey(p); ok {
 				l.echoes.echo(p, k)
 				l.acks.record(p, k)
-				held = !l.isLocal(p) && l.delay.hold(p, k)
+				held = !local && l.delay.hold(p, k)
 				if held && out == nil {
 					out = keptPool.Get().(*[]*stack.PacketBuffer)
 					*out = append((*out)[:0], all[:i]...)
@@ -222,7 +224,7 @@ func (l *linkEndpoint) WritePackets(list stack.PacketBufferList) (int, tcpip.Err
 	}
 	switch {
 	case len(all) == 0:
-	case slices.ContainsFunc(all, l.isLocal):
+	case anyLocal: // a held packet is never local
 		l.writeLooping(all)
 	default:
 		l.write(all)

@@ -78,10 +78,11 @@ type Site struct {
 	// only after every goroutine has returned: wireguard-go's
 	// tun/netstack races (a send on a channel its Close closes) if its
 	// stack is still writing a reply when the device goes away.
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	open    map[io.Closer]struct{}
-	closing bool
+	wg       sync.WaitGroup
+	mu       sync.Mutex
+	open     map[io.Closer]struct{}
+	closing  bool
+	stopOnce sync.Once
 }
 
 // Options adjust a Site. The zero value is a site that waits for us to
@@ -322,14 +323,16 @@ func (s *Site) Stop() { s.stop() }
 // goroutine, and only then closes the device. A second call does nothing
 // more.
 func (s *Site) stop() {
-	s.mu.Lock()
-	s.closing = true
-	for c := range s.open {
-		c.Close()
-	}
-	s.mu.Unlock()
-	s.wg.Wait()
-	closeDevice(s.Device, s.Net)
+	s.stopOnce.Do(func() {
+		s.mu.Lock()
+		s.closing = true
+		for c := range s.open {
+			c.Close()
+		}
+		s.mu.Unlock()
+		s.wg.Wait()
+		closeDevice(s.Device, s.Net)
+	})
 }
 
 // closeDevice takes a wireguard-go device and its tun/netstack down

@@ -238,12 +238,7 @@ func TestStopLeavesNothing(t *testing.T) {
 // away: closing wireguard-go's TUN under a receiver that is still
 // delivering panics the whole test binary.
 func TestStopUnderTraffic(t *testing.T) {
-	for range 20 {
-		key, _ := protocol.GeneratePrivateKey()
-		site := peersite.Start(t, key.PublicKey(), peersite.Options{})
-		ours := site.WireGuardGoClient(t, key)
-		ctx, cancel := context.WithCancel(context.Background())
-		var wg sync.WaitGroup
+	stopUnderLoad(t, 20, 50*time.Millisecond, func(ctx context.Context, ours dialer, wg *sync.WaitGroup) {
 		for range 16 {
 			wg.Go(func() {
 				for ctx.Err() == nil {
@@ -253,11 +248,7 @@ func TestStopUnderTraffic(t *testing.T) {
 				}
 			})
 		}
-		time.Sleep(50 * time.Millisecond)
-		site.Stop()
-		cancel()
-		wg.Wait()
-	}
+	})
 }
 
 // TestStopWhileAnswering stops sites whose own stack is still answering:
@@ -266,12 +257,7 @@ func TestStopUnderTraffic(t *testing.T) {
 // while its TUN closes. tun/netstack's Close closed the TUN's channel
 // under those sends, which panicked.
 func TestStopWhileAnswering(t *testing.T) {
-	for range 8 {
-		key, _ := protocol.GeneratePrivateKey()
-		site := peersite.Start(t, key.PublicKey(), peersite.Options{})
-		ours := site.WireGuardGoClient(t, key)
-		ctx, cancel := context.WithCancel(context.Background())
-		var wg sync.WaitGroup
+	stopUnderLoad(t, 8, 20*time.Millisecond, func(ctx context.Context, ours dialer, wg *sync.WaitGroup) {
 		for range 16 {
 			c, err := ours.DialContext(ctx, "tcp", netip.AddrPortFrom(peersite.TheirV4, 9).String())
 			if err != nil {
@@ -286,7 +272,25 @@ func TestStopWhileAnswering(t *testing.T) {
 				}
 			})
 		}
-		time.Sleep(20 * time.Millisecond)
+	})
+}
+
+type dialer interface {
+	DialContext(ctx context.Context, network, address string) (net.Conn, error)
+}
+
+// stopUnderLoad starts rounds sites one after another, each with a
+// wireguard-go client that load sets to work on goroutines counted in wg
+// until ctx ends, and stops each site settle after its load began.
+func stopUnderLoad(t *testing.T, rounds int, settle time.Duration, load func(ctx context.Context, ours dialer, wg *sync.WaitGroup)) {
+	for range rounds {
+		key, _ := protocol.GeneratePrivateKey()
+		site := peersite.Start(t, key.PublicKey(), peersite.Options{})
+		ours := site.WireGuardGoClient(t, key)
+		ctx, cancel := context.WithCancel(context.Background())
+		var wg sync.WaitGroup
+		load(ctx, ours, &wg)
+		time.Sleep(settle)
 		site.Stop()
 		cancel()
 		wg.Wait()
