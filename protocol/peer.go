@@ -51,6 +51,11 @@ type Peer struct {
 	// queue, so that the wire order of one peer's packets is their nonce
 	// order and the peer's replay window sees them in sequence.
 	sendMu sync.Mutex
+	// sending is set while one goroutine moves the staged packets on,
+	// and sendAgain asks it to look once more before it stops: a
+	// caller that finds a sender at work leaves its packets to it
+	// instead of queueing on sendMu. See sendStaged.
+	sending, sendAgain atomic.Bool
 	// txNonce and txBufs serve batches sent inline, under sendMu.
 	txNonce [chacha20poly1305.NonceSize]byte
 	txBufs  [][]byte

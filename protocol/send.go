@@ -230,12 +230,42 @@ func (p *Peer) sendKeepalive() {
 	p.sendStaged()
 }
 
-// sendStaged moves staged packets onto the current session, or starts a
-// handshake if there is none usable. It also starts a rekey when the
+// sendStaged moves staged packets onto the current session: see
+// sendStagedNow. Only one goroutine at a time does so for a peer; a
+// caller that finds another at work returns at once and leaves its
+// packets to it. Many connections of one peer that send at once (a
+// burst of closes, of new connections, of timers) then cost one
+// goroutine and a few large batches, instead of a queue of goroutines,
+// each holding its stack, that take a lock in turn to send one packet.
+// The sender itself still waits when the peer's queue is full; what the
+// others stage meanwhile is bounded as staging is while a handshake runs.
+func (p *Peer) sendStaged() {
+	if !p.sending.CompareAndSwap(false, true) {
+		p.sendAgain.Store(true)
+		// The sender may have finished before it could see the
+		// request: then this caller sends.
+		if !p.sending.CompareAndSwap(false, true) {
+			return
+		}
+	}
+	for {
+		p.sendAgain.Store(false)
+		p.sendStagedNow()
+		p.sending.Store(false)
+		// Packets staged after the sender took its last batch, whose
+		// caller found it still at work.
+		if !p.sendAgain.Load() || !p.sending.CompareAndSwap(false, true) {
+			return
+		}
+	}
+}
+
+// sendStagedNow moves staged packets onto the current session, or starts
+// a handshake if there is none usable. It also starts a rekey when the
 // session has carried enough messages or (for its initiator) is old,
 // while still sending on it: the old session stays valid until
 // RejectAfterTime.
-func (p *Peer) sendStaged() {
+func (p *Peer) sendStagedNow() {
 	if p.removed.Load() {
 		p.flushStaged()
 		return
