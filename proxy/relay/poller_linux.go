@@ -34,6 +34,13 @@ type Poller struct {
 	fire   map[uint64]func()
 	closed bool
 	done   chan struct{}
+	// fdMu is held, shared, by a registration's removal while it uses
+	// epfd, and by Close while it closes it: the removal runs outside
+	// mu, so that thousands of sockets leaving at once (a mass close)
+	// queue neither on each other's system call nor on the poller's
+	// goroutine.
+	fdMu     sync.RWMutex
+	fdClosed bool
 }
 
 // wakeID is the pipe's registration; sockets get ids from 1 on.
@@ -103,7 +110,10 @@ func (p *Poller) Close() error {
 	p.mu.Unlock()
 	unix.Write(p.wakeW, []byte{1})
 	<-p.done
+	p.fdMu.Lock()
+	p.fdClosed = true
 	p.closeFDs()
+	p.fdMu.Unlock()
 	return nil
 }
 
@@ -187,18 +197,26 @@ func (w *watched) NotifyReadable(f func()) (stop func()) {
 // forget takes the socket out of the poller, unless the poller has
 // closed (its epoll descriptor's number may be another file's by now).
 func (w *watched) forget() {
-	w.p.mu.Lock()
-	defer w.p.mu.Unlock()
-	if _, ok := w.p.fire[w.id]; !ok || w.p.closed {
+	p := w.p
+	p.mu.Lock()
+	if _, ok := p.fire[w.id]; !ok || p.closed {
+		p.mu.Unlock()
 		return
 	}
-	delete(w.p.fire, w.id)
-	if len(w.p.fire) == 0 {
+	delete(p.fire, w.id)
+	if len(p.fire) == 0 {
 		// A map keeps the buckets of its largest size: after a burst
 		// of thousands of sockets, they would stay for good.
-		w.p.fire = map[uint64]func(){}
+		p.fire = map[uint64]func(){}
 	}
-	w.rc.Control(func(fd uintptr) { w.p.ctl(unix.EPOLL_CTL_DEL, int(fd), w.id) })
+	p.mu.Unlock()
+	// An event that comes before the removal finds no entry and is
+	// dropped.
+	p.fdMu.RLock()
+	if !p.fdClosed {
+		w.rc.Control(func(fd uintptr) { p.ctl(unix.EPOLL_CTL_DEL, int(fd), w.id) })
+	}
+	p.fdMu.RUnlock()
 }
 
 func (w *watched) wake() {
