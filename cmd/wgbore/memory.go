@@ -101,8 +101,9 @@ func (s *service) startReclaim() {
 				s.log.Debug("cannot release the binary's pages", "err", err)
 			}
 		},
-		Tick:   tick.C,
-		Settle: reclaimSettle,
+		Tick:      tick.C,
+		Settle:    reclaimSettle,
+		Allocated: membudget.AllocatedBytes,
 	}
 	s.serving.Go(func() {
 		defer tick.Stop()

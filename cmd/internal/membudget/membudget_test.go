@@ -192,3 +192,56 @@ func TestReclaimerSettles(t *testing.T) {
 		t.Fatalf("%d reclaims in 6 ticks with Settle 3 and a steady load, want 1", n)
 	}
 }
+
+// TestReclaimerAfterAllocationBurst: a burst of allocation that leaves
+// the load where it was (a storm of handshakes) is reclaimed once it
+// stops, and an idle trickle that adds up to as much over time is not.
+func TestReclaimerAfterAllocationBurst(t *testing.T) {
+	const mib = 1 << 20
+	allocs := make(chan uint64)
+	tick := make(chan time.Time)
+	reclaims := make(chan uint64, 10)
+	var last uint64
+	r := Reclaimer{
+		Load:      func() int64 { return 100 }, // never falls
+		Allocated: func() uint64 { last = <-allocs; return last },
+		Trim:      func() { reclaims <- last },
+		Tick:      tick,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	allocs <- 0
+	total := uint64(0)
+	step := func(add uint64) {
+		tick <- time.Time{}
+		total += add
+		allocs <- total
+	}
+	// A trickle of 200 KiB a tick for 100 ticks: 20 MiB, never a burst.
+	for range 100 {
+		step(200 << 10)
+	}
+	trickled := total
+	step(0)
+	// A burst of 4 + 6 MiB, still busy; then quiet: one reclaim.
+	step(4 * mib)
+	step(6 * mib)
+	burst := total
+	step(0)
+	step(0)
+	// A burst too small to be worth it.
+	step(3 * mib)
+	step(0)
+	tick <- time.Time{} // the last values are read once this tick is taken
+	allocs <- total
+	cancel()
+	<-done
+	var got []uint64
+	for len(reclaims) > 0 {
+		got = append(got, <-reclaims)
+	}
+	if want := []uint64{burst}; !slices.Equal(got, want) {
+		t.Fatalf("reclaimed with %v bytes allocated, want once, at %d (the trickle ended at %d)", got, want[0], trickled)
+	}
+}

@@ -3,11 +3,12 @@ package membudget
 import (
 	"context"
 	"runtime/debug"
+	"runtime/metrics"
 	"time"
 )
 
 // Reclaimer gives memory back to the operating system when a burst of
-// connections ends.
+// connections, or of any work that allocates, ends.
 //
 // The Go runtime returns free memory only as far as its heap goal
 // allows, and that goal was set by the last collection, taken while the
@@ -15,7 +16,9 @@ import (
 // minutes away. A steep fall in the count of things that hold memory is
 // a cheap sign that much of the heap has just become garbage: a
 // collection then, and a return of every free page, bring the process
-// back to what is still in use.
+// back to what is still in use. A burst of work that leaves the count
+// where it was (a thousand peers' handshakes at once) leaves its garbage
+// in the heap all the same; Allocated catches that kind once it is over.
 type Reclaimer struct {
 	// Load counts what holds memory: goroutines, open TCP endpoints
 	// (those in TIME_WAIT too, which keep their state after the
@@ -35,6 +38,32 @@ type Reclaimer struct {
 	// whatever the load, when start-up is over and its garbage and pages
 	// are no longer needed; 0 skips it.
 	Settle int
+	// Allocated, if set, counts the bytes allocated since the process
+	// started (AllocatedBytes). When ticks in a row have allocated
+	// allocBurst or more between them and a tick then sees almost
+	// nothing allocated, Run reclaims.
+	Allocated func() uint64
+}
+
+const (
+	// allocBurst is the allocation of a burst that is worth a
+	// collection once the burst stops: far less than a burst of
+	// connections or handshakes makes.
+	allocBurst = 8 << 20
+	// allocQuiet is what a tick may see allocated and still count as
+	// the end of a burst.
+	allocQuiet = 256 << 10
+)
+
+// AllocatedBytes is the Go runtime's count of the bytes allocated on the
+// heap since the process started, for Reclaimer.Allocated.
+func AllocatedBytes() uint64 {
+	s := [1]metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
+	metrics.Read(s[:])
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
 }
 
 // Run looks at Load on every tick until ctx is done. It reclaims once a
@@ -47,6 +76,10 @@ type Reclaimer struct {
 func (r Reclaimer) Run(ctx context.Context) {
 	high := r.Load()
 	prev, settled := high, int64(-1)
+	var allocated, burst uint64
+	if r.Allocated != nil {
+		allocated = r.Allocated()
+	}
 	for ticks := 1; ; ticks++ {
 		select {
 		case <-ctx.Done():
@@ -54,15 +87,34 @@ func (r Reclaimer) Run(ctx context.Context) {
 		case <-r.Tick:
 		}
 		n := r.Load()
+		// A burst of allocation is counted over ticks that each allocate
+		// more than allocQuiet, and ends with a tick that does not: an
+		// idle process's trickle never adds up to one.
+		quiet := true
+		if r.Allocated != nil {
+			a := r.Allocated()
+			if since := a - allocated; since > allocQuiet {
+				burst += since
+				quiet = false
+			}
+			allocated = a
+		}
+		nearIdle := settled >= 0 && n <= 2*settled+16
 		switch {
 		case ticks == r.Settle:
 			r.reclaim(true)
-			high, settled = n, n
+			high, settled, burst = n, n, 0
 		case fell(high, n) && !falling(prev, n):
-			r.reclaim(settled >= 0 && n <= 2*settled+16)
-			high = n
+			r.reclaim(nearIdle)
+			high, burst = n, 0
+		case quiet && burst >= allocBurst:
+			r.reclaim(nearIdle)
+			high = max(high, n)
 		case n > high:
 			high = n
+		}
+		if quiet {
+			burst = 0
 		}
 		prev = n
 	}
