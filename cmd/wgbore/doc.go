@@ -422,9 +422,10 @@
 // connections, and when the count has fallen by a quarter (and by at
 // least 64) from its high and come to rest, it collects and returns free
 // memory to the operating system at once, instead of waiting for the
-// runtime's next forced collection. A connection that we close first
-// stays in TIME_WAIT for 15 s (Linux: 60 s), and holds its state until
-// then.
+// runtime's next forced collection. It does the same when a burst of
+// work that leaves the count where it was (a thousand peers' handshakes
+// at once) stops allocating. A connection that we close first stays in
+// TIME_WAIT for 15 s (Linux: 60 s), and holds its state until then.
 //
 // About eight seconds after start, once the first handshakes are done,
 // wgbore also reclaims once, and on Linux asks the kernel to take back
