@@ -90,7 +90,7 @@ type Peer struct {
 	loopMu sync.Mutex
 	// runSend and runReceive are the loops' goroutine bodies, made once:
 	// a go statement with a ready function value allocates nothing.
-	runSend, runReceive func()
+	runSend, runReceive, runPump func()
 
 	removed atomic.Bool
 	done    chan struct{}
@@ -316,6 +316,7 @@ func (e *Engine) newPeer(k PublicKey) *Peer {
 	p.timers.init(p)
 	p.runSend = func() { defer p.wg.Done(); p.sendLoop() }
 	p.runReceive = func() { defer p.wg.Done(); p.receiveLoop() }
+	p.runPump = func() { defer p.wg.Done(); p.pumpStaged(-1) }
 	return p
 }
 

@@ -232,23 +232,43 @@ func (p *Peer) sendKeepalive() {
 
 // sendStaged moves staged packets onto the current session: see
 // sendStagedNow. Only one goroutine at a time does so for a peer; a
-// caller that finds another at work returns at once and leaves its
-// packets to it. Many connections of one peer that send at once (a
-// burst of closes, of new connections, of timers) then cost one
-// goroutine and a few large batches, instead of a queue of goroutines,
-// each holding its stack, that take a lock in turn to send one packet.
-// The sender itself still waits when the peer's queue is full; what the
-// others stage meanwhile is bounded as staging is while a handshake runs.
+// caller that finds another at work leaves its packets to it and
+// returns. Many connections of one peer that send at once (a burst of
+// closes, of new connections, of timers) then cost one goroutine and a
+// few large batches, instead of a queue of goroutines, each holding its
+// stack, that take a lock in turn to send one packet.
+//
+// Two limits keep that fair. A caller waits for the sender's current
+// hand-off when the peer's queue to the crypto workers is full and much
+// is staged, so that writers are held back (as TCP needs) before the
+// oldest staged packets are dropped. And a caller sends at most
+// maxSendPasses rounds for others: if they keep staging, the rest goes to
+// a goroutine of the peer's own, so that a stack's goroutine, the receive
+// path or a handshake worker gets back to its work.
 func (p *Peer) sendStaged() {
 	if !p.sending.CompareAndSwap(false, true) {
 		p.sendAgain.Store(true)
 		// The sender may have finished before it could see the
 		// request: then this caller sends.
 		if !p.sending.CompareAndSwap(false, true) {
+			if len(p.outbound) == cap(p.outbound) && p.stagedLen() >= stagedWait {
+				p.sendMu.Lock()
+				p.sendMu.Unlock()
+			}
 			return
 		}
 	}
-	for {
+	p.pumpStaged(maxSendPasses)
+}
+
+// pumpStaged runs sendStagedNow for as long as others ask for it, with
+// sending held; after passes rounds (never, if negative) it hands on to
+// a pump goroutine.
+func (p *Peer) pumpStaged(passes int) {
+	for round := 0; ; round++ {
+		if round == passes && p.startPump() {
+			return
+		}
 		p.sendAgain.Store(false)
 		p.sendStagedNow()
 		p.sending.Store(false)
@@ -258,6 +278,26 @@ func (p *Peer) sendStaged() {
 			return
 		}
 	}
+}
+
+// startPump hands sending on to a goroutine of the peer's own, which
+// keeps sending held; false if the peer is gone (the caller then goes
+// on: its next round flushes what is staged).
+func (p *Peer) startPump() bool {
+	p.loopMu.Lock()
+	defer p.loopMu.Unlock()
+	if p.removed.Load() {
+		return false
+	}
+	p.wg.Add(1)
+	go p.runPump()
+	return true
+}
+
+func (p *Peer) stagedLen() int {
+	p.stagedMu.Lock()
+	defer p.stagedMu.Unlock()
+	return len(p.staged)
 }
 
 // sendStagedNow moves staged packets onto the current session, or starts

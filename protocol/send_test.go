@@ -91,3 +91,149 @@ func TestWritersDoNotQueueBehindTheSender(t *testing.T) {
 		t.Fatalf("engine dropped packets: %v", d)
 	}
 }
+
+// TestSenderHandsOnToAPump: a caller that has sent maxSendPasses rounds
+// for other writers hands the rest to a goroutine of the peer's own and
+// returns, instead of sending for as long as others write (a handshake
+// worker or the receive path must get back to its work).
+func TestSenderHandsOnToAPump(t *testing.T) {
+	clk := clock.NewManual(testEpoch)
+	net := memnet.NewNetwork(clk, 1)
+	gated := &tokenBind{entered: make(chan struct{}, 100), tokens: make(chan struct{})}
+	a := newMemNodeWith(t, net, clk, "127.0.0.1:9001", "10.0.0.1", func(c *Config) {
+		gated.Bind = c.Bind
+		c.Bind = gated
+	})
+	b := newMemNode(t, net, clk, "127.0.0.1:9002", "10.0.0.2", nil)
+	connect(t, a, b, PresharedKey{})
+	payload := make([]byte, 100)
+	first := ipPacket(a.addr, b.addr, payload)
+	a.e.WritePackets([][]byte{first})
+	b.sink.expect(t, first)
+	packet := func(seq uint32) []byte {
+		binary.BigEndian.PutUint32(payload, seq)
+		return ipPacket(a.addr, b.addr, payload)
+	}
+
+	gated.armed.Store(true)
+	callerDone := make(chan struct{})
+	go func() {
+		defer close(callerDone)
+		a.e.WritePackets([][]byte{packet(1)})
+	}()
+	// Each round sends one packet; while it is held, another writer
+	// stages the next and asks for one more round.
+	last := uint32(1)
+	for range maxSendPasses {
+		<-gated.entered
+		last++
+		a.e.WritePackets([][]byte{packet(last)})
+		gated.tokens <- struct{}{}
+	}
+	<-gated.entered // the pump's first round, held
+	select {
+	case <-callerDone:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first caller kept sending for the other writers")
+	}
+	gated.armed.Store(false)
+	gated.tokens <- struct{}{}
+	for want := uint32(1); want <= last; want++ {
+		select {
+		case pkt := <-b.sink.ch:
+			if got := binary.BigEndian.Uint32(pkt[20:]); got != want {
+				t.Fatalf("delivered packet %d, want %d", got, want)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatalf("packet %d not delivered", want)
+		}
+	}
+}
+
+// tokenBind holds each Send while armed until a token comes.
+type tokenBind struct {
+	Bind
+	armed   atomic.Bool
+	entered chan struct{}
+	tokens  chan struct{}
+}
+
+func (b *tokenBind) Send(bufs [][]byte, ep netip.AddrPort) error {
+	if b.armed.Load() {
+		b.entered <- struct{}{}
+		<-b.tokens
+	}
+	return b.Bind.Send(bufs, ep)
+}
+
+// TestWritersHeldBackWhenThePeerIsFull: while the peer's queue to the
+// crypto workers is full and its sender waits for room, writers are held
+// back once many packets are staged, as TCP needs, rather than have the
+// oldest dropped.
+func TestWritersHeldBackWhenThePeerIsFull(t *testing.T) {
+	clk := clock.NewManual(testEpoch)
+	net := memnet.NewNetwork(clk, 1)
+	gated := &gatedBind{entered: make(chan struct{})}
+	a := newMemNodeWith(t, net, clk, "127.0.0.1:9001", "10.0.0.1", func(c *Config) {
+		gated.Bind = c.Bind
+		c.Bind = gated
+	})
+	b := newMemNode(t, net, clk, "127.0.0.1:9002", "10.0.0.2", nil)
+	connect(t, a, b, PresharedKey{})
+	first := ipPacket(a.addr, b.addr, make([]byte, 100))
+	a.e.WritePackets([][]byte{first})
+	b.sink.expect(t, first)
+	a.e.peersMu.RLock()
+	p := a.e.peers[b.key.PublicKey()]
+	a.e.peersMu.RUnlock()
+
+	gate := make(chan struct{})
+	gated.gate.Store(&gate)
+	// Batches too big to send inline: the peer's send loop takes the
+	// first and is held in Send, the next fill its queue, and the last
+	// holds their writer, the sender, waiting for room.
+	sender := make(chan struct{})
+	go func() {
+		defer close(sender)
+		for range peerQueueBatches + 2 {
+			batch := make([][]byte, inlineBatchMax+1)
+			for i := range batch {
+				batch[i] = first
+			}
+			a.e.WritePackets(batch)
+		}
+	}()
+	<-gated.entered
+	for len(p.outbound) < cap(p.outbound) {
+		time.Sleep(time.Millisecond)
+	}
+	// One packet a call, twice the staging bound.
+	wrote := make(chan struct{})
+	go func() {
+		defer close(wrote)
+		for range 2 * maxStagedPackets {
+			a.e.WritePackets([][]byte{first})
+		}
+	}()
+	for p.stagedLen() < stagedWait {
+		time.Sleep(time.Millisecond)
+	}
+	// Held back, the writer cannot finish; without the hold it would
+	// finish at once, dropping the oldest of what it staged.
+	var early bool
+	select {
+	case <-wrote:
+		early = true
+	case <-time.After(time.Second):
+	}
+	gated.gate.Store(nil)
+	close(gate)
+	if early {
+		t.Fatalf("all writes returned while the peer was full; engine drops %v", a.e.Stats().Drops)
+	}
+	<-wrote
+	<-sender
+	if d := a.e.Stats().Drops; len(d) != 0 {
+		t.Fatalf("engine dropped packets: %v", d)
+	}
+}
