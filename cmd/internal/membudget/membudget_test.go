@@ -245,3 +245,51 @@ func TestReclaimerAfterAllocationBurst(t *testing.T) {
 		t.Fatalf("reclaimed with %v bytes allocated, want once, at %d (the trickle ended at %d)", got, want[0], trickled)
 	}
 }
+
+// TestReclaimerSpacesRecurringBursts: bursts of allocation that keep
+// coming (a stream fetching a segment every few seconds) are reclaimed
+// ever more rarely, and never with the binary's pages.
+func TestReclaimerSpacesRecurringBursts(t *testing.T) {
+	const mib = 1 << 20
+	allocs := make(chan uint64)
+	tick := make(chan time.Time)
+	reclaims := make(chan uint64, 100)
+	released := make(chan struct{}, 100)
+	var last uint64
+	r := Reclaimer{
+		Load:      func() int64 { return 100 },
+		Allocated: func() uint64 { last = <-allocs; return last },
+		Trim:      func() { reclaims <- last / mib },
+		Release:   func() { released <- struct{}{} },
+		Tick:      tick,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	allocs <- 0
+	total := uint64(0)
+	// A 9 MiB burst every third tick, for 99 ticks.
+	for ticks := 1; ticks <= 99; ticks++ {
+		if ticks%3 == 1 {
+			total += 9 * mib
+		}
+		tick <- time.Time{}
+		allocs <- total
+	}
+	cancel()
+	<-done
+	var got []uint64
+	for len(reclaims) > 0 {
+		got = append(got, <-reclaims)
+	}
+	// Spaced 8, 16, 32 ticks and more apart: four, not 33.
+	if len(got) > 4 {
+		t.Fatalf("reclaimed with %v MiB allocated, want at most 4 reclaims in 99 ticks of recurring bursts", got)
+	}
+	if len(got) == 0 {
+		t.Fatal("no reclaim after recurring bursts")
+	}
+	if len(released) != 0 {
+		t.Fatalf("the binary's pages were released %d times after bursts of work", len(released))
+	}
+}

@@ -41,7 +41,8 @@ type Reclaimer struct {
 	// Allocated, if set, counts the bytes allocated since the process
 	// started (AllocatedBytes). When ticks in a row have allocated
 	// allocBurst or more between them and a tick then sees almost
-	// nothing allocated, Run reclaims.
+	// nothing allocated, Run reclaims, at most once per allocSpacing
+	// ticks or more.
 	Allocated func() uint64
 }
 
@@ -53,6 +54,13 @@ const (
 	// allocQuiet is what a tick may see allocated and still count as
 	// the end of a burst.
 	allocQuiet = 256 << 10
+	// allocSpacing is the fewest ticks between two reclaims after bursts
+	// of allocation. It doubles, up to allocSpacingMax, while such bursts
+	// keep coming (a stream fetching a segment every few seconds), so
+	// that a busy process is not collected again and again, and it is
+	// back at allocSpacing once they have stopped for allocSpacingMax.
+	allocSpacing    = 8
+	allocSpacingMax = 128
 )
 
 // AllocatedBytes is the Go runtime's count of the bytes allocated on the
@@ -80,6 +88,7 @@ func (r Reclaimer) Run(ctx context.Context) {
 	if r.Allocated != nil {
 		allocated = r.Allocated()
 	}
+	spacing, lastBurst := allocSpacing, -allocSpacingMax
 	for ticks := 1; ; ticks++ {
 		select {
 		case <-ctx.Done():
@@ -107,9 +116,17 @@ func (r Reclaimer) Run(ctx context.Context) {
 		case fell(high, n) && !falling(prev, n):
 			r.reclaim(nearIdle)
 			high, burst = n, 0
-		case quiet && burst >= allocBurst:
-			r.reclaim(nearIdle)
+		case quiet && burst >= allocBurst && ticks-lastBurst >= spacing:
+			// Not the binary's pages: a process with bursts of work is
+			// not idle.
+			r.reclaim(false)
 			high = max(high, n)
+			if ticks-lastBurst >= allocSpacingMax {
+				spacing = allocSpacing
+			} else {
+				spacing = min(2*spacing, allocSpacingMax)
+			}
+			lastBurst = ticks
 		case n > high:
 			high = n
 		}
