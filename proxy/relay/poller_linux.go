@@ -34,11 +34,11 @@ type Poller struct {
 	fire   map[uint64]func()
 	closed bool
 	done   chan struct{}
-	// fdMu is held, shared, by a registration's removal while it uses
-	// epfd, and by Close while it closes it: the removal runs outside
-	// mu, so that thousands of sockets leaving at once (a mass close)
-	// queue neither on each other's system call nor on the poller's
-	// goroutine.
+	// fdMu is held shared by a registration's removal while it uses
+	// epfd, and exclusively by Close while it closes it. The removal's
+	// system call runs outside mu, so that thousands of sockets leaving
+	// at once (a mass close) do not hold up the poller's goroutine, nor
+	// each other's map updates, for the length of one.
 	fdMu     sync.RWMutex
 	fdClosed bool
 }
