@@ -77,11 +77,6 @@ const (
 
 	// maxStagedPackets waiting per peer for a handshake to finish.
 	maxStagedPackets = 1024
-	// stagedWait is how many staged packets, with the peer's queue to the
-	// crypto workers full, make a caller wait for the sender's hand-off
-	// instead of leaving its packets to it: well below maxStagedPackets,
-	// so that writers are held back before packets are dropped.
-	stagedWait = maxStagedPackets / 4
 	// maxSendPasses is how many rounds a caller sends for others before
 	// it hands the peer's sending on to a goroutine of the peer's own.
 	maxSendPasses = 4

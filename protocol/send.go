@@ -238,23 +238,22 @@ func (p *Peer) sendKeepalive() {
 // few large batches, instead of a queue of goroutines, each holding its
 // stack, that take a lock in turn to send one packet.
 //
-// Two limits keep that fair. A caller waits for the sender's current
-// hand-off when the peer's queue to the crypto workers is full and much
-// is staged, so that writers are held back (as TCP needs) before the
-// oldest staged packets are dropped. And a caller sends at most
-// maxSendPasses rounds for others: if they keep staging, the rest goes to
-// a goroutine of the peer's own, so that a stack's goroutine, the receive
-// path or a handshake worker gets back to its work.
+// The sender itself still waits when the peer's queue to the crypto
+// workers is full, which holds back the writer that sends (one bulk flow
+// is its own sender). Other writers are not held back: while the queue
+// is full, what they stage is bounded as staging during a handshake is,
+// and the oldest goes first, which their TCP takes as loss. Holding
+// them back instead, even a few at a time, brought back the queue of
+// goroutines that a mass close makes. A caller sends at most
+// maxSendPasses rounds for others: if they keep staging, the rest goes
+// to a goroutine of the peer's own, so that a stack's goroutine, the
+// receive path or a handshake worker gets back to its work.
 func (p *Peer) sendStaged() {
 	if !p.sending.CompareAndSwap(false, true) {
 		p.sendAgain.Store(true)
 		// The sender may have finished before it could see the
 		// request: then this caller sends.
 		if !p.sending.CompareAndSwap(false, true) {
-			if len(p.outbound) == cap(p.outbound) && p.stagedLen() >= stagedWait {
-				p.sendMu.Lock()
-				p.sendMu.Unlock()
-			}
 			return
 		}
 	}
@@ -292,12 +291,6 @@ func (p *Peer) startPump() bool {
 	p.wg.Add(1)
 	go p.runPump()
 	return true
-}
-
-func (p *Peer) stagedLen() int {
-	p.stagedMu.Lock()
-	defer p.stagedMu.Unlock()
-	return len(p.staged)
 }
 
 // sendStagedNow moves staged packets onto the current session, or starts
