@@ -29,32 +29,36 @@ func (b *gatedBind) Send(bufs [][]byte, ep netip.AddrPort) error {
 	return b.Bind.Send(bufs, ep)
 }
 
+// sendPair makes two connected nodes, a sending through wrap's Bind, has
+// a first packet pass, and returns a maker of numbered packets from a
+// to b.
+func sendPair(t *testing.T, wrap func(Bind) Bind) (a, b *testNode, packet func(seq uint32) []byte) {
+	t.Helper()
+	clk := clock.NewManual(testEpoch)
+	net := memnet.NewNetwork(clk, 1)
+	a = newMemNodeWith(t, net, clk, "127.0.0.1:9001", "10.0.0.1", func(c *Config) { c.Bind = wrap(c.Bind) })
+	b = newMemNode(t, net, clk, "127.0.0.1:9002", "10.0.0.2", nil)
+	connect(t, a, b, PresharedKey{})
+	payload := make([]byte, 100)
+	first := ipPacket(a.addr, b.addr, payload)
+	a.e.WritePackets([][]byte{first})
+	b.sink.expect(t, first)
+	return a, b, func(seq uint32) []byte {
+		binary.BigEndian.PutUint32(payload, seq)
+		return ipPacket(a.addr, b.addr, payload)
+	}
+}
+
 // TestWritersDoNotQueueBehindTheSender: while one goroutine is sending a
 // peer's packets and is held up, other writers to that peer return at
 // once, leaving their packets to it, instead of each waiting its turn
 // with its stack (a mass close of one peer's connections). Once the
 // sender moves on, every packet arrives, in the order written.
 func TestWritersDoNotQueueBehindTheSender(t *testing.T) {
-	clk := clock.NewManual(testEpoch)
-	net := memnet.NewNetwork(clk, 1)
 	gated := &gatedBind{entered: make(chan struct{})}
-	a := newMemNodeWith(t, net, clk, "127.0.0.1:9001", "10.0.0.1", func(c *Config) {
-		gated.Bind = c.Bind
-		c.Bind = gated
-	})
-	b := newMemNode(t, net, clk, "127.0.0.1:9002", "10.0.0.2", nil)
-	connect(t, a, b, PresharedKey{})
-	payload := make([]byte, 100)
-	first := ipPacket(a.addr, b.addr, payload)
-	a.e.WritePackets([][]byte{first})
-	b.sink.expect(t, first)
-
+	a, b, packet := sendPair(t, func(inner Bind) Bind { gated.Bind = inner; return gated })
 	gate := make(chan struct{})
 	gated.gate.Store(&gate)
-	packet := func(seq uint32) []byte {
-		binary.BigEndian.PutUint32(payload, seq)
-		return ipPacket(a.addr, b.addr, payload)
-	}
 	go a.e.WritePackets([][]byte{packet(1)})
 	<-gated.entered
 
@@ -97,23 +101,8 @@ func TestWritersDoNotQueueBehindTheSender(t *testing.T) {
 // returns, instead of sending for as long as others write (a handshake
 // worker or the receive path must get back to its work).
 func TestSenderHandsOnToAPump(t *testing.T) {
-	clk := clock.NewManual(testEpoch)
-	net := memnet.NewNetwork(clk, 1)
 	gated := &tokenBind{entered: make(chan struct{}, 100), tokens: make(chan struct{})}
-	a := newMemNodeWith(t, net, clk, "127.0.0.1:9001", "10.0.0.1", func(c *Config) {
-		gated.Bind = c.Bind
-		c.Bind = gated
-	})
-	b := newMemNode(t, net, clk, "127.0.0.1:9002", "10.0.0.2", nil)
-	connect(t, a, b, PresharedKey{})
-	payload := make([]byte, 100)
-	first := ipPacket(a.addr, b.addr, payload)
-	a.e.WritePackets([][]byte{first})
-	b.sink.expect(t, first)
-	packet := func(seq uint32) []byte {
-		binary.BigEndian.PutUint32(payload, seq)
-		return ipPacket(a.addr, b.addr, payload)
-	}
+	a, b, packet := sendPair(t, func(inner Bind) Bind { gated.Bind = inner; return gated })
 
 	gated.armed.Store(true)
 	callerDone := make(chan struct{})

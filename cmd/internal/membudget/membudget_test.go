@@ -193,19 +193,22 @@ func TestReclaimerSettles(t *testing.T) {
 	}
 }
 
-// TestReclaimerAfterAllocationBurst: a burst of allocation that leaves
-// the load where it was (a storm of handshakes) is reclaimed once it
-// stops, and an idle trickle that adds up to as much over time is not.
-func TestReclaimerAfterAllocationBurst(t *testing.T) {
-	const mib = 1 << 20
+// onAllocations runs a Reclaimer whose load never moves and whose
+// allocation count the test sets: step adds to it and ticks, stop ends
+// the run and returns the counts at which it reclaimed, and how often it
+// released the binary's pages.
+func onAllocations(t *testing.T) (step func(add uint64), stop func() (reclaimedAt []uint64, released int)) {
+	t.Helper()
 	allocs := make(chan uint64)
 	tick := make(chan time.Time)
-	reclaims := make(chan uint64, 10)
+	reclaims := make(chan uint64, 200)
+	releases := make(chan struct{}, 200)
 	var last uint64
 	r := Reclaimer{
 		Load:      func() int64 { return 100 }, // never falls
 		Allocated: func() uint64 { last = <-allocs; return last },
 		Trim:      func() { reclaims <- last },
+		Release:   func() { releases <- struct{}{} },
 		Tick:      tick,
 	}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -213,34 +216,49 @@ func TestReclaimerAfterAllocationBurst(t *testing.T) {
 	go func() { r.Run(ctx); close(done) }()
 	allocs <- 0
 	total := uint64(0)
-	step := func(add uint64) {
+	step = func(add uint64) {
 		tick <- time.Time{}
 		total += add
 		allocs <- total
 	}
+	stop = func() ([]uint64, int) {
+		tick <- time.Time{} // the last values are read once this tick is taken
+		allocs <- total
+		cancel()
+		<-done
+		var got []uint64
+		for len(reclaims) > 0 {
+			got = append(got, <-reclaims)
+		}
+		return got, len(releases)
+	}
+	return step, stop
+}
+
+// TestReclaimerAfterAllocationBurst: a burst of allocation that leaves
+// the load where it was (a storm of handshakes) is reclaimed once it
+// stops, and an idle trickle that adds up to as much over time is not.
+func TestReclaimerAfterAllocationBurst(t *testing.T) {
+	const mib = 1 << 20
+	step, stop := onAllocations(t)
+	total := uint64(0)
+	add := func(n uint64) { total += n; step(n) }
 	// A trickle of 200 KiB a tick for 100 ticks: 20 MiB, never a burst.
 	for range 100 {
-		step(200 << 10)
+		add(200 << 10)
 	}
 	trickled := total
-	step(0)
+	add(0)
 	// A burst of 4 + 6 MiB, still busy; then quiet: one reclaim.
-	step(4 * mib)
-	step(6 * mib)
+	add(4 * mib)
+	add(6 * mib)
 	burst := total
-	step(0)
-	step(0)
+	add(0)
+	add(0)
 	// A burst too small to be worth it.
-	step(3 * mib)
-	step(0)
-	tick <- time.Time{} // the last values are read once this tick is taken
-	allocs <- total
-	cancel()
-	<-done
-	var got []uint64
-	for len(reclaims) > 0 {
-		got = append(got, <-reclaims)
-	}
+	add(3 * mib)
+	add(0)
+	got, _ := stop()
 	if want := []uint64{burst}; !slices.Equal(got, want) {
 		t.Fatalf("reclaimed with %v bytes allocated, want once, at %d (the trickle ended at %d)", got, want[0], trickled)
 	}
@@ -251,45 +269,24 @@ func TestReclaimerAfterAllocationBurst(t *testing.T) {
 // ever more rarely, and never with the binary's pages.
 func TestReclaimerSpacesRecurringBursts(t *testing.T) {
 	const mib = 1 << 20
-	allocs := make(chan uint64)
-	tick := make(chan time.Time)
-	reclaims := make(chan uint64, 100)
-	released := make(chan struct{}, 100)
-	var last uint64
-	r := Reclaimer{
-		Load:      func() int64 { return 100 },
-		Allocated: func() uint64 { last = <-allocs; return last },
-		Trim:      func() { reclaims <- last / mib },
-		Release:   func() { released <- struct{}{} },
-		Tick:      tick,
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() { r.Run(ctx); close(done) }()
-	allocs <- 0
-	total := uint64(0)
+	step, stop := onAllocations(t)
 	// A 9 MiB burst every third tick, for 99 ticks.
 	for ticks := 1; ticks <= 99; ticks++ {
 		if ticks%3 == 1 {
-			total += 9 * mib
+			step(9 * mib)
+		} else {
+			step(0)
 		}
-		tick <- time.Time{}
-		allocs <- total
 	}
-	cancel()
-	<-done
-	var got []uint64
-	for len(reclaims) > 0 {
-		got = append(got, <-reclaims)
-	}
+	got, released := stop()
 	// Spaced 8, 16, 32 ticks and more apart: four, not 33.
 	if len(got) > 4 {
-		t.Fatalf("reclaimed with %v MiB allocated, want at most 4 reclaims in 99 ticks of recurring bursts", got)
+		t.Fatalf("reclaimed with %v bytes allocated, want at most 4 reclaims in 99 ticks of recurring bursts", got)
 	}
 	if len(got) == 0 {
 		t.Fatal("no reclaim after recurring bursts")
 	}
-	if len(released) != 0 {
-		t.Fatalf("the binary's pages were released %d times after bursts of work", len(released))
+	if released != 0 {
+		t.Fatalf("the binary's pages were released %d times after bursts of work", released)
 	}
 }
