@@ -85,11 +85,12 @@ type Peer struct {
 	// goroutine runs. The loops run only while their queue has batches,
 	// so an idle peer costs no goroutine: see startLoop.
 	txRunning, rxRunning atomic.Bool
-	// loopMu orders startLoop's count of a new goroutine with stop's
-	// wait for them all.
+	// loopMu orders spawn's count of a new goroutine with stop's wait
+	// for them all.
 	loopMu sync.Mutex
-	// runSend and runReceive are the loops' goroutine bodies, made once:
-	// a go statement with a ready function value allocates nothing.
+	// runSend, runReceive and runPump are the bodies of the peer's own
+	// goroutines, made once: a go statement with a ready function value
+	// allocates nothing.
 	runSend, runReceive, runPump func()
 
 	removed atomic.Bool
@@ -326,17 +327,22 @@ func (e *Engine) newPeer(k PublicKey) *Peer {
 // idle peers thus hold no goroutine, where two parked loops each held a
 // stack and scratch space for a batch.
 func (p *Peer) startLoop(running *atomic.Bool, run func()) {
-	if !running.CompareAndSwap(false, true) {
-		return
+	if running.CompareAndSwap(false, true) && !p.spawn(run) {
+		running.Store(false)
 	}
+}
+
+// spawn starts run, which must call p.wg.Done, on a goroutine counted in
+// p.wg; false, and nothing started, once the peer is removed.
+func (p *Peer) spawn(run func()) bool {
 	p.loopMu.Lock()
 	defer p.loopMu.Unlock()
 	if p.removed.Load() {
-		running.Store(false)
-		return
+		return false
 	}
 	p.wg.Add(1)
 	go run()
+	return true
 }
 
 // loopIdle is a loop's way out once its queue looked empty: it clears

@@ -261,11 +261,12 @@ func (p *Peer) sendStaged() {
 }
 
 // pumpStaged runs sendStagedNow for as long as others ask for it, with
-// sending held; after passes rounds (never, if negative) it hands on to
-// a pump goroutine.
+// sending held; after passes rounds (never, if negative) it hands on,
+// sending still held, to a goroutine of the peer's own (runPump). If the
+// peer is gone it goes on itself: its next round flushes what is staged.
 func (p *Peer) pumpStaged(passes int) {
 	for round := 0; ; round++ {
-		if round == passes && p.startPump() {
+		if round == passes && p.spawn(p.runPump) {
 			return
 		}
 		p.sendAgain.Store(false)
@@ -277,20 +278,6 @@ func (p *Peer) pumpStaged(passes int) {
 			return
 		}
 	}
-}
-
-// startPump hands sending on to a goroutine of the peer's own, which
-// keeps sending held; false if the peer is gone (the caller then goes
-// on: its next round flushes what is staged).
-func (p *Peer) startPump() bool {
-	p.loopMu.Lock()
-	defer p.loopMu.Unlock()
-	if p.removed.Load() {
-		return false
-	}
-	p.wg.Add(1)
-	go p.runPump()
-	return true
 }
 
 // sendStagedNow moves staged packets onto the current session, or starts

@@ -3,7 +3,6 @@ package protocol
 import (
 	"encoding/binary"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -12,19 +11,24 @@ import (
 	"github.com/wgbore/wgbore/protocol/memnet"
 )
 
-// gatedBind holds every Send while its gate is armed, as a socket whose
-// buffer is full would.
-type gatedBind struct {
+// heldBind holds each Send while armed until a token comes (closing
+// tokens lets every held and later Send go), as a socket whose buffer is
+// full would; entered tells each Send held.
+type heldBind struct {
 	Bind
-	gate    atomic.Pointer[chan struct{}]
+	armed   atomic.Bool
 	entered chan struct{}
-	once    sync.Once
+	tokens  chan struct{}
 }
 
-func (b *gatedBind) Send(bufs [][]byte, ep netip.AddrPort) error {
-	if g := b.gate.Load(); g != nil {
-		b.once.Do(func() { close(b.entered) })
-		<-*g
+func newHeldBind() *heldBind {
+	return &heldBind{entered: make(chan struct{}, 100), tokens: make(chan struct{})}
+}
+
+func (b *heldBind) Send(bufs [][]byte, ep netip.AddrPort) error {
+	if b.armed.Load() {
+		b.entered <- struct{}{}
+		<-b.tokens
 	}
 	return b.Bind.Send(bufs, ep)
 }
@@ -55,12 +59,11 @@ func sendPair(t *testing.T, wrap func(Bind) Bind) (a, b *testNode, packet func(s
 // with its stack (a mass close of one peer's connections). Once the
 // sender moves on, every packet arrives, in the order written.
 func TestWritersDoNotQueueBehindTheSender(t *testing.T) {
-	gated := &gatedBind{entered: make(chan struct{})}
-	a, b, packet := sendPair(t, func(inner Bind) Bind { gated.Bind = inner; return gated })
-	gate := make(chan struct{})
-	gated.gate.Store(&gate)
+	held := newHeldBind()
+	a, b, packet := sendPair(t, func(inner Bind) Bind { held.Bind = inner; return held })
+	held.armed.Store(true)
 	go a.e.WritePackets([][]byte{packet(1)})
-	<-gated.entered
+	<-held.entered
 
 	// Fewer than the staging bound, one packet a call, as many
 	// connections' closes are.
@@ -75,11 +78,11 @@ func TestWritersDoNotQueueBehindTheSender(t *testing.T) {
 	select {
 	case <-returned:
 	case <-time.After(10 * time.Second):
-		close(gate)
+		close(held.tokens)
 		t.Fatal("writers waited for the sender that was held up")
 	}
-	gated.gate.Store(nil)
-	close(gate)
+	held.armed.Store(false)
+	close(held.tokens)
 
 	for want := uint32(1); want <= writers+1; want++ {
 		select {
@@ -101,10 +104,10 @@ func TestWritersDoNotQueueBehindTheSender(t *testing.T) {
 // returns, instead of sending for as long as others write (a handshake
 // worker or the receive path must get back to its work).
 func TestSenderHandsOnToAPump(t *testing.T) {
-	gated := &tokenBind{entered: make(chan struct{}, 100), tokens: make(chan struct{})}
-	a, b, packet := sendPair(t, func(inner Bind) Bind { gated.Bind = inner; return gated })
+	held := newHeldBind()
+	a, b, packet := sendPair(t, func(inner Bind) Bind { held.Bind = inner; return held })
 
-	gated.armed.Store(true)
+	held.armed.Store(true)
 	callerDone := make(chan struct{})
 	go func() {
 		defer close(callerDone)
@@ -114,19 +117,20 @@ func TestSenderHandsOnToAPump(t *testing.T) {
 	// stages the next and asks for one more round.
 	last := uint32(1)
 	for range maxSendPasses {
-		<-gated.entered
+		<-held.entered
 		last++
 		a.e.WritePackets([][]byte{packet(last)})
-		gated.tokens <- struct{}{}
+		held.tokens <- struct{}{}
 	}
-	<-gated.entered // the pump's first round, held
+	<-held.entered // the pump's first round, held
 	select {
 	case <-callerDone:
 	case <-time.After(10 * time.Second):
+		close(held.tokens)
 		t.Fatal("the first caller kept sending for the other writers")
 	}
-	gated.armed.Store(false)
-	gated.tokens <- struct{}{}
+	held.armed.Store(false)
+	held.tokens <- struct{}{}
 	for want := uint32(1); want <= last; want++ {
 		select {
 		case pkt := <-b.sink.ch:
@@ -137,20 +141,4 @@ func TestSenderHandsOnToAPump(t *testing.T) {
 			t.Fatalf("packet %d not delivered", want)
 		}
 	}
-}
-
-// tokenBind holds each Send while armed until a token comes.
-type tokenBind struct {
-	Bind
-	armed   atomic.Bool
-	entered chan struct{}
-	tokens  chan struct{}
-}
-
-func (b *tokenBind) Send(bufs [][]byte, ep netip.AddrPort) error {
-	if b.armed.Load() {
-		b.entered <- struct{}{}
-		<-b.tokens
-	}
-	return b.Bind.Send(bufs, ep)
 }
