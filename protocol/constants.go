@@ -77,9 +77,6 @@ const (
 
 	// maxStagedPackets waiting per peer for a handshake to finish.
 	maxStagedPackets = 1024
-	// maxSendPasses is how many rounds a caller sends for others before
-	// it hands the peer's sending on to a goroutine of the peer's own.
-	maxSendPasses = 4
 	// handshakeQueueSize is shared by all peers; an eighth of it full
 	// means we are under load and start demanding cookies.
 	handshakeQueueSize  = 4096

@@ -51,11 +51,6 @@ type Peer struct {
 	// queue, so that the wire order of one peer's packets is their nonce
 	// order and the peer's replay window sees them in sequence.
 	sendMu sync.Mutex
-	// sending is set while one goroutine moves the staged packets on,
-	// and sendAgain asks it to look once more before it stops: a
-	// caller that finds a sender at work leaves its packets to it
-	// instead of queueing on sendMu. See sendStaged.
-	sending, sendAgain atomic.Bool
 	// txNonce and txBufs serve batches sent inline, under sendMu.
 	txNonce [chacha20poly1305.NonceSize]byte
 	txBufs  [][]byte
@@ -85,13 +80,12 @@ type Peer struct {
 	// goroutine runs. The loops run only while their queue has batches,
 	// so an idle peer costs no goroutine: see startLoop.
 	txRunning, rxRunning atomic.Bool
-	// loopMu orders spawn's count of a new goroutine with stop's wait
-	// for them all.
+	// loopMu orders startLoop's count of a new goroutine with stop's
+	// wait for them all.
 	loopMu sync.Mutex
-	// runSend, runReceive and runPump are the bodies of the peer's own
-	// goroutines, made once: a go statement with a ready function value
-	// allocates nothing.
-	runSend, runReceive, runPump func()
+	// runSend and runReceive are the loops' goroutine bodies, made once:
+	// a go statement with a ready function value allocates nothing.
+	runSend, runReceive func()
 
 	removed atomic.Bool
 	done    chan struct{}
@@ -317,7 +311,6 @@ func (e *Engine) newPeer(k PublicKey) *Peer {
 	p.timers.init(p)
 	p.runSend = func() { defer p.wg.Done(); p.sendLoop() }
 	p.runReceive = func() { defer p.wg.Done(); p.receiveLoop() }
-	p.runPump = func() { defer p.wg.Done(); p.pumpStaged(-1) }
 	return p
 }
 
@@ -327,22 +320,17 @@ func (e *Engine) newPeer(k PublicKey) *Peer {
 // idle peers thus hold no goroutine, where two parked loops each held a
 // stack and scratch space for a batch.
 func (p *Peer) startLoop(running *atomic.Bool, run func()) {
-	if running.CompareAndSwap(false, true) && !p.spawn(run) {
-		running.Store(false)
+	if !running.CompareAndSwap(false, true) {
+		return
 	}
-}
-
-// spawn starts run, which must call p.wg.Done, on a goroutine counted in
-// p.wg; false, and nothing started, once the peer is removed.
-func (p *Peer) spawn(run func()) bool {
 	p.loopMu.Lock()
 	defer p.loopMu.Unlock()
 	if p.removed.Load() {
-		return false
+		running.Store(false)
+		return
 	}
 	p.wg.Add(1)
 	go run()
-	return true
 }
 
 // loopIdle is a loop's way out once its queue looked empty: it clears

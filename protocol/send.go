@@ -230,62 +230,12 @@ func (p *Peer) sendKeepalive() {
 	p.sendStaged()
 }
 
-// sendStaged moves staged packets onto the current session: see
-// sendStagedNow. Only one goroutine at a time does so for a peer; a
-// caller that finds another at work leaves its packets to it and
-// returns. Many connections of one peer that send at once (a burst of
-// closes, of new connections, of timers) then cost one goroutine and a
-// few large batches, instead of a queue of goroutines, each holding its
-// stack, that take a lock in turn to send one packet.
-//
-// The sender itself still waits when the peer's queue to the crypto
-// workers is full, which holds back the writer that sends (one bulk flow
-// is its own sender). Other writers are not held back: while the queue
-// is full, what they stage is bounded as staging during a handshake is,
-// and the oldest goes first, which their TCP takes as loss. Holding
-// them back instead, even a few at a time, brought back the queue of
-// goroutines that a mass close makes. A caller sends at most
-// maxSendPasses rounds for others: if they keep staging, the rest goes
-// to a goroutine of the peer's own, so that a stack's goroutine, the
-// receive path or a handshake worker gets back to its work.
-func (p *Peer) sendStaged() {
-	if !p.sending.CompareAndSwap(false, true) {
-		p.sendAgain.Store(true)
-		// The sender may have finished before it could see the
-		// request: then this caller sends.
-		if !p.sending.CompareAndSwap(false, true) {
-			return
-		}
-	}
-	p.pumpStaged(maxSendPasses)
-}
-
-// pumpStaged runs sendStagedNow for as long as others ask for it, with
-// sending held; after passes rounds (never, if negative) it hands on,
-// sending still held, to a goroutine of the peer's own (runPump). If the
-// peer is gone it goes on itself: its next round flushes what is staged.
-func (p *Peer) pumpStaged(passes int) {
-	for round := 0; ; round++ {
-		if round == passes && p.spawn(p.runPump) {
-			return
-		}
-		p.sendAgain.Store(false)
-		p.sendStagedNow()
-		p.sending.Store(false)
-		// Packets staged after the sender took its last batch, whose
-		// caller found it still at work.
-		if !p.sendAgain.Load() || !p.sending.CompareAndSwap(false, true) {
-			return
-		}
-	}
-}
-
-// sendStagedNow moves staged packets onto the current session, or starts
-// a handshake if there is none usable. It also starts a rekey when the
+// sendStaged moves staged packets onto the current session, or starts a
+// handshake if there is none usable. It also starts a rekey when the
 // session has carried enough messages or (for its initiator) is old,
 // while still sending on it: the old session stays valid until
 // RejectAfterTime.
-func (p *Peer) sendStagedNow() {
+func (p *Peer) sendStaged() {
 	if p.removed.Load() {
 		p.flushStaged()
 		return
