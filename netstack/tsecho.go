@@ -34,24 +34,34 @@ import (
 //     the last timestamp from before the outage; Linux takes that for an
 //     RTT of the outage's length and waits a loss probe of twice that.
 //
-// So when a peer's segment of a connection arrives after a silence of
-// echoSilence or more, each acknowledgement of that connection echoes
-// that segment's timestamp less echoBefore ticks, until it acknowledges
-// data beyond the right edge of the window we had advertised: beyond
-// anything the sender could have had in flight before the silence. The
-// echo is then older than every retransmission it answers, so gVisor's
-// RACK does not date its loss detection from them, stays in timeout
-// recovery and resends the flight in slow start; and it is fresh, so
-// every sender takes an RTT sample of about the true one (longer by the
-// time the catching up has taken) and its timer comes back down. Linux,
-// whose timeout recovery retransmitted more than once during any outage
-// longer than its minimum timeout, sees the echo as newer than its first
-// retransmission and keeps its recovery. When the silence ended with
-// Linux's first retransmission (an outage shorter than its timer), it
-// takes the older echo for proof that the timeout was spurious (Eifel),
-// undoes its recovery and waits for a flight it thinks is on its way: a
-// sender that falls silent again while catching up gets true echoes
-// from then on, and recovers at its next timeout.
+// So when a peer's data segment of a connection (or its FIN) arrives
+// after the peer has sent no data for echoSilence or more, each
+// acknowledgement of that connection echoes that segment's timestamp less
+// echoBefore ticks, until it acknowledges data beyond the right edge of
+// the window we had advertised: beyond anything the sender could have had in flight before
+// the silence. The echo is then older than every retransmission it
+// answers, so gVisor's RACK does not date its loss detection from them,
+// stays in timeout recovery and resends the flight in slow start; and it
+// is fresh, so every sender takes an RTT sample of about the true one
+// (longer by the time the catching up has taken) and its timer comes
+// back down. Linux, whose timeout recovery retransmitted more than once
+// during any outage longer than its minimum timeout, sees the echo as
+// newer than its first retransmission and keeps its recovery. When the
+// silence ended with Linux's first retransmission (an outage shorter than
+// its timer), it takes the older echo for proof that the timeout was
+// spurious (Eifel), undoes its recovery and waits for a flight it thinks
+// is on its way: a sender that falls silent again before we have
+// acknowledged more than echoStalled bytes of the catching up gets true
+// echoes instead, until it has caught up, and recovers at its next
+// timeout.
+//
+// A catch-up is a sender's: pure acknowledgements neither start one nor
+// end a silence, since a peer that only receives has nothing in flight to
+// resend. And a silence after the sender has moved on starts a new
+// catch-up with a new anchor, never true echoes: a server's pause before
+// it answers, and then the client's pause before its next request, would
+// otherwise look like a sender stalled while catching up, and a gVisor
+// client that later timed out on that connection would crawl.
 //
 // What this costs elsewhere: for one window of data after each pause of
 // a connection, RTT samples longer by the time since the pause ended;
@@ -69,6 +79,12 @@ const (
 	// in Linux and gVisor, so a sender that timed out was silent at
 	// least this long.
 	echoSilence = 200 * time.Millisecond
+	// echoStalled is how far, in bytes, a sender may have moved since its
+	// catch-up began and still count as stalled when it falls silent
+	// again: a Linux sender that undid its recovery has resent one
+	// segment, two at most, and waits; a sender that timed out again
+	// later has moved further.
+	echoStalled = 4 << 10
 	// echoBefore is how many timestamp ticks below the segment that
 	// ends the silence the echo is put. gVisor stamps a segment up to a
 	// tick after it records the send time that RACK compares the echo
@@ -126,9 +142,9 @@ func (k *flowKey) slot(n uint32) int {
 type echoSlot struct {
 	mu  sync.Mutex
 	key flowKey
-	// heard is when the peer's latest segment arrived (UnixNano, 0: not
-	// yet), and tsval the newest timestamp it has sent.
-	heard int64
+	// spoke is when the peer's latest data, SYN or FIN segment arrived
+	// (UnixNano, 0: not yet), and tsval the newest timestamp it has sent.
+	spoke int64
 	tsval uint32
 	// theySend is whether the peer has sent data, not only
 	// acknowledgements.
@@ -141,11 +157,12 @@ type echoSlot struct {
 	// peer's offered, -1 for none: ours applies only if both did.
 	ourScale, theirScale int8
 	// catchUp holds from a silence until we acknowledge edge, and anchor
-	// is the echo meanwhile. honest, once the sender has fallen silent
-	// again while catching up, makes the echo the newest timestamp
-	// instead, for the rest of the connection.
-	catchUp, honest bool
-	edge, anchor    uint32
+	// is the echo meanwhile; from is what we had acknowledged when it
+	// began. honest, once the sender has fallen silent again while
+	// catching up and stalled, makes the echo the newest timestamp
+	// instead, until it has caught up.
+	catchUp, honest    bool
+	edge, anchor, from uint32
 }
 
 // reset makes s the slot of a new connection k.
@@ -153,9 +170,9 @@ func (s *echoSlot) reset(k flowKey) {
 	if s.key != k {
 		s.ourScale, s.theirScale = -1, -1
 	}
-	s.key, s.heard, s.tsval, s.theySend = k, 0, 0, false
+	s.key, s.spoke, s.tsval, s.theySend = k, 0, 0, false
 	s.acked, s.right, s.ackSent = 0, 0, false
-	s.catchUp, s.honest, s.edge, s.anchor = false, false, 0, 0
+	s.catchUp, s.honest, s.edge, s.anchor, s.from = false, false, 0, 0, 0
 }
 
 type echoTable struct {
@@ -194,24 +211,26 @@ func (t *echoTable) heard(p, tcp []byte, now int64) {
 		if flags&uint8(header.TCPFlagSyn) != 0 {
 			s.theirScale = windowScale(tcp)
 		}
-		s.heard, s.tsval = now, tsval
+		s.spoke, s.tsval = now, tsval
 		return
 	}
-	if s.ackSent && s.heard != 0 && now-s.heard >= int64(echoSilence) {
-		if s.catchUp {
-			// Silent again while catching up: a sender that took the
-			// old echo for proof that its timeout was spurious (Linux,
-			// Eifel) and now waits for a flight it thinks is still on
-			// its way. It gets true echoes from now on.
-			s.honest = true
+	if len(tcp) > int(tcp[header.TCPDataOffset]>>4)*4 || flags&uint8(header.TCPFlagFin) != 0 {
+		if s.ackSent && s.spoke != 0 && now-s.spoke >= int64(echoSilence) {
+			// Nothing the sender retransmits from now on was sent
+			// before this segment, so an echo older than it is older
+			// than every retransmission it will acknowledge. Unless
+			// the sender fell silent again having moved almost
+			// nothing since its catch-up began: a sender that took
+			// the old echo for proof that its timeout was spurious
+			// (Linux, Eifel) and now waits for a flight it thinks is
+			// still on its way. It gets true echoes until it has
+			// caught up.
+			s.honest = s.catchUp && s.acked-s.from <= echoStalled
+			s.catchUp, s.edge, s.anchor, s.from = true, s.right, tsval-echoBefore, s.acked
 		}
-		// Nothing the sender retransmits from now on was sent before
-		// this segment, so an echo older than it is older than every
-		// retransmission it will acknowledge.
-		s.catchUp, s.edge, s.anchor = true, s.right, tsval-echoBefore
+		s.spoke = now
+		s.theySend = true
 	}
-	s.heard = now
-	s.theySend = s.theySend || len(tcp) > int(tcp[header.TCPDataOffset]>>4)*4
 	if int32(tsval-s.tsval) > 0 {
 		s.tsval = tsval
 	}
@@ -260,7 +279,7 @@ func (t *echoTable) echo(p *stack.PacketBuffer, k flowKey) {
 		return
 	}
 	if int32(ack-s.edge) >= 0 {
-		s.catchUp = false
+		s.catchUp, s.honest = false, false
 		return
 	}
 	ts, ok := tsOption(th)

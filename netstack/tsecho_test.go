@@ -84,10 +84,12 @@ func TestEchoAfterSilence(t *testing.T) {
 			l := newLinkEndpoint(1420, e)
 			l.delay.wait = 0 // each acknowledgement is read off the wire as it is sent
 			l.clock = clk
-			hear := func(flags header.TCPFlags, tsval uint32, more ...byte) {
-				p := peerSegment(v6, flags, tsval, 100, more...)
+			hearN := func(payload int, flags header.TCPFlags, tsval uint32, more ...byte) {
+				p := peerSegment(v6, flags, tsval, payload, more...)
 				l.echoes.heard(p, ipTCPHeader(p), clk.Now().UnixNano())
 			}
+			hear := func(flags header.TCPFlags, tsval uint32, more ...byte) { hearN(100, flags, tsval, more...) }
+			hearPure := func(flags header.TCPFlags, tsval uint32) { hearN(0, flags, tsval) }
 			// send is a segment of ours that echoes ecr as gVisor would,
 			// and the echo it left with.
 			send := func(flags header.TCPFlags, ack, ecr uint32, more ...byte) uint32 {
@@ -127,23 +129,55 @@ func TestEchoAfterSilence(t *testing.T) {
 				t.Fatalf("%s: after a silence an acknowledgement of a duplicate echoes %d, want %d", name, got, 4000-echoBefore)
 			}
 			hear(header.TCPFlagAck, 4005)
-			if got := ack(edge-2, 4005); got != 4000-echoBefore {
+			if got := ack(6100, 4005); got != 4000-echoBefore {
 				t.Fatalf("%s: catching up, the echo is %d, want %d", name, got, 4000-echoBefore)
 			}
-			// Silent again while catching up: true echoes from now on,
-			// the newest timestamp where gVisor's would be older.
+			// Silent again while catching up, having moved almost
+			// nothing: true echoes until caught up, the newest timestamp
+			// where gVisor's would be older.
 			clk.Advance(time.Second)
 			hear(header.TCPFlagAck, 5000)
-			if got := ack(edge-1, 4005); got != 5000 {
-				t.Fatalf("%s: silent again while catching up, the echo is %d, want the newest, 5000", name, got)
+			if got := ack(6200, 4005); got != 5000 {
+				t.Fatalf("%s: stalled while catching up, the echo is %d, want the newest, 5000", name, got)
 			}
-			edge = edge - 1 + 1000<<7 // as far as that acknowledgement's window
+			edge = 6100 + 1000<<7 // as far as the window advertised before that silence
+			if got := ack(edge-1, 4005); got != 5000 {
+				t.Fatalf("%s: stalled while catching up and moving on, the echo is %d, want the newest, 5000", name, got)
+			}
 			// At the right edge we had advertised: caught up.
 			if got := ack(edge, 4005); got != 4005 {
 				t.Fatalf("%s: caught up, the echo is still set: %d", name, got)
 			}
 			if got := ack(edge-1, 4005); got != 4005 {
 				t.Fatalf("%s: caught up, the echo is set again: %d", name, got)
+			}
+			// The next silence anchors the echo again: the true echoes
+			// ended with that catch-up.
+			clk.Advance(time.Second)
+			hear(header.TCPFlagAck, 6000)
+			if got := ack(edge, 5000); got != 6000-echoBefore {
+				t.Fatalf("%s: after the next silence the echo is %d, want %d", name, got, 6000-echoBefore)
+			}
+			// A sender that timed out again after moving on is not a
+			// stalled one: a new anchor, not true echoes.
+			if got := ack(edge+20000, 6000); got != 6000-echoBefore {
+				t.Fatalf("%s: catching up, the echo is %d, want %d", name, got, 6000-echoBefore)
+			}
+			clk.Advance(time.Second)
+			hear(header.TCPFlagAck, 7000)
+			if got := ack(edge+20100, 6000); got != 7000-echoBefore {
+				t.Fatalf("%s: silent again after moving on, the echo is %d, want a new anchor, %d", name, got, 7000-echoBefore)
+			}
+			edge += 20000 + 1000<<7
+			if got := ack(edge, 7000); got != 7000 {
+				t.Fatalf("%s: caught up again, the echo is still set: %d", name, got)
+			}
+			// A pure acknowledgement after a silence is not a sender's
+			// retransmission: the echo stays gVisor's.
+			clk.Advance(time.Second)
+			hearPure(header.TCPFlagAck, 8000)
+			if got := ack(edge, 7000); got != 7000 {
+				t.Fatalf("%s: a pure acknowledgement after a silence set the echo to %d", name, got)
 			}
 			// A new connection on the same ports starts afresh, and
 			// without the peer's window scale ours does not apply.
@@ -162,6 +196,49 @@ func TestEchoAfterSilence(t *testing.T) {
 				t.Fatalf("%s: an unscaled window's edge was not the end of catching up: echo %d", name, got)
 			}
 		}
+	}
+}
+
+// TestEchoAfterAnswerPause: a client's request, a pause while the server
+// prepares its answer, the answer, and the client's pause before its
+// next request. Neither pause is a sender stalled while catching up: the
+// next request anchors the echo, where true echoes would let a gVisor
+// client that later times out on the connection crawl.
+func TestEchoAfterAnswerPause(t *testing.T) {
+	clk := clock.NewManual(time.Unix(1000, 0))
+	e := &replayEngine{}
+	l := newLinkEndpoint(1420, e)
+	l.delay.wait = 0 // each acknowledgement is read off the wire as it is sent
+	l.clock = clk
+	hear := func(payload int, tsval uint32) {
+		p := peerSegment(false, header.TCPFlagAck, tsval, payload)
+		l.echoes.heard(p, ipTCPHeader(p), clk.Now().UnixNano())
+	}
+	send := func(flags header.TCPFlags, ack, ecr uint32, payload int) uint32 {
+		t.Helper()
+		pkt := superSegment{seq: 1, ack: ack, flags: flags, wnd: 1000, mss: 1380, payload: make([]byte, payload), opts: timestamps(77, ecr)}.packet()
+		completeChecksum(pkt, false)
+		defer pkt.DecRef()
+		var list stack.PacketBufferList
+		list.PushBack(pkt)
+		l.WritePackets(list)
+		return echoOf(t, e.wire[len(e.wire)-1])
+	}
+	send(header.TCPFlagSyn, 0, 0, 0)
+	p := peerSegment(false, header.TCPFlagSyn|header.TCPFlagAck, 900, 0)
+	l.echoes.heard(p, ipTCPHeader(p), clk.Now().UnixNano())
+	hear(100, 1000) // the request
+	send(header.TCPFlagAck, 5000, 1000, 0)
+	clk.Advance(500 * time.Millisecond) // the server prepares its answer
+	send(header.TCPFlagAck, 5000, 1000, 1000)
+	hear(0, 1500) // the client acknowledges it
+	if got := send(header.TCPFlagAck, 5000, 1500, 1000); got != 1500 {
+		t.Fatalf("the answer's echo after a pure acknowledgement that ended a silence: %d, want 1500", got)
+	}
+	clk.Advance(time.Second) // the client's pause
+	hear(100, 2600)
+	if got := send(header.TCPFlagAck, 5100, 2600, 0); got != 2600-echoBefore {
+		t.Fatalf("the next request's acknowledgement echoes %d, want the anchor %d", got, 2600-echoBefore)
 	}
 }
 
@@ -276,6 +353,7 @@ func FuzzEcho(f *testing.F) {
 		theirs, ours = pad(theirs), pad(ours)
 		in := peerSegment(false, header.TCPFlagAck, 0, 0)
 		in = append(in[:header.IPv4MinimumSize+header.TCPMinimumSize], theirs...)
+		in = append(in, make([]byte, 10)...) // data: only a sender's segments start a catch-up
 		header.IPv4(in).SetTotalLength(uint16(len(in)))
 		tcp := header.TCP(in[header.IPv4MinimumSize:])
 		tcp[header.TCPDataOffset] = uint8((header.TCPMinimumSize+len(theirs))/4) << 4
