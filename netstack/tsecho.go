@@ -37,31 +37,33 @@ import (
 // So when a peer's data segment of a connection (or its FIN) arrives
 // after the peer has sent no data for echoSilence or more, each
 // acknowledgement of that connection echoes that segment's timestamp less
-// echoBefore ticks, until it acknowledges data beyond the right edge of
-// the window we had advertised: beyond anything the sender could have had in flight before
-// the silence. The echo is then older than every retransmission it
-// answers, so gVisor's RACK does not date its loss detection from them,
-// stays in timeout recovery and resends the flight in slow start; and it
-// is fresh, so every sender takes an RTT sample of about the true one
-// (longer by the time the catching up has taken) and its timer comes
-// back down. Linux, whose timeout recovery retransmitted more than once
-// during any outage longer than its minimum timeout, sees the echo as
-// newer than its first retransmission and keeps its recovery. When the
-// silence ended with Linux's first retransmission (an outage shorter than
-// its timer), it takes the older echo for proof that the timeout was
-// spurious (Eifel), undoes its recovery and waits for a flight it thinks
-// is on its way: a sender that falls silent again before we have
-// acknowledged more than echoStalled bytes of the catching up gets true
-// echoes instead, until it has caught up, and recovers at its next
-// timeout.
+// echoBefore ticks (the anchor), until it acknowledges data beyond the
+// right edge of the window we had advertised: beyond anything the sender
+// could have had in flight before the silence. The echo is then older
+// than every retransmission it answers, so gVisor's RACK does not date
+// its loss detection from them, stays in timeout recovery and resends the
+// flight in slow start; and it is fresh, so every sender takes an RTT
+// sample of about the true one (longer by the time the catching up has
+// taken) and its timer comes back down. Linux, whose timeout recovery
+// retransmitted more than once during any outage longer than its minimum
+// timeout, sees the echo as newer than its first retransmission and
+// keeps its recovery. When the silence ended with Linux's first
+// retransmission (an outage shorter than its timer), it takes the older
+// echo for proof that the timeout was spurious (Eifel), undoes its
+// recovery and waits for a flight it thinks is on its way. So a sender
+// that falls silent again while catching up, having sent no more than
+// echoStalled segments since the catch-up began and got no data from
+// us, gets true echoes instead, until it has caught up, and recovers at
+// its next timeout.
 //
-// A catch-up is a sender's: pure acknowledgements neither start one nor
-// end a silence, since a peer that only receives has nothing in flight to
-// resend. And a silence after the sender has moved on starts a new
-// catch-up with a new anchor, never true echoes: a server's pause before
-// it answers, and then the client's pause before its next request, would
-// otherwise look like a sender stalled while catching up, and a gVisor
-// client that later timed out on that connection would crawl.
+// Anything else that falls silent while catching up is not such a
+// sender, and the segment that ends its silence starts a new catch-up
+// with a new anchor. A sender that had moved on before it timed out
+// again still needs the old echo, or gVisor's RACK crawls. And a peer
+// whose requests we answer pauses between them: if its next request
+// took it for a stalled sender, a gVisor client that later timed out on
+// that connection would crawl. Pure acknowledgements start nothing: a
+// peer that only receives has no flight to resend.
 //
 // What this costs elsewhere: for one window of data after each pause of
 // a connection, RTT samples longer by the time since the pause ended;
@@ -79,12 +81,12 @@ const (
 	// in Linux and gVisor, so a sender that timed out was silent at
 	// least this long.
 	echoSilence = 200 * time.Millisecond
-	// echoStalled is how far, in bytes, a sender may have moved since its
-	// catch-up began and still count as stalled when it falls silent
+	// echoStalled is how many data segments a sender may have sent since
+	// its catch-up began and still count as stalled when it falls silent
 	// again: a Linux sender that undid its recovery has resent one
 	// segment, two at most, and waits; a sender that timed out again
 	// later has moved further.
-	echoStalled = 4 << 10
+	echoStalled = 3
 	// echoBefore is how many timestamp ticks below the segment that
 	// ends the silence the echo is put. gVisor stamps a segment up to a
 	// tick after it records the send time that RACK compares the echo
@@ -142,8 +144,9 @@ func (k *flowKey) slot(n uint32) int {
 type echoSlot struct {
 	mu  sync.Mutex
 	key flowKey
-	// spoke is when the peer's latest data, SYN or FIN segment arrived
-	// (UnixNano, 0: not yet), and tsval the newest timestamp it has sent.
+	// spoke is when the peer's latest data or FIN segment arrived, or
+	// the segment that (re)started the slot (UnixNano, 0: not yet); tsval
+	// is the newest timestamp it has sent.
 	spoke int64
 	tsval uint32
 	// theySend is whether the peer has sent data, not only
@@ -157,12 +160,13 @@ type echoSlot struct {
 	// peer's offered, -1 for none: ours applies only if both did.
 	ourScale, theirScale int8
 	// catchUp holds from a silence until we acknowledge edge, and anchor
-	// is the echo meanwhile; from is what we had acknowledged when it
-	// began. honest, once the sender has fallen silent again while
-	// catching up and stalled, makes the echo the newest timestamp
-	// instead, until it has caught up.
-	catchUp, honest    bool
-	edge, anchor, from uint32
+	// is the echo meanwhile; moved counts the peer's data segments since
+	// it began (up to echoStalled+1), and answered is whether we have
+	// sent data since. honest, set when a stalled sender ends a silence,
+	// makes the echo the newest timestamp instead, for that catch-up.
+	catchUp, honest, answered bool
+	edge, anchor              uint32
+	moved                     uint8
 }
 
 // reset makes s the slot of a new connection k.
@@ -172,7 +176,7 @@ func (s *echoSlot) reset(k flowKey) {
 	}
 	s.key, s.spoke, s.tsval, s.theySend = k, 0, 0, false
 	s.acked, s.right, s.ackSent = 0, 0, false
-	s.catchUp, s.honest, s.edge, s.anchor, s.from = false, false, 0, 0, 0
+	s.catchUp, s.honest, s.answered, s.edge, s.anchor, s.moved = false, false, false, 0, 0, 0
 }
 
 type echoTable struct {
@@ -214,23 +218,25 @@ func (t *echoTable) heard(p, tcp []byte, now int64) {
 		s.spoke, s.tsval = now, tsval
 		return
 	}
-	if len(tcp) > int(tcp[header.TCPDataOffset]>>4)*4 || flags&uint8(header.TCPFlagFin) != 0 {
+	data := len(tcp) > int(tcp[header.TCPDataOffset]>>4)*4
+	if data || flags&uint8(header.TCPFlagFin) != 0 {
 		if s.ackSent && s.spoke != 0 && now-s.spoke >= int64(echoSilence) {
 			// Nothing the sender retransmits from now on was sent
 			// before this segment, so an echo older than it is older
 			// than every retransmission it will acknowledge. Unless
-			// the sender fell silent again having moved almost
-			// nothing since its catch-up began: a sender that took
-			// the old echo for proof that its timeout was spurious
-			// (Linux, Eifel) and now waits for a flight it thinks is
-			// still on its way. It gets true echoes until it has
-			// caught up.
-			s.honest = s.catchUp && s.acked-s.from <= echoStalled
-			s.catchUp, s.edge, s.anchor, s.from = true, s.right, tsval-echoBefore, s.acked
+			// the sender stalled while catching up: one that took the
+			// old echo for proof that its timeout was spurious (Linux,
+			// Eifel) and now waits for a flight it thinks is still on
+			// its way. It gets true echoes until it has caught up.
+			s.honest = s.catchUp && s.moved <= echoStalled && !s.answered
+			s.catchUp, s.edge, s.anchor, s.moved, s.answered = true, s.right, tsval-echoBefore, 0, false
 		}
 		s.spoke = now
-		s.theySend = true
+		if s.moved <= echoStalled {
+			s.moved++
+		}
 	}
+	s.theySend = s.theySend || data
 	if int32(tsval-s.tsval) > 0 {
 		s.tsval = tsval
 	}
@@ -277,6 +283,9 @@ func (t *echoTable) echo(p *stack.PacketBuffer, k flowKey) {
 	s.ackSent = true
 	if !s.catchUp {
 		return
+	}
+	if p.Data().Size() > 0 {
+		s.answered = true
 	}
 	if int32(ack-s.edge) >= 0 {
 		s.catchUp, s.honest = false, false
@@ -376,8 +385,9 @@ const (
 	tcpOptTimestamp   = 8
 )
 
-// ipTCPHeader returns the TCP header (and what follows it) of an IPv4 or
-// IPv6 packet that carries TCP directly, or nil.
+// ipTCPHeader returns the TCP header and payload, as far as the IP
+// header's length goes, of an IPv4 or IPv6 packet that carries TCP
+// directly, or nil.
 func ipTCPHeader(p []byte) []byte {
 	switch header.IPVersion(p) {
 	case header.IPv4Version:
@@ -385,16 +395,20 @@ func ipTCPHeader(p []byte) []byte {
 			return nil
 		}
 		ip := header.IPv4(p)
-		hl := int(ip.HeaderLength())
-		if ip.Protocol() != uint8(header.TCPProtocolNumber) || hl < header.IPv4MinimumSize || hl > len(p) || ip.FragmentOffset() != 0 {
+		hl, end := int(ip.HeaderLength()), int(ip.TotalLength())
+		if ip.Protocol() != uint8(header.TCPProtocolNumber) || hl < header.IPv4MinimumSize || hl > end || end > len(p) || ip.FragmentOffset() != 0 {
 			return nil
 		}
-		return p[hl:]
+		return p[hl:end]
 	case header.IPv6Version:
 		if len(p) < header.IPv6MinimumSize || header.IPv6(p).NextHeader() != uint8(header.TCPProtocolNumber) {
 			return nil
 		}
-		return p[header.IPv6MinimumSize:]
+		end := header.IPv6MinimumSize + int(header.IPv6(p).PayloadLength())
+		if end > len(p) {
+			return nil
+		}
+		return p[header.IPv6MinimumSize:end]
 	}
 	return nil
 }

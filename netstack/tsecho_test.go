@@ -158,6 +158,9 @@ func TestEchoAfterSilence(t *testing.T) {
 			if got := ack(edge, 5000); got != 6000-echoBefore {
 				t.Fatalf("%s: after the next silence the echo is %d, want %d", name, got, 6000-echoBefore)
 			}
+			for ts := uint32(6001); ts <= 6000+echoStalled; ts++ {
+				hear(header.TCPFlagAck, ts)
+			}
 			// A sender that timed out again after moving on is not a
 			// stalled one: a new anchor, not true echoes.
 			if got := ack(edge+20000, 6000); got != 6000-echoBefore {
@@ -201,8 +204,8 @@ func TestEchoAfterSilence(t *testing.T) {
 
 // TestEchoAfterAnswerPause: a client's request, a pause while the server
 // prepares its answer, the answer, and the client's pause before its
-// next request. Neither pause is a sender stalled while catching up: the
-// next request anchors the echo, where true echoes would let a gVisor
+// next request, twice. No pause is a sender stalled while catching up:
+// each request anchors the echo, where true echoes would let a gVisor
 // client that later times out on the connection crawl.
 func TestEchoAfterAnswerPause(t *testing.T) {
 	clk := clock.NewManual(time.Unix(1000, 0))
@@ -239,6 +242,15 @@ func TestEchoAfterAnswerPause(t *testing.T) {
 	hear(100, 2600)
 	if got := send(header.TCPFlagAck, 5100, 2600, 0); got != 2600-echoBefore {
 		t.Fatalf("the next request's acknowledgement echoes %d, want the anchor %d", got, 2600-echoBefore)
+	}
+	// Answered, and the client pauses again: its next request has a
+	// new anchor. A sender that had stalled would have had no answer.
+	send(header.TCPFlagAck, 5100, 2600, 1000)
+	hear(0, 2700)
+	clk.Advance(time.Second)
+	hear(100, 3800)
+	if got := send(header.TCPFlagAck, 5200, 3800, 0); got != 3800-echoBefore {
+		t.Fatalf("the third request's acknowledgement echoes %d, want the anchor %d", got, 3800-echoBefore)
 	}
 }
 

@@ -661,17 +661,18 @@
 //     segment per acknowledgement and per timeout. Behind any standard
 //     receiver it crawls for minutes after an outage; without timestamps it
 //     never recovered (its backed-off timer never came down). So timestamps
-//     are negotiated, and when a peer's data ends 200 ms or more without
-//     any, each acknowledgement of that connection echoes that segment's
-//     timestamp less 2 ms until it acknowledges data beyond the window we
-//     had advertised: older than every retransmission it answers, so RACK
-//     leaves the flight alone and the sender resends it in slow start, and
-//     fresh enough for a true RTT sample. A sender that falls silent again
-//     while catching up without having moved on (Linux, which may take
-//     such an echo as proof that its timeout was spurious) gets true
-//     echoes until it has caught up; one that had moved on gets a new
-//     anchor. Pure acknowledgements start nothing: a peer that only
-//     receives has no flight to resend.
+//     are negotiated, and when a peer's data segment arrives after 200 ms
+//     or more without any, each acknowledgement of that connection echoes
+//     that segment's timestamp less 2 ms (its anchor) until it
+//     acknowledges data beyond the window we had advertised: older than
+//     every retransmission it answers, so RACK leaves the flight alone and
+//     the sender resends it in slow start, and fresh enough for a true RTT
+//     sample. A sender that falls silent again while catching up, having
+//     sent no more than a few segments and got no data from us (Linux,
+//     which may take such an echo as proof that its timeout was spurious),
+//     gets true echoes until it has caught up; any other silence ends
+//     with a new anchor. Pure acknowledgements start nothing: a peer that
+//     only receives has no flight to resend.
 //   - The latest acknowledgements are re-sent when a peer comes back
 //     (netstack/ackreplay.go, protocol.PeerReturner). An outage swallows
 //     the acknowledgements in flight when it starts, while the remote
