@@ -67,15 +67,7 @@ func TestForwardUploadAfterPausesAndOutage(t *testing.T) {
 		time.Sleep(think)
 		w.Write(peersite.Body(64 << 10))
 	})
-	mux.HandleFunc("/sha256", func(w http.ResponseWriter, r *http.Request) {
-		h := sha256.New()
-		size, err := io.Copy(h, r.Body)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		fmt.Fprintf(w, "%x %d", h.Sum(nil), size)
-	})
+	mux.HandleFunc("/sha256", hashBody)
 	l := hostListen(t, hostLoopback)
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(l)

@@ -124,19 +124,22 @@ func serveHostHTTP(t testing.TB) netip.AddrPort {
 		w.Header().Set("Content-Length", strconv.Itoa(size))
 		w.Write(peersite.Body(size))
 	})
-	mux.HandleFunc("/sha256", func(w http.ResponseWriter, r *http.Request) {
-		h := sha256.New()
-		size, err := io.Copy(h, r.Body)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		fmt.Fprintf(w, "%x %d", h.Sum(nil), size)
-	})
+	mux.HandleFunc("/sha256", hashBody)
 	srv := &http.Server{Handler: mux}
 	go srv.Serve(l)
 	t.Cleanup(func() { srv.Close() })
 	return netip.MustParseAddrPort(l.Addr().String())
+}
+
+// hashBody answers the hash and length of the request body.
+func hashBody(w http.ResponseWriter, r *http.Request) {
+	h := sha256.New()
+	size, err := io.Copy(h, r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	fmt.Fprintf(w, "%x %d", h.Sum(nil), size)
 }
 
 // serveHostTCP accepts on l and runs handle for each connection.
