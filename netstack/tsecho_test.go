@@ -219,13 +219,7 @@ func TestEchoAfterAnswerPause(t *testing.T) {
 	}
 	send := func(flags header.TCPFlags, ack, ecr uint32, payload int) uint32 {
 		t.Helper()
-		pkt := superSegment{seq: 1, ack: ack, flags: flags, wnd: 1000, mss: 1380, payload: make([]byte, payload), opts: timestamps(77, ecr)}.packet()
-		completeChecksum(pkt, false)
-		defer pkt.DecRef()
-		var list stack.PacketBufferList
-		list.PushBack(pkt)
-		l.WritePackets(list)
-		return echoOf(t, e.wire[len(e.wire)-1])
+		return echoOf(t, e.send(t, l, superSegment{seq: 1, ack: ack, flags: flags, wnd: 1000, mss: 1380, payload: make([]byte, payload), opts: timestamps(77, ecr)}))
 	}
 	send(header.TCPFlagSyn, 0, 0, 0)
 	p := peerSegment(false, header.TCPFlagSyn|header.TCPFlagAck, 900, 0)
