@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"encoding/binary"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -102,9 +103,10 @@ func (t *ackTable) record(p *stack.PacketBuffer, k flowKey) {
 }
 
 // replay re-sends, through w, each recorded acknowledgement whose
-// destination to reaches, given the peer it belongs to, unless hold
-// says to keep it.
-func (t *ackTable) replay(w func([][]byte), to func(netip.Addr) bool, hold func(k flowKey, th []byte) bool) int {
+// destination to reaches, given the peer it belongs to. prepare sees
+// each copy's TCP header before it leaves, may rewrite it, and says
+// whether it goes at all.
+func (t *ackTable) replay(w func([][]byte), to func(netip.Addr) bool, prepare func(k flowKey, th []byte) bool) int {
 	slots := t.slots.Load()
 	if slots == nil {
 		return 0
@@ -116,15 +118,13 @@ func (t *ackTable) replay(w func([][]byte), to func(netip.Addr) bool, hold func(
 		if s.n > 0 {
 			if dst, ok := destination(s.pkt[:s.n]); ok && to(dst) {
 				hl := ipHeaderLen(s.pkt[:s.n])
-				if hold(s.key, s.pkt[hl:s.n]) {
-					s.mu.Unlock()
-					continue
-				}
 				pkt := append([]byte(nil), s.pkt[:s.n]...)
-				// gVisor left the TCP checksum to the link endpoint
-				// (gso.go), as for any segment it sends.
-				finishSegment(pkt, hl, 0, 0, true)
-				pkts = append(pkts, pkt)
+				if prepare(s.key, pkt[hl:]) {
+					// gVisor left the TCP checksum to the link
+					// endpoint (gso.go), as for any segment it sends.
+					finishSegment(pkt, hl, 0, 0, true)
+					pkts = append(pkts, pkt)
+				}
 			}
 		}
 		s.mu.Unlock()
@@ -192,21 +192,23 @@ func (l *linkEndpoint) PeerReturned(peer protocol.PublicKey) {
 			return ok && k == peer
 		}
 	}
-	l.resentAcks.Add(uint64(l.acks.replay(w.WritePackets, to, l.holdAck)))
+	l.resentAcks.Add(uint64(l.acks.replay(w.WritePackets, to, l.prepareAck)))
 }
 
-// holdAck reports whether an acknowledgement of connection k, with TCP
-// header th, is kept back when its peer returns: one of a connection with timestamps
-// on which the peer sends data. It would acknowledge that sender's
-// retransmitted head, and no echo suits every sender: one from before
-// the outage gave Linux an RTT sample as long as the outage (its timer
-// then stood at 22 s); a fresh one, or none, made gVisor's RACK date its
-// loss detection from the head's last retransmission and crawl
-// (tsecho.go), in four runs of six. Such a sender resumes at its own
-// next timeout, which the echo after the silence then serves. Where we
-// send the data, the re-sent acknowledgement only draws the peer's
-// answer, which tells our own sender what arrived.
-func (l *linkEndpoint) holdAck(k flowKey, th []byte) bool {
-	_, ts := tsOption(th)
-	return ts && l.echoes.theySend(k)
+// prepareAck readies a copy of connection k's acknowledgement, TCP
+// header th, to be re-sent when its peer returns. On a connection with
+// timestamps on which the peer sends data, it acknowledges that
+// sender's retransmitted head, and the echo decides what the sender does
+// with it (see echoTable.resendEcho): it carries an ancient echo, or the
+// acknowledgement is kept back when none can be had.
+func (l *linkEndpoint) prepareAck(k flowKey, th []byte) bool {
+	ts, ok := tsOption(th)
+	if !ok {
+		return true
+	}
+	echo, set, ok := l.echoes.resendEcho(k)
+	if set {
+		binary.BigEndian.PutUint32(th[ts+6:], echo)
+	}
+	return ok
 }

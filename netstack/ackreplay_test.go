@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"bytes"
+	"encoding/binary"
 	"net/netip"
 	"testing"
 
@@ -77,8 +78,8 @@ func TestAckReplay(t *testing.T) {
 	e := &replayEngine{peer: key}
 	l := newLinkEndpoint(1420, e)
 	l.delay.wait = 0 // each acknowledgement is read off the wire as it is sent
-	// Connections without timestamps, such as Windows makes by default:
-	// those with them are not re-sent (below).
+	// Connections without timestamps, such as Windows makes by default;
+	// those with them follow below.
 	ack := func(v6 bool, seq, ackNum uint32, flags header.TCPFlags, payload int) superSegment {
 		return superSegment{v6: v6, seq: seq, ack: ackNum, flags: flags, wnd: 500, mss: 1380, opts: []byte{1, 1, 1, 1}, payload: testPayload(payload)}
 	}
@@ -136,46 +137,52 @@ func TestAckReplay(t *testing.T) {
 		t.Errorf("resent %d packets after the connection ended and the other moved", len(e.resent))
 	}
 
-	// On a connection with timestamps, the acknowledgement is re-sent
-	// while we send the data, and kept once the peer sends some.
+	// On a connection with timestamps, the acknowledgement is re-sent as
+	// it left while we send the data. Once the peer sends some, it goes
+	// with an echo echoAncient ticks below the peer's newest timestamp,
+	// or is kept back where that echo would wrap around as a number.
 	e.bad = netip.Addr{}
 	e.send(t, l, superSegment{v6: true, seq: 8, ack: 80, flags: header.TCPFlagAck, wnd: 500, mss: 1380, opts: timestamps(1, 2)})
-	for _, payload := range []int{0, 10} {
-		p := peerSegment(true, header.TCPFlagAck, 500, payload)
-		l.echoes.heard(p, ipTCPHeader(p), 1)
+	for _, c := range []struct {
+		tsval    uint32
+		payload  int
+		wantEcho uint32
+		wantSent bool // false: kept back
+	}{
+		{tsval: 1 << 30, payload: 0, wantEcho: 2, wantSent: true},
+		{tsval: 1<<30 + 5, payload: 10, wantEcho: 1<<30 + 5 - echoAncient, wantSent: true},
+		{tsval: 0xfffffff0, payload: 10},
+	} {
+		p := peerSegment(true, header.TCPFlagAck, c.tsval, c.payload)
+		if c.tsval < 1<<31 {
+			l.echoes.heard(p, ipTCPHeader(p), 1)
+		} else {
+			// A new connection on the same ports, whose clock is near
+			// the top.
+			syn := peerSegment(true, header.TCPFlagSyn, c.tsval, 0)
+			l.echoes.heard(syn, ipTCPHeader(syn), 1)
+			l.echoes.heard(p, ipTCPHeader(p), 2)
+		}
 		e.resent = nil
 		l.PeerReturned(key)
-		if want := map[int]int{0: 1, 10: 0}[payload]; len(e.resent) != want {
-			t.Errorf("the peer sent %d bytes: resent %d acknowledgements with timestamps, want %d", payload, len(e.resent), want)
-		}
-	}
-}
-
-func TestAckRecordAllocs(t *testing.T) {
-	l := newLinkEndpoint(1420, &discardEngine{buf: make([]byte, 1<<16)})
-	pkt := superSegment{seq: 1, ack: 2, flags: header.TCPFlagAck, wnd: 9, mss: 1380, opts: timestamps(1, 2)}.packet()
-	defer pkt.DecRef()
-	l.acks.record(pkt, mustKey(pkt)) // the table itself, once
-	if n := testing.AllocsPerRun(100, func() { l.acks.record(pkt, mustKey(pkt)) }); n != 0 {
-		t.Errorf("record allocates %v times per acknowledgement", n)
-	}
-}
-
-// BenchmarkAckRecord is the cost record adds to each pure acknowledgement
-// we send, and to each data segment.
-func BenchmarkAckRecord(b *testing.B) {
-	l := newLinkEndpoint(1420, &discardEngine{buf: make([]byte, 1<<16)})
-	for _, bc := range []struct {
-		name    string
-		payload int
-	}{{"ack", 0}, {"data", 64000}} {
-		pkt := superSegment{seq: 1, ack: 2, flags: header.TCPFlagAck, wnd: 9, mss: 1380, opts: timestamps(1, 2), payload: testPayload(bc.payload)}.packet()
-		b.Run(bc.name, func(b *testing.B) {
-			b.ReportAllocs()
-			for b.Loop() {
-				l.acks.record(pkt, mustKey(pkt))
+		if !c.wantSent {
+			if len(e.resent) != 0 {
+				t.Errorf("newest timestamp %#x: resent %d acknowledgements, want none", c.tsval, len(e.resent))
 			}
-		})
-		pkt.DecRef()
+			continue
+		}
+		if len(e.resent) != 1 {
+			t.Fatalf("newest timestamp %#x, %d bytes from the peer: resent %d acknowledgements, want 1", c.tsval, c.payload, len(e.resent))
+		}
+		got := e.resent[0]
+		checksumsOK(t, got)
+		th := got[header.IPv6MinimumSize:]
+		ts, ok := tsOption(th)
+		if !ok {
+			t.Fatal("the re-sent acknowledgement lost its timestamps")
+		}
+		if echo := binary.BigEndian.Uint32(th[ts+6:]); echo != c.wantEcho {
+			t.Errorf("newest timestamp %#x, %d bytes from the peer: the re-sent echo is %#x, want %#x", c.tsval, c.payload, echo, c.wantEcho)
+		}
 	}
 }

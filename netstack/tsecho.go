@@ -2,6 +2,7 @@ package netstack
 
 import (
 	"encoding/binary"
+	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -93,6 +94,10 @@ const (
 	// with; two ticks are older than both (a millisecond each for Linux
 	// and gVisor).
 	echoBefore = 2
+	// echoAncient is how many ticks below the newest timestamp the echo
+	// of a re-sent acknowledgement is put (resendEcho): more than Linux's
+	// bound on an RTT sample, INT_MAX/1000 milliseconds.
+	echoAncient = 1 << 22
 )
 
 // flowKeyMax is an IPv6 flow's key: both addresses and both ports.
@@ -323,6 +328,41 @@ func (t *echoTable) theySend(k flowKey) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.key == k && s.theySend
+}
+
+// resendEcho is the echo of connection k's acknowledgement (an outbound
+// packet's key) when it is re-sent at its peer's return, set if it is to
+// be changed, and ok unless it must be kept back. Where the peer sends
+// data, the acknowledgement covers the sender's retransmitted head and
+// no true echo suits every sender: one from before the outage gives
+// Linux an RTT sample as long as the outage, and as F-RTO takes the
+// acknowledgement of data it never resent for proof that its timeout was
+// spurious, it then waits out a timer of that length; a fresh one makes
+// gVisor's RACK date its loss detection from the head's last
+// retransmission and crawl. An echo older than echoAncient ticks suits
+// both: Linux takes no RTT sample from an echo older than about 36
+// minutes, undoes its recovery and sends again at its own un-backed-off
+// timer or loss probe; gVisor compares the echo as a plain number, finds
+// it older than every retransmission, and leaves RACK alone. gVisor does
+// take its age as an RTT sample, which its next true samples wear down.
+// When the newest timestamp is too near zero or the top for that echo to
+// stay below it as a number, the acknowledgement is kept back, and the
+// sender resumes at its own next timeout.
+func (t *echoTable) resendEcho(k flowKey) (echo uint32, set, ok bool) {
+	slots := t.slots.Load()
+	if slots == nil {
+		return 0, false, true
+	}
+	s := &slots[k.slot(echoSlots)]
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.key != k || !s.theySend {
+		return 0, false, true
+	}
+	if s.tsval < echoAncient || s.tsval > math.MaxUint32-echoAncient {
+		return 0, false, false
+	}
+	return s.tsval - echoAncient, true, true
 }
 
 // scale is the shift of the windows we advertise.
