@@ -103,3 +103,17 @@ func TestTCPRecoveryFromGVisorSender(t *testing.T) {
 		}
 	}
 }
+
+// TestTCPRecoveryFromGVisorSenderWithoutRACK downloads from gVisor's TCP
+// without RACK through a 15 s blackout: long enough that a WireGuard
+// handshake marks the peer's return. The sender's own timer, backed off
+// during the outage, would resend about 10 s after the return; the
+// acknowledgement re-sent at the handshake, with its ancient echo
+// (netstack/ackreplay.go), must move it within 5 s.
+func TestTCPRecoveryFromGVisorSenderWithoutRACK(t *testing.T) {
+	if *recoveryBench {
+		t.Skip("skipped: -recovery.bench runs TestTCPRecoveryBenchBySender instead")
+	}
+	res := runSiteDownloads(t, []recoveryCase{{name: "15 s blackout", out: 15 * time.Second, mib: 16, giveUp: time.Minute}}, false, true)
+	requireRecoveredWithin(t, map[string]recoveryResult{"15 s blackout": res["15 s blackout wgbore"]}, 5*time.Second)
+}
