@@ -681,16 +681,28 @@
 //     silence from a peer (after 15 s without an answer wgbore starts a
 //     handshake itself), the link endpoint re-sends each connection's
 //     latest pure acknowledgement through it: one that covers new data
-//     moves the sender at once. On a connection with timestamps this
-//     happens only where we send the data (the peer's answer tells our
-//     sender what arrived): where the peer sends, no echo suits every
-//     sender (an old one gave Linux a 20 s RTT sample; a fresh one made
-//     gVisor's RACK crawl), and it resumes at its own next timeout. When
-//     data ends the silence, nothing is re-sent: the stack answers the
-//     data itself, and a duplicate right behind that answer threw gVisor's
-//     RACK sender into a crawl of one segment per timeout. gVisor cannot
-//     be asked to acknowledge, so the link endpoint keeps the last one per
-//     connection (256 slots, about 40 KB; no allocation).
+//     moves the sender at once. Where the peer sends data on a connection
+//     with timestamps, that acknowledgement covers the sender's
+//     retransmitted head, and no true echo suits every sender: one from
+//     before the outage gave Linux an RTT sample as long as the outage
+//     (F-RTO takes the acknowledgement of data it never resent for proof
+//     that the timeout was spurious, and it then waited out a 22 s
+//     timer); a fresh one made gVisor's RACK crawl. So the re-sent
+//     acknowledgement echoes a timestamp about 70 minutes (2^22 ticks)
+//     older than the sender's newest: Linux takes no RTT sample from an
+//     echo older than about 36 minutes and sends again at its own
+//     un-backed-off timer, and gVisor finds it older than every
+//     retransmission and leaves RACK alone. gVisor takes the echo's age
+//     as an RTT sample, which puts its timer at its ceiling until the true
+//     samples of the next round trips wear it down. Where the newest
+//     timestamp is within 2^22 of zero or of the top, so that this echo
+//     would wrap as a number, the acknowledgement is kept back and the
+//     sender resumes at its own next timeout. When data ends the silence,
+//     nothing is re-sent: the stack answers the data itself, and a
+//     duplicate right behind that answer threw gVisor's RACK sender into
+//     a crawl of one segment per timeout. gVisor cannot be asked to
+//     acknowledge, so the link endpoint keeps the last one per connection
+//     (256 slots, about 40 KB; no allocation).
 //     wgbore_tcp_acks_resent_total counts them. Both tables name
 //     connections by one key, which WritePackets computes once per
 //     outbound packet; their cost is measured by go test ./netstack -run
@@ -705,11 +717,11 @@
 // run; go test ./cmd/wgbore -run TCPRecoveryBenchBySender -recovery.bench
 // -v -timeout 2h measures it (about 12 minutes, root for the Linux rows).
 // Every byte arrives intact. Before timestamps were negotiated again,
-// wgbore never recovered from gVisor's sender, while Linux's download
-// resumed within 0.4 s of a 15 s blackout thanks to the re-sent
-// acknowledgements, which a connection with timestamps now goes without
-// (see Known issues). The reference's crawl behind gVisor's defaults comes
-// and goes from run to run.
+// wgbore never recovered from gVisor's sender; with them, and before the
+// re-sent acknowledgement had its ancient echo, every sender after a
+// 15 s outage waited for its own next timeout, 10 to 12.5 s after the
+// path returned. The reference's crawl behind gVisor's defaults comes and
+// goes from run to run.
 //
 // After a peer restarts and forgets our session, a new connection works
 // again within KeepaliveTimeout + RekeyTimeout (15 s) of our first
@@ -738,13 +750,14 @@
 //     go test ./cmd/wgbore -run TCPRecoveryBench -recovery.bench, the same
 //     with -recovery.linux-cc=reno for Linux, and, for the reordering
 //     alone, the relay with Loss: 0.
-//   - After an outage of 15 s or more, a sender of ours resumes at its own
-//     next timeout, about 10 s (gVisor) to 12.5 s (Linux) after the path
-//     returns, where acknowledgements re-sent at the peer's return used to
-//     move Linux within 0.4 s. On a connection with timestamps where the
-//     peer sends, no re-sent echo suits both: one from before the outage
-//     gave Linux a 20 s RTT sample and a 22 s timer; a fresh one, or none,
-//     made gVisor's RACK crawl in four runs of six. Uploads still get them.
+//   - After an outage too short for a WireGuard handshake or keepalive to
+//     end it (a few seconds), nothing tells wgbore that the path is back,
+//     so nothing is re-sent: a remote sender resumes at its own next
+//     timeout, and so does wgbore's own (its ceiling of 2 s bounds that
+//     wait). The re-sent acknowledgement's echo was measured against
+//     Linux's and gVisor's TCP; another stack that takes the echo's age as
+//     an RTT sample (as gVisor does) runs with its timer at its ceiling for
+//     the next round trips, and a loss then costs it that ceiling.
 //   - On the clean path timestamps cost a little: 12 bytes of every
 //     segment, and gVisor's work on them.
 //
