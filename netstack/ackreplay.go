@@ -199,8 +199,8 @@ func (l *linkEndpoint) PeerReturned(peer protocol.PublicKey) {
 // header th, to be re-sent when its peer returns. On a connection with
 // timestamps on which the peer sends data, it acknowledges that
 // sender's retransmitted head, and the echo decides what the sender does
-// with it (see echoTable.resendEcho): it carries an ancient echo, or the
-// acknowledgement is kept back when none can be had.
+// with it (echoTable.resendEcho): to Linux it goes with an ancient echo;
+// from any other sender it is kept back.
 func (l *linkEndpoint) prepareAck(k flowKey, th []byte) bool {
 	ts, ok := tsOption(th)
 	if !ok {

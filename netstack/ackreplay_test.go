@@ -139,40 +139,41 @@ func TestAckReplay(t *testing.T) {
 
 	// On a connection with timestamps, the acknowledgement is re-sent as
 	// it left while we send the data. Once the peer sends some, it goes
-	// with an echo echoAncient ticks below the peer's newest timestamp,
-	// or is kept back where that echo would wrap around as a number.
+	// to a Linux peer with an echo echoAncient ticks below the peer's
+	// newest timestamp, and is kept back from any other, and from Linux
+	// where that echo would wrap around as a number.
 	e.bad = netip.Addr{}
 	e.send(t, l, superSegment{v6: true, seq: 8, ack: 80, flags: header.TCPFlagAck, wnd: 500, mss: 1380, opts: timestamps(1, 2)})
+	const linuxWnd, gVisorWnd = 47 * (1380 - 12), 27520 // as each answered a SYN in the recovery tests
 	for _, c := range []struct {
+		synWnd   uint16
 		tsval    uint32
 		payload  int
 		wantEcho uint32
 		wantSent bool // false: kept back
 	}{
-		{tsval: 1 << 30, payload: 0, wantEcho: 2, wantSent: true},
-		{tsval: 1<<30 + 5, payload: 10, wantEcho: 1<<30 + 5 - echoAncient, wantSent: true},
-		{tsval: 0xfffffff0, payload: 10},
+		{synWnd: linuxWnd, tsval: 1 << 30, payload: 0, wantEcho: 2, wantSent: true},
+		{synWnd: gVisorWnd, tsval: 1 << 30, payload: 0, wantEcho: 2, wantSent: true},
+		{synWnd: linuxWnd, tsval: 1<<30 + 5, payload: 10, wantEcho: 1<<30 + 5 - echoAncient, wantSent: true},
+		{synWnd: gVisorWnd, tsval: 1<<30 + 5, payload: 10},
+		{synWnd: linuxWnd, tsval: 0xfffffff0, payload: 10},
+		{synWnd: linuxWnd, tsval: 5, payload: 10},
 	} {
+		// A new connection on the same ports each time.
+		syn := peerSYN(c.tsval, c.synWnd)
+		l.echoes.heard(syn, ipTCPHeader(syn), 1)
 		p := peerSegment(true, header.TCPFlagAck, c.tsval, c.payload)
-		if c.tsval < 1<<31 {
-			l.echoes.heard(p, ipTCPHeader(p), 1)
-		} else {
-			// A new connection on the same ports, whose clock is near
-			// the top.
-			syn := peerSegment(true, header.TCPFlagSyn, c.tsval, 0)
-			l.echoes.heard(syn, ipTCPHeader(syn), 1)
-			l.echoes.heard(p, ipTCPHeader(p), 2)
-		}
+		l.echoes.heard(p, ipTCPHeader(p), 2)
 		e.resent = nil
 		l.PeerReturned(key)
 		if !c.wantSent {
 			if len(e.resent) != 0 {
-				t.Errorf("newest timestamp %#x: resent %d acknowledgements, want none", c.tsval, len(e.resent))
+				t.Errorf("SYN window %d, newest timestamp %#x: resent %d acknowledgements, want none", c.synWnd, c.tsval, len(e.resent))
 			}
 			continue
 		}
 		if len(e.resent) != 1 {
-			t.Fatalf("newest timestamp %#x, %d bytes from the peer: resent %d acknowledgements, want 1", c.tsval, c.payload, len(e.resent))
+			t.Fatalf("SYN window %d, newest timestamp %#x, %d bytes from the peer: resent %d acknowledgements, want 1", c.synWnd, c.tsval, c.payload, len(e.resent))
 		}
 		got := e.resent[0]
 		checksumsOK(t, got)
@@ -182,7 +183,49 @@ func TestAckReplay(t *testing.T) {
 			t.Fatal("the re-sent acknowledgement lost its timestamps")
 		}
 		if echo := binary.BigEndian.Uint32(th[ts+6:]); echo != c.wantEcho {
-			t.Errorf("newest timestamp %#x, %d bytes from the peer: the re-sent echo is %#x, want %#x", c.tsval, c.payload, echo, c.wantEcho)
+			t.Errorf("SYN window %d, newest timestamp %#x, %d bytes from the peer: the re-sent echo is %#x, want %#x", c.synWnd, c.tsval, c.payload, echo, c.wantEcho)
+		}
+	}
+}
+
+// peerSYN is the peer's SYN-ACK over IPv6 with Linux's option layout
+// (MSS 1380, SACK permitted, timestamps, NOP, window scale 7) and window
+// wnd.
+func peerSYN(tsval uint32, wnd uint16) []byte {
+	opts := append([]byte{2, 4, 0x05, 0x64, 4, 2}, timestamps(tsval, 1)[2:]...)
+	opts = append(opts, 1, 3, 3, 7)
+	p := peerSegment(true, header.TCPFlagSyn|header.TCPFlagAck, 0, 0, opts...)
+	header.TCP(p[header.IPv6MinimumSize:]).SetWindowSize(wnd)
+	return p
+}
+
+func TestLinuxSYN(t *testing.T) {
+	layout := func(mss uint16, wnd uint16, opts ...byte) []byte {
+		if opts == nil {
+			opts = []byte{2, 4, byte(mss >> 8), byte(mss), 4, 2, 8, 10, 1, 2, 3, 4, 5, 6, 7, 8, 1, 3, 3, 7}
+		}
+		tcp := make([]byte, header.TCPMinimumSize+len(opts))
+		header.TCP(tcp).Encode(&header.TCPFields{DataOffset: uint8(len(tcp)), Flags: header.TCPFlagSyn, WindowSize: wnd})
+		copy(tcp[header.TCPMinimumSize:], opts)
+		return tcp
+	}
+	for _, c := range []struct {
+		name string
+		tcp  []byte
+		want bool
+	}{
+		{"Linux's SYN, MSS 1460", layout(1460, 64240), true},
+		{"Linux's SYN-ACK, MSS 1460", layout(1460, 65160), true},
+		{"Linux's SYN-ACK, MSS 1380", layout(1380, 64296), true},
+		{"gVisor's SYN-ACK, MSS 1380", layout(1380, 27520), false},
+		{"a window below one segment", layout(1380, 1000), false},
+		{"macOS's option order", layout(1460, 65535, 2, 4, 5, 180, 1, 3, 3, 6, 4, 2, 8, 10, 1, 2, 3, 4, 5, 6, 7, 8), false},
+		{"no window scale", layout(1460, 64240, 2, 4, 5, 180, 4, 2, 8, 10, 1, 2, 3, 4, 5, 6, 7, 8, 1, 1, 1, 0), false},
+		{"options cut short", layout(1460, 64240)[:30], false},
+		{"no options", layout(1460, 64240, []byte{}...), false},
+	} {
+		if got := linuxSYN(c.tcp); got != c.want {
+			t.Errorf("%s: linuxSYN = %v, want %v", c.name, got, c.want)
 		}
 	}
 }

@@ -95,8 +95,8 @@ const (
 	// and gVisor).
 	echoBefore = 2
 	// echoAncient is how many ticks below the newest timestamp the echo
-	// of a re-sent acknowledgement is put (resendEcho): more than Linux's
-	// bound on an RTT sample, INT_MAX/1000 milliseconds.
+	// of an acknowledgement re-sent to Linux is put (resendEcho): more
+	// than Linux's bound on an RTT sample, INT_MAX/1000 milliseconds.
 	echoAncient = 1 << 22
 )
 
@@ -164,6 +164,9 @@ type echoSlot struct {
 	// ourScale and theirScale are the window scales our SYN and the
 	// peer's offered, -1 for none: ours applies only if both did.
 	ourScale, theirScale int8
+	// linux is whether the peer's SYN was laid out as Linux lays it out
+	// (linuxSYN).
+	linux bool
 	// catchUp holds from a silence until we acknowledge edge, and anchor
 	// is the echo meanwhile; moved counts the peer's data segments since
 	// it began (up to echoStalled+1), and answered is whether we have
@@ -177,7 +180,7 @@ type echoSlot struct {
 // reset makes s the slot of a new connection k.
 func (s *echoSlot) reset(k flowKey) {
 	if s.key != k {
-		s.ourScale, s.theirScale = -1, -1
+		s.ourScale, s.theirScale, s.linux = -1, -1, false
 	}
 	s.key, s.spoke, s.tsval, s.theySend = k, 0, 0, false
 	s.acked, s.right, s.ackSent = 0, 0, false
@@ -218,7 +221,7 @@ func (t *echoTable) heard(p, tcp []byte, now int64) {
 	if s.key != k || flags&uint8(header.TCPFlagSyn|header.TCPFlagRst) != 0 {
 		s.reset(k)
 		if flags&uint8(header.TCPFlagSyn) != 0 {
-			s.theirScale = windowScale(tcp)
+			s.theirScale, s.linux = windowScale(tcp), linuxSYN(tcp)
 		}
 		s.spoke, s.tsval = now, tsval
 		return
@@ -333,21 +336,26 @@ func (t *echoTable) theySend(k flowKey) bool {
 // resendEcho is the echo of connection k's acknowledgement (an outbound
 // packet's key) when it is re-sent at its peer's return, set if it is to
 // be changed, and ok unless it must be kept back. Where the peer sends
-// data, the acknowledgement covers the sender's retransmitted head and
-// no true echo suits every sender: one from before the outage gives
-// Linux an RTT sample as long as the outage, and as F-RTO takes the
-// acknowledgement of data it never resent for proof that its timeout was
-// spurious, it then waits out a timer of that length; a fresh one makes
-// gVisor's RACK date its loss detection from the head's last
-// retransmission and crawl. An echo older than echoAncient ticks suits
-// both: Linux takes no RTT sample from an echo older than about 36
-// minutes, undoes its recovery and sends again at its own un-backed-off
-// timer or loss probe; gVisor compares the echo as a plain number, finds
-// it older than every retransmission, and leaves RACK alone. gVisor does
-// take its age as an RTT sample, which its next true samples wear down.
-// When the newest timestamp is too near zero or the top for that echo to
-// stay below it as a number, the acknowledgement is kept back, and the
-// sender resumes at its own next timeout.
+// data, the acknowledgement covers the sender's retransmitted head, and
+// its echo decides what the sender makes of it:
+//
+//   - Linux takes the acknowledgement of data it never resent for proof
+//     that its timeout was spurious (F-RTO) and undoes its recovery. An
+//     echo from before the outage then gives it an RTT sample as long as
+//     the outage, and it waits out a timer of that length. An echo older
+//     than about 36 minutes (INT_MAX/1000 ticks) gives it no sample at
+//     all, so it resends at its own un-backed-off timer.
+//   - gVisor's RACK, given a fresh echo, dates its loss detection from
+//     the head's last retransmission and crawls; given an older one it
+//     takes the echo's age as an RTT sample. One of minutes held its
+//     timer at its 120 s ceiling for the next hundred megabytes, and a
+//     sender that then lost a segment on a lossy path stalled for good.
+//
+// So only a Linux peer (linuxSYN) gets an echo echoAncient ticks below
+// its newest timestamp; any other is kept back and resumes at its own
+// next timeout, which the echo after the silence then serves. So is a
+// Linux peer whose newest timestamp is so near zero or the top that the
+// echo would wrap around as a number.
 func (t *echoTable) resendEcho(k flowKey) (echo uint32, set, ok bool) {
 	slots := t.slots.Load()
 	if slots == nil {
@@ -359,10 +367,39 @@ func (t *echoTable) resendEcho(k flowKey) (echo uint32, set, ok bool) {
 	if s.key != k || !s.theySend {
 		return 0, false, true
 	}
-	if s.tsval < echoAncient || s.tsval > math.MaxUint32-echoAncient {
+	if !s.linux || s.tsval < echoAncient || s.tsval > math.MaxUint32-echoAncient {
 		return 0, false, false
 	}
 	return s.tsval - echoAncient, true, true
+}
+
+// linuxSYN reports whether a SYN's options and window are laid out as
+// Linux lays them out: MSS, SACK permitted, timestamps, a NOP and the
+// window scale, in that order, and a window that is a whole number of
+// segments, as Linux rounds it down to its MSS (less the timestamp
+// option's 12 bytes, on a SYN-ACK). gVisor copies Linux's option order
+// but not the rounding; other systems order their options differently.
+func linuxSYN(tcp []byte) bool {
+	const optLen = 20
+	end := header.TCPMinimumSize + optLen
+	if len(tcp) < end || int(tcp[header.TCPDataOffset]>>4)*4 != end {
+		return false
+	}
+	o := tcp[header.TCPMinimumSize:end]
+	layout := [optLen]byte{0: 2, 1: 4, 4: 4, 5: 2, 6: tcpOptTimestamp, 7: 10, 16: tcpOptNOP, 17: tcpOptWindowScale, 18: 3}
+	for i, want := range layout {
+		if want != 0 && o[i] != want {
+			return false
+		}
+	}
+	mss := int(binary.BigEndian.Uint16(o[2:]))
+	wnd := int(header.TCP(tcp).WindowSize())
+	for _, unit := range []int{mss, mss - 12} {
+		if unit > 0 && wnd >= unit && wnd%unit == 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // scale is the shift of the windows we advertise.
