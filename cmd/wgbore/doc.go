@@ -683,23 +683,23 @@
 //     latest pure acknowledgement through it: one that covers new data
 //     moves the sender at once. Where the peer sends data on a connection
 //     with timestamps, that acknowledgement covers the sender's
-//     retransmitted head, and no true echo suits every sender: one from
-//     before the outage gave Linux an RTT sample as long as the outage
-//     (F-RTO takes the acknowledgement of data it never resent for proof
-//     that the timeout was spurious, and it then waited out a 22 s
-//     timer); a fresh one made gVisor's RACK crawl. So the re-sent
-//     acknowledgement echoes a timestamp about 70 minutes (2^22 ticks)
-//     older than the sender's newest: Linux takes no RTT sample from an
-//     echo older than about 36 minutes and sends again at its own
-//     un-backed-off timer, and gVisor finds it older than every
-//     retransmission and leaves RACK alone. gVisor takes the echo's age
-//     as an RTT sample, which puts its timer at its ceiling until the true
-//     samples of the next round trips wear it down. Where the newest
-//     timestamp is within 2^22 of zero or of the top, so that this echo
-//     would wrap as a number, the acknowledgement is kept back and the
-//     sender resumes at its own next timeout. When data ends the silence,
-//     nothing is re-sent: the stack answers the data itself, and a
-//     duplicate right behind that answer threw gVisor's RACK sender into
+//     retransmitted head, and no echo suits every sender. Linux takes the
+//     acknowledgement of data it never resent for proof that its timeout
+//     was spurious (F-RTO): with an echo from before the outage it took
+//     an RTT sample as long as the outage and waited out a 22 s timer;
+//     with one about 70 minutes (2^22 ticks) older than its newest
+//     timestamp it takes no sample at all (its bound is about 36
+//     minutes) and resends at once. gVisor's RACK crawls after a fresh
+//     echo, and takes an old one's age as an RTT sample: an hour held its
+//     timer at its 120 s ceiling for the next hundred megabytes, and over
+//     a lossy path the download never resumed. So the ancient echo goes
+//     only to a peer whose SYN is laid out as Linux lays it out (MSS, SACK
+//     permitted, timestamps, NOP, window scale, and a window of whole
+//     segments, which gVisor does not copy), unless that echo would wrap
+//     as a number; any other sender's acknowledgement is kept back, and
+//     that sender resumes at its own next timeout. When data ends the
+//     silence, nothing is re-sent: the stack answers the data itself, and
+//     a duplicate right behind that answer threw gVisor's RACK sender into
 //     a crawl of one segment per timeout. gVisor cannot be asked to
 //     acknowledge, so the link endpoint keeps the last one per connection
 //     (256 slots, about 40 KB; no allocation).
@@ -718,10 +718,10 @@
 // -v -timeout 2h measures it (about 12 minutes, root for the Linux rows).
 // Every byte arrives intact. Before timestamps were negotiated again,
 // wgbore never recovered from gVisor's sender; with them, and before the
-// re-sent acknowledgement had its ancient echo, every sender after a
-// 15 s outage waited for its own next timeout, 10 to 12.5 s after the
-// path returned. The reference's crawl behind gVisor's defaults comes and
-// goes from run to run.
+// re-sent acknowledgement had its ancient echo, Linux after a 15 s outage
+// waited for its own next timeout, about 12 s after the path returned,
+// as gVisor still does (about 10 s). The reference's crawl behind
+// gVisor's defaults comes and goes from run to run.
 //
 // After a peer restarts and forgets our session, a new connection works
 // again within KeepaliveTimeout + RekeyTimeout (15 s) of our first
@@ -754,10 +754,14 @@
 //     end it (a few seconds), nothing tells wgbore that the path is back,
 //     so nothing is re-sent: a remote sender resumes at its own next
 //     timeout, and so does wgbore's own (its ceiling of 2 s bounds that
-//     wait). The re-sent acknowledgement's echo was measured against
-//     Linux's and gVisor's TCP; another stack that takes the echo's age as
-//     an RTT sample (as gVisor does) runs with its timer at its ceiling for
-//     the next round trips, and a loss then costs it that ceiling.
+//     wait).
+//   - After an outage of 15 s or more, a sender other than Linux (gVisor,
+//     and systems not measured here) also resumes at its own next timeout,
+//     about 10 s after the path returns for gVisor's TCP: no echo of the
+//     re-sent acknowledgement was found that moves it and leaves its timer
+//     sane. Linux is told by its SYN; a non-Linux SYN that matches Linux's
+//     layout by chance (about one window in 700) would get the ancient
+//     echo, and with it gVisor's long timer.
 //   - On the clean path timestamps cost a little: 12 bytes of every
 //     segment, and gVisor's work on them.
 //
