@@ -14,12 +14,13 @@ import (
 
 // When a peer comes back after a silence (protocol.PeerReturner), the
 // link endpoint re-sends the latest pure acknowledgement of each of our
-// TCP connections through it. An outage swallows the acknowledgements
-// that were on their way when it began, for data that had already
-// reached us. The remote sender, meanwhile, has timed out and backed
-// off: Linux doubles its retransmission timer up to 120 s, so after a
-// 15 s blackout its next retransmission is due about 12 s after the path
-// returned (seen in the download recovery benchmark). The WireGuard
+// TCP connections through it, or keeps it back where its timestamp echo
+// would do the sender more harm than good (prepareAck). An outage
+// swallows the acknowledgements that were on their way when it began,
+// for data that had already reached us. The remote sender, meanwhile,
+// has timed out and backed off: Linux doubles its retransmission timer
+// up to 120 s, so after a long outage its next retransmission can come
+// many seconds after the path returned. The WireGuard
 // handshake that follows the outage comes within a few milliseconds of
 // the path's return; re-sent then, an acknowledgement that covers new
 // data moves the sender's window at once, and Linux takes the timeout
@@ -200,7 +201,7 @@ func (l *linkEndpoint) PeerReturned(peer protocol.PublicKey) {
 // timestamps on which the peer sends data, it acknowledges that
 // sender's retransmitted head, and the echo decides what the sender does
 // with it (echoTable.resendEcho): to Linux it goes with an ancient echo;
-// from any other sender it is kept back.
+// from any other sender, or one we cannot tell, it is kept back.
 func (l *linkEndpoint) prepareAck(k flowKey, th []byte) bool {
 	ts, ok := tsOption(th)
 	if !ok {

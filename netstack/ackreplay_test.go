@@ -140,40 +140,41 @@ func TestAckReplay(t *testing.T) {
 	// On a connection with timestamps, the acknowledgement is re-sent as
 	// it left while we send the data. Once the peer sends some, it goes
 	// to a Linux peer with an echo echoAncient ticks below the peer's
-	// newest timestamp, and is kept back from any other, and from Linux
-	// where that echo would wrap around as a number.
+	// newest timestamp, and is kept back from any other.
 	e.bad = netip.Addr{}
 	e.send(t, l, superSegment{v6: true, seq: 8, ack: 80, flags: header.TCPFlagAck, wnd: 500, mss: 1380, opts: timestamps(1, 2)})
 	const linuxWnd, gVisorWnd = 47 * (1380 - 12), 27520 // as each answered a SYN in the recovery tests
 	for _, c := range []struct {
 		synWnd   uint16
-		tsval    uint32
+		tsval    uint32 // the SYN's; the peer's next segment's is 7 more
 		payload  int
 		wantEcho uint32
 		wantSent bool // false: kept back
 	}{
 		{synWnd: linuxWnd, tsval: 1 << 30, payload: 0, wantEcho: 2, wantSent: true},
 		{synWnd: gVisorWnd, tsval: 1 << 30, payload: 0, wantEcho: 2, wantSent: true},
-		{synWnd: linuxWnd, tsval: 1<<30 + 5, payload: 10, wantEcho: 1<<30 + 5 - echoAncient, wantSent: true},
-		{synWnd: gVisorWnd, tsval: 1<<30 + 5, payload: 10},
-		{synWnd: linuxWnd, tsval: 0xfffffff0, payload: 10},
-		{synWnd: linuxWnd, tsval: 5, payload: 10},
+		{synWnd: linuxWnd, tsval: 1 << 30, payload: 10, wantEcho: 1<<30 + 7 - echoAncient, wantSent: true},
+		{synWnd: gVisorWnd, tsval: 1 << 30, payload: 10},
+		// Linux tells an echo's age modulo 2^32: one that wraps below
+		// zero is as old; only 0 would be no echo at all.
+		{synWnd: linuxWnd, tsval: 5, payload: 10, wantEcho: 1<<32 + 12 - echoAncient, wantSent: true},
+		{synWnd: linuxWnd, tsval: echoAncient - 7, payload: 10, wantEcho: 0xffffffff, wantSent: true},
 	} {
 		// A new connection on the same ports each time.
 		syn := peerSYN(c.tsval, c.synWnd)
 		l.echoes.heard(syn, ipTCPHeader(syn), 1)
-		p := peerSegment(true, header.TCPFlagAck, c.tsval, c.payload)
+		p := peerSegment(true, header.TCPFlagAck, c.tsval+7, c.payload)
 		l.echoes.heard(p, ipTCPHeader(p), 2)
 		e.resent = nil
 		l.PeerReturned(key)
 		if !c.wantSent {
 			if len(e.resent) != 0 {
-				t.Errorf("SYN window %d, newest timestamp %#x: resent %d acknowledgements, want none", c.synWnd, c.tsval, len(e.resent))
+				t.Errorf("SYN window %d, newest timestamp %#x: resent %d acknowledgements, want none", c.synWnd, c.tsval+7, len(e.resent))
 			}
 			continue
 		}
 		if len(e.resent) != 1 {
-			t.Fatalf("SYN window %d, newest timestamp %#x, %d bytes from the peer: resent %d acknowledgements, want 1", c.synWnd, c.tsval, c.payload, len(e.resent))
+			t.Fatalf("SYN window %d, newest timestamp %#x, %d bytes from the peer: resent %d acknowledgements, want 1", c.synWnd, c.tsval+7, c.payload, len(e.resent))
 		}
 		got := e.resent[0]
 		checksumsOK(t, got)
@@ -183,8 +184,33 @@ func TestAckReplay(t *testing.T) {
 			t.Fatal("the re-sent acknowledgement lost its timestamps")
 		}
 		if echo := binary.BigEndian.Uint32(th[ts+6:]); echo != c.wantEcho {
-			t.Errorf("SYN window %d, newest timestamp %#x, %d bytes from the peer: the re-sent echo is %#x, want %#x", c.synWnd, c.tsval, c.payload, echo, c.wantEcho)
+			t.Errorf("SYN window %d, newest timestamp %#x, %d bytes from the peer: the re-sent echo is %#x, want %#x", c.synWnd, c.tsval+7, c.payload, echo, c.wantEcho)
 		}
+	}
+
+	// When another connection takes the echo slot, nothing tells whether
+	// the peer sends or runs Linux: the acknowledgement is kept back, and
+	// the new connection does not inherit the old one's Linux SYN.
+	syn := peerSYN(1<<30, linuxWnd)
+	l.echoes.heard(syn, ipTCPHeader(syn), 1)
+	k, _ := keyOf(syn[:header.IPv6MinimumSize], syn[header.IPv6MinimumSize:], true)
+	other := peerSegment(true, header.TCPFlagAck, 1<<30, 10)
+	for port := uint16(1); ; port++ {
+		header.TCP(other[header.IPv6MinimumSize:]).SetSourcePort(port)
+		if ok, _ := keyOf(other[:header.IPv6MinimumSize], other[header.IPv6MinimumSize:], true); ok != k && ok.slot(echoSlots) == k.slot(echoSlots) {
+			break
+		}
+	}
+	l.echoes.heard(other, ipTCPHeader(other), 2) // takes the slot
+	l.echoes.heard(other, ipTCPHeader(other), 3) // and sends data
+	e.resent = nil
+	l.PeerReturned(key)
+	if len(e.resent) != 0 {
+		t.Errorf("with its echo slot taken by another connection, resent %d acknowledgements, want none", len(e.resent))
+	}
+	ko, _ := keyOf(other[:header.IPv6MinimumSize], other[header.IPv6MinimumSize:], true)
+	if _, set, ok := l.echoes.resendEcho(ko); set || ok {
+		t.Errorf("the connection that took the slot, its SYN unseen: resendEcho set %v, ok %v; want it kept back", set, ok)
 	}
 }
 
@@ -218,6 +244,7 @@ func TestLinuxSYN(t *testing.T) {
 		{"Linux's SYN-ACK, MSS 1460", layout(1460, 65160), true},
 		{"Linux's SYN-ACK, MSS 1380", layout(1380, 64296), true},
 		{"gVisor's SYN-ACK, MSS 1380", layout(1380, 27520), false},
+		{"gVisor's SYN-ACK, MSS 1440, its window a whole number of segments", layout(1440, 28800), false},
 		{"a window below one segment", layout(1380, 1000), false},
 		{"macOS's option order", layout(1460, 65535, 2, 4, 5, 180, 1, 3, 3, 6, 4, 2, 8, 10, 1, 2, 3, 4, 5, 6, 7, 8), false},
 		{"no window scale", layout(1460, 64240, 2, 4, 5, 180, 4, 2, 8, 10, 1, 2, 3, 4, 5, 6, 7, 8, 1, 1, 1, 0), false},
@@ -227,5 +254,34 @@ func TestLinuxSYN(t *testing.T) {
 		if got := linuxSYN(c.tcp); got != c.want {
 			t.Errorf("%s: linuxSYN = %v, want %v", c.name, got, c.want)
 		}
+	}
+}
+
+func TestAckRecordAllocs(t *testing.T) {
+	l := newLinkEndpoint(1420, &discardEngine{buf: make([]byte, 1<<16)})
+	pkt := superSegment{seq: 1, ack: 2, flags: header.TCPFlagAck, wnd: 9, mss: 1380, opts: timestamps(1, 2)}.packet()
+	defer pkt.DecRef()
+	l.acks.record(pkt, mustKey(pkt)) // the table itself, once
+	if n := testing.AllocsPerRun(100, func() { l.acks.record(pkt, mustKey(pkt)) }); n != 0 {
+		t.Errorf("record allocates %v times per acknowledgement", n)
+	}
+}
+
+// BenchmarkAckRecord is the cost record adds to each pure acknowledgement
+// we send, and to each data segment.
+func BenchmarkAckRecord(b *testing.B) {
+	l := newLinkEndpoint(1420, &discardEngine{buf: make([]byte, 1<<16)})
+	for _, bc := range []struct {
+		name    string
+		payload int
+	}{{"ack", 0}, {"data", 64000}} {
+		pkt := superSegment{seq: 1, ack: 2, flags: header.TCPFlagAck, wnd: 9, mss: 1380, opts: timestamps(1, 2), payload: testPayload(bc.payload)}.packet()
+		b.Run(bc.name, func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				l.acks.record(pkt, mustKey(pkt))
+			}
+		})
+		pkt.DecRef()
 	}
 }

@@ -2,7 +2,6 @@ package netstack
 
 import (
 	"encoding/binary"
-	"math"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -320,65 +319,63 @@ func (t *echoTable) echo(p *stack.PacketBuffer, k flowKey) {
 	}
 }
 
-// theySend reports whether the peer of connection k (an outbound
-// packet's key) has sent us data on it.
-func (t *echoTable) theySend(k flowKey) bool {
-	slots := t.slots.Load()
-	if slots == nil {
-		return false
-	}
-	s := &slots[k.slot(echoSlots)]
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.key == k && s.theySend
-}
-
 // resendEcho is the echo of connection k's acknowledgement (an outbound
-// packet's key) when it is re-sent at its peer's return, set if it is to
-// be changed, and ok unless it must be kept back. Where the peer sends
-// data, the acknowledgement covers the sender's retransmitted head, and
-// its echo decides what the sender makes of it:
+// packet's key, with timestamps) when it is re-sent at its peer's return,
+// set if it is to be changed, and ok unless it must be kept back. Where
+// the peer sends data, the acknowledgement covers the sender's
+// retransmitted head, and its echo decides what the sender makes of it:
 //
 //   - Linux takes the acknowledgement of data it never resent for proof
 //     that its timeout was spurious (F-RTO) and undoes its recovery. An
 //     echo from before the outage then gives it an RTT sample as long as
-//     the outage, and it waits out a timer of that length. An echo older
-//     than about 36 minutes (INT_MAX/1000 ticks) gives it no sample at
-//     all, so it resends at its own un-backed-off timer.
+//     the outage, and it waits out a timer of that length. An echo more
+//     than INT_MAX/1000 ticks old (its clock's difference, taken modulo
+//     2^32) gives it no sample at all, so it resends at its own
+//     un-backed-off timer.
 //   - gVisor's RACK, given a fresh echo, dates its loss detection from
-//     the head's last retransmission and crawls; given an older one it
-//     takes the echo's age as an RTT sample. One of minutes held its
-//     timer at its 120 s ceiling for the next hundred megabytes, and a
-//     sender that then lost a segment on a lossy path stalled for good.
+//     the head's last retransmission and crawls; given an old one, it
+//     takes the echo's age as an RTT sample, and an ancient one holds its
+//     timer at its ceiling until many true samples have worn it down. A
+//     loss meanwhile waits out that ceiling.
 //
 // So only a Linux peer (linuxSYN) gets an echo echoAncient ticks below
 // its newest timestamp; any other is kept back and resumes at its own
-// next timeout, which the echo after the silence then serves. So is a
-// Linux peer whose newest timestamp is so near zero or the top that the
-// echo would wrap around as a number.
+// next timeout, which the echo after the silence then serves. So is an
+// acknowledgement whose connection we cannot tell, its slot having been
+// taken by another: its recorded echo, from before the outage, would
+// suit neither.
 func (t *echoTable) resendEcho(k flowKey) (echo uint32, set, ok bool) {
 	slots := t.slots.Load()
 	if slots == nil {
-		return 0, false, true
+		return 0, false, false
 	}
 	s := &slots[k.slot(echoSlots)]
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.key != k || !s.theySend {
+	switch {
+	case s.key != k:
+		return 0, false, false
+	case !s.theySend:
 		return 0, false, true
-	}
-	if !s.linux || s.tsval < echoAncient || s.tsval > math.MaxUint32-echoAncient {
+	case !s.linux:
 		return 0, false, false
 	}
-	return s.tsval - echoAncient, true, true
+	echo = s.tsval - echoAncient
+	if echo == 0 {
+		echo-- // 0 is no echo at all
+	}
+	return echo, true, true
 }
 
 // linuxSYN reports whether a SYN's options and window are laid out as
 // Linux lays them out: MSS, SACK permitted, timestamps, a NOP and the
 // window scale, in that order, and a window that is a whole number of
 // segments, as Linux rounds it down to its MSS (less the timestamp
-// option's 12 bytes, on a SYN-ACK). gVisor copies Linux's option order
-// but not the rounding; other systems order their options differently.
+// option's 12 bytes, on a SYN-ACK). Other systems order their options
+// differently. gVisor copies Linux's order, and offers twice its initial
+// congestion window of ten segments, rounded down to its window scale:
+// a whole number of segments too where the scale divides it, so that
+// window is not Linux's (Linux offers about 64 KiB).
 func linuxSYN(tcp []byte) bool {
 	const optLen = 20
 	end := header.TCPMinimumSize + optLen
@@ -394,6 +391,9 @@ func linuxSYN(tcp []byte) bool {
 	}
 	mss := int(binary.BigEndian.Uint16(o[2:]))
 	wnd := int(header.TCP(tcp).WindowSize())
+	if ws := min(o[19], 14); wnd == 20*mss>>ws<<ws {
+		return false
+	}
 	for _, unit := range []int{mss, mss - 12} {
 		if unit > 0 && wnd >= unit && wnd%unit == 0 {
 			return true
