@@ -695,9 +695,10 @@
 //     a lossy path the download never resumed. So the ancient echo goes
 //     only to a peer whose SYN is laid out as Linux lays it out (MSS, SACK
 //     permitted, timestamps, NOP, window scale, and a window of whole
-//     segments, which gVisor does not copy), unless that echo would wrap
-//     as a number; any other sender's acknowledgement is kept back, and
-//     that sender resumes at its own next timeout. When data ends the
+//     segments about 64 KiB wide; gVisor copies the order and offers 20
+//     segments); any other sender's acknowledgement, and one whose
+//     connection the table has lost to another, is kept back, and that
+//     sender resumes at its own next timeout. When data ends the
 //     silence, nothing is re-sent: the stack answers the data itself, and
 //     a duplicate right behind that answer threw gVisor's RACK sender into
 //     a crawl of one segment per timeout. gVisor cannot be asked to
@@ -759,9 +760,12 @@
 //     and systems not measured here) also resumes at its own next timeout,
 //     about 10 s after the path returns for gVisor's TCP: no echo of the
 //     re-sent acknowledgement was found that moves it and leaves its timer
-//     sane. Linux is told by its SYN; a non-Linux SYN that matches Linux's
-//     layout by chance (about one window in 700) would get the ancient
-//     echo, and with it gVisor's long timer.
+//     sane. Linux is told by its SYN, and a Linux SYN that does not look
+//     like one waits as well: a gateway that clamps the MSS (common in
+//     front of WireGuard) breaks the window's rounding. A Linux sender
+//     that stamps in microseconds (tcp_usec_ts, off by default) takes the
+//     ancient echo for an RTT sample of a few seconds and waits out a
+//     timer of that size.
 //   - On the clean path timestamps cost a little: 12 bytes of every
 //     segment, and gVisor's work on them.
 //
