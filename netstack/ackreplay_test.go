@@ -248,7 +248,7 @@ func TestLinuxSYN(t *testing.T) {
 		{"a window below one segment", layout(1380, 1000), false},
 		{"macOS's option order", layout(1460, 65535, 2, 4, 5, 180, 1, 3, 3, 6, 4, 2, 8, 10, 1, 2, 3, 4, 5, 6, 7, 8), false},
 		{"no window scale", layout(1460, 64240, 2, 4, 5, 180, 4, 2, 8, 10, 1, 2, 3, 4, 5, 6, 7, 8, 1, 1, 1, 0), false},
-		{"options cut short", layout(1460, 64240)[:30], false},
+		{"options cut short", layout(1460, 64240)[:30:30], false},
 		{"no options", layout(1460, 64240, []byte{}...), false},
 	} {
 		if got := linuxSYN(c.tcp); got != c.want {
@@ -284,4 +284,20 @@ func BenchmarkAckRecord(b *testing.B) {
 		})
 		pkt.DecRef()
 	}
+}
+
+// FuzzLinuxSYN reads arbitrary TCP headers as SYNs from the network:
+// linuxSYN must never panic, and says yes only to Linux's option layout.
+func FuzzLinuxSYN(f *testing.F) {
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, tcp []byte) {
+		tcp = tcp[:len(tcp):len(tcp)] // reading past the end panics
+		if !linuxSYN(tcp) {
+			return
+		}
+		o := tcp[header.TCPMinimumSize:]
+		if len(o) < 20 || o[0] != 2 || o[4] != 4 || o[6] != tcpOptTimestamp || o[16] != tcpOptNOP || o[17] != tcpOptWindowScale {
+			t.Fatalf("linuxSYN took %x for Linux's layout", tcp)
+		}
+	})
 }
