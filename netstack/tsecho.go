@@ -383,7 +383,7 @@ func linuxSYN(tcp []byte) bool {
 		return false
 	}
 	o := tcp[header.TCPMinimumSize:end]
-	layout := [optLen]byte{0: 2, 1: 4, 4: 4, 5: 2, 6: tcpOptTimestamp, 7: 10, 16: tcpOptNOP, 17: tcpOptWindowScale, 18: 3}
+	layout := [optLen]byte{0: tcpOptMSS, 1: 4, 4: tcpOptSACKPermitted, 5: 2, 6: tcpOptTimestamp, 7: 10, 16: tcpOptNOP, 17: tcpOptWindowScale, 18: 3}
 	for i, want := range layout {
 		if want != 0 && o[i] != want {
 			return false
@@ -394,7 +394,9 @@ func linuxSYN(tcp []byte) bool {
 	if ws := min(o[19], 14); wnd == 20*mss>>ws<<ws {
 		return false
 	}
-	for _, unit := range []int{mss, mss - 12} {
+	// A SYN-ACK's unit is the MSS less the timestamp option with its two
+	// aligning NOPs.
+	for _, unit := range []int{mss, mss - header.TCPOptionTSLength - 2} {
 		if unit > 0 && wnd >= unit && wnd%unit == 0 {
 			return true
 		}
@@ -454,12 +456,14 @@ func findOption(tcp []byte, kind byte) (int, bool) {
 	return 0, false
 }
 
-// The TCP option kinds used here, of RFC 9293 and 7323.
+// The TCP option kinds used here, of RFC 9293, 2018 and 7323.
 const (
-	tcpOptEnd         = 0
-	tcpOptNOP         = 1
-	tcpOptWindowScale = 3
-	tcpOptTimestamp   = 8
+	tcpOptEnd           = 0
+	tcpOptNOP           = 1
+	tcpOptMSS           = 2
+	tcpOptWindowScale   = 3
+	tcpOptSACKPermitted = 4
+	tcpOptTimestamp     = 8
 )
 
 // ipTCPHeader returns the TCP header and payload, as far as the IP
