@@ -11,6 +11,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/protocol/clock"
 )
 
 // replayEngine keeps what the link endpoint sends: wire holds every
@@ -38,6 +39,18 @@ func (e *replayEngine) WritePackets(pkts [][]byte) {
 
 func (e *replayEngine) PeerFor(a netip.Addr) (protocol.PublicKey, bool) {
 	return e.peer, a != e.bad
+}
+
+// link is a link endpoint that writes to e and sends each
+// acknowledgement at once, so that a test reads it off e.wire; clk, if
+// not nil, is its clock.
+func (e *replayEngine) link(clk clock.Clock) *linkEndpoint {
+	l := newLinkEndpoint(1420, e)
+	l.delay.wait = 0
+	if clk != nil {
+		l.clock = clk
+	}
+	return l
 }
 
 func (e *replayEngine) send(t *testing.T, l *linkEndpoint, ss superSegment) []byte {
@@ -76,8 +89,7 @@ func checksumsOK(t *testing.T, b []byte) {
 func TestAckReplay(t *testing.T) {
 	key := protocol.PublicKey{1}
 	e := &replayEngine{peer: key}
-	l := newLinkEndpoint(1420, e)
-	l.delay.wait = 0 // each acknowledgement is read off the wire as it is sent
+	l := e.link(nil)
 	// Connections without timestamps, such as Windows makes by default;
 	// those with them follow below.
 	ack := func(v6 bool, seq, ackNum uint32, flags header.TCPFlags, payload int) superSegment {

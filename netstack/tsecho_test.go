@@ -81,9 +81,7 @@ func TestEchoAfterSilence(t *testing.T) {
 		for _, full := range []bool{false, true} {
 			clk := clock.NewManual(time.Unix(1000, 0))
 			e := &replayEngine{}
-			l := newLinkEndpoint(1420, e)
-			l.delay.wait = 0 // each acknowledgement is read off the wire as it is sent
-			l.clock = clk
+			l := e.link(clk)
 			hearN := func(payload int, flags header.TCPFlags, tsval uint32, more ...byte) {
 				p := peerSegment(v6, flags, tsval, payload, more...)
 				l.echoes.heard(p, ipTCPHeader(p), clk.Now().UnixNano())
@@ -210,9 +208,7 @@ func TestEchoAfterSilence(t *testing.T) {
 func TestEchoAfterAnswerPause(t *testing.T) {
 	clk := clock.NewManual(time.Unix(1000, 0))
 	e := &replayEngine{}
-	l := newLinkEndpoint(1420, e)
-	l.delay.wait = 0 // each acknowledgement is read off the wire as it is sent
-	l.clock = clk
+	l := e.link(clk)
 	hear := func(payload int, tsval uint32) {
 		p := peerSegment(false, header.TCPFlagAck, tsval, payload)
 		l.echoes.heard(p, ipTCPHeader(p), clk.Now().UnixNano())
@@ -251,17 +247,8 @@ func TestEchoAfterAnswerPause(t *testing.T) {
 func TestEchoLeavesOthers(t *testing.T) {
 	clk := clock.NewManual(time.Unix(1000, 0))
 	e := &replayEngine{}
-	l := newLinkEndpoint(1420, e)
-	l.delay.wait = 0 // each acknowledgement is read off the wire as it is sent
-	l.clock = clk
-	send := func(ss superSegment) []byte {
-		pkt := ss.packet()
-		defer pkt.DecRef()
-		var list stack.PacketBufferList
-		list.PushBack(pkt)
-		l.WritePackets(list)
-		return e.wire[len(e.wire)-1]
-	}
+	l := e.link(clk)
+	send := func(ss superSegment) []byte { return e.send(t, l, ss) }
 	// A connection that catches up.
 	p := peerSegment(false, header.TCPFlagAck, 1000, 10)
 	l.echoes.heard(p, ipTCPHeader(p), clk.Now().UnixNano())
@@ -277,24 +264,17 @@ func TestEchoLeavesOthers(t *testing.T) {
 	// Packets without a timestamp option or without ACK go out as they
 	// would from a link endpoint that heard nothing.
 	fresh := &replayEngine{}
-	lf := newLinkEndpoint(1420, fresh)
-	lf.delay.wait = 0 // each acknowledgement is read off the wire as it is sent
+	lf := fresh.link(nil)
 	for _, ss := range []superSegment{
 		{seq: 1, ack: 10, flags: header.TCPFlagAck, mss: 1380, opts: []byte{1, 1, 1, 1}},
 		{seq: 1, ack: 10, flags: header.TCPFlagSyn, mss: 1380, opts: timestamps(5, 3)},
 	} {
-		pkt := ss.packet()
-		var list stack.PacketBufferList
-		list.PushBack(pkt)
-		lf.WritePackets(list)
-		pkt.DecRef()
-		if got := send(ss); !bytes.Equal(got, fresh.wire[len(fresh.wire)-1]) {
+		if got := send(ss); !bytes.Equal(got, fresh.send(t, lf, ss)) {
 			t.Errorf("%v with options %v: changed", ss.flags, ss.opts)
 		}
 	}
 	// A peer without timestamps keeps no state.
-	l2 := newLinkEndpoint(1420, &replayEngine{})
-	l2.delay.wait = 0 // each acknowledgement is read off the wire as it is sent
+	l2 := (&replayEngine{}).link(nil)
 	p = peerSegment(false, header.TCPFlagAck, 0, 10)
 	l2.echoes.heard(p, ipTCPHeader(p), 1)
 	if l2.echoes.slots.Load() != nil {
@@ -364,8 +344,7 @@ func FuzzEcho(f *testing.F) {
 		tcp := header.TCP(in[header.IPv4MinimumSize:])
 		tcp[header.TCPDataOffset] = uint8((header.TCPMinimumSize+len(theirs))/4) << 4
 
-		l := newLinkEndpoint(1420, &replayEngine{})
-		l.delay.wait = 0 // each acknowledgement is read off the wire as it is sent
+		l := (&replayEngine{}).link(nil)
 		pkt := superSegment{seq: 1, ack: ack, flags: header.TCPFlagAck, wnd: 9, opts: ours}.packet()
 		defer pkt.DecRef()
 		completeChecksum(pkt, false)
