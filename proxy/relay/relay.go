@@ -15,9 +15,10 @@
 //     and move to a large one only when a read fills it: most wake-ups
 //     bring a few bytes or the end of the stream.
 //   - A tunnel connection that can notify when it is readable (a
-//     [ReadNotifier], as netstack's connections are) is read by a
-//     goroutine started only when it has bytes, so an idle direction
-//     holds neither a buffer nor a goroutine.
+//     [ReadNotifier], as netstack's connections are) is read only when
+//     it has bytes, on a goroutine of a pool that all relays share, so
+//     an idle direction holds neither a buffer nor a goroutine, and a
+//     mass close does not start a goroutine for every relay at once.
 //   - Any other reader is read into a small buffer of the relay's own
 //     until a read fills it, and into a pooled large one only while bytes
 //     stream.
@@ -27,10 +28,14 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/wgbore/wgbore/protocol/clock"
+	"github.com/wgbore/wgbore/protocol/wakeup"
 )
 
 const (
@@ -48,6 +53,11 @@ const (
 	// IPv4), so no datagram is cut short.
 	datagramBuffer = 64 << 10
 )
+
+// drains runs every relay's drains: a mass close wakes them all at once,
+// and the bound is on the process's memory, as the buffer pools are. A
+// few per core keep every core busy while some drains wait on a write.
+var drains = wakeup.New(max(32, 16*runtime.GOMAXPROCS(0)), wakeup.Stall, clock.System{})
 
 var (
 	smallBuffers    = &bufferPool{size: smallBuffer}
@@ -279,10 +289,11 @@ func TransientUDPError(err error) bool {
 	return false
 }
 
-// notifiedCopy copies src to dst in goroutines started when src has
-// something to read; each drains src, then leaves. armed is true while
-// no goroutine is copying and a notification may start one, so exactly
-// one goroutine at a time copies.
+// notifiedCopy copies src to dst in drains run when src has something
+// to read; each drains src, then leaves. armed is true while no drain
+// is copying and a notification may start one, so exactly one drain at
+// a time copies. The drains run on the shared pool of goroutines
+// (drains), not on one goroutine each.
 type notifiedCopy struct {
 	dst   net.Conn
 	src   ReadNotifier
@@ -295,6 +306,9 @@ type notifiedCopy struct {
 	// datagram, transient errors are skipped, and the end is a close.
 	datagrams bool
 	moved     func()
+	// pool runs the drains; drainFunc is drain, made once.
+	pool      *wakeup.Pool
+	drainFunc func()
 }
 
 // fromNotifier starts copying src to dst as OneWay does, or as
@@ -309,7 +323,8 @@ func fromNotifier(dst net.Conn, src ReadNotifier, wg *sync.WaitGroup, moved func
 // startNotified starts copying src to dst as fromNotifier does and runs
 // after once the copy has finished.
 func startNotified(dst net.Conn, src ReadNotifier, wg *sync.WaitGroup, moved, after func()) {
-	c := &notifiedCopy{dst: dst, src: src, wg: wg, datagrams: moved != nil, moved: moved, after: after}
+	c := &notifiedCopy{dst: dst, src: src, wg: wg, datagrams: moved != nil, moved: moved, after: after, pool: drains}
+	c.drainFunc = c.drain
 	// Armed only once stop is set: a notification that comes while
 	// NotifyReadable registers (a socket already readable) must not
 	// start a drain that could finish, and call stop, before it exists.
@@ -321,13 +336,13 @@ func startNotified(dst net.Conn, src ReadNotifier, wg *sync.WaitGroup, moved, af
 	}
 }
 
-// wake runs on the tunnel stack's goroutine: it must not block. It can
-// count a goroutine in wg safely: armed is never set again once the
+// wake runs on the tunnel stack's or the poller's goroutine: it must
+// not block. It can count a drain in wg safely: armed is never set again once the
 // copy has finished, so Both's caller still holds its count.
 func (c *notifiedCopy) wake() {
 	if c.armed.CompareAndSwap(true, false) {
 		c.wg.Add(1)
-		go c.drain()
+		c.pool.Go(c.drainFunc)
 	}
 }
 
@@ -388,9 +403,10 @@ func (c *notifiedCopy) drain() {
 			return
 		}
 		if wouldBlock {
-			if canLinger && !lingered {
+			if canLinger && !lingered && !c.pool.Waiting() {
 				// Wait a moment for more before leaving: a busy flow
-				// keeps its goroutine, as a parked Read would.
+				// keeps its goroutine, as a parked Read would, unless
+				// other drains wait for one.
 				lingerNext = true
 				continue
 			}

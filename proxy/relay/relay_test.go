@@ -9,6 +9,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/wgbore/wgbore/protocol/clock"
+	"github.com/wgbore/wgbore/protocol/wakeup"
 )
 
 // fakeNotifier is a ReadNotifier fed by the test, standing in for a
@@ -307,4 +310,71 @@ func TestDatagramsKeepBoundaries(t *testing.T) {
 	hostA.Close()
 	<-done
 	wg.Wait()
+}
+
+// gatedConn is a destination whose writes wait for release, counting
+// how many wait at once.
+type gatedConn struct {
+	net.Conn // unused but for the addresses
+	release  chan struct{}
+	waiting  *atomic.Int64
+	most     *atomic.Int64
+}
+
+func (g *gatedConn) Write(b []byte) (int, error) {
+	n := g.waiting.Add(1)
+	for m := g.most.Load(); n > m && !g.most.CompareAndSwap(m, n); m = g.most.Load() {
+	}
+	<-g.release
+	g.waiting.Add(-1)
+	return len(b), nil
+}
+
+func (g *gatedConn) CloseWrite() error { return nil }
+
+// TestMassWakeSharesGoroutines: when every relay's source has bytes at
+// once, as when a mass close wakes them all, the drains run on the
+// shared pool's few goroutines, one after another, not on a goroutine
+// each; every relay still gets its bytes through and its end.
+func TestMassWakeSharesGoroutines(t *testing.T) {
+	clk := clock.NewManual(time.Unix(0, 0)) // stalls are never timed out
+	saved := drains
+	drains = wakeup.New(4, wakeup.Stall, clk)
+	defer func() { drains = saved }()
+
+	release := make(chan struct{})
+	var waiting, most atomic.Int64
+	var wg sync.WaitGroup
+	wg.Add(1) // as Both's caller holds
+	defer wg.Done()
+	const n = 100
+	srcs := make([]*fakeNotifier, n)
+	finished := make([]chan struct{}, n)
+	for i := range n {
+		srcs[i] = &fakeNotifier{}
+		dst := &gatedConn{release: release, waiting: &waiting, most: &most}
+		finished[i] = fromNotifier(dst, srcs[i], &wg, nil)
+	}
+	for _, src := range srcs {
+		src.feed([]byte("x"), true)
+	}
+	for deadline := time.Now().Add(10 * time.Second); waiting.Load() < 4; time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d drains write, want 4", waiting.Load())
+		}
+	}
+	close(release)
+	for i, f := range finished {
+		select {
+		case <-f:
+		case <-time.After(10 * time.Second):
+			t.Fatalf("relay %d never finished", i)
+		}
+	}
+	if got := drains.Started(); got != 4 {
+		t.Errorf("%d goroutines started for %d relays' drains, want the pool's 4", got, n)
+	}
+	if got := most.Load(); got != 4 {
+		t.Errorf("%d drains wrote at once, want 4", got)
+	}
 }
