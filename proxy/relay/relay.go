@@ -337,8 +337,9 @@ func startNotified(dst net.Conn, src ReadNotifier, wg *sync.WaitGroup, moved, af
 }
 
 // wake runs on the tunnel stack's or the poller's goroutine: it must
-// not block. It can count a drain in wg safely: armed is never set again once the
-// copy has finished, so Both's caller still holds its count.
+// not block. It can count a drain in wg safely: armed is never set
+// again once the copy has finished, so Both's caller still holds its
+// count.
 func (c *notifiedCopy) wake() {
 	if c.armed.CompareAndSwap(true, false) {
 		c.wg.Add(1)
