@@ -57,6 +57,7 @@ const (
 // drains runs every relay's drains: a mass close wakes them all at once,
 // and the bound is on the process's memory, as the buffer pools are. A
 // few per core keep every core busy while some drains wait on a write.
+// It is never replaced; a test passes a pool of its own.
 var drains = wakeup.New(max(32, 16*runtime.GOMAXPROCS(0)), wakeup.Stall, clock.System{})
 
 var (
@@ -192,7 +193,7 @@ func Both(client, upstream net.Conn, wg *sync.WaitGroup) {
 // channel it returns is closed when that direction has finished.
 func startOther(client, upstream net.Conn, wg *sync.WaitGroup, moved func(), copy func()) chan struct{} {
 	if nr, ok := upstream.(ReadNotifier); ok {
-		return fromNotifier(client, nr, wg, moved)
+		return fromNotifier(drains, client, nr, wg, moved)
 	}
 	finished := make(chan struct{})
 	wg.Add(1)
@@ -239,8 +240,8 @@ func Start(a, b ReadNotifier, wg *sync.WaitGroup, moved func(), done func()) {
 			done()
 		}
 	}
-	startNotified(b, a, wg, moved, end)
-	startNotified(a, b, wg, moved, end)
+	startNotified(drains, b, a, wg, moved, end)
+	startNotified(drains, a, b, wg, moved, end)
 }
 
 // copyDatagrams moves datagrams from src to dst until either fails for
@@ -312,18 +313,18 @@ type notifiedCopy struct {
 }
 
 // fromNotifier starts copying src to dst as OneWay does, or as
-// copyDatagrams does when moved is not nil; the channel it returns is
-// closed when the copy is over.
-func fromNotifier(dst net.Conn, src ReadNotifier, wg *sync.WaitGroup, moved func()) chan struct{} {
+// copyDatagrams does when moved is not nil, with drains on pool; the
+// channel it returns is closed when the copy is over.
+func fromNotifier(pool *wakeup.Pool, dst net.Conn, src ReadNotifier, wg *sync.WaitGroup, moved func()) chan struct{} {
 	finished := make(chan struct{})
-	startNotified(dst, src, wg, moved, func() { close(finished) })
+	startNotified(pool, dst, src, wg, moved, func() { close(finished) })
 	return finished
 }
 
 // startNotified starts copying src to dst as fromNotifier does and runs
 // after once the copy has finished.
-func startNotified(dst net.Conn, src ReadNotifier, wg *sync.WaitGroup, moved, after func()) {
-	c := &notifiedCopy{dst: dst, src: src, wg: wg, datagrams: moved != nil, moved: moved, after: after, pool: drains}
+func startNotified(pool *wakeup.Pool, dst net.Conn, src ReadNotifier, wg *sync.WaitGroup, moved, after func()) {
+	c := &notifiedCopy{dst: dst, src: src, wg: wg, datagrams: moved != nil, moved: moved, after: after, pool: pool}
 	c.drainFunc = c.drain
 	// Armed only once stop is set: a notification that comes while
 	// NotifyReadable registers (a socket already readable) must not

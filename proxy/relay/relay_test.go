@@ -112,7 +112,7 @@ func TestRelayFromNotifier(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Add(1) // as Both's caller holds
 	defer wg.Done()
-	finished := fromNotifier(dst, src, &wg, nil)
+	finished := fromNotifier(drains, dst, src, &wg, nil)
 
 	var want bytes.Buffer
 	want.WriteString("before the relay started;")
@@ -152,7 +152,7 @@ func TestRelayFromNotifierWriteFails(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Add(1) // as Both's caller holds
 	defer wg.Done()
-	finished := fromNotifier(dst, src, &wg, nil)
+	finished := fromNotifier(drains, dst, src, &wg, nil)
 	peer.SetLinger(0)
 	peer.Close()
 	dst.Close()
@@ -338,9 +338,7 @@ func (g *gatedConn) CloseWrite() error { return nil }
 // each; every relay still gets its bytes through and its end.
 func TestMassWakeSharesGoroutines(t *testing.T) {
 	clk := clock.NewManual(time.Unix(0, 0)) // stalls are never timed out
-	saved := drains
-	drains = wakeup.New(4, wakeup.Stall, clk)
-	defer func() { drains = saved }()
+	pool := wakeup.New(4, wakeup.Stall, clk)
 
 	release := make(chan struct{})
 	var waiting, most atomic.Int64
@@ -353,7 +351,7 @@ func TestMassWakeSharesGoroutines(t *testing.T) {
 	for i := range n {
 		srcs[i] = &fakeNotifier{}
 		dst := &gatedConn{release: release, waiting: &waiting, most: &most}
-		finished[i] = fromNotifier(dst, srcs[i], &wg, nil)
+		finished[i] = fromNotifier(pool, dst, srcs[i], &wg, nil)
 	}
 	for _, src := range srcs {
 		src.feed([]byte("x"), true)
@@ -371,7 +369,7 @@ func TestMassWakeSharesGoroutines(t *testing.T) {
 			t.Fatalf("relay %d never finished", i)
 		}
 	}
-	if got := drains.Started(); got != 4 {
+	if got := pool.Started(); got != 4 {
 		t.Errorf("%d goroutines started for %d relays' drains, want the pool's 4", got, n)
 	}
 	if got := most.Load(); got != 4 {
