@@ -154,7 +154,7 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 		},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 		// No HandleLocal: see linkEndpoint.local.
-		Clock: newPooledTimers(),
+		Clock: newPooledTimers(timerGoroutines()),
 	})
 	n.stack = s
 	// Server mode's entry points, installed now because the stack reads

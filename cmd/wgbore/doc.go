@@ -429,13 +429,13 @@
 //
 // A mass close does not start a goroutine for every connection: the
 // proxies' copies, woken when a side has bytes or has ended, and the
-// tunnel's TCP timers, which a burst of closes arms together, run on
-// small pools of goroutines (a few per core) that take the next piece of
-// work as they finish one, and grow past that size only while their
-// queue stands still (a copy blocked on a slow reader). Closing a burst
-// still takes more memory than holding it, briefly: the closes' packets
-// and endpoint state are garbage that the runtime collects once its heap
-// has grown by as much as was live.
+// work of the tunnel's TCP timers, which a burst of closes arms
+// together, run on small pools of goroutines (a few per core) that take
+// the next piece of work as they finish one, and grow past that size
+// only while their queue stands still (a copy blocked on a slow reader).
+// Closing a burst still takes more memory than holding it, briefly: the
+// closes' packets and endpoint state are garbage that the runtime
+// collects once its heap has grown by as much as was live.
 //
 // About eight seconds after start, once the first handshakes are done,
 // wgbore also reclaims once, and on Linux asks the kernel to take back

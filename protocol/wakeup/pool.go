@@ -73,6 +73,13 @@ func (p *Pool) Go(f func()) {
 		p.start(f)
 		return
 	}
+	if p.head > 0 && p.head >= len(p.queue)/2 {
+		// A queue that never quite empties would otherwise keep every
+		// slot it ever used ahead of its head.
+		n := copy(p.queue, p.queue[p.head:])
+		clear(p.queue[n:])
+		p.queue, p.head = p.queue[:n], 0
+	}
 	p.queue = append(p.queue, f)
 	if !p.timing {
 		p.watchLocked()

@@ -125,3 +125,26 @@ func TestPoolNoExtraWhileMoving(t *testing.T) {
 	ran.Wait()
 	waitUntil(t, "the pool is idle", p.idle)
 }
+
+// A queue that stays short but never empties keeps no more room than
+// it holds.
+func TestPoolQueueKeepsNoPoppedSlots(t *testing.T) {
+	clk := clock.NewManual(time.Unix(0, 0))
+	p := New(1, Stall, clk)
+	step := make(chan struct{})
+	p.Go(func() { <-step })
+	for range 10000 {
+		// One in, one out: the queue holds two or three at a time.
+		p.Go(func() { <-step })
+		p.Go(func() {})
+		step <- struct{}{}
+	}
+	p.mu.Lock()
+	c := cap(p.queue)
+	p.mu.Unlock()
+	close(step)
+	waitUntil(t, "the pool is idle", p.idle)
+	if c > queueKeep {
+		t.Errorf("the queue grew to capacity %d while it never held more than a few", c)
+	}
+}
