@@ -138,6 +138,10 @@ func (q *timerQueue) expire() {
 		t := heap.Pop(&q.pending).(*queuedTimer)
 		due = append(due, t.f)
 	}
+	if c := cap(q.pending); c > timerHeapKeep && len(q.pending) < c/4 {
+		// A burst's room goes back to the heap; positions stay the same.
+		q.pending = append(timerHeap(nil), q.pending...)
+	}
 	q.scheduleLocked()
 	q.mu.Unlock()
 	for i, f := range due {
@@ -150,6 +154,10 @@ func (q *timerQueue) expire() {
 		q.mu.Unlock()
 	}
 }
+
+// timerHeapKeep is the most room for pending timers kept once most of
+// it is unused.
+const timerHeapKeep = 256
 
 // timerHeap orders pending timers by deadline for container/heap.
 type timerHeap []*queuedTimer

@@ -69,6 +69,12 @@ func TestPooledTimers(t *testing.T) {
 	} else if !ok {
 		t.Log("this Go does not count the goroutines it creates; not checked")
 	}
+	clk.q.mu.Lock()
+	room := cap(clk.q.pending)
+	clk.q.mu.Unlock()
+	if room > timerHeapKeep {
+		t.Errorf("the queue keeps room for %d timers once none is pending", room)
+	}
 	if clk.Now().IsZero() {
 		t.Error("the clock does not tell the time")
 	}
@@ -104,13 +110,15 @@ func TestTimerQueueStopAndReset(t *testing.T) {
 		}
 	}
 
-	stopped := arm("stopped", 20*time.Millisecond)
-	later := arm("moved later", 10*time.Millisecond)
-	arm("second", 50*time.Millisecond)
+	// Deadlines far apart, so that a pause of the test's goroutine does
+	// not reorder them.
+	stopped := arm("stopped", 150*time.Millisecond)
+	later := arm("moved later", 200*time.Millisecond)
+	arm("second", 300*time.Millisecond)
 	earlier := arm("moved earlier", time.Hour)
-	arm("third", 70*time.Millisecond)
-	later.Reset(90 * time.Millisecond)
-	earlier.Reset(30 * time.Millisecond)
+	arm("third", 400*time.Millisecond)
+	later.Reset(500 * time.Millisecond)
+	earlier.Reset(100 * time.Millisecond)
 	if !stopped.Stop() {
 		t.Error("Stop() = false for a pending timer")
 	}
