@@ -27,6 +27,7 @@ import (
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/clock"
 	"github.com/wgbore/wgbore/protocol/udpbind"
+	"github.com/wgbore/wgbore/protocol/wakeup"
 )
 
 // Config is what Open needs: our identity and tunnel addresses, the peers,
@@ -154,7 +155,7 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 		},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol, icmp.NewProtocol4, icmp.NewProtocol6},
 		// No HandleLocal: see linkEndpoint.local.
-		Clock: newPooledTimers(timerGoroutines()),
+		Clock: newPooledTimers(wakeup.PerCores()),
 	})
 	n.stack = s
 	// Server mode's entry points, installed now because the stack reads

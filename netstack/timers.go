@@ -2,7 +2,6 @@ package netstack
 
 import (
 	"container/heap"
-	"runtime"
 	"sync"
 	"time"
 
@@ -39,10 +38,6 @@ func newPooledTimers(limit int) pooledTimers {
 	q := &timerQueue{pool: wakeup.New(limit, wakeup.Stall, clock.System{})}
 	return pooledTimers{Clock: tcpip.NewStdClock(), q: q}
 }
-
-// timerGoroutines is a stack's pool size: a few per core keep every core
-// busy while some callbacks wait on a lock.
-func timerGoroutines() int { return max(32, 16*runtime.GOMAXPROCS(0)) }
 
 // AfterFunc calls f on the pool once d has passed.
 func (t pooledTimers) AfterFunc(d time.Duration, f func()) tcpip.Timer {

@@ -20,6 +20,7 @@
 package wakeup
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -31,6 +32,11 @@ import (
 // far longer than such a callback takes, short beside any round trip a
 // queued one may wait on.
 const Stall = time.Millisecond
+
+// PerCores is a pool size for callbacks that mostly move what has
+// arrived but may wait on a lock or a write: a few per core keep every
+// core busy while some of them wait.
+func PerCores() int { return max(32, 16*runtime.GOMAXPROCS(0)) }
 
 // queueKeep is the largest queue capacity kept once the queue is empty;
 // a mass close's longer queue goes back to the heap.

@@ -28,7 +28,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -55,10 +54,9 @@ const (
 )
 
 // drains runs every relay's drains: a mass close wakes them all at once,
-// and the bound is on the process's memory, as the buffer pools are. A
-// few per core keep every core busy while some drains wait on a write.
+// and the bound is on the process's memory, as the buffer pools are.
 // It is never replaced; a test passes a pool of its own.
-var drains = wakeup.New(max(32, 16*runtime.GOMAXPROCS(0)), wakeup.Stall, clock.System{})
+var drains = wakeup.New(wakeup.PerCores(), wakeup.Stall, clock.System{})
 
 var (
 	smallBuffers    = &bufferPool{size: smallBuffer}
