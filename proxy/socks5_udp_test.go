@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/wgbore/wgbore/proxy/socksclient"
 )
 
 // socksUDPNetwork is socksNetwork with datagrams: its ListenPacket gives a
@@ -149,8 +151,9 @@ type socksUDPClientOptions struct {
 }
 
 // socksAssociate connects to the proxy from localIP, binds a UDP socket on
-// localIP and associates it. It returns the reply code too; the client is
-// only usable when that is 0.
+// localIP and associates it. It returns the reply code too, with 0xff
+// for a refused method and 0xfe for a refused login; the client is only
+// usable when that is 0.
 func socksAssociate(t *testing.T, proxyAddr, localIP string, opts socksUDPClientOptions) (*socksUDPClient, byte) {
 	t.Helper()
 	udp, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(netip.AddrPortFrom(netip.MustParseAddr(localIP), 0)))
@@ -165,63 +168,24 @@ func socksAssociate(t *testing.T, proxyAddr, localIP string, opts socksUDPClient
 	t.Cleanup(func() { control.Close() })
 	control.SetDeadline(time.Now().Add(5 * time.Second))
 
-	method := byte(0)
-	if opts.user != "" {
-		method = 2
-	}
-	mustWrite(t, control, []byte{5, 1, method})
-	reply := make([]byte, 2)
-	if _, err := io.ReadFull(control, reply); err != nil {
-		t.Fatalf("method selection: %v", err)
-	}
-	if reply[1] != method {
-		return nil, 0xff
-	}
-	if opts.user != "" {
-		msg := append([]byte{1, byte(len(opts.user))}, opts.user...)
-		msg = append(append(msg, byte(len(opts.pass))), opts.pass...)
-		mustWrite(t, control, msg)
-		if _, err := io.ReadFull(control, reply); err != nil {
-			t.Fatalf("auth reply: %v", err)
-		}
-		if reply[1] != 0 {
-			return nil, 0xfe
-		}
-	}
-
-	req := []byte{5, 3, 0}
+	var from netip.AddrPort
 	if opts.announce {
-		req = socksAppendAddr(req, udp.LocalAddr().(*net.UDPAddr).AddrPort())
-	} else {
-		req = append(req, 1, 0, 0, 0, 0, 0, 0)
+		from = udp.LocalAddr().(*net.UDPAddr).AddrPort()
 	}
-	mustWrite(t, control, req)
-	head := make([]byte, 4)
-	if _, err := io.ReadFull(control, head); err != nil {
-		t.Fatalf("ASSOCIATE reply: %v", err)
+	relay, err := socksclient.Associate(control, socksclient.Auth{User: opts.user, Pass: opts.pass}, from)
+	var refused *socksclient.ReplyError
+	switch {
+	case errors.Is(err, socksclient.ErrNoAcceptableMethod):
+		return nil, 0xff
+	case errors.Is(err, socksclient.ErrLoginRefused):
+		return nil, 0xfe
+	case errors.As(err, &refused):
+		return nil, refused.Code
+	case err != nil:
+		t.Fatalf("ASSOCIATE: %v", err)
 	}
-	var rest []byte
-	switch head[3] {
-	case 1:
-		rest = make([]byte, 4+2)
-	case 4:
-		rest = make([]byte, 16+2)
-	default:
-		t.Fatalf("ASSOCIATE reply address type %d", head[3])
-	}
-	if _, err := io.ReadFull(control, rest); err != nil {
-		t.Fatalf("ASSOCIATE reply address: %v", err)
-	}
-	if head[1] != 0 {
-		return nil, head[1]
-	}
-	ip, _ := netip.AddrFromSlice(rest[:len(rest)-2])
 	control.SetDeadline(time.Time{})
-	return &socksUDPClient{
-		control: control,
-		udp:     udp,
-		relay:   netip.AddrPortFrom(ip, binary.BigEndian.Uint16(rest[len(rest)-2:])),
-	}, 0
+	return &socksUDPClient{control: control, udp: udp, relay: relay}, 0
 }
 
 func mustSOCKSAssociate(t *testing.T, proxyAddr, localIP string, opts socksUDPClientOptions) *socksUDPClient {
@@ -240,21 +204,9 @@ func mustWrite(t *testing.T, w io.Writer, b []byte) {
 	}
 }
 
-// socksAppendAddr appends ATYP, address and port.
-func socksAppendAddr(b []byte, ap netip.AddrPort) []byte {
-	if ap.Addr().Is4() {
-		a := ap.Addr().As4()
-		b = append(append(b, 1), a[:]...)
-	} else {
-		a := ap.Addr().As16()
-		b = append(append(b, 4), a[:]...)
-	}
-	return binary.BigEndian.AppendUint16(b, ap.Port())
-}
-
 // socksUDPDatagram builds a client datagram for target.
 func socksUDPDatagram(target netip.AddrPort, payload []byte) []byte {
-	return append(socksAppendAddr([]byte{0, 0, 0}, target), payload...)
+	return socksclient.AppendDatagram(nil, target, payload)
 }
 
 func socksUDPDatagramToName(name string, port uint16, payload []byte) []byte {

@@ -27,6 +27,7 @@ import (
 
 	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/proxy/socksclient"
 )
 
 // Tunnel addresses: the client is always clientAddr, the peer that serves
@@ -594,7 +595,7 @@ func proxyDialer(via string) (dial, dialUDP dialFunc, err error) {
 			if err != nil {
 				return nil, err
 			}
-			return socksConnect(ctx, addr, ap)
+			return socksclient.Connect(ctx, addr, socksclient.Auth{}, ap)
 		}
 		dialUDP = func(ctx context.Context, target string) (net.Conn, error) {
 			ap, err := netip.ParseAddrPort(target)
@@ -615,9 +616,6 @@ func proxyDialer(via string) (dial, dialUDP dialFunc, err error) {
 // datagram, sent with the SOCKS5 UDP header in front (RFC 1928, section
 // 7); each Read is one answer, its header stripped.
 func socksAssociate(ctx context.Context, proxyAddr string, target netip.AddrPort) (net.Conn, error) {
-	if !target.Addr().Is4() {
-		return nil, fmt.Errorf("SOCKS5 UDP to %v: only IPv4 targets here", target)
-	}
 	var d net.Dialer
 	ctl, err := d.DialContext(ctx, "tcp", proxyAddr)
 	if err != nil {
@@ -628,45 +626,20 @@ func socksAssociate(ctx context.Context, proxyAddr string, target netip.AddrPort
 	if deadline, ok := ctx.Deadline(); ok {
 		ctl.SetDeadline(deadline)
 	}
-	// ASSOCIATE, with the client's address left unspecified: the relay
-	// takes it from the first datagram.
-	if _, err := ctl.Write([]byte{5, 1, 0, 5, 3, 0, 1, 0, 0, 0, 0, 0, 0}); err != nil {
-		ctl.Close()
-		return nil, err
-	}
-	head := make([]byte, 2+4)
-	if _, err := io.ReadFull(ctl, head); err != nil || head[1] != 0 || head[3] != 0 {
-		ctl.Close()
-		return nil, fmt.Errorf("SOCKS5 UDP ASSOCIATE refused: % x %v", head, err)
-	}
-	n := 4
-	if head[5] == 4 {
-		n = 16
-	}
-	bnd := make([]byte, n+2)
-	if _, err := io.ReadFull(ctl, bnd); err != nil {
-		ctl.Close()
-		return nil, err
-	}
-	relayIP, _ := netip.AddrFromSlice(bnd[:n])
-	relayAddr := netip.AddrPortFrom(relayIP.Unmap(), binary.BigEndian.Uint16(bnd[n:]))
-	if relayAddr.Addr().IsUnspecified() {
-		host, err := netip.ParseAddrPort(proxyAddr)
-		if err != nil {
-			ctl.Close()
-			return nil, err
-		}
-		relayAddr = netip.AddrPortFrom(host.Addr(), relayAddr.Port())
-	}
-	ctl.SetDeadline(time.Time{})
-	uc, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(relayAddr))
+	// The client's address is left unspecified: the relay takes it from
+	// the first datagram.
+	relay, err := socksclient.Associate(ctl, socksclient.Auth{}, netip.AddrPort{})
 	if err != nil {
 		ctl.Close()
 		return nil, err
 	}
-	header := append([]byte{0, 0, 0, 1}, target.Addr().AsSlice()...)
-	header = binary.BigEndian.AppendUint16(header, target.Port())
-	return &socksUDPConn{UDPConn: uc, ctl: ctl, header: header, buf: make([]byte, 64<<10)}, nil
+	ctl.SetDeadline(time.Time{})
+	uc, err := net.DialUDP("udp", nil, net.UDPAddrFromAddrPort(socksclient.RelayAddr(ctl, relay)))
+	if err != nil {
+		ctl.Close()
+		return nil, err
+	}
+	return &socksUDPConn{UDPConn: uc, ctl: ctl, target: target, buf: make([]byte, 64<<10)}, nil
 }
 
 // socksUDPConn is a SOCKS5 UDP association to one target. It is used by
@@ -674,14 +647,12 @@ func socksAssociate(ctx context.Context, proxyAddr string, target netip.AddrPort
 type socksUDPConn struct {
 	*net.UDPConn
 	ctl    net.Conn // the association lasts as long as this connection
-	header []byte
+	target netip.AddrPort
 	buf    []byte
 }
 
 func (c *socksUDPConn) Write(b []byte) (int, error) {
-	d := append(c.buf[:0], c.header...)
-	d = append(d, b...)
-	if _, err := c.UDPConn.Write(d); err != nil {
+	if _, err := c.UDPConn.Write(socksclient.AppendDatagram(c.buf[:0], c.target, b)); err != nil {
 		return 0, err
 	}
 	return len(b), nil
@@ -692,61 +663,16 @@ func (c *socksUDPConn) Read(b []byte) (int, error) {
 	if err != nil {
 		return 0, err
 	}
-	d := c.buf[:n]
-	if len(d) < 4 {
-		return 0, fmt.Errorf("SOCKS5 UDP answer of %d bytes", len(d))
+	_, payload, err := socksclient.ParseDatagram(c.buf[:n])
+	if err != nil {
+		return 0, err
 	}
-	skip := 4 + 4 + 2
-	switch d[3] {
-	case 4:
-		skip = 4 + 16 + 2
-	case 3:
-		if len(d) < 5 {
-			return 0, fmt.Errorf("SOCKS5 UDP answer of %d bytes", len(d))
-		}
-		skip = 4 + 1 + int(d[4]) + 2
-	}
-	if len(d) < skip {
-		return 0, fmt.Errorf("SOCKS5 UDP answer of %d bytes, header %d", len(d), skip)
-	}
-	return copy(b, d[skip:]), nil
+	return copy(b, payload), nil
 }
 
 func (c *socksUDPConn) Close() error {
 	c.ctl.Close()
 	return c.UDPConn.Close()
-}
-
-// socksConnect opens a SOCKS5 CONNECT tunnel without authentication and
-// returns the plain TCP conn, so an upload can half-close it.
-func socksConnect(ctx context.Context, proxyAddr string, target netip.AddrPort) (net.Conn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", proxyAddr)
-	if err != nil {
-		return nil, err
-	}
-	req := []byte{5, 1, 0, 5, 1, 0, 1}
-	req = append(req, target.Addr().AsSlice()...)
-	req = binary.BigEndian.AppendUint16(req, target.Port())
-	if _, err := c.Write(req); err != nil {
-		c.Close()
-		return nil, err
-	}
-	// Method choice (2 bytes), then a reply with an IPv4 or IPv6 BND.ADDR.
-	head := make([]byte, 2+4)
-	if _, err := io.ReadFull(c, head); err != nil || head[1] != 0 || head[3] != 0 {
-		c.Close()
-		return nil, fmt.Errorf("SOCKS5 CONNECT %v refused: % x %v", target, head, err)
-	}
-	rest := 4 + 2
-	if head[5] == 4 {
-		rest = 16 + 2
-	}
-	if _, err := io.ReadFull(c, make([]byte, rest)); err != nil {
-		c.Close()
-		return nil, err
-	}
-	return c, nil
 }
 
 // proxyUser and proxyPass log in to the bench's HTTP proxy.

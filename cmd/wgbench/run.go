@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/proxy/socksclient"
 )
 
 // pairDef is one tunnel measured end to end: the peer serving echo,
@@ -484,7 +485,7 @@ func (s *suite) memoryOnce() (idle rssReading, withConns []int64, err error) {
 	dial := func() (net.Conn, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		c, err := socksConnect(ctx, socks, echo)
+		c, err := socksclient.Connect(ctx, socks, socksclient.Auth{}, echo)
 		if err != nil {
 			return nil, err
 		}

@@ -19,6 +19,7 @@ import (
 
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/proxy/socksclient"
 )
 
 // BenchmarkIdleConnMemory measures the resident memory of a `wgbore up`
@@ -144,7 +145,7 @@ func saveMemStatus(pid int, name string) {
 func memConn(socks string, target netip.AddrPort) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c, err := socksConnect(ctx, socks, target)
+	c, err := socksclient.Connect(ctx, socks, socksclient.Auth{}, target)
 	if err != nil {
 		return nil, err
 	}

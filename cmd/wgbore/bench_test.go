@@ -18,6 +18,7 @@ import (
 	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/proxy/socksclient"
 )
 
 // BenchmarkEndToEnd measures the built binary against a wireguard-go peer:
@@ -50,7 +51,7 @@ func BenchmarkEndToEnd(b *testing.B) {
 		dial func(ctx context.Context, addr string) (net.Conn, error)
 	}{
 		{"socks5", func(ctx context.Context, addr string) (net.Conn, error) {
-			return socksConnect(ctx, socks, netip.MustParseAddrPort(addr))
+			return socksclient.Connect(ctx, socks, socksclient.Auth{}, netip.MustParseAddrPort(addr))
 		}},
 		{"http-connect", func(ctx context.Context, addr string) (net.Conn, error) {
 			return httpConnect(ctx, httpProxy, "u", "p", addr)
@@ -136,44 +137,6 @@ func openLibrary(b *testing.B, site *peersite.Site, key protocol.PrivateKey) *ne
 	}
 	b.Cleanup(func() { n.Close() })
 	return n
-}
-
-// socksConnect opens a SOCKS5 CONNECT tunnel without authentication and
-// returns the plain TCP conn, so the benchmark can half-close it.
-func socksConnect(ctx context.Context, proxyAddr string, target netip.AddrPort) (net.Conn, error) {
-	var d net.Dialer
-	c, err := d.DialContext(ctx, "tcp", proxyAddr)
-	if err != nil {
-		return nil, err
-	}
-	return socksHandshake(c, target)
-}
-
-// socksHandshake asks the SOCKS5 proxy at the other end of c for a
-// CONNECT to target, without authentication; it closes c on failure.
-func socksHandshake(c net.Conn, target netip.AddrPort) (net.Conn, error) {
-	req := []byte{5, 1, 0, 5, 1, 0, 1}
-	req = append(req, target.Addr().AsSlice()...)
-	req = binary.BigEndian.AppendUint16(req, target.Port())
-	if _, err := c.Write(req); err != nil {
-		c.Close()
-		return nil, err
-	}
-	// Method choice (2 bytes), then a reply with an IPv4 or IPv6 BND.ADDR.
-	head := make([]byte, 2+4)
-	if _, err := io.ReadFull(c, head); err != nil || head[1] != 0 || head[3] != 0 {
-		c.Close()
-		return nil, fmt.Errorf("SOCKS5 CONNECT %v refused: % x %v", target, head, err)
-	}
-	rest := 4 + 2
-	if head[5] == 4 {
-		rest = 16 + 2
-	}
-	if _, err := io.ReadFull(c, make([]byte, rest)); err != nil {
-		c.Close()
-		return nil, err
-	}
-	return c, nil
 }
 
 // httpConnect opens a CONNECT tunnel through an HTTP proxy.

@@ -20,6 +20,7 @@ import (
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/wgtest"
+	"github.com/wgbore/wgbore/proxy/socksclient"
 )
 
 var (
@@ -110,7 +111,7 @@ func (f *faultSetup) upload(t *testing.T, n int, limit time.Duration) float64 {
 			if err != nil {
 				return nil, err
 			}
-			return socksConnect(ctx, f.socks, ap)
+			return socksclient.Connect(ctx, f.socks, socksclient.Auth{}, ap)
 		},
 	}}
 	defer client.CloseIdleConnections()

@@ -22,6 +22,7 @@ import (
 
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/proxy/socksclient"
 )
 
 var floodTime = flag.Duration("flood", 2*time.Second,
@@ -155,7 +156,7 @@ func cpuOver(pid int, f func()) float64 {
 // sourceThrough connects through the SOCKS5 proxy at socks to the
 // site's source service and asks it for n bytes of peersite.Body.
 func sourceThrough(ctx context.Context, socks string, n uint64) (net.Conn, error) {
-	c, err := socksConnect(ctx, socks, netip.AddrPortFrom(peersite.TheirV4, 19))
+	c, err := socksclient.Connect(ctx, socks, socksclient.Auth{}, netip.AddrPortFrom(peersite.TheirV4, 19))
 	if err != nil {
 		return nil, err
 	}

@@ -30,6 +30,7 @@ import (
 
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/proxy/socksclient"
 )
 
 var (
@@ -457,7 +458,7 @@ Target = %s:7
 		socks := d.addr(t, "socks5 ", 0)
 		client := &http.Client{Timeout: wait, Transport: &http.Transport{Proxy: nil,
 			DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
-				return socksConnect(ctx, socks, netip.MustParseAddrPort(addr))
+				return socksclient.Connect(ctx, socks, socksclient.Auth{}, netip.MustParseAddrPort(addr))
 			}}}
 		defer client.CloseIdleConnections()
 		get := func(url string) []byte {
@@ -507,7 +508,7 @@ Target = %s:7
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
 		echoThrough(t, func() (net.Conn, error) {
-			return socksConnect(ctx, socks, netip.AddrPortFrom(guestTunnelAddr, 7))
+			return socksclient.Connect(ctx, socks, socksclient.Auth{}, netip.AddrPortFrom(guestTunnelAddr, 7))
 		}, 1<<20)
 		udpEchoThrough(t, func() (net.Conn, error) { return net.Dial("udp", d.addr(t, "udp ", 0)) })
 		t.Logf("wgbore initiated; %d MiB from the guest's HTTP server in %v (%.1f MB/s) and to it in %v (%.1f MB/s), sha256 intact; TCP and UDP echo",

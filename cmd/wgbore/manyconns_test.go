@@ -2,7 +2,7 @@ package main
 
 import (
 	"bytes"
-	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -17,6 +17,7 @@ import (
 
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/proxy/socksclient"
 )
 
 // socksAttempt is what one SOCKS5 CONNECT through the binary came to.
@@ -42,25 +43,15 @@ func socksHoldWithin(proxyAddr string, target netip.AddrPort, timeout time.Durat
 		return nil, socksFailed, err
 	}
 	c.SetDeadline(time.Now().Add(timeout))
-	req := []byte{5, 1, 0, 5, 1, 0, 1}
-	req = append(req, target.Addr().AsSlice()...)
-	req = binary.BigEndian.AppendUint16(req, target.Port())
-	if _, err := c.Write(req); err != nil {
+	if _, err := socksclient.ConnectOn(c, socksclient.Auth{}, target); err != nil {
 		c.Close()
-		return nil, socksFailed, err
-	}
-	reply := make([]byte, 2+10)
-	if _, err := io.ReadFull(c, reply); err != nil {
-		c.Close()
-		return nil, socksFailed, fmt.Errorf("no SOCKS reply: %w", err)
-	}
-	if reply[3] != 0 {
-		c.Close()
-		if reply[3] == 1 {
+		var refused *socksclient.ReplyError
+		if errors.As(err, &refused) && refused.Code == 1 {
 			return nil, socksRefused, nil
 		}
-		return nil, socksFailed, fmt.Errorf("SOCKS reply % x", reply)
+		return nil, socksFailed, err
 	}
+	reply := make([]byte, 1)
 	if _, err := c.Write([]byte{'x'}); err != nil {
 		c.Close()
 		return nil, socksFailed, err

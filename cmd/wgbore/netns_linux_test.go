@@ -27,6 +27,7 @@ import (
 
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/proxy/socksclient"
 )
 
 var netnsRekey = flag.Bool("netns.rekey", false,
@@ -296,7 +297,11 @@ Target = %s:7
 		if err != nil {
 			return nil, err
 		}
-		return socksHandshake(c, target)
+		if _, err := socksclient.ConnectOn(c, socksclient.Auth{}, target); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
 	}
 	client := &http.Client{Timeout: 5 * time.Minute, Transport: &http.Transport{Proxy: nil,
 		DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {

@@ -18,6 +18,7 @@ import (
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/uapi"
+	"github.com/wgbore/wgbore/proxy/socksclient"
 )
 
 // reloadDownload is the transfer that must survive the reloads: large
@@ -48,7 +49,7 @@ func TestReloadKeepsTransfers(t *testing.T) {
 	// The download starts and is left half read.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	dl, err := socksConnect(ctx, socks, netip.MustParseAddrPort("10.0.0.2:80"))
+	dl, err := socksclient.Connect(ctx, socks, socksclient.Auth{}, netip.MustParseAddrPort("10.0.0.2:80"))
 	if err != nil {
 		t.Fatal(err)
 	}
