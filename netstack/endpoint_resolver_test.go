@@ -3,7 +3,6 @@ package netstack
 import (
 	"context"
 	"fmt"
-	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -12,6 +11,7 @@ import (
 
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/protocol/wgtest"
 )
 
 // movingResolver answers one name with an address the test moves.
@@ -45,7 +45,7 @@ func (r *movingResolver) move(a netip.Addr) {
 func TestHostnameEndpointFollowsItsName(t *testing.T) {
 	key, _ := protocol.GeneratePrivateKey()
 	siteKey, _ := protocol.GeneratePrivateKey()
-	port := freeLoopbackUDPPort(t)
+	port := wgtest.FreeLoopbackUDPPort(t)
 	res := &movingResolver{addr: netip.MustParseAddr("127.0.0.9")}
 	n, err := Open(context.Background(), Config{
 		PrivateKey:  key,
@@ -102,15 +102,4 @@ func TestHostnameEndpointFollowsItsName(t *testing.T) {
 	if res.asked.Load() == asked {
 		t.Fatal("connected without looking the name up again")
 	}
-}
-
-// freeLoopbackUDPPort finds a UDP port free on 127.0.0.1 now.
-func freeLoopbackUDPPort(t *testing.T) uint16 {
-	t.Helper()
-	c, err := net.ListenUDP("udp4", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return uint16(c.LocalAddr().(*net.UDPAddr).Port)
 }

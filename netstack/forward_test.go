@@ -24,6 +24,7 @@ import (
 
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/protocol/wgtest"
 )
 
 // refusalGuard bounds how long a refusal may take: generous, since it
@@ -545,7 +546,7 @@ func TestForwardFlowLimit(t *testing.T) {
 
 			open[0].Close()
 			f := s.n.forward.Load()
-			waitFor(t, func() bool { return f.flows(s.client.PublicKey) < 2 })
+			wgtest.WaitFor(t, 10*time.Second, "the closed flow to end", func() bool { return f.flows(s.client.PublicKey) < 2 })
 			c, err := s.dial(t, "tcp", l.Addr().String())
 			if err != nil {
 				t.Fatalf("after a flow ended: %v", err)
@@ -628,7 +629,7 @@ func TestForwardUDPIdle(t *testing.T) {
 	if got := f.flows(s.client.PublicKey); got != 1 {
 		t.Fatalf("%d flows open, want 1", got)
 	}
-	waitFor(t, func() bool { return f.flows(s.client.PublicKey) == 0 })
+	wgtest.WaitFor(t, 10*time.Second, "the idle UDP flow to end", func() bool { return f.flows(s.client.PublicKey) == 0 })
 }
 
 // TestForwardPing documents ICMP echo in server mode that never reaches
@@ -740,7 +741,7 @@ func TestForwardPingHost(t *testing.T) {
 	if _, err := ping(netip.MustParseAddr("10.9.9.9"), 7, []byte("denied"), 500*time.Millisecond); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("ping 10.9.9.9: %v, want no answer", err)
 	}
-	waitFor(t, func() bool { return p.outstanding(s.client.PublicKey) == 0 })
+	wgtest.WaitFor(t, 10*time.Second, "the ping forwarder to hold no request awaiting a reply", func() bool { return p.outstanding(s.client.PublicKey) == 0 })
 }
 
 // TestForwardPingHost6 is TestForwardPingHost for ICMPv6 to the host's
@@ -793,7 +794,7 @@ func TestForwardPingHost6(t *testing.T) {
 	if string(got) != "through the tunnel" {
 		t.Fatalf("echo payload %q, want %q", got, "through the tunnel")
 	}
-	waitFor(t, func() bool { return p.outstanding(s.client.PublicKey) == 0 })
+	wgtest.WaitFor(t, 10*time.Second, "the ping forwarder to hold no request awaiting a reply", func() bool { return p.outstanding(s.client.PublicKey) == 0 })
 }
 
 // TestForwardPingLimit fills one peer's outstanding pings: the next one is
@@ -919,17 +920,6 @@ func readRefused(c net.Conn) error {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
-}
-
-func waitFor(t testing.TB, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatal("condition not met within 10 s")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 // BenchmarkForwardTCP moves data through one TCP connection from a

@@ -3,11 +3,11 @@ package netstack
 import (
 	"context"
 	"net"
-	"runtime"
 	"testing"
 
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/protocol/wgtest"
 )
 
 // TestIdleConnectionsAreCheap holds many idle TCP connections open
@@ -31,7 +31,7 @@ func TestIdleConnectionsAreCheap(t *testing.T) {
 	}
 	warm.Close()
 
-	before := heapInUse()
+	before := wgtest.HeapInUse()
 	const count = 1000
 	conns := make([]net.Conn, 0, count)
 	defer func() {
@@ -46,18 +46,10 @@ func TestIdleConnectionsAreCheap(t *testing.T) {
 		}
 		conns = append(conns, c)
 	}
-	after := heapInUse()
+	after := wgtest.HeapInUse()
 	per := (int64(after) - int64(before)) / count
 	t.Logf("%d idle connections: %d bytes of heap each, both ends together", count, per)
 	if per > 256<<10 {
 		t.Fatalf("an idle connection costs %d bytes of heap", per)
 	}
-}
-
-func heapInUse() uint64 {
-	runtime.GC()
-	runtime.GC()
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return m.HeapInuse
 }

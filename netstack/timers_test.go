@@ -13,6 +13,7 @@ import (
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/clock"
 	"github.com/wgbore/wgbore/protocol/wakeup"
+	"github.com/wgbore/wgbore/protocol/wgtest"
 )
 
 // TestPooledTimers: the stack's timers fire and stop as gVisor's own do,
@@ -40,7 +41,7 @@ func TestPooledTimers(t *testing.T) {
 			fired.Add(1)
 		})
 	}
-	waitFor(t, func() bool { return running.Load() > 0 })
+	wgtest.WaitFor(t, 10*time.Second, "a fired timer's callback to run", func() bool { return running.Load() > 0 })
 	// Callbacks that block keep the queue still: one more goroutine
 	// starts per stall, far fewer than the timers that fired.
 	time.Sleep(10 * time.Millisecond)
@@ -48,7 +49,7 @@ func TestPooledTimers(t *testing.T) {
 		t.Errorf("%d of %d fired timers' callbacks run at once, want the pool's bound and a few past it", got, n)
 	}
 	unblock()
-	waitFor(t, func() bool { return fired.Load() == n })
+	wgtest.WaitFor(t, 10*time.Second, "every timer's callback to finish", func() bool { return fired.Load() == n })
 
 	// An expiry of many timers at once starts no goroutine per timer:
 	// the queue hands them to the pool from one.

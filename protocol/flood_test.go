@@ -9,6 +9,7 @@ import (
 
 	"github.com/wgbore/wgbore/protocol/clock"
 	"github.com/wgbore/wgbore/protocol/memnet"
+	"github.com/wgbore/wgbore/protocol/wgtest"
 )
 
 // spoofedInitiation is what an attacker who knows the responder's public
@@ -62,7 +63,7 @@ func TestInitiationFlood(t *testing.T) {
 	a.e.WritePackets([][]byte{pkt}) // the real initiation, behind 1500 spoofs
 	inject(1500)
 
-	waitFor(t, 10*time.Second, "cookie reply at the real initiator", func() bool {
+	wgtest.WaitFor(t, 10*time.Second, "cookie reply at the real initiator", func() bool {
 		ap := a.e.lookupPeer(b.key.PublicKey())
 		ap.cookies.mu.Lock()
 		defer ap.cookies.mu.Unlock()
@@ -94,7 +95,7 @@ func TestInitiationFlood(t *testing.T) {
 	accountedFor := func(s StatsSnapshot) uint64 {
 		return s.Dropped(DropCookieRequired) + s.Dropped(DropHandshakeFailed) + s.Dropped(DropHandshakeQueueFull) + net.Stats().DroppedFull
 	}
-	waitFor(t, 30*time.Second, "the flood to drain", func() bool { return accountedFor(b.e.Stats()) >= total+1 })
+	wgtest.WaitFor(t, 30*time.Second, "the flood to drain", func() bool { return accountedFor(b.e.Stats()) >= total+1 })
 	time.Sleep(50 * time.Millisecond) // anything counted twice would show now
 
 	s := b.e.Stats()
@@ -117,17 +118,6 @@ func TestInitiationFlood(t *testing.T) {
 	}
 }
 
-func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", limit, what)
-		}
-		time.Sleep(time.Millisecond)
-	}
-}
-
 // TestUnderLoadByRate: spoofed initiations that never queue up (each is
 // handled before the next arrives) still put the responder under load
 // once they exceed the handshake budget (underLoadBurst at once), and it
@@ -141,7 +131,7 @@ func TestUnderLoadByRate(t *testing.T) {
 		src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 2, byte(i >> 8), byte(i)}), uint16(20000+i))
 		before := b.e.Stats()
 		net.Inject(src, b.ep, spoofedInitiation(b.key.PublicKey()))
-		waitFor(t, 5*time.Second, "the spoof to be handled", func() bool {
+		wgtest.WaitFor(t, 5*time.Second, "the spoof to be handled", func() bool {
 			s := b.e.Stats()
 			return s.Dropped(DropCookieRequired)+s.Dropped(DropHandshakeFailed) > before.Dropped(DropCookieRequired)+before.Dropped(DropHandshakeFailed)
 		})

@@ -8,6 +8,7 @@ import (
 
 	"github.com/wgbore/wgbore/protocol/clock"
 	"github.com/wgbore/wgbore/protocol/udpbind"
+	"github.com/wgbore/wgbore/protocol/wgtest"
 )
 
 // initiationFlooder sends initiations with a valid MAC1 for a target's
@@ -110,7 +111,7 @@ func TestInteropCookieReplyFromWireGuardGo(t *testing.T) {
 	}
 	underLoadWindow()
 	our.WritePackets([][]byte{pkt})
-	waitFor(t, 10*time.Second, "a cookie reply from wireguard-go", func() bool {
+	wgtest.WaitFor(t, 10*time.Second, "a cookie reply from wireguard-go", func() bool {
 		peer.cookies.mu.Lock()
 		defer peer.cookies.mu.Unlock()
 		return !peer.cookies.cookieTime.IsZero()
@@ -191,7 +192,7 @@ func waitQuiet(t *testing.T, e *Engine) {
 		return n
 	}
 	last := handled()
-	waitFor(t, 10*time.Second, "the flood to drain", func() bool {
+	wgtest.WaitFor(t, 10*time.Second, "the flood to drain", func() bool {
 		time.Sleep(100 * time.Millisecond)
 		n := handled()
 		quiet := n == last && len(e.handshakes) == 0

@@ -437,7 +437,7 @@ func TestIdlePeersHoldNoGoroutine(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	ip.exchange(t, rng, 500, true)
 	p := ip.our.lookupPeer(ip.wg.key.PublicKey())
-	waitFor(t, 5*time.Second, "the peer's loops to end once idle", func() bool {
+	wgtest.WaitFor(t, 5*time.Second, "the peer's loops to end once idle", func() bool {
 		return !p.txRunning.Load() && !p.rxRunning.Load()
 	})
 }

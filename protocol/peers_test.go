@@ -16,6 +16,7 @@ import (
 
 	"github.com/wgbore/wgbore/protocol/clock"
 	"github.com/wgbore/wgbore/protocol/memnet"
+	"github.com/wgbore/wgbore/protocol/wgtest"
 )
 
 // TestInboundSourceNotAllowed: a peer may only send from its AllowedIPs.
@@ -132,7 +133,7 @@ func TestRemovedPeerStopsEverything(t *testing.T) {
 	}
 	// b's packets to a now fail authentication lookup on a.
 	b.e.WritePackets([][]byte{ipPacket(b.addr, a.addr, []byte("y"))})
-	waitFor(t, 5*time.Second, "unknown-index drop", func() bool { return a.e.Stats().Dropped(DropUnknownIndex) == 1 })
+	wgtest.WaitFor(t, 5*time.Second, "unknown-index drop", func() bool { return a.e.Stats().Dropped(DropUnknownIndex) == 1 })
 }
 
 // TestEndpointRoaming: the peer comes back from a new address (a new
@@ -239,7 +240,7 @@ func TestHostnameEndpointFollowed(t *testing.T) {
 		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.2/32")}}); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "initial resolution", func() bool {
+	wgtest.WaitFor(t, 5*time.Second, "initial resolution", func() bool {
 		st, _ := a.Peer(b.key.PublicKey())
 		return st.Endpoint == netip.MustParseAddrPort("127.0.0.2:8042")
 	})

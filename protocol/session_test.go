@@ -4,13 +4,13 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
-	"runtime"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/wgbore/wgbore/protocol/clock"
 	"github.com/wgbore/wgbore/protocol/memnet"
+	"github.com/wgbore/wgbore/protocol/wgtest"
 )
 
 // wireLedger watches the network from outside the engines: it learns the
@@ -67,14 +67,6 @@ func (l *wireLedger) tap(from, to netip.AddrPort, b []byte) {
 	}
 }
 
-func heapInUse() uint64 {
-	runtime.GC()
-	runtime.GC()
-	var m runtime.MemStats
-	runtime.ReadMemStats(&m)
-	return m.HeapInuse
-}
-
 // TestDayOfRekeys runs 24 hours of protocol time, a packet each way every
 // second, on the Manual clock.
 func TestDayOfRekeys(t *testing.T) {
@@ -113,13 +105,13 @@ func TestDayOfRekeys(t *testing.T) {
 			maxIndices = n
 		}
 		if i == 3600 {
-			heapAfterHour = heapInUse()
+			heapAfterHour = wgtest.HeapInUse()
 		}
 		if i%(4*3600) == 0 {
-			heapSamples = append(heapSamples, heapInUse())
+			heapSamples = append(heapSamples, wgtest.HeapInUse())
 		}
 	}
-	heapAfterDay := heapInUse()
+	heapAfterDay := wgtest.HeapInUse()
 	t.Logf("heap every 4 hours: %v", heapSamples)
 
 	sa, _ := a.e.Peer(b.key.PublicKey())

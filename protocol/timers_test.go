@@ -13,6 +13,7 @@ import (
 
 	"github.com/wgbore/wgbore/protocol/clock"
 	"github.com/wgbore/wgbore/protocol/memnet"
+	"github.com/wgbore/wgbore/protocol/wgtest"
 )
 
 // The tests in this file check the timers and message limits of section 6
@@ -251,17 +252,6 @@ func tmStep(t *testing.T, clk *clock.Manual, w *tmWire, nodes ...*testNode) {
 	tmQuiesce(t, w, nodes...)
 }
 
-func tmWaitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v of real time waiting for %s", limit, what)
-		}
-		time.Sleep(200 * time.Microsecond)
-	}
-}
-
 func tmStagedLen(p *Peer) int {
 	p.stagedMu.Lock()
 	defer p.stagedMu.Unlock()
@@ -441,7 +431,7 @@ func TestNewHandshakeAfterUnansweredData(t *testing.T) {
 	sentAt := tmSince(clk)
 	a.e.WritePackets([][]byte{ipPacket(a.addr, b.addr, []byte("anyone there?"))})
 	fromA := tmFrom(a, tmMsg.isData)
-	tmWaitFor(t, 5*time.Second, "A's second data packet on the wire", func() bool { return w.count(fromA) == 2 })
+	wgtest.WaitFor(t, 5*time.Second, "A's second data packet on the wire", func() bool { return w.count(fromA) == 2 })
 
 	inits := tmFrom(a, tmMsg.isInit)
 	deadline := sentAt + KeepaliveTimeout + RekeyTimeout
@@ -1020,7 +1010,7 @@ func TestMessageLimitRejectWithoutRekey(t *testing.T) {
 		pkts = append(pkts, p)
 		a.e.WritePackets([][]byte{p})
 		if i < reject {
-			tmWaitFor(t, 5*time.Second, fmt.Sprintf("packet %d on the wire", i), func() bool { return w.count(fromA) == i+1 })
+			wgtest.WaitFor(t, 5*time.Second, fmt.Sprintf("packet %d on the wire", i), func() bool { return w.count(fromA) == i+1 })
 		} else {
 			time.Sleep(time.Millisecond)
 		}

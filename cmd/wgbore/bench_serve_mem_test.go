@@ -14,6 +14,7 @@ import (
 
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/protocol/wgtest"
 )
 
 // BenchmarkServeIdleFlowMemory measures the resident memory of a `wgbore
@@ -41,7 +42,7 @@ func BenchmarkServeIdleFlowMemory(b *testing.B) {
 			tcpEcho, udpEcho := hostEcho(b)
 			serverKey, _ := protocol.GeneratePrivateKey()
 			clientKey, _ := protocol.GeneratePrivateKey()
-			port := freeLoopbackUDPPort(b)
+			port := int(wgtest.FreeLoopbackUDPPort(b))
 			conf := writeFile(b, b.TempDir(), "server.conf", serveConf(serverKey, port, clientKey.PublicKey(),
 				fmt.Sprintf("MaxFlowsPerPeer = %d\nUDPTimeout = 3600\n", 2*n+10)))
 			d := startServeDaemon(b, conf, "-log-level", "info", "-metrics", "127.0.0.1:0")

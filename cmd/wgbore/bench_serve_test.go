@@ -15,6 +15,7 @@ import (
 
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/protocol/wgtest"
 )
 
 // BenchmarkServe measures a tunnel whose both ends are ours, the up and
@@ -33,7 +34,7 @@ func BenchmarkServe(b *testing.B) {
 
 	serverKey, _ := protocol.GeneratePrivateKey()
 	clientKey, _ := protocol.GeneratePrivateKey()
-	port := freeLoopbackUDPPort(b)
+	port := int(wgtest.FreeLoopbackUDPPort(b))
 	dir := b.TempDir()
 	serverConf := writeFile(b, dir, "server.conf", serveConf(serverKey, port, clientKey.PublicKey(), ""))
 	clientConf := writeFile(b, dir, "client.conf", fmt.Sprintf(`[Interface]

@@ -30,6 +30,7 @@ import (
 
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/protocol/wgtest"
 	"github.com/wgbore/wgbore/proxy/socksclient"
 )
 
@@ -377,7 +378,7 @@ func TestKernelWireGuard(t *testing.T) {
 	// wgbore always listens on wgborePort, which the guest knows as
 	// 10.0.2.2 (the host's loopback, to QEMU's user-mode network), and
 	// reaches the guest's 51820 through the forwarded fwdPort.
-	wgborePort, fwdPort := freeLoopbackUDPPort(t), freeLoopbackUDPPort(t)
+	wgborePort, fwdPort := int(wgtest.FreeLoopbackUDPPort(t)), int(wgtest.FreeLoopbackUDPPort(t))
 	conf := strings.Join([]string{keyHex(guestKey[:]), keyHex(ourPublic[:]), keyHex(psk[:]), fmt.Sprintf("10.0.2.2:%d", wgborePort)}, ",")
 
 	var guest *kvmGuest

@@ -21,6 +21,7 @@ import (
 	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/protocol/wgtest"
 )
 
 // hostWeb serves Body(N) at /bytes/N on 127.0.0.1, standing for a
@@ -45,23 +46,13 @@ func hostWeb(t testing.TB) string {
 	return l.Addr().String()
 }
 
-// freeLoopbackUDPPort picks a UDP port for a server's ListenPort.
-func freeLoopbackUDPPort(t testing.TB) int {
-	t.Helper()
-	p, err := freeUDPPort()
-	if err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 // TestServeWithWireGuardGoClient: a wireguard-go client, with its own
 // netstack and no TUN, connects to the wgbore serve binary over UDP on
 // 127.0.0.1 and reaches through it a host service that [Egress] allows,
 // a host UDP echo, and is refused at once where the policy says no.
 func TestServeWithWireGuardGoClient(t *testing.T) {
 	serverKey, _ := protocol.GeneratePrivateKey()
-	port := freeLoopbackUDPPort(t)
+	port := int(wgtest.FreeLoopbackUDPPort(t))
 	web := hostWeb(t)
 	tcpEcho, udpEcho := hostEcho(t)
 	// A listener on 127.0.0.2, which the policy does not allow: the test
@@ -209,7 +200,7 @@ func TestServeFlowCaps(t *testing.T) {
 	_, echoPort, _ := net.SplitHostPort(tcpEcho)
 	serverKey, _ := protocol.GeneratePrivateKey()
 	clientKey, _ := protocol.GeneratePrivateKey()
-	port := freeLoopbackUDPPort(t)
+	port := int(wgtest.FreeLoopbackUDPPort(t))
 	conf := writeFile(t, t.TempDir(), "server.conf", serveConf(serverKey, port, clientKey.PublicKey(), "MaxFlowsPerPeer = 2\n"))
 	d := startServeDaemon(t, conf, "-metrics", "127.0.0.1:0")
 	h := remoteEndpoints("http://" + strings.TrimSuffix(d.addr(t, "metrics http://", 0), "/metrics"))

@@ -7,19 +7,8 @@ import (
 	"time"
 
 	"github.com/wgbore/wgbore/protocol/clock"
+	"github.com/wgbore/wgbore/protocol/wgtest"
 )
-
-// waitUntil polls cond for up to 10 s; the pool's goroutines hand work
-// over asynchronously, so tests wait for what they expect, not for a
-// fixed time.
-func waitUntil(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	for deadline := time.Now().Add(10 * time.Second); !cond(); time.Sleep(time.Millisecond) {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-	}
-}
 
 // idle reports whether the pool has no goroutine and nothing queued.
 func (p *Pool) idle() bool {
@@ -47,13 +36,13 @@ func TestPoolBoundsABurst(t *testing.T) {
 			ran.Add(1)
 		})
 	}
-	waitUntil(t, "four callbacks run", func() bool { return now.Load() == 4 })
+	wgtest.WaitFor(t, 10*time.Second, "four callbacks to run", func() bool { return now.Load() == 4 })
 	if !p.Waiting() {
 		t.Fatal("Waiting() = false with callbacks queued behind the bound")
 	}
 	close(release)
-	waitUntil(t, "every callback has run", func() bool { return ran.Load() == n })
-	waitUntil(t, "the pool is idle", p.idle)
+	wgtest.WaitFor(t, 10*time.Second, "every callback to have run", func() bool { return ran.Load() == n })
+	wgtest.WaitFor(t, 10*time.Second, "the pool to be idle", p.idle)
 	if got := p.Started(); got != 4 {
 		t.Errorf("started %d goroutines for %d callbacks, want the limit, 4", got, n)
 	}
@@ -82,7 +71,7 @@ func TestPoolStallStartsOneMore(t *testing.T) {
 		close(done)
 	})
 	p.Go(func() { close(second) })
-	waitUntil(t, "the first callback holds the only goroutine", func() bool { return p.Started() == 1 })
+	wgtest.WaitFor(t, 10*time.Second, "the first callback to hold the only goroutine", func() bool { return p.Started() == 1 })
 	clk.Advance(Stall / 2)
 	if p.Started() != 1 {
 		t.Fatalf("a goroutine past the bound started before the stall time")
@@ -93,7 +82,7 @@ func TestPoolStallStartsOneMore(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the queue stalled behind a blocked callback and nothing took it")
 	}
-	waitUntil(t, "the pool is idle", p.idle)
+	wgtest.WaitFor(t, 10*time.Second, "the pool to be idle", p.idle)
 	if got := p.Started(); got != 2 {
 		t.Errorf("started %d goroutines, want 2", got)
 	}
@@ -114,7 +103,7 @@ func TestPoolNoExtraWhileMoving(t *testing.T) {
 	p.Go(func() { bRuns.Store(true); <-releaseB; ran.Done() })
 	p.Go(ran.Done)
 	close(releaseA)
-	waitUntil(t, "the second callback runs", bRuns.Load)
+	wgtest.WaitFor(t, 10*time.Second, "the second callback to run", bRuns.Load)
 	// The queue moved since the stall timer was set: one is still
 	// queued, but nothing starts past the bound.
 	clk.Advance(Stall)
@@ -123,7 +112,7 @@ func TestPoolNoExtraWhileMoving(t *testing.T) {
 	}
 	close(releaseB)
 	ran.Wait()
-	waitUntil(t, "the pool is idle", p.idle)
+	wgtest.WaitFor(t, 10*time.Second, "the pool to be idle", p.idle)
 }
 
 // A queue that stays short but never empties keeps no more room than
@@ -143,7 +132,7 @@ func TestPoolQueueKeepsNoPoppedSlots(t *testing.T) {
 	c := cap(p.queue)
 	p.mu.Unlock()
 	close(step)
-	waitUntil(t, "the pool is idle", p.idle)
+	wgtest.WaitFor(t, 10*time.Second, "the pool to be idle", p.idle)
 	if c > queueKeep {
 		t.Errorf("the queue grew to capacity %d while it never held more than a few", c)
 	}

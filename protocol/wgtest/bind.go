@@ -2,6 +2,12 @@
 // conn.Bind that listens on one loopback address only, so a test's
 // wireguard-go never binds a wildcard address and never sends anywhere
 // but the address it is given.
+//
+// It also holds the small helpers that the tests of every package share
+// (waiting for a condition, finding a free port, reading the heap in
+// use), so that each exists once. It imports none of the module's other
+// packages, so that the in-package tests of any of them can use it
+// without an import cycle.
 package wgtest
 
 import (

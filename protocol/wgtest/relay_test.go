@@ -94,17 +94,6 @@ func (p *testPeer) arrivals() []arrival {
 	return append([]arrival(nil), p.got...)
 }
 
-func waitFor(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(200 * time.Microsecond)
-	}
-}
-
 func newTestRelay(t testing.TB, cfg RelayConfig) *Relay {
 	t.Helper()
 	r, err := NewRelay(cfg)
@@ -134,7 +123,7 @@ func pump(t testing.TB, r *Relay, src *testPeer, dst netip.AddrPort, dir Directi
 	}
 	for i := range n {
 		if inFlight(i) {
-			waitFor(t, "the relay to catch up", func() bool {
+			WaitFor(t, waitTimeout, "the relay to catch up", func() bool {
 				st = r.dirStats(dir)
 				return !inFlight(i)
 			})
@@ -145,7 +134,7 @@ func pump(t testing.TB, r *Relay, src *testPeer, dst netip.AddrPort, dir Directi
 		}
 		src.send(t, dst, seq)
 	}
-	waitFor(t, "the relay to settle", func() bool {
+	WaitFor(t, waitTimeout, "the relay to settle", func() bool {
 		st = r.dirStats(dir)
 		return st.Received-base.Received == uint64(n) && st.Pending == 0 &&
 			int(st.Forwarded-base.Forwarded) == sink.count()-sinkBase
@@ -181,7 +170,7 @@ func TestRelayForwardsBothWays(t *testing.T) {
 
 	// Before A has sent anything B's datagrams have nowhere to go.
 	b.send(t, r.AddrB(), 1<<40)
-	waitFor(t, "an unroutable datagram", func() bool { return r.Stats().BToA.Unroutable == 1 })
+	WaitFor(t, waitTimeout, "an unroutable datagram", func() bool { return r.Stats().BToA.Unroutable == 1 })
 	if _, ok := r.PeerA(); ok {
 		t.Fatal("PeerA known before A sent anything")
 	}
@@ -208,7 +197,7 @@ func TestRelayForwardsBothWays(t *testing.T) {
 	// Side B accepts datagrams from B only.
 	c := newTestPeer(t)
 	c.send(t, r.AddrB(), 1<<41)
-	waitFor(t, "a foreign datagram", func() bool { return r.Stats().B.Foreign == 1 })
+	WaitFor(t, waitTimeout, "a foreign datagram", func() bool { return r.Stats().B.Foreign == 1 })
 
 	st := r.Stats()
 	want := DirectionStats{Received: n + 10, Forwarded: n + 10}
@@ -500,7 +489,7 @@ func TestRelayBlackout(t *testing.T) {
 		a.send(t, r.AddrA(), 100+i)
 		b.send(t, r.AddrB(), 100+i)
 	}
-	waitFor(t, "the blackout to drop both ways", func() bool {
+	WaitFor(t, waitTimeout, "the blackout to drop both ways", func() bool {
 		st := r.Stats()
 		return st.AToB.DroppedBlackout == 50 && st.BToA.DroppedBlackout == 50
 	})
@@ -522,7 +511,7 @@ func TestRelayBlackout(t *testing.T) {
 	for i := range uint64(20) {
 		a.send(t, r.AddrA(), 250+i)
 	}
-	waitFor(t, "the relay to read", func() bool { return r.Stats().AToB.Received == base.Received+20 })
+	WaitFor(t, waitTimeout, "the relay to read", func() bool { return r.Stats().AToB.Received == base.Received+20 })
 	if time.Since(start) < d {
 		if st := r.Stats().AToB; st.DroppedBlackout != base.DroppedBlackout+20 || st.Forwarded != base.Forwarded {
 			t.Fatalf("stats %+v in a blackout, %+v before it", st, base)
@@ -540,9 +529,9 @@ func TestRelayBlackout(t *testing.T) {
 	for i := range uint64(20) {
 		a.send(t, r.AddrA(), 370+i)
 	}
-	waitFor(t, "the relay to queue", func() bool { return r.Stats().AToB.Pending == 20 })
+	WaitFor(t, waitTimeout, "the relay to queue", func() bool { return r.Stats().AToB.Pending == 20 })
 	r.SetBlackout(true)
-	waitFor(t, "the delayed datagrams to come due", func() bool {
+	WaitFor(t, waitTimeout, "the delayed datagrams to come due", func() bool {
 		st := r.Stats().AToB
 		return st.Received == base.Received+20 && st.Pending == 0
 	})
@@ -574,12 +563,12 @@ func TestRelayRebind(t *testing.T) {
 	for i := range uint64(5) {
 		b.send(t, oldB, 100+i)
 	}
-	waitFor(t, "stale datagrams", func() bool { return r.Stats().B.Stale == 5 })
+	WaitFor(t, waitTimeout, "stale datagrams", func() bool { return r.Stats().B.Stale == 5 })
 	pump(t, r, b, newB, BToA, a, 10, 10, nil)
 	for i := range uint64(3) {
 		b.send(t, oldB, 200+i)
 	}
-	waitFor(t, "stale datagrams", func() bool { return r.Stats().B.Stale == 8 })
+	WaitFor(t, waitTimeout, "stale datagrams", func() bool { return r.Stats().B.Stale == 8 })
 	checkInOrder(t, a.arrivals(), 0, 20, addrA)
 
 	st := r.Stats()
@@ -630,12 +619,12 @@ func TestRelayRebindA(t *testing.T) {
 	for i := range uint64(4) {
 		a.send(t, oldA, 100+i)
 	}
-	waitFor(t, "stale datagrams", func() bool { return r.Stats().A.Stale == 4 })
+	WaitFor(t, waitTimeout, "stale datagrams", func() bool { return r.Stats().A.Stale == 4 })
 	pump(t, r, a, newA, AToB, b, 10, 10, nil)
 	for i := range uint64(2) {
 		a.send(t, oldA, 200+i)
 	}
-	waitFor(t, "stale datagrams", func() bool { return r.Stats().A.Stale == 6 })
+	WaitFor(t, waitTimeout, "stale datagrams", func() bool { return r.Stats().A.Stale == 6 })
 	checkInOrder(t, b.arrivals(), 0, 20, addrB)
 
 	st := r.Stats()
@@ -665,11 +654,11 @@ func TestRelayCloseStopsEverything(t *testing.T) {
 	for i := range uint64(20) {
 		a.send(t, r.AddrA(), i)
 	}
-	waitFor(t, "datagrams to wait in the relay", func() bool { return r.Stats().AToB.Pending == 20 })
+	WaitFor(t, waitTimeout, "datagrams to wait in the relay", func() bool { return r.Stats().AToB.Pending == 20 })
 	for i := range uint64(20) {
 		b.send(t, r.AddrB(), i)
 	}
-	waitFor(t, "datagrams to wait in the relay", func() bool { return r.Stats().BToA.Pending == 20 })
+	WaitFor(t, waitTimeout, "datagrams to wait in the relay", func() bool { return r.Stats().BToA.Pending == 20 })
 
 	if err := r.Close(); err != nil {
 		t.Fatal(err)
