@@ -493,13 +493,48 @@ func (n *Net) Listen(network, address string) (net.Listener, error) {
 // goroutine only when there is something to move, which the
 // idle-connection memory benchmark in cmd/wgbore measures.
 type TCPConn struct {
-	*gonet.TCPConn
+	conn *gonet.TCPConn
 	notifier
 }
 
 func newTCPConn(wq *waiter.Queue, ep tcpip.Endpoint) *TCPConn {
-	return &TCPConn{TCPConn: gonet.NewTCPConn(wq, ep), notifier: notifier{wq: wq, ep: ep}}
+	return &TCPConn{conn: gonet.NewTCPConn(wq, ep), notifier: notifier{wq: wq, ep: ep}}
 }
+
+// The methods of net.Conn and *net.TCPConn's half-closes are gonet's,
+// named here rather than promoted, so that no gVisor type shows through
+// the connection's API.
+
+// Read reads data from the connection.
+func (c *TCPConn) Read(b []byte) (int, error) { return c.conn.Read(b) }
+
+// Write writes data to the connection.
+func (c *TCPConn) Write(b []byte) (int, error) { return c.conn.Write(b) }
+
+// Close closes the connection.
+func (c *TCPConn) Close() error { return c.conn.Close() }
+
+// CloseRead shuts down the reading side of the connection.
+func (c *TCPConn) CloseRead() error { return c.conn.CloseRead() }
+
+// CloseWrite shuts down the writing side of the connection: the peer
+// reads the end of the stream.
+func (c *TCPConn) CloseWrite() error { return c.conn.CloseWrite() }
+
+// LocalAddr is our end's address inside the tunnel.
+func (c *TCPConn) LocalAddr() net.Addr { return c.conn.LocalAddr() }
+
+// RemoteAddr is the peer's address inside the tunnel.
+func (c *TCPConn) RemoteAddr() net.Addr { return c.conn.RemoteAddr() }
+
+// SetDeadline sets the read and write deadlines, as net.Conn's does.
+func (c *TCPConn) SetDeadline(t time.Time) error { return c.conn.SetDeadline(t) }
+
+// SetReadDeadline sets the read deadline, as net.Conn's does.
+func (c *TCPConn) SetReadDeadline(t time.Time) error { return c.conn.SetReadDeadline(t) }
+
+// SetWriteDeadline sets the write deadline, as net.Conn's does.
+func (c *TCPConn) SetWriteDeadline(t time.Time) error { return c.conn.SetWriteDeadline(t) }
 
 // notifier is what TCPConn and UDPConn add to gonet's connections: a
 // way to wait for data without a goroutine parked in Read.
@@ -557,14 +592,59 @@ func (c *TCPConn) TryRead(b []byte) (n int, wouldBlock bool, err error) {
 	return n, wouldBlock, err
 }
 
-// TCPInfo reports the connection's sender state as gVisor keeps it:
-// RTT, retransmission timeout, congestion window and threshold, recovery
-// state. It is for diagnosing a slow flow; the recovery tests' trace
-// (-recovery.trace) logs it every 100 ms.
-func (c *TCPConn) TCPInfo() tcpip.TCPInfoOption {
+// TCPInfo is a TCP connection's sender state, for diagnosing a slow
+// flow: what the stack estimates of the path, and how much it may send.
+type TCPInfo struct {
+	// State is the connection's TCP state, such as ESTABLISHED.
+	State string
+	// RTT is the smoothed round-trip time and RTTVar its variation.
+	RTT, RTTVar time.Duration
+	// RTO is the retransmission timeout.
+	RTO time.Duration
+	// CongestionWindow is the congestion window and SlowStartThreshold
+	// the threshold between slow start and congestion avoidance, both in
+	// segments.
+	CongestionWindow, SlowStartThreshold uint32
+	// Recovery is what the sender is recovering from: "" when nothing
+	// was lost, "timeout" after a retransmission timeout, "sack" or
+	// "fast" while it retransmits what acknowledgements showed missing,
+	// "disorder" when they showed reordering or loss not yet judged.
+	Recovery string
+	// ReorderSeen reports whether the connection has seen segments
+	// arrive out of order.
+	ReorderSeen bool
+}
+
+// TCPInfo reports the connection's sender state as it is now.
+func (c *TCPConn) TCPInfo() TCPInfo {
 	var info tcpip.TCPInfoOption
 	c.ep.GetSockOpt(&info)
-	return info
+	return TCPInfo{
+		State:              tcp.EndpointState(info.State).String(),
+		RTT:                info.RTT,
+		RTTVar:             info.RTTVar,
+		RTO:                info.RTO,
+		CongestionWindow:   info.SndCwnd,
+		SlowStartThreshold: info.SndSsthresh,
+		Recovery:           recoveryName(info.CcState),
+		ReorderSeen:        info.ReorderSeen,
+	}
+}
+
+func recoveryName(s tcpip.CongestionControlState) string {
+	switch s {
+	case tcpip.Open:
+		return ""
+	case tcpip.RTORecovery:
+		return "timeout"
+	case tcpip.FastRecovery:
+		return "fast"
+	case tcpip.SACKRecovery:
+		return "sack"
+	case tcpip.Disorder:
+		return "disorder"
+	}
+	return fmt.Sprintf("state %d", s)
 }
 
 // UDPConn is a connected UDP endpoint inside the tunnel, as server mode

@@ -27,7 +27,7 @@ func (n *Net) ListenPacket(network, address string) (net.PacketConn, error) {
 
 // ListenUDP is ListenPacket with the local address already parsed, like
 // net.ListenUDP; a nil laddr means any address and port of the family.
-func (n *Net) ListenUDP(network string, laddr *net.UDPAddr) (*gonet.UDPConn, error) {
+func (n *Net) ListenUDP(network string, laddr *net.UDPAddr) (net.PacketConn, error) {
 	var ap netip.AddrPort
 	if laddr != nil {
 		ap = laddr.AddrPort()
@@ -39,7 +39,11 @@ func (n *Net) ListenUDP(network string, laddr *net.UDPAddr) (*gonet.UDPConn, err
 			ap = netip.AddrPortFrom(netip.IPv4Unspecified(), ap.Port())
 		}
 	}
-	return n.listenUDP(network, ap)
+	c, err := n.listenUDP(network, ap)
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
 }
 
 func (n *Net) listenUDP(network string, ap netip.AddrPort) (*gonet.UDPConn, error) {

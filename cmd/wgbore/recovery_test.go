@@ -272,7 +272,7 @@ type recoveryClient struct {
 // sender's timer, window and recovery state.
 func senderInfo(c net.Conn) string {
 	i := c.(*netstack.TCPConn).TCPInfo()
-	return fmt.Sprintf("rto %v rtt %v cwnd %d ssthresh %d cc %d reorder %v", i.RTO, i.RTT.Round(time.Microsecond), i.SndCwnd, i.SndSsthresh, i.CcState, i.ReorderSeen)
+	return fmt.Sprintf("rto %v rtt %v cwnd %d ssthresh %d recovery %q reorder %v", i.RTO, i.RTT.Round(time.Microsecond), i.CongestionWindow, i.SlowStartThreshold, i.Recovery, i.ReorderSeen)
 }
 
 // requireRecoveredWithin fails for each result whose first whole MiB
