@@ -2,45 +2,18 @@ package netstack
 
 import (
 	"bytes"
-	"net/netip"
 	"slices"
-	"time"
 
 	"github.com/wgbore/wgbore/protocol"
 )
 
-// PeerStats is what a health check or a `wg show`-style listing needs to
-// know about one peer: whether its session is fresh and whether traffic
-// flows, and where it is.
-type PeerStats struct {
-	PublicKey protocol.PublicKey
-	// Endpoint is the peer's current UDP address, which follows it when
-	// it roams; invalid until it is configured or the peer first writes.
-	Endpoint netip.AddrPort
-	// LastHandshake is when the last handshake with the peer completed;
-	// zero if none has.
-	LastHandshake time.Time
-	// RxBytes and TxBytes count the bytes received from and sent to the
-	// peer, as `wg show` counts its transfer.
-	RxBytes, TxBytes uint64
-}
-
-// Stats returns one entry per peer, ordered by public key so successive
-// listings line up.
-func (n *Net) Stats() []PeerStats {
+// Stats returns each peer's status, as the engine reports it, ordered by
+// public key so that successive listings line up: whether its session
+// is fresh, whether traffic flows, and where it is.
+func (n *Net) Stats() []protocol.PeerStatus {
 	peers := n.engine.Peers()
-	out := make([]PeerStats, 0, len(peers))
-	for _, p := range peers {
-		out = append(out, PeerStats{
-			PublicKey:     p.PublicKey,
-			Endpoint:      p.Endpoint,
-			LastHandshake: p.LastHandshake,
-			RxBytes:       p.RxBytes,
-			TxBytes:       p.TxBytes,
-		})
-	}
-	slices.SortFunc(out, func(a, b PeerStats) int { return bytes.Compare(a.PublicKey[:], b.PublicKey[:]) })
-	return out
+	slices.SortFunc(peers, func(a, b protocol.PeerStatus) int { return bytes.Compare(a.PublicKey[:], b.PublicKey[:]) })
+	return peers
 }
 
 // ResentAcks counts the TCP acknowledgements re-sent to peers that came
