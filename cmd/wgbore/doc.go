@@ -433,9 +433,10 @@
 // together, run on small pools of goroutines (a few per core) that take
 // the next piece of work as they finish one, and grow past that size
 // only while their queue stands still (a copy blocked on a slow reader).
-// Closing a burst still takes more memory than holding it, briefly: the
-// closes' packets and endpoint state are garbage that the runtime
-// collects once its heap has grown by as much as was live.
+// Closing a burst still takes more memory than holding it, briefly, and
+// it is live rather than garbage: the closes' packets wait in the
+// tunnel's TCP stack all at once, and FINs whose acknowledgements queue
+// behind them time out and are sent again.
 //
 // About eight seconds after start, once the first handshakes are done,
 // wgbore also reclaims once, and on Linux asks the kernel to take back
