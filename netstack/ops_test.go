@@ -224,6 +224,28 @@ func TestOperations(t *testing.T) {
 		}
 	})
 
+	t.Run("tcp-info", func(t *testing.T) {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		c, err := n.DialContext(ctx, "tcp", netip.AddrPortFrom(peersite.TheirV4, 7).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(5 * time.Second))
+		one := []byte{'x'}
+		if _, err := c.Write(one); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, one); err != nil {
+			t.Fatal(err)
+		}
+		info := c.(*TCPConn).TCPInfo()
+		if info.State != "ESTABLISHED" || info.RTT <= 0 || info.RTO <= 0 || info.CongestionWindow == 0 || info.Recovery != "" {
+			t.Errorf("TCPInfo after an echo: %+v", info)
+		}
+	})
+
 	t.Run("http-client", func(t *testing.T) {
 		const size = 1 << 20
 		fetchBytes(t, n.HTTPClient(), fmt.Sprintf("http://10.0.0.2/bytes/%d", size), size)
