@@ -274,8 +274,6 @@ func (p *parser) fileRank(name string) int {
 	return len(p.files)
 }
 
-// sortErrors orders problems by file and line, because the structural
-// checks run when a section closes and would otherwise be reported after
 // firstOf handles a section that may appear once: the first records its
 // line in *seen; a second is an error that names the first's line, and
 // its section is parsed (so its own lines are still checked) but kept
@@ -290,6 +288,8 @@ func (p *parser) firstOf(f *fileState, s *section, n int, seen *int, name string
 	return true
 }
 
+// sortErrors orders problems by file and line, because the structural
+// checks run when a section closes and would otherwise be reported after
 // the lines below them. Problems of a whole file come after its lines.
 func (p *parser) sortErrors() {
 	slices.SortStableFunc(p.errs, func(a, b *Error) int {
