@@ -336,23 +336,23 @@ func (p *parser) parseFile(f *fileState, src []byte) {
 	cur := &section{kind: topLevel, seen: map[string]int{}}
 	for i, raw := range strings.Split(string(src), "\n") {
 		n := i + 1
-		line := strings.TrimSpace(raw) // also drops the \r of CRLF files
-		if line == "" || line[0] == '#' || line[0] == ';' {
+		text := strings.TrimSpace(raw) // also drops the \r of CRLF files
+		if text == "" || text[0] == '#' || text[0] == ';' {
 			continue
 		}
-		if line[0] == '[' {
+		if text[0] == '[' {
 			p.closeSection(f, cur)
-			cur = p.openSection(f, line, n)
+			cur = p.openSection(f, text, n)
 			continue
 		}
-		p.keyLine(f, cur, line, n)
+		p.keyLine(f, cur, text, n)
 	}
 	p.closeSection(f, cur)
 }
 
-func (p *parser) openSection(f *fileState, line string, n int) *section {
+func (p *parser) openSection(f *fileState, text string, n int) *section {
 	skip := &section{kind: secSkip, line: n, seen: map[string]int{}}
-	header := strings.TrimSpace(stripComment(line))
+	header := strings.TrimSpace(stripComment(text))
 	if !strings.HasSuffix(header, "]") {
 		p.errorf(f, n, "", "section header is missing its closing ']'")
 		return skip
@@ -442,8 +442,8 @@ func (p *parser) closeSection(f *fileState, s *section) {
 		}
 		// An empty "CheckAlive =" sets nothing, so it does not make an
 		// interval valid either (wireproxy counts addresses too).
-		if line, ok := s.seen["CheckAliveInterval"]; ok && len(s.iface.CheckAlive) == 0 {
-			p.errorf(f, line, "CheckAliveInterval", "only valid when CheckAlive is set")
+		if at, ok := s.seen["CheckAliveInterval"]; ok && len(s.iface.CheckAlive) == 0 {
+			p.errorf(f, at, "CheckAliveInterval", "only valid when CheckAlive is set")
 		}
 	case secPeer:
 		if _, ok := s.seen["PublicKey"]; !ok {
@@ -533,9 +533,34 @@ func (p *parser) finish(f *fileState) {
 	}
 }
 
-func (p *parser) keyLine(f *fileState, s *section, line string, n int) {
-	eq := strings.IndexByte(line, '=')
-	if eq < 0 || strings.ContainsRune(line[:eq], '#') || keyThenWords(s.kind, line[:eq]) {
+// line is one "Key = value" line whose key is known: where it is, what it
+// says, and the section it fills. The setters and value checks are its
+// methods, so every message they report carries the line's file, number
+// and key without each call passing them on.
+type line struct {
+	p   *parser
+	f   *fileState
+	s   *section
+	n   int    // line number in f
+	key string // canonical spelling, as messages name it
+	v   string // the value, unquoted and expanded
+}
+
+func (l *line) errorf(format string, args ...any) {
+	l.p.errorf(l.f, l.n, l.key, format, args...)
+}
+
+func (l *line) errorWrap(err error, format string, args ...any) {
+	l.p.errorWrap(l.f, l.n, l.key, err, format, args...)
+}
+
+func (l *line) warnf(format string, args ...any) {
+	l.p.warnf(l.f, l.n, l.key, format, args...)
+}
+
+func (p *parser) keyLine(f *fileState, s *section, text string, n int) {
+	eq := strings.IndexByte(text, '=')
+	if eq < 0 || strings.ContainsRune(text[:eq], '#') || keyThenWords(s.kind, text[:eq]) {
 		if s.kind == secSkip || s.kind == topLevel {
 			if s.kind == topLevel {
 				p.errorf(f, n, "", "expected \"Key = value\" or \"[Section]\"")
@@ -543,7 +568,7 @@ func (p *parser) keyLine(f *fileState, s *section, line string, n int) {
 			return
 		}
 		// Never echo the line: it may well be "PrivateKey <secret>".
-		if fields := strings.Fields(stripComment(line)); len(fields) > 0 {
+		if fields := strings.Fields(stripComment(text)); len(fields) > 0 {
 			if spec, ok := lookupKey(s.kind, fields[0]); ok {
 				if _, dup := s.seen[spec.name]; !dup {
 					s.seen[spec.name] = n // the key is there, just malformed
@@ -558,7 +583,7 @@ func (p *parser) keyLine(f *fileState, s *section, line string, n int) {
 	if s.kind == secSkip {
 		return
 	}
-	rawKey := strings.TrimSpace(line[:eq])
+	rawKey := strings.TrimSpace(text[:eq])
 	if rawKey == "" {
 		p.errorf(f, n, "", "missing key name before '='")
 		return
@@ -568,12 +593,13 @@ func (p *parser) keyLine(f *fileState, s *section, line string, n int) {
 		p.unknownKey(f, s, rawKey, n)
 		return
 	}
+	l := &line{p: p, f: f, s: s, n: n, key: spec.name}
 	if spec.kind == wgQuickOnly {
-		p.warnf(f, n, spec.name, "has no effect: wgbore changes no routes, firewall or interface, so only wg-quick uses it")
+		l.warnf("has no effect: wgbore changes no routes, firewall or interface, so only wg-quick uses it")
 		return
 	}
 	if first, dup := s.seen[spec.name]; dup && spec.kind == scalar {
-		p.errorf(f, n, spec.name, "set twice (first on line %d)", first)
+		l.errorf("set twice (first on line %d)", first)
 		return
 	}
 	if _, dup := s.seen[spec.name]; !dup {
@@ -581,20 +607,19 @@ func (p *parser) keyLine(f *fileState, s *section, line string, n int) {
 		// produce a "missing key" error when the section closes.
 		s.seen[spec.name] = n
 	}
-	value, msg := parseValue(line[eq+1:])
+	value, msg := parseValue(text[eq+1:])
 	if msg != "" {
-		p.errorf(f, n, spec.name, "%s", msg)
+		l.errorf("%s", msg)
 		return
 	}
-	value, ok = p.expand(f, n, spec.name, value)
-	if !ok {
+	if l.v, ok = l.expand(value); !ok {
 		return
 	}
-	if value == "" && spec.kind == scalar && !spec.optional {
-		p.errorf(f, n, spec.name, "has no value")
+	if l.v == "" && spec.kind == scalar && !spec.optional {
+		l.errorf("has no value")
 		return
 	}
-	p.set(f, s, spec.name, value, n)
+	l.set()
 }
 
 // keyThenWords reports whether the text before the first '=' is a known
@@ -696,7 +721,7 @@ func stripComment(s string) string {
 // "$" is the variable of that name, and a leading "$$" stands for a literal
 // "$". Only a whole value is substituted, as in wireproxy, so "$" inside a
 // value means itself.
-func (p *parser) expand(f *fileState, n int, key, v string) (string, bool) {
+func (l *line) expand(v string) (string, bool) {
 	if !strings.HasPrefix(v, "$") {
 		return v, true
 	}
@@ -708,15 +733,15 @@ func (p *parser) expand(f *fileState, n int, key, v string) (string, bool) {
 	if validEnvName(name) {
 		shown = "$" + name
 	}
-	val, ok := p.opts.LookupEnv(name)
+	val, ok := l.p.opts.LookupEnv(name)
 	if !ok {
-		p.errorf(f, n, key, "environment variable %s is not set", shown)
+		l.errorf("environment variable %s is not set", shown)
 		return "", false
 	}
 	if strings.ContainsAny(val, "\r\n") {
 		// A config value is one line; a line break could not be written back
 		// by Render and is almost certainly a mistake in the environment.
-		p.errorf(f, n, key, "environment variable %s contains a line break", shown)
+		l.errorf("environment variable %s contains a line break", shown)
 		return "", false
 	}
 	return val, true
@@ -747,7 +772,9 @@ func splitList(v string) []string {
 	return out
 }
 
-func (p *parser) resolvePath(f *fileState, path string) string {
+// resolvePath anchors a relative path at the directory of the file that
+// names it, so a config and the files it names move together.
+func (f *fileState) resolvePath(path string) string {
 	if filepath.IsAbs(path) {
 		return path
 	}
@@ -768,20 +795,20 @@ func defaultStat() func(string) (fs.FileInfo, error) {
 // readKeyFile reads a key file and warns when it is readable by group or
 // others, as wg(8) does: a private key in a world-readable file is as
 // good as published.
-func (p *parser) readKeyFile(f *fileState, n int, key, path string) (string, bool) {
-	full := p.resolvePath(f, path)
-	data, err := p.opts.ReadFile(full)
+func (l *line) readKeyFile(path string) (string, bool) {
+	full := l.f.resolvePath(path)
+	data, err := l.p.opts.ReadFile(full)
 	if err != nil {
-		p.errorWrap(f, n, key, err, "cannot read key file: %v", err)
+		l.errorWrap(err, "cannot read key file: %v", err)
 		return "", false
 	}
 	text := strings.TrimSpace(string(data))
 	clear(data)
 	// Windows has no such modes (Go reports every writable file as 0666):
 	// there the file's access list decides, which Stat cannot show.
-	if fi, err := p.opts.Stat(full); err == nil && runtime.GOOS != "windows" {
+	if fi, err := l.p.opts.Stat(full); err == nil && runtime.GOOS != "windows" {
 		if perm := fi.Mode().Perm(); perm&0o044 != 0 {
-			p.warnf(f, n, key, "%s is readable by group or others (mode %04o); chmod 600 it", full, perm)
+			l.warnf("%s is readable by group or others (mode %04o); chmod 600 it", full, perm)
 		}
 	}
 	return text, true
@@ -794,128 +821,129 @@ func keyError(err error) string {
 	return err.Error()
 }
 
-func (p *parser) set(f *fileState, s *section, key, v string, n int) {
+func (l *line) set() {
+	s := l.s
 	switch s.kind {
 	case topLevel:
-		p.setWGConfig(f, v, n)
+		l.setWGConfig()
 	case secInterface:
-		p.setInterface(f, s, key, v, n)
+		l.setInterface()
 	case secPeer:
-		p.setPeer(f, s, key, v, n)
+		l.setPeer()
 	case secSocks5:
-		switch key {
+		switch l.key {
 		case "BindAddress":
-			if p.checkAddr(f, n, key, v, true, 0) {
-				s.socks.BindAddress = v
+			if l.checkAddr(true, 0) {
+				s.socks.BindAddress = l.v
 			}
 		case "Username":
-			s.socks.Username = v
+			s.socks.Username = l.v
 		case "Password":
-			s.socks.Password = Secret(v)
+			s.socks.Password = Secret(l.v)
 		case "MaxConnections":
-			s.socks.MaxConnections, _ = p.maxConnections(f, n, key, v)
+			s.socks.MaxConnections, _ = l.maxConnections()
 		case "DialTimeout":
-			s.socks.DialTimeout, _ = p.dialTimeout(f, n, key, v)
+			s.socks.DialTimeout, _ = l.dialTimeout()
 		}
 	case secHTTP:
-		switch key {
+		switch l.key {
 		case "BindAddress":
-			if p.checkAddr(f, n, key, v, true, 0) {
-				s.http.BindAddress = v
+			if l.checkAddr(true, 0) {
+				s.http.BindAddress = l.v
 			}
 		case "Username":
-			s.http.Username = v
+			s.http.Username = l.v
 		case "Password":
-			s.http.Password = Secret(v)
+			s.http.Password = Secret(l.v)
 		case "CertFile":
-			s.http.CertFile = v
+			s.http.CertFile = l.v
 		case "KeyFile":
-			s.http.KeyFile = v
+			s.http.KeyFile = l.v
 		case "MaxConnections":
-			s.http.MaxConnections, _ = p.maxConnections(f, n, key, v)
+			s.http.MaxConnections, _ = l.maxConnections()
 		case "DialTimeout":
-			s.http.DialTimeout, _ = p.dialTimeout(f, n, key, v)
+			s.http.DialTimeout, _ = l.dialTimeout()
 		}
 	case secTCPClient:
-		switch key {
+		switch l.key {
 		case "BindAddress":
-			if p.checkAddr(f, n, key, v, true, 0) {
-				s.tcpClient.BindAddress = v
+			if l.checkAddr(true, 0) {
+				s.tcpClient.BindAddress = l.v
 			}
 		case "Target":
-			if p.checkAddr(f, n, key, v, false, 1) {
-				s.tcpClient.Target = v
+			if l.checkAddr(false, 1) {
+				s.tcpClient.Target = l.v
 			}
 		case "MaxConnections":
-			s.tcpClient.MaxConnections, _ = p.maxConnections(f, n, key, v)
+			s.tcpClient.MaxConnections, _ = l.maxConnections()
 		case "IdleTimeout":
-			s.tcpClient.IdleTimeout, _ = p.seconds(f, n, key, v)
+			s.tcpClient.IdleTimeout, _ = l.seconds()
 		}
 	case secTCPServer:
-		switch key {
+		switch l.key {
 		case "ListenPort":
-			if port, ok := p.number(f, n, key, v, 0, 65535); ok {
+			if port, ok := l.number(0, 65535); ok {
 				s.tcpServer.ListenPort = int(port)
 			}
 		case "Target":
-			if p.checkAddr(f, n, key, v, false, 1) {
-				s.tcpServer.Target = v
+			if l.checkAddr(false, 1) {
+				s.tcpServer.Target = l.v
 			}
 		case "MaxConnections":
-			s.tcpServer.MaxConnections, _ = p.maxConnections(f, n, key, v)
+			s.tcpServer.MaxConnections, _ = l.maxConnections()
 		case "IdleTimeout":
-			s.tcpServer.IdleTimeout, _ = p.seconds(f, n, key, v)
+			s.tcpServer.IdleTimeout, _ = l.seconds()
 		}
 	case secSTDIO:
-		if p.checkAddr(f, n, key, v, false, 1) {
-			s.stdio.Target = v
+		if l.checkAddr(false, 1) {
+			s.stdio.Target = l.v
 		}
 	case secUDPProxy:
-		switch key {
+		switch l.key {
 		case "BindAddress":
-			if p.checkAddr(f, n, key, v, true, 0) {
-				s.udpProxy.BindAddress = v
+			if l.checkAddr(true, 0) {
+				s.udpProxy.BindAddress = l.v
 			}
 		case "Target":
-			if p.checkAddr(f, n, key, v, false, 1) {
-				s.udpProxy.Target = v
+			if l.checkAddr(false, 1) {
+				s.udpProxy.Target = l.v
 			}
 		case "InactivityTimeout":
-			if d, ok := p.seconds(f, n, key, v); ok {
+			if d, ok := l.seconds(); ok {
 				s.udpProxy.InactivityTimeout = d
 			}
 		}
 	case secUDPServer:
-		switch key {
+		switch l.key {
 		case "ListenPort":
-			if port, ok := p.number(f, n, key, v, 1, 65535); ok {
+			if port, ok := l.number(1, 65535); ok {
 				s.udpServer.ListenPort = int(port)
 			}
 		case "Target":
-			if p.checkAddr(f, n, key, v, false, 1) {
-				s.udpServer.Target = v
+			if l.checkAddr(false, 1) {
+				s.udpServer.Target = l.v
 			}
 		case "InactivityTimeout":
-			if d, ok := p.seconds(f, n, key, v); ok {
+			if d, ok := l.seconds(); ok {
 				s.udpServer.InactivityTimeout = d
 			}
 		}
 	case secEgress:
-		p.setEgress(f, s.egress, key, v, n)
+		l.setEgress()
 	case secDNSServer:
-		p.setDNSServer(f, s.dnsServer, key, v, n)
+		l.setDNSServer()
 	case secMetrics:
-		if p.checkAddr(f, n, key, v, true, 0) {
-			s.metrics.BindAddress = v
+		if l.checkAddr(true, 0) {
+			s.metrics.BindAddress = l.v
 		}
 	case secResolve:
-		switch strings.ToLower(v) {
+		switch strings.ToLower(l.v) {
 		case "", string(ResolveAuto):
 			s.resolve.Strategy = ResolveAuto
 		case string(ResolveIPv4), string(ResolveIPv6):
-			s.resolve.Strategy = ResolveStrategy(strings.ToLower(v))
+			s.resolve.Strategy = ResolveStrategy(strings.ToLower(l.v))
 		default:
-			p.errorf(f, n, key, "%q is not auto, ipv4 or ipv6", v)
+			l.errorf("%q is not auto, ipv4 or ipv6", l.v)
 		}
 	}
 }
@@ -923,17 +951,18 @@ func (p *parser) set(f *fileState, s *section, key, v string, n int) {
 // setWGConfig reads wireproxy's include at once, so its [Interface] and
 // [Peer] are in place before the main file's sections are checked against
 // them.
-func (p *parser) setWGConfig(f *fileState, v string, n int) {
+func (l *line) setWGConfig() {
+	p, f := l.p, l.f
 	if f.included {
-		p.errorf(f, n, "WGConfig", "not allowed in a file that is itself included by WGConfig")
+		l.errorf("not allowed in a file that is itself included by WGConfig")
 		return
 	}
-	p.cfg.WGConfig = v
-	p.wgConfigLine = n
-	path := p.resolvePath(f, v)
+	p.cfg.WGConfig = l.v
+	p.wgConfigLine = l.n
+	path := f.resolvePath(l.v)
 	data, err := p.opts.ReadFile(path)
 	if err != nil {
-		p.errorWrap(f, n, "WGConfig", err, "cannot read the included file: %v", err)
+		l.errorWrap(err, "cannot read the included file: %v", err)
 		return
 	}
 	inc := &fileState{name: path, dir: filepath.Dir(path), included: true}
@@ -942,223 +971,193 @@ func (p *parser) setWGConfig(f *fileState, v string, n int) {
 	clear(data)
 }
 
-// secretKey handles a key that may be given inline (name) or read from a
-// file (name+"File"). The two spellings exclude each other, and an error
-// names the file the key came from but never the key.
-func (p *parser) secretKey(f *fileState, s *section, key, v string, n int, name string, parse func(string) ([32]byte, error)) ([32]byte, bool) {
-	fromFile := key == name+"File"
+// setSecretKey is the one path for a secret key that may be given inline
+// (name) or read from a file (name+"File"): it parses the key into *dst
+// and, for the file spelling, keeps the path as written in *dstPath, so
+// Render writes back a reference rather than the secret. The two
+// spellings exclude each other, and an error names the file the key came
+// from but never the key. It is generic over the protocol's key types, so
+// it is a function rather than a method of line.
+func setSecretKey[K ~[32]byte](l *line, name string, parse func(string) (K, error), dst *K, dstPath *string) {
+	fromFile := l.key == name+"File"
 	other := name + "File"
 	if fromFile {
 		other = name
 	}
-	if line, ok := s.seen[other]; ok && line != n {
-		p.errorf(f, n, key, "conflicts with %s on line %d; set only one", other, line)
-		return [32]byte{}, false
+	if at, ok := l.s.seen[other]; ok && at != l.n {
+		l.errorf("conflicts with %s on line %d; set only one", other, at)
+		return
 	}
-	text := v
+	text := l.v
 	if fromFile {
 		var ok bool
-		if text, ok = p.readKeyFile(f, n, key, v); !ok {
-			return [32]byte{}, false
+		if text, ok = l.readKeyFile(l.v); !ok {
+			return
 		}
 	}
 	k, err := parse(text)
 	if err != nil {
 		if fromFile {
-			p.errorWrap(f, n, key, err, "%s: %s", p.resolvePath(f, v), keyError(err))
+			l.errorWrap(err, "%s: %s", l.f.resolvePath(l.v), keyError(err))
 		} else {
-			p.errorWrap(f, n, key, err, "%s", keyError(err))
+			l.errorWrap(err, "%s", keyError(err))
 		}
-		return [32]byte{}, false
+		return
 	}
-	return k, true
+	*dst = k
+	if fromFile {
+		*dstPath = l.v
+	}
 }
 
-func (p *parser) setInterface(f *fileState, s *section, key, v string, n int) {
-	iface := s.iface
-	switch key {
+func (l *line) setInterface() {
+	iface := l.s.iface
+	switch l.key {
 	case "PrivateKey", "PrivateKeyFile":
-		k, ok := p.secretKey(f, s, key, v, n, "PrivateKey", func(t string) ([32]byte, error) {
-			k, err := protocol.ParsePrivateKey(t)
-			return k, err
-		})
-		if !ok {
-			return
-		}
-		iface.PrivateKey = k
-		if key == "PrivateKeyFile" {
-			iface.PrivateKeyFile = v
-		}
+		setSecretKey(l, "PrivateKey", protocol.ParsePrivateKey, &iface.PrivateKey, &iface.PrivateKeyFile)
 	case "Address":
-		for _, item := range splitList(v) {
-			if pfx, ok := p.prefix(f, n, key, item); ok {
-				iface.Addresses = append(iface.Addresses, pfx)
-			}
-		}
+		iface.Addresses = append(iface.Addresses, l.prefixes()...)
 	case "DNS":
 		// wg-quick's rule: an entry that parses as an IP is a server and
 		// anything else is a search domain.
-		for _, item := range splitList(v) {
+		for _, item := range splitList(l.v) {
 			if a, err := netip.ParseAddr(item); err == nil && a.Zone() == "" {
 				iface.DNS = append(iface.DNS, a)
 			} else if validHostname(item) {
 				iface.DNSSearch = append(iface.DNSSearch, item)
 			} else {
-				p.errorf(f, n, key, "%q is neither an IP address nor a search domain", item)
+				l.errorf("%q is neither an IP address nor a search domain", item)
 			}
 		}
 	case "MTU":
-		if mtu, ok := p.number(f, n, key, v, MinMTU, MaxMTU); ok {
+		if mtu, ok := l.number(MinMTU, MaxMTU); ok {
 			iface.MTU = int(mtu)
 		}
 	case "ListenPort":
-		if port, ok := p.number(f, n, key, v, 0, 65535); ok {
+		if port, ok := l.number(0, 65535); ok {
 			iface.ListenPort = int(port)
 		}
 	case "CheckAlive":
-		for _, item := range splitList(v) {
-			a, err := netip.ParseAddr(item)
-			if err != nil || a.Zone() != "" {
-				p.errorf(f, n, key, "%q is not an IP address", item)
-				continue
+		for _, item := range splitList(l.v) {
+			if a, ok := l.addr(item); ok {
+				iface.CheckAlive = append(iface.CheckAlive, a)
 			}
-			iface.CheckAlive = append(iface.CheckAlive, a)
 		}
 	case "CheckAliveInterval":
-		if secs, ok := p.number(f, n, key, v, 1, 1<<32-1); ok {
+		if secs, ok := l.number(1, 1<<32-1); ok {
 			iface.CheckAliveInterval = time.Duration(secs) * time.Second
 		}
 	case "MemoryLimit":
-		if b, err := ParseMemoryLimit(v); err != nil {
-			p.errorf(f, n, key, "%v", err)
+		if b, err := ParseMemoryLimit(l.v); err != nil {
+			l.errorf("%v", err)
 		} else {
 			iface.MemoryLimit = b
 		}
 	}
 }
 
-func (p *parser) setPeer(f *fileState, s *section, key, v string, n int) {
+// setPeer fills the section's Peer, and records where its PublicKey was
+// and whether it parsed, for the duplicate-key check when the section
+// closes.
+func (l *line) setPeer() {
+	s := l.s
 	peer := &s.peer
-	switch key {
+	switch l.key {
 	case "PublicKey":
-		s.peerKeyLine = n
-		k, err := protocol.ParsePublicKey(v)
+		s.peerKeyLine = l.n
+		k, err := protocol.ParsePublicKey(l.v)
 		if err != nil {
-			p.errorWrap(f, n, key, err, "%s", keyError(err))
+			l.errorWrap(err, "%s", keyError(err))
 			return
 		}
 		peer.PublicKey = k
 		s.peerKeyOK = true
 	case "PresharedKey", "PresharedKeyFile":
-		k, ok := p.secretKey(f, s, key, v, n, "PresharedKey", func(t string) ([32]byte, error) {
-			k, err := protocol.ParsePresharedKey(t)
-			return k, err
-		})
-		if !ok {
-			return
-		}
-		peer.PresharedKey = k
-		if key == "PresharedKeyFile" {
-			peer.PresharedKeyFile = v
-		}
+		setSecretKey(l, "PresharedKey", protocol.ParsePresharedKey, &peer.PresharedKey, &peer.PresharedKeyFile)
 	case "Endpoint":
-		if p.checkAddr(f, n, key, v, false, 1) {
-			peer.Endpoint = v
+		if l.checkAddr(false, 1) {
+			peer.Endpoint = l.v
 		}
 	case "AllowedIPs":
-		for _, item := range splitList(v) {
-			if pfx, ok := p.prefix(f, n, key, item); ok {
-				peer.AllowedIPs = append(peer.AllowedIPs, pfx)
-			}
-		}
+		peer.AllowedIPs = append(peer.AllowedIPs, l.prefixes()...)
 	case "PersistentKeepalive":
-		if strings.EqualFold(v, "off") {
+		if strings.EqualFold(l.v, "off") {
 			peer.PersistentKeepalive = 0
 			return
 		}
-		secs, err := strconv.ParseUint(v, 10, 16)
+		secs, err := strconv.ParseUint(l.v, 10, 16)
 		if err != nil {
-			p.errorf(f, n, key, "%q is neither \"off\" nor a number of seconds from 0 to 65535", v)
+			l.errorf("%q is neither \"off\" nor a number of seconds from 0 to 65535", l.v)
 			return
 		}
 		peer.PersistentKeepalive = time.Duration(secs) * time.Second
 	}
 }
 
-func (p *parser) number(f *fileState, n int, key, v string, lo, hi uint64) (uint64, bool) {
-	x, err := strconv.ParseUint(v, 10, 64)
+func (l *line) number(lo, hi uint64) (uint64, bool) {
+	x, err := strconv.ParseUint(l.v, 10, 64)
 	if err != nil || x < lo || x > hi {
-		p.errorf(f, n, key, "%q is not a number from %d to %d", v, lo, hi)
+		l.errorf("%q is not a number from %d to %d", l.v, lo, hi)
 		return 0, false
 	}
 	return x, true
 }
 
-func (p *parser) setEgress(f *fileState, e *Egress, key, v string, n int) {
-	switch key {
-	case "Allow", "Deny":
-		for _, item := range splitList(v) {
-			pfx, ok := p.prefix(f, n, key, item)
-			if !ok {
-				continue
-			}
-			if key == "Allow" {
-				e.Allow = append(e.Allow, pfx)
-			} else {
-				e.Deny = append(e.Deny, pfx)
-			}
-		}
+func (l *line) setEgress() {
+	e := l.s.egress
+	switch l.key {
+	case "Allow":
+		e.Allow = append(e.Allow, l.prefixes()...)
+	case "Deny":
+		e.Deny = append(e.Deny, l.prefixes()...)
 	case "HostAddress":
-		for _, item := range splitList(v) {
-			a, err := netip.ParseAddr(item)
-			if err != nil || a.Zone() != "" {
-				p.errorf(f, n, key, "%q is not an IP address", item)
-				continue
+		for _, item := range splitList(l.v) {
+			if a, ok := l.addr(item); ok {
+				e.HostAddresses = append(e.HostAddresses, a.Unmap())
 			}
-			e.HostAddresses = append(e.HostAddresses, a.Unmap())
 		}
 	case "MaxFlowsPerPeer":
-		e.MaxFlowsPerPeer, _ = p.maxConnections(f, n, key, v)
+		e.MaxFlowsPerPeer, _ = l.maxConnections()
 	case "MaxFlows":
-		e.MaxFlows, _ = p.maxConnections(f, n, key, v)
+		e.MaxFlows, _ = l.maxConnections()
 	case "FlowMemory":
-		if b, err := ParseSize(v); err != nil {
-			p.errorf(f, n, key, "%v", err)
+		if b, err := ParseSize(l.v); err != nil {
+			l.errorf("%v", err)
 		} else if b < MinFlowMemory {
-			p.errorf(f, n, key, "%s is below the %d MiB minimum", v, MinFlowMemory>>20)
+			l.errorf("%s is below the %d MiB minimum", l.v, MinFlowMemory>>20)
 		} else {
 			e.FlowMemory = b
 		}
 	case "UDPTimeout":
-		e.UDPTimeout, _ = p.seconds(f, n, key, v)
+		e.UDPTimeout, _ = l.seconds()
 	}
 }
 
-func (p *parser) setDNSServer(f *fileState, d *DNSServer, key, v string, n int) {
-	switch key {
+func (l *line) setDNSServer() {
+	d := l.s.dnsServer
+	switch l.key {
 	case "Upstream":
-		for _, item := range splitList(v) {
+		for _, item := range splitList(l.v) {
 			if a, err := netip.ParseAddr(item); err == nil && a.Zone() == "" {
 				d.Upstream = append(d.Upstream, netip.AddrPortFrom(a, 53))
 			} else if ap, err := netip.ParseAddrPort(item); err == nil && ap.Port() != 0 {
 				d.Upstream = append(d.Upstream, ap)
 			} else {
-				p.errorf(f, n, key, "%q is not an IP address or IP:port", item)
+				l.errorf("%q is not an IP address or IP:port", item)
 			}
 		}
 	case "Record":
 		// One name and its addresses per item: "demo.wg 10.0.0.1 fd00::1".
-		for _, item := range splitList(v) {
+		for _, item := range splitList(l.v) {
 			fields := strings.Fields(item)
 			if len(fields) < 2 || !validHostname(fields[0]) {
-				p.errorf(f, n, key, "%q: want a name and one or more IP addresses", item)
+				l.errorf("%q: want a name and one or more IP addresses", item)
 				continue
 			}
 			name := strings.ToLower(strings.TrimSuffix(fields[0], ".")) + "."
 			for _, field := range fields[1:] {
-				a, err := netip.ParseAddr(field)
-				if err != nil || a.Zone() != "" {
-					p.errorf(f, n, key, "%q is not an IP address", field)
+				a, ok := l.addr(field)
+				if !ok {
 					continue
 				}
 				if d.Records == nil {
@@ -1172,40 +1171,62 @@ func (p *parser) setDNSServer(f *fileState, d *DNSServer, key, v string, n int) 
 
 // seconds reads a duration written as whole seconds, as wireproxy's
 // timeouts are.
-func (p *parser) seconds(f *fileState, n int, key, v string) (time.Duration, bool) {
-	secs, ok := p.number(f, n, key, v, 0, 1<<32-1)
+func (l *line) seconds() (time.Duration, bool) {
+	secs, ok := l.number(0, 1<<32-1)
 	return time.Duration(secs) * time.Second, ok
 }
 
 // dialTimeout reads a proxy's dial timeout in seconds. Zero is refused:
 // a dial that may not take any time never succeeds.
-func (p *parser) dialTimeout(f *fileState, n int, key, v string) (time.Duration, bool) {
-	secs, ok := p.number(f, n, key, v, 1, 3600)
+func (l *line) dialTimeout() (time.Duration, bool) {
+	secs, ok := l.number(1, 3600)
 	return time.Duration(secs) * time.Second, ok
 }
 
 // maxConnections reads a per-listener cap. Zero is refused rather than
 // read as "unlimited": a listener that serves nobody is surely a typo, and
 // unlimited is what the cap exists to prevent.
-func (p *parser) maxConnections(f *fileState, n int, key, v string) (int, bool) {
-	x, ok := p.number(f, n, key, v, 1, MaxConnectionsLimit)
+func (l *line) maxConnections() (int, bool) {
+	x, ok := l.number(1, MaxConnectionsLimit)
 	return int(x), ok
+}
+
+// addr reads one IP address of a list: a plain address, without a zone.
+func (l *line) addr(item string) (netip.Addr, bool) {
+	a, err := netip.ParseAddr(item)
+	if err != nil || a.Zone() != "" {
+		l.errorf("%q is not an IP address", item)
+		return netip.Addr{}, false
+	}
+	return a, true
+}
+
+// prefixes reads a list of addresses or prefixes, reporting each bad item
+// and returning the good ones, so one typo does not hide the rest.
+func (l *line) prefixes() []netip.Prefix {
+	var out []netip.Prefix
+	for _, item := range splitList(l.v) {
+		if pfx, ok := l.prefix(item); ok {
+			out = append(out, pfx)
+		}
+	}
+	return out
 }
 
 // prefix reads an address with or without a prefix length; a bare address
 // is a single host, /32 or /128, as wg-quick and wg(8) read it.
-func (p *parser) prefix(f *fileState, n int, key, item string) (netip.Prefix, bool) {
+func (l *line) prefix(item string) (netip.Prefix, bool) {
 	if !strings.Contains(item, "/") {
 		a, err := netip.ParseAddr(item)
 		if err != nil || a.Zone() != "" {
-			p.errorf(f, n, key, "%q is not an IP address or prefix", item)
+			l.errorf("%q is not an IP address or prefix", item)
 			return netip.Prefix{}, false
 		}
 		return netip.PrefixFrom(a, a.BitLen()), true
 	}
 	pfx, err := netip.ParsePrefix(item)
 	if err != nil {
-		p.errorf(f, n, key, "%q is not an IP address or prefix", item)
+		l.errorf("%q is not an IP address or prefix", item)
 		return netip.Prefix{}, false
 	}
 	return pfx, true
@@ -1213,9 +1234,9 @@ func (p *parser) prefix(f *fileState, n int, key, item string) (netip.Prefix, bo
 
 // checkAddr validates host:port text that is kept as a string, because a
 // hostname is resolved later (and again) by whoever uses it.
-func (p *parser) checkAddr(f *fileState, n int, key, v string, hostOptional bool, minPort uint64) bool {
-	if msg := checkHostPort(v, hostOptional, minPort); msg != "" {
-		p.errorf(f, n, key, "%q: %s", v, msg)
+func (l *line) checkAddr(hostOptional bool, minPort uint64) bool {
+	if msg := checkHostPort(l.v, hostOptional, minPort); msg != "" {
+		l.errorf("%q: %s", l.v, msg)
 		return false
 	}
 	return true
