@@ -14,6 +14,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"slices"
 	"time"
 )
 
@@ -77,9 +78,12 @@ func Connect(ctx context.Context, proxyAddr string, auth Auth, target netip.Addr
 // ConnectOn opens a CONNECT tunnel to target over c, a connection to
 // the proxy that the caller dialed, and returns the address the server
 // bound for it. The greeting, the login and the request go out in one
-// write, so the tunnel costs one round trip.
+// write, so the tunnel costs one round trip. A server that refuses the
+// method or the login closes with the request unread, and its kernel may
+// then reset the connection before the refusal is read: a refusal can
+// show as a reset.
 func ConnectOn(c net.Conn, auth Auth, target netip.AddrPort) (netip.AddrPort, error) {
-	return request(c, auth, cmdConnect, target)
+	return request(c, auth, cmdConnect, target, true)
 }
 
 // Associate asks over c, a connection to the proxy, for a UDP
@@ -87,12 +91,13 @@ func ConnectOn(c net.Conn, auth Auth, target netip.AddrPort) (netip.AddrPort, er
 // the server gave it: a test checks what the server said, and RelayAddr
 // makes it usable. from is the address the client will send from, or the
 // zero AddrPort when it does not know it yet (the server then takes it
-// from the first datagram). The association lasts as long as c.
+// from the first datagram). The association lasts as long as c. Each
+// step waits for the server's answer, so a refusal is always read as one.
 func Associate(c net.Conn, auth Auth, from netip.AddrPort) (netip.AddrPort, error) {
 	if !from.IsValid() {
 		from = netip.AddrPortFrom(netip.IPv4Unspecified(), 0)
 	}
-	return request(c, auth, cmdAssociate, from)
+	return request(c, auth, cmdAssociate, from, false)
 }
 
 // RelayAddr is where to send datagrams for an association whose reply
@@ -108,24 +113,34 @@ func RelayAddr(c net.Conn, relay netip.AddrPort) netip.AddrPort {
 	return relay
 }
 
-// request sends the greeting, the login if any and one request in one
-// write, then reads the answers in turn.
-func request(c net.Conn, auth Auth, cmd byte, dst netip.AddrPort) (netip.AddrPort, error) {
+// request sends the greeting, the login if any and one request, in one
+// write when pipelined and otherwise each after the server's answer to
+// the one before, and reads the answers in turn.
+func request(c net.Conn, auth Auth, cmd byte, dst netip.AddrPort, pipelined bool) (netip.AddrPort, error) {
 	method := byte(0)
-	msg := []byte{5, 1, 0}
+	var login []byte
 	if auth != (Auth{}) {
 		if len(auth.User) == 0 || len(auth.User) > 255 || len(auth.Pass) == 0 || len(auth.Pass) > 255 {
 			return netip.AddrPort{}, errors.New("SOCKS5 login: user name and password must each be 1 to 255 bytes")
 		}
 		method = 2
-		msg = []byte{5, 1, method, 1, byte(len(auth.User))}
-		msg = append(msg, auth.User...)
-		msg = append(msg, byte(len(auth.Pass)))
-		msg = append(msg, auth.Pass...)
+		login = append([]byte{1, byte(len(auth.User))}, auth.User...)
+		login = append(login, byte(len(auth.Pass)))
+		login = append(login, auth.Pass...)
 	}
-	msg = append(msg, 5, cmd, 0)
-	msg = AppendAddr(msg, dst)
-	if _, err := c.Write(msg); err != nil {
+	greeting := []byte{5, 1, method}
+	req := AppendAddr([]byte{5, cmd, 0}, dst)
+	send := func(parts ...[]byte) error {
+		_, err := c.Write(slices.Concat(parts...))
+		return err
+	}
+	var err error
+	if pipelined {
+		err = send(greeting, login, req)
+	} else {
+		err = send(greeting)
+	}
+	if err != nil {
 		return netip.AddrPort{}, err
 	}
 	var choice [2]byte
@@ -136,12 +151,22 @@ func request(c net.Conn, auth Auth, cmd byte, dst netip.AddrPort) (netip.AddrPor
 		return netip.AddrPort{}, ErrNoAcceptableMethod
 	}
 	if method == 2 {
+		if !pipelined {
+			if err := send(login); err != nil {
+				return netip.AddrPort{}, err
+			}
+		}
 		var status [2]byte
 		if _, err := io.ReadFull(c, status[:]); err != nil {
 			return netip.AddrPort{}, fmt.Errorf("SOCKS5 login: %w", err)
 		}
 		if status[1] != 0 {
 			return netip.AddrPort{}, ErrLoginRefused
+		}
+	}
+	if !pipelined {
+		if err := send(req); err != nil {
+			return netip.AddrPort{}, err
 		}
 	}
 	var head [3]byte

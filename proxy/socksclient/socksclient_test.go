@@ -10,22 +10,29 @@ import (
 	"time"
 )
 
-// scripted runs a server side on a pipe that reads what the client
-// sends in one write and answers with answer, then closes.
-func scripted(t *testing.T, answer []byte) (client net.Conn, sent <-chan []byte) {
+// scripted runs a server side on a pipe that answers with answer,
+// whatever the client sends and whenever, then closes; it records what
+// the client sent, and sent returns that once the client is done.
+func scripted(t *testing.T, answer []byte) (client net.Conn, sent func() []byte) {
 	t.Helper()
 	c, s := net.Pipe()
-	t.Cleanup(func() { c.Close() })
-	got := make(chan []byte, 1)
+	var got bytes.Buffer
+	recorded := make(chan struct{})
 	go func() {
-		defer s.Close()
-		buf := make([]byte, 1024)
-		n, _ := s.Read(buf)
-		got <- buf[:n]
-		s.Write(answer)
+		defer close(recorded)
+		io.Copy(&got, s)
 	}()
+	go func() {
+		s.Write(answer)
+		s.Close()
+	}()
+	t.Cleanup(func() { c.Close(); s.Close(); <-recorded })
 	c.SetDeadline(time.Now().Add(5 * time.Second))
-	return c, got
+	return c, func() []byte {
+		c.Close()
+		<-recorded
+		return got.Bytes()
+	}
 }
 
 func TestConnectSendsOneWrite(t *testing.T) {
@@ -38,23 +45,61 @@ func TestConnectSendsOneWrite(t *testing.T) {
 		t.Errorf("bound %v, want %v", bound, want)
 	}
 	want := []byte{5, 1, 0, 5, 1, 0, 1, 10, 0, 0, 2, 0, 80}
-	if got := <-sent; !bytes.Equal(got, want) {
+	if got := sent(); !bytes.Equal(got, want) {
 		t.Errorf("sent % x, want % x", got, want)
 	}
 }
 
+// TestLoginGoesWithTheRequest: a pipelined CONNECT puts the login between
+// the greeting and the request, all before any answer is read.
 func TestLoginGoesWithTheRequest(t *testing.T) {
 	c, sent := scripted(t, []byte{5, 2, 1, 0, 5, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0, 53})
-	bound, err := Associate(c, Auth{User: "u", Pass: "pw"}, netip.AddrPort{})
+	bound, err := ConnectOn(c, Auth{User: "u", Pass: "pw"}, netip.MustParseAddrPort("10.0.0.2:53"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if want := netip.MustParseAddrPort("[::1]:53"); bound != want {
 		t.Errorf("bound %v, want %v", bound, want)
 	}
-	want := []byte{5, 1, 2, 1, 1, 'u', 2, 'p', 'w', 5, 3, 0, 1, 0, 0, 0, 0, 0, 0}
-	if got := <-sent; !bytes.Equal(got, want) {
+	want := []byte{5, 1, 2, 1, 1, 'u', 2, 'p', 'w', 5, 1, 0, 1, 10, 0, 0, 2, 0, 53}
+	if got := sent(); !bytes.Equal(got, want) {
 		t.Errorf("sent % x, want % x", got, want)
+	}
+}
+
+// TestAssociateWaitsForEachAnswer: ASSOCIATE sends the login only after
+// the method choice, and the request only after the login's status, so
+// that a server refusing either never has unread bytes to reset on.
+func TestAssociateWaitsForEachAnswer(t *testing.T) {
+	c, s := net.Pipe()
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	s.SetDeadline(time.Now().Add(5 * time.Second))
+	done := make(chan error, 1)
+	var relay netip.AddrPort
+	go func() {
+		var err error
+		relay, err = Associate(c, Auth{User: "u", Pass: "pw"}, netip.AddrPort{})
+		done <- err
+	}()
+	for _, step := range []struct{ want, answer []byte }{
+		{[]byte{5, 1, 2}, []byte{5, 2}},
+		{[]byte{1, 1, 'u', 2, 'p', 'w'}, []byte{1, 0}},
+		{[]byte{5, 3, 0, 1, 0, 0, 0, 0, 0, 0}, []byte{5, 0, 0, 1, 127, 0, 0, 1, 0x13, 0x88}},
+	} {
+		got := make([]byte, len(step.want))
+		if _, err := io.ReadFull(s, got); err != nil || !bytes.Equal(got, step.want) {
+			t.Fatalf("read % x, %v; want % x", got, err, step.want)
+		}
+		if _, err := s.Write(step.answer); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	if want := netip.MustParseAddrPort("127.0.0.1:5000"); relay != want {
+		t.Errorf("relay %v, want %v", relay, want)
 	}
 }
 
@@ -124,9 +169,9 @@ func FuzzReply(f *testing.F) {
 	f.Fuzz(func(t *testing.T, answer []byte) {
 		c, s := net.Pipe()
 		defer c.Close()
+		go io.Copy(io.Discard, s)
 		go func() {
 			defer s.Close()
-			io.CopyN(io.Discard, s, 13)
 			s.Write(answer)
 		}()
 		c.SetDeadline(time.Now().Add(5 * time.Second))
