@@ -585,8 +585,8 @@ func (c *TCPConn) TryRead(b []byte) (n int, wouldBlock bool, err error) {
 	if n > 0 {
 		// As gonet's Read does: receive-buffer moderation grows the
 		// window from what the application reads. Without it the
-		// window stayed at its default, and a download through the
-		// SOCKS5 proxy ran at 100 MB/s instead of 150.
+		// window stays at its default, which caps a download through
+		// the proxies.
 		c.ep.ModerateRecvBuf(n)
 	}
 	return n, wouldBlock, err

@@ -39,16 +39,9 @@ type packetWriter interface {
 // costs a trip through its TCP, IP and NIC layers and, in the engine, a
 // batch of its own with two channel hand-offs and a sendmmsg. With GSO a
 // write reaches the engine as one batch of about 16 segments (22 KB on
-// average in an upload), where it was one each.
-//
-// Measured on a quiet 2-CPU machine, test binaries before and after run
-// alternately (medians of 3, TCPThroughput and ForwardTCP, with the UDP
-// bind's GSO): upload 182 → 193 MB/s and 9.07 → 6.05 cpu-s/GB for both
-// ends together (wireguard-go's netstack: 141 MB/s, 13.2 cpu-s/GB);
-// download 156 → 162 MB/s, 11.6 → 11.1 cpu-s/GB (wireguard-go: 144,
-// 12.9); ForwardTCP download 179 → 205 MB/s, 8.5 → 5.5 cpu-s/GB, upload
-// 264 → 304 MB/s, 7.5 → 6.5 cpu-s/GB. Throughput is capped by the
-// wireguard-go peer, whose bind moves one datagram per system call.
+// average in an upload), where it was one each. It lowers the CPU per
+// byte in both directions; wgbench's pairs measure it against
+// wireguard-go's netstack.
 type linkEndpoint struct {
 	mtu    uint32
 	engine packetWriter

@@ -274,11 +274,9 @@ func (n *Net) Close() error {
 // TCP buffer bounds (the maximum is DefaultTCPBufferMax unless
 // Config.TCPBufferMax says). gVisor allocates buffer memory as data
 // queues, not up front, so an idle connection costs little whatever
-// these say: with 1,000 idle connections held through the SOCKS5 proxy,
-// a heap profile showed about 7 KiB per endpoint (the endpoint, its
-// sender and SACK scoreboard, its port reservation and demuxer entry)
-// and no buffer (the idle-connection memory benchmark in cmd/wgbore
-// measures the whole process).
+// these say: its endpoint, sender and SACK scoreboard, port reservation
+// and demuxer entry, and no buffer (the idle-connection memory benchmark
+// in cmd/wgbore measures the whole process).
 // Max is the per-connection bound that keeps 10,000 busy connections
 // from costing gigabytes, and is also the largest window receive-buffer
 // moderation may grow to, which caps one flow at Max per round trip.
@@ -298,26 +296,29 @@ const (
 // both ends now exchange (PAWS) reject an old segment even so.
 const tcpTimeWait = 15 * time.Second
 
-// Retransmission timeout bounds. Measured with an impairment relay
-// between wgbore's stack and a wireguard-go peer (the recovery tests and
-// benchmark in cmd/wgbore):
+// Retransmission timeout bounds, chosen with an impairment relay between
+// wgbore's stack and a wireguard-go peer (the recovery tests and
+// benchmark in cmd/wgbore; the command's documentation tells the story
+// with its figures):
 //   - tcpMaxRTO: the timeout doubles while a path is down, so with
-//     gVisor's 120 s ceiling the first retransmission after a 15 s
-//     blackout came 10.4 s after the path returned (timeouts at 12.6 s and
-//     25.4 s). Capped at 2 s, it comes within 2 s of any outage's end.
-//     2 s and not 1: a path whose smoothed RTT plus four deviations
-//     passes the cap times out spuriously, and 2 s leaves room for
-//     geostationary satellite paths (about 600 ms).
+//     gVisor's 120 s ceiling the first retransmission after a long
+//     blackout could come many seconds after the path returned. Capped at
+//     2 s, it comes within 2 s of any outage's end. 2 s and not 1: a path
+//     whose smoothed RTT plus four deviations passes the cap times out
+//     spuriously, and 2 s leaves room for geostationary satellite paths.
 //   - tcpMaxRetries: gVisor gives up after 15 timeouts, which with 2 s
-//     timeouts would drop every connection in an outage of about 25 s.
-//     460 keeps Linux's reach (tcp_retries2 = 15 gives about 15 minutes).
-//   - tcpMinRTO: on a path with 5% loss and 2 ms ± 1 ms each way, a lost
-//     retransmission waits out a whole timeout: 200 ms (gVisor's default)
-//     is fifty round trips. Uploads ran at 0.44 MB/s with 200 ms, 0.83
-//     with 50 ms and 1.06 with 20 ms (wireguard-go, the reference:
-//     1.05). The timer is SRTT + 4 RTTVAR, so the floor only binds on
-//     paths of a few milliseconds; a peer that delays its ACKs (Linux: 40
-//     ms for a lone segment) adds those delays to the samples.
+//     timeouts would drop every connection in an outage of under half a
+//     minute. 460 keeps Linux's reach (tcp_retries2 = 15 gives about 15
+//     minutes).
+//   - tcpMinRTO: on a lossy path of a few milliseconds, a lost
+//     retransmission waits out a whole timeout, and gVisor's default of
+//     200 ms is dozens of round trips: uploads over such a path kept pace
+//     with wireguard-go's with this floor and fell far behind with 200 ms.
+//     The timer is SRTT + 4 RTTVAR, so the floor only binds on paths of a
+//     few milliseconds; a peer that delays its ACKs (Linux does, for a
+//     lone segment) adds those delays to the samples. The price is paid
+//     when a peer is slow to acknowledge thousands of FINs sent at once:
+//     many of them time out and are sent again.
 const (
 	tcpMinRTO     = 20 * time.Millisecond
 	tcpMaxRTO     = 2 * time.Second
@@ -331,20 +332,16 @@ const (
 //     after a timeout, gVisor's RACK marks the whole flight lost and
 //     re-enters SACK recovery with a congestion window of 5 while counting
 //     that flight as still in the pipe (its scoreboard was cleared), so
-//     it sent about two segments per timeout. Uploading through a relay
-//     that blacked out for 3 s, the first whole MiB after the path came
-//     back took 24 s with RACK and 19 ms without (after 15 s,
-//     wireguard-go's stack, RACK on, took 99 s and 200 s). Without
-//     RACK the lossy path above is a little slower (1.11 against 1.30
-//     MB/s, both with a 20 ms minimum RTO): minutes of stall traded for a
-//     seventh of a crawl;
+//     it sends about two segments per timeout: an upload through a relay
+//     that blacked out for a few seconds crawled for many seconds after
+//     the path came back, where without RACK it resumed at once. Without
+//     RACK a lossy path is a little slower: minutes of stall traded for a
+//     slightly slower crawl;
 //   - Reno instead of CUBIC: gVisor's CUBIC truncates the window to an
 //     integer after each ACK's fractional increase (cubic.go, getCwnd), so
-//     a small window hardly grows. On the lossy path CUBIC uploaded 0.33
-//     MB/s and Reno 0.87 (RACK on, 200 ms minimum RTO). On clean paths
-//     nothing was lost: wgbench pairs A and C, old and new settings
-//     alternating, moved 137–197 and 367–500 MB/s before, 136–318 and
-//     516–682 after;
+//     a small window hardly grows, and on a lossy path Reno uploaded more
+//     than twice as fast. On clean paths nothing was lost (wgbench's
+//     pairs A and C, old and new settings alternating);
 //   - the RTO bounds above;
 //   - auto-tuned buffers (receive-buffer moderation) within the bounds
 //     above.

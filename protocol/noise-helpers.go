@@ -55,11 +55,10 @@ func newBlake2s() hash.Hash {
 
 // hmacBlake2s is HMAC-BLAKE2s(key, a || b), RFC 2104 written out over
 // a stack buffer and blake2s.Sum256. crypto/hmac.New builds two digests
-// and the HMAC state on the heap, and the KDF calls it 19 times per
-// handshake: with mixHash's digests that was 362 of the handshake benchmark's
-// 438 allocs/op (37.4 KB/op; 76 allocs and 5.9 KB after, and 4% less
-// time, median of 5). The key is always a 32-byte chaining key or PRK,
-// shorter than the block, so it is only padded, never hashed.
+// and the HMAC state on the heap, and the KDF calls it many times per
+// handshake: with mixHash's digests, those were most of a handshake's
+// allocations. The key is always a 32-byte chaining key or PRK, shorter
+// than the block, so it is only padded, never hashed.
 func hmacBlake2s(key *[blake2s.Size]byte, a, b []byte) [blake2s.Size]byte {
 	n := len(a) + len(b)
 	if n > shortInput {
@@ -144,11 +143,10 @@ func keyedMAC(key []byte, in ...[]byte) [macSize]byte {
 // Curve25519 goes through crypto/ecdh, where a private key is an object
 // whose public half is computed when it is made. x/crypto's
 // curve25519.X25519(scalar, point) builds that object on every call, so
-// each DH cost two scalar multiplications: 14 per handshake benchmark op
-// (both sides) where the protocol needs 8, and the ladder was 85% of the
-// CPU profile. Keeping the static key as an *ecdh.PrivateKey for the
-// engine's lifetime, and each ephemeral as one from birth, brings it to
-// the 8: 466 -> 281 us/op (-cpu 1, median of 5 interleaved runs).
+// each DH cost two scalar multiplications where the protocol needs one,
+// and the ladder dominates a handshake's CPU. Keeping the static key as
+// an *ecdh.PrivateKey for the engine's lifetime, and each ephemeral as
+// one from birth, leaves only the multiplications the protocol needs.
 //
 // The scalar inside an ecdh.PrivateKey cannot be wiped; clearLocked drops
 // the reference instead. The x/crypto path had the same limitation, with

@@ -634,7 +634,7 @@
 // # TCP through loss and outages
 //
 // The tunnel's TCP is gVisor's, tuned in netstack/net.go (tuneTCP, each
-// choice with its measurement). Against gVisor's defaults:
+// choice with its reason). Against gVisor's defaults:
 //
 //   - No RACK loss detection. After a retransmission timeout, gVisor's
 //     RACK re-enters SACK recovery counting the whole pre-outage flight as
@@ -647,7 +647,10 @@
 //   - A retransmission timeout between 20 ms and 2 s, with 460 retries
 //     (the 15 minutes Linux allows). The 2 s ceiling bounds how long a
 //     sender waits after any outage ends; gVisor's 120 s let the timer back
-//     off to 25 s.
+//     off to 25 s. The 20 ms floor lets uploads over a short lossy path
+//     keep pace with wireguard-go's, where gVisor's 200 ms cut them by
+//     more than half; its price is spurious timeouts when a peer is slow
+//     to acknowledge thousands of FINs sent at once.
 //   - TIME_WAIT lasts 15 s, where Linux keeps 60 s, so a burst of closed
 //     connections gives its memory back sooner. It still outlasts any
 //     segment one WireGuard hop can delay, and timestamps (PAWS) reject an

@@ -98,10 +98,8 @@ type udpSender struct {
 	// of equal-sized datagrams (the last may be shorter) then goes down
 	// the stack as one message, which the kernel, or the NIC, cuts into
 	// datagrams only at the bottom. Cleared for good if the kernel
-	// refuses a GSO send. It took our upload from 7.5 to 6.0 cpu-s/GB
-	// (both ends of netstack's TCPThroughput together; test binaries
-	// with and without it run alternately, medians of 3), when sendmmsg
-	// had been 66% of our side's CPU.
+	// refuses a GSO send. sendmmsg had been most of our side's CPU in
+	// an upload, and GSO cuts the per-datagram work it does.
 	gso bool
 	// name is the one destination every message of a Send shares.
 	name unix.RawSockaddrInet6
@@ -176,9 +174,9 @@ func (s *mmsgSocket) init(conn *net.UDPConn, batchSize int, gso, gro bool) error
 	if gro {
 		// The spill buffers are mapped outside the Go heap: fresh
 		// pages, which cost address space and no memory until the
-		// kernel writes a coalesced message into them. Allocated on
-		// the heap, 4 MiB per socket added a megabyte to wgbore up's
-		// idle RSS (wgbench -only M, 11.6 to 12.7 MB).
+		// kernel writes a coalesced message into them. On the heap,
+		// the garbage collector would touch them, and every socket's
+		// spill would count in the idle process's resident memory.
 		all, err := unix.Mmap(-1, 0, batchSize*udpGROSlot, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 		if err == nil {
 			raw.Control(func(fd uintptr) {
