@@ -273,7 +273,7 @@ func startDemoPage(s *service) error {
 		}
 		fmt.Fprintf(w, "The server has been up for %s.\n", time.Since(started).Round(time.Second))
 	})}
-	s.serve(nil, server{desc: "demo page http://" + demoName + "/", shutdown: srv.Shutdown, close: srv.Close}, func() error { return srv.Serve(l) })
+	s.serve(nil, server{desc: "demo page http://" + demoName + "/", impl: uncounted{srv}}, func() error { return srv.Serve(l) })
 	return nil
 }
 

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,7 +10,7 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"reflect"
+	"slices"
 	"sync"
 	"time"
 
@@ -23,9 +24,8 @@ import (
 type frontEnd struct {
 	// kind is the section's name as the config writes it ("Socks5").
 	kind string
-	// section is the section as parsed, with its position cleared, plus
-	// whatever else its servers were built from (an HTTPS certificate):
-	// two front ends are the same exactly when these are equal.
+	// section is what its servers were built from: the section as
+	// parsed, plus whatever else they serve (an HTTPS certificate).
 	section any
 	servers []server
 	// sockets are closed first when the front end stops, so that a
@@ -41,27 +41,51 @@ type frontEnd struct {
 type sectionSpec struct {
 	kind    string
 	section any
-	start   func(fe *frontEnd) error
+	// same reports whether a running front end's section says what this
+	// one says.
+	same  func(running any) bool
+	start func(fe *frontEnd) error
+}
+
+// specOf makes the spec of a section whose type says, with its Equal
+// method, when two of its sections say the same: where a section sits
+// in the file does not count, so a reload of a file with a line
+// inserted above keeps it running.
+func specOf[T interface{ Equal(T) bool }](kind string, section T, start func(fe *frontEnd) error) sectionSpec {
+	same := func(running any) bool {
+		r, ok := running.(T)
+		return ok && section.Equal(r)
+	}
+	return sectionSpec{kind: kind, section: section, same: same, start: start}
 }
 
 // sameSection reports whether a running front end serves exactly what
 // spec describes.
 func (fe *frontEnd) sameSection(spec sectionSpec) bool {
-	return fe.kind == spec.kind && reflect.DeepEqual(fe.section, spec.section)
+	return fe.kind == spec.kind && spec.same(fe.section)
 }
 
-// withoutPos returns a copy of the section struct v with its Pos field
-// cleared: where a section sits in the file is not what it says, and a
-// reload of a file with a line inserted above must keep it running.
-func withoutPos(v any) any {
-	rv := reflect.ValueOf(v)
-	c := reflect.New(rv.Type()).Elem()
-	c.Set(rv)
-	if f := c.FieldByName("Pos"); f.IsValid() {
-		f.SetZero()
-	}
-	return c.Interface()
+// httpSection is an [http] section with the certificate chain it serves
+// (none for plain HTTP). The chain is part of what it serves, so that a
+// reload after renewing the certificate in the same files restarts the
+// listener.
+type httpSection struct {
+	section config.HTTP
+	cert    [][]byte
 }
+
+// Equal reports whether two [http] sections say the same and serve the
+// same certificate chain.
+func (h httpSection) Equal(o httpSection) bool {
+	return h.section.Equal(o.section) && slices.EqualFunc(h.cert, o.cert, bytes.Equal)
+}
+
+// metricsAddr is where the metrics endpoints listen, from -metrics or
+// [Metrics]: all a reload compares of them.
+type metricsAddr string
+
+// Equal reports whether the endpoints listen at the same address.
+func (a metricsAddr) Equal(o metricsAddr) bool { return a == o }
 
 // sections lists the front ends a plan asks for, in the order the
 // start-up summary lists them.
@@ -69,96 +93,69 @@ func (s *service) sections(p *runPlan) []sectionSpec {
 	cfg := p.cfg
 	var out []sectionSpec
 	for _, c := range cfg.Socks5 {
-		out = append(out, sectionSpec{"Socks5", withoutPos(c), func(fe *frontEnd) error {
-			l, err := s.listenHost(fe, "socks5", c.BindAddress)
+		out = append(out, specOf("Socks5", c, func(fe *frontEnd) error {
+			l, err := s.listenClients(fe, "socks5", c.BindAddress, c.Username != "")
 			if err != nil {
 				return err
 			}
-			s.warnIfOpen(l.Addr(), "socks5", c.Username != "")
 			srv := proxy.NewSOCKS5(s.tun, proxy.SOCKS5Config{
 				Username: c.Username, Password: string(c.Password),
 				MaxConnections: s.maxConnections(c.MaxConnections), Admit: s.admit(), DialTimeout: c.DialTimeout, Logger: s.log.With("socks5", l.Addr().String()),
 			})
-			s.serve(fe, server{desc: "socks5 " + l.Addr().String(), shutdown: srv.Shutdown, close: srv.Close,
-				kind: "socks5", addr: l.Addr().String(), stats: srv.Stats}, func() error { return srv.Serve(l) })
+			serveOn(s, fe, "socks5", srv, l, l.Addr(), "socks5 "+l.Addr().String())
 			return nil
-		}})
+		}))
 	}
 	for i, c := range cfg.HTTP {
 		tlsConf := p.httpTLS[i]
 		kind := "http"
-		// The certificate is part of what the section serves, so that a
-		// reload after renewing it restarts the listener.
-		var cert [][]byte
+		section := httpSection{section: c}
 		if tlsConf != nil {
 			kind = "https"
-			cert = tlsConf.Certificates[0].Certificate
+			section.cert = tlsConf.Certificates[0].Certificate
 		}
-		key := struct {
-			Section any
-			Cert    [][]byte
-		}{withoutPos(c), cert}
-		out = append(out, sectionSpec{"http", key, func(fe *frontEnd) error {
-			l, err := s.listenHost(fe, "http", c.BindAddress)
+		out = append(out, specOf("http", section, func(fe *frontEnd) error {
+			l, err := s.listenClients(fe, "http", c.BindAddress, c.Username != "")
 			if err != nil {
 				return err
 			}
-			s.warnIfOpen(l.Addr(), "http", c.Username != "")
 			srv := proxy.NewHTTP(s.tun, proxy.HTTPConfig{
 				Username: c.Username, Password: string(c.Password), TLS: tlsConf,
 				MaxConnections: s.maxConnections(c.MaxConnections), Admit: s.admit(), DialTimeout: c.DialTimeout, Logger: s.log.With(kind, l.Addr().String()),
 			})
-			s.serve(fe, server{desc: kind + " " + l.Addr().String(), shutdown: srv.Shutdown, close: srv.Close,
-				kind: kind, addr: l.Addr().String(), stats: srv.Stats}, func() error { return srv.Serve(l) })
+			serveOn(s, fe, kind, srv, l, l.Addr(), kind+" "+l.Addr().String())
 			return nil
-		}})
+		}))
 	}
 	for _, c := range cfg.TCPClientTunnels {
-		out = append(out, sectionSpec{"TCPClientTunnel", withoutPos(c), func(fe *frontEnd) error {
-			l, err := s.listenHost(fe, "TCPClientTunnel", c.BindAddress)
+		out = append(out, specOf("TCPClientTunnel", c, func(fe *frontEnd) error {
+			l, err := s.listenClients(fe, "TCPClientTunnel", c.BindAddress, false)
 			if err != nil {
 				return err
 			}
-			s.warnIfOpen(l.Addr(), "TCPClientTunnel", false)
 			f := proxy.NewTCPForwarder(s.tun.DialContext, c.Target, proxy.ForwardConfig{
 				MaxConnections: s.maxConnections(c.MaxConnections), Admit: s.admit(), IdleTimeout: c.IdleTimeout, Logger: s.log.With("tcp_client_tunnel", l.Addr().String()),
 			})
-			s.serve(fe, server{desc: fmt.Sprintf("tcp %s→tunnel %s", l.Addr(), c.Target), shutdown: f.Shutdown, close: f.Close,
-				kind: "tcp_client_tunnel", addr: l.Addr().String(), stats: f.Stats}, func() error { return f.Serve(l) })
+			serveOn(s, fe, "tcp_client_tunnel", f, l, l.Addr(), fmt.Sprintf("tcp %s→tunnel %s", l.Addr(), c.Target))
 			return nil
-		}})
+		}))
 	}
 	for _, c := range cfg.TCPServerTunnels {
-		out = append(out, sectionSpec{"TCPServerTunnel", withoutPos(c), func(fe *frontEnd) error {
-			var ls []net.Listener
-			err := s.tunnelPorts(c.ListenPort, func(ap netip.AddrPort) (netip.AddrPort, error) {
-				l, err := s.tun.Listen("tcp", ap.String())
-				if err != nil {
-					return netip.AddrPort{}, err
-				}
-				ls = append(ls, l)
-				fe.sockets = append(fe.sockets, l)
-				return l.Addr().(*net.TCPAddr).AddrPort(), nil
-			})
+		out = append(out, specOf("TCPServerTunnel", c, func(fe *frontEnd) error {
+			ls, err := listenTunnel(s, fe, "tcp", c.ListenPort, s.tun.Listen, net.Listener.Addr)
 			if err != nil {
 				return fmt.Errorf("%s: [TCPServerTunnel]: listen in the tunnel: %w", c.Pos, err)
 			}
 			f := proxy.NewTCPForwarder(s.hostDialer.DialContext, c.Target, proxy.ForwardConfig{
 				MaxConnections: s.maxConnections(c.MaxConnections), Admit: s.admit(), IdleTimeout: c.IdleTimeout, Logger: s.log.With("tcp_server_tunnel", ls[0].Addr().String()),
 			})
-			for i, l := range ls {
-				srv := server{desc: fmt.Sprintf("tunnel tcp %s→%s", l.Addr(), c.Target)}
-				if i == 0 { // one forwarder, stopped and counted once
-					srv.shutdown, srv.close = f.Shutdown, f.Close
-					srv.kind, srv.addr, srv.stats = "tcp_server_tunnel", l.Addr().String(), f.Stats
-				}
-				s.serve(fe, srv, func() error { return f.Serve(l) })
-			}
+			serveTunnelPorts(s, fe, "tcp_server_tunnel", f, ls, net.Listener.Addr,
+				func(a net.Addr) string { return fmt.Sprintf("tunnel tcp %s→%s", a, c.Target) })
 			return nil
-		}})
+		}))
 	}
 	for _, c := range cfg.UDPProxyTunnels {
-		out = append(out, sectionSpec{"UDPProxyTunnel", withoutPos(c), func(fe *frontEnd) error {
+		out = append(out, specOf("UDPProxyTunnel", c, func(fe *frontEnd) error {
 			pc, err := net.ListenPacket("udp", hostBindAddress(c.BindAddress))
 			if err != nil {
 				return fmt.Errorf("[UDPProxyTunnel] BindAddress %s: %w", c.BindAddress, err)
@@ -168,53 +165,95 @@ func (s *service) sections(p *runPlan) []sectionSpec {
 			f := proxy.NewUDPForwarder(s.tun.DialContext, c.Target, proxy.UDPForwardConfig{
 				InactivityTimeout: c.InactivityTimeout, Logger: s.log.With("udp_proxy_tunnel", pc.LocalAddr().String()),
 			})
-			s.serve(fe, server{desc: fmt.Sprintf("udp %s→tunnel %s", pc.LocalAddr(), c.Target), shutdown: f.Shutdown, close: f.Close,
-				kind: "udp_proxy_tunnel", addr: pc.LocalAddr().String(), stats: f.Stats}, func() error { return f.Serve(pc) })
+			serveOn(s, fe, "udp_proxy_tunnel", f, pc, pc.LocalAddr(), fmt.Sprintf("udp %s→tunnel %s", pc.LocalAddr(), c.Target))
 			return nil
-		}})
+		}))
 	}
 	for _, c := range cfg.UDPServerTunnels {
-		out = append(out, sectionSpec{"UDPServerTunnel", withoutPos(c), func(fe *frontEnd) error {
-			var pcs []net.PacketConn
-			err := s.tunnelPorts(c.ListenPort, func(ap netip.AddrPort) (netip.AddrPort, error) {
-				pc, err := s.tun.ListenPacket("udp", ap.String())
-				if err != nil {
-					return netip.AddrPort{}, err
-				}
-				pcs = append(pcs, pc)
-				fe.sockets = append(fe.sockets, pc)
-				return pc.LocalAddr().(*net.UDPAddr).AddrPort(), nil
-			})
+		out = append(out, specOf("UDPServerTunnel", c, func(fe *frontEnd) error {
+			pcs, err := listenTunnel(s, fe, "udp", c.ListenPort, s.tun.ListenPacket, net.PacketConn.LocalAddr)
 			if err != nil {
 				return fmt.Errorf("%s: [UDPServerTunnel]: listen in the tunnel: %w", c.Pos, err)
 			}
 			f := proxy.NewUDPForwarder(s.hostDialer.DialContext, c.Target, proxy.UDPForwardConfig{
 				InactivityTimeout: c.InactivityTimeout, Logger: s.log.With("udp_server_tunnel", pcs[0].LocalAddr().String()),
 			})
-			for i, pc := range pcs {
-				srv := server{desc: fmt.Sprintf("tunnel udp %s→%s", pc.LocalAddr(), c.Target)}
-				if i == 0 {
-					srv.shutdown, srv.close = f.Shutdown, f.Close
-					srv.kind, srv.addr, srv.stats = "udp_server_tunnel", pc.LocalAddr().String(), f.Stats
-				}
-				s.serve(fe, srv, func() error { return f.Serve(pc) })
-			}
+			serveTunnelPorts(s, fe, "udp_server_tunnel", f, pcs, net.PacketConn.LocalAddr,
+				func(a net.Addr) string { return fmt.Sprintf("tunnel udp %s→%s", a, c.Target) })
 			return nil
-		}})
+		}))
 	}
 	if addr := s.metricsAddr(cfg); addr != "" {
-		out = append(out, sectionSpec{"Metrics", addr, func(fe *frontEnd) error {
+		out = append(out, specOf("Metrics", metricsAddr(addr), func(fe *frontEnd) error {
 			l, err := s.listenHost(fe, "Metrics", addr)
 			if err != nil {
 				return err
 			}
 			srv := &http.Server{Handler: s.observer.Handler(), ReadHeaderTimeout: metricsHeaderTimeout, IdleTimeout: metricsIdleTimeout, ErrorLog: slog.NewLogLogger(s.log.Handler(), slog.LevelDebug)}
-			s.serve(fe, server{desc: "metrics http://" + l.Addr().String() + "/metrics", shutdown: srv.Shutdown, close: srv.Close},
+			s.serve(fe, server{desc: "metrics http://" + l.Addr().String() + "/metrics", impl: uncounted{srv}},
 				func() error { return srv.Serve(l) })
 			return nil
-		}})
+		}))
 	}
 	return out
+}
+
+// listenClients opens the host listener of a section that serves
+// clients on the host, and warns if it is open to others with no
+// password.
+func (s *service) listenClients(fe *frontEnd, section, bind string, authenticated bool) (net.Listener, error) {
+	l, err := s.listenHost(fe, section, bind)
+	if err != nil {
+		return nil, err
+	}
+	s.warnIfOpen(l.Addr(), section, authenticated)
+	return l, nil
+}
+
+// servable is a proxy.Server that serves on sockets of type C: a
+// net.Listener for TCP, a net.PacketConn for UDP.
+type servable[C any] interface {
+	proxy.Server
+	Serve(C) error
+}
+
+// serveOn runs srv on socket as one server of fe. kind and addr label its
+// connections in /metrics; desc is its line of the summary.
+func serveOn[C any](s *service, fe *frontEnd, kind string, srv servable[C], socket C, addr net.Addr, desc string) {
+	s.serve(fe, server{desc: desc, impl: srv, kind: kind, addr: addr.String()}, func() error { return srv.Serve(socket) })
+}
+
+// listenTunnel opens a server tunnel's sockets inside the tunnel, one
+// on each of our tunnel addresses (see tunnelPorts), with listen, and
+// adds them to fe's. addr names a socket's local address.
+func listenTunnel[C io.Closer](s *service, fe *frontEnd, network string, port int, listen func(network, address string) (C, error), addr func(C) net.Addr) ([]C, error) {
+	var sockets []C
+	err := s.tunnelPorts(port, func(ap netip.AddrPort) (netip.AddrPort, error) {
+		socket, err := listen(network, ap.String())
+		if err != nil {
+			return netip.AddrPort{}, err
+		}
+		sockets = append(sockets, socket)
+		fe.sockets = append(fe.sockets, socket)
+		// A socket in the tunnel has a *net.TCPAddr or a *net.UDPAddr.
+		return addr(socket).(interface{ AddrPort() netip.AddrPort }).AddrPort(), nil
+	})
+	return sockets, err
+}
+
+// serveTunnelPorts runs one forwarder on every socket of a server
+// tunnel. The forwarder is one server however many sockets it serves:
+// only the first socket's entry carries it, so that a reload or a
+// shutdown stops it once and /metrics counts it once, under the first
+// address; the others are lines of the summary, which desc writes.
+func serveTunnelPorts[C any](s *service, fe *frontEnd, kind string, f servable[C], sockets []C, addr func(C) net.Addr, desc func(net.Addr) string) {
+	for i, socket := range sockets {
+		srv := server{desc: desc(addr(socket))}
+		if i == 0 {
+			srv.impl, srv.kind, srv.addr = f, kind, addr(socket).String()
+		}
+		s.serve(fe, srv, func() error { return f.Serve(socket) })
+	}
 }
 
 // metricsHeaderTimeout bounds a scrape's request headers: a probe or a
@@ -282,8 +321,8 @@ func (fe *frontEnd) closeSockets() {
 
 func closeServers(servers []server) {
 	for _, srv := range servers {
-		if srv.close != nil {
-			srv.close()
+		if srv.impl != nil {
+			srv.impl.Close()
 		}
 	}
 }
@@ -293,11 +332,11 @@ func closeServers(servers []server) {
 func shutdownServers(ctx context.Context, log *slog.Logger, servers []server) {
 	var wg sync.WaitGroup
 	for _, srv := range servers {
-		if srv.shutdown == nil {
+		if srv.impl == nil {
 			continue
 		}
 		wg.Go(func() {
-			if err := srv.shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
+			if err := srv.impl.Shutdown(ctx); err != nil && !errors.Is(err, context.DeadlineExceeded) && !errors.Is(err, context.Canceled) {
 				log.Debug("shutdown", "server", srv.desc, "err", err)
 			}
 		})

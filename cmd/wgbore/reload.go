@@ -6,7 +6,6 @@ import (
 	"github.com/wgbore/wgbore/protocol/uapi"
 	"io"
 	"net/netip"
-	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -113,10 +112,10 @@ func (s *service) reloadInterface(old, cfg *config.Config, rep *reloadReport) {
 	keep("[Interface] MTU", o.MTU != n.MTU, func() { n.MTU = o.MTU })
 	keep("[Interface] MemoryLimit", o.MemoryLimit != n.MemoryLimit, func() { n.MemoryLimit = o.MemoryLimit })
 	keep("[Interface] DNS", !slices.Equal(o.DNS, n.DNS) || !slices.Equal(o.DNSSearch, n.DNSSearch), func() { n.DNS, n.DNSSearch = o.DNS, o.DNSSearch })
-	keep("[Resolve]", !reflect.DeepEqual(withoutPos(old.Resolve), withoutPos(cfg.Resolve)), func() {})
-	keep("[Egress]", !reflect.DeepEqual(optionalWithoutPos(old.Egress), optionalWithoutPos(cfg.Egress)), func() { cfg.Egress = old.Egress })
-	keep("[DNSServer]", !reflect.DeepEqual(optionalWithoutPos(old.DNSServer), optionalWithoutPos(cfg.DNSServer)), func() { cfg.DNSServer = old.DNSServer })
-	keep("[STDIOTunnel]", !reflect.DeepEqual(stdioTargets(old), stdioTargets(cfg)), func() {})
+	keep("[Resolve]", old.Resolve != cfg.Resolve, func() {})
+	keep("[Egress]", !optionalEqual(old.Egress, cfg.Egress), func() { cfg.Egress = old.Egress })
+	keep("[DNSServer]", !optionalEqual(old.DNSServer, cfg.DNSServer), func() { cfg.DNSServer = old.DNSServer })
+	keep("[STDIOTunnel]", !slices.Equal(stdioTargets(old), stdioTargets(cfg)), func() {})
 }
 
 func describeAlive(addrs []netip.Addr, every time.Duration) string {
@@ -133,12 +132,13 @@ func describeAlive(addrs []netip.Addr, every time.Duration) string {
 	return strings.Join(s, ", ") + " every " + every.String()
 }
 
-// optionalWithoutPos is withoutPos for a section that may be absent.
-func optionalWithoutPos[T any](v *T) any {
-	if v == nil {
-		return nil
+// optionalEqual compares two sections that may be absent: two absent
+// ones say the same, and an absent one differs from any present one.
+func optionalEqual[T interface{ Equal(T) bool }](a, b *T) bool {
+	if a == nil || b == nil {
+		return a == b
 	}
-	return withoutPos(*v)
+	return (*a).Equal(*b)
 }
 
 func stdioTargets(c *config.Config) []string {

@@ -31,7 +31,7 @@ func (s *service) startServeMode(p *runPlan) error {
 		if err != nil {
 			return fmt.Errorf("%s: [DNSServer]: %w", d.Pos, err)
 		}
-		s.addServer(server{desc: "dns tunnel :53", close: dns.Close})
+		s.addServer(server{desc: "dns tunnel :53", impl: closeOnly(dns.Close)})
 	}
 	return nil
 }

@@ -121,9 +121,9 @@ func (s *service) startUAPI(dir, name string, group *gidFlag) {
 		defer close(done)
 		uapi.ServeHandler(ctx, l, s.uapiHandler(), s.log)
 	}()
-	s.addServer(server{desc: "uapi " + l.Addr().String(), close: func() error {
+	s.addServer(server{desc: "uapi " + l.Addr().String(), impl: closeOnly(func() error {
 		cancel()
 		<-done
 		return nil
-	}})
+	})})
 }

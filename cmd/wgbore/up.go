@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
 	"net/netip"
 	"slices"
 	"sync"
@@ -209,14 +210,33 @@ running:
 
 // server is one running front end, as start and shutdown see it.
 type server struct {
-	desc     string // "socks5 127.0.0.1:1080", for the summary
-	shutdown func(context.Context) error
-	close    func() error
-	// kind, addr and stats label and count its connections in
-	// /metrics; stats is nil for a server that counts none.
+	desc string // "socks5 127.0.0.1:1080", for the summary
+	// impl stops the server and counts its connections; nil for a line
+	// of the summary with nothing of its own to stop (egress, a server
+	// tunnel's further ports).
+	impl proxy.Server
+	// kind and addr label the connections impl counts in /metrics;
+	// kind is empty for a server whose connections are not counted
+	// (and always when impl is nil), which /metrics leaves out.
 	kind, addr string
-	stats      func() proxy.ConnStats
 }
+
+// uncounted adapts an HTTP server that counts no connections (the
+// metrics endpoints, the demo page) to proxy.Server. Its server entry
+// has no kind, so /metrics does not list it.
+type uncounted struct{ *http.Server }
+
+func (uncounted) Stats() proxy.ConnStats { return proxy.ConnStats{} }
+
+// closeOnly adapts a server that has only an immediate stop (the UAPI
+// socket, the DNS server) to proxy.Server: its graceful stop does
+// nothing, so it keeps serving through the grace period, and it counts
+// no connections.
+type closeOnly func() error
+
+func (closeOnly) Shutdown(context.Context) error { return nil }
+func (c closeOnly) Close() error                 { return c() }
+func (closeOnly) Stats() proxy.ConnStats         { return proxy.ConnStats{} }
 
 // service is everything `up` runs: the tunnel and its front ends.
 type service struct {
@@ -454,8 +474,8 @@ func (s *service) serve(fe *frontEnd, srv server, run func() error) {
 func (s *service) listenerStats() []listenerStat {
 	var out []listenerStat
 	for _, srv := range s.allServers() {
-		if srv.stats != nil {
-			out = append(out, listenerStat{Kind: srv.kind, Addr: srv.addr, ConnStats: srv.stats()})
+		if srv.kind != "" {
+			out = append(out, listenerStat{Kind: srv.kind, Addr: srv.addr, ConnStats: srv.impl.Stats()})
 		}
 	}
 	return out
