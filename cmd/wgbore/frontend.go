@@ -80,12 +80,12 @@ func (h httpSection) Equal(o httpSection) bool {
 	return h.section.Equal(o.section) && slices.EqualFunc(h.cert, o.cert, bytes.Equal)
 }
 
-// metricsAddr is where the metrics endpoints listen, from -metrics or
+// metricsSection is where the metrics endpoints listen, from -metrics or
 // [Metrics]: all a reload compares of them.
-type metricsAddr string
+type metricsSection string
 
 // Equal reports whether the endpoints listen at the same address.
-func (a metricsAddr) Equal(o metricsAddr) bool { return a == o }
+func (a metricsSection) Equal(o metricsSection) bool { return a == o }
 
 // sections lists the front ends a plan asks for, in the order the
 // start-up summary lists them.
@@ -184,7 +184,7 @@ func (s *service) sections(p *runPlan) []sectionSpec {
 		}))
 	}
 	if addr := s.metricsAddr(cfg); addr != "" {
-		out = append(out, specOf("Metrics", metricsAddr(addr), func(fe *frontEnd) error {
+		out = append(out, specOf("Metrics", metricsSection(addr), func(fe *frontEnd) error {
 			l, err := s.listenHost(fe, "Metrics", addr)
 			if err != nil {
 				return err
