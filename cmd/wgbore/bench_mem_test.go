@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/membudget"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/proxy/socksclient"
@@ -111,7 +112,7 @@ func startMemUp(b *testing.B, maxConns int, extra string) memUp {
 		b.Fatal(err)
 	}
 	c.Close()
-	time.Sleep(2*time.Second + reclaimSettle*reclaimEvery)
+	time.Sleep(2*time.Second + membudget.ReclaimSettle*membudget.ReclaimEvery)
 	m.idle = vmRSS(b, m.pid)
 	return m
 }

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/membudget"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/wgtest"
@@ -68,7 +69,7 @@ func BenchmarkServeIdleFlowMemory(b *testing.B) {
 				oneByteEcho(c)
 				c.Close()
 			}
-			time.Sleep(2*time.Second + reclaimSettle*reclaimEvery)
+			time.Sleep(2*time.Second + membudget.ReclaimSettle*membudget.ReclaimEvery)
 			idle := vmRSS(b, pid)
 			heap0, stacks0, g0 := runtimeFigures()
 

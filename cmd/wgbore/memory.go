@@ -18,15 +18,6 @@ import (
 // bulk transfer under a small budget still fills a fast local path.
 const minTCPBufferMax = 256 << 10
 
-// reclaimEvery paces the reclaimer's look at the goroutine and endpoint
-// counts: a second is soon after a burst, and costs nothing while idle.
-const reclaimEvery = time.Second
-
-// reclaimSettle is how many of those looks pass before the one reclaim
-// that ends start-up: by then the first handshakes are done (up waits
-// about 6 s for its summary) and the pages only start-up needed can go.
-const reclaimSettle = 8
-
 // newBudget makes the process's memory budget: -memory-limit, else
 // [Interface] MemoryLimit, else the limit of the container (the cgroup
 // found under root); nil when none is set. It applies the Go runtime's
@@ -81,7 +72,7 @@ func (s *service) reclaimNow() {
 func (s *service) startReclaim() {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.reclaimStop = cancel
-	tick := time.NewTicker(reclaimEvery)
+	tick := time.NewTicker(membudget.ReclaimEvery)
 	r := membudget.Reclaimer{
 		// Peers and proxy connections too: an idle peer holds no
 		// goroutine, nor, on Linux, does an idle SOCKS5 or CONNECT
@@ -102,7 +93,7 @@ func (s *service) startReclaim() {
 			}
 		},
 		Tick:      tick.C,
-		Settle:    reclaimSettle,
+		Settle:    membudget.ReclaimSettle,
 		Allocated: membudget.AllocatedBytes,
 	}
 	s.serving.Go(func() {

@@ -47,6 +47,16 @@ type Reclaimer struct {
 }
 
 const (
+	// ReclaimEvery is the pace a process gives a Reclaimer's Tick: a
+	// second is soon after a burst, and costs nothing while idle.
+	ReclaimEvery = time.Second
+	// ReclaimSettle is the Settle that goes with ReclaimEvery: by then
+	// the first handshakes are done (up waits about 6 s for its summary)
+	// and the pages only start-up needed can go.
+	ReclaimSettle = 8
+)
+
+const (
 	// allocBurst is the allocation of a burst that is worth a
 	// collection once the burst stops: far less than a burst of
 	// connections or handshakes makes.
