@@ -42,7 +42,7 @@ import (
 //   - SYN, FIN and RST segments, and data.
 //
 // Slots are shared by connections whose keys hash alike, as in the
-// acknowledgement table (ackreplay.go): a connection whose slot another
+// acknowledgement table (recovery_acks.go): a connection whose slot another
 // has taken is one the table knows nothing of.
 
 // ackDelay is how long a pure acknowledgement may wait for a segment to

@@ -490,8 +490,7 @@ func (n *Net) Listen(network, address string) (net.Listener, error) {
 // A proxy relaying thousands of idle connections otherwise parks one
 // goroutine per connection in Read, with its stack (grown by the read
 // path) and its buffer. With NotifyReadable and TryRead a relay starts a
-// goroutine only when there is something to move, which the
-// idle-connection memory benchmark in cmd/wgbore measures.
+// goroutine only when there is something to move.
 type TCPConn struct {
 	conn *gonet.TCPConn
 	notifier

@@ -58,11 +58,11 @@ type linkEndpoint struct {
 	offloads offloads
 
 	// acks keeps each connection's latest pure acknowledgement, for
-	// PeerReturned (ackreplay.go).
+	// PeerReturned (recovery_acks.go).
 	acks       ackTable
 	resentAcks atomic.Uint64
 	// echoes keeps what the timestamp echo needs after a silence
-	// (tsecho.go), and clock says when segments arrive.
+	// (recovery_echo.go), and clock says when segments arrive.
 	echoes echoTable
 	clock  clock.Clock
 	// delay holds pure acknowledgements for a segment to carry them
@@ -121,7 +121,7 @@ func newLinkEndpoint(mtu int, engine packetWriter) *linkEndpoint {
 // checksum check anyway.
 //
 // Each TCP segment's timestamp is noted for the echo after a silence
-// (tsecho.go).
+// (recovery_echo.go).
 func (l *linkEndpoint) DeliverPackets(pkts [][]byte) {
 	l.mu.RLock()
 	d := l.dispatcher
@@ -179,8 +179,8 @@ var groPool = sync.Pool{New: func() any {
 // buffer, so the only copy is the one encryption needs anyway; TCP
 // super-segments are cut into MTU-sized segments during that copy.
 // Before that, the timestamp echo is set where a connection catches up
-// after a silence (tsecho.go), each connection's latest pure
-// acknowledgement is kept (ackreplay.go), and a pure acknowledgement may
+// after a silence (recovery_echo.go), each connection's latest pure
+// acknowledgement is kept (recovery_acks.go), and a pure acknowledgement may
 // be held back for the answer to carry it (delack.go).
 func (l *linkEndpoint) WritePackets(list stack.PacketBufferList) (int, tcpip.Error) {
 	all := list.AsSlice()

@@ -44,8 +44,9 @@ type PacketSide interface {
 // through, instead of when the timer fires. After data, a re-sent
 // acknowledgement would only repeat the stack's own answer, and a
 // duplicate right after an acknowledgement that ends a timeout makes
-// gVisor's sender (RACK) crawl at one segment per timeout
-// (the blackout fault test hung so).
+// gVisor's sender (RACK) crawl at one segment per timeout. Package
+// netstack's documentation tells how this fits with its other changes
+// for TCP through outages.
 type PeerReturner interface {
 	PeerReturned(peer PublicKey)
 }

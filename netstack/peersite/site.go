@@ -168,10 +168,9 @@ func Start(t testing.TB, ours protocol.PublicKey, opts Options) *Site {
 // withoutRACK turns RACK loss detection off in the TCP of a wireguard-go
 // netstack, which gives no other way to reach its gVisor stack. A site
 // stands for the far network; gVisor's RACK, on by default, can crawl
-// for minutes after a retransmission timeout (README, "TCP through loss
-// and outages"), and a blackout test whose site sends would then measure
-// that instead of us: the blackout fault test timed out in about half its
-// runs so, before and after the changes it was meant to check. Linux's
+// for minutes after a retransmission timeout (package netstack's
+// documentation, "TCP through loss and outages"), and a blackout test
+// whose site sends would then measure that crawl instead of us. Linux's
 // TCP behind a real TUN (the namespace tests) is the real sender. Only
 // tests that ask for it get it: with it, the recovery benchmark's
 // reference upload over the lossy path, to a site without RACK, did not

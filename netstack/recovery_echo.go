@@ -70,7 +70,7 @@ import (
 // and a sender that finds in those echoes an earlier transmission of a
 // segment it resent in that window may take the resend for spurious
 // (Eifel). The table keeps one connection per slot, like the
-// acknowledgement table (ackreplay.go): connections that share a slot
+// acknowledgement table (recovery_acks.go): connections that share a slot
 // take turns.
 
 const (

@@ -20,14 +20,15 @@ import (
 // for data that had already reached us. The remote sender, meanwhile,
 // has timed out and backed off: Linux doubles its retransmission timer
 // up to 120 s, so after a long outage its next retransmission can come
-// many seconds after the path returned. The WireGuard
-// handshake that follows the outage comes within a few milliseconds of
-// the path's return; re-sent then, an acknowledgement that covers new
-// data moves the sender's window at once, and Linux takes the timeout
-// for spurious and sends again. The engine calls only on a handshake
-// message or keepalive, never on data: a duplicate right behind the
-// stack's own answer to a retransmission throws gVisor's RACK sender
-// into a crawl (see protocol.PeerReturner).
+// many seconds after the path returned. The WireGuard handshake that
+// follows the outage comes within a few milliseconds of the path's
+// return; re-sent then, an acknowledgement that covers new data moves
+// the sender's window at once, and Linux takes the timeout for spurious
+// and sends again. The engine calls only on a handshake message or
+// keepalive, never on data: a duplicate right behind the stack's own
+// answer to a retransmission throws gVisor's RACK sender into a crawl.
+// The package documentation tells how this fits with the stack's other
+// changes for TCP through outages.
 //
 // gVisor has no call that makes a connection send an acknowledgement, so
 // the link endpoint keeps a copy of the last pure one each connection
