@@ -35,7 +35,6 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
-	"slices"
 	"strconv"
 	"time"
 
@@ -43,10 +42,9 @@ import (
 )
 
 // DefaultMTU is wg-quick's fallback when it cannot derive the MTU from the
-// route to the endpoint: 1500 minus the 80 bytes of WireGuard-over-IPv6
-// overhead, so the tunnel works on any Ethernet path. We have no route to
-// look at, so it is always our default.
-const DefaultMTU = 1420
+// route to the endpoint, and the engine's: we have no route to look at,
+// so it is always our default.
+const DefaultMTU = protocol.DefaultMTU
 
 // DefaultUDPInactivityTimeout ends a UDP forwarding session when a tunnel
 // section does not say: two minutes without a datagram either way, the
@@ -170,18 +168,6 @@ type Peer struct {
 	Endpoint            string
 	AllowedIPs          []netip.Prefix
 	PersistentKeepalive time.Duration
-}
-
-// ProtocolConfig converts the peer to what the engine takes. The slices are
-// copied so the engine and the config never share backing arrays.
-func (p Peer) ProtocolConfig() protocol.PeerConfig {
-	return protocol.PeerConfig{
-		PublicKey:           p.PublicKey,
-		PresharedKey:        p.PresharedKey,
-		Endpoint:            p.Endpoint,
-		AllowedIPs:          slices.Clone(p.AllowedIPs),
-		PersistentKeepalive: p.PersistentKeepalive,
-	}
 }
 
 // Position is where a section starts: the file it was read from, named as

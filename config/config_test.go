@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/wgbore/wgbore/config"
-	"github.com/wgbore/wgbore/protocol"
 )
 
 // providerFile looks like what a commercial VPN hands out: several peers,
@@ -481,43 +480,6 @@ func TestLoad(t *testing.T) {
 	_, err = config.Load(filepath.Join(dir, "missing.conf"), config.Options{})
 	if !errors.Is(err, fs.ErrNotExist) {
 		t.Errorf("Load of a missing file: %v, want fs.ErrNotExist", err)
-	}
-}
-
-func TestProtocolConfig(t *testing.T) {
-	p := config.Peer{
-		PublicKey:           pub(t, pubA),
-		PresharedKey:        psk(t, pskA),
-		Endpoint:            "vpn.example.com:51820",
-		AllowedIPs:          pfx("10.0.0.0/8", "::/0"),
-		PersistentKeepalive: 25 * time.Second,
-	}
-	got := p.ProtocolConfig()
-	want := protocol.PeerConfig{
-		PublicKey:           pub(t, pubA),
-		PresharedKey:        psk(t, pskA),
-		Endpoint:            "vpn.example.com:51820",
-		AllowedIPs:          pfx("10.0.0.0/8", "::/0"),
-		PersistentKeepalive: 25 * time.Second,
-	}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("ProtocolConfig = %+v, want %+v", got, want)
-	}
-	got.AllowedIPs[0] = pfx("1.1.1.1/32")[0]
-	if p.AllowedIPs[0] != pfx("10.0.0.0/8")[0] {
-		t.Error("ProtocolConfig shares AllowedIPs with the config")
-	}
-
-	// The engine accepts what the parser produced.
-	c, err := config.Parse("wg0.conf", []byte(providerFile), hermetic(nil, nil))
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, p := range c.Peers {
-		pc := p.ProtocolConfig()
-		if pc.PublicKey != p.PublicKey || pc.Endpoint != p.Endpoint || pc.PersistentKeepalive != p.PersistentKeepalive {
-			t.Errorf("ProtocolConfig(%v) = %+v", p.PublicKey, pc)
-		}
 	}
 }
 

@@ -17,6 +17,7 @@ import (
 
 	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/netstack/peersite"
+	"github.com/wgbore/wgbore/netstack/wgquick"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/proxy/socksclient"
 )
@@ -131,7 +132,7 @@ func benchDial(b *testing.B, dial func(context.Context, string) (net.Conn, error
 func openLibrary(b *testing.B, site *peersite.Site, key protocol.PrivateKey) *netstack.Net {
 	b.Helper()
 	path := writeFile(b, b.TempDir(), "lib.conf", site.WGQuick(key, ""))
-	n, err := netstack.OpenFile(context.Background(), path)
+	n, err := wgquick.Open(context.Background(), path)
 	if err != nil {
 		b.Fatal(err)
 	}

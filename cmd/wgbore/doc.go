@@ -799,9 +799,10 @@
 //	resp, err := n.HTTPClient().Get("http://web.internal/") // resolved by the tunnel's DNS
 //	conn, err := n.DialContext(ctx, "tcp", "10.0.0.2:22")
 //
-// Or straight from a wg-quick (or wireproxy) file:
+// Or straight from a wg-quick (or wireproxy) file, with package
+// netstack/wgquick:
 //
-//	n, err := netstack.OpenFile(ctx, "wg0.conf", netstack.WithLogger(slog.Default()))
+//	n, err := wgquick.Open(ctx, "wg0.conf", wgquick.WithLogger(slog.Default()))
 //
 // When the host's network changes (a phone moving from Wi-Fi to
 // cellular, a laptop waking elsewhere), a program that hears of it calls

@@ -15,6 +15,7 @@ import (
 
 	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/netstack/peersite"
+	"github.com/wgbore/wgbore/netstack/wgquick"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/wgtest"
 )
@@ -50,7 +51,7 @@ AllowedIPs = %s/32
 		var n *netstack.Net
 		if err := ns.do(func() error {
 			var err error
-			n, err = netstack.OpenFile(context.Background(), path)
+			n, err = wgquick.Open(context.Background(), path)
 			return err
 		}); err != nil {
 			relay.Close()

@@ -18,6 +18,7 @@ import (
 
 	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/netstack/peersite"
+	"github.com/wgbore/wgbore/netstack/wgquick"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/wgtest"
 )
@@ -298,7 +299,7 @@ func openRecoveryClient(t *testing.T, which int, site *peersite.Site, ours proto
 	}
 	if which == 0 {
 		conf := strings.Replace(site.WGQuick(ours, ""), "Endpoint = "+site.Endpoint(), "Endpoint = "+relay.AddrA().String(), 1)
-		n, err := netstack.OpenFile(context.Background(), writeFile(t, t.TempDir(), "wg0.conf", conf))
+		n, err := wgquick.Open(context.Background(), writeFile(t, t.TempDir(), "wg0.conf", conf))
 		if err != nil {
 			t.Fatal(err)
 		}

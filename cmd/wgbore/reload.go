@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"github.com/wgbore/wgbore/protocol/uapi"
 	"io"
 	"net/netip"
 	"slices"
@@ -11,6 +10,8 @@ import (
 	"time"
 
 	"github.com/wgbore/wgbore/config"
+	"github.com/wgbore/wgbore/netstack/wgquick"
+	"github.com/wgbore/wgbore/protocol/uapi"
 )
 
 // errCannotReload is a reload of a process that has no file to re-read.
@@ -175,7 +176,7 @@ func (s *service) reloadPeers(old, cfg *config.Config, rep *reloadReport) {
 		default:
 			continue
 		}
-		if err := eng.SetPeer(p.ProtocolConfig()); err != nil {
+		if err := eng.SetPeer(wgquick.Peer(p)); err != nil {
 			rep.failed = append(rep.failed, fmt.Errorf("peer %s: %w", key, err))
 			continue
 		}

@@ -15,6 +15,7 @@ import (
 	"github.com/wgbore/wgbore/cmd/internal/membudget"
 	"github.com/wgbore/wgbore/config"
 	"github.com/wgbore/wgbore/netstack"
+	"github.com/wgbore/wgbore/netstack/wgquick"
 	"github.com/wgbore/wgbore/protocol/uapi"
 	"github.com/wgbore/wgbore/proxy"
 )
@@ -298,7 +299,7 @@ type service struct {
 func start(ctx context.Context, p *runPlan, log *slog.Logger, e *env) (*service, error) {
 	cfg := p.cfg
 	budget := newBudget(p, e.root, log)
-	ncfg := netstack.FromConfig(cfg)
+	ncfg := wgquick.Tunnel(cfg)
 	ncfg.Logger = log
 	ncfg.ListenAddrs = p.listenAddrs
 	ncfg.TCPBufferMax = budget.BufferMax(netstack.DefaultTCPBufferMax, minTCPBufferMax)
