@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"io"
 	"log/slog"
@@ -17,10 +16,7 @@ import (
 	"testing"
 	"time"
 
-	dto "github.com/prometheus/client_model/go"
-	"github.com/prometheus/common/expfmt"
-	"github.com/prometheus/common/model"
-
+	"github.com/wgbore/wgbore/cmd/internal/metricstest"
 	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
@@ -45,67 +41,6 @@ func (c *fakeClock) advance(d time.Duration) {
 	c.mu.Lock()
 	c.now = c.now.Add(d)
 	c.mu.Unlock()
-}
-
-// get serves one request to h and returns the status and body.
-func get(t testing.TB, h http.Handler, path string) (int, string, http.Header) {
-	t.Helper()
-	rec := httptest.NewRecorder()
-	h.ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
-	return rec.Code, rec.Body.String(), rec.Header()
-}
-
-// parseMetrics checks /metrics with the reference parser and returns its
-// families by name.
-func parseMetrics(t testing.TB, h http.Handler) (map[string]*dto.MetricFamily, string) {
-	t.Helper()
-	code, body, hdr := get(t, h, "/metrics")
-	if code != http.StatusOK {
-		t.Fatalf("/metrics = %d: %s", code, body)
-	}
-	if ct := hdr.Get("Content-Type"); !strings.HasPrefix(ct, "text/plain; version=0.0.4") {
-		t.Errorf("/metrics Content-Type = %q", ct)
-	}
-	p := expfmt.NewTextParser(model.LegacyValidation)
-	fams, err := p.TextToMetricFamilies(strings.NewReader(body))
-	if err != nil {
-		t.Fatalf("/metrics does not parse: %v\n%s", err, body)
-	}
-	return fams, body
-}
-
-// sampleValue returns the value of the sample of family name whose
-// labels include want, failing the test if there is none.
-func sampleValue(t testing.TB, fams map[string]*dto.MetricFamily, name string, want ...string) float64 {
-	t.Helper()
-	f, ok := fams[name]
-	if !ok {
-		t.Fatalf("no family %s", name)
-	}
-next:
-	for _, m := range f.GetMetric() {
-		for i := 0; i+1 < len(want); i += 2 {
-			found := false
-			for _, l := range m.GetLabel() {
-				if l.GetName() == want[i] && l.GetValue() == want[i+1] {
-					found = true
-				}
-			}
-			if !found {
-				continue next
-			}
-		}
-		switch f.GetType() {
-		case dto.MetricType_COUNTER:
-			return m.GetCounter().GetValue()
-		case dto.MetricType_GAUGE:
-			return m.GetGauge().GetValue()
-		default:
-			return m.GetUntyped().GetValue()
-		}
-	}
-	t.Fatalf("family %s has no sample with labels %v", name, want)
-	return 0
 }
 
 // tunnelToSite opens our netstack to a wireguard-go peer site on
@@ -184,23 +119,23 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 	o := newObserver(observerConfig{Peers: eng.Peers, Stats: eng.Stats, ResentAcks: tun.ResentAcks, Listeners: listeners})
 	h := o.Handler()
 
-	fams, body := parseMetrics(t, h)
+	fams, body := metricstest.Parse(t, h)
 	peer := site.PublicKey.String()
-	if got := sampleValue(t, fams, "wgbore_peer_receive_bytes_total", "peer", peer); got != 0 {
+	if got := metricstest.Value(t, fams, "wgbore_peer_receive_bytes_total", "peer", peer); got != 0 {
 		t.Errorf("rx before any traffic = %v", got)
 	}
-	if got := sampleValue(t, fams, "wgbore_peers"); got != 2 {
+	if got := metricstest.Value(t, fams, "wgbore_peers"); got != 2 {
 		t.Errorf("wgbore_peers = %v, want 2", got)
 	}
 	// Every drop reason is there from the start, zeros included.
 	for r := protocol.DropReason(0); r.String() != "unknown"; r++ {
-		sampleValue(t, fams, "wgbore_dropped_packets_total", "reason", r.String())
+		metricstest.Value(t, fams, "wgbore_dropped_packets_total", "reason", r.String())
 	}
-	if got := sampleValue(t, fams, "wgbore_listener_connections_active", "kind", "socks5", "addr", `odd "addr"\`+"\n"); got != 1 {
+	if got := metricstest.Value(t, fams, "wgbore_listener_connections_active", "kind", "socks5", "addr", `odd "addr"\`+"\n"); got != 1 {
 		t.Errorf("escaped label round trip: active = %v", got)
 	}
 	for _, name := range []string{"go_goroutines", "go_info", "go_memstats_heap_alloc_bytes", "go_memstats_sys_bytes", "go_memstats_stack_inuse_bytes", "go_gc_cycles_total"} {
-		sampleValue(t, fams, name)
+		metricstest.Value(t, fams, name)
 	}
 	for _, name := range []string{"process_resident_memory_bytes", "process_open_fds", "process_cpu_seconds_total"} {
 		if _, err := os.Stat("/proc/self/stat"); err != nil {
@@ -224,37 +159,37 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	fams, body = parseMetrics(t, h)
-	if got := sampleValue(t, fams, "wgbore_peer_receive_bytes_total", "peer", peer); got < 64<<10 {
+	fams, body = metricstest.Parse(t, h)
+	if got := metricstest.Value(t, fams, "wgbore_peer_receive_bytes_total", "peer", peer); got < 64<<10 {
 		t.Errorf("rx after a 64 KiB echo = %v", got)
 	}
-	if got := sampleValue(t, fams, "wgbore_peer_transmit_bytes_total", "peer", peer); got < 64<<10 {
+	if got := metricstest.Value(t, fams, "wgbore_peer_transmit_bytes_total", "peer", peer); got < 64<<10 {
 		t.Errorf("tx after a 64 KiB echo = %v", got)
 	}
-	if got := sampleValue(t, fams, "wgbore_peer_last_handshake_seconds", "peer", peer); got < float64(time.Now().Add(-time.Minute).Unix()) {
+	if got := metricstest.Value(t, fams, "wgbore_peer_last_handshake_seconds", "peer", peer); got < float64(time.Now().Add(-time.Minute).Unix()) {
 		t.Errorf("last handshake = %v, want about now", got)
 	}
-	if got := sampleValue(t, fams, "wgbore_peer_handshakes_total", "peer", peer); got < 1 {
+	if got := metricstest.Value(t, fams, "wgbore_peer_handshakes_total", "peer", peer); got < 1 {
 		t.Errorf("handshakes = %v", got)
 	}
-	if got := sampleValue(t, fams, "wgbore_peer_handshake_attempts_total", "peer", peer); got < 1 {
+	if got := metricstest.Value(t, fams, "wgbore_peer_handshake_attempts_total", "peer", peer); got < 1 {
 		t.Errorf("handshake attempts = %v", got)
 	}
 	// Both are there from the start, at zero: no outage in this test.
-	if got := sampleValue(t, fams, "wgbore_peer_returns_total", "peer", peer); got != 0 {
+	if got := metricstest.Value(t, fams, "wgbore_peer_returns_total", "peer", peer); got != 0 {
 		t.Errorf("returns = %v, want 0", got)
 	}
-	if got := sampleValue(t, fams, "wgbore_tcp_acks_resent_total"); got != 0 {
+	if got := metricstest.Value(t, fams, "wgbore_tcp_acks_resent_total"); got != 0 {
 		t.Errorf("acknowledgements re-sent = %v, want 0", got)
 	}
-	if got := sampleValue(t, fams, "wgbore_peer_last_handshake_seconds", "peer", other.PublicKey().String()); got != 0 {
+	if got := metricstest.Value(t, fams, "wgbore_peer_last_handshake_seconds", "peer", other.PublicKey().String()); got != 0 {
 		t.Errorf("last handshake of a peer never reached = %v, want 0", got)
 	}
 	kind := []string{"kind", "tcp_client_tunnel", "addr", l.Addr().String()}
-	if got := sampleValue(t, fams, "wgbore_listener_connections_active", kind...); got != 1 {
+	if got := metricstest.Value(t, fams, "wgbore_listener_connections_active", kind...); got != 1 {
 		t.Errorf("active forwarder connections = %v, want 1", got)
 	}
-	if got := sampleValue(t, fams, "wgbore_listener_connections_total", kind...); got != 1 {
+	if got := metricstest.Value(t, fams, "wgbore_listener_connections_total", kind...); got != 1 {
 		t.Errorf("total forwarder connections = %v, want 1", got)
 	}
 	c.Close()
@@ -262,8 +197,8 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 	for fwd.Stats().Active != 0 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond)
 	}
-	fams, _ = parseMetrics(t, h)
-	if got := sampleValue(t, fams, "wgbore_listener_connections_active", kind...); got != 0 {
+	fams, _ = metricstest.Parse(t, h)
+	if got := metricstest.Value(t, fams, "wgbore_listener_connections_active", kind...); got != 0 {
 		t.Errorf("active forwarder connections after close = %v, want 0", got)
 	}
 
@@ -276,41 +211,20 @@ func TestMetricsMoveWithTraffic(t *testing.T) {
 			}
 		}
 	}
-	if _, body, _ := get(t, h, "/readyz"); strings.Contains(body, ours.Base64()) || strings.Contains(body, psk.Base64()) {
+	if _, body, _ := metricstest.Get(t, h, "/readyz"); strings.Contains(body, ours.Base64()) || strings.Contains(body, psk.Base64()) {
 		t.Error("/readyz shows a secret")
 	}
 }
 
 func TestHealthz(t *testing.T) {
 	o := newObserver(observerConfig{Peers: func() []protocol.PeerStatus { return nil }, Stats: func() protocol.StatsSnapshot { return protocol.StatsSnapshot{} }})
-	code, body, _ := get(t, o.Handler(), "/healthz")
+	code, body, _ := metricstest.Get(t, o.Handler(), "/healthz")
 	if code != http.StatusOK || body != "ok\n" {
 		t.Errorf("/healthz = %d %q", code, body)
 	}
-	if code, _, _ := get(t, o.Handler(), "/nothing"); code != http.StatusNotFound {
+	if code, _, _ := metricstest.Get(t, o.Handler(), "/nothing"); code != http.StatusNotFound {
 		t.Errorf("/nothing = %d, want 404", code)
 	}
-}
-
-// readyz asks h and decodes the answer, checking that the status and
-// the body agree.
-func readyz(t *testing.T, h http.Handler) readiness {
-	t.Helper()
-	code, body, hdr := get(t, h, "/readyz")
-	if ct := hdr.Get("Content-Type"); ct != "application/json" {
-		t.Errorf("/readyz Content-Type = %q", ct)
-	}
-	var r readiness
-	if err := json.Unmarshal([]byte(body), &r); err != nil {
-		t.Fatalf("/readyz body %q: %v", body, err)
-	}
-	if want := map[bool]int{true: 200, false: 503}[r.Ready]; code != want {
-		t.Fatalf("/readyz = %d with ready=%v", code, r.Ready)
-	}
-	if r.Ready != (len(r.Reasons) == 0) {
-		t.Fatalf("/readyz ready=%v with reasons %q", r.Ready, r.Reasons)
-	}
-	return r
 }
 
 func TestReadyzHandshakes(t *testing.T) {
@@ -335,13 +249,13 @@ func TestReadyzHandshakes(t *testing.T) {
 	})
 	h := o.Handler()
 
-	if r := readyz(t, h); !r.Ready || r.Basis != "handshakes" {
+	if r := metricstest.Readyz(t, h); !r.Ready || r.Basis != "handshakes" {
 		t.Fatalf("no traffic: %+v, want ready", r)
 	}
 
 	// Traffic with a fresh handshake.
 	update(0, func(p *protocol.PeerStatus) { p.TxBytes, p.RxBytes, p.LastHandshake = 1000, 900, clock.Now() })
-	if r := readyz(t, h); !r.Ready {
+	if r := metricstest.Readyz(t, h); !r.Ready {
 		t.Fatalf("traffic, fresh handshake: %+v", r)
 	}
 
@@ -349,7 +263,7 @@ func TestReadyzHandshakes(t *testing.T) {
 	// away, and our sends into the old session are all that moves.
 	clock.advance(181 * time.Second)
 	update(0, func(p *protocol.PeerStatus) { p.TxBytes += 500 })
-	r := readyz(t, h)
+	r := metricstest.Readyz(t, h)
 	if r.Ready || len(r.Reasons) != 1 || !strings.Contains(r.Reasons[0], k1.PublicKey().String()) || !strings.Contains(r.Reasons[0], "3m1s") {
 		t.Fatalf("traffic, stale handshake: %+v, want one reason naming peer 1 and the age", r)
 	}
@@ -358,26 +272,26 @@ func TestReadyzHandshakes(t *testing.T) {
 	// still not ready.
 	clock.advance(100 * time.Second)
 	update(0, func(p *protocol.PeerStatus) { p.HandshakeAttempts += 3 })
-	if r := readyz(t, h); r.Ready {
+	if r := metricstest.Readyz(t, h); r.Ready {
 		t.Fatalf("handshakes retried, none completes: %+v", r)
 	}
 
 	// The peer is back.
 	update(0, func(p *protocol.PeerStatus) { p.LastHandshake = clock.Now() })
-	if r := readyz(t, h); !r.Ready {
+	if r := metricstest.Readyz(t, h); !r.Ready {
 		t.Fatalf("peer back: %+v", r)
 	}
 
 	// A peer whose traffic stopped long ago is idle, not broken, however
 	// old its handshake.
 	clock.advance(10 * time.Minute)
-	if r := readyz(t, h); !r.Ready {
+	if r := metricstest.Readyz(t, h); !r.Ready {
 		t.Fatalf("idle peers: %+v", r)
 	}
 
 	// Traffic to a peer that never answered.
 	update(1, func(p *protocol.PeerStatus) { p.HandshakeAttempts = 1 })
-	r = readyz(t, h)
+	r = metricstest.Readyz(t, h)
 	if r.Ready || len(r.Reasons) != 1 || !strings.Contains(r.Reasons[0], k2.PublicKey().String()) || !strings.Contains(r.Reasons[0], "no handshake") {
 		t.Fatalf("peer never answered: %+v", r)
 	}
@@ -395,51 +309,51 @@ func TestReadyzCheckAlive(t *testing.T) {
 	})
 	h := o.Handler()
 	// Without CheckAlive running, the handshakes decide.
-	if r := readyz(t, h); r.Ready || r.Basis != "handshakes" {
+	if r := metricstest.Readyz(t, h); r.Ready || r.Basis != "handshakes" {
 		t.Fatalf("tracker without targets: %+v, want the handshake rule", r)
 	}
 
 	a, b := netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")
 	tracker.start([]netip.Addr{a, b}, 5*time.Second)
-	r := readyz(t, h)
+	r := metricstest.Readyz(t, h)
 	if r.Ready || r.Basis != "check_alive" || len(r.Reasons) != 2 || !strings.Contains(r.Reasons[0], "no ping yet") {
 		t.Fatalf("before the first round: %+v", r)
 	}
 
 	tracker.record(a, 3*time.Millisecond, nil)
 	tracker.record(b, 0, errors.New("deadline exceeded"))
-	r = readyz(t, h)
+	r = metricstest.Readyz(t, h)
 	if r.Ready || len(r.Reasons) != 1 || !strings.Contains(r.Reasons[0], "10.0.0.3") || !strings.Contains(r.Reasons[0], "deadline exceeded") {
 		t.Fatalf("one target silent: %+v", r)
 	}
-	fams, _ := parseMetrics(t, h)
-	if got := sampleValue(t, fams, "wgbore_check_alive_up", "addr", "10.0.0.2"); got != 1 {
+	fams, _ := metricstest.Parse(t, h)
+	if got := metricstest.Value(t, fams, "wgbore_check_alive_up", "addr", "10.0.0.2"); got != 1 {
 		t.Errorf("up for the answering target = %v", got)
 	}
-	if got := sampleValue(t, fams, "wgbore_check_alive_up", "addr", "10.0.0.3"); got != 0 {
+	if got := metricstest.Value(t, fams, "wgbore_check_alive_up", "addr", "10.0.0.3"); got != 0 {
 		t.Errorf("up for the silent target = %v", got)
 	}
-	if got := sampleValue(t, fams, "wgbore_check_alive_rtt_seconds", "addr", "10.0.0.2"); got != 0.003 {
+	if got := metricstest.Value(t, fams, "wgbore_check_alive_rtt_seconds", "addr", "10.0.0.2"); got != 0.003 {
 		t.Errorf("rtt = %v, want 0.003", got)
 	}
 
 	clock.advance(5 * time.Second)
 	tracker.record(a, time.Millisecond, nil)
 	tracker.record(b, time.Millisecond, nil)
-	if r := readyz(t, h); !r.Ready {
+	if r := metricstest.Readyz(t, h); !r.Ready {
 		t.Fatalf("both answer: %+v", r)
 	}
 
 	// The pinger stalls: answers older than two intervals no longer
 	// count.
 	clock.advance(11 * time.Second)
-	r = readyz(t, h)
+	r = metricstest.Readyz(t, h)
 	if r.Ready || len(r.Reasons) != 2 || !strings.Contains(r.Reasons[0], "11s ago") {
 		t.Fatalf("answers too old: %+v", r)
 	}
 
 	tracker.stop()
-	if r := readyz(t, h); r.Basis != "handshakes" {
+	if r := metricstest.Readyz(t, h); r.Basis != "handshakes" {
 		t.Fatalf("after CheckAlive stopped: %+v", r)
 	}
 	var nilTracker *aliveTracker
@@ -469,20 +383,20 @@ func TestReadyzCheckAliveFollowsPeer(t *testing.T) {
 		<-done
 	})
 
-	waitReadyzState(t, h, true, 30*time.Second, "peer up")
+	metricstest.WaitReady(t, h, true, 30*time.Second, "peer up")
 
 	peer, _ := eng.Peer(site.PublicKey)
 	eng.RemovePeer(site.PublicKey)
-	waitReadyzState(t, h, false, 30*time.Second, "peer removed")
-	fams, _ := parseMetrics(t, h)
-	if got := sampleValue(t, fams, "wgbore_check_alive_up", "addr", peersite.TheirV4.String()); got != 0 {
+	metricstest.WaitReady(t, h, false, 30*time.Second, "peer removed")
+	fams, _ := metricstest.Parse(t, h)
+	if got := metricstest.Value(t, fams, "wgbore_check_alive_up", "addr", peersite.TheirV4.String()); got != 0 {
 		t.Errorf("check_alive_up with the peer gone = %v", got)
 	}
 
 	if err := eng.SetPeer(protocol.PeerConfig{PublicKey: peer.PublicKey, Endpoint: site.Endpoint(), AllowedIPs: peer.AllowedIPs}); err != nil {
 		t.Fatal(err)
 	}
-	waitReadyzState(t, h, true, 30*time.Second, "peer back")
+	metricstest.WaitReady(t, h, true, 30*time.Second, "peer back")
 }
 
 func TestHealthcheckCommand(t *testing.T) {
@@ -548,62 +462,26 @@ func TestReadyzFollowsPeerGoingAway(t *testing.T) {
 	})
 
 	start := time.Now()
-	waitReadyzState(t, h, true, 30*time.Second, "peer up")
+	metricstest.WaitReady(t, h, true, 30*time.Second, "peer up")
 	if err := site.Device.Down(); err != nil {
 		t.Fatal(err)
 	}
-	waitReadyzState(t, h, false, 30*time.Second, "peer down")
+	metricstest.WaitReady(t, h, false, 30*time.Second, "peer down")
 	if err := site.Device.Up(); err != nil {
 		t.Fatal(err)
 	}
-	waitReadyzState(t, h, true, 60*time.Second, "peer back")
+	metricstest.WaitReady(t, h, true, 60*time.Second, "peer back")
 	t.Logf("down and back in %v", time.Since(start))
-}
-
-// waitReadyzState polls /readyz until the CheckAlive rule says want.
-func waitReadyzState(t *testing.T, h http.Handler, want bool, within time.Duration, what string) {
-	t.Helper()
-	deadline := time.Now().Add(within)
-	for {
-		r := readyz(t, h)
-		if r.Ready == want && r.Basis == "check_alive" {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: /readyz still %+v after %v", what, r, within)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}
-
-// remoteEndpoints is the [Metrics] endpoints of a running up or serve
-// ("http://127.0.0.1:port") as a Handler, so parseMetrics, readyz and
-// waitReadyzState check a live process as they check an observer.
-type remoteEndpoints string
-
-func (base remoteEndpoints) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	// One connection per request, closed after it: a Transport per call
-	// would otherwise leave each connection open for the server to keep.
-	client := &http.Client{Transport: &http.Transport{Proxy: nil, DisableKeepAlives: true}, Timeout: 10 * time.Second}
-	res, err := client.Get(string(base) + r.URL.Path)
-	if err != nil {
-		http.Error(w, err.Error(), http.StatusBadGateway)
-		return
-	}
-	defer res.Body.Close()
-	w.Header().Set("Content-Type", res.Header.Get("Content-Type"))
-	w.WriteHeader(res.StatusCode)
-	io.Copy(w, res.Body)
 }
 
 func TestMetricsRemoteEndpoints(t *testing.T) {
 	o := newObserver(observerConfig{Peers: func() []protocol.PeerStatus { return nil }, Stats: func() protocol.StatsSnapshot { return protocol.StatsSnapshot{} }})
 	srv := httptest.NewServer(o.Handler())
 	t.Cleanup(srv.Close)
-	h := remoteEndpoints(srv.URL)
-	if r := readyz(t, h); !r.Ready {
+	h := metricstest.Remote(srv.URL)
+	if r := metricstest.Readyz(t, h); !r.Ready {
 		t.Errorf("remote /readyz: %+v", r)
 	}
-	fams, _ := parseMetrics(t, h)
-	sampleValue(t, fams, "wgbore_peers")
+	fams, _ := metricstest.Parse(t, h)
+	metricstest.Value(t, fams, "wgbore_peers")
 }
