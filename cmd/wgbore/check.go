@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/wgbore/wgbore/cmd/internal/service"
 	"github.com/wgbore/wgbore/config"
 )
 
@@ -41,12 +42,12 @@ func cmdCheck(_ context.Context, e *env, args []string) int {
 	for _, w := range cfg.Warnings {
 		fmt.Fprintf(e.stderr, "warning: %s\n", w)
 	}
-	p, err := plan(cfg, *path)
+	p, err := service.Check(cfg, *path)
 	if err != nil {
 		printErrors(e, err)
 		return exitUsage
 	}
-	for _, w := range p.warnings {
+	for _, w := range p.Warnings() {
 		fmt.Fprintf(e.stderr, "warning: %s\n", w)
 	}
 	fmt.Fprintf(e.stdout, "%s: OK: %d peer(s), %d listener(s)\n", *path, len(cfg.Peers), countListeners(cfg))

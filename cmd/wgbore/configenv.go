@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 
 	"github.com/wgbore/wgbore/config"
@@ -75,4 +76,18 @@ func loadConfig(e *env, path string) (*config.Config, bool) {
 			Msg: fmt.Sprintf("%s is set too and ignored: -c wins", configEnv)})
 	}
 	return cfg, true
+}
+
+// errCannotReload is a reload of a process that has no file to re-read.
+var errCannotReload = errors.New("the configuration came from " + configEnvName + ", not a file: restart wgbore to change it")
+
+// rereadConfig loads the file at path again for a reload. A configuration
+// that came from WGBORE_CONFIG cannot change under a running process, so
+// there is nothing to re-read.
+func rereadConfig(e *env, path string) (*config.Config, string, error) {
+	if path == "" || path == configEnvName {
+		return nil, "", errCannotReload
+	}
+	cfg, err := config.Load(path, config.Options{LookupEnv: e.lookup})
+	return cfg, path, err
 }

@@ -18,6 +18,7 @@ import (
 
 	xproxy "golang.org/x/net/proxy"
 
+	"github.com/wgbore/wgbore/cmd/internal/service"
 	"github.com/wgbore/wgbore/config"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/udpbind"
@@ -134,17 +135,17 @@ func cmdDemo(ctx context.Context, e *env, args []string) int {
 	}
 	client, err := startDemoSide(ctx, e, log.With("side", "client"), "client.conf", clientConf, false)
 	if err != nil {
-		server.shutdown(context.Background())
+		server.Shutdown(context.Background())
 		log.Error("cannot start the demo client", "err", err)
 		return exitFailure
 	}
 	if err := startDemoPage(server); err != nil {
-		client.shutdown(context.Background())
-		server.shutdown(context.Background())
+		client.Shutdown(context.Background())
+		server.Shutdown(context.Background())
 		log.Error("cannot start the demo page", "err", err)
 		return exitFailure
 	}
-	socks, httpProxy := client.listenAddr("socks5 "), client.listenAddr("http ")
+	socks, httpProxy := client.ListenAddr("socks5 "), client.ListenAddr("http ")
 
 	code := exitOK
 	if *check {
@@ -166,8 +167,8 @@ Ctrl-C to stop.
 	}
 	graceCtx, cancel := context.WithTimeout(context.Background(), *grace)
 	defer cancel()
-	client.shutdown(graceCtx)
-	server.shutdown(graceCtx)
+	client.Shutdown(graceCtx)
+	server.Shutdown(graceCtx)
 	return code
 }
 
@@ -226,45 +227,31 @@ func writeDemoConfigs(e *env, dir, server, client string) int {
 
 // startDemoSide runs one side from its config text, as up or serve
 // would, with its WireGuard socket on loopback only.
-func startDemoSide(ctx context.Context, e *env, log *slog.Logger, name, text string, serve bool) (*service, error) {
+func startDemoSide(ctx context.Context, e *env, log *slog.Logger, name, text string, serve bool) (*service.Service, error) {
 	cfg, err := config.Parse(name, []byte(text), config.Options{})
 	if err != nil {
 		return nil, err
 	}
-	p, err := plan(cfg, name)
+	p, err := service.Check(cfg, name)
 	if err != nil {
 		return nil, err
 	}
-	p.serve = serve
-	p.listenAddrs = []netip.Addr{netip.MustParseAddr("127.0.0.1")}
-	return start(ctx, p, log, e)
-}
-
-// listenAddr returns the address of the listener whose description
-// starts with prefix.
-func (s *service) listenAddr(prefix string) string {
-	for _, srv := range s.allServers() {
-		if rest, ok := strings.CutPrefix(srv.desc, prefix); ok {
-			return strings.Fields(rest)[0]
-		}
-	}
-	return ""
+	return service.Start(ctx, p, service.Options{
+		Logger: log, Serve: serve, ListenAddrs: []netip.Addr{netip.MustParseAddr("127.0.0.1")},
+		Root: e.root, Stdin: e.stdin, Stdout: e.stdout,
+	})
 }
 
 // startDemoPage serves the demo page on the server's tunnel address. It
 // reports what the server's engine knows of the requesting peer, so the
 // page itself shows that the request came through WireGuard.
-func startDemoPage(s *service) error {
-	l, err := s.tun.Listen("tcp", netip.AddrPortFrom(demoServerIP, 80).String())
-	if err != nil {
-		return err
-	}
+func startDemoPage(s *service.Service) error {
 	started := time.Now()
-	srv := &http.Server{ReadHeaderTimeout: 10 * time.Second, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	page := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		fmt.Fprintf(w, "Hello from inside the WireGuard tunnel.\n\n")
 		fmt.Fprintf(w, "Your request came from %s and reached %s through wgbore's WireGuard server.\n", r.RemoteAddr, demoServerIP)
-		for _, p := range s.tun.Engine().Peers() {
+		for _, p := range s.Peers() {
 			age := "never"
 			if !p.LastHandshake.IsZero() {
 				age = time.Since(p.LastHandshake).Round(time.Millisecond).String() + " ago"
@@ -272,9 +259,8 @@ func startDemoPage(s *service) error {
 			fmt.Fprintf(w, "Peer %s: last handshake %s, %d bytes received, %d bytes sent.\n", p.PublicKey, age, p.RxBytes, p.TxBytes)
 		}
 		fmt.Fprintf(w, "The server has been up for %s.\n", time.Since(started).Round(time.Second))
-	})}
-	s.serve(nil, server{desc: "demo page http://" + demoName + "/", impl: uncounted{srv}}, func() error { return srv.Serve(l) })
-	return nil
+	})
+	return s.ServeInTunnel(netip.AddrPortFrom(demoServerIP, 80), "demo page http://"+demoName+"/", page)
 }
 
 // demoCheck fetches the demo page once through each proxy.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/service"
 	"github.com/wgbore/wgbore/protocol/uapi"
 )
 
@@ -81,7 +82,7 @@ func cmdReload(ctx context.Context, e *env, args []string) int {
 	case 0:
 		fmt.Fprintf(e.stdout, "%s: reloaded, %d change(s)\n", name, count(lines, "change="))
 		return exitOK
-	case reloadRejected:
+	case service.ReloadRejected:
 		fmt.Fprintf(e.stderr, "wgbore reload: %s kept its previous configuration\n", name)
 		return exitUsage
 	default:
@@ -108,7 +109,7 @@ func requestReload(ctx context.Context, dir, name string) ([]string, int, error)
 		return nil, 0, err
 	}
 	defer c.Close()
-	if _, err := c.Write([]byte(reloadOperation + "=1\n\n")); err != nil {
+	if _, err := c.Write([]byte(service.ReloadOperation + "=1\n\n")); err != nil {
 		return nil, 0, fmt.Errorf("%s: %w", path, err)
 	}
 	r := bufio.NewReader(c)

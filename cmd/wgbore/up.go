@@ -2,22 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"log/slog"
 	"net"
-	"net/http"
-	"net/netip"
-	"slices"
-	"sync"
 	"time"
 
-	"github.com/wgbore/wgbore/cmd/internal/membudget"
+	"github.com/wgbore/wgbore/cmd/internal/service"
 	"github.com/wgbore/wgbore/config"
-	"github.com/wgbore/wgbore/netstack"
-	"github.com/wgbore/wgbore/netstack/wgquick"
 	"github.com/wgbore/wgbore/protocol/uapi"
-	"github.com/wgbore/wgbore/proxy"
 )
 
 const upUsage = `Usage: wgbore up -c FILE [flags]
@@ -50,8 +41,6 @@ const (
 	// handshakes before logging its summary: just over one RekeyTimeout,
 	// so a peer that drops the first initiation gets its retry counted.
 	defaultHandshakeWait = 6 * time.Second
-	// hostDialTimeout bounds dials to a server tunnel's host-side target.
-	hostDialTimeout = 30 * time.Second
 )
 
 const serveUsage = `Usage: wgbore serve -c FILE [flags]
@@ -126,18 +115,22 @@ func runTunnel(ctx context.Context, e *env, args []string, name, usage string, s
 	if !ok {
 		return exitUsage
 	}
-	p, err := plan(cfg, *path)
+	p, err := service.Check(cfg, *path)
 	if err != nil {
 		printErrors(e, err)
 		return exitUsage
 	}
-	p.serve = serveMode
+	opts := service.Options{
+		Logger: log, Serve: serveMode, Grace: *grace,
+		Root: e.root, Stdin: e.stdin, Stdout: e.stdout,
+		Reread: func() (*config.Config, string, error) { return rereadConfig(e, *path) },
+	}
 	if *metrics != "" {
 		if _, _, err := net.SplitHostPort(*metrics); err != nil {
 			fmt.Fprintf(e.stderr, "wgbore %s: -metrics %s: want host:port\n", name, *metrics)
 			return exitUsage
 		}
-		p.metrics = *metrics
+		opts.Metrics = *metrics
 	}
 	if *memoryLimit != "" {
 		b, err := config.ParseMemoryLimit(*memoryLimit)
@@ -145,7 +138,7 @@ func runTunnel(ctx context.Context, e *env, args []string, name, usage string, s
 			fmt.Fprintf(e.stderr, "wgbore %s: -memory-limit: %v\n", name, err)
 			return exitUsage
 		}
-		p.memoryLimit = b
+		opts.MemoryLimit = b
 	}
 	if !serveMode && cfg.Egress != nil {
 		log.Warn(cfg.Egress.Pos.String() + ": [Egress] has no effect in up: only serve forwards peers' flows")
@@ -153,21 +146,19 @@ func runTunnel(ctx context.Context, e *env, args []string, name, usage string, s
 	for _, w := range cfg.Warnings {
 		log.Warn(w.String())
 	}
-	for _, w := range p.warnings {
+	for _, w := range p.Warnings() {
 		log.Warn(w)
 	}
 
-	svc, err := start(ctx, p, log, e)
+	svc, err := service.Start(ctx, p, opts)
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return exitFailure
 	}
-	svc.grace = *grace
-	svc.reread = func() (*config.Config, string, error) { return rereadConfig(e, *path) }
-	svc.startUAPI(*uapiDir, interfaceName(*ifname, *path), uapiGroup)
+	svc.StartUAPI(*uapiDir, interfaceName(*ifname, *path), uapiGroup.gid)
 	// The summary waits for handshakes beside the select below, so a
 	// signal during that wait is answered at once.
-	svc.startSummary(*wait)
+	svc.StartSummary(*wait)
 
 	code := exitOK
 running:
@@ -175,18 +166,18 @@ running:
 		select {
 		case <-e.hangups:
 			log.Info("SIGHUP: reloading the configuration")
-			svc.reloadAndLog()
+			svc.ReloadAndLog()
 		case <-e.signals:
 			log.Info("signal received: shutting down", "grace", *grace)
 			break running
 		case <-ctx.Done():
 			log.Info("shutting down", "reason", context.Cause(ctx))
 			break running
-		case err := <-svc.failed:
+		case err := <-svc.Failed():
 			log.Error("a listener failed: shutting down", "err", err)
 			code = exitFailure
 			break running
-		case err := <-svc.stdioDone:
+		case err := <-svc.STDIODone():
 			if err != nil {
 				log.Error("stdio tunnel failed", "err", err)
 				code = exitFailure
@@ -203,326 +194,8 @@ running:
 		case <-graceCtx.Done():
 		}
 	}()
-	svc.shutdown(graceCtx)
+	svc.Shutdown(graceCtx)
 	cancel()
 	log.Info("stopped")
 	return code
-}
-
-// server is one running front end, as start and shutdown see it.
-type server struct {
-	desc string // "socks5 127.0.0.1:1080", for the summary
-	// impl stops the server and counts its connections; nil for a line
-	// of the summary with nothing of its own to stop (egress, a server
-	// tunnel's further ports).
-	impl proxy.Server
-	// kind and addr label the connections impl counts in /metrics;
-	// kind is empty for a server whose connections are not counted
-	// (and always when impl is nil), which /metrics leaves out.
-	kind, addr string
-}
-
-// uncounted adapts an HTTP server that counts no connections (the
-// metrics endpoints, the demo page) to proxy.Server. Its server entry
-// has no kind, so /metrics does not list it.
-type uncounted struct{ *http.Server }
-
-func (uncounted) Stats() proxy.ConnStats { return proxy.ConnStats{} }
-
-// closeOnly adapts a server that has only an immediate stop (the UAPI
-// socket, the DNS server) to proxy.Server: its graceful stop does
-// nothing, so it keeps serving through the grace period, and it counts
-// no connections.
-type closeOnly func() error
-
-func (closeOnly) Shutdown(context.Context) error { return nil }
-func (c closeOnly) Close() error                 { return c() }
-func (closeOnly) Stats() proxy.ConnStats         { return proxy.ConnStats{} }
-
-// service is everything `up` runs: the tunnel and its front ends.
-type service struct {
-	log        *slog.Logger
-	tun        *netstack.Net
-	hostDialer *net.Dialer
-	// budget is the process's memory budget; nil for none.
-	budget *membudget.Budget
-	// reclaimStop ends the reclaimer that gives memory back after
-	// bursts.
-	reclaimStop context.CancelFunc
-	// grace is how long connections of a front end that a reload removes
-	// may finish, as at shutdown.
-	grace time.Duration
-
-	// mu guards cfg, servers and frontEnds, which a reload changes while
-	// the summary, the metrics and the UAPI read them.
-	mu  sync.Mutex
-	cfg *config.Config
-	// servers live as long as the process (UAPI, stdio, DNS);
-	// frontEnds are the config's proxy and tunnel sections, which a
-	// reload may stop and start.
-	servers   []server
-	frontEnds []*frontEnd
-	// reloadMu serialises reloads with each other and with shutdown.
-	reloadMu sync.Mutex
-	// serveMode is wgbore serve, which a reload keeps.
-	serveMode bool
-	// reread loads the configuration again for a reload, returning it
-	// and the path its messages name; nil when there is no file to
-	// re-read.
-	reread func() (*config.Config, string, error)
-
-	serving  sync.WaitGroup
-	stopping chan struct{}
-	// failed receives a Serve error that was not caused by shutdown.
-	failed chan error
-	// stdioDone receives the end of the STDIOTunnel, if there is one.
-	stdioDone  chan error
-	stdioClose context.CancelFunc
-	// alive holds the CheckAlive results for /readyz and /metrics;
-	// aliveStop and aliveDone end the pings, if there are any.
-	alive *aliveTracker
-	// observer answers /metrics, /healthz and /readyz; metricsFlag is
-	// -metrics, which beats [Metrics] across reloads.
-	observer    *observer
-	metricsFlag string
-	aliveMu     sync.Mutex
-	aliveStop   context.CancelFunc
-	aliveDone   chan struct{}
-	// summarized is closed when the start-up summary has been logged or
-	// abandoned; nil when none was started.
-	summarized chan struct{}
-}
-
-// start opens the tunnel and every listener. Host listeners open before
-// anything is served, so a port in use fails the start rather than
-// leaving a half-working process.
-func start(ctx context.Context, p *runPlan, log *slog.Logger, e *env) (*service, error) {
-	cfg := p.cfg
-	budget := newBudget(p, e.root, log)
-	ncfg := wgquick.Tunnel(cfg)
-	ncfg.Logger = log
-	ncfg.ListenAddrs = p.listenAddrs
-	ncfg.TCPBufferMax = budget.BufferMax(netstack.DefaultTCPBufferMax, minTCPBufferMax)
-	tun, err := netstack.Open(ctx, ncfg)
-	if err != nil {
-		return nil, err
-	}
-	s := &service{
-		log: log, tun: tun, cfg: cfg, budget: budget,
-		hostDialer:  &net.Dialer{Timeout: hostDialTimeout},
-		grace:       defaultGrace,
-		serveMode:   p.serve,
-		alive:       newAliveTracker(time.Now),
-		metricsFlag: p.metrics,
-		stopping:    make(chan struct{}),
-		failed:      make(chan error, 1),
-		stdioDone:   make(chan error, 1),
-	}
-	oc := observerConfig{
-		Peers:      tun.Engine().Peers,
-		Stats:      tun.Engine().Stats,
-		ResentAcks: tun.ResentAcks,
-		Budget:     budget,
-		Listeners:  s.listenerStats,
-		Alive:      s.alive,
-	}
-	if p.serve {
-		oc.Flows = tun.FlowCounts
-	}
-	s.observer = newObserver(oc)
-	if err := s.startFrontEnds(p); err != nil {
-		s.shutdown(context.Background())
-		return nil, err
-	}
-	if err := s.startServeMode(p); err != nil {
-		s.shutdown(context.Background())
-		return nil, err
-	}
-	s.startAlive(cfg)
-	s.startReclaim()
-	if len(cfg.STDIOTunnels) == 1 {
-		target := cfg.STDIOTunnels[0].Target
-		sctx, cancel := context.WithCancel(context.Background())
-		s.stdioClose = cancel
-		s.addServer(server{desc: "stdio →" + target})
-		s.serving.Add(1)
-		go func() {
-			defer s.serving.Done()
-			s.stdioDone <- proxy.ServeSTDIO(sctx, tun.DialContext, target, e.stdin, e.stdout)
-		}()
-	}
-	return s, nil
-}
-
-// startAlive starts the CheckAlive pings of cfg, if it asks for any.
-func (s *service) startAlive(cfg *config.Config) {
-	if len(cfg.Interface.CheckAlive) == 0 {
-		return
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	s.aliveMu.Lock()
-	s.aliveStop, s.aliveDone = cancel, done
-	s.aliveMu.Unlock()
-	s.serving.Go(func() {
-		defer close(done)
-		s.checkAlive(ctx, cfg.Interface.CheckAlive, cfg.Interface.CheckAliveInterval, s.alive)
-	})
-}
-
-// stopAlive ends the CheckAlive pings and waits for them.
-func (s *service) stopAlive() {
-	s.aliveMu.Lock()
-	stop, done := s.aliveStop, s.aliveDone
-	s.aliveStop, s.aliveDone = nil, nil
-	s.aliveMu.Unlock()
-	if stop != nil {
-		stop()
-		<-done
-	}
-}
-
-// startFrontEnds starts every proxy and tunnel section of the plan.
-func (s *service) startFrontEnds(p *runPlan) error {
-	for _, spec := range s.sections(p) {
-		fe, err := s.startFrontEnd(spec)
-		if err != nil {
-			return err
-		}
-		s.mu.Lock()
-		s.frontEnds = append(s.frontEnds, fe)
-		s.mu.Unlock()
-	}
-	return nil
-}
-
-// tunnelPorts opens a server tunnel's port on each of our tunnel
-// addresses, not on the unspecified address: in serve mode the netstack
-// accepts flows to any destination, and a wildcard listener would catch
-// a peer's flow to some other host's port of the same number. Port 0
-// takes the port the first listener got for the rest.
-func (s *service) tunnelPorts(port int, listen func(netip.AddrPort) (netip.AddrPort, error)) error {
-	if len(s.cfg.Interface.Addresses) == 0 {
-		return errors.New("[Interface] has no Address to listen on")
-	}
-	p := uint16(port)
-	for _, a := range s.cfg.Interface.Addresses {
-		got, err := listen(netip.AddrPortFrom(a.Addr(), p))
-		if err != nil {
-			return err
-		}
-		p = got.Port()
-	}
-	return nil
-}
-
-// listenHost opens a front end's TCP listener on the host.
-func (s *service) listenHost(fe *frontEnd, section, bind string) (net.Listener, error) {
-	l, err := net.Listen("tcp", hostBindAddress(bind))
-	if err != nil {
-		return nil, fmt.Errorf("[%s] BindAddress %s: %w", section, bind, err)
-	}
-	fe.sockets = append(fe.sockets, l)
-	return l, nil
-}
-
-// warnIfOpen warns, loudly, about a listener other machines can reach
-// with no password: whoever finds it gets into the tunnel's network.
-func (s *service) warnIfOpen(addr net.Addr, section string, authenticated bool) {
-	if !isLoopback(addr) && !authenticated {
-		s.log.Warn("LISTENING BEYOND LOOPBACK WITHOUT AUTHENTICATION: anyone who can reach this address can use the tunnel",
-			"section", section, "addr", addr.String())
-	}
-}
-
-// serve runs one server of a front end; fe is nil for the servers that
-// live as long as the process. A Serve that returns while neither the
-// service nor its front end is stopping is a failure of the whole
-// process: a proxy that silently stopped listening would look up but
-// serve nobody.
-func (s *service) serve(fe *frontEnd, srv server, run func() error) {
-	desc := srv.desc
-	var feStopping chan struct{}
-	if fe != nil {
-		fe.servers = append(fe.servers, srv)
-		feStopping = fe.stopping
-	} else {
-		s.addServer(srv)
-	}
-	s.serving.Add(1)
-	go func() {
-		defer s.serving.Done()
-		err := run()
-		select {
-		case <-s.stopping:
-			return
-		case <-feStopping:
-			return
-		default:
-		}
-		if err == nil {
-			err = errors.New("stopped accepting")
-		}
-		select {
-		case s.failed <- fmt.Errorf("%s: %w", desc, err):
-		default:
-		}
-	}()
-}
-
-// listenerStats counts the connections of every front end, for
-// /metrics.
-func (s *service) listenerStats() []listenerStat {
-	var out []listenerStat
-	for _, srv := range s.allServers() {
-		if srv.kind != "" {
-			out = append(out, listenerStat{Kind: srv.kind, Addr: srv.addr, ConnStats: srv.impl.Stats()})
-		}
-	}
-	return out
-}
-
-// addServer records one of the process's own servers. The reclaimer and
-// /metrics list them while others are still being added.
-func (s *service) addServer(srv server) {
-	s.mu.Lock()
-	s.servers = append(s.servers, srv)
-	s.mu.Unlock()
-}
-
-// allServers lists the servers of the process and of every front end.
-func (s *service) allServers() []server {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	out := slices.Clone(s.servers)
-	for _, fe := range s.frontEnds {
-		out = append(out, fe.servers...)
-	}
-	return out
-}
-
-// shutdown stops every front end, gracefully until ctx is done, then
-// closes the tunnel.
-func (s *service) shutdown(ctx context.Context) {
-	close(s.stopping)
-	// A reload in progress finishes first, so no front end starts
-	// behind the shutdown's back.
-	s.reloadMu.Lock()
-	defer s.reloadMu.Unlock()
-	servers := s.allServers()
-	shutdownServers(ctx, s.log, servers)
-	if s.summarized != nil {
-		// It reads the engine: let it go before the tunnel closes.
-		<-s.summarized
-	}
-	closeServers(servers)
-	if s.stdioClose != nil {
-		s.stdioClose()
-	}
-	s.stopAlive()
-	if s.reclaimStop != nil {
-		s.reclaimStop()
-	}
-	s.tun.Close()
-	s.serving.Wait()
 }

@@ -1,4 +1,4 @@
-package main
+package service
 
 import (
 	"errors"
@@ -14,8 +14,9 @@ import (
 	"github.com/wgbore/wgbore/protocol/uapi"
 )
 
-// errCannotReload is a reload of a process that has no file to re-read.
-var errCannotReload = errors.New("the configuration came from " + configEnvName + ", not a file: restart wgbore to change it")
+// errNoReread is a reload of a service that was given no way to read
+// its configuration again.
+var errNoReread = errors.New("this tunnel cannot re-read its configuration: restart wgbore to change it")
 
 // reloadReport is what one reload did, a line per change, for the log
 // and for `wgbore reload`.
@@ -31,7 +32,7 @@ type reloadReport struct {
 }
 
 // reload re-reads the configuration and applies the difference to the
-// running process. A file that does not parse, or that plan refuses, is
+// running process. A file that does not parse, or that Check refuses, is
 // rejected whole with its file:line errors and nothing changes. A valid
 // file is applied piece by piece, so that whatever did not change keeps
 // running untouched:
@@ -47,20 +48,19 @@ type reloadReport struct {
 //   - the private key and CheckAlive are applied; what the netstack was
 //     built from (Address, MTU, ListenPort, DNS, server mode) is kept
 //     and reported, since changing it takes a restart.
-func (s *service) reload() (reloadReport, error) {
+func (s *Service) reload() (reloadReport, error) {
 	var rep reloadReport
 	if s.reread == nil {
-		return rep, errCannotReload
+		return rep, errNoReread
 	}
 	cfg, path, err := s.reread()
 	if err != nil {
 		return rep, err
 	}
-	p, err := plan(cfg, path)
+	p, err := Check(cfg, path)
 	if err != nil {
 		return rep, err
 	}
-	p.serve = s.serveMode
 
 	s.reloadMu.Lock()
 	defer s.reloadMu.Unlock()
@@ -91,7 +91,7 @@ func (s *service) reload() (reloadReport, error) {
 // reloadInterface applies the [Interface] changes that a running engine
 // can take. What it cannot take is copied from old into cfg, so that
 // cfg describes what runs and the next reload reports it again.
-func (s *service) reloadInterface(old, cfg *config.Config, rep *reloadReport) {
+func (s *Service) reloadInterface(old, cfg *config.Config, rep *reloadReport) {
 	o, n := &old.Interface, &cfg.Interface
 	if !o.PrivateKey.Equal(n.PrivateKey) {
 		s.tun.Engine().SetPrivateKey(n.PrivateKey)
@@ -151,7 +151,7 @@ func stdioTargets(c *config.Config) []string {
 }
 
 // reloadPeers makes the engine's peers those of cfg.
-func (s *service) reloadPeers(old, cfg *config.Config, rep *reloadReport) {
+func (s *Service) reloadPeers(old, cfg *config.Config, rep *reloadReport) {
 	eng := s.tun.Engine()
 	before := make(map[string]config.Peer, len(old.Peers))
 	for _, p := range old.Peers {
@@ -203,7 +203,7 @@ func samePeer(a, b config.Peer) bool {
 // in the plan, stops the others, then starts the new ones. Stopping
 // comes first, so a section that changed in place can bind its address
 // again.
-func (s *service) reloadFrontEnds(p *runPlan, rep *reloadReport) {
+func (s *Service) reloadFrontEnds(p *Plan, rep *reloadReport) {
 	s.mu.Lock()
 	running := slices.Clone(s.frontEnds)
 	s.mu.Unlock()
@@ -247,18 +247,20 @@ func (s *service) reloadFrontEnds(p *runPlan, rep *reloadReport) {
 	s.mu.Unlock()
 }
 
-// reloadAndLog reloads and logs the outcome; SIGHUP's handler.
-func (s *service) reloadAndLog() reloadReport {
+// ReloadAndLog re-reads the configuration, applies the difference as
+// far as a running process can, and logs the outcome; SIGHUP's handler.
+// A file that does not parse or check is refused whole, and the service
+// keeps running what it ran.
+func (s *Service) ReloadAndLog() {
 	rep, err := s.reload()
 	if err != nil {
 		s.log.Error("reload rejected: still running the previous configuration", "err", oneLine(err))
-		return rep
+		return
 	}
 	s.logReport(rep)
-	return rep
 }
 
-func (s *service) logReport(rep reloadReport) {
+func (s *Service) logReport(rep reloadReport) {
 	for _, c := range rep.changes {
 		s.log.Info("reload: " + c)
 	}
@@ -276,33 +278,22 @@ func oneLine(err error) string {
 	return strings.ReplaceAll(err.Error(), "\n", "; ")
 }
 
-// rereadConfig loads the file at path again for a reload. A configuration
-// that came from WGBORE_CONFIG cannot change under a running process, so
-// there is nothing to re-read.
-func rereadConfig(e *env, path string) (*config.Config, string, error) {
-	if path == "" || path == configEnvName {
-		return nil, "", errCannotReload
-	}
-	cfg, err := config.Load(path, config.Options{LookupEnv: e.lookup})
-	return cfg, path, err
-}
-
-// reloadOperation is the UAPI request `wgbore reload` sends. It rides
+// ReloadOperation is the UAPI request `wgbore reload` sends. It rides
 // on the UAPI socket, whose owner and mode already say who may change
 // this tunnel, and it answers with the outcome, which a SIGHUP cannot.
-const reloadOperation = "wgbore_reload"
+const ReloadOperation = "wgbore_reload"
 
 // Errnos of a reload's reply: the file was refused (EINVAL), or some
 // change failed while the rest took effect (EIO).
 const (
-	reloadRejected = 22
+	ReloadRejected = 22
 	reloadPartial  = 5
 )
 
 // uapiHandler is the UAPI for the engine, plus the reload operation.
-func (s *service) uapiHandler() *uapi.Handler {
+func (s *Service) uapiHandler() *uapi.Handler {
 	h := uapi.NewHandler(s.tun.Engine())
-	h.AddOperation(reloadOperation, func(w io.Writer) int {
+	h.AddOperation(ReloadOperation, func(w io.Writer) int {
 		s.log.Info("reload requested on the UAPI socket")
 		rep, err := s.reload()
 		if err != nil {
@@ -310,7 +301,7 @@ func (s *service) uapiHandler() *uapi.Handler {
 			for _, line := range strings.Split(err.Error(), "\n") {
 				fmt.Fprintf(w, "error=%s\n", line)
 			}
-			return reloadRejected
+			return ReloadRejected
 		}
 		s.logReport(rep)
 		for _, c := range rep.changes {

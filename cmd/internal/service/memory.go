@@ -1,9 +1,7 @@
-package main
+package service
 
 import (
 	"context"
-	"io/fs"
-	"log/slog"
 	"runtime"
 	"runtime/debug"
 	"time"
@@ -18,17 +16,17 @@ import (
 // bulk transfer under a small budget still fills a fast local path.
 const minTCPBufferMax = 256 << 10
 
-// newBudget makes the process's memory budget: -memory-limit, else
-// [Interface] MemoryLimit, else the limit of the container (the cgroup
-// found under root); nil when none is set. It applies the Go runtime's
-// soft limit and logs what the budget holds.
-func newBudget(p *runPlan, root fs.FS, log *slog.Logger) *membudget.Budget {
-	limit, source := p.memoryLimit, "-memory-limit"
+// newBudget makes the process's memory budget: -memory-limit
+// (o.MemoryLimit), else [Interface] MemoryLimit, else the limit of the
+// container (the cgroup found under o.Root); nil when none is set. It
+// applies the Go runtime's soft limit and logs what the budget holds.
+func newBudget(cfg *config.Config, o Options) *membudget.Budget {
+	limit, source := o.MemoryLimit, "-memory-limit"
 	if limit == 0 {
-		limit, source = p.cfg.Interface.MemoryLimit, "MemoryLimit"
+		limit, source = cfg.Interface.MemoryLimit, "MemoryLimit"
 	}
-	if limit == 0 && root != nil {
-		if l, ok := membudget.CgroupLimit(root); ok {
+	if limit == 0 && o.Root != nil {
+		if l, ok := membudget.CgroupLimit(o.Root); ok {
 			limit, source = l, "the container's limit"
 		}
 	}
@@ -37,14 +35,14 @@ func newBudget(p *runPlan, root fs.FS, log *slog.Logger) *membudget.Budget {
 		return nil
 	}
 	soft := b.Apply()
-	log.Info("memory budget", "limit", config.FormatSize(limit), "from", source,
+	o.Logger.Info("memory budget", "limit", config.FormatSize(limit), "from", source,
 		"go_soft_limit", config.FormatSize(soft), "default_max_connections", b.Connections(proxy.DefaultMaxConnections))
 	return b
 }
 
 // admit is what the front ends ask before each new connection: nil, so
 // that they skip the check, when there is no budget.
-func (s *service) admit() func() bool {
+func (s *Service) admit() func() bool {
 	if s.budget == nil {
 		return nil
 	}
@@ -53,7 +51,7 @@ func (s *service) admit() func() bool {
 
 // maxConnections is a section's MaxConnections: as configured, or the
 // default scaled to the budget.
-func (s *service) maxConnections(configured int) int {
+func (s *Service) maxConnections(configured int) int {
 	if configured > 0 {
 		return configured
 	}
@@ -62,14 +60,14 @@ func (s *service) maxConnections(configured int) int {
 
 // reclaimNow collects garbage and gives the free memory back to the OS
 // at once, after an event that made much garbage in one go (a reload).
-func (s *service) reclaimNow() {
+func (s *Service) reclaimNow() {
 	s.tun.Engine().Trim()
 	debug.FreeOSMemory()
 }
 
 // startReclaim starts the reclaimer, which gives memory back to the
 // OS when a burst of connections ends, budget or not.
-func (s *service) startReclaim() {
+func (s *Service) startReclaim() {
 	ctx, cancel := context.WithCancel(context.Background())
 	s.reclaimStop = cancel
 	tick := time.NewTicker(membudget.ReclaimEvery)

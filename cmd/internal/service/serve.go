@@ -1,4 +1,4 @@
-package main
+package service
 
 import (
 	"fmt"
@@ -12,9 +12,9 @@ import (
 // flows under the egress policy. The DNS server for peers runs in either
 // mode when configured, since answering names for the other side is as
 // useful to a client as to a server.
-func (s *service) startServeMode(p *runPlan) error {
+func (s *Service) startServeMode(p *Plan) error {
 	cfg := p.cfg
-	if p.serve {
+	if s.serveMode {
 		fc := netstack.ForwardConfig{Logger: s.log, Admit: s.admit(), MaxFlows: maxFlows(cfg.Egress, s.budget)}
 		if e := cfg.Egress; e != nil {
 			fc.Egress = netstack.Egress{Allow: e.Allow, Deny: e.Deny, HostAddresses: e.HostAddresses}

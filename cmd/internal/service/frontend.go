@@ -1,4 +1,4 @@
-package main
+package service
 
 import (
 	"bytes"
@@ -89,7 +89,7 @@ func (a metricsSection) Equal(o metricsSection) bool { return a == o }
 
 // sections lists the front ends a plan asks for, in the order the
 // start-up summary lists them.
-func (s *service) sections(p *runPlan) []sectionSpec {
+func (s *Service) sections(p *Plan) []sectionSpec {
 	cfg := p.cfg
 	var out []sectionSpec
 	for _, c := range cfg.Socks5 {
@@ -201,7 +201,7 @@ func (s *service) sections(p *runPlan) []sectionSpec {
 // listenClients opens the host listener of a section that serves
 // clients on the host, and warns if it is open to others with no
 // password.
-func (s *service) listenClients(fe *frontEnd, section, bind string, authenticated bool) (net.Listener, error) {
+func (s *Service) listenClients(fe *frontEnd, section, bind string, authenticated bool) (net.Listener, error) {
 	l, err := s.listenHost(fe, section, bind)
 	if err != nil {
 		return nil, err
@@ -219,14 +219,14 @@ type servable[C any] interface {
 
 // serveOn runs srv on socket as one server of fe. kind and addr label its
 // connections in /metrics; desc is its line of the summary.
-func serveOn[C any](s *service, fe *frontEnd, kind string, srv servable[C], socket C, addr net.Addr, desc string) {
+func serveOn[C any](s *Service, fe *frontEnd, kind string, srv servable[C], socket C, addr net.Addr, desc string) {
 	s.serve(fe, server{desc: desc, impl: srv, kind: kind, addr: addr.String()}, func() error { return srv.Serve(socket) })
 }
 
 // listenTunnel opens a server tunnel's sockets inside the tunnel, one
 // on each of our tunnel addresses (see tunnelPorts), with listen, and
 // adds them to fe's. addr names a socket's local address.
-func listenTunnel[C io.Closer](s *service, fe *frontEnd, network string, port int, listen func(network, address string) (C, error), addr func(C) net.Addr) ([]C, error) {
+func listenTunnel[C io.Closer](s *Service, fe *frontEnd, network string, port int, listen func(network, address string) (C, error), addr func(C) net.Addr) ([]C, error) {
 	var sockets []C
 	err := s.tunnelPorts(port, func(ap netip.AddrPort) (netip.AddrPort, error) {
 		socket, err := listen(network, ap.String())
@@ -246,7 +246,7 @@ func listenTunnel[C io.Closer](s *service, fe *frontEnd, network string, port in
 // only the first socket's entry carries it, so that a reload or a
 // shutdown stops it once and /metrics counts it once, under the first
 // address; the others are lines of the summary, which desc writes.
-func serveTunnelPorts[C any](s *service, fe *frontEnd, kind string, f servable[C], sockets []C, addr func(C) net.Addr, desc func(net.Addr) string) {
+func serveTunnelPorts[C any](s *Service, fe *frontEnd, kind string, f servable[C], sockets []C, addr func(C) net.Addr, desc func(net.Addr) string) {
 	for i, socket := range sockets {
 		srv := server{desc: desc(addr(socket))}
 		if i == 0 {
@@ -270,7 +270,7 @@ const metricsIdleTimeout = 2 * time.Minute
 
 // metricsAddr is where /metrics, /healthz and /readyz listen: -metrics,
 // or else [Metrics] BindAddress; "" for nowhere.
-func (s *service) metricsAddr(cfg *config.Config) string {
+func (s *Service) metricsAddr(cfg *config.Config) string {
 	if s.metricsFlag != "" {
 		return hostBindAddress(s.metricsFlag)
 	}
@@ -282,7 +282,7 @@ func (s *service) metricsAddr(cfg *config.Config) string {
 
 // startFrontEnd starts one section. On failure whatever it had opened
 // is closed again, so a reload that cannot bind leaves nothing behind.
-func (s *service) startFrontEnd(spec sectionSpec) (*frontEnd, error) {
+func (s *Service) startFrontEnd(spec sectionSpec) (*frontEnd, error) {
 	fe := &frontEnd{kind: spec.kind, section: spec.section, stopping: make(chan struct{})}
 	if err := spec.start(fe); err != nil {
 		s.closeFrontEnd(fe)
@@ -292,7 +292,7 @@ func (s *service) startFrontEnd(spec sectionSpec) (*frontEnd, error) {
 }
 
 // closeFrontEnd ends a front end at once, connections and all.
-func (s *service) closeFrontEnd(fe *frontEnd) {
+func (s *Service) closeFrontEnd(fe *frontEnd) {
 	fe.closeSockets()
 	closeServers(fe.servers)
 }
@@ -300,7 +300,7 @@ func (s *service) closeFrontEnd(fe *frontEnd) {
 // stopFrontEnd stops a front end that a reload removed: its sockets
 // close now, and its open connections get the grace period to finish,
 // in the background, as at shutdown.
-func (s *service) stopFrontEnd(fe *frontEnd) {
+func (s *Service) stopFrontEnd(fe *frontEnd) {
 	fe.closeSockets()
 	s.serving.Go(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), s.grace)

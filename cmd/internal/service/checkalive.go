@@ -1,4 +1,4 @@
-package main
+package service
 
 import (
 	"context"
@@ -17,7 +17,7 @@ import (
 // to tracker, when there is one, for /readyz and /metrics; the targets
 // are registered there for as long as the pings run, so a reload that
 // drops CheckAlive leaves none behind.
-func (s *service) checkAlive(ctx context.Context, addrs []netip.Addr, every time.Duration, tracker *aliveTracker) {
+func (s *Service) checkAlive(ctx context.Context, addrs []netip.Addr, every time.Duration, tracker *aliveTracker) {
 	if every <= 0 {
 		every = config.DefaultCheckAliveInterval
 	}

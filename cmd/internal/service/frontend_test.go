@@ -1,4 +1,4 @@
-package main
+package service
 
 import (
 	"crypto/tls"
@@ -51,11 +51,11 @@ func runningSpecs(t *testing.T, text string, certs [][]byte) ([]sectionSpec, []*
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &runPlan{cfg: cfg, httpTLS: []*tls.Config{nil}}
+	p := &Plan{cfg: cfg, httpTLS: []*tls.Config{nil}}
 	if certs != nil {
 		p.httpTLS[0] = &tls.Config{Certificates: []tls.Certificate{{Certificate: certs}}}
 	}
-	specs := (&service{}).sections(p)
+	specs := (&Service{}).sections(p)
 	var fes []*frontEnd
 	for _, spec := range specs {
 		fes = append(fes, &frontEnd{kind: spec.kind, section: spec.section})

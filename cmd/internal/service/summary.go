@@ -1,4 +1,4 @@
-package main
+package service
 
 import (
 	"fmt"
@@ -7,8 +7,10 @@ import (
 	"github.com/wgbore/wgbore/protocol"
 )
 
-// startSummary runs summarize in the background; shutdown waits for it.
-func (s *service) startSummary(wait time.Duration) {
+// StartSummary logs, in the background, one line saying what listens
+// where and which peers answered a first handshake within wait; Shutdown
+// waits for it, or ends its wait.
+func (s *Service) StartSummary(wait time.Duration) {
 	s.summarized = make(chan struct{})
 	go func() {
 		defer close(s.summarized)
@@ -21,7 +23,7 @@ func (s *service) startSummary(wait time.Duration) {
 // waits up to wait for the handshakes, not for ever: the engine keeps
 // retrying on the protocol's timers, and the listeners already work. A
 // shutdown that begins during the wait ends it, with no summary.
-func (s *service) summarize(wait time.Duration) {
+func (s *Service) summarize(wait time.Duration) {
 	eng := s.tun.Engine()
 	started := time.Now()
 	var pending []protocol.PublicKey

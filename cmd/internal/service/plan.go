@@ -1,4 +1,4 @@
-package main
+package service
 
 import (
 	"cmp"
@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"math"
 	"net"
-	"net/netip"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -15,36 +14,25 @@ import (
 	"github.com/wgbore/wgbore/config"
 )
 
-// runPlan is a configuration checked for everything that can be checked
+// Plan is a configuration checked for everything that can be checked
 // without opening a socket, so that `check` and `up` refuse the same
 // files, and `up` fails before it has half started.
-type runPlan struct {
+type Plan struct {
 	cfg *config.Config
 	// httpTLS holds each [http] section's certificate, in order; nil
 	// for plain HTTP.
 	httpTLS []*tls.Config
-	// serve forwards peers' flows to the host (wgbore serve).
-	serve bool
-	// listenAddrs restricts the WireGuard UDP socket to these host
-	// addresses (the demo keeps to loopback); empty means all.
-	listenAddrs []netip.Addr
-	// metrics is -metrics, where /metrics, /healthz and /readyz listen
-	// instead of [Metrics] BindAddress; "" leaves it to the file.
-	metrics string
-	// memoryLimit is -memory-limit, in bytes, which beats [Interface]
-	// MemoryLimit; 0 leaves it to the file or the container.
-	memoryLimit int64
 	// warnings are legal but probably unintended setups.
 	warnings []string
 }
 
-// plan checks what config.Parse cannot: files the sections name and
-// combinations that make no sense for one process. Every problem points
-// at the header of the section at fault, "wg0.conf:12: [http]: ...", the
-// form of the parser's own errors, so check prints each one as a place
-// an editor can jump to.
-func plan(cfg *config.Config, path string) (*runPlan, error) {
-	p := &runPlan{cfg: cfg}
+// Check checks what config.Parse cannot: files the sections name and
+// combinations that make no sense for one process, and returns the plan
+// that Start runs. Every problem points at the header of the section at
+// fault, "wg0.conf:12: [http]: ...", the form of the parser's own
+// errors, so check prints each one as a place an editor can jump to.
+func Check(cfg *config.Config, path string) (*Plan, error) {
+	p := &Plan{cfg: cfg}
 	var errs problems
 	dir := filepath.Dir(path)
 	for _, h := range cfg.HTTP {
@@ -100,7 +88,11 @@ func plan(cfg *config.Config, path string) (*runPlan, error) {
 	return p, nil
 }
 
-// problem is one of plan's findings with the section it belongs to, so
+// Warnings are the setups Check found legal but probably unintended,
+// one message each, placed as its errors are.
+func (p *Plan) Warnings() []string { return p.warnings }
+
+// problem is one of Check's findings with the section it belongs to, so
 // that they can be reported in file order, as the parser reports its own.
 type problem struct {
 	pos config.Position

@@ -1,4 +1,4 @@
-package main
+package service
 
 import (
 	"context"
@@ -371,7 +371,7 @@ func TestReadyzCheckAliveFollowsPeer(t *testing.T) {
 	tracker := newAliveTracker(time.Now)
 	o := newObserver(observerConfig{Peers: eng.Peers, Stats: eng.Stats, Alive: tracker})
 	h := o.Handler()
-	s := &service{log: slog.New(slog.DiscardHandler), tun: tun}
+	s := &Service{log: slog.New(slog.DiscardHandler), tun: tun}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
@@ -399,44 +399,6 @@ func TestReadyzCheckAliveFollowsPeer(t *testing.T) {
 	metricstest.WaitReady(t, h, true, 30*time.Second, "peer back")
 }
 
-func TestHealthcheckCommand(t *testing.T) {
-	o := newObserver(observerConfig{
-		Peers: func() []protocol.PeerStatus { return nil },
-		Stats: func() protocol.StatsSnapshot { return protocol.StatsSnapshot{} },
-		Alive: newAliveTracker(time.Now),
-	})
-	o.c.Alive.start([]netip.Addr{netip.MustParseAddr("10.0.0.2")}, time.Second)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: o.Handler()}
-	go srv.Serve(l)
-	t.Cleanup(func() { srv.Close() })
-	base := "http://" + l.Addr().String()
-
-	for _, tc := range []struct {
-		args     []string
-		code     int
-		out, err string
-	}{
-		{[]string{"-url", base + "/healthz"}, exitOK, "ok", ""},
-		{[]string{"-url", base + "/readyz"}, exitFailure, "", "503 Service Unavailable: {\"ready\":false"},
-		{[]string{"-url", base + "/nothing"}, exitFailure, "", "404"},
-		{[]string{"-url", "http://127.0.0.1:1/healthz", "-timeout", "2s"}, exitFailure, "", "127.0.0.1:1"},
-		{[]string{"-url", "::bad"}, exitFailure, "", "bad -url"},
-		{[]string{"extra"}, exitUsage, "", "unexpected argument"},
-	} {
-		var stdout, stderr strings.Builder
-		e := &env{stdin: strings.NewReader(""), stdout: &stdout, stderr: &stderr}
-		code := run(context.Background(), e, append([]string{"healthcheck"}, tc.args...))
-		if code != tc.code || !strings.Contains(stdout.String(), tc.out) || !strings.Contains(stderr.String(), tc.err) {
-			t.Errorf("healthcheck %q = %d, stdout %q, stderr %q; want %d, %q, %q",
-				tc.args, code, stdout.String(), stderr.String(), tc.code, tc.out, tc.err)
-		}
-	}
-}
-
 // TestReadyzFollowsPeerGoingAway stops the wireguard-go peer itself, not
 // our configuration of it, and starts it again: CheckAlive and /readyz
 // must notice both.
@@ -449,7 +411,7 @@ func TestReadyzFollowsPeerGoingAway(t *testing.T) {
 	eng := tun.Engine()
 	tracker := newAliveTracker(time.Now)
 	h := newObserver(observerConfig{Peers: eng.Peers, Stats: eng.Stats, Alive: tracker}).Handler()
-	s := &service{log: slog.New(slog.DiscardHandler), tun: tun}
+	s := &Service{log: slog.New(slog.DiscardHandler), tun: tun}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {
