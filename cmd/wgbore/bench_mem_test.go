@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/wgbore/wgbore/cmd/internal/membudget"
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/proxy/socksclient"
@@ -103,7 +104,7 @@ type memUp struct {
 func startMemUp(b *testing.B, maxConns int, extra string) memUp {
 	ours, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(b, ours.PublicKey(), peersite.Options{})
-	conf := writeFile(b, b.TempDir(), "wg0.conf", site.WGQuick(ours, fmt.Sprintf("[Socks5]\nBindAddress = 127.0.0.1:0\nMaxConnections = %d\n", maxConns)+extra))
+	conf := systemtest.WriteFile(b, b.TempDir(), "wg0.conf", site.WGQuick(ours, fmt.Sprintf("[Socks5]\nBindAddress = 127.0.0.1:0\nMaxConnections = %d\n", maxConns)+extra))
 	m := memUp{d: startMemDaemon(b, conf), echo: netip.AddrPortFrom(peersite.TheirV4, 7)}
 	m.pid = m.d.cmd.Process.Pid
 	m.socks = m.d.addr(b, "socks5 ", 0)
@@ -124,7 +125,7 @@ func startMemDaemon(b *testing.B, conf string) *daemon {
 	if bin == "" {
 		return startDaemon(b, conf, "-log-level", "info")
 	}
-	cmd := exec.Command(bin, "up", "-c", conf, "-log-format", "json", "-log-level", "info", "-uapi-dir", shortTempDir(b))
+	cmd := exec.Command(bin, "up", "-c", conf, "-log-format", "json", "-log-level", "info", "-uapi-dir", systemtest.ShortTempDir(b))
 	cmd.Stdout = io.Discard
 	return runDaemon(b, cmd)
 }

@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/wgbore/wgbore/cmd/internal/membudget"
+	"github.com/wgbore/wgbore/cmd/internal/metricstest"
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/wgtest"
@@ -44,14 +46,14 @@ func BenchmarkServeIdleFlowMemory(b *testing.B) {
 			serverKey, _ := protocol.GeneratePrivateKey()
 			clientKey, _ := protocol.GeneratePrivateKey()
 			port := int(wgtest.FreeLoopbackUDPPort(b))
-			conf := writeFile(b, b.TempDir(), "server.conf", serveConf(serverKey, port, clientKey.PublicKey(),
+			conf := systemtest.WriteFile(b, b.TempDir(), "server.conf", serveConf(serverKey, port, clientKey.PublicKey(),
 				fmt.Sprintf("MaxFlowsPerPeer = %d\nUDPTimeout = 3600\n", 2*n+10)))
 			d := startServeDaemon(b, conf, "-log-level", "info", "-metrics", "127.0.0.1:0")
 			pid := d.cmd.Process.Pid
-			h := remoteEndpoints("http://" + strings.TrimSuffix(d.addr(b, "metrics http://", 0), "/metrics"))
+			h := metricstest.Remote("http://" + strings.TrimSuffix(d.addr(b, "metrics http://", 0), "/metrics"))
 			runtimeFigures := func() (heap, stacks, goroutines float64) {
-				fams, _ := parseMetrics(b, h)
-				return sampleValue(b, fams, "go_memstats_heap_alloc_bytes"), sampleValue(b, fams, "go_memstats_stack_inuse_bytes"), sampleValue(b, fams, "go_goroutines")
+				fams, _ := metricstest.Parse(b, h)
+				return metricstest.Value(b, fams, "go_memstats_heap_alloc_bytes"), metricstest.Value(b, fams, "go_memstats_stack_inuse_bytes"), metricstest.Value(b, fams, "go_goroutines")
 			}
 			client := peersite.StartClient(b, serverKey.PublicKey(), peersite.Options{
 				PrivateKey: clientKey,

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/wgtest"
@@ -36,8 +37,8 @@ func BenchmarkServe(b *testing.B) {
 	clientKey, _ := protocol.GeneratePrivateKey()
 	port := int(wgtest.FreeLoopbackUDPPort(b))
 	dir := b.TempDir()
-	serverConf := writeFile(b, dir, "server.conf", serveConf(serverKey, port, clientKey.PublicKey(), ""))
-	clientConf := writeFile(b, dir, "client.conf", fmt.Sprintf(`[Interface]
+	serverConf := systemtest.WriteFile(b, dir, "server.conf", serveConf(serverKey, port, clientKey.PublicKey(), ""))
+	clientConf := systemtest.WriteFile(b, dir, "client.conf", fmt.Sprintf(`[Interface]
 PrivateKey = %s
 Address = 10.0.0.2/32
 

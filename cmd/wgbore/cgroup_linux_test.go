@@ -10,6 +10,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/metricstest"
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
@@ -32,12 +34,12 @@ func TestMemoryBudgetFromCgroup(t *testing.T) {
 
 	ours, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
-	conf := writeFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n"))
+	conf := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n"))
 	// The shell joins the cgroup, then becomes wgbore, which therefore
 	// starts inside it.
 	join := `echo $$ > "$CGROUP/cgroup.procs" && exec "$0" "$@"`
 	cmd := exec.Command("sh", "-c", join, wgboreBinary(t), "up", "-c", conf, "-log-format", "json", "-log-level", "debug",
-		"-uapi-dir", shortTempDir(t), "-metrics", "127.0.0.1:0")
+		"-uapi-dir", systemtest.ShortTempDir(t), "-metrics", "127.0.0.1:0")
 	cmd.Env = append(os.Environ(), "CGROUP="+dir)
 	cmd.Stdout = io.Discard
 	d := runDaemon(t, cmd)
@@ -56,9 +58,9 @@ func TestMemoryBudgetFromCgroup(t *testing.T) {
 	if line["limit"] != "256MiB" || line["from"] != "the container's limit" {
 		t.Errorf("memory budget line %v, want limit 256MiB from the container's limit", line)
 	}
-	metrics := remoteEndpoints("http://" + strings.TrimSuffix(d.addr(t, "metrics http://", 0), "/metrics"))
-	fams, _ := parseMetrics(t, metrics)
-	if got := sampleValue(t, fams, "wgbore_memory_budget_bytes"); got != limit {
+	metrics := metricstest.Remote("http://" + strings.TrimSuffix(d.addr(t, "metrics http://", 0), "/metrics"))
+	fams, _ := metricstest.Parse(t, metrics)
+	if got := metricstest.Value(t, fams, "wgbore_memory_budget_bytes"); got != limit {
 		t.Errorf("wgbore_memory_budget_bytes = %v, want %d", got, limit)
 	}
 }

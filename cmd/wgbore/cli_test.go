@@ -10,6 +10,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/protocol"
 )
 
@@ -23,24 +24,9 @@ func runCLI(t *testing.T, stdin string, args ...string) (int, string, string) {
 	return code, out.String(), errOut.String()
 }
 
-// needTool finds a system tool the test compares against. CI installs
-// them all (.ci/run), so there a missing tool fails the test instead of
-// skipping it.
-func needTool(t *testing.T, name string) string {
-	t.Helper()
-	path, err := exec.LookPath(name)
-	if err != nil {
-		if os.Getenv("CI") != "" {
-			t.Fatalf("%s is not installed, and CI must install it (.ci/run)", name)
-		}
-		t.Skipf("%s is not installed; this test compares against it (CI installs it)", name)
-	}
-	return path
-}
-
 func wgTool(t *testing.T, stdin string, args ...string) string {
 	t.Helper()
-	cmd := exec.Command(needTool(t, "wg"), args...)
+	cmd := exec.Command(systemtest.NeedTool(t, "wg"), args...)
 	cmd.Stdin = strings.NewReader(stdin)
 	out, err := cmd.Output()
 	if err != nil {
@@ -126,15 +112,6 @@ func TestUsageAndExitCodes(t *testing.T) {
 	}
 }
 
-func writeFile(t testing.TB, dir, name, content string) string {
-	t.Helper()
-	p := filepath.Join(dir, name)
-	if err := os.WriteFile(p, []byte(content), 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return p
-}
-
 func TestCheck(t *testing.T) {
 	dir := t.TempDir()
 	priv, _ := protocol.GeneratePrivateKey()
@@ -142,14 +119,14 @@ func TestCheck(t *testing.T) {
 	good := "[Interface]\nPrivateKey = " + priv.Base64() + "\nAddress = 10.0.0.1/32\n\n" +
 		"[Peer]\nPublicKey = " + peer.PublicKey().String() + "\nEndpoint = 127.0.0.1:51820\nAllowedIPs = 10.0.0.0/24\n\n" +
 		"[Socks5]\nBindAddress = 127.0.0.1:1080\n"
-	code, out, errOut := runCLI(t, "", "check", "-c", writeFile(t, dir, "good.conf", good))
+	code, out, errOut := runCLI(t, "", "check", "-c", systemtest.WriteFile(t, dir, "good.conf", good))
 	if code != exitOK || !strings.Contains(out, "OK: 1 peer(s), 1 listener(s)") {
 		t.Fatalf("check good.conf: exit %d, stdout %q, stderr %q", code, out, errOut)
 	}
 
 	bad := "[Interface]\nPrivateKey = " + priv.Base64() + "\nAddress = 10.0.0.300/32\nMTU = 9\n\n" +
 		"[Peer]\nPublicKey = nope\nAllowedIPs = 10.0.0.0/24\n"
-	badPath := writeFile(t, dir, "bad.conf", bad)
+	badPath := systemtest.WriteFile(t, dir, "bad.conf", bad)
 	code, out, errOut = runCLI(t, "", "check", "-c", badPath)
 	if code != exitUsage || out != "" {
 		t.Fatalf("check bad.conf: exit %d, stdout %q; want 2 and nothing on stdout", code, out)
@@ -166,7 +143,7 @@ func TestCheck(t *testing.T) {
 	// Problems only a run would meet are found by check too.
 	tlsMissing := good + "[http]\nBindAddress = 127.0.0.1:8080\nCertFile = missing.pem\nKeyFile = missing.key\n" +
 		"[STDIOTunnel]\nTarget = 10.0.0.2:22\n[STDIOTunnel]\nTarget = 10.0.0.2:23\n"
-	runPath := writeFile(t, dir, "run.conf", tlsMissing)
+	runPath := systemtest.WriteFile(t, dir, "run.conf", tlsMissing)
 	code, _, errOut = runCLI(t, "", "check", "-c", runPath)
 	if code != exitUsage {
 		t.Fatalf("check run.conf: exit %d, stderr %q", code, errOut)
@@ -204,7 +181,7 @@ func TestCheckSharedListenAddress(t *testing.T) {
 		"[TCPClientTunnel]\nBindAddress = 127.0.0.1:0\nTarget = 10.0.0.2:7\n\n[TCPClientTunnel]\nBindAddress = 127.0.0.1:0\nTarget = 10.0.0.2:8\n"
 	// "Second" is in the file, whatever order the kinds are checked in.
 	conf += "\n[TCPClientTunnel]\nBindAddress = 127.0.0.1:2000\nTarget = 10.0.0.2:9\n\n[Socks5]\nBindAddress = 127.0.0.1:2000\n"
-	path := writeFile(t, dir, "dup.conf", conf)
+	path := systemtest.WriteFile(t, dir, "dup.conf", conf)
 	want := []string{
 		fmt.Sprintf("%s:%d: [http]: listens on tcp 127.0.0.1:1080, as the [Socks5] on line %d does",
 			path, headerLine(t, conf, "[http]", 1), headerLine(t, conf, "[Socks5]", 1)),
@@ -230,7 +207,7 @@ func TestCheckPasswordWithoutUsername(t *testing.T) {
 	conf := "[Interface]\nPrivateKey = " + priv.Base64() + "\nAddress = 10.0.0.1/32\n\n" +
 		"[Peer]\nPublicKey = " + peer.PublicKey().String() + "\nAllowedIPs = 10.0.0.0/24\n\n" +
 		"[Socks5]\nBindAddress = 127.0.0.1:1080\nPassword = hunter2\n\n[http]\nBindAddress = 127.0.0.1:8080\nPassword = hunter2\n"
-	path := writeFile(t, t.TempDir(), "pw.conf", conf)
+	path := systemtest.WriteFile(t, t.TempDir(), "pw.conf", conf)
 	code, _, errOut := runCLI(t, "", "check", "-c", path)
 	if code != exitOK || strings.Contains(errOut, "hunter2") {
 		t.Fatalf("exit %d, stderr:\n%s", code, errOut)

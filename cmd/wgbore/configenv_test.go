@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
@@ -79,7 +80,7 @@ func TestConfigEnvValues(t *testing.T) {
 
 	// A file's "$NAME" values use the injected environment too, never
 	// the test process's own.
-	path := writeFile(t, t.TempDir(), "wg0.conf", src)
+	path := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", src)
 	code, _, errOut = runCLIWithEnv(t, map[string]string{"WG_KEY": key.Base64()}, "check", "-c", path)
 	if code != exitOK {
 		t.Fatalf("file: exit %d, stderr %q", code, errOut)
@@ -91,7 +92,7 @@ func TestConfigEnvValues(t *testing.T) {
 func TestConfigEnvKeyFile(t *testing.T) {
 	key, _ := protocol.GeneratePrivateKey()
 	dir := t.TempDir()
-	writeFile(t, dir, "private.key", key.Base64()+"\n")
+	systemtest.WriteFile(t, dir, "private.key", key.Base64()+"\n")
 	t.Chdir(dir)
 	src := "[Interface]\nPrivateKeyFile = private.key\n"
 	code, out, errOut := runCLIWithEnv(t, map[string]string{configEnv: src}, "check")
@@ -108,7 +109,7 @@ func TestConfigEnvKeyFile(t *testing.T) {
 // the environment, and the warning tells whoever set the variable.
 func TestConfigFlagBeatsEnv(t *testing.T) {
 	key, _ := protocol.GeneratePrivateKey()
-	path := writeFile(t, t.TempDir(), "wg0.conf", "[Interface]\nPrivateKey = "+key.Base64()+"\n")
+	path := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", "[Interface]\nPrivateKey = "+key.Base64()+"\n")
 	code, out, errOut := runCLIWithEnv(t, map[string]string{configEnv: "garbage"}, "check", "-c", path)
 	if code != exitOK || out != path+": OK: 0 peer(s), 0 listener(s)\n" ||
 		!strings.HasPrefix(errOut, "warning: "+path+": WGBORE_CONFIG is set too and ignored: -c wins\n") {
@@ -131,7 +132,9 @@ func TestUpFromEnv(t *testing.T) {
 	p := &inProcess{signals: make(chan os.Signal, 2), done: make(chan int, 1)}
 	e := &env{stdin: strings.NewReader(""), stdout: &strings.Builder{}, stderr: &p.stderr, signals: p.signals,
 		lookupEnv: envOf(vars)}
-	go func() { p.done <- run(context.Background(), e, []string{"up", "-uapi-dir", shortTempDir(t)}) }()
+	go func() {
+		p.done <- run(context.Background(), e, []string{"up", "-uapi-dir", systemtest.ShortTempDir(t)})
+	}()
 	waitForLog(t, &p.stderr, `msg="wgbore is up"`)
 	if !strings.Contains(p.stderr.String(), `handshakes=1/1`) {
 		t.Fatalf("summary without a completed handshake:\n%s", p.stderr.String())
@@ -148,7 +151,7 @@ func TestUpFromEnv(t *testing.T) {
 	var errOut strings.Builder
 	e = &env{stdin: strings.NewReader(""), stdout: &strings.Builder{}, stderr: &errOut, signals: make(chan os.Signal),
 		lookupEnv: envOf(vars)}
-	if code := run(context.Background(), e, []string{"up", "-uapi-dir", shortTempDir(t)}); code != exitUsage {
+	if code := run(context.Background(), e, []string{"up", "-uapi-dir", systemtest.ShortTempDir(t)}); code != exitUsage {
 		t.Fatalf("broken: exit %d, want %d:\n%s", code, exitUsage, errOut.String())
 	}
 	if !regexp.MustCompile(`^\$WGBORE_CONFIG:\d+: AllowedIPs: "10.0.0.0/33"`).MatchString(errOut.String()) {

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/protocol"
 )
 
@@ -57,7 +58,7 @@ func TestStaticBuildRunsUnprivileged(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("running the binary as UID 65532 needs root to switch to it (CI runs as root); the static build was checked")
 	}
-	setpriv := needTool(t, "setpriv")
+	setpriv := systemtest.NeedTool(t, "setpriv")
 	unprivileged := func(ctx context.Context, args ...string) *exec.Cmd {
 		all := append([]string{"--reuid=" + nonrootUID, "--regid=" + nonrootUID, "--clear-groups",
 			"--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", bin}, args...)

@@ -13,6 +13,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 )
 
 // The end-to-end tests run the wgbore binary as users do, built once per
@@ -102,28 +104,15 @@ type daemon struct {
 // start-up summary. It is stopped with SIGTERM when the test ends.
 func startDaemon(t testing.TB, confPath string, args ...string) *daemon {
 	t.Helper()
-	cmd := exec.Command(wgboreBinary(t), append([]string{"up", "-c", confPath, "-log-format", "json", "-log-level", "debug", "-uapi-dir", shortTempDir(t)}, args...)...)
+	cmd := exec.Command(wgboreBinary(t), append([]string{"up", "-c", confPath, "-log-format", "json", "-log-level", "debug", "-uapi-dir", systemtest.ShortTempDir(t)}, args...)...)
 	cmd.Stdout = io.Discard
 	return runDaemon(t, cmd)
-}
-
-// shortTempDir is a private directory for a UAPI socket, so tests never
-// touch /var/run/wireguard unless they mean to. Its path is short: a unix
-// socket's path is limited to about 100 bytes, which t.TempDir's can pass.
-func shortTempDir(t testing.TB) string {
-	t.Helper()
-	dir, err := os.MkdirTemp("", "wgb")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	return dir
 }
 
 // startServeDaemon runs `wgbore serve -c FILE` as startDaemon runs up.
 func startServeDaemon(t testing.TB, confPath string, args ...string) *daemon {
 	t.Helper()
-	cmd := exec.Command(wgboreBinary(t), append([]string{"serve", "-c", confPath, "-log-format", "json", "-log-level", "debug", "-uapi-dir", shortTempDir(t)}, args...)...)
+	cmd := exec.Command(wgboreBinary(t), append([]string{"serve", "-c", confPath, "-log-format", "json", "-log-level", "debug", "-uapi-dir", systemtest.ShortTempDir(t)}, args...)...)
 	cmd.Stdout = io.Discard
 	return runDaemon(t, cmd)
 }

@@ -20,6 +20,8 @@ import (
 
 	"golang.org/x/crypto/blake2s"
 
+	"github.com/wgbore/wgbore/cmd/internal/metricstest"
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/proxy/socksclient"
@@ -230,14 +232,14 @@ func TestSpoofedInitiationFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
-	conf := writeFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n"))
+	conf := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n"))
 	// Info, not debug: a debug line per rejected spoof would be what the
 	// flood costs.
-	dm := runDaemon(t, exec.Command(wgboreBinary(t), "up", "-c", conf, "-log-format", "json", "-log-level", "info", "-uapi-dir", shortTempDir(t), "-metrics", "127.0.0.1:0"))
-	metrics := remoteEndpoints("http://" + strings.TrimSuffix(dm.addr(t, "metrics http://", 0), "/metrics"))
+	dm := runDaemon(t, exec.Command(wgboreBinary(t), "up", "-c", conf, "-log-format", "json", "-log-level", "info", "-uapi-dir", systemtest.ShortTempDir(t), "-metrics", "127.0.0.1:0"))
+	metrics := metricstest.Remote("http://" + strings.TrimSuffix(dm.addr(t, "metrics http://", 0), "/metrics"))
 	cookiesSent := func() float64 {
-		fams, _ := parseMetrics(t, metrics)
-		return sampleValue(t, fams, "wgbore_cookie_replies_sent_total")
+		fams, _ := metricstest.Parse(t, metrics)
+		return metricstest.Value(t, fams, "wgbore_cookie_replies_sent_total")
 	}
 	pid := dm.cmd.Process.Pid
 	socks := dm.addr(t, "socks5 ", 0)

@@ -28,6 +28,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/wgtest"
@@ -411,7 +412,7 @@ ListenPort = %d
 	t.Run("guest initiates, wgbore responds", func(t *testing.T) {
 		echoAddr, _ := hostEcho(t)
 		// No Endpoint: wgbore can only answer.
-		path := writeFile(t, t.TempDir(), "wg0.conf", interfaceConf+fmt.Sprintf(`
+		path := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", interfaceConf+fmt.Sprintf(`
 [Peer]
 PublicKey = %s
 PresharedKey = %s
@@ -438,7 +439,7 @@ Target = %s
 	})
 
 	t.Run("wgbore initiates", func(t *testing.T) {
-		path := writeFile(t, t.TempDir(), "wg0.conf", interfaceConf+fmt.Sprintf(`
+		path := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", interfaceConf+fmt.Sprintf(`
 [Peer]
 PublicKey = %s
 PresharedKey = %s
@@ -508,7 +509,7 @@ Target = %s:7
 
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		echoThrough(t, func() (net.Conn, error) {
+		systemtest.EchoThrough(t, func() (net.Conn, error) {
 			return socksclient.Connect(ctx, socks, socksclient.Auth{}, netip.AddrPortFrom(guestTunnelAddr, 7))
 		}, 1<<20)
 		udpEchoThrough(t, func() (net.Conn, error) { return net.Dial("udp", d.addr(t, "udp ", 0)) })
@@ -518,7 +519,7 @@ Target = %s:7
 
 	t.Run("a wrong preshared key fails the handshake", func(t *testing.T) {
 		handshakeBefore, rxBefore := guest.show(t)
-		path := writeFile(t, t.TempDir(), "wg0.conf", interfaceConf+fmt.Sprintf(`
+		path := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", interfaceConf+fmt.Sprintf(`
 [Peer]
 PublicKey = %s
 PresharedKey = %s

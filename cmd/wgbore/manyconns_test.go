@@ -15,6 +15,8 @@ import (
 
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/wgbore/wgbore/cmd/internal/metricstest"
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/proxy/socksclient"
@@ -82,10 +84,10 @@ func TestTenThousandSOCKSConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
-	conf := writeFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, fmt.Sprintf("[Socks5]\nBindAddress = 127.0.0.1:0\nMaxConnections = %d\n", capacity)))
+	conf := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, fmt.Sprintf("[Socks5]\nBindAddress = 127.0.0.1:0\nMaxConnections = %d\n", capacity)))
 	d := startDaemon(t, conf, "-metrics", "127.0.0.1:0", "-log-level", "info")
 	socks := d.addr(t, "socks5 ", 0)
-	h := remoteEndpoints("http://" + strings.TrimSuffix(d.addr(t, "metrics http://", 0), "/metrics"))
+	h := metricstest.Remote("http://" + strings.TrimSuffix(d.addr(t, "metrics http://", 0), "/metrics"))
 	echo := netip.AddrPortFrom(peersite.TheirV4, 7)
 	pid := d.cmd.Process.Pid
 
@@ -97,8 +99,8 @@ func TestTenThousandSOCKSConnections(t *testing.T) {
 	}
 	c.Close()
 	baseline := func() (goroutines, fds float64) {
-		fams, _ := parseMetrics(t, h)
-		return sampleValue(t, fams, "go_goroutines"), sampleValue(t, fams, "process_open_fds")
+		fams, _ := metricstest.Parse(t, h)
+		return metricstest.Value(t, fams, "go_goroutines"), metricstest.Value(t, fams, "process_open_fds")
 	}
 	// The scrape itself holds a connection, so the figures carry a
 	// little slack; the highest of a few samples is the baseline.
@@ -145,8 +147,8 @@ func TestTenThousandSOCKSConnections(t *testing.T) {
 	wg.Wait()
 	took := time.Since(start)
 	rssHeld := vmRSS(t, pid)
-	fams, _ := parseMetrics(t, h)
-	refused := sampleValue(t, fams, "wgbore_listener_connections_refused_total", "kind", "socks5", "addr", socks)
+	fams, _ := metricstest.Parse(t, h)
+	refused := metricstest.Value(t, fams, "wgbore_listener_connections_refused_total", "kind", "socks5", "addr", socks)
 	t.Logf("%d attempts in %v: %d held, %d refused (metrics: %v), %d failed %v", total, took.Round(time.Millisecond), outcomes[socksHeld], outcomes[socksRefused], refused, outcomes[socksFailed], errs)
 	t.Logf("RSS %d KiB idle, %d KiB with %d held: %.1f KiB per connection", rss0, rssHeld, len(held), float64(rssHeld-rss0)/float64(len(held)))
 	if outcomes[socksHeld] != capacity || outcomes[socksRefused] != total-capacity || outcomes[socksFailed] != 0 {
@@ -184,14 +186,14 @@ func TestTenThousandSOCKSConnections(t *testing.T) {
 			lowestG, lowestFD, lastFall = min(g, lowestG), min(fd, lowestFD), time.Now()
 		}
 		if time.Since(lastFall) > 30*time.Second {
-			fams, _ := parseMetrics(t, h)
-			t.Logf("active: %v; dropped: %s", sampleValue(t, fams, "wgbore_listener_connections_active", "kind", "socks5", "addr", socks), droppedSummary(fams))
+			fams, _ := metricstest.Parse(t, h)
+			t.Logf("active: %v; dropped: %s", metricstest.Value(t, fams, "wgbore_listener_connections_active", "kind", "socks5", "addr", socks), droppedSummary(fams))
 			t.Fatalf("%v after closing, nothing closed for 30 s: %v goroutines (baseline %v), %v open descriptors (baseline %v)",
 				time.Since(closed).Round(time.Second), g, g0, fd, fd0)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	fams, _ = parseMetrics(t, h)
+	fams, _ = metricstest.Parse(t, h)
 	t.Logf("back to baseline %v after closing: goroutines %v before, %v after; open descriptors %v before, %v after; dropped: %s",
 		time.Since(closed).Round(100*time.Millisecond), g0, g, fd0, fd, droppedSummary(fams))
 }

@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/metricstest"
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
@@ -30,11 +32,11 @@ func TestMemoryBudgetHolds(t *testing.T) {
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
 	// MaxConnections far above what the budget holds, so that the budget
 	// is what refuses.
-	conf := writeFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\nMaxConnections = 50000\n"))
+	conf := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\nMaxConnections = 50000\n"))
 	d := startDaemon(t, conf, "-memory-limit", "64MiB", "-metrics", "127.0.0.1:0")
 	pid := d.cmd.Process.Pid
 	socks := d.addr(t, "socks5 ", 0)
-	metrics := remoteEndpoints("http://" + strings.TrimSuffix(d.addr(t, "metrics http://", 0), "/metrics"))
+	metrics := metricstest.Remote("http://" + strings.TrimSuffix(d.addr(t, "metrics http://", 0), "/metrics"))
 	echo := netip.AddrPortFrom(peersite.TheirV4, 7)
 
 	s := startRSSSampler(pid)
@@ -91,11 +93,11 @@ func TestMemoryBudgetHolds(t *testing.T) {
 		t.Errorf("a 64 MiB budget held only %d idle connections", len(conns))
 	}
 
-	fams, _ := parseMetrics(t, metrics)
-	if got := sampleValue(t, fams, "wgbore_memory_budget_bytes"); got != budget {
+	fams, _ := metricstest.Parse(t, metrics)
+	if got := metricstest.Value(t, fams, "wgbore_memory_budget_bytes"); got != budget {
 		t.Errorf("wgbore_memory_budget_bytes = %v, want %d", got, budget)
 	}
-	if got := sampleValue(t, fams, "wgbore_memory_refused_connections_total"); got < 1 {
+	if got := metricstest.Value(t, fams, "wgbore_memory_refused_connections_total"); got < 1 {
 		t.Errorf("wgbore_memory_refused_connections_total = %v after a refusal", got)
 	}
 

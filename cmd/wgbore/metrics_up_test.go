@@ -7,6 +7,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/metricstest"
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
@@ -20,37 +22,37 @@ func TestMetricsAgainstUp(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits for the engine to give up on the peer's old session: about 15 s")
 	}
-	needTool(t, "curl")
+	systemtest.NeedTool(t, "curl")
 	ours, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
 	conf := site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n\n[Metrics]\nBindAddress = 127.0.0.1:1\n")
 	conf = strings.Replace(conf, "[Peer]", "CheckAlive = 10.0.0.2\nCheckAliveInterval = 1\n\n[Peer]", 1)
-	path := writeFile(t, t.TempDir(), "wg0.conf", conf)
+	path := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", conf)
 	// -metrics beats [Metrics], whose port 1 would not bind.
 	d := startDaemon(t, path, "-metrics", "127.0.0.1:0")
 	socks := d.addr(t, "socks5 ", 0)
 	base := "http://" + strings.TrimSuffix(d.addr(t, "metrics http://", 0), "/metrics")
-	h := remoteEndpoints(base)
+	h := metricstest.Remote(base)
 	peer := []string{"peer", site.PublicKey.String()}
 
-	before, _ := parseMetrics(t, h)
-	rx0 := sampleValue(t, before, "wgbore_peer_receive_bytes_total", peer...)
+	before, _ := metricstest.Parse(t, h)
+	rx0 := metricstest.Value(t, before, "wgbore_peer_receive_bytes_total", peer...)
 	const size = 1 << 20
 	if out := mustCurl(t, "--max-time", "20", "--socks5-hostname", socks, fmt.Sprintf("http://10.0.0.2/bytes/%d", size)); len(out) != size {
 		t.Fatalf("download through SOCKS5: %d bytes", len(out))
 	}
-	after, body := parseMetrics(t, h)
-	if rx := sampleValue(t, after, "wgbore_peer_receive_bytes_total", peer...); rx-rx0 < size {
+	after, body := metricstest.Parse(t, h)
+	if rx := metricstest.Value(t, after, "wgbore_peer_receive_bytes_total", peer...); rx-rx0 < size {
 		t.Errorf("receive bytes moved by %v over a %d-byte download", rx-rx0, size)
 	}
-	if n := sampleValue(t, after, "wgbore_listener_connections_total", "kind", "socks5", "addr", socks); n < 1 {
+	if n := metricstest.Value(t, after, "wgbore_listener_connections_total", "kind", "socks5", "addr", socks); n < 1 {
 		t.Errorf("socks5 connections total = %v after a download", n)
 	}
-	if hs := sampleValue(t, after, "wgbore_peer_last_handshake_seconds", peer...); hs < float64(time.Now().Add(-time.Hour).Unix()) {
+	if hs := metricstest.Value(t, after, "wgbore_peer_last_handshake_seconds", peer...); hs < float64(time.Now().Add(-time.Hour).Unix()) {
 		t.Errorf("last handshake = %v", hs)
 	}
-	sampleValue(t, after, "wgbore_dropped_packets_total", "reason", "replay")
-	sampleValue(t, after, "go_goroutines")
+	metricstest.Value(t, after, "wgbore_dropped_packets_total", "reason", "replay")
+	metricstest.Value(t, after, "go_goroutines")
 	if strings.Contains(body, ours.Base64()) {
 		t.Fatal("the private key is in /metrics")
 	}
@@ -62,15 +64,15 @@ func TestMetricsAgainstUp(t *testing.T) {
 		}
 		return exitCode(err)
 	}
-	waitReadyzState(t, h, true, 20*time.Second, "peer up")
+	metricstest.WaitReady(t, h, true, 20*time.Second, "peer up")
 	if code := healthcheck(base + "/readyz"); code != 0 {
 		t.Fatalf("healthcheck of a ready tunnel: exit %d", code)
 	}
 	if err := site.Device.Down(); err != nil {
 		t.Fatal(err)
 	}
-	waitReadyzState(t, h, false, 20*time.Second, "peer gone")
-	if r := readyz(t, h); len(r.Reasons) == 0 || !strings.Contains(strings.Join(r.Reasons, " "), "10.0.0.2") {
+	metricstest.WaitReady(t, h, false, 20*time.Second, "peer gone")
+	if r := metricstest.Readyz(t, h); len(r.Reasons) == 0 || !strings.Contains(strings.Join(r.Reasons, " "), "10.0.0.2") {
 		t.Errorf("503 without a reason naming the target: %+v", r)
 	}
 	if code := healthcheck(base + "/readyz"); code != 1 {
@@ -82,5 +84,5 @@ func TestMetricsAgainstUp(t *testing.T) {
 	if err := site.Device.Up(); err != nil {
 		t.Fatal(err)
 	}
-	waitReadyzState(t, h, true, 60*time.Second, "peer back")
+	metricstest.WaitReady(t, h, true, 60*time.Second, "peer back")
 }

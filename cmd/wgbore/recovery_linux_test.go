@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/netstack/wgquick"
@@ -47,7 +48,7 @@ PublicKey = %s
 Endpoint = %s
 AllowedIPs = %s/32
 `, ours.Base64(), site.ours, site.key.PublicKey(), relay.AddrA(), site.addr)
-		path := writeFile(t, t.TempDir(), "wg0.conf", conf)
+		path := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", conf)
 		var n *netstack.Net
 		if err := ns.do(func() error {
 			var err error

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/netstack/wgquick"
@@ -299,7 +300,7 @@ func openRecoveryClient(t *testing.T, which int, site *peersite.Site, ours proto
 	}
 	if which == 0 {
 		conf := strings.Replace(site.WGQuick(ours, ""), "Endpoint = "+site.Endpoint(), "Endpoint = "+relay.AddrA().String(), 1)
-		n, err := wgquick.Open(context.Background(), writeFile(t, t.TempDir(), "wg0.conf", conf))
+		n, err := wgquick.Open(context.Background(), systemtest.WriteFile(t, t.TempDir(), "wg0.conf", conf))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/uapi"
@@ -32,16 +33,16 @@ const reloadDownload = 32 << 20
 // a broken file is refused, by SIGHUP and by `wgbore reload`, while the
 // old configuration keeps serving.
 func TestReloadKeepsTransfers(t *testing.T) {
-	needTool(t, "curl")
+	systemtest.NeedTool(t, "curl")
 	ours, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
 	second, _ := protocol.GeneratePrivateKey()
 	dir := t.TempDir()
-	uapiDir := shortTempDir(t)
+	uapiDir := systemtest.ShortTempDir(t)
 
 	socksSection := "[Socks5]\nBindAddress = 127.0.0.1:0\n"
 	forwarder := "[TCPClientTunnel]\nBindAddress = 127.0.0.1:0\nTarget = 10.0.0.2:7\n"
-	conf := writeFile(t, dir, "wg0.conf", site.WGQuick(ours, socksSection+"\n"+forwarder))
+	conf := systemtest.WriteFile(t, dir, "wg0.conf", site.WGQuick(ours, socksSection+"\n"+forwarder))
 	d := startDaemon(t, conf, "-uapi-dir", uapiDir)
 	socks := d.addr(t, "socks5 ", 0)
 	fwd := d.addr(t, "tcp ", 0)
@@ -78,7 +79,7 @@ func TestReloadKeepsTransfers(t *testing.T) {
 	// forwarder is removed.
 	added := site.WGQuick(ours, socksSection+"\n[http]\nBindAddress = 127.0.0.1:0\n") +
 		"\n[Peer]\nPublicKey = " + second.PublicKey().String() + "\nAllowedIPs = 10.9.0.0/24\n"
-	writeFile(t, dir, "wg0.conf", added)
+	systemtest.WriteFile(t, dir, "wg0.conf", added)
 	hup(t, d)
 	waitLogged(t, d, "reloaded", 1)
 	for _, want := range []string{"reload: peer " + second.PublicKey().String() + " added", "reload: tcp " + fwd} {
@@ -102,7 +103,7 @@ func TestReloadKeepsTransfers(t *testing.T) {
 
 	// Reload 2: a broken file, by SIGHUP and by the command. Nothing
 	// changes.
-	writeFile(t, dir, "wg0.conf", added+"\n[Peer]\nPublicKey = not-a-key\n")
+	systemtest.WriteFile(t, dir, "wg0.conf", added+"\n[Peer]\nPublicKey = not-a-key\n")
 	hup(t, d)
 	waitLogged(t, d, "reload rejected: still running the previous configuration", 1)
 	if log := d.log(); !strings.Contains(log, "wg0.conf:") || !strings.Contains(log, "PublicKey") {
@@ -120,7 +121,7 @@ func TestReloadKeepsTransfers(t *testing.T) {
 	}
 
 	// Reload 3, by the command: the second peer goes again.
-	writeFile(t, dir, "wg0.conf", site.WGQuick(ours, socksSection+"\n[http]\nBindAddress = 127.0.0.1:0\n"))
+	systemtest.WriteFile(t, dir, "wg0.conf", site.WGQuick(ours, socksSection+"\n[http]\nBindAddress = 127.0.0.1:0\n"))
 	out, err = exec.Command(wgboreBinary(t), "reload", "-uapi-dir", uapiDir, "wg0").CombinedOutput()
 	if err != nil || !strings.Contains(string(out), "peer "+second.PublicKey().String()+" removed") {
 		t.Fatalf("wgbore reload: %v\n%s", err, out)
@@ -238,12 +239,12 @@ func TestReloadInProcess(t *testing.T) {
 		return strings.Replace(conf, "[Peer]", "CheckAlive = "+alive+"\nCheckAliveInterval = 1\n\n[Peer]", 1)
 	}
 	dir := t.TempDir()
-	path := writeFile(t, dir, "wg0.conf", body("10.0.0.2:7", "10.0.0.2"))
+	path := systemtest.WriteFile(t, dir, "wg0.conf", body("10.0.0.2:7", "10.0.0.2"))
 
 	p := runInProcess(t, "up", "-c", path)
 	waitForLog(t, &p.stderr, `msg="wgbore is up"`)
 	waitForLog(t, &p.stderr, `msg="check alive: answering" addr=10.0.0.2`)
-	echoThrough(t, func() (net.Conn, error) { return net.Dial("tcp", fwd) }, 64<<10)
+	systemtest.EchoThrough(t, func() (net.Conn, error) { return net.Dial("tcp", fwd) }, 64<<10)
 
 	// The forwarder now points at the site's HTTP server, on the same
 	// address; CheckAlive pings an address nobody has; the metrics
@@ -251,7 +252,7 @@ func TestReloadInProcess(t *testing.T) {
 	// applied live and are reported.
 	conf := body("10.0.0.2:80", "10.0.0.99")
 	conf = strings.Replace(conf, "[Peer]", "MTU = 1380\nMemoryLimit = 64MiB\n\n[Peer]", 1) + "\n[Metrics]\nBindAddress = 127.0.0.1:0\n"
-	writeFile(t, dir, "wg0.conf", conf)
+	systemtest.WriteFile(t, dir, "wg0.conf", conf)
 	p.hangups <- syscall.SIGHUP
 	waitForLog(t, &p.stderr, `msg=reloaded changes=4 kept=2 failed=0`)
 	waitForLog(t, &p.stderr, `msg="reload: metrics http://127.0.0.1:`)

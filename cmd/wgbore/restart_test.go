@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
@@ -37,7 +38,7 @@ func TestPeerRestart(t *testing.T) {
 	}
 	opts := peersite.Options{PrivateKey: peerKey, Port: uint16(port)}
 	site := peersite.Start(t, ours.PublicKey(), opts)
-	conf := writeFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n"))
+	conf := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n"))
 	d := startDaemon(t, conf)
 	socks := d.addr(t, "socks5 ", 0)
 	fetchThrough(t, socks, "before the restart")

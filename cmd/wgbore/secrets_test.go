@@ -20,6 +20,8 @@ import (
 
 	"golang.org/x/crypto/blake2s"
 
+	"github.com/wgbore/wgbore/cmd/internal/metricstest"
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
@@ -122,7 +124,7 @@ func (o *leakOutputs) run(t *testing.T, args ...string) (code int, stdout, stder
 // the proxy passwords, in everything it printed, served or logged. Only
 // the raw UAPI get reply may hold keys: the protocol says it does.
 func TestNoSecretsInAnyOutput(t *testing.T) {
-	needTool(t, "curl")
+	systemtest.NeedTool(t, "curl")
 	newPSK := func() protocol.PresharedKey {
 		k, err := protocol.GeneratePresharedKey()
 		if err != nil {
@@ -229,14 +231,14 @@ func TestNoSecretsInAnyOutput(t *testing.T) {
 			"\n[http]\nBindAddress = 127.0.0.1:0\nUsername = " + httpUser + "\nPassword = " + httpPass + "\n"
 	}
 	dir := t.TempDir()
-	uapiDir := shortTempDir(t)
-	path := writeFile(t, dir, "wg0.conf", confText(ours, psk.Base64()))
+	uapiDir := systemtest.ShortTempDir(t)
+	path := systemtest.WriteFile(t, dir, "wg0.conf", confText(ours, psk.Base64()))
 
 	var outs leakOutputs
 	if code, _, errOut := outs.run(t, "check", "-c", path); code != exitOK {
 		t.Fatalf("check of the good file: exit %d: %s", code, errOut)
 	}
-	var upStdout syncBuffer
+	var upStdout systemtest.SyncBuffer
 	cmd := exec.Command(wgboreBinary(t), "up", "-c", path, "-log-format", "json", "-log-level", "debug",
 		"-uapi-dir", uapiDir, "-metrics", "127.0.0.1:0", "-handshake-wait", "2s")
 	cmd.Stdout = &upStdout
@@ -303,23 +305,23 @@ func TestNoSecretsInAnyOutput(t *testing.T) {
 
 	// A broken file to check (a bad public key, a key in the wrong
 	// section), and bad secret values to check and to up.
-	broken := writeFile(t, dir, "broken.conf", confText(ours, psk.Base64())+"\n[Peer]\nPublicKey = not-a-key\nAllowedIPs = 10.8.0.0/24\nMTU = 9\n")
+	broken := systemtest.WriteFile(t, dir, "broken.conf", confText(ours, psk.Base64())+"\n[Peer]\nPublicKey = not-a-key\nAllowedIPs = 10.8.0.0/24\nMTU = 9\n")
 	if code, _, errOut := outs.run(t, "check", "-c", broken); code != exitUsage || !strings.Contains(errOut, "broken.conf:") {
 		t.Fatalf("check of a broken file: exit %d, want %d:\n%s", code, exitUsage, errOut)
 	}
-	badKey := writeFile(t, dir, "badkey.conf", strings.Replace(confText(ours, badPSK), ours.Base64(), badPrivate, 1))
+	badKey := systemtest.WriteFile(t, dir, "badkey.conf", strings.Replace(confText(ours, badPSK), ours.Base64(), badPrivate, 1))
 	if code, _, errOut := outs.run(t, "check", "-c", badKey); code != exitUsage || !strings.Contains(errOut, "PrivateKey") || !strings.Contains(errOut, "PresharedKey") {
 		t.Fatalf("check of bad keys: exit %d, want %d naming both keys:\n%s", code, exitUsage, errOut)
 	}
 	for _, format := range []string{"text", "json"} {
-		if code, _, errOut := outs.run(t, "up", "-c", badKey, "-log-level", "debug", "-log-format", format, "-uapi-dir", shortTempDir(t)); code != exitUsage {
+		if code, _, errOut := outs.run(t, "up", "-c", badKey, "-log-level", "debug", "-log-format", format, "-uapi-dir", systemtest.ShortTempDir(t)); code != exitUsage {
 			t.Fatalf("up with bad keys (%s log): exit %d, want %d:\n%s", format, code, exitUsage, errOut)
 		}
 	}
 
 	// Reload to a new private key and PSK, which the site learns too.
 	sitePeer(oursNew.PublicKey(), pskNew)
-	writeFile(t, dir, "wg0.conf", confText(oursNew, pskNew.Base64()))
+	systemtest.WriteFile(t, dir, "wg0.conf", confText(oursNew, pskNew.Base64()))
 	code, out, errOut := outs.run(t, "reload", "-uapi-dir", uapiDir, "wg0")
 	if code != exitOK || !strings.Contains(out, "private key changed") || !strings.Contains(out, "peer "+site.PublicKey.String()) {
 		t.Fatalf("wgbore reload to a new key and PSK: exit %d:\n%s%s", code, out, errOut)
@@ -327,14 +329,14 @@ func TestNoSecretsInAnyOutput(t *testing.T) {
 	through("after the reload to a new key and PSK")
 	// A reload of a file with a bad PSK is refused, by the command and by
 	// SIGHUP; then the good file again, by SIGHUP.
-	writeFile(t, dir, "wg0.conf", confText(oursNew, badPSK))
+	systemtest.WriteFile(t, dir, "wg0.conf", confText(oursNew, badPSK))
 	if code, _, errOut := outs.run(t, "reload", "-uapi-dir", uapiDir, "wg0"); code != exitUsage {
 		t.Fatalf("wgbore reload of a bad PSK: exit %d, want %d: %s", code, exitUsage, errOut)
 	}
 	hup(t, d)
 	waitLogged(t, d, "reload rejected: still running the previous configuration", 2)
 	reloaded := d.countLogged("reloaded")
-	writeFile(t, dir, "wg0.conf", confText(oursNew, pskNew.Base64()))
+	systemtest.WriteFile(t, dir, "wg0.conf", confText(oursNew, pskNew.Base64()))
 	hup(t, d)
 	waitLogged(t, d, "reloaded", reloaded+1)
 	through("after the refused reloads")
@@ -350,11 +352,11 @@ func TestNoSecretsInAnyOutput(t *testing.T) {
 	}
 
 	// What the engine saw, from the metrics.
-	fams, _ := parseMetrics(t, remoteEndpoints(metricsBase))
-	if n := sampleValue(t, fams, "wgbore_dropped_packets_total", "reason", "handshake_failed"); n < 1 {
+	fams, _ := metricstest.Parse(t, metricstest.Remote(metricsBase))
+	if n := metricstest.Value(t, fams, "wgbore_dropped_packets_total", "reason", "handshake_failed"); n < 1 {
 		t.Errorf("the initiation with a right MAC1 was not counted as a failed handshake (%v)", n)
 	}
-	if n := sampleValue(t, fams, "wgbore_dropped_packets_total", "reason", "bad_mac1"); n < 1 {
+	if n := metricstest.Value(t, fams, "wgbore_dropped_packets_total", "reason", "bad_mac1"); n < 1 {
 		t.Errorf("no garbage initiation was counted as bad_mac1 (%v)", n)
 	}
 	for _, p := range []string{"/metrics", "/healthz", "/readyz"} {

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/metricstest"
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/wgtest"
@@ -80,7 +82,7 @@ Allow = 127.0.0.1/32
 ListenPort = 8080
 Target = %s
 `, serverKey.Base64(), port, clientKey.PublicKey(), tcpEcho)
-	d := startServeDaemon(t, writeFile(t, t.TempDir(), "server.conf", conf))
+	d := startServeDaemon(t, systemtest.WriteFile(t, t.TempDir(), "server.conf", conf))
 	client := peersite.StartClient(t, serverKey.PublicKey(), peersite.Options{
 		PrivateKey: clientKey,
 		Endpoint:   fmt.Sprintf("127.0.0.1:%d", port),
@@ -122,7 +124,7 @@ Target = %s
 		})
 	})
 	t.Run("TCPServerTunnel in serve mode", func(t *testing.T) {
-		echoThrough(t, func() (net.Conn, error) { return client.DialContext(context.Background(), "tcp", "10.0.0.1:8080") }, 256<<10)
+		systemtest.EchoThrough(t, func() (net.Conn, error) { return client.DialContext(context.Background(), "tcp", "10.0.0.1:8080") }, 256<<10)
 	})
 	t.Run("denied destination refused at once", func(t *testing.T) {
 		// 10.9.9.9:8080 shares its port with the server tunnel: the
@@ -161,7 +163,7 @@ func TestDemoCheck(t *testing.T) {
 // SOCKS5 reaches a service on the server host's loopback, which the
 // server's [Egress] allows, at the server's tunnel address.
 func TestDemoConfigsAsTwoProcesses(t *testing.T) {
-	needTool(t, "curl")
+	systemtest.NeedTool(t, "curl")
 	dir := t.TempDir()
 	if code, out, errOut := runCLI(t, "", "demo", "-write-configs", dir, "-socks", "127.0.0.1:0", "-http", "127.0.0.1:0"); code != exitOK {
 		t.Fatalf("demo -write-configs: exit %d: %s %s", code, out, errOut)
@@ -198,9 +200,9 @@ func TestServeFlowCaps(t *testing.T) {
 	serverKey, _ := protocol.GeneratePrivateKey()
 	clientKey, _ := protocol.GeneratePrivateKey()
 	port := int(wgtest.FreeLoopbackUDPPort(t))
-	conf := writeFile(t, t.TempDir(), "server.conf", serveConf(serverKey, port, clientKey.PublicKey(), "MaxFlowsPerPeer = 2\n"))
+	conf := systemtest.WriteFile(t, t.TempDir(), "server.conf", serveConf(serverKey, port, clientKey.PublicKey(), "MaxFlowsPerPeer = 2\n"))
 	d := startServeDaemon(t, conf, "-metrics", "127.0.0.1:0")
-	h := remoteEndpoints("http://" + strings.TrimSuffix(d.addr(t, "metrics http://", 0), "/metrics"))
+	h := metricstest.Remote("http://" + strings.TrimSuffix(d.addr(t, "metrics http://", 0), "/metrics"))
 	client := peersite.StartClient(t, serverKey.PublicKey(), peersite.Options{
 		PrivateKey: clientKey,
 		Endpoint:   fmt.Sprintf("127.0.0.1:%d", port),
@@ -238,7 +240,7 @@ func TestServeFlowCaps(t *testing.T) {
 			t.Fatalf("open flow %d: %q, %v", i, got, err)
 		}
 	}
-	fams, _ := parseMetrics(t, h)
+	fams, _ := metricstest.Parse(t, h)
 	peer := clientKey.PublicKey().String()
 	for _, c := range []struct {
 		name   string
@@ -250,7 +252,7 @@ func TestServeFlowCaps(t *testing.T) {
 		{"wgbore_peer_flows_refused_total", []string{"peer", peer, "reason", "server_limit"}, 0},
 		{"wgbore_peer_flows_refused_total", []string{"peer", peer, "reason", "memory"}, 0},
 	} {
-		if got := sampleValue(t, fams, c.name, c.labels...); got != c.want {
+		if got := metricstest.Value(t, fams, c.name, c.labels...); got != c.want {
 			t.Errorf("%s%v = %v, want %v", c.name, c.labels, got, c.want)
 		}
 	}

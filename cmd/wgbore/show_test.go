@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/uapi"
@@ -70,8 +71,8 @@ func TestShowAgainstUp(t *testing.T) {
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
 	otherKey, _ := protocol.GeneratePrivateKey()
 	other := otherKey.PublicKey()
-	conf := writeFile(t, t.TempDir(), "wg0.conf", showPeerConf(site, ours, other))
-	dir := shortTempDir(t)
+	conf := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", showPeerConf(site, ours, other))
+	dir := systemtest.ShortTempDir(t)
 	startDaemon(t, conf, "-uapi-dir", dir)
 
 	code, out, errOut := runCLI(t, "", "show", "-uapi-dir", dir, "wg0")
@@ -128,7 +129,7 @@ func TestShowAgainstUp(t *testing.T) {
 // 0660 and the group's. Only the handshake's age and the transfer
 // figures, which move between the two runs, may differ.
 func TestShowMatchesWG(t *testing.T) {
-	wg := needTool(t, "wg")
+	wg := systemtest.NeedTool(t, "wg")
 	if err := os.MkdirAll(uapi.SocketDir, 0o755); err != nil || dirWritable(uapi.SocketDir) != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("%s is not writable, and CI runs as root: %v", uapi.SocketDir, err)
@@ -146,7 +147,7 @@ func TestShowMatchesWG(t *testing.T) {
 	ours, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
 	otherKey, _ := protocol.GeneratePrivateKey()
-	conf := writeFile(t, t.TempDir(), "wg0.conf", showPeerConf(site, ours, otherKey.PublicKey()))
+	conf := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", showPeerConf(site, ours, otherKey.PublicKey()))
 	startDaemon(t, conf, "-interface-name", name, "-uapi-dir", uapi.SocketDir, "-uapi-group", "daemon")
 
 	fi, err := os.Stat(filepath.Join(uapi.SocketDir, name+".sock"))
@@ -190,7 +191,7 @@ func TestShowMatchesWG(t *testing.T) {
 }
 
 func TestShowWithoutSocket(t *testing.T) {
-	dir := shortTempDir(t)
+	dir := systemtest.ShortTempDir(t)
 	code, out, errOut := runCLI(t, "", "show", "-uapi-dir", dir, "wg0")
 	path := filepath.Join(dir, "wg0.sock")
 	if code != exitFailure || out != "" || strings.Count(errOut, "\n") != 1 ||
@@ -213,8 +214,8 @@ func TestShowWithoutSocket(t *testing.T) {
 }
 
 func TestUnknownUAPIGroupIsUsageError(t *testing.T) {
-	conf := writeFile(t, t.TempDir(), "wg0.conf", "[Interface]\nPrivateKey = "+mustKey(t).Base64()+"\n")
-	code, _, errOut := runCLI(t, "", "up", "-c", conf, "-uapi-dir", shortTempDir(t), "-uapi-group", "no-such-group-wgbore")
+	conf := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", "[Interface]\nPrivateKey = "+mustKey(t).Base64()+"\n")
+	code, _, errOut := runCLI(t, "", "up", "-c", conf, "-uapi-dir", systemtest.ShortTempDir(t), "-uapi-group", "no-such-group-wgbore")
 	if code != exitUsage || !strings.Contains(errOut, `no group "no-such-group-wgbore"`) {
 		t.Fatalf("exit %d, stderr:\n%s\nwant exit 2 naming the group", code, errOut)
 	}

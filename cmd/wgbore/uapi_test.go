@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/uapi"
@@ -18,8 +19,8 @@ import (
 // through the tunnel. wg finds sockets only in /var/run/wireguard, so the
 // test needs to write there (CI runs as root).
 func TestWGToolAgainstUp(t *testing.T) {
-	wg := needTool(t, "wg")
-	needTool(t, "curl")
+	wg := systemtest.NeedTool(t, "wg")
+	systemtest.NeedTool(t, "curl")
 	if err := os.MkdirAll(uapi.SocketDir, 0o755); err != nil || dirWritable(uapi.SocketDir) != nil {
 		if os.Getenv("CI") != "" {
 			t.Fatalf("%s is not writable, and CI runs as root: %v", uapi.SocketDir, err)
@@ -32,7 +33,7 @@ func TestWGToolAgainstUp(t *testing.T) {
 
 	ours, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
-	conf := writeFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n"))
+	conf := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n"))
 	d := startDaemon(t, conf, "-interface-name", name, "-uapi-dir", uapi.SocketDir)
 	socks := d.addr(t, "socks5 ", 0)
 	run := func(args ...string) string {
@@ -70,7 +71,7 @@ func TestWGToolAgainstUp(t *testing.T) {
 
 	// showconf round-trips through setconf, and remove removes.
 	conf1 := run("showconf", name)
-	f := writeFile(t, t.TempDir(), "shown.conf", conf1)
+	f := systemtest.WriteFile(t, t.TempDir(), "shown.conf", conf1)
 	run("setconf", name, f)
 	if conf2 := run("showconf", name); conf2 != conf1 {
 		t.Fatalf("showconf after setconf differs:\n%s\n---\n%s", conf1, conf2)

@@ -5,33 +5,15 @@ import (
 	"net"
 	"os"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
 
-// syncBuffer is a log sink the test reads while the command writes.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  strings.Builder
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
-func waitForLog(t *testing.T, log *syncBuffer, want string) {
+func waitForLog(t *testing.T, log *systemtest.SyncBuffer, want string) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for !strings.Contains(log.String(), want) {
@@ -45,7 +27,7 @@ func waitForLog(t *testing.T, log *syncBuffer, want string) {
 // inProcess is a command run inside the test binary, with its stderr
 // readable while it runs and signals the test sends.
 type inProcess struct {
-	stderr  syncBuffer
+	stderr  systemtest.SyncBuffer
 	signals chan os.Signal
 	hangups chan os.Signal
 	done    chan int
@@ -53,7 +35,7 @@ type inProcess struct {
 
 func runInProcess(t *testing.T, args ...string) *inProcess {
 	if len(args) > 0 && (args[0] == "up" || args[0] == "serve") {
-		args = append(args, "-uapi-dir", shortTempDir(t))
+		args = append(args, "-uapi-dir", systemtest.ShortTempDir(t))
 	}
 	p := &inProcess{signals: make(chan os.Signal, 2), hangups: make(chan os.Signal, 1), done: make(chan int, 1)}
 	e := &env{stdin: strings.NewReader(""), stdout: &strings.Builder{}, stderr: &p.stderr, signals: p.signals, hangups: p.hangups}
@@ -95,7 +77,7 @@ func TestUpInProcess(t *testing.T) {
 	conf := site.WGQuick(ours, "[TCPClientTunnel]\nBindAddress = 127.0.0.1:0\nTarget = 10.0.0.2:7\n")
 	// CheckAlive: the site answers pings; 10.0.0.99 has no peer.
 	conf = strings.Replace(conf, "[Peer]", "CheckAlive = 10.0.0.2, 10.0.0.99\nCheckAliveInterval = 1\n\n[Peer]", 1)
-	path := writeFile(t, t.TempDir(), "wg0.conf", conf)
+	path := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", conf)
 
 	p := runInProcess(t, "up", "-c", path)
 	waitForLog(t, &p.stderr, `msg="wgbore is up"`)
@@ -104,7 +86,7 @@ func TestUpInProcess(t *testing.T) {
 	}
 	waitForLog(t, &p.stderr, `msg="check alive: answering" addr=10.0.0.2`)
 	waitForLog(t, &p.stderr, `msg="check alive: not answering" addr=10.0.0.99`)
-	echoThrough(t, func() (net.Conn, error) { return net.Dial("tcp", p.forwarderAddr()) }, 256<<10)
+	systemtest.EchoThrough(t, func() (net.Conn, error) { return net.Dial("tcp", p.forwarderAddr()) }, 256<<10)
 
 	p.signals <- os.Interrupt
 	p.exit(t, exitOK, 30*time.Second, "up did not return after the signal")
@@ -129,7 +111,7 @@ func TestSignalDuringHandshakeWait(t *testing.T) {
 	conf := "[Interface]\nPrivateKey = " + ours.Base64() + "\nAddress = 10.0.0.1/32\n\n" +
 		"[Peer]\nPublicKey = " + theirs.PublicKey().String() + "\nEndpoint = " + deadAddr + "\nAllowedIPs = 10.0.0.0/24\n\n" +
 		"[TCPClientTunnel]\nBindAddress = 127.0.0.1:0\nTarget = 10.0.0.2:7\n"
-	path := writeFile(t, t.TempDir(), "wg0.conf", conf)
+	path := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", conf)
 
 	p := runInProcess(t, "up", "-c", path, "-handshake-wait", "2m")
 	p.signals <- os.Interrupt
@@ -143,7 +125,7 @@ func TestSecondSignalEndsGrace(t *testing.T) {
 	ours, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
 	conf := site.WGQuick(ours, "[TCPClientTunnel]\nBindAddress = 127.0.0.1:0\nTarget = 10.0.0.2:7\n")
-	path := writeFile(t, t.TempDir(), "wg0.conf", conf)
+	path := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", conf)
 
 	p := runInProcess(t, "up", "-c", path, "-grace", "2m")
 	waitForLog(t, &p.stderr, `msg="wgbore is up"`)
@@ -187,7 +169,7 @@ func TestFailedStartClosesListeners(t *testing.T) {
 	}
 	defer busy.Close()
 	conf := site.WGQuick(ours, "[Socks5]\nBindAddress = "+freeAddr+"\n\n[http]\nBindAddress = "+busy.Addr().String()+"\n")
-	path := writeFile(t, t.TempDir(), "wg0.conf", conf)
+	path := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", conf)
 
 	code, _, errOut := runCLI(t, "", "up", "-c", path)
 	if code != exitFailure || !strings.Contains(errOut, "address already in use") {
@@ -207,7 +189,7 @@ func TestSummaryWithoutEndpoint(t *testing.T) {
 	theirs, _ := protocol.GeneratePrivateKey()
 	conf := "[Interface]\nPrivateKey = " + ours.Base64() + "\nAddress = 10.0.0.1/32\n\n" +
 		"[Peer]\nPublicKey = " + theirs.PublicKey().String() + "\nAllowedIPs = 10.0.0.2/32\n"
-	path := writeFile(t, t.TempDir(), "wg0.conf", conf)
+	path := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", conf)
 
 	p := runInProcess(t, "up", "-c", path)
 	waitForLog(t, &p.stderr, `msg="wgbore is up"`)

@@ -7,6 +7,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 )
 
 // wineTools finds Wine and the MinGW compiler, or skips the test saying
@@ -72,7 +74,7 @@ func TestWindowsUnderWine(t *testing.T) {
 		t.Skip("-short: builds for Windows, starts Wine and moves 128 MiB")
 	}
 	wine, wineserver, cc := wineTools(t)
-	needTool(t, "curl")
+	systemtest.NeedTool(t, "curl")
 	env := winePrefix(t, wine, wineserver, cc)
 
 	exe := filepath.Join(t.TempDir(), "wgbore.exe")
@@ -84,7 +86,7 @@ func TestWindowsUnderWine(t *testing.T) {
 
 	conf := proxiedSite(t)
 	// Wine's drive Z: is the Linux root.
-	cmd := exec.Command(wine, exe, "up", "-c", "Z:"+conf, "-log-format", "json", "-log-level", "debug", "-uapi-dir", "Z:"+shortTempDir(t))
+	cmd := exec.Command(wine, exe, "up", "-c", "Z:"+conf, "-log-format", "json", "-log-level", "debug", "-uapi-dir", "Z:"+systemtest.ShortTempDir(t))
 	cmd.Env = env
 	cmd.Stdout = io.Discard
 	d := runDaemon(t, cmd)

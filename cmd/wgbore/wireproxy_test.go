@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
@@ -69,9 +70,9 @@ func TestWireproxyConfig(t *testing.T) {
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
 	tcpEcho, _ := hostEcho(t)
 	dir := t.TempDir()
-	conf := writeFile(t, dir, "wireproxy.conf", fmt.Sprintf(wireproxyStyle, ours.Base64(), site.PublicKey, site.Endpoint(), tcpEcho))
+	conf := systemtest.WriteFile(t, dir, "wireproxy.conf", fmt.Sprintf(wireproxyStyle, ours.Base64(), site.PublicKey, site.Endpoint(), tcpEcho))
 
-	cmd := exec.Command(wgboreBinary(t), "up", "-c", conf, "-log-format", "json", "-uapi-dir", shortTempDir(t))
+	cmd := exec.Command(wgboreBinary(t), "up", "-c", conf, "-log-format", "json", "-uapi-dir", systemtest.ShortTempDir(t))
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	d := runDaemon(t, cmd)
@@ -92,7 +93,7 @@ func TestWireproxyConfig(t *testing.T) {
 	if body := mustCurl(t, "-x", "http://"+d.addr(t, "http ", 0), "http://10.0.0.2/echo"); body != "GET " {
 		t.Fatalf("http: got %q", body)
 	}
-	echoThrough(t, func() (net.Conn, error) { return net.Dial("tcp", d.addr(t, "tcp ", 0)) }, 64<<10)
+	systemtest.EchoThrough(t, func() (net.Conn, error) { return net.Dial("tcp", d.addr(t, "tcp ", 0)) }, 64<<10)
 	udpEchoThrough(t, func() (net.Conn, error) { return net.Dial("udp", d.addr(t, "udp ", 0)) })
 
 	// End of stdin ends the session and, as with ssh's ProxyCommand,
