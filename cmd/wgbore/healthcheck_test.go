@@ -9,13 +9,18 @@ import (
 
 	"github.com/wgbore/wgbore/cmd/internal/service"
 	"github.com/wgbore/wgbore/config"
+	"github.com/wgbore/wgbore/protocol"
 )
 
 // TestHealthcheckCommand points healthcheck at a running service's
 // endpoints: /healthz answers, /readyz does not while CheckAlive has no
 // answer, and what is not there is not.
 func TestHealthcheckCommand(t *testing.T) {
-	text := "[Interface]\nPrivateKey = " + mustKey(t).Base64() + "\nAddress = 10.0.0.1/32\nCheckAlive = 10.0.0.2\n\n[Metrics]\nBindAddress = 127.0.0.1:0\n"
+	key, err := protocol.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	text := "[Interface]\nPrivateKey = " + key.Base64() + "\nAddress = 10.0.0.1/32\nCheckAlive = 10.0.0.2\n\n[Metrics]\nBindAddress = 127.0.0.1:0\n"
 	cfg, err := config.Parse("wg0.conf", []byte(text), config.Options{})
 	if err != nil {
 		t.Fatal(err)

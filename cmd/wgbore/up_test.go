@@ -70,7 +70,7 @@ func (p *inProcess) forwarderAddr() string {
 
 // TestUpInProcess runs `up` inside the test binary, so the race detector
 // watches the wiring of listeners, shutdown and CheckAlive, which the
-// end-to-end tests exercise only from outside.
+// system tests (cmd/internal/systemtest) exercise only from outside.
 func TestUpInProcess(t *testing.T) {
 	ours, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})

@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"bytes"
@@ -9,7 +9,6 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
@@ -24,9 +23,9 @@ func TestPortableUDP(t *testing.T) {
 	if testing.Short() {
 		t.Skip("-short: builds a second binary and moves 128 MiB")
 	}
-	systemtest.NeedTool(t, "curl")
+	NeedTool(t, "curl")
 	conf := proxiedSite(t)
-	cmd := exec.Command(wgboreBinaryTagged(t, "portableudp"), "up", "-c", conf, "-log-format", "json", "-log-level", "debug", "-uapi-dir", systemtest.ShortTempDir(t))
+	cmd := exec.Command(wgboreBinaryTagged(t, "portableudp"), "up", "-c", conf, "-log-format", "json", "-log-level", "debug", "-uapi-dir", ShortTempDir(t))
 	cmd.Stdout = io.Discard
 	d := runDaemon(t, cmd)
 	if !strings.Contains(d.log(), `"path":"portable"`) {
@@ -45,7 +44,7 @@ func proxiedSite(t *testing.T) string {
 		t.Fatal(err)
 	}
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
-	return systemtest.WriteFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n\n[http]\nBindAddress = 127.0.0.1:0\n"))
+	return WriteFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n\n[http]\nBindAddress = 127.0.0.1:0\n"))
 }
 
 // curlBothWays moves size bytes each way through d with curl: down from
@@ -59,7 +58,7 @@ func curlBothWays(t *testing.T, d *daemon, size int) {
 	}
 	body := make([]byte, size)
 	rand.Read(body)
-	f := systemtest.WriteFile(t, t.TempDir(), "body", string(body))
+	f := WriteFile(t, t.TempDir(), "body", string(body))
 	want := fmt.Sprintf("%s %d", sha256Hex(body), len(body))
 	if got := mustCurl(t, "-x", "http://"+d.addr(t, "http ", 0), "--data-binary", "@"+f, "http://10.0.0.2/sha256"); got != want {
 		t.Fatalf("upload: the site saw %q, want %q", got, want)

@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"context"
@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/wgbore/wgbore/cmd/internal/metricstest"
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
+	"github.com/wgbore/wgbore/config"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/wgtest"
@@ -82,7 +82,7 @@ Allow = 127.0.0.1/32
 ListenPort = 8080
 Target = %s
 `, serverKey.Base64(), port, clientKey.PublicKey(), tcpEcho)
-	d := startServeDaemon(t, systemtest.WriteFile(t, t.TempDir(), "server.conf", conf))
+	d := startServeDaemon(t, WriteFile(t, t.TempDir(), "server.conf", conf))
 	client := peersite.StartClient(t, serverKey.PublicKey(), peersite.Options{
 		PrivateKey: clientKey,
 		Endpoint:   fmt.Sprintf("127.0.0.1:%d", port),
@@ -124,7 +124,7 @@ Target = %s
 		})
 	})
 	t.Run("TCPServerTunnel in serve mode", func(t *testing.T) {
-		systemtest.EchoThrough(t, func() (net.Conn, error) { return client.DialContext(context.Background(), "tcp", "10.0.0.1:8080") }, 256<<10)
+		EchoThrough(t, func() (net.Conn, error) { return client.DialContext(context.Background(), "tcp", "10.0.0.1:8080") }, 256<<10)
 	})
 	t.Run("denied destination refused at once", func(t *testing.T) {
 		// 10.9.9.9:8080 shares its port with the server tunnel: the
@@ -149,23 +149,14 @@ Target = %s
 	}
 }
 
-// TestDemoCheck runs `wgbore demo -check` in-process: a request through
-// each of the client's proxies to the page inside the server's tunnel.
-func TestDemoCheck(t *testing.T) {
-	code, out, errOut := runCLI(t, "", "demo", "-check")
-	if code != exitOK || strings.Count(out, "ok ") != 2 || !strings.Contains(out, "Hello from inside the WireGuard tunnel") {
-		t.Fatalf("demo -check: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errOut)
-	}
-}
-
 // TestDemoConfigsAsTwoProcesses: the files demo -write-configs writes run
 // as separate serve and up processes, and curl through the client's
 // SOCKS5 reaches a service on the server host's loopback, which the
 // server's [Egress] allows, at the server's tunnel address.
 func TestDemoConfigsAsTwoProcesses(t *testing.T) {
-	systemtest.NeedTool(t, "curl")
+	NeedTool(t, "curl")
 	dir := t.TempDir()
-	if code, out, errOut := runCLI(t, "", "demo", "-write-configs", dir, "-socks", "127.0.0.1:0", "-http", "127.0.0.1:0"); code != exitOK {
+	if code, out, errOut := runWgbore(t, "demo", "-write-configs", dir, "-socks", "127.0.0.1:0", "-http", "127.0.0.1:0"); code != exitOK {
 		t.Fatalf("demo -write-configs: exit %d: %s %s", code, out, errOut)
 	}
 	serverConf := filepath.Join(dir, "server.conf")
@@ -175,9 +166,15 @@ func TestDemoConfigsAsTwoProcesses(t *testing.T) {
 	}
 	fmt.Fprint(f, "\n[Egress]\nAllow = 127.0.0.1/32\n")
 	f.Close()
+	// The host service, at the server's tunnel address as server.conf
+	// gives it.
+	server, err := config.Load(serverConf, config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
 	web := hostWeb(t)
 	_, webPort, _ := net.SplitHostPort(web)
-	web = net.JoinHostPort(demoServerIP.String(), webPort)
+	web = net.JoinHostPort(server.Interface.Addresses[0].Addr().String(), webPort)
 
 	startServeDaemon(t, serverConf)
 	client := startDaemon(t, filepath.Join(dir, "client.conf"))
@@ -200,7 +197,7 @@ func TestServeFlowCaps(t *testing.T) {
 	serverKey, _ := protocol.GeneratePrivateKey()
 	clientKey, _ := protocol.GeneratePrivateKey()
 	port := int(wgtest.FreeLoopbackUDPPort(t))
-	conf := systemtest.WriteFile(t, t.TempDir(), "server.conf", serveConf(serverKey, port, clientKey.PublicKey(), "MaxFlowsPerPeer = 2\n"))
+	conf := WriteFile(t, t.TempDir(), "server.conf", serveConf(serverKey, port, clientKey.PublicKey(), "MaxFlowsPerPeer = 2\n"))
 	d := startServeDaemon(t, conf, "-metrics", "127.0.0.1:0")
 	h := metricstest.Remote("http://" + strings.TrimSuffix(d.addr(t, "metrics http://", 0), "/metrics"))
 	client := peersite.StartClient(t, serverKey.PublicKey(), peersite.Options{

@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"bufio"
@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/netstack/wgquick"
@@ -300,7 +299,7 @@ func openRecoveryClient(t *testing.T, which int, site *peersite.Site, ours proto
 	}
 	if which == 0 {
 		conf := strings.Replace(site.WGQuick(ours, ""), "Endpoint = "+site.Endpoint(), "Endpoint = "+relay.AddrA().String(), 1)
-		n, err := wgquick.Open(context.Background(), systemtest.WriteFile(t, t.TempDir(), "wg0.conf", conf))
+		n, err := wgquick.Open(context.Background(), WriteFile(t, t.TempDir(), "wg0.conf", conf))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -463,7 +462,7 @@ func benchCases() []recoveryCase {
 // run: uploads over 5% loss, 2% reordering and 1% duplication with 2 ms ±
 // 1 ms each way, and through 15 s blackouts (benchCases). Run it with
 //
-//	go test ./cmd/wgbore -run TestTCPRecoveryBench -recovery.bench -v -timeout 2h
+//	go test ./cmd/internal/systemtest -run TestTCPRecoveryBench -recovery.bench -v -timeout 2h
 func TestTCPRecoveryBench(t *testing.T) {
 	if !*recoveryBench {
 		t.Skip("skipped: a measurement of several minutes; run with -recovery.bench")

@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"bufio"
@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
@@ -70,9 +69,9 @@ func TestWireproxyConfig(t *testing.T) {
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
 	tcpEcho, _ := hostEcho(t)
 	dir := t.TempDir()
-	conf := systemtest.WriteFile(t, dir, "wireproxy.conf", fmt.Sprintf(wireproxyStyle, ours.Base64(), site.PublicKey, site.Endpoint(), tcpEcho))
+	conf := WriteFile(t, dir, "wireproxy.conf", fmt.Sprintf(wireproxyStyle, ours.Base64(), site.PublicKey, site.Endpoint(), tcpEcho))
 
-	cmd := exec.Command(wgboreBinary(t), "up", "-c", conf, "-log-format", "json", "-uapi-dir", systemtest.ShortTempDir(t))
+	cmd := exec.Command(wgboreBinary(t), "up", "-c", conf, "-log-format", "json", "-uapi-dir", ShortTempDir(t))
 	stdin, _ := cmd.StdinPipe()
 	stdout, _ := cmd.StdoutPipe()
 	d := runDaemon(t, cmd)
@@ -93,7 +92,7 @@ func TestWireproxyConfig(t *testing.T) {
 	if body := mustCurl(t, "-x", "http://"+d.addr(t, "http ", 0), "http://10.0.0.2/echo"); body != "GET " {
 		t.Fatalf("http: got %q", body)
 	}
-	systemtest.EchoThrough(t, func() (net.Conn, error) { return net.Dial("tcp", d.addr(t, "tcp ", 0)) }, 64<<10)
+	EchoThrough(t, func() (net.Conn, error) { return net.Dial("tcp", d.addr(t, "tcp ", 0)) }, 64<<10)
 	udpEchoThrough(t, func() (net.Conn, error) { return net.Dial("udp", d.addr(t, "udp ", 0)) })
 
 	// End of stdin ends the session and, as with ssh's ProxyCommand,

@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"net/netip"
@@ -6,9 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/protocol/wgtest"
 )
 
 // peerRestartBound is what bounds reconnection after the peer restarts
@@ -32,13 +32,10 @@ func TestPeerRestart(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	port, err := freeUDPPort()
-	if err != nil {
-		t.Fatal(err)
-	}
+	port := int(wgtest.FreeLoopbackUDPPort(t))
 	opts := peersite.Options{PrivateKey: peerKey, Port: uint16(port)}
 	site := peersite.Start(t, ours.PublicKey(), opts)
-	conf := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n"))
+	conf := WriteFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n"))
 	d := startDaemon(t, conf)
 	socks := d.addr(t, "socks5 ", 0)
 	fetchThrough(t, socks, "before the restart")

@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"context"
@@ -21,7 +21,6 @@ import (
 	"golang.org/x/crypto/blake2s"
 
 	"github.com/wgbore/wgbore/cmd/internal/metricstest"
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/proxy/socksclient"
@@ -232,10 +231,10 @@ func TestSpoofedInitiationFlood(t *testing.T) {
 		t.Fatal(err)
 	}
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
-	conf := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n"))
+	conf := WriteFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n"))
 	// Info, not debug: a debug line per rejected spoof would be what the
 	// flood costs.
-	dm := runDaemon(t, exec.Command(wgboreBinary(t), "up", "-c", conf, "-log-format", "json", "-log-level", "info", "-uapi-dir", systemtest.ShortTempDir(t), "-metrics", "127.0.0.1:0"))
+	dm := runDaemon(t, exec.Command(wgboreBinary(t), "up", "-c", conf, "-log-format", "json", "-log-level", "info", "-uapi-dir", ShortTempDir(t), "-metrics", "127.0.0.1:0"))
 	metrics := metricstest.Remote("http://" + strings.TrimSuffix(dm.addr(t, "metrics http://", 0), "/metrics"))
 	cookiesSent := func() float64 {
 		fams, _ := metricstest.Parse(t, metrics)

@@ -1,6 +1,6 @@
 //go:build linux
 
-package main
+package systemtest
 
 import (
 	"context"
@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/netstack/wgquick"
@@ -48,7 +47,7 @@ PublicKey = %s
 Endpoint = %s
 AllowedIPs = %s/32
 `, ours.Base64(), site.ours, site.key.PublicKey(), relay.AddrA(), site.addr)
-		path := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", conf)
+		path := WriteFile(t, t.TempDir(), "wg0.conf", conf)
 		var n *netstack.Net
 		if err := ns.do(func() error {
 			var err error
@@ -135,7 +134,7 @@ func TestTCPRecoveryFromLinuxSender(t *testing.T) {
 // measurement: Linux's TCP sends, wgbore's stack and wireguard-go's
 // receive through the same impairment, in one run.
 //
-//	go test ./cmd/wgbore -run TestTCPRecoveryBench -recovery.bench -v -timeout 2h
+//	go test ./cmd/internal/systemtest -run TestTCPRecoveryBench -recovery.bench -v -timeout 2h
 func TestTCPRecoveryBenchFromLinuxSender(t *testing.T) {
 	if !*recoveryBench {
 		t.Skip("skipped: a measurement of several minutes; run with -recovery.bench")
@@ -249,7 +248,7 @@ func TestTCPTimestampsNegotiated(t *testing.T) {
 // transfer that has not recovered 5 minutes after the return is cut
 // short.
 //
-//	go test ./cmd/wgbore -run TestTCPRecoveryBenchBySender -recovery.bench -v -timeout 2h
+//	go test ./cmd/internal/systemtest -run TestTCPRecoveryBenchBySender -recovery.bench -v -timeout 2h
 func TestTCPRecoveryBenchBySender(t *testing.T) {
 	if !*recoveryBench {
 		t.Skip("skipped: a measurement of several minutes; run with -recovery.bench")

@@ -1,6 +1,6 @@
 //go:build linux
 
-package main
+package systemtest
 
 import (
 	"bufio"
@@ -28,7 +28,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/wgtest"
@@ -153,7 +152,7 @@ func moduleLoadOrder(depFile string, names ...string) ([]string, error) {
 func guestInitramfs(t *testing.T, k guestKernel) string {
 	t.Helper()
 	dir := t.TempDir()
-	build := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(dir, "init"), "./internal/kvmguest")
+	build := exec.Command("go", "build", "-trimpath", "-o", filepath.Join(dir, "init"), "./kvmguest")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOARCH=amd64")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("build the guest's init: %v\n%s", err, out)
@@ -412,7 +411,7 @@ ListenPort = %d
 	t.Run("guest initiates, wgbore responds", func(t *testing.T) {
 		echoAddr, _ := hostEcho(t)
 		// No Endpoint: wgbore can only answer.
-		path := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", interfaceConf+fmt.Sprintf(`
+		path := WriteFile(t, t.TempDir(), "wg0.conf", interfaceConf+fmt.Sprintf(`
 [Peer]
 PublicKey = %s
 PresharedKey = %s
@@ -439,7 +438,7 @@ Target = %s
 	})
 
 	t.Run("wgbore initiates", func(t *testing.T) {
-		path := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", interfaceConf+fmt.Sprintf(`
+		path := WriteFile(t, t.TempDir(), "wg0.conf", interfaceConf+fmt.Sprintf(`
 [Peer]
 PublicKey = %s
 PresharedKey = %s
@@ -509,7 +508,7 @@ Target = %s:7
 
 		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 		defer cancel()
-		systemtest.EchoThrough(t, func() (net.Conn, error) {
+		EchoThrough(t, func() (net.Conn, error) {
 			return socksclient.Connect(ctx, socks, socksclient.Auth{}, netip.AddrPortFrom(guestTunnelAddr, 7))
 		}, 1<<20)
 		udpEchoThrough(t, func() (net.Conn, error) { return net.Dial("udp", d.addr(t, "udp ", 0)) })
@@ -519,7 +518,7 @@ Target = %s:7
 
 	t.Run("a wrong preshared key fails the handshake", func(t *testing.T) {
 		handshakeBefore, rxBefore := guest.show(t)
-		path := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", interfaceConf+fmt.Sprintf(`
+		path := WriteFile(t, t.TempDir(), "wg0.conf", interfaceConf+fmt.Sprintf(`
 [Peer]
 PublicKey = %s
 PresharedKey = %s

@@ -1,6 +1,6 @@
 //go:build linux
 
-package main
+package systemtest
 
 import (
 	"bytes"
@@ -25,7 +25,6 @@ import (
 
 	"golang.org/x/sys/unix"
 
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/proxy/socksclient"
@@ -287,8 +286,8 @@ BindAddress = 127.0.0.1:0
 BindAddress = 127.0.0.1:0
 Target = %s:7
 `, ours.Base64(), site.ours, site.key.PublicKey(), site.port, site.addr, site.addr)
-	path := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", conf)
-	d := runDaemon(t, ns.command(wgboreBinary(t), "up", "-c", path, "-log-format", "json", "-log-level", "info", "-uapi-dir", systemtest.ShortTempDir(t)))
+	path := WriteFile(t, t.TempDir(), "wg0.conf", conf)
+	d := runDaemon(t, ns.command(wgboreBinary(t), "up", "-c", path, "-log-format", "json", "-log-level", "info", "-uapi-dir", ShortTempDir(t)))
 	if h := fmt.Sprint(d.summary["handshakes"]); h != "1/1" {
 		t.Fatalf("summary says handshakes %s, want 1/1", h)
 	}

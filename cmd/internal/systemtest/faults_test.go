@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"bytes"
@@ -17,7 +17,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/wgtest"
@@ -60,7 +59,7 @@ func startFaults(t *testing.T, im wgtest.Impairment, socksExtra string) *faultSe
 	t.Cleanup(func() { relay.Close() })
 	conf := site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n"+socksExtra)
 	conf = strings.Replace(conf, "Endpoint = "+site.Endpoint(), "Endpoint = "+relay.AddrA().String(), 1)
-	d := startDaemon(t, systemtest.WriteFile(t, t.TempDir(), "wg0.conf", conf), "-log-level", "info")
+	d := startDaemon(t, WriteFile(t, t.TempDir(), "wg0.conf", conf), "-log-level", "info")
 	return &faultSetup{site: site, relay: relay, d: d, socks: d.addr(t, "socks5 ", 0), ours: ours}
 }
 

@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"io"
@@ -7,8 +7,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 )
 
 // wineTools finds Wine and the MinGW compiler, or skips the test saying
@@ -74,11 +72,11 @@ func TestWindowsUnderWine(t *testing.T) {
 		t.Skip("-short: builds for Windows, starts Wine and moves 128 MiB")
 	}
 	wine, wineserver, cc := wineTools(t)
-	systemtest.NeedTool(t, "curl")
+	NeedTool(t, "curl")
 	env := winePrefix(t, wine, wineserver, cc)
 
 	exe := filepath.Join(t.TempDir(), "wgbore.exe")
-	build := exec.Command("go", "build", "-o", exe, ".")
+	build := exec.Command("go", "build", "-o", exe, wgborePackage)
 	build.Env = append(os.Environ(), "GOOS=windows", "GOARCH=amd64", "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build for windows: %v\n%s", err, out)
@@ -86,7 +84,7 @@ func TestWindowsUnderWine(t *testing.T) {
 
 	conf := proxiedSite(t)
 	// Wine's drive Z: is the Linux root.
-	cmd := exec.Command(wine, exe, "up", "-c", "Z:"+conf, "-log-format", "json", "-log-level", "debug", "-uapi-dir", "Z:"+systemtest.ShortTempDir(t))
+	cmd := exec.Command(wine, exe, "up", "-c", "Z:"+conf, "-log-format", "json", "-log-level", "debug", "-uapi-dir", "Z:"+ShortTempDir(t))
 	cmd.Env = env
 	cmd.Stdout = io.Discard
 	d := runDaemon(t, cmd)

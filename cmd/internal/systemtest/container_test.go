@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"bufio"
@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/protocol"
 )
 
@@ -49,7 +48,7 @@ func TestStaticBuildRunsUnprivileged(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	build := exec.CommandContext(ctx, "sh", filepath.Join("..", "..", ".ci", "build-static"), bin)
+	build := exec.CommandContext(ctx, "sh", filepath.Join("..", "..", "..", ".ci", "build-static"), bin)
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("sh .ci/build-static: %v\n%s", err, out)
 	}
@@ -58,7 +57,7 @@ func TestStaticBuildRunsUnprivileged(t *testing.T) {
 	if os.Geteuid() != 0 {
 		t.Skip("running the binary as UID 65532 needs root to switch to it (CI runs as root); the static build was checked")
 	}
-	setpriv := systemtest.NeedTool(t, "setpriv")
+	setpriv := NeedTool(t, "setpriv")
 	unprivileged := func(ctx context.Context, args ...string) *exec.Cmd {
 		all := append([]string{"--reuid=" + nonrootUID, "--regid=" + nonrootUID, "--clear-groups",
 			"--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", bin}, args...)
@@ -207,11 +206,11 @@ func procStatus(s string) map[string]string {
 // with the same script, with the Go that script pins, and runs as the
 // same user.
 func TestDockerfileUsesBuildScript(t *testing.T) {
-	data, err := os.ReadFile(filepath.Join("..", "..", "Dockerfile"))
+	data, err := os.ReadFile(filepath.Join("..", "..", "..", "Dockerfile"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	script, err := os.ReadFile(filepath.Join("..", "..", ".ci", "build-static"))
+	script, err := os.ReadFile(filepath.Join("..", "..", "..", ".ci", "build-static"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"bytes"
@@ -21,7 +21,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
@@ -78,7 +77,7 @@ func curlRun(t *testing.T, args ...string) (string, string, int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, systemtest.NeedTool(t, "curl"), append([]string{"-q", "-sS", "--max-time", "60"}, args...)...)
+	cmd := exec.CommandContext(ctx, NeedTool(t, "curl"), append([]string{"-q", "-sS", "--max-time", "60"}, args...)...)
 	cmd.Env = []string{"PATH=" + os.Getenv("PATH"), "HOME=" + t.TempDir()}
 	var out, errOut bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &errOut
@@ -153,7 +152,7 @@ func startE2E(t *testing.T) *e2eSetup {
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
 	tcpEcho, udpEcho := hostEcho(t)
 	dir := t.TempDir()
-	conf := systemtest.WriteFile(t, dir, "wg0.conf", site.WGQuick(ours, fmt.Sprintf(e2eSections, tcpEcho, udpEcho)))
+	conf := WriteFile(t, dir, "wg0.conf", site.WGQuick(ours, fmt.Sprintf(e2eSections, tcpEcho, udpEcho)))
 	d := startDaemon(t, conf)
 	if h := fmt.Sprint(d.summary["handshakes"]); h != "1/1" {
 		t.Fatalf("summary says handshakes %s, want 1/1: %v", h, d.summary)
@@ -162,7 +161,7 @@ func startE2E(t *testing.T) *e2eSetup {
 }
 
 func TestEndToEnd(t *testing.T) {
-	systemtest.NeedTool(t, "curl")
+	NeedTool(t, "curl")
 	e := startE2E(t)
 	socks := e.d.addr(t, "socks5 ", 0)
 	socksAuth := e.d.addr(t, "socks5 ", 1)
@@ -218,7 +217,7 @@ func TestEndToEnd(t *testing.T) {
 	t.Run("http POST 10 MiB", func(t *testing.T) {
 		body := make([]byte, 10<<20)
 		rand.Read(body)
-		f := systemtest.WriteFile(t, t.TempDir(), "body", string(body))
+		f := WriteFile(t, t.TempDir(), "body", string(body))
 		want := fmt.Sprintf("%s %d", sha256Hex(body), len(body))
 		if out := mustCurl(t, "-x", "http://user:pass@"+httpProxy, "--data-binary", "@"+f, "http://10.0.0.2/sha256"); out != want {
 			t.Fatalf("site saw %q, want %q", out, want)
@@ -265,10 +264,10 @@ func TestEndToEnd(t *testing.T) {
 		}
 	})
 	t.Run("TCPClientTunnel", func(t *testing.T) {
-		systemtest.EchoThrough(t, func() (net.Conn, error) { return net.Dial("tcp", e.d.addr(t, "tcp ", 0)) }, 1<<20)
+		EchoThrough(t, func() (net.Conn, error) { return net.Dial("tcp", e.d.addr(t, "tcp ", 0)) }, 1<<20)
 	})
 	t.Run("TCPServerTunnel", func(t *testing.T) {
-		systemtest.EchoThrough(t, func() (net.Conn, error) {
+		EchoThrough(t, func() (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			return e.site.Net.DialContext(ctx, "tcp", "10.0.0.1:8080")
@@ -414,7 +413,7 @@ func TestGracefulShutdown(t *testing.T) {
 func TestGraceEndsHeldConnections(t *testing.T) {
 	ours, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
-	conf := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[TCPClientTunnel]\nBindAddress = 127.0.0.1:0\nTarget = 10.0.0.2:7\n"))
+	conf := WriteFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[TCPClientTunnel]\nBindAddress = 127.0.0.1:0\nTarget = 10.0.0.2:7\n"))
 	d := startDaemon(t, conf, "-grace", "300ms")
 	c, err := net.Dial("tcp", d.addr(t, "tcp ", 0))
 	if err != nil {
@@ -448,13 +447,13 @@ func TestStartFailures(t *testing.T) {
 	}
 	defer busy.Close()
 	dir := t.TempDir()
-	conf := systemtest.WriteFile(t, dir, "busy.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = "+busy.Addr().String()+"\n"))
+	conf := WriteFile(t, dir, "busy.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = "+busy.Addr().String()+"\n"))
 	out, err := exec.Command(wgboreBinary(t), "up", "-c", conf).CombinedOutput()
 	if code := exitCode(err); code != exitFailure || !strings.Contains(string(out), "address already in use") {
 		t.Fatalf("port in use: exit %d, output:\n%s", code, out)
 	}
 
-	bad := systemtest.WriteFile(t, dir, "bad.conf", "[Interface]\nPrivateKey = "+ours.Base64()+"\nAddress = 10.0.0.1/32\n[Socks5]\nBindAddress = nowhere\n")
+	bad := WriteFile(t, dir, "bad.conf", "[Interface]\nPrivateKey = "+ours.Base64()+"\nAddress = 10.0.0.1/32\n[Socks5]\nBindAddress = nowhere\n")
 	out, err = exec.Command(wgboreBinary(t), "up", "-c", bad).CombinedOutput()
 	if code := exitCode(err); code != exitUsage || !strings.Contains(string(out), filepath.Base(bad)+":5: BindAddress:") {
 		t.Fatalf("bad config: exit %d, output:\n%s", code, out)

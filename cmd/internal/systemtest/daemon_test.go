@@ -1,7 +1,8 @@
-package main
+package systemtest
 
 import (
 	"bufio"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -13,12 +14,22 @@ import (
 	"syscall"
 	"testing"
 	"time"
-
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 )
 
 // The end-to-end tests run the wgbore binary as users do, built once per
 // test process and set of build tags.
+
+// wgborePackage is the command under test, built by its import path so
+// that the build does not depend on the directory the test runs in.
+const wgborePackage = "github.com/wgbore/wgbore/cmd/wgbore"
+
+// The exit statuses the command's documentation promises, as a script
+// sees them: 1 is a runtime failure, 2 a usage or configuration error.
+const (
+	exitOK      = 0
+	exitFailure = 1
+	exitUsage   = 2
+)
 
 var builtBinaries struct {
 	mu    sync.Mutex
@@ -75,7 +86,7 @@ func wgboreBinaryTagged(t testing.TB, tags string) string {
 			name += "-" + strings.ReplaceAll(tags, ",", "-")
 		}
 		b.path = filepath.Join(dir, name)
-		out, err := exec.Command("go", "build", "-tags", tags, "-o", b.path, ".").CombinedOutput()
+		out, err := exec.Command("go", "build", "-tags", tags, "-o", b.path, wgborePackage).CombinedOutput()
 		if err != nil {
 			b.err = fmt.Errorf("go build -tags %q: %v\n%s", tags, err, out)
 		}
@@ -84,6 +95,22 @@ func wgboreBinaryTagged(t testing.TB, tags string) string {
 		t.Fatal(b.err)
 	}
 	return b.path
+}
+
+// runWgbore runs the built wgbore with args, as a user's shell would,
+// and returns its exit status, stdout and stderr.
+func runWgbore(t *testing.T, args ...string) (code int, stdout, stderr string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, wgboreBinary(t), args...)
+	var out, errOut strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errOut
+	err := cmd.Run()
+	if err != nil && cmd.ProcessState == nil {
+		t.Fatalf("wgbore %s: %v", strings.Join(args, " "), err)
+	}
+	return cmd.ProcessState.ExitCode(), out.String(), errOut.String()
 }
 
 // daemon is a running `wgbore up`.
@@ -104,7 +131,7 @@ type daemon struct {
 // start-up summary. It is stopped with SIGTERM when the test ends.
 func startDaemon(t testing.TB, confPath string, args ...string) *daemon {
 	t.Helper()
-	cmd := exec.Command(wgboreBinary(t), append([]string{"up", "-c", confPath, "-log-format", "json", "-log-level", "debug", "-uapi-dir", systemtest.ShortTempDir(t)}, args...)...)
+	cmd := exec.Command(wgboreBinary(t), append([]string{"up", "-c", confPath, "-log-format", "json", "-log-level", "debug", "-uapi-dir", ShortTempDir(t)}, args...)...)
 	cmd.Stdout = io.Discard
 	return runDaemon(t, cmd)
 }
@@ -112,7 +139,7 @@ func startDaemon(t testing.TB, confPath string, args ...string) *daemon {
 // startServeDaemon runs `wgbore serve -c FILE` as startDaemon runs up.
 func startServeDaemon(t testing.TB, confPath string, args ...string) *daemon {
 	t.Helper()
-	cmd := exec.Command(wgboreBinary(t), append([]string{"serve", "-c", confPath, "-log-format", "json", "-log-level", "debug", "-uapi-dir", systemtest.ShortTempDir(t)}, args...)...)
+	cmd := exec.Command(wgboreBinary(t), append([]string{"serve", "-c", confPath, "-log-format", "json", "-log-level", "debug", "-uapi-dir", ShortTempDir(t)}, args...)...)
 	cmd.Stdout = io.Discard
 	return runDaemon(t, cmd)
 }

@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"bufio"
@@ -15,7 +15,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/netstack/wgquick"
@@ -31,11 +30,11 @@ import (
 // from wireguard-go's own netstack. The proxy paths' ratio to "direct" is
 // what the proxy hop costs.
 //
-//	go test ./cmd/wgbore -run '^$' -bench EndToEnd -benchtime 200x
+//	go test ./cmd/internal/systemtest -run '^$' -bench EndToEnd -benchtime 200x
 func BenchmarkEndToEnd(b *testing.B) {
 	ours, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(b, ours.PublicKey(), peersite.Options{})
-	conf := systemtest.WriteFile(b, b.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n\n[http]\nBindAddress = 127.0.0.1:0\nUsername = u\nPassword = p\n"))
+	conf := WriteFile(b, b.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n\n[http]\nBindAddress = 127.0.0.1:0\nUsername = u\nPassword = p\n"))
 	d := startDaemon(b, conf, "-log-level", "info")
 	socks, httpProxy := d.addr(b, "socks5 ", 0), d.addr(b, "http ", 0)
 
@@ -132,7 +131,7 @@ func benchDial(b *testing.B, dial func(context.Context, string) (net.Conn, error
 // openLibrary opens wgbore's netstack in-process as a peer of site.
 func openLibrary(b *testing.B, site *peersite.Site, key protocol.PrivateKey) *netstack.Net {
 	b.Helper()
-	path := systemtest.WriteFile(b, b.TempDir(), "lib.conf", site.WGQuick(key, ""))
+	path := WriteFile(b, b.TempDir(), "lib.conf", site.WGQuick(key, ""))
 	n, err := wgquick.Open(context.Background(), path)
 	if err != nil {
 		b.Fatal(err)

@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"fmt"
@@ -11,7 +11,6 @@ import (
 	"time"
 
 	"github.com/wgbore/wgbore/cmd/internal/metricstest"
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
@@ -34,12 +33,12 @@ func TestMemoryBudgetFromCgroup(t *testing.T) {
 
 	ours, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
-	conf := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n"))
+	conf := WriteFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n"))
 	// The shell joins the cgroup, then becomes wgbore, which therefore
 	// starts inside it.
 	join := `echo $$ > "$CGROUP/cgroup.procs" && exec "$0" "$@"`
 	cmd := exec.Command("sh", "-c", join, wgboreBinary(t), "up", "-c", conf, "-log-format", "json", "-log-level", "debug",
-		"-uapi-dir", systemtest.ShortTempDir(t), "-metrics", "127.0.0.1:0")
+		"-uapi-dir", ShortTempDir(t), "-metrics", "127.0.0.1:0")
 	cmd.Env = append(os.Environ(), "CGROUP="+dir)
 	cmd.Stdout = io.Discard
 	d := runDaemon(t, cmd)

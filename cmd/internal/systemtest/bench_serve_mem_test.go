@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"context"
@@ -14,7 +14,6 @@ import (
 
 	"github.com/wgbore/wgbore/cmd/internal/membudget"
 	"github.com/wgbore/wgbore/cmd/internal/metricstest"
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/wgtest"
@@ -37,7 +36,7 @@ import (
 //
 // It starts a process of its own; b.N is not used, so run it once:
 //
-//	go test ./cmd/wgbore -run '^$' -bench ServeIdleFlowMemory -benchtime 1x -flowmem.settle 130s
+//	go test ./cmd/internal/systemtest -run '^$' -bench ServeIdleFlowMemory -benchtime 1x -flowmem.settle 130s
 func BenchmarkServeIdleFlowMemory(b *testing.B) {
 	raiseNoFile(b)
 	for _, n := range []int{1000} {
@@ -46,7 +45,7 @@ func BenchmarkServeIdleFlowMemory(b *testing.B) {
 			serverKey, _ := protocol.GeneratePrivateKey()
 			clientKey, _ := protocol.GeneratePrivateKey()
 			port := int(wgtest.FreeLoopbackUDPPort(b))
-			conf := systemtest.WriteFile(b, b.TempDir(), "server.conf", serveConf(serverKey, port, clientKey.PublicKey(),
+			conf := WriteFile(b, b.TempDir(), "server.conf", serveConf(serverKey, port, clientKey.PublicKey(),
 				fmt.Sprintf("MaxFlowsPerPeer = %d\nUDPTimeout = 3600\n", 2*n+10)))
 			d := startServeDaemon(b, conf, "-log-level", "info", "-metrics", "127.0.0.1:0")
 			pid := d.cmd.Process.Pid

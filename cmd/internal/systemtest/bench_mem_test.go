@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"bufio"
@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/wgbore/wgbore/cmd/internal/membudget"
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/proxy/socksclient"
@@ -36,7 +35,7 @@ import (
 // Every sub-benchmark starts a process of its own; b.N is not used, so
 // run it once:
 //
-//	go test ./cmd/wgbore -run '^$' -bench IdleConnMemory -benchtime 1x
+//	go test ./cmd/internal/systemtest -run '^$' -bench IdleConnMemory -benchtime 1x
 //
 // The binary is `go build`'s unless $WGBORE_BENCH_BINARY names another,
 // such as the release build of .ci/build-static (no cgo, no symbols),
@@ -57,7 +56,7 @@ func BenchmarkIdleConnMemory(b *testing.B) {
 // HTTP proxy: each connection is a CONNECT tunnel to the echo service
 // that moves one byte each way and then stays open.
 //
-//	go test ./cmd/wgbore -run '^$' -bench IdleTunnelMemory -benchtime 1x
+//	go test ./cmd/internal/systemtest -run '^$' -bench IdleTunnelMemory -benchtime 1x
 func BenchmarkIdleTunnelMemory(b *testing.B) {
 	raiseNoFile(b)
 	for _, n := range []int{1000, 10000} {
@@ -104,7 +103,7 @@ type memUp struct {
 func startMemUp(b *testing.B, maxConns int, extra string) memUp {
 	ours, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(b, ours.PublicKey(), peersite.Options{})
-	conf := systemtest.WriteFile(b, b.TempDir(), "wg0.conf", site.WGQuick(ours, fmt.Sprintf("[Socks5]\nBindAddress = 127.0.0.1:0\nMaxConnections = %d\n", maxConns)+extra))
+	conf := WriteFile(b, b.TempDir(), "wg0.conf", site.WGQuick(ours, fmt.Sprintf("[Socks5]\nBindAddress = 127.0.0.1:0\nMaxConnections = %d\n", maxConns)+extra))
 	m := memUp{d: startMemDaemon(b, conf), echo: netip.AddrPortFrom(peersite.TheirV4, 7)}
 	m.pid = m.d.cmd.Process.Pid
 	m.socks = m.d.addr(b, "socks5 ", 0)
@@ -125,7 +124,7 @@ func startMemDaemon(b *testing.B, conf string) *daemon {
 	if bin == "" {
 		return startDaemon(b, conf, "-log-level", "info")
 	}
-	cmd := exec.Command(bin, "up", "-c", conf, "-log-format", "json", "-log-level", "info", "-uapi-dir", systemtest.ShortTempDir(b))
+	cmd := exec.Command(bin, "up", "-c", conf, "-log-format", "json", "-log-level", "info", "-uapi-dir", ShortTempDir(b))
 	cmd.Stdout = io.Discard
 	return runDaemon(b, cmd)
 }
@@ -225,7 +224,7 @@ var burstConns = flag.Int("burst.n", 5000, "connections the burst memory benchma
 // neighbours want the memory back once the burst is over. With -v it
 // logs when the memory moved.
 //
-//	go test ./cmd/wgbore -run '^$' -bench BurstMemory -benchtime 1x -v
+//	go test ./cmd/internal/systemtest -run '^$' -bench BurstMemory -benchtime 1x -v
 //
 // $WGBORE_BENCH_BINARY and $WGBORE_MEM_STATUS work as for the idle
 // benchmark beside it.

@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"fmt"
@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/wgbore/wgbore/cmd/internal/metricstest"
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
@@ -22,12 +21,12 @@ func TestMetricsAgainstUp(t *testing.T) {
 	if testing.Short() {
 		t.Skip("waits for the engine to give up on the peer's old session: about 15 s")
 	}
-	systemtest.NeedTool(t, "curl")
+	NeedTool(t, "curl")
 	ours, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
 	conf := site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\n\n[Metrics]\nBindAddress = 127.0.0.1:1\n")
 	conf = strings.Replace(conf, "[Peer]", "CheckAlive = 10.0.0.2\nCheckAliveInterval = 1\n\n[Peer]", 1)
-	path := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", conf)
+	path := WriteFile(t, t.TempDir(), "wg0.conf", conf)
 	// -metrics beats [Metrics], whose port 1 would not bind.
 	d := startDaemon(t, path, "-metrics", "127.0.0.1:0")
 	socks := d.addr(t, "socks5 ", 0)

@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"fmt"
@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/wgbore/wgbore/cmd/internal/metricstest"
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
@@ -32,7 +31,7 @@ func TestMemoryBudgetHolds(t *testing.T) {
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
 	// MaxConnections far above what the budget holds, so that the budget
 	// is what refuses.
-	conf := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\nMaxConnections = 50000\n"))
+	conf := WriteFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, "[Socks5]\nBindAddress = 127.0.0.1:0\nMaxConnections = 50000\n"))
 	d := startDaemon(t, conf, "-memory-limit", "64MiB", "-metrics", "127.0.0.1:0")
 	pid := d.cmd.Process.Pid
 	socks := d.addr(t, "socks5 ", 0)

@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"context"
@@ -13,7 +13,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/wgtest"
@@ -29,7 +28,7 @@ import (
 // every process involved: the benchmark itself plus, for ours, the two
 // daemons.
 //
-//	go test ./cmd/wgbore -run '^$' -bench Serve -benchtime 200x
+//	go test ./cmd/internal/systemtest -run '^$' -bench Serve -benchtime 200x
 func BenchmarkServe(b *testing.B) {
 	sinkAddr, sourceAddr := sinkAndSource(b, func() (net.Listener, error) { return net.Listen("tcp", "127.0.0.1:0") })
 
@@ -37,8 +36,8 @@ func BenchmarkServe(b *testing.B) {
 	clientKey, _ := protocol.GeneratePrivateKey()
 	port := int(wgtest.FreeLoopbackUDPPort(b))
 	dir := b.TempDir()
-	serverConf := systemtest.WriteFile(b, dir, "server.conf", serveConf(serverKey, port, clientKey.PublicKey(), ""))
-	clientConf := systemtest.WriteFile(b, dir, "client.conf", fmt.Sprintf(`[Interface]
+	serverConf := WriteFile(b, dir, "server.conf", serveConf(serverKey, port, clientKey.PublicKey(), ""))
+	clientConf := WriteFile(b, dir, "client.conf", fmt.Sprintf(`[Interface]
 PrivateKey = %s
 Address = 10.0.0.2/32
 

@@ -1,8 +1,7 @@
-package main
+package systemtest
 
 import (
 	"bufio"
-	"context"
 	"crypto/rand"
 	"encoding/base64"
 	"encoding/binary"
@@ -21,10 +20,13 @@ import (
 	"golang.org/x/crypto/blake2s"
 
 	"github.com/wgbore/wgbore/cmd/internal/metricstest"
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
+
+// showFields are the FIELD arguments of show that print no key, as the
+// command's documentation lists them.
+var showFields = []string{"public-key", "listen-port", "fwmark", "peers", "endpoints", "allowed-ips", "latest-handshakes", "transfer", "persistent-keepalive"}
 
 // leakNeedle is one written form of a secret that must never be output.
 type leakNeedle struct {
@@ -100,19 +102,11 @@ func (o *leakOutputs) add(where, text string) {
 // run runs the built wgbore and keeps its stdout and stderr.
 func (o *leakOutputs) run(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, wgboreBinary(t), args...)
-	var out, errOut strings.Builder
-	cmd.Stdout, cmd.Stderr = &out, &errOut
-	err := cmd.Run()
-	if err != nil && cmd.ProcessState == nil {
-		t.Fatalf("wgbore %s: %v", strings.Join(args, " "), err)
-	}
+	code, stdout, stderr = runWgbore(t, args...)
 	what := "wgbore " + strings.Join(args, " ")
-	o.add(what+": stdout", out.String())
-	o.add(what+": stderr", errOut.String())
-	return cmd.ProcessState.ExitCode(), out.String(), errOut.String()
+	o.add(what+": stdout", stdout)
+	o.add(what+": stderr", stderr)
+	return code, stdout, stderr
 }
 
 // TestNoSecretsInAnyOutput runs the built wgbore at -log-level debug
@@ -124,7 +118,7 @@ func (o *leakOutputs) run(t *testing.T, args ...string) (code int, stdout, stder
 // the proxy passwords, in everything it printed, served or logged. Only
 // the raw UAPI get reply may hold keys: the protocol says it does.
 func TestNoSecretsInAnyOutput(t *testing.T) {
-	systemtest.NeedTool(t, "curl")
+	NeedTool(t, "curl")
 	newPSK := func() protocol.PresharedKey {
 		k, err := protocol.GeneratePresharedKey()
 		if err != nil {
@@ -231,14 +225,14 @@ func TestNoSecretsInAnyOutput(t *testing.T) {
 			"\n[http]\nBindAddress = 127.0.0.1:0\nUsername = " + httpUser + "\nPassword = " + httpPass + "\n"
 	}
 	dir := t.TempDir()
-	uapiDir := systemtest.ShortTempDir(t)
-	path := systemtest.WriteFile(t, dir, "wg0.conf", confText(ours, psk.Base64()))
+	uapiDir := ShortTempDir(t)
+	path := WriteFile(t, dir, "wg0.conf", confText(ours, psk.Base64()))
 
 	var outs leakOutputs
 	if code, _, errOut := outs.run(t, "check", "-c", path); code != exitOK {
 		t.Fatalf("check of the good file: exit %d: %s", code, errOut)
 	}
-	var upStdout systemtest.SyncBuffer
+	var upStdout SyncBuffer
 	cmd := exec.Command(wgboreBinary(t), "up", "-c", path, "-log-format", "json", "-log-level", "debug",
 		"-uapi-dir", uapiDir, "-metrics", "127.0.0.1:0", "-handshake-wait", "2s")
 	cmd.Stdout = &upStdout
@@ -305,23 +299,23 @@ func TestNoSecretsInAnyOutput(t *testing.T) {
 
 	// A broken file to check (a bad public key, a key in the wrong
 	// section), and bad secret values to check and to up.
-	broken := systemtest.WriteFile(t, dir, "broken.conf", confText(ours, psk.Base64())+"\n[Peer]\nPublicKey = not-a-key\nAllowedIPs = 10.8.0.0/24\nMTU = 9\n")
+	broken := WriteFile(t, dir, "broken.conf", confText(ours, psk.Base64())+"\n[Peer]\nPublicKey = not-a-key\nAllowedIPs = 10.8.0.0/24\nMTU = 9\n")
 	if code, _, errOut := outs.run(t, "check", "-c", broken); code != exitUsage || !strings.Contains(errOut, "broken.conf:") {
 		t.Fatalf("check of a broken file: exit %d, want %d:\n%s", code, exitUsage, errOut)
 	}
-	badKey := systemtest.WriteFile(t, dir, "badkey.conf", strings.Replace(confText(ours, badPSK), ours.Base64(), badPrivate, 1))
+	badKey := WriteFile(t, dir, "badkey.conf", strings.Replace(confText(ours, badPSK), ours.Base64(), badPrivate, 1))
 	if code, _, errOut := outs.run(t, "check", "-c", badKey); code != exitUsage || !strings.Contains(errOut, "PrivateKey") || !strings.Contains(errOut, "PresharedKey") {
 		t.Fatalf("check of bad keys: exit %d, want %d naming both keys:\n%s", code, exitUsage, errOut)
 	}
 	for _, format := range []string{"text", "json"} {
-		if code, _, errOut := outs.run(t, "up", "-c", badKey, "-log-level", "debug", "-log-format", format, "-uapi-dir", systemtest.ShortTempDir(t)); code != exitUsage {
+		if code, _, errOut := outs.run(t, "up", "-c", badKey, "-log-level", "debug", "-log-format", format, "-uapi-dir", ShortTempDir(t)); code != exitUsage {
 			t.Fatalf("up with bad keys (%s log): exit %d, want %d:\n%s", format, code, exitUsage, errOut)
 		}
 	}
 
 	// Reload to a new private key and PSK, which the site learns too.
 	sitePeer(oursNew.PublicKey(), pskNew)
-	systemtest.WriteFile(t, dir, "wg0.conf", confText(oursNew, pskNew.Base64()))
+	WriteFile(t, dir, "wg0.conf", confText(oursNew, pskNew.Base64()))
 	code, out, errOut := outs.run(t, "reload", "-uapi-dir", uapiDir, "wg0")
 	if code != exitOK || !strings.Contains(out, "private key changed") || !strings.Contains(out, "peer "+site.PublicKey.String()) {
 		t.Fatalf("wgbore reload to a new key and PSK: exit %d:\n%s%s", code, out, errOut)
@@ -329,14 +323,14 @@ func TestNoSecretsInAnyOutput(t *testing.T) {
 	through("after the reload to a new key and PSK")
 	// A reload of a file with a bad PSK is refused, by the command and by
 	// SIGHUP; then the good file again, by SIGHUP.
-	systemtest.WriteFile(t, dir, "wg0.conf", confText(oursNew, badPSK))
+	WriteFile(t, dir, "wg0.conf", confText(oursNew, badPSK))
 	if code, _, errOut := outs.run(t, "reload", "-uapi-dir", uapiDir, "wg0"); code != exitUsage {
 		t.Fatalf("wgbore reload of a bad PSK: exit %d, want %d: %s", code, exitUsage, errOut)
 	}
 	hup(t, d)
 	waitLogged(t, d, "reload rejected: still running the previous configuration", 2)
 	reloaded := d.countLogged("reloaded")
-	systemtest.WriteFile(t, dir, "wg0.conf", confText(oursNew, pskNew.Base64()))
+	WriteFile(t, dir, "wg0.conf", confText(oursNew, pskNew.Base64()))
 	hup(t, d)
 	waitLogged(t, d, "reloaded", reloaded+1)
 	through("after the refused reloads")
@@ -441,12 +435,7 @@ func initiationWithMAC1(to protocol.PublicKey) []byte {
 // it came, up to its errno line.
 func uapiGetRaw(t *testing.T, dir, name string) string {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	c, _, err := dialUAPI(ctx, dir, name)
-	if err != nil {
-		t.Fatal(err)
-	}
+	c := dialUAPI(t, dir, name)
 	defer c.Close()
 	if _, err := io.WriteString(c, "get=1\n\n"); err != nil {
 		t.Fatal(err)
@@ -463,4 +452,13 @@ func uapiGetRaw(t *testing.T, dir, name string) string {
 			return b.String()
 		}
 	}
+}
+
+func mustKey(t *testing.T) protocol.PrivateKey {
+	t.Helper()
+	k, err := protocol.GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
 }

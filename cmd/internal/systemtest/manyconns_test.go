@@ -1,4 +1,4 @@
-package main
+package systemtest
 
 import (
 	"bytes"
@@ -16,7 +16,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/wgbore/wgbore/cmd/internal/metricstest"
-	"github.com/wgbore/wgbore/cmd/internal/systemtest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/proxy/socksclient"
@@ -84,7 +83,7 @@ func TestTenThousandSOCKSConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	site := peersite.Start(t, ours.PublicKey(), peersite.Options{})
-	conf := systemtest.WriteFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, fmt.Sprintf("[Socks5]\nBindAddress = 127.0.0.1:0\nMaxConnections = %d\n", capacity)))
+	conf := WriteFile(t, t.TempDir(), "wg0.conf", site.WGQuick(ours, fmt.Sprintf("[Socks5]\nBindAddress = 127.0.0.1:0\nMaxConnections = %d\n", capacity)))
 	d := startDaemon(t, conf, "-metrics", "127.0.0.1:0", "-log-level", "info")
 	socks := d.addr(t, "socks5 ", 0)
 	h := metricstest.Remote("http://" + strings.TrimSuffix(d.addr(t, "metrics http://", 0), "/metrics"))
