@@ -573,7 +573,7 @@
 // checks that the binary has no ELF interpreter and no DT_NEEDED library,
 // and, as root (as CI runs), runs demo -check and up under setpriv as UID
 // and GID 65532 with empty capability sets and no_new_privs, reading
-// /proc/PID/status to prove it (go test ./cmd/wgbore -run
+// /proc/PID/status to prove it (go test ./cmd/internal/systemtest -run
 // StaticBuildRunsUnprivileged; -short skips the build). Another fails if
 // the Dockerfile stops building with that script or running as that user
 // (-run DockerfileUsesBuildScript).
@@ -729,13 +729,13 @@
 // after a 3 s and a 15 s blackout from each kind of sender (gVisor's TCP
 // with and without RACK, Linux's behind a real TUN, wgbore's own stack),
 // received by wgbore's stack and by wireguard-go's tun/netstack in the same
-// run; go test ./cmd/wgbore -run TCPRecoveryBenchBySender -recovery.bench
-// -v -timeout 2h measures it (about 12 minutes, root for the Linux rows).
-// Every byte arrives intact. Before timestamps were negotiated again,
-// wgbore never recovered from gVisor's sender; with them, and before the
-// re-sent acknowledgement had its ancient echo, Linux after a 15 s outage
-// waited for its own next timeout, about 12 s after the path returned,
-// as gVisor still does (about 10 s). The reference's crawl behind
+// run; go test ./cmd/internal/systemtest -run TCPRecoveryBenchBySender
+// -recovery.bench -v -timeout 2h measures it (about 12 minutes, root for
+// the Linux rows). Every byte arrives intact. Before timestamps were
+// negotiated again, wgbore never recovered from gVisor's sender; with them,
+// and before the re-sent acknowledgement had its ancient echo, Linux after
+// a 15 s outage waited for its own next timeout, about 12 s after the path
+// returned, as gVisor still does (about 10 s). The reference's crawl behind
 // gVisor's defaults comes and goes from run to run.
 //
 // After a peer restarts and forgets our session, a new connection works
@@ -743,7 +743,7 @@
 // unanswered packet, plus one handshake: until then nothing tells us the
 // session is gone (a WireGuard peer answers nothing to a packet for a
 // session it does not know), and only then do we start a new handshake
-// (15.25 s measured, go test ./cmd/wgbore -run PeerRestart).
+// (15.25 s measured, go test ./cmd/internal/systemtest -run PeerRestart).
 //
 // # Known issues
 //
@@ -762,9 +762,9 @@
 //     read random loss as congestion (BBR), which gVisor lacks. Neither
 //     RACK (1.36 to 1.39 MB/s) nor sending every datagram twice (1.59
 //     MB/s) gets near it. The minimal reproductions are the lossy case of
-//     go test ./cmd/wgbore -run TCPRecoveryBench -recovery.bench, the same
-//     with -recovery.linux-cc=reno for Linux, and, for the reordering
-//     alone, the relay with Loss: 0.
+//     go test ./cmd/internal/systemtest -run TCPRecoveryBench
+//     -recovery.bench, the same with -recovery.linux-cc=reno for Linux,
+//     and, for the reordering alone, the relay with Loss: 0.
 //   - After an outage too short for a WireGuard handshake or keepalive to
 //     end it (a few seconds), nothing tells wgbore that the path is back,
 //     so nothing is re-sent: a remote sender resumes at its own next
@@ -872,10 +872,11 @@
 //     parallel crypto, and secrets kept out of logs.
 //   - Fuzzing: FuzzParseMessages and FuzzReceivePath (random datagrams into
 //     a live engine), seeded from protocol/testdata/fuzz.
-//   - The command, end to end (cmd/wgbore): the built binary runs a
-//     wg-quick file written by the test against a wireguard-go peer
-//     (netstack/peersite) serving HTTP, echo, discard, source and DNS in
-//     its tunnel. -run EndToEnd drives it with real curl
+//   - The command, end to end (cmd/internal/systemtest, whose tests the
+//     -run names from here on are unless a package is named): the built
+//     binary runs a wg-quick file written by the test against a
+//     wireguard-go peer (netstack/peersite) serving HTTP, echo, discard,
+//     source and DNS in its tunnel. -run EndToEnd drives it with real curl
 //     (--socks5-hostname by IP, IPv6 and a name only the peer's DNS knows;
 //     -x http://user:pass@ GET, a 10 MiB POST plain and chunked checked by
 //     the peer's sha256, every method, CONNECT; wrong passwords get 407 or
@@ -885,19 +886,19 @@
 //     gone with its control connection). Others run a wireproxy-style file
 //     with every section, STDIOTunnel included (-run WireproxyConfig),
 //     cover signals and exit codes (-run
-//     'GracefulShutdown|GraceEndsHeldConnections|StartFailures'), and
-//     compare genkey, genpsk and pubkey with the real wg (-run
-//     KeyCommandsMatchWG).
+//     'GracefulShutdown|GraceEndsHeldConnections|StartFailures'); and
+//     cmd/wgbore's own tests compare genkey, genpsk and pubkey with the
+//     real wg (go test ./cmd/wgbore -run KeyCommandsMatchWG).
 //   - Server mode: a wireguard-go client with its own netstack connects to
 //     the serve binary, fetches 64 MiB from a host service that [Egress]
 //     allows, sha256 intact, gets a UDP echo, and is refused at once, by
-//     reset, for denied destinations (-run ServeWithWireGuardGoClient);
-//     the files from demo -write-configs run as separate serve and up
-//     processes with curl through the client's proxies (-run
-//     DemoConfigsAsTwoProcesses); demo -check (-run DemoCheck). In
-//     netstack: the forwarder's refusals, flow limits, half-close, UDP idle
-//     expiry and the DNS server through the tunnel (FuzzDNSServer fuzzes
-//     its query path).
+//     reset, for denied destinations (-run ServeWithWireGuardGoClient); the
+//     files from demo -write-configs run as separate serve and up processes
+//     with curl through the client's proxies (-run
+//     DemoConfigsAsTwoProcesses); demo -check (go test ./cmd/wgbore -run
+//     DemoCheck). In netstack: the forwarder's refusals, flow limits,
+//     half-close, UDP idle expiry and the DNS server through the tunnel
+//     (FuzzDNSServer fuzzes its query path).
 //   - Proxies over loopback (package proxy): SOCKS5 and HTTP with real
 //     curl, HTTPS listeners, auth, caps, handshake timeouts, Shutdown and
 //     Close leaving no goroutine, malformed requests; forwarders both ways
@@ -907,24 +908,24 @@
 //     build, runs under Wine against a wireguard-go peer and moves 64 MiB
 //     each way through curl (-run WindowsUnderWine; Wine 8 lacks the
 //     ProcessPrng that Go's runtime calls, so the test builds a stub from
-//     testdata/wine with MinGW); a Linux binary on the portable UDP path
-//     does the same natively (-run PortableUDP), and the udpbind tests run
-//     on both Linux paths. A 64 MiB download through the library survives
-//     a Rebind and then sockets closed under the engine, each time to a
-//     new source address the wireguard-go peer must follow (go test
+//     its testdata/wine with MinGW); a Linux binary on the portable UDP
+//     path does the same natively (-run PortableUDP), and the udpbind tests
+//     run on both Linux paths. A 64 MiB download through the library
+//     survives a Rebind and then sockets closed under the engine, each time
+//     to a new source address the wireguard-go peer must follow (go test
 //     ./netstack -run RebindMidDownload).
-//   - Operations (cmd/wgbore, protocol/uapi): the real wg (Debian's
-//     wireguard-tools) against a running up: wg show, wg set ...
+//   - Operations (cmd/internal/systemtest, protocol/uapi): the real wg
+//     (Debian's wireguard-tools) against a running up: wg show, wg set ...
 //     allowed-ips and ... remove proved by dialing through the tunnel, wg
 //     showconf/setconf round trip (-run WGToolAgainstUp); wgbore show
-//     compared with wg show line by line, on a socket given to a group
-//     with -uapi-group (-run ShowMatchesWG); FuzzUAPISet fuzzes the set
-//     parser. A 32 MiB download and an echo connection stay alive across a
-//     SIGHUP that adds a peer and an HTTP proxy and removes a forwarder; a
-//     broken file is refused by SIGHUP and by wgbore reload; a reload
-//     removes the peer again (-run ReloadKeepsTransfers); under the race
-//     detector a changed forwarder rebinds on its own address and
-//     [Metrics] starts (-run ReloadInProcess). /metrics is parsed with
+//     compared with wg show line by line, on a socket given to a group with
+//     -uapi-group (-run ShowMatchesWG); FuzzUAPISet fuzzes the set parser.
+//     A 32 MiB download and an echo connection stay alive across a SIGHUP
+//     that adds a peer and an HTTP proxy and removes a forwarder; a broken
+//     file is refused by SIGHUP and by wgbore reload; a reload removes the
+//     peer again (-run ReloadKeepsTransfers); under the race detector a
+//     changed forwarder rebinds on its own address and [Metrics] starts (go
+//     test ./cmd/wgbore -run ReloadInProcess). /metrics is parsed with
 //     Prometheus' own parser, its counters move with a download through
 //     SOCKS5, and /readyz turns 503 when the wireguard-go peer goes down
 //     and 200 when it comes back (-run MetricsAgainstUp).
@@ -938,19 +939,19 @@
 //     root, ip, wireguard-go, wg or /dev/net/tun.
 //   - The kernel's WireGuard (root; -run KernelWireGuard): Debian's kernel
 //     boots under QEMU with an initramfs the test builds, a static Go /init
-//     (cmd/wgbore/internal/kvmguest) that loads wireguard.ko and the virtio
-//     NIC's modules in modules.dep order, makes wg0 through netlink, and
-//     serves TCP echo, HTTP and UDP echo on it. QEMU's user-mode network
-//     forwards a port on 127.0.0.1 to the guest's 51820 and maps 10.0.2.2
-//     to the host's loopback; the guest has no default route. The guest's
-//     kernel initiates to wgbore up and sends 64 MiB (-kvm.mib) each way
-//     through a [TCPServerTunnel]; then up initiates and moves 64 MiB each
-//     way through SOCKS5 to the guest's HTTP server; both with a PSK; then
-//     a wrong PSK, which must not handshake. The initramfs is cached under
-//     ~/.cache/wgbore-kvm. It tries KVM first and falls back to software
-//     emulation (TCG) when the guest does not come up under KVM in 10 s,
-//     and logs which ran (nested KVM in a Firecracker guest hangs the
-//     guest kernel at boot; under TCG the test takes about 50 s);
+//     (cmd/internal/systemtest/kvmguest) that loads wireguard.ko and the
+//     virtio NIC's modules in modules.dep order, makes wg0 through netlink,
+//     and serves TCP echo, HTTP and UDP echo on it. QEMU's user-mode
+//     network forwards a port on 127.0.0.1 to the guest's 51820 and maps
+//     10.0.2.2 to the host's loopback; the guest has no default route. The
+//     guest's kernel initiates to wgbore up and sends 64 MiB (-kvm.mib)
+//     each way through a [TCPServerTunnel]; then up initiates and moves
+//     64 MiB each way through SOCKS5 to the guest's HTTP server; both with
+//     a PSK; then a wrong PSK, which must not handshake. The initramfs is
+//     cached under ~/.cache/wgbore-kvm. It tries KVM first and falls back
+//     to software emulation (TCG) when the guest does not come up under KVM
+//     in 10 s, and logs which ran (nested KVM in a Firecracker guest hangs
+//     the guest kernel at boot; under TCG the test takes about 50 s);
 //     -kvm.accel=tcg skips the attempt. It skips with "no /dev/kvm" without
 //     /dev/kvm, and says what to install when QEMU or a kernel with
 //     wireguard.ko is missing (apt-get install --no-install-recommends
@@ -1011,11 +1012,11 @@
 // Long and opt-in runs:
 //
 //	FUZZTIME=50000000x bash .ci/fuzz     # every fuzz target in turn, for as long as wanted
-//	go test ./cmd/wgbore -run Faults -faults.mib=256 -faults.blackout=15s -timeout 2h
-//	go test ./cmd/wgbore -run Flood -flood=20s
-//	go test ./cmd/wgbore -run KernelTCPBehindWireGuardGo -netns.rekey
-//	go test ./cmd/wgbore -run KernelWireGuard -kvm.accel=tcg
-//	go test ./cmd/wgbore -run TCPRecoveryBench -recovery.bench -v -timeout 2h
+//	go test ./cmd/internal/systemtest -run Faults -faults.mib=256 -faults.blackout=15s -timeout 2h
+//	go test ./cmd/internal/systemtest -run Flood -flood=20s
+//	go test ./cmd/internal/systemtest -run KernelTCPBehindWireGuardGo -netns.rekey
+//	go test ./cmd/internal/systemtest -run KernelWireGuard -kvm.accel=tcg
+//	go test ./cmd/internal/systemtest -run TCPRecoveryBench -recovery.bench -v -timeout 2h
 //
 // A fuzz crasher is saved under the package's testdata/fuzz/TARGET by Go
 // and becomes a regression case of the plain go test run. -flood=20s also
@@ -1042,13 +1043,14 @@
 //   - wireguard-go in the test process as the peer of the built binary: up
 //     initiates, serve responds; SOCKS5, HTTP, forwarders, UDP ASSOCIATE,
 //     DNS in the tunnel, loss, blackouts, NAT rebinding, floods, restarts
-//     (go test ./cmd/wgbore).
+//     (go test ./cmd/internal/systemtest).
 //   - Debian's wireguard-go on a real TUN, with Linux's TCP and UDP behind
 //     it: up initiates; 256 MiB each way, 1,000 connections, UDP, a real
 //     rekey (-run KernelTCPBehindWireGuardGo, root).
 //   - wg (Debian's wireguard-tools), as a UAPI client of up: wg show, wg
-//     set, showconf/setconf, the key commands (-run
-//     'WGTool|ShowMatchesWG|KeyCommandsMatchWG').
+//     set, showconf/setconf (go test ./cmd/internal/systemtest -run
+//     'WGTool|ShowMatchesWG'), the key commands (go test ./cmd/wgbore -run
+//     KeyCommandsMatchWG).
 //   - curl and Go's net/http as proxy clients: --socks5-hostname, -x
 //     http://, CONNECT, every method (-run EndToEnd).
 //   - The Linux kernel's WireGuard module (Debian's 6.1 kernel in a QEMU
@@ -1151,28 +1153,32 @@
 //   - go test -run '^$' -bench TCPThroughput ./netstack/: one TCP stream to
 //     a wireguard-go peer through our Net and, in the same run, through
 //     wireguard-go's own tun/netstack; MB/s and CPU-seconds per GB.
-//   - go test -run '^$' -bench Serve -benchtime 200x ./cmd/wgbore/: a TCP
-//     stream through the up and serve binaries (both ours) and, in the
-//     same run, through wireguard-go on both ends; MB/s and CPU-seconds per
-//     GB of every process involved. -bench ForwardTCP ./netstack/ measures
-//     the server side alone against a wireguard-go client.
-//   - go test -run '^$' -bench EndToEnd -benchtime 200x ./cmd/wgbore/: the
-//     built binary against a wireguard-go peer: download and upload MB/s
-//     and 1-byte echo p50/p99 through SOCKS5 and HTTP CONNECT, next to the
-//     same transfers from our netstack as a library ("direct") and from
-//     wireguard-go's netstack ("wggo"), measured in the same run.
-//   - go test ./cmd/wgbore -run '^$' -bench IdleConnMemory -benchtime 1x:
-//     the resident memory of a wgbore up process idle and per idle TCP
-//     connection held through its SOCKS5 proxy, at 1,000 and 10,000.
-//     IdleTunnelMemory does the same through the HTTP proxy's CONNECT.
-//   - go test ./cmd/wgbore -run '^$' -bench BurstMemory -benchtime 1x -v:
-//     wgbore up's resident memory through a burst of -burst.n (5,000) idle
-//     SOCKS5 connections: idle, held, right after they all close, and 30 s
-//     later, with the peak of samples every 100 ms. Both memory benchmarks
-//     start processes of their own and ignore b.N, so run them once; they
-//     use go build's binary unless WGBORE_BENCH_BINARY names another (such
-//     as the release build), and with WGBORE_MEM_STATUS naming a directory
-//     they save the process's memory maps there.
+//   - go test -run '^$' -bench Serve -benchtime 200x
+//     ./cmd/internal/systemtest/: a TCP stream through the up and serve
+//     binaries (both ours) and, in the same run, through wireguard-go on
+//     both ends; MB/s and CPU-seconds per GB of every process involved.
+//     -bench ForwardTCP ./netstack/ measures the server side alone against
+//     a wireguard-go client.
+//   - go test -run '^$' -bench EndToEnd -benchtime 200x
+//     ./cmd/internal/systemtest/: the built binary against a wireguard-go
+//     peer: download and upload MB/s and 1-byte echo p50/p99 through SOCKS5
+//     and HTTP CONNECT, next to the same transfers from our netstack as a
+//     library ("direct") and from wireguard-go's netstack ("wggo"),
+//     measured in the same run.
+//   - go test ./cmd/internal/systemtest -run '^$' -bench IdleConnMemory
+//     -benchtime 1x: the resident memory of a wgbore up process idle and
+//     per idle TCP connection held through its SOCKS5 proxy, at 1,000 and
+//     10,000. IdleTunnelMemory does the same through the HTTP proxy's
+//     CONNECT.
+//   - go test ./cmd/internal/systemtest -run '^$' -bench BurstMemory
+//     -benchtime 1x -v: wgbore up's resident memory through a burst of
+//     -burst.n (5,000) idle SOCKS5 connections: idle, held, right after
+//     they all close, and 30 s later, with the peak of samples every
+//     100 ms. Both memory benchmarks start processes of their own and ignore
+//     b.N, so run them once; they use go build's binary unless
+//     WGBORE_BENCH_BINARY names another (such as the release build), and
+//     with WGBORE_MEM_STATUS naming a directory they save the process's
+//     memory maps there.
 //
 // # Security
 //
