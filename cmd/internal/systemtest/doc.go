@@ -33,13 +33,14 @@
 //	go test ./cmd/internal/systemtest
 //
 // runs every test; -short skips the slowest. Some need system tools or
-// privileges, and skip saying what is missing: curl and wg; root for the
-// network namespaces (with ip, wireguard-go and /dev/net/tun), for wg's
-// sockets in /var/run/wireguard, for a memory cgroup and for running the
-// static build as an unprivileged user; /dev/kvm, qemu-system-x86_64 and a Debian kernel
-// with wireguard.ko for the kernel's WireGuard; wine64 and MinGW for the
-// Windows build. With CI set in the environment a missing curl, wg or
-// setpriv fails the test instead, since CI installs them (.ci/run).
+// privileges, and skip saying what is missing: curl and wg; root for
+// the network namespaces (with ip, wireguard-go and /dev/net/tun), for
+// wg's sockets in /var/run/wireguard, for a memory cgroup and for
+// running the static build as an unprivileged user; /dev/kvm,
+// qemu-system-x86_64 and a Debian kernel with wireguard.ko for the
+// kernel's WireGuard; wine64 and MinGW for the Windows build. With CI
+// set in the environment a missing curl, wg or setpriv fails the test
+// instead, since CI installs them (.ci/run).
 //
 // Flags make some tests longer or stricter than the default run:
 //
