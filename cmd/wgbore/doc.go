@@ -633,8 +633,11 @@
 //
 // # TCP through loss and outages
 //
-// The tunnel's TCP is gVisor's, tuned in netstack/net.go (tuneTCP, each
-// choice with its reason). Against gVisor's defaults:
+// The tunnel's TCP is gVisor's. How the stack's settings and the link
+// endpoint's changes fit together is told once, in package netstack's
+// documentation (go doc github.com/wgbore/wgbore/netstack); this section
+// gives what a user sees, with the figures measured. Against gVisor's
+// defaults:
 //
 //   - No RACK loss detection. After a retransmission timeout, gVisor's
 //     RACK re-enters SACK recovery counting the whole pre-outage flight as
@@ -666,64 +669,30 @@
 //     data, of at most one segment, with no SACK before or in it, waits;
 //     a download's, duplicates and anything that opens or ends a
 //     connection go at once.
-//   - After a silence, the timestamp echo is chosen by the link endpoint
-//     (netstack/tsecho.go). gVisor's TCP as it ships (RACK on: wireguard-go's
-//     tun/netstack, wireproxy, onetun-style forwarders) takes the
-//     acknowledgement of a retransmission, echoing that retransmission, as
-//     proof that its whole earlier flight is lost; it re-enters SACK
-//     recovery counting that flight as still in the pipe and sends one
-//     segment per acknowledgement and per timeout. Behind any standard
-//     receiver it crawls for minutes after an outage; without timestamps it
-//     never recovered (its backed-off timer never came down). So timestamps
-//     are negotiated, and when a peer's data segment arrives after 200 ms
-//     or more without any, each acknowledgement of that connection echoes
-//     that segment's timestamp less 2 ms (its anchor) until it
-//     acknowledges data beyond the window we had advertised: older than
-//     every retransmission it answers, so RACK leaves the flight alone and
-//     the sender resends it in slow start, and fresh enough for a true RTT
-//     sample. A sender that falls silent again while catching up, having
-//     sent no more than a few segments and got no data from us (Linux,
-//     which may take such an echo as proof that its timeout was spurious),
-//     gets true echoes until it has caught up; any other silence ends
-//     with a new anchor. Pure acknowledgements start nothing: a peer that
-//     only receives has no flight to resend.
+//   - After a silence, the link endpoint chooses the timestamp echo of
+//     our acknowledgements (netstack/recovery_echo.go): for one window of
+//     data after a peer's segment ends 200 ms or more without any, the
+//     echo is that segment's timestamp less 2 ms. gVisor's sender as it
+//     ships (wireguard-go's tun/netstack, wireproxy, onetun-style
+//     forwarders) crawls for minutes after an outage behind any receiver
+//     that echoes as RFC 7323 says, and never recovered without
+//     timestamps; with this echo it resends its flight in slow start.
 //   - The latest acknowledgements are re-sent when a peer comes back
-//     (netstack/ackreplay.go, protocol.PeerReturner). An outage swallows
-//     the acknowledgements in flight when it starts, while the remote
-//     sender backs off its timer (Linux: to 13.6 s during a 15 s outage).
-//     When a handshake message or a keepalive ends a second or more of
-//     silence from a peer (after 15 s without an answer wgbore starts a
-//     handshake itself), the link endpoint re-sends each connection's
-//     latest pure acknowledgement through it: one that covers new data
-//     moves the sender at once. Where the peer sends data on a connection
-//     with timestamps, that acknowledgement covers the sender's
-//     retransmitted head, and no echo suits every sender. Linux takes the
-//     acknowledgement of data it never resent for proof that its timeout
-//     was spurious (F-RTO): with an echo from before the outage it took
-//     an RTT sample as long as the outage and waited out a 22 s timer;
-//     with one about 70 minutes (2^22 ticks) older than its newest
-//     timestamp it takes no sample at all (its bound is about 36
-//     minutes) and resends at once. gVisor's RACK crawls after a fresh
-//     echo, and takes an old one's age as an RTT sample: an hour held its
-//     timer at its 120 s ceiling for the next hundred megabytes, and over
-//     a lossy path the download never resumed. So the ancient echo goes
-//     only to a peer whose SYN is laid out as Linux lays it out (MSS, SACK
-//     permitted, timestamps, NOP, window scale, and a window of whole
-//     segments about 64 KiB wide; gVisor copies the order and offers 20
-//     segments); any other sender's acknowledgement, and one whose
-//     connection the table has lost to another, is kept back, and that
-//     sender resumes at its own next timeout. When data ends the
-//     silence, nothing is re-sent: the stack answers the data itself, and
-//     a duplicate right behind that answer threw gVisor's RACK sender into
-//     a crawl of one segment per timeout. gVisor cannot be asked to
-//     acknowledge, so the link endpoint keeps the last one per connection
-//     (256 slots, about 40 KB; no allocation).
-//     wgbore_tcp_acks_resent_total counts them. Both tables name
-//     connections by one key, which WritePackets computes once per
-//     outbound packet; their cost is measured by go test ./netstack -run
-//     '^$' -bench 'AckRecord|Echo' (a little over 100 ns per pure
-//     acknowledgement, well under that per segment received; about 1% of a
-//     receiving wgbore's CPU profile).
+//     (netstack/recovery_acks.go, protocol.PeerReturner): when a
+//     handshake message or a keepalive ends a second or more of silence,
+//     the link endpoint re-sends each connection's latest pure
+//     acknowledgement, so a sender that backed its timer off (Linux: to
+//     13.6 s during a 15 s outage) learns at once what got through. To a
+//     sender whose SYN is laid out as Linux lays it out, the echo is
+//     about 70 minutes (2^22 ticks) older than its newest timestamp, so
+//     that it takes no RTT sample and resends at once; with an echo from
+//     before the outage it waited out a 22 s timer. Any other sender's
+//     acknowledgement is kept back. The table holds 256 connections
+//     (about 40 KB, no allocation); wgbore_tcp_acks_resent_total counts
+//     what it re-sends. go test ./netstack -run '^$' -bench
+//     'AckRecord|Echo' measures both tables (a little over 100 ns per
+//     pure acknowledgement, well under that per segment received; about
+//     1% of a receiving wgbore's CPU profile).
 //
 // The README's performance section tables the outcome: the first whole MiB
 // after a 3 s and a 15 s blackout from each kind of sender (gVisor's TCP
