@@ -299,7 +299,7 @@ func (n *Net) dialAddr(ctx context.Context, network string, ap netip.AddrPort) (
 	// Without a peer to carry it, a packet is dropped by the engine and
 	// a TCP dial would wait out its whole timeout to say so.
 	if !n.isOwnAddress(fa.Addr) {
-		if _, ok := n.peerFor(ap.Addr()); !ok {
+		if _, ok := n.PeerFor(ap.Addr()); !ok {
 			return nil, fail(&noRouteError{addr: ap.Addr()})
 		}
 	}
@@ -367,10 +367,11 @@ func netAddr(network string, ap netip.AddrPort) net.Addr {
 	return net.TCPAddrFromAddrPort(ap)
 }
 
-// peerFor is the peer whose AllowedIPs route a to it: the engine's own
-// cryptokey-routing lookup, cheap enough for server mode to make per
-// packet.
-func (n *Net) peerFor(a netip.Addr) (protocol.PublicKey, bool) {
+// PeerFor is the peer whose AllowedIPs route a to it: the engine's own
+// cryptokey-routing lookup, cheap enough to make per packet. A packet that
+// arrived through the tunnel came from the peer that routes its source
+// address, so a server on the Net's sockets learns from it who asked.
+func (n *Net) PeerFor(a netip.Addr) (protocol.PublicKey, bool) {
 	return n.engine.PeerFor(a.Unmap())
 }
 
@@ -383,7 +384,7 @@ func (n *Net) contextError(ctx context.Context, dst netip.Addr) error {
 	if !errors.Is(err, context.DeadlineExceeded) {
 		return err
 	}
-	if k, ok := n.peerFor(dst); ok {
+	if k, ok := n.PeerFor(dst); ok {
 		if p, ok := n.engine.Peer(k); ok && p.LastHandshake.IsZero() {
 			return &timeoutError{msg: fmt.Sprintf("no WireGuard handshake with peer %s (unreachable or wrong key)", p.PublicKey), cause: err}
 		}

@@ -317,7 +317,7 @@ func (f *forwarder) inTunnel(dst netip.Addr) bool {
 	if dst.Is4() && f.n.link.owns(tcpip.AddrFrom4(dst.As4())) {
 		return true
 	}
-	_, ok := f.n.peerFor(dst)
+	_, ok := f.n.PeerFor(dst)
 	return ok
 }
 
@@ -353,7 +353,7 @@ func addrFrom(a tcpip.Address) netip.Addr {
 // fails when the peer is at its limit or the Net is closing.
 func (f *forwarder) acquire(id stack.TransportEndpointID, network string) (protocol.PublicKey, bool) {
 	src := addrFrom(id.RemoteAddress)
-	peer, ok := f.n.peerFor(src)
+	peer, ok := f.n.PeerFor(src)
 	if !ok {
 		return protocol.PublicKey{}, false
 	}

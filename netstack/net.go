@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -83,9 +84,9 @@ type Net struct {
 	// TCP and UDP handlers read it for every packet no endpoint claims.
 	forward atomic.Pointer[forwarder]
 
-	// services are the parts with goroutines (Forward, ServeDNS, the
-	// rebinder): Close stops them before the stack and waits for their
-	// goroutines after it.
+	// services are the parts with goroutines (Forward, the rebinder, what
+	// OnClose registered): Close stops them before the stack and waits
+	// for their goroutines after it.
 	mu       sync.Mutex
 	services []service
 	closing  bool
@@ -113,6 +114,34 @@ func (n *Net) addService(s service) error {
 	}
 	n.services = append(n.services, s)
 	return nil
+}
+
+// OnClose registers c to be closed by the Net's Close, before the stack
+// closes, and waited for: a server built on the Net's sockets (a DNS
+// server on our tunnel addresses) then stops with the Net and leaves no
+// goroutine behind, whoever closes first. c's Close may be called again
+// by its owner. OnClose fails once Close has begun.
+func (n *Net) OnClose(c io.Closer) error {
+	return n.addService(closerService{c})
+}
+
+// closerService is an io.Closer as a service: its Close both ends its
+// work and waits for it, so it runs while the stack is still up.
+type closerService struct{ c io.Closer }
+
+func (s closerService) stop() { s.c.Close() }
+func (closerService) wait()   {}
+
+// Addresses are our addresses inside the tunnel, as Config gave them:
+// where a server for the peers listens.
+func (n *Net) Addresses() []netip.Addr {
+	var out []netip.Addr
+	for _, pa := range n.stack.AllAddresses()[nicID] {
+		if a, ok := netip.AddrFromSlice(pa.AddressWithPrefix.Address.AsSlice()); ok {
+			out = append(out, a.Unmap())
+		}
+	}
+	return out
 }
 
 // Open brings up the engine on a host UDP socket and a gVisor stack on top
@@ -238,7 +267,7 @@ func (n *Net) Engine() *protocol.Engine { return n.engine }
 func (n *Net) LocalPort() uint16 { return n.bind.Load().Port() }
 
 // Close stops the stack and the engine, and with them server mode's flows
-// and DNS server, and waits for their goroutines.
+// and what OnClose registered, and waits for their goroutines.
 func (n *Net) Close() error {
 	var err error
 	n.closeOnce.Do(func() {

@@ -59,7 +59,7 @@ func (n *Net) Ping(ctx context.Context, addr netip.Addr) (time.Duration, error) 
 		echoRequest, echoReply = byte(header.ICMPv6EchoRequest), byte(header.ICMPv6EchoReply)
 	}
 	remote := tcpip.AddrFromSlice(addr.AsSlice())
-	if _, ok := n.peerFor(addr); !ok && !n.isOwnAddress(remote) {
+	if _, ok := n.PeerFor(addr); !ok && !n.isOwnAddress(remote) {
 		return 0, opErr(&noRouteError{addr: addr})
 	}
 

@@ -248,7 +248,7 @@ func (f *forwarder) pingPacket(id stack.TransportEndpointID, pkt *stack.PacketBu
 		f.log.Debug("ping dropped: larger than the tunnel MTU", "src", src, "dst", dst)
 		return refused
 	}
-	peer, ok := f.n.peerFor(src)
+	peer, ok := f.n.PeerFor(src)
 	if !ok {
 		return refused
 	}

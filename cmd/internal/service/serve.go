@@ -6,6 +6,7 @@ import (
 	"github.com/wgbore/wgbore/cmd/internal/membudget"
 	"github.com/wgbore/wgbore/config"
 	"github.com/wgbore/wgbore/netstack"
+	"github.com/wgbore/wgbore/proxy/dnsserver"
 )
 
 // startServeMode turns on what serve adds to up: forwarding of peers'
@@ -27,7 +28,7 @@ func (s *Service) startServeMode(p *Plan) error {
 		s.addServer(server{desc: "egress " + egressSummary(cfg)})
 	}
 	if d := cfg.DNSServer; d != nil {
-		dns, err := s.tun.ServeDNS(netstack.DNSServerConfig{Records: d.Records, Upstream: d.Upstream, Logger: s.log})
+		dns, err := dnsserver.Serve(s.tun, dnsserver.Config{Records: d.Records, Upstream: d.Upstream, Logger: s.log})
 		if err != nil {
 			return fmt.Errorf("%s: [DNSServer]: %w", d.Pos, err)
 		}

@@ -1,4 +1,4 @@
-package netstack
+package dnsserver
 
 import (
 	"context"
@@ -126,7 +126,7 @@ func fakeUpstream(t *testing.T) netip.AddrPort {
 
 func TestDNSServerAnswer(t *testing.T) {
 	up := fakeUpstream(t)
-	d := &DNSServer{
+	d := &Server{
 		records:  map[string][]netip.Addr{"demo.wg.": {netip.MustParseAddr("10.0.0.1"), netip.MustParseAddr("fd00::1")}},
 		upstream: []netip.AddrPort{up},
 		dial:     (&net.Dialer{}).DialContext,
@@ -211,7 +211,7 @@ func FuzzDNSServer(f *testing.F) {
 	// No network in fuzzing: every forwarded query meets a resolver that
 	// cannot be reached, so the fuzzer explores our parsing, not a port
 	// some other test may be using.
-	d := &DNSServer{
+	d := &Server{
 		records:  map[string][]netip.Addr{"demo.wg.": {netip.MustParseAddr("10.0.0.1")}},
 		upstream: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:53")},
 		dial: func(context.Context, string, string) (net.Conn, error) {
@@ -278,7 +278,7 @@ func closedAtOnce(t *testing.T, c net.Conn, what string) {
 // of costing another goroutine; another peer's still gets served while
 // the first holds its share.
 func TestDNSServerTCPConnLimit(t *testing.T) {
-	d := newDNSServer(DNSServerConfig{Upstream: []netip.AddrPort{closedLoopbackPort(t)}})
+	d := newServer(Config{Upstream: []netip.AddrPort{closedLoopbackPort(t)}})
 	d.peerOf = peerByIP
 	defer d.Close()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -358,7 +358,7 @@ func slowUpstream(t *testing.T) netip.AddrPort {
 // does not answer holds at most its share of the query slots, so another
 // peer's query is still answered.
 func TestDNSServerUDPShares(t *testing.T) {
-	d := newDNSServer(DNSServerConfig{Upstream: []netip.AddrPort{slowUpstream(t)}})
+	d := newServer(Config{Upstream: []netip.AddrPort{slowUpstream(t)}})
 	d.peerOf = peerByIP
 	defer d.Close()
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")

@@ -1,4 +1,7 @@
-package netstack
+// Package dnsserver answers DNS for a tunnel's peers on our tunnel
+// addresses: the server's own names from its records, the rest asked of
+// the host's resolvers, which a peer could not reach itself.
+package dnsserver
 
 import (
 	"bufio"
@@ -24,8 +27,8 @@ import (
 // answered by then will not, and the peer's own resolver retries.
 const dnsUpstreamTimeout = 5 * time.Second
 
-// DNSServerConfig configures the DNS server that ServeDNS runs for peers.
-type DNSServerConfig struct {
+// Config configures the DNS server that Serve runs for peers.
+type Config struct {
 	// Records are answered here, authoritatively: lower-case, fully
 	// qualified names ("demo.wg.") to their A and AAAA addresses. A
 	// name may also be given without the final dot.
@@ -38,11 +41,11 @@ type DNSServerConfig struct {
 	Logger *slog.Logger
 }
 
-// DNSServer answers DNS on our tunnel addresses, port 53, over UDP and
-// TCP. Peers of a server can then say DNS = <its tunnel address>: the
-// server's own names are answered from Records, and the rest are asked of
-// the host's resolvers, which a peer could not reach itself.
-type DNSServer struct {
+// Server answers DNS on our tunnel addresses, port 53, over UDP and TCP.
+// Peers of a server can then say DNS = <its tunnel address>: the server's
+// own names are answered from Records, and the rest are asked of the
+// host's resolvers, which a peer could not reach itself.
+type Server struct {
 	records  map[string][]netip.Addr
 	upstream []netip.AddrPort
 	dial     func(ctx context.Context, network, address string) (net.Conn, error)
@@ -64,7 +67,7 @@ type DNSServer struct {
 	// tcpConns bounds the TCP connections served at once: each holds a
 	// goroutine, a gVisor endpoint and, while a query is forwarded, a
 	// host socket, and a peer's connections to port 53 are ours, not
-	// flows that MaxFlowsPerPeer counts. Past it, a new connection is
+	// flows that the egress's per-peer cap counts. Past it, a new connection is
 	// closed at once.
 	tcpConns *shares
 }
@@ -123,9 +126,11 @@ func (s *shares) give(k protocol.PublicKey) {
 // peerAt names the peer a query from a came from: the zero key when no
 // peer routes a (which cryptokey routing rules out for a real packet) or
 // when the server has no Net to ask.
-func (d *DNSServer) peerAt(a net.Addr) protocol.PublicKey {
-	if ip, ok := addrOf(a); ok && d.peerOf != nil {
-		if k, ok := d.peerOf(ip); ok {
+func (d *Server) peerAt(a net.Addr) protocol.PublicKey {
+	// *net.UDPAddr and *net.TCPAddr, what the tunnel's sockets give.
+	ap, ok := a.(interface{ AddrPort() netip.AddrPort })
+	if ok && d.peerOf != nil {
+		if k, ok := d.peerOf(ap.AddrPort().Addr().Unmap()); ok {
 			return k
 		}
 	}
@@ -136,22 +141,34 @@ func (d *DNSServer) peerAt(a net.Addr) protocol.PublicKey {
 // is copied out at its own size.
 var udpBuffers = sync.Pool{New: func() any { return new([65535]byte) }}
 
-// ServeDNS starts a DNS server on every tunnel address of ours, port 53,
-// over UDP and TCP. It runs until its Close or the Net's, which also
-// waits for its goroutines.
-func (n *Net) ServeDNS(cfg DNSServerConfig) (*DNSServer, error) {
-	d := newDNSServer(cfg)
-	d.peerOf = n.peerFor
-	if err := n.addService(d); err != nil {
-		return nil, err
+// Tunnel is what the server needs of the tunnel's network (a
+// *netstack.Net has it all): its sockets on our addresses, the peer a
+// query came from, and a way to stop with it.
+type Tunnel interface {
+	Listen(network, address string) (net.Listener, error)
+	ListenPacket(network, address string) (net.PacketConn, error)
+	// Addresses are ours in the tunnel: the server listens on each.
+	Addresses() []netip.Addr
+	// PeerFor names the peer that routes an address: a query's source
+	// tells whose share of the server's slots it takes.
+	PeerFor(netip.Addr) (protocol.PublicKey, bool)
+	// OnClose has the tunnel's own Close close the server too, so
+	// closing the tunnel alone leaves none of its goroutines behind.
+	OnClose(io.Closer) error
+}
+
+// Serve starts a DNS server on every tunnel address of ours, port 53,
+// over UDP and TCP. It runs until its Close or the tunnel's, either of
+// which waits for its goroutines.
+func Serve(t Tunnel, cfg Config) (*Server, error) {
+	d := newServer(cfg)
+	d.peerOf = t.PeerFor
+	if err := t.OnClose(d); err != nil {
+		return nil, fmt.Errorf("dns server: %w", err)
 	}
-	for _, pa := range n.stack.AllAddresses()[nicID] {
-		a, ok := netip.AddrFromSlice(pa.AddressWithPrefix.Address.AsSlice())
-		if !ok {
-			continue
-		}
-		ap := netip.AddrPortFrom(a.Unmap(), 53).String()
-		pc, err := n.ListenPacket("udp", ap)
+	for _, a := range t.Addresses() {
+		ap := netip.AddrPortFrom(a, 53).String()
+		pc, err := t.ListenPacket("udp", ap)
 		if err != nil {
 			d.Close()
 			return nil, fmt.Errorf("dns server: %w", err)
@@ -159,7 +176,7 @@ func (n *Net) ServeDNS(cfg DNSServerConfig) (*DNSServer, error) {
 		if !d.track(pc, 1) {
 			return nil, net.ErrClosed
 		}
-		l, err := n.Listen("tcp", ap)
+		l, err := t.Listen("tcp", ap)
 		if err != nil {
 			d.Close()
 			return nil, fmt.Errorf("dns server: %w", err)
@@ -174,10 +191,10 @@ func (n *Net) ServeDNS(cfg DNSServerConfig) (*DNSServer, error) {
 	return d, nil
 }
 
-// newDNSServer is a server with nothing to serve on yet: ServeDNS adds the
+// newServer is a server with nothing to serve on yet: Serve adds the
 // sockets, and tests and the fuzz target call Answer directly.
-func newDNSServer(cfg DNSServerConfig) *DNSServer {
-	d := &DNSServer{
+func newServer(cfg Config) *Server {
+	d := &Server{
 		records:  make(map[string][]netip.Addr, len(cfg.Records)),
 		upstream: cfg.Upstream,
 		dial:     cfg.Dial,
@@ -207,16 +224,16 @@ func newDNSServer(cfg DNSServerConfig) *DNSServer {
 }
 
 // Close stops the server and waits for its goroutines. It may be called
-// more than once, and before or after the Net's Close.
-func (d *DNSServer) Close() error {
+// more than once, and before or after the tunnel's Close.
+func (d *Server) Close() error {
 	d.stop()
-	d.wait()
+	d.wg.Wait()
 	return nil
 }
 
-// stop and wait make DNSServer a service of the Net: its Close stops the
-// server before the stack goes and waits for it after.
-func (d *DNSServer) stop() {
+// stop ends the upstream queries and closes every socket, which ends the
+// goroutines serving them.
+func (d *Server) stop() {
 	d.cancel()
 	d.mu.Lock()
 	open := d.open
@@ -227,14 +244,10 @@ func (d *DNSServer) stop() {
 	}
 }
 
-func (d *DNSServer) wait() { d.wg.Wait() }
-
-// track registers a socket for stop to close, or closes it at once when
-// the server is stopping.
 // track registers c to be closed by Close and counts the goroutines
 // about to serve it, both under the lock Close takes first, so Close never
 // waits on a count that is still growing.
-func (d *DNSServer) track(c io.Closer, goroutines int) bool {
+func (d *Server) track(c io.Closer, goroutines int) bool {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.ctx.Err() != nil {
@@ -246,14 +259,14 @@ func (d *DNSServer) track(c io.Closer, goroutines int) bool {
 	return true
 }
 
-func (d *DNSServer) untrack(c io.Closer) {
+func (d *Server) untrack(c io.Closer) {
 	d.mu.Lock()
 	delete(d.open, c)
 	d.mu.Unlock()
 	c.Close()
 }
 
-func (d *DNSServer) serveUDP(pc net.PacketConn) {
+func (d *Server) serveUDP(pc net.PacketConn) {
 	defer d.wg.Done()
 	buf := make([]byte, 65535)
 	for {
@@ -277,7 +290,7 @@ func (d *DNSServer) serveUDP(pc net.PacketConn) {
 	}
 }
 
-func (d *DNSServer) serveTCP(l net.Listener) {
+func (d *Server) serveTCP(l net.Listener) {
 	defer d.wg.Done()
 	for {
 		c, err := l.Accept()
@@ -329,7 +342,7 @@ func (d *DNSServer) serveTCP(l net.Listener) {
 // Answer returns the response to one DNS message, or nil when the message
 // is not a query worth answering (a response, or too short to have an
 // ID). A name in Records is answered here; any other is forwarded.
-func (d *DNSServer) Answer(ctx context.Context, query []byte, overTCP bool) []byte {
+func (d *Server) Answer(ctx context.Context, query []byte, overTCP bool) []byte {
 	var p dnsmessage.Parser
 	h, err := p.Start(query)
 	if err != nil {
@@ -366,7 +379,7 @@ func (d *DNSServer) Answer(ctx context.Context, query []byte, overTCP bool) []by
 
 // reply builds a response to h; with q and addrs, an authoritative answer
 // with the addresses of q's type.
-func (d *DNSServer) reply(h dnsmessage.Header, q *dnsmessage.Question, rcode dnsmessage.RCode, addrs []netip.Addr) []byte {
+func (d *Server) reply(h dnsmessage.Header, q *dnsmessage.Question, rcode dnsmessage.RCode, addrs []netip.Addr) []byte {
 	b := dnsmessage.NewBuilder(nil, dnsmessage.Header{
 		ID: h.ID, Response: true, OpCode: h.OpCode, RecursionDesired: h.RecursionDesired,
 		RecursionAvailable: true, Authoritative: rcode == dnsmessage.RCodeSuccess, RCode: rcode,
@@ -398,7 +411,7 @@ func (d *DNSServer) reply(h dnsmessage.Header, q *dnsmessage.Question, rcode dns
 // forward asks the upstream resolvers in turn, over the transport the
 // query came by, so a truncated UDP answer sends the peer to TCP as it
 // would from the upstream itself.
-func (d *DNSServer) forward(ctx context.Context, query []byte, overTCP bool) ([]byte, error) {
+func (d *Server) forward(ctx context.Context, query []byte, overTCP bool) ([]byte, error) {
 	if len(d.upstream) == 0 {
 		return nil, errors.New("no upstream resolver")
 	}
@@ -415,7 +428,7 @@ func (d *DNSServer) forward(ctx context.Context, query []byte, overTCP bool) ([]
 	return nil, firstErr
 }
 
-func (d *DNSServer) ask(ctx context.Context, up netip.AddrPort, query []byte, overTCP bool) ([]byte, error) {
+func (d *Server) ask(ctx context.Context, up netip.AddrPort, query []byte, overTCP bool) ([]byte, error) {
 	ctx, cancel := context.WithTimeout(ctx, dnsUpstreamTimeout)
 	defer cancel()
 	network := "udp"

@@ -1,4 +1,4 @@
-package netstack
+package dnsserver
 
 import (
 	"context"
@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -14,11 +15,42 @@ import (
 
 	"golang.org/x/net/dns/dnsmessage"
 
+	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/netstack/peersite"
+	"github.com/wgbore/wgbore/protocol"
 )
 
 // These tests run the DNS server in our Net, asked by a wireguard-go
 // client through the tunnel; dnsserver_test.go tests Answer alone.
+
+// startTunnel opens our Net on 127.0.0.1, with OurV4 and OurV6, and a
+// wireguard-go client of it as its one peer.
+func startTunnel(t testing.TB) (*netstack.Net, *peersite.Client) {
+	t.Helper()
+	ours, _ := protocol.GeneratePrivateKey()
+	theirs, _ := protocol.GeneratePrivateKey()
+	loopback := netip.MustParseAddr("127.0.0.1")
+	n, err := netstack.Open(context.Background(), netstack.Config{
+		PrivateKey:  ours,
+		Addresses:   []netip.Prefix{netip.PrefixFrom(peersite.OurV4, 32), netip.PrefixFrom(peersite.OurV6, 128)},
+		ListenAddrs: []netip.Addr{loopback},
+		Peers: []protocol.PeerConfig{{PublicKey: theirs.PublicKey(),
+			AllowedIPs: []netip.Prefix{netip.PrefixFrom(peersite.TheirV4, 32), netip.PrefixFrom(peersite.TheirV6, 128)}}},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { n.Close() })
+	client := peersite.StartClient(t, ours.PublicKey(), peersite.Options{
+		PrivateKey: theirs, Endpoint: netip.AddrPortFrom(loopback, n.LocalPort()).String()})
+	return n, client
+}
+
+// goroutines lists the stacks of every goroutine.
+func goroutines() []string {
+	buf := make([]byte, 4<<20)
+	return strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n")
+}
 
 var otherAddr = netip.MustParseAddr("198.51.100.9")
 
@@ -169,10 +201,10 @@ func answerAddrs(m *dnsmessage.Message) []netip.Addr {
 // address, over UDP and TCP, for a local record and for a name the server
 // forwards to a resolver on the host's 127.0.0.1.
 func TestDNSServerThroughTunnel(t *testing.T) {
-	s := startServer(t, ForwardConfig{})
+	n, client := startTunnel(t)
 	up := startCountingUpstream(t)
 	demoV6 := netip.MustParseAddr("fd00::1")
-	d, err := s.n.ServeDNS(DNSServerConfig{
+	d, err := Serve(n, Config{
 		Records:  map[string][]netip.Addr{"Demo.WG": {peersite.OurV4, demoV6}},
 		Upstream: []netip.AddrPort{up.addr},
 	})
@@ -183,19 +215,19 @@ func TestDNSServerThroughTunnel(t *testing.T) {
 	server := netip.AddrPortFrom(peersite.OurV4, 53)
 	for _, network := range []string{"udp", "tcp"} {
 		t.Run(network, func(t *testing.T) {
-			m := exchange(t, s.client.DialContext, network, server, dnsQuestion(t, 1, "demo.wg.", dnsmessage.TypeA))
+			m := exchange(t, client.DialContext, network, server, dnsQuestion(t, 1, "demo.wg.", dnsmessage.TypeA))
 			if m.ID != 1 || !m.Response || !m.Authoritative || m.RCode != dnsmessage.RCodeSuccess || !slices.Equal(answerAddrs(m), []netip.Addr{peersite.OurV4}) {
 				t.Errorf("demo.wg A: %+v", m)
 			}
-			m = exchange(t, s.client.DialContext, network, server, dnsQuestion(t, 2, "DEMO.wg.", dnsmessage.TypeAAAA))
+			m = exchange(t, client.DialContext, network, server, dnsQuestion(t, 2, "DEMO.wg.", dnsmessage.TypeAAAA))
 			if m.ID != 2 || !slices.Equal(answerAddrs(m), []netip.Addr{demoV6}) {
 				t.Errorf("demo.wg AAAA: %+v", m)
 			}
-			m = exchange(t, s.client.DialContext, network, server, dnsQuestion(t, 3, "other.example.", dnsmessage.TypeA))
+			m = exchange(t, client.DialContext, network, server, dnsQuestion(t, 3, "other.example.", dnsmessage.TypeA))
 			if m.ID != 3 || m.RCode != dnsmessage.RCodeSuccess || !slices.Equal(answerAddrs(m), []netip.Addr{otherAddr}) {
 				t.Errorf("other.example A, forwarded: %+v", m)
 			}
-			m = exchange(t, s.client.DialContext, network, server, dnsQuestion(t, 4, "nowhere.example.", dnsmessage.TypeA))
+			m = exchange(t, client.DialContext, network, server, dnsQuestion(t, 4, "nowhere.example.", dnsmessage.TypeA))
 			if m.ID != 4 || m.RCode != dnsmessage.RCodeNameError {
 				t.Errorf("nowhere.example, forwarded: %+v", m)
 			}
@@ -205,7 +237,7 @@ func TestDNSServerThroughTunnel(t *testing.T) {
 		t.Errorf("upstream asked %d times over UDP and %d over TCP; want both", up.udp.Load(), up.tcp.Load())
 	}
 	// Over IPv6 too: the server listens on every tunnel address.
-	m := exchange(t, s.client.DialContext, "udp", netip.AddrPortFrom(peersite.OurV6, 53), dnsQuestion(t, 5, "demo.wg.", dnsmessage.TypeA))
+	m := exchange(t, client.DialContext, "udp", netip.AddrPortFrom(peersite.OurV6, 53), dnsQuestion(t, 5, "demo.wg.", dnsmessage.TypeA))
 	if !slices.Equal(answerAddrs(m), []netip.Addr{peersite.OurV4}) {
 		t.Errorf("over IPv6: %+v", m)
 	}
@@ -214,19 +246,19 @@ func TestDNSServerThroughTunnel(t *testing.T) {
 // TestDNSServerStopsWithNet: the Net's Close stops the DNS server and
 // waits for it; the server's own Close afterwards is harmless.
 func TestDNSServerStopsWithNet(t *testing.T) {
-	s := startServer(t, ForwardConfig{})
-	d, err := s.n.ServeDNS(DNSServerConfig{Upstream: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:1")}})
+	n, _ := startTunnel(t)
+	d, err := Serve(n, Config{Upstream: []netip.AddrPort{netip.MustParseAddrPort("127.0.0.1:1")}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	s.n.Close()
+	n.Close()
 	// Close waits for the server's goroutines to say they are done; the
 	// last of them may still be returning from its deferred Done, so a
 	// moment is allowed for it to vanish.
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		var alive []string
 		for _, g := range goroutines() {
-			if strings.Contains(g, "netstack.(*DNSServer)") {
+			if strings.Contains(g, "dnsserver.(*Server)") {
 				alive = append(alive, g)
 			}
 		}
@@ -238,13 +270,13 @@ func TestDNSServerStopsWithNet(t *testing.T) {
 		}
 	}
 	d.Close()
-	if _, err := s.n.ServeDNS(DNSServerConfig{}); err == nil {
-		t.Error("ServeDNS on a closed Net succeeded")
+	if _, err := Serve(n, Config{}); err == nil {
+		t.Error("Serve on a closed Net succeeded")
 	}
 }
 
 func TestDNSServerOpcodes(t *testing.T) {
-	d := newDNSServer(DNSServerConfig{Upstream: []netip.AddrPort{closedLoopbackPort(t)}})
+	d := newServer(Config{Upstream: []netip.AddrPort{closedLoopbackPort(t)}})
 	defer d.Close()
 	q := dnsQuestion(t, 3, "demo.wg.", dnsmessage.TypeA)
 	q[2] |= 2 << 3 // opcode 2, STATUS
