@@ -511,8 +511,14 @@ func (c *TCPConn) Read(b []byte) (int, error) { return c.conn.Read(b) }
 // Write writes data to the connection.
 func (c *TCPConn) Write(b []byte) (int, error) { return c.conn.Write(b) }
 
-// Close closes the connection.
-func (c *TCPConn) Close() error { return c.conn.Close() }
+// Close closes the connection. It also wakes NotifyReadable's callback:
+// gVisor notifies only once the connection has fully closed, and a relay
+// waiting for bytes from it must learn at once that none will come.
+func (c *TCPConn) Close() error {
+	err := c.conn.Close()
+	c.wq.Notify(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
+	return err
+}
 
 // CloseRead shuts down the reading side of the connection.
 func (c *TCPConn) CloseRead() error { return c.conn.CloseRead() }

@@ -133,7 +133,7 @@ func TestDialByName(t *testing.T) {
 	t.Run("cancel-loser", func(t *testing.T) {
 		// slow6 keeps its IPv6 attempt hanging; once IPv4 wins, that
 		// attempt must be cancelled, not left to time out.
-		before := len(goroutines())
+		before := len(peersite.Goroutines())
 		for range 5 {
 			c, err := n.DialContext(ctx, "tcp", "slow6.tunnel.test:7")
 			if err != nil {
@@ -142,10 +142,10 @@ func TestDialByName(t *testing.T) {
 			c.Close()
 		}
 		deadline := time.Now().Add(5 * time.Second)
-		for len(goroutines()) > before+2 && time.Now().Before(deadline) {
+		for len(peersite.Goroutines()) > before+2 && time.Now().Before(deadline) {
 			time.Sleep(10 * time.Millisecond)
 		}
-		if after := len(goroutines()); after > before+2 {
+		if after := len(peersite.Goroutines()); after > before+2 {
 			t.Errorf("%d goroutines before, %d after: losing dials linger", before, after)
 		}
 	})

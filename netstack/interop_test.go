@@ -8,7 +8,6 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -126,18 +125,6 @@ func TestNetAgainstWireGuardGoNetstack(t *testing.T) {
 	})
 }
 
-// goroutines lists the running goroutines by ID with their stacks.
-func goroutines() map[string]string {
-	buf := make([]byte, 4<<20)
-	buf = buf[:runtime.Stack(buf, true)]
-	out := map[string]string{}
-	for _, g := range strings.Split(string(buf), "\n\n") {
-		id, _, _ := strings.Cut(g, " [")
-		out[id] = g
-	}
-	return out
-}
-
 // TestCloseLeaksNothing opens a Net, uses it, closes it, and expects no
 // goroutine of ours left: every goroutine that appeared since Open must
 // be gone, except the wireguard-go peer's own (its echo handler may still
@@ -145,7 +132,7 @@ func goroutines() map[string]string {
 func TestCloseLeaksNothing(t *testing.T) {
 	key, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(t, key.PublicKey(), peersite.Options{})
-	before := goroutines()
+	before := peersite.Goroutines()
 	n := openOurs(t, key, site)
 	c, err := n.DialContext(context.Background(), "tcp", "10.0.0.2:7")
 	if err != nil {
@@ -169,7 +156,7 @@ func TestCloseLeaksNothing(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		var leaked []string
-		for id, g := range goroutines() {
+		for id, g := range peersite.Goroutines() {
 			if _, old := before[id]; old || strings.Contains(g, "netstack/peersite.") || strings.Contains(g, "golang.zx2c4.com/wireguard") ||
 				strings.Contains(g, "TestCloseLeaksNothing") || strings.Contains(g, "testing.tRunner") {
 				continue

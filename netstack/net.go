@@ -2,7 +2,6 @@ package netstack
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -80,13 +79,14 @@ type Net struct {
 	listen   udpbind.Config
 	rebinder *rebinder
 
-	// forward is server mode, once Forward turned it on; the stack's
-	// TCP and UDP handlers read it for every packet no endpoint claims.
-	forward atomic.Pointer[forwarder]
+	// intercept is server mode, once Intercept turned it on; the stack's
+	// TCP, UDP and ICMP handlers read it for every packet no endpoint
+	// claims.
+	intercept atomic.Pointer[interception]
 
-	// services are the parts with goroutines (Forward, the rebinder, what
-	// OnClose registered): Close stops them before the stack and waits
-	// for their goroutines after it.
+	// services are the parts with goroutines (the interceptor, the
+	// rebinder, what OnClose registered): Close stops them before the
+	// stack and waits for their goroutines after it.
 	mu       sync.Mutex
 	services []service
 	closing  bool
@@ -109,28 +109,27 @@ func (n *Net) addService(s service) error {
 	if n.closing {
 		return net.ErrClosed
 	}
-	if f, ok := s.(*forwarder); ok && !n.forward.CompareAndSwap(nil, f) {
-		return errors.New("netstack: Forward was already called")
-	}
 	n.services = append(n.services, s)
 	return nil
 }
 
-// OnClose registers c to be closed by the Net's Close, before the stack
-// closes, and waited for: a server built on the Net's sockets (a DNS
+// OnClose registers c to be closed by the Net's Close, once the stack has
+// closed, and waited for: a server built on the Net's sockets (a DNS
 // server on our tunnel addresses) then stops with the Net and leaves no
-// goroutine behind, whoever closes first. c's Close may be called again
-// by its owner. OnClose fails once Close has begun.
+// goroutine behind, whoever closes first. By then every socket of the
+// Net has failed, so nothing c waits for can still be waiting on a peer.
+// c's Close may be called again by its owner. OnClose fails once Close
+// has begun.
 func (n *Net) OnClose(c io.Closer) error {
 	return n.addService(closerService{c})
 }
 
 // closerService is an io.Closer as a service: its Close both ends its
-// work and waits for it, so it runs while the stack is still up.
+// work and waits for it, so it runs once the stack has closed.
 type closerService struct{ c io.Closer }
 
-func (s closerService) stop() { s.c.Close() }
-func (closerService) wait()   {}
+func (closerService) stop()   {}
+func (s closerService) wait() { s.c.Close() }
 
 // Addresses are our addresses inside the tunnel, as Config gave them:
 // where a server for the peers listens.
@@ -184,8 +183,8 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 	})
 	n.stack = s
 	// Server mode's entry points, installed now because the stack reads
-	// them without a lock; until Forward they decline every packet, which
-	// is what the stack does without a handler.
+	// them without a lock; until Intercept they decline every packet,
+	// which is what the stack does without a handler.
 	s.SetTransportProtocolHandler(tcp.ProtocolNumber, n.tcpPacket)
 	s.SetTransportProtocolHandler(udp.ProtocolNumber, n.udpPacket)
 	s.SetTransportProtocolHandler(icmp.ProtocolNumber4, n.icmpPacket)
@@ -266,8 +265,9 @@ func (n *Net) Engine() *protocol.Engine { return n.engine }
 // LocalPort is the host UDP port the engine listens on.
 func (n *Net) LocalPort() uint16 { return n.bind.Load().Port() }
 
-// Close stops the stack and the engine, and with them server mode's flows
-// and what OnClose registered, and waits for their goroutines.
+// Close stops the stack and the engine, and with them the interceptor
+// (see Intercept) and what OnClose registered, and waits for their
+// goroutines.
 func (n *Net) Close() error {
 	var err error
 	n.closeOnce.Do(func() {

@@ -36,16 +36,7 @@ func parseDNSAnswer(t testing.TB, resp []byte) (dnsmessage.Header, []netip.Addr)
 	if err := m.Unpack(resp); err != nil {
 		t.Fatalf("answer does not parse: %v", err)
 	}
-	var out []netip.Addr
-	for _, rr := range m.Answers {
-		switch b := rr.Body.(type) {
-		case *dnsmessage.AResource:
-			out = append(out, netip.AddrFrom4(b.A))
-		case *dnsmessage.AAAAResource:
-			out = append(out, netip.AddrFrom16(b.AAAA))
-		}
-	}
-	return m.Header, out
+	return m.Header, answerAddrs(&m)
 }
 
 // fakeUpstream is a resolver on 127.0.0.1 that answers every query with

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"runtime"
 	"slices"
 	"strings"
 	"sync/atomic"
@@ -44,12 +43,6 @@ func startTunnel(t testing.TB) (*netstack.Net, *peersite.Client) {
 	client := peersite.StartClient(t, ours.PublicKey(), peersite.Options{
 		PrivateKey: theirs, Endpoint: netip.AddrPortFrom(loopback, n.LocalPort()).String()})
 	return n, client
-}
-
-// goroutines lists the stacks of every goroutine.
-func goroutines() []string {
-	buf := make([]byte, 4<<20)
-	return strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n")
 }
 
 var otherAddr = netip.MustParseAddr("198.51.100.9")
@@ -257,7 +250,7 @@ func TestDNSServerStopsWithNet(t *testing.T) {
 	// moment is allowed for it to vanish.
 	for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(10 * time.Millisecond) {
 		var alive []string
-		for _, g := range goroutines() {
+		for _, g := range peersite.Goroutines() {
 			if strings.Contains(g, "dnsserver.(*Server)") {
 				alive = append(alive, g)
 			}

@@ -15,9 +15,9 @@ import (
 	"time"
 
 	"github.com/wgbore/wgbore/cmd/internal/membudget"
-	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/proxy"
+	"github.com/wgbore/wgbore/proxy/egress"
 )
 
 // The endpoints of [Metrics] BindAddress are written by hand rather than
@@ -46,9 +46,9 @@ type observerConfig struct {
 	// ResentAcks is the netstack's count of re-sent acknowledgements
 	// (netstack.Net.ResentAcks); nil leaves the metric out.
 	ResentAcks func() uint64
-	// Flows is server mode's flows per peer (netstack.Net.FlowCounts);
+	// Flows is server mode's flows per peer (egress.Server.FlowCounts);
 	// nil, or a nil result, leaves the flow metrics out.
-	Flows func() map[protocol.PublicKey]netstack.FlowCounts
+	Flows func() map[protocol.PublicKey]egress.FlowCounts
 	// Budget is the memory budget; nil (none) reports a budget of 0.
 	Budget *membudget.Budget
 	// Listeners lists the front ends running now; nil means none.

@@ -5,8 +5,8 @@ import (
 
 	"github.com/wgbore/wgbore/cmd/internal/membudget"
 	"github.com/wgbore/wgbore/config"
-	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/proxy/dnsserver"
+	"github.com/wgbore/wgbore/proxy/egress"
 )
 
 // startServeMode turns on what serve adds to up: forwarding of peers'
@@ -16,15 +16,17 @@ import (
 func (s *Service) startServeMode(p *Plan) error {
 	cfg := p.cfg
 	if s.serveMode {
-		fc := netstack.ForwardConfig{Logger: s.log, Admit: s.admit(), MaxFlows: maxFlows(cfg.Egress, s.budget)}
+		fc := egress.Config{Logger: s.log, Admit: s.admit(), MaxFlows: maxFlows(cfg.Egress, s.budget)}
 		if e := cfg.Egress; e != nil {
-			fc.Egress = netstack.Egress{Allow: e.Allow, Deny: e.Deny, HostAddresses: e.HostAddresses}
+			fc.Policy = egress.Policy{Allow: e.Allow, Deny: e.Deny, HostAddresses: e.HostAddresses}
 			fc.MaxFlowsPerPeer = e.MaxFlowsPerPeer
 			fc.UDPIdleTimeout = e.UDPTimeout
 		}
-		if err := s.tun.Forward(fc); err != nil {
+		eg, err := egress.Start(s.tun, fc)
+		if err != nil {
 			return fmt.Errorf("serve: %w", err)
 		}
+		s.egress.Store(eg)
 		s.addServer(server{desc: "egress " + egressSummary(cfg)})
 	}
 	if d := cfg.DNSServer; d != nil {
@@ -45,7 +47,7 @@ func (s *Service) startServeMode(p *Plan) error {
 const flowCost = 64 << 10
 
 // maxFlows is the cap on all peers' flows together: [Egress] MaxFlows;
-// else what FlowMemory holds; else netstack's default, scaled to the
+// else what FlowMemory holds; else the egress's default, scaled to the
 // process's memory budget when there is one.
 func maxFlows(e *config.Egress, b *membudget.Budget) int {
 	switch {
@@ -54,7 +56,7 @@ func maxFlows(e *config.Egress, b *membudget.Budget) int {
 	case e != nil && e.FlowMemory > 0:
 		return max(16, int(e.FlowMemory/flowCost))
 	}
-	return b.Connections(netstack.DefaultMaxFlows)
+	return b.Connections(egress.DefaultMaxFlows)
 }
 
 // egressSummary says in a few words where peers may go, for the start-up

@@ -5,7 +5,7 @@ import (
 
 	"github.com/wgbore/wgbore/cmd/internal/membudget"
 	"github.com/wgbore/wgbore/config"
-	"github.com/wgbore/wgbore/netstack"
+	"github.com/wgbore/wgbore/proxy/egress"
 )
 
 // TestMaxFlows: the cap on all peers' flows comes from MaxFlows, else
@@ -19,16 +19,16 @@ func TestMaxFlows(t *testing.T) {
 		budget *membudget.Budget
 		want   int
 	}{
-		{"no section", nil, nil, netstack.DefaultMaxFlows},
+		{"no section", nil, nil, egress.DefaultMaxFlows},
 		{"MaxFlows", &config.Egress{MaxFlows: 300, FlowMemory: 1 << 30}, small, 300},
 		{"FlowMemory", &config.Egress{FlowMemory: 256 << 20}, nil, 256 << 20 / flowCost},
-		{"budget", &config.Egress{}, small, small.Connections(netstack.DefaultMaxFlows)},
+		{"budget", &config.Egress{}, small, small.Connections(egress.DefaultMaxFlows)},
 	} {
 		if got := maxFlows(c.egress, c.budget); got != c.want {
 			t.Errorf("%s: %d, want %d", c.name, got, c.want)
 		}
 	}
-	if got := maxFlows(nil, small); got >= netstack.DefaultMaxFlows {
+	if got := maxFlows(nil, small); got >= egress.DefaultMaxFlows {
 		t.Errorf("a 64 MiB budget leaves the default %d flows", got)
 	}
 }

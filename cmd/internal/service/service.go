@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wgbore/wgbore/cmd/internal/membudget"
@@ -21,6 +22,7 @@ import (
 	"github.com/wgbore/wgbore/netstack/wgquick"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/proxy"
+	"github.com/wgbore/wgbore/proxy/egress"
 )
 
 // hostDialTimeout bounds dials to a server tunnel's host-side target.
@@ -91,8 +93,10 @@ func (closeOnly) Stats() proxy.ConnStats         { return proxy.ConnStats{} }
 
 // Service is a running tunnel and its front ends.
 type Service struct {
-	log        *slog.Logger
-	tun        *netstack.Net
+	log *slog.Logger
+	tun *netstack.Net
+	// egress is server mode's, once started; /metrics reads its counts.
+	egress     atomic.Pointer[egress.Server]
 	hostDialer *net.Dialer
 	// budget is the process's memory budget; nil for none.
 	budget *membudget.Budget
@@ -180,7 +184,7 @@ func Start(ctx context.Context, p *Plan, o Options) (*Service, error) {
 		Alive:      s.alive,
 	}
 	if o.Serve {
-		oc.Flows = tun.FlowCounts
+		oc.Flows = func() map[protocol.PublicKey]egress.FlowCounts { return s.egress.Load().FlowCounts() }
 	}
 	s.observer = newObserver(oc)
 	if err := s.startFrontEnds(p); err != nil {

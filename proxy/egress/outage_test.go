@@ -1,8 +1,7 @@
-package netstack
+package egress
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"fmt"
 	"io"
@@ -16,7 +15,7 @@ import (
 	"github.com/wgbore/wgbore/protocol/wgtest"
 )
 
-// TestForwardUploadAfterPausesAndOutage: a client on gVisor's TCP with
+// TestEgressUploadAfterPausesAndOutage: a client on gVisor's TCP with
 // its defaults (RACK on, timestamps offered, as wireguard-go's netstack
 // ships it) uploads 16 MiB through our server on a keep-alive connection
 // on which both ends paused first: the host's server while it prepared
@@ -26,7 +25,7 @@ import (
 // once took the two pauses for a sender stalled while catching up and
 // echoed the newest timestamp, and the client then crawled one segment
 // per retransmission timeout.
-func TestForwardUploadAfterPausesAndOutage(t *testing.T) {
+func TestEgressUploadAfterPausesAndOutage(t *testing.T) {
 	if testing.Short() {
 		t.Skip("skipped in -short mode: an upload through a 2 s outage")
 	}
@@ -38,20 +37,8 @@ func TestForwardUploadAfterPausesAndOutage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	n, err := Open(context.Background(), Config{
-		PrivateKey:  ourKey,
-		Addresses:   []netip.Prefix{netip.PrefixFrom(peersite.OurV4, 32)},
-		ListenAddrs: []netip.Addr{hostLoopback},
-		Peers: []protocol.PeerConfig{{
-			PublicKey:  clientKey.PublicKey(),
-			AllowedIPs: []netip.Prefix{netip.PrefixFrom(peersite.TheirV4, 32)},
-		}},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { n.Close() })
-	if err := n.Forward(ForwardConfig{Egress: allowHostLoopback()}); err != nil {
+	n := openNet(t, ourKey, clientKey.PublicKey(), "", netip.PrefixFrom(peersite.TheirV4, 32))
+	if _, err := Start(n, Config{Policy: allowHostLoopback()}); err != nil {
 		t.Fatal(err)
 	}
 	relay, err := wgtest.NewRelay(wgtest.RelayConfig{B: netip.AddrPortFrom(hostLoopback, n.LocalPort()), Seed: 1})

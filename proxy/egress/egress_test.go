@@ -1,4 +1,4 @@
-package netstack
+package egress
 
 import (
 	"bytes"
@@ -19,9 +19,7 @@ import (
 	"testing"
 	"time"
 
-	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/stack"
-
+	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/wgtest"
@@ -35,7 +33,8 @@ var hostLoopback = netip.MustParseAddr("127.0.0.1")
 
 // serverSetup is our Net in server mode and a wireguard-go client of it.
 type serverSetup struct {
-	n      *Net
+	n      *netstack.Net
+	eg     *Server
 	client *peersite.Client
 	dials  *dialLog
 }
@@ -60,33 +59,43 @@ func (d *dialLog) list() []string {
 	return append([]string(nil), d.addrs...)
 }
 
-// startServer opens our Net as a server on 127.0.0.1 with the client as
-// its one peer, turns on Forward with fc (its Dial recorded unless set),
-// and starts the client, which routes everything to us.
-func startServer(t testing.TB, fc ForwardConfig) *serverSetup {
+// openNet opens our Net on 127.0.0.1, at OurV4 and OurV6, with one peer
+// that routes allowed, at endpoint when it is not empty.
+func openNet(t testing.TB, ours protocol.PrivateKey, peer protocol.PublicKey, endpoint string, allowed ...netip.Prefix) *netstack.Net {
 	t.Helper()
-	ourKey, _ := protocol.GeneratePrivateKey()
-	clientKey, _ := protocol.GeneratePrivateKey()
-	n, err := Open(context.Background(), Config{
-		PrivateKey:  ourKey,
+	n, err := netstack.Open(context.Background(), netstack.Config{
+		PrivateKey:  ours,
 		Addresses:   []netip.Prefix{netip.PrefixFrom(peersite.OurV4, 32), netip.PrefixFrom(peersite.OurV6, 128)},
 		ListenAddrs: []netip.Addr{hostLoopback},
-		Peers: []protocol.PeerConfig{{
-			PublicKey:  clientKey.PublicKey(),
-			AllowedIPs: []netip.Prefix{netip.PrefixFrom(peersite.TheirV4, 32), netip.PrefixFrom(peersite.TheirV6, 128)},
-		}},
+		Peers:       []protocol.PeerConfig{{PublicKey: peer, Endpoint: endpoint, AllowedIPs: allowed}},
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { n.Close() })
+	return n
+}
+
+// theirPrefixes are the client's addresses, as our Net routes them to it.
+var theirPrefixes = []netip.Prefix{netip.PrefixFrom(peersite.TheirV4, 32), netip.PrefixFrom(peersite.TheirV6, 128)}
+
+// startServer opens our Net as a server on 127.0.0.1 with the client as
+// its one peer, starts the egress on it with cfg (its Dial recorded
+// unless set), and starts the client, which routes everything to us.
+func startServer(t testing.TB, cfg Config) *serverSetup {
+	t.Helper()
+	ourKey, _ := protocol.GeneratePrivateKey()
+	clientKey, _ := protocol.GeneratePrivateKey()
+	n := openNet(t, ourKey, clientKey.PublicKey(), "", theirPrefixes...)
 	s := &serverSetup{n: n, dials: &dialLog{}}
-	if fc.Dial == nil {
-		fc.Dial = s.dials.dial
+	if cfg.Dial == nil {
+		cfg.Dial = s.dials.dial
 	}
-	if err := n.Forward(fc); err != nil {
+	eg, err := Start(n, cfg)
+	if err != nil {
 		t.Fatal(err)
 	}
+	s.eg = eg
 	s.client = peersite.StartClient(t, ourKey.PublicKey(), peersite.Options{
 		PrivateKey: clientKey,
 		Endpoint:   netip.AddrPortFrom(hostLoopback, n.LocalPort()).String(),
@@ -180,14 +189,14 @@ func serveHostUDPEcho(t testing.TB, a netip.Addr) netip.AddrPort {
 	return netip.MustParseAddrPort(pc.LocalAddr().String())
 }
 
-func allowHostLoopback() Egress {
-	return Egress{Allow: []netip.Prefix{netip.PrefixFrom(hostLoopback, 32)}}
+func allowHostLoopback() Policy {
+	return Policy{Allow: []netip.Prefix{netip.PrefixFrom(hostLoopback, 32)}}
 }
 
-// TestForwardTCPToHostLoopback fetches 64 MiB from an HTTP server on the
+// TestEgressTCPToHostLoopback fetches 64 MiB from an HTTP server on the
 // host's 127.0.0.1 through our server, and uploads 8 MiB to it.
-func TestForwardTCPToHostLoopback(t *testing.T) {
-	s := startServer(t, ForwardConfig{Egress: allowHostLoopback()})
+func TestEgressTCPToHostLoopback(t *testing.T) {
+	s := startServer(t, Config{Policy: allowHostLoopback()})
 	web := serveHostHTTP(t)
 	tr := &http.Transport{DialContext: s.client.DialContext}
 	defer tr.CloseIdleConnections()
@@ -227,11 +236,11 @@ func TestForwardTCPToHostLoopback(t *testing.T) {
 	}
 }
 
-// TestForwardHalfClose checks that a FIN travels both ways on its own:
+// TestEgressHalfClose checks that a FIN travels both ways on its own:
 // the client shuts its sending side, the host reads to EOF and only then
 // answers, and the client reads the answer and then EOF.
-func TestForwardHalfClose(t *testing.T) {
-	s := startServer(t, ForwardConfig{Egress: allowHostLoopback()})
+func TestEgressHalfClose(t *testing.T) {
+	s := startServer(t, Config{Policy: allowHostLoopback()})
 	l := hostListen(t, hostLoopback)
 	serveHostTCP(l, func(c net.Conn) {
 		n, err := io.Copy(io.Discard, c)
@@ -258,8 +267,8 @@ func TestForwardHalfClose(t *testing.T) {
 	}
 }
 
-func TestForwardUDPEcho(t *testing.T) {
-	s := startServer(t, ForwardConfig{Egress: allowHostLoopback()})
+func TestEgressUDPEcho(t *testing.T) {
+	s := startServer(t, Config{Policy: allowHostLoopback()})
 	echo := serveHostUDPEcho(t, hostLoopback)
 	c, err := s.dial(t, "udp", echo.String())
 	if err != nil {
@@ -286,11 +295,11 @@ func TestForwardUDPEcho(t *testing.T) {
 	}
 }
 
-// TestForwardOwnAddress checks that a flow to the server's own tunnel
+// TestEgressOwnAddress checks that a flow to the server's own tunnel
 // address on a port without a listener of ours reaches the host's
 // loopback on that port, IPv4 to 127.0.0.1 and IPv6 to ::1, and only
 // where the egress policy allows loopback: the default refuses it at once.
-func TestForwardOwnAddress(t *testing.T) {
+func TestEgressOwnAddress(t *testing.T) {
 	v6Loopback := netip.IPv6Loopback()
 	tcp4 := hostListen(t, hostLoopback)
 	serveHostTCP(tcp4, func(c net.Conn) { io.WriteString(c, "host 127.0.0.1") })
@@ -304,7 +313,7 @@ func TestForwardOwnAddress(t *testing.T) {
 	port := func(l net.Listener) uint16 { return netip.MustParseAddrPort(l.Addr().String()).Port() }
 
 	t.Run("allowed", func(t *testing.T) {
-		s := startServer(t, ForwardConfig{Egress: Egress{Allow: []netip.Prefix{
+		s := startServer(t, Config{Policy: Policy{Allow: []netip.Prefix{
 			netip.PrefixFrom(hostLoopback, 32), netip.PrefixFrom(v6Loopback, 128)}}})
 		for _, c := range []struct {
 			own  netip.Addr
@@ -340,7 +349,7 @@ func TestForwardOwnAddress(t *testing.T) {
 	})
 
 	t.Run("default policy", func(t *testing.T) {
-		s := startServer(t, ForwardConfig{})
+		s := startServer(t, Config{})
 		for _, own := range []netip.Addr{peersite.OurV4, peersite.OurV6} {
 			conn, err := s.dial(t, "tcp", netip.AddrPortFrom(own, port(tcp4)).String())
 			if err == nil {
@@ -366,11 +375,11 @@ func TestForwardOwnAddress(t *testing.T) {
 	})
 }
 
-// TestForwardRefusals checks that every refused flow is refused at once,
+// TestEgressRefusals checks that every refused flow is refused at once,
 // with an RST or an ICMP port unreachable, and that no host dial happens
 // for a flow the policy denies.
-func TestForwardRefusals(t *testing.T) {
-	s := startServer(t, ForwardConfig{Egress: allowHostLoopback()})
+func TestEgressRefusals(t *testing.T) {
+	s := startServer(t, Config{Policy: allowHostLoopback()})
 	// Warm up: the first packet waits for the handshake.
 	echo := serveHostUDPEcho(t, hostLoopback)
 	if c, err := s.dial(t, "udp", echo.String()); err == nil {
@@ -442,14 +451,14 @@ func TestForwardRefusals(t *testing.T) {
 	}
 }
 
-// TestForwardRefusesTunnelDestinations: an address inside some peer's
+// TestEgressRefusesTunnelDestinations: an address inside some peer's
 // AllowedIPs lives in the tunnel, not on the host's network, so a flow to
 // it is refused even when the egress policy allows its range, and the
 // host is never asked.
-func TestForwardRefusesTunnelDestinations(t *testing.T) {
+func TestEgressRefusesTunnelDestinations(t *testing.T) {
 	var dialed atomic.Int32
-	s := startServer(t, ForwardConfig{
-		Egress: Egress{Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
+	s := startServer(t, Config{
+		Policy: Policy{Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8")}},
 		// No host dial may happen here: the test must not reach any host
 		// address but loopback.
 		Dial: func(context.Context, string, string) (net.Conn, error) {
@@ -482,21 +491,21 @@ func TestForwardRefusesTunnelDestinations(t *testing.T) {
 	}
 }
 
-// TestForwardFlowLimit: at MaxFlowsPerPeer, or at MaxFlows for all
+// TestEgressFlowLimit: at MaxFlowsPerPeer, or at MaxFlows for all
 // peers together, the next flow is refused at once (RST, or ICMP
 // unreachable for UDP) rather than held, and counted by its reason; the
 // open flows carry on, and once one ends a new one is accepted.
-func TestForwardFlowLimit(t *testing.T) {
+func TestEgressFlowLimit(t *testing.T) {
 	for _, c := range []struct {
 		name    string
-		fc      ForwardConfig
+		fc      Config
 		refused func(FlowCounts) uint64
 	}{
-		{"per peer", ForwardConfig{MaxFlowsPerPeer: 2}, func(c FlowCounts) uint64 { return c.RefusedPeerCap }},
-		{"all peers", ForwardConfig{MaxFlowsPerPeer: 100, MaxFlows: 2}, func(c FlowCounts) uint64 { return c.RefusedGlobalCap }},
+		{"per peer", Config{MaxFlowsPerPeer: 2}, func(c FlowCounts) uint64 { return c.RefusedPeerCap }},
+		{"all peers", Config{MaxFlowsPerPeer: 100, MaxFlows: 2}, func(c FlowCounts) uint64 { return c.RefusedGlobalCap }},
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			c.fc.Egress = allowHostLoopback()
+			c.fc.Policy = allowHostLoopback()
 			s := startServer(t, c.fc)
 			l := hostListen(t, hostLoopback)
 			serveHostTCP(l, func(c net.Conn) { io.Copy(c, c) })
@@ -530,7 +539,7 @@ func TestForwardFlowLimit(t *testing.T) {
 				t.Fatalf("UDP flow over the limit: %v", err)
 			}
 			u.Close()
-			counts := s.n.FlowCounts()[s.client.PublicKey]
+			counts := s.eg.FlowCounts()[s.client.PublicKey]
 			if counts.Open != 2 || c.refused(counts) != 2 || counts.RefusedPeerCap+counts.RefusedGlobalCap+counts.RefusedMemory != 2 {
 				t.Errorf("flow counts %+v: want 2 open and the 2 refusals under this limit alone", counts)
 			}
@@ -545,7 +554,7 @@ func TestForwardFlowLimit(t *testing.T) {
 			}
 
 			open[0].Close()
-			f := s.n.forward.Load()
+			f := s.eg
 			wgtest.WaitFor(t, 10*time.Second, "the closed flow to end", func() bool { return f.flows(s.client.PublicKey) < 2 })
 			c, err := s.dial(t, "tcp", l.Addr().String())
 			if err != nil {
@@ -556,13 +565,13 @@ func TestForwardFlowLimit(t *testing.T) {
 	}
 }
 
-// TestForwardAdmit: while Admit says no (a memory budget nearly spent),
+// TestEgressAdmit: while Admit says no (a memory budget nearly spent),
 // new flows are refused at once as over the flow limit; the flows
 // already open keep working, and new ones are taken again once Admit
 // says yes.
-func TestForwardAdmit(t *testing.T) {
+func TestEgressAdmit(t *testing.T) {
 	var full atomic.Bool
-	s := startServer(t, ForwardConfig{Egress: allowHostLoopback(), Admit: func() bool { return !full.Load() }})
+	s := startServer(t, Config{Policy: allowHostLoopback(), Admit: func() bool { return !full.Load() }})
 	l := hostListen(t, hostLoopback)
 	serveHostTCP(l, func(c net.Conn) { io.Copy(c, c) })
 	echo := serveHostUDPEcho(t, hostLoopback)
@@ -604,10 +613,10 @@ func TestForwardAdmit(t *testing.T) {
 	c.Close()
 }
 
-// TestForwardUDPIdle: a UDP flow ends after UDPIdleTimeout without
+// TestEgressUDPIdle: a UDP flow ends after UDPIdleTimeout without
 // traffic, and its count with it.
-func TestForwardUDPIdle(t *testing.T) {
-	s := startServer(t, ForwardConfig{Egress: allowHostLoopback(), UDPIdleTimeout: 300 * time.Millisecond})
+func TestEgressUDPIdle(t *testing.T) {
+	s := startServer(t, Config{Policy: allowHostLoopback(), UDPIdleTimeout: 300 * time.Millisecond})
 	echo := serveHostUDPEcho(t, hostLoopback)
 	c, err := s.dial(t, "udp", echo.String())
 	if err != nil {
@@ -625,26 +634,26 @@ func TestForwardUDPIdle(t *testing.T) {
 	if !ok {
 		t.Fatal("no echo")
 	}
-	f := s.n.forward.Load()
+	f := s.eg
 	if got := f.flows(s.client.PublicKey); got != 1 {
 		t.Fatalf("%d flows open, want 1", got)
 	}
 	wgtest.WaitFor(t, 10*time.Second, "the idle UDP flow to end", func() bool { return f.flows(s.client.PublicKey) == 0 })
 }
 
-// TestForwardPing documents ICMP echo in server mode that never reaches
+// TestEgressPing documents ICMP echo in server mode that never reaches
 // the host: a ping to our tunnel address is answered by gVisor, and one
 // to a destination the egress policy denies is dropped unanswered (see
-// Forward). TestForwardPingHost covers the pings that are forwarded.
-func TestForwardPing(t *testing.T) {
+// Start). TestEgressPingHost covers the pings that are forwarded.
+func TestEgressPing(t *testing.T) {
 	key, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(t, key.PublicKey(), peersite.Options{
 		AllowedIPs: []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")},
 	})
-	n := openOursWith(t, key, site, nil)
+	n := openNet(t, key, site.PublicKey, site.Endpoint(), theirPrefixes...)
 	// 198.51.100.0/24 is public, so allowed by default: deny it, so that
 	// no ping of this test leaves the host.
-	if err := n.Forward(ForwardConfig{Egress: Egress{Deny: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}}}); err != nil {
+	if _, err := Start(n, Config{Policy: Policy{Deny: []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}}}); err != nil {
 		t.Fatal(err)
 	}
 	// Our first packet starts the handshake: the site knows no endpoint.
@@ -691,13 +700,13 @@ func TestForwardPing(t *testing.T) {
 	}
 }
 
-// TestForwardPingHost pings the host's 127.0.0.1 through our server,
+// TestEgressPingHost pings the host's 127.0.0.1 through our server,
 // which the egress policy allows: the host's echo reply comes back as an
 // echo reply from 127.0.0.1 with the client's identifier, sequence number
 // and payload. A ping to a denied destination gets no reply.
-func TestForwardPingHost(t *testing.T) {
-	s := startServer(t, ForwardConfig{Egress: allowHostLoopback()})
-	f := s.n.forward.Load()
+func TestEgressPingHost(t *testing.T) {
+	s := startServer(t, Config{Policy: allowHostLoopback()})
+	f := s.eg
 	p := f.ping.Load()
 	if p == nil {
 		t.Skip("the host allows neither a ping socket (net.ipv4.ping_group_range) nor a raw ICMP socket (CAP_NET_RAW)")
@@ -744,15 +753,15 @@ func TestForwardPingHost(t *testing.T) {
 	wgtest.WaitFor(t, 10*time.Second, "the ping forwarder to hold no request awaiting a reply", func() bool { return p.outstanding(s.client.PublicKey) == 0 })
 }
 
-// TestForwardPingHost6 is TestForwardPingHost for ICMPv6 to the host's
+// TestEgressPingHost6 is TestEgressPingHost for ICMPv6 to the host's
 // ::1. It also checks that a ping to a denied IPv6 destination is not
 // answered: gVisor answers ICMPv6 echo to any address of promiscuous mode
 // itself unless our handler claims it.
-func TestForwardPingHost6(t *testing.T) {
+func TestEgressPingHost6(t *testing.T) {
 	loop6 := netip.MustParseAddr("::1")
 	// 2001:db8::/32 is public, so allowed by default: deny it, so that no
 	// ping of this test leaves the host.
-	s := startServer(t, ForwardConfig{Egress: Egress{
+	s := startServer(t, Config{Policy: Policy{
 		Allow: []netip.Prefix{netip.PrefixFrom(loop6, 128)},
 		Deny:  []netip.Prefix{netip.MustParsePrefix("2001:db8::/32")},
 	}})
@@ -777,7 +786,7 @@ func TestForwardPingHost6(t *testing.T) {
 			t.Errorf("ping %s: %v, want no answer", dst, err)
 		}
 	}
-	p := s.n.forward.Load().ping6.Load()
+	p := s.eg.ping6.Load()
 	if p == nil {
 		t.Skip("the host allows neither an ICMPv6 ping socket (net.ipv4.ping_group_range) nor a raw ICMPv6 socket (CAP_NET_RAW)")
 	}
@@ -797,11 +806,11 @@ func TestForwardPingHost6(t *testing.T) {
 	wgtest.WaitFor(t, 10*time.Second, "the ping forwarder to hold no request awaiting a reply", func() bool { return p.outstanding(s.client.PublicKey) == 0 })
 }
 
-// TestForwardPingLimit fills one peer's outstanding pings: the next one is
+// TestEgressPingLimit fills one peer's outstanding pings: the next one is
 // dropped, and expired ones are swept.
-func TestForwardPingLimit(t *testing.T) {
-	s := startServer(t, ForwardConfig{Egress: allowHostLoopback()})
-	p := s.n.forward.Load().ping.Load()
+func TestEgressPingLimit(t *testing.T) {
+	s := startServer(t, Config{Policy: allowHostLoopback()})
+	p := s.eg.ping.Load()
 	if p == nil {
 		t.Skip("the host allows neither a ping socket (net.ipv4.ping_group_range) nor a raw ICMP socket (CAP_NET_RAW)")
 	}
@@ -824,20 +833,20 @@ func TestForwardPingLimit(t *testing.T) {
 	}
 }
 
-func TestForwardTwice(t *testing.T) {
-	s := startServer(t, ForwardConfig{})
-	if err := s.n.Forward(ForwardConfig{}); err == nil {
-		t.Fatal("a second Forward succeeded")
+func TestEgressTwice(t *testing.T) {
+	s := startServer(t, Config{})
+	if _, err := Start(s.n, Config{}); err == nil {
+		t.Fatal("a second egress on one Net started")
 	}
 }
 
-// TestForwardCloseWaits closes a server with flows in the middle of
+// TestEgressCloseWaits closes a server with flows in the middle of
 // their relays (TCP both ways blocked, a UDP session waiting) and expects
 // every goroutine of ours gone when Close returns, and nothing left after
 // the client and host servers are gone too.
-func TestForwardCloseWaits(t *testing.T) {
-	before := goroutines()
-	s := startServer(t, ForwardConfig{Egress: allowHostLoopback()})
+func TestEgressCloseWaits(t *testing.T) {
+	before := peersite.Goroutines()
+	s := startServer(t, Config{Policy: allowHostLoopback()})
 	l := hostListen(t, hostLoopback)
 	hostConns := make(chan net.Conn, 10)
 	serveHostTCP(l, func(c net.Conn) {
@@ -867,8 +876,8 @@ func TestForwardCloseWaits(t *testing.T) {
 	if err := s.n.Close(); err != nil {
 		t.Fatal(err)
 	}
-	for id, g := range goroutines() {
-		if _, old := before[id]; !old && (strings.Contains(g, "netstack.(*forwarder)") || strings.Contains(g, "proxy/relay.")) {
+	for id, g := range peersite.Goroutines() {
+		if _, old := before[id]; !old && (strings.Contains(g, "egress.(*Server)") || strings.Contains(g, "proxy/relay.")) {
 			t.Errorf("forwarder goroutine alive after Close:\n%s", g)
 		}
 	}
@@ -877,9 +886,9 @@ func TestForwardCloseWaits(t *testing.T) {
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		var leaked []string
-		for id, g := range goroutines() {
-			if _, old := before[id]; old || strings.Contains(g, "TestForwardCloseWaits") || strings.Contains(g, "testing.tRunner") ||
-				strings.Contains(g, "forward_test.go") {
+		for id, g := range peersite.Goroutines() {
+			if _, old := before[id]; old || strings.Contains(g, "TestEgressCloseWaits") || strings.Contains(g, "testing.tRunner") ||
+				strings.Contains(g, "egress_test.go") {
 				continue
 			}
 			leaked = append(leaked, g)
@@ -922,8 +931,8 @@ func isTimeout(err error) bool {
 	return errors.As(err, &ne) && ne.Timeout()
 }
 
-// BenchmarkForwardTCP moves data through one TCP connection from a
-// wireguard-go client, through our server's Forward, to a sink or source
+// BenchmarkEgressTCP moves data through one TCP connection from a
+// wireguard-go client, through our server's egress, to a sink or source
 // on the host's 127.0.0.1. Everything runs in this process, so cpu-s/GB
 // counts the client, the server and the host sockets together.
 //
@@ -932,10 +941,10 @@ func isTimeout(err error) bool {
 // second implementation of server mode, not wireguard-go's. The
 // wireguard-go client's own share is measured by BenchmarkTCPThroughput
 // (wireguard-go↔wireguard-go, no server mode).
-func BenchmarkForwardTCP(b *testing.B) {
+func BenchmarkEgressTCP(b *testing.B) {
 	for _, dir := range []string{"download", "upload"} {
 		b.Run(dir, func(b *testing.B) {
-			s := startServer(b, ForwardConfig{Egress: allowHostLoopback()})
+			s := startServer(b, Config{Policy: allowHostLoopback()})
 			l := hostListen(b, hostLoopback)
 			block := peersite.Body(1 << 20)
 			serveHostTCP(l, func(c net.Conn) {
@@ -954,18 +963,18 @@ func BenchmarkForwardTCP(b *testing.B) {
 				b.Fatal(err)
 			}
 			defer c.Close()
-			measureStream(b, c, dir == "download")
+			peersite.MeasureStream(b, c, dir == "download")
 		})
 	}
 }
 
-// TestForwardRefusesMappedTunnelDestinations: an address inside some
+// TestEgressRefusesMappedTunnelDestinations: an address inside some
 // peer's AllowedIPs, or one of our own, spelled as IPv4-mapped IPv6 in an
 // IPv6 packet, is judged as the IPv4 address it carries: in the tunnel,
 // not on the host's network, even where the egress policy allows it.
-func TestForwardRefusesMappedTunnelDestinations(t *testing.T) {
-	s := startServer(t, ForwardConfig{
-		Egress: Egress{Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.PrefixFrom(peersite.OurV4, 32)}},
+func TestEgressRefusesMappedTunnelDestinations(t *testing.T) {
+	s := startServer(t, Config{
+		Policy: Policy{Allow: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.PrefixFrom(peersite.OurV4, 32)}},
 		Dial: func(context.Context, string, string) (net.Conn, error) {
 			return nil, syscall.ECONNREFUSED
 		},
@@ -974,25 +983,25 @@ func TestForwardRefusesMappedTunnelDestinations(t *testing.T) {
 	if err := s.n.Engine().SetPeer(protocol.PeerConfig{PublicKey: other.PublicKey(), AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.7.0.0/16")}}); err != nil {
 		t.Fatal(err)
 	}
-	f := s.n.forward.Load()
+	// The flows as the Net describes them (netstack's own test checks
+	// that it does): to neither of our addresses as addressed, inside
+	// the tunnel once unmapped.
 	for _, dst := range []netip.Addr{netip.MustParseAddr("::ffff:10.7.0.1"), netip.AddrFrom16(peersite.OurV4.As16())} {
-		id := stack.TransportEndpointID{
-			LocalAddress: tcpip.AddrFrom16(dst.As16()), LocalPort: 53,
-			RemoteAddress: tcpip.AddrFrom16(peersite.TheirV6.As16()), RemotePort: 1000,
-		}
-		if f.mayLeave(id, "udp") {
+		f := netstack.Flow{Network: "udp", Peer: s.client.PublicKey, Source: netip.AddrPortFrom(peersite.TheirV6, 1000),
+			Destination: netip.AddrPortFrom(dst, 53), InTunnel: true}
+		if s.eg.AdmitFlow(f) {
 			t.Errorf("a flow to %v may leave", dst)
 		}
 	}
 }
 
-// TestForwardRefusesHostItself: a destination the prefix policy permits
+// TestEgressRefusesHostItself: a destination the prefix policy permits
 // (public unicast) can still be one of the host's own addresses, which no
 // prefix list knows. The test stands a host address in with a Dial that
 // lands every flow on a 127.0.0.1 service, as a dial to the host's public
 // address would land on a local one: that flow is refused, unless Allow
 // names the destination.
-func TestForwardRefusesHostItself(t *testing.T) {
+func TestEgressRefusesHostItself(t *testing.T) {
 	l := hostListen(t, hostLoopback)
 	serveHostTCP(l, func(c net.Conn) { io.WriteString(c, "local service") })
 	local := l.Addr().String()
@@ -1001,7 +1010,7 @@ func TestForwardRefusesHostItself(t *testing.T) {
 	}
 	public := "198.51.100.7:80" // documentation range, never dialled
 
-	s := startServer(t, ForwardConfig{Dial: toLocal})
+	s := startServer(t, Config{Dial: toLocal})
 	if c, err := s.dial(t, "tcp", public); err == nil {
 		c.Close()
 		t.Fatal("a flow that reached the host itself was let through")
@@ -1009,7 +1018,7 @@ func TestForwardRefusesHostItself(t *testing.T) {
 		t.Fatalf("dial: %v; want connection refused", err)
 	}
 
-	open := startServer(t, ForwardConfig{Dial: toLocal, Egress: Egress{Allow: []netip.Prefix{netip.MustParsePrefix("198.51.100.7/32")}}})
+	open := startServer(t, Config{Dial: toLocal, Policy: Policy{Allow: []netip.Prefix{netip.MustParsePrefix("198.51.100.7/32")}}})
 	c, err := open.dial(t, "tcp", public)
 	if err != nil {
 		t.Fatalf("with Allow naming the destination: %v", err)
@@ -1021,11 +1030,11 @@ func TestForwardRefusesHostItself(t *testing.T) {
 	}
 }
 
-// TestForwardHostAddresses: a flow to one of the host's own addresses,
+// TestEgressHostAddresses: a flow to one of the host's own addresses,
 // named in Egress.HostAddresses (a cloud's 1:1 NAT address) or found on
 // its interfaces, is refused at once without a host dial, unless an
 // Allow prefix names it; other public destinations are dialled.
-func TestForwardHostAddresses(t *testing.T) {
+func TestEgressHostAddresses(t *testing.T) {
 	natAddr, ifAddr, other := netip.MustParseAddr("198.51.100.7"), netip.MustParseAddr("203.0.113.9"), netip.MustParseAddr("198.51.100.8")
 	ifaces := func() ([]net.Addr, error) {
 		return []net.Addr{&net.IPNet{IP: ifAddr.AsSlice(), Mask: net.CIDRMask(24, 32)}}, nil
@@ -1048,7 +1057,7 @@ func TestForwardHostAddresses(t *testing.T) {
 				dials.mu.Unlock()
 				return nil, errors.New("no host network in this test")
 			}
-			s := startServer(t, ForwardConfig{Egress: Egress{Allow: c.allow, HostAddresses: []netip.Addr{natAddr}},
+			s := startServer(t, Config{Policy: Policy{Allow: c.allow, HostAddresses: []netip.Addr{natAddr}},
 				InterfaceAddrs: ifaces, Dial: noNetwork})
 			for _, dst := range []netip.Addr{natAddr, ifAddr, other} {
 				conn, err := s.dial(t, "tcp", netip.AddrPortFrom(dst, 80).String())

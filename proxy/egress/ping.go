@@ -1,4 +1,4 @@
-package netstack
+package egress
 
 import (
 	"crypto/rand"
@@ -14,16 +14,16 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
-	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/checksum"
-	"gvisor.dev/gvisor/pkg/tcpip/header"
-	"gvisor.dev/gvisor/pkg/tcpip/stack"
 
+	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/protocol"
 )
 
 // Bounds on forwarded pings.
 const (
+	// echoHeader is the ICMP echo header, the same 8 bytes in ICMPv4
+	// and ICMPv6: type, code, checksum, identifier, sequence number.
+	echoHeader = 8
 	// pingReplyTimeout is how long a forwarded echo request waits for the
 	// host's reply; a later reply is dropped.
 	pingReplyTimeout = 5 * time.Second
@@ -40,7 +40,7 @@ const (
 	pingSweepInterval = time.Second
 )
 
-// pingForwarder sends peers' ICMP echo requests of one IP version from a
+// pinger sends peers' ICMP echo requests of one IP version from a
 // host ICMP socket and answers them with the host's replies.
 //
 // Every request leaves with a sequence number of ours, unique among the
@@ -53,8 +53,8 @@ const (
 // Renumbering is what lets one socket carry every peer's pings without a
 // collision between two peers pinging the same host with the same
 // identifier, and makes both socket kinds work the same way.
-type pingForwarder struct {
-	f    *forwarder
+type pinger struct {
+	s    *Server
 	log  *slog.Logger
 	conn *icmp.PacketConn
 	raw  bool
@@ -109,25 +109,25 @@ func openPingConn(v6 bool) (conn *icmp.PacketConn, raw bool, err error) {
 	return nil, false, errors.Join(err, rawErr)
 }
 
-// startPing turns on ping forwarding for f, for IPv4 and IPv6 each, or
+// startPing turns on ping forwarding for s, for IPv4 and IPv6 each, or
 // logs once why it cannot. It starts nothing once Close has begun.
-func (f *forwarder) startPing() {
-	f.startPingFamily(false)
-	f.startPingFamily(true)
+func (s *Server) startPing() {
+	s.startPingFamily(false)
+	s.startPingFamily(true)
 }
 
-func (f *forwarder) startPingFamily(v6 bool) {
+func (s *Server) startPingFamily(v6 bool) {
 	family := "IPv4"
 	if v6 {
 		family = "IPv6"
 	}
 	conn, raw, err := openPingConn(v6)
 	if err != nil {
-		f.log.Info("ping forwarding unavailable: no ICMP socket (needs net.ipv4.ping_group_range to include our group, or CAP_NET_RAW); echo requests to other hosts are dropped", "family", family, "err", err)
+		s.log.Info("ping forwarding unavailable: no ICMP socket (needs net.ipv4.ping_group_range to include our group, or CAP_NET_RAW); echo requests to other hosts are dropped", "family", family, "err", err)
 		return
 	}
-	p := &pingForwarder{
-		f: f, log: f.log.With("family", family), conn: conn, raw: raw, v6: v6,
+	p := &pinger{
+		s: s, log: s.log.With("family", family), conn: conn, raw: raw, v6: v6,
 		out:     make(chan pingOut, pingSendQueue),
 		done:    make(chan struct{}),
 		pending: map[pingKey]pendingPing{},
@@ -138,36 +138,36 @@ func (f *forwarder) startPingFamily(v6 bool) {
 	p.id = binary.BigEndian.Uint16(b[:2])
 	p.nextSeq = binary.BigEndian.Uint16(b[2:])
 
-	f.mu.Lock()
-	if f.closed {
-		f.mu.Unlock()
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
 		conn.Close()
 		return
 	}
 	if v6 {
-		f.ping6.Store(p)
+		s.ping6.Store(p)
 	} else {
-		f.ping.Store(p)
+		s.ping.Store(p)
 	}
-	f.wg.Add(2)
-	f.mu.Unlock()
+	s.wg.Add(2)
+	s.mu.Unlock()
 	kind := "ping socket"
 	if raw {
 		kind = "raw socket"
 	}
 	p.log.Debug("ping forwarding on", "socket", kind)
 	go func() {
-		defer f.wg.Done()
+		defer s.wg.Done()
 		p.sendLoop()
 	}()
 	go func() {
-		defer f.wg.Done()
+		defer s.wg.Done()
 		p.readLoop()
 	}()
 }
 
 // stop ends both goroutines and forgets every outstanding request.
-func (p *pingForwarder) stop() {
+func (p *pinger) stop() {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -181,86 +181,32 @@ func (p *pingForwarder) stop() {
 	p.conn.Close()
 }
 
-// icmpPacket is the stack's ICMPv4 and ICMPv6 handler for packets no
-// endpoint of ours claims; gVisor passes it echo requests (and replies)
-// to any address. Returning false leaves the packet to gVisor, which
-// answers an echo request to one of our addresses itself. For one to an
-// address of promiscuous mode, IPv4 sends nothing, but IPv6 answers it as
-// if the address were ours, so every such ICMPv6 echo request is claimed
-// here, forwarded or not.
-func (n *Net) icmpPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
-	f := n.forward.Load()
-	if f == nil {
-		return false
-	}
-	return f.pingPacket(id, pkt)
-}
-
-// pingPacket decides, in the packet path, whether an echo request leaves
+// HandleEcho decides, in the packet path, whether an echo request leaves
 // as a host ping, and queues it if so.
-//
-// The echo header (type, code, checksum, identifier, sequence number) is
-// laid out alike in ICMPv4 and ICMPv6.
-func (f *forwarder) pingPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
-	v6 := pkt.NetworkProtocolNumber == header.IPv6ProtocolNumber
-	echo, ipHeader := byte(header.ICMPv4Echo), header.IPv4MinimumSize
-	if v6 {
-		echo, ipHeader = byte(header.ICMPv6EchoRequest), header.IPv6MinimumSize
-	} else if pkt.NetworkProtocolNumber != header.IPv4ProtocolNumber {
+func (s *Server) HandleEcho(e netstack.EchoRequest) bool {
+	if !s.cfg.Policy.Permits(e.Destination) {
+		s.log.Debug("ping dropped by egress policy", "src", e.Source, "dst", e.Destination)
 		return false
 	}
-	h := pkt.TransportHeader().Slice()
-	if len(h) < header.ICMPv4MinimumSize || h[0] != echo || h[1] != 0 {
+	if e.InTunnel {
+		s.log.Debug("ping dropped: destination is inside the tunnel", "src", e.Source, "dst", e.Destination)
 		return false
 	}
-	if f.n.link.owns(id.LocalAddress) {
-		return false // gVisor answers
-	}
-	// What a refused ping returns: see icmpPacket.
-	refused := v6
-	src, dst := addrFrom(id.RemoteAddress), addrFrom(id.LocalAddress).Unmap()
-	if !f.cfg.Egress.Permits(dst) {
-		f.log.Debug("ping dropped by egress policy", "src", src, "dst", dst)
-		return refused
-	}
-	if f.inTunnel(dst) {
-		f.log.Debug("ping dropped: destination is inside the tunnel", "src", src, "dst", dst)
-		return refused
-	}
-	p := f.ping.Load()
-	if v6 {
-		p = f.ping6.Load()
+	// The request's IP version is its source's: the destination may be
+	// an IPv4 address a peer spelled IPv4-mapped in an IPv6 packet.
+	p := s.ping.Load()
+	if e.Source.Is6() {
+		p = s.ping6.Load()
 	}
 	if p == nil {
-		f.log.Debug("ping dropped: ping forwarding unavailable", "src", src, "dst", dst)
-		return refused
+		s.log.Debug("ping dropped: ping forwarding unavailable", "src", e.Source, "dst", e.Destination)
+		return false
 	}
-	// gVisor hands ICMPv4 echo requests with a bad checksum on too, for
-	// raw sockets; we answer only those it would answer. (It drops ICMPv6
-	// ones itself.)
-	if !v6 && checksum.Checksum(h, pkt.Data().Checksum()) != 0xffff {
-		return refused
-	}
-	// The reply has the request's size without IP options or extension
-	// headers; one that would not fit the tunnel (a reassembled fragmented
-	// request) is dropped.
-	if ipHeader+len(h)+pkt.Data().Size() > int(f.n.link.MTU()) {
-		f.log.Debug("ping dropped: larger than the tunnel MTU", "src", src, "dst", dst)
-		return refused
-	}
-	peer, ok := f.n.PeerFor(src)
-	if !ok {
-		return refused
-	}
-	ident, seq := binary.BigEndian.Uint16(h[4:6]), binary.BigEndian.Uint16(h[6:8])
-	if !p.send(peer, src, dst, ident, seq, pkt.Data().AsRange().ToSlice()) {
-		return refused
-	}
-	return true
+	return p.send(e.Peer, e.Source, e.Destination, e.ID, e.Seq, e.Payload())
 }
 
 // send registers a request and queues it for the host socket.
-func (p *pingForwarder) send(peer protocol.PublicKey, src, dst netip.Addr, id, seq uint16, data []byte) bool {
+func (p *pinger) send(peer protocol.PublicKey, src, dst netip.Addr, id, seq uint16, data []byte) bool {
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -302,7 +248,7 @@ func (p *pingForwarder) send(peer protocol.PublicKey, src, dst netip.Addr, id, s
 }
 
 // take removes and returns a pending request, if it has not expired.
-func (p *pingForwarder) take(key pingKey) (pendingPing, bool) {
+func (p *pinger) take(key pingKey) (pendingPing, bool) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	pp, ok := p.pending[key]
@@ -313,10 +259,10 @@ func (p *pingForwarder) take(key pingKey) (pendingPing, bool) {
 	return pp, time.Now().Before(pp.expires)
 }
 
-func (p *pingForwarder) forget(key pingKey) { p.take(key) }
+func (p *pinger) forget(key pingKey) { p.take(key) }
 
 // remove drops a pending request; p.mu is held.
-func (p *pingForwarder) remove(key pingKey, pp pendingPing) {
+func (p *pinger) remove(key pingKey, pp pendingPing) {
 	delete(p.pending, key)
 	if p.perPeer[pp.peer]--; p.perPeer[pp.peer] <= 0 {
 		delete(p.perPeer, pp.peer)
@@ -324,7 +270,7 @@ func (p *pingForwarder) remove(key pingKey, pp pendingPing) {
 }
 
 // sweep forgets the requests whose reply is overdue.
-func (p *pingForwarder) sweep() {
+func (p *pinger) sweep() {
 	now := time.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -336,7 +282,7 @@ func (p *pingForwarder) sweep() {
 }
 
 // outstanding is how many of peer's requests await a reply, for tests.
-func (p *pingForwarder) outstanding(peer protocol.PublicKey) int {
+func (p *pinger) outstanding(peer protocol.PublicKey) int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.perPeer[peer]
@@ -344,7 +290,7 @@ func (p *pingForwarder) outstanding(peer protocol.PublicKey) int {
 
 // sendLoop writes queued requests to the host socket, so the packet path
 // never waits for it.
-func (p *pingForwarder) sendLoop() {
+func (p *pinger) sendLoop() {
 	for {
 		select {
 		case <-p.done:
@@ -365,7 +311,7 @@ func (p *pingForwarder) sendLoop() {
 
 // readLoop answers the host's echo replies to the peers that asked, until
 // the socket is closed.
-func (p *pingForwarder) readLoop() {
+func (p *pinger) readLoop() {
 	buf := make([]byte, 1<<16)
 	for {
 		p.conn.SetReadDeadline(time.Now().Add(pingSweepInterval))
@@ -389,12 +335,12 @@ func (p *pingForwarder) readLoop() {
 
 // reply answers one message from the host socket, if it is the reply to
 // an outstanding request.
-func (p *pingForwarder) reply(b []byte, from net.Addr) {
-	echoReply := byte(header.ICMPv4EchoReply)
+func (p *pinger) reply(b []byte, from net.Addr) {
+	echoReply := byte(ipv4.ICMPTypeEchoReply)
 	if p.v6 {
-		echoReply = byte(header.ICMPv6EchoReply)
+		echoReply = byte(ipv6.ICMPTypeEchoReply)
 	}
-	if len(b) < header.ICMPv4MinimumSize || b[0] != echoReply {
+	if len(b) < echoHeader || b[0] != echoReply {
 		return // on a raw socket, every ICMP message the host receives
 	}
 	var host netip.Addr
@@ -414,57 +360,5 @@ func (p *pingForwarder) reply(b []byte, from net.Addr) {
 	if !ok {
 		return
 	}
-	data := b[header.ICMPv4MinimumSize:]
-	if p.v6 {
-		p.f.n.engine.WritePackets([][]byte{echoReply6(host, pp.src, pp.id, pp.seq, data)})
-	} else {
-		p.f.n.engine.WritePackets([][]byte{echoReply4(host, pp.src, pp.id, pp.seq, data)})
-	}
-}
-
-// echoReply4 builds an IPv4 echo reply from src to dst.
-func echoReply4(src, dst netip.Addr, id, seq uint16, data []byte) []byte {
-	total := header.IPv4MinimumSize + header.ICMPv4MinimumSize + len(data)
-	b := make([]byte, total)
-	ip := header.IPv4(b)
-	ip.Encode(&header.IPv4Fields{
-		TotalLength: uint16(total),
-		Flags:       header.IPv4FlagDontFragment,
-		TTL:         64,
-		Protocol:    uint8(header.ICMPv4ProtocolNumber),
-		SrcAddr:     tcpip.AddrFrom4(src.As4()),
-		DstAddr:     tcpip.AddrFrom4(dst.As4()),
-	})
-	ip.SetChecksum(^ip.CalculateChecksum())
-	ic := header.ICMPv4(b[header.IPv4MinimumSize:])
-	ic.SetType(header.ICMPv4EchoReply)
-	ic.SetIdent(id)
-	ic.SetSequence(seq)
-	copy(ic[header.ICMPv4MinimumSize:], data)
-	ic.SetChecksum(^checksum.Checksum(ic, 0))
-	return b
-}
-
-// echoReply6 builds an IPv6 echo reply from src to dst.
-func echoReply6(src, dst netip.Addr, id, seq uint16, data []byte) []byte {
-	icmpLen := header.ICMPv6EchoMinimumSize + len(data)
-	b := make([]byte, header.IPv6MinimumSize+icmpLen)
-	srcA, dstA := tcpip.AddrFrom16(src.As16()), tcpip.AddrFrom16(dst.As16())
-	header.IPv6(b).Encode(&header.IPv6Fields{
-		PayloadLength:     uint16(icmpLen),
-		TransportProtocol: header.ICMPv6ProtocolNumber,
-		HopLimit:          64,
-		SrcAddr:           srcA,
-		DstAddr:           dstA,
-	})
-	ic := header.ICMPv6(b[header.IPv6MinimumSize:])
-	ic.SetType(header.ICMPv6EchoReply)
-	ic.SetIdent(id)
-	ic.SetSequence(seq)
-	copy(ic[header.ICMPv6EchoMinimumSize:], data)
-	ic.SetChecksum(header.ICMPv6Checksum(header.ICMPv6ChecksumParams{
-		Header: ic[:header.ICMPv6EchoMinimumSize], Src: srcA, Dst: dstA,
-		PayloadCsum: checksum.Checksum(data, 0), PayloadLen: len(data),
-	}))
-	return b
+	p.s.tunnel.WriteEchoReply(host, pp.src, pp.id, pp.seq, b[echoHeader:])
 }

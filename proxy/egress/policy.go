@@ -1,11 +1,11 @@
-package netstack
+package egress
 
 import (
 	"net"
 	"net/netip"
 )
 
-// Egress is server mode's policy for where peers' flows may go on the
+// Policy is server mode's rule for where peers' flows may go on the
 // host's network.
 //
 // The default is the one a shared exit node needs: public unicast
@@ -14,7 +14,7 @@ import (
 // so a peer cannot use the server to reach services the operator never
 // meant to publish. Allow opens such ranges one by one; Deny closes public
 // ones.
-type Egress struct {
+type Policy struct {
 	Allow, Deny []netip.Prefix
 	// HostAddresses are addresses of the host itself that it cannot see
 	// on its interfaces, such as a cloud's 1:1 NAT public address. A flow
@@ -67,7 +67,7 @@ func DefaultDeny() []netip.Prefix {
 // socket dialled to ::ffff:127.0.0.1 reaches 127.0.0.1, and the policy
 // must not be dodged by spelling the address differently. A zone is
 // ignored for the same reason.
-func (e Egress) Permits(a netip.Addr) bool {
+func (e Policy) Permits(a netip.Addr) bool {
 	if !a.IsValid() {
 		return false
 	}
@@ -116,7 +116,7 @@ func embeddedIPv4(a netip.Addr) (netip.Addr, bool) {
 // contains a. Server mode uses it for flows that turn out to reach the
 // host itself through one of its own addresses, which no prefix list can
 // know in advance: those go through only where the operator opened them.
-func (e Egress) AllowsExplicitly(a netip.Addr) bool {
+func (e Policy) AllowsExplicitly(a netip.Addr) bool {
 	a = a.Unmap().WithZone("")
 	for _, p := range e.Allow {
 		if p = unmapPrefix(p); p.IsValid() && p.Contains(a) {

@@ -1,0 +1,409 @@
+package netstack
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/checksum"
+	"gvisor.dev/gvisor/pkg/tcpip/header"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
+	"gvisor.dev/gvisor/pkg/waiter"
+
+	"github.com/wgbore/wgbore/protocol"
+)
+
+// Keepalive timing for intercepted TCP flows on the peer's side: after a
+// minute of silence, probes every 15 s, and gVisor's default 9 unanswered
+// probes end the flow, about 3 minutes after the peer went away.
+const (
+	flowKeepaliveIdle     = time.Minute
+	flowKeepaliveInterval = 15 * time.Second
+)
+
+// Flow is a peer's new TCP connection or UDP flow that no listener of
+// ours claims, described by what only the stack knows, so that an
+// Interceptor can judge it without knowing the stack.
+type Flow struct {
+	// Network is "tcp" or "udp".
+	Network string
+	// Peer sent the flow: the peer whose AllowedIPs hold Source, which
+	// cryptokey routing guarantees for every packet from the tunnel.
+	Peer protocol.PublicKey
+	// Source is the peer's end of the flow.
+	Source netip.AddrPort
+	// Destination is where the peer addressed the flow, as it addressed
+	// it: an IPv4 destination may come IPv4-mapped in an IPv6 packet.
+	Destination netip.AddrPort
+	// ToUs reports that Destination is one of our tunnel addresses, on a
+	// port no listener of ours holds.
+	ToUs bool
+	// InTunnel reports that Destination, unmapped, is one of our
+	// addresses or lies inside some peer's AllowedIPs: it lives in the
+	// tunnel, not on the host's network.
+	InTunnel bool
+}
+
+// EchoRequest is a peer's ICMP echo request (IPv4 or IPv6) to an address
+// that is not ours, which gVisor would not answer.
+type EchoRequest struct {
+	// Peer sent the request, found as for Flow.
+	Peer protocol.PublicKey
+	// Source is the peer's address; Destination is the pinged one,
+	// unmapped.
+	Source, Destination netip.Addr
+	// InTunnel is as for Flow.
+	InTunnel bool
+	// ID and Seq are the request's identifier and sequence number, which
+	// the reply must carry.
+	ID, Seq uint16
+
+	pkt *stack.PacketBuffer
+}
+
+// Payload copies the request's data, which the reply must carry. It is
+// a method, not a field, so a request the interceptor drops costs no
+// copy; it may be called only until HandleEcho returns.
+func (e EchoRequest) Payload() []byte { return e.pkt.Data().AsRange().ToSlice() }
+
+// Interceptor takes over the peers' flows to destinations that no
+// listener of ours serves: see Net.Intercept.
+type Interceptor interface {
+	// AdmitFlow decides, in the packet path, whether a new flow is
+	// taken: false refuses it at once. It must not block.
+	AdmitFlow(Flow) bool
+	// HandleTCP runs on a goroutine of its own for each admitted TCP
+	// connection request, while the peer's SYN waits. accept completes
+	// the peer's handshake and returns the connection; returning without
+	// a successful accept answers the SYN with an RST.
+	HandleTCP(f Flow, accept func() (net.Conn, error))
+	// HandleUDP runs in the packet path for an admitted UDP flow's first
+	// datagram, and must not block. accept, called before HandleUDP
+	// returns, gives the flow's connection, which holds that datagram
+	// and reads the flow's later ones; returning without a successful
+	// accept answers with an ICMP port unreachable.
+	HandleUDP(f Flow, accept func() (net.Conn, error))
+	// HandleEcho runs in the packet path for an echo request, and must
+	// not block. It reports whether the request was taken; an answer,
+	// if any, comes through Net.WriteEchoReply.
+	HandleEcho(EchoRequest) bool
+	// Close ends every flow handed over and waits for the interceptor's
+	// goroutines. The Net's Close calls it once the stack has closed;
+	// its owner may call it first.
+	Close() error
+}
+
+// interception is Intercept's state: the interceptor and gVisor's TCP
+// forwarder, which runs HandleTCP for each new connection request.
+type interception struct {
+	i   Interceptor
+	tcp *tcp.Forwarder
+}
+
+// wait closes the interceptor once the stack has closed: every flow's
+// connection has failed by then, and so has every handshake a HandleTCP
+// was accepting, which nothing else could cut short.
+func (c *interception) stop() {}
+func (c *interception) wait() { c.i.Close() }
+
+// Intercept turns on server mode: the peers' flows to any destination are
+// handed to i, which decides what becomes of them (relaying them to the
+// host's network, under a policy, is proxy/egress's job).
+//
+// The design is gVisor's own: the NIC is put in promiscuous mode, so it
+// accepts packets for addresses that are not ours, and spoofing, so it may
+// answer from them; TCP and UDP packets that no endpoint of ours claims
+// then reach the per-protocol handlers Open installed, which ask i. The
+// alternative, rewriting packets and forwarding them to a host raw or TUN
+// socket, needs privileges server mode exists to avoid; terminating TCP
+// here also means the host's kernel, not ours, does congestion control
+// towards the destination.
+//
+// A refused flow is refused at once, in the packet path: the handler
+// declines the packet, and gVisor answers as for a port nobody listens
+// on, with a TCP RST (tcp's HandleUnknownDestinationPacket) or an ICMP
+// port unreachable (udp's, through the IP layer's DeliverTransportPacket
+// result). ICMP errors go through gVisor's stack-wide rate limiter (1000/s,
+// bursts of 50), so a flood of refused datagrams is partly answered with
+// silence.
+//
+// A TCP flow's handshake with the peer completes only when HandleTCP
+// accepts it: an interceptor that dials the destination first lets a
+// closed or unreachable port reach the peer as an RST on its SYN, as if
+// it had connected directly. The connections handed over have keepalives
+// on the peer's side: a peer that vanishes (roams away, is removed) sends
+// no FIN, and without them its flows would hold what the interceptor
+// spent on them until the other side closed.
+//
+// An echo request to one of our tunnel addresses is answered by gVisor,
+// so a peer can ping the server. One to any other address goes to
+// HandleEcho; for IPv6 it is claimed even when HandleEcho does not take
+// it, so that it is dropped: the gVisor we pin answers ICMPv6 echo to any
+// address of promiscuous mode as if it were ours unless a handler claims
+// it (for IPv4 it leaves a temporary address's echo to the handler). A
+// request whose reply would not fit the tunnel, or with a bad checksum,
+// is dropped before HandleEcho.
+//
+// A listener of ours on the unspecified address also catches flows to its
+// port on every other destination, since gVisor matches it before these
+// handlers: bind listeners to a tunnel address in server mode.
+//
+// Intercept may be called once. The Net's Close closes i, once the stack
+// has closed.
+func (n *Net) Intercept(i Interceptor) error {
+	c := &interception{i: i}
+	// maxInFlight is unbounded here: the interceptor's own caps bound
+	// the handshakes each peer can have pending, and gVisor's bound would
+	// drop SYNs silently, which is what refusing at once avoids.
+	c.tcp = tcp.NewForwarder(n.stack, 0, 1<<30, n.handleTCP)
+	n.mu.Lock()
+	if n.closing {
+		n.mu.Unlock()
+		return net.ErrClosed
+	}
+	if !n.intercept.CompareAndSwap(nil, c) {
+		n.mu.Unlock()
+		return errors.New("netstack: Intercept was already called")
+	}
+	n.services = append(n.services, c)
+	n.mu.Unlock()
+	if err := n.stack.SetSpoofing(nicID, true); err != nil {
+		return fmt.Errorf("netstack: spoofing: %s", err)
+	}
+	if err := n.stack.SetPromiscuousMode(nicID, true); err != nil {
+		return fmt.Errorf("netstack: promiscuous mode: %s", err)
+	}
+	return nil
+}
+
+// flowOf describes a new flow, or reports false when no peer routes its
+// source (which cryptokey routing rules out for a packet from the
+// tunnel).
+func (n *Net) flowOf(network string, id stack.TransportEndpointID) (Flow, bool) {
+	src := netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)
+	peer, ok := n.PeerFor(src.Addr())
+	if !ok {
+		return Flow{}, false
+	}
+	dst := netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort)
+	return Flow{Network: network, Peer: peer, Source: src, Destination: dst,
+		ToUs: n.link.owns(id.LocalAddress), InTunnel: n.inTunnel(dst.Addr().Unmap())}, true
+}
+
+// inTunnel reports whether dst, unmapped, lives in the tunnel rather than
+// on the host's network: one of our addresses or inside some peer's
+// AllowedIPs. It is given dst unmapped because a peer may spell an IPv4
+// destination as IPv4-mapped IPv6 (::ffff:10.7.0.1) in an IPv6 packet,
+// which neither our addresses nor an IPv4 AllowedIPs prefix contain, but
+// which a host socket reaches as the IPv4 address.
+func (n *Net) inTunnel(dst netip.Addr) bool {
+	if dst.Is4() && n.link.owns(tcpip.AddrFrom4(dst.As4())) {
+		return true
+	}
+	_, ok := n.PeerFor(dst)
+	return ok
+}
+
+func addrFrom(a tcpip.Address) netip.Addr {
+	ip, _ := netip.AddrFromSlice(a.AsSlice())
+	return ip
+}
+
+// tcpPacket is the stack's TCP handler for segments no endpoint claims.
+// Returning false makes gVisor answer with an RST.
+func (n *Net) tcpPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+	c, _, ok := n.admit("tcp", id)
+	return ok && c.tcp.HandlePacket(id, pkt)
+}
+
+// admit asks the interceptor, if there is one, about a new flow's first
+// packet.
+func (n *Net) admit(network string, id stack.TransportEndpointID) (*interception, Flow, bool) {
+	c := n.intercept.Load()
+	if c == nil {
+		return nil, Flow{}, false
+	}
+	f, ok := n.flowOf(network, id)
+	return c, f, ok && c.i.AdmitFlow(f)
+}
+
+// handleTCP runs in a goroutine gVisor's forwarder starts for each new
+// connection request. Every path ends the request with Complete: with an
+// RST unless the interceptor accepted it.
+func (n *Net) handleTCP(req *tcp.ForwarderRequest) {
+	f, ok := n.flowOf("tcp", req.ID())
+	if !ok {
+		req.Complete(true)
+		return
+	}
+	completed := false
+	n.intercept.Load().i.HandleTCP(f, func() (net.Conn, error) {
+		if completed {
+			return nil, errors.New("netstack: a flow is accepted once")
+		}
+		completed = true
+		var wq waiter.Queue
+		ep, terr := req.CreateEndpoint(&wq)
+		if terr != nil {
+			// The peer gave up, or the handshake failed; it has its
+			// answer.
+			req.Complete(true)
+			return nil, &net.OpError{Op: "accept", Net: "tcp", Addr: net.TCPAddrFromAddrPort(f.Source), Err: goError("accept", terr)}
+		}
+		req.Complete(false)
+		ep.SocketOptions().SetKeepAlive(true)
+		idle, interval := tcpip.KeepaliveIdleOption(flowKeepaliveIdle), tcpip.KeepaliveIntervalOption(flowKeepaliveInterval)
+		ep.SetSockOpt(&idle)
+		ep.SetSockOpt(&interval)
+		return newTCPConn(&wq, ep), nil
+	})
+	if !completed {
+		req.Complete(true)
+	}
+}
+
+// udpPacket is the stack's UDP handler for datagrams no endpoint claims.
+// Returning false makes gVisor answer with ICMP port unreachable.
+//
+// It decides before building a udp.ForwarderRequest rather than going
+// through udp.Forwarder, whose HandlePacket clones the packet before
+// asking and never releases the clone of a flow its handler declines.
+// The request can borrow pkt: CreateEndpoint uses it synchronously and
+// the new endpoint queues a clone of its own.
+func (n *Net) udpPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+	c, f, ok := n.admit("udp", id)
+	if !ok {
+		return false
+	}
+	accepted := false
+	c.i.HandleUDP(f, func() (net.Conn, error) {
+		if accepted {
+			return nil, errors.New("netstack: a flow is accepted once")
+		}
+		var wq waiter.Queue
+		ep, terr := udp.NewForwarderRequest(n.stack, id, pkt).CreateEndpoint(&wq)
+		if terr != nil {
+			return nil, &net.OpError{Op: "accept", Net: "udp", Addr: net.UDPAddrFromAddrPort(f.Source), Err: goError("accept", terr)}
+		}
+		accepted = true
+		return newUDPConn(&wq, ep), nil
+	})
+	return accepted
+}
+
+// icmpPacket is the stack's ICMPv4 and ICMPv6 handler for packets no
+// endpoint of ours claims; gVisor passes it echo requests (and replies)
+// to any address. Returning false leaves the packet to gVisor, which
+// answers an echo request to one of our addresses itself; see Intercept
+// for the rest.
+//
+// The echo header (type, code, checksum, identifier, sequence number) is
+// laid out alike in ICMPv4 and ICMPv6.
+func (n *Net) icmpPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+	c := n.intercept.Load()
+	if c == nil {
+		return false
+	}
+	v6 := pkt.NetworkProtocolNumber == header.IPv6ProtocolNumber
+	echo, ipHeader := byte(header.ICMPv4Echo), header.IPv4MinimumSize
+	if v6 {
+		echo, ipHeader = byte(header.ICMPv6EchoRequest), header.IPv6MinimumSize
+	} else if pkt.NetworkProtocolNumber != header.IPv4ProtocolNumber {
+		return false
+	}
+	h := pkt.TransportHeader().Slice()
+	if len(h) < header.ICMPv4MinimumSize || h[0] != echo || h[1] != 0 {
+		return false
+	}
+	if n.link.owns(id.LocalAddress) {
+		return false // gVisor answers
+	}
+	// What a request that is not taken returns: see Intercept.
+	refused := v6
+	src, dst := addrFrom(id.RemoteAddress), addrFrom(id.LocalAddress).Unmap()
+	// gVisor hands ICMPv4 echo requests with a bad checksum on too, for
+	// raw sockets; we pass on only those it would answer. (It drops ICMPv6
+	// ones itself.)
+	if !v6 && checksum.Checksum(h, pkt.Data().Checksum()) != 0xffff {
+		return refused
+	}
+	// The reply has the request's size without IP options or extension
+	// headers; one that would not fit the tunnel (a reassembled fragmented
+	// request) is dropped.
+	if ipHeader+len(h)+pkt.Data().Size() > int(n.link.MTU()) {
+		n.log.Debug("ping dropped: larger than the tunnel MTU", "src", src, "dst", dst)
+		return refused
+	}
+	peer, ok := n.PeerFor(src)
+	if !ok {
+		return refused
+	}
+	req := EchoRequest{Peer: peer, Source: src, Destination: dst, InTunnel: n.inTunnel(dst),
+		ID: binary.BigEndian.Uint16(h[4:6]), Seq: binary.BigEndian.Uint16(h[6:8]), pkt: pkt}
+	return c.i.HandleEcho(req) || refused
+}
+
+// WriteEchoReply sends a peer an ICMP echo reply from, the address it
+// pinged, to, its own address, with the identifier, sequence number and
+// data of its request: how an Interceptor answers an EchoRequest it
+// forwarded. Both addresses are of one IP version.
+func (n *Net) WriteEchoReply(from, to netip.Addr, id, seq uint16, data []byte) {
+	if to.Is4() {
+		n.engine.WritePackets([][]byte{echoReply4(from, to, id, seq, data)})
+	} else {
+		n.engine.WritePackets([][]byte{echoReply6(from, to, id, seq, data)})
+	}
+}
+
+// echoReply4 builds an IPv4 echo reply from src to dst.
+func echoReply4(src, dst netip.Addr, id, seq uint16, data []byte) []byte {
+	total := header.IPv4MinimumSize + header.ICMPv4MinimumSize + len(data)
+	b := make([]byte, total)
+	ip := header.IPv4(b)
+	ip.Encode(&header.IPv4Fields{
+		TotalLength: uint16(total),
+		Flags:       header.IPv4FlagDontFragment,
+		TTL:         64,
+		Protocol:    uint8(header.ICMPv4ProtocolNumber),
+		SrcAddr:     tcpip.AddrFrom4(src.As4()),
+		DstAddr:     tcpip.AddrFrom4(dst.As4()),
+	})
+	ip.SetChecksum(^ip.CalculateChecksum())
+	ic := header.ICMPv4(b[header.IPv4MinimumSize:])
+	ic.SetType(header.ICMPv4EchoReply)
+	ic.SetIdent(id)
+	ic.SetSequence(seq)
+	copy(ic[header.ICMPv4MinimumSize:], data)
+	ic.SetChecksum(^checksum.Checksum(ic, 0))
+	return b
+}
+
+// echoReply6 builds an IPv6 echo reply from src to dst.
+func echoReply6(src, dst netip.Addr, id, seq uint16, data []byte) []byte {
+	icmpLen := header.ICMPv6EchoMinimumSize + len(data)
+	b := make([]byte, header.IPv6MinimumSize+icmpLen)
+	srcA, dstA := tcpip.AddrFrom16(src.As16()), tcpip.AddrFrom16(dst.As16())
+	header.IPv6(b).Encode(&header.IPv6Fields{
+		PayloadLength:     uint16(icmpLen),
+		TransportProtocol: header.ICMPv6ProtocolNumber,
+		HopLimit:          64,
+		SrcAddr:           srcA,
+		DstAddr:           dstA,
+	})
+	ic := header.ICMPv6(b[header.IPv6MinimumSize:])
+	ic.SetType(header.ICMPv6EchoReply)
+	ic.SetIdent(id)
+	ic.SetSequence(seq)
+	copy(ic[header.ICMPv6EchoMinimumSize:], data)
+	ic.SetChecksum(header.ICMPv6Checksum(header.ICMPv6ChecksumParams{
+		Header: ic[:header.ICMPv6EchoMinimumSize], Src: srcA, Dst: dstA,
+		PayloadCsum: checksum.Checksum(data, 0), PayloadLen: len(data),
+	}))
+	return b
+}
