@@ -865,9 +865,9 @@
 //     files from demo -write-configs run as separate serve and up processes
 //     with curl through the client's proxies (-run
 //     DemoConfigsAsTwoProcesses); demo -check (go test ./cmd/wgbore -run
-//     DemoCheck). In netstack: the forwarder's refusals, flow limits,
-//     half-close, UDP idle expiry and the DNS server through the tunnel
-//     (FuzzDNSServer fuzzes its query path).
+//     DemoCheck). In proxy/egress: the egress's refusals, flow limits,
+//     half-close, UDP idle expiry and pings; in proxy/dnsserver, the DNS
+//     server through the tunnel (FuzzDNSServer fuzzes its query path).
 //   - Proxies over loopback (package proxy): SOCKS5 and HTTP with real
 //     curl, HTTPS listeners, auth, caps, handshake timeouts, Shutdown and
 //     Close leaving no goroutine, malformed requests; forwarders both ways
@@ -1208,7 +1208,7 @@
 // close after 2 min. A memory budget refuses new connections before the
 // process runs out, for every client alike.
 //
-// Server mode egress (netstack/egress.go). Only serve forwards peers'
+// Server mode egress (proxy/egress/policy.go). Only serve forwards peers'
 // flows to the host's network. By default every peer may reach any public
 // unicast address: the server is an exit node. Loopback, link-local (cloud
 // metadata), RFC 1918, fc00::/7, CGNAT, multicast and reserved ranges are
