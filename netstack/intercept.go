@@ -16,7 +16,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
-	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/netstack/inbound"
 )
 
 // Keepalive timing for intercepted TCP flows on the peer's side: after a
@@ -27,89 +27,20 @@ const (
 	flowKeepaliveInterval = 15 * time.Second
 )
 
-// Flow is a peer's new TCP connection or UDP flow that no listener of
-// ours claims, described by what only the stack knows, so that an
-// Interceptor can judge it without knowing the stack.
-type Flow struct {
-	// Network is "tcp" or "udp".
-	Network string
-	// Peer sent the flow: the peer whose AllowedIPs hold Source, which
-	// cryptokey routing guarantees for every packet from the tunnel.
-	Peer protocol.PublicKey
-	// Source is the peer's end of the flow.
-	Source netip.AddrPort
-	// Destination is where the peer addressed the flow, as it addressed
-	// it: an IPv4 destination may come IPv4-mapped in an IPv6 packet.
-	Destination netip.AddrPort
-	// ToUs reports that Destination is one of our tunnel addresses, on a
-	// port no listener of ours holds.
-	ToUs bool
-	// InTunnel reports that Destination, unmapped, is one of our
-	// addresses or lies inside some peer's AllowedIPs: it lives in the
-	// tunnel, not on the host's network.
-	InTunnel bool
-}
-
-// EchoRequest is a peer's ICMP echo request (IPv4 or IPv6) to an address
-// that is not ours, which gVisor would not answer.
-type EchoRequest struct {
-	// Peer sent the request, found as for Flow.
-	Peer protocol.PublicKey
-	// Source is the peer's address; Destination is the pinged one,
-	// unmapped.
-	Source, Destination netip.Addr
-	// InTunnel is as for Flow.
-	InTunnel bool
-	// ID and Seq are the request's identifier and sequence number, which
-	// the reply must carry.
-	ID, Seq uint16
-
-	pkt *stack.PacketBuffer
-}
-
-// Payload copies the request's data, which the reply must carry. It is
-// a method, not a field, so a request the interceptor drops costs no
-// copy; it may be called only until HandleEcho returns.
-func (e EchoRequest) Payload() []byte { return e.pkt.Data().AsRange().ToSlice() }
-
-// Interceptor takes over the peers' flows to destinations that no
-// listener of ours serves: see Net.Intercept.
-type Interceptor interface {
-	// AdmitFlow decides, in the packet path, whether a new flow is
-	// taken: false refuses it at once. It must not block.
-	AdmitFlow(Flow) bool
-	// HandleTCP runs on a goroutine of its own for each admitted TCP
-	// connection request, while the peer's SYN waits. accept completes
-	// the peer's handshake and returns the connection; returning without
-	// a successful accept answers the SYN with an RST.
-	HandleTCP(f Flow, accept func() (net.Conn, error))
-	// HandleUDP runs in the packet path for an admitted UDP flow's first
-	// datagram, and must not block. accept, called before HandleUDP
-	// returns, gives the flow's connection, which holds that datagram
-	// and reads the flow's later ones; returning without a successful
-	// accept answers with an ICMP port unreachable.
-	HandleUDP(f Flow, accept func() (net.Conn, error))
-	// HandleEcho runs in the packet path for an echo request, and must
-	// not block. It reports whether the request was taken; an answer,
-	// if any, comes through Net.WriteEchoReply.
-	HandleEcho(EchoRequest) bool
-	// Close ends every flow handed over and waits for the interceptor's
-	// goroutines. The Net's Close calls it once the stack has closed;
-	// its owner may call it first.
-	Close() error
-}
-
 // interception is Intercept's state: the interceptor and gVisor's TCP
 // forwarder, which runs HandleTCP for each new connection request.
 type interception struct {
-	i   Interceptor
+	i   inbound.Interceptor
 	tcp *tcp.Forwarder
 }
+
+// stop does nothing: the interceptor is closed only once the stack has
+// closed (wait).
+func (c *interception) stop() {}
 
 // wait closes the interceptor once the stack has closed: every flow's
 // connection has failed by then, and so has every handshake a HandleTCP
 // was accepting, which nothing else could cut short.
-func (c *interception) stop() {}
 func (c *interception) wait() { c.i.Close() }
 
 // Intercept turns on server mode: the peers' flows to any destination are
@@ -156,7 +87,7 @@ func (c *interception) wait() { c.i.Close() }
 //
 // Intercept may be called once. The Net's Close closes i, once the stack
 // has closed.
-func (n *Net) Intercept(i Interceptor) error {
+func (n *Net) Intercept(i inbound.Interceptor) error {
 	c := &interception{i: i}
 	// maxInFlight is unbounded here: the interceptor's own caps bound
 	// the handshakes each peer can have pending, and gVisor's bound would
@@ -185,14 +116,14 @@ func (n *Net) Intercept(i Interceptor) error {
 // flowOf describes a new flow, or reports false when no peer routes its
 // source (which cryptokey routing rules out for a packet from the
 // tunnel).
-func (n *Net) flowOf(network string, id stack.TransportEndpointID) (Flow, bool) {
+func (n *Net) flowOf(network string, id stack.TransportEndpointID) (inbound.Flow, bool) {
 	src := netip.AddrPortFrom(addrFrom(id.RemoteAddress), id.RemotePort)
 	peer, ok := n.PeerFor(src.Addr())
 	if !ok {
-		return Flow{}, false
+		return inbound.Flow{}, false
 	}
 	dst := netip.AddrPortFrom(addrFrom(id.LocalAddress), id.LocalPort)
-	return Flow{Network: network, Peer: peer, Source: src, Destination: dst,
+	return inbound.Flow{Network: network, Peer: peer, Source: src, Destination: dst,
 		ToUs: n.link.owns(id.LocalAddress), InTunnel: n.inTunnel(dst.Addr().Unmap())}, true
 }
 
@@ -224,10 +155,10 @@ func (n *Net) tcpPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) b
 
 // admit asks the interceptor, if there is one, about a new flow's first
 // packet.
-func (n *Net) admit(network string, id stack.TransportEndpointID) (*interception, Flow, bool) {
+func (n *Net) admit(network string, id stack.TransportEndpointID) (*interception, inbound.Flow, bool) {
 	c := n.intercept.Load()
 	if c == nil {
-		return nil, Flow{}, false
+		return nil, inbound.Flow{}, false
 	}
 	f, ok := n.flowOf(network, id)
 	return c, f, ok && c.i.AdmitFlow(f)
@@ -344,14 +275,15 @@ func (n *Net) icmpPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) 
 	if !ok {
 		return refused
 	}
-	req := EchoRequest{Peer: peer, Source: src, Destination: dst, InTunnel: n.inTunnel(dst),
-		ID: binary.BigEndian.Uint16(h[4:6]), Seq: binary.BigEndian.Uint16(h[6:8]), pkt: pkt}
+	req := inbound.EchoRequest{Peer: peer, Source: src, Destination: dst, InTunnel: n.inTunnel(dst),
+		ID: binary.BigEndian.Uint16(h[4:6]), Seq: binary.BigEndian.Uint16(h[6:8]),
+		Payload: func() []byte { return pkt.Data().AsRange().ToSlice() }}
 	return c.i.HandleEcho(req) || refused
 }
 
 // WriteEchoReply sends a peer an ICMP echo reply from, the address it
 // pinged, to, its own address, with the identifier, sequence number and
-// data of its request: how an Interceptor answers an EchoRequest it
+// data of its request: how an inbound.Interceptor answers an inbound.EchoRequest it
 // forwarded. Both addresses are of one IP version.
 func (n *Net) WriteEchoReply(from, to netip.Addr, id, seq uint16, data []byte) {
 	if to.Is4() {

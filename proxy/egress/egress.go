@@ -15,7 +15,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/wgbore/wgbore/netstack"
+	"github.com/wgbore/wgbore/netstack/inbound"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/proxy/relay"
 )
@@ -36,7 +36,7 @@ const DefaultMaxFlows = 65536
 // *netstack.Net has it): the peers' flows handed over, and a way to
 // answer their pings.
 type Tunnel interface {
-	Intercept(netstack.Interceptor) error
+	Intercept(inbound.Interceptor) error
 	WriteEchoReply(from, to netip.Addr, id, seq uint16, data []byte)
 }
 
@@ -203,7 +203,7 @@ type flow struct {
 }
 
 // AdmitFlow is the policy every new flow passes, in the packet path.
-func (s *Server) AdmitFlow(f netstack.Flow) bool {
+func (s *Server) AdmitFlow(f inbound.Flow) bool {
 	dst := hostDst(f)
 	if !s.cfg.Policy.Permits(dst.Addr()) {
 		s.log.Debug("flow refused by egress policy", "network", f.Network,
@@ -233,8 +233,8 @@ func (s *Server) AdmitFlow(f netstack.Flow) bool {
 // any other, so it is refused unless Allow names it.
 //
 // Other destinations are unmapped, as the host would reach them: see
-// netstack.Flow.InTunnel.
-func hostDst(f netstack.Flow) netip.AddrPort {
+// inbound.Flow.InTunnel.
+func hostDst(f inbound.Flow) netip.AddrPort {
 	if f.ToUs {
 		lo := netip.IPv6Loopback()
 		if f.Destination.Addr().Is4() {
@@ -269,7 +269,7 @@ func hostAddresses(cfg Config, log *slog.Logger) map[netip.Addr]bool {
 // acquire counts a new flow against the peer that sent it and registers
 // it with the goroutines Close waits for. It fails when the peer or the
 // server is at its limit, or the server is closing.
-func (s *Server) acquire(f netstack.Flow) bool {
+func (s *Server) acquire(f inbound.Flow) bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
@@ -401,7 +401,7 @@ func (s *Server) Close() error {
 // tunnel starts for each new connection request, dials the host and only
 // then accepts the peer's connection. Returning without accepting answers
 // the peer with an RST: when the flow is refused or the host dial fails.
-func (s *Server) HandleTCP(f netstack.Flow, accept func() (net.Conn, error)) {
+func (s *Server) HandleTCP(f inbound.Flow, accept func() (net.Conn, error)) {
 	if !s.acquire(f) {
 		return
 	}
@@ -466,7 +466,7 @@ func (s *Server) watch(host net.Conn) net.Conn {
 // flow: it takes the flow's connection, which holds that datagram and
 // the flow's later ones, and starts the session's goroutine. Returning
 // without accepting refuses the flow with an ICMP port unreachable.
-func (s *Server) HandleUDP(f netstack.Flow, accept func() (net.Conn, error)) {
+func (s *Server) HandleUDP(f inbound.Flow, accept func() (net.Conn, error)) {
 	if !s.acquire(f) {
 		return
 	}

@@ -20,6 +20,7 @@ import (
 	"time"
 
 	"github.com/wgbore/wgbore/netstack"
+	"github.com/wgbore/wgbore/netstack/inbound"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/wgtest"
@@ -987,7 +988,7 @@ func TestEgressRefusesMappedTunnelDestinations(t *testing.T) {
 	// that it does): to neither of our addresses as addressed, inside
 	// the tunnel once unmapped.
 	for _, dst := range []netip.Addr{netip.MustParseAddr("::ffff:10.7.0.1"), netip.AddrFrom16(peersite.OurV4.As16())} {
-		f := netstack.Flow{Network: "udp", Peer: s.client.PublicKey, Source: netip.AddrPortFrom(peersite.TheirV6, 1000),
+		f := inbound.Flow{Network: "udp", Peer: s.client.PublicKey, Source: netip.AddrPortFrom(peersite.TheirV6, 1000),
 			Destination: netip.AddrPortFrom(dst, 53), InTunnel: true}
 		if s.eg.AdmitFlow(f) {
 			t.Errorf("a flow to %v may leave", dst)

@@ -15,7 +15,7 @@ import (
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 
-	"github.com/wgbore/wgbore/netstack"
+	"github.com/wgbore/wgbore/netstack/inbound"
 	"github.com/wgbore/wgbore/protocol"
 )
 
@@ -183,7 +183,7 @@ func (p *pinger) stop() {
 
 // HandleEcho decides, in the packet path, whether an echo request leaves
 // as a host ping, and queues it if so.
-func (s *Server) HandleEcho(e netstack.EchoRequest) bool {
+func (s *Server) HandleEcho(e inbound.EchoRequest) bool {
 	if !s.cfg.Policy.Permits(e.Destination) {
 		s.log.Debug("ping dropped by egress policy", "src", e.Source, "dst", e.Destination)
 		return false
