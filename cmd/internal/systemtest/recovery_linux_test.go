@@ -112,8 +112,8 @@ func runNetnsRecovery(t *testing.T, cases []recoveryCase, reference bool) map[st
 // timeout of 200 ms or more, would resend about 10 to 20 s after the
 // return (12 s measured on a quiet machine, 15 s under the race
 // detector's load): it is the acknowledgements re-sent when the peer
-// comes back, with their ancient echo (ackreplay.go), that must move it
-// sooner.
+// comes back, with their ancient echo (netstack/recovery_acks.go), that
+// must move it sooner.
 func TestTCPRecoveryFromLinuxSender(t *testing.T) {
 	if *recoveryBench {
 		t.Skip("skipped: -recovery.bench runs TestTCPRecoveryBenchFromLinuxSender instead")
@@ -169,7 +169,7 @@ func linuxSenderState(ns *netns) string {
 // TestTCPTimestampsNegotiated checks, from Linux's side of real
 // connections, that wgbore's stack negotiates TCP timestamps, SACK and
 // window scaling whether it dials Linux or Linux dials it: the echo
-// after a silence (netstack/tsecho.go) needs timestamps.
+// after a silence (netstack/recovery_echo.go) needs timestamps.
 func TestTCPTimestampsNegotiated(t *testing.T) {
 	ns, site, ours := kernelSiteInNetns(t)
 	// options is what ss says of the connection matching filter in ns.
