@@ -311,20 +311,10 @@ func (s *mmsgSocket) receive(bufs [][]byte, sizes []int, eps []netip.AddrPort) (
 
 		kept := 0
 		for i := range r.got {
-			m := &r.msgs[i]
-			size := int(m.Len)
-			// A truncated datagram is useless to WireGuard, and passing it
-			// on would make it look like a malformed packet from a peer.
-			if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
-				continue
+			size, from, ok := r.received(i)
+			if ok {
+				kept = keep(bufs, sizes, eps, kept, i, size, from)
 			}
-			from, ok := r.source(i)
-			if !ok || !compact(bufs, kept, i, size) {
-				continue
-			}
-			sizes[kept] = size
-			eps[kept] = from
-			kept++
 		}
 		if kept > 0 {
 			return kept, nil
@@ -368,12 +358,7 @@ func (s *mmsgSocket) receiveGRO(bufs [][]byte, sizes []int, eps []netip.AddrPort
 		}
 		kept := 0
 		for i := range r.got {
-			m := &r.msgs[i]
-			size := int(m.Len)
-			if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
-				continue
-			}
-			from, ok := r.source(i)
+			size, from, ok := r.received(i)
 			if !ok {
 				continue
 			}
@@ -392,12 +377,7 @@ func (s *mmsgSocket) receiveGRO(bufs [][]byte, sizes []int, eps []netip.AddrPort
 			if size > head {
 				copy(bufs[i][head:size], r.spill[i][udpGROHead:])
 			}
-			if !compact(bufs, kept, i, size) {
-				continue
-			}
-			sizes[kept] = size
-			eps[kept] = from
-			kept++
+			kept = keep(bufs, sizes, eps, kept, i, size, from)
 		}
 		clearGROIovecs(r.iovs[:2*n])
 		if kept > 0 {
@@ -406,16 +386,39 @@ func (s *mmsgSocket) receiveGRO(bufs [][]byte, sizes []int, eps []netip.AddrPort
 	}
 }
 
+// received is message i of the last recvmmsg: its size and source. It
+// reports false for a truncated datagram, which is useless to WireGuard
+// and would look like a malformed packet from a peer, and for a source
+// that is not a whole IPv4 or IPv6 address.
+func (r *udpReceiver) received(i int) (size int, from netip.AddrPort, ok bool) {
+	m := &r.msgs[i]
+	if m.Hdr.Flags&unix.MSG_TRUNC != 0 {
+		return 0, netip.AddrPort{}, false
+	}
+	from, ok = r.source(i)
+	return int(m.Len), from, ok
+}
+
+// keep hands datagram i, of size bytes from from, to the caller as its
+// kept-th, moving it down into buffer kept if earlier ones were dropped,
+// and returns the new count of datagrams kept.
+func keep(bufs [][]byte, sizes []int, eps []netip.AddrPort, kept, i, size int, from netip.AddrPort) int {
+	if !compact(bufs, kept, i, size) {
+		return kept
+	}
+	sizes[kept] = size
+	eps[kept] = from
+	return kept + 1
+}
+
 // park moves messages first..got-1 of the last recvmmsg whole into their
 // spill buffers, the part in the caller's buffer copied into the
 // headroom in front of the rest.
 func (r *udpReceiver) park(bufs [][]byte, first int) {
 	r.next, r.end = first, first
 	for i := first; i < r.got; i++ {
-		m := &r.msgs[i]
-		size := int(m.Len)
-		from, ok := r.source(i)
-		if m.Hdr.Flags&unix.MSG_TRUNC != 0 || !ok {
+		size, from, ok := r.received(i)
+		if !ok {
 			continue
 		}
 		head := min(size, int(r.iovs[2*i].Len))
