@@ -17,6 +17,7 @@ import (
 
 	"github.com/wgbore/wgbore/netstack/inbound"
 	"github.com/wgbore/wgbore/protocol"
+	"github.com/wgbore/wgbore/proxy/internal/openset"
 	"github.com/wgbore/wgbore/proxy/relay"
 )
 
@@ -138,7 +139,7 @@ func Start(t Tunnel, cfg Config) (*Server, error) {
 	if cfg.InterfaceAddrs == nil {
 		cfg.InterfaceAddrs = net.InterfaceAddrs
 	}
-	s := &Server{tunnel: t, cfg: cfg, log: cfg.Logger, perPeer: map[protocol.PublicKey]*FlowCounts{}, open: map[*flow]struct{}{},
+	s := &Server{tunnel: t, cfg: cfg, log: cfg.Logger, perPeer: map[protocol.PublicKey]*FlowCounts{},
 		hostAddrs: hostAddresses(cfg, cfg.Logger)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	if p, err := relay.NewPoller(); err == nil {
@@ -182,8 +183,10 @@ type Server struct {
 	// some day stay too; they are a few words each.
 	perPeer map[protocol.PublicKey]*FlowCounts
 	total   int // flows open, all peers
-	open    map[*flow]struct{}
 	wg      sync.WaitGroup
+
+	// open holds the flows' sockets, for Close to shut.
+	open openset.Set[*flow]
 }
 
 // FlowCounts is one peer's flows through server mode: open now, and
@@ -345,20 +348,15 @@ func (s *Server) FlowCounts() map[protocol.PublicKey]FlowCounts {
 // track registers a flow's sockets for Close to shut. It fails, closing
 // them itself, when Close has begun.
 func (s *Server) track(fl *flow) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
+	if !s.open.Add(fl) {
 		fl.close()
 		return false
 	}
-	s.open[fl] = struct{}{}
 	return true
 }
 
 func (s *Server) untrack(fl *flow) {
-	s.mu.Lock()
-	delete(s.open, fl)
-	s.mu.Unlock()
+	s.open.Remove(fl)
 	fl.close()
 }
 
@@ -378,11 +376,10 @@ func (fl *flow) close() {
 func (s *Server) Close() error {
 	s.mu.Lock()
 	s.closed = true
-	open := s.open
-	s.open = map[*flow]struct{}{}
 	s.mu.Unlock()
+	open := s.open.Close()
 	s.cancel()
-	for fl := range open {
+	for _, fl := range open {
 		fl.close()
 	}
 	for _, p := range []*pinger{s.ping.Load(), s.ping6.Load()} {
@@ -503,9 +500,8 @@ func (s *Server) dialHost(network string, dst netip.AddrPort) (net.Conn, error) 
 
 // relayUDP dials the host side of a UDP flow and copies datagrams both
 // ways until the flow has been idle for UDPIdleTimeout, then releases
-// the flow. Idleness is watched by one timer per flow that rereads the
-// last activity, so a datagram costs an atomic store and no timer or
-// deadline change.
+// the flow. A relay.IdleWatch sees to the idleness, so a datagram costs
+// no timer or deadline change.
 func (s *Server) relayUDP(peer protocol.PublicKey, dst netip.AddrPort, tunnel net.Conn) {
 	host, err := s.dialHost("udp", dst)
 	if err != nil {
@@ -520,20 +516,10 @@ func (s *Server) relayUDP(peer protocol.PublicKey, dst netip.AddrPort, tunnel ne
 		return
 	}
 
-	start := time.Now()
-	var lastActive atomic.Int64 // since start
-	idle := s.cfg.UDPIdleTimeout
-	var expiry *time.Timer
-	expiry = time.AfterFunc(idle, func() {
-		if left := idle - (time.Since(start) - time.Duration(lastActive.Load())); left > 0 {
-			expiry.Reset(left)
-			return
-		}
-		fl.close()
-	})
-	moved := func() { lastActive.Store(int64(time.Since(start))) }
+	idle := relay.NewIdleWatch(nil, s.cfg.UDPIdleTimeout, fl.close)
+	moved := idle.Moved
 	end := func() {
-		expiry.Stop()
+		idle.Stop()
 		s.untrack(fl)
 		s.release(peer)
 	}

@@ -614,10 +614,11 @@ func TestEgressAdmit(t *testing.T) {
 	c.Close()
 }
 
-// TestEgressUDPIdle: a UDP flow ends after UDPIdleTimeout without
-// traffic, and its count with it.
+// TestEgressUDPIdle: a UDP flow with traffic outlives UDPIdleTimeout,
+// and ends after it without, and its count with it.
 func TestEgressUDPIdle(t *testing.T) {
-	s := startServer(t, Config{Policy: allowHostLoopback(), UDPIdleTimeout: 300 * time.Millisecond})
+	const idle = 300 * time.Millisecond
+	s := startServer(t, Config{Policy: allowHostLoopback(), UDPIdleTimeout: idle})
 	echo := serveHostUDPEcho(t, hostLoopback)
 	c, err := s.dial(t, "udp", echo.String())
 	if err != nil {
@@ -636,8 +637,11 @@ func TestEgressUDPIdle(t *testing.T) {
 		t.Fatal("no echo")
 	}
 	f := s.eg
-	if got := f.flows(s.client.PublicKey); got != 1 {
-		t.Fatalf("%d flows open, want 1", got)
+	for end := time.Now().Add(3 * idle); time.Now().Before(end); time.Sleep(idle / 6) {
+		c.Write([]byte("x"))
+		if got := f.flows(s.client.PublicKey); got != 1 {
+			t.Fatalf("%d flows open while the flow has traffic, want 1", got)
+		}
 	}
 	wgtest.WaitFor(t, 10*time.Second, "the idle UDP flow to end", func() bool { return f.flows(s.client.PublicKey) == 0 })
 }
