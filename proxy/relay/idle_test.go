@@ -78,7 +78,11 @@ func TestIdleWatchStopWaitsForIdle(t *testing.T) {
 		close(running)
 		<-release
 	})
-	<-running
+	select {
+	case <-running:
+	case <-time.After(10 * time.Second):
+		t.Fatal("idle did not run")
+	}
 	stopped := make(chan struct{})
 	go func() {
 		w.Stop()
