@@ -11,6 +11,9 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/wgbore/wgbore/proxy/internal/openset"
+	"github.com/wgbore/wgbore/proxy/relay"
 )
 
 // udpBufferSize holds the largest UDP payload (65,507 bytes over IPv4),
@@ -69,9 +72,8 @@ type UDPForwarder struct {
 	// Shutdown can tell a session still talking from one merely open.
 	drainActive atomic.Bool
 
-	mu     sync.Mutex
-	closed bool
-	ports  map[*udpPort]struct{}
+	// ports are the PacketConns being served, for Close to end.
+	ports openset.Set[*udpPort]
 }
 
 // NewUDPForwarder returns a forwarder that relays the datagrams of every
@@ -96,7 +98,6 @@ func NewUDPForwarder(dial func(ctx context.Context, network, address string) (ne
 		ctx:         ctx,
 		cancel:      cancel,
 		buffers:     sync.Pool{New: func() any { return new([udpBufferSize]byte) }},
-		ports:       make(map[*udpPort]struct{}),
 	}
 }
 
@@ -108,20 +109,15 @@ func (f *UDPForwarder) Serve(pc net.PacketConn) error {
 		f:        f,
 		pc:       pc,
 		sessions: make(map[netip.AddrPort]*udpSession),
-		done:     make(chan struct{}),
 	}
 	p.fast, _ = pc.(udpAddrPortConn)
-	if !f.trackPort(p) {
+	if !f.ports.Add(p) {
 		pc.Close()
 		return nil
 	}
-	defer f.untrackPort(p)
+	defer f.ports.Remove(p)
 	defer p.wg.Wait()
 	defer p.close()
-	if f.timeout > 0 {
-		p.wg.Add(1)
-		go p.expireIdle()
-	}
 	return p.serve()
 }
 
@@ -133,13 +129,7 @@ func (f *UDPForwarder) Stats() ConnStats { return f.sessions.stats() }
 // returns once all goroutines the forwarder started have exited. It is
 // safe to call more than once.
 func (f *UDPForwarder) Close() error {
-	f.mu.Lock()
-	f.closed = true
-	ports := make([]*udpPort, 0, len(f.ports))
-	for p := range f.ports {
-		ports = append(ports, p)
-	}
-	f.mu.Unlock()
+	ports := f.ports.Close()
 	f.cancel()
 	for _, p := range ports {
 		p.close()
@@ -190,31 +180,13 @@ func (f *UDPForwarder) noteDrainActivity() {
 }
 
 func (f *UDPForwarder) sessionCount() int {
-	f.mu.Lock()
-	defer f.mu.Unlock()
 	n := 0
-	for p := range f.ports {
+	for _, p := range f.ports.All() {
 		p.mu.Lock()
 		n += len(p.sessions)
 		p.mu.Unlock()
 	}
 	return n
-}
-
-func (f *UDPForwarder) trackPort(p *udpPort) bool {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	if f.closed {
-		return false
-	}
-	f.ports[p] = struct{}{}
-	return true
-}
-
-func (f *UDPForwarder) untrackPort(p *udpPort) {
-	f.mu.Lock()
-	delete(f.ports, p)
-	f.mu.Unlock()
 }
 
 // udpAddrPortConn is what *net.UDPConn offers beyond net.PacketConn:
@@ -234,8 +206,7 @@ type udpPort struct {
 	closed   bool
 	sessions map[netip.AddrPort]*udpSession
 
-	done chan struct{}  // closed by close, ends expireIdle
-	wg   sync.WaitGroup // expireIdle and the sessions' goroutines
+	wg sync.WaitGroup // the sessions' goroutines
 }
 
 // udpSession is one client's flow: the upstream conn dialed for it and
@@ -250,8 +221,9 @@ type udpSession struct {
 	ready chan struct{}
 	up    net.Conn
 
-	active atomic.Bool // a datagram moved since the last check
-	quiet  int         // checks in a row without activity; under udpPort.mu
+	// idle ends the session after InactivityTimeout without a datagram
+	// either way; nil without a timeout.
+	idle *relay.IdleWatch
 
 	mu     sync.Mutex
 	ended  bool
@@ -335,10 +307,7 @@ func (p *udpPort) forward(b []byte, from netip.AddrPort, addr net.Addr) {
 	}
 	p.mu.Unlock()
 
-	if !s.active.Load() {
-		s.active.Store(true)
-	}
-	p.f.noteDrainActivity()
+	p.moved(s)
 	select {
 	case <-s.ready:
 		if _, err := s.up.Write(b); err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
@@ -360,7 +329,12 @@ func (p *udpPort) startSession(from netip.AddrPort, addr net.Addr, b []byte) {
 		ready:  make(chan struct{}),
 		cancel: cancel,
 	}
-	s.active.Store(true)
+	if p.f.timeout > 0 {
+		s.idle = relay.NewIdleWatch(nil, p.f.timeout, func() {
+			p.f.log.Debug("udp forward: session expired", "target", p.f.target, "client", s.client, "inactivity_timeout", p.f.timeout)
+			p.endSession(s)
+		})
+	}
 	// The caller's buffer is reused for the next datagram, so the first
 	// one waits for the dial in the session's own.
 	first := copy(s.buf[:], b)
@@ -378,6 +352,9 @@ func (p *udpPort) runSession(ctx context.Context, s *udpSession, first int) {
 	defer p.f.sessions.closed()
 	defer p.f.buffers.Put(s.buf)
 	defer p.endSession(s)
+	if s.idle != nil {
+		defer s.idle.Stop()
+	}
 
 	up, err := p.f.dial(ctx, "udp", p.f.target)
 	if err != nil {
@@ -407,10 +384,7 @@ func (p *udpPort) runSession(ctx context.Context, s *udpSession, first int) {
 			}
 			return
 		}
-		if !s.active.Load() {
-			s.active.Store(true)
-		}
-		p.f.noteDrainActivity()
+		p.moved(s)
 		if _, err := p.writeTo(s.buf[:n], s); err != nil {
 			if p.isClosed() {
 				return
@@ -420,39 +394,13 @@ func (p *udpPort) runSession(ctx context.Context, s *udpSession, first int) {
 	}
 }
 
-// expireIdle ends the sessions that have been quiet for the inactivity
-// timeout. One ticker per port looks at every session's flag, so the
-// datagram path never touches a timer.
-func (p *udpPort) expireIdle() {
-	defer p.wg.Done()
-	t := time.NewTicker(max(p.f.timeout/idleChecks, time.Millisecond))
-	defer t.Stop()
-	var expired []*udpSession
-	for {
-		select {
-		case <-p.done:
-			return
-		case <-t.C:
-		}
-		p.mu.Lock()
-		for client, s := range p.sessions {
-			if s.active.Swap(false) {
-				s.quiet = 0
-				continue
-			}
-			if s.quiet++; s.quiet >= idleChecks {
-				delete(p.sessions, client)
-				expired = append(expired, s)
-			}
-		}
-		p.mu.Unlock()
-		for i, s := range expired {
-			p.f.log.Debug("udp forward: session expired", "target", p.f.target, "client", s.client, "inactivity_timeout", p.f.timeout)
-			s.end()
-			expired[i] = nil
-		}
-		expired = expired[:0]
+// moved notes a datagram of s, either way, for its idle watch and for
+// Shutdown.
+func (p *udpPort) moved(s *udpSession) {
+	if s.idle != nil {
+		s.idle.Moved()
 	}
+	p.f.noteDrainActivity()
 }
 
 // endSession removes s from the port, unless a newer session has taken
@@ -478,7 +426,6 @@ func (p *udpPort) close() {
 	p.sessions = nil
 	p.mu.Unlock()
 
-	close(p.done)
 	p.pc.Close()
 	for _, s := range sessions {
 		s.end()

@@ -202,6 +202,30 @@ func TestUDPForwarderSessionExpiry(t *testing.T) {
 	}
 }
 
+// TestUDPForwarderOneWayTraffic: datagrams one way alone, to a target
+// that never answers, keep a session past the timeout.
+func TestUDPForwarderOneWayTraffic(t *testing.T) {
+	const timeout = 100 * time.Millisecond
+	sink, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sink.Close()
+	f, addr, _ := startUDPForwarder(t, "127.0.0.1:0", sink.LocalAddr().String(), UDPForwardConfig{InactivityTimeout: timeout})
+	c := forwardUDPClient(t, addr)
+	for end := time.Now().Add(3 * timeout); time.Now().Before(end); time.Sleep(timeout / 8) {
+		if _, err := c.Write([]byte("one way")); err != nil {
+			t.Fatal(err)
+		}
+		if time.Now().After(end.Add(-2 * timeout)) {
+			if n := f.sessionCount(); n != 1 {
+				t.Fatalf("%d sessions while the client sends, want 1", n)
+			}
+		}
+	}
+	waitUDPSessions(t, f, 0)
+}
+
 func TestUDPForwarderMaxSessions(t *testing.T) {
 	echo := startForwardUDPEcho(t, "127.0.0.1:0")
 	var logs forwardLog
