@@ -4,9 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
-	"math"
 	"net"
-	"sync/atomic"
 	"time"
 
 	"github.com/wgbore/wgbore/proxy/relay"
@@ -17,11 +15,6 @@ const (
 	// into the tunnel may have to wait for a WireGuard handshake that is
 	// retried (rekey-timeout 5 s, with jitter), so it is generous.
 	forwardDialTimeout = 30 * time.Second
-
-	// idleChecks is how many times per timeout a relay's or a session's
-	// activity is looked at. Expiry therefore comes between the timeout
-	// and a quarter of it later, and the hot path only ever sets a flag.
-	idleChecks = 4
 )
 
 // ForwardConfig configures a TCPForwarder.
@@ -179,12 +172,12 @@ func (f *TCPForwarder) relay(client net.Conn) {
 
 	src, dst := client, upstream
 	if f.idle > 0 {
-		w := newIdleWatch(f.idle, func() {
+		w := relay.NewIdleWatch(nil, f.idle, func() {
 			f.log.Debug("forward: idle relay closed", "target", f.target, "client", client.RemoteAddr(), "idle_timeout", f.idle)
 			client.Close()
 			upstream.Close()
 		})
-		defer w.stop()
+		defer w.Stop()
 		src, dst = &activityConn{Conn: client, w: w}, &activityConn{Conn: upstream, w: w}
 	}
 
@@ -192,67 +185,17 @@ func (f *TCPForwarder) relay(client net.Conn) {
 	relay.Both(src, dst, &f.wg)
 }
 
-// idleWatch ends a relay that has been quiet for a timeout. Reads only
-// set a flag; one timer per relay, firing idleChecks times per timeout,
-// clears it and counts the checks that found it clear. A timer per read,
-// or a deadline pushed back on every read, would cost far more on a busy
-// relay.
-type idleWatch struct {
-	active  atomic.Bool  // a byte moved since the last check
-	quiet   atomic.Int32 // checks in a row that found no activity
-	stopped atomic.Bool
-	timer   *time.Timer
-	period  time.Duration
-	expire  func()
-}
-
-func newIdleWatch(timeout time.Duration, expire func()) *idleWatch {
-	w := &idleWatch{period: max(timeout/idleChecks, time.Millisecond), expire: expire}
-	// Armed only once w.timer is set, which check reads.
-	w.timer = time.AfterFunc(math.MaxInt64, w.check)
-	w.timer.Reset(w.period)
-	return w
-}
-
-func (w *idleWatch) touch() {
-	// Loading first keeps a busy relay from writing the shared flag on
-	// every read.
-	if !w.active.Load() {
-		w.active.Store(true)
-	}
-}
-
-func (w *idleWatch) check() {
-	if w.stopped.Load() {
-		return
-	}
-	if w.active.Swap(false) {
-		w.quiet.Store(0)
-	} else if w.quiet.Add(1) >= idleChecks {
-		w.expire()
-		return
-	}
-	// A stop that lands between the load above and this Reset costs one
-	// more firing, which then returns at once.
-	w.timer.Reset(w.period)
-}
-
-func (w *idleWatch) stop() {
-	w.stopped.Store(true)
-	w.timer.Stop()
-}
-
-// activityConn tells its idleWatch about every read that returned bytes:
+// activityConn tells its IdleWatch about every read that returned bytes:
 // each byte a relay moves is read from one of its two conns first.
 type activityConn struct {
 	net.Conn
-	w *idleWatch
+	w *relay.IdleWatch
 }
 
 func (c *activityConn) Read(b []byte) (int, error) {
 	n, err := c.Conn.Read(b)
 	if n > 0 {
-		c.w.touch()
+		c.w.Moved()
 	}
 	return n, err
 }

@@ -20,7 +20,7 @@ import (
 var (
 	forwardCode = []string{
 		"wgbore/proxy.(*TCPForwarder)", "wgbore/proxy.(*UDPForwarder)", "wgbore/proxy.(*udpPort)",
-		"wgbore/proxy.(*idleWatch)", "wgbore/proxy.ServeSTDIO", "wgbore/proxy.sendSTDIO",
+		"wgbore/proxy.ServeSTDIO", "wgbore/proxy.sendSTDIO",
 	}
 	// go-socks5's frames cover the relay halves it starts through
 	// socksGoroutines.Submit; a worker waiting for its next connection
