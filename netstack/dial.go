@@ -21,17 +21,9 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
+	"github.com/wgbore/wgbore/netstack/happyeyeballs"
 	"github.com/wgbore/wgbore/protocol"
 )
-
-// fallbackDelay is how long the preferred family gets a head start before
-// the other family is tried too (RFC 8305 section 5 recommends 250 ms;
-// package net uses 300 ms, and we feel like package net).
-const fallbackDelay = 300 * time.Millisecond
-
-// minPerAddressTimeout keeps a dial to several addresses from starving
-// each one: the remaining time is shared, but never below this.
-const minPerAddressTimeout = 2 * time.Second
 
 func fullAddress(ap netip.AddrPort) (tcpip.FullAddress, tcpip.NetworkProtocolNumber) {
 	a := ap.Addr().Unmap()
@@ -100,10 +92,10 @@ func inFamily(family string, a netip.Addr) bool {
 // udp, udp4 or udp6; address is "host:port", where host is an IP literal
 // or a name resolved by LookupNetIP through the tunnel's DNS servers.
 //
-// With several addresses it races the families, Happy Eyeballs style
-// (RFC 8305, simplified): IPv6 first when we have an IPv6 address, IPv4
-// once IPv6 has had fallbackDelay or has failed; the first connection
-// wins and the other attempt is cancelled.
+// With several addresses it races the IP versions, Happy Eyeballs style
+// (package happyeyeballs): IPv6 first when we have an IPv6 address, IPv4
+// once IPv6 has had happyeyeballs.FallbackDelay or has failed; the first
+// connection wins and the other attempt is cancelled.
 //
 // Errors are *net.OpError. Their cause tells connection refused
 // (syscall.ECONNREFUSED), no route (syscall.EHOSTUNREACH, also before any
@@ -126,20 +118,27 @@ func (n *Net) DialContext(ctx context.Context, network, address string) (net.Con
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
-	var v6, v4 []netip.AddrPort
-	for _, a := range addrs {
-		ap := netip.AddrPortFrom(a, port)
-		if a.Is6() {
-			v6 = append(v6, ap)
-		} else {
-			v4 = append(v4, ap)
+	// IPv6 leads when we have an IPv6 address (or there is no IPv4 one
+	// to try), as package net prefers it.
+	v6First := n.hasAddress(ipv6.ProtocolNumber)
+	aps := make([]netip.AddrPort, 0, len(addrs))
+	for _, lead := range []bool{true, false} {
+		for _, a := range addrs {
+			if a.Unmap().Is6() == (v6First == lead) {
+				aps = append(aps, netip.AddrPortFrom(a, port))
+			}
 		}
 	}
-	primaries, fallbacks := v4, v6
-	if n.hasAddress(ipv6.ProtocolNumber) || len(v4) == 0 {
-		primaries, fallbacks = v6, v4
+	c, err := happyeyeballs.Dial(ctx, aps, func(ctx context.Context, ap netip.AddrPort) (net.Conn, error) {
+		if ctx.Err() != nil {
+			return nil, &net.OpError{Op: "dial", Net: network, Addr: netAddr(network, ap), Err: n.contextError(ctx, ap.Addr())}
+		}
+		return n.dialAddr(ctx, network, ap)
+	})
+	if errors.Is(err, happyeyeballs.ErrNoAddresses) {
+		err = &net.OpError{Op: "dial", Net: network, Err: err}
 	}
-	return n.dialParallel(ctx, network, primaries, fallbacks)
+	return c, err
 }
 
 // dialTargets turns a dial's host into the addresses to try: an IP
@@ -177,111 +176,6 @@ func (n *Net) dialTargets(ctx context.Context, family, host string) ([]netip.Add
 func (n *Net) hasAddress(proto tcpip.NetworkProtocolNumber) bool {
 	own, err := n.stack.GetMainNICAddress(nicID, proto)
 	return err == nil && own.Address.Len() > 0
-}
-
-// dialParallel races primaries against fallbacks; see DialContext.
-func (n *Net) dialParallel(ctx context.Context, network string, primaries, fallbacks []netip.AddrPort) (net.Conn, error) {
-	if len(fallbacks) == 0 {
-		return n.dialSerial(ctx, network, primaries)
-	}
-	if len(primaries) == 0 {
-		return n.dialSerial(ctx, network, fallbacks)
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	type result struct {
-		conn    net.Conn
-		err     error
-		primary bool
-	}
-	results := make(chan result)
-	returned := make(chan struct{})
-	defer close(returned)
-	race := func(primary bool) {
-		addrs := fallbacks
-		if primary {
-			addrs = primaries
-		}
-		c, err := n.dialSerial(ctx, network, addrs)
-		select {
-		case results <- result{c, err, primary}:
-		case <-returned:
-			// The other family won; this connection is the loser.
-			if c != nil {
-				c.Close()
-			}
-		}
-	}
-	go race(true)
-	fallbackTimer := time.NewTimer(fallbackDelay)
-	defer fallbackTimer.Stop()
-	var primaryErr error
-	fallbackStarted, primaryDone, fallbackDone := false, false, false
-	startFallback := func() {
-		if !fallbackStarted {
-			fallbackStarted = true
-			go race(false)
-		}
-	}
-	for {
-		select {
-		case <-fallbackTimer.C:
-			startFallback()
-		case r := <-results:
-			if r.err == nil {
-				return r.conn, nil
-			}
-			if r.primary {
-				primaryDone, primaryErr = true, r.err
-				// No reason to keep the fallback waiting for a
-				// family that already failed.
-				startFallback()
-			} else {
-				fallbackDone = true
-			}
-			if primaryDone && fallbackDone {
-				// The preferred family's error is the one a caller
-				// expects to hear about, as with package net.
-				return nil, primaryErr
-			}
-		}
-	}
-}
-
-// dialSerial tries addrs one after another, sharing the time left among
-// them.
-func (n *Net) dialSerial(ctx context.Context, network string, addrs []netip.AddrPort) (net.Conn, error) {
-	var firstErr error
-	for i, ap := range addrs {
-		if err := ctx.Err(); err != nil {
-			if firstErr == nil {
-				firstErr = &net.OpError{Op: "dial", Net: network, Addr: netAddr(network, ap), Err: n.contextError(ctx, ap.Addr())}
-			}
-			break
-		}
-		dctx, cancel := ctx, context.CancelFunc(func() {})
-		if d, ok := ctx.Deadline(); ok {
-			share := time.Until(d) / time.Duration(len(addrs)-i)
-			if share < minPerAddressTimeout {
-				share = minPerAddressTimeout
-			}
-			if partial := time.Now().Add(share); partial.Before(d) {
-				dctx, cancel = context.WithDeadline(ctx, partial)
-			}
-		}
-		c, err := n.dialAddr(dctx, network, ap)
-		cancel()
-		if err == nil {
-			return c, nil
-		}
-		if firstErr == nil {
-			firstErr = err
-		}
-	}
-	if firstErr == nil {
-		firstErr = &net.OpError{Op: "dial", Net: network, Err: errors.New("no addresses to dial")}
-	}
-	return nil, firstErr
 }
 
 // dialAddr connects to one address. It does what gonet's dial helpers do,

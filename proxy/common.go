@@ -6,7 +6,8 @@ import (
 	"crypto/subtle"
 	"net"
 	"net/netip"
-	"time"
+
+	"github.com/wgbore/wgbore/netstack/happyeyeballs"
 )
 
 // credentials holds a proxy's username and password as hashes, so that
@@ -28,28 +29,15 @@ func (c *credentials) match(username, password string) bool {
 	return subtle.ConstantTimeCompare(u[:], c.user[:])&subtle.ConstantTimeCompare(p[:], c.pass[:]) == 1
 }
 
-// dialAddrs tries addrs in the Network's order. Each attempt gets an even
-// share of the time left, as net.Dialer does, so one black-holed address
-// cannot use up the whole budget.
+// dialAddrs connects to the first of addrs that answers, racing their IP
+// versions as the netstack races a name's (package happyeyeballs), the
+// version of the Network's first address leading.
 func dialAddrs(ctx context.Context, nw Network, network string, addrs []netip.Addr, port uint16) (net.Conn, error) {
-	var firstErr error
+	aps := make([]netip.AddrPort, len(addrs))
 	for i, ip := range addrs {
-		attemptCtx, cancel := ctx, context.CancelFunc(func() {})
-		if deadline, ok := ctx.Deadline(); ok {
-			share := time.Until(deadline) / time.Duration(len(addrs)-i)
-			attemptCtx, cancel = context.WithTimeout(ctx, share)
-		}
-		c, err := nw.DialContext(attemptCtx, network, netip.AddrPortFrom(ip.Unmap(), port).String())
-		cancel()
-		if err == nil {
-			return c, nil
-		}
-		if firstErr == nil {
-			firstErr = err
-		}
-		if ctx.Err() != nil {
-			break
-		}
+		aps[i] = netip.AddrPortFrom(ip.Unmap(), port)
 	}
-	return nil, firstErr
+	return happyeyeballs.Dial(ctx, aps, func(ctx context.Context, ap netip.AddrPort) (net.Conn, error) {
+		return nw.DialContext(ctx, network, ap.String())
+	})
 }
