@@ -14,6 +14,9 @@ import (
 	"github.com/wgbore/wgbore/protocol/uapi"
 )
 
+// errShuttingDown is a reload asked for once Shutdown has begun.
+var errShuttingDown = errors.New("shutting down")
+
 // errNoReread is a reload of a service that was given no way to read
 // its configuration again.
 var errNoReread = errors.New("this tunnel cannot re-read its configuration: restart wgbore to change it")
@@ -62,11 +65,18 @@ func (s *Service) reload() (reloadReport, error) {
 		return rep, err
 	}
 
-	s.reloadMu.Lock()
-	defer s.reloadMu.Unlock()
+	// A reload waits for one under way, but never for a shutdown: the
+	// UAPI socket that asked keeps serving through the grace period,
+	// and closing it waits for this request's answer.
+	select {
+	case s.reloadSlot <- struct{}{}:
+	case <-s.stopping:
+		return rep, errShuttingDown
+	}
+	defer func() { <-s.reloadSlot }()
 	select {
 	case <-s.stopping:
-		return rep, errors.New("shutting down")
+		return rep, errShuttingDown
 	default:
 	}
 	s.mu.Lock()

@@ -116,8 +116,10 @@ type Service struct {
 	// reload may stop and start.
 	servers   []server
 	frontEnds []*frontEnd
-	// reloadMu serialises reloads with each other and with shutdown.
-	reloadMu sync.Mutex
+	// reloadSlot is held by the reload under way, or by Shutdown: it
+	// serialises reloads with each other and with shutdown, and unlike
+	// a mutex a reload can give up waiting for it once shutdown begins.
+	reloadSlot chan struct{}
 	// serveMode is wgbore serve, which a reload keeps.
 	serveMode bool
 	// reread is Options.Reread.
@@ -172,6 +174,7 @@ func Start(ctx context.Context, p *Plan, o Options) (*Service, error) {
 		alive:       newAliveTracker(time.Now),
 		metricsFlag: o.Metrics,
 		stopping:    make(chan struct{}),
+		reloadSlot:  make(chan struct{}, 1),
 		failed:      make(chan error, 1),
 		stdioDone:   make(chan error, 1),
 	}
@@ -399,9 +402,9 @@ func (s *Service) allServers() []server {
 func (s *Service) Shutdown(ctx context.Context) {
 	close(s.stopping)
 	// A reload in progress finishes first, so no front end starts
-	// behind the shutdown's back.
-	s.reloadMu.Lock()
-	defer s.reloadMu.Unlock()
+	// behind the shutdown's back; one asked for later gives up.
+	s.reloadSlot <- struct{}{}
+	defer func() { <-s.reloadSlot }()
 	servers := s.allServers()
 	shutdownServers(ctx, s.log, servers)
 	if s.summarized != nil {
