@@ -34,9 +34,9 @@ type interception struct {
 	tcp *tcp.Forwarder
 }
 
-// stop does nothing: the interceptor is closed only once the stack has
-// closed (wait).
-func (c *interception) stop() {}
+// stop has the interceptor refuse new flows and end its own before the
+// stack closes.
+func (c *interception) stop() { c.i.Stop() }
 
 // wait closes the interceptor once the stack has closed: every flow's
 // connection has failed by then, and so has every handshake a HandleTCP

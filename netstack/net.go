@@ -86,7 +86,8 @@ type Net struct {
 
 	// services are the parts with goroutines (the interceptor, the
 	// rebinder, what OnClose registered): Close stops them before the
-	// stack and waits for their goroutines after it.
+	// stack and waits for their goroutines after it. What OnClose
+	// registered has only a Close, which runs after the stack's.
 	mu       sync.Mutex
 	services []service
 	closing  bool

@@ -77,8 +77,14 @@ type Interceptor interface {
 	// not block. It reports whether the request was taken; an answer,
 	// if any, comes through Net.WriteEchoReply.
 	HandleEcho(EchoRequest) bool
-	// Close ends every flow handed over and waits for the interceptor's
-	// goroutines. The Net's Close calls it once the stack has closed;
-	// its owner may call it first.
+	// Stop refuses new flows and ends those under way, host dials
+	// included, without waiting for anything. The Net's Close calls it
+	// before the stack closes, so that no flow is admitted, and no
+	// handshake started, while the stack shuts down.
+	Stop()
+	// Close stops, as Stop does, and waits for the interceptor's
+	// goroutines. The Net's Close calls it once the stack has closed,
+	// when every flow's connection has failed; its owner may call it
+	// first.
 	Close() error
 }

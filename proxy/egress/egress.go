@@ -118,7 +118,8 @@ type Config struct {
 // answer.
 //
 // Close ends every flow and waits for every goroutine Start started; the
-// tunnel's own Close calls it too, once its stack has closed.
+// tunnel's own Close calls Stop before its stack closes, and Close once
+// it has.
 func Start(t Tunnel, cfg Config) (*Server, error) {
 	if cfg.Dial == nil {
 		d := &net.Dialer{Timeout: defaultDialTimeout}
@@ -368,12 +369,11 @@ func (fl *flow) close() {
 	fl.host.Close()
 }
 
-// Close ends every flow, refuses new ones and waits for every goroutine
-// Start started. It may be called more than once. The tunnel's Close
-// calls it too, once its stack has closed, which is the way to end server
-// mode at once: a peer's TCP handshake that is under way (see HandleTCP)
-// holds a Close called before until it completes or times out.
-func (s *Server) Close() error {
+// Stop refuses new flows, cuts short the host dials under way, and ends
+// every open flow and the pings, without waiting for their goroutines.
+// The tunnel's Close calls it before its stack closes, so that nothing is
+// admitted while the stack shuts down. It may be called more than once.
+func (s *Server) Stop() {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
@@ -387,6 +387,15 @@ func (s *Server) Close() error {
 			p.stop()
 		}
 	}
+}
+
+// Close stops the server, as Stop does, and waits for every goroutine
+// Start started. It may be called more than once. The tunnel's Close
+// calls it too, once its stack has closed, which is the way to end server
+// mode at once: a peer's TCP handshake that is under way (see HandleTCP)
+// holds a Close called before until it completes or times out.
+func (s *Server) Close() error {
+	s.Stop()
 	s.wg.Wait()
 	if s.poller != nil {
 		s.poller.Close()
