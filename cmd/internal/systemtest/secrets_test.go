@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os/exec"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -23,10 +24,6 @@ import (
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
 )
-
-// showFields are the FIELD arguments of show that print no key, as the
-// command's documentation lists them.
-var showFields = []string{"public-key", "listen-port", "fwmark", "peers", "endpoints", "allowed-ips", "latest-handshakes", "transfer", "persistent-keepalive"}
 
 // leakNeedle is one written form of a secret that must never be output.
 type leakNeedle struct {
@@ -372,6 +369,15 @@ func TestNoSecretsInAnyOutput(t *testing.T) {
 		if code, _, errOut := outs.run(t, append([]string{"show", "-uapi-dir", uapiDir}, args...)...); code != exitOK {
 			t.Errorf("show %v: exit %d: %s", args, code, errOut)
 		}
+	}
+	// Every FIELD show takes, as the command itself lists them when given
+	// one it does not know, so that a field added later is checked too.
+	code, _, errOut = outs.run(t, "show", "-uapi-dir", uapiDir, "wg0", "no-such-field")
+	_, list, ok := strings.Cut(errOut, "want one of ")
+	list, _, _ = strings.Cut(list, " (")
+	showFields := strings.Split(list, ", ")
+	if code != exitUsage || !ok || !slices.Contains(showFields, "public-key") || !slices.Contains(showFields, "transfer") {
+		t.Fatalf("show wg0 no-such-field: exit %d, want %d and the list of fields: %s", code, exitUsage, errOut)
 	}
 	for _, field := range showFields {
 		for _, name := range []string{"wg0", "all"} {
