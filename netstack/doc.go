@@ -1,7 +1,8 @@
 // Package netstack puts a gVisor TCP/IP stack on top of the WireGuard
 // engine, so a Go program can dial and listen inside the tunnel with no
 // TUN device and no privileges: Open returns a *Net whose DialContext,
-// Listen and ListenPacket feel like package net's.
+// Listen and ListenPacket feel like package net's. Package
+// netstack/wgquick opens one from a wg-quick file.
 //
 // # TCP through loss and outages
 //

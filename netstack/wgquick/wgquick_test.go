@@ -101,3 +101,34 @@ func TestTunnel(t *testing.T) {
 		t.Error("Tunnel shares a slice with the file's Config")
 	}
 }
+
+// TestPeersOfAParsedFile: every peer the parser produces reaches the
+// engine with its key, preshared key, endpoint (a name stays a name, for
+// the engine to resolve), AllowedIPs and keepalive.
+func TestPeersOfAParsedFile(t *testing.T) {
+	priv, _ := protocol.GeneratePrivateKey()
+	a, _ := protocol.GeneratePrivateKey()
+	b, _ := protocol.GeneratePrivateKey()
+	psk, _ := protocol.GeneratePresharedKey()
+	text := "[Interface]\nPrivateKey = " + priv.Base64() + "\nAddress = 10.0.0.2/32\n\n" +
+		"[Peer]\nPublicKey = " + a.PublicKey().String() + "\nPresharedKey = " + psk.Base64() +
+		"\nEndpoint = vpn.example.com:51820\nAllowedIPs = 10.0.0.0/8, ::/0\nPersistentKeepalive = 25\n\n" +
+		"[Peer]\nPublicKey = " + b.PublicKey().String() + "\nEndpoint = 127.0.0.1:51821\nAllowedIPs = 192.168.7.0/24\n"
+	c, err := config.Parse("wg0.conf", []byte(text), config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []protocol.PeerConfig{
+		{PublicKey: a.PublicKey(), PresharedKey: psk, Endpoint: "vpn.example.com:51820",
+			AllowedIPs: []netip.Prefix{netip.MustParsePrefix("10.0.0.0/8"), netip.MustParsePrefix("::/0")}, PersistentKeepalive: 25 * time.Second},
+		{PublicKey: b.PublicKey(), Endpoint: "127.0.0.1:51821", AllowedIPs: []netip.Prefix{netip.MustParsePrefix("192.168.7.0/24")}},
+	}
+	if len(c.Peers) != len(want) {
+		t.Fatalf("parsed %d peers, want %d", len(c.Peers), len(want))
+	}
+	for i, p := range c.Peers {
+		if got := wgquick.Peer(p); !reflect.DeepEqual(got, want[i]) {
+			t.Errorf("peer %d: %+v, want %+v", i, got, want[i])
+		}
+	}
+}

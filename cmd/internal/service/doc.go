@@ -12,5 +12,9 @@
 // -memory-limit, -grace) and the process's outside world (logger, file
 // system, stdin and stdout) come in through [Options]: nothing here
 // parses flags or reads the environment, and one process may run
-// several services, as the demo does.
+// several services, as the demo does. The memory budget and the reclaimer
+// are the process's, not a service's: the Go runtime's memory limit, the
+// garbage collector and the goroutine count they act on are
+// process-wide, so a process that runs several gives a budget to one at
+// most.
 package service

@@ -48,7 +48,7 @@ type Options struct {
 	// [Interface] MemoryLimit; 0 leaves it to the file or the container.
 	MemoryLimit int64
 	// Grace is how long connections of a front end that a reload removes
-	// may finish, as they may at shutdown.
+	// may finish, as they may at shutdown; 0 closes them at once.
 	Grace time.Duration
 	// Root is the host's file system, where the container's memory
 	// limit is found; nil means none is found.
@@ -147,9 +147,9 @@ type Service struct {
 	summarized chan struct{}
 }
 
-// Start opens the tunnel and every listener of p. Host listeners open
-// before anything is served, so a port in use fails the start rather
-// than leaving a half-working process.
+// Start opens the tunnel and every listener of p. A listener that cannot
+// open (a port in use) fails the start, and everything already opened is
+// closed again, rather than leaving a half-working process.
 func Start(ctx context.Context, p *Plan, o Options) (*Service, error) {
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)
@@ -239,7 +239,8 @@ func (s *Service) Peers() []protocol.PeerStatus { return s.tun.Engine().Peers() 
 
 // ServeInTunnel serves h on addr inside the tunnel, as one of the
 // service's own servers: Shutdown stops it, and Failed reports it if it
-// stops on its own. desc is its line of the start-up summary.
+// stops on its own. desc is its line of the start-up summary. It is
+// called before Shutdown, never during it.
 func (s *Service) ServeInTunnel(addr netip.AddrPort, desc string, h http.Handler) error {
 	l, err := s.tun.Listen("tcp", addr.String())
 	if err != nil {
@@ -398,7 +399,7 @@ func (s *Service) allServers() []server {
 }
 
 // Shutdown stops every front end, gracefully until ctx is done, then
-// closes the tunnel.
+// closes the tunnel. It is called once.
 func (s *Service) Shutdown(ctx context.Context) {
 	close(s.stopping)
 	// A reload in progress finishes first, so no front end starts
