@@ -118,9 +118,9 @@ func (n *Net) DialContext(ctx context.Context, network, address string) (net.Con
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
-	// IPv6 leads when we have an IPv6 address (or there is no IPv4 one
-	// to try), as package net prefers it.
-	v6First := n.hasAddress(ipv6.ProtocolNumber)
+	// The preferred version leads (or the other, when the name has no
+	// address of the preferred one).
+	v6First := n.preferIPv6()
 	aps := make([]netip.AddrPort, 0, len(addrs))
 	for _, lead := range []bool{true, false} {
 		for _, a := range addrs {
@@ -171,6 +171,18 @@ func (n *Net) dialTargets(ctx context.Context, family, host string) ([]netip.Add
 		return nil, &net.AddrError{Err: "no suitable address found", Addr: host}
 	}
 	return []netip.Addr{a}, nil
+}
+
+// preferIPv6 reports whether IPv6 goes first when a name has addresses
+// of both versions: see Config.Prefer.
+func (n *Net) preferIPv6() bool {
+	switch n.prefer {
+	case PreferIPv4:
+		return false
+	case PreferIPv6:
+		return true
+	}
+	return n.hasAddress(ipv6.ProtocolNumber)
 }
 
 func (n *Net) hasAddress(proto tcpip.NetworkProtocolNumber) bool {

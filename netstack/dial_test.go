@@ -225,3 +225,36 @@ func TestGoError(t *testing.T) {
 		t.Errorf("unmapped error = %v", err)
 	}
 }
+
+// TestPreferredVersion: Config.Prefer decides which IP version a dial
+// to a name with both tries first, and LookupNetIP lists that version
+// first, so that a proxy dialing the list in order agrees.
+func TestPreferredVersion(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for _, c := range []struct {
+		prefer Preference
+		want   netip.Addr
+	}{
+		{PreferAuto, peersite.TheirV6}, // we have fd00::1
+		{PreferIPv4, peersite.TheirV4},
+		{PreferIPv6, peersite.TheirV6},
+	} {
+		key, _ := protocol.GeneratePrivateKey()
+		site := peersite.Start(t, key.PublicKey(), peersite.Options{})
+		n := openOursWith(t, key, site, func(cfg *Config) { cfg.Prefer = c.prefer })
+		addrs, err := n.LookupNetIP(ctx, "ip", "web.tunnel.test")
+		if err != nil || len(addrs) < 2 || addrs[0] != c.want {
+			t.Errorf("prefer %d: LookupNetIP = %v, %v; want %v first", c.prefer, addrs, err, c.want)
+		}
+		conn, err := n.DialContext(ctx, "tcp", "web.tunnel.test:7")
+		if err != nil {
+			t.Fatalf("prefer %d: %v", c.prefer, err)
+		}
+		if got := netip.MustParseAddrPort(conn.RemoteAddr().String()).Addr(); got != c.want {
+			t.Errorf("prefer %d: connected to %v, want %v", c.prefer, got, c.want)
+		}
+		conn.Close()
+		n.Close()
+	}
+}

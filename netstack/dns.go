@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"cmp"
 	"context"
 	"encoding/binary"
 	"errors"
@@ -8,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -83,9 +85,27 @@ func (n *Net) LookupHost(ctx context.Context, host string) ([]string, error) {
 // with A and AAAA queries, honouring Config.DNSSearch with resolv.conf's
 // ndots:1 rule. network is "ip", "ip4" or "ip6". An IP literal resolves to
 // itself; no name is special, not even "localhost", because the tunnel's
-// servers decide. Errors are *net.DNSError.
+// servers decide. With network "ip", the addresses of the preferred IP
+// version (Config.Prefer) come first. Errors are *net.DNSError.
 func (n *Net) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
-	return n.dns.lookup(ctx, network, host)
+	addrs, err := n.dns.lookup(ctx, network, host)
+	if network == "ip" && len(addrs) > 1 {
+		// The preferred version first, so that a caller that dials
+		// them in order (a proxy) prefers it as DialContext does.
+		v6First := n.preferIPv6()
+		slices.SortStableFunc(addrs, func(a, b netip.Addr) int {
+			return cmp.Compare(rank(a, v6First), rank(b, v6First))
+		})
+	}
+	return addrs, err
+}
+
+// rank is 0 for an address of the preferred IP version, 1 for the other.
+func rank(a netip.Addr, v6First bool) int {
+	if a.Unmap().Is6() == v6First {
+		return 0
+	}
+	return 1
 }
 
 func (r *resolver) lookup(ctx context.Context, network, host string) ([]netip.Addr, error) {

@@ -53,7 +53,8 @@ func TestLookupThroughTunnel(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := []string{"10.0.0.2", "fd00::2"}; !slices.Equal(got, want) {
+		// IPv6 first: we have an IPv6 address (Config.Prefer's default).
+		if want := []string{"fd00::2", "10.0.0.2"}; !slices.Equal(got, want) {
 			t.Fatalf("LookupHost = %v, want %v", got, want)
 		}
 	})
@@ -65,7 +66,7 @@ func TestLookupThroughTunnel(t *testing.T) {
 			{"ip4", "web.tunnel.test", []netip.Addr{peersite.TheirV4}},
 			{"ip6", "web.tunnel.test", []netip.Addr{peersite.TheirV6}},
 			{"ip", "v4only.tunnel.test", []netip.Addr{peersite.TheirV4}},
-			{"ip", "WEB.Tunnel.Test.", []netip.Addr{peersite.TheirV4, peersite.TheirV6}},
+			{"ip", "WEB.Tunnel.Test.", []netip.Addr{peersite.TheirV6, peersite.TheirV4}},
 			{"ip", "10.1.2.3", []netip.Addr{netip.MustParseAddr("10.1.2.3")}},
 			{"ip6", "fd00::7", []netip.Addr{netip.MustParseAddr("fd00::7")}},
 		} {
@@ -93,7 +94,7 @@ func TestLookupThroughTunnel(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if want := []netip.Addr{peersite.TheirV4, peersite.TheirV6}; !slices.Equal(got, want) {
+		if want := []netip.Addr{peersite.TheirV6, peersite.TheirV4}; !slices.Equal(got, want) {
 			t.Fatalf("web = %v, want %v", got, want)
 		}
 		// A name without dots tries the search list before itself, so a

@@ -53,6 +53,10 @@ type Config struct {
 	DNS []netip.Addr
 	// DNSSearch are the search domains: wg-quick's DNS= non-IP entries.
 	DNSSearch []string
+	// Prefer is the IP version tried first when a name has addresses of
+	// both; the zero value, PreferAuto, is IPv6 when we have an IPv6
+	// address and IPv4 otherwise.
+	Prefer Preference
 	// TCPBufferMax is the most a TCP connection's send or receive buffer
 	// may grow to; 0 means DefaultTCPBufferMax. A memory budget lowers
 	// it, so that a few bulk transfers cannot take the whole budget.
@@ -65,6 +69,19 @@ type Config struct {
 
 const nicID = 1
 
+// Preference is the IP version that goes first when a name has addresses
+// of both, as wireproxy's [Resolve] ResolveStrategy says.
+type Preference int
+
+const (
+	// PreferAuto prefers IPv6 when we have an IPv6 address, so that a
+	// tunnel with IPv4 addresses only never leads with an AAAA record it
+	// cannot reach.
+	PreferAuto Preference = iota
+	PreferIPv4
+	PreferIPv6
+)
+
 // Net is a network inside the WireGuard tunnel.
 type Net struct {
 	stack  *stack.Stack
@@ -72,6 +89,7 @@ type Net struct {
 	link   *linkEndpoint
 	dns    *resolver
 	log    *slog.Logger
+	prefer Preference
 
 	// bind is the host sockets in use; Rebind replaces them, opening
 	// new ones as listen says.
@@ -151,7 +169,7 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 	if mtu == 0 {
 		mtu = protocol.DefaultMTU
 	}
-	n := &Net{listen: udpbind.Config{Port: cfg.ListenPort, Addrs: cfg.ListenAddrs}, log: cfg.Logger}
+	n := &Net{listen: udpbind.Config{Port: cfg.ListenPort, Addrs: cfg.ListenAddrs}, log: cfg.Logger, prefer: cfg.Prefer}
 	if n.log == nil {
 		n.log = slog.New(slog.DiscardHandler)
 	}

@@ -38,12 +38,24 @@ func Tunnel(c *config.Config) netstack.Config {
 		ListenPort: uint16(c.Interface.ListenPort),
 		DNS:        slices.Clone(c.Interface.DNS),
 		DNSSearch:  slices.Clone(c.Interface.DNSSearch),
+		Prefer:     preference(c.Resolve.Strategy),
 	}
 	cfg.Peers = make([]protocol.PeerConfig, 0, len(c.Peers))
 	for _, p := range c.Peers {
 		cfg.Peers = append(cfg.Peers, Peer(p))
 	}
 	return cfg
+}
+
+// preference is [Resolve] ResolveStrategy as the netstack takes it.
+func preference(s config.ResolveStrategy) netstack.Preference {
+	switch s {
+	case config.ResolveIPv4:
+		return netstack.PreferIPv4
+	case config.ResolveIPv6:
+		return netstack.PreferIPv6
+	}
+	return netstack.PreferAuto
 }
 
 // Peer turns a [Peer] section into what the engine takes, as a reload

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/wgbore/wgbore/config"
+	"github.com/wgbore/wgbore/netstack"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/netstack/wgquick"
 	"github.com/wgbore/wgbore/protocol"
@@ -71,6 +72,7 @@ func TestTunnel(t *testing.T) {
 			MTU:        1380,
 			ListenPort: 51821,
 		},
+		Resolve: config.Resolve{Strategy: config.ResolveIPv4},
 		Peers: []config.Peer{{
 			PublicKey:           peer.PublicKey(),
 			PresharedKey:        psk,
@@ -80,7 +82,7 @@ func TestTunnel(t *testing.T) {
 		}},
 	}
 	got := wgquick.Tunnel(c)
-	if got.PrivateKey != priv || got.MTU != 1380 || got.ListenPort != 51821 ||
+	if got.PrivateKey != priv || got.MTU != 1380 || got.ListenPort != 51821 || got.Prefer != netstack.PreferIPv4 ||
 		!reflect.DeepEqual(got.Addresses, c.Interface.Addresses) || !reflect.DeepEqual(got.DNS, c.Interface.DNS) ||
 		!reflect.DeepEqual(got.DNSSearch, c.Interface.DNSSearch) {
 		t.Errorf("Tunnel = %+v, want the [Interface] of %+v", got, c.Interface)
