@@ -93,8 +93,9 @@ func inFamily(family string, a netip.Addr) bool {
 // or a name resolved by LookupNetIP through the tunnel's DNS servers.
 //
 // With several addresses it races the IP versions, Happy Eyeballs style
-// (package happyeyeballs): IPv6 first when we have an IPv6 address, IPv4
-// once IPv6 has had happyeyeballs.FallbackDelay or has failed; the first
+// (package happyeyeballs): the version Config.Prefer names first (by
+// default IPv6 when we have an IPv6 address), the other once the first
+// has had happyeyeballs.FallbackDelay or has failed; the first
 // connection wins and the other attempt is cancelled.
 //
 // Errors are *net.OpError. Their cause tells connection refused

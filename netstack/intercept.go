@@ -85,8 +85,9 @@ func (c *interception) wait() { c.i.Close() }
 // port on every other destination, since gVisor matches it before these
 // handlers: bind listeners to a tunnel address in server mode.
 //
-// Intercept may be called once. The Net's Close closes i, once the stack
-// has closed.
+// Intercept may be called once. The Net's Close stops i before the stack
+// closes, so that nothing is admitted while it does, and closes i once
+// it has.
 func (n *Net) Intercept(i inbound.Interceptor) error {
 	c := &interception{i: i}
 	// maxInFlight is unbounded here: the interceptor's own caps bound
@@ -283,8 +284,8 @@ func (n *Net) icmpPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) 
 
 // WriteEchoReply sends a peer an ICMP echo reply from, the address it
 // pinged, to, its own address, with the identifier, sequence number and
-// data of its request: how an inbound.Interceptor answers an inbound.EchoRequest it
-// forwarded. Both addresses are of one IP version.
+// data of its request: how an inbound.Interceptor answers an
+// inbound.EchoRequest it forwarded. Both addresses are of one IP version.
 func (n *Net) WriteEchoReply(from, to netip.Addr, id, seq uint16, data []byte) {
 	if to.Is4() {
 		n.engine.WritePackets([][]byte{echoReply4(from, to, id, seq, data)})

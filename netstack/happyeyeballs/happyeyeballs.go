@@ -25,9 +25,9 @@ import (
 // one through package net.
 const FallbackDelay = 300 * time.Millisecond
 
-// MinPerAddress keeps a dial to several addresses from starving each
+// minPerAddress keeps a dial to several addresses from starving each
 // one: the time left is shared among them, but never below this.
-const MinPerAddress = 2 * time.Second
+const minPerAddress = 2 * time.Second
 
 // ErrNoAddresses is the error of a dial given no address to try.
 var ErrNoAddresses = errors.New("no addresses to dial")
@@ -123,7 +123,7 @@ func parallel(ctx context.Context, primaries, fallbacks []netip.AddrPort, dial D
 }
 
 // serial tries addrs one after another, sharing the time left among
-// them, never below MinPerAddress each, and returns the first connection
+// them, never below minPerAddress each, and returns the first connection
 // or the first error.
 func serial(ctx context.Context, addrs []netip.AddrPort, dial DialFunc) (net.Conn, error) {
 	var firstErr error
@@ -136,7 +136,7 @@ func serial(ctx context.Context, addrs []netip.AddrPort, dial DialFunc) (net.Con
 		}
 		dctx, cancel := ctx, context.CancelFunc(func() {})
 		if d, ok := ctx.Deadline(); ok {
-			share := max(time.Until(d)/time.Duration(len(addrs)-i), MinPerAddress)
+			share := max(time.Until(d)/time.Duration(len(addrs)-i), minPerAddress)
 			if partial := time.Now().Add(share); partial.Before(d) {
 				dctx, cancel = context.WithDeadline(ctx, partial)
 			}

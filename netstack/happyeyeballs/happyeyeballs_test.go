@@ -182,7 +182,7 @@ func TestNoAddresses(t *testing.T) {
 // share of the time left, so a black hole first does not use it all.
 func TestTimeIsShared(t *testing.T) {
 	f := &fakeDial{ok: map[netip.AddrPort]bool{v4b: true}}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*MinPerAddress+time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*minPerAddress+time.Second)
 	defer cancel()
 	c, err := Dial(ctx, []netip.AddrPort{v4a, v4b}, f.dial)
 	if err != nil {
