@@ -81,13 +81,35 @@ func (t *allowedIPs) prefixesOf(peer *Peer) []netip.Prefix {
 			out = append(out, p)
 		}
 	}
-	slices.SortFunc(out, func(a, b netip.Prefix) int {
+	sortPrefixes(out)
+	return out
+}
+
+// prefixesByPeer lists every peer's prefixes, each in a stable order, in
+// one pass over the table: asking prefixesOf for each peer in turn
+// would cost the number of peers times the table's size, which for a
+// server with thousands of peers is paid on every metrics scrape.
+func (t *allowedIPs) prefixesByPeer() map[*Peer][]netip.Prefix {
+	if t == nil {
+		return nil
+	}
+	out := make(map[*Peer][]netip.Prefix)
+	for p, o := range t.owner {
+		out[o] = append(out[o], p)
+	}
+	for _, ps := range out {
+		sortPrefixes(ps)
+	}
+	return out
+}
+
+func sortPrefixes(ps []netip.Prefix) {
+	slices.SortFunc(ps, func(a, b netip.Prefix) int {
 		if c := a.Addr().Compare(b.Addr()); c != 0 {
 			return c
 		}
 		return a.Bits() - b.Bits()
 	})
-	return out
 }
 
 // canonicalPrefix masks host bits, unmaps 4in6 and drops zones, so that

@@ -228,9 +228,10 @@ func (e *Engine) Peers() []PeerStatus {
 		peers = append(peers, p)
 	}
 	e.peersMu.RUnlock()
+	prefixes := e.allowed.Load().prefixesByPeer()
 	out := make([]PeerStatus, 0, len(peers))
 	for _, p := range peers {
-		out = append(out, p.status())
+		out = append(out, p.status(prefixes[p]))
 	}
 	return out
 }
@@ -267,10 +268,12 @@ func (e *Engine) Peer(k PublicKey) (PeerStatus, bool) {
 	if p == nil {
 		return PeerStatus{}, false
 	}
-	return p.status(), true
+	return p.status(p.engine.allowed.Load().prefixesOf(p)), true
 }
 
-func (p *Peer) status() PeerStatus {
+// status is the peer's state, with allowed its AllowedIPs as the
+// current table has them.
+func (p *Peer) status(allowed []netip.Prefix) PeerStatus {
 	p.handshake.mu.Lock()
 	hasPSK := !p.handshake.presharedKey.IsZero()
 	p.handshake.mu.Unlock()
@@ -280,7 +283,7 @@ func (p *Peer) status() PeerStatus {
 		HasPresharedKey:     hasPSK,
 		Endpoint:            ep,
 		EndpointHost:        host,
-		AllowedIPs:          p.engine.allowed.Load().prefixesOf(p),
+		AllowedIPs:          allowed,
 		PersistentKeepalive: time.Duration(p.persistentKeepalive.Load()),
 		RxBytes:             p.stats.rxBytes.Load(),
 		TxBytes:             p.stats.txBytes.Load(),

@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -522,5 +523,63 @@ func BenchmarkMartianCheck(b *testing.B) {
 	}
 	if n != 0 {
 		b.Fatal("an ordinary source was taken for a martian")
+	}
+}
+
+// TestPeersListEachPeersPrefixes: the status of all peers at once gives
+// each its own AllowedIPs, sorted, as asking for one peer does.
+func TestPeersListEachPeersPrefixes(t *testing.T) {
+	clk := clock.NewManual(testEpoch)
+	net := memnet.NewNetwork(clk, 1)
+	n := newMemNode(t, net, clk, "192.168.7.1:51820", "10.0.0.1", nil)
+	want := map[PublicKey][]netip.Prefix{}
+	for i := range 50 {
+		k := mustKey(t).PublicKey()
+		ps := []netip.Prefix{
+			netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1, byte(i), 0}), 24),
+			netip.PrefixFrom(netip.AddrFrom16([16]byte{0: 0xfd, 15: byte(i)}), 128),
+		}
+		if i%2 == 0 {
+			ps = append(ps, netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 2, byte(i), 7}), 32))
+		}
+		if err := n.e.SetPeer(PeerConfig{PublicKey: k, AllowedIPs: ps}); err != nil {
+			t.Fatal(err)
+		}
+		sortPrefixes(ps)
+		want[k] = ps
+	}
+	all := n.e.Peers()
+	if len(all) != len(want) {
+		t.Fatalf("%d peers, want %d", len(all), len(want))
+	}
+	for _, st := range all {
+		if !slices.Equal(st.AllowedIPs, want[st.PublicKey]) {
+			t.Errorf("Peers: %v has %v, want %v", st.PublicKey, st.AllowedIPs, want[st.PublicKey])
+		}
+		one, _ := n.e.Peer(st.PublicKey)
+		if !slices.Equal(one.AllowedIPs, st.AllowedIPs) {
+			t.Errorf("Peer(%v) has %v, Peers %v", st.PublicKey, one.AllowedIPs, st.AllowedIPs)
+		}
+	}
+}
+
+// BenchmarkPeers is the status of every peer of a server with a
+// thousand, which a metrics scrape and a reload ask for.
+func BenchmarkPeers(b *testing.B) {
+	e, err := New(Config{PrivateKey: mustKey(b), Bind: newDiscardBind(), Packets: newSink()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close()
+	for i := range 1000 {
+		if err := e.SetPeer(PeerConfig{PublicKey: mustKey(b).PublicKey(),
+			AllowedIPs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), 32)}}); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for b.Loop() {
+		if len(e.Peers()) != 1000 {
+			b.Fatal("peers missing")
+		}
 	}
 }
