@@ -248,6 +248,10 @@ type parser struct {
 	dnsLine      int
 	metricsLine  int
 	peers        []peerPlace
+	// peerAt finds a peer in peers by its key, so that a file with
+	// thousands of peers is checked for repeats in one pass. Public keys
+	// are not secret: a map's timing tells nothing worth hiding.
+	peerAt map[protocol.PublicKey]int
 
 	wgConfigLine int
 	included     *fileState // the WGConfig file, once read
@@ -451,12 +455,14 @@ func (p *parser) closeSection(f *fileState, s *section) {
 			return
 		}
 		if s.peerKeyOK {
-			for _, other := range p.peers {
-				if other.key.Equal(s.peer.PublicKey) {
-					p.errorf(f, s.peerKeyLine, "PublicKey", "same as the [Peer] on line %d; each peer needs its own key", other.headerLine)
-					return
-				}
+			if i, ok := p.peerAt[s.peer.PublicKey]; ok {
+				p.errorf(f, s.peerKeyLine, "PublicKey", "same as the [Peer] on line %d; each peer needs its own key", p.peers[i].headerLine)
+				return
 			}
+			if p.peerAt == nil {
+				p.peerAt = map[protocol.PublicKey]int{}
+			}
+			p.peerAt[s.peer.PublicKey] = len(p.peers)
 			p.peers = append(p.peers, peerPlace{file: f.name, headerLine: s.line, keyLine: s.peerKeyLine, key: s.peer.PublicKey})
 		}
 		if _, ok := s.seen["AllowedIPs"]; !ok {
