@@ -47,6 +47,7 @@ func main() {
 	role := flag.String("role", "", "internal: run as one party of a measurement")
 	endpoint := flag.String("endpoint", "", "internal: the peer's WireGuard UDP address, for a client role")
 	via := flag.String("via", "", "internal: socks5://HOST:PORT or http://HOST:PORT, for the proxy-client role")
+	tunnel := flag.String("tunnel", "", "internal: CLIENT,PEER,ECHO addresses, for a client role whose peer is not the suite's own")
 	size := flag.String("size", "256MiB", "bytes per throughput run (suffixes KiB, MiB, GiB)")
 	repeat := flag.Int("repeat", 3, "runs of each measurement; the median is reported")
 	quick := flag.Bool("quick", false, "tiny sizes and one run of each, to check that the suite still runs (what CI does)")
@@ -66,7 +67,10 @@ func main() {
 
 	if *role != "" {
 		stop := startProfile(*role)
-		err := runRole(*role, *endpoint, *via)
+		err := setTunnel(*tunnel)
+		if err == nil {
+			err = runRole(*role, *endpoint, *via)
+		}
 		stop()
 		if err != nil {
 			fmt.Fprintf(os.Stderr, "wgbench -role %s: %v\n", *role, err)

@@ -96,11 +96,20 @@ func startRole(name, role string, key protocol.PrivateKey, peer protocol.PublicK
 
 func (c *child) pid() int { return c.cmd.Process.Pid }
 
-// do sends a command to a client process and waits for its answer.
-func (c *child) do(cmd command) (reply, error) {
+// send sends a command to a client process without waiting for an
+// answer: one that answers only once a later command stops it.
+func (c *child) send(cmd command) error {
 	line, _ := json.Marshal(cmd)
 	if _, err := c.stdin.Write(append(line, '\n')); err != nil {
-		return reply{}, fmt.Errorf("%s: %v: %s", c.name, err, c.log)
+		return fmt.Errorf("%s: %v: %s", c.name, err, c.log)
+	}
+	return nil
+}
+
+// do sends a command to a client process and waits for its answer.
+func (c *child) do(cmd command) (reply, error) {
+	if err := c.send(cmd); err != nil {
+		return reply{}, err
 	}
 	var r reply
 	if err := c.out.Decode(&r); err != nil {

@@ -36,7 +36,37 @@ var (
 	clientAddr = netip.MustParseAddr("10.0.0.1")
 	peerAddr   = netip.MustParseAddr("10.0.0.2")
 	loopback   = netip.MustParseAddr("127.0.0.1")
+	// firstEchoAt is where a client role proves its tunnel before it
+	// reports ready: the peer's echo service.
+	firstEchoAt = netip.AddrPortFrom(peerAddr, portEcho).String()
 )
+
+// setTunnel takes a client role's -tunnel flag, CLIENT,PEER,ECHO: its
+// own tunnel address, the one it routes to its peer, and the address of
+// the echo that proves the tunnel. Part S's clients need it, since
+// there the peer is serve and the echo a service on the host.
+func setTunnel(flag string) error {
+	if flag == "" {
+		return nil
+	}
+	parts := strings.Split(flag, ",")
+	if len(parts) != 3 {
+		return fmt.Errorf("-tunnel %q: want CLIENT,PEER,ECHO", flag)
+	}
+	c, err := netip.ParseAddr(parts[0])
+	if err != nil {
+		return fmt.Errorf("-tunnel: %w", err)
+	}
+	p, err := netip.ParseAddr(parts[1])
+	if err != nil {
+		return fmt.Errorf("-tunnel: %w", err)
+	}
+	if _, err := netip.ParseAddrPort(parts[2]); err != nil {
+		return fmt.Errorf("-tunnel: %w", err)
+	}
+	clientAddr, peerAddr, firstEchoAt = c, p, parts[2]
+	return nil
+}
 
 // Ports of the peer's services, as in netstack/peersite: echo(7) returns
 // what it reads, over TCP and, datagram by datagram, over UDP; discard(9) reads to EOF and answers the count in
@@ -62,6 +92,9 @@ type command struct {
 	Bytes    int64  `json:"bytes,omitempty"`
 	Count    int    `json:"count,omitempty"`
 	Parallel int    `json:"parallel,omitempty"`
+	// Seconds, when set, makes echo run for that long instead of Count
+	// round trips, and is how long drain reads.
+	Seconds float64 `json:"seconds,omitempty"`
 }
 
 type reply struct {
@@ -80,6 +113,12 @@ type reply struct {
 	// Resent counts UDP echo datagrams sent again after a second
 	// unanswered.
 	Resent int `json:"resent,omitempty"`
+	// Bytes is what drain read; Echoes and MaxGapUs are how many round
+	// trips a paced echo made and the longest pause between two of
+	// their answers.
+	Bytes    int64   `json:"bytes,omitempty"`
+	Echoes   int     `json:"echoes,omitempty"`
+	MaxGapUs float64 `json:"max_gap_us,omitempty"`
 }
 
 type dialFunc func(ctx context.Context, addr string) (net.Conn, error)
@@ -201,6 +240,22 @@ func runRole(role, endpoint, via string) error {
 			var c command
 			if err := json.Unmarshal(sc.Bytes(), &c); err != nil {
 				return err
+			}
+			if c.Op == "paced" {
+				// A paced echo runs until the next line, which stops it.
+				stop := make(chan struct{})
+				done := make(chan reply, 1)
+				go func() {
+					r, err := pacedEcho(dial, c.Addr, stop)
+					if err != nil {
+						r.Err = err.Error()
+					}
+					done <- r
+				}()
+				sc.Scan()
+				close(stop)
+				out.Encode(<-done)
+				continue
 			}
 			r, err := runCommand(dial, dialUDP, c)
 			if err != nil {
@@ -369,7 +424,7 @@ func firstEcho(dial dialFunc) (stalls int, stalled, err error) {
 	defer cancel()
 	for ctx.Err() == nil {
 		var c net.Conn
-		if c, err = dial(ctx, netip.AddrPortFrom(peerAddr, portEcho).String()); err == nil {
+		if c, err = dial(ctx, firstEchoAt); err == nil {
 			c.SetDeadline(time.Now().Add(10 * time.Second))
 			_, err = echoOnce(c, make([]byte, 1))
 			c.Close()
@@ -412,6 +467,40 @@ func udpEchoOnce(c net.Conn, seq byte) (time.Duration, int, error) {
 		}
 	}
 	return 0, 3, fmt.Errorf("UDP echo: datagram %d unanswered three times", seq)
+}
+
+// pacedEcho echoes a byte every millisecond through one connection to
+// addr until stop is closed, and reports how many answers came and the
+// longest pause between two of them.
+func pacedEcho(dial dialFunc, addr string, stop <-chan struct{}) (reply, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := dial(ctx, addr)
+	if err != nil {
+		return reply{}, err
+	}
+	defer conn.Close()
+	one := []byte{'x'}
+	var r reply
+	var maxGap time.Duration
+	last := time.Now()
+	for {
+		select {
+		case <-stop:
+			r.MaxGapUs = float64(maxGap) / 1e3
+			return r, nil
+		default:
+		}
+		conn.SetDeadline(time.Now().Add(10 * time.Second))
+		if _, err := echoOnce(conn, one); err != nil {
+			return r, err
+		}
+		now := time.Now()
+		maxGap = max(maxGap, now.Sub(last))
+		last = now
+		r.Echoes++
+		time.Sleep(time.Millisecond)
+	}
 }
 
 func echoOnce(c net.Conn, one []byte) (time.Duration, error) {
@@ -504,18 +593,36 @@ func runCommand(dial, dialUDP dialFunc, c command) (reply, error) {
 		defer conn.Close()
 		one := []byte{'x'}
 		rtts := make([]time.Duration, 0, c.Count)
-		for range c.Count {
+		end := time.Now().Add(time.Duration(c.Seconds * float64(time.Second)))
+		for i := 0; c.Seconds > 0 && time.Now().Before(end) || c.Seconds == 0 && i < c.Count; i++ {
 			d, err := echoOnce(conn, one)
 			if err != nil {
 				return reply{}, err
 			}
 			rtts = append(rtts, d)
 		}
+		if len(rtts) == 0 {
+			return reply{}, errors.New("no round trip")
+		}
 		slices.Sort(rtts)
 		return reply{
 			P50us: float64(percentile(rtts, 50)) / 1e3,
 			P99us: float64(percentile(rtts, 99)) / 1e3,
 		}, nil
+	case "drain":
+		// Read from a service that sends until its reader goes, for
+		// c.Seconds.
+		conn, err := raw(ctx, c.Addr)
+		if err != nil {
+			return reply{}, err
+		}
+		defer conn.Close()
+		conn.SetReadDeadline(time.Now().Add(time.Duration(c.Seconds * float64(time.Second))))
+		got, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, struct{ io.Reader }{conn}, make([]byte, 256<<10))
+		if ne, ok := errors.AsType[net.Error](err); !ok || !ne.Timeout() {
+			return reply{}, fmt.Errorf("drained %d bytes, then: %v", got, err)
+		}
+		return reply{Bytes: got}, nil
 	case "udpecho":
 		if dialUDP == nil {
 			return reply{}, errors.New("no UDP through this client")

@@ -30,6 +30,12 @@ import (
 // open flows through the server to services on the host's loopback
 // (which the server reaches at its own tunnel address). Only serve's
 // memory and CPU are measured, from /proc; the clients' cost is theirs.
+//
+// The peers whose downloads share serve and whose echoes are timed are
+// processes of their own (procPeer), as a server's clients are on
+// machines of their own: in the load's process their round trips and
+// reads would wait on its scheduler, busy with every other client's
+// packets, and measure that more than serve.
 
 // scaleOptions size part S.
 type scaleOptions struct {
@@ -77,12 +83,30 @@ type discardPackets struct{}
 
 func (discardPackets) DeliverPackets([][]byte) {}
 
-// scaleServerConf is serve's file with the given clients as peers.
-func scaleServerConf(key protocol.PrivateKey, port uint16, clients []*scaleClient, flowsPerPeer int) string {
+// procPeer is a peer of the server in a process of its own: a
+// wgbore-client role at addr.
+type procPeer struct {
+	key  protocol.PrivateKey
+	addr netip.Addr
+	c    *child
+}
+
+// procPeerAddr is process peer i's address, at the top of the server's
+// network, far from the clients'.
+func procPeerAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{10, 99, 255, byte(100 + i)}) }
+
+// confPeer is a peer as serve's file names it.
+type confPeer struct {
+	key  protocol.PublicKey
+	addr netip.Addr
+}
+
+// scaleServerConf is serve's file with the given peers.
+func scaleServerConf(key protocol.PrivateKey, port uint16, peers []confPeer, flowsPerPeer int) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "[Interface]\nPrivateKey = %s\nAddress = %s\nListenPort = %d\n\n", key.Base64(), scaleNet, port)
-	for _, c := range clients {
-		fmt.Fprintf(&b, "[Peer]\nPublicKey = %s\nAllowedIPs = %s/32\n\n", c.key.PublicKey(), c.addr)
+	for _, p := range peers {
+		fmt.Fprintf(&b, "[Peer]\nPublicKey = %s\nAllowedIPs = %s/32\n\n", p.key, p.addr)
 	}
 	// The host's loopback is where the test services are; flows idle
 	// for as long as the run lasts.
@@ -300,7 +324,9 @@ type scaleRun struct {
 	serve     *upDaemon
 	metrics   string
 	clients   []*scaleClient
-	host      *hostServices
+	// procs share downloads and time echoes; the last one is the echoer.
+	procs []*procPeer
+	host  *hostServices
 }
 
 func (s *suite) runScale() error {
@@ -363,13 +389,13 @@ func (r *scaleRun) run() error {
 	}
 
 	for i := range r.o.peers {
-		c, err := newScaleClient(i, r.serverKey.PublicKey(), r.port, i < max(r.o.flowPeers, r.o.sharePeers))
+		c, err := newScaleClient(i, r.serverKey.PublicKey(), r.port, i < r.o.flowPeers)
 		if err != nil {
 			return fmt.Errorf("client %d: %w", i, err)
 		}
 		r.clients = append(r.clients, c)
 	}
-	if err := r.reload(r.clients, len(r.clients)); err != nil {
+	if err := r.reload(r.clients); err != nil {
 		return err
 	}
 	rss1, err := r.settledRSS()
@@ -394,6 +420,16 @@ func (r *scaleRun) run() error {
 	if err := r.idleFlows(); err != nil {
 		return err
 	}
+	defer func() {
+		for _, p := range r.procs {
+			if p.c != nil {
+				p.c.stop()
+			}
+		}
+	}()
+	if err := r.startProcs(); err != nil {
+		return err
+	}
 	if err := r.shares(); err != nil {
 		return err
 	}
@@ -414,10 +450,18 @@ func (r *scaleRun) settle() time.Duration {
 	return 10 * time.Second
 }
 
-// reload rewrites serve's file with clients as its peers, sends SIGHUP,
-// and waits until serve reports want peers.
-func (r *scaleRun) reload(clients []*scaleClient, want int) error {
-	if err := os.WriteFile(r.serve.conf(), []byte(scaleServerConf(r.serverKey, r.port, clients, r.o.flows)), 0o600); err != nil {
+// reload rewrites serve's file with clients and the process peers as its
+// peers, sends SIGHUP, and waits until serve reports them all.
+func (r *scaleRun) reload(clients []*scaleClient) error {
+	var peers []confPeer
+	for _, c := range clients {
+		peers = append(peers, confPeer{c.key.PublicKey(), c.addr})
+	}
+	for _, p := range r.procs {
+		peers = append(peers, confPeer{p.key.PublicKey(), p.addr})
+	}
+	want := len(peers)
+	if err := os.WriteFile(r.serve.conf(), []byte(scaleServerConf(r.serverKey, r.port, peers, r.o.flows)), 0o600); err != nil {
 		return err
 	}
 	if err := r.serve.cmd.Process.Signal(syscall.SIGHUP); err != nil {
@@ -632,24 +676,24 @@ func (r *scaleRun) shares() error {
 	if r.o.sharePeers < 2 {
 		return nil
 	}
-	quiet, err := r.echoDuring(nil)
+	quiet, err := r.echoBeside(nil)
 	if err != nil {
 		return err
 	}
 	before, _ := scrapeMetrics(r.metrics)
-	loaded, err := r.echoDuring(r.clients[:1])
+	loaded, err := r.echoBeside(r.procs[:1])
 	if after, aerr := scrapeMetrics(r.metrics); aerr == nil && before != nil {
 		fmt.Printf("   serve's drops during the neighbour run: %s\n", dropDelta(before, after))
 	}
 	if err != nil {
 		return err
 	}
-	r.s.res.add("measure=scale part=neighbour", kv{"p50_us_alone", us(percentile(quiet, 50))}, kv{"p99_us_alone", us(percentile(quiet, 99))},
-		kv{"p50_us", us(percentile(loaded, 50))}, kv{"p99_us", us(percentile(loaded, 99))})
+	r.s.res.add("measure=scale part=neighbour", kv{"p50_us_alone", quiet.P50us}, kv{"p99_us_alone", quiet.P99us},
+		kv{"p50_us", loaded.P50us}, kv{"p99_us", loaded.P99us})
 	fmt.Printf("   1-byte echo through serve: p50 %.0f µs, p99 %.0f µs alone; p50 %.0f µs, p99 %.0f µs beside another peer's download\n",
-		us(percentile(quiet, 50)), us(percentile(quiet, 99)), us(percentile(loaded, 50)), us(percentile(loaded, 99)))
+		quiet.P50us, quiet.P99us, loaded.P50us, loaded.P99us)
 
-	got, err := r.download(r.clients[:r.o.sharePeers])
+	got, err := r.drain(r.procs[:r.o.sharePeers])
 	if err != nil {
 		return err
 	}
@@ -664,128 +708,82 @@ func (r *scaleRun) shares() error {
 	}
 	mbps := total / r.o.shareTime.Seconds() / 1e6
 	r.s.res.add("measure=scale part=shares", kv{"peers", float64(len(got))}, kv{"mbps", mbps}, kv{"worst_dev_pct", worst})
-	fmt.Printf("   %d peers downloading at once: %.0f MB/s in all; the furthest from an equal share is %.0f%% off\n", len(got), mbps, worst)
+	each := make([]string, len(got))
+	for i, g := range slices.Sorted(slices.Values(got)) {
+		each[i] = fmt.Sprintf("%.0f", float64(g)/r.o.shareTime.Seconds()/1e6)
+	}
+	fmt.Printf("   %d peers downloading at once: %.0f MB/s in all (%s each); the furthest from an equal share is %.0f%% off\n",
+		len(got), mbps, strings.Join(each, ", "), worst)
+	return nil
+}
+
+// startProcs starts the process peers: r.o.sharePeers to download, and
+// one more to echo. Each reports ready once an echo has crossed serve.
+func (r *scaleRun) startProcs() error {
+	if r.o.sharePeers < 1 {
+		return nil
+	}
+	for i := range r.o.sharePeers + 1 {
+		key, err := protocol.GeneratePrivateKey()
+		if err != nil {
+			return err
+		}
+		r.procs = append(r.procs, &procPeer{key: key, addr: procPeerAddr(i)})
+	}
+	if err := r.reload(r.clients); err != nil {
+		return err
+	}
+	endpoint := netip.AddrPortFrom(loopback, r.port).String()
+	for _, p := range r.procs {
+		var err error
+		p.c, _, err = startRole("scale peer "+p.addr.String(), "wgbore-client", p.key, r.serverKey.PublicKey(),
+			"-endpoint", endpoint, "-tunnel", fmt.Sprintf("%s,%s,%s", p.addr, scaleServer, at(r.host.echo.Addr())))
+		if err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
 
-// echoDuring runs 1-byte echoes from the last share peer while the
-// loaders download, for r.o.shareTime, and returns the sorted RTTs.
-func (r *scaleRun) echoDuring(loaders []*scaleClient) ([]time.Duration, error) {
-	echoer := r.clients[r.o.sharePeers-1]
-	stop := make(chan struct{})
-	var rtts []time.Duration
-	var echoErr error
-	var wg sync.WaitGroup
-	wg.Go(func() {
-		one := make([]byte, 1)
-		c, err := flowOnce(echoer.net, "tcp", at(r.host.echo.Addr()), one)
-		if err != nil {
-			echoErr = err
-			return
-		}
-		defer c.Close()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			start := time.Now()
-			c.SetDeadline(start.Add(10 * time.Second))
-			if _, err := c.Write(one); err != nil {
-				echoErr = err
-				return
-			}
-			if _, err := io.ReadFull(c, one); err != nil {
-				echoErr = err
-				return
-			}
-			rtts = append(rtts, time.Since(start))
-		}
-	})
+// echoBeside runs 1-byte echoes from the echoer while the loaders
+// download; the echoes start after the downloads and end before them.
+func (r *scaleRun) echoBeside(loaders []*procPeer) (reply, error) {
+	lead := r.o.shareTime / 10
 	var loadErr error
+	var wg sync.WaitGroup
 	if len(loaders) > 0 {
-		_, loadErr = r.download(loaders)
-	} else {
-		time.Sleep(r.o.shareTime)
+		wg.Go(func() { _, loadErr = r.drain(loaders) })
+		time.Sleep(lead)
 	}
-	close(stop)
+	echoer := r.procs[len(r.procs)-1].c
+	res, err := echoer.do(command{Op: "echo", Addr: at(r.host.echo.Addr()), Seconds: (r.o.shareTime - 2*lead).Seconds()})
 	wg.Wait()
-	if loadErr != nil {
-		return nil, loadErr
-	}
-	if echoErr != nil {
-		return nil, fmt.Errorf("echo: %w", echoErr)
-	}
-	if len(rtts) == 0 {
-		return nil, errors.New("echo: no round trip")
-	}
-	slices.Sort(rtts)
-	return rtts, nil
+	return res, errors.Join(err, loadErr)
 }
 
-// download has each client read from the host's source for
+// drain has each process peer read from the host's source for
 // r.o.shareTime, all at once, and returns the bytes each read.
-func (r *scaleRun) download(clients []*scaleClient) ([]int64, error) {
-	got := make([]int64, len(clients))
-	errs := make([]error, len(clients))
-	conns := make([]net.Conn, len(clients))
-	for i, c := range clients {
-		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-		conn, err := c.net.DialContext(ctx, "tcp", at(r.host.source.Addr()))
-		cancel()
-		if err != nil {
-			closeAll(conns[:i])
-			return nil, fmt.Errorf("download from %s: %w", c.addr, err)
-		}
-		conns[i] = conn
-	}
+func (r *scaleRun) drain(peers []*procPeer) ([]int64, error) {
+	got := make([]int64, len(peers))
+	errs := make([]error, len(peers))
 	var wg sync.WaitGroup
-	var start sync.WaitGroup
-	var over atomic.Bool
-	start.Add(1)
-	for i, c := range conns {
+	for i, p := range peers {
 		wg.Go(func() {
-			buf := make([]byte, 64<<10)
-			start.Wait()
-			for {
-				n, err := c.Read(buf)
-				atomic.AddInt64(&got[i], int64(n))
-				if err != nil {
-					// Once the time is up, the deadline and the close
-					// end the read, with whatever error gVisor gives a
-					// read that races the close (an aborted connection,
-					// since unread data makes the close a reset).
-					if !over.Load() {
-						errs[i] = err
-					}
-					return
-				}
-			}
+			res, err := p.c.do(command{Op: "drain", Addr: at(r.host.source.Addr()), Seconds: r.o.shareTime.Seconds()})
+			got[i], errs[i] = res.Bytes, err
 		})
 	}
-	start.Done()
-	time.Sleep(r.o.shareTime)
-	over.Store(true)
-	snapshot := make([]int64, len(got))
-	for i := range got {
-		snapshot[i] = atomic.LoadInt64(&got[i])
-	}
-	for _, c := range conns {
-		c.SetReadDeadline(time.Now())
-		c.Close()
-	}
 	wg.Wait()
-	return snapshot, errors.Join(errs...)
+	return got, errors.Join(errs...)
 }
 
 // churn adds r.o.churn peers by reload, has each handshake, and removes
 // them again, while an untouched peer keeps echoing; it reports the
 // longest pause in that echo and serve's RSS against its figure before.
 func (r *scaleRun) churn() error {
-	if r.o.churn == 0 || r.o.sharePeers < 1 {
+	if r.o.churn == 0 || len(r.procs) == 0 {
 		return nil
 	}
 	before, err := r.settledRSS()
@@ -810,9 +808,9 @@ func (r *scaleRun) churn() error {
 	var echoes int
 	var echoErr error
 	var wg sync.WaitGroup
-	wg.Go(func() { maxGap, echoes, echoErr = r.pacedEcho(r.clients[0], stop) })
+	wg.Go(func() { maxGap, echoes, echoErr = r.pacedEcho(stop) })
 	start := time.Now()
-	err = r.reload(append(slices.Clone(r.clients), extra...), len(r.clients)+len(extra))
+	err = r.reload(append(slices.Clone(r.clients), extra...))
 	if err == nil {
 		server := r.serverKey.PublicKey()
 		for _, c := range extra {
@@ -836,7 +834,7 @@ func (r *scaleRun) churn() error {
 		}
 	}
 	if err == nil {
-		err = r.reload(r.clients, len(r.clients))
+		err = r.reload(r.clients)
 	}
 	took := time.Since(start)
 	close(stop)
@@ -860,7 +858,7 @@ func (r *scaleRun) churn() error {
 	// is on this machine anyway.
 	quiet := make(chan struct{})
 	time.AfterFunc(took, func() { close(quiet) })
-	quietGap, _, err := r.pacedEcho(r.clients[0], quiet)
+	quietGap, _, err := r.pacedEcho(quiet)
 	if err != nil {
 		return fmt.Errorf("churn: the echo without churn: %w", err)
 	}
@@ -871,36 +869,17 @@ func (r *scaleRun) churn() error {
 	return nil
 }
 
-// pacedEcho echoes a byte every millisecond through a flow of c's until
-// stop is closed, and returns the longest pause between two answers and
-// how many there were.
-func (r *scaleRun) pacedEcho(c *scaleClient, stop <-chan struct{}) (maxGap time.Duration, echoes int, err error) {
-	one := make([]byte, 1)
-	conn, err := flowOnce(c.net, "tcp", at(r.host.echo.Addr()), one)
-	if err != nil {
+// pacedEcho has the echoer, untouched by the churn, echo a byte every
+// millisecond until stop is closed, and returns the longest pause
+// between two answers and how many there were.
+func (r *scaleRun) pacedEcho(stop <-chan struct{}) (maxGap time.Duration, echoes int, err error) {
+	echoer := r.procs[len(r.procs)-1].c
+	if err := echoer.send(command{Op: "paced", Addr: at(r.host.echo.Addr())}); err != nil {
 		return 0, 0, err
 	}
-	defer conn.Close()
-	last := time.Now()
-	for {
-		select {
-		case <-stop:
-			return maxGap, echoes, nil
-		default:
-		}
-		conn.SetDeadline(time.Now().Add(10 * time.Second))
-		if _, err := conn.Write(one); err != nil {
-			return maxGap, echoes, err
-		}
-		if _, err := io.ReadFull(conn, one); err != nil {
-			return maxGap, echoes, err
-		}
-		now := time.Now()
-		maxGap = max(maxGap, now.Sub(last))
-		last = now
-		echoes++
-		time.Sleep(time.Millisecond)
-	}
+	<-stop
+	res, err := echoer.do(command{Op: "stop"})
+	return time.Duration(res.MaxGapUs * float64(time.Microsecond)), res.Echoes, err
 }
 
 // dropDelta lists the drop reasons that grew from before to after.

@@ -165,10 +165,14 @@ func TestTailBuffer(t *testing.T) {
 // client as a peer at its own address.
 func TestScaleServerConf(t *testing.T) {
 	key, _ := protocol.GeneratePrivateKey()
-	var clients []*scaleClient
+	var clients []confPeer
 	for i := range 300 {
 		k, _ := protocol.GeneratePrivateKey()
-		clients = append(clients, &scaleClient{key: k, addr: scaleClientAddr(i)})
+		clients = append(clients, confPeer{k.PublicKey(), scaleClientAddr(i)})
+	}
+	for i := range 11 {
+		k, _ := protocol.GeneratePrivateKey()
+		clients = append(clients, confPeer{k.PublicKey(), procPeerAddr(i)})
 	}
 	cfg, err := config.Parse("serve.conf", []byte(scaleServerConf(key, 51820, clients, 1000)), config.Options{})
 	if err != nil {
