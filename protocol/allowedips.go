@@ -53,22 +53,48 @@ func (t *allowedIPs) lookup(a netip.Addr) *Peer {
 // prefixes are dropped). A prefix that belonged to another peer moves to
 // this one, as with `wg set ... allowed-ips`.
 func (t *allowedIPs) with(peer *Peer, prefixes []netip.Prefix) *allowedIPs {
-	owner := make(map[netip.Prefix]*Peer, len(prefixes))
-	if t != nil {
-		for p, o := range t.owner {
-			if o != peer {
-				owner[p] = o
-			}
-		}
-	}
-	for _, p := range prefixes {
-		owner[canonicalPrefix(p)] = peer
-	}
-	return buildAllowedIPs(owner)
+	return t.withAll([]ownership{{peer, prefixes}})
 }
 
 // without returns a new table with none of peer's prefixes.
 func (t *allowedIPs) without(peer *Peer) *allowedIPs { return t.with(peer, nil) }
+
+// ownership is a peer's prefixes, all of them.
+type ownership struct {
+	peer     *Peer
+	prefixes []netip.Prefix
+}
+
+// withAll is with for many peers, in order, with one rebuild: a prefix
+// two of them name goes to the later, as it would through with one
+// after the other. A peer named twice owns its later prefixes only.
+func (t *allowedIPs) withAll(changes []ownership) *allowedIPs {
+	last := make(map[*Peer]int, len(changes))
+	for i, c := range changes {
+		last[c.peer] = i
+	}
+	n := 0
+	if t != nil {
+		n = len(t.owner)
+	}
+	owner := make(map[netip.Prefix]*Peer, n)
+	if t != nil {
+		for p, o := range t.owner {
+			if _, changed := last[o]; !changed {
+				owner[p] = o
+			}
+		}
+	}
+	for i, c := range changes {
+		if last[c.peer] != i {
+			continue
+		}
+		for _, p := range c.prefixes {
+			owner[canonicalPrefix(p)] = c.peer
+		}
+	}
+	return buildAllowedIPs(owner)
+}
 
 // prefixesOf lists peer's prefixes in a stable order.
 func (t *allowedIPs) prefixesOf(peer *Peer) []netip.Prefix {

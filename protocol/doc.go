@@ -34,7 +34,9 @@
 // Peers are added or updated with [Engine.SetPeer] and a [PeerConfig], as a
 // peer section of wg0.conf describes one, and removed with
 // [Engine.RemovePeer], all while traffic flows; an update keeps the peer's
-// sessions. Outbound IP packets enter through [Engine.WritePackets], or
+// sessions. [Engine.UpdatePeers] does many of both at once, with one
+// rebuild of the routing table, as a reload of a server with thousands
+// of peers needs. Outbound IP packets enter through [Engine.WritePackets], or
 // [Engine.WriteScattered] for packets held in pieces ([ScatteredPackets]);
 // inbound ones leave through the PacketSide's DeliverPackets.
 // [Engine.Handshake] starts a handshake before the first packet needs one.

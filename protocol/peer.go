@@ -125,38 +125,85 @@ type PeerStatus struct {
 // update keeps the peer's sessions: changing AllowedIPs, the endpoint or
 // keepalive must not cost a handshake or a dropped packet.
 func (e *Engine) SetPeer(cfg PeerConfig) error {
+	u, err := e.preparePeer(cfg)
+	if err != nil {
+		return err
+	}
+	return e.applyPeers([]peerUpdate{u}, nil)
+}
+
+// UpdatePeers sets each peer of set, as SetPeer does, and removes each
+// of remove, as RemovePeer does, with one rebuild of the routing table
+// for all of them: each SetPeer or RemovePeer rebuilds it, copying every
+// other peer's prefixes, so a reload that adds or removes thousands of
+// peers one by one costs their number squared. The result has an entry
+// per peer of set: nil where it was applied, else why not, and that
+// peer is left as it was.
+func (e *Engine) UpdatePeers(set []PeerConfig, remove []PublicKey) []error {
+	errs := make([]error, len(set))
+	ups := make([]peerUpdate, 0, len(set))
+	for i, cfg := range set {
+		u, err := e.preparePeer(cfg)
+		if err != nil {
+			errs[i] = err
+			continue
+		}
+		ups = append(ups, u)
+	}
+	if err := e.applyPeers(ups, remove); err != nil {
+		for i := range errs {
+			if errs[i] == nil {
+				errs[i] = err
+			}
+		}
+	}
+	return errs
+}
+
+// peerUpdate is a checked PeerConfig with its endpoint parsed.
+type peerUpdate struct {
+	cfg     PeerConfig
+	literal netip.AddrPort // the endpoint, when it is an address
+	host    string         // the endpoint, when it is a name to resolve
+}
+
+func (e *Engine) preparePeer(cfg PeerConfig) (peerUpdate, error) {
 	if cfg.PublicKey.IsZero() {
-		return errors.New("peer: public key is empty")
+		return peerUpdate{}, errors.New("peer: public key is empty")
 	}
 	if cfg.PublicKey.Equal(e.identity().public) {
-		return errors.New("peer: public key is our own")
+		return peerUpdate{}, errors.New("peer: public key is our own")
 	}
 	if cfg.PersistentKeepalive < 0 || cfg.PersistentKeepalive > 65535*time.Second {
-		return fmt.Errorf("peer %s: persistent keepalive %v out of range 0..65535s", cfg.PublicKey, cfg.PersistentKeepalive)
+		return peerUpdate{}, fmt.Errorf("peer %s: persistent keepalive %v out of range 0..65535s", cfg.PublicKey, cfg.PersistentKeepalive)
 	}
-	var literal netip.AddrPort
-	var host string
+	u := peerUpdate{cfg: cfg}
 	if cfg.Endpoint != "" {
 		ap, err := netip.ParseAddrPort(cfg.Endpoint)
 		if err == nil {
-			literal = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+			u.literal = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 		} else {
 			h, port, err := net.SplitHostPort(cfg.Endpoint)
 			if err != nil || h == "" {
-				return fmt.Errorf("peer %s: endpoint %q: want host:port", cfg.PublicKey, cfg.Endpoint)
+				return peerUpdate{}, fmt.Errorf("peer %s: endpoint %q: want host:port", cfg.PublicKey, cfg.Endpoint)
 			}
 			if _, err := strconv.ParseUint(port, 10, 16); err != nil {
-				return fmt.Errorf("peer %s: endpoint %q: bad port", cfg.PublicKey, cfg.Endpoint)
+				return peerUpdate{}, fmt.Errorf("peer %s: endpoint %q: bad port", cfg.PublicKey, cfg.Endpoint)
 			}
-			host = cfg.Endpoint
+			u.host = cfg.Endpoint
 		}
 	}
 	for _, p := range cfg.AllowedIPs {
 		if !p.IsValid() {
-			return fmt.Errorf("peer %s: invalid allowed IP prefix", cfg.PublicKey)
+			return peerUpdate{}, fmt.Errorf("peer %s: invalid allowed IP prefix", cfg.PublicKey)
 		}
 	}
+	return u, nil
+}
 
+// applyPeers sets the checked peers of ups and removes those of remove,
+// with one new routing table for all of them.
+func (e *Engine) applyPeers(ups []peerUpdate, remove []PublicKey) error {
 	e.peersMu.Lock()
 	select {
 	case <-e.done:
@@ -164,31 +211,55 @@ func (e *Engine) SetPeer(cfg PeerConfig) error {
 		return net.ErrClosed
 	default:
 	}
-	p, exists := e.peers[cfg.PublicKey]
-	if !exists {
-		p = e.newPeer(cfg.PublicKey)
-		e.peers[cfg.PublicKey] = p
+	peers := make([]*Peer, len(ups))
+	added := make([]bool, len(ups))
+	changes := make([]ownership, 0, len(ups)+len(remove))
+	for i, u := range ups {
+		p, exists := e.peers[u.cfg.PublicKey]
+		if !exists {
+			p = e.newPeer(u.cfg.PublicKey)
+			e.peers[u.cfg.PublicKey] = p
+		}
+		peers[i], added[i] = p, !exists
+		p.handshake.mu.Lock()
+		p.handshake.presharedKey = u.cfg.PresharedKey
+		p.handshake.mu.Unlock()
+		changes = append(changes, ownership{p, u.cfg.AllowedIPs})
 	}
-	p.handshake.mu.Lock()
-	p.handshake.presharedKey = cfg.PresharedKey
-	p.handshake.mu.Unlock()
-	e.allowed.Store(e.allowed.Load().with(p, cfg.AllowedIPs))
+	var removed []*Peer
+	for _, k := range remove {
+		if p := e.peers[k]; p != nil {
+			delete(e.peers, k)
+			changes = append(changes, ownership{p, nil})
+			removed = append(removed, p)
+		}
+	}
+	if len(changes) > 0 {
+		e.allowed.Store(e.allowed.Load().withAll(changes))
+	}
+	for _, p := range removed {
+		p.stop()
+		e.log.Info("peer removed", "peer", p.public)
+	}
 	e.peersMu.Unlock()
 
-	if cfg.Endpoint != "" {
-		p.endpointMu.Lock()
-		p.endpointHost = host
-		if literal.IsValid() {
-			p.endpoint = literal
+	for i, u := range ups {
+		p := peers[i]
+		if u.cfg.Endpoint != "" {
+			p.endpointMu.Lock()
+			p.endpointHost = u.host
+			if u.literal.IsValid() {
+				p.endpoint = u.literal
+			}
+			p.endpointMu.Unlock()
+			if u.host != "" {
+				p.resolveEndpoint()
+			}
 		}
-		p.endpointMu.Unlock()
-		if host != "" {
-			p.resolveEndpoint()
+		p.setPersistentKeepalive(u.cfg.PersistentKeepalive)
+		if added[i] {
+			e.log.Info("peer added", "peer", p.public)
 		}
-	}
-	p.setPersistentKeepalive(cfg.PersistentKeepalive)
-	if !exists {
-		e.log.Info("peer added", "peer", p.public)
 	}
 	return nil
 }

@@ -583,3 +583,103 @@ func BenchmarkPeers(b *testing.B) {
 		}
 	}
 }
+
+// TestUpdatePeers: many peers set and removed at once end as SetPeer and
+// RemovePeer one after the other would leave them, and a peer with a bad
+// configuration is refused alone.
+func TestUpdatePeers(t *testing.T) {
+	clk := clock.NewManual(testEpoch)
+	net := memnet.NewNetwork(clk, 1)
+	n := newMemNode(t, net, clk, "192.168.7.1:51820", "10.0.0.1", nil)
+	a, b, c, d, bad := mustKey(t).PublicKey(), mustKey(t).PublicKey(), mustKey(t).PublicKey(), mustKey(t).PublicKey(), mustKey(t).PublicKey()
+	pfx := netip.MustParsePrefix
+	for _, pc := range []PeerConfig{
+		{PublicKey: a, AllowedIPs: []netip.Prefix{pfx("10.0.1.0/24")}},
+		{PublicKey: b, AllowedIPs: []netip.Prefix{pfx("10.0.2.0/24")}},
+		{PublicKey: c, AllowedIPs: []netip.Prefix{pfx("10.0.9.0/24")}},
+	} {
+		if err := n.e.SetPeer(pc); err != nil {
+			t.Fatal(err)
+		}
+	}
+	errs := n.e.UpdatePeers([]PeerConfig{
+		{PublicKey: a, AllowedIPs: []netip.Prefix{pfx("10.0.3.0/24")}, Endpoint: "127.0.0.1:7"},
+		{PublicKey: d, AllowedIPs: []netip.Prefix{pfx("10.0.2.0/24")}},                     // taken from b
+		{PublicKey: bad, AllowedIPs: []netip.Prefix{pfx("10.0.4.0/24")}, Endpoint: "nope"}, // no port
+	}, []PublicKey{c})
+	if len(errs) != 3 || errs[0] != nil || errs[1] != nil || errs[2] == nil {
+		t.Fatalf("errors %v; want only the third", errs)
+	}
+	for _, tc := range []struct {
+		addr string
+		want PublicKey
+		ok   bool
+	}{
+		{"10.0.1.1", PublicKey{}, false}, // a's old prefix
+		{"10.0.3.1", a, true},
+		{"10.0.2.1", d, true},
+		{"10.0.9.1", PublicKey{}, false}, // c's, removed
+		{"10.0.4.1", PublicKey{}, false}, // refused
+	} {
+		got, ok := n.e.PeerFor(netip.MustParseAddr(tc.addr))
+		if ok != tc.ok || !got.Equal(tc.want) {
+			t.Errorf("PeerFor(%s) = %v, %v; want %v, %v", tc.addr, got, ok, tc.want, tc.ok)
+		}
+	}
+	if _, ok := n.e.Peer(c); ok {
+		t.Error("the removed peer is still there")
+	}
+	if _, ok := n.e.Peer(bad); ok {
+		t.Error("the refused peer was added")
+	}
+	if st, _ := n.e.Peer(b); len(st.AllowedIPs) != 0 {
+		t.Errorf("b kept %v after d took its prefix", st.AllowedIPs)
+	}
+	if st, _ := n.e.Peer(a); st.Endpoint != netip.MustParseAddrPort("127.0.0.1:7") {
+		t.Errorf("a's endpoint is %v", st.Endpoint)
+	}
+	if n.e.NumPeers() != 3 {
+		t.Errorf("%d peers, want a, b and d", n.e.NumPeers())
+	}
+}
+
+// BenchmarkPeerChurn adds a thousand peers to a server with a thousand
+// and removes them again, as a reload does: one by one, and in one
+// UpdatePeers each way.
+func BenchmarkPeerChurn(b *testing.B) {
+	e, err := New(Config{PrivateKey: mustKey(b), Bind: newDiscardBind(), Packets: newSink()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer e.Close()
+	cfgs := func(from int) []PeerConfig {
+		out := make([]PeerConfig, 1000)
+		for i := range out {
+			out[i] = PeerConfig{PublicKey: mustKey(b).PublicKey(),
+				AllowedIPs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1, byte((from + i) >> 8), byte(from + i)}), 32)}}
+		}
+		return out
+	}
+	e.UpdatePeers(cfgs(0), nil)
+	extra := cfgs(1000)
+	keys := make([]PublicKey, len(extra))
+	for i, c := range extra {
+		keys[i] = c.PublicKey
+	}
+	b.Run("one-by-one", func(b *testing.B) {
+		for b.Loop() {
+			for _, c := range extra {
+				e.SetPeer(c)
+			}
+			for _, k := range keys {
+				e.RemovePeer(k)
+			}
+		}
+	})
+	b.Run("at-once", func(b *testing.B) {
+		for b.Loop() {
+			e.UpdatePeers(extra, nil)
+			e.UpdatePeers(nil, keys)
+		}
+	})
+}

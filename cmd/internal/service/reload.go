@@ -11,6 +11,7 @@ import (
 
 	"github.com/wgbore/wgbore/config"
 	"github.com/wgbore/wgbore/netstack/wgquick"
+	"github.com/wgbore/wgbore/protocol"
 	"github.com/wgbore/wgbore/protocol/uapi"
 )
 
@@ -173,29 +174,40 @@ func (s *Service) reloadPeers(old, cfg *config.Config, rep *reloadReport) {
 		live[st.PublicKey.String()] = true
 	}
 	wanted := make(map[string]bool, len(cfg.Peers))
+	var set []protocol.PeerConfig
+	var what []string
 	for _, p := range cfg.Peers {
 		key := p.PublicKey.String()
 		wanted[key] = true
 		prev, inOld := before[key]
-		var what string
 		switch {
 		case !live[key]:
-			what = "added"
+			what = append(what, "added")
 		case !inOld || !samePeer(prev, p):
-			what = "updated"
+			what = append(what, "updated")
 		default:
 			continue
 		}
-		if err := eng.SetPeer(wgquick.Peer(p)); err != nil {
+		set = append(set, wgquick.Peer(p))
+	}
+	var remove []protocol.PublicKey
+	for _, st := range peers {
+		if !wanted[st.PublicKey.String()] {
+			remove = append(remove, st.PublicKey)
+		}
+	}
+	// One update for all: a reload that adds or removes thousands of
+	// peers then rebuilds the routing table once, not once per peer.
+	for i, err := range eng.UpdatePeers(set, remove) {
+		key := set[i].PublicKey.String()
+		if err != nil {
 			rep.failed = append(rep.failed, fmt.Errorf("peer %s: %w", key, err))
 			continue
 		}
-		rep.changes = append(rep.changes, "peer "+key+" "+what)
+		rep.changes = append(rep.changes, "peer "+key+" "+what[i])
 	}
-	for _, st := range peers {
-		if key := st.PublicKey.String(); !wanted[key] && eng.RemovePeer(st.PublicKey) {
-			rep.changes = append(rep.changes, "peer "+key+" removed")
-		}
+	for _, k := range remove {
+		rep.changes = append(rep.changes, "peer "+k.String()+" removed")
 	}
 }
 
