@@ -1,7 +1,6 @@
 package netstack
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -449,8 +448,8 @@ func (c *TCPConn) SetReadDeadline(t time.Time) error { return c.conn.SetReadDead
 // SetWriteDeadline sets the write deadline, as net.Conn's does.
 func (c *TCPConn) SetWriteDeadline(t time.Time) error { return c.conn.SetWriteDeadline(t) }
 
-// notifier is what TCPConn and UDPConn add to gonet's connections: a
-// way to wait for data without a goroutine parked in Read.
+// notifier is what TCPConn adds to gonet's connection: a way to wait
+// for data without a goroutine parked in Read.
 type notifier struct {
 	wq *waiter.Queue
 	ep tcpip.Endpoint
@@ -559,84 +558,3 @@ func recoveryName(s tcpip.CongestionControlState) string {
 	}
 	return fmt.Sprintf("state %d", s)
 }
-
-// UDPConn is a connected UDP endpoint inside the tunnel, as server mode
-// relays a peer's UDP flow through it: a datagram connection with a way
-// to wait for a datagram without a goroutine, as TCPConn has.
-//
-// It is not gonet's: server mode holds one per UDP flow for as long as
-// the flow idles, and gonet's deadline machinery (two timers and their
-// channels) was a large part of an idle flow's memory. Deadlines are not
-// supported: the relay never blocks in Read, and a flow ends by Close.
-type UDPConn struct {
-	notifier
-}
-
-func newUDPConn(wq *waiter.Queue, ep tcpip.Endpoint) *UDPConn {
-	return &UDPConn{notifier: notifier{wq: wq, ep: ep}}
-}
-
-// TryRead reads one datagram into b, without waiting; a datagram longer
-// than b is cut short. With none queued it returns wouldBlock; once the
-// endpoint is closed, io.EOF. It must not run alongside Read.
-func (c *UDPConn) TryRead(b []byte) (n int, wouldBlock bool, err error) {
-	return c.tryRead(b, "udp", c)
-}
-
-// Read waits for one datagram and reads it into b.
-func (c *UDPConn) Read(b []byte) (int, error) {
-	for {
-		n, wouldBlock, err := c.TryRead(b)
-		if !wouldBlock {
-			return n, err
-		}
-		e, ch := waiter.NewChannelEntry(waiter.ReadableEvents | waiter.EventHUp | waiter.EventErr)
-		c.wq.EventRegister(&e)
-		if !c.Readable() {
-			<-ch
-		}
-		c.wq.EventUnregister(&e)
-	}
-}
-
-// Write sends b as one datagram. When the endpoint's send buffer is full
-// it does not wait: the datagram is dropped with ENOBUFS, as a host
-// socket's would be, and a relay goes on with the next.
-func (c *UDPConn) Write(b []byte) (int, error) {
-	var r bytes.Reader
-	r.Reset(b)
-	n, terr := c.ep.Write(&r, tcpip.WriteOptions{})
-	switch terr.(type) {
-	case nil:
-		return int(n), nil
-	case *tcpip.ErrWouldBlock:
-		return 0, &net.OpError{Op: "write", Net: "udp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: syscall.ENOBUFS}
-	}
-	return int(n), &net.OpError{Op: "write", Net: "udp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: goError("write", terr)}
-}
-
-// Close closes the endpoint; a waiting Read returns io.EOF.
-func (c *UDPConn) Close() error {
-	c.ep.Close()
-	return nil
-}
-
-// LocalAddr is the address the peer sent to.
-func (c *UDPConn) LocalAddr() net.Addr { return udpAddr(c.ep.GetLocalAddress()) }
-
-// RemoteAddr is the peer's address.
-func (c *UDPConn) RemoteAddr() net.Addr { return udpAddr(c.ep.GetRemoteAddress()) }
-
-func udpAddr(a tcpip.FullAddress, err tcpip.Error) net.Addr {
-	if err != nil {
-		return nil
-	}
-	return &net.UDPAddr{IP: net.IP(a.Addr.AsSlice()), Port: int(a.Port)}
-}
-
-// errNoDeadlines is what UDPConn's deadline methods return.
-var errNoDeadlines = errors.New("netstack: UDPConn has no deadlines; close it instead")
-
-func (c *UDPConn) SetDeadline(time.Time) error      { return errNoDeadlines }
-func (c *UDPConn) SetReadDeadline(time.Time) error  { return errNoDeadlines }
-func (c *UDPConn) SetWriteDeadline(time.Time) error { return errNoDeadlines }

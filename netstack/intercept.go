@@ -13,7 +13,6 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
 	"github.com/wgbore/wgbore/netstack/inbound"
@@ -27,16 +26,22 @@ const (
 	flowKeepaliveInterval = 15 * time.Second
 )
 
-// interception is Intercept's state: the interceptor and gVisor's TCP
-// forwarder, which runs HandleTCP for each new connection request.
+// interception is Intercept's state: the interceptor, gVisor's TCP
+// forwarder, which runs HandleTCP for each new connection request, and
+// the UDP flows the interceptor accepted.
 type interception struct {
 	i   inbound.Interceptor
 	tcp *tcp.Forwarder
+	udp *udpFlows
 }
 
 // stop has the interceptor refuse new flows and end its own before the
-// stack closes.
-func (c *interception) stop() { c.i.Stop() }
+// stack closes, and closes the UDP flows it has not: those are the
+// Net's, not the stack's, and would outlive it.
+func (c *interception) stop() {
+	c.i.Stop()
+	c.udp.close()
+}
 
 // wait closes the interceptor once the stack has closed: every flow's
 // connection has failed by then, and so has every handshake a HandleTCP
@@ -89,7 +94,7 @@ func (c *interception) wait() { c.i.Close() }
 // closes, so that nothing is admitted while it does, and closes i once
 // it has.
 func (n *Net) Intercept(i inbound.Interceptor) error {
-	c := &interception{i: i}
+	c := &interception{i: i, udp: newUDPFlows(n.stack, int(n.link.MTU()))}
 	// maxInFlight is unbounded here: the interceptor's own caps bound
 	// the handshakes each peer can have pending, and gVisor's bound would
 	// drop SYNs silently, which is what refusing at once avoids.
@@ -201,14 +206,24 @@ func (n *Net) handleTCP(req *tcp.ForwarderRequest) {
 }
 
 // udpPacket is the stack's UDP handler for datagrams no endpoint claims.
-// Returning false makes gVisor answer with ICMP port unreachable.
+// Returning false makes gVisor answer with ICMP port unreachable (or,
+// for a malformed datagram, drop it).
 //
-// It decides before building a udp.ForwarderRequest rather than going
-// through udp.Forwarder, whose HandlePacket clones the packet before
-// asking and never releases the clone of a flow its handler declines.
-// The request can borrow pkt: CreateEndpoint uses it synchronously and
-// the new endpoint queues a clone of its own.
+// A datagram of a flow already open is queued to the flow's connection;
+// any other asks the interceptor, as udp.Forwarder would but without
+// its clone of every packet, which it never releases for a flow its
+// handler declines. An accepted flow gets a flowConn (udpflow.go), not
+// a gVisor endpoint.
 func (n *Net) udpPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) bool {
+	c := n.intercept.Load()
+	if c == nil || !validUDP(id, pkt) {
+		return false
+	}
+	// A flow closed meanwhile refuses the datagram, which then starts a
+	// new one.
+	if fc := c.udp.lookup(id); fc != nil && fc.deliver(pkt) {
+		return true
+	}
 	c, f, ok := n.admit("udp", id)
 	if !ok {
 		return false
@@ -218,14 +233,21 @@ func (n *Net) udpPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) b
 		if accepted {
 			return nil, errors.New("netstack: a flow is accepted once")
 		}
-		var wq waiter.Queue
-		ep, terr := udp.NewForwarderRequest(n.stack, id, pkt).CreateEndpoint(&wq)
-		if terr != nil {
-			return nil, &net.OpError{Op: "accept", Net: "udp", Addr: net.UDPAddrFromAddrPort(f.Source), Err: goError("accept", terr)}
+		fc, err := c.udp.open(id, pkt.NetworkProtocolNumber)
+		if err != nil {
+			return nil, &net.OpError{Op: "accept", Net: "udp", Addr: net.UDPAddrFromAddrPort(f.Source), Err: err}
 		}
 		accepted = true
-		return newUDPConn(&wq, ep), nil
+		fc.deliver(pkt)
+		return fc, nil
 	})
+	if !accepted {
+		// Another datagram of the flow, on another goroutine, may have
+		// opened it while this one asked.
+		if fc := c.udp.lookup(id); fc != nil {
+			return fc.deliver(pkt)
+		}
+	}
 	return accepted
 }
 

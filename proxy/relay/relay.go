@@ -157,8 +157,8 @@ func OneWay(dst, src net.Conn) {
 
 // ReadNotifier is a connection that can say when it has something to
 // read and be read without waiting, as the tunnel's connections
-// (netstack.TCPConn, netstack.UDPConn) can. The relay copies from one
-// without a goroutine parked in Read.
+// (netstack.TCPConn, and the UDP flows netstack hands server mode) can.
+// The relay copies from one without a goroutine parked in Read.
 type ReadNotifier interface {
 	net.Conn
 	// NotifyReadable calls f whenever data, the end of the stream or an
