@@ -426,6 +426,10 @@ func (c *flowConn) Write(b []byte) (int, error) {
 // io.EOF, and a datagram of the same addresses and ports that comes
 // later starts a new flow.
 func (c *flowConn) Close() error {
+	// Out of the table first: a datagram that finds the flow closed
+	// opens a new one, which a closed flow still registered would
+	// refuse.
+	c.flows.remove(c)
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -439,7 +443,6 @@ func (c *flowConn) Close() error {
 	c.queue, c.head, c.queued = nil, 0, 0
 	c.wakeLocked()
 	c.mu.Unlock()
-	c.flows.remove(c)
 	c.route.Release()
 	return nil
 }

@@ -12,6 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/buffer"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+
 	"github.com/wgbore/wgbore/netstack/inbound"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
@@ -50,7 +53,7 @@ type flowSetup struct {
 	client *peersite.Client
 }
 
-func startFlowSetup(t *testing.T) *flowSetup {
+func startFlowSetup(t testing.TB) *flowSetup {
 	t.Helper()
 	ours, _ := protocol.GeneratePrivateKey()
 	clientKey, _ := protocol.GeneratePrivateKey()
@@ -78,7 +81,7 @@ func startFlowSetup(t *testing.T) *flowSetup {
 
 // dial connects the client to dst; datagrams from any other address or
 // port do not reach the connection.
-func (s *flowSetup) dial(t *testing.T, dst netip.AddrPort) net.Conn {
+func (s *flowSetup) dial(t testing.TB, dst netip.AddrPort) net.Conn {
 	t.Helper()
 	c, err := s.client.DialContext(context.Background(), "udp", dst.String())
 	if err != nil {
@@ -91,7 +94,7 @@ func (s *flowSetup) dial(t *testing.T, dst netip.AddrPort) net.Conn {
 // firstFlow sends msg on c until the flow it opens is handed over (the
 // first datagrams may be lost before the handshake), and returns the
 // flow's connection.
-func (s *flowSetup) firstFlow(t *testing.T, c net.Conn, msg []byte) net.Conn {
+func (s *flowSetup) firstFlow(t testing.TB, c net.Conn, msg []byte) net.Conn {
 	t.Helper()
 	for try := 0; try < 20; try++ {
 		if _, err := c.Write(msg); err != nil {
@@ -256,10 +259,10 @@ func TestUDPFlowQueueBound(t *testing.T) {
 			dropped := stats.ReceiveBufferErrors.Value() - dropped0
 			t.Logf("%d datagrams of %d bytes: %d queued (%d bytes), %d dropped", tc.sent, tc.size, n, size, dropped)
 			if n > flowQueueDatagrams || size >= flowQueueBytes+tc.size {
-				t.Errorf("%d datagrams of %d bytes queued, over the bounds of %d and %d bytes", n, size, flowQueueDatagrams, flowQueueBytes)
+				t.Errorf("%d datagrams (%d bytes) queued, over the bounds of %d datagrams and %d bytes", n, size, flowQueueDatagrams, flowQueueBytes)
 			}
 			if n != flowQueueDatagrams && size < flowQueueBytes {
-				t.Errorf("%d datagrams of %d bytes queued; the queue should be full", n, size)
+				t.Errorf("%d datagrams (%d bytes) queued; the queue should be full", n, size)
 			}
 			if dropped != uint64(tc.sent-n) {
 				t.Errorf("%d dropped, want the %d that did not fit", dropped, tc.sent-n)
@@ -382,5 +385,38 @@ func TestUDPFlowReadDeadline(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("a deadline set while Read waited did not end it")
+	}
+}
+
+// TestUDPFlowAllocs: queueing a datagram and reading it allocates
+// nothing once the buffer pool is warm, and a reply no more than the
+// stack does for any packet it sends.
+func TestUDPFlowAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector allocates")
+	}
+	s := startFlowSetup(t)
+	c := s.dial(t, flowDst4)
+	fc := s.firstFlow(t, c, []byte("x")).(*flowConn)
+	buf := make([]byte, 2000)
+	for {
+		if _, wouldBlock, err := fc.TryRead(buf); wouldBlock || err != nil {
+			break
+		}
+	}
+	payload := peersite.Body(1200)
+	pkt := stack.NewPacketBuffer(stack.PacketBufferOptions{Payload: buffer.MakeWithData(payload)})
+	defer pkt.DecRef()
+	if a := testing.AllocsPerRun(1000, func() {
+		fc.deliver(pkt)
+		fc.TryRead(buf)
+	}); a != 0 {
+		t.Errorf("a datagram queued and read allocates %.1f times", a)
+	}
+	// gVisor's IP layer allocates for every packet it sends (its
+	// queueing discipline's list, now and then an IP ID); a reply adds
+	// nothing to that.
+	if a := testing.AllocsPerRun(1000, func() { fc.Write(payload) }); a > 2 {
+		t.Errorf("a reply allocates %.1f times", a)
 	}
 }
