@@ -65,13 +65,13 @@ type ownership struct {
 	prefixes []netip.Prefix
 }
 
-// withAll is with for many peers, in order, with one rebuild: a prefix
-// two of them name goes to the later, as it would through with one
-// after the other. A peer named twice owns its later prefixes only.
+// withAll is with for many peers, each named once, with one rebuild: a
+// prefix two of them name goes to the later, as it would through with
+// one after the other.
 func (t *allowedIPs) withAll(changes []ownership) *allowedIPs {
-	last := make(map[*Peer]int, len(changes))
-	for i, c := range changes {
-		last[c.peer] = i
+	changed := make(map[*Peer]bool, len(changes))
+	for _, c := range changes {
+		changed[c.peer] = true
 	}
 	n := 0
 	if t != nil {
@@ -80,15 +80,12 @@ func (t *allowedIPs) withAll(changes []ownership) *allowedIPs {
 	owner := make(map[netip.Prefix]*Peer, n)
 	if t != nil {
 		for p, o := range t.owner {
-			if _, changed := last[o]; !changed {
+			if !changed[o] {
 				owner[p] = o
 			}
 		}
 	}
-	for i, c := range changes {
-		if last[c.peer] != i {
-			continue
-		}
+	for _, c := range changes {
 		for _, p := range c.prefixes {
 			owner[canonicalPrefix(p)] = c.peer
 		}

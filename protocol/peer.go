@@ -129,20 +129,34 @@ func (e *Engine) SetPeer(cfg PeerConfig) error {
 	if err != nil {
 		return err
 	}
-	return e.applyPeers([]peerUpdate{u}, nil)
+	_, err = e.applyPeers([]peerUpdate{u}, nil)
+	return err
 }
 
 // UpdatePeers sets each peer of set, as SetPeer does, and removes each
 // of remove, as RemovePeer does, with one rebuild of the routing table
 // for all of them: each SetPeer or RemovePeer rebuilds it, copying every
 // other peer's prefixes, so a reload that adds or removes thousands of
-// peers one by one costs their number squared. The result has an entry
-// per peer of set: nil where it was applied, else why not, and that
-// peer is left as it was.
-func (e *Engine) UpdatePeers(set []PeerConfig, remove []PublicKey) []error {
-	errs := make([]error, len(set))
+// peers one by one costs their number squared. errs has an entry per
+// peer of set: nil where it was applied, else why not, and that peer is
+// left as it was. removed lists the keys of remove that were peers.
+//
+// Each key may be named once: a later entry of set with the same key,
+// or an entry of set whose key is also in remove, is refused, since the
+// order between them would be a guess.
+func (e *Engine) UpdatePeers(set []PeerConfig, remove []PublicKey) (errs []error, removed []PublicKey) {
+	errs = make([]error, len(set))
+	named := make(map[PublicKey]bool, len(set)+len(remove))
+	for _, k := range remove {
+		named[k] = true
+	}
 	ups := make([]peerUpdate, 0, len(set))
 	for i, cfg := range set {
+		if named[cfg.PublicKey] {
+			errs[i] = fmt.Errorf("peer %s: named twice in one update", cfg.PublicKey)
+			continue
+		}
+		named[cfg.PublicKey] = true
 		u, err := e.preparePeer(cfg)
 		if err != nil {
 			errs[i] = err
@@ -150,14 +164,15 @@ func (e *Engine) UpdatePeers(set []PeerConfig, remove []PublicKey) []error {
 		}
 		ups = append(ups, u)
 	}
-	if err := e.applyPeers(ups, remove); err != nil {
+	removed, err := e.applyPeers(ups, remove)
+	if err != nil {
 		for i := range errs {
 			if errs[i] == nil {
 				errs[i] = err
 			}
 		}
 	}
-	return errs
+	return errs, removed
 }
 
 // peerUpdate is a checked PeerConfig with its endpoint parsed.
@@ -202,13 +217,14 @@ func (e *Engine) preparePeer(cfg PeerConfig) (peerUpdate, error) {
 }
 
 // applyPeers sets the checked peers of ups and removes those of remove,
-// with one new routing table for all of them.
-func (e *Engine) applyPeers(ups []peerUpdate, remove []PublicKey) error {
+// with one new routing table for all of them, and returns the keys it
+// removed.
+func (e *Engine) applyPeers(ups []peerUpdate, remove []PublicKey) ([]PublicKey, error) {
 	e.peersMu.Lock()
 	select {
 	case <-e.done:
 		e.peersMu.Unlock()
-		return net.ErrClosed
+		return nil, net.ErrClosed
 	default:
 	}
 	peers := make([]*Peer, len(ups))
@@ -237,11 +253,16 @@ func (e *Engine) applyPeers(ups []peerUpdate, remove []PublicKey) error {
 	if len(changes) > 0 {
 		e.allowed.Store(e.allowed.Load().withAll(changes))
 	}
-	for _, p := range removed {
+	e.peersMu.Unlock()
+
+	// The removed peers are out of reach; stopping them waits for their
+	// loops, which need not hold up handshakes and lookups meanwhile.
+	keys := make([]PublicKey, len(removed))
+	for i, p := range removed {
 		p.stop()
 		e.log.Info("peer removed", "peer", p.public)
+		keys[i] = p.public
 	}
-	e.peersMu.Unlock()
 
 	for i, u := range ups {
 		p := peers[i]
@@ -261,7 +282,7 @@ func (e *Engine) applyPeers(ups []peerUpdate, remove []PublicKey) error {
 			e.log.Info("peer added", "peer", p.public)
 		}
 	}
-	return nil
+	return keys, nil
 }
 
 // RemovePeer forgets a peer and its sessions. It reports whether the peer

@@ -602,13 +602,19 @@ func TestUpdatePeers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	errs := n.e.UpdatePeers([]PeerConfig{
+	gone := mustKey(t).PublicKey() // never a peer
+	errs, removed := n.e.UpdatePeers([]PeerConfig{
 		{PublicKey: a, AllowedIPs: []netip.Prefix{pfx("10.0.3.0/24")}, Endpoint: "127.0.0.1:7"},
 		{PublicKey: d, AllowedIPs: []netip.Prefix{pfx("10.0.2.0/24")}},                     // taken from b
 		{PublicKey: bad, AllowedIPs: []netip.Prefix{pfx("10.0.4.0/24")}, Endpoint: "nope"}, // no port
-	}, []PublicKey{c})
-	if len(errs) != 3 || errs[0] != nil || errs[1] != nil || errs[2] == nil {
-		t.Fatalf("errors %v; want only the third", errs)
+		{PublicKey: d, AllowedIPs: []netip.Prefix{pfx("10.0.5.0/24")}},                     // d again
+		{PublicKey: c, AllowedIPs: []netip.Prefix{pfx("10.0.6.0/24")}},                     // c is removed too
+	}, []PublicKey{c, gone})
+	if len(errs) != 5 || errs[0] != nil || errs[1] != nil || errs[2] == nil || errs[3] == nil || errs[4] == nil {
+		t.Fatalf("errors %v; want the last three refused", errs)
+	}
+	if len(removed) != 1 || !removed[0].Equal(c) {
+		t.Errorf("removed %v; want c alone, as the other key was never a peer", removed)
 	}
 	for _, tc := range []struct {
 		addr string
@@ -620,6 +626,8 @@ func TestUpdatePeers(t *testing.T) {
 		{"10.0.2.1", d, true},
 		{"10.0.9.1", PublicKey{}, false}, // c's, removed
 		{"10.0.4.1", PublicKey{}, false}, // refused
+		{"10.0.5.1", PublicKey{}, false}, // d's second entry, refused
+		{"10.0.6.1", PublicKey{}, false}, // c's, refused as c goes
 	} {
 		got, ok := n.e.PeerFor(netip.MustParseAddr(tc.addr))
 		if ok != tc.ok || !got.Equal(tc.want) {

@@ -198,7 +198,8 @@ func (s *Service) reloadPeers(old, cfg *config.Config, rep *reloadReport) {
 	}
 	// One update for all: a reload that adds or removes thousands of
 	// peers then rebuilds the routing table once, not once per peer.
-	for i, err := range eng.UpdatePeers(set, remove) {
+	errs, removed := eng.UpdatePeers(set, remove)
+	for i, err := range errs {
 		key := set[i].PublicKey.String()
 		if err != nil {
 			rep.failed = append(rep.failed, fmt.Errorf("peer %s: %w", key, err))
@@ -206,7 +207,7 @@ func (s *Service) reloadPeers(old, cfg *config.Config, rep *reloadReport) {
 		}
 		rep.changes = append(rep.changes, "peer "+key+" "+what[i])
 	}
-	for _, k := range remove {
+	for _, k := range removed {
 		rep.changes = append(rep.changes, "peer "+k.String()+" removed")
 	}
 }
