@@ -233,12 +233,11 @@ func (n *Net) udpPacket(id stack.TransportEndpointID, pkt *stack.PacketBuffer) b
 		if accepted {
 			return nil, errors.New("netstack: a flow is accepted once")
 		}
-		fc, err := c.udp.open(id, pkt.NetworkProtocolNumber)
+		fc, err := c.udp.open(id, pkt)
 		if err != nil {
 			return nil, &net.OpError{Op: "accept", Net: "udp", Addr: net.UDPAddrFromAddrPort(f.Source), Err: err}
 		}
 		accepted = true
-		fc.deliver(pkt)
 		return fc, nil
 	})
 	if !accepted {

@@ -86,13 +86,15 @@ func (t *udpFlows) lookup(id stack.TransportEndpointID) *flowConn {
 	return c
 }
 
-// open makes and registers the flow of a datagram with id that arrived
-// over netProto: its replies go from the address and port the peer
-// wrote to, back to the peer's.
-func (t *udpFlows) open(id stack.TransportEndpointID, netProto tcpip.NetworkProtocolNumber) (*flowConn, error) {
+// open makes and registers the flow of first, a datagram with id: its
+// replies go from the address and port the peer wrote to, back to the
+// peer's. first is queued before the flow is in the table, so that a
+// later datagram of the flow, handled on another goroutine, cannot be
+// queued ahead of it.
+func (t *udpFlows) open(id stack.TransportEndpointID, first *stack.PacketBuffer) (*flowConn, error) {
 	// With spoofing, the route may start from an address that is not
 	// ours.
-	r, terr := t.stack.FindRoute(nicID, id.LocalAddress, id.RemoteAddress, netProto, false)
+	r, terr := t.stack.FindRoute(nicID, id.LocalAddress, id.RemoteAddress, first.NetworkProtocolNumber, false)
 	if terr != nil {
 		return nil, goError("route", terr)
 	}
@@ -105,6 +107,8 @@ func (t *udpFlows) open(id stack.TransportEndpointID, netProto tcpip.NetworkProt
 	case t.flows[id] != nil:
 		err = errFlowExists
 	default:
+		// c is not yet shared, so its lock cannot wait on anyone.
+		c.deliver(first)
 		t.flows[id] = c
 	}
 	t.mu.Unlock()
@@ -275,9 +279,9 @@ func (c *flowConn) popLocked(b []byte) (int, bool) {
 }
 
 // NotifyReadable calls f whenever a datagram, or the end of the flow,
-// may have become ready to read, until stop is called. f runs on the
-// stack's own goroutine with the flow locked: it must return at once
-// and call none of the flow's methods.
+// may have become ready to read, until stop is called. f runs with the
+// flow locked, on whichever goroutine queued the datagram or closed the
+// flow: it must return at once and call none of the flow's methods.
 func (c *flowConn) NotifyReadable(f func()) (stop func()) {
 	fp := &f
 	c.mu.Lock()
@@ -486,11 +490,18 @@ func (c *flowConn) SetWriteDeadline(t time.Time) error {
 // unixNano is t in Unix nanoseconds, 0 for the zero time (no deadline)
 // and 1 for any other time at or before 1970, already past.
 func unixNano(t time.Time) int64 {
-	if t.IsZero() {
+	switch {
+	case t.IsZero():
 		return 0
+	case t.After(latestDeadline):
+		// UnixNano would wrap past this; such a deadline is never.
+		return math.MaxInt64
 	}
 	return max(t.UnixNano(), 1)
 }
+
+// latestDeadline is the last time UnixNano holds.
+var latestDeadline = time.Unix(0, math.MaxInt64)
 
 func (c *flowConn) opError(op string, err error) error {
 	return &net.OpError{Op: op, Net: "udp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}

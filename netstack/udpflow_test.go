@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"io"
+	"math"
 	"net"
 	"net/netip"
 	"os"
@@ -418,5 +419,20 @@ func TestUDPFlowAllocs(t *testing.T) {
 	// nothing to that.
 	if a := testing.AllocsPerRun(1000, func() { fc.Write(payload) }); a > 2 {
 		t.Errorf("a reply allocates %.1f times", a)
+	}
+}
+
+// TestUDPFlowFarDeadline: a deadline past what Unix nanoseconds hold is
+// never, not one that wrapped into the past.
+func TestUDPFlowFarDeadline(t *testing.T) {
+	far := time.Now().Add(math.MaxInt64)
+	if got := unixNano(far); got != math.MaxInt64 {
+		t.Errorf("unixNano(%v) = %d, want math.MaxInt64", far, got)
+	}
+	if got := unixNano(time.Unix(0, 5)); got != 5 {
+		t.Errorf("unixNano(5ns) = %d", got)
+	}
+	if got := unixNano(time.Time{}); got != 0 {
+		t.Errorf("unixNano(zero) = %d, want 0 (no deadline)", got)
 	}
 }
