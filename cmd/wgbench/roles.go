@@ -95,6 +95,9 @@ type command struct {
 	// Seconds, when set, makes echo run for that long instead of Count
 	// round trips, and is how long drain reads.
 	Seconds float64 `json:"seconds,omitempty"`
+	// Start, when set, is when drain starts counting, so that drains in
+	// several processes count over the same window.
+	Start time.Time `json:"start,omitzero"`
 }
 
 type reply struct {
@@ -254,7 +257,12 @@ func runRole(role, endpoint, via string) error {
 				}()
 				sc.Scan()
 				close(stop)
-				out.Encode(<-done)
+				r := <-done
+				var next command
+				if err := json.Unmarshal(sc.Bytes(), &next); err != nil || next.Op != "stop" {
+					r.Err = fmt.Sprintf("a paced echo ends with a stop, not %q", sc.Bytes())
+				}
+				out.Encode(r)
 				continue
 			}
 			r, err := runCommand(dial, dialUDP, c)
@@ -469,6 +477,12 @@ func udpEchoOnce(c net.Conn, seq byte) (time.Duration, int, error) {
 	return 0, 3, fmt.Errorf("UDP echo: datagram %d unanswered three times", seq)
 }
 
+// isTimeout reports a read that ended at its deadline.
+func isTimeout(err error) bool {
+	ne, ok := errors.AsType[net.Error](err)
+	return ok && ne.Timeout()
+}
+
 // pacedEcho echoes a byte every millisecond through one connection to
 // addr until stop is closed, and reports how many answers came and the
 // longest pause between two of them.
@@ -611,15 +625,24 @@ func runCommand(dial, dialUDP dialFunc, c command) (reply, error) {
 		}, nil
 	case "drain":
 		// Read from a service that sends until its reader goes, for
-		// c.Seconds.
+		// c.Seconds from c.Start; what came before Start is not counted.
 		conn, err := raw(ctx, c.Addr)
 		if err != nil {
 			return reply{}, err
 		}
 		defer conn.Close()
-		conn.SetReadDeadline(time.Now().Add(time.Duration(c.Seconds * float64(time.Second))))
-		got, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, struct{ io.Reader }{conn}, make([]byte, 256<<10))
-		if ne, ok := errors.AsType[net.Error](err); !ok || !ne.Timeout() {
+		start := c.Start
+		if start.IsZero() {
+			start = time.Now()
+		}
+		buf := make([]byte, 256<<10)
+		conn.SetReadDeadline(start)
+		if _, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, struct{ io.Reader }{conn}, buf); !isTimeout(err) {
+			return reply{}, fmt.Errorf("before the window: %v", err)
+		}
+		conn.SetReadDeadline(start.Add(time.Duration(c.Seconds * float64(time.Second))))
+		got, err := io.CopyBuffer(struct{ io.Writer }{io.Discard}, struct{ io.Reader }{conn}, buf)
+		if !isTimeout(err) {
 			return reply{}, fmt.Errorf("drained %d bytes, then: %v", got, err)
 		}
 		return reply{Bytes: got}, nil

@@ -745,7 +745,9 @@ func (r *scaleRun) startProcs() error {
 	return nil
 }
 
-func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+// drainLead is how long the drains have to connect before their window
+// opens: a dial through serve takes a round trip or two.
+const drainLead = 300 * time.Millisecond
 
 // echoBeside runs 1-byte echoes from the echoer while the loaders
 // download; the echoes start after the downloads and end before them.
@@ -755,7 +757,7 @@ func (r *scaleRun) echoBeside(loaders []*procPeer) (reply, error) {
 	var wg sync.WaitGroup
 	if len(loaders) > 0 {
 		wg.Go(func() { _, loadErr = r.drain(loaders) })
-		time.Sleep(lead)
+		time.Sleep(drainLead + lead)
 	}
 	echoer := r.procs[len(r.procs)-1].c
 	res, err := echoer.do(command{Op: "echo", Addr: at(r.host.echo.Addr()), Seconds: (r.o.shareTime - 2*lead).Seconds()})
@@ -764,14 +766,16 @@ func (r *scaleRun) echoBeside(loaders []*procPeer) (reply, error) {
 }
 
 // drain has each process peer read from the host's source for
-// r.o.shareTime, all at once, and returns the bytes each read.
+// r.o.shareTime, over the same window once all have connected, and
+// returns the bytes each read in it.
 func (r *scaleRun) drain(peers []*procPeer) ([]int64, error) {
 	got := make([]int64, len(peers))
 	errs := make([]error, len(peers))
+	start := time.Now().Add(drainLead)
 	var wg sync.WaitGroup
 	for i, p := range peers {
 		wg.Go(func() {
-			res, err := p.c.do(command{Op: "drain", Addr: at(r.host.source.Addr()), Seconds: r.o.shareTime.Seconds()})
+			res, err := p.c.do(command{Op: "drain", Addr: at(r.host.source.Addr()), Seconds: r.o.shareTime.Seconds(), Start: start})
 			got[i], errs[i] = res.Bytes, err
 		})
 	}
