@@ -92,6 +92,18 @@ func (s *flowSetup) dial(t testing.TB, dst netip.AddrPort) net.Conn {
 	return c
 }
 
+// emptyFlow opens an IPv4 flow and reads what it queued, so that the
+// next Read waits.
+func (s *flowSetup) emptyFlow(t testing.TB) net.Conn {
+	fc := s.firstFlow(t, s.dial(t, flowDst4), []byte("x"))
+	buf := make([]byte, 10)
+	for {
+		if _, wouldBlock, err := fc.(*flowConn).TryRead(buf); wouldBlock || err != nil {
+			return fc
+		}
+	}
+}
+
 // firstFlow sends msg on c until the flow it opens is handed over (the
 // first datagrams may be lost before the handshake), and returns the
 // flow's connection.
@@ -324,14 +336,8 @@ func TestUDPFlowClose(t *testing.T) {
 // returns, and the next reads fail.
 func TestUDPFlowNetClose(t *testing.T) {
 	s := startFlowSetup(t)
-	c := s.dial(t, flowDst4)
-	fc := s.firstFlow(t, c, []byte("x"))
+	fc := s.emptyFlow(t)
 	buf := make([]byte, 10)
-	for {
-		if _, wouldBlock, err := fc.(*flowConn).TryRead(buf); wouldBlock || err != nil {
-			break
-		}
-	}
 	done := make(chan error, 1)
 	go func() {
 		_, err := fc.Read(buf)
@@ -359,14 +365,8 @@ func TestUDPFlowNetClose(t *testing.T) {
 // and at a deadline set while it waits.
 func TestUDPFlowReadDeadline(t *testing.T) {
 	s := startFlowSetup(t)
-	c := s.dial(t, flowDst4)
-	fc := s.firstFlow(t, c, []byte("x"))
+	fc := s.emptyFlow(t)
 	buf := make([]byte, 10)
-	for {
-		if _, wouldBlock, err := fc.(*flowConn).TryRead(buf); wouldBlock || err != nil {
-			break
-		}
-	}
 	fc.SetReadDeadline(time.Now().Add(50 * time.Millisecond))
 	if _, err := fc.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("Read past its deadline: %v", err)
