@@ -41,18 +41,23 @@ func (d *fakeDevice) PeerPresharedKey(k protocol.PublicKey) (protocol.PresharedK
 	return c.PresharedKey, ok
 }
 
-func (d *fakeDevice) SetPeer(c protocol.PeerConfig) error {
-	if c.PublicKey.IsZero() {
-		return errors.New("zero key")
+func (d *fakeDevice) UpdatePeers(set []protocol.PeerConfig, remove []protocol.PublicKey) ([]error, []protocol.PublicKey) {
+	var removed []protocol.PublicKey
+	for _, k := range remove {
+		if _, ok := d.peers[k]; ok {
+			delete(d.peers, k)
+			removed = append(removed, k)
+		}
 	}
-	d.peers[c.PublicKey] = c
-	return nil
-}
-
-func (d *fakeDevice) RemovePeer(k protocol.PublicKey) bool {
-	_, ok := d.peers[k]
-	delete(d.peers, k)
-	return ok
+	errs := make([]error, len(set))
+	for i, c := range set {
+		if c.PublicKey.IsZero() {
+			errs[i] = errors.New("zero key")
+			continue
+		}
+		d.peers[c.PublicKey] = c
+	}
+	return errs, removed
 }
 
 // fuzzConn reads the request from in and collects the replies in out.

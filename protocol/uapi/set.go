@@ -179,7 +179,7 @@ func truncate(s string) string {
 }
 
 // peerState is what a set builds for one peer before handing it to
-// Device.SetPeer: the peer's current config with the request's changes
+// Device.UpdatePeers: the peer's current config with the request's changes
 // laid over it.
 type peerState struct {
 	cfg     protocol.PeerConfig
@@ -189,9 +189,9 @@ type peerState struct {
 // apply makes the request's changes. It first merges them into a picture
 // of the final peer set, checks that picture, and only then calls the
 // device, so that a refusal costs nothing. Peers the request does not
-// name are never passed to SetPeer, and a named peer goes through
-// SetPeer rather than remove-and-add, so established sessions survive
-// every change but a new private key.
+// name are never set again, and a named peer is updated in place rather
+// than removed and added, so established sessions survive every change
+// but a new private key.
 //
 // replace_peers differs from wireguard-go in one respect: instead of
 // removing every peer and creating the named ones anew, wgbore removes
@@ -267,32 +267,39 @@ func (req *setRequest) apply(dev Device) *Error {
 		st.cfg.AllowedIPs = mergePrefixes(st.cfg.AllowedIPs, pc.allowedIPs)
 	}
 	// A prefix belongs to one peer only: as in wg(8), the peer set last
-	// takes it from any other. Engine.SetPeer does that itself, so the
-	// peers are set in the request's order below.
+	// takes it from any other. Engine.UpdatePeers does that itself, so
+	// the peers are passed in the request's order below.
 
 	if req.privateKey != nil && !req.privateKey.Equal(dev.PrivateKey()) {
 		// Only a real change: `wg setconf` and `wg syncconf` always send
 		// the key, and re-setting it would drop every session.
 		dev.SetPrivateKey(*req.privateKey)
 	}
+	var remove []protocol.PublicKey
 	for _, p := range current {
 		if _, kept := state[p.PublicKey]; !kept {
-			dev.RemovePeer(p.PublicKey)
+			remove = append(remove, p.PublicKey)
 		}
 	}
-	var failed *Error
+	var set []protocol.PeerConfig
 	for i := range req.peers {
-		k := req.peers[i].publicKey
-		st := state[k]
+		st := state[req.peers[i].publicKey]
 		if st == nil || !st.touched {
 			continue
 		}
 		st.touched = false // a key named twice is set once
-		if err := dev.SetPeer(st.cfg); err != nil && failed == nil {
-			failed = errorf(errnoIO, "peer %s: refused by the engine", k)
+		set = append(set, st.cfg)
+	}
+	// One update for all, which rebuilds the routing table once: `wg
+	// syncconf` with thousands of peers would otherwise rebuild it per
+	// peer.
+	errs, _ := dev.UpdatePeers(set, remove)
+	for i, err := range errs {
+		if err != nil {
+			return errorf(errnoIO, "peer %s: refused by the engine", set[i].PublicKey)
 		}
 	}
-	return failed
+	return nil
 }
 
 // mergePrefixes adds the prefixes of add that have is missing, in order.

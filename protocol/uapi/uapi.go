@@ -36,8 +36,10 @@ type Device interface {
 	ListenPort() uint16
 	Peers() []protocol.PeerStatus
 	PeerPresharedKey(protocol.PublicKey) (protocol.PresharedKey, bool)
-	SetPeer(protocol.PeerConfig) error
-	RemovePeer(protocol.PublicKey) bool
+	// UpdatePeers sets and removes peers as protocol.Engine's does:
+	// errs has one entry per peer of set, and removed lists the keys of
+	// remove that were peers.
+	UpdatePeers(set []protocol.PeerConfig, remove []protocol.PublicKey) (errs []error, removed []protocol.PublicKey)
 }
 
 var _ Device = (*protocol.Engine)(nil)
