@@ -253,16 +253,16 @@ func (e *Engine) applyPeers(ups []peerUpdate, remove []PublicKey) ([]PublicKey, 
 	if len(changes) > 0 {
 		e.allowed.Store(e.allowed.Load().withAll(changes))
 	}
-	e.peersMu.Unlock()
-
-	// The removed peers are out of reach; stopping them waits for their
-	// loops, which need not hold up handshakes and lookups meanwhile.
+	// The removed peers stop under the lock, as RemovePeer's do: Close
+	// takes it before it stops the crypto workers, which a stopping
+	// peer's loops may still wait on.
 	keys := make([]PublicKey, len(removed))
 	for i, p := range removed {
 		p.stop()
 		e.log.Info("peer removed", "peer", p.public)
 		keys[i] = p.public
 	}
+	e.peersMu.Unlock()
 
 	for i, u := range ups {
 		p := peers[i]
