@@ -49,25 +49,17 @@ func (t *allowedIPs) lookup(a netip.Addr) *Peer {
 	return t.v6.lookup(a)
 }
 
-// with returns a new table in which peer owns exactly prefixes (its old
-// prefixes are dropped). A prefix that belonged to another peer moves to
-// this one, as with `wg set ... allowed-ips`.
-func (t *allowedIPs) with(peer *Peer, prefixes []netip.Prefix) *allowedIPs {
-	return t.withAll([]ownership{{peer, prefixes}})
-}
-
-// without returns a new table with none of peer's prefixes.
-func (t *allowedIPs) without(peer *Peer) *allowedIPs { return t.with(peer, nil) }
-
 // ownership is a peer's prefixes, all of them.
 type ownership struct {
 	peer     *Peer
 	prefixes []netip.Prefix
 }
 
-// withAll is with for many peers, each named once, with one rebuild: a
-// prefix two of them name goes to the later, as it would through with
-// one after the other.
+// withAll returns a new table in which each peer of changes, each named
+// once, owns exactly its prefixes (none drops it from the table), with
+// one rebuild. A prefix that belonged to another peer moves to this one,
+// as with `wg set ... allowed-ips`, and one that two of them name goes
+// to the later.
 func (t *allowedIPs) withAll(changes []ownership) *allowedIPs {
 	changed := make(map[*Peer]bool, len(changes))
 	for _, c := range changes {

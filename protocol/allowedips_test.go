@@ -489,3 +489,11 @@ func BenchmarkAllowedIPsLookup(b *testing.B) {
 	}
 	_ = sink
 }
+
+// with and without change one peer's prefixes; the tests build tables
+// with them.
+func (t *allowedIPs) with(peer *Peer, prefixes []netip.Prefix) *allowedIPs {
+	return t.withAll([]ownership{{peer, prefixes}})
+}
+
+func (t *allowedIPs) without(peer *Peer) *allowedIPs { return t.with(peer, nil) }

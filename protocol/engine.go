@@ -409,9 +409,11 @@ func (e *Engine) Close() error {
 		}
 		e.bindMu.Unlock()
 		e.peersMu.Lock()
+		all := make([]*Peer, 0, len(e.peers))
 		for _, p := range e.peers {
-			e.removePeerLocked(p)
+			all = append(all, p)
 		}
+		e.retableLocked(nil, all)
 		e.peersMu.Unlock()
 		close(e.done)
 		e.wg.Wait()

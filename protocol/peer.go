@@ -245,20 +245,12 @@ func (e *Engine) applyPeers(ups []peerUpdate, remove []PublicKey) ([]PublicKey, 
 	var removed []*Peer
 	for _, k := range remove {
 		if p := e.peers[k]; p != nil {
-			delete(e.peers, k)
-			changes = append(changes, ownership{p, nil})
 			removed = append(removed, p)
 		}
 	}
-	if len(changes) > 0 {
-		e.allowed.Store(e.allowed.Load().withAll(changes))
-	}
-	// The removed peers stop under the lock, as RemovePeer's do: Close
-	// takes it before it stops the crypto workers, which a stopping
-	// peer's loops may still wait on.
+	e.retableLocked(changes, removed)
 	keys := make([]PublicKey, len(removed))
 	for i, p := range removed {
-		p.stop()
 		e.log.Info("peer removed", "peer", p.public)
 		keys[i] = p.public
 	}
@@ -299,10 +291,23 @@ func (e *Engine) RemovePeer(k PublicKey) bool {
 	return true
 }
 
-func (e *Engine) removePeerLocked(p *Peer) {
-	delete(e.peers, p.public)
-	e.allowed.Store(e.allowed.Load().without(p))
-	p.stop()
+func (e *Engine) removePeerLocked(p *Peer) { e.retableLocked(nil, []*Peer{p}) }
+
+// retableLocked gives the peers of changes their prefixes and forgets
+// the peers of gone, with one rebuild of the routing table, then stops
+// gone. They stop under peersMu: Close takes it before it stops the
+// crypto workers, which a stopping peer's loops may still wait on.
+func (e *Engine) retableLocked(changes []ownership, gone []*Peer) {
+	for _, p := range gone {
+		delete(e.peers, p.public)
+		changes = append(changes, ownership{p, nil})
+	}
+	if len(changes) > 0 {
+		e.allowed.Store(e.allowed.Load().withAll(changes))
+	}
+	for _, p := range gone {
+		p.stop()
+	}
 }
 
 // NumPeers is how many peers the engine has: cheaper than len(Peers()).
