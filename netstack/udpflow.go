@@ -244,12 +244,17 @@ func (c *flowConn) deliver(pkt *stack.PacketBuffer) bool {
 
 // wakeLocked tells the readers that a datagram, or the end, has come.
 func (c *flowConn) wakeLocked() {
+	c.wakeReadLocked()
+	for _, f := range c.notify {
+		(*f)()
+	}
+}
+
+// wakeReadLocked wakes a Read that waits, to look again.
+func (c *flowConn) wakeReadLocked() {
 	if c.readWake != nil {
 		close(c.readWake)
 		c.readWake = nil
-	}
-	for _, f := range c.notify {
-		(*f)()
 	}
 }
 
@@ -472,10 +477,7 @@ func (c *flowConn) SetDeadline(t time.Time) error {
 func (c *flowConn) SetReadDeadline(t time.Time) error {
 	c.mu.Lock()
 	c.readDeadline = unixNano(t)
-	if c.readWake != nil {
-		close(c.readWake)
-		c.readWake = nil
-	}
+	c.wakeReadLocked()
 	c.mu.Unlock()
 	return nil
 }
