@@ -691,3 +691,23 @@ func BenchmarkPeerChurn(b *testing.B) {
 		}
 	})
 }
+
+// BenchmarkCloseManyPeers closes an engine with two thousand peers, as a
+// server's shutdown does.
+func BenchmarkCloseManyPeers(b *testing.B) {
+	cfgs := make([]PeerConfig, 2000)
+	for i := range cfgs {
+		cfgs[i] = PeerConfig{PublicKey: mustKey(b).PublicKey(),
+			AllowedIPs: []netip.Prefix{netip.PrefixFrom(netip.AddrFrom4([4]byte{10, 1, byte(i >> 8), byte(i)}), 32)}}
+	}
+	for b.Loop() {
+		b.StopTimer()
+		e, err := New(Config{PrivateKey: mustKey(b), Bind: newDiscardBind(), Packets: newSink()})
+		if err != nil {
+			b.Fatal(err)
+		}
+		e.UpdatePeers(cfgs, nil)
+		b.StartTimer()
+		e.Close()
+	}
+}
