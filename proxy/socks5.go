@@ -255,6 +255,7 @@ func (s *SOCKS5) endHandshake(_ context.Context, w io.Writer, _ *socks5.Request)
 	key := c
 	if h, ok := c.(*handoff); ok {
 		key = h.Conn
+		h.answered = true
 	}
 	if !s.markBusy(key) {
 		return errors.New("server shutting down")
@@ -353,14 +354,72 @@ func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) 
 // closes its connection once the request's handler returns; a relay
 // that goes on without the serving goroutine (handOver.try) takes the
 // connection over first, and that Close then leaves it be.
+//
+// It also holds the handshake's answers (the method chosen, a login's
+// status) back until the server needs more from the client, and sends
+// them with the request's reply when the client has already sent the
+// request. A client that pipelines its greeting and request (RFC 1928
+// allows it once the method is known) then reads one segment instead of
+// two, and the server makes one write. A client that waits for each
+// answer gets it as before: the answers go out before the server waits
+// to read.
 type handoff struct {
 	net.Conn
 	taken atomic.Bool
+
+	// answered is set once a request has been read, on the serving
+	// goroutine before any relay starts: from then on nothing is held.
+	answered bool
+	// held are the answers not sent yet.
+	held  [heldMax]byte
+	nheld int
+}
+
+// heldMax is room for the answers before a request: the method chosen
+// and a login's status, two bytes each.
+const heldMax = 8
+
+func (h *handoff) Write(p []byte) (int, error) {
+	if !h.answered && h.nheld+len(p) <= len(h.held) {
+		h.nheld += copy(h.held[h.nheld:], p)
+		return len(p), nil
+	}
+	if h.nheld == 0 {
+		return h.Conn.Write(p)
+	}
+	// Once per connection: the held answers and this one in one write.
+	b := append(h.held[:h.nheld:h.nheld], p...)
+	held := h.nheld
+	h.nheld = 0
+	n, err := h.Conn.Write(b)
+	return max(n-held, 0), err
+}
+
+// Read sends the held answers first: the client may be waiting for them
+// before it sends what this read waits for.
+func (h *handoff) Read(p []byte) (int, error) {
+	if h.nheld > 0 {
+		if err := h.flush(); err != nil {
+			return 0, err
+		}
+	}
+	return h.Conn.Read(p)
+}
+
+func (h *handoff) flush() error {
+	b := h.held[:h.nheld]
+	h.nheld = 0
+	_, err := h.Conn.Write(b)
+	return err
 }
 
 func (h *handoff) Close() error {
 	if h.taken.Load() {
 		return nil
+	}
+	if h.nheld > 0 {
+		// A refusal's answer, held like any other; the close follows it.
+		h.flush()
 	}
 	return h.Conn.Close()
 }
