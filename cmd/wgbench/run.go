@@ -56,6 +56,9 @@ type suite struct {
 	o   options
 	res *results
 	tmp string
+	// wireErr says why echoes cannot be split on the wire, when they
+	// cannot (the capture needs CAP_NET_RAW, and Linux).
+	wireErr error
 }
 
 func run(o options) error {
@@ -69,6 +72,14 @@ func run(o options) error {
 	s.res.quick = o.quick
 	fmt.Printf("wgbench: %s\n", machine())
 	fmt.Printf("wgbench: code %s\n", revision())
+	if c, err := startWire(); err != nil {
+		s.wireErr = err
+	} else {
+		_, s.wireErr = c.stop()
+	}
+	if s.wireErr != nil {
+		fmt.Printf("wgbench: echoes are not split between the two ends on the wire: %v\n", s.wireErr)
+	}
 	fmt.Printf("wgbench: %s per throughput run, median of %d, echo %d round trips, %d connections %d at a time, idle connections %v\n",
 		fmtBytes(o.size), o.repeat, o.echoCount, o.connCount, o.connPar, o.idleConns)
 	want := func(part string) bool { return len(o.only) == 0 || o.only[part] }
@@ -156,7 +167,9 @@ type subject struct {
 	latency bool
 	udp     bool      // also UDP echo latency
 	up      *upDaemon // E's and F's, whose log a failure keeps
-	err     error
+	// peerPort is the WireGuard peer's UDP port, for the wire split.
+	peerPort uint16
+	err      error
 }
 
 // setup starts a pair's processes and waits for its tunnel.
@@ -193,7 +206,7 @@ func (s *suite) setup(p pairDef) (subs []*subject, cleanup func(), err error) {
 			return nil, nil, err
 		}
 		stops = append(stops, client.stop)
-		sub := &subject{pair: p.name, client: client, latency: p.latency, udp: true,
+		sub := &subject{pair: p.name, client: client, latency: p.latency, udp: true, peerPort: first.Port,
 			procs: []proc{{p.clientProc, client.pid()}, {p.peerProc, peer.pid()}}}
 		return []*subject{sub}, stopAll, nil
 	}
@@ -218,7 +231,7 @@ func (s *suite) setup(p pairDef) (subs []*subject, cleanup func(), err error) {
 		}
 		stops = append(stops, client.stop)
 		// An HTTP proxy carries no datagrams.
-		subs = append(subs, &subject{pair: name, client: client, latency: p.latency, udp: scheme == "socks5", up: up,
+		subs = append(subs, &subject{pair: name, client: client, latency: p.latency, udp: scheme == "socks5", up: up, peerPort: first.Port,
 			procs: []proc{{"wgbore-up", up.pid()}, {"proxy-client", client.pid()}, {p.peerProc, peer.pid()}}})
 	}
 	return subs, stopAll, nil
@@ -307,10 +320,11 @@ func (s *suite) measureAll(subs []*subject) {
 		return
 	}
 	fmt.Printf("== latency: %d 1-byte echoes on one connection, %d runs per pair\n", s.o.echoCount, s.o.repeat)
-	p50, p99, _, echoCPU := s.echoRuns(subs, "echo", func(*subject) bool { return true })
+	p50, p99, _, echoCPU, echoWire := s.echoRuns(subs, "echo", func(*subject) bool { return true })
 	for _, sub := range live(true) {
 		s.res.add("measure=echo pair="+sub.pair, kv{"p50_us", median(p50[sub])}, kv{"p99_us", median(p99[sub])})
 		fmt.Printf("   %-9s p50 %.0f µs  p99 %.0f µs  CPU µs per round trip:%s\n", sub.pair, median(p50[sub]), median(p99[sub]), echoCPU.report(s.res, sub, "echo"))
+		echoWire.report(s.res, sub, "echo")
 	}
 	echoAddr := netip.AddrPortFrom(peerAddr, portEcho).String()
 	fmt.Printf("== connection rate: %d connections, %d at a time, each dial, 1-byte echo, close; %d runs per pair\n", s.o.connCount, s.o.connPar, s.o.repeat)
@@ -336,21 +350,23 @@ func (s *suite) measureAll(subs []*subject) {
 	fmt.Printf("== UDP latency: %d 1-byte datagrams echoed, one at a time (through SOCKS5 UDP ASSOCIATE for a proxy); %d runs per pair\n", s.o.echoCount, s.o.repeat)
 	// Last: a failure here stops `wgbore up` with a goroutine dump, which
 	// fails its other subjects too, HTTP's among them.
-	p50, p99, resent, udpCPU := s.echoRuns(subs, "udpecho", func(sub *subject) bool { return sub.udp })
+	p50, p99, resent, udpCPU, udpWire := s.echoRuns(subs, "udpecho", func(sub *subject) bool { return sub.udp })
 	for _, sub := range live(true) {
 		if !sub.udp {
 			continue
 		}
 		s.res.add("measure=udpecho pair="+sub.pair, kv{"p50_us", median(p50[sub])}, kv{"p99_us", median(p99[sub])}, kv{"resent", float64(resent[sub])})
 		fmt.Printf("   %-9s p50 %.0f µs  p99 %.0f µs  resent %d  CPU µs per round trip:%s\n", sub.pair, median(p50[sub]), median(p99[sub]), resent[sub], udpCPU.report(s.res, sub, "udpecho"))
+		udpWire.report(s.res, sub, "udpecho")
 	}
 }
 
 // echoRuns runs op (echo or udpecho) repeat times on each live subject
 // with latency measurements that pick accepts, in turn, and collects
-// each one's round trips, resends and CPU per round trip.
-func (s *suite) echoRuns(subs []*subject, op string, pick func(*subject) bool) (p50, p99 map[*subject][]float64, resent map[*subject]int, cpu opCPU) {
-	p50, p99, resent, cpu = map[*subject][]float64{}, map[*subject][]float64{}, map[*subject]int{}, opCPU{}
+// each one's round trips, resends and CPU per round trip, and where the
+// wire can be watched, each end's share of the round trips.
+func (s *suite) echoRuns(subs []*subject, op string, pick func(*subject) bool) (p50, p99 map[*subject][]float64, resent map[*subject]int, cpu opCPU, wire echoWire) {
+	p50, p99, resent, cpu, wire = map[*subject][]float64{}, map[*subject][]float64{}, map[*subject]int{}, opCPU{}, echoWire{}
 	echoAddr := netip.AddrPortFrom(peerAddr, portEcho).String()
 	for range s.o.repeat {
 		for _, sub := range subs {
@@ -358,8 +374,17 @@ func (s *suite) echoRuns(subs []*subject, op string, pick func(*subject) bool) (
 				continue
 			}
 			s.quiet()
+			var capture *wireCapture
+			if s.wireErr == nil {
+				capture, _ = startWire()
+			}
 			before := sub.cpuNow()
 			r, err := sub.client.do(command{Op: op, Addr: echoAddr, Count: s.o.echoCount})
+			if capture != nil {
+				if pkts, err := capture.stop(); err == nil {
+					wire.add(sub, pkts)
+				}
+			}
 			if err != nil {
 				s.fail(subs, sub, err)
 				continue
@@ -369,7 +394,35 @@ func (s *suite) echoRuns(subs []*subject, op string, pick func(*subject) bool) (
 			resent[sub] += r.Resent
 		}
 	}
-	return p50, p99, resent, cpu
+	return p50, p99, resent, cpu, wire
+}
+
+// echoWire holds, for each subject, how long each end of the tunnel took
+// to answer in its echoes' round trips, as the loopback interface saw
+// them (wireSplit): the client side (for a proxy pair, the proxy and its
+// client) and the WireGuard peer. The peer's share is what no change on
+// our side can remove.
+type echoWire map[*subject]*[2][]time.Duration
+
+func (w echoWire) add(sub *subject, pkts []wirePacket) {
+	client, peer := wireSplit(pkts, sub.peerPort)
+	if w[sub] == nil {
+		w[sub] = new([2][]time.Duration)
+	}
+	w[sub][0] = append(w[sub][0], client...)
+	w[sub][1] = append(w[sub][1], peer...)
+}
+
+// report records the medians and prints them under the subject's line.
+func (w echoWire) report(res *results, sub *subject, measure string) {
+	d := w[sub]
+	if d == nil || len(d[0]) == 0 || len(d[1]) == 0 {
+		return
+	}
+	us := func(t time.Duration) float64 { return float64(t.Nanoseconds()) / 1e3 }
+	client, peer := us(p50(d[0])), us(p50(d[1]))
+	res.add(fmt.Sprintf("measure=%s_wire pair=%s", measure, sub.pair), kv{"client_p50_us", client}, kv{"peer_p50_us", peer}, kv{"answers", float64(len(d[1]))})
+	fmt.Printf("   %-9s   on the wire, each end's answer: client side p50 %.0f µs, peer p50 %.0f µs\n", "", client, peer)
 }
 
 // cpuNow reads the CPU time of each of the subject's processes.

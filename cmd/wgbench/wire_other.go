@@ -1,0 +1,13 @@
+//go:build !linux
+
+package main
+
+import "errors"
+
+type wireCapture struct{}
+
+func startWire() (*wireCapture, error) {
+	return nil, errors.New("the wire capture needs Linux's packet sockets")
+}
+
+func (*wireCapture) stop() ([]wirePacket, error) { return nil, nil }
