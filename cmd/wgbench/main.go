@@ -15,6 +15,15 @@
 // with -role), so the CPU time each one spends is read from /proc
 // without the others' mixed in. The README's Performance section says
 // how to read the output.
+//
+// Where it may open a packet socket (Linux, CAP_NET_RAW), wgbench also
+// watches the loopback interface during each echo and splits the round
+// trips between the two ends of the tunnel: how long the client side
+// (for a proxy pair, the proxy and its client) took to answer the peer,
+// and how long the WireGuard peer took to answer it. The peer's share is
+// the part of a latency figure that nothing on our side can remove, so a
+// ratio against B is read against it. The capture costs every loopback
+// datagram a copy of its headers, pairs alike.
 package main
 
 import (

@@ -180,6 +180,24 @@ func (r *results) printTable(w io.Writer) {
 			fmt.Fprintf(w, "  %-9s %10s %10s %10s   %s\n", t["pair"], formatValue(rec.metrics[0].v), formatValue(rec.metrics[1].v), formatValue(rec.metrics[2].v), r.cpuPerOp(t["pair"], "udpecho"))
 		}
 	}
+	if r.has("echo_wire") {
+		fmt.Fprintln(w, "Echo round trips on the wire, p50 of each end's answer, µs (the client side: for a proxy pair, the proxy and its client)")
+		fmt.Fprintf(w, "  %-9s %12s %12s %12s %12s\n", "pair", "TCP client", "TCP peer", "UDP client", "UDP peer")
+	}
+	for _, pair := range []string{"A", "B", "C", "D", "E-socks5", "E-http", "F-socks5", "G"} {
+		tc, ok := r.get("measure=echo_wire pair="+pair, "client_p50_us")
+		if !ok {
+			continue
+		}
+		tp, _ := r.get("measure=echo_wire pair="+pair, "peer_p50_us")
+		uc, okU := r.get("measure=udpecho_wire pair="+pair, "client_p50_us")
+		up, _ := r.get("measure=udpecho_wire pair="+pair, "peer_p50_us")
+		ucs, ups := "-", "-"
+		if okU {
+			ucs, ups = formatValue(uc), formatValue(up)
+		}
+		fmt.Fprintf(w, "  %-9s %12s %12s %12s %12s\n", pair, formatValue(tc), formatValue(tp), ucs, ups)
+	}
 	for _, rec := range r.records {
 		t := tagMap(rec.tags)
 		switch t["measure"] {

@@ -5,6 +5,7 @@ import (
 	"os"
 	"runtime"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 )
@@ -97,5 +98,27 @@ func TestWireCapture(t *testing.T) {
 	}
 	if p50(client) < 3*time.Millisecond || p50(peer) >= 3*time.Millisecond {
 		t.Fatalf("client side answered in %v and the peer in %v: the client side waited 3ms each time, the peer not at all", p50(client), p50(peer))
+	}
+}
+
+func TestWireTable(t *testing.T) {
+	r := newResults()
+	r.add("measure=echo pair=A", kv{"p50_us", 190}, kv{"p99_us", 400})
+	r.add("measure=echo_wire pair=A", kv{"client_p50_us", 74}, kv{"peer_p50_us", 113}, kv{"answers", 4000})
+	r.add("measure=echo_wire pair=E-http", kv{"client_p50_us", 172}, kv{"peer_p50_us", 139}, kv{"answers", 4000})
+	r.add("measure=udpecho_wire pair=A", kv{"client_p50_us", 61}, kv{"peer_p50_us", 69}, kv{"answers", 4000})
+	var out strings.Builder
+	r.printTable(&out)
+	if !strings.Contains(out.String(), "on the wire") {
+		t.Fatalf("no wire table:\n%s", out.String())
+	}
+	rows := map[string]string{}
+	for _, l := range strings.Split(out.String(), "\n") {
+		if f := strings.Fields(l); len(f) == 5 {
+			rows[f[0]] = strings.Join(f[1:], " ")
+		}
+	}
+	if rows["A"] != "74.0 113 61.0 69.0" || rows["E-http"] != "172 139 - -" {
+		t.Errorf("wire rows %q, want A 74.0 113 61.0 69.0 and E-http 172 139 - -:\n%s", rows, out.String())
 	}
 }
