@@ -372,14 +372,15 @@ func (e *Engine) SetPrivateKey(k PrivateKey) {
 	e.peersMu.Lock()
 	defer e.peersMu.Unlock()
 	e.setIdentity(k)
-	pub := e.identity().public
+	id := e.identity()
+	pub := id.public
 	for pk, p := range e.peers {
 		if pk.Equal(pub) {
 			e.removePeerLocked(p)
 			continue
 		}
 		p.handshake.mu.Lock()
-		p.precomputeLocked(k)
+		p.precomputeLocked(id)
 		p.handshake.mu.Unlock()
 		p.expireKeypairs()
 	}

@@ -209,16 +209,6 @@ func dhKey(priv *ecdh.PrivateKey, p *ecdh.PublicKey) ([32]byte, bool) {
 	return out, true
 }
 
-// sharedSecret is dh from raw key bytes: two scalar multiplications, for
-// the static-static DH that is computed once per peer.
-func sharedSecret(priv *[32]byte, pub *[32]byte) ([32]byte, bool) {
-	k, err := ecdh.X25519().NewPrivateKey(priv[:])
-	if err != nil {
-		return [32]byte{}, false
-	}
-	return dh(k, pub)
-}
-
 func wipe(b []byte) { clear(b) }
 
 func macEqual(a, b []byte) bool { return subtle.ConstantTimeCompare(a, b) == 1 }

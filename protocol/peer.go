@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -164,6 +165,14 @@ func (e *Engine) UpdatePeers(set []PeerConfig, remove []PublicKey) (errs []error
 		}
 		ups = append(ups, u)
 	}
+	e.precomputeNew(ups)
+	defer func() {
+		// A precomputed DH that no new peer took (another call added
+		// the peer first) is key material too.
+		for i := range ups {
+			wipe(ups[i].staticStatic[:])
+		}
+	}()
 	removed, err := e.applyPeers(ups, remove)
 	if err != nil {
 		for i := range errs {
@@ -180,6 +189,41 @@ type peerUpdate struct {
 	cfg     PeerConfig
 	literal netip.AddrPort // the endpoint, when it is an address
 	host    string         // the endpoint, when it is a name to resolve
+
+	// The static-static DH of a new peer, when computed before peersMu
+	// was taken (precomputeNew), and the identity it was computed with.
+	staticStatic   [32]byte
+	staticStaticOK bool
+	staticID       *identity
+}
+
+// precomputeNew computes the static-static DH of each peer of ups that
+// is not a peer yet, before applyPeers takes peersMu: a scalar
+// multiplication each, which for a reload that adds thousands of peers
+// would otherwise hold the lock, and a core, for as long as they all
+// take. It gives way to other goroutines between them, so traffic keeps
+// moving while a large reload is applied.
+func (e *Engine) precomputeNew(ups []peerUpdate) {
+	fresh := make([]bool, len(ups))
+	e.peersMu.RLock()
+	for i := range ups {
+		_, exists := e.peers[ups[i].cfg.PublicKey]
+		fresh[i] = !exists
+	}
+	e.peersMu.RUnlock()
+	id := e.identity()
+	if id.dh == nil {
+		return
+	}
+	for i := range ups {
+		if !fresh[i] {
+			continue
+		}
+		u := &ups[i]
+		u.staticStatic, u.staticStaticOK = dh(id.dh, (*[32]byte)(&u.cfg.PublicKey))
+		u.staticID = id
+		runtime.Gosched()
+	}
 }
 
 func (e *Engine) preparePeer(cfg PeerConfig) (peerUpdate, error) {
@@ -233,7 +277,7 @@ func (e *Engine) applyPeers(ups []peerUpdate, remove []PublicKey) ([]PublicKey, 
 	for i, u := range ups {
 		p, exists := e.peers[u.cfg.PublicKey]
 		if !exists {
-			p = e.newPeer(u.cfg.PublicKey)
+			p = e.newPeer(&ups[i])
 			e.peers[u.cfg.PublicKey] = p
 		}
 		peers[i], added[i] = p, !exists
@@ -396,7 +440,10 @@ func (p *Peer) status(allowed []netip.Prefix) PeerStatus {
 	return s
 }
 
-func (e *Engine) newPeer(k PublicKey) *Peer {
+// newPeer makes the peer of u, with the static-static DH computed for it
+// beforehand if our identity has not changed since.
+func (e *Engine) newPeer(u *peerUpdate) *Peer {
+	k := u.cfg.PublicKey
 	p := &Peer{
 		engine:   e,
 		public:   k,
@@ -406,7 +453,12 @@ func (e *Engine) newPeer(k PublicKey) *Peer {
 	}
 	p.handshake.remoteStatic = k
 	p.handshake.initiatorHash = mixHash(initialHash, k[:])
-	p.precomputeLocked(e.identity().private)
+	if id := e.identity(); u.staticID == id {
+		p.handshake.staticStatic, p.handshake.staticStaticOK = u.staticStatic, u.staticStaticOK
+		wipe(u.staticStatic[:])
+	} else {
+		p.precomputeLocked(id)
+	}
 	p.cookies.init(e.clock, k)
 	p.timers.init(p)
 	p.runSend = func() { defer p.wg.Done(); p.sendLoop() }
@@ -442,15 +494,16 @@ func loopIdle(running *atomic.Bool, queue chan *batch) bool {
 }
 
 // precomputeLocked computes the static-static DH, which every handshake
-// with this peer needs and which only changes with a key.
-func (p *Peer) precomputeLocked(priv PrivateKey) {
+// with this peer needs and which only changes with a key, from our
+// identity id.
+func (p *Peer) precomputeLocked(id *identity) {
 	h := &p.handshake
-	if priv.IsZero() {
+	if id.dh == nil {
 		h.staticStaticOK = false
 		wipe(h.staticStatic[:])
 		return
 	}
-	h.staticStatic, h.staticStaticOK = sharedSecret((*[32]byte)(&priv), (*[32]byte)(&h.remoteStatic))
+	h.staticStatic, h.staticStaticOK = dh(id.dh, (*[32]byte)(&h.remoteStatic))
 }
 
 func (p *Peer) endpointAndHost() (netip.AddrPort, string) {

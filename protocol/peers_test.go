@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/crypto/curve25519"
+
 	"github.com/wgbore/wgbore/protocol/clock"
 	"github.com/wgbore/wgbore/protocol/memnet"
 	"github.com/wgbore/wgbore/protocol/wgtest"
@@ -710,4 +712,57 @@ func BenchmarkCloseManyPeers(b *testing.B) {
 		b.StartTimer()
 		e.Close()
 	}
+}
+
+// TestUpdatePeersPrecomputesStaticStatic checks the static-static DH of
+// peers that an update adds: computed before the update takes the lock,
+// it must be X25519 of our key and theirs, and an identity changed in
+// between must not leave a peer with the old key's.
+func TestUpdatePeersPrecomputesStaticStatic(t *testing.T) {
+	clk := clock.NewManual(testEpoch)
+	net := memnet.NewNetwork(clk, 1)
+	n := newMemNode(t, net, clk, "192.168.7.1:51820", "10.0.0.1", nil)
+	check := func(k PublicKey, priv PrivateKey) {
+		t.Helper()
+		want, err := curve25519.X25519(priv[:], k[:])
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := n.e.lookupPeer(k)
+		if p == nil {
+			t.Fatalf("peer %s missing", k)
+		}
+		p.handshake.mu.Lock()
+		got, ok := p.handshake.staticStatic, p.handshake.staticStaticOK
+		p.handshake.mu.Unlock()
+		if !ok || !bytes.Equal(got[:], want) {
+			t.Fatalf("peer %s: static-static %x (%v), want X25519 of our key and theirs %x", k, got, ok, want)
+		}
+	}
+
+	var set []PeerConfig
+	for range 5 {
+		set = append(set, PeerConfig{PublicKey: mustKey(t).PublicKey()})
+	}
+	if errs, _ := n.e.UpdatePeers(set, nil); errs[0] != nil {
+		t.Fatal(errs)
+	}
+	for _, pc := range set {
+		check(pc.PublicKey, n.key)
+	}
+
+	// Computed with one identity, applied after another took its place.
+	k := mustKey(t).PublicKey()
+	ups := []peerUpdate{{cfg: PeerConfig{PublicKey: k}}}
+	n.e.precomputeNew(ups)
+	if !ups[0].staticStaticOK {
+		t.Fatal("nothing precomputed for a new peer")
+	}
+	newKey := mustKey(t)
+	n.e.SetPrivateKey(newKey)
+	if _, err := n.e.applyPeers(ups, nil); err != nil {
+		t.Fatal(err)
+	}
+	check(k, newKey)
+	check(set[0].PublicKey, newKey)
 }
