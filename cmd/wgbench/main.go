@@ -17,13 +17,14 @@
 // how to read the output.
 //
 // Where it may open a packet socket (Linux, CAP_NET_RAW), wgbench also
-// watches the loopback interface during each echo and splits the round
-// trips between the two ends of the tunnel: how long the client side
-// (for a proxy pair, the proxy and its client) took to answer the peer,
-// and how long the WireGuard peer took to answer it. The peer's share is
-// the part of a latency figure that nothing on our side can remove, so a
-// ratio against B is read against it. The capture costs every loopback
-// datagram a copy of its headers, pairs alike.
+// runs each echo once more while it watches the loopback interface, and
+// splits the round trips between the two ends of the tunnel: how long
+// the client side (for a proxy pair, the proxy and its client) took to
+// answer the peer, and how long the WireGuard peer took to answer it. A
+// ratio against B is read against the peer's share, which is time spent
+// outside our processes (though on a shared machine our use of the cores
+// can lengthen it). The timed runs carry no capture; in the captured one
+// a kernel filter keeps the headers of the peer's datagrams only.
 package main
 
 import (

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"slices"
 	"time"
 )
@@ -23,8 +24,12 @@ type wirePacket struct {
 // A side's datagrams between two of the other's are one answer (a pure
 // acknowledgement may come before the echo itself). The client side is
 // the port that exchanged the most datagrams with peerPort; traffic on
-// other ports (another measurement's keepalives) is ignored.
+// other ports (another measurement's keepalives) is ignored. The
+// connection's opening and closing exchanges count as answers too: a
+// handful among thousands, they barely move a median.
 func wireSplit(pkts []wirePacket, peerPort uint16) (client, peer []time.Duration) {
+	pkts = slices.Clone(pkts)
+	slices.SortStableFunc(pkts, func(a, b wirePacket) int { return cmp.Compare(a.at, b.at) })
 	count := map[uint16]int{}
 	for _, p := range pkts {
 		switch {
