@@ -274,10 +274,13 @@ func (e *Engine) applyPeers(ups []peerUpdate, remove []PublicKey) ([]PublicKey, 
 	peers := make([]*Peer, len(ups))
 	added := make([]bool, len(ups))
 	changes := make([]ownership, 0, len(ups)+len(remove))
-	for i, u := range ups {
+	for i := range ups {
+		// By index: an update may carry a precomputed DH, which a copy
+		// would leave unwiped.
+		u := &ups[i]
 		p, exists := e.peers[u.cfg.PublicKey]
 		if !exists {
-			p = e.newPeer(&ups[i])
+			p = e.newPeer(u)
 			e.peers[u.cfg.PublicKey] = p
 		}
 		peers[i], added[i] = p, !exists
@@ -300,8 +303,8 @@ func (e *Engine) applyPeers(ups []peerUpdate, remove []PublicKey) ([]PublicKey, 
 	}
 	e.peersMu.Unlock()
 
-	for i, u := range ups {
-		p := peers[i]
+	for i := range ups {
+		u, p := &ups[i], peers[i]
 		if u.cfg.Endpoint != "" {
 			p.endpointMu.Lock()
 			p.endpointHost = u.host
