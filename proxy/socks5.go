@@ -359,10 +359,12 @@ func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) 
 // status) back until the server needs more from the client, and sends
 // them with the request's reply when the client has already sent the
 // request. A client that pipelines its greeting and request (RFC 1928
-// allows it once the method is known) then reads one segment instead of
-// two, and the server makes one write. A client that waits for each
-// answer gets it as before: the answers go out before the server waits
-// to read.
+// does not forbid it, and a client that offers one method knows the
+// answer) then reads one segment instead of two or three, and the server
+// makes one write. Such a client sees the method's answer only with the
+// reply, after the name lookup and the dial. A client that waits for
+// each answer gets it as before: the answers go out before the server
+// waits to read.
 type handoff struct {
 	net.Conn
 	taken atomic.Bool
