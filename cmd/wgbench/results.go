@@ -112,6 +112,10 @@ func (r *results) has(measure string) bool {
 	return false
 }
 
+// latencyPairs are the pairs whose echoes and connection rates the
+// summary lists, in its order.
+var latencyPairs = []string{"A", "B", "C", "D", "E-socks5", "E-http", "F-socks5", "G"}
+
 func (r *results) printTable(w io.Writer) {
 	if r.has("throughput") {
 		fmt.Fprintln(w, "Throughput: MB/s, and CPU-seconds per GB moved for each process")
@@ -154,7 +158,7 @@ func (r *results) printTable(w io.Writer) {
 		fmt.Fprintln(w, "Latency and connection rate")
 		fmt.Fprintf(w, "  %-9s %10s %10s %10s\n", "pair", "p50 µs", "p99 µs", "conns/s")
 	}
-	for _, pair := range []string{"A", "B", "C", "D", "E-socks5", "E-http", "F-socks5", "G"} {
+	for _, pair := range latencyPairs {
 		p50, ok := r.get("measure=echo pair="+pair, "p50_us")
 		if !ok {
 			continue
@@ -184,7 +188,7 @@ func (r *results) printTable(w io.Writer) {
 		fmt.Fprintln(w, "Echo round trips on the wire, p50 of each end's answer, µs (the client side: for a proxy pair, the proxy and its client)")
 		fmt.Fprintf(w, "  %-9s %12s %12s %12s %12s\n", "pair", "TCP client", "TCP peer", "UDP client", "UDP peer")
 	}
-	for _, pair := range []string{"A", "B", "C", "D", "E-socks5", "E-http", "F-socks5", "G"} {
+	for _, pair := range latencyPairs {
 		tc, ok := r.get("measure=echo_wire pair="+pair, "client_p50_us")
 		if !ok {
 			continue
