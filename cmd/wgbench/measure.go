@@ -205,3 +205,38 @@ func revision() string {
 	}
 	return rev
 }
+
+// udpRcvbufErrors is the kernel's count of UDP datagrams dropped because
+// a socket's receive buffer was full, machine-wide (Linux's
+// /proc/net/snmp); ok is false where it cannot be read.
+func udpRcvbufErrors() (n uint64, ok bool) {
+	b, err := os.ReadFile("/proc/net/snmp")
+	if err != nil {
+		return 0, false
+	}
+	return parseUDPRcvbufErrors(string(b))
+}
+
+// parseUDPRcvbufErrors reads RcvbufErrors from the two Udp: lines of
+// /proc/net/snmp, names then values.
+func parseUDPRcvbufErrors(snmp string) (uint64, bool) {
+	var names []string
+	for _, line := range strings.Split(snmp, "\n") {
+		f := strings.Fields(line)
+		if len(f) == 0 || f[0] != "Udp:" {
+			continue
+		}
+		if names == nil {
+			names = f
+			continue
+		}
+		for i, name := range names {
+			if name == "RcvbufErrors" && i < len(f) {
+				v, err := strconv.ParseUint(f[i], 10, 64)
+				return v, err == nil
+			}
+		}
+		return 0, false
+	}
+	return 0, false
+}

@@ -813,6 +813,10 @@ func (r *scaleRun) churn() error {
 	var echoErr error
 	var wg sync.WaitGroup
 	wg.Go(func() { maxGap, echoes, echoErr = r.pacedEcho(stop) })
+	// What serve dropped meanwhile says where a handshake that had to be
+	// sent again was lost, if serve lost it.
+	dropsBefore, _ := scrapeMetrics(r.metrics)
+	kernelBefore, kernelOK := udpRcvbufErrors()
 	start := time.Now()
 	err = r.reload(append(slices.Clone(r.clients), extra...))
 	if err == nil {
@@ -841,6 +845,13 @@ func (r *scaleRun) churn() error {
 		err = r.reload(r.clients)
 	}
 	took := time.Since(start)
+	if after, aerr := scrapeMetrics(r.metrics); aerr == nil && dropsBefore != nil {
+		line := "   serve's drops during the churn: " + dropDelta(dropsBefore, after)
+		if n, ok := udpRcvbufErrors(); ok && kernelOK {
+			line += fmt.Sprintf("; UDP datagrams the kernel dropped at a full receive buffer, machine-wide: %d", n-kernelBefore)
+		}
+		fmt.Println(line)
+	}
 	close(stop)
 	wg.Wait()
 	if err != nil {

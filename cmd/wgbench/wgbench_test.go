@@ -213,3 +213,17 @@ func TestSumMetric(t *testing.T) {
 		t.Errorf("dropDelta: %q", got)
 	}
 }
+
+func TestParseUDPRcvbufErrors(t *testing.T) {
+	snmp := "Ip: Forwarding DefaultTTL\nIp: 1 64\n" +
+		"Udp: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n" +
+		"Udp: 295179239 1084490 4351275 254918474 4351276 0\n" +
+		"UdpLite: InDatagrams NoPorts InErrors OutDatagrams RcvbufErrors SndbufErrors\n" +
+		"UdpLite: 0 0 0 0 9 0\n"
+	if n, ok := parseUDPRcvbufErrors(snmp); !ok || n != 4351276 {
+		t.Errorf("RcvbufErrors = %d, %v; want 4351276", n, ok)
+	}
+	if _, ok := parseUDPRcvbufErrors("Udp: InDatagrams\nUdp: 5\n"); ok {
+		t.Error("a Udp line without RcvbufErrors was read as one")
+	}
+}
