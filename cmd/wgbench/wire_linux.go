@@ -17,6 +17,7 @@ import (
 // loopback interface through a packet socket, with the kernel's receive
 // timestamps. It needs CAP_NET_RAW.
 type wireCapture struct {
+	port     uint16
 	fd       int
 	start    time.Time
 	stopping atomic.Bool
@@ -64,7 +65,10 @@ func startWire(port uint16) (*wireCapture, error) {
 	if err != nil {
 		return nil, err
 	}
-	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, int(networkOrder(unix.ETH_P_IP)))
+	// Protocol 0: the socket receives nothing until the bind names one,
+	// after the filter is in place. Opened with ETH_P_IP, it would queue
+	// every interface's packets, unfiltered, from the start.
+	fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_DGRAM|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return nil, fmt.Errorf("packet socket: %w", err)
 	}
@@ -73,7 +77,6 @@ func startWire(port uint16) (*wireCapture, error) {
 		filter[i] = unix.SockFilter{Code: r.Op, Jt: r.Jt, Jf: r.Jf, K: r.K}
 	}
 	setup := []error{
-		// Before the bind, so that nothing unfiltered is queued.
 		unix.SetsockoptSockFprog(fd, unix.SOL_SOCKET, unix.SO_ATTACH_FILTER, &unix.SockFprog{Len: uint16(len(filter)), Filter: &filter[0]}),
 		unix.Bind(fd, &unix.SockaddrLinklayer{Protocol: networkOrder(unix.ETH_P_IP), Ifindex: lo.Index}),
 		unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_TIMESTAMPNS, 1),
@@ -88,7 +91,7 @@ func startWire(port uint16) (*wireCapture, error) {
 	}
 	// A larger queue where allowed; the default holds an echo's worth.
 	unix.SetsockoptInt(fd, unix.SOL_SOCKET, unix.SO_RCVBUFFORCE, 16<<20)
-	c := &wireCapture{fd: fd, start: time.Now(), done: make(chan struct{})}
+	c := &wireCapture{port: port, fd: fd, start: time.Now(), done: make(chan struct{})}
 	go c.read()
 	return c, nil
 }
@@ -133,8 +136,12 @@ func (c *wireCapture) read() {
 				}
 			}
 		}
+		p := wirePacket{at: at, src: binary.BigEndian.Uint16(buf[ihl:]), dst: binary.BigEndian.Uint16(buf[ihl+2:])}
+		if p.src != c.port && p.dst != c.port {
+			continue // the filter's work, again
+		}
 		c.mu.Lock()
-		c.pkts = append(c.pkts, wirePacket{at: at, src: binary.BigEndian.Uint16(buf[ihl:]), dst: binary.BigEndian.Uint16(buf[ihl+2:])})
+		c.pkts = append(c.pkts, p)
 		c.mu.Unlock()
 	}
 }
