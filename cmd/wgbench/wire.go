@@ -78,12 +78,11 @@ func wireSplit(pkts []wirePacket, peerPort uint16) (client, peer []time.Duration
 	return client, peer
 }
 
-// p50 is the median of ds, or 0 for none.
+// p50 is the median of ds, taken by the nearest rank as every other
+// percentile here is, so that a split sits beside its echo's p50; 0 for
+// none.
 func p50(ds []time.Duration) time.Duration {
-	if len(ds) == 0 {
-		return 0
-	}
 	s := slices.Clone(ds)
 	slices.Sort(s)
-	return s[len(s)/2]
+	return percentile(s, 50)
 }

@@ -31,8 +31,13 @@ func TestWireSplit(t *testing.T) {
 	if want := []time.Duration{us(120), us(150), us(60), us(150)}; !slices.Equal(p, want) {
 		t.Errorf("peer answers = %v, want %v", p, want)
 	}
-	if got := p50(p); got != us(150) {
-		t.Errorf("p50 = %v, want 150µs", got)
+	// By the nearest rank, as the echoes' own p50: the lower of the
+	// middle two.
+	if got := p50(p); got != us(120) {
+		t.Errorf("p50 = %v, want 120µs", got)
+	}
+	if got := p50(nil); got != 0 {
+		t.Errorf("p50 of nothing = %v, want 0", got)
 	}
 	if c, p := wireSplit(nil, peer); c != nil || p != nil {
 		t.Errorf("no packets split into %v, %v", c, p)
