@@ -440,12 +440,14 @@
 //
 // About eight seconds after start, once the first handshakes are done,
 // wgbore also reclaims once, and on Linux asks the kernel to take back
-// the pages of its own binary that start-up touched (MADV_PAGEOUT): most
-// of a fresh process's resident memory is code that ran once. The same
-// happens after a burst, once the process is back near idle. A page
+// the pages of its own binary that start-up touched (MADV_PAGEOUT). The
+// same happens after a burst, once the process is back near idle. A page
 // needed again comes back with a minor fault, or a read from disk if the
 // system evicted it meanwhile, so the first packets after a long idle may
-// take a little longer.
+// take a little longer. Many come back within seconds: the next timer,
+// keepalive or garbage collection runs code that start-up ran too. So
+// resident memory is lowest just after such a reclaim, and idle memory
+// is best read a few minutes after start.
 //
 // The metrics wgbore_memory_budget_bytes (a gauge, 0 without a budget),
 // wgbore_memory_refused_connections_total (a counter) and

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wgbore/wgbore/cmd/internal/membudget"
 	"github.com/wgbore/wgbore/cmd/internal/metricstest"
 	"github.com/wgbore/wgbore/netstack/peersite"
 	"github.com/wgbore/wgbore/protocol"
@@ -45,6 +44,7 @@ func BenchmarkServeIdleFlowMemory(b *testing.B) {
 			serverKey, _ := protocol.GeneratePrivateKey()
 			clientKey, _ := protocol.GeneratePrivateKey()
 			port := int(wgtest.FreeLoopbackUDPPort(b))
+			start := time.Now()
 			conf := WriteFile(b, b.TempDir(), "server.conf", serveConf(serverKey, port, clientKey.PublicKey(),
 				fmt.Sprintf("MaxFlowsPerPeer = %d\nUDPTimeout = 3600\n", 2*n+10)))
 			d := startServeDaemon(b, conf, "-log-level", "info", "-metrics", "127.0.0.1:0")
@@ -70,8 +70,7 @@ func BenchmarkServeIdleFlowMemory(b *testing.B) {
 				oneByteEcho(c)
 				c.Close()
 			}
-			time.Sleep(2*time.Second + membudget.ReclaimSettle*membudget.ReclaimEvery)
-			idle := vmRSS(b, pid)
+			settled, idle := idleRSS(b, pid, start)
 			heap0, stacks0, g0 := runtimeFigures()
 
 			held := func(network, target string) int64 {
@@ -100,6 +99,7 @@ func BenchmarkServeIdleFlowMemory(b *testing.B) {
 			per := func(a, b float64) float64 { return (b - a) / float64(n) }
 			b.Logf("per TCP flow: heap %.1f KiB, stacks %.1f KiB, %.1f goroutines", per(heap0, heap1)/1024, per(stacks0, stacks1)/1024, per(g0, g1))
 			b.Logf("per UDP flow: heap %.1f KiB, stacks %.1f KiB, %.1f goroutines", per(heap1, heap2)/1024, per(stacks1, stacks2)/1024, per(g1, g2))
+			b.ReportMetric(float64(settled)/1024, "settled-MiB")
 			b.ReportMetric(float64(idle)/1024, "idle-MiB")
 			b.ReportMetric(float64(withTCP-idle)/float64(n), "KiB/tcp-flow")
 			b.ReportMetric(float64(withUDP-withTCP)/float64(n), "KiB/udp-flow")
