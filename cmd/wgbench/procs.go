@@ -68,7 +68,37 @@ func startRole(name, role string, key protocol.PrivateKey, peer protocol.PublicK
 	if err != nil {
 		return nil, reply{}, err
 	}
-	cmd := exec.Command(self, append([]string{"-role", role}, args...)...)
+	return startChild(name, exec.Command(self, append([]string{"-role", role}, args...)...), key, peer)
+}
+
+// startNicedRole is startRole at the lowest CPU priority, through nice(1)
+// where there is one, for load that stands for other machines: what it
+// takes of the CPU then comes from idle time first, not from the
+// process measured. Without nice(1) the role runs at normal priority,
+// and says so once.
+func startNicedRole(name, role string, peer protocol.PublicKey) (*child, error) {
+	self, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	key, err := protocol.GeneratePrivateKey()
+	if err != nil {
+		return nil, err
+	}
+	argv := []string{self, "-role", role}
+	if nice, err := exec.LookPath("nice"); err == nil {
+		argv = append([]string{nice, "-n", "19"}, argv...)
+	} else {
+		fmt.Printf("   (no nice(1): the %s run at normal priority)\n", name)
+	}
+	c, _, err := startChild(name, exec.Command(argv[0], argv[1:]...), key, peer)
+	return c, err
+}
+
+// startChild starts cmd, a role of this program, with its keys in the
+// environment, and waits for its first line.
+func startChild(name string, cmd *exec.Cmd, key protocol.PrivateKey, peer protocol.PublicKey) (*child, reply, error) {
+	var err error
 	cmd.Env = append(os.Environ(), envKey+"="+key.Base64(), envPeer+"="+peer.String())
 	c := &child{name: name, cmd: cmd, log: &tailBuffer{}}
 	cmd.Stderr = c.log

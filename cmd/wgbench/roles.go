@@ -98,6 +98,9 @@ type command struct {
 	// Start, when set, is when drain starts counting, so that drains in
 	// several processes count over the same window.
 	Start time.Time `json:"start,omitzero"`
+	// First is the index of the first of Count churn clients to make,
+	// which sets their tunnel addresses.
+	First int `json:"first,omitempty"`
 }
 
 type reply struct {
@@ -122,6 +125,8 @@ type reply struct {
 	Bytes    int64   `json:"bytes,omitempty"`
 	Echoes   int     `json:"echoes,omitempty"`
 	MaxGapUs float64 `json:"max_gap_us,omitempty"`
+	// Keys are the churn clients' public keys, in order.
+	Keys []string `json:"keys,omitempty"`
 }
 
 type dialFunc func(ctx context.Context, addr string) (net.Conn, error)
@@ -272,6 +277,8 @@ func runRole(role, endpoint, via string) error {
 			out.Encode(r)
 		}
 		return sc.Err()
+	case "churn-clients":
+		return runChurnClients(out)
 	}
 	return fmt.Errorf("unknown role %q", role)
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -395,7 +396,7 @@ func (r *scaleRun) run() error {
 		}
 		r.clients = append(r.clients, c)
 	}
-	if err := r.reload(r.clients); err != nil {
+	if err := r.reload(); err != nil {
 		return err
 	}
 	rss1, err := r.settledRSS()
@@ -450,16 +451,18 @@ func (r *scaleRun) settle() time.Duration {
 	return 10 * time.Second
 }
 
-// reload rewrites serve's file with clients and the process peers as its
-// peers, sends SIGHUP, and waits until serve reports them all.
-func (r *scaleRun) reload(clients []*scaleClient) error {
+// reload rewrites serve's file with the clients, the process peers and
+// extra as its peers, sends SIGHUP, and waits until serve reports them
+// all.
+func (r *scaleRun) reload(extra ...confPeer) error {
 	var peers []confPeer
-	for _, c := range clients {
+	for _, c := range r.clients {
 		peers = append(peers, confPeer{c.key.PublicKey(), c.addr})
 	}
 	for _, p := range r.procs {
 		peers = append(peers, confPeer{p.key.PublicKey(), p.addr})
 	}
+	peers = append(peers, extra...)
 	want := len(peers)
 	if err := os.WriteFile(r.serve.conf(), []byte(scaleServerConf(r.serverKey, r.port, peers, r.o.flows)), 0o600); err != nil {
 		return err
@@ -730,7 +733,7 @@ func (r *scaleRun) startProcs() error {
 		}
 		r.procs = append(r.procs, &procPeer{key: key, addr: procPeerAddr(i)})
 	}
-	if err := r.reload(r.clients); err != nil {
+	if err := r.reload(); err != nil {
 		return err
 	}
 	endpoint := netip.AddrPortFrom(loopback, r.port).String()
@@ -794,18 +797,26 @@ func (r *scaleRun) churn() error {
 	if err != nil {
 		return err
 	}
-	var extra []*scaleClient
-	defer func() {
-		for _, c := range extra {
-			c.close()
-		}
-	}()
-	for i := range r.o.churn {
-		c, err := newScaleClient(len(r.clients)+i, r.serverKey.PublicKey(), r.port, false)
+	// The thousand clients are a process of their own, at the lowest
+	// priority: they stand for machines elsewhere, and their handshakes'
+	// CPU, taken at the same priority as serve and the untouched peer,
+	// would be counted as serve's pause.
+	churners, err := startNicedRole("churn clients", "churn-clients", r.serverKey.PublicKey())
+	if err != nil {
+		return err
+	}
+	defer churners.stop()
+	made, err := churners.do(command{Op: "make", Addr: netip.AddrPortFrom(loopback, r.port).String(), Count: r.o.churn, First: len(r.clients)})
+	if err != nil {
+		return err
+	}
+	extra := make([]confPeer, len(made.Keys))
+	for i, k := range made.Keys {
+		pk, err := protocol.ParsePublicKey(k)
 		if err != nil {
-			return err
+			return fmt.Errorf("churn client %d: %w", i, err)
 		}
-		extra = append(extra, c)
+		extra[i] = confPeer{pk, scaleClientAddr(len(r.clients) + i)}
 	}
 	stop := make(chan struct{})
 	var maxGap time.Duration
@@ -818,31 +829,12 @@ func (r *scaleRun) churn() error {
 	dropsBefore, _ := scrapeMetrics(r.metrics)
 	kernelBefore, kernelOK := udpRcvbufErrors()
 	start := time.Now()
-	err = r.reload(append(slices.Clone(r.clients), extra...))
+	err = r.reload(extra...)
 	if err == nil {
-		server := r.serverKey.PublicKey()
-		for _, c := range extra {
-			c.engine.Handshake(server)
-		}
-		deadline := time.Now().Add(60 * time.Second)
-		for _, c := range extra {
-			for {
-				if st, ok := c.engine.Peer(server); ok && !st.LastHandshake.IsZero() {
-					break
-				}
-				if time.Now().After(deadline) {
-					err = fmt.Errorf("churn: %s got no session within 60 s", c.addr)
-					break
-				}
-				time.Sleep(5 * time.Millisecond)
-			}
-			if err != nil {
-				break
-			}
-		}
+		_, err = churners.do(command{Op: "handshake"})
 	}
 	if err == nil {
-		err = r.reload(r.clients)
+		err = r.reload()
 	}
 	took := time.Since(start)
 	if after, aerr := scrapeMetrics(r.metrics); aerr == nil && dropsBefore != nil {
@@ -860,10 +852,7 @@ func (r *scaleRun) churn() error {
 	if echoErr != nil {
 		return fmt.Errorf("churn: the untouched peer's echo: %w", echoErr)
 	}
-	for _, c := range extra {
-		c.close()
-	}
-	extra = nil
+	churners.stop()
 	after, err := r.settledRSS()
 	if err != nil {
 		return err
@@ -910,4 +899,85 @@ func dropDelta(before, after map[string]float64) string {
 		return "none"
 	}
 	return strings.Join(out, ", ")
+}
+
+// runChurnClients is the churn-clients role: on "make", Count bare
+// clients of the server at Addr (its public key in the environment),
+// from client First on, whose public keys it answers; on "handshake",
+// one initiation from each, answered once every one has a session (an
+// error after 60 s). It closes them all when its stdin closes.
+func runChurnClients(out *json.Encoder) error {
+	_, server, err := keysFromEnv()
+	if err != nil {
+		return err
+	}
+	var clients []*scaleClient
+	defer func() {
+		for _, c := range clients {
+			c.close()
+		}
+	}()
+	out.Encode(reply{Ready: true})
+	sc := bufio.NewScanner(os.Stdin)
+	for sc.Scan() {
+		var c command
+		if err := json.Unmarshal(sc.Bytes(), &c); err != nil {
+			return err
+		}
+		var r reply
+		switch c.Op {
+		case "make":
+			err = makeChurnClients(&clients, server, c)
+			for _, cl := range clients {
+				r.Keys = append(r.Keys, cl.key.PublicKey().String())
+			}
+		case "handshake":
+			start := time.Now()
+			err = handshakeAll(clients, server)
+			r.Seconds = time.Since(start).Seconds()
+		default:
+			err = fmt.Errorf("churn clients: unknown command %q", c.Op)
+		}
+		if err != nil {
+			r.Err = err.Error()
+		}
+		out.Encode(r)
+	}
+	return sc.Err()
+}
+
+func makeChurnClients(clients *[]*scaleClient, server protocol.PublicKey, c command) error {
+	ap, err := netip.ParseAddrPort(c.Addr)
+	if err != nil {
+		return fmt.Errorf("churn clients: server %q: %w", c.Addr, err)
+	}
+	for i := range c.Count {
+		cl, err := newScaleClient(c.First+i, server, ap.Port(), false)
+		if err != nil {
+			return fmt.Errorf("churn client %d: %w", i, err)
+		}
+		*clients = append(*clients, cl)
+	}
+	return nil
+}
+
+// handshakeAll has every client initiate at once and waits until each
+// has a session.
+func handshakeAll(clients []*scaleClient, server protocol.PublicKey) error {
+	for _, c := range clients {
+		c.engine.Handshake(server)
+	}
+	deadline := time.Now().Add(60 * time.Second)
+	for _, c := range clients {
+		for {
+			if st, ok := c.engine.Peer(server); ok && !st.LastHandshake.IsZero() {
+				break
+			}
+			if time.Now().After(deadline) {
+				return fmt.Errorf("churn: %s got no session within 60 s", c.addr)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	return nil
 }
