@@ -176,6 +176,16 @@ type upDaemon struct {
 	// goroutine dump, for whoever debugs the failure.
 	logFile *os.File
 	failed  bool
+	// reloads has the outcome of each reload, as the log reports it.
+	reloads chan reloadOutcome
+}
+
+// reloadOutcome is a reload as wgbore's log reports it once done.
+type reloadOutcome struct {
+	Msg     string `json:"msg"`
+	Changes int    `json:"changes"`
+	Failed  int    `json:"failed"`
+	Err     string `json:"err"`
 }
 
 // startUp runs `wgbore up -c conf` and waits for its start-up summary,
@@ -195,7 +205,7 @@ func startWgbore(binary, command, conf string, args ...string) (*upDaemon, error
 	if err := os.WriteFile(path, []byte(conf), 0o600); err != nil {
 		return nil, err
 	}
-	d := &upDaemon{dir: dir, log: &tailBuffer{}, done: make(chan struct{})}
+	d := &upDaemon{dir: dir, log: &tailBuffer{}, done: make(chan struct{}), reloads: make(chan reloadOutcome, 16)}
 	if d.logFile, err = os.CreateTemp("", "wgbench-up-*.log"); err != nil {
 		return nil, err
 	}
@@ -224,8 +234,19 @@ func startWgbore(binary, command, conf string, args ...string) (*upDaemon, error
 				Msg    string   `json:"msg"`
 				Listen []string `json:"listen"`
 			}
-			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "wgbore is up" {
+			if json.Unmarshal(sc.Bytes(), &line) != nil {
+				continue
+			}
+			switch {
+			case line.Msg == "wgbore is up":
 				ready <- line.Listen
+			case line.Msg == "reloaded" || strings.HasPrefix(line.Msg, "reload rejected"):
+				var o reloadOutcome
+				json.Unmarshal(sc.Bytes(), &o)
+				select {
+				case d.reloads <- o:
+				default:
+				}
 			}
 		}
 		io.Copy(d.logFile, stderr)
@@ -253,6 +274,32 @@ func (d *upDaemon) fail() string {
 	d.failed = true
 	d.end(syscall.SIGQUIT)
 	return d.logFile.Name()
+}
+
+// reload sends SIGHUP and waits for the log's report that the reload is
+// done, which costs the process nothing more, unlike asking its metrics
+// until they show the change.
+func (d *upDaemon) reload() (reloadOutcome, error) {
+	for len(d.reloads) > 0 {
+		<-d.reloads
+	}
+	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		return reloadOutcome{}, err
+	}
+	select {
+	case o := <-d.reloads:
+		if o.Msg != "reloaded" {
+			return o, fmt.Errorf("%s: %s", o.Msg, o.Err)
+		}
+		if o.Failed > 0 {
+			return o, fmt.Errorf("reload: %d changes failed: log in %s", o.Failed, d.fail())
+		}
+		return o, nil
+	case <-d.done:
+		return reloadOutcome{}, fmt.Errorf("wgbore exited during a reload: %s", d.log)
+	case <-time.After(60 * time.Second):
+		return reloadOutcome{}, fmt.Errorf("no reload reported within 60 s: log in %s", d.fail())
+	}
 }
 
 // addr is the address of the listener whose description starts with
