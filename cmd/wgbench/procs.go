@@ -182,10 +182,9 @@ type upDaemon struct {
 
 // reloadOutcome is a reload as wgbore's log reports it once done.
 type reloadOutcome struct {
-	Msg     string `json:"msg"`
-	Changes int    `json:"changes"`
-	Failed  int    `json:"failed"`
-	Err     string `json:"err"`
+	Msg    string `json:"msg"`
+	Failed int    `json:"failed"`
+	Err    string `json:"err"`
 }
 
 // startUp runs `wgbore up -c conf` and waits for its start-up summary,
@@ -279,26 +278,26 @@ func (d *upDaemon) fail() string {
 // reload sends SIGHUP and waits for the log's report that the reload is
 // done, which costs the process nothing more, unlike asking its metrics
 // until they show the change.
-func (d *upDaemon) reload() (reloadOutcome, error) {
+func (d *upDaemon) reload() error {
 	for len(d.reloads) > 0 {
 		<-d.reloads
 	}
 	if err := d.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		return reloadOutcome{}, err
+		return err
 	}
 	select {
 	case o := <-d.reloads:
 		if o.Msg != "reloaded" {
-			return o, fmt.Errorf("%s: %s", o.Msg, o.Err)
+			return fmt.Errorf("%s: %s", o.Msg, o.Err)
 		}
 		if o.Failed > 0 {
-			return o, fmt.Errorf("reload: %d changes failed: log in %s", o.Failed, d.fail())
+			return fmt.Errorf("reload: %d changes failed: log in %s", o.Failed, d.fail())
 		}
-		return o, nil
+		return nil
 	case <-d.done:
-		return reloadOutcome{}, fmt.Errorf("wgbore exited during a reload: %s", d.log)
+		return fmt.Errorf("wgbore exited during a reload: %s", d.log)
 	case <-time.After(60 * time.Second):
-		return reloadOutcome{}, fmt.Errorf("no reload reported within 60 s: log in %s", d.fail())
+		return fmt.Errorf("no reload reported within 60 s: log in %s", d.fail())
 	}
 }
 

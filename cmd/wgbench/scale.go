@@ -36,7 +36,10 @@ import (
 // processes of their own (procPeer), as a server's clients are on
 // machines of their own: in the load's process their round trips and
 // reads would wait on its scheduler, busy with every other client's
-// packets, and measure that more than serve.
+// packets, and measure that more than serve. The clients that the churn
+// adds and removes are one more process, at the lowest CPU priority, so
+// that their handshakes take the CPU from idle time before they take it
+// from serve.
 
 // scaleOptions size part S.
 type scaleOptions struct {
@@ -466,8 +469,7 @@ func (r *scaleRun) reload(extra ...confPeer) error {
 	if err := os.WriteFile(r.serve.conf(), []byte(scaleServerConf(r.serverKey, r.port, peers, r.o.flows)), 0o600); err != nil {
 		return err
 	}
-	_, err := r.serve.reload()
-	return err
+	return r.serve.reload()
 }
 
 // storm has every client initiate at once, as after a server restart,
