@@ -399,7 +399,7 @@ func (r *scaleRun) run() error {
 		}
 		r.clients = append(r.clients, c)
 	}
-	if err := r.reload(); err != nil {
+	if err := r.reloadChecked(); err != nil {
 		return err
 	}
 	rss1, err := r.settledRSS()
@@ -470,6 +470,29 @@ func (r *scaleRun) reload(extra ...confPeer) error {
 		return err
 	}
 	return r.serve.reload()
+}
+
+// expectPeers checks that serve's metrics m count the clients and the
+// process peers as its peers, as the last reload left it.
+func (r *scaleRun) expectPeers(m map[string]float64) error {
+	want := len(r.clients) + len(r.procs)
+	if got := int(sumMetric(m, "wgbore_peers")); got != want {
+		return fmt.Errorf("serve has %d peers after a reload, not %d", got, want)
+	}
+	return nil
+}
+
+// reloadChecked is reload with no extra peers, checked against serve's
+// metrics afterwards.
+func (r *scaleRun) reloadChecked() error {
+	if err := r.reload(); err != nil {
+		return err
+	}
+	m, err := scrapeMetrics(r.metrics)
+	if err != nil {
+		return err
+	}
+	return r.expectPeers(m)
 }
 
 // storm has every client initiate at once, as after a server restart,
@@ -722,7 +745,7 @@ func (r *scaleRun) startProcs() error {
 		}
 		r.procs = append(r.procs, &procPeer{key: key, addr: procPeerAddr(i)})
 	}
-	if err := r.reload(); err != nil {
+	if err := r.reloadChecked(); err != nil {
 		return err
 	}
 	endpoint := netip.AddrPortFrom(loopback, r.port).String()
@@ -786,7 +809,7 @@ func (r *scaleRun) churn() error {
 	if err != nil {
 		return err
 	}
-	// The thousand clients are a process of their own, at the lowest
+	// The churn's clients are a process of their own, at the lowest
 	// priority: they stand for machines elsewhere, and their handshakes'
 	// CPU, taken at the same priority as serve and the untouched peer,
 	// would be counted as serve's pause.
@@ -809,8 +832,8 @@ func (r *scaleRun) churn() error {
 	}
 	// What serve dropped meanwhile says where a handshake that had to be
 	// sent again was lost, if serve lost it. Its metrics are read before
-	// and after the echo, not while it runs: with a thousand peers more
-	// to list, that takes serve a while.
+	// and after the echo, not while it runs: with the churn's peers to
+	// list too, that takes serve a while.
 	dropsBefore, _ := scrapeMetrics(r.metrics)
 	kernelBefore, kernelOK := udpRcvbufErrors()
 	stop := make(chan struct{})
@@ -830,8 +853,12 @@ func (r *scaleRun) churn() error {
 	took := time.Since(start)
 	close(stop)
 	wg.Wait()
-	if after, aerr := scrapeMetrics(r.metrics); aerr == nil && dropsBefore != nil {
-		line := "   serve's drops during the churn: " + dropDelta(dropsBefore, after)
+	dropsAfter, aerr := scrapeMetrics(r.metrics)
+	if err == nil && aerr == nil {
+		err = r.expectPeers(dropsAfter)
+	}
+	if aerr == nil && dropsBefore != nil {
+		line := "   serve's drops during the churn: " + dropDelta(dropsBefore, dropsAfter)
 		if n, ok := udpRcvbufErrors(); ok && kernelOK {
 			line += fmt.Sprintf("; UDP datagrams the kernel dropped at a full receive buffer, machine-wide: %d", n-kernelBefore)
 		}
@@ -918,8 +945,9 @@ func runChurnClients(out *json.Encoder) error {
 		var r reply
 		switch c.Op {
 		case "make":
+			made := len(clients)
 			err = makeChurnClients(&clients, server, c)
-			for _, cl := range clients {
+			for _, cl := range clients[made:] {
 				r.Keys = append(r.Keys, cl.key.PublicKey().String())
 			}
 		case "handshake":
@@ -945,7 +973,7 @@ func makeChurnClients(clients *[]*scaleClient, server protocol.PublicKey, c comm
 	for i := range c.Count {
 		cl, err := newScaleClient(c.First+i, server, ap.Port(), false)
 		if err != nil {
-			return fmt.Errorf("churn client %d: %w", i, err)
+			return fmt.Errorf("churn client %d: %w", c.First+i, err)
 		}
 		*clients = append(*clients, cl)
 	}
