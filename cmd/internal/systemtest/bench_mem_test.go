@@ -95,7 +95,7 @@ type memUp struct {
 	socks   string
 	echo    netip.AddrPort
 	settled int64 // KiB, right after the reclaim that ends start-up
-	idle    int64 // KiB, the most it holds idle from then on (idleRSS)
+	idle    int64 // KiB, idle as it stays (idleRSS)
 }
 
 // startMemUp starts the peer and `wgbore up` with a [Socks5] of
@@ -105,7 +105,6 @@ func startMemUp(b *testing.B, maxConns int, extra string) memUp {
 	ours, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(b, ours.PublicKey(), peersite.Options{})
 	conf := WriteFile(b, b.TempDir(), "wg0.conf", site.WGQuick(ours, fmt.Sprintf("[Socks5]\nBindAddress = 127.0.0.1:0\nMaxConnections = %d\n", maxConns)+extra))
-	start := time.Now()
 	m := memUp{d: startMemDaemon(b, conf), echo: netip.AddrPortFrom(peersite.TheirV4, 7)}
 	m.pid = m.d.cmd.Process.Pid
 	m.socks = m.d.addr(b, "socks5 ", 0)
@@ -114,32 +113,27 @@ func startMemUp(b *testing.B, maxConns int, extra string) memUp {
 		b.Fatal(err)
 	}
 	c.Close()
-	m.settled, m.idle = idleRSS(b, m.pid, start)
+	m.settled, m.idle = idleRSS(b, m.pid)
 	return m
 }
 
-// idleSteadyAfter is how long after its start a process's idle memory
-// is read as it stays: past the Go runtime's first forced collection,
-// which comes two minutes after the last one.
-const idleSteadyAfter = 2*time.Minute + 10*time.Second
+// idleSteady is how long after the reclaim that ends start-up a
+// process's idle memory is read as it stays: past the Go runtime's next
+// forced collection, which comes two minutes after that reclaim's.
+const idleSteady = 2*time.Minute + 15*time.Second
 
-// idleRSS reads the RSS of an idle process started at start, in KiB: right
-// after the reclaim that ends start-up, and the most it holds from then
-// until idleSteadyAfter. The first is a low that lasts seconds: the
-// reclaim gives the kernel the pages of the binary that start-up touched,
-// and the next timer, keepalive or collection brings many back. The
-// second is the idle that a user watching the process sees, and what
-// the cost of connections and the memory after a burst are measured
-// against.
-func idleRSS(b testing.TB, pid int, start time.Time) (settled, steady int64) {
+// idleRSS reads the RSS of an idle process, in KiB, twice: right after
+// the reclaim that ends start-up, and idleSteady later. The first is a
+// low that lasts seconds: the reclaim gives the kernel the pages of the
+// binary that start-up touched, and the next timer, keepalive or
+// collection brings many back. The second is the idle that a user
+// watching the process sees, and what the cost of connections and the
+// memory after a burst are measured against.
+func idleRSS(b testing.TB, pid int) (settled, steady int64) {
 	time.Sleep(2*time.Second + membudget.ReclaimSettle*membudget.ReclaimEvery)
 	settled = vmRSS(b, pid)
-	steady = settled
-	for time.Since(start) < idleSteadyAfter {
-		time.Sleep(time.Second)
-		steady = max(steady, vmRSS(b, pid))
-	}
-	return settled, steady
+	time.Sleep(idleSteady)
+	return settled, vmRSS(b, pid)
 }
 
 // startMemDaemon runs `wgbore up -c conf` from the binary

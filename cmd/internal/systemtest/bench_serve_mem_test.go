@@ -44,7 +44,6 @@ func BenchmarkServeIdleFlowMemory(b *testing.B) {
 			serverKey, _ := protocol.GeneratePrivateKey()
 			clientKey, _ := protocol.GeneratePrivateKey()
 			port := int(wgtest.FreeLoopbackUDPPort(b))
-			start := time.Now()
 			conf := WriteFile(b, b.TempDir(), "server.conf", serveConf(serverKey, port, clientKey.PublicKey(),
 				fmt.Sprintf("MaxFlowsPerPeer = %d\nUDPTimeout = 3600\n", 2*n+10)))
 			d := startServeDaemon(b, conf, "-log-level", "info", "-metrics", "127.0.0.1:0")
@@ -70,7 +69,7 @@ func BenchmarkServeIdleFlowMemory(b *testing.B) {
 				oneByteEcho(c)
 				c.Close()
 			}
-			settled, idle := idleRSS(b, pid, start)
+			settled, idle := idleRSS(b, pid)
 			heap0, stacks0, g0 := runtimeFigures()
 
 			held := func(network, target string) int64 {
