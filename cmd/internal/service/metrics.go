@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/wgbore/wgbore/cmd/internal/membudget"
@@ -67,6 +68,9 @@ type observerConfig struct {
 // observer serves /metrics, /healthz and /readyz.
 type observer struct {
 	c observerConfig
+
+	// lastScrape is the size of the last exposition, in bytes.
+	lastScrape atomic.Int64
 
 	// activity remembers, per peer, the counters /readyz saw last and
 	// when they last moved: the engine keeps totals, not times.
@@ -218,6 +222,13 @@ func (x *exposition) family(name, typ, help string) {
 
 // sample writes one sample; labels alternate names and values.
 func (x *exposition) sample(name, value string, labels ...string) {
+	x.key(name, labels...)
+	x.WriteString(value)
+	x.WriteByte('\n')
+}
+
+// key writes a sample's name and labels, up to its value.
+func (x *exposition) key(name string, labels ...string) {
 	x.WriteString(name)
 	if len(labels) > 0 {
 		x.WriteByte('{')
@@ -233,12 +244,12 @@ func (x *exposition) sample(name, value string, labels ...string) {
 		x.WriteByte('}')
 	}
 	x.WriteByte(' ')
-	x.WriteString(value)
-	x.WriteByte('\n')
 }
 
 func (x *exposition) uint(name string, v uint64, labels ...string) {
-	x.sample(name, strconv.FormatUint(v, 10), labels...)
+	x.key(name, labels...)
+	x.Write(strconv.AppendUint(x.AvailableBuffer(), v, 10))
+	x.WriteByte('\n')
 }
 
 func (x *exposition) float(name string, v float64, labels ...string) {
@@ -254,16 +265,26 @@ func escapeLabel(s string) string { return labelEscaper.Replace(s) }
 func escapeHelp(s string) string  { return helpEscaper.Replace(s) }
 
 func (o *observer) serveMetrics(w http.ResponseWriter, _ *http.Request) {
-	var x exposition
-	o.writeMetrics(&x)
+	x := o.scrape()
 	w.Header().Set("Content-Type", expositionContentType)
 	w.Header().Set("Cache-Control", "no-store")
 	w.Write(x.Bytes())
 }
 
+// scrape renders every family into a buffer sized from the scrape
+// before: a server with thousands of peers writes megabytes, and growing
+// to them step by step allocated and cleared several times as much.
+func (o *observer) scrape() *exposition {
+	x := new(exposition)
+	x.Grow(int(o.lastScrape.Load()) * 9 / 8)
+	o.writeMetrics(x)
+	o.lastScrape.Store(int64(x.Len()))
+	return x
+}
+
 // writeFlows renders server mode's flows per peer, for every configured
 // peer, zeros included, as the other per-peer families are.
-func (o *observer) writeFlows(x *exposition, peers []protocol.PeerStatus) {
+func (o *observer) writeFlows(x *exposition, peers []protocol.PeerStatus, keys []string) {
 	if o.c.Flows == nil {
 		return
 	}
@@ -272,13 +293,13 @@ func (o *observer) writeFlows(x *exposition, peers []protocol.PeerStatus) {
 		return
 	}
 	x.family("wgbore_peer_flows", "gauge", "TCP and UDP flows the peer has open through serve's egress.")
-	for _, p := range peers {
-		x.uint("wgbore_peer_flows", uint64(flows[p.PublicKey].Open), "peer", p.PublicKey.String())
+	for i, p := range peers {
+		x.uint("wgbore_peer_flows", uint64(flows[p.PublicKey].Open), "peer", keys[i])
 	}
 	x.family("wgbore_peer_flows_refused_total", "counter", "New flows from the peer refused by a cap: peer_limit (MaxFlowsPerPeer), server_limit (MaxFlows, all peers together) or memory (the memory budget).")
-	for _, p := range peers {
+	for i, p := range peers {
 		c := flows[p.PublicKey]
-		k := p.PublicKey.String()
+		k := keys[i]
 		x.uint("wgbore_peer_flows_refused_total", c.RefusedPeerCap, "peer", k, "reason", "peer_limit")
 		x.uint("wgbore_peer_flows_refused_total", c.RefusedGlobalCap, "peer", k, "reason", "server_limit")
 		x.uint("wgbore_peer_flows_refused_total", c.RefusedMemory, "peer", k, "reason", "memory")
@@ -295,35 +316,43 @@ func (o *observer) writeMetrics(x *exposition) {
 	x.family("wgbore_peers", "gauge", "Peers configured.")
 	x.uint("wgbore_peers", uint64(len(peers)))
 
+	// Each peer's label, encoded once for all its samples.
+	keys := make([]string, len(peers))
+	for i, p := range peers {
+		keys[i] = p.PublicKey.String()
+	}
 	perPeer := []struct {
 		name, typ, help string
-		value           func(p protocol.PeerStatus) string
+		value           func(p *protocol.PeerStatus) uint64 // nil: the last handshake's time
 	}{
 		{"wgbore_peer_receive_bytes_total", "counter", "Bytes received from the peer, WireGuard overhead included.",
-			func(p protocol.PeerStatus) string { return strconv.FormatUint(p.RxBytes, 10) }},
+			func(p *protocol.PeerStatus) uint64 { return p.RxBytes }},
 		{"wgbore_peer_transmit_bytes_total", "counter", "Bytes sent to the peer, WireGuard overhead included.",
-			func(p protocol.PeerStatus) string { return strconv.FormatUint(p.TxBytes, 10) }},
-		{"wgbore_peer_last_handshake_seconds", "gauge", "Unix time of the latest completed handshake; 0 if none.",
-			func(p protocol.PeerStatus) string { return unixSeconds(p.LastHandshake) }},
+			func(p *protocol.PeerStatus) uint64 { return p.TxBytes }},
+		{"wgbore_peer_last_handshake_seconds", "gauge", "Unix time of the latest completed handshake; 0 if none.", nil},
 		{"wgbore_peer_handshake_attempts_total", "counter", "Handshake initiations sent, retries included.",
-			func(p protocol.PeerStatus) string { return strconv.FormatUint(p.HandshakeAttempts, 10) }},
+			func(p *protocol.PeerStatus) uint64 { return p.HandshakeAttempts }},
 		{"wgbore_peer_handshakes_total", "counter", "Handshakes completed.",
-			func(p protocol.PeerStatus) string { return strconv.FormatUint(p.HandshakesCompleted, 10) }},
+			func(p *protocol.PeerStatus) uint64 { return p.HandshakesCompleted }},
 		{"wgbore_peer_handshake_failures_total", "counter", "Handshakes given up after RekeyAttemptTime without an answer.",
-			func(p protocol.PeerStatus) string { return strconv.FormatUint(p.HandshakeTimeouts, 10) }},
+			func(p *protocol.PeerStatus) uint64 { return p.HandshakeTimeouts }},
 		{"wgbore_peer_endpoint_changes_total", "counter", "Times the peer's endpoint changed (roaming or a new DNS answer).",
-			func(p protocol.PeerStatus) string { return strconv.FormatUint(p.EndpointChanges, 10) }},
+			func(p *protocol.PeerStatus) uint64 { return p.EndpointChanges }},
 		{"wgbore_peer_returns_total", "counter", "Times the peer was heard again after a silence of a second or more (an outage, in practice).",
-			func(p protocol.PeerStatus) string { return strconv.FormatUint(p.Returns, 10) }},
+			func(p *protocol.PeerStatus) uint64 { return p.Returns }},
 	}
 	for _, m := range perPeer {
 		x.family(m.name, m.typ, m.help)
-		for _, p := range peers {
-			x.sample(m.name, m.value(p), "peer", p.PublicKey.String())
+		for i := range peers {
+			if m.value == nil {
+				x.sample(m.name, unixSeconds(peers[i].LastHandshake), "peer", keys[i])
+				continue
+			}
+			x.uint(m.name, m.value(&peers[i]), "peer", keys[i])
 		}
 	}
 
-	o.writeFlows(x, peers)
+	o.writeFlows(x, peers, keys)
 
 	st := o.c.Stats()
 	x.family("wgbore_dropped_packets_total", "counter", "Packets the engine discarded, by reason.")
