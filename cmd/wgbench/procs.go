@@ -180,7 +180,8 @@ type upDaemon struct {
 	reloads chan reloadOutcome
 }
 
-// reloadOutcome is a reload as wgbore's log reports it once done.
+// reloadOutcome is a reload as wgbore's log reports it once done; Msg
+// is every log line's message.
 type reloadOutcome struct {
 	Msg    string `json:"msg"`
 	Failed int    `json:"failed"`
@@ -230,7 +231,7 @@ func startWgbore(binary, command, conf string, args ...string) (*upDaemon, error
 		for sc.Scan() {
 			d.log.Write(append(sc.Bytes(), '\n'))
 			var line struct {
-				Msg    string   `json:"msg"`
+				reloadOutcome
 				Listen []string `json:"listen"`
 			}
 			if json.Unmarshal(sc.Bytes(), &line) != nil {
@@ -240,10 +241,8 @@ func startWgbore(binary, command, conf string, args ...string) (*upDaemon, error
 			case line.Msg == "wgbore is up":
 				ready <- line.Listen
 			case line.Msg == "reloaded" || strings.HasPrefix(line.Msg, "reload rejected"):
-				var o reloadOutcome
-				json.Unmarshal(sc.Bytes(), &o)
 				select {
-				case d.reloads <- o:
+				case d.reloads <- line.reloadOutcome:
 				default:
 				}
 			}
