@@ -441,13 +441,19 @@
 // About eight seconds after start, once the first handshakes are done,
 // wgbore also reclaims once, and on Linux asks the kernel to take back
 // the pages of its own binary that start-up touched (MADV_PAGEOUT). The
-// same happens after a burst, once the process is back near idle. A page
-// needed again comes back with a minor fault, or a read from disk if the
-// system evicted it meanwhile, so the first packets after a long idle may
-// take a little longer. Many come back within seconds: the next timer,
-// keepalive or garbage collection runs code that start-up ran too. So
-// resident memory is lowest just after such a reclaim, and idle memory
-// is best read a few minutes after start.
+// same happens after a burst, once the process is back near idle, and
+// after each of the garbage collections that the Go runtime forces every
+// two minutes in a process that allocates too little to need one: such
+// a collection reads the code and type data of everything alive, much of
+// the binary, and nothing else reads those pages until the next one. A
+// page needed again comes back with a minor fault, or a read from disk
+// if the system evicted it meanwhile, so the first packets after a long
+// idle may take a little longer. A busy process whose data path
+// allocates nothing can look idle this way too; the code it runs then
+// comes back with minor faults, once every two minutes. Some pages come
+// back within seconds of each release (the next timer or keepalive runs
+// them), so resident memory is lowest just after one, and idle memory is
+// best read a few minutes after start.
 //
 // The metrics wgbore_memory_budget_bytes (a gauge, 0 without a budget),
 // wgbore_memory_refused_connections_total (a counter) and

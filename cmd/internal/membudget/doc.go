@@ -19,5 +19,7 @@
 //     of waiting for the runtime's next forced collection, which may be
 //     minutes away. When the process is idle again, [ReleaseBinary] also
 //     gives back the pages of the executable that start-up or the burst
-//     touched.
+//     touched, and so it does after the collection the runtime forces
+//     every two minutes in an idle process, whose look at every stack and
+//     live object reads much of the binary that nothing else reads.
 package membudget

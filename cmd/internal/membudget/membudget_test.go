@@ -290,3 +290,74 @@ func TestReclaimerSpacesRecurringBursts(t *testing.T) {
 		t.Fatalf("the binary's pages were released %d times after bursts of work", released)
 	}
 }
+
+// TestReclaimerReleasesAfterIdleCollection: the runtime's own collection
+// of an idle process, the first in idleCollections ticks, is followed by
+// a release of the binary's pages; collections closer together, two at
+// once, one while the load is far above where it settled, or one while
+// the process allocates are not. None of them is a reclaim of the heap.
+func TestReclaimerReleasesAfterIdleCollection(t *testing.T) {
+	tick := make(chan time.Time)
+	type state struct {
+		tick        int
+		load        int64
+		collections uint64
+		allocated   uint64
+	}
+	states := make(chan state)
+	var cur state
+	releases := make(chan int, 10)
+	trims := make(chan int, 10)
+	r := Reclaimer{
+		Load:        func() int64 { cur = <-states; return cur.load },
+		Collections: func() uint64 { return cur.collections },
+		Allocated:   func() uint64 { return cur.allocated },
+		Trim:        func() { trims <- cur.tick },
+		Release:     func() { releases <- cur.tick },
+		Tick:        tick,
+		Settle:      1,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { r.Run(ctx); close(done) }()
+	states <- state{load: 10}
+	s := state{load: 10}
+	collectAt := map[int]uint64{50: 1, 160: 1, 170: 1, 300: 2, 420: 1, 540: 1, 660: 1}
+	for ticks := 1; ticks <= 700; ticks++ {
+		s.tick = ticks
+		s.collections += collectAt[ticks]
+		switch {
+		case ticks >= 400 && ticks < 430:
+			s.load = 500 // busy, far above the settled 10
+		case ticks >= 530 && ticks < 545:
+			s.allocated += 1 << 20 // allocating more than a trickle
+			s.load = 10
+		default:
+			s.load = 10
+		}
+		tick <- time.Time{}
+		states <- s
+	}
+	cancel()
+	<-done
+	var got []int
+	for len(releases) > 0 {
+		got = append(got, <-releases)
+	}
+	// The settling release at 1; at 160, the first collection 110 ticks
+	// after the one at 50; at 431, the reclaim once the load has fallen
+	// back near idle; at 660, 120 ticks after the one at 540. Not at 170
+	// (10 after), 300 (two at once), 420 (busy) or 540 (allocating).
+	if want := []int{1, 160, 431, 660}; !slices.Equal(got, want) {
+		t.Fatalf("released the binary's pages at ticks %v, want %v", got, want)
+	}
+	var trimmed []int
+	for len(trims) > 0 {
+		trimmed = append(trimmed, <-trims)
+	}
+	// The heap is reclaimed at settling, after the fall and after the
+	// allocation burst: never for an idle collection.
+	if want := []int{1, 431, 545}; !slices.Equal(trimmed, want) {
+		t.Fatalf("reclaimed the heap at ticks %v, want %v", trimmed, want)
+	}
+}

@@ -44,6 +44,16 @@ type Reclaimer struct {
 	// nothing allocated, Run reclaims, at most once per allocSpacing
 	// ticks or more.
 	Allocated func() uint64
+	// Collections, if set, counts the collections the Go runtime starts
+	// by itself (AutomaticCollections). One that comes after none for
+	// idleCollections ticks or more, while the load is near where it
+	// settled, is the one the runtime forces every two minutes in a
+	// process that allocates too little to need any: its look at every
+	// stack and live object faults back in much of the binary's
+	// read-only data, which nothing else reads until the next one. Run
+	// gives those pages back after it (Release), and leaves the heap to
+	// the runtime.
+	Collections func() uint64
 }
 
 const (
@@ -71,7 +81,23 @@ const (
 	// back at allocSpacing once they have stopped for allocSpacingMax.
 	allocSpacing    = 8
 	allocSpacingMax = 128
+	// idleCollections is the fewest ticks between two of the runtime's
+	// own collections for the second to count as idle: a little less
+	// than the two minutes after which it forces one.
+	idleCollections = 100
 )
+
+// AutomaticCollections is the Go runtime's count of the collections it
+// started by itself, for Reclaimer.Collections: those that debug.GC and
+// debug.FreeOSMemory start are not among them.
+func AutomaticCollections() uint64 {
+	s := [1]metrics.Sample{{Name: "/gc/cycles/automatic:gc-cycles"}}
+	metrics.Read(s[:])
+	if s[0].Value.Kind() != metrics.KindUint64 {
+		return 0
+	}
+	return s[0].Value.Uint64()
+}
 
 // AllocatedBytes is the Go runtime's count of the bytes allocated on the
 // heap since the process started, for Reclaimer.Allocated.
@@ -99,6 +125,11 @@ func (r Reclaimer) Run(ctx context.Context) {
 		allocated = r.Allocated()
 	}
 	spacing, lastBurst := allocSpacing, -allocSpacingMax
+	var collections uint64
+	if r.Collections != nil {
+		collections = r.Collections()
+	}
+	lastCollection := 0
 	for ticks := 1; ; ticks++ {
 		select {
 		case <-ctx.Done():
@@ -119,6 +150,13 @@ func (r Reclaimer) Run(ctx context.Context) {
 			allocated = a
 		}
 		nearIdle := settled >= 0 && n <= 2*settled+16
+		idleCollection := false
+		if r.Collections != nil {
+			if c := r.Collections(); c != collections {
+				idleCollection = c == collections+1 && ticks-lastCollection >= idleCollections
+				collections, lastCollection = c, ticks
+			}
+		}
 		switch {
 		case ticks == r.Settle:
 			r.reclaim(true)
@@ -137,6 +175,11 @@ func (r Reclaimer) Run(ctx context.Context) {
 				spacing = min(2*spacing, allocSpacingMax)
 			}
 			lastBurst = ticks
+		case idleCollection && nearIdle && quiet:
+			if r.Release != nil {
+				r.Release()
+			}
+			high = max(high, n)
 		case n > high:
 			high = n
 		}

@@ -90,9 +90,10 @@ func (s *Service) startReclaim() {
 				s.log.Debug("cannot release the binary's pages", "err", err)
 			}
 		},
-		Tick:      tick.C,
-		Settle:    membudget.ReclaimSettle,
-		Allocated: membudget.AllocatedBytes,
+		Tick:        tick.C,
+		Settle:      membudget.ReclaimSettle,
+		Allocated:   membudget.AllocatedBytes,
+		Collections: membudget.AutomaticCollections,
 	}
 	s.serving.Go(func() {
 		defer tick.Stop()

@@ -119,7 +119,8 @@ func startMemUp(b *testing.B, maxConns int, extra string) memUp {
 
 // idleSteady is how long after the reclaim that ends start-up a
 // process's idle memory is read as it stays: past the Go runtime's next
-// forced collection, which comes two minutes after that reclaim's.
+// forced collection, which comes two minutes after that reclaim's, and
+// the release of the binary's pages that follows it.
 const idleSteady = 2*time.Minute + 15*time.Second
 
 // idleRSS reads the RSS of an idle process, in KiB, twice: right after
@@ -127,8 +128,9 @@ const idleSteady = 2*time.Minute + 15*time.Second
 // low that lasts seconds: the reclaim gives the kernel the pages of the
 // binary that start-up touched, and the next timer, keepalive or
 // collection brings many back. The second is the idle that a user
-// watching the process sees, and what the cost of connections and the
-// memory after a burst are measured against.
+// watching the process sees between the runtime's forced collections,
+// and what the cost of connections and the memory after a burst are
+// measured against.
 func idleRSS(b testing.TB, pid int) (settled, steady int64) {
 	time.Sleep(2*time.Second + membudget.ReclaimSettle*membudget.ReclaimEvery)
 	settled = vmRSS(b, pid)
