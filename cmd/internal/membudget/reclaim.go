@@ -88,21 +88,18 @@ const (
 )
 
 // AutomaticCollections is the Go runtime's count of the collections it
-// started by itself, for Reclaimer.Collections: those that debug.GC and
-// debug.FreeOSMemory start are not among them.
-func AutomaticCollections() uint64 {
-	s := [1]metrics.Sample{{Name: "/gc/cycles/automatic:gc-cycles"}}
-	metrics.Read(s[:])
-	if s[0].Value.Kind() != metrics.KindUint64 {
-		return 0
-	}
-	return s[0].Value.Uint64()
-}
+// started by itself, for Reclaimer.Collections: those that runtime.GC
+// and debug.FreeOSMemory start are not among them.
+func AutomaticCollections() uint64 { return runtimeCount("/gc/cycles/automatic:gc-cycles") }
 
 // AllocatedBytes is the Go runtime's count of the bytes allocated on the
 // heap since the process started, for Reclaimer.Allocated.
-func AllocatedBytes() uint64 {
-	s := [1]metrics.Sample{{Name: "/gc/heap/allocs:bytes"}}
+func AllocatedBytes() uint64 { return runtimeCount("/gc/heap/allocs:bytes") }
+
+// runtimeCount reads one of the runtime's cumulative counts; 0 if this
+// Go does not keep it.
+func runtimeCount(name string) uint64 {
+	s := [1]metrics.Sample{{Name: name}}
 	metrics.Read(s[:])
 	if s[0].Value.Kind() != metrics.KindUint64 {
 		return 0
