@@ -42,7 +42,11 @@ RUN --mount=type=cache,target=/go/pkg/mod --mount=type=cache,target=/root/.cache
 # static-debian12 has CA certificates, /etc/passwd and tzdata, and no
 # shell or libc, which a CGO-free binary does not need.
 FROM gcr.io/distroless/static-debian12:nonroot
-COPY --from=build /out/wgbore /wgbore
+# Owned by the user it runs as: the kernel gives back the pages of a
+# binary that start-up and idle collections touched (MADV_PAGEOUT) only
+# to a process that owns the file or may write it. A read-only root
+# filesystem still keeps the binary from being changed.
+COPY --from=build --chown=65532:65532 /out/wgbore /wgbore
 # Numeric, not "nonroot": Kubernetes' runAsNonRoot can only verify a
 # numeric UID, and refuses to start a container whose image names one.
 USER 65532:65532

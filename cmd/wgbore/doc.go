@@ -444,16 +444,22 @@
 // same happens after a burst, once the process is back near idle, and
 // after each of the garbage collections that the Go runtime forces every
 // two minutes in a process that allocates too little to need one: such
-// a collection reads the code and type data of everything alive, much of
-// the binary, and nothing else reads those pages until the next one. A
-// page needed again comes back with a minor fault, or a read from disk
-// if the system evicted it meanwhile, so the first packets after a long
-// idle may take a little longer. A busy process whose data path
-// allocates nothing can look idle this way too; the code it runs then
-// comes back with minor faults, once every two minutes. Some pages come
-// back within seconds of each release (the next timer or keepalive runs
-// them), so resident memory is lowest just after one, and idle memory is
-// best read a few minutes after start.
+// a collection reads the function tables and type data of everything
+// alive, much of the binary, and nothing else reads those pages until
+// the next one. A page needed again comes back with a fault, from the
+// page cache or from disk if the system evicted it meanwhile, so the
+// first packets after a long idle may take a little longer. A busy
+// process whose data path allocates nothing can look idle this way too;
+// the code it runs then comes back the same way, once every two minutes.
+// Some pages come back within seconds of each release (the next timer or
+// keepalive runs them), so resident memory is lowest just after one, and
+// idle memory is best read a few minutes after start.
+//
+// The kernel takes back a file's pages only from a process that owns the
+// file or may write it: a binary owned by root and run by another user
+// keeps them all. The container image therefore gives /wgbore to the user
+// it runs as; with a read-only root filesystem that user still cannot
+// change it.
 //
 // The metrics wgbore_memory_budget_bytes (a gauge, 0 without a budget),
 // wgbore_memory_refused_connections_total (a counter) and
