@@ -306,8 +306,10 @@ func TestReclaimerReleasesAfterIdleCollection(t *testing.T) {
 	}
 	states := make(chan state)
 	var cur state
-	releases := make(chan int, 10)
-	trims := make(chan int, 10)
+	// Room for a release or a reclaim on every tick: a regression
+	// that made them all would fail the test, not block the Reclaimer.
+	releases := make(chan int, 800)
+	trims := make(chan int, 800)
 	r := Reclaimer{
 		Load:        func() int64 { cur = <-states; return cur.load },
 		Collections: func() uint64 { return cur.collections },
@@ -322,7 +324,7 @@ func TestReclaimerReleasesAfterIdleCollection(t *testing.T) {
 	go func() { r.Run(ctx); close(done) }()
 	states <- state{load: 10}
 	s := state{load: 10}
-	collectAt := map[int]uint64{50: 1, 160: 1, 170: 1, 300: 2, 420: 1, 540: 1, 660: 1}
+	collectAt := map[int]uint64{50: 1, 150: 1, 170: 1, 300: 2, 420: 1, 540: 1, 660: 1}
 	for ticks := 1; ticks <= 700; ticks++ {
 		s.tick = ticks
 		s.collections += collectAt[ticks]
@@ -344,11 +346,12 @@ func TestReclaimerReleasesAfterIdleCollection(t *testing.T) {
 	for len(releases) > 0 {
 		got = append(got, <-releases)
 	}
-	// The settling release at 1; at 160, the first collection 110 ticks
-	// after the one at 50; at 431, the reclaim once the load has fallen
-	// back near idle; at 660, 120 ticks after the one at 540. Not at 170
-	// (10 after), 300 (two at once), 420 (busy) or 540 (allocating).
-	if want := []int{1, 160, 431, 660}; !slices.Equal(got, want) {
+	// The settling release at 1; at 150, exactly idleCollections ticks
+	// after the collection at 50; at 431, the reclaim once the load has
+	// fallen back near idle; at 660, 120 ticks after the one at 540. Not
+	// at 170 (20 after), 300 (two at once), 420 (busy) or 540
+	// (allocating).
+	if want := []int{1, 150, 431, 660}; !slices.Equal(got, want) {
 		t.Fatalf("released the binary's pages at ticks %v, want %v", got, want)
 	}
 	var trimmed []int

@@ -52,7 +52,8 @@ type Reclaimer struct {
 	// stack and live object faults back in much of the binary's
 	// read-only data, which nothing else reads until the next one. Run
 	// gives those pages back after it (Release), and leaves the heap to
-	// the runtime.
+	// the runtime. It needs Settle: "near where it settled" means nothing
+	// before.
 	Collections func() uint64
 }
 
@@ -82,8 +83,8 @@ const (
 	allocSpacing    = 8
 	allocSpacingMax = 128
 	// idleCollections is the fewest ticks between two of the runtime's
-	// own collections for the second to count as idle: a little less
-	// than the two minutes after which it forces one.
+	// own collections for the second to count as idle: at ReclaimEvery's
+	// pace, a little less than the two minutes after which it forces one.
 	idleCollections = 100
 )
 
