@@ -58,6 +58,12 @@ func TestStaticBuildRunsUnprivileged(t *testing.T) {
 		t.Skip("running the binary as UID 65532 needs root to switch to it (CI runs as root); the static build was checked")
 	}
 	setpriv := NeedTool(t, "setpriv")
+	// The binary belongs to the user, as the image's COPY --chown makes
+	// it: the kernel gives back its pages only to a process that owns it.
+	uid, _ := strconv.Atoi(nonrootUID)
+	if err := os.Chown(bin, uid, uid); err != nil {
+		t.Fatal(err)
+	}
 	unprivileged := func(ctx context.Context, args ...string) *exec.Cmd {
 		all := append([]string{"--reuid=" + nonrootUID, "--regid=" + nonrootUID, "--clear-groups",
 			"--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", bin}, args...)
@@ -142,6 +148,18 @@ func TestStaticBuildRunsUnprivileged(t *testing.T) {
 			t.Errorf("/proc/%d/status %s: %q, want %q", up.Process.Pid, key, got, want)
 		}
 	}
+	// Once start-up settles, the binary's pages that it touched go back to
+	// the kernel: resident file pages fall to well under what they were
+	// when up logged (the next timer brings some back within seconds).
+	upFile := procKiB(t, up.Process.Pid, "RssFile")
+	released := false
+	for deadline := time.Now().Add(30 * time.Second); !released && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
+		released = procKiB(t, up.Process.Pid, "RssFile") < upFile/2
+	}
+	if !released {
+		t.Errorf("the binary's resident pages did not fall below half of %d KiB within 30 s of up as UID %s: they were not given back", upFile, nonrootUID)
+	}
+
 	// The UAPI socket belongs to the unprivileged user, so wg show run as
 	// that user (or root) can reach it.
 	if fi, err := os.Stat(filepath.Join(uapiDir, "wg0.sock")); err != nil {
@@ -204,7 +222,7 @@ func procStatus(s string) map[string]string {
 // TestDockerfileUsesBuildScript keeps TestStaticBuildRunsUnprivileged
 // meaningful: it checks the image only as long as the Dockerfile builds
 // with the same script, with the Go that script pins, and runs as the
-// same user.
+// same user, who owns the binary.
 func TestDockerfileUsesBuildScript(t *testing.T) {
 	data, err := os.ReadFile(filepath.Join("..", "..", "..", "Dockerfile"))
 	if err != nil {
@@ -218,7 +236,7 @@ func TestDockerfileUsesBuildScript(t *testing.T) {
 	if pinned == nil {
 		t.Fatal(".ci/build-static pins no Go toolchain (GOTOOLCHAIN:-goX.Y.Z)")
 	}
-	var run, user, image bool
+	var run, user, image, owned bool
 	for _, line := range strings.Split(string(data), "\n") {
 		line = strings.TrimSpace(line)
 		if strings.HasPrefix(line, "FROM ") && strings.Contains(line, " golang:") {
@@ -230,6 +248,9 @@ func TestDockerfileUsesBuildScript(t *testing.T) {
 		if line == "USER "+nonrootUID+":"+nonrootUID {
 			user = true
 		}
+		if strings.HasPrefix(line, "COPY ") && strings.HasSuffix(line, " /wgbore") {
+			owned = strings.Contains(line, " --chown="+nonrootUID+":"+nonrootUID+" ")
+		}
 	}
 	if !run {
 		t.Error("the Dockerfile does not build with sh .ci/build-static, which CI checks in its place")
@@ -240,4 +261,21 @@ func TestDockerfileUsesBuildScript(t *testing.T) {
 	if !image {
 		t.Errorf("the Dockerfile's build stage is not golang:%s, the Go .ci/build-static pins", pinned[1])
 	}
+	if !owned {
+		t.Errorf("the Dockerfile does not give /wgbore to UID %s, as CI does before it runs the binary as that user", nonrootUID)
+	}
+}
+
+// procKiB reads one of /proc/PID/status's sizes, in KiB.
+func procKiB(t *testing.T, pid int, key string) int64 {
+	t.Helper()
+	status, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	v, err := strconv.ParseInt(strings.TrimSuffix(procStatus(string(status))[key], " kB"), 10, 64)
+	if err != nil {
+		t.Fatalf("/proc/%d/status %s: %v", pid, key, err)
+	}
+	return v
 }
