@@ -219,7 +219,11 @@ func vmRSS(b testing.TB, pid int) int64 {
 }
 
 // readVmRSS reads a process's resident set size, in KiB, if it can.
-func readVmRSS(pid int) (int64, bool) {
+func readVmRSS(pid int) (int64, bool) { return readStatusKiB(pid, "VmRSS") }
+
+// readStatusKiB reads one of the sizes in /proc/PID/status (VmRSS,
+// RssFile, ...), in KiB, if it can.
+func readStatusKiB(pid int, key string) (int64, bool) {
 	f, err := os.Open(fmt.Sprintf("/proc/%d/status", pid))
 	if err != nil {
 		return 0, false
@@ -227,7 +231,7 @@ func readVmRSS(pid int) (int64, bool) {
 	defer f.Close()
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
-		if rest, ok := strings.CutPrefix(sc.Text(), "VmRSS:"); ok {
+		if rest, ok := strings.CutPrefix(sc.Text(), key+":"); ok {
 			kib, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
 			return kib, err == nil
 		}

@@ -269,13 +269,9 @@ func TestDockerfileUsesBuildScript(t *testing.T) {
 // procKiB reads one of /proc/PID/status's sizes, in KiB.
 func procKiB(t *testing.T, pid int, key string) int64 {
 	t.Helper()
-	status, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	v, err := strconv.ParseInt(strings.TrimSuffix(procStatus(string(status))[key], " kB"), 10, 64)
-	if err != nil {
-		t.Fatalf("/proc/%d/status %s: %v", pid, key, err)
+	v, ok := readStatusKiB(pid, key)
+	if !ok {
+		t.Fatalf("no %s in /proc/%d/status", key, pid)
 	}
 	return v
 }
