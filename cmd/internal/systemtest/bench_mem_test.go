@@ -211,9 +211,15 @@ func memTunnel(proxy string, target netip.AddrPort) (net.Conn, error) {
 // vmRSS reads a process's resident set size, in KiB.
 func vmRSS(b testing.TB, pid int) int64 {
 	b.Helper()
-	kib, ok := readVmRSS(pid)
+	return statusKiB(b, pid, "VmRSS")
+}
+
+// statusKiB reads one of the sizes in /proc/PID/status, in KiB.
+func statusKiB(tb testing.TB, pid int, key string) int64 {
+	tb.Helper()
+	kib, ok := readStatusKiB(pid, key)
 	if !ok {
-		b.Fatalf("no VmRSS in /proc/%d/status", pid)
+		tb.Fatalf("no %s in /proc/%d/status", key, pid)
 	}
 	return kib
 }

@@ -151,10 +151,10 @@ func TestStaticBuildRunsUnprivileged(t *testing.T) {
 	// Once start-up settles, the binary's pages that it touched go back to
 	// the kernel: resident file pages fall to well under what they were
 	// when up logged (the next timer brings some back within seconds).
-	upFile := procKiB(t, up.Process.Pid, "RssFile")
+	upFile := statusKiB(t, up.Process.Pid, "RssFile")
 	released := false
 	for deadline := time.Now().Add(30 * time.Second); !released && time.Now().Before(deadline); time.Sleep(100 * time.Millisecond) {
-		released = procKiB(t, up.Process.Pid, "RssFile") < upFile/2
+		released = statusKiB(t, up.Process.Pid, "RssFile") < upFile/2
 	}
 	if !released {
 		t.Errorf("the binary's resident pages did not fall below half of %d KiB within 30 s of up as UID %s: they were not given back", upFile, nonrootUID)
@@ -264,14 +264,4 @@ func TestDockerfileUsesBuildScript(t *testing.T) {
 	if !owned {
 		t.Errorf("the Dockerfile does not give /wgbore to UID %s, as CI does before it runs the binary as that user", nonrootUID)
 	}
-}
-
-// procKiB reads one of /proc/PID/status's sizes, in KiB.
-func procKiB(t *testing.T, pid int, key string) int64 {
-	t.Helper()
-	v, ok := readStatusKiB(pid, key)
-	if !ok {
-		t.Fatalf("no %s in /proc/%d/status", key, pid)
-	}
-	return v
 }
