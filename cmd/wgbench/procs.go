@@ -64,35 +64,28 @@ func (t *tailBuffer) String() string {
 // startRole re-executes this program as role and waits for its first
 // line: a peer's UDP port or a client's "ready".
 func startRole(name, role string, key protocol.PrivateKey, peer protocol.PublicKey, args ...string) (*child, reply, error) {
+	return startRoleAt(false, name, role, key, peer, args...)
+}
+
+// startRoleAt is startRole, at the lowest CPU priority when niced,
+// through nice(1) where there is one. That is for load that stands for
+// other machines: what it takes of the CPU then comes from idle time
+// first, not from the process measured. Without nice(1) the role runs at
+// normal priority, and says so.
+func startRoleAt(niced bool, name, role string, key protocol.PrivateKey, peer protocol.PublicKey, args ...string) (*child, reply, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, reply{}, err
 	}
-	return startChild(name, exec.Command(self, append([]string{"-role", role}, args...)...), key, peer)
-}
-
-// startNicedRole is startRole at the lowest CPU priority, through nice(1)
-// where there is one, for load that stands for other machines: what it
-// takes of the CPU then comes from idle time first, not from the
-// process measured. Without nice(1) the role runs at normal priority,
-// and says so once.
-func startNicedRole(name, role string, peer protocol.PublicKey) (*child, error) {
-	self, err := os.Executable()
-	if err != nil {
-		return nil, err
+	argv := append([]string{self, "-role", role}, args...)
+	if niced {
+		if nice, err := exec.LookPath("nice"); err == nil {
+			argv = append([]string{nice, "-n", "19"}, argv...)
+		} else {
+			fmt.Printf("   (no nice(1): the %s runs at normal priority)\n", name)
+		}
 	}
-	key, err := protocol.GeneratePrivateKey()
-	if err != nil {
-		return nil, err
-	}
-	argv := []string{self, "-role", role}
-	if nice, err := exec.LookPath("nice"); err == nil {
-		argv = append([]string{nice, "-n", "19"}, argv...)
-	} else {
-		fmt.Printf("   (no nice(1): the %s run at normal priority)\n", name)
-	}
-	c, _, err := startChild(name, exec.Command(argv[0], argv[1:]...), key, peer)
-	return c, err
+	return startChild(name, exec.Command(argv[0], argv[1:]...), key, peer)
 }
 
 // startChild starts cmd, a role of this program, with its keys in the

@@ -36,10 +36,13 @@ import (
 // processes of their own (procPeer), as a server's clients are on
 // machines of their own: in the load's process their round trips and
 // reads would wait on its scheduler, busy with every other client's
-// packets, and measure that more than serve. The clients that the churn
-// adds and removes are one more process, at the lowest CPU priority, so
-// that their handshakes take the CPU from idle time before they take it
-// from serve.
+// packets, and measure that more than serve. The downloading peers run
+// at the lowest CPU priority, and so do the clients that the churn adds
+// and removes, one more process: they stand for other machines, so their
+// stacks take the CPU from idle time before they take it from serve, the
+// echoing peer or the host's services. At serve's priority they made
+// every process here wait in the kernel's run queue for milliseconds at
+// a time, which the echo's tail then measured.
 
 // scaleOptions size part S.
 type scaleOptions struct {
@@ -708,8 +711,32 @@ func (r *scaleRun) shares() error {
 	fmt.Printf("   1-byte echo through serve: p50 %.0f µs, p99 %.0f µs alone; p50 %.0f µs, p99 %.0f µs beside another peer's download\n",
 		quiet.P50us, quiet.P99us, loaded.P50us, loaded.P99us)
 
-	got, err := r.drain(r.procs[:r.o.sharePeers])
+	loaders := r.procs[:r.o.sharePeers]
+	// CPU time of each downloading peer, then of serve.
+	pids := make([]int, 0, len(loaders)+1)
+	for _, p := range loaders {
+		pids = append(pids, p.c.pid())
+	}
+	pids = append(pids, r.serve.pid())
+	cpu := make([]time.Duration, len(pids))
+	readCPU := func(sign time.Duration) error {
+		for i, pid := range pids {
+			c, err := procCPU(pid)
+			if err != nil {
+				return err
+			}
+			cpu[i] += sign * c
+		}
+		return nil
+	}
+	if err := readCPU(-1); err != nil {
+		return err
+	}
+	got, err := r.drain(loaders)
 	if err != nil {
+		return err
+	}
+	if err := readCPU(1); err != nil {
 		return err
 	}
 	var total float64
@@ -729,6 +756,17 @@ func (r *scaleRun) shares() error {
 	}
 	fmt.Printf("   %d peers downloading at once: %.0f MB/s in all (%s each); the furthest from an equal share is %.0f%% off\n",
 		len(got), mbps, strings.Join(each, ", "), worst)
+	// Which side was short of CPU says whose shares these are: serve's
+	// when it used its cores while the peers had time to spare.
+	pairs := make([]string, len(got))
+	for i, g := range got {
+		pairs[i] = fmt.Sprintf("%.0f/%.2f", float64(g)/r.o.shareTime.Seconds()/1e6, cpu[i].Seconds())
+	}
+	serveCPU := cpu[len(loaders)].Seconds()
+	r.s.res.add("measure=scale part=shares_cpu", kv{"serve_cpu_s", serveCPU}, kv{"peers_cpu_s", (sumDurations(cpu[:len(loaders)])).Seconds()},
+		kv{"seconds", r.o.shareTime.Seconds()})
+	fmt.Printf("   CPU in that window: serve %.2f s (%.2f cores); each peer's MB/s and CPU-s, in the peers' order: %s\n",
+		serveCPU, serveCPU/r.o.shareTime.Seconds(), strings.Join(pairs, " "))
 	return nil
 }
 
@@ -749,9 +787,14 @@ func (r *scaleRun) startProcs() error {
 		return err
 	}
 	endpoint := netip.AddrPortFrom(loopback, r.port).String()
-	for _, p := range r.procs {
+	for i, p := range r.procs {
+		// The downloading peers stand for machines elsewhere, as the
+		// churn's clients do: at serve's priority, their own stacks'
+		// CPU takes the two cores from serve and from the echoing peer,
+		// and the figures would tell of this machine's run queue, not of
+		// serve. The echoing peer is light and runs at normal priority.
 		var err error
-		p.c, _, err = startRole("scale peer "+p.addr.String(), "wgbore-client", p.key, r.serverKey.PublicKey(),
+		p.c, _, err = startRoleAt(i < r.o.sharePeers, "scale peer "+p.addr.String(), "wgbore-client", p.key, r.serverKey.PublicKey(),
 			"-endpoint", endpoint, "-tunnel", fmt.Sprintf("%s,%s,%s", p.addr, scaleServer, at(r.host.echo.Addr())))
 		if err != nil {
 			return err
@@ -813,7 +856,12 @@ func (r *scaleRun) churn() error {
 	// priority: they stand for machines elsewhere, and their handshakes'
 	// CPU, taken at the same priority as serve and the untouched peer,
 	// would be counted as serve's pause.
-	churners, err := startNicedRole("churn clients", "churn-clients", r.serverKey.PublicKey())
+	// Its own key is never used: a role's environment carries one.
+	key, err := protocol.GeneratePrivateKey()
+	if err != nil {
+		return err
+	}
+	churners, _, err := startRoleAt(true, "churn clients", "churn-clients", key, r.serverKey.PublicKey())
 	if err != nil {
 		return err
 	}
@@ -997,4 +1045,12 @@ func handshakeAll(clients []*scaleClient, server protocol.PublicKey) error {
 		}
 	}
 	return nil
+}
+
+func sumDurations(ds []time.Duration) time.Duration {
+	var t time.Duration
+	for _, d := range ds {
+		t += d
+	}
+	return t
 }
