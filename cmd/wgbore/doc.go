@@ -1089,10 +1089,13 @@
 //     idle TCP flows and as many UDP ones to host services at the
 //     server's tunnel address (RSS per flow, and serve's idle CPU); a
 //     1-byte echo alone and beside another peer's download (p50, p99);
-//     ten peers downloading at once (the furthest from an equal share);
-//     1,000 peers added, handshaken and removed by reload while a peer
-//     echoes (serve's RSS against before, the longest pause between
-//     echoes). -quick runs it with 100 peers and 2,000 flows.
+//     ten peers downloading at once (the furthest from an equal share,
+//     and the CPU serve and each peer took); 1,000 peers added,
+//     handshaken and removed by reload while a peer echoes (serve's RSS
+//     against before, the longest pause between echoes). The downloading
+//     peers and the churn's clients run at the lowest CPU priority, as
+//     if on machines of their own. -quick runs it with 100 peers and
+//     2,000 flows.
 //
 // Throughput is one TCP stream of -size bytes (256MiB) each way, in MB/s,
 // with CPU-seconds per GB for every process involved; latency is 1-byte
