@@ -540,6 +540,17 @@
 // connections at once, at most 16 of each for one peer, so a peer that
 // floods it at a slow upstream leaves the others their share.
 //
+// Processors. serve runs one Go processor more than the cores it may
+// use (GOMAXPROCS). Go reads a socket that became ready only when a
+// processor runs out of work, or from a monitor thread every 10 ms at
+// the fastest; under a saturating download every processor stays busy,
+// and a neighbour's packet or a host's reply waits that long. With a
+// processor more, one thread mostly sleeps in the kernel's poll and is
+// woken as soon as a socket is ready. The GOMAXPROCS variable overrides
+// it, and under a CPU quota serve keeps Go's default, which follows the
+// quota: a processor more would spend it early in each period. up keeps
+// Go's default.
+//
 // # Containers and services
 //
 // The Dockerfile builds wgbore statically (CGO off, with .ci/build-static)

@@ -44,6 +44,10 @@ type env struct {
 	// root is the host's file system, where up finds its container's
 	// memory limit; nil means none is found.
 	root fs.FS
+	// maxProcs is runtime.GOMAXPROCS, through which serve takes a
+	// processor more than its cores (serveProcs); nil leaves the
+	// process's setting alone, as tests that run serve in-process need.
+	maxProcs func(n int) int
 }
 
 func main() {
@@ -58,7 +62,7 @@ func main() {
 			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 			signal.Notify(hup, syscall.SIGHUP)
 		},
-		lookupEnv: os.LookupEnv}
+		lookupEnv: os.LookupEnv, maxProcs: runtime.GOMAXPROCS}
 	os.Exit(run(context.Background(), e, os.Args[1:]))
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"runtime"
 	"time"
 
 	"github.com/wgbore/wgbore/cmd/internal/service"
@@ -139,6 +140,14 @@ func runTunnel(ctx context.Context, e *env, args []string, name, usage string, s
 			return exitUsage
 		}
 		opts.MemoryLimit = b
+	}
+	if serveMode && e.maxProcs != nil {
+		env, _ := e.lookup("GOMAXPROCS")
+		before := e.maxProcs(0)
+		if n, ok := serveProcs(env, before, runtime.NumCPU()); ok {
+			e.maxProcs(n)
+			log.Debug("Go processors: one more than the cores, so a socket that becomes ready is read at once under load", "GOMAXPROCS", n, "cores", before)
+		}
 	}
 	if !serveMode && cfg.Egress != nil {
 		log.Warn(cfg.Egress.Pos.String() + ": [Egress] has no effect in up: only serve forwards peers' flows")
