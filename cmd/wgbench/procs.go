@@ -71,7 +71,7 @@ func startRole(name, role string, key protocol.PrivateKey, peer protocol.PublicK
 // through nice(1) where there is one. That is for load that stands for
 // other machines: what it takes of the CPU then comes from idle time
 // first, not from the process measured. Without nice(1) the role runs at
-// normal priority, and says so.
+// normal priority; the caller says so, once for all its roles.
 func startRoleAt(niced bool, name, role string, key protocol.PrivateKey, peer protocol.PublicKey, args ...string) (*child, reply, error) {
 	self, err := os.Executable()
 	if err != nil {
@@ -81,8 +81,6 @@ func startRoleAt(niced bool, name, role string, key protocol.PrivateKey, peer pr
 	if niced {
 		if nice, err := exec.LookPath("nice"); err == nil {
 			argv = append([]string{nice, "-n", "19"}, argv...)
-		} else {
-			fmt.Printf("   (no nice(1): the %s runs at normal priority)\n", name)
 		}
 	}
 	return startChild(name, exec.Command(argv[0], argv[1:]...), key, peer)

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -712,18 +713,20 @@ func (r *scaleRun) shares() error {
 		quiet.P50us, quiet.P99us, loaded.P50us, loaded.P99us)
 
 	loaders := r.procs[:r.o.sharePeers]
-	// CPU time of each downloading peer, then of serve.
+	// CPU time of each downloading peer, then of serve, over the whole
+	// drain: the dials and the lead before the window included.
+	names := make([]string, 0, len(loaders)+1)
 	pids := make([]int, 0, len(loaders)+1)
 	for _, p := range loaders {
-		pids = append(pids, p.c.pid())
+		names, pids = append(names, "peer "+p.addr.String()), append(pids, p.c.pid())
 	}
-	pids = append(pids, r.serve.pid())
+	names, pids = append(names, "serve"), append(pids, r.serve.pid())
 	cpu := make([]time.Duration, len(pids))
 	readCPU := func(sign time.Duration) error {
 		for i, pid := range pids {
 			c, err := procCPU(pid)
 			if err != nil {
-				return err
+				return fmt.Errorf("CPU of %s: %w", names[i], err)
 			}
 			cpu[i] += sign * c
 		}
@@ -732,10 +735,12 @@ func (r *scaleRun) shares() error {
 	if err := readCPU(-1); err != nil {
 		return err
 	}
+	drainStart := time.Now()
 	got, err := r.drain(loaders)
 	if err != nil {
 		return err
 	}
+	drainTime := time.Since(drainStart)
 	if err := readCPU(1); err != nil {
 		return err
 	}
@@ -764,9 +769,9 @@ func (r *scaleRun) shares() error {
 	}
 	serveCPU := cpu[len(loaders)].Seconds()
 	r.s.res.add("measure=scale part=shares_cpu", kv{"serve_cpu_s", serveCPU}, kv{"peers_cpu_s", (sumDurations(cpu[:len(loaders)])).Seconds()},
-		kv{"seconds", r.o.shareTime.Seconds()})
-	fmt.Printf("   CPU in that window: serve %.2f s (%.2f cores); each peer's MB/s and CPU-s, in the peers' order: %s\n",
-		serveCPU, serveCPU/r.o.shareTime.Seconds(), strings.Join(pairs, " "))
+		kv{"seconds", drainTime.Seconds()})
+	fmt.Printf("   CPU over the %.1f s of the drains: serve %.2f s (%.2f cores); each peer's MB/s in the window and CPU-s, in the peers' order: %s\n",
+		drainTime.Seconds(), serveCPU, serveCPU/drainTime.Seconds(), strings.Join(pairs, " "))
 	return nil
 }
 
@@ -787,6 +792,9 @@ func (r *scaleRun) startProcs() error {
 		return err
 	}
 	endpoint := netip.AddrPortFrom(loopback, r.port).String()
+	if _, err := exec.LookPath("nice"); err != nil {
+		fmt.Println("   (no nice(1): the downloading peers run at normal priority)")
+	}
 	for i, p := range r.procs {
 		// The downloading peers stand for machines elsewhere, as the
 		// churn's clients do: at serve's priority, their own stacks'
@@ -860,6 +868,9 @@ func (r *scaleRun) churn() error {
 	key, err := protocol.GeneratePrivateKey()
 	if err != nil {
 		return err
+	}
+	if _, err := exec.LookPath("nice"); err != nil {
+		fmt.Println("   (no nice(1): the churn's clients run at normal priority)")
 	}
 	churners, _, err := startRoleAt(true, "churn clients", "churn-clients", key, r.serverKey.PublicKey())
 	if err != nil {

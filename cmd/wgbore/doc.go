@@ -541,15 +541,19 @@
 // floods it at a slow upstream leaves the others their share.
 //
 // Processors. serve runs one Go processor more than the cores it may
-// use (GOMAXPROCS). Go reads a socket that became ready only when a
-// processor runs out of work, or from a monitor thread every 10 ms at
-// the fastest; under a saturating download every processor stays busy,
-// and a neighbour's packet or a host's reply waits that long. With a
-// processor more, one thread mostly sleeps in the kernel's poll and is
-// woken as soon as a socket is ready. The GOMAXPROCS variable overrides
-// it, and under a CPU quota serve keeps Go's default, which follows the
-// quota: a processor more would spend it early in each period. up keeps
-// Go's default.
+// use (GOMAXPROCS). Go reads a socket that became ready when a processor
+// finds no goroutine to run, or from a monitor thread once no one has
+// polled for 10 ms; under a saturating download every processor stays
+// busy, and a neighbour's packet or a host's reply can wait that long.
+// With a processor more, whenever fewer goroutines are runnable than
+// processors one thread sleeps in the kernel's poll and is woken as soon
+// as a socket is ready. The GOMAXPROCS variable overrides this. Under a
+// CPU quota on serve's own cgroup (cpu.max, or cpu.cfs_quota_us) serve
+// keeps Go's default, which follows the quota: a processor more would
+// spend it early in each period. Once serve has set it, Go no longer
+// follows later changes to the CPU affinity or quota; restart serve, or
+// set GOMAXPROCS, where those change while it runs. up keeps Go's
+// default.
 //
 // # Containers and services
 //

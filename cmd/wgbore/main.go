@@ -44,10 +44,12 @@ type env struct {
 	// root is the host's file system, where up finds its container's
 	// memory limit; nil means none is found.
 	root fs.FS
-	// maxProcs is runtime.GOMAXPROCS, through which serve takes a
-	// processor more than its cores (serveProcs); nil leaves the
-	// process's setting alone, as tests that run serve in-process need.
+	// maxProcs and numCPU are runtime.GOMAXPROCS and runtime.NumCPU,
+	// through which serve takes a processor more than its cores
+	// (serveProcs); nil leaves the process's setting alone, as tests that
+	// run serve in-process need.
 	maxProcs func(n int) int
+	numCPU   func() int
 }
 
 func main() {
@@ -62,7 +64,7 @@ func main() {
 			signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
 			signal.Notify(hup, syscall.SIGHUP)
 		},
-		lookupEnv: os.LookupEnv, maxProcs: runtime.GOMAXPROCS}
+		lookupEnv: os.LookupEnv, maxProcs: runtime.GOMAXPROCS, numCPU: runtime.NumCPU}
 	os.Exit(run(context.Background(), e, os.Args[1:]))
 }
 

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"runtime"
 	"time"
 
 	"github.com/wgbore/wgbore/cmd/internal/service"
@@ -141,12 +140,12 @@ func runTunnel(ctx context.Context, e *env, args []string, name, usage string, s
 		}
 		opts.MemoryLimit = b
 	}
-	if serveMode && e.maxProcs != nil {
+	if serveMode && e.maxProcs != nil && e.numCPU != nil {
 		env, _ := e.lookup("GOMAXPROCS")
-		before := e.maxProcs(0)
-		if n, ok := serveProcs(env, before, runtime.NumCPU()); ok {
+		cpus := e.numCPU()
+		if n, ok := serveProcs(env, e.maxProcs(0), cpus, cpuQuota(e.root)); ok {
 			e.maxProcs(n)
-			log.Debug("Go processors: one more than the cores, so a socket that becomes ready is read at once under load", "GOMAXPROCS", n, "cores", before)
+			log.Debug("Go processors: one more than the cores, so that a socket that becomes ready is read at once under load", "GOMAXPROCS", n, "cores", cpus)
 		}
 	}
 	if !serveMode && cfg.Egress != nil {

@@ -34,12 +34,35 @@ type inProcess struct {
 }
 
 func runInProcess(t *testing.T, args ...string) *inProcess {
+	return runInProcessWith(t, nil, args...)
+}
+
+// runInProcessWith is runInProcess with edit applied to the command's
+// environment first. A command still running when the test ends (one
+// that failed before signalling it) is cancelled then, and waited for.
+func runInProcessWith(t *testing.T, edit func(*env), args ...string) *inProcess {
 	if len(args) > 0 && (args[0] == "up" || args[0] == "serve") {
 		args = append(args, "-uapi-dir", systemtest.ShortTempDir(t))
 	}
 	p := &inProcess{signals: make(chan os.Signal, 2), hangups: make(chan os.Signal, 1), done: make(chan int, 1)}
 	e := &env{stdin: strings.NewReader(""), stdout: &strings.Builder{}, stderr: &p.stderr, signals: p.signals, hangups: p.hangups}
-	go func() { p.done <- run(context.Background(), e, args) }()
+	if edit != nil {
+		edit(e)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		p.done <- run(ctx, e, args)
+	}()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-finished:
+		case <-time.After(30 * time.Second):
+			t.Error("the command did not return after its test ended")
+		}
+	})
 	return p
 }
 
