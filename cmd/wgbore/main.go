@@ -41,8 +41,9 @@ type env struct {
 	// values in a config. Nil is an empty environment, so a test sees
 	// only the variables it sets.
 	lookupEnv func(name string) (string, bool)
-	// root is the host's file system, where up finds its container's
-	// memory limit; nil means none is found.
+	// root is the host's file system, where up and serve find their
+	// container's memory limit and serve its CPU quota; nil means none is
+	// found.
 	root fs.FS
 	// maxProcs and numCPU are runtime.GOMAXPROCS and runtime.NumCPU,
 	// through which serve takes a processor more than its cores

@@ -20,22 +20,22 @@ import (
 // is ready; and the kernel shares the cores between the threads at a
 // finer grain than Go's own preemption.
 //
-// Under a quota a processor more would spend the quota early in each
-// period and then wait for the rest of it, so that case keeps Go's
-// default, which follows the quota.
-func serveProcs(envGOMAXPROCS string, current, cpus int, quota bool) (int, bool) {
-	if envGOMAXPROCS != "" || quota || current != cpus || cpus < 1 {
+// Under a quota below the cores a processor more would spend the quota
+// early in each period and then wait for the rest of it, so that case
+// keeps Go's default, which follows the quota. A quota of the cores or
+// more cannot be spent faster than the cores spend it.
+func serveProcs(envGOMAXPROCS string, current, cpus int, quotaCores float64, quota bool) (int, bool) {
+	if envGOMAXPROCS != "" || (quota && quotaCores < float64(cpus)) || current != cpus || cpus < 1 {
 		return current, false
 	}
 	return cpus + 1, true
 }
 
-// cpuQuota reports whether the process's cgroup has a CPU quota; a nil
-// root is a host without cgroups.
-func cpuQuota(root fs.FS) bool {
+// cpuQuota is the process's cgroup CPU quota in cores, if it has one; a
+// nil root is a host without cgroups.
+func cpuQuota(root fs.FS) (float64, bool) {
 	if root == nil {
-		return false
+		return 0, false
 	}
-	_, ok := cgroup.CPUQuota(root)
-	return ok
+	return cgroup.CPUQuota(root)
 }

@@ -16,22 +16,24 @@ func TestServeProcs(t *testing.T) {
 	for _, c := range []struct {
 		env           string
 		current, cpus int
+		quotaCores    float64
 		quota         bool
 		want          int
 		change        bool
 	}{
-		{"", 1, 1, false, 2, true}, // a one-core machine: the case that gains most
-		{"", 2, 2, false, 3, true},
-		{"", 2, 2, true, 2, false}, // a quota: Go's default follows it
-		{"", 2, 8, true, 2, false},
-		{"2", 2, 2, false, 2, false},
-		{"8", 8, 2, false, 8, false}, // the user's choice, even above the cores
-		{"", 3, 2, false, 3, false},  // set by someone else: left alone
-		{"", 0, 0, false, 0, false},
+		{"", 1, 1, 0, false, 2, true}, // a one-core machine: the case that gains most
+		{"", 2, 2, 0, false, 3, true},
+		{"", 2, 2, 1, true, 2, false}, // a quota below the cores: Go's default follows it
+		{"", 2, 8, 1.5, true, 2, false},
+		{"", 2, 2, 2, true, 3, true}, // a quota of the cores cannot throttle
+		{"2", 2, 2, 0, false, 2, false},
+		{"8", 8, 2, 0, false, 8, false}, // the user's choice, even above the cores
+		{"", 3, 2, 0, false, 3, false},  // set by someone else: left alone
+		{"", 0, 0, 0, false, 0, false},
 	} {
-		got, change := serveProcs(c.env, c.current, c.cpus, c.quota)
+		got, change := serveProcs(c.env, c.current, c.cpus, c.quotaCores, c.quota)
 		if got != c.want || change != c.change {
-			t.Errorf("serveProcs(%q, %d, %d, %v) = %d, %v; want %d, %v", c.env, c.current, c.cpus, c.quota, got, change, c.want, c.change)
+			t.Errorf("serveProcs(%q, %d, %d, %v, %v) = %d, %v; want %d, %v", c.env, c.current, c.cpus, c.quotaCores, c.quota, got, change, c.want, c.change)
 		}
 	}
 }
@@ -51,12 +53,17 @@ func TestServeSetsProcessors(t *testing.T) {
 		"proc/self/cgroup":      {Data: []byte("0::/\n")},
 		"sys/fs/cgroup/cpu.max": {Data: []byte("100000 100000\n")},
 	}
+	noQuota := fstest.MapFS{
+		"proc/self/cgroup":      {Data: []byte("0::/\n")},
+		"sys/fs/cgroup/cpu.max": {Data: []byte("max 100000\n")},
+	}
 	for _, c := range []struct {
 		cmd, env string
 		root     fstest.MapFS
 		want     []int
 	}{
 		{"serve", "", nil, []int{0, cpus + 1}},
+		{"serve", "", noQuota, []int{0, cpus + 1}},
 		{"serve", "4", nil, []int{0}},
 		{"serve", "", quota, []int{0}},
 		{"up", "", nil, nil},

@@ -57,6 +57,13 @@ func runInProcessWith(t *testing.T, edit func(*env), args ...string) *inProcess 
 	}()
 	t.Cleanup(func() {
 		cancel()
+		// A shutdown's grace already under way ends at a signal.
+		for range 2 {
+			select {
+			case p.signals <- os.Interrupt:
+			default:
+			}
+		}
 		select {
 		case <-finished:
 		case <-time.After(30 * time.Second):

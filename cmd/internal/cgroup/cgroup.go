@@ -51,9 +51,9 @@ func CPUQuota(fsys fs.FS) (cores float64, ok bool) {
 		if len(f) == 0 || f[0] == "max" {
 			return 0, false
 		}
-		period := 100000.0
+		period := "100000"
 		if len(f) > 1 {
-			period, _ = strconv.ParseFloat(f[1], 64)
+			period = f[1]
 		}
 		return share(f[0], period)
 	}
@@ -61,21 +61,22 @@ func CPUQuota(fsys fs.FS) (cores float64, ok bool) {
 	if !found {
 		return 0, false
 	}
-	period := 100000.0
+	period := "100000"
 	if p, found := read(fsys, "cpu", "", "cpu.cfs_period_us"); found {
-		period, _ = strconv.ParseFloat(strings.TrimSpace(string(p)), 64)
+		period = strings.TrimSpace(string(p))
 	}
 	return share(strings.TrimSpace(string(raw)), period)
 }
 
-// share is quota/period in cores; a quota that is negative (v1's -1 for
-// none) or unreadable is no quota.
-func share(quota string, period float64) (float64, bool) {
-	q, err := strconv.ParseFloat(quota, 64)
-	if err != nil || q <= 0 || period <= 0 {
+// share is quota/period in cores, both in microseconds; a quota that is
+// negative (v1's -1 for none) or unreadable is no quota.
+func share(quota, period string) (float64, bool) {
+	q, err1 := strconv.ParseInt(quota, 10, 64)
+	p, err2 := strconv.ParseInt(period, 10, 64)
+	if err1 != nil || err2 != nil || q <= 0 || p <= 0 {
 		return 0, false
 	}
-	return q / period, true
+	return float64(q) / float64(p), true
 }
 
 // read returns the first of the process's cgroup files that exists: v2's
@@ -105,7 +106,15 @@ func read(fsys fs.FS, controller, v2, v1 string) ([]byte, bool) {
 		paths = append(paths, path.Join("sys/fs/cgroup", v2dir, v2), path.Join("sys/fs/cgroup", v2))
 	}
 	if v1 != "" {
-		paths = append(paths, path.Join("sys/fs/cgroup", controller, v1dir, v1), path.Join("sys/fs/cgroup", controller, v1))
+		// v1 mounts cpu together with cpuacct, under either name, and
+		// usually links "cpu" to it.
+		mounts := []string{controller}
+		if controller == "cpu" {
+			mounts = append(mounts, "cpu,cpuacct", "cpuacct,cpu")
+		}
+		for _, m := range mounts {
+			paths = append(paths, path.Join("sys/fs/cgroup", m, v1dir, v1), path.Join("sys/fs/cgroup", m, v1))
+		}
 	}
 	for _, p := range paths {
 		if raw, err := fs.ReadFile(fsys, p); err == nil {

@@ -35,6 +35,19 @@ func TestCPUQuota(t *testing.T) {
 			"proc/self/cgroup":                   {Data: []byte("12:cpu,cpuacct:/\n")},
 			"sys/fs/cgroup/cpu/cpu.cfs_quota_us": {Data: []byte("-1\n")},
 		}, 0, false},
+		{"v1 mounted as cpu,cpuacct, half a core", fstest.MapFS{
+			"proc/self/cgroup": {Data: []byte("0::/\n4:cpu,cpuacct:/svc\n")},
+			"sys/fs/cgroup/cpu,cpuacct/svc/cpu.cfs_quota_us":  {Data: []byte("25000\n")},
+			"sys/fs/cgroup/cpu,cpuacct/svc/cpu.cfs_period_us": {Data: []byte("50000\n")},
+		}, 0.5, true},
+		{"v2 quota without a period", fstest.MapFS{
+			"proc/self/cgroup":      {Data: []byte("0::/\n")},
+			"sys/fs/cgroup/cpu.max": {Data: []byte("300000\n")},
+		}, 3, true},
+		{"NaN", fstest.MapFS{
+			"proc/self/cgroup":      {Data: []byte("0::/\n")},
+			"sys/fs/cgroup/cpu.max": {Data: []byte("NaN 100000\n")},
+		}, 0, false},
 		{"garbage", fstest.MapFS{
 			"proc/self/cgroup":      {Data: []byte("nonsense")},
 			"sys/fs/cgroup/cpu.max": {Data: []byte("lots 0\n")},
