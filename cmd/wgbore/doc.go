@@ -548,9 +548,9 @@
 // With a processor more, whenever fewer goroutines are runnable than
 // processors one thread sleeps in the kernel's poll and is woken as soon
 // as a socket is ready. The GOMAXPROCS variable overrides this. Under a
-// CPU quota on serve's own cgroup (cpu.max, or cpu.cfs_quota_us) serve
-// keeps Go's default, which follows the quota: a processor more would
-// spend it early in each period. Once serve has set it, Go no longer
+// CPU quota below its cores on serve's own cgroup (cpu.max, or
+// cpu.cfs_quota_us) serve keeps Go's default, which follows the quota: a
+// processor more would spend it early in each period. Once serve has set it, Go no longer
 // follows later changes to the CPU affinity or quota; restart serve, or
 // set GOMAXPROCS, where those change while it runs. up keeps Go's
 // default.
