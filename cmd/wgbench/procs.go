@@ -71,7 +71,8 @@ func startRole(name, role string, key protocol.PrivateKey, peer protocol.PublicK
 // through nice(1) where there is one. That is for load that stands for
 // other machines: what it takes of the CPU then comes from idle time
 // first, not from the process measured. Without nice(1) the role runs at
-// normal priority; the caller says so, once for all its roles.
+// normal priority; the caller says so once for all of them
+// (sayIfNotNiced).
 func startRoleAt(niced bool, name, role string, key protocol.PrivateKey, peer protocol.PublicKey, args ...string) (*child, reply, error) {
 	self, err := os.Executable()
 	if err != nil {
@@ -84,6 +85,14 @@ func startRoleAt(niced bool, name, role string, key protocol.PrivateKey, peer pr
 		}
 	}
 	return startChild(name, exec.Command(argv[0], argv[1:]...), key, peer)
+}
+
+// sayIfNotNiced says once, for the roles that who names, that they run at
+// normal priority because there is no nice(1) for startRoleAt to use.
+func sayIfNotNiced(who string) {
+	if _, err := exec.LookPath("nice"); err != nil {
+		fmt.Printf("   (no nice(1): %s run at normal priority)\n", who)
+	}
 }
 
 // startChild starts cmd, a role of this program, with its keys in the

@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
-	"os/exec"
 	"slices"
 	"strconv"
 	"strings"
@@ -792,9 +791,7 @@ func (r *scaleRun) startProcs() error {
 		return err
 	}
 	endpoint := netip.AddrPortFrom(loopback, r.port).String()
-	if _, err := exec.LookPath("nice"); err != nil {
-		fmt.Println("   (no nice(1): the downloading peers run at normal priority)")
-	}
+	sayIfNotNiced("the downloading peers")
 	for i, p := range r.procs {
 		// The downloading peers stand for machines elsewhere, as the
 		// churn's clients do: at serve's priority, their own stacks'
@@ -869,9 +866,7 @@ func (r *scaleRun) churn() error {
 	if err != nil {
 		return err
 	}
-	if _, err := exec.LookPath("nice"); err != nil {
-		fmt.Println("   (no nice(1): the churn's clients run at normal priority)")
-	}
+	sayIfNotNiced("the churn's clients")
 	churners, _, err := startRoleAt(true, "churn clients", "churn-clients", key, r.serverKey.PublicKey())
 	if err != nil {
 		return err

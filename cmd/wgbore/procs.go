@@ -24,18 +24,21 @@ import (
 // early in each period and then wait for the rest of it, so that case
 // keeps Go's default, which follows the quota. A quota of the cores or
 // more cannot be spent faster than the cores spend it.
-func serveProcs(envGOMAXPROCS string, current, cpus int, quotaCores float64, quota bool) (int, bool) {
-	if envGOMAXPROCS != "" || (quota && quotaCores < float64(cpus)) || current != cpus || cpus < 1 {
+//
+// quotaCores is the quota in cores, 0 for none.
+func serveProcs(envGOMAXPROCS string, current, cpus int, quotaCores float64) (int, bool) {
+	if envGOMAXPROCS != "" || (quotaCores > 0 && quotaCores < float64(cpus)) || current != cpus || cpus < 1 {
 		return current, false
 	}
 	return cpus + 1, true
 }
 
-// cpuQuota is the process's cgroup CPU quota in cores, if it has one; a
+// cpuQuota is the process's cgroup CPU quota in cores, 0 for none; a
 // nil root is a host without cgroups.
-func cpuQuota(root fs.FS) (float64, bool) {
+func cpuQuota(root fs.FS) float64 {
 	if root == nil {
-		return 0, false
+		return 0
 	}
-	return cgroup.CPUQuota(root)
+	cores, _ := cgroup.CPUQuota(root)
+	return cores
 }

@@ -16,24 +16,23 @@ func TestServeProcs(t *testing.T) {
 	for _, c := range []struct {
 		env           string
 		current, cpus int
-		quotaCores    float64
-		quota         bool
+		quotaCores    float64 // 0: none
 		want          int
 		change        bool
 	}{
-		{"", 1, 1, 0, false, 2, true}, // a one-core machine: the case that gains most
-		{"", 2, 2, 0, false, 3, true},
-		{"", 2, 2, 1, true, 2, false}, // a quota below the cores: Go's default follows it
-		{"", 2, 8, 1.5, true, 2, false},
-		{"", 2, 2, 2, true, 3, true}, // a quota of the cores cannot throttle
-		{"2", 2, 2, 0, false, 2, false},
-		{"8", 8, 2, 0, false, 8, false}, // the user's choice, even above the cores
-		{"", 3, 2, 0, false, 3, false},  // set by someone else: left alone
-		{"", 0, 0, 0, false, 0, false},
+		{"", 1, 1, 0, 2, true}, // a one-core machine: the case that gains most
+		{"", 2, 2, 0, 3, true},
+		{"", 2, 2, 1, 2, false}, // a quota below the cores: Go's default follows it
+		{"", 2, 8, 1.5, 2, false},
+		{"", 2, 2, 2, 3, true}, // a quota of the cores cannot throttle
+		{"2", 2, 2, 0, 2, false},
+		{"8", 8, 2, 0, 8, false}, // the user's choice, even above the cores
+		{"", 3, 2, 0, 3, false},  // set by someone else: left alone
+		{"", 0, 0, 0, 0, false},
 	} {
-		got, change := serveProcs(c.env, c.current, c.cpus, c.quotaCores, c.quota)
+		got, change := serveProcs(c.env, c.current, c.cpus, c.quotaCores)
 		if got != c.want || change != c.change {
-			t.Errorf("serveProcs(%q, %d, %d, %v, %v) = %d, %v; want %d, %v", c.env, c.current, c.cpus, c.quotaCores, c.quota, got, change, c.want, c.change)
+			t.Errorf("serveProcs(%q, %d, %d, %v) = %d, %v; want %d, %v", c.env, c.current, c.cpus, c.quotaCores, got, change, c.want, c.change)
 		}
 	}
 }

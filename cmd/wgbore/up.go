@@ -143,8 +143,7 @@ func runTunnel(ctx context.Context, e *env, args []string, name, usage string, s
 	if serveMode && e.maxProcs != nil && e.numCPU != nil {
 		env, _ := e.lookup("GOMAXPROCS")
 		cpus := e.numCPU()
-		quotaCores, quota := cpuQuota(e.root)
-		if n, ok := serveProcs(env, e.maxProcs(0), cpus, quotaCores, quota); ok {
+		if n, ok := serveProcs(env, e.maxProcs(0), cpus, cpuQuota(e.root)); ok {
 			e.maxProcs(n)
 			log.Debug("Go processors: one more than the cores, so that a socket that becomes ready is read at once under load", "GOMAXPROCS", n, "cores", cpus)
 		}
