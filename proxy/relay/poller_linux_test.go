@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"io"
 	"net"
+	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -117,6 +119,89 @@ func TestStartWatchedClose(t *testing.T) {
 		t.Fatal("closing both sockets did not end the relay")
 	}
 	wg.Wait()
+}
+
+// TestPollerParks: the poller's goroutine waits in the runtime's poller,
+// not in a system call that holds its processor, and still hears a
+// watched socket; Close leaves no descriptor behind.
+func TestPollerParks(t *testing.T) {
+	a, b := loopbackPair(t)
+	fds := openFDs(t)
+	p, err := NewPoller()
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := p.Watch(a)
+	if w == nil {
+		t.Fatal("Watch refused a TCP socket")
+	}
+	woke := make(chan struct{}, 1)
+	stop := w.NotifyReadable(func() {
+		select {
+		case woke <- struct{}{}:
+		default:
+		}
+	})
+	defer stop()
+	for round := range 2 {
+		if _, err := b.Write([]byte{'x'}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case <-woke:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("round %d: no notification for a readable socket", round)
+		}
+		buf := make([]byte, 8)
+		if n, wouldBlock, err := w.TryRead(buf); n != 1 || wouldBlock || err != nil {
+			t.Fatalf("round %d: TryRead = %d, %v, %v", round, n, wouldBlock, err)
+		}
+		var state string
+		for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			if state = pollerState(); state == "IO wait" {
+				break
+			}
+		}
+		if state != "IO wait" {
+			t.Fatalf("round %d: the idle poller's goroutine is in %q, want it parked in the runtime's poller (IO wait)", round, state)
+		}
+	}
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if state := pollerState(); state != "" {
+		t.Fatalf("after Close the poller's goroutine is still there, in %q", state)
+	}
+	if after := openFDs(t); after != fds {
+		t.Fatalf("%d descriptors open after Close, %d before NewPoller", after, fds)
+	}
+}
+
+// pollerState is the state that a goroutine dump gives the poller's
+// goroutine, or "" when there is none.
+func pollerState() string {
+	buf := make([]byte, 1<<20)
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		if !strings.Contains(g, "relay.(*Poller).run(") {
+			continue
+		}
+		head, _, _ := strings.Cut(g, "\n")
+		_, state, _ := strings.Cut(head, "[")
+		state, _, _ = strings.Cut(state, "]")
+		state, _, _ = strings.Cut(state, ",") // ", N minutes"
+		return state
+	}
+	return ""
+}
+
+// openFDs counts the process's open descriptors.
+func openFDs(t *testing.T) int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return len(ents)
 }
 
 // TestStartWatchedDatagrams: Start with moved relays datagrams between
