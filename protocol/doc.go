@@ -27,11 +27,9 @@
 //     rate-limiter bucket reads it, so a test can drive hours of protocol
 //     time with [clock.Manual]. A nil Clock means [clock.System].
 //   - Logger, Resolver (for hostname endpoints), MTU ([DefaultMTU] when
-//     0), Workers (how many encrypt and decrypt goroutines each,
-//     GOMAXPROCS when 0; handshakes get one core fewer, so that a burst
-//     of them leaves a core to transport packets) and Params, the
-//     whitepaper's limits, which only tests override (see [Params] and
-//     [DefaultParams]).
+//     0), Workers (how many encrypt, decrypt and handshake goroutines each;
+//     GOMAXPROCS when 0) and Params, the whitepaper's limits, which only
+//     tests override (see [Params] and [DefaultParams]).
 //
 // Peers are added or updated with [Engine.SetPeer] and a [PeerConfig], as a
 // peer section of wg0.conf describes one, and removed with

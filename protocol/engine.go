@@ -74,9 +74,8 @@ type Config struct {
 	Clock    clock.Clock  // nil means clock.System
 	Logger   *slog.Logger // nil discards
 	Resolver Resolver     // nil means net.DefaultResolver
-	// Workers is the number of encrypt goroutines, and of decrypt ones;
-	// 0 means GOMAXPROCS. Handshakes get one core fewer (see
-	// handshakeWorkers).
+	// Workers is the number of goroutines of each kind: encrypt, decrypt
+	// and handshake; 0 means GOMAXPROCS.
 	Workers int
 	// Params overrides the whitepaper's limits; tests only.
 	Params *Params
@@ -237,24 +236,11 @@ func New(cfg Config) (*Engine, error) {
 	for range workers {
 		e.goroutine(e.encryptWorker)
 		e.goroutine(e.decryptWorker)
-	}
-	for range handshakeWorkers(workers, runtime.NumCPU()) {
 		e.goroutine(e.handshakeWorker)
 	}
 	e.startBind(cfg.Bind)
 	return e, nil
 }
-
-// handshakeWorkers is how many handshake goroutines run beside workers
-// of each crypto kind on cpus cores: one fewer than the smaller, and at
-// least one. A burst of handshakes (a restart, a reload that adds many
-// peers, a flood below the cookie threshold) keeps every handshake
-// goroutine busy from start to end. Go runs a goroutine that became
-// ready when a processor frees, so with a handshake goroutine on every
-// processor, transport packets waited for the scheduler's preemption;
-// with one on every core, they waited for the kernel's. Kept a core
-// short, handshakes take longer only when the cores are all theirs.
-func handshakeWorkers(workers, cpus int) int { return max(1, min(workers, cpus)-1) }
 
 // bindRef is a Bind as the engine holds it.
 type bindRef struct {
