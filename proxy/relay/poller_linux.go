@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -24,19 +25,14 @@ import (
 // here is a second one beside the runtime's, edge-triggered, used only to
 // learn that a socket may have become readable; every read still goes
 // through the socket's RawConn, which keeps the descriptor from being
-// closed and reused under the read.
-//
-// The runtime's poller watches the epoll instance in turn, and the
-// poller's goroutine parks there like any reader. It never waits in a
-// blocking epoll_wait: a goroutine in a system call keeps its processor,
-// and the relays it has just woken, queued on that processor, would wait
-// until the runtime's monitor took it back. Under load the monitor looks
-// seldom, and a relay's wait grew far past a round trip.
+// closed and reused under the read. The poller's goroutine waits in
+// epoll_wait, a system call, and wakes at once when a socket is ready;
+// after each batch of events it yields its processor to the relays it
+// woke.
 type Poller struct {
-	// ep is the epoll instance, registered with the runtime's poller;
-	// epfd is its descriptor, valid until fdClosed.
-	ep     *os.File
 	epfd   int
+	wakeR  int // the read end of a pipe whose byte ends run
+	wakeW  int
 	mu     sync.Mutex
 	next   uint64
 	fire   map[uint64]func()
@@ -51,25 +47,26 @@ type Poller struct {
 	fdClosed bool
 }
 
+// wakeID is the pipe's registration; sockets get ids from 1 on.
+const wakeID = 0
+
 // NewPoller starts a poller.
 func NewPoller() (*Poller, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, os.NewSyscallError("epoll_create1", err)
 	}
-	// Non-blocking, os.NewFile registers it with the runtime's poller.
-	if err := unix.SetNonblock(epfd, true); err != nil {
+	var pipe [2]int
+	if err := unix.Pipe2(pipe[:], unix.O_NONBLOCK|unix.O_CLOEXEC); err != nil {
 		unix.Close(epfd)
-		return nil, os.NewSyscallError("fcntl", err)
+		return nil, os.NewSyscallError("pipe2", err)
 	}
-	ep := os.NewFile(uintptr(epfd), "epoll")
-	rc, err := ep.SyscallConn()
-	if err != nil {
-		ep.Close()
+	p := &Poller{epfd: epfd, wakeR: pipe[0], wakeW: pipe[1], next: wakeID + 1, fire: map[uint64]func(){}, done: make(chan struct{})}
+	if err := p.ctl(unix.EPOLL_CTL_ADD, p.wakeR, wakeID); err != nil {
+		p.closeFDs()
 		return nil, err
 	}
-	p := &Poller{ep: ep, epfd: epfd, next: 1, fire: map[uint64]func(){}, done: make(chan struct{})}
-	go p.run(rc)
+	go p.run()
 	return p, nil
 }
 
@@ -78,30 +75,22 @@ func (p *Poller) ctl(op, fd int, id uint64) error {
 	return os.NewSyscallError("epoll_ctl", unix.EpollCtl(p.epfd, op, fd, &ev))
 }
 
-// run takes the epoll instance's events until Close. Each wait polls
-// without blocking and, finding nothing, parks until the runtime's poller
-// sees the instance readable; a RawConn read always tries before it
-// parks, so events left behind by a full batch are taken at once.
-func (p *Poller) run(rc syscall.RawConn) {
+func (p *Poller) run() {
 	defer close(p.done)
 	events := make([]unix.EpollEvent, 128)
 	for {
-		var n int
-		var werr error
-		if err := rc.Read(func(fd uintptr) bool {
-			n, werr = unix.EpollWait(int(fd), events, 0)
-			return n > 0 || werr != nil
-		}); err != nil {
-			return // closed
-		}
-		if werr == unix.EINTR {
+		n, err := unix.EpollWait(p.epfd, events, -1)
+		if err == unix.EINTR {
 			continue
 		}
-		if werr != nil {
+		if err != nil {
 			return
 		}
 		for _, ev := range events[:n] {
 			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+			if id == wakeID {
+				return
+			}
 			p.mu.Lock()
 			f := p.fire[id]
 			p.mu.Unlock()
@@ -109,12 +98,17 @@ func (p *Poller) run(rc syscall.RawConn) {
 				f()
 			}
 		}
+		// The relays just woken wait on this goroutine's processor, and
+		// epoll_wait would keep the processor while it blocks: they
+		// would run only once the runtime's monitor took it back, which
+		// under load it does seldom. Yielding first runs them.
+		runtime.Gosched()
 	}
 }
 
-// Close stops the poller and waits for its goroutine to return. Sockets
-// still watched are no longer notified; their own Close still wakes
-// their relay.
+// Close stops the poller once its goroutine has returned. Sockets still
+// watched are no longer notified; their own Close still wakes their
+// relay.
 func (p *Poller) Close() error {
 	p.mu.Lock()
 	if p.closed {
@@ -123,14 +117,19 @@ func (p *Poller) Close() error {
 	}
 	p.closed = true
 	p.mu.Unlock()
-	// Closing the file wakes run's parked read with an error; the
-	// descriptor itself goes once that read has let go of it.
+	unix.Write(p.wakeW, []byte{1})
+	<-p.done
 	p.fdMu.Lock()
 	p.fdClosed = true
-	err := p.ep.Close()
+	p.closeFDs()
 	p.fdMu.Unlock()
-	<-p.done
-	return err
+	return nil
+}
+
+func (p *Poller) closeFDs() {
+	unix.Close(p.epfd)
+	unix.Close(p.wakeR)
+	unix.Close(p.wakeW)
 }
 
 // Watch makes c, a host *net.TCPConn or *net.UDPConn, a ReadNotifier
