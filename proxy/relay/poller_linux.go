@@ -26,9 +26,8 @@ import (
 // learn that a socket may have become readable; every read still goes
 // through the socket's RawConn, which keeps the descriptor from being
 // closed and reused under the read. The poller's goroutine waits in
-// epoll_wait, a system call, and wakes at once when a socket is ready;
-// after each batch of events it yields its processor to the relays it
-// woke.
+// epoll_wait, a system call; after each batch of events it yields its
+// processor, so that the relays it woke run before it blocks again.
 type Poller struct {
 	epfd   int
 	wakeR  int // the read end of a pipe whose byte ends run
@@ -99,9 +98,10 @@ func (p *Poller) run() {
 			}
 		}
 		// The relays just woken wait on this goroutine's processor, and
-		// epoll_wait would keep the processor while it blocks: they
-		// would run only once the runtime's monitor took it back, which
-		// under load it does seldom. Yielding first runs them.
+		// epoll_wait would keep the processor while it blocks. With every
+		// other processor busy, they would run only once the runtime's
+		// monitor took this one back, which can be milliseconds later.
+		// Yielding puts this goroutine on the global queue, behind them.
 		runtime.Gosched()
 	}
 }

@@ -145,17 +145,22 @@ func TestPollerYields(t *testing.T) {
 	})
 	defer stop()
 	done := make(chan struct{})
+	var helper sync.WaitGroup
+	defer helper.Wait()
 	defer close(done)
-	go func() {
+	helper.Go(func() {
+		// Allocated once: a collection that this goroutine assisted
+		// inside a round would let the poller wait again first.
+		dump := make([]byte, 1<<20)
 		for {
 			select {
 			case <-woke:
-				states <- pollerState()
+				states <- pollerState(dump)
 			case <-done:
 				return
 			}
 		}
-	}()
+	})
 	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
 	const rounds = 20
 	waiting := 0
@@ -166,7 +171,10 @@ func TestPollerYields(t *testing.T) {
 		}
 		select {
 		case state := <-states:
-			if state == "syscall" {
+			switch state {
+			case "":
+				t.Fatalf("round %d: no poller goroutine in the goroutine dump", round)
+			case "syscall":
 				waiting++
 			}
 		case <-time.After(10 * time.Second):
@@ -183,10 +191,9 @@ func TestPollerYields(t *testing.T) {
 	}
 }
 
-// pollerState is the state that a goroutine dump gives the poller's
-// goroutine, or "" when there is none.
-func pollerState() string {
-	buf := make([]byte, 1<<20)
+// pollerState is the state that a goroutine dump, made in buf, gives
+// the poller's goroutine, or "" when there is none.
+func pollerState(buf []byte) string {
 	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
 		if !strings.Contains(g, "relay.(*Poller).run(") {
 			continue
