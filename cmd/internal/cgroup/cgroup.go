@@ -28,11 +28,9 @@ func MemoryLimit(fsys fs.FS) (limit int64, ok bool) {
 	if !ok {
 		return 0, false
 	}
-	v := strings.TrimSpace(string(raw))
-	if v == "max" {
-		return 0, false
-	}
-	n, err := strconv.ParseInt(v, 10, 64)
+	// v2's "max" fails to parse, and v1's near-2^63 is past noMemoryLimit:
+	// both mean none.
+	n, err := strconv.ParseInt(strings.TrimSpace(string(raw)), 10, 64)
 	if err != nil || n <= 0 || n >= noMemoryLimit {
 		return 0, false
 	}

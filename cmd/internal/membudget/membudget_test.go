@@ -4,52 +4,8 @@ import (
 	"context"
 	"slices"
 	"testing"
-	"testing/fstest"
 	"time"
 )
-
-func TestCgroupLimit(t *testing.T) {
-	for _, tc := range []struct {
-		name  string
-		files fstest.MapFS
-		want  int64
-		ok    bool
-	}{
-		{"no cgroup file system", fstest.MapFS{}, 0, false},
-		{"v2 in a namespace", fstest.MapFS{
-			"proc/self/cgroup":         {Data: []byte("0::/\n")},
-			"sys/fs/cgroup/memory.max": {Data: []byte("67108864\n")},
-		}, 64 << 20, true},
-		{"v2 at its path", fstest.MapFS{
-			"proc/self/cgroup": {Data: []byte("0::/system.slice/wgbore.service\n")},
-			"sys/fs/cgroup/system.slice/wgbore.service/memory.max": {Data: []byte("134217728\n")},
-			"sys/fs/cgroup/memory.max":                             {Data: []byte("max\n")},
-		}, 128 << 20, true},
-		{"v2 unlimited", fstest.MapFS{
-			"proc/self/cgroup":         {Data: []byte("0::/\n")},
-			"sys/fs/cgroup/memory.max": {Data: []byte("max\n")},
-		}, 0, false},
-		{"v1", fstest.MapFS{
-			"proc/self/cgroup": {Data: []byte("12:cpu,cpuacct:/docker/abc\n7:memory:/docker/abc\n")},
-			"sys/fs/cgroup/memory/docker/abc/memory.limit_in_bytes": {Data: []byte("268435456\n")},
-		}, 256 << 20, true},
-		{"v1 unlimited", fstest.MapFS{
-			"proc/self/cgroup":                           {Data: []byte("7:memory:/\n")},
-			"sys/fs/cgroup/memory/memory.limit_in_bytes": {Data: []byte("9223372036854771712\n")},
-		}, 0, false},
-		{"garbage", fstest.MapFS{
-			"proc/self/cgroup":         {Data: []byte("nonsense")},
-			"sys/fs/cgroup/memory.max": {Data: []byte("lots\n")},
-		}, 0, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, ok := CgroupLimit(tc.files)
-			if got != tc.want || ok != tc.ok {
-				t.Fatalf("CgroupLimit = %d, %v; want %d, %v", got, ok, tc.want, tc.ok)
-			}
-		})
-	}
-}
 
 func TestNoBudget(t *testing.T) {
 	var b *Budget = New(0, 0)

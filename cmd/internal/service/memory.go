@@ -6,6 +6,7 @@ import (
 	"runtime/debug"
 	"time"
 
+	"github.com/wgbore/wgbore/cmd/internal/cgroup"
 	"github.com/wgbore/wgbore/cmd/internal/membudget"
 	"github.com/wgbore/wgbore/config"
 	"github.com/wgbore/wgbore/proxy"
@@ -26,7 +27,7 @@ func newBudget(cfg *config.Config, o Options) *membudget.Budget {
 		limit, source = cfg.Interface.MemoryLimit, "MemoryLimit"
 	}
 	if limit == 0 && o.Root != nil {
-		if l, ok := membudget.CgroupLimit(o.Root); ok {
+		if l, ok := cgroup.MemoryLimit(o.Root); ok {
 			limit, source = l, "the container's limit"
 		}
 	}
