@@ -5,7 +5,6 @@ import (
 	"io"
 	"net"
 	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -25,9 +24,7 @@ import (
 // here is a second one beside the runtime's, edge-triggered, used only to
 // learn that a socket may have become readable; every read still goes
 // through the socket's RawConn, which keeps the descriptor from being
-// closed and reused under the read. The poller's goroutine waits in
-// epoll_wait, a system call; after each batch of events it yields its
-// processor, so that the relays it woke run before it blocks again.
+// closed and reused under the read.
 type Poller struct {
 	epfd   int
 	wakeR  int // the read end of a pipe whose byte ends run
@@ -97,12 +94,6 @@ func (p *Poller) run() {
 				f()
 			}
 		}
-		// The relays just woken wait on this goroutine's processor, and
-		// epoll_wait would keep the processor while it blocks. With every
-		// other processor busy, they would run only once the runtime's
-		// monitor took this one back, which can be milliseconds later.
-		// Yielding puts this goroutine on the global queue, behind them.
-		runtime.Gosched()
 	}
 }
 

@@ -5,7 +5,6 @@ import (
 	"io"
 	"net"
 	"runtime"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -118,93 +117,6 @@ func TestStartWatchedClose(t *testing.T) {
 		t.Fatal("closing both sockets did not end the relay")
 	}
 	wg.Wait()
-}
-
-// TestPollerYields: a goroutine that a watched socket's notification
-// wakes runs before the poller's goroutine waits again in epoll_wait, a
-// system call that would keep the one processor there is from it until
-// the runtime's monitor took it back.
-func TestPollerYields(t *testing.T) {
-	a, b := loopbackPair(t)
-	p, err := NewPoller()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer p.Close()
-	w := p.Watch(a)
-	if w == nil {
-		t.Fatal("Watch refused a TCP socket")
-	}
-	woke := make(chan struct{}, 1)
-	states := make(chan string, 1)
-	stop := w.NotifyReadable(func() {
-		select {
-		case woke <- struct{}{}:
-		default:
-		}
-	})
-	defer stop()
-	done := make(chan struct{})
-	var helper sync.WaitGroup
-	defer helper.Wait()
-	defer close(done)
-	helper.Go(func() {
-		// Allocated once: a collection that this goroutine assisted
-		// inside a round would let the poller wait again first.
-		dump := make([]byte, 1<<20)
-		for {
-			select {
-			case <-woke:
-				states <- pollerState(dump)
-			case <-done:
-				return
-			}
-		}
-	})
-	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
-	const rounds = 20
-	waiting := 0
-	buf := make([]byte, 8)
-	for round := range rounds {
-		if _, err := b.Write([]byte{'x'}); err != nil {
-			t.Fatal(err)
-		}
-		select {
-		case state := <-states:
-			switch state {
-			case "":
-				t.Fatalf("round %d: no poller goroutine in the goroutine dump", round)
-			case "syscall":
-				waiting++
-			}
-		case <-time.After(10 * time.Second):
-			t.Fatalf("round %d: no notification for a readable socket", round)
-		}
-		if n, wouldBlock, err := w.TryRead(buf); n != 1 || wouldBlock || err != nil {
-			t.Fatalf("round %d: TryRead = %d, %v, %v", round, n, wouldBlock, err)
-		}
-	}
-	// Go's scheduler takes the global queue first now and then, so the
-	// poller may go back to its wait first in a round or two.
-	if waiting > rounds/2 {
-		t.Fatalf("in %d rounds of %d the woken goroutine ran only after the poller was back in epoll_wait", waiting, rounds)
-	}
-}
-
-// pollerState is the state that a goroutine dump, made in buf, gives
-// the poller's goroutine, or "" when there is none.
-func pollerState(buf []byte) string {
-	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
-		if !strings.Contains(g, "relay.(*Poller).run(") {
-			continue
-		}
-		head, _, _ := strings.Cut(g, "\n")
-		_, state, _ := strings.Cut(head, "[")
-		state, _, _ = strings.Cut(state, "]")
-		state, _, _ = strings.Cut(state, ",") // ", N minutes"
-		return state
-	}
-	return ""
 }
 
 // TestStartWatchedDatagrams: Start with moved relays datagrams between
