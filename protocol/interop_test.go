@@ -441,3 +441,37 @@ func TestIdlePeersHoldNoGoroutine(t *testing.T) {
 		return !p.txRunning.Load() && !p.rxRunning.Load()
 	})
 }
+
+// A peer's loop ends whenever its queue runs dry, which on a moving flow
+// happens every few batches. Loops started one after another run on the
+// goroutine that ran the last one, not on a new goroutine each.
+func TestPeerLoopsReuseGoroutines(t *testing.T) {
+	ip := newInteropPair(t, netip.MustParseAddr("127.0.0.1"), true, PresharedKey{}, PresharedKey{})
+	ip.exchange(t, rand.New(rand.NewPCG(5, 6)), 1, true)
+	p := ip.our.lookupPeer(ip.wg.key.PublicKey())
+	started := ip.our.loops.Started()
+	const rounds = 20
+	for i := range rounds {
+		// More packets than a batch sealed inline, so that the send
+		// loop runs.
+		pkts := make([][]byte, 2*inlineBatchMax)
+		for j := range pkts {
+			pkts[j] = ipPacket(ourV4, theirV4, []byte{byte(i), byte(j)})
+		}
+		ip.our.WritePackets(pkts)
+		for range pkts {
+			select {
+			case <-ip.wg.delivered:
+			case <-time.After(10 * time.Second):
+				t.Fatalf("round %d: a packet was not delivered within 10s", i)
+			}
+		}
+		wgtest.WaitFor(t, 5*time.Second, "the send loop to end", func() bool { return !p.txRunning.Load() })
+	}
+	switch got := ip.our.loops.Started() - started; {
+	case got == 0:
+		t.Error("no send loop ran on the engine's goroutines")
+	case got > rounds/2:
+		t.Errorf("%d goroutines started for %d send loops one after another", got, rounds)
+	}
+}
