@@ -3,6 +3,7 @@ package membudget
 import (
 	"context"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 )
@@ -124,6 +125,24 @@ func TestReclaimer(t *testing.T) {
 	}
 	if want := []int64{100, 150}; !slices.Equal(rel, want) {
 		t.Fatalf("released the binary at loads %v, want %v", rel, want)
+	}
+}
+
+// A reclaim frees what sync.Pools held when it began, not only what was
+// garbage then: the pools' contents are the scattered survivors of a
+// burst that would keep their spans from going back.
+func TestReclaimEmptiesPools(t *testing.T) {
+	type buf struct{ b [4096]byte }
+	var pool sync.Pool
+	held := make(map[*buf]bool)
+	for range 64 {
+		b := new(buf)
+		held[b] = true
+		pool.Put(b)
+	}
+	Reclaimer{}.reclaim(false)
+	if b, ok := pool.Get().(*buf); ok && held[b] {
+		t.Fatal("a buffer put in a pool before the reclaim is still there after it")
 	}
 }
 

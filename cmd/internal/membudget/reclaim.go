@@ -2,6 +2,7 @@ package membudget
 
 import (
 	"context"
+	"runtime"
 	"runtime/debug"
 	"runtime/metrics"
 	"time"
@@ -192,6 +193,13 @@ func (r Reclaimer) reclaim(release bool) {
 	if r.Trim != nil {
 		r.Trim()
 	}
+	// What the burst's sync.Pools held (gVisor's buffer chunks and
+	// packet buffers, the relays' copy buffers) outlives one collection,
+	// as the pools' victims, and goes only with the next. Scattered
+	// among the burst's garbage, those objects keep whole spans from
+	// going back. So two collections: the first leaves them unreferenced,
+	// FreeOSMemory's frees them and returns the pages.
+	runtime.GC()
 	debug.FreeOSMemory()
 	if release && r.Release != nil {
 		r.Release()
