@@ -188,8 +188,9 @@ func New(cfg Config) (*Engine, error) {
 		return nil, errors.New("protocol: Config.Packets is nil")
 	}
 	e := &Engine{
-		// Lingering goroutines are the process's, in real time, even
-		// when a test drives the engine's clock by hand.
+		// Lingering goroutines are the process's, in real time: under
+		// the engine's clock, which a test may move by hand, they
+		// would wait until it moved.
 		loops:    wakeup.New(math.MaxInt, wakeup.Stall, clock.System{}),
 		clock:    cfg.Clock,
 		log:      cfg.Logger,

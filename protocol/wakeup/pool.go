@@ -24,6 +24,8 @@
 // for each one costs more than the callback's work: its start, and the
 // growth of its stack from the runtime's starting size to the depth a
 // callback reaches, which the runtime gives back when the goroutine ends.
+// A reused goroutine keeps the profiler labels of the one that started
+// it, so labels tell little about a pool's callbacks.
 package wakeup
 
 import (
@@ -80,7 +82,7 @@ type Pool struct {
 	reaping bool
 
 	started atomic.Int64
-	live    atomic.Int64 // goroutines of the pool, parked ones included
+	live    atomic.Int64
 }
 
 // idler is a goroutine of the pool waiting for its next callback; nil
@@ -91,13 +93,16 @@ type idler struct {
 }
 
 // New makes a Pool of limit goroutines (at least one) that adds one more
-// whenever its queue has not moved for stall, as clk measures it.
+// whenever its queue has not moved for stall, as clk measures it. clk
+// also times Linger: under a clock that a test moves by hand, the
+// goroutines stay until it has moved that far.
 func New(limit int, stall time.Duration, clk clock.Clock) *Pool {
 	return &Pool{limit: max(limit, 1), stall: stall, clock: clk}
 }
 
-// Go runs f on a goroutine of the pool: a new one while fewer than the
-// limit run, else the next one free. It never blocks, so it may be
+// Go runs f on a goroutine of the pool while fewer than the limit run
+// (one waiting for a callback, else a new one), else on the next one
+// free. It never blocks, so it may be
 // called from an event loop or with a lock held.
 func (p *Pool) Go(f func()) {
 	p.mu.Lock()
@@ -130,6 +135,10 @@ func (p *Pool) Waiting() bool {
 
 // Started is the number of goroutines the pool has ever started.
 func (p *Pool) Started() int64 { return p.started.Load() }
+
+// Goroutines is the number of the pool's goroutines now, those waiting
+// for a callback included.
+func (p *Pool) Goroutines() int64 { return p.live.Load() }
 
 // runLocked runs f on the newest idle goroutine, or else on a new one,
 // and unlocks p.mu. The caller has counted it in running.

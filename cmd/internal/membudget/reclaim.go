@@ -15,9 +15,10 @@ import (
 // allows, and that goal was set by the last collection, taken while the
 // burst's connections were alive; the next forced one may be two
 // minutes away. A steep fall in the count of things that hold memory is
-// a cheap sign that much of the heap has just become garbage: a
-// collection then, and a return of every free page, bring the process
-// back to what is still in use. A burst of work that leaves the count
+// a cheap sign that much of the heap has just become garbage: two
+// collections then (the second for what buffer pools kept through the
+// first), and a return of every free page, bring the process back to
+// what is still in use. A burst of work that leaves the count
 // where it was (a thousand peers' handshakes at once) leaves its garbage
 // in the heap all the same; Allocated catches that kind once it is over.
 type Reclaimer struct {
@@ -195,10 +196,10 @@ func (r Reclaimer) reclaim(release bool) {
 	}
 	// What the burst's sync.Pools held (gVisor's buffer chunks and
 	// packet buffers, the relays' copy buffers) outlives one collection,
-	// as the pools' victims, and goes only with the next. Scattered
-	// among the burst's garbage, those objects keep whole spans from
-	// going back. So two collections: the first leaves them unreferenced,
-	// FreeOSMemory's frees them and returns the pages.
+	// and scattered among the burst's garbage it keeps whole spans from
+	// going back. So two collections: the first moves the pools' contents
+	// to their victims, the second (FreeOSMemory's) drops and frees the
+	// victims, and then the free pages are returned.
 	runtime.GC()
 	debug.FreeOSMemory()
 	if release && r.Release != nil {
