@@ -102,8 +102,8 @@ func New(limit int, stall time.Duration, clk clock.Clock) *Pool {
 
 // Go runs f on a goroutine of the pool while fewer than the limit run
 // (one waiting for a callback, else a new one), else on the next one
-// free. It never blocks, so it may be
-// called from an event loop or with a lock held.
+// free. It never blocks, so it may be called from an event loop or with
+// a lock held.
 func (p *Pool) Go(f func()) {
 	p.mu.Lock()
 	if p.running < p.limit {
@@ -140,8 +140,8 @@ func (p *Pool) Started() int64 { return p.started.Load() }
 // for a callback included.
 func (p *Pool) Goroutines() int64 { return p.live.Load() }
 
-// runLocked runs f on the newest idle goroutine, or else on a new one,
-// and unlocks p.mu. The caller has counted it in running.
+// runLocked runs f on the goroutine that began waiting last, or else on
+// a new one, and unlocks p.mu. The caller has counted it in running.
 func (p *Pool) runLocked(f func()) {
 	if n := len(p.parked); n > 0 {
 		w := p.parked[n-1]
