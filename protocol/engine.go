@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"net"
 	"net/netip"
 	"runtime"
@@ -17,7 +16,6 @@ import (
 	"golang.org/x/crypto/blake2s"
 
 	"github.com/wgbore/wgbore/protocol/clock"
-	"github.com/wgbore/wgbore/protocol/wakeup"
 )
 
 // PacketSide receives the plaintext IP packets the engine decrypted. The
@@ -147,14 +145,6 @@ type Engine struct {
 	// sendScratch and receiveScratch hold the peers' loops' scratch
 	// space (a batch's worth of slices) while a loop runs.
 	sendScratch, receiveScratch sync.Pool
-	// loops runs the peers' send and receive loops. A loop ends when its
-	// queue is empty, so that an idle peer holds no goroutine; on a busy
-	// flow that is after every few batches, and a goroutine started
-	// anew each time would grow its stack again through the whole
-	// delivery path. The pool's goroutines wait a moment for the next
-	// loop instead, whichever peer's it is. Each peer runs at most one
-	// loop of each kind, so the pool needs no bound of its own.
-	loops *wakeup.Pool
 	// lastUnderLoad is when the handshake queue was last found deep, or
 	// handshake messages too frequent, in clock nanoseconds.
 	lastUnderLoad atomic.Int64
@@ -188,10 +178,6 @@ func New(cfg Config) (*Engine, error) {
 		return nil, errors.New("protocol: Config.Packets is nil")
 	}
 	e := &Engine{
-		// Lingering goroutines are the process's, in real time: under
-		// the engine's clock, which a test may move by hand, they
-		// would wait until it moved.
-		loops:    wakeup.New(math.MaxInt, wakeup.Stall, clock.System{}),
 		clock:    cfg.Clock,
 		log:      cfg.Logger,
 		packets:  cfg.Packets,

@@ -469,11 +469,11 @@ func (e *Engine) newPeer(u *peerUpdate) *Peer {
 	return p
 }
 
-// startLoop starts run (runSend or runReceive) on a goroutine of the
-// engine's loops unless its loop runs already (running). A batch was
-// just queued for it; the loop drains the queue and returns when it is
-// empty. A thousand idle peers thus hold no goroutine, where two parked
-// loops each held a stack and scratch space for a batch.
+// startLoop starts run (runSend or runReceive) on a goroutine of its own
+// unless its loop runs already (running). A batch was just queued for it;
+// the loop drains the queue and returns when it is empty. A thousand
+// idle peers thus hold no goroutine, where two parked loops each held a
+// stack and scratch space for a batch.
 func (p *Peer) startLoop(running *atomic.Bool, run func()) {
 	if !running.CompareAndSwap(false, true) {
 		return
@@ -485,7 +485,7 @@ func (p *Peer) startLoop(running *atomic.Bool, run func()) {
 		return
 	}
 	p.wg.Add(1)
-	p.engine.loops.Go(run)
+	go run()
 }
 
 // loopIdle is a loop's way out once its queue looked empty: it clears

@@ -10,7 +10,7 @@ import (
 	"github.com/wgbore/wgbore/protocol/wgtest"
 )
 
-// idle reports whether the pool runs no callback and has nothing queued.
+// idle reports whether the pool has no goroutine and nothing queued.
 func (p *Pool) idle() bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -19,7 +19,7 @@ func (p *Pool) idle() bool {
 
 // A burst far larger than the limit runs on the limit's goroutines while
 // it moves: none starts past the bound, every callback runs, and the
-// goroutines leave once the queue has been empty for Linger.
+// goroutines leave once the queue is empty.
 func TestPoolBoundsABurst(t *testing.T) {
 	clk := clock.NewManual(time.Unix(0, 0))
 	p := New(4, Stall, clk)
@@ -56,8 +56,6 @@ func TestPoolBoundsABurst(t *testing.T) {
 	if cap(p.queue) > queueKeep {
 		t.Errorf("an empty queue keeps capacity %d", cap(p.queue))
 	}
-	clk.Advance(Linger)
-	wgtest.WaitFor(t, 10*time.Second, "the goroutines to leave", func() bool { return p.Goroutines() == 0 })
 }
 
 // A callback that waits for one queued behind it would wait forever on a
@@ -88,66 +86,8 @@ func TestPoolStallStartsOneMore(t *testing.T) {
 	if got := p.Started(); got != 2 {
 		t.Errorf("started %d goroutines, want 2", got)
 	}
-	// What stays armed is the timer that ends the goroutines' linger.
-	clk.Advance(Linger)
-	wgtest.WaitFor(t, 10*time.Second, "the goroutines to leave", func() bool { return p.Goroutines() == 0 })
 	if clk.Pending() != 0 {
-		t.Errorf("%d timers armed on an empty pool", clk.Pending())
-	}
-}
-
-// A goroutine that ran out of callbacks takes the next one that comes
-// within Linger, rather than a new goroutine starting for it; idle for
-// Linger, it leaves, oldest first.
-func TestPoolGoroutinesLinger(t *testing.T) {
-	clk := clock.NewManual(time.Unix(0, 0))
-	p := New(4, Stall, clk)
-	run := func(n int) {
-		t.Helper()
-		var ran sync.WaitGroup
-		ran.Add(n)
-		release := make(chan struct{})
-		for range n {
-			p.Go(func() { <-release; ran.Done() })
-		}
-		close(release)
-		ran.Wait()
-		wgtest.WaitFor(t, 10*time.Second, "the pool to be idle", p.idle)
-		wgtest.WaitFor(t, 10*time.Second, "every goroutine to wait", func() bool {
-			p.mu.Lock()
-			defer p.mu.Unlock()
-			return int64(len(p.parked)) == p.Goroutines()
-		})
-	}
-	run(1)
-	clk.Advance(Linger / 2)
-	run(1)
-	if got := p.Started(); got != 1 {
-		t.Fatalf("started %d goroutines for two callbacks within Linger, want 1", got)
-	}
-	// Two at once: the waiting one takes one, a new one the other.
-	run(2)
-	if got, live := p.Started(), p.Goroutines(); got != 2 || live != 2 {
-		t.Fatalf("started %d goroutines, %d alive, want 2 and 2", got, live)
-	}
-	// The one that parked first leaves first.
-	clk.Advance(Linger / 2)
-	p.mu.Lock()
-	first := p.parked[0]
-	p.mu.Unlock()
-	run(1)
-	clk.Advance(Linger - time.Nanosecond)
-	wgtest.WaitFor(t, 10*time.Second, "the oldest goroutine to leave", func() bool { return p.Goroutines() == 1 })
-	p.mu.Lock()
-	left := len(p.parked) == 1 && p.parked[0] != first
-	p.mu.Unlock()
-	if !left {
-		t.Error("the goroutine that stayed is not the one that ran last")
-	}
-	clk.Advance(time.Nanosecond)
-	wgtest.WaitFor(t, 10*time.Second, "every goroutine to leave", func() bool { return p.Goroutines() == 0 })
-	if clk.Pending() != 0 {
-		t.Errorf("%d timers armed on an empty pool", clk.Pending())
+		t.Errorf("%d stall timers armed on an empty queue", clk.Pending())
 	}
 }
 

@@ -433,11 +433,8 @@ type lingerer interface {
 }
 
 // lingerTime is how long a copy from a lingerer waits for more before
-// it ends: longer than the gaps within a burst, far shorter than a
-// flow's idle spells. Waiting on its own socket, the copy keeps its
-// buffer and needs no notification to go on. Once it ends, its
-// goroutine still waits in the pool for a while, but for any relay's
-// next drain, which starts from a notification.
+// its goroutine leaves: longer than the gaps within a burst, far shorter
+// than a flow's idle spells.
 const lingerTime = 5 * time.Millisecond
 
 // finish ends the copy as OneWay does: the end of src's stream is passed
