@@ -359,6 +359,13 @@ func TestUDPForwarderShutdown(t *testing.T) {
 
 	done := make(chan error, 1)
 	go func() { done <- f.Shutdown(context.Background()) }()
+	// The newcomer comes once Shutdown has begun: before that the
+	// forwarder rightly serves it.
+	for begun := time.Now(); !f.draining.Load(); time.Sleep(time.Millisecond) {
+		if time.Since(begun) > 10*time.Second {
+			t.Fatal("Shutdown has not begun after 10 s")
+		}
+	}
 	newcomer := forwardUDPClient(t, addr)
 	newcomer.Write([]byte("let me in"))
 	newcomer.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
