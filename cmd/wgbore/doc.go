@@ -780,12 +780,14 @@
 //     timer of that size.
 //   - After a network change (a Rebind, or sockets reopened after a
 //     failure) gVisor's TCP with RACK, sending to us, can crawl for tens of
-//     seconds: when only a segment or two of its flight got through, the
-//     SACK of them makes RACK mark the rest lost while its pipe still
-//     counts it, and it resends two segments per retransmission timeout.
-//     It happened about once in a hundred 64 MiB downloads from
-//     wireguard-go's netstack on two busy cores; without RACK, as
-//     wgbore's own TCP sends, the same downloads always resumed at once.
+//     seconds or more: when only a segment or two of its flight got
+//     through, the SACK of them makes RACK mark the rest lost while its
+//     pipe still counts it, and it resends two segments per retransmission
+//     timeout until it has resent the whole flight, so a smaller receive
+//     window (TCPBufferMax in the library) bounds the crawl. It happened
+//     about once in a hundred 64 MiB downloads from wireguard-go's netstack
+//     on two busy cores. Without RACK (wgbore's own TCP runs without it)
+//     the same downloads resumed at once in each of 300 runs.
 //   - On the clean path timestamps cost a little: 12 bytes of every
 //     segment, and gVisor's work on them.
 //
@@ -919,7 +921,9 @@
 //     run on both Linux paths. A 64 MiB download through the library
 //     survives a Rebind and then sockets closed under the engine, each time
 //     to a new source address the wireguard-go peer must follow (go test
-//     ./netstack -run RebindMidDownload).
+//     ./netstack -run RebindMidDownload): once from a peer without RACK,
+//     once from one as it ships, with our TCP buffers at 256 KiB so that
+//     its crawl (Known issues) stays short.
 //   - Operations (cmd/internal/systemtest, protocol/uapi): the real wg
 //     (Debian's wireguard-tools) against a running up: wg show, wg set ...
 //     allowed-ips and ... remove proved by dialing through the tunnel, wg
