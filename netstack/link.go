@@ -68,6 +68,8 @@ type linkEndpoint struct {
 	// delay holds pure acknowledgements for a segment to carry them
 	// (delack.go).
 	delay ackDelayer
+	// fins drops FINs repeated too soon (finresend.go).
+	fins finTable
 
 	mu         sync.RWMutex
 	dispatcher stack.NetworkDispatcher
@@ -180,13 +182,15 @@ var groPool = sync.Pool{New: func() any {
 // super-segments are cut into MTU-sized segments during that copy.
 // Before that, the timestamp echo is set where a connection catches up
 // after a silence (recovery_echo.go), each connection's latest pure
-// acknowledgement is kept (recovery_acks.go), and a pure acknowledgement may
-// be held back for the answer to carry it (delack.go).
+// acknowledgement is kept (recovery_acks.go), a FIN repeated too soon is
+// dropped (finresend.go), and a pure acknowledgement may be held back for
+// the answer to carry it (delack.go).
 func (l *linkEndpoint) WritePackets(list stack.PacketBufferList) (int, tcpip.Error) {
 	all := list.AsSlice()
 	n := len(all)
-	// out is all less what is held, once something is: gVisor's list
-	// itself must stay as it is, since gVisor drops its references.
+	// out is all less what is held or dropped, once something is:
+	// gVisor's list itself must stay as it is, since gVisor drops its
+	// references.
 	var out *[]*stack.PacketBuffer
 	anyLocal := false
 	for i, p := range all {
@@ -194,10 +198,11 @@ func (l *linkEndpoint) WritePackets(list stack.PacketBufferList) (int, tcpip.Err
 		anyLocal = anyLocal || local
 		held := false
 		if p.TransportProtocolNumber == header.TCPProtocolNumber {
-			if k, ok := packetKey(p); ok {
+			th := p.TransportHeader().Slice()
+			if k, ok := keyOf(p.NetworkHeader().Slice(), th, false); ok {
 				l.echoes.echo(p, k)
 				l.acks.record(p, k)
-				held = !local && l.delay.hold(p, k)
+				held = !local && (finOnly(th) && l.fins.repeat(p, th, &k, l.clock) || l.delay.hold(p, k))
 				if held && out == nil {
 					out = keptPool.Get().(*[]*stack.PacketBuffer)
 					*out = append((*out)[:0], all[:i]...)

@@ -24,9 +24,10 @@ import (
 //     with wireguard-go's with this floor and fell far behind with 200 ms.
 //     The timer is SRTT + 4 RTTVAR, so the floor only binds on paths of a
 //     few milliseconds; a peer that delays its ACKs (Linux does, for a
-//     lone segment) adds those delays to the samples. The price is paid
-//     when a peer is slow to acknowledge thousands of FINs sent at once:
-//     many of them time out and are sent again.
+//     lone segment) adds those delays to the samples. Thousands of FINs
+//     sent at once wait behind each other for their acknowledgements
+//     longer than the floor, and time out: the link endpoint keeps their
+//     repeats to Linux's floor (finresend.go).
 const (
 	tcpMinRTO     = 20 * time.Millisecond
 	tcpMaxRTO     = 2 * time.Second

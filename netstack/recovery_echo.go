@@ -131,11 +131,6 @@ func keyOf(nh, th []byte, in bool) (flowKey, bool) {
 	return k, true
 }
 
-// packetKey is the key of an outbound TCP packet's connection.
-func packetKey(p *stack.PacketBuffer) (flowKey, bool) {
-	return keyOf(p.NetworkHeader().Slice(), p.TransportHeader().Slice(), false)
-}
-
 // slot hashes the key (FNV-1a) to one of n slots.
 func (k *flowKey) slot(n uint32) int {
 	h := uint32(2166136261)

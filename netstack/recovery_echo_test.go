@@ -373,3 +373,8 @@ func FuzzEcho(f *testing.F) {
 		}
 	})
 }
+
+// packetKey is the key of an outbound TCP packet's connection.
+func packetKey(p *stack.PacketBuffer) (flowKey, bool) {
+	return keyOf(p.NetworkHeader().Slice(), p.TransportHeader().Slice(), false)
+}

@@ -433,10 +433,13 @@
 // together, run on small pools of goroutines (a few per core) that take
 // the next piece of work as they finish one, and grow past that size
 // only while their queue stands still (a copy blocked on a slow reader).
-// Closing a burst still takes more memory than holding it, briefly, and
-// it is live rather than garbage: the closes' packets wait in the
-// tunnel's TCP stack all at once, and FINs whose acknowledgements queue
-// behind them time out and are sent again.
+// Closing a burst still takes more memory than holding it, briefly: the
+// closes' packets wait in the tunnel's TCP stack and the engine all at
+// once, with the buffer pools they fill, and they are live while the
+// close lasts (with the collector running four times as often, GOGC=25,
+// the peak was hardly lower). FINs whose acknowledgements queue
+// behind the others time out, but are not sent again sooner than Linux
+// would (see "TCP through loss and outages" below).
 //
 // About eight seconds after start, once the first handshakes are done,
 // wgbore also reclaims once, and on Linux asks the kernel to take back
@@ -681,8 +684,10 @@
 //     sender waits after any outage ends; gVisor's 120 s let the timer back
 //     off to 25 s. The 20 ms floor lets uploads over a short lossy path
 //     keep pace with wireguard-go's, where gVisor's 200 ms cut them by
-//     more than half; its price is spurious timeouts when a peer is slow
-//     to acknowledge thousands of FINs sent at once.
+//     more than half. Thousands of FINs sent at once outlast it too,
+//     waiting behind each other for their acknowledgements, so a FIN is
+//     not sent again within 200 ms (Linux's floor) of its last copy: a
+//     lost FIN goes again about as late as Linux would send it.
 //   - TIME_WAIT lasts 15 s, where Linux keeps 60 s, so a burst of closed
 //     connections gives its memory back sooner. It still outlasts any
 //     segment one WireGuard hop can delay, and timestamps (PAWS) reject an

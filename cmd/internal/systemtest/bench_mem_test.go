@@ -91,6 +91,7 @@ func measureIdleConns(b *testing.B, m memUp, n int, open func() (net.Conn, error
 // peer's echo service, with its idle resident memory.
 type memUp struct {
 	d       *daemon
+	site    *peersite.Site
 	pid     int
 	socks   string
 	echo    netip.AddrPort
@@ -105,7 +106,7 @@ func startMemUp(b *testing.B, maxConns int, extra string) memUp {
 	ours, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(b, ours.PublicKey(), peersite.Options{})
 	conf := WriteFile(b, b.TempDir(), "wg0.conf", site.WGQuick(ours, fmt.Sprintf("[Socks5]\nBindAddress = 127.0.0.1:0\nMaxConnections = %d\n", maxConns)+extra))
-	m := memUp{d: startMemDaemon(b, conf), echo: netip.AddrPortFrom(peersite.TheirV4, 7)}
+	m := memUp{d: startMemDaemon(b, conf), site: site, echo: netip.AddrPortFrom(peersite.TheirV4, 7)}
 	m.pid = m.d.cmd.Process.Pid
 	m.socks = m.d.addr(b, "socks5 ", 0)
 	c, err := memConn(m.socks, m.echo)
@@ -252,8 +253,11 @@ var burstConns = flag.Int("burst.n", 5000, "connections the burst memory benchma
 // through its SOCKS5 proxy, right after they all close, and 30 s later.
 // peak-MiB is the most it held at any sample, every 100 ms from the
 // first connection on. A sidecar is killed at its peak, and its
-// neighbours want the memory back once the burst is over. With -v it
-// logs when the memory moved.
+// neighbours want the memory back once the burst is over. What the close
+// costs beside that, from its start to the sample a second later:
+// wgbore's CPU time (close-cpu-s) and what it sent the peer per
+// connection (close-B/conn, in WireGuard messages). With -v it logs when
+// the memory moved.
 //
 //	go test ./cmd/internal/systemtest -run '^$' -bench BurstMemory -benchtime 1x -v
 //
@@ -276,12 +280,14 @@ func BenchmarkBurstMemory(b *testing.B) {
 	held := vmRSS(b, pid)
 	saveMemStatus(pid, "burst-held")
 	s.mark("closing")
+	cpu, received := procCPU(pid), siteReceived(b, m.site)
 	for i, c := range conns {
 		c.Close()
 		conns[i] = nil
 	}
 	time.Sleep(time.Second)
 	closed := vmRSS(b, pid)
+	cpu, received = procCPU(pid)-cpu, siteReceived(b, m.site)-received
 	saveMemStatus(pid, "burst-closed")
 	time.Sleep(29 * time.Second)
 	later := vmRSS(b, pid)
@@ -300,6 +306,26 @@ func BenchmarkBurstMemory(b *testing.B) {
 	b.ReportMetric(mib(closed), "closed-MiB")
 	b.ReportMetric(mib(later), "after30s-MiB")
 	b.ReportMetric(float64(later)/float64(idle), "after30s/idle")
+	b.ReportMetric(cpu.Seconds(), "close-cpu-s")
+	b.ReportMetric(float64(received)/float64(n), "close-B/conn")
+}
+
+// siteReceived is what the wireguard-go peer has received from us, in
+// bytes of WireGuard messages.
+func siteReceived(b *testing.B, site *peersite.Site) int64 {
+	b.Helper()
+	get, err := site.Device.IpcGet()
+	if err != nil {
+		b.Fatal(err)
+	}
+	var rx int64
+	for _, line := range strings.Split(get, "\n") {
+		if v, ok := strings.CutPrefix(line, "rx_bytes="); ok {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			rx += n
+		}
+	}
+	return rx
 }
 
 // rssSampler reads a process's VmRSS every 100 ms, keeping the peak
