@@ -20,49 +20,60 @@ import (
 // for the sake of lossy paths of a few milliseconds. So the FINs time
 // out and are sent again, and again as the timeout doubles, the copies
 // lengthening the very queues the acknowledgements wait behind: the
-// copies outnumber the FINs, and their packets, queued at once with
-// everything else of the close, take the process's memory past what it
-// held while all the connections were open.
+// copies outnumber the FINs, and their packets add to the memory and
+// the CPU time the close takes.
 //
-// The link endpoint therefore drops a pure FIN (no payload) that repeats
-// one it sent less than finResendFloor ago: Linux's minimum
-// retransmission timeout. A FIN that was really lost is sent again at
-// the first retransmission past the floor, as late as Linux would send
-// it, give or take one step of the timeout's doubling; data segments,
-// FINs that carry data included, keep the stack's short timeout.
+// Therefore, while FINs go in a burst (finBurst or more within
+// finResendFloor), the link endpoint drops a pure FIN (no payload) that
+// repeats one it sent less than finResendFloor ago: Linux's minimum
+// retransmission timeout. A FIN that was really lost goes again at the stack's first
+// retransmission past the floor, give or take one step of the timeout's
+// doubling: about when Linux would send it. Outside a burst, and for
+// data segments (FINs that carry data included), the stack's short
+// timeout stands.
 //
-// The table holds the FINs sent within the floor, however many a close
-// sends: a fixed table that thousands of them share loses most of its
-// entries before their repeats come. It is pruned of older entries as
-// it grows and at the first FIN a floor after the last pruning, and
-// replaced by a smaller one once a burst has passed.
-const finResendFloor = 200 * time.Millisecond
+// The table holds the FINs sent within about a floor, however many a
+// close sends: a fixed table that thousands of them share loses most of
+// its entries before their repeats come. It is pruned as FINs come, and
+// moved to a smaller map once a burst has passed; without further FINs
+// it keeps the entries of the last one.
+const (
+	finResendFloor = 200 * time.Millisecond
+	// finBurst is how many FINs within the floor make a burst: a few
+	// hundred connections closing a second, far below a mass close.
+	finBurst = 64
+	// finPruneEvery is how often, at most, FINs prune the table, so
+	// that its size counts the FINs of about one floor.
+	finPruneEvery = finResendFloor / 4
+)
 
-// finSent is a FIN that went: its sequence number and when (UnixNano).
+// finSent is a FIN that went: its sequence number, and when, as time
+// since the table's epoch.
 type finSent struct {
 	seq  uint32
-	sent int64
+	sent time.Duration
 }
 
 type finTable struct {
 	mu sync.Mutex
+	// epoch is when the first FIN came: times are kept as durations
+	// since, which a clock that steps back (the wall clock's
+	// correction, a resumed machine) does not turn negative.
+	epoch time.Time
 	// sent is keyed by a hash of the connection's key (hash64): two
-	// connections that share one, and a FIN at the same sequence
-	// number, are taken for one another, a chance of one in 2^64.
+	// connections with the same hash, whose FINs also carry the same
+	// sequence number, are taken for one another, and the second FIN
+	// of the two waits out the floor.
 	sent map[uint64]finSent
-	// prune is the size at which sent is next pruned, and pruned when
-	// it last was (UnixNano); it is pruned at the first FIN a floor
-	// after that, too.
-	prune  int
-	pruned int64
+	// pruned is when the table was last pruned, and peak the most
+	// entries it held since it was last moved to a new map.
+	pruned time.Duration
+	peak   int
 }
 
-// finPruneMin is the least size at which the table's growth prunes it.
-const finPruneMin = 64
-
 // finOnly reports whether th, a TCP header, has FIN set and neither
-// SYN nor RST: the one test on the send path of every segment, inlined
-// there, before repeat.
+// SYN nor RST: the test on the send path of every segment, before
+// repeat.
 func finOnly(th []byte) bool {
 	const kinds = uint8(header.TCPFlagSyn | header.TCPFlagFin | header.TCPFlagRst)
 	return len(th) >= header.TCPMinimumSize && th[header.TCPFlagsOffset]&kinds == uint8(header.TCPFlagFin)
@@ -70,53 +81,52 @@ func finOnly(th []byte) bool {
 
 // repeat reports whether p, a segment of connection k whose TCP header
 // th passed finOnly and that is about to leave, is a pure FIN that
-// repeats one sent less than finResendFloor ago, and so should not
-// leave; otherwise a pure FIN is recorded as sent now. The table
-// allocates only as it grows.
+// repeats one sent less than finResendFloor ago while FINs go in a
+// burst, and so should not leave; otherwise a pure FIN is recorded as
+// sent now. The table allocates as it grows, and when it moves to a
+// smaller map.
 func (t *finTable) repeat(p *stack.PacketBuffer, th []byte, k *flowKey, clk clock.Clock) bool {
 	if p.Data().Size() != 0 {
 		return false
 	}
 	seq := binary.BigEndian.Uint32(th[header.TCPSeqNumOffset:])
-	h, now := k.hash64(), clk.Now().UnixNano()
+	h, wall := k.hash64(), clk.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if f, ok := t.sent[h]; ok && f.seq == seq && now-f.sent < int64(finResendFloor) {
-		return true
-	}
 	if t.sent == nil {
+		if t.epoch.IsZero() {
+			t.epoch = wall
+		}
 		t.sent = make(map[uint64]finSent)
 	}
-	if len(t.sent) >= max(t.prune, finPruneMin) || now-t.pruned >= int64(finResendFloor) {
-		t.pruneOld(now)
+	now := wall.Sub(t.epoch)
+	if now-t.pruned >= finPruneEvery || now < t.pruned {
+		t.prune(now)
+	}
+	if f, ok := t.sent[h]; ok && f.seq == seq && young(now-f.sent) && len(t.sent) >= finBurst {
+		return true
 	}
 	t.sent[h] = finSent{seq, now}
+	t.peak = max(t.peak, len(t.sent))
 	return false
 }
 
-// pruneOld drops the entries past the floor, and moves the rest to a
-// new map if they are few: a Go map keeps the size it grew to.
-func (t *finTable) pruneOld(now int64) {
+// young reports whether a FIN sent age ago is within the floor. A
+// negative age, from a clock that stepped back, is not.
+func young(age time.Duration) bool { return age >= 0 && age < finResendFloor }
+
+// prune drops the entries past the floor, and moves the rest to a new
+// map once they are few against the most it held: a Go map keeps the
+// size it grew to.
+func (t *finTable) prune(now time.Duration) {
 	t.pruned = now
-	grown := len(t.sent)
 	for h, f := range t.sent {
-		if now-f.sent >= int64(finResendFloor) {
+		if !young(now - f.sent) {
 			delete(t.sent, h)
 		}
 	}
-	if len(t.sent) < grown/4 && grown > finPruneMin {
-		kept := make(map[uint64]finSent, len(t.sent))
-		maps.Copy(kept, t.sent)
-		t.sent = kept
+	if t.peak > finBurst && len(t.sent) < t.peak/4 {
+		t.sent = maps.Collect(maps.All(t.sent))
+		t.peak = len(t.sent)
 	}
-	t.prune = 2 * len(t.sent)
-}
-
-// hash64 hashes the key (FNV-1a, 64 bits).
-func (k *flowKey) hash64() uint64 {
-	h := uint64(14695981039346656037)
-	for _, c := range k.b[:k.n] {
-		h = (h ^ uint64(c)) * 1099511628211
-	}
-	return h
 }

@@ -27,6 +27,14 @@ type superSegment struct {
 	opts    []byte // a multiple of 4 bytes
 	mss     uint16
 	payload []byte
+	port    uint16 // the source port; 0 for 40000
+}
+
+func (ss superSegment) srcPort() uint16 {
+	if ss.port == 0 {
+		return 40000
+	}
+	return ss.port
 }
 
 var (
@@ -61,7 +69,7 @@ func (ss superSegment) packet() *stack.PacketBuffer {
 	tcp := header.TCP(pkt.TransportHeader().Push(tcpLen))
 	pkt.TransportProtocolNumber = header.TCPProtocolNumber
 	tcp.Encode(&header.TCPFields{
-		SrcPort: 40000, DstPort: 9, SeqNum: ss.seq, AckNum: ss.ack,
+		SrcPort: ss.srcPort(), DstPort: 9, SeqNum: ss.seq, AckNum: ss.ack,
 		DataOffset: uint8(tcpLen), Flags: ss.flags, WindowSize: ss.wnd,
 	})
 	copy(tcp[header.TCPMinimumSize:], ss.opts)
@@ -137,7 +145,7 @@ func (ss superSegment) reference(mtu int) [][]byte {
 		}
 		tcp := header.TCP(b[ipLen:])
 		tcp.Encode(&header.TCPFields{
-			SrcPort: 40000, DstPort: 9, SeqNum: ss.seq + uint32(off), AckNum: ss.ack,
+			SrcPort: ss.srcPort(), DstPort: 9, SeqNum: ss.seq + uint32(off), AckNum: ss.ack,
 			DataOffset: uint8(tcpLen), Flags: flags, WindowSize: ss.wnd,
 		})
 		copy(tcp[header.TCPMinimumSize:], ss.opts)

@@ -68,7 +68,7 @@ type linkEndpoint struct {
 	// delay holds pure acknowledgements for a segment to carry them
 	// (delack.go).
 	delay ackDelayer
-	// fins drops FINs repeated too soon (finresend.go).
+	// fins drops FINs repeated too soon in a burst (finresend.go).
 	fins finTable
 
 	mu         sync.RWMutex
@@ -182,9 +182,10 @@ var groPool = sync.Pool{New: func() any {
 // super-segments are cut into MTU-sized segments during that copy.
 // Before that, the timestamp echo is set where a connection catches up
 // after a silence (recovery_echo.go), each connection's latest pure
-// acknowledgement is kept (recovery_acks.go), a FIN repeated too soon is
-// dropped (finresend.go), and a pure acknowledgement may be held back for
-// the answer to carry it (delack.go).
+// acknowledgement is kept (recovery_acks.go), and a pure acknowledgement
+// may be held back for the answer to carry it (delack.go); a FIN
+// repeated too soon in a burst of them is dropped first
+// (finresend.go).
 func (l *linkEndpoint) WritePackets(list stack.PacketBufferList) (int, tcpip.Error) {
 	all := list.AsSlice()
 	n := len(all)
@@ -196,20 +197,27 @@ func (l *linkEndpoint) WritePackets(list stack.PacketBufferList) (int, tcpip.Err
 	for i, p := range all {
 		local := l.isLocal(p)
 		anyLocal = anyLocal || local
-		held := false
+		// skip: p does not go now, held back (with a reference taken)
+		// or dropped.
+		skip := false
 		if p.TransportProtocolNumber == header.TCPProtocolNumber {
 			th := p.TransportHeader().Slice()
 			if k, ok := keyOf(p.NetworkHeader().Slice(), th, false); ok {
-				l.echoes.echo(p, k)
-				l.acks.record(p, k)
-				held = !local && (finOnly(th) && l.fins.repeat(p, th, &k, l.clock) || l.delay.hold(p, k))
-				if held && out == nil {
+				// A FIN repeated too soon never leaves, so the tables
+				// of what left do not see it.
+				skip = !local && finOnly(th) && l.fins.repeat(p, th, &k, l.clock)
+				if !skip {
+					l.echoes.echo(p, k)
+					l.acks.record(p, k)
+					skip = !local && l.delay.hold(p, k)
+				}
+				if skip && out == nil {
 					out = keptPool.Get().(*[]*stack.PacketBuffer)
 					*out = append((*out)[:0], all[:i]...)
 				}
 			}
 		}
-		if out != nil && !held {
+		if out != nil && !skip {
 			*out = append(*out, p)
 		}
 	}

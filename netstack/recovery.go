@@ -26,8 +26,8 @@ import (
 //     few milliseconds; a peer that delays its ACKs (Linux does, for a
 //     lone segment) adds those delays to the samples. Thousands of FINs
 //     sent at once wait behind each other for their acknowledgements
-//     longer than the floor, and time out: the link endpoint keeps their
-//     repeats to Linux's floor (finresend.go).
+//     longer than the floor, and time out: in such a burst the link
+//     endpoint keeps their repeats to Linux's floor (finresend.go).
 const (
 	tcpMinRTO     = 20 * time.Millisecond
 	tcpMaxRTO     = 2 * time.Second

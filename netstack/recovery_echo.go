@@ -140,6 +140,16 @@ func (k *flowKey) slot(n uint32) int {
 	return int(h % n)
 }
 
+// hash64 hashes the key (FNV-1a, 64 bits), for a table keyed by it
+// rather than by slot.
+func (k *flowKey) hash64() uint64 {
+	h := uint64(14695981039346656037)
+	for _, c := range k.b[:k.n] {
+		h = (h ^ uint64(c)) * 1099511628211
+	}
+	return h
+}
+
 type echoSlot struct {
 	mu  sync.Mutex
 	key flowKey

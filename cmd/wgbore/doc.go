@@ -436,10 +436,10 @@
 // Closing a burst still takes more memory than holding it, briefly: the
 // closes' packets wait in the tunnel's TCP stack and the engine all at
 // once, with the buffer pools they fill, and they are live while the
-// close lasts (with the collector running four times as often, GOGC=25,
-// the peak was hardly lower). FINs whose acknowledgements queue
-// behind the others time out, but are not sent again sooner than Linux
-// would (see "TCP through loss and outages" below).
+// close lasts, so collecting more often would not lower the peak. FINs
+// whose acknowledgements queue behind the others time out, but are not
+// sent again sooner than Linux would (see "TCP through loss and
+// outages" below).
 //
 // About eight seconds after start, once the first handshakes are done,
 // wgbore also reclaims once, and on Linux asks the kernel to take back
@@ -684,17 +684,23 @@
 //     sender waits after any outage ends; gVisor's 120 s let the timer back
 //     off to 25 s. The 20 ms floor lets uploads over a short lossy path
 //     keep pace with wireguard-go's, where gVisor's 200 ms cut them by
-//     more than half. Thousands of FINs sent at once outlast it too,
-//     waiting behind each other for their acknowledgements, so a FIN is
-//     not sent again within 200 ms (Linux's floor) of its last copy: a
-//     lost FIN goes again about as late as Linux would send it.
+//     more than half. Thousands of FINs sent at once outlast it too (see
+//     the FIN floor below).
 //   - TIME_WAIT lasts 15 s, where Linux keeps 60 s, so a burst of closed
 //     connections gives its memory back sooner. It still outlasts any
 //     segment one WireGuard hop can delay, and timestamps (PAWS) reject an
 //     old one even so.
 //
-// Three more changes work below TCP, in the link endpoint:
+// Four more changes work below TCP, in the link endpoint:
 //
+//   - While FINs go in a burst (64 or more within 200 ms, as in a mass
+//     close), a FIN is not sent again within 200 ms (Linux's minimum
+//     timeout) of its last copy (netstack/finresend.go). The
+//     acknowledgements of thousands of FINs sent at once queue behind
+//     the others for longer than the 20 ms floor, and the repeats
+//     outnumbered the FINs and lengthened the queues. A FIN really lost
+//     in such a burst goes again about when Linux would send it; a lone
+//     one keeps the 20 ms floor.
 //   - A pure acknowledgement of a request's answer waits up to a
 //     millisecond for the next request to carry it (netstack/delack.go),
 //     as Linux delays one: gVisor acknowledges every batch at once, so an

@@ -311,7 +311,8 @@ func BenchmarkBurstMemory(b *testing.B) {
 }
 
 // siteReceived is what the wireguard-go peer has received from us, in
-// bytes of WireGuard messages.
+// bytes of WireGuard messages (its UAPI's rx_bytes): on loopback, what
+// wgbore sent it.
 func siteReceived(b *testing.B, site *peersite.Site) int64 {
 	b.Helper()
 	get, err := site.Device.IpcGet()
@@ -321,7 +322,10 @@ func siteReceived(b *testing.B, site *peersite.Site) int64 {
 	var rx int64
 	for _, line := range strings.Split(get, "\n") {
 		if v, ok := strings.CutPrefix(line, "rx_bytes="); ok {
-			n, _ := strconv.ParseInt(v, 10, 64)
+			n, err := strconv.ParseInt(v, 10, 64)
+			if err != nil {
+				b.Fatalf("the peer's UAPI: rx_bytes=%s: %v", v, err)
+			}
 			rx += n
 		}
 	}
