@@ -26,11 +26,11 @@ import (
 // Therefore, while FINs go in a burst (finBurst or more within
 // finResendFloor), the link endpoint drops a pure FIN (no payload) that
 // repeats one it sent less than finResendFloor ago: Linux's minimum
-// retransmission timeout. A FIN that was really lost goes again at the stack's first
-// retransmission past the floor, give or take one step of the timeout's
-// doubling: about when Linux would send it. Outside a burst, and for
-// data segments (FINs that carry data included), the stack's short
-// timeout stands.
+// retransmission timeout. A FIN that was really lost goes again at the
+// stack's first retransmission past the floor, give or take one step of
+// the timeout's doubling: about when Linux would send it. Outside a
+// burst, and for data segments (FINs that carry data included), the
+// stack's short timeout stands.
 //
 // The table holds the FINs sent within about a floor, however many a
 // close sends: a fixed table that thousands of them share loses most of
