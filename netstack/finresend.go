@@ -93,10 +93,8 @@ func (t *finTable) repeat(p *stack.PacketBuffer, th []byte, k *flowKey, clk cloc
 	h, wall := k.hash64(), clk.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.sent == nil {
-		if t.epoch.IsZero() {
-			t.epoch = wall
-		}
+	if t.sent == nil { // the first FIN: pruning never makes it nil again
+		t.epoch = wall
 		t.sent = make(map[uint64]finSent)
 	}
 	now := wall.Sub(t.epoch)

@@ -51,13 +51,13 @@ func write(t *testing.T, l *linkEndpoint, e *replayEngine, batch ...superSegment
 	}
 	var left []uint32
 	for _, b := range e.wire[before:] {
-		left = append(left, binaryTCP(b).SequenceNumber())
+		left = append(left, tcpOf(b).SequenceNumber())
 	}
 	return left
 }
 
 // binaryTCP is the TCP header of a packet as it left.
-func binaryTCP(b []byte) header.TCP { return header.TCP(b[ipHeaderLen(b):]) }
+func tcpOf(b []byte) header.TCP { return header.TCP(b[ipHeaderLen(b):]) }
 
 // burst writes n FINs of other connections, which all leave.
 func burst(t *testing.T, l *linkEndpoint, e *replayEngine, n int) {
@@ -152,7 +152,7 @@ func TestFINDroppedInBatch(t *testing.T) {
 	}
 	var seqs []uint32
 	for _, w := range e.wire[before:] {
-		seqs = append(seqs, binaryTCP(w).SequenceNumber())
+		seqs = append(seqs, tcpOf(w).SequenceNumber())
 	}
 	if !slices.Equal(seqs, []uint32{7000, 8000}) {
 		t.Fatalf("left %v, want the two other FINs in order, [7000 8000]", seqs)
@@ -166,22 +166,29 @@ func TestFINDroppedInBatch(t *testing.T) {
 	}
 }
 
+// repeatOf asks f about pkt, as WritePackets does.
+func repeatOf(t *testing.T, f *finTable, pkt *stack.PacketBuffer, clk clock.Clock) bool {
+	t.Helper()
+	k, ok := packetKey(pkt)
+	if !ok {
+		t.Fatal("no key for a TCP segment")
+	}
+	return f.repeat(pkt, pkt.TransportHeader().Slice(), &k, clk)
+}
+
+// TestFINRepeatAllocs: recording a FIN, and pruning the table, allocate
+// nothing once the table is made.
 func TestFINRepeatAllocs(t *testing.T) {
 	clk := clock.NewManual(time.Unix(1000, 0))
 	var f finTable
 	pkt := finOf(0).packet()
 	defer pkt.DecRef()
-	th := pkt.TransportHeader().Slice()
-	k, ok := keyOf(pkt.NetworkHeader().Slice(), th, false)
-	if !ok {
-		t.Fatal("no key for a TCP segment")
-	}
-	f.repeat(pkt, th, &k, clk) // allocates the table
+	repeatOf(t, &f, pkt, clk) // allocates the table
 	// Each call a floor after the last: the FIN is recorded again, and
 	// the table pruned.
 	if n := testing.AllocsPerRun(100, func() {
 		clk.Advance(finResendFloor)
-		f.repeat(pkt, th, &k, clk)
+		repeatOf(t, &f, pkt, clk)
 	}); n != 0 {
 		t.Fatalf("%v allocations per FIN, want 0", n)
 	}
@@ -196,12 +203,7 @@ func TestFINTablePrunes(t *testing.T) {
 	fin := func(port uint16) bool {
 		pkt := finOf(port).packet()
 		defer pkt.DecRef()
-		th := pkt.TransportHeader().Slice()
-		k, ok := keyOf(pkt.NetworkHeader().Slice(), th, false)
-		if !ok {
-			t.Fatal("no key for a TCP segment")
-		}
-		return f.repeat(pkt, th, &k, clk)
+		return repeatOf(t, &f, pkt, clk)
 	}
 	for i := range 5000 {
 		fin(uint16(i))
