@@ -445,7 +445,9 @@
 // wgbore also reclaims once, and on Linux asks the kernel to take back
 // the pages of its own binary that start-up touched (MADV_PAGEOUT). The
 // same happens after a burst, once the process is back near idle, and
-// after each of the garbage collections that the Go runtime forces every
+// once more a few seconds later, if it still is, for the pages that the
+// burst's end touched after the first release; and after each of the
+// garbage collections that the Go runtime forces every
 // two minutes in a process that allocates too little to need one: such
 // a collection reads the function tables and type data of everything
 // alive, much of the binary, and nothing else reads those pages until

@@ -321,12 +321,12 @@ func TestReclaimerReleasesAfterIdleCollection(t *testing.T) {
 	for len(releases) > 0 {
 		got = append(got, <-releases)
 	}
-	// The settling release at 1; at 150, exactly idleCollections ticks
-	// after the collection at 50; at 431, the reclaim once the load has
-	// fallen back near idle; at 660, 120 ticks after the one at 540. Not
-	// at 170 (20 after), 300 (two at once), 420 (busy) or 540
-	// (allocating).
-	if want := []int{1, 150, 431, 660}; !slices.Equal(got, want) {
+	// The settling release at 1, and again releaseAgain ticks later; at
+	// 150, exactly idleCollections ticks after the collection at 50; at
+	// 431, the reclaim once the load has fallen back near idle, and again
+	// at 436; at 660, 120 ticks after the one at 540. Not at 170 (20
+	// after), 300 (two at once), 420 (busy) or 540 (allocating).
+	if want := []int{1, 1 + releaseAgain, 150, 431, 431 + releaseAgain, 660}; !slices.Equal(got, want) {
 		t.Fatalf("released the binary's pages at ticks %v, want %v", got, want)
 	}
 	var trimmed []int
@@ -337,5 +337,82 @@ func TestReclaimerReleasesAfterIdleCollection(t *testing.T) {
 	// allocation burst: never for an idle collection.
 	if want := []int{1, 431, 545}; !slices.Equal(trimmed, want) {
 		t.Fatalf("reclaimed the heap at ticks %v, want %v", trimmed, want)
+	}
+}
+
+// TestReclaimerReleasesAgain: the release of the binary's pages at the
+// reclaim that ends a burst is repeated once, releaseAgain ticks later,
+// for the pages that the burst's end faulted in after it; not if by then
+// the load has risen again or the process is allocating, and never a
+// third time.
+func TestReclaimerReleasesAgain(t *testing.T) {
+	type state struct {
+		at        int // ticks since the reclaim; -1 before it
+		load      int64
+		allocated uint64
+	}
+	// Each case: the loads and allocations of the ticks after the fall
+	// back to idle; the ticks (counted from the reclaim) at which the
+	// binary's pages go.
+	cases := []struct {
+		name  string
+		after func(i int) state
+		want  []int
+	}{
+		{"idle", func(int) state { return state{load: 10} }, []int{0, releaseAgain}},
+		{"busy again", func(i int) state {
+			if i >= releaseAgain-1 && i <= releaseAgain {
+				return state{load: 40} // above the idle 10, below the fall's high
+			}
+			return state{load: 10}
+		}, []int{0}},
+		{"allocating", func(i int) state { return state{load: 10, allocated: uint64(i) << 20} }, []int{0}},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			tick := make(chan time.Time)
+			states := make(chan state)
+			var cur state
+			releases := make(chan int, 100)
+			r := Reclaimer{
+				Load:      func() int64 { cur = <-states; return cur.load },
+				Allocated: func() uint64 { return cur.allocated },
+				Release:   func() { releases <- cur.at },
+				Tick:      tick,
+				Settle:    1,
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan struct{})
+			go func() { r.Run(ctx); close(done) }()
+			states <- state{at: -1, load: 10}
+			// Settled at 10 (its release is drained below), then a burst
+			// to 5000 and a fall back to 10 in one tick: reclaimed on the
+			// tick after, when the load rests.
+			for _, l := range []int64{10, 5000, 10} {
+				tick <- time.Time{}
+				states <- state{at: -1, load: l}
+			}
+			<-releases
+			for i := range 4 * releaseAgain {
+				tick <- time.Time{}
+				s := c.after(i)
+				if i == 0 {
+					s = state{load: 10}
+				}
+				s.at = i
+				states <- s
+			}
+			tick <- time.Time{} // the last state is read once this tick is taken
+			states <- state{at: 4 * releaseAgain, load: 10}
+			cancel()
+			<-done
+			var got []int
+			for len(releases) > 0 {
+				got = append(got, <-releases)
+			}
+			if !slices.Equal(got, c.want) {
+				t.Fatalf("released the binary's pages at ticks %v after the reclaim, want %v", got, c.want)
+			}
+		})
 	}
 }

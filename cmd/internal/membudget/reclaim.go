@@ -88,6 +88,13 @@ const (
 	// own collections for the second to count as idle: at ReclaimEvery's
 	// pace, a little less than the two minutes after which it forces one.
 	idleCollections = 100
+	// releaseAgain is how many ticks after a release of the binary's
+	// pages at a reclaim it is repeated, once, if the process is still
+	// idle and not allocating: the end of a burst runs code that an idle
+	// process does not, some of it seconds after the load has come to
+	// rest, and the pages it faults in would stay resident until the
+	// runtime's next forced collection.
+	releaseAgain = 5
 )
 
 // AutomaticCollections is the Go runtime's count of the collections it
@@ -116,7 +123,8 @@ func runtimeCount(name string) uint64 {
 // work that frees the memory, and what it freed would be taken again at
 // once. The binary's pages go (Release) only at the settling reclaim and
 // when the load is back near where it settled, since a busy process
-// would fault its running code straight back in.
+// would fault its running code straight back in; and once more a few
+// ticks after either, for what the end of the burst faulted in.
 func (r Reclaimer) Run(ctx context.Context) {
 	high := r.Load()
 	prev, settled := high, int64(-1)
@@ -130,6 +138,7 @@ func (r Reclaimer) Run(ctx context.Context) {
 		collections = r.Collections()
 	}
 	lastCollection := 0
+	again := 0 // the tick at which to release the binary's pages again
 	for ticks := 1; ; ticks++ {
 		select {
 		case <-ctx.Done():
@@ -161,9 +170,13 @@ func (r Reclaimer) Run(ctx context.Context) {
 		case ticks == r.Settle:
 			r.reclaim(true)
 			high, settled, burst = n, n, 0
+			again = ticks + releaseAgain
 		case fell(high, n) && !falling(prev, n):
 			r.reclaim(nearIdle)
 			high, burst = n, 0
+			if nearIdle {
+				again = ticks + releaseAgain
+			}
 		case quiet && burst >= allocBurst && ticks-lastBurst >= spacing:
 			// Not the binary's pages: a process with bursts of work is
 			// not idle.
@@ -175,6 +188,10 @@ func (r Reclaimer) Run(ctx context.Context) {
 				spacing = min(2*spacing, allocSpacingMax)
 			}
 			lastBurst = ticks
+		case ticks == again && nearIdle && quiet:
+			if r.Release != nil {
+				r.Release()
+			}
 		case idleCollection && nearIdle && quiet:
 			if r.Release != nil {
 				r.Release()
