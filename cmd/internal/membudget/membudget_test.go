@@ -367,6 +367,14 @@ func TestReclaimerReleasesAgain(t *testing.T) {
 			return state{load: 10}
 		}, []int{0}},
 		{"allocating", func(i int) state { return state{load: 10, allocated: uint64(i) << 20} }, []int{0}},
+		// The fall rests at 30, still near the idle 10, and the last
+		// 20 go later: the repeat is a reclaim of the heap as well.
+		{"stragglers", func(i int) state {
+			if i < 3 {
+				return state{load: 30}
+			}
+			return state{load: 10}
+		}, []int{0, releaseAgain}},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -374,10 +382,12 @@ func TestReclaimerReleasesAgain(t *testing.T) {
 			states := make(chan state)
 			var cur state
 			releases := make(chan int, 100)
+			trims := make(chan int, 100)
 			r := Reclaimer{
 				Load:      func() int64 { cur = <-states; return cur.load },
 				Allocated: func() uint64 { return cur.allocated },
 				Release:   func() { releases <- cur.at },
+				Trim:      func() { trims <- cur.at },
 				Tick:      tick,
 				Settle:    1,
 			}
@@ -397,7 +407,7 @@ func TestReclaimerReleasesAgain(t *testing.T) {
 				tick <- time.Time{}
 				s := c.after(i)
 				if i == 0 {
-					s = state{load: 10}
+					s = c.after(0)
 				}
 				s.at = i
 				states <- s
@@ -412,6 +422,19 @@ func TestReclaimerReleasesAgain(t *testing.T) {
 			}
 			if !slices.Equal(got, c.want) {
 				t.Fatalf("released the binary's pages at ticks %v after the reclaim, want %v", got, c.want)
+			}
+			var trimmed []int
+			for len(trims) > 0 {
+				trimmed = append(trimmed, <-trims)
+			}
+			// The settling reclaim (before the burst), the one at the
+			// fall, and for stragglers the repeat.
+			wantTrims := []int{-1, 0}
+			if c.name == "stragglers" {
+				wantTrims = append(wantTrims, releaseAgain)
+			}
+			if !slices.Equal(trimmed, wantTrims) {
+				t.Fatalf("reclaimed the heap at ticks %v after the reclaim, want %v", trimmed, wantTrims)
 			}
 		})
 	}

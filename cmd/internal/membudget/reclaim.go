@@ -93,7 +93,9 @@ const (
 	// idle and not allocating: the end of a burst runs code that an idle
 	// process does not, some of it seconds after the load has come to
 	// rest, and the pages it faults in would stay resident until the
-	// runtime's next forced collection.
+	// runtime's next forced collection. If the load has fallen further
+	// meanwhile, the heap is reclaimed again too: the stragglers' memory
+	// would otherwise stay with the spans it keeps.
 	releaseAgain = 5
 )
 
@@ -138,7 +140,9 @@ func (r Reclaimer) Run(ctx context.Context) {
 		collections = r.Collections()
 	}
 	lastCollection := 0
-	again := 0 // the tick at which to release the binary's pages again
+	// again is the tick at which to release the binary's pages again,
+	// and againLoad the load when that was set.
+	again, againLoad := 0, int64(0)
 	for ticks := 1; ; ticks++ {
 		select {
 		case <-ctx.Done():
@@ -170,12 +174,12 @@ func (r Reclaimer) Run(ctx context.Context) {
 		case ticks == r.Settle:
 			r.reclaim(true)
 			high, settled, burst = n, n, 0
-			again = ticks + releaseAgain
+			again, againLoad = ticks+releaseAgain, n
 		case fell(high, n) && !falling(prev, n):
 			r.reclaim(nearIdle)
 			high, burst = n, 0
 			if nearIdle {
-				again = ticks + releaseAgain
+				again, againLoad = ticks+releaseAgain, n
 			}
 		case quiet && burst >= allocBurst && ticks-lastBurst >= spacing:
 			// Not the binary's pages: a process with bursts of work is
@@ -189,7 +193,13 @@ func (r Reclaimer) Run(ctx context.Context) {
 			}
 			lastBurst = ticks
 		case ticks == again && nearIdle && quiet:
-			if r.Release != nil {
+			if n < againLoad {
+				// The last of the burst (TIME_WAIT endpoints whose
+				// connections closed late) went after the reclaim:
+				// reclaim what they held too.
+				r.reclaim(true)
+				high = n
+			} else if r.Release != nil {
 				r.Release()
 			}
 		case idleCollection && nearIdle && quiet:
