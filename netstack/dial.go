@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"strconv"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -249,7 +250,7 @@ func (n *Net) dialAddr(ctx context.Context, network string, ap netip.AddrPort) (
 		ep.Close()
 		return nil, fail(goError("connect", terr))
 	}
-	return newTCPConn(&wq, ep), nil
+	return newTCPConn(&wq, ep, n.fins), nil
 }
 
 // isOwnAddress reports whether a is one of our tunnel addresses, which
@@ -401,11 +402,18 @@ func (n *Net) Listen(network, address string) (net.Listener, error) {
 type TCPConn struct {
 	conn *gonet.TCPConn
 	notifier
+	fins *finPacer
+	// writeClosed is set by CloseWrite, whose FIN may wait for the
+	// pacer: no write may go after it meanwhile.
+	writeClosed atomic.Bool
 }
 
-func newTCPConn(wq *waiter.Queue, ep tcpip.Endpoint) *TCPConn {
-	return &TCPConn{conn: gonet.NewTCPConn(wq, ep), notifier: notifier{wq: wq, ep: ep}}
+func newTCPConn(wq *waiter.Queue, ep tcpip.Endpoint, fins *finPacer) *TCPConn {
+	return &TCPConn{conn: gonet.NewTCPConn(wq, ep), notifier: notifier{wq: wq, ep: ep}, fins: fins}
 }
+
+// errClosedForSend is gonet's error for a write after CloseWrite.
+var errClosedForSend = errors.New((&tcpip.ErrClosedForSend{}).String())
 
 // The methods of net.Conn and *net.TCPConn's half-closes are gonet's,
 // named here rather than promoted, so that no gVisor type shows through
@@ -415,7 +423,12 @@ func newTCPConn(wq *waiter.Queue, ep tcpip.Endpoint) *TCPConn {
 func (c *TCPConn) Read(b []byte) (int, error) { return c.conn.Read(b) }
 
 // Write writes data to the connection.
-func (c *TCPConn) Write(b []byte) (int, error) { return c.conn.Write(b) }
+func (c *TCPConn) Write(b []byte) (int, error) {
+	if c.writeClosed.Load() {
+		return 0, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errClosedForSend}
+	}
+	return c.conn.Write(b)
+}
 
 // Close closes the connection. It also wakes NotifyReadable's callback:
 // gVisor notifies only once the connection has fully closed, and a relay
@@ -430,8 +443,21 @@ func (c *TCPConn) Close() error {
 func (c *TCPConn) CloseRead() error { return c.conn.CloseRead() }
 
 // CloseWrite shuts down the writing side of the connection: the peer
-// reads the end of the stream.
-func (c *TCPConn) CloseWrite() error { return c.conn.CloseWrite() }
+// reads the end of the stream. In a burst of closes the FIN may wait a
+// moment for those before it to be acknowledged (finPacer); writes fail
+// at once all the same.
+func (c *TCPConn) CloseWrite() error {
+	if c.fins == nil {
+		return c.conn.CloseWrite()
+	}
+	if c.writeClosed.Swap(true) {
+		return nil
+	}
+	if c.fins.admit(c.ep, func() { c.conn.CloseWrite() }) {
+		return c.conn.CloseWrite()
+	}
+	return nil
+}
 
 // LocalAddr is our end's address inside the tunnel.
 func (c *TCPConn) LocalAddr() net.Addr { return c.conn.LocalAddr() }

@@ -85,6 +85,7 @@ const (
 // Net is a network inside the WireGuard tunnel.
 type Net struct {
 	stack  *stack.Stack
+	fins   *finPacer // paces the tunnel's TCP half-closes
 	engine *protocol.Engine
 	link   *linkEndpoint
 	dns    *resolver
@@ -201,6 +202,7 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 		Clock: newPooledTimers(wakeup.PerCores()),
 	})
 	n.stack = s
+	n.fins = newFINPacer(s.Clock(), finWindow)
 	// Server mode's entry points, installed now because the stack reads
 	// them without a lock; until Intercept they decline every packet,
 	// which is what the stack does without a handler.
@@ -297,6 +299,7 @@ func (n *Net) Close() error {
 		for _, s := range services {
 			s.stop()
 		}
+		n.fins.close()
 		n.stack.Close()
 		n.stack.Wait()
 		for _, s := range services {

@@ -433,13 +433,14 @@
 // together, run on small pools of goroutines (a few per core) that take
 // the next piece of work as they finish one, and grow past that size
 // only while their queue stands still (a copy blocked on a slow reader).
-// Closing a burst still takes more memory than holding it, briefly: the
-// closes' packets wait in the tunnel's TCP stack and the engine all at
-// once, with the buffer pools they fill, and they are live while the
-// close lasts, so collecting more often would not lower the peak. FINs
-// whose acknowledgements queue behind the others time out, but are not
-// sent again sooner than Linux would (see "TCP through loss and
-// outages" below).
+// When thousands of connections close at once, at most 256 of their
+// FINs wait for acknowledgements at a time, and the other half-closes
+// start as those are acknowledged (see "TCP through loss and outages"
+// below): sent all at once, the FINs queued behind each other for longer
+// than the retransmission timeout, and every connection's timeouts, with
+// the packets they queued, took the process's memory well past what it
+// held while the connections were open. The close of a burst still
+// takes a little more memory than holding it, briefly.
 //
 // About eight seconds after start, once the first handshakes are done,
 // wgbore also reclaims once, and on Linux asks the kernel to take back
@@ -686,8 +687,14 @@
 //     sender waits after any outage ends; gVisor's 120 s let the timer back
 //     off to 25 s. The 20 ms floor lets uploads over a short lossy path
 //     keep pace with wireguard-go's, where gVisor's 200 ms cut them by
-//     more than half. Thousands of FINs sent at once outlast it too (see
-//     the FIN floor below).
+//     more than half. Thousands of FINs sent at once outlast it too, which
+//     the next change and the FIN floor below take care of.
+//   - Half-closes are paced: at most 256 FINs wait for acknowledgements
+//     at once (netstack/finpace.go), and a CloseWrite beyond that starts
+//     when one is acknowledged, or has waited 200 ms, so that a peer that
+//     went away delays the others little. A write after CloseWrite fails
+//     at once all the same. In a mass close the last FIN goes sooner than
+//     unpaced, since none of the others times out and goes again.
 //   - TIME_WAIT lasts 15 s, where Linux keeps 60 s, so a burst of closed
 //     connections gives its memory back sooner. It still outlasts any
 //     segment one WireGuard hop can delay, and timestamps (PAWS) reject an

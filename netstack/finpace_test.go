@@ -1,0 +1,252 @@
+package netstack
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip/faketime"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+
+	"github.com/wgbore/wgbore/netstack/peersite"
+	"github.com/wgbore/wgbore/protocol"
+)
+
+// fakeFINEndpoint is an endpoint whose TCP state the test sets.
+type fakeFINEndpoint struct{ state atomic.Uint32 }
+
+func (e *fakeFINEndpoint) State() uint32 { return e.state.Load() }
+
+// pacedCloses drives a finPacer of the given window over n endpoints:
+// closeWrite(i) half-closes endpoint i (its FIN goes out: FIN_WAIT_1),
+// ack(i) acknowledges it, and started lists the half-closes begun so
+// far, in order.
+type pacedCloses struct {
+	clock *faketime.ManualClock
+	p     *finPacer
+	eps   []*fakeFINEndpoint
+
+	mu    sync.Mutex
+	order []int
+}
+
+func newPacedCloses(window, n int) *pacedCloses {
+	c := &pacedCloses{clock: faketime.NewManualClock()}
+	c.p = newFINPacer(c.clock, window)
+	for range n {
+		e := &fakeFINEndpoint{}
+		e.state.Store(uint32(tcp.StateEstablished))
+		c.eps = append(c.eps, e)
+	}
+	return c
+}
+
+func (c *pacedCloses) closeWrite(i int) {
+	start := func() {
+		c.eps[i].state.Store(uint32(tcp.StateFinWait1))
+		c.mu.Lock()
+		c.order = append(c.order, i)
+		c.mu.Unlock()
+	}
+	if c.p.admit(c.eps[i], start) {
+		start()
+	}
+}
+
+func (c *pacedCloses) ack(i ...int) {
+	for _, i := range i {
+		c.eps[i].state.Store(uint32(tcp.StateFinWait2))
+	}
+}
+
+func (c *pacedCloses) started() []int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return slices.Clone(c.order)
+}
+
+func upTo(n int) []int {
+	s := make([]int, n)
+	for i := range s {
+		s[i] = i
+	}
+	return s
+}
+
+// TestFINPacerWindow: of a burst of half-closes, a window's worth start
+// at once; the rest wait, in order, and start as earlier FINs are
+// acknowledged, or have held their place for finHold.
+func TestFINPacerWindow(t *testing.T) {
+	c := newPacedCloses(4, 12)
+	for i := range 10 {
+		c.closeWrite(i)
+	}
+	if got := c.started(); !slices.Equal(got, upTo(4)) {
+		t.Fatalf("started %v at once, want the window's first 4", got)
+	}
+	c.clock.Advance(finPoll)
+	if got := c.started(); len(got) != 4 {
+		t.Fatalf("started %v with no FIN acknowledged, want the first 4 only", got)
+	}
+	c.ack(0, 2)
+	c.clock.Advance(finPoll)
+	if got := c.started(); !slices.Equal(got, upTo(6)) {
+		t.Fatalf("started %v once two FINs were acknowledged, want 0 to 5", got)
+	}
+	// A half-close after the others waits behind them, though a place
+	// is free now.
+	c.ack(1)
+	c.closeWrite(10)
+	if got := c.started(); len(got) != 6 {
+		t.Fatalf("started %v: a new half-close went before those waiting", got)
+	}
+	c.clock.Advance(finPoll)
+	if got := c.started(); !slices.Equal(got, upTo(7)) {
+		t.Fatalf("started %v, want 0 to 6", got)
+	}
+	// No acknowledgement comes: once finHold has passed, the FINs give
+	// up their places and the rest start.
+	c.clock.Advance(finHold)
+	if got := c.started(); !slices.Equal(got, []int{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10}) {
+		t.Fatalf("started %v after finHold without acknowledgements, want all 11 in order", got)
+	}
+	c.p.mu.Lock()
+	armed, waiting := c.p.armed, len(c.p.waiting)
+	c.p.mu.Unlock()
+	if armed != finHold || waiting != 0 {
+		t.Fatalf("with nothing waiting, the poll is armed for %v with %d waiting, want finHold and none", armed, waiting)
+	}
+	// With the window's room back, the next starts at once.
+	c.ack(3, 4, 5, 6, 7, 8, 9, 10)
+	c.closeWrite(11)
+	if got := c.started(); len(got) != 12 {
+		t.Fatalf("started %v: the last half-close waited with the window empty", got)
+	}
+	// Once every FIN is acknowledged or has held its place for finHold,
+	// the pacer keeps no endpoint, and its timer stops.
+	c.clock.Advance(2 * finHold)
+	c.p.mu.Lock()
+	armed, sent := c.p.armed, len(c.p.sent)
+	c.p.mu.Unlock()
+	if armed != 0 || sent != 0 {
+		t.Fatalf("after 2 finHold, the pacer keeps %d endpoints and its poll is armed for %v, want none and stopped", sent, armed)
+	}
+}
+
+// TestFINPacerClose: closing the pacer drops the half-closes that wait
+// (their stack is closing) and lets later ones start at once.
+func TestFINPacerClose(t *testing.T) {
+	c := newPacedCloses(1, 3)
+	c.closeWrite(0)
+	c.closeWrite(1)
+	c.p.close()
+	c.clock.Advance(finHold + finPoll)
+	if got := c.started(); !slices.Equal(got, []int{0}) {
+		t.Fatalf("started %v, want only the first: the waiting one goes with the pacer", got)
+	}
+	c.closeWrite(2)
+	if got := c.started(); !slices.Equal(got, []int{0, 2}) {
+		t.Fatalf("started %v after close, want 0 and 2", got)
+	}
+}
+
+// TestFINPacerStates: a FIN awaits its acknowledgement in FIN_WAIT_1,
+// CLOSING and LAST_ACK only.
+func TestFINPacerStates(t *testing.T) {
+	for s, want := range map[tcp.EndpointState]bool{
+		tcp.StateEstablished: false, tcp.StateFinWait1: true, tcp.StateFinWait2: false,
+		tcp.StateClosing: true, tcp.StateLastAck: true, tcp.StateTimeWait: false,
+		tcp.StateCloseWait: false, tcp.StateClose: false,
+	} {
+		e := &fakeFINEndpoint{}
+		e.state.Store(uint32(s))
+		if got := awaitingFINAck(e); got != want {
+			t.Errorf("awaitingFINAck in %v = %v, want %v", s, got, want)
+		}
+	}
+}
+
+// TestFINPacedBurst: a burst of half-closes to wireguard-go's stack, with
+// a small window. At no look are more FINs awaiting acknowledgements
+// than the window allows, a write after CloseWrite fails at once though
+// its FIN may wait, and every echo still reads the end of its stream.
+func TestFINPacedBurst(t *testing.T) {
+	key, _ := protocol.GeneratePrivateKey()
+	site := peersite.Start(t, key.PublicKey(), peersite.Options{})
+	n := openOurs(t, key, site)
+	const window = 8
+	n.fins.mu.Lock()
+	n.fins.window = window
+	n.fins.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	conns := make([]*TCPConn, 8*window)
+	for i := range conns {
+		c, err := n.DialContext(ctx, "tcp", netip.AddrPortFrom(peersite.TheirV4, 7).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := c.Write([]byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 5)); err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c.(*TCPConn)
+	}
+	awaiting := func() int {
+		k := 0
+		for _, c := range conns {
+			if awaitingFINAck(c.ep) {
+				k++
+			}
+		}
+		return k
+	}
+	for _, c := range conns {
+		if err := c.CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := conns[len(conns)-1].Write([]byte("late")); err == nil || !strings.Contains(err.Error(), "closed for send") {
+		t.Fatalf("a write after CloseWrite: %v, want the endpoint's closed-for-send error", err)
+	}
+	var wg sync.WaitGroup
+	errs := make(chan error, len(conns))
+	for _, c := range conns {
+		wg.Go(func() {
+			if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+				errs <- err
+			}
+		})
+	}
+	most := 0
+	for done := false; !done; {
+		most = max(most, awaiting())
+		select {
+		case <-ctx.Done():
+			done = true
+		case <-time.After(100 * time.Microsecond):
+			done = awaiting() == 0
+		}
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatalf("after a paced burst of FINs: read %v, want the end of the echo's stream", err)
+	}
+	if most > window {
+		t.Fatalf("%d FINs awaited their acknowledgements at once, want at most the window's %d", most, window)
+	}
+	t.Logf("at most %d of %d FINs awaited acknowledgements at once", most, len(conns))
+}
