@@ -415,9 +415,9 @@ func newTCPConn(wq *waiter.Queue, ep tcpip.Endpoint, fins *finPacer) *TCPConn {
 // errClosedForSend is gonet's error for a write after CloseWrite.
 var errClosedForSend = errors.New((&tcpip.ErrClosedForSend{}).String())
 
-// The methods of net.Conn and *net.TCPConn's half-closes are gonet's,
-// named here rather than promoted, so that no gVisor type shows through
-// the connection's API.
+// The methods of net.Conn and *net.TCPConn's half-closes are gonet's
+// (CloseWrite paced, below), named here rather than promoted, so that no
+// gVisor type shows through the connection's API.
 
 // Read reads data from the connection.
 func (c *TCPConn) Read(b []byte) (int, error) { return c.conn.Read(b) }
@@ -443,11 +443,13 @@ func (c *TCPConn) Close() error {
 func (c *TCPConn) CloseRead() error { return c.conn.CloseRead() }
 
 // CloseWrite shuts down the writing side of the connection: the peer
-// reads the end of the stream. In a burst of closes the FIN may wait a
-// moment for those before it to be acknowledged (finPacer); writes fail
-// at once all the same.
+// reads the end of the stream. When thousands of connections half-close
+// at once, the FIN may wait until some of those before it are
+// acknowledged; later writes fail at once all the same (a write already
+// blocked may still complete first), and a half-close that waits
+// reports no error of its own.
 func (c *TCPConn) CloseWrite() error {
-	if c.fins == nil {
+	if c.fins == nil || !paceable(c.ep) {
 		return c.conn.CloseWrite()
 	}
 	if c.writeClosed.Swap(true) {

@@ -8,8 +8,9 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
-// finPacer keeps the half-closes whose FINs wait for an acknowledgement
-// to a window, and starts the rest as those are acknowledged.
+// finPacer keeps the half-closes (TCPConn.CloseWrite) whose FINs wait
+// for an acknowledgement to a window, and starts the rest, in the order
+// they came, as those are acknowledged.
 //
 // When thousands of clients close their proxied connections at once,
 // every relay half-closes its tunnel side at once, and the FINs queue
@@ -19,14 +20,18 @@ import (
 // timeout, and that garbage and the queued packets took the process's
 // memory well past what the open connections held. With the FINs in
 // flight kept to a window, each is acknowledged about a round trip after
-// it went rather than after the whole burst, and the close costs less
-// work in all. A close waits only while the window is full; a FIN
-// unacknowledged for longer than Linux's minimum retransmission timeout
-// gives up its place, so a peer that has gone away delays the others'
-// closes little.
+// it went rather than after the whole burst. A half-close waits only
+// while the window is full. A FIN unacknowledged for longer than Linux's
+// minimum retransmission timeout gives up its place, so FINs to a peer
+// that has gone away let a window's worth of the others through per
+// timeout; the window is the Net's, not each peer's.
+//
+// FINs sent by Close, and by connections accepted through Listen, are
+// not paced: the FIN floor (finresend.go) is what bounds their repeats.
 type finPacer struct {
 	clock  tcpip.Clock
 	window int
+	hold   time.Duration // finHold, but for tests
 
 	mu      sync.Mutex
 	sent    []sentFIN    // oldest first; some may be acknowledged already
@@ -67,7 +72,7 @@ type waitingFIN struct {
 }
 
 func newFINPacer(clock tcpip.Clock, window int) *finPacer {
-	return &finPacer{clock: clock, window: window}
+	return &finPacer{clock: clock, window: window, hold: finHold}
 }
 
 // admit reports whether ep's FIN may go now: the window has room and
@@ -85,7 +90,7 @@ func (p *finPacer) admit(ep finState, start func()) bool {
 	if len(p.waiting) == 0 && len(p.sent) < p.window {
 		p.sent = append(p.sent, sentFIN{ep: ep, at: p.clock.NowMonotonic()})
 		if p.armed == 0 {
-			p.arm(finHold)
+			p.arm(p.hold)
 		}
 		return true
 	}
@@ -107,12 +112,12 @@ func (p *finPacer) arm(d time.Duration) {
 }
 
 // prune drops the FINs that have been acknowledged, or have held their
-// place for finHold. Called with p.mu held.
+// place for p.hold. Called with p.mu held.
 func (p *finPacer) prune() {
 	now := p.clock.NowMonotonic()
 	kept := p.sent[:0]
 	for _, s := range p.sent {
-		if awaitingFINAck(s.ep) && now.Sub(s.at) < finHold {
+		if holdsPlace(s.ep) && now.Sub(s.at) < p.hold {
 			kept = append(kept, s)
 		}
 	}
@@ -120,12 +125,36 @@ func (p *finPacer) prune() {
 	p.sent = kept
 }
 
+// holdsPlace reports whether an admitted half-close still holds its
+// place in the window: its FIN awaits an acknowledgement, or it has not
+// been sent yet. Admission and the shutdown are not one step (the
+// shutdown runs outside the pacer's lock), and gVisor leaves ESTABLISHED
+// or CLOSE_WAIT in the shutdown itself, even for a FIN queued behind
+// data.
+func holdsPlace(ep finState) bool {
+	switch tcp.EndpointState(ep.State()) {
+	case tcp.StateEstablished, tcp.StateCloseWait, tcp.StateFinWait1, tcp.StateClosing, tcp.StateLastAck:
+		return true
+	}
+	return false
+}
+
 // awaitingFINAck reports whether ep has sent a FIN that its peer has
-// not acknowledged. A FIN that could not go yet (the send window is
-// full of data) counts as acknowledged: it is not among the burst's.
+// not acknowledged.
 func awaitingFINAck(ep finState) bool {
 	switch tcp.EndpointState(ep.State()) {
 	case tcp.StateFinWait1, tcp.StateClosing, tcp.StateLastAck:
+		return true
+	}
+	return false
+}
+
+// paceable reports whether a half-close of ep would send a FIN now:
+// otherwise (the connection is already shut, reset or closed) the
+// shutdown runs at once and its error is the caller's.
+func paceable(ep finState) bool {
+	switch tcp.EndpointState(ep.State()) {
+	case tcp.StateEstablished, tcp.StateCloseWait:
 		return true
 	}
 	return false
@@ -154,7 +183,7 @@ func (p *finPacer) poll() {
 	case rest > 0:
 		p.arm(finPoll)
 	case len(p.sent) > 0:
-		p.arm(finHold)
+		p.arm(p.hold)
 	default:
 		p.armed = 0
 	}

@@ -158,18 +158,57 @@ func TestFINPacerClose(t *testing.T) {
 }
 
 // TestFINPacerStates: a FIN awaits its acknowledgement in FIN_WAIT_1,
-// CLOSING and LAST_ACK only.
+// CLOSING and LAST_ACK only; an admitted half-close holds its place
+// there and before its shutdown has run (ESTABLISHED, CLOSE_WAIT); only
+// those two states are paced at all.
 func TestFINPacerStates(t *testing.T) {
-	for s, want := range map[tcp.EndpointState]bool{
-		tcp.StateEstablished: false, tcp.StateFinWait1: true, tcp.StateFinWait2: false,
-		tcp.StateClosing: true, tcp.StateLastAck: true, tcp.StateTimeWait: false,
-		tcp.StateCloseWait: false, tcp.StateClose: false,
+	type want struct{ awaiting, holds, paced bool }
+	for s, w := range map[tcp.EndpointState]want{
+		tcp.StateEstablished: {false, true, true}, tcp.StateCloseWait: {false, true, true},
+		tcp.StateFinWait1: {true, true, false}, tcp.StateClosing: {true, true, false},
+		tcp.StateLastAck: {true, true, false}, tcp.StateFinWait2: {false, false, false},
+		tcp.StateTimeWait: {false, false, false}, tcp.StateClose: {false, false, false},
+		tcp.StateError: {false, false, false},
 	} {
 		e := &fakeFINEndpoint{}
 		e.state.Store(uint32(s))
-		if got := awaitingFINAck(e); got != want {
-			t.Errorf("awaitingFINAck in %v = %v, want %v", s, got, want)
+		if got := (want{awaitingFINAck(e), holdsPlace(e), paceable(e)}); got != w {
+			t.Errorf("in %v: awaiting, holds a place, paced = %v, want %v", s, got, w)
 		}
+	}
+}
+
+// TestFINPacerAdmittedNotYetSent: a half-close admitted but whose
+// shutdown has not run yet (it runs outside the pacer's lock) holds its
+// place: a poll in between lets no other in past the window.
+func TestFINPacerAdmittedNotYetSent(t *testing.T) {
+	c := newPacedCloses(2, 3)
+	var later []func()
+	for i := range 3 {
+		start := func() {
+			c.eps[i].state.Store(uint32(tcp.StateFinWait1))
+			c.mu.Lock()
+			c.order = append(c.order, i)
+			c.mu.Unlock()
+		}
+		if c.p.admit(c.eps[i], start) {
+			later = append(later, start) // admitted; its shutdown is still to run
+		}
+	}
+	if len(later) != 2 {
+		t.Fatalf("%d admitted at once with a window of 2", len(later))
+	}
+	c.clock.Advance(finPoll)
+	if got := c.started(); len(got) != 0 {
+		t.Fatalf("started %v while the two admitted had not sent their FINs: the window was passed", got)
+	}
+	for _, f := range later {
+		f()
+	}
+	c.ack(0)
+	c.clock.Advance(finPoll)
+	if got := c.started(); !slices.Equal(got, []int{0, 1, 2}) {
+		t.Fatalf("started %v once the first FIN was acknowledged, want 0, 1, 2", got)
 	}
 }
 
@@ -184,6 +223,7 @@ func TestFINPacedBurst(t *testing.T) {
 	const window = 8
 	n.fins.mu.Lock()
 	n.fins.window = window
+	n.fins.hold = time.Minute // no place is given up for time: the count below is exact
 	n.fins.mu.Unlock()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -204,14 +244,18 @@ func TestFINPacedBurst(t *testing.T) {
 		}
 		conns[i] = c.(*TCPConn)
 	}
-	awaiting := func() int {
-		k := 0
+	// awaiting counts the FINs awaiting acknowledgements, with the pacer
+	// held still: none can be admitted meanwhile, so the count is of one
+	// moment. It also reports whether half-closes still wait.
+	awaiting := func() (k int, waiting bool) {
+		n.fins.mu.Lock()
+		defer n.fins.mu.Unlock()
 		for _, c := range conns {
 			if awaitingFINAck(c.ep) {
 				k++
 			}
 		}
-		return k
+		return k, len(n.fins.waiting) > 0
 	}
 	for _, c := range conns {
 		if err := c.CloseWrite(); err != nil {
@@ -230,14 +274,15 @@ func TestFINPacedBurst(t *testing.T) {
 			}
 		})
 	}
-	most := 0
-	for done := false; !done; {
-		most = max(most, awaiting())
+	most, looks := 0, 0
+	for done := false; !done; looks++ {
+		k, waiting := awaiting()
+		most = max(most, k)
 		select {
 		case <-ctx.Done():
-			done = true
+			t.Fatalf("the burst's FINs were not all acknowledged in time (%d awaiting, half-closes waiting: %v)", k, waiting)
 		case <-time.After(100 * time.Microsecond):
-			done = awaiting() == 0
+			done = k == 0 && !waiting
 		}
 	}
 	wg.Wait()
@@ -248,5 +293,5 @@ func TestFINPacedBurst(t *testing.T) {
 	if most > window {
 		t.Fatalf("%d FINs awaited their acknowledgements at once, want at most the window's %d", most, window)
 	}
-	t.Logf("at most %d of %d FINs awaited acknowledgements at once", most, len(conns))
+	t.Logf("at most %d of %d FINs awaited acknowledgements at once, in %d looks", most, len(conns), looks)
 }

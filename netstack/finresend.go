@@ -13,15 +13,17 @@ import (
 )
 
 // A mass close (a client dropping thousands of proxied connections at
-// once) makes the stack send thousands of FINs within milliseconds. The
-// acknowledgements of the last ones come back only after every FIN ahead
-// of them has gone through the engine and the peer, much later than the
-// stack's minimum retransmission timeout (tcpMinRTO), which is short
-// for the sake of lossy paths of a few milliseconds. So the FINs time
-// out and are sent again, and again as the timeout doubles, the copies
-// lengthening the very queues the acknowledgements wait behind: the
-// copies outnumber the FINs, and their packets add to the memory and
-// the CPU time the close takes.
+// once) can make the stack send thousands of FINs within milliseconds:
+// half-closes are paced (finpace.go), but full closes, connections
+// accepted through Listen, and a window's worth of half-closes to a slow
+// peer are not. The acknowledgements of the last ones come back only
+// after every FIN ahead of them has gone through the engine and the
+// peer, much later than the stack's minimum retransmission timeout
+// (tcpMinRTO), which is short for the sake of lossy paths of a few
+// milliseconds. So the FINs time out and are sent again, and again as
+// the timeout doubles, the copies lengthening the very queues the
+// acknowledgements wait behind: the copies outnumber the FINs, and their
+// packets add to the memory and the CPU time the close takes.
 //
 // Therefore, while FINs go in a burst (finBurst or more within
 // finResendFloor), the link endpoint drops a pure FIN (no payload) that

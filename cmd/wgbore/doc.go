@@ -433,14 +433,15 @@
 // together, run on small pools of goroutines (a few per core) that take
 // the next piece of work as they finish one, and grow past that size
 // only while their queue stands still (a copy blocked on a slow reader).
-// When thousands of connections close at once, at most 256 of their
-// FINs wait for acknowledgements at a time, and the other half-closes
-// start as those are acknowledged (see "TCP through loss and outages"
-// below): sent all at once, the FINs queued behind each other for longer
-// than the retransmission timeout, and every connection's timeouts, with
-// the packets they queued, took the process's memory well past what it
-// held while the connections were open. The close of a burst still
-// takes a little more memory than holding it, briefly.
+// When thousands of proxied connections close at once, at most 256 of
+// the relays' half-closes await acknowledgements of their FINs at a
+// time, and the others start as those are acknowledged (see "TCP
+// through loss and outages" below): sent all at once, the FINs queued
+// behind each other for longer than the retransmission timeout, and
+// every connection's timeouts, with the packets they queued, took the
+// process's memory well past what it held while the connections were
+// open. The close of a burst still takes a little more memory than
+// holding it, briefly.
 //
 // About eight seconds after start, once the first handshakes are done,
 // wgbore also reclaims once, and on Linux asks the kernel to take back
@@ -689,12 +690,13 @@
 //     keep pace with wireguard-go's, where gVisor's 200 ms cut them by
 //     more than half. Thousands of FINs sent at once outlast it too, which
 //     the next change and the FIN floor below take care of.
-//   - Half-closes are paced: at most 256 FINs wait for acknowledgements
-//     at once (netstack/finpace.go), and a CloseWrite beyond that starts
-//     when one is acknowledged, or has waited 200 ms, so that a peer that
-//     went away delays the others little. A write after CloseWrite fails
-//     at once all the same. In a mass close the last FIN goes sooner than
-//     unpaced, since none of the others times out and goes again.
+//   - Half-closes are paced: at most 256 of them await acknowledgements
+//     of their FINs at once (netstack/finpace.go), and a CloseWrite
+//     beyond that starts when one is acknowledged, or has waited 200 ms.
+//     The window is shared by all peers, so FINs to a peer that went away
+//     let a window's worth of the others through every 200 ms. A write
+//     after CloseWrite fails at once all the same. A full Close, and a
+//     connection accepted through the library's Listen, are not paced.
 //   - TIME_WAIT lasts 15 s, where Linux keeps 60 s, so a burst of closed
 //     connections gives its memory back sooner. It still outlasts any
 //     segment one WireGuard hop can delay, and timestamps (PAWS) reject an

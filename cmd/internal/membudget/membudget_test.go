@@ -333,18 +333,18 @@ func TestReclaimerReleasesAfterIdleCollection(t *testing.T) {
 	for len(trims) > 0 {
 		trimmed = append(trimmed, <-trims)
 	}
-	// The heap is reclaimed at settling, after the fall and after the
-	// allocation burst: never for an idle collection.
-	if want := []int{1, 431, 545}; !slices.Equal(trimmed, want) {
+	// The heap is reclaimed at settling and after the fall, each with its
+	// repeat, and after the allocation burst: never for an idle
+	// collection.
+	if want := []int{1, 1 + releaseAgain, 431, 431 + releaseAgain, 545}; !slices.Equal(trimmed, want) {
 		t.Fatalf("reclaimed the heap at ticks %v, want %v", trimmed, want)
 	}
 }
 
-// TestReclaimerReleasesAgain: the release of the binary's pages at the
-// reclaim that ends a burst is repeated once, releaseAgain ticks later,
-// for the pages that the burst's end faulted in after it; not if by then
-// the load has risen again or the process is allocating, and never a
-// third time.
+// TestReclaimerReleasesAgain: the reclaim that ends a burst, binary's
+// pages and all, is repeated once, releaseAgain ticks later, for what the
+// burst's end faulted in and allocated after it; not if by then the load
+// has risen again or the process is allocating, and never a third time.
 func TestReclaimerReleasesAgain(t *testing.T) {
 	type state struct {
 		at        int // ticks since the reclaim; -1 before it
@@ -368,7 +368,7 @@ func TestReclaimerReleasesAgain(t *testing.T) {
 		}, []int{0}},
 		{"allocating", func(i int) state { return state{load: 10, allocated: uint64(i) << 20} }, []int{0}},
 		// The fall rests at 30, still near the idle 10, and the last
-		// 20 go later: the repeat is a reclaim of the heap as well.
+		// 20 go later.
 		{"stragglers", func(i int) state {
 			if i < 3 {
 				return state{load: 30}
@@ -406,9 +406,6 @@ func TestReclaimerReleasesAgain(t *testing.T) {
 			for i := range 4 * releaseAgain {
 				tick <- time.Time{}
 				s := c.after(i)
-				if i == 0 {
-					s = c.after(0)
-				}
 				s.at = i
 				states <- s
 			}
@@ -427,12 +424,10 @@ func TestReclaimerReleasesAgain(t *testing.T) {
 			for len(trims) > 0 {
 				trimmed = append(trimmed, <-trims)
 			}
-			// The settling reclaim (before the burst), the one at the
-			// fall, and for stragglers the repeat.
-			wantTrims := []int{-1, 0}
-			if c.name == "stragglers" {
-				wantTrims = append(wantTrims, releaseAgain)
-			}
+			// The settling reclaim (before the burst; the fall's reclaim
+			// takes its repeat's place), the one at the fall, and its
+			// repeat wherever the pages go again.
+			wantTrims := append([]int{-1}, c.want...)
 			if !slices.Equal(trimmed, wantTrims) {
 				t.Fatalf("reclaimed the heap at ticks %v after the reclaim, want %v", trimmed, wantTrims)
 			}

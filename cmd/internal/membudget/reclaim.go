@@ -29,9 +29,10 @@ type Reclaimer struct {
 	// Trim, if set, drops caches that would otherwise outlive the burst,
 	// just before the collection.
 	Trim func()
-	// Release, if set, runs after a collection that finds the process
-	// idle again, to give back what the runtime does not own (the
-	// binary's pages: ReleaseBinary).
+	// Release, if set, runs after a reclaim that finds the process idle
+	// again, and after the runtime's own collection in an idle process,
+	// to give back what the runtime does not own (the binary's pages:
+	// ReleaseBinary).
 	Release func()
 	// Tick paces the looks at Load; a look is a few loads, so once a
 	// second costs nothing while idle and is soon enough after a burst.
@@ -88,14 +89,13 @@ const (
 	// own collections for the second to count as idle: at ReclaimEvery's
 	// pace, a little less than the two minutes after which it forces one.
 	idleCollections = 100
-	// releaseAgain is how many ticks after a release of the binary's
-	// pages at a reclaim it is repeated, once, if the process is still
+	// releaseAgain is how many ticks after a reclaim near idle it is
+	// repeated, once, binary's pages and all, if the process is still
 	// idle and not allocating: the end of a burst runs code that an idle
 	// process does not, some of it seconds after the load has come to
 	// rest, and the pages it faults in would stay resident until the
-	// runtime's next forced collection. If the load has fallen further
-	// meanwhile, the heap is reclaimed again too: the stragglers' memory
-	// would otherwise stay with the spans it keeps.
+	// runtime's next forced collection; what it allocated meanwhile
+	// (the last TIME_WAIT endpoints' teardown) is garbage by then too.
 	releaseAgain = 5
 )
 
@@ -125,8 +125,9 @@ func runtimeCount(name string) uint64 {
 // work that frees the memory, and what it freed would be taken again at
 // once. The binary's pages go (Release) only at the settling reclaim and
 // when the load is back near where it settled, since a busy process
-// would fault its running code straight back in; and once more a few
-// ticks after either, for what the end of the burst faulted in.
+// would fault its running code straight back in; and each of those
+// reclaims is repeated a few ticks later, for what the end of the burst
+// faulted in and allocated after it.
 func (r Reclaimer) Run(ctx context.Context) {
 	high := r.Load()
 	prev, settled := high, int64(-1)
@@ -140,9 +141,7 @@ func (r Reclaimer) Run(ctx context.Context) {
 		collections = r.Collections()
 	}
 	lastCollection := 0
-	// again is the tick at which to release the binary's pages again,
-	// and againLoad the load when that was set.
-	again, againLoad := 0, int64(0)
+	again := 0 // the tick of the repeat after a reclaim near idle
 	for ticks := 1; ; ticks++ {
 		select {
 		case <-ctx.Done():
@@ -174,12 +173,12 @@ func (r Reclaimer) Run(ctx context.Context) {
 		case ticks == r.Settle:
 			r.reclaim(true)
 			high, settled, burst = n, n, 0
-			again, againLoad = ticks+releaseAgain, n
+			again = ticks + releaseAgain
 		case fell(high, n) && !falling(prev, n):
 			r.reclaim(nearIdle)
 			high, burst = n, 0
 			if nearIdle {
-				again, againLoad = ticks+releaseAgain, n
+				again = ticks + releaseAgain
 			}
 		case quiet && burst >= allocBurst && ticks-lastBurst >= spacing:
 			// Not the binary's pages: a process with bursts of work is
@@ -193,15 +192,11 @@ func (r Reclaimer) Run(ctx context.Context) {
 			}
 			lastBurst = ticks
 		case ticks == again && nearIdle && quiet:
-			if n < againLoad {
-				// The last of the burst (TIME_WAIT endpoints whose
-				// connections closed late) went after the reclaim:
-				// reclaim what they held too.
-				r.reclaim(true)
-				high = n
-			} else if r.Release != nil {
-				r.Release()
-			}
+			// On this tick a rise of the load (n > high) waits for the
+			// next; an allocation burst's reclaim, above, takes the
+			// repeat's place.
+			r.reclaim(true)
+			high = n
 		case idleCollection && nearIdle && quiet:
 			if r.Release != nil {
 				r.Release()
