@@ -49,14 +49,18 @@ func newPacedCloses(window, n int) *pacedCloses {
 }
 
 func (c *pacedCloses) closeWrite(i int) {
-	start := func() {
+	if start := c.start(i); c.p.admit(c.eps[i], start) {
+		start()
+	}
+}
+
+// start is endpoint i's shutdown: its FIN goes out.
+func (c *pacedCloses) start(i int) func() {
+	return func() {
 		c.eps[i].state.Store(uint32(tcp.StateFinWait1))
 		c.mu.Lock()
 		c.order = append(c.order, i)
 		c.mu.Unlock()
-	}
-	if c.p.admit(c.eps[i], start) {
-		start()
 	}
 }
 
@@ -185,13 +189,7 @@ func TestFINPacerAdmittedNotYetSent(t *testing.T) {
 	c := newPacedCloses(2, 3)
 	var later []func()
 	for i := range 3 {
-		start := func() {
-			c.eps[i].state.Store(uint32(tcp.StateFinWait1))
-			c.mu.Lock()
-			c.order = append(c.order, i)
-			c.mu.Unlock()
-		}
-		if c.p.admit(c.eps[i], start) {
+		if start := c.start(i); c.p.admit(c.eps[i], start) {
 			later = append(later, start) // admitted; its shutdown is still to run
 		}
 	}
@@ -228,22 +226,7 @@ func TestFINPacedBurst(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 
-	conns := make([]*TCPConn, 8*window)
-	for i := range conns {
-		c, err := n.DialContext(ctx, "tcp", netip.AddrPortFrom(peersite.TheirV4, 7).String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(20 * time.Second))
-		if _, err := c.Write([]byte("hello")); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.ReadFull(c, make([]byte, 5)); err != nil {
-			t.Fatal(err)
-		}
-		conns[i] = c.(*TCPConn)
-	}
+	conns := echoConns(ctx, t, n, 8*window)
 	// awaiting counts the FINs awaiting acknowledgements, with the pacer
 	// held still: none can be admitted meanwhile, so the count is of one
 	// moment. It also reports whether half-closes still wait.
@@ -265,15 +248,7 @@ func TestFINPacedBurst(t *testing.T) {
 	if _, err := conns[len(conns)-1].Write([]byte("late")); err == nil || !strings.Contains(err.Error(), "closed for send") {
 		t.Fatalf("a write after CloseWrite: %v, want the endpoint's closed-for-send error", err)
 	}
-	var wg sync.WaitGroup
-	errs := make(chan error, len(conns))
-	for _, c := range conns {
-		wg.Go(func() {
-			if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
-				errs <- err
-			}
-		})
-	}
+	ends := endsOfStream(conns)
 	most, looks := 0, 0
 	for done := false; !done; looks++ {
 		k, waiting := awaiting()
@@ -285,13 +260,53 @@ func TestFINPacedBurst(t *testing.T) {
 			done = k == 0 && !waiting
 		}
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	if err := ends(); err != nil {
 		t.Fatalf("after a paced burst of FINs: read %v, want the end of the echo's stream", err)
 	}
 	if most > window {
 		t.Fatalf("%d FINs awaited their acknowledgements at once, want at most the window's %d", most, window)
 	}
 	t.Logf("at most %d of %d FINs awaited acknowledgements at once, in %d looks", most, len(conns), looks)
+}
+
+// echoConns dials count connections to the peer site's echo, each proven
+// by one echo, with a 20 s deadline; they close when the test ends.
+func echoConns(ctx context.Context, t *testing.T, n *Net, count int) []*TCPConn {
+	t.Helper()
+	conns := make([]*TCPConn, count)
+	for i := range conns {
+		c, err := n.DialContext(ctx, "tcp", netip.AddrPortFrom(peersite.TheirV4, 7).String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(20 * time.Second))
+		if _, err := c.Write([]byte("hello")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 5)); err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c.(*TCPConn)
+	}
+	return conns
+}
+
+// endsOfStream reads from every connection at once until its end of
+// stream; wait returns the first read that ended otherwise, or nil.
+func endsOfStream(conns []*TCPConn) (wait func() error) {
+	var wg sync.WaitGroup
+	errs := make(chan error, len(conns))
+	for _, c := range conns {
+		wg.Go(func() {
+			if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+				errs <- err
+			}
+		})
+	}
+	return func() error {
+		wg.Wait()
+		close(errs)
+		return <-errs
+	}
 }

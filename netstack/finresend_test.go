@@ -2,13 +2,9 @@ package netstack
 
 import (
 	"context"
-	"errors"
-	"io"
-	"net"
 	"net/netip"
 	"reflect"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -250,41 +246,15 @@ func TestFINLostInBlackout(t *testing.T) {
 	defer cancel()
 
 	// Enough connections for their FINs to be a burst.
-	conns := make([]net.Conn, 2*finBurst)
-	for i := range conns {
-		c, err := n.DialContext(ctx, "tcp", netip.AddrPortFrom(peersite.TheirV4, 7).String())
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		c.SetDeadline(time.Now().Add(20 * time.Second))
-		if _, err := c.Write([]byte("hello")); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := io.ReadFull(c, make([]byte, 5)); err != nil {
-			t.Fatal(err)
-		}
-		conns[i] = c
-	}
+	conns := echoConns(ctx, t, n, 2*finBurst)
 	relay.Blackout(100 * time.Millisecond)
 	start := time.Now()
 	for _, c := range conns {
-		if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
+		if err := c.CloseWrite(); err != nil {
 			t.Fatal(err)
 		}
 	}
-	var wg sync.WaitGroup
-	errs := make(chan error, len(conns))
-	for _, c := range conns {
-		wg.Go(func() {
-			if _, err := c.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
-				errs <- err
-			}
-		})
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	if err := endsOfStream(conns)(); err != nil {
 		t.Fatalf("after our FINs were lost in a blackout: read %v, want the end of the echo's stream", err)
 	}
 	t.Logf("the echoes' ends of stream all came within %v of our FINs", time.Since(start).Round(time.Millisecond))
