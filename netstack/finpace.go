@@ -139,16 +139,6 @@ func holdsPlace(ep finState) bool {
 	return false
 }
 
-// awaitingFINAck reports whether ep has sent a FIN that its peer has
-// not acknowledged.
-func awaitingFINAck(ep finState) bool {
-	switch tcp.EndpointState(ep.State()) {
-	case tcp.StateFinWait1, tcp.StateClosing, tcp.StateLastAck:
-		return true
-	}
-	return false
-}
-
 // paceable reports whether a half-close of ep would send a FIN now:
 // otherwise (the connection is already shut, reset or closed) the
 // shutdown runs at once and its error is the caller's.

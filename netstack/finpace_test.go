@@ -76,6 +76,16 @@ func (c *pacedCloses) started() []int {
 	return slices.Clone(c.order)
 }
 
+// awaitingFINAck reports whether ep has sent a FIN that its peer has
+// not acknowledged.
+func awaitingFINAck(ep finState) bool {
+	switch tcp.EndpointState(ep.State()) {
+	case tcp.StateFinWait1, tcp.StateClosing, tcp.StateLastAck:
+		return true
+	}
+	return false
+}
+
 func upTo(n int) []int {
 	s := make([]int, n)
 	for i := range s {

@@ -368,7 +368,7 @@ func TestReclaimerReleasesAgain(t *testing.T) {
 		}, []int{0}},
 		{"allocating", func(i int) state { return state{load: 10, allocated: uint64(i) << 20} }, []int{0}},
 		// The fall rests at 30, still near the idle 10, and the last
-		// 20 go later.
+		// 20 go later: the repeat comes all the same.
 		{"stragglers", func(i int) state {
 			if i < 3 {
 				return state{load: 30}
