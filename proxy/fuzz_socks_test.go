@@ -122,7 +122,7 @@ func (n *fuzzSOCKSNetwork) take() ([]string, []*memConn) {
 const fuzzSOCKSUser, fuzzSOCKSPass = "u", "p"
 
 // expectSOCKSConnect reads in as the client that sent it meant it, apart
-// from go-socks5: it reports whether in is a complete CONNECT that logs
+// from the server: it reports whether in is a complete CONNECT that logs
 // in as the server wants (method 0 offered to the open server; method 2
 // and the right username and password to the other), names a target (an
 // IPv4 or IPv6 address, or a name that is not empty) and so must be
@@ -227,7 +227,7 @@ func FuzzSOCKSRequest(f *testing.F) {
 	f.Add(cat([]byte{5, 1, 2}, []byte{1, 1, 'u', 5}, []byte("wrong"), []byte{5, 1, 0, 1, 127, 0, 0, 1, 0, 80}), true)
 	f.Add(cat([]byte{5, 1, 0}, []byte{5, 1, 0, 1, 127, 0, 0, 1, 0, 80}), true)
 
-	// go-socks5 does not recover panics, so one ends the fuzzing run
+	// The server does not recover panics, so one ends the fuzzing run
 	// with its stack: there is no log to watch, and logging nothing
 	// keeps iterations fast.
 	logger := slog.New(slog.DiscardHandler)

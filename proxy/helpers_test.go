@@ -22,12 +22,9 @@ var (
 		"wgbore/proxy.(*TCPForwarder)", "wgbore/proxy.(*UDPForwarder)", "wgbore/proxy.(*udpPort)",
 		"wgbore/proxy.ServeSTDIO", "wgbore/proxy.sendSTDIO",
 	}
-	// go-socks5's frames cover the relay halves it starts through
-	// socksGoroutines.Submit; a worker waiting for its next connection
-	// shows only its own loop.
+	// A worker waiting for its next connection shows only its own loop.
 	socksCode = []string{
-		"things-go/go-socks5", "wgbore/proxy.(*SOCKS5)", "wgbore/proxy.socksGoroutines",
-		"wgbore/proxy.(*socksAssociation)", "wgbore/proxy.(*workers)",
+		"wgbore/proxy.(*SOCKS5)", "wgbore/proxy.(*socksAssociation)", "wgbore/proxy.(*workers)",
 	}
 	// socksAssociationCode narrows socksCode to UDP ASSOCIATE's relays.
 	socksAssociationCode = []string{"wgbore/proxy.(*socksAssociation)", "wgbore/proxy.(*SOCKS5).associate"}

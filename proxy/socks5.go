@@ -81,9 +81,12 @@ type SOCKS5Config struct {
 // supported" otherwise. BIND is always refused: the tunnel's peers would
 // have to reach back to a port of ours, which nothing in wgbore needs.
 type SOCKS5 struct {
-	nw               Network
-	log              *slog.Logger
-	server           *socks5.Server
+	nw  Network
+	log *slog.Logger
+	// creds, when set, is the login every client must give (RFC 1929).
+	creds *socksCredentials
+	// readers are the handshakes' readers (socks5_negotiate.go).
+	readers          handshakeReaders
 	maxConns         int
 	admit            func() bool
 	handshakeTimeout time.Duration
@@ -138,25 +141,9 @@ func NewSOCKS5(nw Network, cfg SOCKS5Config) *SOCKS5 {
 		workers:          newWorkers(),
 	}
 
-	opts := []socks5.Option{
-		socks5.WithResolver(socksResolver{s}),
-		socks5.WithConnectHandle(s.connect),
-		socks5.WithLogger(socksLogger{logger}),
-		socks5.WithGPool(socksGoroutines{s}),
-		socks5.WithConnectMiddleware(s.endHandshake),
-	}
-	// go-socks5's own BIND handler already refuses. Its ASSOCIATE handler
-	// would send the datagrams from the host, so it is always replaced:
-	// by a relay into the Network, or by a refusal.
-	if _, ok := nw.(packetListener); ok {
-		opts = append(opts, socks5.WithAssociateHandle(s.associate))
-	} else {
-		opts = append(opts, socks5.WithAssociateHandle(socksRefuseCommand))
-	}
 	if cfg.Username != "" {
-		opts = append(opts, socks5.WithCredential(newSOCKSCredentials(cfg.Username, cfg.Password, logger)))
+		s.creds = newSOCKSCredentials(cfg.Username, cfg.Password, logger)
 	}
-	s.server = socks5.NewServer(opts...)
 	return s
 }
 
@@ -179,7 +166,7 @@ func (s *SOCKS5) Serve(l net.Listener) error {
 			h := &handoff{Conn: conn}
 			s.serveConn(h)
 			if !h.taken.Load() {
-				// ServeConn has closed conn already; closing it again
+				// serveConn has closed conn already; closing it again
 				// in untrack is harmless.
 				s.untrack(conn)
 			}
@@ -242,16 +229,11 @@ func (s *SOCKS5) waitForConns(ctx context.Context) error {
 	return nil
 }
 
-// endHandshake clears the handshake deadline once a request has been read
-// (from here on a relay may idle as long as the client likes) and marks
-// the connection as serving, for Shutdown. Once the server is shutting
-// down it refuses: a new relay would only prolong the wait. go-socks5
-// passes the client connection itself as the writer.
-func (s *SOCKS5) endHandshake(_ context.Context, w io.Writer, _ *socks5.Request) error {
-	c, ok := w.(net.Conn)
-	if !ok {
-		return nil
-	}
+// endHandshake clears the handshake deadline once a CONNECT request has
+// been read (from here on a relay may idle as long as the client likes)
+// and marks the connection as serving, for Shutdown. Once the server is
+// shutting down it refuses: a new relay would only prolong the wait.
+func (s *SOCKS5) endHandshake(c net.Conn) error {
 	key := c
 	if h, ok := c.(*handoff); ok {
 		key = h.Conn
@@ -266,32 +248,28 @@ func (s *SOCKS5) endHandshake(_ context.Context, w io.Writer, _ *socks5.Request)
 func (s *SOCKS5) serveConn(conn net.Conn) {
 	// Cleared by endHandshake once a request has been read.
 	conn.SetDeadline(time.Now().Add(s.handshakeTimeout))
-	err := s.server.ServeConn(conn)
+	err := s.negotiate(conn)
+	conn.Close()
 	if err != nil && !s.isDraining() {
-		// go-socks5's errors name the target and the failing step; none
-		// carries credentials.
+		// The errors name the target and the failing step; none carries
+		// credentials.
 		s.log.Debug("socks5: connection ended", "client", conn.RemoteAddr(), "err", err)
 	}
 }
 
-// connect serves a CONNECT request in place of go-socks5's handler, to
-// make an idle relay cheap. go-socks5's relay costs three goroutines per
-// connection (the one serving it waits for the two copying) and two
-// pooled 32 KiB buffers held by the blocked reads, and keeps the 4 KiB
-// bufio.Reader it read the request through. Here the bufio.Reader is
-// let go once the bytes it buffered past the request are sent on, and
-// the relay holds no buffer while idle. Where the client's socket can
-// be watched (handOver.try), the relay holds no goroutine either and the
-// serving goroutine ends; elsewhere it copies one direction itself,
-// and relay.Both copies out of the tunnel connection with no goroutine
-// while it idles.
+// connect serves a CONNECT request, with an idle relay kept cheap.
+// go-socks5's own relay costs three goroutines per connection (the one
+// serving it waits for the two copying) and two pooled 32 KiB buffers
+// held by the blocked reads. Here the handshake's reader goes back to its
+// pool once the bytes it buffered past the request are sent on, and the
+// relay holds no buffer while idle. Where the client's socket can be
+// watched (handOver.try), the relay holds no goroutine either and the
+// serving goroutine ends; elsewhere it copies one direction itself, and
+// relay.Both copies out of the tunnel connection with no goroutine while
+// it idles.
 //
 // Dial failures are answered as go-socks5 answers them.
-func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) error {
-	client, ok := w.(net.Conn)
-	if !ok {
-		return fmt.Errorf("socks5: client is a %T, not a net.Conn", w)
-	}
+func (s *SOCKS5) connect(ctx context.Context, client net.Conn, req *socks5.Request) error {
 	target, err := s.dial(ctx, "tcp", req.DestAddr.String(), req)
 	if err != nil {
 		rep := statute.RepHostUnreachable
@@ -300,7 +278,7 @@ func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) 
 		} else if strings.Contains(msg, "network is unreachable") {
 			rep = statute.RepNetworkUnreachable
 		}
-		if err := socks5.SendReply(w, rep, nil); err != nil {
+		if err := socks5.SendReply(client, rep, nil); err != nil {
 			return fmt.Errorf("failed to send reply, %v", err)
 		}
 		return fmt.Errorf("connect to %v failed, %v", req.RawDestAddr, err)
@@ -312,28 +290,29 @@ func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) 
 	// had gone away, and Close waiting on the relay.
 	if !s.track(target) {
 		target.Close()
-		socks5.SendReply(w, statute.RepServerFailure, nil)
+		socks5.SendReply(client, statute.RepServerFailure, nil)
 		return errors.New("socks5: shutting down")
 	}
-	if err := socks5.SendReply(w, statute.RepSuccess, target.LocalAddr()); err != nil {
+	if err := socks5.SendReply(client, statute.RepSuccess, target.LocalAddr()); err != nil {
 		s.untrack(target)
 		return fmt.Errorf("failed to send reply, %v", err)
 	}
 	// A client may send its first bytes right behind the request without
-	// waiting for the reply; go-socks5 has read them into its buffer.
-	if br, ok := req.Reader.(*bufio.Reader); ok {
-		if n := br.Buffered(); n > 0 {
-			early, _ := br.Peek(n)
-			if _, err := target.Write(early); err != nil {
-				s.untrack(target)
-				return err
-			}
-		}
-	} else if req.Reader != io.Reader(client) {
+	// waiting for the reply; the handshake's reader holds them.
+	br, ok := req.Reader.(*bufio.Reader)
+	if !ok {
 		s.untrack(target)
 		return fmt.Errorf("socks5: request read through a %T", req.Reader)
 	}
+	if n := br.Buffered(); n > 0 {
+		early, _ := br.Peek(n)
+		if _, err := target.Write(early); err != nil {
+			s.untrack(target)
+			return err
+		}
+	}
 	req.Reader = nil
+	s.readers.put(br)
 
 	if h, ok := client.(*handoff); ok {
 		if lc, ok := h.Conn.(*limitedConn); ok && s.relays.try(s.connTracker, s.conns.active.Load(), lc, target) {
@@ -350,7 +329,7 @@ func (s *SOCKS5) connect(ctx context.Context, w io.Writer, req *socks5.Request) 
 	return nil
 }
 
-// handoff is the client connection as go-socks5 sees it. ServeConn
+// handoff is the client connection as the handshake sees it. serveConn
 // closes its connection once the request's handler returns; a relay
 // that goes on without the serving goroutine (handOver.try) takes the
 // connection over first, and that Close then leaves it be.
@@ -435,7 +414,7 @@ func (h *handoff) CloseWrite() error {
 }
 
 // dial connects to the request's target on the Network. For a domain name,
-// socksResolver has already looked it up on the Network and left every
+// resolve has already looked it up on the Network and left every
 // address in ctx, so a name whose first address is unreachable still
 // connects through the next one.
 func (s *SOCKS5) dial(ctx context.Context, network, addr string, req *socks5.Request) (net.Conn, error) {
@@ -443,9 +422,9 @@ func (s *SOCKS5) dial(ctx context.Context, network, addr string, req *socks5.Req
 	defer cancel()
 
 	dest := req.DestAddr
-	// go-socks5 accepts a domain name of length 0 and would have the
-	// Network dial an address with no host, which some networks take
-	// as their own.
+	// go-socks5's parser accepts a domain name of length 0, which
+	// would have the Network dial an address with no host, and some
+	// networks take that as their own.
 	if dest != nil && dest.AddrType == statute.ATYPDomain && dest.FQDN == "" {
 		return nil, errors.New("empty domain name")
 	}
@@ -471,7 +450,7 @@ func socksDialSerial(ctx context.Context, nw Network, network string, addrs []ne
 }
 
 // bound derives a context from ctx that also ends when the server closes
-// and after timeout. go-socks5 hands its hooks context.Background(), so
+// and after timeout. A request is served under context.Background(), so
 // without this a lookup or dial would outlive Close.
 func (s *SOCKS5) bound(ctx context.Context, timeout time.Duration) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
@@ -482,22 +461,7 @@ func (s *SOCKS5) bound(ctx context.Context, timeout time.Duration) (context.Cont
 	}
 }
 
-// socksGoroutines runs any goroutine go-socks5 starts under the server's
-// WaitGroup; with connect and associate replaced, none is expected. Submit is only ever called from a
-// goroutine the WaitGroup already counts, so Add never races with Wait
-// reaching zero.
-type socksGoroutines struct{ s *SOCKS5 }
-
-func (g socksGoroutines) Submit(f func()) error {
-	g.s.wg.Add(1)
-	go func() {
-		defer g.s.wg.Done()
-		f()
-	}()
-	return nil
-}
-
-// socksResolvedKey keys the addresses socksResolver found, for dial.
+// socksResolvedKey keys the addresses resolve found, for dial.
 type socksResolvedKey struct{}
 
 type socksResolvedAddrs struct {
@@ -505,16 +469,13 @@ type socksResolvedAddrs struct {
 	addrs []netip.Addr
 }
 
-// socksResolver resolves CONNECT targets given as domain names on the
-// Network. go-socks5 calls it before the dialer for every such request, and
-// its default would ask the host's resolver, which must never see names
-// meant for the tunnel.
-type socksResolver struct{ s *SOCKS5 }
-
-func (r socksResolver) Resolve(ctx context.Context, name string) (context.Context, net.IP, error) {
-	lookupCtx, cancel := r.s.bound(ctx, socksResolveTimeout)
+// resolve looks up a request's domain name on the Network, before the
+// dial; the host's resolver must never see names meant for the tunnel.
+// It leaves every address in the returned context, for dial.
+func (s *SOCKS5) resolve(ctx context.Context, name string) (context.Context, net.IP, error) {
+	lookupCtx, cancel := s.bound(ctx, socksResolveTimeout)
 	defer cancel()
-	addrs, err := r.s.nw.LookupNetIP(lookupCtx, "ip", name)
+	addrs, err := s.nw.LookupNetIP(lookupCtx, "ip", name)
 	if err != nil {
 		return ctx, nil, err
 	}
@@ -548,7 +509,7 @@ func (c *socksCredentials) Valid(user, password, clientAddr string) bool {
 
 // socksRefuseCommand answers a command the server does not serve with "command
 // not supported", as RFC 1928 asks, and ends the connection.
-func socksRefuseCommand(_ context.Context, w io.Writer, req *socks5.Request) error {
+func socksRefuseCommand(w io.Writer, req *socks5.Request) error {
 	if err := socks5.SendReply(w, statute.RepCommandNotSupported, nil); err != nil {
 		return err
 	}
@@ -585,14 +546,6 @@ func (c *socksTCPAddrConn) CloseWrite() error {
 		return cw.CloseWrite()
 	}
 	return errors.ErrUnsupported
-}
-
-// socksLogger routes go-socks5's own messages to slog at debug level; it
-// logs per-connection failures that are not errors of the server.
-type socksLogger struct{ log *slog.Logger }
-
-func (l socksLogger) Errorf(format string, args ...any) {
-	l.log.Debug("socks5: " + fmt.Sprintf(format, args...))
 }
 
 // refuseSOCKS answers a client over the listener's MaxConnections with

@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -14,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -790,9 +792,8 @@ func startHandingOverSOCKS5(t *testing.T, cfg SOCKS5Config, from uint64) (*SOCKS
 }
 
 // socksRelayCode is what a connection's relay runs on: its serving
-// goroutine, go-socks5's frames, the relay's copies (not the accept loop
-// or the poller).
-var socksRelayCode = []string{"wgbore/proxy.(*SOCKS5).serveConn", "things-go/go-socks5",
+// goroutine, the relay's copies (not the accept loop or the poller).
+var socksRelayCode = []string{"wgbore/proxy.(*SOCKS5).serveConn",
 	"wgbore/proxy/relay.(*notifiedCopy)", "wgbore/proxy/relay.OneWay", "wgbore/proxy/relay.Both"}
 
 // TestSOCKS5IdleRelayHoldsNoGoroutine: a relay handed over holds no
@@ -886,4 +887,95 @@ func TestSOCKS5HandsOverFromThreshold(t *testing.T) {
 	}
 	socksPing(t, first)
 	socksPing(t, second)
+}
+
+// TestSOCKS5HandshakeReaderGivenBack: the reader a handshake is read
+// through goes back to its pool once a CONNECT's relay starts, and after
+// a failed dial, a refused command or a malformed greeting, so that an
+// open relay holds none.
+func TestSOCKS5HandshakeReaderGivenBack(t *testing.T) {
+	s, addr, _ := startSOCKS5(t, newSOCKSNetwork(), SOCKS5Config{})
+	echoPort, _ := strconv.Atoi(startTCPEcho(t))
+	// A port that was just listened on and closed has no listener.
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	noListener := uint16(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	given := func(when string) {
+		t.Helper()
+		deadline := time.Now().Add(5 * time.Second)
+		for s.readers.out.Load() != 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s: %d handshake readers not given back", when, s.readers.out.Load())
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+
+	// The greeting, the request and the first bytes in one write: the
+	// reader has buffered the bytes, and they still reach the target.
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	req := []byte{5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, byte(echoPort >> 8), byte(echoPort)}
+	if _, err := c.Write(append(req, "early"...)); err != nil {
+		t.Fatal(err)
+	}
+	reply := make([]byte, 2+10+len("early"))
+	if _, err := io.ReadFull(c, reply); err != nil || reply[3] != 0 || string(reply[12:]) != "early" {
+		t.Fatalf("reply and echo = %v, %v", reply, err)
+	}
+	given("relay open")
+	socksPing(t, c)
+
+	if got := socksRequest(t, addr, 1, noListener); got == 0 {
+		t.Fatal("CONNECT to a port with no listener succeeded")
+	}
+	given("failed dial")
+	if got := socksRequest(t, addr, 2, noListener); got != 7 {
+		t.Fatalf("BIND reply = %d, want 7", got)
+	}
+	given("refused command")
+	exchangeRaw(t, addr, []byte{4, 1, 0})
+	given("malformed greeting")
+}
+
+// BenchmarkSOCKS5Connect serves one CONNECT per iteration, from the
+// greeting to a round trip through the relay and the close: its B/op is
+// mostly what a connection's set-up leaves for the collector, which a
+// burst of new connections piles up before the next collection.
+func BenchmarkSOCKS5Connect(b *testing.B) {
+	port := startTCPEcho(b)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	s := NewSOCKS5(newSOCKSNetwork(), SOCKS5Config{})
+	serveInBackground(b, func() error { return s.Serve(l) }, s.Close)
+	req := []byte{5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, 0, 0}
+	p, _ := strconv.Atoi(port)
+	binary.BigEndian.PutUint16(req[len(req)-2:], uint16(p))
+	reply := make([]byte, 2+10+4)
+	b.ReportAllocs()
+	for b.Loop() {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			b.Fatal(err)
+		}
+		if _, err := c.Write(append(req, "ping"...)); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, reply); err != nil {
+			b.Fatal(err)
+		}
+		if reply[1] != 0 || reply[3] != 0 || string(reply[12:]) != "ping" {
+			b.Fatalf("reply %v", reply)
+		}
+		c.Close()
+	}
 }

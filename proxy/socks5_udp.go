@@ -194,21 +194,16 @@ type socksAssociation struct {
 // associate serves UDP ASSOCIATE. It answers with the relay's host
 // address, relays until the client closes the control connection (or the
 // server closes), and returns once both relay goroutines are gone.
-func (s *SOCKS5) associate(_ context.Context, w io.Writer, req *socks5.Request) error {
+func (s *SOCKS5) associate(_ context.Context, control net.Conn, req *socks5.Request) error {
 	fail := func(rep uint8, err error) error {
-		if werr := socks5.SendReply(w, rep, nil); werr != nil {
+		if werr := socks5.SendReply(control, rep, nil); werr != nil {
 			return fmt.Errorf("udp associate: %w (and replying: %w)", err, werr)
 		}
 		return fmt.Errorf("udp associate: %w", err)
 	}
-	// go-socks5 hands its handlers the client connection as the writer.
-	control, ok := w.(net.Conn)
-	if !ok {
-		return fail(statute.RepServerFailure, fmt.Errorf("control connection is a %T, not a net.Conn", w))
-	}
 	// The handshake is over; an association lives as long as its client
 	// keeps the control connection.
-	if err := s.endHandshake(context.Background(), control, req); err != nil {
+	if err := s.endHandshake(control); err != nil {
 		return fmt.Errorf("udp associate: %w", err)
 	}
 
@@ -219,8 +214,8 @@ func (s *SOCKS5) associate(_ context.Context, w io.Writer, req *socks5.Request) 
 	clientIP := remote.Addr().Unmap().WithZone("")
 
 	// DST.ADDR and DST.PORT name where the client will send from. A name
-	// there means nothing to the host's side (go-socks5 has resolved it
-	// on the Network already), so only its port is used.
+	// there means nothing to the host's side (serveRequest has resolved
+	// it on the Network already), so only its port is used.
 	var clientPort uint16
 	if dst := req.RawDestAddr; dst != nil {
 		if dst.FQDN == "" && dst.IP != nil && !dst.IP.IsUnspecified() {
@@ -264,7 +259,7 @@ func (s *SOCKS5) associate(_ context.Context, w io.Writer, req *socks5.Request) 
 	a.clientPort.Store(uint32(clientPort))
 	defer a.close()
 
-	if err := socks5.SendReply(w, statute.RepSuccess, relay.LocalAddr()); err != nil {
+	if err := socks5.SendReply(control, statute.RepSuccess, relay.LocalAddr()); err != nil {
 		return fmt.Errorf("udp associate: replying: %w", err)
 	}
 	s.log.Debug("socks5: udp association", "client", remote, "relay", relay.LocalAddr())
