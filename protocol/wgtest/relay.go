@@ -184,7 +184,22 @@ type DirectionStats struct {
 	Unroutable uint64
 	// SendErrors counts writes that failed.
 	SendErrors uint64
+	// FirstAfterBlackout is the first datagram that passed after the last
+	// one a blackout dropped: what the far side heard first when the path
+	// came back. Zero when none has passed since.
+	FirstAfterBlackout Datagram
 }
+
+// Datagram describes a WireGuard datagram by its message type (the first
+// byte) and its length.
+type Datagram struct {
+	Type byte
+	Len  int
+}
+
+// Data reports whether d is a transport data message that carries a
+// packet: longer than a keepalive's header and authentication tag.
+func (d Datagram) Data() bool { return d.Type == 4 && d.Len > 32 }
 
 // SideStats sums up the socket generations of one side.
 type SideStats struct {
@@ -473,17 +488,19 @@ func (r *Relay) dirStats(dir Direction) DirectionStats {
 	// received and none pending shows every outcome too.
 	received := d.received.Load()
 	pending := d.pending.Load()
+	first := d.firstAfter.Load()
 	return DirectionStats{
-		Received:        received,
-		Pending:         int(pending),
-		Forwarded:       d.forwarded.Load(),
-		DroppedLoss:     d.droppedLoss.Load(),
-		DroppedBlackout: d.droppedBlackout.Load(),
-		Duplicated:      d.duplicated.Load(),
-		Reordered:       d.reordered.Load(),
-		Delayed:         d.delayed.Load(),
-		Unroutable:      d.unroutable.Load(),
-		SendErrors:      d.sendErrors.Load(),
+		Received:           received,
+		Pending:            int(pending),
+		Forwarded:          d.forwarded.Load(),
+		DroppedLoss:        d.droppedLoss.Load(),
+		DroppedBlackout:    d.droppedBlackout.Load(),
+		Duplicated:         d.duplicated.Load(),
+		Reordered:          d.reordered.Load(),
+		Delayed:            d.delayed.Load(),
+		Unroutable:         d.unroutable.Load(),
+		SendErrors:         d.sendErrors.Load(),
+		FirstAfterBlackout: Datagram{Type: byte(first), Len: int(first >> 8)},
 	}
 }
 
@@ -636,6 +653,12 @@ type direction struct {
 	received, forwarded, droppedLoss, droppedBlackout atomic.Uint64
 	duplicated, reordered, delayed                    atomic.Uint64
 	unroutable, sendErrors                            atomic.Uint64
+
+	// blackedOut is set when a blackout drops a datagram and cleared by
+	// the next one that passes, which firstAfter then describes (its
+	// length shifted left by 8, over its first byte).
+	blackedOut atomic.Bool
+	firstAfter atomic.Uint64
 }
 
 // sampleDelay draws the delay of one datagram: Delay plus a uniform value
@@ -657,8 +680,12 @@ func (r *Relay) forward(d *direction, pkt []byte) {
 	d.received.Add(1)
 	if r.blackedOut() {
 		d.droppedBlackout.Add(1)
+		d.blackedOut.Store(true)
 		d.pending.Add(-1)
 		return
+	}
+	if d.blackedOut.Load() && d.blackedOut.CompareAndSwap(true, false) && len(pkt) > 0 {
+		d.firstAfter.Store(uint64(len(pkt))<<8 | uint64(pkt[0]))
 	}
 	d.mu.Lock()
 	im := d.im

@@ -478,6 +478,49 @@ func TestRelayDelayKeepsRate(t *testing.T) {
 	pump(t, r, b, r.AddrB(), BToA, a, 0, 500, nil)
 }
 
+// TestRelayFirstAfterBlackout: the relay tells what came first through
+// it after a blackout, for a test that must know whether a peer's
+// silence ended with data or with a keepalive.
+func TestRelayFirstAfterBlackout(t *testing.T) {
+	a, b := newTestPeer(t), newTestPeer(t)
+	r := newTestRelay(t, RelayConfig{B: b.addr, Seed: 1})
+	pump(t, r, a, r.AddrA(), AToB, b, 0, 1, nil) // B→A needs A's address
+	message := func(typ byte, n int) []byte {
+		m := make([]byte, n)
+		m[0] = typ
+		return m
+	}
+	keepalive, data := message(4, 32), message(4, 96)
+	through := func(msgs ...[]byte) Datagram {
+		t.Helper()
+		r.SetBlackout(true)
+		base := r.Stats().BToA
+		if _, err := b.conn.WriteToUDPAddrPort(message(1, 148), r.AddrB()); err != nil {
+			t.Fatal(err)
+		}
+		WaitFor(t, waitTimeout, "the blackout to drop", func() bool { return r.Stats().BToA.DroppedBlackout == base.DroppedBlackout+1 })
+		r.SetBlackout(false)
+		for _, m := range msgs {
+			if _, err := b.conn.WriteToUDPAddrPort(m, r.AddrB()); err != nil {
+				t.Fatal(err)
+			}
+		}
+		WaitFor(t, waitTimeout, "the relay to forward", func() bool {
+			return r.Stats().BToA.Forwarded == base.Forwarded+uint64(len(msgs))
+		})
+		return r.Stats().BToA.FirstAfterBlackout
+	}
+	if got := r.Stats().BToA.FirstAfterBlackout; got != (Datagram{}) {
+		t.Fatalf("before any blackout: %+v", got)
+	}
+	if got := through(keepalive, data); got != (Datagram{Type: 4, Len: 32}) || got.Data() {
+		t.Fatalf("keepalive first: %+v, data %v", got, got.Data())
+	}
+	if got := through(data, keepalive); got != (Datagram{Type: 4, Len: 96}) || !got.Data() {
+		t.Fatalf("data first: %+v, data %v", got, got.Data())
+	}
+}
+
 func TestRelayBlackout(t *testing.T) {
 	a, b := newTestPeer(t), newTestPeer(t)
 	r := newTestRelay(t, RelayConfig{B: b.addr, Seed: 1})

@@ -113,7 +113,10 @@ func runNetnsRecovery(t *testing.T, cases []recoveryCase, reference bool) map[st
 // return (12 s measured on a quiet machine, 15 s under the race
 // detector's load): it is the acknowledgements re-sent when the peer
 // comes back, with their ancient echo (netstack/recovery_acks.go), that
-// must move it sooner.
+// must move it sooner. They are re-sent when the peer comes back with a
+// handshake or a keepalive. Where Linux's timer fires first, its data
+// ends the silence, the stack answers that itself and nothing is re-sent,
+// as the engine intends (protocol.PeerReturner).
 func TestTCPRecoveryFromLinuxSender(t *testing.T) {
 	if *recoveryBench {
 		t.Skip("skipped: -recovery.bench runs TestTCPRecoveryBenchFromLinuxSender instead")
@@ -125,8 +128,11 @@ func TestTCPRecoveryFromLinuxSender(t *testing.T) {
 	requireRecoveredWithin(t, map[string]recoveryResult{"3 s blackout": res["3 s blackout wgbore"]}, 10*time.Second)
 	long := res["17 s blackout, 5 ms each way wgbore"]
 	requireRecoveredWithin(t, map[string]recoveryResult{"17 s blackout": long}, 10*time.Second)
-	if long.resent == 0 {
-		t.Error("17 s blackout: no acknowledgement was re-sent when the peer came back")
+	switch {
+	case long.dataFirst:
+		t.Log("17 s blackout: Linux's retransmission came back before the peer's handshake, so nothing was to be re-sent")
+	case long.resent == 0:
+		t.Error("17 s blackout: the peer came back with a handshake or a keepalive, and no acknowledgement was re-sent")
 	}
 }
 

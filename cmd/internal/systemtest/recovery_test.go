@@ -128,6 +128,10 @@ type recoveryResult struct {
 	recovered time.Duration // from the path's return to the first whole MiB, when blacked out
 	gaveUp    bool          // no whole MiB within the case's giveUp: recovered is giveUp, and the transfer was cut short
 	resent    uint64        // acknowledgements wgbore's stack re-sent when the peer returned
+	// dataFirst: when the path came back, the far side's first datagram
+	// through it carried a packet (not a handshake or a keepalive), so
+	// the silence ended with data, which the stack answers itself.
+	dataFirst bool
 }
 
 // uploadThrough sends n bytes of Body over c to the sink, blacking the
@@ -411,6 +415,8 @@ func runCases(t *testing.T, what string, cases []recoveryCase, reference bool, t
 			if cl.resent != nil {
 				r.resent = cl.resent()
 			}
+			first := relay.Stats().Dir(wgtest.BToA).FirstAfterBlackout
+			r.dataFirst = first.Data()
 			closeClient()
 			results[rc.name+" "+cl.name] = r
 			msg := fmt.Sprintf("%s, %s, %s: %d MiB intact, %.2f MB/s", what, rc.name, cl.name, rc.mib, r.rate)
@@ -419,6 +425,9 @@ func runCases(t *testing.T, what string, cases []recoveryCase, reference bool, t
 			}
 			if cl.resent != nil {
 				msg += fmt.Sprintf("; %d acknowledgements re-sent", r.resent)
+			}
+			if rc.out > 0 {
+				msg += fmt.Sprintf("; the first datagram back from the far side: type %d, %d bytes", first.Type, first.Len)
 			}
 			t.Log(msg)
 		}
