@@ -14,10 +14,12 @@ import (
 )
 
 // handshakeBuffer is the size of the reader a SOCKS5 handshake is read
-// through. The largest handshake message, a login with a name and a
-// password of 255 bytes each, fits; a request with a domain name takes
-// at most 262 bytes. A client's first bytes, sent right behind its
-// request, land in what is left, and the rest of them wait in the socket.
+// through. A greeting takes at most 257 bytes and a request at most 262;
+// a login with a name and a password of 255 bytes each takes 513, and is
+// read whole all the same, through a second read. The buffer lets a
+// client that sends its messages together be read with one system call.
+// A client's first bytes, sent right behind its request, land in what is
+// left, and the rest of them wait in the socket.
 const handshakeBuffer = 512
 
 // The server negotiates SOCKS5 itself, with go-socks5's parsers and

@@ -945,6 +945,37 @@ func TestSOCKS5HandshakeReaderGivenBack(t *testing.T) {
 	given("malformed greeting")
 }
 
+// TestSOCKS5LongestLogin: a login of the longest name and password the
+// protocol allows, sent with the greeting, the request and the first
+// bytes in one write, is more than the handshake's reader holds at once
+// and is read whole all the same.
+func TestSOCKS5LongestLogin(t *testing.T) {
+	user, pass := strings.Repeat("u", 255), strings.Repeat("p", 255)
+	_, addr, _ := startSOCKS5(t, newSOCKSNetwork(), SOCKS5Config{Username: user, Password: pass})
+	port, _ := strconv.Atoi(startTCPEcho(t))
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(5 * time.Second))
+	msg := []byte{5, 1, 2, 1, 255}
+	msg = append(msg, user...)
+	msg = append(msg, 255)
+	msg = append(msg, pass...)
+	msg = append(msg, 5, 1, 0, 1, 127, 0, 0, 1, byte(port>>8), byte(port))
+	if _, err := c.Write(append(msg, "early"...)); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, 2+2+10+len("early"))
+	if _, err := io.ReadFull(c, got); err != nil {
+		t.Fatalf("answers %v: %v", got, err)
+	}
+	if !bytes.Equal(got[:4], []byte{5, 2, 1, 0}) || got[5] != 0 || string(got[14:]) != "early" {
+		t.Fatalf("answers = %v, want method 2, login accepted, success and the echo", got)
+	}
+}
+
 // BenchmarkSOCKS5Connect serves one CONNECT per iteration, from the
 // greeting to a round trip through the relay and the close: its B/op is
 // mostly what a connection's set-up leaves for the collector, which a

@@ -441,7 +441,9 @@
 // every connection's timeouts, with the packets they queued, took the
 // process's memory well past what it held while the connections were
 // open. The close of a burst still takes a little more memory than
-// holding it, briefly.
+// holding it, briefly. The SOCKS5 proxy reads each handshake through a
+// small reader borrowed from a pool, so a burst of new connections leaves
+// little garbage behind it for the collector.
 //
 // About eight seconds after start, once the first handshakes are done,
 // wgbore also reclaims once, and on Linux asks the kernel to take back
