@@ -229,8 +229,8 @@ func (s *SOCKS5) waitForConns(ctx context.Context) error {
 	return nil
 }
 
-// endHandshake clears the handshake deadline once a CONNECT request has
-// been read (from here on a relay may idle as long as the client likes)
+// endHandshake clears the handshake deadline once a CONNECT or UDP
+// ASSOCIATE request has been read (from here on a relay may idle as long as the client likes)
 // and marks the connection as serving, for Shutdown. Once the server is
 // shutting down it refuses: a new relay would only prolong the wait.
 func (s *SOCKS5) endHandshake(c net.Conn) error {
@@ -270,6 +270,10 @@ func (s *SOCKS5) serveConn(conn net.Conn) {
 //
 // Dial failures are answered as go-socks5 answers them.
 func (s *SOCKS5) connect(ctx context.Context, client net.Conn, req *socks5.Request) error {
+	br, ok := req.Reader.(*bufio.Reader)
+	if !ok {
+		return fmt.Errorf("socks5: request read through a %T", req.Reader)
+	}
 	target, err := s.dial(ctx, "tcp", req.DestAddr.String(), req)
 	if err != nil {
 		rep := statute.RepHostUnreachable
@@ -299,11 +303,6 @@ func (s *SOCKS5) connect(ctx context.Context, client net.Conn, req *socks5.Reque
 	}
 	// A client may send its first bytes right behind the request without
 	// waiting for the reply; the handshake's reader holds them.
-	br, ok := req.Reader.(*bufio.Reader)
-	if !ok {
-		s.untrack(target)
-		return fmt.Errorf("socks5: request read through a %T", req.Reader)
-	}
 	if n := br.Buffered(); n > 0 {
 		early, _ := br.Peek(n)
 		if _, err := target.Write(early); err != nil {

@@ -79,8 +79,8 @@ func (r *handshakeReaders) put(br *bufio.Reader) {
 }
 
 // readRequest reads the greeting, authenticates the client with the one
-// method the server offers, and reads the request, answering each step's
-// failure as RFC 1928 asks. The answers go out through conn (a handoff,
+// method the server offers, and reads the request, answering the failures
+// the protocol has an answer for. The answers go out through conn (a handoff,
 // which may hold them back to join the request's reply).
 func (s *SOCKS5) readRequest(conn net.Conn, br *bufio.Reader) (*socks5.Request, error) {
 	greeting, err := statute.ParseMethodRequest(br)
@@ -136,30 +136,32 @@ func offers(methods []byte, m byte) bool {
 	return false
 }
 
-// serveRequest resolves a request's name on the Network and serves its
-// command: CONNECT, UDP ASSOCIATE where the Network carries datagrams,
-// and "command not supported" for the others (BIND among them).
+// serveRequest serves a request's command: CONNECT, with its name
+// resolved on the Network first; UDP ASSOCIATE where the Network carries
+// datagrams (its address names where the client sends from, and a name
+// there is not looked up); and "command not supported" for the others,
+// BIND among them, at once.
 func (s *SOCKS5) serveRequest(conn net.Conn, req *socks5.Request) error {
-	ctx := context.Background()
-	if dest := req.RawDestAddr; dest.FQDN != "" {
-		var err error
-		ctx, dest.IP, err = s.resolve(ctx, dest.FQDN)
-		if err != nil {
-			if err := socks5.SendReply(conn, statute.RepHostUnreachable, nil); err != nil {
-				return fmt.Errorf("failed to send reply, %w", err)
-			}
-			return fmt.Errorf("failed to resolve destination[%v], %w", dest.FQDN, err)
-		}
-	}
 	switch req.Command {
 	case statute.CommandConnect:
+		ctx := context.Background()
+		if dest := req.RawDestAddr; dest.FQDN != "" {
+			var err error
+			ctx, dest.IP, err = s.resolve(ctx, dest.FQDN)
+			if err != nil {
+				if err := socks5.SendReply(conn, statute.RepHostUnreachable, nil); err != nil {
+					return fmt.Errorf("failed to send reply, %w", err)
+				}
+				return fmt.Errorf("failed to resolve destination[%v], %w", dest.FQDN, err)
+			}
+		}
 		if err := s.endHandshake(conn); err != nil {
 			return err
 		}
 		return s.connect(ctx, conn, req)
 	case statute.CommandAssociate:
 		if _, ok := s.nw.(packetListener); ok {
-			return s.associate(ctx, conn, req)
+			return s.associate(conn, req)
 		}
 	}
 	return socksRefuseCommand(conn, req)

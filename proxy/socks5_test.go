@@ -889,6 +889,24 @@ func TestSOCKS5HandsOverFromThreshold(t *testing.T) {
 	socksPing(t, second)
 }
 
+// TestSOCKS5RefusesUnknownCommandUnresolved: a command the server does
+// not serve is refused at once, its name never looked up in the tunnel.
+func TestSOCKS5RefusesUnknownCommandUnresolved(t *testing.T) {
+	nw := newSOCKSNetwork()
+	_, addr, _ := startSOCKS5(t, nw, SOCKS5Config{})
+	name := "tunnel.test"
+	for _, cmd := range []byte{2, 3, 0xf0} {
+		req := append([]byte{5, 1, 0, 5, cmd, 0, 3, byte(len(name))}, name...)
+		got := exchangeRaw(t, addr, append(req, 0, 80))
+		if len(got) < 4 || got[3] != 7 {
+			t.Errorf("command %#x: answers %v, want the method and reply 7 (command not supported)", cmd, got)
+		}
+	}
+	if l := nw.lookedUp(); len(l) != 0 {
+		t.Errorf("looked up %v for commands that are refused", l)
+	}
+}
+
 // TestSOCKS5HandshakeReaderGivenBack: the reader a handshake is read
 // through goes back to its pool once a CONNECT's relay starts, and after
 // a failed dial, a refused command or a malformed greeting, so that an
@@ -977,9 +995,10 @@ func TestSOCKS5LongestLogin(t *testing.T) {
 }
 
 // BenchmarkSOCKS5Connect serves one CONNECT per iteration, from the
-// greeting to a round trip through the relay and the close: its B/op is
-// mostly what a connection's set-up leaves for the collector, which a
-// burst of new connections piles up before the next collection.
+// greeting to a round trip through the relay and the close: its B/op,
+// which counts the client's and the target's side too, is mostly what a
+// connection's set-up leaves for the collector, which a burst of new
+// connections piles up before the next collection.
 func BenchmarkSOCKS5Connect(b *testing.B) {
 	port := startTCPEcho(b)
 	l, err := net.Listen("tcp", "127.0.0.1:0")

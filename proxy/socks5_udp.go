@@ -194,7 +194,7 @@ type socksAssociation struct {
 // associate serves UDP ASSOCIATE. It answers with the relay's host
 // address, relays until the client closes the control connection (or the
 // server closes), and returns once both relay goroutines are gone.
-func (s *SOCKS5) associate(_ context.Context, control net.Conn, req *socks5.Request) error {
+func (s *SOCKS5) associate(control net.Conn, req *socks5.Request) error {
 	fail := func(rep uint8, err error) error {
 		if werr := socks5.SendReply(control, rep, nil); werr != nil {
 			return fmt.Errorf("udp associate: %w (and replying: %w)", err, werr)
@@ -214,8 +214,8 @@ func (s *SOCKS5) associate(_ context.Context, control net.Conn, req *socks5.Requ
 	clientIP := remote.Addr().Unmap().WithZone("")
 
 	// DST.ADDR and DST.PORT name where the client will send from. A name
-	// there means nothing to the host's side (serveRequest has resolved
-	// it on the Network already), so only its port is used.
+	// there means nothing to the host's side (serveRequest does not look it
+	// up), so only its port is used.
 	var clientPort uint16
 	if dst := req.RawDestAddr; dst != nil {
 		if dst.FQDN == "" && dst.IP != nil && !dst.IP.IsUnspecified() {

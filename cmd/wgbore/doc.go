@@ -1311,11 +1311,10 @@
 //   - golang.org/x/net: DNS messages (dns/dnsmessage) for lookups inside
 //     the tunnel, ICMP echo for server mode's pings, and the demo's SOCKS5
 //     client.
-//   - github.com/things-go/go-socks5 v0.1.x: SOCKS5's wire format for the
-//     proxy, the parsers of its messages and the replies, and RFC 1929's
-//     login; wgbore reads the handshake and serves the commands itself,
-//     through a small pooled reader per handshake (never v0.0.x, whose UDP
-//     relay binds 0.0.0.0).
+//   - github.com/things-go/go-socks5 v0.1.x (never v0.0.x): SOCKS5's wire
+//     format for the proxy, the parsers of its messages and the replies,
+//     and RFC 1929's login; wgbore reads the handshake and serves the
+//     commands itself.
 //   - golang.zx2c4.com/wireguard (tests only): wireguard-go, the
 //     independent peer the engine is proven against.
 //   - github.com/prometheus/common (tests only): the reference parser for

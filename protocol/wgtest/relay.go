@@ -184,9 +184,10 @@ type DirectionStats struct {
 	Unroutable uint64
 	// SendErrors counts writes that failed.
 	SendErrors uint64
-	// FirstAfterBlackout is the first datagram that passed after the last
-	// one a blackout dropped: what the far side heard first when the path
-	// came back. Zero when none has passed since.
+	// FirstAfterBlackout is the first datagram sent on after the last one
+	// a blackout dropped, in the order they leave the relay: what the
+	// receiving side heard first when the path came back. Zero when none
+	// has been sent since.
 	FirstAfterBlackout Datagram
 }
 
@@ -655,8 +656,8 @@ type direction struct {
 	unroutable, sendErrors                            atomic.Uint64
 
 	// blackedOut is set when a blackout drops a datagram and cleared by
-	// the next one that passes, which firstAfter then describes (its
-	// length shifted left by 8, over its first byte).
+	// the next one sent, which firstAfter then describes (its length
+	// shifted left by 8, over its first byte).
 	blackedOut atomic.Bool
 	firstAfter atomic.Uint64
 }
@@ -679,13 +680,9 @@ func (r *Relay) forward(d *direction, pkt []byte) {
 	d.pending.Add(1)
 	d.received.Add(1)
 	if r.blackedOut() {
-		d.droppedBlackout.Add(1)
-		d.blackedOut.Store(true)
+		d.dropBlackout()
 		d.pending.Add(-1)
 		return
-	}
-	if d.blackedOut.Load() && d.blackedOut.CompareAndSwap(true, false) && len(pkt) > 0 {
-		d.firstAfter.Store(uint64(len(pkt))<<8 | uint64(pkt[0]))
 	}
 	d.mu.Lock()
 	im := d.im
@@ -800,7 +797,7 @@ func (r *Relay) schedule(d *direction) {
 
 		for i, p := range due {
 			if r.blackedOut() {
-				d.droppedBlackout.Add(1)
+				d.dropBlackout()
 			} else {
 				r.send(d, p.buf)
 			}
@@ -824,9 +821,20 @@ func (r *Relay) schedule(d *direction) {
 	}
 }
 
+// dropBlackout counts a datagram a blackout dropped, and forgets the one
+// that came first after the last blackout: the next one sent is.
+func (d *direction) dropBlackout() {
+	d.droppedBlackout.Add(1)
+	d.firstAfter.Store(0)
+	d.blackedOut.Store(true)
+}
+
 // send writes one datagram of direction d out of the current socket of the
 // receiving side, to B or to the learned address of A.
 func (r *Relay) send(d *direction, pkt []byte) {
+	if d.blackedOut.Load() && len(pkt) > 0 && d.blackedOut.CompareAndSwap(true, false) {
+		d.firstAfter.Store(uint64(len(pkt))<<8 | uint64(pkt[0]))
+	}
 	var err error
 	if d.dir == AToB {
 		_, err = r.current[SideB].Load().conn.WriteToUDPAddrPort(pkt, r.b)

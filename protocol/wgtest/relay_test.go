@@ -499,6 +499,9 @@ func TestRelayFirstAfterBlackout(t *testing.T) {
 			t.Fatal(err)
 		}
 		WaitFor(t, waitTimeout, "the blackout to drop", func() bool { return r.Stats().BToA.DroppedBlackout == base.DroppedBlackout+1 })
+		if got := r.Stats().BToA.FirstAfterBlackout; got != (Datagram{}) {
+			t.Fatalf("nothing sent since the blackout dropped one, yet %+v", got)
+		}
 		r.SetBlackout(false)
 		for _, m := range msgs {
 			if _, err := b.conn.WriteToUDPAddrPort(m, r.AddrB()); err != nil {
