@@ -38,7 +38,7 @@ import (
 // close sends: a fixed table that thousands of them share loses most of
 // its entries before their repeats come. It is pruned as FINs come, and
 // moved to a smaller map once a burst has passed; without further FINs
-// it keeps the entries of the last one.
+// it keeps the entries of the last one until Net.Trim gives it back.
 const (
 	finResendFloor = 200 * time.Millisecond
 	// finBurst is how many FINs within the floor make a burst: a few
@@ -95,7 +95,7 @@ func (t *finTable) repeat(p *stack.PacketBuffer, th []byte, k *flowKey, clk cloc
 	h, wall := k.hash64(), clk.Now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if t.sent == nil { // the first FIN: pruning never makes it nil again
+	if t.sent == nil { // the first FIN, or the first since trim
 		t.epoch = wall
 		t.sent = make(map[uint64]finSent)
 	}
@@ -128,5 +128,20 @@ func (t *finTable) prune(now time.Duration) {
 	if t.peak > finBurst && len(t.sent) < t.peak/4 {
 		t.sent = maps.Collect(maps.All(t.sent))
 		t.peak = len(t.sent)
+	}
+}
+
+// trim drops the entries past the floor and gives the map back once none
+// is left: without further FINs, prune never runs again, and the map a
+// burst grew would stay.
+func (t *finTable) trim(clk clock.Clock) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.sent == nil {
+		return
+	}
+	t.prune(clk.Now().Sub(t.epoch))
+	if len(t.sent) == 0 {
+		t.sent, t.peak = nil, 0
 	}
 }

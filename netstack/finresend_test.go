@@ -220,6 +220,21 @@ func TestFINTablePrunes(t *testing.T) {
 		t.Fatal("the table kept the map a burst grew")
 	}
 
+	// Trim keeps what is young, and gives the map back once a floor
+	// has passed with no FIN.
+	f.trim(clk)
+	if len(f.sent) != 1 {
+		t.Fatalf("trim within the floor left %d FINs, want 1", len(f.sent))
+	}
+	clk.Advance(finResendFloor)
+	f.trim(clk)
+	if f.sent != nil {
+		t.Fatalf("trim a floor after the last FIN kept a map of %d", len(f.sent))
+	}
+	if fin(60000) {
+		t.Fatal("the first FIN after trim was taken for a repeat")
+	}
+
 	// A burst, then the clock an hour back: the repeat leaves.
 	for i := range finBurst {
 		fin(uint16(i))

@@ -283,6 +283,15 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 // Engine exposes the WireGuard engine, for peer changes and statistics.
 func (n *Net) Engine() *protocol.Engine { return n.engine }
 
+// Trim drops what the stack keeps after a burst has passed: the engine's
+// idle packet buffers beyond a few, and the table of FINs recently sent,
+// which only FINs would prune otherwise. A reclaim calls it just before a
+// collection.
+func (n *Net) Trim() {
+	n.engine.Trim()
+	n.link.fins.trim(n.link.clock)
+}
+
 // LocalPort is the host UDP port the engine listens on.
 func (n *Net) LocalPort() uint16 { return n.bind.Load().Port() }
 

@@ -62,7 +62,7 @@ func (s *Service) maxConnections(configured int) int {
 // reclaimNow collects garbage and gives the free memory back to the OS
 // at once, after an event that made much garbage in one go (a reload).
 func (s *Service) reclaimNow() {
-	s.tun.Engine().Trim()
+	s.tun.Trim()
 	debug.FreeOSMemory()
 }
 
@@ -85,7 +85,7 @@ func (s *Service) startReclaim() {
 			}
 			return n
 		},
-		Trim: s.tun.Engine().Trim,
+		Trim: s.tun.Trim,
 		Release: func() {
 			if err := membudget.ReleaseBinary(); err != nil {
 				s.log.Debug("cannot release the binary's pages", "err", err)
