@@ -230,9 +230,10 @@ func (s *SOCKS5) waitForConns(ctx context.Context) error {
 }
 
 // endHandshake clears the handshake deadline once a CONNECT or UDP
-// ASSOCIATE request has been read (from here on a relay may idle as long as the client likes)
-// and marks the connection as serving, for Shutdown. Once the server is
-// shutting down it refuses: a new relay would only prolong the wait.
+// ASSOCIATE request has been read (from here on a relay may idle as long
+// as the client likes) and marks the connection as serving, for
+// Shutdown. Once the server is shutting down it refuses: a new relay
+// would only prolong the wait.
 func (s *SOCKS5) endHandshake(c net.Conn) error {
 	key := c
 	if h, ok := c.(*handoff); ok {

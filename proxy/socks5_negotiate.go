@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -79,9 +80,9 @@ func (r *handshakeReaders) put(br *bufio.Reader) {
 }
 
 // readRequest reads the greeting, authenticates the client with the one
-// method the server offers, and reads the request, answering the failures
-// the protocol has an answer for. The answers go out through conn (a handoff,
-// which may hold them back to join the request's reply).
+// method the server offers, and reads the request, answering the
+// failures the protocol has an answer for. The answers go out through
+// conn (a handoff, which may hold them back to join the request's reply).
 func (s *SOCKS5) readRequest(conn net.Conn, br *bufio.Reader) (*socks5.Request, error) {
 	greeting, err := statute.ParseMethodRequest(br)
 	if err != nil {
@@ -95,7 +96,7 @@ func (s *SOCKS5) readRequest(conn net.Conn, br *bufio.Reader) (*socks5.Request, 
 	if s.creds != nil {
 		method = statute.MethodUserPassAuth
 	}
-	if !offers(greeting.Methods, method) {
+	if bytes.IndexByte(greeting.Methods, method) < 0 {
 		conn.Write([]byte{statute.VersionSocks5, statute.MethodNoAcceptable})
 		return nil, fmt.Errorf("failed to authenticate: %w", statute.ErrNoSupportedAuth)
 	}
@@ -125,15 +126,6 @@ func (s *SOCKS5) readRequest(conn net.Conn, br *bufio.Reader) (*socks5.Request, 
 	req.RemoteAddr = conn.RemoteAddr()
 	req.DestAddr = req.RawDestAddr
 	return req, nil
-}
-
-func offers(methods []byte, m byte) bool {
-	for _, o := range methods {
-		if o == m {
-			return true
-		}
-	}
-	return false
 }
 
 // serveRequest serves a request's command: CONNECT, with its name

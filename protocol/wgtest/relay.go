@@ -198,9 +198,17 @@ type Datagram struct {
 	Len  int
 }
 
+// The transport data message's type, and a keepalive's length: its
+// 16-byte header and 16-byte tag with nothing between. Package protocol
+// has both, but its tests use this package.
+const (
+	transportType = 4
+	keepaliveLen  = 32
+)
+
 // Data reports whether d is a transport data message that carries a
-// packet: longer than a keepalive's header and authentication tag.
-func (d Datagram) Data() bool { return d.Type == 4 && d.Len > 32 }
+// packet, not a keepalive.
+func (d Datagram) Data() bool { return d.Type == transportType && d.Len > keepaliveLen }
 
 // SideStats sums up the socket generations of one side.
 type SideStats struct {
@@ -490,6 +498,9 @@ func (r *Relay) dirStats(dir Direction) DirectionStats {
 	received := d.received.Load()
 	pending := d.pending.Load()
 	first := d.firstAfter.Load()
+	if first == awaitingFirst {
+		first = 0
+	}
 	return DirectionStats{
 		Received:           received,
 		Pending:            int(pending),
@@ -655,12 +666,15 @@ type direction struct {
 	duplicated, reordered, delayed                    atomic.Uint64
 	unroutable, sendErrors                            atomic.Uint64
 
-	// blackedOut is set when a blackout drops a datagram and cleared by
-	// the next one sent, which firstAfter then describes (its length
-	// shifted left by 8, over its first byte).
-	blackedOut atomic.Bool
+	// firstAfter describes the first datagram sent after a blackout
+	// dropped one (its length shifted left by 8, over its first byte),
+	// awaitingFirst until one is sent, and 0 before any blackout.
 	firstAfter atomic.Uint64
 }
+
+// awaitingFirst marks a direction whose blackout dropped a datagram and
+// that has sent none since.
+const awaitingFirst = ^uint64(0)
 
 // sampleDelay draws the delay of one datagram: Delay plus a uniform value
 // in [-Jitter, +Jitter], never below zero.
@@ -825,15 +839,14 @@ func (r *Relay) schedule(d *direction) {
 // that came first after the last blackout: the next one sent is.
 func (d *direction) dropBlackout() {
 	d.droppedBlackout.Add(1)
-	d.firstAfter.Store(0)
-	d.blackedOut.Store(true)
+	d.firstAfter.Store(awaitingFirst)
 }
 
 // send writes one datagram of direction d out of the current socket of the
 // receiving side, to B or to the learned address of A.
 func (r *Relay) send(d *direction, pkt []byte) {
-	if d.blackedOut.Load() && len(pkt) > 0 && d.blackedOut.CompareAndSwap(true, false) {
-		d.firstAfter.Store(uint64(len(pkt))<<8 | uint64(pkt[0]))
+	if len(pkt) > 0 && d.firstAfter.Load() == awaitingFirst {
+		d.firstAfter.CompareAndSwap(awaitingFirst, uint64(len(pkt))<<8|uint64(pkt[0]))
 	}
 	var err error
 	if d.dir == AToB {
