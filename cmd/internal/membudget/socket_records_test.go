@@ -1,0 +1,78 @@
+package membudget
+
+import (
+	"flag"
+	"net"
+	"runtime"
+	"runtime/debug"
+	"runtime/metrics"
+	"testing"
+)
+
+var recordSockets = flag.Int("records.n", 5000, "connections BenchmarkSocketRecords holds open at once")
+
+// BenchmarkSocketRecords measures what the Go runtime keeps for the life
+// of a process after it held many sockets at once, all closed since and
+// collected: the floor under what a burst of connections can give back,
+// whatever the Reclaimer does. Each socket had a poll descriptor, which
+// the runtime allocates outside the heap and keeps for reuse, never
+// returning it to the operating system; it shows in the runtime's
+// "other" memory class. It opens -records.n loopback connections (two
+// sockets each) in this process, closes them, collects twice and returns
+// the free pages as a reclaim does, and reports per socket:
+//
+//   - other-B/socket: the growth of that class;
+//   - kept-B/socket: the growth of all the memory the runtime holds and
+//     has not returned, records, heap and metadata together.
+//
+// The records are reused, not leaked: a second run in the same process
+// (-count 2) finds them free and reports about none. Run it once:
+//
+//	go test ./cmd/internal/membudget -run '^$' -bench SocketRecords -benchtime 1x
+func BenchmarkSocketRecords(b *testing.B) {
+	n := *recordSockets
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer l.Close()
+	other0, kept0 := runtimeRecords()
+	conns := make([]net.Conn, 0, 2*n)
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for range n {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			b.Fatalf("after %d connections: %v", len(conns)/2, err)
+		}
+		conns = append(conns, c)
+		s, err := l.Accept()
+		if err != nil {
+			b.Fatalf("after %d connections: %v", len(conns)/2, err)
+		}
+		conns = append(conns, s)
+	}
+	for i, c := range conns {
+		c.Close()
+		conns[i] = nil
+	}
+	conns = conns[:0]
+	other, kept := runtimeRecords()
+	sockets := float64(2 * n)
+	b.ReportMetric(float64(other-other0)/sockets, "other-B/socket")
+	b.ReportMetric(float64(kept-kept0)/sockets, "kept-B/socket")
+}
+
+// runtimeRecords collects as a reclaim does and reads the runtime's
+// "other" memory class and all it holds and has not returned, in bytes.
+func runtimeRecords() (other, kept int64) {
+	runtime.GC()
+	runtime.GC()
+	debug.FreeOSMemory()
+	s := []metrics.Sample{{Name: "/memory/classes/other:bytes"}, {Name: mTotal}, {Name: mReleased}}
+	metrics.Read(s)
+	return int64(s[0].Value.Uint64()), int64(s[1].Value.Uint64() - s[2].Value.Uint64())
+}
