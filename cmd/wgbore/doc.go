@@ -426,13 +426,14 @@
 // work that leaves the count where it was (a thousand peers' handshakes
 // at once) stops allocating. A connection that we close first stays in
 // TIME_WAIT for 15 s (Linux: 60 s), and holds its state until then.
-// Some memory does not come back, whatever wgbore does: Go's runtime
-// keeps, for the life of the process, a record for every socket that
-// was open at once (reused by later sockets, never returned) and one for
-// every span of its heap at its largest, and gVisor's tables of
-// endpoints and ports keep the size a burst grew them to. A process
-// that once held thousands of connections stays that much above its
-// idle size.
+//
+// Some memory does not come back, whatever wgbore does. Go's runtime
+// keeps, for the life of the process, records for each of the most
+// sockets it ever had open at once (reused by later sockets, never
+// returned) and for each span of its heap at its largest, and gVisor's
+// tables of endpoints and ports keep the size a burst grew them to. A
+// process that once held thousands of connections stays above its idle
+// size by what those records and tables hold.
 //
 // A mass close does not start a goroutine for every connection: the
 // proxies' copies, woken when a side has bytes or has ended, and the
