@@ -455,7 +455,11 @@ func (c *TCPConn) CloseWrite() error {
 	if c.writeClosed.Swap(true) {
 		return nil
 	}
-	if c.fins.admit(c.ep, func() { c.conn.CloseWrite() }) {
+	var to netip.Addr
+	if remote, err := c.ep.GetRemoteAddress(); err == nil {
+		to = addrFrom(remote.Addr)
+	}
+	if c.fins.admit(c.ep, to, func() { c.conn.CloseWrite() }) {
 		return c.conn.CloseWrite()
 	}
 	return nil

@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"net/netip"
 	"sync"
 	"time"
 
@@ -9,8 +10,8 @@ import (
 )
 
 // finPacer keeps the half-closes (TCPConn.CloseWrite) whose FINs wait
-// for an acknowledgement to a window, and starts the rest, in the order
-// they came, as those are acknowledged.
+// for an acknowledgement to a window, and starts the rest as those are
+// acknowledged.
 //
 // When thousands of clients close their proxied connections at once,
 // every relay half-closes its tunnel side at once, and the FINs queue
@@ -24,7 +25,14 @@ import (
 // while the window is full. A FIN unacknowledged for longer than Linux's
 // minimum retransmission timeout gives up its place, so FINs to a peer
 // that has gone away let a window's worth of the others through per
-// timeout; the window is the Net's, not each peer's.
+// timeout.
+//
+// The window is the Net's, but the half-closes that wait queue by the
+// address their FIN goes to, and places go round those addresses, one
+// each in turn, each address's oldest first. In a server, where each
+// peer has its own addresses, a peer that went away with a thousand
+// connections closing thus holds up another peer's half-close by one
+// round at most, not by its whole backlog.
 //
 // FINs sent by Close, and by connections accepted through Listen, are
 // not paced: the FIN floor (finresend.go) is what bounds their repeats.
@@ -33,9 +41,16 @@ type finPacer struct {
 	window int
 	hold   time.Duration // finHold, but for tests
 
-	mu      sync.Mutex
-	sent    []sentFIN    // oldest first; some may be acknowledged already
-	waiting []waitingFIN // oldest first
+	mu   sync.Mutex
+	sent []sentFIN // oldest first; some may be acknowledged already
+	// waiting holds the half-closes without a place yet, by the address
+	// their FIN goes to; turns lists those addresses in the order they
+	// came, and turn is the next to be served. An address whose queue
+	// has run dry leaves both at the end of a round.
+	waiting map[netip.Addr]*finQueue
+	turns   []netip.Addr
+	turn    int
+	queued  int // half-closes in waiting
 	// timer runs poll: every finPoll while closes wait, every finHold
 	// while sent holds FINs, so that it never keeps a closed endpoint
 	// (and its memory) long; armed is its period, 0 while it is stopped.
@@ -43,6 +58,25 @@ type finPacer struct {
 	armed  time.Duration
 	closed bool
 }
+
+// finQueue is one address's half-closes waiting for a place, oldest
+// first from head.
+type finQueue struct {
+	closes []waitingFIN
+	head   int
+}
+
+func (q *finQueue) pop() waitingFIN {
+	w := q.closes[q.head]
+	q.closes[q.head] = waitingFIN{}
+	q.head++
+	if q.head == len(q.closes) {
+		q.closes, q.head = q.closes[:0], 0
+	}
+	return w
+}
+
+func (q *finQueue) empty() bool { return len(q.closes) == 0 }
 
 const (
 	// finWindow is how many FINs may wait for their acknowledgements at
@@ -75,26 +109,36 @@ func newFINPacer(clock tcpip.Clock, window int) *finPacer {
 	return &finPacer{clock: clock, window: window, hold: finHold}
 }
 
-// admit reports whether ep's FIN may go now: the window has room and
-// no close waits before it. If not, start, which sends the FIN, runs
-// later, in order, once it has.
-func (p *finPacer) admit(ep finState, start func()) bool {
+// admit reports whether ep's FIN, to the address to, may go now: the
+// window has room and no close waits. If not, start, which sends the
+// FIN, runs later, in to's turn, once it has.
+func (p *finPacer) admit(ep finState, to netip.Addr, start func()) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.closed {
 		return true
 	}
-	if len(p.waiting) == 0 && len(p.sent) >= p.window {
+	if p.queued == 0 && len(p.sent) >= p.window {
 		p.prune()
 	}
-	if len(p.waiting) == 0 && len(p.sent) < p.window {
+	if p.queued == 0 && len(p.sent) < p.window {
 		p.sent = append(p.sent, sentFIN{ep: ep, at: p.clock.NowMonotonic()})
 		if p.armed == 0 {
 			p.arm(p.hold)
 		}
 		return true
 	}
-	p.waiting = append(p.waiting, waitingFIN{ep: ep, start: start})
+	if p.waiting == nil {
+		p.waiting = make(map[netip.Addr]*finQueue)
+	}
+	q := p.waiting[to]
+	if q == nil {
+		q = &finQueue{}
+		p.waiting[to] = q
+		p.turns = append(p.turns, to)
+	}
+	q.closes = append(q.closes, waitingFIN{ep: ep, start: start})
+	p.queued++
 	if p.armed != finPoll {
 		p.arm(finPoll)
 	}
@@ -150,8 +194,9 @@ func paceable(ep finState) bool {
 	return false
 }
 
-// poll starts the waiting closes the window has room for, and looks
-// again after finPoll while some still wait.
+// poll starts the waiting closes the window has room for, one from
+// each address in turn, and looks again after finPoll while some still
+// wait.
 func (p *finPacer) poll() {
 	p.mu.Lock()
 	if p.closed {
@@ -159,26 +204,39 @@ func (p *finPacer) poll() {
 		return
 	}
 	p.prune()
-	n := max(0, min(len(p.waiting), p.window-len(p.sent)))
+	n := max(0, min(p.queued, p.window-len(p.sent)))
 	now := p.clock.NowMonotonic()
 	start := make([]func(), 0, n)
-	for _, w := range p.waiting[:n] {
+	for len(start) < n {
+		if p.turn == len(p.turns) {
+			p.endRound()
+		}
+		q := p.waiting[p.turns[p.turn]]
+		p.turn++
+		if q.empty() {
+			continue
+		}
+		w := q.pop()
+		p.queued--
 		p.sent = append(p.sent, sentFIN{ep: w.ep, at: now})
 		start = append(start, w.start)
 	}
-	rest := copy(p.waiting, p.waiting[n:])
-	clear(p.waiting[rest:])
-	p.waiting = p.waiting[:rest]
 	switch {
-	case rest > 0:
+	case p.queued > 0:
 		p.arm(finPoll)
 	case len(p.sent) > 0:
 		p.arm(p.hold)
 	default:
 		p.armed = 0
 	}
-	if rest == 0 && cap(p.waiting) > 4*p.window {
-		p.waiting = nil // a burst's queue is not kept
+	if p.queued == 0 {
+		// A burst's queues are not kept.
+		p.waiting, p.turn = nil, 0
+		clear(p.turns)
+		p.turns = p.turns[:0]
+		if cap(p.turns) > p.window {
+			p.turns = nil
+		}
 	}
 	if len(p.sent) == 0 && cap(p.sent) > p.window {
 		p.sent = nil
@@ -187,6 +245,21 @@ func (p *finPacer) poll() {
 	for _, f := range start {
 		f()
 	}
+}
+
+// endRound drops the addresses whose queues have run dry and starts the
+// next round from the first. Called with p.mu held.
+func (p *finPacer) endRound() {
+	kept := p.turns[:0]
+	for _, to := range p.turns {
+		if p.waiting[to].empty() {
+			delete(p.waiting, to)
+			continue
+		}
+		kept = append(kept, to)
+	}
+	clear(p.turns[len(kept):])
+	p.turns, p.turn = kept, 0
 }
 
 // close stops the pacer: the closes still waiting are dropped, as the
@@ -199,5 +272,5 @@ func (p *finPacer) close() {
 	if p.timer != nil {
 		p.timer.Stop()
 	}
-	p.sent, p.waiting = nil, nil
+	p.sent, p.waiting, p.turns, p.queued = nil, nil, nil, 0
 }

@@ -32,6 +32,9 @@ type pacedCloses struct {
 	clock *faketime.ManualClock
 	p     *finPacer
 	eps   []*fakeFINEndpoint
+	// to is the address endpoint i's FIN goes to; nil means one address
+	// for all.
+	to func(i int) netip.Addr
 
 	mu    sync.Mutex
 	order []int
@@ -49,9 +52,16 @@ func newPacedCloses(window, n int) *pacedCloses {
 }
 
 func (c *pacedCloses) closeWrite(i int) {
-	if start := c.start(i); c.p.admit(c.eps[i], start) {
+	if start := c.start(i); c.p.admit(c.eps[i], c.addr(i), start) {
 		start()
 	}
+}
+
+func (c *pacedCloses) addr(i int) netip.Addr {
+	if c.to == nil {
+		return netip.MustParseAddr("10.0.0.2")
+	}
+	return c.to(i)
 }
 
 // start is endpoint i's shutdown: its FIN goes out.
@@ -154,6 +164,60 @@ func TestFINPacerWindow(t *testing.T) {
 	}
 }
 
+// TestFINPacerTurns: half-closes that wait for a place go round the
+// addresses their FINs go to, so a backlog to one address (a peer that
+// went away: its FINs are never acknowledged and hold their places for
+// finHold) does not hold up another address's half-close past one round.
+func TestFINPacerTurns(t *testing.T) {
+	c := newPacedCloses(4, 23)
+	gone, other := netip.MustParseAddr("10.0.0.2"), netip.MustParseAddr("10.0.0.3")
+	c.to = func(i int) netip.Addr {
+		if i >= 20 {
+			return other
+		}
+		return gone
+	}
+	for i := range 16 {
+		c.closeWrite(i)
+	}
+	c.closeWrite(20)
+	c.closeWrite(21)
+	if got := c.started(); !slices.Equal(got, upTo(4)) {
+		t.Fatalf("started %v at once, want the window's first 4", got)
+	}
+	// No acknowledgement comes from the address that went away: after
+	// finHold its FINs give up their places, which go round.
+	c.clock.Advance(finHold)
+	if got, want := c.started(), []int{0, 1, 2, 3, 4, 20, 5, 21}; !slices.Equal(got, want) {
+		t.Fatalf("started %v after finHold, want %v: the other address waited behind the backlog", got, want)
+	}
+	// An address whose queue ran dry and fills again keeps one turn a
+	// round.
+	c.closeWrite(22)
+	c.ack(4, 20)
+	c.clock.Advance(finPoll)
+	if got, want := c.started(), []int{0, 1, 2, 3, 4, 20, 5, 21, 6, 22}; !slices.Equal(got, want) {
+		t.Fatalf("started %v with two places free, want %v", got, want)
+	}
+	c.p.mu.Lock()
+	queued, turns := c.p.queued, slices.Clone(c.p.turns)
+	c.p.mu.Unlock()
+	if queued != 9 || len(turns) > 2 {
+		t.Fatalf("%d half-closes wait over turns %v, want 9 over at most the two addresses", queued, turns)
+	}
+	// The backlog drains, in order, and the pacer keeps no queue after it.
+	c.clock.Advance(3 * finHold)
+	if got := c.started(); !slices.Equal(got[len(got)-9:], []int{7, 8, 9, 10, 11, 12, 13, 14, 15}) {
+		t.Fatalf("started %v, want the backlog's last 9 in order at the end", got)
+	}
+	c.p.mu.Lock()
+	queued, waiting := c.p.queued, c.p.waiting
+	c.p.mu.Unlock()
+	if queued != 0 || waiting != nil {
+		t.Fatalf("after the backlog, %d wait and the queues are kept (%v)", queued, waiting)
+	}
+}
+
 // TestFINPacerClose: closing the pacer drops the half-closes that wait
 // (their stack is closing) and lets later ones start at once.
 func TestFINPacerClose(t *testing.T) {
@@ -199,7 +263,7 @@ func TestFINPacerAdmittedNotYetSent(t *testing.T) {
 	c := newPacedCloses(2, 3)
 	var later []func()
 	for i := range 3 {
-		if start := c.start(i); c.p.admit(c.eps[i], start) {
+		if start := c.start(i); c.p.admit(c.eps[i], c.addr(i), start) {
 			later = append(later, start) // admitted; its shutdown is still to run
 		}
 	}

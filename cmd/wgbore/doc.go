@@ -704,8 +704,11 @@
 //     of their FINs at once (netstack/finpace.go), and a CloseWrite
 //     beyond that starts when one is acknowledged, or has waited 200 ms.
 //     The window is shared by all peers, so FINs to a peer that went away
-//     let a window's worth of the others through every 200 ms. A write
-//     after CloseWrite fails at once all the same. A full Close, and a
+//     let a window's worth of the others through every 200 ms; the
+//     half-closes that wait take the free places in turns by the address
+//     their FIN goes to, so in serve a peer's backlog holds up another
+//     peer's half-close by one round at most. A write after CloseWrite
+//     fails at once all the same. A full Close, and a
 //     connection accepted through the library's Listen, are not paced.
 //   - TIME_WAIT lasts 15 s, where Linux keeps 60 s, so a burst of closed
 //     connections gives its memory back sooner. It still outlasts any
