@@ -65,6 +65,7 @@ func main() {
 	scalePeers := flag.Int("scale-peers", 1000, "S: peers of the server, all handshaking at once")
 	scaleFlows := flag.Int("scale-flows", 1000, "S: idle TCP flows, and as many UDP ones, per flow peer")
 	scaleFlowPeers := flag.Int("scale-flow-peers", 20, "S: peers that hold flows")
+	scaleServeCPU := flag.Float64("scale-serve-cpu", 0, "S: run serve under a CPU quota of this many cores (Linux cgroups, as root), so that serve, not the peers' share of the machine, is what runs short; 0 means none")
 	wgbore := flag.String("wgbore", "", "a built wgbore binary for E and M; empty means go build ./cmd/wgbore into a temporary directory")
 	quiet := flag.Duration("quiet-wait", 10*time.Second, "how long to wait for a quiet CPU before each measurement before measuring anyway")
 	profiles := flag.String("cpuprofile", "", "a directory where each library party (not wgbore up) writes a CPU profile of its whole life, ROLE-PID.pprof, for go tool pprof")
@@ -91,7 +92,7 @@ func main() {
 
 	o := options{repeat: *repeat, quick: *quick, wgbore: *wgbore, quietMax: *quiet,
 		echoCount: 2000, connCount: 2000, connPar: 50, idleConns: []int{1000, 10000}, benchtime: "1s",
-		scale: scaleOptions{peers: *scalePeers, flowPeers: *scaleFlowPeers, flows: *scaleFlows, sharePeers: 10,
+		scale: scaleOptions{peers: *scalePeers, flowPeers: *scaleFlowPeers, flows: *scaleFlows, serveCPU: *scaleServeCPU, sharePeers: 10,
 			shareTime: 5 * time.Second, churn: 1000, idleTime: 10 * time.Second}}
 	var err error
 	if o.size, err = parseSize(*size); err != nil {

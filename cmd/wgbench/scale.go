@@ -53,6 +53,9 @@ type scaleOptions struct {
 	shareTime  time.Duration // how long each share run lasts
 	churn      int           // peers added and removed by reload while traffic flows
 	idleTime   time.Duration // how long serve's idle CPU is measured
+	// serveCPU, if above 0, is a CPU quota for serve, in cores, so that
+	// serve and not the peers' share of the machine is what runs short.
+	serveCPU float64
 }
 
 // scaleNet is the server's tunnel: 10.99.0.1/16, and client i is
@@ -389,6 +392,15 @@ func (r *scaleRun) run() error {
 	r.metrics = "http://" + m
 	if !strings.HasSuffix(r.metrics, "/metrics") {
 		r.metrics += "/metrics"
+	}
+	if r.o.serveCPU > 0 {
+		q, err := capCPU(r.serve.pid(), r.o.serveCPU)
+		if err != nil {
+			return fmt.Errorf("-scale-serve-cpu: %w", err)
+		}
+		defer q.remove()
+		r.s.res.add("measure=scale part=quota", kv{"serve_cores", r.o.serveCPU})
+		fmt.Printf("   serve runs under a CPU quota of %g cores\n", r.o.serveCPU)
 	}
 	rss0, err := r.settledRSS()
 	if err != nil {
