@@ -457,7 +457,7 @@ func (c *TCPConn) CloseWrite() error {
 	}
 	var to netip.Addr
 	if remote, err := c.ep.GetRemoteAddress(); err == nil {
-		to = addrFrom(remote.Addr)
+		to = addrFrom(remote.Addr).Unmap()
 	}
 	if c.fins.admit(c.ep, to, func() { c.conn.CloseWrite() }) {
 		return c.conn.CloseWrite()

@@ -32,7 +32,9 @@ import (
 // each in turn, each address's oldest first. In a server, where each
 // peer has its own addresses, a peer that went away with a thousand
 // connections closing thus holds up another peer's half-close by one
-// round at most, not by its whole backlog.
+// round at most, not by its whole backlog. A round has a place for each
+// address, so a peer whose connections come from many addresses (a
+// routed subnet) takes as many.
 //
 // FINs sent by Close, and by connections accepted through Listen, are
 // not paced: the FIN floor (finresend.go) is what bounds their repeats.
@@ -70,8 +72,16 @@ func (q *finQueue) pop() waitingFIN {
 	w := q.closes[q.head]
 	q.closes[q.head] = waitingFIN{}
 	q.head++
-	if q.head == len(q.closes) {
+	switch {
+	case q.head == len(q.closes):
 		q.closes, q.head = q.closes[:0], 0
+	case q.head >= 32 && 2*q.head >= len(q.closes):
+		// Move the rest down, or a queue that never runs dry (closes
+		// still coming to a peer that went away) would keep every
+		// close it ever held in its array.
+		n := copy(q.closes, q.closes[q.head:])
+		clear(q.closes[n:])
+		q.closes, q.head = q.closes[:n], 0
 	}
 	return w
 }

@@ -205,6 +205,15 @@ func TestFINPacerTurns(t *testing.T) {
 	if queued != 9 || len(turns) > 2 {
 		t.Fatalf("%d half-closes wait over turns %v, want 9 over at most the two addresses", queued, turns)
 	}
+	// The next round drops the address with nothing left.
+	c.ack(5, 21)
+	c.clock.Advance(finPoll)
+	c.p.mu.Lock()
+	queued, turns = c.p.queued, slices.Clone(c.p.turns)
+	c.p.mu.Unlock()
+	if queued != 7 || !slices.Equal(turns, []netip.Addr{gone}) {
+		t.Fatalf("%d half-closes wait over turns %v, want 7 over the address that went away only", queued, turns)
+	}
 	// The backlog drains, in order, and the pacer keeps no queue after it.
 	c.clock.Advance(3 * finHold)
 	if got := c.started(); !slices.Equal(got[len(got)-9:], []int{7, 8, 9, 10, 11, 12, 13, 14, 15}) {
@@ -215,6 +224,26 @@ func TestFINPacerTurns(t *testing.T) {
 	c.p.mu.Unlock()
 	if queued != 0 || waiting != nil {
 		t.Fatalf("after the backlog, %d wait and the queues are kept (%v)", queued, waiting)
+	}
+}
+
+// TestFINQueueKeepsWhatWaits: a queue that never runs dry (closes still
+// coming to a peer that went away) holds about what waits, not every
+// close it ever held.
+func TestFINQueueKeepsWhatWaits(t *testing.T) {
+	var q finQueue
+	for range 10 {
+		q.closes = append(q.closes, waitingFIN{})
+	}
+	for range 100000 {
+		q.closes = append(q.closes, waitingFIN{})
+		q.pop()
+	}
+	if n := len(q.closes) - q.head; n != 10 {
+		t.Fatalf("%d wait, want 10", n)
+	}
+	if c := cap(q.closes); c > 256 {
+		t.Fatalf("a queue of 10 keeps an array of %d", c)
 	}
 }
 
@@ -312,7 +341,7 @@ func TestFINPacedBurst(t *testing.T) {
 				k++
 			}
 		}
-		return k, len(n.fins.waiting) > 0
+		return k, n.fins.queued > 0
 	}
 	for _, c := range conns {
 		if err := c.CloseWrite(); err != nil {

@@ -197,6 +197,14 @@ func startUp(binary, conf string) (*upDaemon, error) {
 // startWgbore runs `wgbore COMMAND -c conf` (up or serve) as startUp
 // does; the file stays at d.conf(), for a reload to rewrite.
 func startWgbore(binary, command, conf string, args ...string) (*upDaemon, error) {
+	return startWgboreIn("", binary, command, conf, args...)
+}
+
+// startWgboreIn is startWgbore with the process started in the cgroup
+// whose cgroup.procs file is procs (none if empty): a shell moves itself
+// there and becomes wgbore, which so finds its CPU quota from its first
+// instruction on, as in a container.
+func startWgboreIn(procs, binary, command, conf string, args ...string) (*upDaemon, error) {
 	dir, err := os.MkdirTemp("", "wgbench")
 	if err != nil {
 		return nil, err
@@ -209,7 +217,12 @@ func startWgbore(binary, command, conf string, args ...string) (*upDaemon, error
 	if d.logFile, err = os.CreateTemp("", "wgbench-up-*.log"); err != nil {
 		return nil, err
 	}
-	d.cmd = exec.Command(binary, append([]string{command, "-c", path, "-log-format", "json", "-log-level", "info", "-uapi-dir", dir}, args...)...)
+	argv := append([]string{binary, command, "-c", path, "-log-format", "json", "-log-level", "info", "-uapi-dir", dir}, args...)
+	if procs == "" {
+		d.cmd = exec.Command(argv[0], argv[1:]...)
+	} else {
+		d.cmd = exec.Command("/bin/sh", append([]string{"-c", `echo $$ > "$0" && exec "$@"`, procs}, argv...)...)
+	}
 	// up does not read stdin, so a bench process killed by a signal would
 	// leave it running without this.
 	d.cmd.SysProcAttr = dieWithParent()

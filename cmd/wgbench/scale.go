@@ -379,8 +379,24 @@ func (r *scaleRun) run() error {
 	r.port = b.Port()
 	b.Close()
 
+	procs := ""
+	if r.o.serveCPU > 0 {
+		q, err := newCPUQuota(r.o.serveCPU)
+		if err != nil {
+			return fmt.Errorf("-scale-serve-cpu: %w", err)
+		}
+		// Runs after serve's stop, below: the group must be empty.
+		defer func() {
+			if err := q.remove(); err != nil {
+				fmt.Fprintf(os.Stderr, "wgbench: %v\n", err)
+			}
+		}()
+		procs = q.procs()
+		r.s.res.add("measure=scale part=quota", kv{"serve_cores", r.o.serveCPU})
+		fmt.Printf("   serve runs under a CPU quota of %g cores\n", r.o.serveCPU)
+	}
 	// Serve with no peer first, for the memory a peer adds.
-	r.serve, err = startWgbore(r.bin, "serve", scaleServerConf(r.serverKey, r.port, nil, r.o.flows), "-metrics", "127.0.0.1:0")
+	r.serve, err = startWgboreIn(procs, r.bin, "serve", scaleServerConf(r.serverKey, r.port, nil, r.o.flows), "-metrics", "127.0.0.1:0")
 	if err != nil {
 		return err
 	}
@@ -392,15 +408,6 @@ func (r *scaleRun) run() error {
 	r.metrics = "http://" + m
 	if !strings.HasSuffix(r.metrics, "/metrics") {
 		r.metrics += "/metrics"
-	}
-	if r.o.serveCPU > 0 {
-		q, err := capCPU(r.serve.pid(), r.o.serveCPU)
-		if err != nil {
-			return fmt.Errorf("-scale-serve-cpu: %w", err)
-		}
-		defer q.remove()
-		r.s.res.add("measure=scale part=quota", kv{"serve_cores", r.o.serveCPU})
-		fmt.Printf("   serve runs under a CPU quota of %g cores\n", r.o.serveCPU)
 	}
 	rss0, err := r.settledRSS()
 	if err != nil {
@@ -743,6 +750,7 @@ func (r *scaleRun) shares() error {
 		}
 		return nil
 	}
+	before, _ = scrapeMetrics(r.metrics)
 	if err := readCPU(-1); err != nil {
 		return err
 	}
@@ -754,6 +762,9 @@ func (r *scaleRun) shares() error {
 	drainTime := time.Since(drainStart)
 	if err := readCPU(1); err != nil {
 		return err
+	}
+	if after, err := scrapeMetrics(r.metrics); err == nil && before != nil {
+		fmt.Printf("   serve's drops during the drains: %s\n", dropDelta(before, after))
 	}
 	var total float64
 	for _, g := range got {

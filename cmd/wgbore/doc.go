@@ -708,8 +708,8 @@
 //     half-closes that wait take the free places in turns by the address
 //     their FIN goes to, so in serve a peer's backlog holds up another
 //     peer's half-close by one round at most. A write after CloseWrite
-//     fails at once all the same. A full Close, and a
-//     connection accepted through the library's Listen, are not paced.
+//     fails at once all the same. A full Close, and a connection
+//     accepted through the library's Listen, are not paced.
 //   - TIME_WAIT lasts 15 s, where Linux keeps 60 s, so a burst of closed
 //     connections gives its memory back sooner. It still outlasts any
 //     segment one WireGuard hop can delay, and timestamps (PAWS) reject an
