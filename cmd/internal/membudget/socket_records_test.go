@@ -3,9 +3,6 @@ package membudget
 import (
 	"flag"
 	"net"
-	"runtime"
-	"runtime/debug"
-	"runtime/metrics"
 	"testing"
 )
 
@@ -74,14 +71,9 @@ func BenchmarkSocketRecords(b *testing.B) {
 	b.ReportMetric(float64(kept-kept0)/sockets, "kept-B/socket")
 }
 
-// runtimeRecords collects as a reclaim does (twice: the second, which
-// FreeOSMemory starts, for what buffer pools kept through the first) and
-// reads the runtime's "other" memory class and all it holds and has not
-// returned, in bytes.
+// runtimeRecords reclaims as a Reclaimer does and reads the runtime's
+// "other" memory class and all it holds and has not returned, in bytes.
 func runtimeRecords() (other, kept int64) {
-	runtime.GC()
-	debug.FreeOSMemory()
-	s := []metrics.Sample{{Name: "/memory/classes/other:bytes"}, {Name: mTotal}, {Name: mReleased}}
-	metrics.Read(s)
-	return int64(s[0].Value.Uint64()), int64(s[1].Value.Uint64() - s[2].Value.Uint64())
+	Reclaimer{}.reclaim(false)
+	return int64(runtimeCount("/memory/classes/other:bytes")), int64(runtimeCount(mTotal) - runtimeCount(mReleased))
 }
