@@ -250,7 +250,7 @@ func (n *Net) dialAddr(ctx context.Context, network string, ap netip.AddrPort) (
 		ep.Close()
 		return nil, fail(goError("connect", terr))
 	}
-	return newTCPConn(&wq, ep, n.fins), nil
+	return newTCPConn(&wq, ep, n), nil
 }
 
 // isOwnAddress reports whether a is one of our tunnel addresses, which
@@ -403,13 +403,16 @@ type TCPConn struct {
 	conn *gonet.TCPConn
 	notifier
 	fins *finPacer
+	// share counts this connection's writes in, when the Net shares its
+	// send buffer; nil otherwise.
+	share *sendShare
 	// writeClosed is set by CloseWrite, whose FIN may wait for the
 	// pacer: no write may go after it meanwhile.
 	writeClosed atomic.Bool
 }
 
-func newTCPConn(wq *waiter.Queue, ep tcpip.Endpoint, fins *finPacer) *TCPConn {
-	return &TCPConn{conn: gonet.NewTCPConn(wq, ep), notifier: notifier{wq: wq, ep: ep}, fins: fins}
+func newTCPConn(wq *waiter.Queue, ep tcpip.Endpoint, n *Net) *TCPConn {
+	return &TCPConn{conn: gonet.NewTCPConn(wq, ep), notifier: notifier{wq: wq, ep: ep}, fins: n.fins, share: n.share}
 }
 
 // errClosedForSend is gonet's error for a write after CloseWrite.
@@ -426,6 +429,10 @@ func (c *TCPConn) Read(b []byte) (int, error) { return c.conn.Read(b) }
 func (c *TCPConn) Write(b []byte) (int, error) {
 	if c.writeClosed.Load() {
 		return 0, &net.OpError{Op: "write", Net: "tcp", Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: errClosedForSend}
+	}
+	if c.share != nil {
+		c.share.enter(c.ep)
+		defer c.share.leave()
 	}
 	return c.conn.Write(b)
 }

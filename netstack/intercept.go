@@ -198,7 +198,7 @@ func (n *Net) handleTCP(req *tcp.ForwarderRequest) {
 		idle, interval := tcpip.KeepaliveIdleOption(flowKeepaliveIdle), tcpip.KeepaliveIntervalOption(flowKeepaliveInterval)
 		ep.SetSockOpt(&idle)
 		ep.SetSockOpt(&interval)
-		return newTCPConn(&wq, ep, n.fins), nil
+		return newTCPConn(&wq, ep, n), nil
 	})
 	if !completed {
 		req.Complete(true)

@@ -1,6 +1,7 @@
 package netstack
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -61,6 +62,14 @@ type Config struct {
 	// may grow to; 0 means DefaultTCPBufferMax. A memory budget lowers
 	// it, so that a few bulk transfers cannot take the whole budget.
 	TCPBufferMax int
+	// TCPSendShare, when above 0, is a total of send buffer shared among
+	// the connections that are writing at once: each may grow to its
+	// part, at least DefaultTCPSendFloor and at most TCPBufferMax, so
+	// that where this host's CPU is what runs short, bulk transfers get
+	// equal shares rather than the lead of whichever grew first. A
+	// server with many clients sets it (DefaultTCPSendShare); 0 leaves
+	// each connection TCPBufferMax.
+	TCPSendShare int
 
 	// withoutOffloads turns link offloads off, for the benchmark that
 	// weighs each one; the zero value keeps them all.
@@ -85,7 +94,8 @@ const (
 // Net is a network inside the WireGuard tunnel.
 type Net struct {
 	stack  *stack.Stack
-	fins   *finPacer // paces the tunnel's TCP half-closes
+	fins   *finPacer  // paces the tunnel's TCP half-closes
+	share  *sendShare // nil unless Config.TCPSendShare is set
 	engine *protocol.Engine
 	link   *linkEndpoint
 	dns    *resolver
@@ -215,6 +225,14 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 		bind.Close()
 		return nil, fmt.Errorf("netstack: %w", err)
 	}
+	if cfg.TCPSendShare > 0 {
+		bufferMax := cmp.Or(cfg.TCPBufferMax, DefaultTCPBufferMax)
+		if n.share, err = newSendShare(s, cfg.TCPSendShare, DefaultTCPSendFloor, bufferMax); err != nil {
+			s.Close()
+			bind.Close()
+			return nil, fmt.Errorf("netstack: %w", err)
+		}
+	}
 
 	n.link = newLinkEndpoint(mtu, nil)
 	n.link.offloads &^= cfg.withoutOffloads
@@ -340,6 +358,15 @@ const (
 	tcpBufferDefault = 128 << 10
 	// DefaultTCPBufferMax is Config.TCPBufferMax when unset.
 	DefaultTCPBufferMax = 8 << 20
+	// DefaultTCPSendShare is a Config.TCPSendShare for a server: what
+	// a lone transfer gets, enough for a far peer, while with more
+	// than a few transfers at once each has DefaultTCPSendFloor, at
+	// which many downloads through a CPU-bound server share it evenly.
+	DefaultTCPSendShare = 2 << 20
+	// DefaultTCPSendFloor is the least TCPSendShare cuts a connection's
+	// send buffer to however many write at once: a few round trips of
+	// full segments on a fast local path.
+	DefaultTCPSendFloor = 256 << 10
 )
 
 // tcpTimeWait is how long a connection we closed first stays in
@@ -364,7 +391,7 @@ func tuneTCP(s *stack.Stack, bufferMax int) error {
 		{"TIME_WAIT", ptr(tcpip.TCPTimeWaitTimeoutOption(tcpTimeWait))},
 		{"receive buffer moderation", ptr(tcpip.TCPModerateReceiveBufferOption(true))},
 		{"receive buffer", &tcpip.TCPReceiveBufferSizeRangeOption{Min: tcpBufferMin, Default: bufferDefault, Max: bufferMax}},
-		{"send buffer", &tcpip.TCPSendBufferSizeRangeOption{Min: tcpBufferMin, Default: bufferDefault, Max: bufferMax}},
+		{"send buffer", ptr(tcpipSendBufferRange(bufferMax))},
 	}...)
 	for _, o := range opts {
 		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, o.opt); err != nil {
@@ -372,6 +399,12 @@ func tuneTCP(s *stack.Stack, bufferMax int) error {
 		}
 	}
 	return nil
+}
+
+// tcpipSendBufferRange is the send buffer's bounds with the most it may
+// grow to at bufferMax.
+func tcpipSendBufferRange(bufferMax int) tcpip.TCPSendBufferSizeRangeOption {
+	return tcpip.TCPSendBufferSizeRangeOption{Min: tcpBufferMin, Default: min(tcpBufferDefault, bufferMax), Max: bufferMax}
 }
 
 // tcpOption is one of the stack's TCP options, named for its error.

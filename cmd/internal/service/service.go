@@ -161,6 +161,11 @@ func Start(ctx context.Context, p *Plan, o Options) (*Service, error) {
 	ncfg.Logger = log
 	ncfg.ListenAddrs = o.ListenAddrs
 	ncfg.TCPBufferMax = budget.BufferMax(netstack.DefaultTCPBufferMax, minTCPBufferMax)
+	if o.Serve {
+		// Many peers' downloads share this process's CPU: see
+		// netstack.Config.TCPSendShare.
+		ncfg.TCPSendShare = netstack.DefaultTCPSendShare
+	}
 	tun, err := netstack.Open(ctx, ncfg)
 	if err != nil {
 		return nil, err
