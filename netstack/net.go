@@ -1,7 +1,6 @@
 package netstack
 
 import (
-	"cmp"
 	"context"
 	"fmt"
 	"io"
@@ -63,12 +62,13 @@ type Config struct {
 	// it, so that a few bulk transfers cannot take the whole budget.
 	TCPBufferMax int
 	// TCPSendShare, when above 0, is a total of send buffer shared among
-	// the connections that are writing at once: each may grow to its
-	// part, at least DefaultTCPSendFloor and at most TCPBufferMax, so
-	// that where this host's CPU is what runs short, bulk transfers get
-	// equal shares rather than the lead of whichever grew first. A
-	// server with many clients sets it (DefaultTCPSendShare); 0 leaves
-	// each connection TCPBufferMax.
+	// the connections that are writing at once: each connection's
+	// buffer is its part, at least DefaultTCPSendFloor and at most
+	// TCPBufferMax, so that where this host's CPU is what runs short,
+	// bulk transfers get equal shares rather than the lead of whichever
+	// grew first. A server with many clients sets it
+	// (DefaultTCPSendShare); 0 lets each connection's buffer grow with
+	// its window up to TCPBufferMax.
 	TCPSendShare int
 
 	// withoutOffloads turns link offloads off, for the benchmark that
@@ -220,18 +220,17 @@ func Open(ctx context.Context, cfg Config) (*Net, error) {
 	s.SetTransportProtocolHandler(udp.ProtocolNumber, n.udpPacket)
 	s.SetTransportProtocolHandler(icmp.ProtocolNumber4, n.icmpPacket)
 	s.SetTransportProtocolHandler(icmp.ProtocolNumber6, n.icmpPacket)
-	if err := tuneTCP(s, cfg.TCPBufferMax); err != nil {
+	bufferMax := cfg.TCPBufferMax
+	if bufferMax <= 0 {
+		bufferMax = DefaultTCPBufferMax
+	}
+	if err := tuneTCP(s, bufferMax); err != nil {
 		s.Close()
 		bind.Close()
 		return nil, fmt.Errorf("netstack: %w", err)
 	}
 	if cfg.TCPSendShare > 0 {
-		bufferMax := cmp.Or(cfg.TCPBufferMax, DefaultTCPBufferMax)
-		if n.share, err = newSendShare(s, cfg.TCPSendShare, DefaultTCPSendFloor, bufferMax); err != nil {
-			s.Close()
-			bind.Close()
-			return nil, fmt.Errorf("netstack: %w", err)
-		}
+		n.share = newSendShare(s.Clock(), cfg.TCPSendShare, DefaultTCPSendFloor, bufferMax)
 	}
 
 	n.link = newLinkEndpoint(mtu, nil)
@@ -359,9 +358,8 @@ const (
 	// DefaultTCPBufferMax is Config.TCPBufferMax when unset.
 	DefaultTCPBufferMax = 8 << 20
 	// DefaultTCPSendShare is a Config.TCPSendShare for a server: what
-	// a lone transfer gets, enough for a far peer, while with more
-	// than a few transfers at once each has DefaultTCPSendFloor, at
-	// which many downloads through a CPU-bound server share it evenly.
+	// a lone transfer gets, enough for a far peer; from five transfers
+	// at once on, each has DefaultTCPSendFloor.
 	DefaultTCPSendShare = 2 << 20
 	// DefaultTCPSendFloor is the least TCPSendShare cuts a connection's
 	// send buffer to however many write at once: a few round trips of
@@ -391,7 +389,7 @@ func tuneTCP(s *stack.Stack, bufferMax int) error {
 		{"TIME_WAIT", ptr(tcpip.TCPTimeWaitTimeoutOption(tcpTimeWait))},
 		{"receive buffer moderation", ptr(tcpip.TCPModerateReceiveBufferOption(true))},
 		{"receive buffer", &tcpip.TCPReceiveBufferSizeRangeOption{Min: tcpBufferMin, Default: bufferDefault, Max: bufferMax}},
-		{"send buffer", ptr(tcpipSendBufferRange(bufferMax))},
+		{"send buffer", &tcpip.TCPSendBufferSizeRangeOption{Min: tcpBufferMin, Default: bufferDefault, Max: bufferMax}},
 	}...)
 	for _, o := range opts {
 		if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, o.opt); err != nil {
@@ -399,12 +397,6 @@ func tuneTCP(s *stack.Stack, bufferMax int) error {
 		}
 	}
 	return nil
-}
-
-// tcpipSendBufferRange is the send buffer's bounds with the most it may
-// grow to at bufferMax.
-func tcpipSendBufferRange(bufferMax int) tcpip.TCPSendBufferSizeRangeOption {
-	return tcpip.TCPSendBufferSizeRangeOption{Min: tcpBufferMin, Default: min(tcpBufferDefault, bufferMax), Max: bufferMax}
 }
 
 // tcpOption is one of the stack's TCP options, named for its error.

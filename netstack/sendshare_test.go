@@ -2,14 +2,16 @@ package netstack
 
 import (
 	"context"
-	"net"
+	"io"
 	"net/netip"
 	"sync"
 	"testing"
 	"time"
 
 	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/faketime"
+	"gvisor.dev/gvisor/pkg/tcpip/link/loopback"
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -19,99 +21,176 @@ import (
 	"github.com/wgbore/wgbore/protocol"
 )
 
-// stackSendMax is the most the stack lets a send buffer grow to now.
-func stackSendMax(t *testing.T, s *stack.Stack) int {
-	t.Helper()
-	var opt tcpip.TCPSendBufferSizeRangeOption
-	if err := s.TransportProtocolOption(tcp.ProtocolNumber, &opt); err != nil {
-		t.Fatal(err)
-	}
-	return opt.Max
-}
-
-func TestSendShareCeiling(t *testing.T) {
-	sh := &sendShare{total: 2 << 20, floor: 256 << 10, max: 8 << 20}
+func TestSendSharePart(t *testing.T) {
+	sh := newSendShare(faketime.NewManualClock(), 2<<20, 256<<10, 8<<20)
 	for _, c := range []struct{ writers, want int }{
 		{0, 2 << 20}, {1, 2 << 20}, {2, 1 << 20},
 		{3, 512 << 10}, {4, 512 << 10}, // 699 KiB rounds down
 		{5, 256 << 10}, {8, 256 << 10}, {10, 256 << 10}, {1000, 256 << 10},
 	} {
-		if got := sh.ceilingFor(c.writers); got != c.want {
-			t.Errorf("%d writers: each may grow to %d, want %d", c.writers, got, c.want)
+		if got := sh.partFor(c.writers); got != c.want {
+			t.Errorf("%d writers: each may hold %d, want %d", c.writers, got, c.want)
 		}
 	}
-	capped := &sendShare{total: 2 << 20, floor: 256 << 10, max: 1 << 20}
-	if got := capped.ceilingFor(1); got != 1<<20 {
-		t.Errorf("a lone writer under a 1 MiB maximum may grow to %d", got)
+	capped := newSendShare(faketime.NewManualClock(), 2<<20, 256<<10, 1<<20)
+	if got := capped.partFor(1); got != 1<<20 {
+		t.Errorf("a lone writer under a 1 MiB maximum may hold %d", got)
 	}
 }
 
-// TestSendShareFollowsWriters: the stack's maximum falls at once as
-// writers join, rises only after it has held, and a connection that grew
-// larger is cut to it when it next writes.
-func TestSendShareFollowsWriters(t *testing.T) {
-	clk := faketime.NewManualClock()
+// loopbackStack is a gVisor stack of its own on a loopback NIC with
+// 127.0.0.1, our TCP options and clk.
+func loopbackStack(t *testing.T, clk tcpip.Clock) *stack.Stack {
+	t.Helper()
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol},
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
 		Clock:              clk,
 	})
-	defer s.Close()
+	t.Cleanup(s.Close)
+	if err := s.CreateNIC(1, loopback.New()); err != nil {
+		t.Fatal(err)
+	}
+	a := tcpip.AddrFrom4([4]byte{127, 0, 0, 1})
+	if err := s.AddProtocolAddress(1, tcpip.ProtocolAddress{Protocol: ipv4.ProtocolNumber, AddressWithPrefix: a.WithPrefix()}, stack.AddressProperties{}); err != nil {
+		t.Fatal(err)
+	}
+	s.SetRouteTable([]tcpip.Route{{Destination: a.WithPrefix().Subnet(), NIC: 1}})
 	if err := tuneTCP(s, 0); err != nil {
 		t.Fatal(err)
 	}
-	sh, err := newSendShare(s, 2<<20, 256<<10, DefaultTCPBufferMax)
+	return s
+}
+
+// bareEndpoint is an unconnected TCP endpoint of s.
+func bareEndpoint(t *testing.T, s *stack.Stack) tcpip.Endpoint {
+	t.Helper()
+	var wq waiter.Queue
+	ep, err := s.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := stackSendMax(t, s); got != 2<<20 {
-		t.Fatalf("with no writer the maximum is %d, want the whole share", got)
+	t.Cleanup(ep.Close)
+	return ep
+}
+
+// TestSendShareFollowsWriters: the part falls at once as writers join and
+// rises only after it has held, and a writer's buffer is sized at the
+// part when it enters, a larger one cut.
+func TestSendShareFollowsWriters(t *testing.T) {
+	clk := faketime.NewManualClock()
+	s := loopbackStack(t, clk)
+	sh := newSendShare(clk, 2<<20, 256<<10, DefaultTCPBufferMax)
+	ep := bareEndpoint(t, s)
+	// As if it had grown while alone, before a sharing began.
+	ep.SocketOptions().SetSendBufferSize(4<<20, false)
+
+	sh.enter(bareEndpoint(t, s))
+	sh.enter(bareEndpoint(t, s))
+	sh.enter(ep)
+	if got := ep.SocketOptions().GetSendBufferSize(); got != 512<<10 {
+		t.Fatalf("the third writer's send buffer of 4 MiB is %d after it entered, want cut to 512 KiB", got)
 	}
+	sh.leave()
+	sh.leave()
+	if got := sh.part.Load(); got != 512<<10 {
+		t.Fatalf("the part rose to %d at once when writers left, want it held", got)
+	}
+	clk.Advance(raiseAfter)
+	sh.leave()
+	sh.enter(ep)
+	if got := ep.SocketOptions().GetSendBufferSize(); got != 2<<20 {
+		t.Fatalf("a lone writer's send buffer is %d once the others have gone and the part held, want the whole share", got)
+	}
+}
+
+// TestSendShareKeepsBlockedWriterGoing: a writer blocked on a full buffer
+// finishes after others join, which once left it waiting for a wake-up
+// gVisor never sent (the stack's maximum lowered below its buffer).
+func TestSendShareKeepsBlockedWriterGoing(t *testing.T) {
+	s := loopbackStack(t, tcpip.NewStdClock())
+	// A small receive window: the far end acknowledges in small steps,
+	// as a Linux peer does, never half a large buffer at once.
+	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &tcpip.TCPReceiveBufferSizeRangeOption{Min: 4 << 10, Default: 64 << 10, Max: 64 << 10}); err != nil {
+		t.Fatal(err)
+	}
+	sh := newSendShare(s.Clock(), 2<<20, 256<<10, DefaultTCPBufferMax)
+	fa := tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFrom4([4]byte{127, 0, 0, 1}), Port: 9}
+	l, err := gonet.ListenTCP(s, fa, ipv4.ProtocolNumber)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
 	var wq waiter.Queue
 	ep, terr := s.NewEndpoint(tcp.ProtocolNumber, ipv4.ProtocolNumber, &wq)
 	if terr != nil {
 		t.Fatal(terr)
 	}
-	defer ep.Close()
-	// As if it had grown while alone, before a sharing began.
-	ep.SocketOptions().SetSendBufferSize(4<<20, false)
+	c := newTCPConn(&wq, ep, &Net{share: sh})
+	defer c.Close()
+	connected, ready := waiter.NewChannelEntry(waiter.WritableEvents)
+	wq.EventRegister(&connected)
+	if terr := ep.Connect(fa); terr != nil {
+		if _, ok := terr.(*tcpip.ErrConnectStarted); !ok {
+			t.Fatal(terr)
+		}
+		<-ready
+	}
+	wq.EventUnregister(&connected)
+	far, err := l.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer far.Close()
 
-	sh.enter(ep)
-	sh.enter(ep)
-	sh.enter(ep)
-	if got := stackSendMax(t, s); got != 512<<10 {
-		t.Fatalf("with 3 writers the maximum is %d, want 512 KiB", got)
+	const size = 32 << 20
+	written := make(chan error, 1)
+	go func() {
+		_, err := c.Write(make([]byte, size))
+		written <- err
+	}()
+	// Nothing is read yet: the writer fills what the window and its
+	// buffer take, then waits for gVisor to wake it.
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	for sh.writing.Load() != 1 {
+		time.Sleep(time.Millisecond)
 	}
-	if got := ep.SocketOptions().GetSendBufferSize(); got != 512<<10 {
-		t.Fatalf("a writer's send buffer of 4 MiB is %d after it entered, want cut to 512 KiB", got)
+	time.Sleep(200 * time.Millisecond)
+	for range 4 {
+		sh.enter(bareEndpoint(t, s))
 	}
-	sh.leave()
-	sh.leave()
-	if got := stackSendMax(t, s); got != 512<<10 {
-		t.Fatalf("the maximum rose to %d at once when writers left, want it held", got)
+	read := make(chan int64, 1)
+	go func() {
+		n, _ := io.Copy(io.Discard, far)
+		read <- n
+	}()
+	select {
+	case err := <-written:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-ctx.Done():
+		t.Fatalf("the blocked writer is still waiting a minute after four joined; its buffer %d, the part %d", ep.SocketOptions().GetSendBufferSize(), sh.part.Load())
 	}
-	clk.Advance(raiseAfter)
-	sh.leave()
-	if got := stackSendMax(t, s); got != 2<<20 {
-		t.Fatalf("the maximum is %d once the writers have gone and it held, want the whole share", got)
+	c.Close()
+	if n := <-read; n != size {
+		t.Fatalf("the far end read %d bytes, want %d", n, size)
 	}
 }
 
 // TestSendShareBetweenBlockedWriters: through a wireguard-go peer, two
 // connections whose writers wait for room (the far end reads nothing
-// back) share the total, and a Net without a share leaves the maximum
-// alone.
+// back) are both counted, and the part is half the total; once their
+// writes have returned, none is.
 func TestSendShareBetweenBlockedWriters(t *testing.T) {
 	key, _ := protocol.GeneratePrivateKey()
 	site := peersite.Start(t, key.PublicKey(), peersite.Options{})
 	n := openOursWith(t, key, site, func(c *Config) { c.TCPSendShare = 1 << 20 })
-	if got := stackSendMax(t, n.stack); got != 1<<20 {
-		t.Fatalf("with no writer the maximum is %d, want the whole share", got)
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var wg sync.WaitGroup
-	var conns []net.Conn
+	defer wg.Wait()
 	for range 2 {
 		// The echo sends back what it reads; since we read nothing,
 		// its writes and then ours wait.
@@ -119,7 +198,7 @@ func TestSendShareBetweenBlockedWriters(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		conns = append(conns, c)
+		defer c.Close()
 		wg.Go(func() {
 			chunk := make([]byte, 32<<10)
 			for {
@@ -129,29 +208,20 @@ func TestSendShareBetweenBlockedWriters(t *testing.T) {
 			}
 		})
 	}
-	for n.share.writing.Load() < 2 {
+	for n.share.writing.Load() != 2 || n.share.part.Load() != 512<<10 {
 		if ctx.Err() != nil {
-			t.Fatalf("%d writers wait after a minute, want 2", n.share.writing.Load())
+			t.Fatalf("%d writers wait after a minute, each with %d, want 2 with 512 KiB", n.share.writing.Load(), n.share.part.Load())
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
-	if got := stackSendMax(t, n.stack); got != 512<<10 {
-		t.Errorf("two blocked writers may each grow to %d, want 512 KiB", got)
+	// Both writes stay blocked: the count holds.
+	time.Sleep(200 * time.Millisecond)
+	if w := n.share.writing.Load(); w != 2 {
+		t.Fatalf("%d writers counted while both wait for room, want 2", w)
 	}
-	for _, c := range conns {
-		c.Close()
-	}
+	n.Close()
 	wg.Wait()
 	if w := n.share.writing.Load(); w != 0 {
 		t.Errorf("%d writers counted after every write returned", w)
-	}
-
-	other, _ := protocol.GeneratePrivateKey()
-	plain := openOurs(t, other, site)
-	if plain.share != nil {
-		t.Fatal("a Net without TCPSendShare shares its send buffer")
-	}
-	if got := stackSendMax(t, plain.stack); got != DefaultTCPBufferMax {
-		t.Errorf("without a share the maximum is %d, want %d", got, DefaultTCPBufferMax)
 	}
 }

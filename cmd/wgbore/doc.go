@@ -575,11 +575,12 @@
 // Shares. Where serve's own CPU is what runs short, nothing is dropped,
 // so no peer's TCP learns to slow down: downloads whose windows grew
 // first would keep their lead. serve therefore shares 2 MiB of TCP send
-// buffer among the connections waiting to send more: a lone download
-// may keep 2 MiB in flight (enough for 40 MB/s to a peer 50 ms away),
-// two 1 MiB each, and from five on each has 256 KiB, at which they get
-// equal shares. What peers upload, and every connection of up, may
-// still use up to 8 MiB (less under a memory budget).
+// buffer among the connections waiting to send more, each buffer sized
+// at its part: a lone download may keep up to 2 MiB in flight (enough
+// for 40 MB/s to a peer 50 ms away), two 1 MiB each, and from five on
+// each 256 KiB. A memory budget that cuts TCP buffers below 2 MiB cuts
+// these parts too. What peers upload, and every connection of up, may
+// use up to 8 MiB (less under a memory budget).
 //
 // # Containers and services
 //
