@@ -6,8 +6,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/wgbore/wgbore/proxy/socksclient"
 	"golang.org/x/net/dns/dnsmessage"
+
+	"github.com/wgbore/wgbore/proxy/socksclient"
 )
 
 // socksUDPClient is the client side of an RFC 1928 UDP association.
