@@ -61,14 +61,15 @@ type Config struct {
 	// may grow to; 0 means DefaultTCPBufferMax. A memory budget lowers
 	// it, so that a few bulk transfers cannot take the whole budget.
 	TCPBufferMax int
-	// TCPSendShare, when above 0, is a total of send buffer shared among
-	// the connections that are writing at once: each connection's
-	// buffer is its part, at least DefaultTCPSendFloor and at most
+	// TCPSendShare, when above 0, is divided among the connections
+	// writing at once: each writer's send buffer is set to its part, at
+	// least DefaultTCPSendFloor (within TCPBufferMax) and at most
 	// TCPBufferMax, so that where this host's CPU is what runs short,
 	// bulk transfers get equal shares rather than the lead of whichever
-	// grew first. A server with many clients sets it
-	// (DefaultTCPSendShare); 0 lets each connection's buffer grow with
-	// its window up to TCPBufferMax.
+	// grew first. A connection keeps the part of its last write, so it
+	// bounds each connection, not their sum. A server with many clients
+	// sets it (DefaultTCPSendShare); 0 lets each connection's buffer
+	// grow with its window up to TCPBufferMax.
 	TCPSendShare int
 
 	// withoutOffloads turns link offloads off, for the benchmark that

@@ -18,7 +18,8 @@ import (
 // ever shrinks: the connections whose windows grew first keep the
 // lead, and the buffers together hold far more than the path needs.
 // Sizing each at its part of a total evens the shares out, and a
-// connection alone still gets the whole total, enough for a far peer.
+// connection alone still gets up to the whole total, enough for a far
+// peer.
 //
 // The count is of Write calls in progress: a writer that finds the
 // buffer full waits in Write for room, so a bulk transfer is counted

@@ -47,7 +47,10 @@ func loopbackStack(t *testing.T, clk tcpip.Clock) *stack.Stack {
 		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
 		Clock:              clk,
 	})
-	t.Cleanup(s.Close)
+	t.Cleanup(func() {
+		s.Close()
+		s.Wait()
+	})
 	if err := s.CreateNIC(1, loopback.New()); err != nil {
 		t.Fatal(err)
 	}
@@ -143,17 +146,29 @@ func TestSendShareKeepsBlockedWriterGoing(t *testing.T) {
 	}
 	defer far.Close()
 
+	// In chunks, as the relay writes: each Write sizes the buffer again,
+	// so once the others join, the writer cuts its own buffer below what
+	// it holds and must still be woken.
 	const size = 32 << 20
 	written := make(chan error, 1)
 	go func() {
-		_, err := c.Write(make([]byte, size))
-		written <- err
+		chunk := make([]byte, 32<<10)
+		for sent := 0; sent < size; sent += len(chunk) {
+			if _, err := c.Write(chunk); err != nil {
+				written <- err
+				return
+			}
+		}
+		written <- nil
 	}()
 	// Nothing is read yet: the writer fills what the window and its
 	// buffer take, then waits for gVisor to wake it.
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for sh.writing.Load() != 1 {
+		if ctx.Err() != nil {
+			t.Fatal("the writer never entered Write")
+		}
 		time.Sleep(time.Millisecond)
 	}
 	time.Sleep(200 * time.Millisecond)

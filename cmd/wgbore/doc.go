@@ -574,12 +574,13 @@
 //
 // Shares. Where serve's own CPU is what runs short, nothing is dropped,
 // so no peer's TCP learns to slow down: downloads whose windows grew
-// first would keep their lead. serve therefore shares 2 MiB of TCP send
-// buffer among the connections waiting to send more, each buffer sized
-// at its part: a lone download may keep up to 2 MiB in flight (enough
-// for 40 MB/s to a peer 50 ms away), two 1 MiB each, and from five on
-// each 256 KiB. A memory budget that cuts TCP buffers below 2 MiB cuts
-// these parts too. What peers upload, and every connection of up, may
+// first would keep their lead. serve therefore divides 2 MiB among the
+// connections waiting to send more, and sizes each one's TCP send buffer
+// at its part when it writes: a lone download may keep up to 2 MiB in
+// flight (enough for 40 MB/s to a peer 50 ms away), two 1 MiB each, and
+// from five on each 256 KiB. A connection that stops writing keeps the
+// part it last had. A memory budget that cuts TCP buffers below 2 MiB
+// cuts these parts too. What peers upload, and every connection of up, may
 // use up to 8 MiB (less under a memory budget).
 //
 // # Containers and services
