@@ -380,11 +380,8 @@ const tcpTimeWait = 15 * time.Second
 // tuneTCP sets the stack's TCP options: those that make connections
 // recover from loss and outages (recoveryOptions), a shorter TIME_WAIT,
 // and auto-tuned buffers (receive-buffer moderation) within the bounds
-// above.
+// above, bufferMax being the maximum Open resolved.
 func tuneTCP(s *stack.Stack, bufferMax int) error {
-	if bufferMax <= 0 {
-		bufferMax = DefaultTCPBufferMax
-	}
 	bufferDefault := min(tcpBufferDefault, bufferMax)
 	opts := append(recoveryOptions(), []tcpOption{
 		{"TIME_WAIT", ptr(tcpip.TCPTimeWaitTimeoutOption(tcpTimeWait))},

@@ -59,7 +59,7 @@ func loopbackStack(t *testing.T, clk tcpip.Clock) *stack.Stack {
 		t.Fatal(err)
 	}
 	s.SetRouteTable([]tcpip.Route{{Destination: a.WithPrefix().Subnet(), NIC: 1}})
-	if err := tuneTCP(s, 0); err != nil {
+	if err := tuneTCP(s, DefaultTCPBufferMax); err != nil {
 		t.Fatal(err)
 	}
 	return s
