@@ -64,34 +64,59 @@ func (t *tailBuffer) String() string {
 // startRole re-executes this program as role and waits for its first
 // line: a peer's UDP port or a client's "ready".
 func startRole(name, role string, key protocol.PrivateKey, peer protocol.PublicKey, args ...string) (*child, reply, error) {
-	return startRoleAt(false, name, role, key, peer, args...)
+	return startRoleAt(normalPriority, name, role, key, peer, args...)
 }
 
-// startRoleAt is startRole, at the lowest CPU priority when niced,
-// through nice(1) where there is one. That is for load that stands for
-// other machines: what it takes of the CPU then comes from idle time
-// first, not from the process measured. Without nice(1) the role runs at
-// normal priority; the caller says so once for all of them
-// (sayIfNotNiced).
-func startRoleAt(niced bool, name, role string, key protocol.PrivateKey, peer protocol.PublicKey, args ...string) (*child, reply, error) {
+// rolePriority is the CPU priority a role runs at.
+type rolePriority int
+
+const (
+	normalPriority rolePriority = iota
+	// lowPriority is nice 19, for load that stands for other machines:
+	// what it takes of the CPU then comes from idle time first, not
+	// from the process measured.
+	lowPriority
+	// idlePriority is Linux's SCHED_IDLE, for bursts of such load
+	// whose timing is measured against: at nice 19 a task keeps the
+	// core it has until its slice ends, up to a scheduler tick, while
+	// the measured process waits; one of SCHED_IDLE gives way as soon
+	// as any other task wakes. Without chrt(1) it is lowPriority.
+	idlePriority
+)
+
+// startRoleAt is startRole at prio, through nice(1) or chrt(1) where
+// they are. Without them the role runs at normal priority; the caller
+// says so once for all of them (sayIfNotLowered).
+func startRoleAt(prio rolePriority, name, role string, key protocol.PrivateKey, peer protocol.PublicKey, args ...string) (*child, reply, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, reply{}, err
 	}
 	argv := append([]string{self, "-role", role}, args...)
-	if niced {
-		if nice, err := exec.LookPath("nice"); err == nil {
-			argv = append([]string{nice, "-n", "19"}, argv...)
-		}
+	chrt, chrtErr := exec.LookPath("chrt")
+	nice, niceErr := exec.LookPath("nice")
+	switch {
+	case prio == idlePriority && chrtErr == nil:
+		argv = append([]string{chrt, "--idle", "0"}, argv...)
+	case prio != normalPriority && niceErr == nil:
+		argv = append([]string{nice, "-n", "19"}, argv...)
 	}
 	return startChild(name, exec.Command(argv[0], argv[1:]...), key, peer)
 }
 
-// sayIfNotNiced says once, for the roles that who names, that they run at
-// normal priority because there is no nice(1) for startRoleAt to use.
-func sayIfNotNiced(who string) {
+// sayIfNotLowered says once, for the roles that who names, what they run
+// at when the tool that startRoleAt uses for prio is missing.
+func sayIfNotLowered(prio rolePriority, who string) {
+	if prio == normalPriority {
+		return
+	}
+	if _, err := exec.LookPath("chrt"); err == nil && prio == idlePriority {
+		return
+	}
 	if _, err := exec.LookPath("nice"); err != nil {
 		fmt.Printf("   (no nice(1): %s run at normal priority)\n", who)
+	} else if prio == idlePriority {
+		fmt.Printf("   (no chrt(1): %s run at nice 19, not SCHED_IDLE)\n", who)
 	}
 }
 

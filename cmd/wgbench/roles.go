@@ -121,10 +121,12 @@ type reply struct {
 	Resent int `json:"resent,omitempty"`
 	// Bytes is what drain read; Echoes and MaxGapUs are how many round
 	// trips a paced echo made and the longest pause between two of
-	// their answers.
-	Bytes    int64   `json:"bytes,omitempty"`
-	Echoes   int     `json:"echoes,omitempty"`
-	MaxGapUs float64 `json:"max_gap_us,omitempty"`
+	// their answers, which ended at MaxGapEnd. The roles run on the
+	// same machine, so their clocks agree.
+	Bytes     int64     `json:"bytes,omitempty"`
+	Echoes    int       `json:"echoes,omitempty"`
+	MaxGapUs  float64   `json:"max_gap_us,omitempty"`
+	MaxGapEnd time.Time `json:"max_gap_end,omitzero"`
 	// Keys are the churn clients' public keys, in order.
 	Keys []string `json:"keys,omitempty"`
 }
@@ -517,7 +519,9 @@ func pacedEcho(dial dialFunc, addr string, stop <-chan struct{}) (reply, error) 
 			return r, err
 		}
 		now := time.Now()
-		maxGap = max(maxGap, now.Sub(last))
+		if gap := now.Sub(last); gap > maxGap {
+			maxGap, r.MaxGapEnd = gap, now
+		}
 		last = now
 		r.Echoes++
 		time.Sleep(time.Millisecond)

@@ -37,8 +37,8 @@ import (
 // machines of their own: in the load's process their round trips and
 // reads would wait on its scheduler, busy with every other client's
 // packets, and measure that more than serve. The downloading peers run
-// at the lowest CPU priority, and so do the clients that the churn adds
-// and removes, one more process: they stand for other machines, so their
+// at nice 19, and the clients that the churn adds and removes, one more
+// process, under SCHED_IDLE: they stand for other machines, so their
 // stacks take the CPU from idle time before they take it from serve, the
 // echoing peer or the host's services. At serve's priority they made
 // every process here wait in the kernel's run queue for milliseconds at
@@ -814,15 +814,19 @@ func (r *scaleRun) startProcs() error {
 		return err
 	}
 	endpoint := netip.AddrPortFrom(loopback, r.port).String()
-	sayIfNotNiced("the downloading peers")
+	sayIfNotLowered(lowPriority, "the downloading peers")
 	for i, p := range r.procs {
 		// The downloading peers stand for machines elsewhere, as the
 		// churn's clients do: at serve's priority, their own stacks'
 		// CPU takes the two cores from serve and from the echoing peer,
 		// and the figures would tell of this machine's run queue, not of
 		// serve. The echoing peer is light and runs at normal priority.
+		prio := normalPriority
+		if i < r.o.sharePeers {
+			prio = lowPriority
+		}
 		var err error
-		p.c, _, err = startRoleAt(i < r.o.sharePeers, "scale peer "+p.addr.String(), "wgbore-client", p.key, r.serverKey.PublicKey(),
+		p.c, _, err = startRoleAt(prio, "scale peer "+p.addr.String(), "wgbore-client", p.key, r.serverKey.PublicKey(),
 			"-endpoint", endpoint, "-tunnel", fmt.Sprintf("%s,%s,%s", p.addr, scaleServer, at(r.host.echo.Addr())))
 		if err != nil {
 			return err
@@ -880,17 +884,18 @@ func (r *scaleRun) churn() error {
 	if err != nil {
 		return err
 	}
-	// The churn's clients are a process of their own, at the lowest
-	// priority: they stand for machines elsewhere, and their handshakes'
-	// CPU, taken at the same priority as serve and the untouched peer,
-	// would be counted as serve's pause.
+	// The churn's clients are a process of their own, under SCHED_IDLE:
+	// they stand for machines elsewhere. Their handshakes are a burst of
+	// crypto which, even at nice 19, keeps a core until the scheduler's
+	// next tick while serve and the untouched peer wait for it, and that
+	// wait would be counted as serve's pause.
 	// Its own key is never used: a role's environment carries one.
 	key, err := protocol.GeneratePrivateKey()
 	if err != nil {
 		return err
 	}
-	sayIfNotNiced("the churn's clients")
-	churners, _, err := startRoleAt(true, "churn clients", "churn-clients", key, r.serverKey.PublicKey())
+	sayIfNotLowered(idlePriority, "the churn's clients")
+	churners, _, err := startRoleAt(idlePriority, "churn clients", "churn-clients", key, r.serverKey.PublicKey())
 	if err != nil {
 		return err
 	}
@@ -914,19 +919,24 @@ func (r *scaleRun) churn() error {
 	dropsBefore, _ := scrapeMetrics(r.metrics)
 	kernelBefore, kernelOK := udpRcvbufErrors()
 	stop := make(chan struct{})
-	var maxGap time.Duration
+	var gap pause
 	var echoes int
 	var echoErr error
 	var wg sync.WaitGroup
-	wg.Go(func() { maxGap, echoes, echoErr = r.pacedEcho(stop) })
+	wg.Go(func() { gap, echoes, echoErr = r.pacedEcho(stop) })
+	// When each step ended, to say in which the longest pause was.
+	var ends [3]time.Time
 	start := time.Now()
 	err = r.reload(extra...)
+	ends[0] = time.Now()
 	if err == nil {
 		_, err = churners.do(command{Op: "handshake"})
 	}
+	ends[1] = time.Now()
 	if err == nil {
 		err = r.reload()
 	}
+	ends[2] = time.Now()
 	took := time.Since(start)
 	close(stop)
 	wg.Wait()
@@ -961,24 +971,37 @@ func (r *scaleRun) churn() error {
 	if err != nil {
 		return fmt.Errorf("churn: the echo without churn: %w", err)
 	}
+	step := "after the churn"
+	for i, what := range []string{"in the reload that added them", "in their handshakes", "in the reload that removed them"} {
+		if !gap.end.After(ends[i]) {
+			step = what
+			break
+		}
+	}
 	r.s.res.add("measure=scale part=churn", kv{"peers", float64(r.o.churn)}, kv{"seconds", took.Seconds()},
-		kv{"rss_growth_pct", growth}, kv{"max_echo_gap_ms", ms(maxGap)}, kv{"max_echo_gap_ms_quiet", ms(quietGap)}, kv{"echoes", float64(echoes)})
-	fmt.Printf("   churn: %d peers added, handshaken and removed by reload in %.1f s; serve RSS %.1f MB before, %.1f MB after (%+.1f%%); the untouched peer's longest pause between %d echoes %.1f ms (%.1f ms as long again without churn)\n",
-		r.o.churn, took.Seconds(), float64(before)/1e6, float64(after)/1e6, growth, echoes, ms(maxGap), ms(quietGap))
+		kv{"rss_growth_pct", growth}, kv{"max_echo_gap_ms", ms(gap.length)}, kv{"max_echo_gap_ms_quiet", ms(quietGap.length)}, kv{"echoes", float64(echoes)})
+	fmt.Printf("   churn: %d peers added, handshaken and removed by reload in %.1f s; serve RSS %.1f MB before, %.1f MB after (%+.1f%%); the untouched peer's longest pause between %d echoes %.1f ms, %s (%.1f ms as long again without churn)\n",
+		r.o.churn, took.Seconds(), float64(before)/1e6, float64(after)/1e6, growth, echoes, ms(gap.length), step, ms(quietGap.length))
 	return nil
+}
+
+// pause is the longest pause in a paced echo, and when it ended.
+type pause struct {
+	length time.Duration
+	end    time.Time
 }
 
 // pacedEcho has the echoer, untouched by the churn, echo a byte every
 // millisecond until stop is closed, and returns the longest pause
 // between two answers and how many there were.
-func (r *scaleRun) pacedEcho(stop <-chan struct{}) (maxGap time.Duration, echoes int, err error) {
+func (r *scaleRun) pacedEcho(stop <-chan struct{}) (longest pause, echoes int, err error) {
 	echoer := r.procs[len(r.procs)-1].c
 	if err := echoer.send(command{Op: "paced", Addr: at(r.host.echo.Addr())}); err != nil {
-		return 0, 0, err
+		return pause{}, 0, err
 	}
 	<-stop
 	res, err := echoer.do(command{Op: "stop"})
-	return time.Duration(res.MaxGapUs * float64(time.Microsecond)), res.Echoes, err
+	return pause{time.Duration(res.MaxGapUs * float64(time.Microsecond)), res.MaxGapEnd}, res.Echoes, err
 }
 
 // dropDelta lists the drop reasons that grew from before to after.

@@ -1165,10 +1165,10 @@
 //     ten peers downloading at once (the furthest from an equal share,
 //     and the CPU serve and each peer took); 1,000 peers added,
 //     handshaken and removed by reload while a peer echoes (serve's RSS
-//     against before, the longest pause between echoes). The downloading
-//     peers and the churn's clients run at the lowest CPU priority, as
-//     if on machines of their own. -quick runs it with 100 peers and
-//     2,000 flows.
+//     against before, the longest pause between echoes, and in which
+//     step of the churn it fell). The downloading peers run at nice 19
+//     and the churn's clients under SCHED_IDLE, as if on machines of
+//     their own. -quick runs it with 100 peers and 2,000 flows.
 //
 // Throughput is one TCP stream of -size bytes (256MiB) each way, in MB/s,
 // with CPU-seconds per GB for every process involved; latency is 1-byte
