@@ -77,10 +77,17 @@ const (
 
 	// maxStagedPackets waiting per peer for a handshake to finish.
 	maxStagedPackets = 1024
-	// handshakeQueueSize is shared by all peers; an eighth of it full
-	// means we are under load and start demanding cookies.
-	handshakeQueueSize  = 4096
-	underLoadQueueDepth = handshakeQueueSize / 8
+	// handshakeQueueSize is shared by all peers.
+	handshakeQueueSize = 4096
+	// underLoadQueueWait: a handshake message that waited longer than
+	// this in the queue means the workers fall behind, and we are under
+	// load. The test is the wait and not the depth: a server's peers
+	// coming back at once after a restart queue a thousand initiations
+	// or more, which even a server short of CPU works through in less
+	// than a second, while a cookie reply costs each of them a retry
+	// RekeyTimeout later. An answer after RekeyTimeout is too late, as
+	// the initiator has started over; this is well short of that.
+	underLoadQueueWait = time.Second
 	// Handshake messages with a valid MAC1 also put us under load once
 	// they come faster than a budget allows: underLoadBurst at once,
 	// refilled at underLoadRate a second. A peer initiates at most once

@@ -116,13 +116,17 @@
 //
 // MAC1, keyed by the receiver's public key, is checked on every initiation
 // and response in the receive goroutine, before any queueing or Curve25519
-// work. Under load (the handshake queue an eighth full, or handshake
-// messages with a valid MAC1 faster than a budget that lets a burst of a
-// couple of thousand through and then a few hundred a second, and for
-// [UnderLoadAfterTime] after either) a message without a valid MAC2 is
-// answered with a cookie reply instead: a MAC of the source address and port
-// under a secret rotated every [CookieRefreshTime], sealed with
-// XChaCha20-Poly1305 to the MAC1 it answers. Under load, messages that do
+// work. Under load (handshake messages with a valid MAC1 faster than a
+// budget that lets a burst of a couple of thousand through and then a few
+// hundred a second, or one that waited over a second in the handshake
+// queue, and for [UnderLoadAfterTime] after either) a message without a
+// valid MAC2 is answered with a cookie reply instead: a MAC of the source
+// address and port under a secret rotated every [CookieRefreshTime], sealed
+// with XChaCha20-Poly1305 to the MAC1 it answers. The queue's wait, not its
+// depth (wireguard-go's test), is what counts: a server's peers all coming
+// back after a restart fill the queue deep, and a cookie reply would cost
+// each a retry [RekeyTimeout] later, while even a server short of CPU
+// answers them all in less than a second. Under load, messages that do
 // carry MAC2 then pass a per-source token bucket (per IPv4 address or IPv6
 // /64). Outgoing handshake messages carry MAC1, and MAC2 while we hold a
 // fresh cookie from that peer.

@@ -145,8 +145,9 @@ type Engine struct {
 	// sendScratch and receiveScratch hold the peers' loops' scratch
 	// space (a batch's worth of slices) while a loop runs.
 	sendScratch, receiveScratch sync.Pool
-	// lastUnderLoad is when the handshake queue was last found deep, or
-	// handshake messages too frequent, in clock nanoseconds.
+	// lastUnderLoad is when handshake messages were last found too
+	// frequent, or one waited too long in the queue, in clock
+	// nanoseconds.
 	lastUnderLoad atomic.Int64
 	// handshakeBudget is what handshake messages with a valid MAC1 may
 	// still arrive before we are under load; see countHandshake.

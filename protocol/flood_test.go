@@ -152,3 +152,52 @@ func TestUnderLoadByRate(t *testing.T) {
 		t.Fatalf("after the flood stopped, a spoof was not processed in full: drops %v", s.Drops)
 	}
 }
+
+// TestDeepQueueWithinBudget: a burst within the handshake budget is
+// answered in full however deep it fills the queue, as a server's peers
+// coming back at once after a restart must be; only a message that
+// waited longer than underLoadQueueWait puts the responder under load.
+func TestDeepQueueWithinBudget(t *testing.T) {
+	clk := clock.NewManual(testEpoch)
+	net := memnet.NewNetwork(clk, 7)
+	b := newMemNode(t, net, clk, "127.0.0.1:4202", "10.0.0.2", nil)
+	const n = 1000 // deeper than wireguard-go's test, an eighth of its queue
+	spoofs := make([][]byte, n)
+	for i := range spoofs {
+		spoofs[i] = spoofedInitiation(b.key.PublicKey())
+	}
+	burst := func() {
+		for i := range n {
+			src := netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 3, byte(i >> 8), byte(i)}), uint16(30000+i))
+			net.Inject(src, b.ep, spoofs[i])
+		}
+	}
+	handled := func() (full, cookies uint64) {
+		s := b.e.Stats()
+		return s.Dropped(DropHandshakeFailed), s.Dropped(DropCookieRequired)
+	}
+	burst()
+	wgtest.WaitFor(t, 30*time.Second, "the burst to be handled", func() bool { f, c := handled(); return f+c >= n })
+	if full, cookies := handled(); full != n || cookies != 0 {
+		t.Fatalf("a burst of %d within the budget: %d answered in full, %d with a cookie; want all in full", n, full, cookies)
+	}
+	if b.e.underLoad() {
+		t.Fatal("under load after a burst within the budget")
+	}
+
+	// The wait alone: a message that waited underLoadQueueWait does not
+	// count, one that waited longer does, for UnderLoadAfterTime.
+	now := clk.Now().UnixNano()
+	b.e.noteQueueWait(now - int64(underLoadQueueWait))
+	if b.e.underLoad() {
+		t.Fatal("under load after a wait of exactly underLoadQueueWait")
+	}
+	b.e.noteQueueWait(now - int64(underLoadQueueWait) - 1)
+	if !b.e.underLoad() {
+		t.Fatal("not under load after a wait past underLoadQueueWait")
+	}
+	clk.Advance(UnderLoadAfterTime)
+	if b.e.underLoad() {
+		t.Fatal("still under load UnderLoadAfterTime after the long wait")
+	}
+}

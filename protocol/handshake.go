@@ -14,20 +14,30 @@ func (e *Engine) handshakeWorker() {
 		case <-e.done:
 			return
 		case he := <-e.handshakes:
+			e.noteQueueWait(he.queued)
 			e.handleHandshake(he.buf[:he.n], he.src)
 			e.handshakeElements.Put(he)
 		}
 	}
 }
 
-// countHandshake counts a handshake message with a valid MAC1 against
-// the handshake budget and declares us under load when the budget is
-// spent. The queue depth alone is not enough: two workers keep up with
-// thousands of spoofed initiations a second, so the queue never fills,
-// and each would cost a Curve25519 operation.
-func (e *Engine) countHandshake() {
-	now := e.clock.Now().UnixNano()
+// countHandshake counts a handshake message with a valid MAC1, received
+// at now (clock nanoseconds), against the handshake budget and declares
+// us under load when the budget is spent. The queue alone is not enough:
+// two workers keep up with thousands of spoofed initiations a second,
+// so the queue never backs up, and each would cost a Curve25519
+// operation.
+func (e *Engine) countHandshake(now int64) {
 	if !e.handshakeBudget.take(now) {
+		e.lastUnderLoad.Store(now)
+	}
+}
+
+// noteQueueWait declares us under load when a handshake message queued
+// at queued (clock nanoseconds) waited longer than underLoadQueueWait
+// for a worker.
+func (e *Engine) noteQueueWait(queued int64) {
+	if now := e.clock.Now().UnixNano(); now-queued > int64(underLoadQueueWait) {
 		e.lastUnderLoad.Store(now)
 	}
 }
@@ -58,17 +68,12 @@ func (b *handshakeBudget) take(now int64) bool {
 	return true
 }
 
-// underLoad reports whether to demand cookies: the handshake queue is
-// deep now, or too many handshake messages arrived recently, or either
-// was so within UnderLoadAfterTime.
+// underLoad reports whether to demand cookies: within UnderLoadAfterTime
+// of handshake messages arriving faster than the budget allows, or of
+// one waiting too long in the queue.
 func (e *Engine) underLoad() bool {
-	now := e.clock.Now().UnixNano()
-	if len(e.handshakes) >= underLoadQueueDepth {
-		e.lastUnderLoad.Store(now)
-		return true
-	}
 	last := e.lastUnderLoad.Load()
-	return last != 0 && now-last < int64(UnderLoadAfterTime)
+	return last != 0 && e.clock.Now().UnixNano()-last < int64(UnderLoadAfterTime)
 }
 
 func (e *Engine) handleHandshake(msg []byte, src netip.AddrPort) {

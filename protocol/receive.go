@@ -14,9 +14,10 @@ import (
 // that the Curve25519 work happens in the handshake workers and a flood of
 // initiations never delays transport packets.
 type handshakeElement struct {
-	buf [MessageInitiationSize]byte
-	n   int
-	src netip.AddrPort
+	buf    [MessageInitiationSize]byte
+	n      int
+	src    netip.AddrPort
+	queued int64 // clock nanoseconds
 }
 
 // receiveLoop reads datagrams from one socket and sorts them: transport
@@ -136,12 +137,13 @@ func (e *Engine) receiveLoop(ref *bindRef, recv ReceiveFunc) {
 				// flood of messages without it (anyone who does not
 				// know our public key) then costs one keyed hash each
 				// and no queueing, allocation or wake-up.
+				now := e.clock.Now().UnixNano()
 				if msg[0] != MessageCookieReplyType {
 					if !e.cookieChecker.checkMAC1(msg) {
 						e.stats.drop(DropBadMAC1)
 						continue
 					}
-					e.countHandshake()
+					e.countHandshake(now)
 					// Under load, a message without a valid MAC2 is
 					// answered here with a cookie reply. Handing each
 					// to a worker woke a thread per message, and under
@@ -152,7 +154,7 @@ func (e *Engine) receiveLoop(ref *bindRef, recv ReceiveFunc) {
 					}
 				}
 				he := e.handshakeElements.Get().(*handshakeElement)
-				he.n, he.src = len(msg), src
+				he.n, he.src, he.queued = len(msg), src, now
 				copy(he.buf[:], msg)
 				select {
 				case e.handshakes <- he:
