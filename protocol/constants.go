@@ -77,7 +77,8 @@ const (
 
 	// maxStagedPackets waiting per peer for a handshake to finish.
 	maxStagedPackets = 1024
-	// handshakeQueueSize is shared by all peers.
+	// handshakeQueueSize is how many handshake messages, of all peers
+	// together, may wait for the workers.
 	handshakeQueueSize = 4096
 	// underLoadQueueWait: a handshake message that waited longer than
 	// this in the queue means the workers fall behind, and we are under

@@ -58,9 +58,11 @@ func TestInitiationFlood(t *testing.T) {
 		}
 	}
 
-	inject(1500)
+	// Past the handshake budget, so under load when the real initiation
+	// arrives, whatever the workers have got through.
+	inject(underLoadBurst + 1)
 	pkt := ipPacket(a.addr, b.addr, []byte("through the flood"))
-	a.e.WritePackets([][]byte{pkt}) // the real initiation, behind 1500 spoofs
+	a.e.WritePackets([][]byte{pkt}) // the real initiation, behind the spoofs
 	inject(1500)
 
 	wgtest.WaitFor(t, 10*time.Second, "cookie reply at the real initiator", func() bool {
@@ -74,9 +76,10 @@ func TestInitiationFlood(t *testing.T) {
 	}
 
 	// Keep the responder loaded across the retransmission, which now
-	// carries MAC2.
-	inject(1500)
-	clk.Advance(RekeyTimeout + RekeyTimeoutJitterMax)
+	// carries MAC2: spend the refilled budget just before it is due.
+	clk.Advance(RekeyTimeout - time.Millisecond)
+	inject(underLoadBurst + 1)
+	clk.Advance(RekeyTimeoutJitterMax + time.Millisecond)
 	inject(1500)
 	b.sink.expect(t, pkt)
 	if st, _ := a.e.Peer(b.key.PublicKey()); st.HandshakesCompleted != 1 {
@@ -161,7 +164,7 @@ func TestDeepQueueWithinBudget(t *testing.T) {
 	clk := clock.NewManual(testEpoch)
 	net := memnet.NewNetwork(clk, 7)
 	b := newMemNode(t, net, clk, "127.0.0.1:4202", "10.0.0.2", nil)
-	const n = 1000 // deeper than wireguard-go's test, an eighth of its queue
+	const n = 1000 // deeper than the test this replaced, an eighth of the queue
 	spoofs := make([][]byte, n)
 	for i := range spoofs {
 		spoofs[i] = spoofedInitiation(b.key.PublicKey())
@@ -200,4 +203,12 @@ func TestDeepQueueWithinBudget(t *testing.T) {
 	if b.e.underLoad() {
 		t.Fatal("still under load UnderLoadAfterTime after the long wait")
 	}
+
+	// And a worker applies it: a message queued longer ago than that.
+	he := b.e.handshakeElements.Get().(*handshakeElement)
+	he.n = copy(he.buf[:], spoofs[0])
+	he.src = netip.MustParseAddrPort("127.3.255.1:30000")
+	he.queued = clk.Now().UnixNano() - int64(underLoadQueueWait) - 1
+	b.e.handshakes <- he
+	wgtest.WaitFor(t, 10*time.Second, "a worker to find the message waited too long", b.e.underLoad)
 }

@@ -38,7 +38,8 @@ func newInitiationFlooder(t *testing.T, to netip.AddrPort, target PublicKey) *in
 }
 
 // burst sends n spoofed initiations. The socket buffers may overflow
-// and drop some; what matters is that the target's queue gets deep.
+// and drop some; what matters is that enough arrive to make
+// wireguard-go's handshake queue deep, or to spend our handshake budget.
 func (f *initiationFlooder) burst(n int) {
 	for i := range n {
 		f.conns[i%len(f.conns)].WriteToUDP(f.msgs[i%len(f.msgs)], f.dst)

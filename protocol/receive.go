@@ -137,12 +137,12 @@ func (e *Engine) receiveLoop(ref *bindRef, recv ReceiveFunc) {
 				// flood of messages without it (anyone who does not
 				// know our public key) then costs one keyed hash each
 				// and no queueing, allocation or wake-up.
+				if msg[0] != MessageCookieReplyType && !e.cookieChecker.checkMAC1(msg) {
+					e.stats.drop(DropBadMAC1)
+					continue
+				}
 				now := e.clock.Now().UnixNano()
 				if msg[0] != MessageCookieReplyType {
-					if !e.cookieChecker.checkMAC1(msg) {
-						e.stats.drop(DropBadMAC1)
-						continue
-					}
 					e.countHandshake(now)
 					// Under load, a message without a valid MAC2 is
 					// answered here with a cookie reply. Handing each

@@ -1166,7 +1166,7 @@
 //     and the CPU serve and each peer took); 1,000 peers added,
 //     handshaken and removed by reload while a peer echoes (serve's RSS
 //     against before, the longest pause between echoes, and in which
-//     step of the churn it fell). The downloading peers run at nice 19
+//     step of the churn it began). The downloading peers run at nice 19
 //     and the churn's clients under SCHED_IDLE, as if on machines of
 //     their own. -quick runs it with 100 peers and 2,000 flows.
 //
@@ -1254,8 +1254,9 @@
 //     secret, but not worth publishing), each initiation costs us a
 //     Curve25519 operation. Past a burst of 2,048 and then 500 a second
 //     (so a restarted server's peers all come back at once on their first
-//     try), or with a deep handshake queue, we are under load: a handshake without a valid MAC2 gets a
-//     64-byte cookie reply (smaller than the initiation; the secret
+//     try), or once a handshake waited over a second in the queue, we are
+//     under load: a handshake without a valid MAC2 gets a 64-byte cookie
+//     reply (smaller than the initiation; the secret
 //     rotates every 120 s), and a source that proved its address gets 20
 //     handshakes a second, burst 5, per IPv4 address or IPv6 /64
 //     (protocol/ratelimiter.go). Below that rate there is no per-source
