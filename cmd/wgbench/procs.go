@@ -80,12 +80,28 @@ const (
 	// whose timing is measured against: at nice 19 a task keeps the
 	// core it has until its slice ends, up to a scheduler tick, while
 	// the measured process waits; one of SCHED_IDLE gives way as soon
-	// as any other task wakes. Without chrt(1) it is lowPriority.
+	// as any other task wakes. Where chrt(1) cannot set it, it is
+	// lowPriority.
 	idlePriority
 )
 
-// startRoleAt is startRole at prio, through nice(1) or chrt(1) where
-// they are. Without them the role runs at normal priority; the caller
+// idleCommand is the chrt(1) command that runs a program under
+// SCHED_IDLE, if one here can: a sandbox may refuse the policy, and
+// BusyBox's chrt takes short options only. It tries, each time.
+func idleCommand() []string {
+	chrt, err := exec.LookPath("chrt")
+	if err != nil {
+		return nil
+	}
+	argv := []string{chrt, "-i", "0"}
+	if exec.Command(chrt, append(argv[1:], "true")...).Run() != nil {
+		return nil
+	}
+	return argv
+}
+
+// startRoleAt is startRole at prio, through chrt(1) or nice(1) where
+// they serve. Without them the role runs at normal priority; the caller
 // says so once for all of them (sayIfNotLowered).
 func startRoleAt(prio rolePriority, name, role string, key protocol.PrivateKey, peer protocol.PublicKey, args ...string) (*child, reply, error) {
 	self, err := os.Executable()
@@ -93,11 +109,14 @@ func startRoleAt(prio rolePriority, name, role string, key protocol.PrivateKey, 
 		return nil, reply{}, err
 	}
 	argv := append([]string{self, "-role", role}, args...)
-	chrt, chrtErr := exec.LookPath("chrt")
+	var idle []string
+	if prio == idlePriority {
+		idle = idleCommand()
+	}
 	nice, niceErr := exec.LookPath("nice")
 	switch {
-	case prio == idlePriority && chrtErr == nil:
-		argv = append([]string{chrt, "--idle", "0"}, argv...)
+	case prio == idlePriority && len(idle) > 0:
+		argv = append(idle, argv...)
 	case prio != normalPriority && niceErr == nil:
 		argv = append([]string{nice, "-n", "19"}, argv...)
 	}
@@ -107,16 +126,13 @@ func startRoleAt(prio rolePriority, name, role string, key protocol.PrivateKey, 
 // sayIfNotLowered says once, for the roles that who names, what they run
 // at when the tool that startRoleAt uses for prio is missing.
 func sayIfNotLowered(prio rolePriority, who string) {
-	if prio == normalPriority {
-		return
-	}
-	if _, err := exec.LookPath("chrt"); err == nil && prio == idlePriority {
+	if prio == normalPriority || prio == idlePriority && idleCommand() != nil {
 		return
 	}
 	if _, err := exec.LookPath("nice"); err != nil {
 		fmt.Printf("   (no nice(1): %s run at normal priority)\n", who)
 	} else if prio == idlePriority {
-		fmt.Printf("   (no chrt(1): %s run at nice 19, not SCHED_IDLE)\n", who)
+		fmt.Printf("   (chrt(1) cannot set SCHED_IDLE here: %s run at nice 19)\n", who)
 	}
 }
 

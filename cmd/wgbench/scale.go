@@ -924,7 +924,7 @@ func (r *scaleRun) churn() error {
 	var echoErr error
 	var wg sync.WaitGroup
 	wg.Go(func() { gap, echoes, echoErr = r.pacedEcho(stop) })
-	// When each step ended, to say in which the longest pause was.
+	// When each step ended, to say in which the longest pause began.
 	var ends [3]time.Time
 	start := time.Now()
 	err = r.reload(extra...)
@@ -971,9 +971,12 @@ func (r *scaleRun) churn() error {
 	if err != nil {
 		return fmt.Errorf("churn: the echo without churn: %w", err)
 	}
+	// A pause is put in the step in which it began: the echo's answer
+	// that ends it comes a round trip after whatever held it up.
+	began := gap.end.Add(-gap.length)
 	step := "after the churn"
-	for i, what := range []string{"in the reload that added them", "in their handshakes", "in the reload that removed them"} {
-		if !gap.end.After(ends[i]) {
+	for i, what := range []string{"begun in the reload that added them", "begun in their handshakes", "begun in the reload that removed them"} {
+		if began.Before(ends[i]) {
 			step = what
 			break
 		}
