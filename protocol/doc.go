@@ -27,9 +27,11 @@
 //     rate-limiter bucket reads it, so a test can drive hours of protocol
 //     time with [clock.Manual]. A nil Clock means [clock.System].
 //   - Logger, Resolver (for hostname endpoints), MTU ([DefaultMTU] when
-//     0), Workers (how many encrypt, decrypt and handshake goroutines each;
-//     GOMAXPROCS when 0) and Params, the whitepaper's limits, which only
-//     tests override (see [Params] and [DefaultParams]).
+//     0), Workers (how many encrypt and decrypt goroutines each,
+//     GOMAXPROCS when 0; handshake goroutines are one fewer than that or
+//     than the cores, whichever is less, and at least one) and Params,
+//     the whitepaper's limits, which only tests override (see [Params]
+//     and [DefaultParams]).
 //
 // Peers are added or updated with [Engine.SetPeer] and a [PeerConfig], as a
 // peer section of wg0.conf describes one, and removed with
@@ -98,7 +100,8 @@
 //
 // Handshake messages that pass the MAC1 check (below) are copied to a
 // bounded queue for the handshake workers, so Curve25519 work never delays
-// transport packets.
+// transport packets. They are one fewer than the cores (at least one), so
+// that a burst of handshakes never takes every core from the data path.
 //
 // The data path allocates nothing under steady traffic: packet buffers and
 // batches come from free lists that, unlike a sync.Pool, the garbage
