@@ -83,11 +83,11 @@ const (
 	// underLoadQueueWait: a handshake message that waited longer than
 	// this in the queue means the workers fall behind, and we are under
 	// load. The test is the wait and not the depth: a server's peers
-	// coming back at once after a restart queue a thousand initiations
-	// or more, which even a server short of CPU works through in less
-	// than a second, while a cookie reply costs each of them a retry
-	// RekeyTimeout later. An answer after RekeyTimeout is too late, as
-	// the initiator has started over; this is well short of that.
+	// coming back at once after a restart fill the queue deep while the
+	// workers still answer each in time, and a cookie reply would cost
+	// each of them a retry RekeyTimeout later. An answer after
+	// RekeyTimeout is too late, as the initiator has started over; this
+	// is well short of that.
 	underLoadQueueWait = time.Second
 	// Handshake messages with a valid MAC1 also put us under load once
 	// they come faster than a budget allows: underLoadBurst at once,

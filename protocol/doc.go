@@ -127,13 +127,12 @@
 // address and port under a secret rotated every [CookieRefreshTime], sealed
 // with XChaCha20-Poly1305 to the MAC1 it answers. The queue's wait counts,
 // not its depth (wireguard-go's and the kernel's test): a server's peers
-// all coming back after a restart fill the queue deep, and a cookie reply
-// costs each a retry [RekeyTimeout] later, while a server short of CPU
-// still answers a thousand of them within a second; past a second, the
-// rest get cookie replies. Under load, messages that do
-// carry MAC2 then pass a per-source token bucket (per IPv4 address or IPv6
-// /64). Outgoing handshake messages carry MAC1, and MAC2 while we hold a
-// fresh cookie from that peer.
+// all coming back after a restart fill the queue deep while the workers
+// still answer each in time, and a cookie reply would cost each a retry
+// [RekeyTimeout] later. Under load, messages that do carry MAC2 then pass a
+// per-source token bucket (per IPv4 address or IPv6 /64). Outgoing
+// handshake messages carry MAC1, and MAC2 while we hold a fresh cookie from
+// that peer.
 //
 // # Sessions and timers
 //

@@ -247,7 +247,7 @@ func New(cfg Config) (*Engine, error) {
 }
 
 // handshakeWorkers is how many handshake workers to start, given workers
-// and the cores there are: one core fewer than that, but at least one.
+// and the cores there are: one fewer than the lesser, but at least one.
 // A burst of handshakes (a server's peers all coming back, or a reload
 // that adds many) is Curve25519 work back to back; on every core at once
 // it held up every other peer's packets until the scheduler's next tick
