@@ -99,9 +99,10 @@
 // in the socket's buffer instead of costing a decryption first.
 //
 // Handshake messages that pass the MAC1 check (below) are copied to a
-// bounded queue for the handshake workers, so Curve25519 work never delays
-// transport packets. They are one fewer than the cores (at least one), so
-// that a burst of handshakes never takes every core from the data path.
+// bounded queue for the handshake workers, so Curve25519 work stays off the
+// receive path. Where there are two cores or more, the workers leave one
+// of them to the data path (see Workers above), so that a burst of
+// handshakes does not hold every core while transport packets wait.
 //
 // The data path allocates nothing under steady traffic: packet buffers and
 // batches come from free lists that, unlike a sync.Pool, the garbage

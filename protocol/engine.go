@@ -75,8 +75,8 @@ type Config struct {
 	Logger   *slog.Logger // nil discards
 	Resolver Resolver     // nil means net.DefaultResolver
 	// Workers is the number of encrypt and of decrypt goroutines; 0
-	// means GOMAXPROCS. Handshake goroutines are one fewer than Workers
-	// or the cores, whichever is less, and at least one.
+	// means GOMAXPROCS. Handshake goroutines are one fewer than that
+	// number or the cores, whichever is less, and at least one.
 	Workers int
 	// Params overrides the whitepaper's limits; tests only.
 	Params *Params

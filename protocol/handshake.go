@@ -24,9 +24,8 @@ func (e *Engine) handshakeWorker() {
 // countHandshake counts a handshake message with a valid MAC1, received
 // at now (clock nanoseconds), against the handshake budget and declares
 // us under load when the budget is spent. The queue alone is not enough:
-// two workers keep up with thousands of spoofed initiations a second,
-// so the queue never backs up, and each would cost a Curve25519
-// operation.
+// the workers keep up with thousands of spoofed initiations a second, so
+// the queue never backs up, and each would cost a Curve25519 operation.
 func (e *Engine) countHandshake(now int64) {
 	if !e.handshakeBudget.take(now) {
 		e.lastUnderLoad.Store(now)

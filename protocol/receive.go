@@ -11,8 +11,8 @@ import (
 )
 
 // handshakeElement is a handshake message copied off the receive path, so
-// that the Curve25519 work happens in the handshake workers and a flood of
-// initiations never delays transport packets.
+// that the Curve25519 work happens in the handshake workers and not in the
+// loop that reads transport packets.
 type handshakeElement struct {
 	buf    [MessageInitiationSize]byte
 	n      int
