@@ -27,11 +27,9 @@
 //     rate-limiter bucket reads it, so a test can drive hours of protocol
 //     time with [clock.Manual]. A nil Clock means [clock.System].
 //   - Logger, Resolver (for hostname endpoints), MTU ([DefaultMTU] when
-//     0), Workers (how many encrypt and decrypt goroutines each,
-//     GOMAXPROCS when 0; handshake goroutines are one fewer than that or
-//     than the cores, whichever is less, and at least one) and Params,
-//     the whitepaper's limits, which only tests override (see [Params]
-//     and [DefaultParams]).
+//     0), Workers (how many encrypt, decrypt and handshake goroutines each;
+//     GOMAXPROCS when 0) and Params, the whitepaper's limits, which only
+//     tests override (see [Params] and [DefaultParams]).
 //
 // Peers are added or updated with [Engine.SetPeer] and a [PeerConfig], as a
 // peer section of wg0.conf describes one, and removed with
@@ -100,9 +98,7 @@
 //
 // Handshake messages that pass the MAC1 check (below) are copied to a
 // bounded queue for the handshake workers, so Curve25519 work stays off the
-// receive path. Where there are two cores or more, the workers leave one
-// of them to the data path (see Workers above), so that a burst of
-// handshakes does not hold every core while transport packets wait.
+// receive path.
 //
 // The data path allocates nothing under steady traffic: packet buffers and
 // batches come from free lists that, unlike a sync.Pool, the garbage

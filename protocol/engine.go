@@ -74,9 +74,8 @@ type Config struct {
 	Clock    clock.Clock  // nil means clock.System
 	Logger   *slog.Logger // nil discards
 	Resolver Resolver     // nil means net.DefaultResolver
-	// Workers is the number of encrypt and of decrypt goroutines; 0
-	// means GOMAXPROCS. Handshake goroutines are one fewer than that
-	// number or the cores, whichever is less, and at least one.
+	// Workers is the number of goroutines of each kind: encrypt, decrypt
+	// and handshake; 0 means GOMAXPROCS.
 	Workers int
 	// Params overrides the whitepaper's limits; tests only.
 	Params *Params
@@ -238,23 +237,10 @@ func New(cfg Config) (*Engine, error) {
 	for range workers {
 		e.goroutine(e.encryptWorker)
 		e.goroutine(e.decryptWorker)
-	}
-	for range handshakeWorkers(workers, runtime.NumCPU()) {
 		e.goroutine(e.handshakeWorker)
 	}
 	e.startBind(cfg.Bind)
 	return e, nil
-}
-
-// handshakeWorkers is how many handshake workers to start, given workers
-// and the cores there are: one fewer than the lesser, but at least one.
-// A burst of handshakes (a server's peers all coming back, or a reload
-// that adds many) is Curve25519 work back to back; on every core at once
-// it held up every other peer's packets until the scheduler's next tick
-// each time they woke, while leaving one core to them makes the burst
-// itself only a little slower.
-func handshakeWorkers(workers, cpus int) int {
-	return max(1, min(workers, cpus)-1)
 }
 
 // bindRef is a Bind as the engine holds it.

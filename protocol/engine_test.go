@@ -32,23 +32,3 @@ func TestTwoEnginesExchangePackets(t *testing.T) {
 		t.Fatalf("a's view of b: %+v", st)
 	}
 }
-
-// TestHandshakeWorkersLeaveACore: the handshake workers are one fewer
-// than the cores or the crypto workers, so a burst of handshakes never
-// takes every core, and there is always one.
-func TestHandshakeWorkersLeaveACore(t *testing.T) {
-	for _, c := range []struct{ workers, cpus, want int }{
-		{1, 1, 1},
-		{2, 1, 1},
-		{2, 2, 1},
-		{3, 2, 1}, // serve's GOMAXPROCS on two cores is three
-		{1, 8, 1},
-		{4, 8, 3},
-		{8, 8, 7},
-		{16, 4, 3},
-	} {
-		if got := handshakeWorkers(c.workers, c.cpus); got != c.want {
-			t.Errorf("handshakeWorkers(%d workers, %d cores) = %d, want %d", c.workers, c.cpus, got, c.want)
-		}
-	}
-}
