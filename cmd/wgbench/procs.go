@@ -85,53 +85,46 @@ const (
 	idlePriority
 )
 
-// idleCommand is the chrt(1) command that runs a program under
-// SCHED_IDLE, if one here can: a sandbox may refuse the policy, and
-// BusyBox's chrt takes short options only. It tries, each time.
-func idleCommand() []string {
-	chrt, err := exec.LookPath("chrt")
-	if err != nil {
-		return nil
+// priorityCommand is the command that runs a program at prio, and the
+// priority it reaches here. SCHED_IDLE is tried once through chrt(1): a
+// sandbox may refuse the policy, and BusyBox's chrt takes short options
+// only; nice 19 stands in for it where chrt cannot set it, and normal
+// priority for both where nice(1) is missing too.
+func priorityCommand(prio rolePriority) ([]string, rolePriority) {
+	if prio == idlePriority {
+		if chrt, err := exec.LookPath("chrt"); err == nil && exec.Command(chrt, "-i", "0", "true").Run() == nil {
+			return []string{chrt, "-i", "0"}, idlePriority
+		}
 	}
-	argv := []string{chrt, "-i", "0"}
-	if exec.Command(chrt, append(argv[1:], "true")...).Run() != nil {
-		return nil
+	if prio != normalPriority {
+		if nice, err := exec.LookPath("nice"); err == nil {
+			return []string{nice, "-n", "19"}, lowPriority
+		}
 	}
-	return argv
+	return nil, normalPriority
 }
 
-// startRoleAt is startRole at prio, through chrt(1) or nice(1) where
-// they serve. Without them the role runs at normal priority; the caller
-// says so once for all of them (sayIfNotLowered).
+// startRoleAt is startRole at prio, or as near it as priorityCommand
+// gets; the caller says once for all such roles what they run at
+// instead (sayIfNotLowered).
 func startRoleAt(prio rolePriority, name, role string, key protocol.PrivateKey, peer protocol.PublicKey, args ...string) (*child, reply, error) {
 	self, err := os.Executable()
 	if err != nil {
 		return nil, reply{}, err
 	}
-	argv := append([]string{self, "-role", role}, args...)
-	var idle []string
-	if prio == idlePriority {
-		idle = idleCommand()
-	}
-	nice, niceErr := exec.LookPath("nice")
-	switch {
-	case prio == idlePriority && len(idle) > 0:
-		argv = append(idle, argv...)
-	case prio != normalPriority && niceErr == nil:
-		argv = append([]string{nice, "-n", "19"}, argv...)
-	}
+	prefix, _ := priorityCommand(prio)
+	argv := append(append(prefix, self, "-role", role), args...)
 	return startChild(name, exec.Command(argv[0], argv[1:]...), key, peer)
 }
 
 // sayIfNotLowered says once, for the roles that who names, what they run
-// at when the tool that startRoleAt uses for prio is missing.
+// at when prio cannot be had here.
 func sayIfNotLowered(prio rolePriority, who string) {
-	if prio == normalPriority || prio == idlePriority && idleCommand() != nil {
-		return
-	}
-	if _, err := exec.LookPath("nice"); err != nil {
+	switch _, got := priorityCommand(prio); {
+	case got == prio:
+	case got == normalPriority:
 		fmt.Printf("   (no nice(1): %s run at normal priority)\n", who)
-	} else if prio == idlePriority {
+	default:
 		fmt.Printf("   (chrt(1) cannot set SCHED_IDLE here: %s run at nice 19)\n", who)
 	}
 }
